@@ -1,0 +1,1 @@
+//! Benchmarks for xapid (see BENCHMARKS.md).

@@ -1,0 +1,1 @@
+//! xapid's RPC front.

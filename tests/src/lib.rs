@@ -1,0 +1,1 @@
+//! End-to-end tests against the real xapid binary live in tests/tests/.
