@@ -1,0 +1,164 @@
+//! The one place where failures become XenAPI error codes with their parameters.
+//!
+//! Every variant names its wire code and parameters, in wire order; a test checks each against
+//! `vendor/xenapi/errors.json`.
+
+macro_rules! api_errors {
+    ($( $(#[$doc:meta])* $variant:ident { $($field:ident),* } => $code:literal, )*) => {
+        /// A XenAPI failure, as it travels in `ErrorDescription`.
+        #[derive(Debug, Clone, PartialEq, Eq)]
+        pub enum ApiError {
+            $( $(#[$doc])* $variant { $( #[allow(missing_docs)] $field: String ),* }, )*
+        }
+
+        impl ApiError {
+            /// The wire code.
+            pub fn code(&self) -> &'static str {
+                match self { $( ApiError::$variant { .. } => $code, )* }
+            }
+            /// The parameters, in wire order.
+            pub fn params(&self) -> Vec<String> {
+                match self {
+                    $( ApiError::$variant { $($field),* } => vec![$($field.clone()),*], )*
+                }
+            }
+        }
+
+        /// Every code this daemon raises with its parameter names (checked against errors.json).
+        pub const RAISED: &[(&str, &[&str])] = &[ $( ($code, &[$(stringify!($field)),*]), )* ];
+    };
+}
+
+api_errors! {
+    /// The session reference is not valid.
+    SessionInvalid { handle } => "SESSION_INVALID",
+    /// Wrong user name or password.
+    SessionAuthenticationFailed {} => "SESSION_AUTHENTICATION_FAILED",
+    /// A reference names no object of the class.
+    HandleInvalid { class, handle } => "HANDLE_INVALID",
+    /// A uuid names no object of the class.
+    UuidInvalid { r#type, uuid } => "UUID_INVALID",
+    /// `add_to_<map>` with a key already present.
+    MapDuplicateKey { r#type, param_name, uuid, key } => "MAP_DUPLICATE_KEY",
+    /// No such method.
+    MessageMethodUnknown { method } => "MESSAGE_METHOD_UNKNOWN",
+    /// Wrong number of parameters.
+    MessageParameterCountMismatch { method, expected, received } => "MESSAGE_PARAMETER_COUNT_MISMATCH",
+    /// A parameter or field of the wrong type.
+    FieldTypeError { field } => "FIELD_TYPE_ERROR",
+    /// A value out of range or otherwise unacceptable.
+    InvalidValue { field, value } => "INVALID_VALUE",
+    /// The message exists but this daemon does not carry it out yet.
+    NotImplemented { function } => "NOT_IMPLEMENTED",
+    /// The VM is in the wrong power state.
+    VmBadPowerState { vm, expected, actual } => "VM_BAD_POWER_STATE",
+    /// The operation is not allowed now.
+    OperationNotAllowed { reason } => "OPERATION_NOT_ALLOWED",
+    /// Another operation is running on the object.
+    OtherOperationInProgress { class, object, operation_type, operation_ref } => "OTHER_OPERATION_IN_PROGRESS",
+    /// The host lacks the memory to start the VM.
+    HostNotEnoughFreeMemory { needed, available } => "HOST_NOT_ENOUGH_FREE_MEMORY",
+    /// The operation cannot be done on a template.
+    VmIsTemplate { vm } => "VM_IS_TEMPLATE",
+    /// Something failed inside the daemon.
+    InternalError { message } => "INTERNAL_ERROR",
+    /// A value that must be unique is already taken.
+    DbUniquenessConstraintViolation { table, field, value } => "DB_UNIQUENESS_CONSTRAINT_VIOLATION",
+    /// The event queue overflowed (legacy events).
+    EventsLost {} => "EVENTS_LOST",
+    /// `event.next` without `event.register`.
+    SessionNotRegistered { handle } => "SESSION_NOT_REGISTERED",
+    /// The event token could not be parsed.
+    EventFromTokenParseFailure { token } => "EVENT_FROM_TOKEN_PARSE_FAILURE",
+    /// The task was cancelled.
+    TaskCancelled { task } => "TASK_CANCELLED",
+    /// The caller may not do this.
+    PermissionDenied { message } => "PERMISSION_DENIED",
+    /// The session has too many tasks pending.
+    TooManyPendingTasks {} => "TOO_MANY_PENDING_TASKS",
+    /// A device number is taken.
+    DeviceAlreadyExists { device } => "DEVICE_ALREADY_EXISTS",
+    /// A value is not supported here.
+    ValueNotSupported { field, value, reason } => "VALUE_NOT_SUPPORTED",
+    /// The object is in use by another.
+    VdiInUse { vdi, operation } => "VDI_IN_USE",
+}
+
+impl ApiError {
+    /// `HANDLE_INVALID [class, ref]`.
+    pub fn handle_invalid(class: &str, handle: &str) -> Self {
+        ApiError::HandleInvalid {
+            class: class.to_owned(),
+            handle: handle.to_owned(),
+        }
+    }
+    /// `INTERNAL_ERROR [message]`.
+    pub fn internal(message: impl std::fmt::Display) -> Self {
+        ApiError::InternalError {
+            message: message.to_string(),
+        }
+    }
+    /// `NOT_IMPLEMENTED [function]`.
+    pub fn not_implemented(function: &str) -> Self {
+        ApiError::NotImplemented {
+            function: function.to_owned(),
+        }
+    }
+    /// `FIELD_TYPE_ERROR [field]`.
+    pub fn field_type(field: &str) -> Self {
+        ApiError::FieldTypeError { field: field.to_owned() }
+    }
+    /// `INVALID_VALUE [field, value]`.
+    pub fn invalid_value(field: &str, value: impl std::fmt::Display) -> Self {
+        ApiError::InvalidValue {
+            field: field.to_owned(),
+            value: value.to_string(),
+        }
+    }
+    /// `OPERATION_NOT_ALLOWED [reason]`.
+    pub fn not_allowed(reason: impl std::fmt::Display) -> Self {
+        ApiError::OperationNotAllowed {
+            reason: reason.to_string(),
+        }
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.code())?;
+        for p in self.params() {
+            write!(f, " {p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::error_params;
+
+    #[test]
+    fn every_raised_code_matches_errors_json() {
+        for (code, params) in RAISED {
+            let documented = error_params(code).unwrap_or_else(|| panic!("{code} is not in errors.json"));
+            if let Some(names) = documented {
+                let ours: Vec<&str> = params.iter().map(|p| p.trim_start_matches("r#")).collect();
+                assert_eq!(ours.len(), names.len(), "{code}: {ours:?} vs {names:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn parameters_travel_in_order() {
+        let e = ApiError::VmBadPowerState {
+            vm: "OpaqueRef:a".into(),
+            expected: "halted".into(),
+            actual: "running".into(),
+        };
+        assert_eq!(e.code(), "VM_BAD_POWER_STATE");
+        assert_eq!(e.params(), vec!["OpaqueRef:a", "halted", "running"]);
+    }
+}

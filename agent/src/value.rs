@@ -1,0 +1,504 @@
+//! Typed XenAPI values and objects, and their conversion from and to the untyped JSON tree
+//! that both wire codecs and the store speak.
+
+use crate::schema::{ClassId, FieldId, Ty};
+use chrono::{DateTime, NaiveDateTime, Utc};
+use serde_json::Value as Json;
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+/// The null reference.
+pub const NULL_REF: &str = "OpaqueRef:NULL";
+
+/// A typed value.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Value {
+    /// Text.
+    String(String),
+    /// 64-bit integer.
+    Int(i64),
+    /// Double.
+    Float(f64),
+    /// Boolean.
+    Bool(bool),
+    /// Seconds since the Unix epoch, UTC.
+    DateTime(i64),
+    /// `OpaqueRef:…`.
+    Ref(String),
+    /// An enum value in canonical spelling.
+    Enum(&'static str),
+    /// A set.
+    Set(Vec<Value>),
+    /// A map, in insertion order.
+    Map(Vec<(Value, Value)>),
+    /// A whole record.
+    Record(Arc<Object>),
+    /// An ad-hoc struct (event batches, events).
+    Struct(Vec<(String, Value)>),
+    /// An absent optional value, or `void`.
+    None,
+}
+
+/// One object: its class, reference, fields in datamodel order, and change generations.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Object {
+    /// Class.
+    pub class: ClassId,
+    /// `OpaqueRef:…`.
+    pub reference: String,
+    /// Field values, indexed by `FieldId`.
+    pub fields: Vec<Value>,
+    /// Generation of the last change.
+    pub generation: u64,
+}
+
+impl Object {
+    /// A field's value.
+    pub fn get(&self, f: FieldId) -> &Value {
+        static NONE: Value = Value::None;
+        self.fields.get(f.0).unwrap_or(&NONE)
+    }
+    /// Sets a field.
+    pub fn set(&mut self, f: FieldId, v: Value) {
+        if let Some(slot) = self.fields.get_mut(f.0) {
+            *slot = v;
+        }
+    }
+    /// The `uuid` field, where the class has one.
+    pub fn uuid(&self) -> Option<&str> {
+        self.class.field_by_name("uuid").and_then(|f| self.get(f).as_str())
+    }
+    /// A string field by name ("" when absent or not a string).
+    pub fn str_field(&self, name: &str) -> &str {
+        self.class
+            .field_by_name(name)
+            .and_then(|f| self.get(f).as_str())
+            .unwrap_or("")
+    }
+}
+
+impl Value {
+    /// The text of a string, ref or enum.
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Value::String(s) | Value::Ref(s) => Some(s),
+            Value::Enum(s) => Some(s),
+            _ => None,
+        }
+    }
+    /// An integer.
+    pub fn as_int(&self) -> Option<i64> {
+        match self {
+            Value::Int(i) => Some(*i),
+            _ => None,
+        }
+    }
+    /// A boolean.
+    pub fn as_bool(&self) -> Option<bool> {
+        match self {
+            Value::Bool(b) => Some(*b),
+            _ => None,
+        }
+    }
+    /// A ref, unless null.
+    pub fn as_ref_str(&self) -> Option<&str> {
+        match self {
+            Value::Ref(r) if r != NULL_REF && !r.is_empty() => Some(r),
+            _ => None,
+        }
+    }
+    /// The elements of a set.
+    pub fn as_set(&self) -> &[Value] {
+        match self {
+            Value::Set(v) => v,
+            _ => &[],
+        }
+    }
+    /// The pairs of a map.
+    pub fn as_map(&self) -> &[(Value, Value)] {
+        match self {
+            Value::Map(v) => v,
+            _ => &[],
+        }
+    }
+    /// Looks a key up in a map.
+    pub fn map_get(&self, key: &str) -> Option<&Value> {
+        self.as_map().iter().find(|(k, _)| k.as_str() == Some(key)).map(|(_, v)| v)
+    }
+    /// A string value.
+    pub fn str(s: impl Into<String>) -> Value {
+        Value::String(s.into())
+    }
+    /// A `(string -> string) map` from pairs.
+    pub fn string_map<K: Into<String>, V: Into<String>>(pairs: impl IntoIterator<Item = (K, V)>) -> Value {
+        Value::Map(
+            pairs
+                .into_iter()
+                .map(|(k, v)| (Value::String(k.into()), Value::String(v.into())))
+                .collect(),
+        )
+    }
+    /// The map key as text, as both wire formats carry it.
+    pub fn key_text(&self) -> String {
+        match self {
+            Value::String(s) | Value::Ref(s) => s.clone(),
+            Value::Enum(s) => (*s).to_owned(),
+            Value::Int(i) => i.to_string(),
+            Value::Float(f) => format_float(*f),
+            Value::Bool(b) => b.to_string(),
+            Value::DateTime(t) => format_datetime(*t),
+            _ => String::new(),
+        }
+    }
+}
+
+/// Why a wire value does not fit a type.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("expected {expected}, got {got}")]
+pub struct TypeMismatch {
+    /// What the type wanted.
+    pub expected: String,
+    /// What arrived.
+    pub got: String,
+}
+
+fn mismatch(expected: &str, got: &Json) -> TypeMismatch {
+    let mut g = got.to_string();
+    if g.len() > 64 {
+        g.truncate(64);
+        g.push('…');
+    }
+    TypeMismatch {
+        expected: expected.to_owned(),
+        got: g,
+    }
+}
+
+/// Formats seconds since the epoch as the API's `YYYYMMDDTHH:MM:SSZ`.
+pub fn format_datetime(t: i64) -> String {
+    match DateTime::<Utc>::from_timestamp(t, 0) {
+        Some(d) => d.format("%Y%m%dT%H:%M:%SZ").to_string(),
+        None => "19700101T00:00:00Z".to_owned(),
+    }
+}
+
+/// Parses the datetime forms clients send.
+pub fn parse_datetime(s: &str) -> Option<i64> {
+    let s = s.trim();
+    if let Ok(d) = DateTime::parse_from_rfc3339(s) {
+        return Some(d.timestamp());
+    }
+    let body = s.strip_suffix('Z').unwrap_or(s);
+    for fmt in ["%Y%m%dT%H:%M:%S", "%Y%m%dT%H%M%S", "%Y-%m-%dT%H:%M:%S", "%Y%m%dT%H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f"] {
+        if let Ok(d) = NaiveDateTime::parse_from_str(body, fmt) {
+            return Some(d.and_utc().timestamp());
+        }
+    }
+    None
+}
+
+/// Now, as seconds since the epoch.
+pub fn now() -> i64 {
+    Utc::now().timestamp()
+}
+
+/// Formats a float the way the reference does (always with a point).
+pub fn format_float(f: f64) -> String {
+    if f.is_finite() {
+        let mut s = format!("{f}");
+        if !s.contains(['.', 'e', 'E']) {
+            s.push_str(".0");
+        }
+        s
+    } else {
+        "0.0".to_owned()
+    }
+}
+
+/// Converts an untyped wire value to a typed value of `ty`.
+///
+/// Lenient where the reference is: ints and floats may arrive as strings (XML-RPC carries them
+/// so), enums match case-insensitively, bools may arrive as "true"/"false".
+pub fn from_json(j: &Json, ty: &Ty) -> Result<Value, TypeMismatch> {
+    match ty {
+        Ty::String => match j {
+            Json::String(s) => Ok(Value::String(s.clone())),
+            _ => Err(mismatch("string", j)),
+        },
+        Ty::Int => match j {
+            Json::Number(n) => n.as_i64().map(Value::Int).ok_or_else(|| mismatch("int", j)),
+            Json::String(s) => s.trim().parse().map(Value::Int).map_err(|_| mismatch("int", j)),
+            _ => Err(mismatch("int", j)),
+        },
+        Ty::Float => match j {
+            Json::Number(n) => n.as_f64().map(Value::Float).ok_or_else(|| mismatch("float", j)),
+            Json::String(s) => s.trim().parse().map(Value::Float).map_err(|_| mismatch("float", j)),
+            _ => Err(mismatch("float", j)),
+        },
+        Ty::Bool => match j {
+            Json::Bool(b) => Ok(Value::Bool(*b)),
+            Json::String(s) if s.eq_ignore_ascii_case("true") || s == "1" => Ok(Value::Bool(true)),
+            Json::String(s) if s.eq_ignore_ascii_case("false") || s == "0" => Ok(Value::Bool(false)),
+            _ => Err(mismatch("bool", j)),
+        },
+        Ty::DateTime => match j {
+            Json::String(s) => parse_datetime(s).map(Value::DateTime).ok_or_else(|| mismatch("datetime", j)),
+            Json::Number(n) => n.as_f64().map(|f| Value::DateTime(f as i64)).ok_or_else(|| mismatch("datetime", j)),
+            _ => Err(mismatch("datetime", j)),
+        },
+        Ty::Ref(_) => match j {
+            Json::String(s) => Ok(Value::Ref(s.clone())),
+            _ => Err(mismatch("ref", j)),
+        },
+        Ty::Enum(e) => match j {
+            Json::String(s) => e
+                .canonical(s)
+                .map(Value::Enum)
+                .ok_or_else(|| mismatch(&format!("enum {}", e.def().name), j)),
+            _ => Err(mismatch(&format!("enum {}", e.def().name), j)),
+        },
+        Ty::Set(inner) => match j {
+            Json::Array(items) => {
+                let mut out: Vec<Value> = Vec::with_capacity(items.len());
+                for it in items {
+                    let v = from_json(it, inner)?;
+                    if !out.contains(&v) {
+                        out.push(v);
+                    }
+                }
+                Ok(Value::Set(out))
+            }
+            _ => Err(mismatch("set", j)),
+        },
+        Ty::Map(k, v) => match j {
+            Json::Object(m) => {
+                let mut out = Vec::with_capacity(m.len());
+                for (key, val) in m {
+                    out.push((from_json(&Json::String(key.clone()), k)?, from_json(val, v)?));
+                }
+                Ok(Value::Map(out))
+            }
+            _ => Err(mismatch("map", j)),
+        },
+        Ty::Record(c) => match j {
+            Json::Object(_) => Ok(Value::Record(Arc::new(record_from_json(*c, j, "")?))),
+            _ => Err(mismatch("record", j)),
+        },
+        Ty::Option(inner) => match j {
+            Json::Null => Ok(Value::None),
+            _ => from_json(j, inner),
+        },
+        Ty::AnyRecord | Ty::EventBatch | Ty::Void => Ok(Value::None),
+    }
+}
+
+/// Builds an object of `class` from a JSON object keyed by field name: fields it lacks take
+/// their datamodel defaults; names the class does not have are ignored.
+pub fn record_from_json(class: ClassId, j: &Json, reference: &str) -> Result<Object, TypeMismatch> {
+    let mut obj = default_object(class, reference);
+    if let Json::Object(m) = j {
+        for (name, val) in m {
+            if let Some(f) = class.field_by_name(name) {
+                let fv = from_json(val, class.field(f).ty).map_err(|e| TypeMismatch {
+                    expected: format!("{name}: {}", e.expected),
+                    got: e.got,
+                })?;
+                obj.set(f, fv);
+            }
+        }
+    }
+    Ok(obj)
+}
+
+/// An object of `class` with every field at its default.
+pub fn default_object(class: ClassId, reference: &str) -> Object {
+    Object {
+        class,
+        reference: reference.to_owned(),
+        fields: class.def().fields.iter().map(|f| default_value(f.ty, f.default)).collect(),
+        generation: 0,
+    }
+}
+
+/// The value a field has when nothing set it.
+pub fn default_value(ty: &Ty, default: Option<&str>) -> Value {
+    if let Some(d) = default {
+        if let Some(v) = parse_default(ty, d) {
+            return v;
+        }
+    }
+    zero(ty)
+}
+
+fn zero(ty: &Ty) -> Value {
+    match ty {
+        Ty::String => Value::String(String::new()),
+        Ty::Int => Value::Int(0),
+        Ty::Float => Value::Float(0.0),
+        Ty::Bool => Value::Bool(false),
+        Ty::DateTime => Value::DateTime(0),
+        Ty::Ref(_) => Value::Ref(NULL_REF.to_owned()),
+        Ty::Enum(e) => e.def().values.first().map_or(Value::None, |v| Value::Enum(v)),
+        Ty::Set(_) => Value::Set(Vec::new()),
+        Ty::Map(_, _) => Value::Map(Vec::new()),
+        Ty::Record(c) => Value::Record(Arc::new(default_object(*c, ""))),
+        Ty::Option(_) | Ty::AnyRecord | Ty::EventBatch | Ty::Void => Value::None,
+    }
+}
+
+/// Parses the datamodel's textual defaults (`""`, `{}`, `OpaqueRef:NULL`, `1.`, `{"a" -> "b"}`).
+fn parse_default(ty: &Ty, d: &str) -> Option<Value> {
+    let unquote = |s: &str| -> String { s.trim().trim_matches('"').to_owned() };
+    match ty {
+        Ty::String => Some(Value::String(unquote(d))),
+        Ty::Int => d.trim().parse().ok().map(Value::Int),
+        Ty::Float => d.trim().parse().ok().map(Value::Float),
+        Ty::Bool => d.trim().parse().ok().map(Value::Bool),
+        Ty::DateTime => parse_datetime(d).map(Value::DateTime),
+        Ty::Ref(_) => Some(Value::Ref(if d == "Null" { NULL_REF.to_owned() } else { unquote(d) })),
+        Ty::Enum(e) => e.canonical(&unquote(d)).map(Value::Enum),
+        Ty::Set(inner) => {
+            let body = d.trim().strip_prefix('{')?.strip_suffix('}')?;
+            let mut out = Vec::new();
+            for item in body.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+                out.push(parse_default(inner, item)?);
+            }
+            Some(Value::Set(out))
+        }
+        Ty::Map(k, v) => {
+            let body = d.trim().strip_prefix('{')?.strip_suffix('}')?;
+            let mut out = Vec::new();
+            for item in body.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+                let (a, b) = item.split_once("->")?;
+                out.push((parse_default(k, a)?, parse_default(v, b)?));
+            }
+            Some(Value::Map(out))
+        }
+        _ => None,
+    }
+}
+
+/// Writes a value as JSON (the JSON-RPC wire form and the store's form).
+pub fn write_json(v: &Value, out: &mut String) {
+    match v {
+        Value::String(s) | Value::Ref(s) => write_json_str(s, out),
+        Value::Enum(s) => write_json_str(s, out),
+        Value::Int(i) => {
+            let _ = write!(out, "{i}");
+        }
+        Value::Float(f) => out.push_str(&format_float(*f)),
+        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+        Value::DateTime(t) => write_json_str(&format_datetime(*t), out),
+        Value::Set(items) => {
+            out.push('[');
+            for (i, it) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_json(it, out);
+            }
+            out.push(']');
+        }
+        Value::Map(pairs) => {
+            out.push('{');
+            for (i, (k, val)) in pairs.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_json_str(&k.key_text(), out);
+                out.push(':');
+                write_json(val, out);
+            }
+            out.push('}');
+        }
+        Value::Record(obj) => write_record_json(obj, out),
+        Value::Struct(members) => {
+            out.push('{');
+            for (i, (k, val)) in members.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_json_str(k, out);
+                out.push(':');
+                write_json(val, out);
+            }
+            out.push('}');
+        }
+        Value::None => out.push_str("null"),
+    }
+}
+
+/// Writes an object's fields as a JSON object keyed by field name.
+pub fn write_record_json(obj: &Object, out: &mut String) {
+    out.push('{');
+    for (i, (f, val)) in obj.class.def().fields.iter().zip(obj.fields.iter()).enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        write_json_str(f.name, out);
+        out.push(':');
+        write_json(val, out);
+    }
+    out.push('}');
+}
+
+/// Writes a JSON string literal.
+pub fn write_json_str(s: &str, out: &mut String) {
+    out.push('"');
+    let mut start = 0;
+    for (i, b) in s.bytes().enumerate() {
+        let esc: Option<&str> = match b {
+            b'"' => Some("\\\""),
+            b'\\' => Some("\\\\"),
+            b'\n' => Some("\\n"),
+            b'\r' => Some("\\r"),
+            b'\t' => Some("\\t"),
+            0..=0x1f => None,
+            _ => continue,
+        };
+        out.push_str(&s[start..i]);
+        match esc {
+            Some(e) => out.push_str(e),
+            None => {
+                let _ = write!(out, "\\u{b:04x}");
+            }
+        }
+        start = i + 1;
+    }
+    out.push_str(&s[start..]);
+    out.push('"');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::{class_ids, fields};
+
+    #[test]
+    fn defaults_follow_the_datamodel() {
+        let vm = default_object(class_ids::VM, "OpaqueRef:x");
+        assert_eq!(vm.get(fields::VM::power_state), &Value::Enum("Halted"));
+        assert_eq!(vm.get(fields::VM::HVM_shadow_multiplier), &Value::Float(1.0));
+        assert_eq!(vm.get(fields::VM::generation_id), &Value::str("0:0"));
+        assert_eq!(vm.get(fields::VM::snapshot_of), &Value::Ref(NULL_REF.into()));
+        assert_eq!(vm.get(fields::VM::tags), &Value::Set(vec![]));
+    }
+
+    #[test]
+    fn wire_values_convert_by_type() {
+        let ty_int = Ty::Int;
+        assert_eq!(from_json(&Json::String("42".into()), &ty_int), Ok(Value::Int(42)));
+        assert!(from_json(&Json::String("x".into()), &ty_int).is_err());
+        assert!(from_json(&serde_json::json!(5), &Ty::String).is_err());
+        assert_eq!(parse_datetime("20250319T04:16:24Z").map(format_datetime).as_deref(), Some("20250319T04:16:24Z"));
+    }
+
+    #[test]
+    fn json_strings_are_escaped() {
+        let mut s = String::new();
+        write_json_str("a\"b\\c\n\u{1}", &mut s);
+        assert_eq!(s, "\"a\\\"b\\\\c\\n\\u0001\"");
+        let back: String = serde_json::from_str(&s).unwrap();
+        assert_eq!(back, "a\"b\\c\n\u{1}");
+    }
+}
