@@ -4,3 +4,6 @@
 pub mod schema;
 pub mod error;
 pub mod value;
+pub mod events;
+pub mod objects;
+pub mod store;

@@ -1,0 +1,200 @@
+//! Generic object changes inside a store transaction: create, set a field, destroy — each
+//! keeping bound fields (`relations.json`) consistent on both ends.
+
+use crate::error::ApiError;
+use crate::schema::{partner, ClassId, FieldId, Ty};
+use crate::store::Tx;
+use crate::value::{Object, Value, NULL_REF};
+
+/// A fresh `OpaqueRef:<uuid>`.
+pub fn new_ref() -> String {
+    format!("OpaqueRef:{}", uuid::Uuid::new_v4())
+}
+
+/// A fresh uuid.
+pub fn new_uuid() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+/// Checks that every non-null ref in `v` (of type `ty`) names an existing object.
+pub fn check_refs(tx: &Tx, ty: &Ty, v: &Value) -> Result<(), ApiError> {
+    match (ty, v) {
+        (Ty::Ref(c), Value::Ref(r)) => {
+            if r != NULL_REF && !r.is_empty() && tx.get(*c, r).is_none() {
+                return Err(ApiError::handle_invalid(c.name(), r));
+            }
+            Ok(())
+        }
+        (Ty::Set(inner), Value::Set(items)) => items.iter().try_for_each(|i| check_refs(tx, inner, i)),
+        (Ty::Map(k, val), Value::Map(pairs)) => pairs.iter().try_for_each(|(a, b)| {
+            check_refs(tx, k, a)?;
+            check_refs(tx, val, b)
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Adds a new object, linking it into the objects its bound fields name.
+pub fn create(tx: &mut Tx, obj: Object) -> Result<(), ApiError> {
+    let class = obj.class;
+    if let Some(u) = obj.uuid() {
+        if tx.uuid_taken(class, u) {
+            return Err(ApiError::DbUniquenessConstraintViolation {
+                table: class.name().to_owned(),
+                field: "uuid".into(),
+                value: u.to_owned(),
+            });
+        }
+    }
+    for (i, f) in class.def().fields.iter().enumerate() {
+        check_refs(tx, f.ty, obj.get(FieldId(i)))?;
+    }
+    let reference = obj.reference.clone();
+    let bound: Vec<(FieldId, Value)> = (0..class.def().fields.len())
+        .map(FieldId)
+        .filter(|f| partner(class, *f).is_some())
+        .map(|f| (f, obj.get(f).clone()))
+        .collect();
+    tx.put(obj);
+    for (f, v) in bound {
+        relink(tx, class, &reference, f, &empty_like(&v), &v)?;
+    }
+    Ok(())
+}
+
+/// Sets one field, updating the other end of a bound field.
+pub fn set_field(tx: &mut Tx, class: ClassId, reference: &str, f: FieldId, v: Value) -> Result<(), ApiError> {
+    check_refs(tx, class.field(f).ty, &v)?;
+    let cur = tx.must_get(class, reference)?;
+    let old = cur.get(f).clone();
+    if old == v {
+        return Ok(());
+    }
+    let mut obj = (*cur).clone();
+    obj.set(f, v.clone());
+    tx.put(obj);
+    if partner(class, f).is_some() {
+        relink(tx, class, reference, f, &old, &v)?;
+    }
+    Ok(())
+}
+
+/// Removes an object, unlinking it from every object its bound fields name.
+pub fn destroy(tx: &mut Tx, class: ClassId, reference: &str) -> Result<(), ApiError> {
+    let cur = tx.must_get(class, reference)?;
+    for i in 0..class.def().fields.len() {
+        let f = FieldId(i);
+        if partner(class, f).is_some() {
+            let old = cur.get(f).clone();
+            relink(tx, class, reference, f, &old, &empty_like(&old))?;
+        }
+    }
+    tx.delete(class, reference);
+    Ok(())
+}
+
+fn empty_like(v: &Value) -> Value {
+    match v {
+        Value::Set(_) => Value::Set(Vec::new()),
+        Value::Map(_) => Value::Map(Vec::new()),
+        Value::Ref(_) => Value::Ref(NULL_REF.to_owned()),
+        other => other.clone(),
+    }
+}
+
+fn refs_of(v: &Value) -> Vec<String> {
+    match v {
+        Value::Ref(r) if r != NULL_REF && !r.is_empty() => vec![r.clone()],
+        Value::Set(items) => items.iter().filter_map(|i| i.as_ref_str().map(str::to_owned)).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// `me.field` went from `old` to `new`: fix the partner field of every object that left or
+/// joined.
+fn relink(tx: &mut Tx, class: ClassId, me: &str, f: FieldId, old: &Value, new: &Value) -> Result<(), ApiError> {
+    let Some(p) = partner(class, f) else { return Ok(()) };
+    let old_refs = refs_of(old);
+    let new_refs = refs_of(new);
+    for r in old_refs.iter().filter(|r| !new_refs.contains(r)) {
+        edit_partner(tx, p.class, r, p.field, me, false);
+    }
+    for r in new_refs.iter().filter(|r| !old_refs.contains(r)) {
+        edit_partner(tx, p.class, r, p.field, me, true);
+    }
+    Ok(())
+}
+
+fn edit_partner(tx: &mut Tx, class: ClassId, reference: &str, f: FieldId, me: &str, add: bool) {
+    let Some(cur) = tx.get(class, reference) else { return };
+    let mut obj = (*cur).clone();
+    let me_v = Value::Ref(me.to_owned());
+    let next = match cur.get(f) {
+        Value::Set(items) => {
+            let mut items = items.clone();
+            if add {
+                if !items.contains(&me_v) {
+                    items.push(me_v);
+                }
+            } else {
+                items.retain(|i| i != &me_v);
+            }
+            Value::Set(items)
+        }
+        Value::Ref(r) => {
+            if add {
+                me_v
+            } else if r == me {
+                Value::Ref(NULL_REF.to_owned())
+            } else {
+                return;
+            }
+        }
+        _ => return,
+    };
+    if cur.get(f) != &next {
+        obj.set(f, next);
+        tx.put(obj);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::{class_ids, fields};
+    use crate::store::Store;
+    use crate::value::default_object;
+
+    #[tokio::test]
+    async fn bound_fields_follow_create_set_and_destroy() {
+        let store = Store::open(None).unwrap();
+        store
+            .write(|tx| {
+                create(tx, default_object(class_ids::VM, "OpaqueRef:vm"))?;
+                create(tx, default_object(class_ids::network, "OpaqueRef:net"))?;
+                let mut vif = default_object(class_ids::VIF, "OpaqueRef:vif");
+                vif.set(fields::VIF::VM, Value::Ref("OpaqueRef:vm".into()));
+                vif.set(fields::VIF::network, Value::Ref("OpaqueRef:net".into()));
+                create(tx, vif)
+            })
+            .await
+            .unwrap();
+        let vifs = |c, r, f| store.get(c, r).unwrap().get(f).clone();
+        let one = Value::Set(vec![Value::Ref("OpaqueRef:vif".into())]);
+        assert_eq!(vifs(class_ids::VM, "OpaqueRef:vm", fields::VM::VIFs), one);
+        assert_eq!(vifs(class_ids::network, "OpaqueRef:net", fields::network::VIFs), one);
+        store.write(|tx| destroy(tx, class_ids::VIF, "OpaqueRef:vif")).await.unwrap();
+        assert_eq!(vifs(class_ids::VM, "OpaqueRef:vm", fields::VM::VIFs), Value::Set(vec![]));
+        assert_eq!(vifs(class_ids::network, "OpaqueRef:net", fields::network::VIFs), Value::Set(vec![]));
+    }
+
+    #[tokio::test]
+    async fn dangling_refs_are_refused() {
+        let store = Store::open(None).unwrap();
+        let mut vif = default_object(class_ids::VIF, "OpaqueRef:vif");
+        vif.set(fields::VIF::VM, Value::Ref("OpaqueRef:nope".into()));
+        let e = store.write(|tx| create(tx, vif)).await.unwrap_err();
+        assert_eq!(e.code(), "HANDLE_INVALID");
+        assert_eq!(e.params(), vec!["VM", "OpaqueRef:nope"]);
+    }
+}

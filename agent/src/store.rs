@@ -1,0 +1,461 @@
+//! The store: every object in memory for reads, persistent classes on disk (redb).
+//!
+//! Reads take a per-class read lock and clone `Arc`s. Writes run as transactions: a short
+//! critical section applies the change in memory, assigns generations, appends to the event
+//! log and queues the durable write; the caller is answered only once a writer thread has
+//! committed it to disk. The writer drains every queued transaction into one redb commit
+//! (group commit), so concurrent writers share one fsync.
+
+use crate::error::ApiError;
+use crate::events::{EventEntry, EventLog, EventOp};
+use crate::schema::{ClassId, CLASSES};
+use crate::value::{now, record_from_json, write_record_json, Object};
+use parking_lot::{Mutex, RwLock};
+use redb::{ReadableTable, TableDefinition};
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use tokio::sync::oneshot;
+
+const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
+
+/// A failure of the store itself.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database could not be opened or read.
+    #[error("opening the store at {path}")]
+    Open {
+        /// Where.
+        path: String,
+        /// Why.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A write did not reach the disk.
+    #[error("writing the store: {0}")]
+    Write(String),
+    /// A stored object could not be decoded.
+    #[error("stored object {key} is unreadable: {reason}")]
+    Corrupt {
+        /// Its key.
+        key: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+#[derive(Default)]
+struct Table {
+    objects: HashMap<String, Arc<Object>>,
+    uuids: HashMap<String, String>,
+}
+
+enum DiskOp {
+    Put(String, Vec<u8>),
+    Delete(String),
+}
+
+struct Batch {
+    ops: Vec<DiskOp>,
+    ack: oneshot::Sender<Result<(), String>>,
+}
+
+/// The object store.
+pub struct Store {
+    tables: Vec<RwLock<Table>>,
+    commit: Mutex<u64>,
+    writer: Option<crossbeam_channel::Sender<Batch>>,
+    writer_thread: Option<std::thread::JoinHandle<()>>,
+    events: EventLog,
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        // Closing the queue lets the writer finish what is queued and release the database.
+        self.writer = None;
+        if let Some(t) = self.writer_thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A transaction: reads see its own pending writes.
+pub struct Tx<'a> {
+    store: &'a Store,
+    overlay: HashMap<(ClassId, String), Option<Arc<Object>>>,
+    order: Vec<(ClassId, String)>,
+}
+
+impl Tx<'_> {
+    /// Reads an object, seeing this transaction's writes.
+    pub fn get(&self, class: ClassId, reference: &str) -> Option<Arc<Object>> {
+        match self.overlay.get(&(class, reference.to_owned())) {
+            Some(v) => v.clone(),
+            None => self.store.get(class, reference),
+        }
+    }
+    /// Reads an object or fails with `HANDLE_INVALID`.
+    pub fn must_get(&self, class: ClassId, reference: &str) -> Result<Arc<Object>, ApiError> {
+        self.get(class, reference)
+            .ok_or_else(|| ApiError::handle_invalid(class.name(), reference))
+    }
+    /// Writes (creates or replaces) an object.
+    pub fn put(&mut self, obj: Object) {
+        let key = (obj.class, obj.reference.clone());
+        if !self.overlay.contains_key(&key) {
+            self.order.push(key.clone());
+        }
+        self.overlay.insert(key, Some(Arc::new(obj)));
+    }
+    /// Deletes an object.
+    pub fn delete(&mut self, class: ClassId, reference: &str) {
+        let key = (class, reference.to_owned());
+        if !self.overlay.contains_key(&key) {
+            self.order.push(key.clone());
+        }
+        self.overlay.insert(key, None);
+    }
+    /// Whether a uuid is taken in the class (seeing this transaction's writes).
+    pub fn uuid_taken(&self, class: ClassId, uuid: &str) -> bool {
+        if self
+            .overlay
+            .iter()
+            .any(|((c, _), o)| *c == class && o.as_ref().is_some_and(|o| o.uuid() == Some(uuid)))
+        {
+            return true;
+        }
+        self.store.ref_by_uuid(class, uuid).is_some()
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir`, loading every persistent object; `None` keeps
+    /// everything in memory (tests).
+    pub fn open(dir: Option<&Path>) -> Result<Store, StoreError> {
+        let tables = CLASSES.iter().map(|_| RwLock::new(Table::default())).collect();
+        let mut store = Store {
+            tables,
+            commit: Mutex::new(0),
+            writer: None,
+            writer_thread: None,
+            events: EventLog::new(1 << 16),
+        };
+        let Some(dir) = dir else {
+            return Ok(store);
+        };
+        let path = dir.join("xapid.redb");
+        let open_err = |e: Box<dyn std::error::Error + Send + Sync>| StoreError::Open {
+            path: path.display().to_string(),
+            source: e,
+        };
+        let db = redb::Database::create(&path).map_err(|e| open_err(Box::new(e)))?;
+        {
+            let rtx = db.begin_read().map_err(|e| open_err(Box::new(e)))?;
+            match rtx.open_table(OBJECTS) {
+                Ok(table) => {
+                    let iter = table.iter().map_err(|e| open_err(Box::new(e)))?;
+                    for item in iter {
+                        let (k, v) = item.map_err(|e| open_err(Box::new(e)))?;
+                        store.load_one(k.value(), v.value())?;
+                    }
+                }
+                Err(redb::TableError::TableDoesNotExist(_)) => {}
+                Err(e) => return Err(open_err(Box::new(e))),
+            }
+        }
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let handle = std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || writer_loop(db, rx))
+            .map_err(|e| open_err(Box::new(e)))?;
+        store.writer = Some(tx);
+        store.writer_thread = Some(handle);
+        Ok(store)
+    }
+
+    fn load_one(&mut self, key: &str, bytes: &[u8]) -> Result<(), StoreError> {
+        let corrupt = |reason: String| StoreError::Corrupt {
+            key: key.to_owned(),
+            reason,
+        };
+        let (class_name, reference) = key.split_once('/').ok_or_else(|| corrupt("bad key".into()))?;
+        let Some(class) = ClassId::by_name(class_name) else {
+            tracing::warn!(key, "stored object of a class this build does not know; skipped");
+            return Ok(());
+        };
+        let json: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| corrupt(e.to_string()))?;
+        let obj = record_from_json(class, &json, reference).map_err(|e| corrupt(e.to_string()))?;
+        let table = self.tables[class.0].get_mut();
+        if let Some(u) = obj.uuid() {
+            table.uuids.insert(u.to_owned(), reference.to_owned());
+        }
+        table.objects.insert(reference.to_owned(), Arc::new(obj));
+        Ok(())
+    }
+
+    /// The event log.
+    pub fn events(&self) -> &EventLog {
+        &self.events
+    }
+
+    /// Reads one object.
+    pub fn get(&self, class: ClassId, reference: &str) -> Option<Arc<Object>> {
+        self.tables.get(class.0)?.read().objects.get(reference).cloned()
+    }
+
+    /// Every object of a class.
+    pub fn all(&self, class: ClassId) -> Vec<Arc<Object>> {
+        match self.tables.get(class.0) {
+            Some(t) => t.read().objects.values().cloned().collect(),
+            None => Vec::new(),
+        }
+    }
+
+    /// How many objects a class has.
+    pub fn count(&self, class: ClassId) -> usize {
+        self.tables.get(class.0).map_or(0, |t| t.read().objects.len())
+    }
+
+    /// The ref of the object with this uuid.
+    pub fn ref_by_uuid(&self, class: ClassId, uuid: &str) -> Option<String> {
+        self.tables.get(class.0)?.read().uuids.get(uuid).cloned()
+    }
+
+    /// Runs `f` as one transaction and returns once its changes are durable.
+    pub async fn write<T>(&self, f: impl FnOnce(&mut Tx) -> Result<T, ApiError>) -> Result<T, ApiError> {
+        let (result, ack, undo) = {
+            let mut generation = self.commit.lock();
+            let mut tx = Tx {
+                store: self,
+                overlay: HashMap::new(),
+                order: Vec::new(),
+            };
+            let result = f(&mut tx)?;
+            let (ack, undo) = self.apply(&mut generation, tx);
+            (result, ack, undo)
+        };
+        if let Some(ack) = ack {
+            let outcome = ack.await.unwrap_or_else(|_| Err("the store writer has stopped".into()));
+            if let Err(e) = outcome {
+                tracing::error!(error = %e, "a write did not reach the disk; undoing it in memory");
+                self.undo(undo);
+                return Err(ApiError::internal(format!("the change could not be saved: {e}")));
+            }
+        }
+        Ok(result)
+    }
+
+    /// Applies a transaction in memory, logs its events and queues its durable part.
+    fn apply(&self, generation: &mut u64, tx: Tx) -> (Option<oneshot::Receiver<Result<(), String>>>, Vec<Undo>) {
+        let Tx { mut overlay, order, .. } = tx;
+        let mut events = Vec::with_capacity(order.len());
+        let mut disk = Vec::new();
+        let mut undo = Vec::with_capacity(order.len());
+        let time = now();
+        for key in order {
+            let Some(change) = overlay.remove(&key) else { continue };
+            let (class, reference) = key;
+            let mut table = self.tables[class.0].write();
+            let old = table.objects.get(&reference).cloned();
+            match change {
+                Some(obj) => {
+                    *generation += 1;
+                    let mut obj = Arc::unwrap_or_clone(obj);
+                    obj.generation = *generation;
+                    let obj = Arc::new(obj);
+                    if let Some(o) = &old {
+                        if let Some(u) = o.uuid() {
+                            table.uuids.remove(u);
+                        }
+                    }
+                    let uuid = obj.uuid().unwrap_or("").to_owned();
+                    if !uuid.is_empty() {
+                        table.uuids.insert(uuid.clone(), reference.clone());
+                    }
+                    table.objects.insert(reference.clone(), obj.clone());
+                    if class.def().persistent {
+                        let mut s = String::with_capacity(1024);
+                        write_record_json(&obj, &mut s);
+                        disk.push(DiskOp::Put(format!("{}/{}", class.name(), reference), s.into_bytes()));
+                    }
+                    events.push(EventEntry {
+                        id: *generation,
+                        class,
+                        reference: reference.clone(),
+                        uuid,
+                        op: if old.is_some() { EventOp::Mod } else { EventOp::Add },
+                        time,
+                    });
+                    undo.push(Undo {
+                        class,
+                        reference,
+                        old,
+                        new: Some(obj),
+                    });
+                }
+                None => {
+                    let Some(o) = table.objects.remove(&reference) else { continue };
+                    *generation += 1;
+                    let uuid = o.uuid().unwrap_or("").to_owned();
+                    table.uuids.remove(&uuid);
+                    if class.def().persistent {
+                        disk.push(DiskOp::Delete(format!("{}/{}", class.name(), reference)));
+                    }
+                    events.push(EventEntry {
+                        id: *generation,
+                        class,
+                        reference: reference.clone(),
+                        uuid,
+                        op: EventOp::Del,
+                        time,
+                    });
+                    undo.push(Undo {
+                        class,
+                        reference,
+                        old: Some(o),
+                        new: None,
+                    });
+                }
+            }
+        }
+        self.events.append(events);
+        let ack = match (&self.writer, disk.is_empty()) {
+            (Some(w), false) => {
+                let (ack_tx, ack_rx) = oneshot::channel();
+                if w.send(Batch { ops: disk, ack: ack_tx }).is_err() {
+                    tracing::error!("the store writer has stopped");
+                }
+                Some(ack_rx)
+            }
+            _ => None,
+        };
+        (ack, undo)
+    }
+
+    /// Puts back what a failed transaction replaced, where nothing newer has replaced it since.
+    fn undo(&self, undo: Vec<Undo>) {
+        let _guard = self.commit.lock();
+        for u in undo.into_iter().rev() {
+            let mut table = self.tables[u.class.0].write();
+            let current = table.objects.get(&u.reference).cloned();
+            let unchanged = match (&current, &u.new) {
+                (Some(c), Some(n)) => Arc::ptr_eq(c, n),
+                (None, None) => true,
+                _ => false,
+            };
+            if !unchanged {
+                continue;
+            }
+            if let Some(c) = &current {
+                if let Some(uu) = c.uuid() {
+                    table.uuids.remove(uu);
+                }
+            }
+            match u.old {
+                Some(o) => {
+                    if let Some(uu) = o.uuid() {
+                        table.uuids.insert(uu.to_owned(), u.reference.clone());
+                    }
+                    table.objects.insert(u.reference, o);
+                }
+                None => {
+                    table.objects.remove(&u.reference);
+                }
+            }
+        }
+    }
+}
+
+struct Undo {
+    class: ClassId,
+    reference: String,
+    old: Option<Arc<Object>>,
+    new: Option<Arc<Object>>,
+}
+
+fn writer_loop(db: redb::Database, rx: crossbeam_channel::Receiver<Batch>) {
+    while let Ok(first) = rx.recv() {
+        let mut batches = vec![first];
+        while batches.len() < 4096 {
+            match rx.try_recv() {
+                Ok(b) => batches.push(b),
+                Err(_) => break,
+            }
+        }
+        let result = commit_batches(&db, &batches).map_err(|e| e.to_string());
+        for b in batches {
+            let _ = b.ack.send(result.clone());
+        }
+    }
+}
+
+fn commit_batches(db: &redb::Database, batches: &[Batch]) -> Result<(), Box<dyn std::error::Error>> {
+    let wtx = db.begin_write()?;
+    {
+        let mut table = wtx.open_table(OBJECTS)?;
+        for b in batches {
+            for op in &b.ops {
+                match op {
+                    DiskOp::Put(k, v) => {
+                        table.insert(k.as_str(), v.as_slice())?;
+                    }
+                    DiskOp::Delete(k) => {
+                        table.remove(k.as_str())?;
+                    }
+                }
+            }
+        }
+    }
+    wtx.commit()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::{class_ids, fields};
+    use crate::value::{default_object, Value};
+
+    fn network(r: &str, uuid: &str, name: &str) -> Object {
+        let mut o = default_object(class_ids::network, r);
+        o.set(fields::network::uuid, Value::str(uuid));
+        o.set(fields::network::name_label, Value::str(name));
+        o
+    }
+
+    #[tokio::test]
+    async fn writes_survive_reopen_and_ephemeral_classes_do_not() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(Some(dir.path())).unwrap();
+            store
+                .write(|tx| {
+                    tx.put(network("OpaqueRef:n1", "u1", "net one"));
+                    tx.put(default_object(class_ids::session, "OpaqueRef:s1"));
+                    Ok(())
+                })
+                .await
+                .unwrap();
+            assert_eq!(store.events().latest(), 2);
+        }
+        let store = Store::open(Some(dir.path())).unwrap();
+        let n = store.get(class_ids::network, "OpaqueRef:n1").unwrap();
+        assert_eq!(n.str_field("name_label"), "net one");
+        assert_eq!(store.ref_by_uuid(class_ids::network, "u1").as_deref(), Some("OpaqueRef:n1"));
+        assert!(store.get(class_ids::session, "OpaqueRef:s1").is_none());
+    }
+
+    #[tokio::test]
+    async fn failed_transactions_change_nothing() {
+        let store = Store::open(None).unwrap();
+        let r: Result<(), ApiError> = store
+            .write(|tx| {
+                tx.put(network("OpaqueRef:n1", "u1", "x"));
+                Err(ApiError::internal("no"))
+            })
+            .await;
+        assert!(r.is_err());
+        assert!(store.get(class_ids::network, "OpaqueRef:n1").is_none());
+        assert_eq!(store.events().latest(), 0);
+    }
+}
