@@ -1,9 +1,93 @@
 //! xapid's object model: the datamodel's tables, typed values, the durable store, the event
-//! log, and (later) the per-object actors and the hypervisor backends.
+//! log, sessions, dispatch of calls, and the hypervisor backends.
 
-pub mod schema;
+pub mod api;
 pub mod error;
-pub mod value;
+pub mod event_from;
 pub mod events;
+pub mod first_boot;
+pub mod handlers;
 pub mod objects;
+pub mod query;
+pub mod schema;
+pub mod sessions;
 pub mod store;
+pub mod tasks;
+pub mod value;
+pub mod xml;
+
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+pub use api::{call, method_list, CallCtx};
+pub use error::ApiError;
+pub use first_boot::{CpuFacts, HostFacts};
+pub use value::Value;
+
+/// Failures starting the agent.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The state dir could not be prepared.
+    #[error("preparing the state dir {0}")]
+    StateDir(String, #[source] std::io::Error),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    /// Authentication could not be set up.
+    #[error(transparent)]
+    Auth(#[from] sessions::AuthError),
+    /// The first objects could not be created.
+    #[error("creating the first objects: {0}")]
+    FirstBoot(ApiError),
+}
+
+/// How to start the agent.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    /// Where the store, the password hash and the default SR live.
+    pub state_dir: PathBuf,
+    /// Sets the root password on first start.
+    pub root_password_file: Option<PathBuf>,
+    /// Facts about this host, from the backend.
+    pub facts: HostFacts,
+}
+
+/// The running object model.
+pub struct Agent {
+    /// Every object.
+    pub store: store::Store,
+    /// Sessions and the root password.
+    pub sessions: sessions::Sessions,
+    /// This host's ref.
+    pub host: String,
+    /// The pool's ref.
+    pub pool: String,
+    /// Async calls still running, by task ref.
+    pub running_tasks: Mutex<HashMap<String, tokio::task::AbortHandle>>,
+}
+
+impl Agent {
+    /// Opens the store, creates the first objects on a fresh state dir, and rebuilds the
+    /// in-memory ones.
+    pub async fn start(cfg: AgentConfig) -> Result<Arc<Agent>, AgentError> {
+        std::fs::create_dir_all(&cfg.state_dir)
+            .map_err(|e| AgentError::StateDir(cfg.state_dir.display().to_string(), e))?;
+        let store = store::Store::open(Some(&cfg.state_dir))?;
+        let sessions = sessions::Sessions::open(&cfg.state_dir, cfg.root_password_file.as_deref())?;
+        let (pool, host) = first_boot::ensure(&store, &cfg.facts, &cfg.state_dir)
+            .await
+            .map_err(AgentError::FirstBoot)?;
+        first_boot::rebuild_ephemeral(&store, &cfg.facts)
+            .await
+            .map_err(AgentError::FirstBoot)?;
+        Ok(Arc::new(Agent {
+            store,
+            sessions,
+            host,
+            pool,
+            running_tasks: Mutex::new(HashMap::new()),
+        }))
+    }
+}

@@ -27,7 +27,7 @@ def test_restart_keeps_objects_drops_sessions(new_daemon, model):
 
     rc = d.stop(signal.SIGTERM)
     assert rc == 0, f"xapid exited with {rc} on SIGTERM\n{d.log_tail()}"
-    d.start()  # same state dir, same password file, new port
+    d.start(port=d.port)  # same state dir, password file and port (clients keep their URL)
 
     proxy = xmlrpc.client.ServerProxy(d.url, allow_none=True)
     assert raw_failure(proxy.VM.get_all(old_handle)) == ["SESSION_INVALID", old_handle]

@@ -24,6 +24,11 @@ class Model:
             self.sources.append(str(add_path))
             self._apply_additions(json.loads(add_path.read_text()))
         self.by_name = {c["name"]: c for c in self.classes}
+        self.extra_enums: dict[str, list[str]] = {}
+        enums_path = vendor / "enums.json"  # {enum name: [values]}, if present
+        if enums_path.exists():
+            self.sources.append(str(enums_path))
+            self.extra_enums = json.loads(enums_path.read_text())
 
     def _apply_additions(self, add: dict) -> None:
         by_name = {c["name"]: c for c in self.classes}
@@ -42,6 +47,9 @@ class Model:
             f = entry["field"]
             if f["name"] not in {x["name"] for x in cls["fields"]}:
                 cls["fields"].append(f)
+            for m in entry.get("messages", []):  # the field's accessors
+                if m["name"] not in {x["name"] for x in cls["messages"]}:
+                    cls["messages"].append(m)
         for entry in add.get("messages", []):
             cls = by_name[entry["class"]]
             m = entry.get("message") or entry.get("msg")
@@ -79,6 +87,8 @@ class Model:
         for c in self.classes:
             for e in c.get("enums", []):
                 out.setdefault(e["name"], set()).update(e["values"])
+        for name, values in self.extra_enums.items():
+            out.setdefault(name, set()).update(values)
         return out
 
     # -- value checking (XML-RPC as decoded by xmlrpc.client) ---------------

@@ -1,0 +1,209 @@
+//! `event.from` and `event.inject`: changes since a token, merged per object, with the
+//! latest snapshot of each.
+
+use crate::api::Call;
+use crate::error::ApiError;
+use crate::events::EventOp;
+use crate::schema::ClassId;
+use crate::value::{Value, NULL_REF};
+use crate::Agent;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The longest an `event.from` may wait, whatever the caller asks.
+pub const MAX_TIMEOUT_SECS: f64 = 3600.0;
+
+struct Subscription {
+    all: bool,
+    classes: HashSet<ClassId>,
+    objects: HashSet<(ClassId, String)>,
+}
+
+impl Subscription {
+    fn parse(list: &[Value]) -> Subscription {
+        let mut s = Subscription {
+            all: false,
+            classes: HashSet::new(),
+            objects: HashSet::new(),
+        };
+        for v in list {
+            let Some(t) = v.as_str() else { continue };
+            if t == "*" {
+                s.all = true;
+            } else if let Some((c, r)) = t.split_once('/') {
+                if let Some(c) = ClassId::by_name(c) {
+                    s.objects.insert((c, r.to_owned()));
+                }
+            } else if let Some(c) = ClassId::by_name(t) {
+                s.classes.insert(c);
+            }
+        }
+        s
+    }
+    fn wants(&self, c: ClassId, r: &str) -> bool {
+        self.all || self.classes.contains(&c) || self.objects.contains(&(c, r.to_owned()))
+    }
+    fn classes(&self) -> Vec<ClassId> {
+        if self.all {
+            return ClassId::all().collect();
+        }
+        let mut v: Vec<ClassId> = self.classes.iter().copied().chain(self.objects.iter().map(|(c, _)| *c)).collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+}
+
+fn parse_token(t: &str) -> Result<u64, ApiError> {
+    if t.is_empty() {
+        return Ok(0);
+    }
+    t.split(',')
+        .next()
+        .and_then(|x| x.trim().parse().ok())
+        .ok_or_else(|| ApiError::EventFromTokenParseFailure { token: t.to_owned() })
+}
+
+fn token(id: u64) -> String {
+    format!("{id:020}")
+}
+
+/// `event.from(classes, token, timeout)`.
+pub async fn from(agent: &Arc<Agent>, c: &Call) -> Result<Value, ApiError> {
+    let subs = Subscription::parse(c.args.first().map(Value::as_set).unwrap_or(&[]));
+    let since = parse_token(c.args.get(1).and_then(Value::as_str).unwrap_or(""))?;
+    let timeout = match c.args.get(2) {
+        Some(Value::Float(f)) if f.is_finite() && *f > 0.0 => f.min(MAX_TIMEOUT_SECS),
+        _ => 0.0,
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(timeout);
+    let mut rx = agent.store.events().subscribe();
+    loop {
+        let latest = *rx.borrow_and_update();
+        let changes = collect(agent, &subs, since, latest);
+        if !changes.is_empty() || tokio::time::Instant::now() >= deadline {
+            return Ok(batch(agent, &subs, changes, latest.max(since)));
+        }
+        match tokio::time::timeout_at(deadline, rx.changed()).await {
+            Ok(Ok(())) => continue,
+            Ok(Err(_)) | Err(_) => {
+                let latest = agent.store.events().latest();
+                let changes = collect(agent, &subs, since, latest);
+                return Ok(batch(agent, &subs, changes, latest.max(since)));
+            }
+        }
+    }
+}
+
+struct Change {
+    class: ClassId,
+    reference: String,
+    op: EventOp,
+    id: u64,
+    time: i64,
+}
+
+/// Changes after `since`, merged: one per object, in order of their last change.
+fn collect(agent: &Agent, subs: &Subscription, since: u64, latest: u64) -> Vec<Change> {
+    if latest <= since && since != 0 {
+        return Vec::new();
+    }
+    let log = if since == 0 { None } else { agent.store.events().since(since) };
+    match log {
+        Some(entries) => {
+            let mut merged: HashMap<(ClassId, String), Change> = HashMap::new();
+            for e in entries {
+                if !subs.wants(e.class, &e.reference) {
+                    continue;
+                }
+                let key = (e.class, e.reference.clone());
+                let op = match (merged.get(&key).map(|c| c.op), e.op) {
+                    (Some(EventOp::Add), EventOp::Mod) => EventOp::Add,
+                    (_, op) => op,
+                };
+                merged.insert(
+                    key,
+                    Change {
+                        class: e.class,
+                        reference: e.reference,
+                        op,
+                        id: e.id,
+                        time: e.time,
+                    },
+                );
+            }
+            let mut v: Vec<Change> = merged.into_values().collect();
+            v.sort_by_key(|c| c.id);
+            v
+        }
+        None => {
+            // The caller is new or the log no longer reaches back: every live object.
+            let mut v = Vec::new();
+            for class in subs.classes() {
+                for o in agent.store.all(class) {
+                    if o.generation > since || since == 0 {
+                        if !subs.wants(class, &o.reference) {
+                            continue;
+                        }
+                        v.push(Change {
+                            class,
+                            reference: o.reference.clone(),
+                            op: if since == 0 { EventOp::Add } else { EventOp::Mod },
+                            id: o.generation,
+                            time: crate::value::now(),
+                        });
+                    }
+                }
+            }
+            v.sort_by_key(|c| c.id);
+            v
+        }
+    }
+}
+
+fn batch(agent: &Agent, subs: &Subscription, changes: Vec<Change>, latest: u64) -> Value {
+    let mut events = Vec::with_capacity(changes.len());
+    for ch in changes {
+        let snapshot = agent.store.get(ch.class, &ch.reference);
+        // An object changed and then destroyed within the window is reported as deleted.
+        let op = if snapshot.is_none() { EventOp::Del } else { ch.op };
+        let mut ev = vec![
+            ("id".to_owned(), Value::Int(ch.id as i64)),
+            ("timestamp".to_owned(), Value::str(format!("{}.000", ch.time))),
+            ("class".to_owned(), Value::str(ch.class.name().to_ascii_lowercase())),
+            ("operation".to_owned(), Value::str(op.as_str())),
+            ("ref".to_owned(), Value::Ref(ch.reference.clone())),
+        ];
+        if let Some(s) = snapshot {
+            ev.push(("snapshot".to_owned(), Value::Record(s)));
+        }
+        events.push(Value::Struct(ev));
+    }
+    let counts = subs
+        .classes()
+        .into_iter()
+        .map(|c| (Value::str(c.name().to_ascii_lowercase()), Value::Int(agent.store.count(c) as i64)))
+        .collect();
+    Value::Struct(vec![
+        ("events".to_owned(), Value::Set(events)),
+        ("valid_ref_counts".to_owned(), Value::Map(counts)),
+        ("token".to_owned(), Value::str(token(latest))),
+    ])
+}
+
+/// `event.inject(class, ref)`: a `mod` event for the object without changing it.
+pub async fn inject(agent: &Arc<Agent>, c: &Call) -> Result<Value, ApiError> {
+    let class_name = c.args.first().and_then(Value::as_str).unwrap_or("");
+    let r = c.args.get(1).and_then(Value::as_str).unwrap_or(NULL_REF).to_owned();
+    let class = ClassId::by_name(class_name).ok_or_else(|| ApiError::invalid_value("class", class_name))?;
+    agent
+        .store
+        .write(|tx| {
+            let o = tx.must_get(class, &r)?;
+            tx.put((*o).clone());
+            Ok(())
+        })
+        .await?;
+    Ok(Value::str(token(agent.store.events().latest())))
+}

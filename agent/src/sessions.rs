@@ -1,0 +1,276 @@
+//! Sessions and the root password.
+//!
+//! Sessions are `session` objects in the store (a class that is never written to disk). The
+//! root password lives only as an argon2 hash in the state dir.
+
+use crate::error::ApiError;
+use crate::objects::{create, destroy, new_ref, new_uuid};
+use crate::schema::{class_ids, fields};
+use crate::store::Store;
+use crate::value::{default_object, now, Value, NULL_REF};
+use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+use parking_lot::{Mutex, RwLock};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
+
+/// Sessions one originator may hold before its oldest is evicted.
+pub const MAX_SESSIONS_PER_ORIGINATOR: usize = 50;
+/// Sessions idle this long (seconds) are destroyed.
+pub const SESSION_IDLE_TIMEOUT: i64 = 24 * 3600;
+
+/// Failures setting up authentication.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// A file could not be read or written.
+    #[error("{what} {path}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Hashing failed.
+    #[error("hashing the password: {0}")]
+    Hash(String),
+    /// The given password file is empty.
+    #[error("the root password file {0} is empty")]
+    EmptyPassword(String),
+}
+
+/// Who may log in, and the live sessions' activity.
+pub struct Sessions {
+    hash_path: PathBuf,
+    hash: RwLock<String>,
+    last_active: RwLock<HashMap<String, AtomicI64>>,
+    login_lock: Mutex<()>,
+}
+
+fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> AuthError + 'a {
+    move |source| AuthError::Io {
+        what,
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+fn hash_password(pw: &str) -> Result<String, AuthError> {
+    let salt = SaltString::generate(&mut OsRng);
+    Argon2::default()
+        .hash_password(pw.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| AuthError::Hash(e.to_string()))
+}
+
+fn write_private(path: &Path, contents: &str) -> Result<(), AuthError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io_err("writing", &tmp))?;
+    f.write_all(contents.as_bytes()).map_err(io_err("writing", &tmp))?;
+    f.sync_all().map_err(io_err("syncing", &tmp))?;
+    std::fs::rename(&tmp, path).map_err(io_err("renaming", path))
+}
+
+impl Sessions {
+    /// Loads the root password hash from `state_dir`, creating it on first start from
+    /// `password_file` or, without one, from a generated password written to
+    /// `<state_dir>/root-password` (mode 0600).
+    pub fn open(state_dir: &Path, password_file: Option<&Path>) -> Result<Sessions, AuthError> {
+        let hash_path = state_dir.join("root-password.hash");
+        let hash = match std::fs::read_to_string(&hash_path) {
+            Ok(h) => h.trim().to_owned(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let pw = match password_file {
+                    Some(p) => {
+                        let text = std::fs::read_to_string(p).map_err(io_err("reading", p))?;
+                        let pw = text.lines().next().unwrap_or("").to_owned();
+                        if pw.is_empty() {
+                            return Err(AuthError::EmptyPassword(p.display().to_string()));
+                        }
+                        pw
+                    }
+                    None => {
+                        use rand::Rng;
+                        let pw: String = rand::thread_rng()
+                            .sample_iter(&rand::distributions::Alphanumeric)
+                            .take(20)
+                            .map(char::from)
+                            .collect();
+                        let path = state_dir.join("root-password");
+                        write_private(&path, &format!("{pw}\n"))?;
+                        tracing::info!(path = %path.display(), "generated a root password");
+                        pw
+                    }
+                };
+                let h = hash_password(&pw)?;
+                write_private(&hash_path, &format!("{h}\n"))?;
+                h
+            }
+            Err(e) => return Err(io_err("reading", &hash_path)(e)),
+        };
+        Ok(Sessions {
+            hash_path,
+            hash: RwLock::new(hash),
+            last_active: RwLock::new(HashMap::new()),
+            login_lock: Mutex::new(()),
+        })
+    }
+
+    fn password_ok(&self, pw: &str) -> bool {
+        let hash = self.hash.read().clone();
+        match PasswordHash::new(&hash) {
+            Ok(parsed) => Argon2::default().verify_password(pw.as_bytes(), &parsed).is_ok(),
+            Err(_) => false,
+        }
+    }
+
+    /// Checks credentials and opens a session. `trusted_root` is a uid-0 peer on the unix
+    /// socket, which logs in as root whatever the password.
+    pub async fn login(
+        &self,
+        store: &Store,
+        host: &str,
+        user: &str,
+        password: &str,
+        originator: &str,
+        trusted_root: bool,
+    ) -> Result<String, ApiError> {
+        if !trusted_root {
+            let ok = user == "root" && {
+                let pw = password.to_owned();
+                // Password hashing is deliberately slow: keep it off the async workers.
+                let hash = self.hash.read().clone();
+                tokio::task::spawn_blocking(move || {
+                    PasswordHash::new(&hash)
+                        .map(|parsed| Argon2::default().verify_password(pw.as_bytes(), &parsed).is_ok())
+                        .unwrap_or(false)
+                })
+                .await
+                .unwrap_or(false)
+            };
+            if !ok {
+                tracing::warn!(user, originator, "failed login");
+                return Err(ApiError::SessionAuthenticationFailed {});
+            }
+        }
+        let reference = new_ref();
+        let t = now();
+        let mut s = default_object(class_ids::session, &reference);
+        s.set(fields::session::uuid, Value::str(new_uuid()));
+        s.set(fields::session::this_host, Value::Ref(host.to_owned()));
+        s.set(fields::session::this_user, Value::Ref(NULL_REF.to_owned()));
+        s.set(fields::session::last_active, Value::DateTime(t));
+        s.set(fields::session::validation_time, Value::DateTime(t));
+        s.set(fields::session::is_local_superuser, Value::Bool(true));
+        s.set(fields::session::auth_user_name, Value::str("root"));
+        s.set(fields::session::originator, Value::str(originator));
+        let _serial = self.login_lock.lock();
+        let mut mine: Vec<(i64, String)> = store
+            .all(class_ids::session)
+            .iter()
+            .filter(|o| o.str_field("originator") == originator)
+            .map(|o| (self.last_active_of(o), o.reference.clone()))
+            .collect();
+        mine.sort();
+        let evict: Vec<String> = if mine.len() >= MAX_SESSIONS_PER_ORIGINATOR {
+            mine.iter()
+                .take(mine.len() + 1 - MAX_SESSIONS_PER_ORIGINATOR)
+                .map(|(_, r)| r.clone())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        drop(_serial);
+        store
+            .write(|tx| {
+                for r in &evict {
+                    destroy(tx, class_ids::session, r)?;
+                }
+                create(tx, s)
+            })
+            .await?;
+        {
+            let mut la = self.last_active.write();
+            for r in &evict {
+                la.remove(r);
+            }
+            la.insert(reference.clone(), AtomicI64::new(t));
+        }
+        Ok(reference)
+    }
+
+    fn last_active_of(&self, o: &crate::value::Object) -> i64 {
+        self.last_active
+            .read()
+            .get(&o.reference)
+            .map(|a| a.load(Ordering::Relaxed))
+            .unwrap_or(0)
+    }
+
+    /// Checks a session and notes its activity.
+    pub fn validate(&self, store: &Store, session: &str) -> Result<(), ApiError> {
+        if store.get(class_ids::session, session).is_none() {
+            return Err(ApiError::SessionInvalid {
+                handle: session.to_owned(),
+            });
+        }
+        if let Some(a) = self.last_active.read().get(session) {
+            a.store(now(), Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Ends a session.
+    pub async fn logout(&self, store: &Store, session: &str) -> Result<(), ApiError> {
+        self.last_active.write().remove(session);
+        store
+            .write(|tx| {
+                if tx.get(class_ids::session, session).is_some() {
+                    destroy(tx, class_ids::session, session)?;
+                }
+                Ok(())
+            })
+            .await
+    }
+
+    /// Destroys sessions idle for longer than the timeout; returns how many.
+    pub async fn expire_idle(&self, store: &Store) -> usize {
+        let cutoff = now() - SESSION_IDLE_TIMEOUT;
+        let stale: Vec<String> = self
+            .last_active
+            .read()
+            .iter()
+            .filter(|(_, a)| a.load(Ordering::Relaxed) < cutoff)
+            .map(|(r, _)| r.clone())
+            .collect();
+        for r in &stale {
+            let _ = self.logout(store, r).await;
+        }
+        stale.len()
+    }
+
+    /// Changes the root password after checking the old one.
+    pub fn change_password(&self, old: &str, new: &str) -> Result<(), ApiError> {
+        if !self.password_ok(old) {
+            return Err(ApiError::SessionAuthenticationFailed {});
+        }
+        if new.is_empty() {
+            return Err(ApiError::invalid_value("new_pwd", ""));
+        }
+        let h = hash_password(new).map_err(ApiError::internal)?;
+        write_private(&self.hash_path, &format!("{h}\n")).map_err(ApiError::internal)?;
+        *self.hash.write() = h;
+        Ok(())
+    }
+}

@@ -1,0 +1,94 @@
+//! `Async.*` calls: a `task` object answers at once and follows the call to its end.
+
+use crate::api::{run, Call, CallCtx};
+use crate::error::ApiError;
+use crate::objects::{create, new_ref, new_uuid, set_field};
+use crate::schema::{class_ids, fields};
+use crate::value::{default_object, now, Value};
+use crate::xml::value_fragment;
+use crate::Agent;
+use std::sync::Arc;
+
+/// Starts `c` as a task and returns the task's ref.
+pub async fn run_async(agent: &Arc<Agent>, ctx: &CallCtx, c: Call) -> Result<Value, ApiError> {
+    let task = new_ref();
+    let mut t = default_object(class_ids::task, &task);
+    t.set(fields::task::uuid, Value::str(new_uuid()));
+    t.set(fields::task::name_label, Value::str(format!("Async.{}.{}", c.class.name(), c.message.name)));
+    t.set(fields::task::created, Value::DateTime(now()));
+    t.set(fields::task::status, Value::Enum("pending"));
+    t.set(fields::task::resident_on, Value::Ref(agent.host.clone()));
+    t.set(fields::task::progress, Value::Float(0.0));
+    t.set(fields::task::allowed_operations, Value::Set(vec![Value::Enum("cancel")]));
+    agent.store.write(|tx| create(tx, t)).await?;
+
+    let agent2 = agent.clone();
+    let ctx2 = ctx.clone();
+    let task2 = task.clone();
+    let handle = tokio::spawn(async move {
+        let outcome = run(&agent2, &ctx2, c).await;
+        finish(&agent2, &task2, outcome).await;
+        agent2.running_tasks.lock().remove(&task2);
+    });
+    agent.running_tasks.lock().insert(task.clone(), handle.abort_handle());
+    Ok(Value::Ref(task))
+}
+
+async fn finish(agent: &Agent, task: &str, outcome: Result<Value, ApiError>) {
+    let r = agent
+        .store
+        .write(|tx| {
+            let Some(cur) = tx.get(class_ids::task, task) else { return Ok(()) };
+            if cur.get(fields::task::status) != &Value::Enum("pending") {
+                return Ok(());
+            }
+            let (status, result, error) = match &outcome {
+                Ok(v) => ("success", value_fragment(v), Vec::new()),
+                Err(e) => {
+                    let mut err = vec![Value::str(e.code())];
+                    err.extend(e.params().into_iter().map(Value::String));
+                    ("failure", String::new(), err)
+                }
+            };
+            set_field(tx, class_ids::task, task, fields::task::status, Value::Enum(status))?;
+            set_field(tx, class_ids::task, task, fields::task::result, Value::String(result))?;
+            set_field(tx, class_ids::task, task, fields::task::error_info, Value::Set(error))?;
+            set_field(tx, class_ids::task, task, fields::task::progress, Value::Float(1.0))?;
+            set_field(tx, class_ids::task, task, fields::task::finished, Value::DateTime(now()))?;
+            set_field(tx, class_ids::task, task, fields::task::allowed_operations, Value::Set(Vec::new()))
+        })
+        .await;
+    if let Err(e) = r {
+        tracing::error!(task, error = %e, "could not record a task's end");
+    }
+}
+
+/// `task.cancel`: stops the task's call where it waits, and marks it cancelled.
+pub async fn cancel(agent: &Arc<Agent>, task: &str) -> Result<Value, ApiError> {
+    let cur = agent
+        .store
+        .get(class_ids::task, task)
+        .ok_or_else(|| ApiError::handle_invalid("task", task))?;
+    if cur.get(fields::task::status) != &Value::Enum("pending") {
+        return Err(ApiError::not_allowed("the task has already finished"));
+    }
+    if let Some(h) = agent.running_tasks.lock().remove(task) {
+        h.abort();
+    }
+    let task_s = task.to_owned();
+    agent
+        .store
+        .write(|tx| {
+            set_field(tx, class_ids::task, &task_s, fields::task::status, Value::Enum("cancelled"))?;
+            set_field(
+                tx,
+                class_ids::task,
+                &task_s,
+                fields::task::error_info,
+                Value::Set(vec![Value::str("TASK_CANCELLED"), Value::str(task_s.clone())]),
+            )?;
+            set_field(tx, class_ids::task, &task_s, fields::task::finished, Value::DateTime(now()))
+        })
+        .await?;
+    Ok(Value::None)
+}
