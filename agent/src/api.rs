@@ -42,13 +42,14 @@ pub fn method_list() -> Vec<String> {
             out.push(format!("Async.{}.{}", c.name(), m.name));
         }
     }
-    out.extend(["system.listMethods".to_owned(), "system.methodHelp".to_owned(), "system.methodSignature".to_owned()]);
+    out.push("system.listMethods".to_owned());
     out
 }
 
 /// Whether a message also exists as `Async.<Class>.<msg>`.
 pub fn is_async_eligible(m: &MessageDef) -> bool {
-    m.takes_session() && (!m.implicit || matches!(m.kind, MessageKind::Create | MessageKind::Destroy))
+    m.takes_session()
+        && (!m.implicit || matches!(m.kind, MessageKind::Create | MessageKind::Destroy))
 }
 
 /// Checks a wire call against the datamodel and types its arguments.
@@ -60,7 +61,11 @@ pub fn check(agent: &Agent, method: &str, params: &[Json]) -> Result<Call, ApiEr
     let expected = defs.len();
     // The reference accepts logins with 2, 3 or 4 parameters (version and originator optional).
     let login = m.class == class_ids::session && m.message.name == "login_with_password";
-    let count_ok = if login { (2..=expected).contains(&params.len()) } else { params.len() == expected };
+    let count_ok = if login {
+        (2..=expected).contains(&params.len())
+    } else {
+        params.len() == expected
+    };
     if !count_ok {
         return Err(ApiError::MessageParameterCountMismatch {
             method: method.to_owned(),
@@ -72,7 +77,9 @@ pub fn check(agent: &Agent, method: &str, params: &[Json]) -> Result<Call, ApiEr
     let mut args = Vec::with_capacity(expected);
     for (i, (def, p)) in defs.iter().zip(params.iter()).enumerate() {
         if i == 0 && m.message.takes_session() {
-            let s = p.as_str().ok_or_else(|| ApiError::SessionInvalid { handle: p.to_string() })?;
+            let s = p.as_str().ok_or_else(|| ApiError::SessionInvalid {
+                handle: p.to_string(),
+            })?;
             agent.sessions.validate(&agent.store, s)?;
             session = Some(s.to_owned());
             continue;
@@ -92,7 +99,12 @@ pub fn check(agent: &Agent, method: &str, params: &[Json]) -> Result<Call, ApiEr
 }
 
 /// Runs a wire call.
-pub async fn call(agent: &Arc<Agent>, ctx: &CallCtx, method: &str, params: &[Json]) -> Result<Value, ApiError> {
+pub async fn call(
+    agent: &Arc<Agent>,
+    ctx: &CallCtx,
+    method: &str,
+    params: &[Json],
+) -> Result<Value, ApiError> {
     if let Some(inner) = method.strip_prefix("Async.") {
         let c = check(agent, inner, params)?;
         if !is_async_eligible(c.message) {
@@ -140,7 +152,9 @@ pub async fn generic(agent: &Arc<Agent>, c: Call) -> Result<Value, ApiError> {
         MessageKind::Set(f) | MessageKind::ExplicitSet(f) => {
             let r = arg_ref(&c, 0)?.to_owned();
             let v = c.args.get(1).cloned().unwrap_or(Value::None);
-            store.write(|tx| objects::set_field(tx, class, &r, f, v)).await?;
+            store
+                .write(|tx| objects::set_field(tx, class, &r, f, v))
+                .await?;
             Ok(Value::None)
         }
         MessageKind::AddToSet(f) | MessageKind::RemoveFromSet(f) => {
@@ -222,12 +236,17 @@ pub async fn generic(agent: &Arc<Agent>, c: Call) -> Result<Value, ApiError> {
         }
         MessageKind::GetRecord => Ok(Value::Record(get_obj(agent, class, arg_ref(&c, 0)?)?)),
         MessageKind::GetAll => Ok(Value::Set(
-            store.all(class).iter().map(|o| Value::Ref(o.reference.clone())).collect(),
+            store
+                .all(class)
+                .iter()
+                .map(|o| Value::Ref(o.reference.clone()))
+                .collect(),
         )),
         MessageKind::GetAllRecords => Ok(all_records(agent, class, None)),
         MessageKind::GetAllRecordsWhere => {
             let expr = arg_ref(&c, 0)?;
-            let e = query::parse(expr).map_err(|why| ApiError::invalid_value("expr", format!("{expr}: {why}")))?;
+            let e = query::parse(expr)
+                .map_err(|why| ApiError::invalid_value("expr", format!("{expr}: {why}")))?;
             Ok(all_records(agent, class, Some(&e)))
         }
         MessageKind::Create => {
@@ -242,7 +261,11 @@ pub async fn generic(agent: &Arc<Agent>, c: Call) -> Result<Value, ApiError> {
             store.write(|tx| objects::destroy(tx, class, &r)).await?;
             Ok(Value::None)
         }
-        MessageKind::Custom => Err(ApiError::not_implemented(&format!("{}.{}", class.name(), c.message.name))),
+        MessageKind::Custom => Err(ApiError::not_implemented(&format!(
+            "{}.{}",
+            class.name(),
+            c.message.name
+        ))),
     }
 }
 
@@ -261,7 +284,11 @@ pub fn all_records(agent: &Agent, class: ClassId, filter: Option<&query::Expr>) 
 
 /// The implicit constructor: RW and RO/constructor fields come from the record, the rest
 /// from defaults; the server picks the uuid and ref.
-pub async fn create_from_record(agent: &Agent, class: ClassId, rec: &Object) -> Result<String, ApiError> {
+pub async fn create_from_record(
+    agent: &Agent,
+    class: ClassId,
+    rec: &Object,
+) -> Result<String, ApiError> {
     let reference = new_ref();
     let mut obj = crate::value::default_object(class, &reference);
     for (i, f) in class.def().fields.iter().enumerate() {

@@ -106,7 +106,9 @@ impl ApiError {
     }
     /// `FIELD_TYPE_ERROR [field]`.
     pub fn field_type(field: &str) -> Self {
-        ApiError::FieldTypeError { field: field.to_owned() }
+        ApiError::FieldTypeError {
+            field: field.to_owned(),
+        }
     }
     /// `INVALID_VALUE [field, value]`.
     pub fn invalid_value(field: &str, value: impl std::fmt::Display) -> Self {
@@ -143,7 +145,8 @@ mod tests {
     #[test]
     fn every_raised_code_matches_errors_json() {
         for (code, params) in RAISED {
-            let documented = error_params(code).unwrap_or_else(|| panic!("{code} is not in errors.json"));
+            let documented =
+                error_params(code).unwrap_or_else(|| panic!("{code} is not in errors.json"));
             if let Some(names) = documented {
                 let ours: Vec<&str> = params.iter().map(|p| p.trim_start_matches("r#")).collect();
                 assert_eq!(ours.len(), names.len(), "{code}: {ours:?} vs {names:?}");

@@ -66,10 +66,20 @@ fn r(s: &str) -> Value {
 }
 
 /// Creates the first objects if the store has no pool yet; returns (pool, host) refs.
-pub async fn ensure(store: &Store, facts: &HostFacts, state_dir: &Path) -> Result<(String, String), ApiError> {
+pub async fn ensure(
+    store: &Store,
+    facts: &HostFacts,
+    state_dir: &Path,
+) -> Result<(String, String), ApiError> {
     if let (Some(pool), Some(host)) = (
-        store.all(class_ids::pool).first().map(|o| o.reference.clone()),
-        store.all(class_ids::host).first().map(|o| o.reference.clone()),
+        store
+            .all(class_ids::pool)
+            .first()
+            .map(|o| o.reference.clone()),
+        store
+            .all(class_ids::host)
+            .first()
+            .map(|o| o.reference.clone()),
     ) {
         return Ok((pool, host));
     }
@@ -123,7 +133,12 @@ pub async fn ensure(store: &Store, facts: &HostFacts, state_dir: &Path) -> Resul
                 );
                 o.set(
                     f::capabilities,
-                    Value::Set(["xen-3.0-x86_64", "hvm-3.0-x86_32", "hvm-3.0-x86_64"].iter().map(|s| Value::str(*s)).collect()),
+                    Value::Set(
+                        ["xen-3.0-x86_64", "hvm-3.0-x86_32", "hvm-3.0-x86_64"]
+                            .iter()
+                            .map(|s| Value::str(*s))
+                            .collect(),
+                    ),
                 );
             });
             let h = host.reference.clone();
@@ -166,7 +181,10 @@ pub async fn ensure(store: &Store, facts: &HostFacts, state_dir: &Path) -> Resul
                 o.set(f::content_type, Value::str("user"));
                 o.set(f::physical_size, Value::Int(phys_size));
                 o.set(f::physical_utilisation, Value::Int(phys_size - phys_free));
-                o.set(f::other_config, Value::string_map([("i18n-key", "local-storage")]));
+                o.set(
+                    f::other_config,
+                    Value::string_map([("i18n-key", "local-storage")]),
+                );
             });
             let sr_ref = sr.reference.clone();
             create(tx, sr)?;
@@ -176,14 +194,20 @@ pub async fn ensure(store: &Store, facts: &HostFacts, state_dir: &Path) -> Resul
                     use fields::PBD as f;
                     o.set(f::host, r(&h));
                     o.set(f::SR, r(&sr_ref));
-                    o.set(f::device_config, Value::string_map([("location", sr_dir.display().to_string())]));
+                    o.set(
+                        f::device_config,
+                        Value::string_map([("location", sr_dir.display().to_string())]),
+                    );
                     o.set(f::currently_attached, Value::Bool(true));
                 }),
             )?;
             // Networking: one bridge on one physical interface.
             let net = obj(class_ids::network, |o| {
                 use fields::network as f;
-                o.set(f::name_label, Value::str("Pool-wide network associated with eth0"));
+                o.set(
+                    f::name_label,
+                    Value::str("Pool-wide network associated with eth0"),
+                );
                 o.set(f::bridge, Value::str("xenbr0"));
                 o.set(f::MTU, Value::Int(1500));
             });
@@ -208,7 +232,10 @@ pub async fn ensure(store: &Store, facts: &HostFacts, state_dir: &Path) -> Resul
             // The control domain.
             let dom0 = obj(class_ids::VM, |o| {
                 use fields::VM as f;
-                o.set(f::name_label, Value::str(format!("Control domain on host: {}", facts.hostname)));
+                o.set(
+                    f::name_label,
+                    Value::str(format!("Control domain on host: {}", facts.hostname)),
+                );
                 o.set(f::is_control_domain, Value::Bool(true));
                 o.set(f::power_state, Value::Enum("Running"));
                 o.set(f::domid, Value::Int(0));
@@ -228,8 +255,20 @@ pub async fn ensure(store: &Store, facts: &HostFacts, state_dir: &Path) -> Resul
             });
             let dom0_ref = dom0.reference.clone();
             create(tx, dom0)?;
-            set_field(tx, class_ids::host, &h, fields::host::control_domain, r(&dom0_ref))?;
-            set_field(tx, class_ids::host, &h, fields::host::resident_VMs, Value::Set(vec![r(&dom0_ref)]))?;
+            set_field(
+                tx,
+                class_ids::host,
+                &h,
+                fields::host::control_domain,
+                r(&dom0_ref),
+            )?;
+            set_field(
+                tx,
+                class_ids::host,
+                &h,
+                fields::host::resident_VMs,
+                Value::Set(vec![r(&dom0_ref)]),
+            )?;
             for t in TEMPLATES {
                 create(tx, template(t))?;
             }
@@ -253,31 +292,67 @@ pub async fn rebuild_ephemeral(store: &Store, facts: &HostFacts) -> Result<(), A
         .write(|tx| {
             for host in tx_all(tx, store, class_ids::host) {
                 let m = host.get(fields::host::metrics).clone();
-                ensure_metrics(tx, class_ids::host, &host.reference, fields::host::metrics, &m, |o| {
-                    o.set(fields::host_metrics::memory_total, Value::Int(facts.memory_total));
-                    o.set(fields::host_metrics::memory_free, Value::Int(facts.memory_free));
-                    o.set(fields::host_metrics::live, Value::Bool(true));
-                    o.set(fields::host_metrics::last_updated, Value::DateTime(now()));
-                })?;
+                ensure_metrics(
+                    tx,
+                    class_ids::host,
+                    &host.reference,
+                    fields::host::metrics,
+                    &m,
+                    |o| {
+                        o.set(
+                            fields::host_metrics::memory_total,
+                            Value::Int(facts.memory_total),
+                        );
+                        o.set(
+                            fields::host_metrics::memory_free,
+                            Value::Int(facts.memory_free),
+                        );
+                        o.set(fields::host_metrics::live, Value::Bool(true));
+                        o.set(fields::host_metrics::last_updated, Value::DateTime(now()));
+                    },
+                )?;
             }
             for vm in tx_all(tx, store, class_ids::VM) {
                 let m = vm.get(fields::VM::metrics).clone();
                 let mem = vm.get(fields::VM::memory_target).as_int().unwrap_or(0);
                 let vcpus = vm.get(fields::VM::VCPUs_at_startup).as_int().unwrap_or(1);
                 let running = vm.get(fields::VM::power_state) != &Value::Enum("Halted");
-                ensure_metrics(tx, class_ids::VM, &vm.reference, fields::VM::metrics, &m, |o| {
-                    o.set(fields::VM_metrics::memory_actual, Value::Int(if running { mem } else { 0 }));
-                    o.set(fields::VM_metrics::VCPUs_number, Value::Int(if running { vcpus } else { 0 }));
-                    o.set(fields::VM_metrics::start_time, Value::DateTime(if running { now() } else { 0 }));
-                    o.set(fields::VM_metrics::last_updated, Value::DateTime(now()));
-                })?;
+                ensure_metrics(
+                    tx,
+                    class_ids::VM,
+                    &vm.reference,
+                    fields::VM::metrics,
+                    &m,
+                    |o| {
+                        o.set(
+                            fields::VM_metrics::memory_actual,
+                            Value::Int(if running { mem } else { 0 }),
+                        );
+                        o.set(
+                            fields::VM_metrics::VCPUs_number,
+                            Value::Int(if running { vcpus } else { 0 }),
+                        );
+                        o.set(
+                            fields::VM_metrics::start_time,
+                            Value::DateTime(if running { now() } else { 0 }),
+                        );
+                        o.set(fields::VM_metrics::last_updated, Value::DateTime(now()));
+                    },
+                )?;
             }
             for pif in tx_all(tx, store, class_ids::PIF) {
                 let m = pif.get(fields::PIF::metrics).clone();
-                ensure_metrics(tx, class_ids::PIF, &pif.reference, fields::PIF::metrics, &m, |o| {
-                    o.set(fields::PIF_metrics::carrier, Value::Bool(true));
-                    o.set(fields::PIF_metrics::last_updated, Value::DateTime(now()));
-                })?;
+                ensure_metrics(
+                    tx,
+                    class_ids::PIF,
+                    &pif.reference,
+                    fields::PIF::metrics,
+                    &m,
+                    |o| {
+                        o.set(fields::PIF_metrics::carrier, Value::Bool(true));
+                        o.set(fields::PIF_metrics::last_updated, Value::DateTime(now()));
+                    },
+                )?;
             }
             Ok(())
         })
@@ -296,7 +371,9 @@ fn ensure_metrics(
     current: &Value,
     fill: impl FnOnce(&mut Object),
 ) -> Result<(), ApiError> {
-    let Some(metrics_class) = metrics_class_of(owner_class, field) else { return Ok(()) };
+    let Some(metrics_class) = metrics_class_of(owner_class, field) else {
+        return Ok(());
+    };
     let existing = current.as_ref_str().map(str::to_owned);
     if let Some(m) = &existing {
         if tx.get(metrics_class, m).is_some() {
@@ -343,11 +420,41 @@ struct TemplateDef {
 }
 
 const TEMPLATES: &[TemplateDef] = &[
-    TemplateDef { name: "Other install media", memory_mib: 512, vcpus: 1, hvm: true, distro: "" },
-    TemplateDef { name: "Debian Bookworm 12", memory_mib: 1024, vcpus: 1, hvm: true, distro: "debian" },
-    TemplateDef { name: "Ubuntu Jammy Jellyfish 22.04", memory_mib: 1024, vcpus: 1, hvm: true, distro: "ubuntu" },
-    TemplateDef { name: "Rocky Linux 9", memory_mib: 2048, vcpus: 2, hvm: true, distro: "rhel" },
-    TemplateDef { name: "Generic Linux PV", memory_mib: 256, vcpus: 1, hvm: false, distro: "linux" },
+    TemplateDef {
+        name: "Other install media",
+        memory_mib: 512,
+        vcpus: 1,
+        hvm: true,
+        distro: "",
+    },
+    TemplateDef {
+        name: "Debian Bookworm 12",
+        memory_mib: 1024,
+        vcpus: 1,
+        hvm: true,
+        distro: "debian",
+    },
+    TemplateDef {
+        name: "Ubuntu Jammy Jellyfish 22.04",
+        memory_mib: 1024,
+        vcpus: 1,
+        hvm: true,
+        distro: "ubuntu",
+    },
+    TemplateDef {
+        name: "Rocky Linux 9",
+        memory_mib: 2048,
+        vcpus: 2,
+        hvm: true,
+        distro: "rhel",
+    },
+    TemplateDef {
+        name: "Generic Linux PV",
+        memory_mib: 256,
+        vcpus: 1,
+        hvm: false,
+        distro: "linux",
+    },
 ];
 
 fn template(t: &TemplateDef) -> Object {
@@ -355,7 +462,10 @@ fn template(t: &TemplateDef) -> Object {
         use fields::VM as f;
         let mem = t.memory_mib * 1024 * 1024;
         o.set(f::name_label, Value::str(t.name));
-        o.set(f::name_description, Value::str(format!("Template for {}", t.name)));
+        o.set(
+            f::name_description,
+            Value::str(format!("Template for {}", t.name)),
+        );
         o.set(f::is_a_template, Value::Bool(true));
         o.set(f::is_default_template, Value::Bool(true));
         o.set(f::memory_static_max, Value::Int(mem));
@@ -373,12 +483,23 @@ fn template(t: &TemplateDef) -> Object {
             o.set(f::HVM_boot_policy, Value::str("BIOS order"));
             o.set(f::HVM_boot_params, Value::string_map([("order", "cdn")]));
             o.set(f::domain_type, Value::Enum("hvm"));
-            o.set(f::platform, Value::string_map([("acpi", "1"), ("apic", "true"), ("pae", "true"), ("viridian", "false")]));
+            o.set(
+                f::platform,
+                Value::string_map([
+                    ("acpi", "1"),
+                    ("apic", "true"),
+                    ("pae", "true"),
+                    ("viridian", "false"),
+                ]),
+            );
         } else {
             o.set(f::PV_bootloader, Value::str("pygrub"));
             o.set(f::domain_type, Value::Enum("pv"));
         }
-        let mut oc = vec![("default_template", "true"), ("install-methods", "cdrom,nfs,http,ftp")];
+        let mut oc = vec![
+            ("default_template", "true"),
+            ("install-methods", "cdrom,nfs,http,ftp"),
+        ];
         if !t.distro.is_empty() {
             oc.push(("linux_template", "true"));
         }

@@ -52,7 +52,9 @@ pub async fn custom(agent: &Arc<Agent>, ctx: &CallCtx, c: Call) -> Result<Value,
             Ok(Value::None)
         }
         "session.change_password" => {
-            agent.sessions.change_password(str_arg(&c, 0), str_arg(&c, 1))?;
+            agent
+                .sessions
+                .change_password(str_arg(&c, 0), str_arg(&c, 1))?;
             Ok(Value::None)
         }
         "session.get_all_subject_identifiers" => Ok(Value::Set(Vec::new())),
@@ -71,7 +73,9 @@ pub async fn special(agent: &Arc<Agent>, c: &Call) -> Option<Result<Value, ApiEr
         let r = c.args.first().and_then(Value::as_str).unwrap_or("");
         if let Some(vm) = agent.store.get(class_ids::VM, r) {
             if vm.get(crate::schema::fields::VM::is_control_domain) == &Value::Bool(true) {
-                return Some(Err(ApiError::not_allowed("the control domain cannot be destroyed")));
+                return Some(Err(ApiError::not_allowed(
+                    "the control domain cannot be destroyed",
+                )));
             }
         }
     }
@@ -93,5 +97,8 @@ pub fn random_mac() -> String {
     use rand::Rng;
     let mut b: [u8; 6] = rand::thread_rng().gen();
     b[0] = (b[0] & 0xfe) | 0x02;
-    format!("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2], b[3], b[4], b[5])
+    format!(
+        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+        b[0], b[1], b[2], b[3], b[4], b[5]
+    )
 }

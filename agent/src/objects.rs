@@ -25,7 +25,9 @@ pub fn check_refs(tx: &Tx, ty: &Ty, v: &Value) -> Result<(), ApiError> {
             }
             Ok(())
         }
-        (Ty::Set(inner), Value::Set(items)) => items.iter().try_for_each(|i| check_refs(tx, inner, i)),
+        (Ty::Set(inner), Value::Set(items)) => {
+            items.iter().try_for_each(|i| check_refs(tx, inner, i))
+        }
         (Ty::Map(k, val), Value::Map(pairs)) => pairs.iter().try_for_each(|(a, b)| {
             check_refs(tx, k, a)?;
             check_refs(tx, val, b)
@@ -63,7 +65,13 @@ pub fn create(tx: &mut Tx, obj: Object) -> Result<(), ApiError> {
 }
 
 /// Sets one field, updating the other end of a bound field.
-pub fn set_field(tx: &mut Tx, class: ClassId, reference: &str, f: FieldId, v: Value) -> Result<(), ApiError> {
+pub fn set_field(
+    tx: &mut Tx,
+    class: ClassId,
+    reference: &str,
+    f: FieldId,
+    v: Value,
+) -> Result<(), ApiError> {
     check_refs(tx, class.field(f).ty, &v)?;
     let cur = tx.must_get(class, reference)?;
     let old = cur.get(f).clone();
@@ -105,15 +113,27 @@ fn empty_like(v: &Value) -> Value {
 fn refs_of(v: &Value) -> Vec<String> {
     match v {
         Value::Ref(r) if r != NULL_REF && !r.is_empty() => vec![r.clone()],
-        Value::Set(items) => items.iter().filter_map(|i| i.as_ref_str().map(str::to_owned)).collect(),
+        Value::Set(items) => items
+            .iter()
+            .filter_map(|i| i.as_ref_str().map(str::to_owned))
+            .collect(),
         _ => Vec::new(),
     }
 }
 
 /// `me.field` went from `old` to `new`: fix the partner field of every object that left or
 /// joined.
-fn relink(tx: &mut Tx, class: ClassId, me: &str, f: FieldId, old: &Value, new: &Value) -> Result<(), ApiError> {
-    let Some(p) = partner(class, f) else { return Ok(()) };
+fn relink(
+    tx: &mut Tx,
+    class: ClassId,
+    me: &str,
+    f: FieldId,
+    old: &Value,
+    new: &Value,
+) -> Result<(), ApiError> {
+    let Some(p) = partner(class, f) else {
+        return Ok(());
+    };
     let old_refs = refs_of(old);
     let new_refs = refs_of(new);
     for r in old_refs.iter().filter(|r| !new_refs.contains(r)) {
@@ -126,7 +146,9 @@ fn relink(tx: &mut Tx, class: ClassId, me: &str, f: FieldId, old: &Value, new: &
 }
 
 fn edit_partner(tx: &mut Tx, class: ClassId, reference: &str, f: FieldId, me: &str, add: bool) {
-    let Some(cur) = tx.get(class, reference) else { return };
+    let Some(cur) = tx.get(class, reference) else {
+        return;
+    };
     let mut obj = (*cur).clone();
     let me_v = Value::Ref(me.to_owned());
     let next = match cur.get(f) {
@@ -182,10 +204,22 @@ mod tests {
         let vifs = |c, r, f| store.get(c, r).unwrap().get(f).clone();
         let one = Value::Set(vec![Value::Ref("OpaqueRef:vif".into())]);
         assert_eq!(vifs(class_ids::VM, "OpaqueRef:vm", fields::VM::VIFs), one);
-        assert_eq!(vifs(class_ids::network, "OpaqueRef:net", fields::network::VIFs), one);
-        store.write(|tx| destroy(tx, class_ids::VIF, "OpaqueRef:vif")).await.unwrap();
-        assert_eq!(vifs(class_ids::VM, "OpaqueRef:vm", fields::VM::VIFs), Value::Set(vec![]));
-        assert_eq!(vifs(class_ids::network, "OpaqueRef:net", fields::network::VIFs), Value::Set(vec![]));
+        assert_eq!(
+            vifs(class_ids::network, "OpaqueRef:net", fields::network::VIFs),
+            one
+        );
+        store
+            .write(|tx| destroy(tx, class_ids::VIF, "OpaqueRef:vif"))
+            .await
+            .unwrap();
+        assert_eq!(
+            vifs(class_ids::VM, "OpaqueRef:vm", fields::VM::VIFs),
+            Value::Set(vec![])
+        );
+        assert_eq!(
+            vifs(class_ids::network, "OpaqueRef:net", fields::network::VIFs),
+            Value::Set(vec![])
+        );
     }
 
     #[tokio::test]

@@ -141,9 +141,9 @@ pub struct MessageDef {
 impl MessageDef {
     /// Whether the first parameter is a session.
     pub fn takes_session(&self) -> bool {
-        self.params
-            .first()
-            .is_some_and(|p| p.name == "session_id" && matches!(p.ty, Ty::Ref(c) if *c == class_ids::session))
+        self.params.first().is_some_and(|p| {
+            p.name == "session_id" && matches!(p.ty, Ty::Ref(c) if *c == class_ids::session)
+        })
     }
 }
 
@@ -218,7 +218,11 @@ impl EnumId {
     }
     /// The canonical spelling of a value, matched case-insensitively.
     pub fn canonical(self, value: &str) -> Option<&'static str> {
-        ENUMS[self.0].values.iter().copied().find(|v| v.eq_ignore_ascii_case(value))
+        ENUMS[self.0]
+            .values
+            .iter()
+            .copied()
+            .find(|v| v.eq_ignore_ascii_case(value))
     }
 }
 
@@ -245,7 +249,13 @@ fn index() -> &'static Index {
         let mut methods = HashMap::new();
         for (i, c) in CLASSES.iter().enumerate() {
             classes.insert(c.name.to_ascii_lowercase(), ClassId(i));
-            fields.push(c.fields.iter().enumerate().map(|(j, f)| (f.name, FieldId(j))).collect());
+            fields.push(
+                c.fields
+                    .iter()
+                    .enumerate()
+                    .map(|(j, f)| (f.name, FieldId(j)))
+                    .collect(),
+            );
             for m in c.messages {
                 let r = MethodRef {
                     class: ClassId(i),
@@ -291,7 +301,10 @@ pub fn partner(class: ClassId, field: FieldId) -> Option<FieldRef> {
 
 /// Parameter names of an error code, as `errors.json` lists them.
 pub fn error_params(code: &str) -> Option<Option<&'static [&'static str]>> {
-    ERROR_CODES.iter().find(|(c, _)| *c == code).map(|(_, p)| *p)
+    ERROR_CODES
+        .iter()
+        .find(|(c, _)| *c == code)
+        .map(|(_, p)| *p)
 }
 
 #[cfg(test)]
@@ -303,20 +316,38 @@ mod tests {
         assert!(CLASSES.len() >= 67);
         let vm = ClassId::by_name("vm").unwrap();
         assert_eq!(vm, class_ids::VM);
-        assert_eq!(vm.field_by_name("power_state"), Some(fields::VM::power_state));
+        assert_eq!(
+            vm.field_by_name("power_state"),
+            Some(fields::VM::power_state)
+        );
         let m = method("VM.get_power_state").unwrap();
         assert_eq!(m.message.kind, MessageKind::Get(fields::VM::power_state));
         assert!(method("VM_get_record").is_some());
-        assert_eq!(method("VM.add_to_other_config").unwrap().message.kind, MessageKind::AddToMap(fields::VM::other_config));
-        assert_eq!(method("VM.add_tags").unwrap().message.kind, MessageKind::AddToSet(fields::VM::tags));
-        assert_eq!(method("VM.start").unwrap().message.kind, MessageKind::Custom);
+        assert_eq!(
+            method("VM.add_to_other_config").unwrap().message.kind,
+            MessageKind::AddToMap(fields::VM::other_config)
+        );
+        assert_eq!(
+            method("VM.add_tags").unwrap().message.kind,
+            MessageKind::AddToSet(fields::VM::tags)
+        );
+        assert_eq!(
+            method("VM.start").unwrap().message.kind,
+            MessageKind::Custom
+        );
         assert!(method("VM.get_all_records_where").is_some());
     }
 
     #[test]
     fn relations_resolve_both_ways() {
         let p = partner(class_ids::VIF, fields::VIF::VM).unwrap();
-        assert_eq!(p, FieldRef { class: class_ids::VM, field: fields::VM::VIFs });
+        assert_eq!(
+            p,
+            FieldRef {
+                class: class_ids::VM,
+                field: fields::VM::VIFs
+            }
+        );
         let back = partner(class_ids::VM, fields::VM::VIFs).unwrap();
         assert_eq!(back.field, fields::VIF::VM);
     }

@@ -14,12 +14,18 @@ pub async fn run_async(agent: &Arc<Agent>, ctx: &CallCtx, c: Call) -> Result<Val
     let task = new_ref();
     let mut t = default_object(class_ids::task, &task);
     t.set(fields::task::uuid, Value::str(new_uuid()));
-    t.set(fields::task::name_label, Value::str(format!("Async.{}.{}", c.class.name(), c.message.name)));
+    t.set(
+        fields::task::name_label,
+        Value::str(format!("Async.{}.{}", c.class.name(), c.message.name)),
+    );
     t.set(fields::task::created, Value::DateTime(now()));
     t.set(fields::task::status, Value::Enum("pending"));
     t.set(fields::task::resident_on, Value::Ref(agent.host.clone()));
     t.set(fields::task::progress, Value::Float(0.0));
-    t.set(fields::task::allowed_operations, Value::Set(vec![Value::Enum("cancel")]));
+    t.set(
+        fields::task::allowed_operations,
+        Value::Set(vec![Value::Enum("cancel")]),
+    );
     agent.store.write(|tx| create(tx, t)).await?;
 
     let agent2 = agent.clone();
@@ -30,7 +36,10 @@ pub async fn run_async(agent: &Arc<Agent>, ctx: &CallCtx, c: Call) -> Result<Val
         finish(&agent2, &task2, outcome).await;
         agent2.running_tasks.lock().remove(&task2);
     });
-    agent.running_tasks.lock().insert(task.clone(), handle.abort_handle());
+    agent
+        .running_tasks
+        .lock()
+        .insert(task.clone(), handle.abort_handle());
     Ok(Value::Ref(task))
 }
 
@@ -38,7 +47,9 @@ async fn finish(agent: &Agent, task: &str, outcome: Result<Value, ApiError>) {
     let r = agent
         .store
         .write(|tx| {
-            let Some(cur) = tx.get(class_ids::task, task) else { return Ok(()) };
+            let Some(cur) = tx.get(class_ids::task, task) else {
+                return Ok(());
+            };
             if cur.get(fields::task::status) != &Value::Enum("pending") {
                 return Ok(());
             }
@@ -50,12 +61,48 @@ async fn finish(agent: &Agent, task: &str, outcome: Result<Value, ApiError>) {
                     ("failure", String::new(), err)
                 }
             };
-            set_field(tx, class_ids::task, task, fields::task::status, Value::Enum(status))?;
-            set_field(tx, class_ids::task, task, fields::task::result, Value::String(result))?;
-            set_field(tx, class_ids::task, task, fields::task::error_info, Value::Set(error))?;
-            set_field(tx, class_ids::task, task, fields::task::progress, Value::Float(1.0))?;
-            set_field(tx, class_ids::task, task, fields::task::finished, Value::DateTime(now()))?;
-            set_field(tx, class_ids::task, task, fields::task::allowed_operations, Value::Set(Vec::new()))
+            set_field(
+                tx,
+                class_ids::task,
+                task,
+                fields::task::status,
+                Value::Enum(status),
+            )?;
+            set_field(
+                tx,
+                class_ids::task,
+                task,
+                fields::task::result,
+                Value::String(result),
+            )?;
+            set_field(
+                tx,
+                class_ids::task,
+                task,
+                fields::task::error_info,
+                Value::Set(error),
+            )?;
+            set_field(
+                tx,
+                class_ids::task,
+                task,
+                fields::task::progress,
+                Value::Float(1.0),
+            )?;
+            set_field(
+                tx,
+                class_ids::task,
+                task,
+                fields::task::finished,
+                Value::DateTime(now()),
+            )?;
+            set_field(
+                tx,
+                class_ids::task,
+                task,
+                fields::task::allowed_operations,
+                Value::Set(Vec::new()),
+            )
         })
         .await;
     if let Err(e) = r {
@@ -79,15 +126,30 @@ pub async fn cancel(agent: &Arc<Agent>, task: &str) -> Result<Value, ApiError> {
     agent
         .store
         .write(|tx| {
-            set_field(tx, class_ids::task, &task_s, fields::task::status, Value::Enum("cancelled"))?;
+            set_field(
+                tx,
+                class_ids::task,
+                &task_s,
+                fields::task::status,
+                Value::Enum("cancelled"),
+            )?;
             set_field(
                 tx,
                 class_ids::task,
                 &task_s,
                 fields::task::error_info,
-                Value::Set(vec![Value::str("TASK_CANCELLED"), Value::str(task_s.clone())]),
+                Value::Set(vec![
+                    Value::str("TASK_CANCELLED"),
+                    Value::str(task_s.clone()),
+                ]),
             )?;
-            set_field(tx, class_ids::task, &task_s, fields::task::finished, Value::DateTime(now()))
+            set_field(
+                tx,
+                class_ids::task,
+                &task_s,
+                fields::task::finished,
+                Value::DateTime(now()),
+            )
         })
         .await?;
     Ok(Value::None)

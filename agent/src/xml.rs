@@ -33,7 +33,11 @@ pub fn write_value(v: &Value, out: &mut String) {
             });
         }
         Value::DateTime(t) => {
-            let _ = write!(out, "<value><dateTime.iso8601>{}</dateTime.iso8601></value>", format_datetime(*t));
+            let _ = write!(
+                out,
+                "<value><dateTime.iso8601>{}</dateTime.iso8601></value>",
+                format_datetime(*t)
+            );
         }
         Value::Set(items) => {
             out.push_str("<value><array><data>");

@@ -1,1 +1,6 @@
-//! xapid's RPC front.
+//! xapid's RPC front: HTTP on TCP and a unix socket, the XML-RPC and JSON-RPC codecs, and the
+//! hand-off of each call to the agent.
+
+pub mod jsonrpc;
+pub mod server;
+pub mod xmlrpc;

@@ -9,11 +9,6 @@ from conftest import ORIGINATOR, login
 from helpers import failure, made_up_ref, raw_failure, raw_value
 
 
-def test_client_version_logged():
-    import importlib.metadata
-    print("xenapi client version:", importlib.metadata.version("xenapi"))
-
-
 def test_login_tcp_and_logout(daemon):
     s = XenAPI.Session(daemon.url)
     s.xenapi.login_with_password("root", daemon.password, "2.0", ORIGINATOR)

@@ -1,0 +1,169 @@
+//! The HTTP front: XML-RPC at `/`, `/RPC2`, `/xmlrpc`; JSON-RPC at `/jsonrpc`; on TCP and on
+//! a unix socket (where a uid-0 peer is trusted as root, as on a XenServer host).
+
+use crate::{jsonrpc, xmlrpc};
+use actix_web::dev::Extensions;
+use actix_web::http::StatusCode;
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use agent::value::Value;
+use agent::{Agent, CallCtx};
+use std::any::Any;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Largest request body accepted (bytes), unless configured otherwise.
+pub const DEFAULT_MAX_BODY: usize = 16 * 1024 * 1024;
+
+/// Where and how to listen.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// TCP addresses.
+    pub listen: Vec<SocketAddr>,
+    /// Unix socket path.
+    pub socket: Option<PathBuf>,
+    /// Request body cap in bytes.
+    pub max_body: usize,
+    /// HTTP worker threads (0: one per core).
+    pub workers: usize,
+}
+
+/// The uid of a unix-socket peer.
+#[derive(Clone, Copy, Debug)]
+struct PeerUid(u32);
+
+fn on_connect(conn: &dyn Any, ext: &mut Extensions) {
+    if let Some(sock) = conn.downcast_ref::<actix_web::rt::net::UnixStream>() {
+        if let Ok(cred) = sock.peer_cred() {
+            ext.insert(PeerUid(cred.uid()));
+        }
+    }
+}
+
+fn ctx_of(req: &HttpRequest) -> CallCtx {
+    CallCtx {
+        trusted_root: req.conn_data::<PeerUid>().is_some_and(|p| p.0 == 0),
+    }
+}
+
+fn xml_reply(status: StatusCode, body: String) -> HttpResponse {
+    HttpResponse::build(status)
+        .content_type("text/xml")
+        .body(body)
+}
+
+fn json_reply(status: StatusCode, body: String) -> HttpResponse {
+    HttpResponse::build(status)
+        .content_type("application/json")
+        .body(body)
+}
+
+fn list_methods() -> Value {
+    Value::Set(
+        agent::method_list()
+            .into_iter()
+            .map(Value::String)
+            .collect(),
+    )
+}
+
+async fn xmlrpc_handler(
+    req: HttpRequest,
+    body: web::Bytes,
+    agent: web::Data<Arc<Agent>>,
+) -> HttpResponse {
+    let call = match xmlrpc::decode_call(&body) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::debug!(error = %e, "rejected an XML-RPC body");
+            return HttpResponse::BadRequest()
+                .content_type("text/plain")
+                .body(format!("{e}\n"));
+        }
+    };
+    if call.method == "system.listMethods" {
+        return xml_reply(StatusCode::OK, xmlrpc::bare(&list_methods()));
+    }
+    let ctx = ctx_of(&req);
+    match agent::call(agent.get_ref(), &ctx, &call.method, &call.params).await {
+        Ok(v) => xml_reply(StatusCode::OK, xmlrpc::success(&v)),
+        Err(e) => xml_reply(StatusCode::OK, xmlrpc::failure(e.code(), &e.params())),
+    }
+}
+
+async fn jsonrpc_handler(
+    req: HttpRequest,
+    body: web::Bytes,
+    agent: web::Data<Arc<Agent>>,
+) -> HttpResponse {
+    let r = match jsonrpc::decode(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::debug!(error = %e, "rejected a JSON-RPC body");
+            let mut msg = String::new();
+            agent::value::write_json_str(&e.to_string(), &mut msg);
+            return json_reply(
+                StatusCode::BAD_REQUEST,
+                format!("{{\"jsonrpc\":\"2.0\",\"error\":{{\"code\":-32700,\"message\":{msg}}},\"id\":null}}"),
+            );
+        }
+    };
+    if r.method == "system.listMethods" {
+        return json_reply(
+            StatusCode::OK,
+            jsonrpc::success(r.version, &r.id, &list_methods()),
+        );
+    }
+    let ctx = ctx_of(&req);
+    let body = match agent::call(agent.get_ref(), &ctx, &r.method, &r.params).await {
+        Ok(v) => jsonrpc::success(r.version, &r.id, &v),
+        Err(e) => jsonrpc::failure(r.version, &r.id, e.code(), &e.params()),
+    };
+    json_reply(StatusCode::OK, body)
+}
+
+async fn index() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain")
+        .body("xapid: XenAPI over XML-RPC (POST /, /RPC2, /xmlrpc) and JSON-RPC (POST /jsonrpc)\n")
+}
+
+/// Configures the routes on an actix-web app (also used by tests).
+pub fn routes(cfg: &mut web::ServiceConfig, max_body: usize) {
+    cfg.app_data(web::PayloadConfig::new(max_body))
+        .route("/", web::post().to(xmlrpc_handler))
+        .route("/RPC2", web::post().to(xmlrpc_handler))
+        .route("/xmlrpc", web::post().to(xmlrpc_handler))
+        .route("/jsonrpc", web::post().to(jsonrpc_handler))
+        .route("/", web::get().to(index));
+}
+
+/// Serves until the process is asked to stop.
+pub async fn serve(agent: Arc<Agent>, cfg: ServerConfig) -> std::io::Result<()> {
+    let max_body = cfg.max_body;
+    let data = web::Data::new(agent);
+    let mut server = HttpServer::new(move || {
+        App::new()
+            .app_data(data.clone())
+            .configure(|c| routes(c, max_body))
+    })
+    .on_connect(on_connect)
+    .client_request_timeout(std::time::Duration::from_secs(30));
+    if cfg.workers > 0 {
+        server = server.workers(cfg.workers);
+    }
+    for addr in &cfg.listen {
+        server = server.bind(addr)?;
+        tracing::info!(%addr, "listening on TCP");
+    }
+    if let Some(path) = &cfg.socket {
+        if path.exists() {
+            std::fs::remove_file(path)?;
+        }
+        server = server.bind_uds(path)?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        tracing::info!(path = %path.display(), "listening on the unix socket");
+    }
+    server.run().await
+}
