@@ -109,7 +109,7 @@ gen() {
 
 gen XenToolLog \
     xtl_createlogger_stdiostream xtl_stdiostream_set_minlevel \
-    xtl_logger_destroy xtl_level_to_string
+    xtl_logger_destroy xtl_level_to_string xtl_log
 
 gen XenCtrl \
     xc_interface_open xc_interface_close \

@@ -1040,6 +1040,14 @@ pub struct XenToolLog {
         min_level: xentoollog_level::Type,
     ),
     pub xtl_logger_destroy: unsafe extern "C" fn(logger: *mut xentoollog_logger),
+    pub xtl_log: unsafe extern "C" fn(
+        logger: *mut xentoollog_logger,
+        level: xentoollog_level::Type,
+        errnoval: ::std::os::raw::c_int,
+        context: *const ::std::os::raw::c_char,
+        format: *const ::std::os::raw::c_char,
+        ...
+    ),
     pub xtl_level_to_string:
         unsafe extern "C" fn(arg1: xentoollog_level::Type) -> *const ::std::os::raw::c_char,
 }
@@ -1064,12 +1072,14 @@ impl XenToolLog {
             .get(b"xtl_stdiostream_set_minlevel\0")
             .map(|sym| *sym)?;
         let xtl_logger_destroy = __library.get(b"xtl_logger_destroy\0").map(|sym| *sym)?;
+        let xtl_log = __library.get(b"xtl_log\0").map(|sym| *sym)?;
         let xtl_level_to_string = __library.get(b"xtl_level_to_string\0").map(|sym| *sym)?;
         Ok(XenToolLog {
             __library,
             xtl_createlogger_stdiostream,
             xtl_stdiostream_set_minlevel,
             xtl_logger_destroy,
+            xtl_log,
             xtl_level_to_string,
         })
     }
