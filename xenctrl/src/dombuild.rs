@@ -56,19 +56,6 @@ impl DomImage<'_> {
         self.dom.as_ptr()
     }
 
-    /// Runs one `xc_dom_*` step returning 0 on success.
-    fn step(
-        &self,
-        call: &'static str,
-        f: impl FnOnce(&sys::XenGuest, *mut sys::xc_dom_image) -> c_int,
-    ) -> Result<()> {
-        let rc = f(self.guest, self.raw());
-        if rc != 0 {
-            return Err(XenctrlError::last(call));
-        }
-        Ok(())
-    }
-
     /// The machine frame backing guest frame `pfn` (`xc_dom_p2m`, a
     /// static inline in xenguest.h).
     fn p2m(&self, pfn: sys::xen_pfn_t) -> Option<u64> {
@@ -94,6 +81,15 @@ impl Drop for DomImage<'_> {
         // SAFETY: `dom` came from xc_dom_allocate and is released once.
         unsafe { self.guest.xc_dom_release(self.raw()) }
     }
+}
+
+/// Maps an `xc_dom_*` return (0 on success) to a `Result`, reading
+/// `errno` straight away on failure.
+fn check(call: &'static str, rc: c_int) -> Result<()> {
+    if rc != 0 {
+        return Err(XenctrlError::last(call));
+    }
+    Ok(())
 }
 
 fn c_string(call: &'static str, what: &str, bytes: &[u8]) -> Result<CString> {
@@ -140,60 +136,52 @@ impl XcHandle {
         unsafe {
             (*image.raw()).container_type = sys::xc_dom_image__bindgen_ty_1::XC_DOM_PV_CONTAINER;
         }
-        // SAFETY: `dom` is a valid image; `kernel` is a C string that
-        // outlives the call (libxenguest copies what it needs).
-        image.step("xc_dom_kernel_file", |g, d| unsafe {
-            g.xc_dom_kernel_file(d, kernel.as_ptr())
+
+        let d = image.raw();
+        // SAFETY: `d` is our live image; `kernel` is a C string that
+        // outlives the call (libxenguest maps the file itself).
+        check("xc_dom_kernel_file", unsafe {
+            guest.xc_dom_kernel_file(d, kernel.as_ptr())
         })?;
         if let Some(ramdisk) = &ramdisk {
             // SAFETY: as for the kernel; the module cmdline may be NULL.
-            image.step("xc_dom_module_file", |g, d| unsafe {
-                g.xc_dom_module_file(d, ramdisk.as_ptr(), std::ptr::null())
+            check("xc_dom_module_file", unsafe {
+                guest.xc_dom_module_file(d, ramdisk.as_ptr(), std::ptr::null())
             })?;
         }
-        // SAFETY: as above; plain field writes into our image.
+        // SAFETY: `d` is our live image and no library call is running on
+        // it, so these plain field writes cannot race.
         unsafe {
-            let d = &mut *image.raw();
-            d.flags = 0;
-            d.console_evtchn = config.console_evtchn;
-            d.console_domid = config.console_domid;
-            d.xenstore_evtchn = config.xenstore_evtchn;
-            d.xenstore_domid = config.xenstore_domid;
-            d.max_vcpus = config.max_vcpus;
+            (*d).flags = 0;
+            (*d).console_evtchn = config.console_evtchn;
+            (*d).console_domid = config.console_domid;
+            (*d).xenstore_evtchn = config.xenstore_evtchn;
+            (*d).xenstore_domid = config.xenstore_domid;
+            (*d).max_vcpus = config.max_vcpus;
         }
-        let xch = self.raw();
-        // SAFETY: `dom` valid, `xch` open.
-        image.step("xc_dom_boot_xen_init", |g, d| unsafe {
-            g.xc_dom_boot_xen_init(d, xch, domid)
+        // SAFETY: `d` is our live image; `xch` is open and outlives it.
+        check("xc_dom_boot_xen_init", unsafe {
+            guest.xc_dom_boot_xen_init(d, self.raw(), domid)
         })?;
-        // SAFETY: `dom` valid.
-        image.step("xc_dom_parse_image", |g, d| unsafe {
-            g.xc_dom_parse_image(d)
+        // SAFETY: `d` is our live image (as for every step below).
+        check("xc_dom_parse_image", unsafe { guest.xc_dom_parse_image(d) })?;
+        // SAFETY: `d` is our live image.
+        check("xc_dom_mem_init", unsafe {
+            guest.xc_dom_mem_init(d, config.memory_mib)
         })?;
-        // SAFETY: `dom` valid.
-        image.step("xc_dom_mem_init", |g, d| unsafe {
-            g.xc_dom_mem_init(d, config.memory_mib)
+        // SAFETY: `d` is our live image.
+        check("xc_dom_boot_mem_init", unsafe {
+            guest.xc_dom_boot_mem_init(d)
         })?;
-        // SAFETY: `dom` valid.
-        image.step("xc_dom_boot_mem_init", |g, d| unsafe {
-            g.xc_dom_boot_mem_init(d)
-        })?;
-        // SAFETY: `dom` valid.
-        image.step("xc_dom_build_image", |g, d| unsafe {
-            g.xc_dom_build_image(d)
-        })?;
-        // SAFETY: `dom` valid.
-        image.step("xc_dom_boot_image", |g, d| unsafe {
-            g.xc_dom_boot_image(d)
-        })?;
-        // SAFETY: `dom` valid.
-        image.step("xc_dom_gnttab_init", |g, d| unsafe {
-            g.xc_dom_gnttab_init(d)
-        })?;
+        // SAFETY: `d` is our live image.
+        check("xc_dom_build_image", unsafe { guest.xc_dom_build_image(d) })?;
+        // SAFETY: `d` is our live image.
+        check("xc_dom_boot_image", unsafe { guest.xc_dom_boot_image(d) })?;
+        // SAFETY: `d` is our live image.
+        check("xc_dom_gnttab_init", unsafe { guest.xc_dom_gnttab_init(d) })?;
 
-        // SAFETY: `dom` is valid; plain field reads.
-        let (console_pfn, xenstore_pfn) =
-            unsafe { ((*image.raw()).console_pfn, (*image.raw()).xenstore_pfn) };
+        // SAFETY: `d` is our live image; plain field reads.
+        let (console_pfn, xenstore_pfn) = unsafe { ((*d).console_pfn, (*d).xenstore_pfn) };
         let mfn = |pfn, what: &str| {
             image.p2m(pfn).ok_or_else(|| XenctrlError::InvalidData {
                 call: "xc_dom_boot_image",

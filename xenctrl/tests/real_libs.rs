@@ -119,7 +119,7 @@ fn xs_open_without_xenstored_names_call_and_errno() {
             assert!(e.to_string().contains("libxenstore.so.4"), "{e}");
         }
         Err(e) => {
-            // No xenstored socket and no /dev/xen/xenbus.
+            // No /var/run/xenstored/socket, /dev/xen/xenbus or /proc/xen/xenbus.
             assert_eq!(
                 e,
                 XenctrlError::Call {
