@@ -1,0 +1,279 @@
+//! Building a PV guest's memory image with libxenguest's `xc_dom_*` API.
+
+use std::ffi::{c_int, CString};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::ptr::NonNull;
+
+use xen_sys as sys;
+
+use crate::error::{Result, XenctrlError};
+use crate::xc::XcHandle;
+
+/// What to load into a freshly created PV domain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PvBuildConfig {
+    /// Path of the guest kernel (ELF, possibly compressed).
+    pub kernel: PathBuf,
+    /// Path of the initial ramdisk, if any.
+    pub ramdisk: Option<PathBuf>,
+    /// Kernel command line.
+    pub cmdline: String,
+    /// Guest memory in MiB.
+    pub memory_mib: u32,
+    /// vCPUs the domain was created with.
+    pub max_vcpus: u32,
+    /// Guest-side port of the console event channel (from
+    /// [`XcHandle::evtchn_alloc_unbound`]).
+    pub console_evtchn: u32,
+    /// Domain running the console backend (0 for dom0).
+    pub console_domid: u32,
+    /// Guest-side port of the xenstore event channel.
+    pub xenstore_evtchn: u32,
+    /// Domain running xenstored (0 for dom0).
+    pub xenstore_domid: u32,
+}
+
+/// What the builder produced: the machine frames of the console and
+/// xenstore rings, to be written to xenstore and passed to
+/// [`XsHandle::introduce_domain`](crate::XsHandle::introduce_domain).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PvBuildResult {
+    /// MFN of the console ring page.
+    pub console_mfn: u64,
+    /// MFN of the xenstore ring page.
+    pub xenstore_mfn: u64,
+}
+
+/// An `xc_dom_image *`, released on drop.
+struct DomImage<'a> {
+    dom: NonNull<sys::xc_dom_image>,
+    guest: &'a sys::XenGuest,
+}
+
+impl DomImage<'_> {
+    fn raw(&self) -> *mut sys::xc_dom_image {
+        self.dom.as_ptr()
+    }
+
+    /// The machine frame backing guest frame `pfn` (`xc_dom_p2m`, a
+    /// static inline in xenguest.h).
+    fn p2m(&self, pfn: sys::xen_pfn_t) -> Option<u64> {
+        // SAFETY: `dom` is a valid image owned by us.
+        if unsafe { self.guest.xc_dom_translated(self.raw()) } {
+            return Some(pfn);
+        }
+        // SAFETY: `dom` is valid; after xc_dom_boot_image its pv_p2m holds
+        // p2m_size entries (or is NULL), which we bound-check against.
+        unsafe {
+            let dom = &*self.raw();
+            if pfn >= dom.total_pages || pfn >= dom.p2m_size || dom.pv_p2m.is_null() {
+                return None;
+            }
+            let mfn = *dom.pv_p2m.add(usize::try_from(pfn).ok()?);
+            (mfn != sys::xen_pfn_t::MAX).then_some(mfn)
+        }
+    }
+}
+
+impl Drop for DomImage<'_> {
+    fn drop(&mut self) {
+        // SAFETY: `dom` came from xc_dom_allocate and is released once.
+        unsafe { self.guest.xc_dom_release(self.raw()) }
+    }
+}
+
+/// Maps an `xc_dom_*` return (0 on success) to a `Result`, reading
+/// `errno` straight away on failure.
+fn check(call: &'static str, rc: c_int) -> Result<()> {
+    if rc != 0 {
+        return Err(XenctrlError::last(call));
+    }
+    Ok(())
+}
+
+fn c_string(call: &'static str, what: &str, bytes: &[u8]) -> Result<CString> {
+    CString::new(bytes).map_err(|_| XenctrlError::InvalidArgument {
+        call,
+        reason: format!("{what} contains a NUL byte"),
+    })
+}
+
+fn c_path(call: &'static str, path: &Path) -> Result<CString> {
+    c_string(call, "path", path.as_os_str().as_bytes())
+}
+
+impl XcHandle {
+    /// Loads a PV kernel (and ramdisk) into domain `domid`, created with
+    /// [`XcHandle::domain_create`] and given its vCPUs and memory limit,
+    /// and sets up its start info, console and xenstore pages and grant
+    /// table. The domain stays paused.
+    ///
+    /// Runs `xc_dom_allocate`, `xc_dom_kernel_file`, `xc_dom_module_file`,
+    /// `xc_dom_boot_xen_init`, `xc_dom_parse_image`, `xc_dom_mem_init`,
+    /// `xc_dom_boot_mem_init`, `xc_dom_build_image`, `xc_dom_boot_image`
+    /// and `xc_dom_gnttab_init`; the first failing step is named in the
+    /// error. The image is released (`xc_dom_release`) on every path.
+    pub fn build_pv(&self, domid: u32, config: &PvBuildConfig) -> Result<PvBuildResult> {
+        let kernel = c_path("xc_dom_kernel_file", &config.kernel)?;
+        let ramdisk = match &config.ramdisk {
+            Some(path) => Some(c_path("xc_dom_module_file", path)?),
+            None => None,
+        };
+        let cmdline = c_string("xc_dom_allocate", "cmdline", config.cmdline.as_bytes())?;
+        let guest = &self.libs().guest;
+
+        // SAFETY: `xch` is open and outlives the image (the image borrows
+        // `self`); `cmdline` is a C string, features may be NULL.
+        let dom = unsafe { guest.xc_dom_allocate(self.raw(), cmdline.as_ptr(), std::ptr::null()) };
+        let Some(dom) = NonNull::new(dom) else {
+            return Err(XenctrlError::last("xc_dom_allocate"));
+        };
+        let image = DomImage { dom, guest };
+
+        // SAFETY: the image is valid and exclusively ours; the library does
+        // not touch it between calls.
+        unsafe {
+            (*image.raw()).container_type = sys::xc_dom_image__bindgen_ty_1::XC_DOM_PV_CONTAINER;
+        }
+
+        let d = image.raw();
+        // SAFETY: `d` is our live image; `kernel` is a C string that
+        // outlives the call (libxenguest maps the file itself).
+        check("xc_dom_kernel_file", unsafe {
+            guest.xc_dom_kernel_file(d, kernel.as_ptr())
+        })?;
+        if let Some(ramdisk) = &ramdisk {
+            // SAFETY: as for the kernel; the module cmdline may be NULL.
+            check("xc_dom_module_file", unsafe {
+                guest.xc_dom_module_file(d, ramdisk.as_ptr(), std::ptr::null())
+            })?;
+        }
+        // SAFETY: `d` is our live image and no library call is running on
+        // it, so these plain field writes cannot race.
+        unsafe {
+            (*d).flags = 0;
+            (*d).console_evtchn = config.console_evtchn;
+            (*d).console_domid = config.console_domid;
+            (*d).xenstore_evtchn = config.xenstore_evtchn;
+            (*d).xenstore_domid = config.xenstore_domid;
+            (*d).max_vcpus = config.max_vcpus;
+        }
+        // SAFETY: `d` is our live image; `xch` is open and outlives it.
+        check("xc_dom_boot_xen_init", unsafe {
+            guest.xc_dom_boot_xen_init(d, self.raw(), domid)
+        })?;
+        // SAFETY: `d` is our live image (as for every step below).
+        check("xc_dom_parse_image", unsafe { guest.xc_dom_parse_image(d) })?;
+        // SAFETY: `d` is our live image.
+        check("xc_dom_mem_init", unsafe {
+            guest.xc_dom_mem_init(d, config.memory_mib)
+        })?;
+        // SAFETY: `d` is our live image.
+        check("xc_dom_boot_mem_init", unsafe {
+            guest.xc_dom_boot_mem_init(d)
+        })?;
+        // SAFETY: `d` is our live image.
+        check("xc_dom_build_image", unsafe { guest.xc_dom_build_image(d) })?;
+        // SAFETY: `d` is our live image.
+        check("xc_dom_boot_image", unsafe { guest.xc_dom_boot_image(d) })?;
+        // SAFETY: `d` is our live image.
+        check("xc_dom_gnttab_init", unsafe { guest.xc_dom_gnttab_init(d) })?;
+
+        // SAFETY: `d` is our live image; plain field reads.
+        let (console_pfn, xenstore_pfn) = unsafe { ((*d).console_pfn, (*d).xenstore_pfn) };
+        let mfn = |pfn, what: &str| {
+            image.p2m(pfn).ok_or_else(|| XenctrlError::InvalidData {
+                call: "xc_dom_boot_image",
+                reason: format!("{what} pfn {pfn:#x} has no machine frame"),
+            })
+        };
+        Ok(PvBuildResult {
+            console_mfn: mfn(console_pfn, "console")?,
+            xenstore_mfn: mfn(xenstore_pfn, "xenstore")?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::CtrlLibraries;
+
+    fn dummy() -> Option<XcHandle> {
+        match CtrlLibraries::system() {
+            Ok(libs) => Some(XcHandle::open_dummy(libs).expect("dummy xc handle")),
+            Err(e) => {
+                assert!(e.is_library_missing(), "{e}");
+                eprintln!("skipping: Xen libraries not installed: {e}");
+                None
+            }
+        }
+    }
+
+    fn config(kernel: &str, ramdisk: Option<&str>) -> PvBuildConfig {
+        PvBuildConfig {
+            kernel: kernel.into(),
+            ramdisk: ramdisk.map(PathBuf::from),
+            cmdline: "console=hvc0".into(),
+            memory_mib: 256,
+            max_vcpus: 1,
+            console_evtchn: 1,
+            console_domid: 0,
+            xenstore_evtchn: 2,
+            xenstore_domid: 0,
+        }
+    }
+
+    #[test]
+    fn missing_kernel_names_step_and_errno() {
+        let Some(xc) = dummy() else { return };
+        let err = xc
+            .build_pv(1, &config("/nonexistent/vmlinuz", None))
+            .unwrap_err();
+        assert_eq!(
+            err,
+            XenctrlError::Call {
+                call: "xc_dom_kernel_file",
+                errno: libc::ENOENT
+            },
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn missing_ramdisk_names_step_and_errno() {
+        let Some(xc) = dummy() else { return };
+        // Any readable file loads as a "kernel": it is parsed only later.
+        let kernel = std::env::current_exe().unwrap();
+        let err = xc
+            .build_pv(
+                1,
+                &config(kernel.to_str().unwrap(), Some("/nonexistent/initrd")),
+            )
+            .unwrap_err();
+        assert_eq!(
+            err,
+            XenctrlError::Call {
+                call: "xc_dom_module_file",
+                errno: libc::ENOENT
+            },
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn nul_in_cmdline_is_rejected_before_any_call() {
+        let Some(xc) = dummy() else { return };
+        let mut cfg = config("/nonexistent/vmlinuz", None);
+        cfg.cmdline = "a\0b".into();
+        let err = xc.build_pv(1, &cfg).unwrap_err();
+        assert!(matches!(
+            err,
+            XenctrlError::InvalidArgument {
+                call: "xc_dom_allocate",
+                ..
+            }
+        ));
+    }
+}
