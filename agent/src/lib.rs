@@ -2,6 +2,7 @@
 //! log, sessions, dispatch of calls, and the hypervisor backends.
 
 pub mod api;
+pub mod coverage;
 pub mod error;
 pub mod event_from;
 pub mod events;

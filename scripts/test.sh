@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# The one command that runs every test of xapid (README: "Test").
+#
+# It installs what it needs itself (Debian packages, the pinned bindgen, the Python and Node
+# clients in a cache outside the repo), then runs, in order:
+#   1. formatting and lints         cargo fmt --check; cargo clippy -D warnings
+#   2. generated-code checks        vendor/xenapi/check.sh; xen-sys/scripts/check-bindings.sh
+#   3. Rust tests                   cargo test --workspace
+#   4. real clients against xapid   tests/clients/run.sh (XenAPI.py, Xen Orchestra's xen-api)
+# Any failure stops the run with a non-zero exit.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+step() { printf '\n=== %s\n' "$*"; }
+
+need=()
+for pkg in libxen-dev libclang-dev python3 python3-venv; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
+done
+command -v node >/dev/null 2>&1 || need+=(nodejs npm)
+if [ ${#need[@]} -gt 0 ]; then
+  step "installing Debian packages: ${need[*]}"
+  sudo=(); [ "$(id -u)" -eq 0 ] || sudo=(sudo)
+  "${sudo[@]}" apt-get update -q
+  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -q "${need[@]}"
+fi
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy --workspace --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "vendored datamodel: regeneration is a no-op"
+bash vendor/xenapi/check.sh
+
+step "xen-sys: regenerating the bindings is a no-op"
+bash xen-sys/scripts/check-bindings.sh
+
+step "cargo test --workspace"
+XENCTRL_REQUIRE_XEN_LIBS=1 cargo test --workspace
+
+step "real clients against the daemon"
+cargo build --release --bin xapid
+bash tests/clients/run.sh
+
+step "all tests passed"
