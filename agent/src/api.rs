@@ -84,6 +84,9 @@ pub fn check(agent: &Agent, method: &str, params: &[Json]) -> Result<Call, ApiEr
             session = Some(s.to_owned());
             continue;
         }
+        if m.message.kind == MessageKind::Create {
+            require_constructor_fields(m.class, p)?;
+        }
         let v = from_json(p, def.ty).map_err(|e| {
             tracing::debug!(method, param = def.name, error = %e, "parameter of the wrong type");
             ApiError::field_type(def.name)
@@ -96,6 +99,23 @@ pub fn check(agent: &Agent, method: &str, params: &[Json]) -> Result<Call, ApiEr
         session,
         args,
     })
+}
+
+/// The implicit constructor needs every RW and RO/constructor field that has no default, as
+/// the reference does; a missing one is `FIELD_TYPE_ERROR [field]`.
+fn require_constructor_fields(class: ClassId, record: &Json) -> Result<(), ApiError> {
+    let Json::Object(m) = record else {
+        return Err(ApiError::field_type("args"));
+    };
+    for f in class.def().fields {
+        if f.qualifier != schema::Qualifier::RoRuntime
+            && f.default.is_none()
+            && !m.contains_key(f.name)
+        {
+            return Err(ApiError::field_type(f.name));
+        }
+    }
+    Ok(())
 }
 
 /// Runs a wire call.

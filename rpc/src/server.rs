@@ -34,9 +34,17 @@ struct PeerUid(u32);
 
 fn on_connect(conn: &dyn Any, ext: &mut Extensions) {
     if let Some(sock) = conn.downcast_ref::<actix_web::rt::net::UnixStream>() {
-        if let Ok(cred) = sock.peer_cred() {
-            ext.insert(PeerUid(cred.uid()));
+        match sock.peer_cred() {
+            Ok(cred) => {
+                ext.insert(PeerUid(cred.uid()));
+            }
+            Err(e) => tracing::warn!(error = %e, "no peer credentials on the unix socket"),
         }
+    } else {
+        tracing::debug!(
+            tcp = conn.is::<actix_web::rt::net::TcpStream>(),
+            "connection without peer credentials"
+        );
     }
 }
 
@@ -102,9 +110,14 @@ async fn jsonrpc_handler(
             tracing::debug!(error = %e, "rejected a JSON-RPC body");
             let mut msg = String::new();
             agent::value::write_json_str(&e.to_string(), &mut msg);
+            // JSON-RPC 2.0: -32700 when the body is not JSON, -32600 when it is not a request.
+            let code = match e {
+                jsonrpc::JsonRpcError::Malformed(_) => -32700,
+                jsonrpc::JsonRpcError::Structure(_) => -32600,
+            };
             return json_reply(
                 StatusCode::BAD_REQUEST,
-                format!("{{\"jsonrpc\":\"2.0\",\"error\":{{\"code\":-32700,\"message\":{msg}}},\"id\":null}}"),
+                format!("{{\"jsonrpc\":\"2.0\",\"error\":{{\"code\":{code},\"message\":{msg}}},\"id\":null}}"),
             );
         }
     };
@@ -160,9 +173,11 @@ pub async fn serve(agent: Arc<Agent>, cfg: ServerConfig) -> std::io::Result<()> 
         if path.exists() {
             std::fs::remove_file(path)?;
         }
-        server = server.bind_uds(path)?;
+        // `listen_uds` (unlike `bind_uds`) runs the on-connect hook that reads SO_PEERCRED.
+        let listener = std::os::unix::net::UnixListener::bind(path)?;
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        server = server.listen_uds(listener)?;
         tracing::info!(path = %path.display(), "listening on the unix socket");
     }
     server.run().await

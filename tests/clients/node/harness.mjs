@@ -119,7 +119,8 @@ export class Daemon {
   logTail(lines = 60) {
     let text
     try { text = fs.readFileSync(this.logPath, 'utf8') } catch (e) { return `(no log: ${e})` }
-    const tail = text.split('\n').slice(-lines)
+    // eslint-disable-next-line no-control-regex
+    const tail = text.replace(/\x1b\[[0-9;]*m/g, '').split('\n').slice(-lines)
     return `--- last ${tail.length} lines of ${this.logPath} ---\n${tail.join('\n')}`
   }
 

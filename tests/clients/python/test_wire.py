@@ -157,3 +157,23 @@ def test_jsonrpc_list_methods(daemon):
     m = post(daemon.port, "/jsonrpc", json_call("system.listMethods", []),
              content_type="application/json").json()
     assert isinstance(m.get("result"), list) and "VM.get_all_records" in m["result"], str(m)[:300]
+
+
+@pytest.mark.parametrize("body,code", [
+    (b'{"jsonrpc":"2.0","method":', -32700),                                   # not JSON: Parse error
+    (b'42', -32600),                                                           # JSON, not a request
+    (b'{"jsonrpc":"2.0","params":[],"id":1}', -32600),                         # no method
+    (b'{"jsonrpc":"2.0","method":"pool.get_all","params":"x","id":1}', -32600),  # params not an array
+], ids=["parse-error", "not-an-object", "no-method", "params-not-array"])
+def test_jsonrpc2_protocol_error_codes(daemon, body, code):
+    # JSON-RPC 2.0 section 5.1: -32700 only when the body is not JSON; -32600 for JSON that
+    # is not a valid request object. (Only checked when the daemon answers with an error object.)
+    r = post(daemon.port, "/jsonrpc", body, content_type="application/json")
+    assert 400 <= r.status < 500 or r.status == 200, r
+    try:
+        m = r.json()
+    except ValueError:
+        return  # a plain 4xx: fine (test_raw_negative covers it)
+    assert isinstance(m, dict) and isinstance(m.get("error"), dict), m
+    assert m["error"].get("code") == code, f"{body!r}: expected JSON-RPC code {code}, got {m}"
+    assert m.get("id") in (None, 1) and m.get("jsonrpc") == "2.0", m

@@ -20,6 +20,7 @@ import socket
 import subprocess
 import time
 import itertools
+import re
 from pathlib import Path
 
 REPO = Path(os.environ.get("XAPID_REPO") or Path(__file__).resolve().parents[3])
@@ -170,7 +171,8 @@ class Daemon:
             data = self.log_path.read_bytes()
         except OSError as e:
             return f"(no log: {e})"
-        tail = data.decode("utf-8", "replace").splitlines()[-lines:]
+        text = re.sub(r"\x1b\[[0-9;]*m", "", data.decode("utf-8", "replace"))  # drop colours
+        tail = text.splitlines()[-lines:]
         state = "running" if self.running() else "not running"
         return (f"--- last {len(tail)} lines of {self.log_path} (daemon {state}, port {self.port}) ---\n"
                 + "\n".join(tail))
