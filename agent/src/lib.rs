@@ -1,1 +1,3 @@
 //! xapid's object model.
+
+pub mod hypervisor;
