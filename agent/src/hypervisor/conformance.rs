@@ -5,7 +5,7 @@
 //! Xen backend will run it on a real Xen host (with a small PV kernel given
 //! in [`ConformanceOptions::kernel`]). Checks that need an optional
 //! capability ([`Hypervisor::fault_injection`],
-//! [`Hypervisor::guest_control`], [`Capabilities::suspend_resume`], ...)
+//! [`Hypervisor::guest_control`], [`super::Capabilities::suspend_resume`], ...)
 //! report [`Outcome::Skipped`] on backends without it.
 //!
 //! The suite only touches domains it creates (named

@@ -3,28 +3,35 @@
 //!
 //! Output written by the guest goes into the ring (oldest bytes are dropped
 //! once it is full) and to every connected client. A new client first
-//! receives the ring's contents. Each client has one thread reading its
-//! input, splitting it into lines and handing each line to a callback (the
-//! simulator's "shell"). Clients that stop reading are disconnected after a
-//! short write timeout rather than stalling the guest.
+//! receives the ring's contents. Output is never written with a blocking
+//! call (the simulator writes while holding its state lock): what a client's
+//! socket cannot take at once waits in that client's backlog, which the
+//! client's thread flushes as the socket drains. A client whose backlog
+//! grows past [`MAX_BACKLOG`] is not reading and is disconnected.
+//!
+//! Each client has one thread that also reads its input, splits it into
+//! lines and hands each line to a callback (the simulator's "shell").
 //!
 //! Lock order: the simulator's state lock may be held while calling into a
 //! console; a console never calls out while holding its own lock.
 
 use std::collections::VecDeque;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::net::Shutdown;
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::thread;
-use std::time::Duration;
 
+use nix::errno::Errno;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::socket::{send, MsgFlags};
 use parking_lot::Mutex;
 
-/// How long a write to a client may block before the client is dropped.
-const CLIENT_WRITE_TIMEOUT: Duration = Duration::from_millis(250);
-/// How often a client thread re-checks whether the console was closed.
-const CLIENT_READ_POLL: Duration = Duration::from_millis(200);
+/// How often (ms) a client thread re-checks whether the console was closed.
+const CLIENT_POLL_MS: u16 = 100;
+/// Output a client may have pending before it is considered dead.
+const MAX_BACKLOG: usize = 256 * 1024;
 /// Longest input line kept; longer input is cut.
 const MAX_LINE: usize = 4096;
 
@@ -34,6 +41,38 @@ pub(super) type LineHandler = Box<dyn Fn(&str) + Send + 'static>;
 struct Client {
     id: u64,
     stream: UnixStream,
+    backlog: VecDeque<u8>,
+}
+
+impl Client {
+    /// Sends as much of the backlog as the socket takes without blocking.
+    /// Errors mean the client is gone.
+    fn flush(&mut self) -> io::Result<()> {
+        let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;
+        while !self.backlog.is_empty() {
+            let (front, _) = self.backlog.as_slices();
+            match send(self.stream.as_raw_fd(), front, flags) {
+                Ok(n) => {
+                    self.backlog.drain(..n);
+                }
+                Err(Errno::EINTR) => continue,
+                Err(Errno::EAGAIN) => break,
+                Err(e) => return Err(io::Error::from(e)),
+            }
+        }
+        if self.backlog.len() > MAX_BACKLOG {
+            return Err(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                "console client is not reading",
+            ));
+        }
+        Ok(())
+    }
+
+    fn hang_up(&self) {
+        // Best effort: the peer may already have gone.
+        let _ = self.stream.shutdown(Shutdown::Both);
+    }
 }
 
 struct State {
@@ -82,13 +121,15 @@ impl SimConsole {
         if excess > 0 {
             st.ring.drain(..excess);
         }
-        st.clients.retain_mut(|c| match c.stream.write_all(bytes) {
-            Ok(()) => true,
-            Err(e) => {
-                tracing::debug!(client = c.id, error = %e, "dropping console client");
-                // The client is gone or stuck; it is disconnected either way.
-                let _ = c.stream.shutdown(Shutdown::Both);
-                false
+        st.clients.retain_mut(|c| {
+            c.backlog.extend(bytes.iter().copied());
+            match c.flush() {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::debug!(client = c.id, error = %e, "dropping console client");
+                    c.hang_up();
+                    false
+                }
             }
         });
     }
@@ -119,22 +160,19 @@ impl SimConsole {
         let mut st = self.state.lock();
         st.closed = true;
         for c in st.clients.drain(..) {
-            // Best effort: the peer may already have gone.
-            let _ = c.stream.shutdown(Shutdown::Both);
+            c.hang_up();
         }
     }
 
     /// Connects a new client: returns the client's end of a socket pair
-    /// that has already been sent the ring's contents, and starts a thread
-    /// feeding input lines to `on_line`.
+    /// that is being sent the ring's contents, and starts a thread feeding
+    /// input lines to `on_line`.
     pub(super) fn connect(
         self: &Arc<Self>,
         thread_name: String,
         on_line: LineHandler,
     ) -> io::Result<UnixStream> {
         let (ours, theirs) = UnixStream::pair()?;
-        ours.set_write_timeout(Some(CLIENT_WRITE_TIMEOUT))?;
-        ours.set_read_timeout(Some(CLIENT_READ_POLL))?;
         let reader = ours.try_clone()?;
         let id = {
             let mut st = self.state.lock();
@@ -144,18 +182,21 @@ impl SimConsole {
                     "console closed: domain destroyed",
                 ));
             }
-            let history: Vec<u8> = st.ring.iter().copied().collect();
-            let mut writer = ours;
-            writer.write_all(&history)?;
-            let id = st.next_client;
+            let mut client = Client {
+                id: st.next_client,
+                stream: ours,
+                backlog: st.ring.clone(),
+            };
+            client.flush()?;
             st.next_client += 1;
-            st.clients.push(Client { id, stream: writer });
+            let id = client.id;
+            st.clients.push(client);
             id
         };
         let console = Arc::clone(self);
         let spawned = thread::Builder::new()
             .name(thread_name)
-            .spawn(move || console.serve_input(id, reader, on_line));
+            .spawn(move || console.serve(id, reader, on_line));
         if let Err(e) = spawned {
             self.disconnect(id);
             return Err(e);
@@ -167,8 +208,7 @@ impl SimConsole {
         let mut st = self.state.lock();
         st.clients.retain(|c| {
             if c.id == id {
-                // Best effort: the peer may already have gone.
-                let _ = c.stream.shutdown(Shutdown::Both);
+                c.hang_up();
                 false
             } else {
                 true
@@ -176,13 +216,60 @@ impl SimConsole {
         });
     }
 
-    fn serve_input(&self, id: u64, mut reader: UnixStream, on_line: LineHandler) {
+    /// Whether client `id` still exists and has a backlog, or `None` when it
+    /// was dropped or the console closed.
+    fn client_backlogged(&self, id: u64) -> Option<bool> {
+        let st = self.state.lock();
+        if st.closed {
+            return None;
+        }
+        st.clients
+            .iter()
+            .find(|c| c.id == id)
+            .map(|c| !c.backlog.is_empty())
+    }
+
+    fn flush_client(&self, id: u64) {
+        let mut st = self.state.lock();
+        st.clients.retain_mut(|c| {
+            if c.id != id {
+                return true;
+            }
+            match c.flush() {
+                Ok(()) => true,
+                Err(_) => {
+                    c.hang_up();
+                    false
+                }
+            }
+        });
+    }
+
+    /// The client's thread: flushes its backlog as the socket drains and
+    /// turns its input into lines.
+    fn serve(&self, id: u64, mut reader: UnixStream, on_line: LineHandler) {
         let mut buf = [0u8; 1024];
         let mut line: Vec<u8> = Vec::new();
         let mut last_cr = false;
-        loop {
-            if self.state.lock().closed {
-                break;
+        while let Some(backlogged) = self.client_backlogged(id) {
+            let mut wanted = PollFlags::POLLIN;
+            if backlogged {
+                wanted |= PollFlags::POLLOUT;
+            }
+            let revents = {
+                let mut fds = [PollFd::new(reader.as_fd(), wanted)];
+                match poll(&mut fds, PollTimeout::from(CLIENT_POLL_MS)) {
+                    Ok(0) | Err(Errno::EINTR) => continue,
+                    Ok(_) => fds[0].revents().unwrap_or(PollFlags::empty()),
+                    Err(_) => break,
+                }
+            };
+            if revents.contains(PollFlags::POLLOUT) {
+                self.flush_client(id);
+            }
+            let readable = PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR;
+            if !revents.intersects(readable) {
+                continue;
             }
             let n = match reader.read(&mut buf) {
                 Ok(0) => break,
@@ -190,9 +277,7 @@ impl SimConsole {
                 Err(e)
                     if matches!(
                         e.kind(),
-                        io::ErrorKind::WouldBlock
-                            | io::ErrorKind::TimedOut
-                            | io::ErrorKind::Interrupted
+                        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
                     ) =>
                 {
                     continue
@@ -224,7 +309,9 @@ impl SimConsole {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
     use std::sync::mpsc;
+    use std::time::Duration;
     use std::time::Instant;
 
     fn read_until(s: &mut UnixStream, needle: &str) -> String {
@@ -284,6 +371,19 @@ mod tests {
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         assert_eq!(s.read(&mut buf).unwrap(), 0);
         assert!(c.connect("t2".into(), Box::new(|_| {})).is_err());
+    }
+
+    #[test]
+    fn a_client_that_never_reads_is_dropped_without_blocking() {
+        let c = SimConsole::new(1024);
+        let _stuck = c.connect("t".into(), Box::new(|_| {})).unwrap();
+        let chunk = vec![b'x'; 64 * 1024];
+        let start = Instant::now();
+        for _ in 0..64 {
+            c.write(&chunk);
+        }
+        assert!(start.elapsed() < Duration::from_secs(2));
+        assert_eq!(c.client_count(), 0);
     }
 
     #[test]

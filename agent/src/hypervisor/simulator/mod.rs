@@ -111,7 +111,8 @@ pub struct SimConfig {
 
 impl SimConfig {
     /// This machine's CPUs, memory and hostname, dom0 sized by
-    /// [`host::default_dom0_memory`], no latency, cooperative guests.
+    /// an eighth of the host (at least 512 MiB, at most 4 GiB, at most half
+    /// the host), no latency, cooperative guests.
     pub fn from_host() -> Self {
         let cpu = host::local_cpu();
         let memory_total = host::local_memory();
