@@ -107,6 +107,33 @@ impl Default for EventBus {
     }
 }
 
+/// Bridges a subscription into async code: a small thread blocks on `rx`
+/// and forwards every event into a tokio channel of `capacity` events
+/// (back-pressure, nothing is dropped). The thread ends when either side is
+/// dropped. Returns `None` if the thread cannot be spawned.
+pub fn forward_to_tokio(
+    rx: EventReceiver,
+    capacity: usize,
+) -> Option<tokio::sync::mpsc::Receiver<BackendEvent>> {
+    let (tx, out) = tokio::sync::mpsc::channel(capacity.max(1));
+    let spawned = std::thread::Builder::new()
+        .name("hv-events".into())
+        .spawn(move || {
+            while let Ok(event) = rx.recv() {
+                if tx.blocking_send(event).is_err() {
+                    break;
+                }
+            }
+        });
+    match spawned {
+        Ok(_) => Some(out),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot spawn the event forwarder");
+            None
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -138,5 +165,18 @@ mod tests {
         bus.publish(BackendEvent::DomainChanged(6));
         assert_eq!(rx.try_recv().unwrap(), BackendEvent::Resync);
         assert_eq!(rx.try_recv().unwrap(), BackendEvent::DomainChanged(6));
+    }
+
+    #[test]
+    fn forwards_into_tokio() {
+        let bus = EventBus::new(8);
+        let mut rx = forward_to_tokio(bus.subscribe(), 4).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        bus.publish(BackendEvent::DomainChanged(9));
+        let got = rt.block_on(async { rx.recv().await });
+        assert_eq!(got, Some(BackendEvent::DomainChanged(9)));
     }
 }

@@ -20,7 +20,8 @@
 //! run calls under `tokio::task::spawn_blocking`; the calls are thread safe
 //! and independent domains may be driven in parallel. Events arrive on a
 //! `crossbeam_channel::Receiver`, which an actor can drain from a dedicated
-//! thread or a `spawn_blocking` loop.
+//! thread or a `spawn_blocking` loop, or turn into a tokio channel with
+//! [`forward_to_tokio`].
 //!
 //! # What callers may assume (the contract)
 //! * Domids are never reused while a domain with that id exists; a backend
@@ -59,6 +60,10 @@ mod events;
 pub mod selection;
 pub mod simulator;
 mod types;
+// The Xen backend goes here, written by the owner of the xen-sys/xenctrl
+// crates: `pub mod xen;` (agent/src/hypervisor/xen.rs) implementing
+// `Hypervisor` for `XenBackend`, passing `conformance::run_all`, and wired
+// into `selection::select_backend`. See docs/hypervisor.md, "Xen backend plan".
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -68,7 +73,7 @@ pub use nix::errno::Errno;
 use uuid::Uuid;
 
 pub use console::ConsoleStream;
-pub use events::{BackendEvent, EventBus, EventReceiver, DEFAULT_EVENT_QUEUE};
+pub use events::{forward_to_tokio, BackendEvent, EventBus, EventReceiver, DEFAULT_EVENT_QUEUE};
 pub use selection::{select_backend, BackendChoice};
 pub use simulator::{GuestBehaviour, SimConfig, SimulatorBackend};
 pub use types::*;
