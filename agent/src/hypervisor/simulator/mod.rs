@@ -823,6 +823,16 @@ impl Inner {
     }
 }
 
+impl Drop for Inner {
+    /// The simulated host goes away with its guests: disconnect every
+    /// console client so their threads end.
+    fn drop(&mut self) {
+        for d in self.state.get_mut().domains.values() {
+            d.console.close();
+        }
+    }
+}
+
 impl Hypervisor for SimulatorBackend {
     fn backend_name(&self) -> &'static str {
         BACKEND

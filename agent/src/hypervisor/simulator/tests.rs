@@ -722,3 +722,15 @@ fn destroy_during_delayed_shutdown_is_harmless() {
     assert!(s.domain_info(d).is_err());
     assert_eq!(s.list_domains().unwrap().len(), 1);
 }
+
+#[test]
+fn dropping_the_simulator_hangs_up_consoles() {
+    let s = sim();
+    let d = start(&s, "orphan", 64);
+    let mut con = s.console_stream(d).unwrap();
+    con.read_until_contains("# ", T).unwrap();
+    drop(s);
+    let (_, _) = con.read_until_contains("\u{0}", T).unwrap();
+    let mut buf = [0u8; 16];
+    assert_eq!(std::io::Read::read(&mut con, &mut buf).unwrap(), 0);
+}
