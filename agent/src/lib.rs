@@ -8,6 +8,7 @@ pub mod event_from;
 pub mod events;
 pub mod first_boot;
 pub mod handlers;
+pub mod hypervisor;
 pub mod objects;
 pub mod query;
 pub mod schema;
