@@ -28,6 +28,38 @@ pub struct HostFacts {
     pub backend: String,
 }
 
+impl HostFacts {
+    /// Reads the facts from the backend.
+    pub fn from_backend(
+        hv: &dyn crate::hypervisor::Hypervisor,
+    ) -> Result<HostFacts, crate::hypervisor::BackendError> {
+        let info = hv.host_info()?;
+        let dom0 = hv
+            .list_domains()?
+            .into_iter()
+            .find(|d| d.domid == 0)
+            .map_or(0, |d| d.memory_actual);
+        let cpu = CpuFacts {
+            vendor: info.cpu.vendor.clone(),
+            modelname: info.cpu.model_name.clone(),
+            speed_mhz: info.cpu.speed_mhz as i64,
+            family: i64::from(info.cpu.family),
+            model: i64::from(info.cpu.model),
+            stepping: i64::from(info.cpu.stepping),
+            flags: info.cpu.flags.join(" "),
+        };
+        Ok(HostFacts {
+            hostname: info.hostname.clone(),
+            cpus: vec![cpu; info.cpu.count.max(1) as usize],
+            memory_total: info.memory_total as i64,
+            memory_free: info.memory_free as i64,
+            dom0_memory: dom0 as i64,
+            hypervisor_version: info.hypervisor.to_string(),
+            backend: hv.backend_name().to_owned(),
+        })
+    }
+}
+
 /// One logical CPU.
 #[derive(Clone, Debug, Default)]
 pub struct CpuFacts {

@@ -40,20 +40,23 @@ pub enum AgentError {
     /// Authentication could not be set up.
     #[error(transparent)]
     Auth(#[from] sessions::AuthError),
+    /// The backend could not describe the host.
+    #[error("reading host facts from the backend")]
+    Backend(#[source] hypervisor::BackendError),
     /// The first objects could not be created.
     #[error("creating the first objects: {0}")]
     FirstBoot(ApiError),
 }
 
 /// How to start the agent.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct AgentConfig {
     /// Where the store, the password hash and the default SR live.
     pub state_dir: PathBuf,
     /// Sets the root password on first start.
     pub root_password_file: Option<PathBuf>,
-    /// Facts about this host, from the backend.
-    pub facts: HostFacts,
+    /// The hypervisor backend every lifecycle operation goes through.
+    pub hypervisor: Arc<dyn hypervisor::Hypervisor>,
 }
 
 /// The running object model.
@@ -66,6 +69,8 @@ pub struct Agent {
     pub host: String,
     /// The pool's ref.
     pub pool: String,
+    /// The hypervisor backend.
+    pub hypervisor: Arc<dyn hypervisor::Hypervisor>,
     /// Async calls still running, by task ref.
     pub running_tasks: Mutex<HashMap<String, tokio::task::AbortHandle>>,
 }
@@ -78,10 +83,12 @@ impl Agent {
             .map_err(|e| AgentError::StateDir(cfg.state_dir.display().to_string(), e))?;
         let store = store::Store::open(Some(&cfg.state_dir))?;
         let sessions = sessions::Sessions::open(&cfg.state_dir, cfg.root_password_file.as_deref())?;
-        let (pool, host) = first_boot::ensure(&store, &cfg.facts, &cfg.state_dir)
+        let facts =
+            HostFacts::from_backend(cfg.hypervisor.as_ref()).map_err(AgentError::Backend)?;
+        let (pool, host) = first_boot::ensure(&store, &facts, &cfg.state_dir)
             .await
             .map_err(AgentError::FirstBoot)?;
-        first_boot::rebuild_ephemeral(&store, &cfg.facts)
+        first_boot::rebuild_ephemeral(&store, &facts)
             .await
             .map_err(AgentError::FirstBoot)?;
         Ok(Arc::new(Agent {
@@ -89,6 +96,7 @@ impl Agent {
             sessions,
             host,
             pool,
+            hypervisor: cfg.hypervisor,
             running_tasks: Mutex::new(HashMap::new()),
         }))
     }

@@ -1,6 +1,7 @@
 //! `xapid`: the XenAPI toolstack daemon.
 
-use agent::{Agent, AgentConfig, CpuFacts, HostFacts};
+use agent::hypervisor::{select_backend, BackendChoice, SimConfig};
+use agent::{Agent, AgentConfig};
 use clap::{Parser, ValueEnum};
 use rpc::server::{serve, ServerConfig, DEFAULT_MAX_BODY};
 use std::net::SocketAddr;
@@ -46,61 +47,6 @@ struct Args {
     workers: usize,
 }
 
-fn read_proc_facts() -> HostFacts {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let mut cpus = Vec::new();
-    let mut cur = CpuFacts::default();
-    let mut seen = false;
-    for line in cpuinfo.lines().chain(std::iter::once("")) {
-        if line.trim().is_empty() {
-            if seen {
-                cpus.push(std::mem::take(&mut cur));
-                seen = false;
-            }
-            continue;
-        }
-        let Some((k, v)) = line.split_once(':') else {
-            continue;
-        };
-        let (k, v) = (k.trim(), v.trim());
-        seen = true;
-        match k {
-            "vendor_id" => cur.vendor = v.to_owned(),
-            "model name" => cur.modelname = v.to_owned(),
-            "cpu MHz" => cur.speed_mhz = v.parse::<f64>().map(|f| f as i64).unwrap_or(0),
-            "cpu family" => cur.family = v.parse().unwrap_or(0),
-            "model" => cur.model = v.parse().unwrap_or(0),
-            "stepping" => cur.stepping = v.parse().unwrap_or(0),
-            "flags" => cur.flags = v.to_owned(),
-            _ => {}
-        }
-    }
-    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    let kb = |key: &str| -> i64 {
-        meminfo
-            .lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|r| r.trim().trim_end_matches("kB").trim().parse::<i64>().ok())
-            .unwrap_or(0)
-            * 1024
-    };
-    let hostname = nix::unistd::gethostname()
-        .ok()
-        .and_then(|h| h.into_string().ok())
-        .unwrap_or_else(|| "localhost".into());
-    let total = kb("MemTotal:");
-    let dom0 = (total / 16).clamp(512 << 20, 4 << 30).min(total);
-    HostFacts {
-        hostname,
-        cpus,
-        memory_total: total,
-        memory_free: (total - dom0).max(0),
-        dom0_memory: dom0,
-        hypervisor_version: "4.17.0-simulated".into(),
-        backend: "simulator".into(),
-    }
-}
-
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -111,19 +57,25 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = Args::parse();
-    let facts = match args.backend {
-        Backend::Xen => {
-            tracing::error!("--backend xen: the Xen backend is not available in this build");
+    let choice = match args.backend {
+        Backend::Auto => BackendChoice::Auto,
+        Backend::Xen => BackendChoice::Xen,
+        Backend::Simulator => BackendChoice::Simulator,
+    };
+    let (hypervisor, why) = match select_backend(choice, SimConfig::default()) {
+        Ok(chosen) => chosen,
+        Err(e) => {
+            tracing::error!("--backend {choice}: {e}");
             return ExitCode::from(2);
         }
-        Backend::Auto | Backend::Simulator => {
-            if args.backend == Backend::Auto {
-                tracing::warn!("no usable Xen hypervisor backend: running on the simulator");
-            }
-            tracing::info!("backend: simulator (a simulated host; no real guests run)");
-            read_proc_facts()
-        }
     };
+    if hypervisor.backend_name() == "simulator" {
+        tracing::warn!(
+            "running on the SIMULATOR backend: a simulated host, no real guests ({why})"
+        );
+    } else {
+        tracing::info!(backend = hypervisor.backend_name(), "{why}");
+    }
     let socket = args
         .socket
         .clone()
@@ -131,7 +83,7 @@ fn main() -> ExitCode {
     let cfg = AgentConfig {
         state_dir: args.state_dir.clone(),
         root_password_file: args.root_password_file.clone(),
-        facts,
+        hypervisor,
     };
     let server_cfg = ServerConfig {
         listen: args.listen.clone(),
