@@ -45,22 +45,14 @@ pub fn render() -> String {
             let _ = writeln!(
                 body,
                 "With behaviour: {}\n",
-                custom
-                    .iter()
-                    .map(|m| format!("`{m}`"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                custom.iter().map(|m| format!("`{m}`")).collect::<Vec<_>>().join(", ")
             );
         }
         if !missing.is_empty() {
             let _ = writeln!(
                 body,
                 "Answer `NOT_IMPLEMENTED [function]`: {}\n",
-                missing
-                    .iter()
-                    .map(|m| format!("`{m}`"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                missing.iter().map(|m| format!("`{m}`")).collect::<Vec<_>>().join(", ")
             );
         }
     }

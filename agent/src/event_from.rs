@@ -67,9 +67,7 @@ fn parse_token(t: &str) -> Result<u64, ApiError> {
     t.split(',')
         .next()
         .and_then(|x| x.trim().parse().ok())
-        .ok_or_else(|| ApiError::EventFromTokenParseFailure {
-            token: t.to_owned(),
-        })
+        .ok_or_else(|| ApiError::EventFromTokenParseFailure { token: t.to_owned() })
 }
 
 fn token(id: u64) -> String {
@@ -160,11 +158,7 @@ fn collect(agent: &Agent, subs: &Subscription, since: u64, latest: u64) -> Vec<C
                         v.push(Change {
                             class,
                             reference: o.reference.clone(),
-                            op: if since == 0 {
-                                EventOp::Add
-                            } else {
-                                EventOp::Mod
-                            },
+                            op: if since == 0 { EventOp::Add } else { EventOp::Mod },
                             id: o.generation,
                             time: crate::value::now(),
                         });
@@ -182,21 +176,11 @@ fn batch(agent: &Agent, subs: &Subscription, changes: Vec<Change>, latest: u64) 
     for ch in changes {
         let snapshot = agent.store.get(ch.class, &ch.reference);
         // An object changed and then destroyed within the window is reported as deleted.
-        let op = if snapshot.is_none() {
-            EventOp::Del
-        } else {
-            ch.op
-        };
+        let op = if snapshot.is_none() { EventOp::Del } else { ch.op };
         let mut ev = vec![
             ("id".to_owned(), Value::Int(ch.id as i64)),
-            (
-                "timestamp".to_owned(),
-                Value::str(format!("{}.000", ch.time)),
-            ),
-            (
-                "class".to_owned(),
-                Value::str(ch.class.name().to_ascii_lowercase()),
-            ),
+            ("timestamp".to_owned(), Value::str(format!("{}.000", ch.time))),
+            ("class".to_owned(), Value::str(ch.class.name().to_ascii_lowercase())),
             ("operation".to_owned(), Value::str(op.as_str())),
             ("ref".to_owned(), Value::Ref(ch.reference.clone())),
         ];
@@ -225,14 +209,8 @@ fn batch(agent: &Agent, subs: &Subscription, changes: Vec<Change>, latest: u64) 
 /// `event.inject(class, ref)`: a `mod` event for the object without changing it.
 pub async fn inject(agent: &Arc<Agent>, c: &Call) -> Result<Value, ApiError> {
     let class_name = c.args.first().and_then(Value::as_str).unwrap_or("");
-    let r = c
-        .args
-        .get(1)
-        .and_then(Value::as_str)
-        .unwrap_or(NULL_REF)
-        .to_owned();
-    let class =
-        ClassId::by_name(class_name).ok_or_else(|| ApiError::invalid_value("class", class_name))?;
+    let r = c.args.get(1).and_then(Value::as_str).unwrap_or(NULL_REF).to_owned();
+    let class = ClassId::by_name(class_name).ok_or_else(|| ApiError::invalid_value("class", class_name))?;
     agent
         .store
         .write(|tx| {

@@ -8,9 +8,7 @@ use crate::objects::{create, destroy, new_ref, new_uuid};
 use crate::schema::{class_ids, fields};
 use crate::store::Store;
 use crate::value::{default_object, now, Value, NULL_REF};
-use argon2::password_hash::{
-    rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString,
-};
+use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
 use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
@@ -79,8 +77,7 @@ fn write_private(path: &Path, contents: &str) -> Result<(), AuthError> {
         .mode(0o600)
         .open(&tmp)
         .map_err(io_err("writing", &tmp))?;
-    f.write_all(contents.as_bytes())
-        .map_err(io_err("writing", &tmp))?;
+    f.write_all(contents.as_bytes()).map_err(io_err("writing", &tmp))?;
     f.sync_all().map_err(io_err("syncing", &tmp))?;
     std::fs::rename(&tmp, path).map_err(io_err("renaming", path))
 }
@@ -133,9 +130,7 @@ impl Sessions {
     fn password_ok(&self, pw: &str) -> bool {
         let hash = self.hash.read().clone();
         match PasswordHash::new(&hash) {
-            Ok(parsed) => Argon2::default()
-                .verify_password(pw.as_bytes(), &parsed)
-                .is_ok(),
+            Ok(parsed) => Argon2::default().verify_password(pw.as_bytes(), &parsed).is_ok(),
             Err(_) => false,
         }
     }
@@ -158,11 +153,7 @@ impl Sessions {
                 let hash = self.hash.read().clone();
                 tokio::task::spawn_blocking(move || {
                     PasswordHash::new(&hash)
-                        .map(|parsed| {
-                            Argon2::default()
-                                .verify_password(pw.as_bytes(), &parsed)
-                                .is_ok()
-                        })
+                        .map(|parsed| Argon2::default().verify_password(pw.as_bytes(), &parsed).is_ok())
                         .unwrap_or(false)
                 })
                 .await

@@ -29,17 +29,15 @@ pub async fn run_async(agent: &Arc<Agent>, ctx: &CallCtx, c: Call) -> Result<Val
     agent.store.write(|tx| create(tx, t)).await?;
 
     let agent2 = agent.clone();
-    let ctx2 = ctx.clone();
+    let mut ctx2 = ctx.clone();
+    ctx2.task = Some(task.clone());
     let task2 = task.clone();
     let handle = tokio::spawn(async move {
         let outcome = run(&agent2, &ctx2, c).await;
         finish(&agent2, &task2, outcome).await;
         agent2.running_tasks.lock().remove(&task2);
     });
-    agent
-        .running_tasks
-        .lock()
-        .insert(task.clone(), handle.abort_handle());
+    agent.running_tasks.lock().insert(task.clone(), handle.abort_handle());
     Ok(Value::Ref(task))
 }
 
@@ -61,34 +59,10 @@ async fn finish(agent: &Agent, task: &str, outcome: Result<Value, ApiError>) {
                     ("failure", String::new(), err)
                 }
             };
-            set_field(
-                tx,
-                class_ids::task,
-                task,
-                fields::task::status,
-                Value::Enum(status),
-            )?;
-            set_field(
-                tx,
-                class_ids::task,
-                task,
-                fields::task::result,
-                Value::String(result),
-            )?;
-            set_field(
-                tx,
-                class_ids::task,
-                task,
-                fields::task::error_info,
-                Value::Set(error),
-            )?;
-            set_field(
-                tx,
-                class_ids::task,
-                task,
-                fields::task::progress,
-                Value::Float(1.0),
-            )?;
+            set_field(tx, class_ids::task, task, fields::task::status, Value::Enum(status))?;
+            set_field(tx, class_ids::task, task, fields::task::result, Value::String(result))?;
+            set_field(tx, class_ids::task, task, fields::task::error_info, Value::Set(error))?;
+            set_field(tx, class_ids::task, task, fields::task::progress, Value::Float(1.0))?;
             set_field(
                 tx,
                 class_ids::task,
@@ -138,10 +112,7 @@ pub async fn cancel(agent: &Arc<Agent>, task: &str) -> Result<Value, ApiError> {
                 class_ids::task,
                 &task_s,
                 fields::task::error_info,
-                Value::Set(vec![
-                    Value::str("TASK_CANCELLED"),
-                    Value::str(task_s.clone()),
-                ]),
+                Value::Set(vec![Value::str("TASK_CANCELLED"), Value::str(task_s.clone())]),
             )?;
             set_field(
                 tx,

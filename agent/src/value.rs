@@ -66,9 +66,7 @@ impl Object {
     }
     /// The `uuid` field, where the class has one.
     pub fn uuid(&self) -> Option<&str> {
-        self.class
-            .field_by_name("uuid")
-            .and_then(|f| self.get(f).as_str())
+        self.class.field_by_name("uuid").and_then(|f| self.get(f).as_str())
     }
     /// A string field by name ("" when absent or not a string).
     pub fn str_field(&self, name: &str) -> &str {
@@ -135,9 +133,7 @@ impl Value {
         Value::String(s.into())
     }
     /// A `(string -> string) map` from pairs.
-    pub fn string_map<K: Into<String>, V: Into<String>>(
-        pairs: impl IntoIterator<Item = (K, V)>,
-    ) -> Value {
+    pub fn string_map<K: Into<String>, V: Into<String>>(pairs: impl IntoIterator<Item = (K, V)>) -> Value {
         Value::Map(
             pairs
                 .into_iter()
@@ -240,31 +236,18 @@ pub fn from_json(j: &Json, ty: &Ty) -> Result<Value, TypeMismatch> {
         },
         Ty::Int => match j {
             Json::Number(n) => n.as_i64().map(Value::Int).ok_or_else(|| mismatch("int", j)),
-            Json::String(s) => s
-                .trim()
-                .parse()
-                .map(Value::Int)
-                .map_err(|_| mismatch("int", j)),
+            Json::String(s) => s.trim().parse().map(Value::Int).map_err(|_| mismatch("int", j)),
             _ => Err(mismatch("int", j)),
         },
         Ty::Float => match j {
-            Json::Number(n) => n
-                .as_f64()
-                .map(Value::Float)
-                .ok_or_else(|| mismatch("float", j)),
-            Json::String(s) => s
-                .trim()
-                .parse()
-                .map(Value::Float)
-                .map_err(|_| mismatch("float", j)),
+            Json::Number(n) => n.as_f64().map(Value::Float).ok_or_else(|| mismatch("float", j)),
+            Json::String(s) => s.trim().parse().map(Value::Float).map_err(|_| mismatch("float", j)),
             _ => Err(mismatch("float", j)),
         },
         Ty::Bool => match j {
             Json::Bool(b) => Ok(Value::Bool(*b)),
             Json::String(s) if s.eq_ignore_ascii_case("true") || s == "1" => Ok(Value::Bool(true)),
-            Json::String(s) if s.eq_ignore_ascii_case("false") || s == "0" => {
-                Ok(Value::Bool(false))
-            }
+            Json::String(s) if s.eq_ignore_ascii_case("false") || s == "0" => Ok(Value::Bool(false)),
             _ => Err(mismatch("bool", j)),
         },
         Ty::DateTime => match j {
@@ -305,10 +288,7 @@ pub fn from_json(j: &Json, ty: &Ty) -> Result<Value, TypeMismatch> {
             Json::Object(m) => {
                 let mut out = Vec::with_capacity(m.len());
                 for (key, val) in m {
-                    out.push((
-                        from_json(&Json::String(key.clone()), k)?,
-                        from_json(val, v)?,
-                    ));
+                    out.push((from_json(&Json::String(key.clone()), k)?, from_json(val, v)?));
                 }
                 Ok(Value::Map(out))
             }
@@ -377,11 +357,7 @@ fn zero(ty: &Ty) -> Value {
         Ty::Bool => Value::Bool(false),
         Ty::DateTime => Value::DateTime(0),
         Ty::Ref(_) => Value::Ref(NULL_REF.to_owned()),
-        Ty::Enum(e) => e
-            .def()
-            .values
-            .first()
-            .map_or(Value::None, |v| Value::Enum(v)),
+        Ty::Enum(e) => e.def().values.first().map_or(Value::None, |v| Value::Enum(v)),
         Ty::Set(_) => Value::Set(Vec::new()),
         Ty::Map(_, _) => Value::Map(Vec::new()),
         Ty::Record(c) => Value::Record(Arc::new(default_object(*c, ""))),
@@ -398,11 +374,7 @@ fn parse_default(ty: &Ty, d: &str) -> Option<Value> {
         Ty::Float => d.trim().parse().ok().map(Value::Float),
         Ty::Bool => d.trim().parse().ok().map(Value::Bool),
         Ty::DateTime => parse_datetime(d).map(Value::DateTime),
-        Ty::Ref(_) => Some(Value::Ref(if d == "Null" {
-            NULL_REF.to_owned()
-        } else {
-            unquote(d)
-        })),
+        Ty::Ref(_) => Some(Value::Ref(if d == "Null" { NULL_REF.to_owned() } else { unquote(d) })),
         Ty::Enum(e) => e.canonical(&unquote(d)).map(Value::Enum),
         Ty::Set(inner) => {
             let body = d.trim().strip_prefix('{')?.strip_suffix('}')?;
@@ -478,14 +450,7 @@ pub fn write_json(v: &Value, out: &mut String) {
 /// Writes an object's fields as a JSON object keyed by field name.
 pub fn write_record_json(obj: &Object, out: &mut String) {
     out.push('{');
-    for (i, (f, val)) in obj
-        .class
-        .def()
-        .fields
-        .iter()
-        .zip(obj.fields.iter())
-        .enumerate()
-    {
+    for (i, (f, val)) in obj.class.def().fields.iter().zip(obj.fields.iter()).enumerate() {
         if i > 0 {
             out.push(',');
         }
@@ -532,31 +497,20 @@ mod tests {
     fn defaults_follow_the_datamodel() {
         let vm = default_object(class_ids::VM, "OpaqueRef:x");
         assert_eq!(vm.get(fields::VM::power_state), &Value::Enum("Halted"));
-        assert_eq!(
-            vm.get(fields::VM::HVM_shadow_multiplier),
-            &Value::Float(1.0)
-        );
+        assert_eq!(vm.get(fields::VM::HVM_shadow_multiplier), &Value::Float(1.0));
         assert_eq!(vm.get(fields::VM::generation_id), &Value::str("0:0"));
-        assert_eq!(
-            vm.get(fields::VM::snapshot_of),
-            &Value::Ref(NULL_REF.into())
-        );
+        assert_eq!(vm.get(fields::VM::snapshot_of), &Value::Ref(NULL_REF.into()));
         assert_eq!(vm.get(fields::VM::tags), &Value::Set(vec![]));
     }
 
     #[test]
     fn wire_values_convert_by_type() {
         let ty_int = Ty::Int;
-        assert_eq!(
-            from_json(&Json::String("42".into()), &ty_int),
-            Ok(Value::Int(42))
-        );
+        assert_eq!(from_json(&Json::String("42".into()), &ty_int), Ok(Value::Int(42)));
         assert!(from_json(&Json::String("x".into()), &ty_int).is_err());
         assert!(from_json(&serde_json::json!(5), &Ty::String).is_err());
         assert_eq!(
-            parse_datetime("20250319T04:16:24Z")
-                .map(format_datetime)
-                .as_deref(),
+            parse_datetime("20250319T04:16:24Z").map(format_datetime).as_deref(),
             Some("20250319T04:16:24Z")
         );
     }

@@ -51,35 +51,23 @@ fn on_connect(conn: &dyn Any, ext: &mut Extensions) {
 fn ctx_of(req: &HttpRequest) -> CallCtx {
     CallCtx {
         trusted_root: req.conn_data::<PeerUid>().is_some_and(|p| p.0 == 0),
+        task: None,
     }
 }
 
 fn xml_reply(status: StatusCode, body: String) -> HttpResponse {
-    HttpResponse::build(status)
-        .content_type("text/xml")
-        .body(body)
+    HttpResponse::build(status).content_type("text/xml").body(body)
 }
 
 fn json_reply(status: StatusCode, body: String) -> HttpResponse {
-    HttpResponse::build(status)
-        .content_type("application/json")
-        .body(body)
+    HttpResponse::build(status).content_type("application/json").body(body)
 }
 
 fn list_methods() -> Value {
-    Value::Set(
-        agent::method_list()
-            .into_iter()
-            .map(Value::String)
-            .collect(),
-    )
+    Value::Set(agent::method_list().into_iter().map(Value::String).collect())
 }
 
-async fn xmlrpc_handler(
-    req: HttpRequest,
-    body: web::Bytes,
-    agent: web::Data<Arc<Agent>>,
-) -> HttpResponse {
+async fn xmlrpc_handler(req: HttpRequest, body: web::Bytes, agent: web::Data<Arc<Agent>>) -> HttpResponse {
     let call = match xmlrpc::decode_call(&body) {
         Ok(c) => c,
         Err(e) => {
@@ -99,11 +87,7 @@ async fn xmlrpc_handler(
     }
 }
 
-async fn jsonrpc_handler(
-    req: HttpRequest,
-    body: web::Bytes,
-    agent: web::Data<Arc<Agent>>,
-) -> HttpResponse {
+async fn jsonrpc_handler(req: HttpRequest, body: web::Bytes, agent: web::Data<Arc<Agent>>) -> HttpResponse {
     let r = match jsonrpc::decode(&body) {
         Ok(r) => r,
         Err(e) => {
@@ -122,10 +106,7 @@ async fn jsonrpc_handler(
         }
     };
     if r.method == "system.listMethods" {
-        return json_reply(
-            StatusCode::OK,
-            jsonrpc::success(r.version, &r.id, &list_methods()),
-        );
+        return json_reply(StatusCode::OK, jsonrpc::success(r.version, &r.id, &list_methods()));
     }
     let ctx = ctx_of(&req);
     let body = match agent::call(agent.get_ref(), &ctx, &r.method, &r.params).await {
@@ -155,13 +136,9 @@ pub fn routes(cfg: &mut web::ServiceConfig, max_body: usize) {
 pub async fn serve(agent: Arc<Agent>, cfg: ServerConfig) -> std::io::Result<()> {
     let max_body = cfg.max_body;
     let data = web::Data::new(agent);
-    let mut server = HttpServer::new(move || {
-        App::new()
-            .app_data(data.clone())
-            .configure(|c| routes(c, max_body))
-    })
-    .on_connect(on_connect)
-    .client_request_timeout(std::time::Duration::from_secs(30));
+    let mut server = HttpServer::new(move || App::new().app_data(data.clone()).configure(|c| routes(c, max_body)))
+        .on_connect(on_connect)
+        .client_request_timeout(std::time::Duration::from_secs(30));
     if cfg.workers > 0 {
         server = server.workers(cfg.workers);
     }

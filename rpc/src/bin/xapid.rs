@@ -1,6 +1,6 @@
 //! `xapid`: the XenAPI toolstack daemon.
 
-use agent::hypervisor::{select_backend, BackendChoice, SimConfig};
+use agent::hypervisor::{select_backend, BackendChoice, Latency, SimConfig};
 use agent::{Agent, AgentConfig};
 use clap::{Parser, ValueEnum};
 use rpc::server::{serve, ServerConfig, DEFAULT_MAX_BODY};
@@ -45,6 +45,10 @@ struct Args {
     /// HTTP worker threads (0: one per core).
     #[arg(long, default_value_t = 0)]
     workers: usize,
+    /// Simulator only: latency added to every backend operation, in milliseconds (to make
+    /// timings realistic in tests and demos).
+    #[arg(long, default_value_t = 0)]
+    sim_latency_ms: u64,
 }
 
 fn main() -> ExitCode {
@@ -62,7 +66,10 @@ fn main() -> ExitCode {
         Backend::Xen => BackendChoice::Xen,
         Backend::Simulator => BackendChoice::Simulator,
     };
-    let (hypervisor, why) = match select_backend(choice, SimConfig::default()) {
+    let (hypervisor, why) = match select_backend(
+        choice,
+        SimConfig::default().with_latency(Latency::uniform(std::time::Duration::from_millis(args.sim_latency_ms))),
+    ) {
         Ok(chosen) => chosen,
         Err(e) => {
             tracing::error!("--backend {choice}: {e}");
@@ -70,16 +77,11 @@ fn main() -> ExitCode {
         }
     };
     if hypervisor.backend_name() == "simulator" {
-        tracing::warn!(
-            "running on the SIMULATOR backend: a simulated host, no real guests ({why})"
-        );
+        tracing::warn!("running on the SIMULATOR backend: a simulated host, no real guests ({why})");
     } else {
         tracing::info!(backend = hypervisor.backend_name(), "{why}");
     }
-    let socket = args
-        .socket
-        .clone()
-        .unwrap_or_else(|| args.state_dir.join("xapid.sock"));
+    let socket = args.socket.clone().unwrap_or_else(|| args.state_dir.join("xapid.sock"));
     let cfg = AgentConfig {
         state_dir: args.state_dir.clone(),
         root_password_file: args.root_password_file.clone(),
@@ -107,9 +109,7 @@ fn main() -> ExitCode {
                 }
             }
         });
-        serve(agent, server_cfg)
-            .await
-            .map_err(|e| format!("serving: {e}"))
+        serve(agent, server_cfg).await.map_err(|e| format!("serving: {e}"))
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
