@@ -18,6 +18,9 @@ pub const IMPLEMENTED: &[&str] = &[
     "session.change_password",
     "session.get_all_subject_identifiers",
     "event.from",
+    "event.register",
+    "event.unregister",
+    "event.next",
     "event.get_current_id",
     "event.inject",
     "task.cancel",
@@ -57,6 +60,23 @@ pub async fn custom(agent: &Arc<Agent>, ctx: &CallCtx, c: Call) -> Result<Value,
         }
         "session.get_all_subject_identifiers" => Ok(Value::Set(Vec::new())),
         "event.from" => event_from::from(agent, &c).await,
+        "event.register" => {
+            event_from::register(
+                agent,
+                c.session.as_deref().unwrap_or(""),
+                c.args.first().map(Value::as_set).unwrap_or(&[]),
+            );
+            Ok(Value::None)
+        }
+        "event.unregister" => {
+            event_from::unregister(
+                agent,
+                c.session.as_deref().unwrap_or(""),
+                c.args.first().map(Value::as_set).unwrap_or(&[]),
+            );
+            Ok(Value::None)
+        }
+        "event.next" => event_from::next(agent, c.session.as_deref().unwrap_or("")).await,
         "event.get_current_id" => Ok(Value::Int(agent.store.events().latest() as i64)),
         "event.inject" => event_from::inject(agent, &c).await,
         "task.cancel" => crate::tasks::cancel(agent, str_arg(&c, 0)).await,

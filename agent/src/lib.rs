@@ -81,6 +81,8 @@ pub struct Agent {
     pub domids: Mutex<HashMap<u32, String>>,
     /// The state dir.
     pub state_dir: PathBuf,
+    /// Legacy event subscriptions.
+    pub registrations: event_from::Registrations,
 }
 
 impl Agent {
@@ -109,6 +111,7 @@ impl Agent {
             actors: actors::Actors::new(2),
             domids: Mutex::new(HashMap::new()),
             state_dir: cfg.state_dir.clone(),
+            registrations: event_from::Registrations::default(),
         });
         lifecycle::reconcile::at_start(&agent)
             .await
