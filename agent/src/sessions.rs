@@ -42,8 +42,46 @@ pub enum AuthError {
     EmptyPassword(String),
 }
 
+/// Checks passwords on one dedicated thread: argon2 is deliberately slow and memory-hungry
+/// (19 MiB per check), so checks run one at a time, off the async workers, and reuse one
+/// thread's memory instead of leaving an arena behind on every blocking-pool thread.
+struct Verifier {
+    tx: crossbeam_channel::Sender<(String, String, tokio::sync::oneshot::Sender<bool>)>,
+}
+
+impl Verifier {
+    fn start() -> Result<Verifier, AuthError> {
+        let (tx, rx) = crossbeam_channel::unbounded::<(String, String, tokio::sync::oneshot::Sender<bool>)>();
+        std::thread::Builder::new()
+            .name("password-check".into())
+            .spawn(move || {
+                for (hash, pw, reply) in rx {
+                    let ok = PasswordHash::new(&hash)
+                        .map(|parsed| Argon2::default().verify_password(pw.as_bytes(), &parsed).is_ok())
+                        .unwrap_or(false);
+                    let _ = reply.send(ok);
+                }
+            })
+            .map_err(|e| AuthError::Io {
+                what: "starting the password checker",
+                path: String::new(),
+                source: e,
+            })?;
+        Ok(Verifier { tx })
+    }
+
+    async fn verify(&self, hash: String, pw: String) -> bool {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        if self.tx.send((hash, pw, reply)).is_err() {
+            return false;
+        }
+        rx.await.unwrap_or(false)
+    }
+}
+
 /// Who may log in, and the live sessions' activity.
 pub struct Sessions {
+    verifier: Verifier,
     hash_path: PathBuf,
     hash: RwLock<String>,
     last_active: RwLock<HashMap<String, AtomicI64>>,
@@ -120,6 +158,7 @@ impl Sessions {
             Err(e) => return Err(io_err("reading", &hash_path)(e)),
         };
         Ok(Sessions {
+            verifier: Verifier::start()?,
             hash_path,
             hash: RwLock::new(hash),
             last_active: RwLock::new(HashMap::new()),
@@ -148,16 +187,8 @@ impl Sessions {
     ) -> Result<String, ApiError> {
         if !trusted_root {
             let ok = user == "root" && {
-                let pw = password.to_owned();
-                // Password hashing is deliberately slow: keep it off the async workers.
                 let hash = self.hash.read().clone();
-                tokio::task::spawn_blocking(move || {
-                    PasswordHash::new(&hash)
-                        .map(|parsed| Argon2::default().verify_password(pw.as_bytes(), &parsed).is_ok())
-                        .unwrap_or(false)
-                })
-                .await
-                .unwrap_or(false)
+                self.verifier.verify(hash, password.to_owned()).await
             };
             if !ok {
                 tracing::warn!(user, originator, "failed login");

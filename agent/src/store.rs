@@ -148,7 +148,12 @@ impl Store {
             path: path.display().to_string(),
             source: e,
         };
-        let db = redb::Database::create(&path).map_err(|e| open_err(Box::new(e)))?;
+        // The store reads everything into memory at start; redb's own cache only needs to
+        // cover the pages a commit touches.
+        let db = redb::Database::builder()
+            .set_cache_size(16 << 20)
+            .create(&path)
+            .map_err(|e| open_err(Box::new(e)))?;
         {
             let rtx = db.begin_read().map_err(|e| open_err(Box::new(e)))?;
             match rtx.open_table(OBJECTS) {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid as uuidlib
 
 import pytest
@@ -122,10 +123,24 @@ def default_network(xapi) -> str:
     return nets[0]
 
 
-def install_vm(xapi, model, name: str, template_name: str = DEBIAN, vif: bool = True) -> str:
-    """What install scripts do: clone a template, provision its disks, make it a VM, add a NIC."""
+SMALL_DISK = 64 << 20  # bytes: what the tests that copy disks provision (see install_vm)
+
+
+def install_vm(xapi, model, name: str, template_name: str = DEBIAN, vif: bool = True,
+               disk_size: int | None = SMALL_DISK) -> str:
+    """What install scripts do: clone a template, provision its disks, make it a VM, add a NIC.
+
+    `disk_size` rewrites the size in the clone's other_config:disks before provision (as
+    `xe vm-install` users do), so tests that clone/copy/snapshot do not copy 10 GiB disks;
+    None keeps the template's own size."""
     tref = xapi.VM.get_by_name_label(template_name)[0]
     vm = xapi.VM.clone(tref, name)
+    if disk_size is not None:
+        disks = xapi.VM.get_other_config(vm)["disks"]
+        new = re.sub(r'size="\d+"', f'size="{disk_size}"', disks)
+        assert new != disks, disks
+        xapi.VM.remove_from_other_config(vm, "disks")
+        xapi.VM.add_to_other_config(vm, "disks", new)
     xapi.VM.provision(vm)
     xapi.VM.set_is_a_template(vm, False)
     if vif:
