@@ -114,6 +114,8 @@ api_errors! {
     VmRevertFailed { vm, snapshot } => "VM_REVERT_FAILED",
     /// The guest did not shut down in time.
     VmShutdownTimeout { vm, timeout } => "VM_SHUTDOWN_TIMEOUT",
+    /// `revert` on something that is not a snapshot.
+    RevertOnlyAllowedOnSnapshot {} => "REVERT_ONLY_ALLOWED_ON_SNAPSHOT",
     /// More vCPUs than allowed.
     VmTooManyVcpus { vm } => "VM_TOO_MANY_VCPUS",
     /// The backend failed in a way the API has no better code for.

@@ -217,7 +217,7 @@ fn check_vm(vm: &Object, op: &str) -> Result<(), ApiError> {
         return Err(ApiError::ProvisionOnlyAllowedOnTemplate {});
     }
     if op == "revert" && !snapshot {
-        return Err(ApiError::not_allowed("only snapshots can be reverted to"));
+        return Err(ApiError::RevertOnlyAllowedOnSnapshot {});
     }
     if vm.get(fields::VM::is_control_domain) == &Value::Bool(true) {
         if op == "changing_VCPUs" || op == "destroy" {

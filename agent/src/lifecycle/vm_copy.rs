@@ -118,10 +118,46 @@ fn copy_vdi(agent: &Agent, src: &Object, snapshot_of: Option<&str>, sr: Option<&
     o.set(f::location, Value::str(&uuid));
     if let (Some(from), Some(to)) = (vdi_file(agent, &src.reference), target_file(agent, &o)) {
         if from.exists() {
-            std::fs::copy(&from, &to).map_err(|e| ApiError::internal(format!("copying {}: {e}", from.display())))?;
+            sparse_copy(&from, &to).map_err(|e| ApiError::internal(format!("copying {}: {e}", from.display())))?;
         }
     }
     Ok(o)
+}
+
+/// Copies a file keeping its holes: only the data extents (SEEK_DATA/SEEK_HOLE) are read and
+/// written, so an empty 10 GiB disk copies in microseconds.
+fn sparse_copy(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
+    use nix::unistd::{lseek, Whence};
+    use std::io::{Read, Seek, SeekFrom, Write};
+    use std::os::fd::AsRawFd;
+    let mut src = std::fs::File::open(from)?;
+    let len = src.metadata()?.len();
+    let mut dst = std::fs::File::create(to)?;
+    dst.set_len(len)?;
+    let mut pos: i64 = 0;
+    let mut buf = vec![0u8; 1 << 20];
+    while (pos as u64) < len {
+        let data = match lseek(src.as_raw_fd(), pos, Whence::SeekData) {
+            Ok(d) => d,
+            Err(nix::errno::Errno::ENXIO) => break,
+            Err(e) => return Err(e.into()),
+        };
+        let hole = lseek(src.as_raw_fd(), data, Whence::SeekHole).map_err(std::io::Error::from)?;
+        src.seek(SeekFrom::Start(data as u64))?;
+        dst.seek(SeekFrom::Start(data as u64))?;
+        let mut left = (hole - data) as u64;
+        while left > 0 {
+            let want = left.min(buf.len() as u64) as usize;
+            let n = src.read(&mut buf[..want])?;
+            if n == 0 {
+                break;
+            }
+            dst.write_all(&buf[..n])?;
+            left -= n as u64;
+        }
+        pos = hole;
+    }
+    dst.sync_all()
 }
 
 fn target_file(agent: &Agent, vdi: &Object) -> Option<PathBuf> {
@@ -312,10 +348,15 @@ async fn checkpoint(agent: &Arc<Agent>, vm: &str, name: &str) -> Result<String, 
     if let Some(dir) = image.parent() {
         std::fs::create_dir_all(dir).map_err(ApiError::internal)?;
     }
-    // Save the memory image, then bring the guest straight back from it.
+    // Save the memory image, then bring the guest straight back from it (a paused guest is
+    // let run for the save and comes back paused).
+    let paused = rec.get(fields::VM::power_state) == &Value::Enum("Paused");
     let hv = agent.hypervisor.clone();
     let img = image.clone();
     let new_domid = blocking(move || {
+        if paused {
+            hv.unpause(domid)?;
+        }
         hv.suspend_to(domid, &img)?;
         let d = hv.resume_from(&img, &cfg)?;
         Ok(d)
@@ -323,8 +364,10 @@ async fn checkpoint(agent: &Arc<Agent>, vm: &str, name: &str) -> Result<String, 
     .await
     .map_err(|_| ApiError::VmCheckpointSuspendFailed { vm: vm.to_owned() })?;
     devices::attach_all(agent, &rec, new_domid).await?;
-    let hv = agent.hypervisor.clone();
-    blocking(move || hv.unpause(new_domid)).await?;
+    if !paused {
+        let hv = agent.hypervisor.clone();
+        blocking(move || hv.unpause(new_domid)).await?;
+    }
     agent.domids.lock().retain(|_, v| v != vm);
     agent.domids.lock().insert(new_domid, vm.to_owned());
     agent
