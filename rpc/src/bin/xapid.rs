@@ -13,7 +13,8 @@ use std::process::ExitCode;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 enum Backend {
     /// Xen when the hypervisor answers, else the simulator.
     Auto,
@@ -27,33 +28,77 @@ enum Backend {
 #[derive(Parser, Debug)]
 #[command(name = "xapid", version)]
 struct Args {
-    /// TCP address to serve HTTP on (repeatable). Plain HTTP stays on loopback unless you
-    /// name another address.
-    #[arg(long = "listen", default_value = "127.0.0.1:8080")]
+    /// A TOML config file (keys: listen, socket, state_dir, backend, root_password_file,
+    /// max_body, workers); flags given on the command line win over it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// TCP address to serve HTTP on (repeatable) [default: 127.0.0.1:8080]. Plain HTTP stays
+    /// on loopback unless you name another address.
+    #[arg(long = "listen")]
     listen: Vec<SocketAddr>,
     /// Unix socket to serve the same API on [default: <state-dir>/xapid.sock].
     #[arg(long)]
     socket: Option<PathBuf>,
-    /// Where the store, the root password hash and the default SR live.
-    #[arg(long, default_value = "xapid-state")]
-    state_dir: PathBuf,
-    /// Which hypervisor backend to drive.
-    #[arg(long, value_enum, default_value_t = Backend::Auto)]
-    backend: Backend,
+    /// Where the store, the root password hash and the default SR live [default: xapid-state].
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// Which hypervisor backend to drive [default: auto].
+    #[arg(long, value_enum)]
+    backend: Option<Backend>,
     /// File whose first line sets the root password on first start. Without it a password
     /// is generated into <state-dir>/root-password (mode 0600).
     #[arg(long)]
     root_password_file: Option<PathBuf>,
-    /// Largest request body accepted, in bytes.
-    #[arg(long, default_value_t = DEFAULT_MAX_BODY)]
-    max_body: usize,
-    /// HTTP worker threads (0: one per core).
-    #[arg(long, default_value_t = 0)]
-    workers: usize,
+    /// Largest request body accepted, in bytes [default: 16777216].
+    #[arg(long)]
+    max_body: Option<usize>,
+    /// HTTP worker threads (0: one per core) [default: 0].
+    #[arg(long)]
+    workers: Option<usize>,
     /// Simulator only: latency added to every backend operation, in milliseconds (to make
     /// timings realistic in tests and demos).
     #[arg(long, default_value_t = 0)]
     sim_latency_ms: u64,
+}
+
+/// The config file's keys (all optional).
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<Vec<SocketAddr>>,
+    socket: Option<PathBuf>,
+    state_dir: Option<PathBuf>,
+    backend: Option<Backend>,
+    root_password_file: Option<PathBuf>,
+    max_body: Option<usize>,
+    workers: Option<usize>,
+}
+
+/// Merges the config file under the command line.
+fn effective(mut args: Args) -> Result<Args, String> {
+    let file = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+            toml::from_str::<FileConfig>(&text).map_err(|e| format!("{}: {e}", path.display()))?
+        }
+        None => FileConfig::default(),
+    };
+    if args.listen.is_empty() {
+        args.listen = file
+            .listen
+            .unwrap_or_else(|| vec![SocketAddr::from(([127, 0, 0, 1], 8080))]);
+    }
+    args.socket = args.socket.or(file.socket);
+    args.state_dir = Some(
+        args.state_dir
+            .or(file.state_dir)
+            .unwrap_or_else(|| PathBuf::from("xapid-state")),
+    );
+    args.backend = Some(args.backend.or(file.backend).unwrap_or(Backend::Auto));
+    args.root_password_file = args.root_password_file.or(file.root_password_file);
+    args.max_body = Some(args.max_body.or(file.max_body).unwrap_or(DEFAULT_MAX_BODY));
+    args.workers = Some(args.workers.or(file.workers).unwrap_or(0));
+    Ok(args)
 }
 
 fn main() -> ExitCode {
@@ -65,8 +110,15 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let args = Args::parse();
-    let choice = match args.backend {
+    let args = match effective(Args::parse()) {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::error!("configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let state_dir = args.state_dir.clone().unwrap_or_default();
+    let choice = match args.backend.unwrap_or(Backend::Auto) {
         Backend::Auto => BackendChoice::Auto,
         Backend::Xen => BackendChoice::Xen,
         Backend::Simulator => BackendChoice::Simulator,
@@ -86,23 +138,23 @@ fn main() -> ExitCode {
     } else {
         tracing::info!(backend = hypervisor.backend_name(), "{why}");
     }
-    let socket = args.socket.clone().unwrap_or_else(|| args.state_dir.join("xapid.sock"));
+    let socket = args.socket.clone().unwrap_or_else(|| state_dir.join("xapid.sock"));
     let cfg = AgentConfig {
-        state_dir: args.state_dir.clone(),
+        state_dir: state_dir.clone(),
         root_password_file: args.root_password_file.clone(),
         hypervisor,
     };
     let server_cfg = ServerConfig {
         listen: args.listen.clone(),
         socket: Some(socket),
-        max_body: args.max_body,
-        workers: args.workers,
+        max_body: args.max_body.unwrap_or(DEFAULT_MAX_BODY),
+        workers: args.workers.unwrap_or(0),
     };
     let result = actix_web::rt::System::new().block_on(async move {
         let agent = Agent::start(cfg)
             .await
             .map_err(|e| format!("{e}: {}", source_chain(&e)))?;
-        tracing::info!(state_dir = %args.state_dir.display(), "state loaded");
+        tracing::info!(state_dir = %state_dir.display(), "state loaded");
         let sweeper = agent.clone();
         actix_web::rt::spawn(async move {
             let mut tick = tokio::time::interval(std::time::Duration::from_secs(300));
