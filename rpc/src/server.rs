@@ -26,6 +26,8 @@ pub struct ServerConfig {
     pub max_body: usize,
     /// HTTP worker threads (0: one per core).
     pub workers: usize,
+    /// Serve `POST /bench/noop` (an empty 200 on the same stack) for overhead benchmarks.
+    pub bench_noop: bool,
 }
 
 /// The uid of a unix-socket peer.
@@ -114,6 +116,10 @@ async fn jsonrpc_handler(req: HttpRequest, body: web::Bytes, agent: web::Data<Ar
         Err(e) => jsonrpc::failure(r.version, &r.id, e.code(), &e.params()),
     };
     json_reply(StatusCode::OK, body)
+}
+
+async fn noop(_body: web::Bytes) -> HttpResponse {
+    HttpResponse::Ok().content_type("text/xml").finish()
 }
 
 async fn index() -> HttpResponse {

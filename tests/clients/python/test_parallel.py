@@ -210,7 +210,7 @@ def test_conflicting_shutdowns(daemon, vms):
     vm = vms[3]
     a, b = login(daemon.url, daemon.password), login(daemon.url, daemon.password)
     try:
-        for trial in range(3):
+        for trial in range(10):
             a.xenapi.VM.start(vm, False, False)
             barrier = threading.Barrier(2)
             out = {}
