@@ -141,10 +141,18 @@ pub fn routes(cfg: &mut web::ServiceConfig, max_body: usize) {
 /// Serves until the process is asked to stop.
 pub async fn serve(agent: Arc<Agent>, cfg: ServerConfig) -> std::io::Result<()> {
     let max_body = cfg.max_body;
+    let bench_noop = cfg.bench_noop;
     let data = web::Data::new(agent);
-    let mut server = HttpServer::new(move || App::new().app_data(data.clone()).configure(|c| routes(c, max_body)))
-        .on_connect(on_connect)
-        .client_request_timeout(std::time::Duration::from_secs(30));
+    let mut server = HttpServer::new(move || {
+        App::new().app_data(data.clone()).configure(|c| {
+            routes(c, max_body);
+            if bench_noop {
+                c.route("/bench/noop", web::post().to(noop));
+            }
+        })
+    })
+    .on_connect(on_connect)
+    .client_request_timeout(std::time::Duration::from_secs(30));
     if cfg.workers > 0 {
         server = server.workers(cfg.workers);
     }

@@ -59,6 +59,10 @@ struct Args {
     /// timings realistic in tests and demos).
     #[arg(long, default_value_t = 0)]
     sim_latency_ms: u64,
+    /// Also serve `POST /bench/noop`, an empty 200 on the same HTTP stack, so benchmarks can
+    /// measure the cost of an API call against bare HTTP.
+    #[arg(long)]
+    bench_noop: bool,
 }
 
 /// The config file's keys (all optional).
@@ -149,6 +153,7 @@ fn main() -> ExitCode {
         socket: Some(socket),
         max_body: args.max_body.unwrap_or(DEFAULT_MAX_BODY),
         workers: args.workers.unwrap_or(0),
+        bench_noop: args.bench_noop,
     };
     let result = actix_web::rt::System::new().block_on(async move {
         let agent = Agent::start(cfg)
