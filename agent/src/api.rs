@@ -95,8 +95,9 @@ pub fn check(agent: &Agent, method: &str, params: &[Json]) -> Result<Call, ApiEr
         if m.message.kind == MessageKind::Create {
             require_constructor_fields(m.class, p)?;
         }
+        // The value itself is never logged: it may be a secret.
         let v = from_json(p, def.ty).map_err(|e| {
-            tracing::debug!(method, param = def.name, error = %e, "parameter of the wrong type");
+            tracing::debug!(method, param = def.name, expected = %e.expected, "parameter of the wrong type");
             ApiError::field_type(def.name)
         })?;
         args.push(v);

@@ -74,7 +74,7 @@ pub struct Agent {
     /// The hypervisor backend.
     pub hypervisor: Arc<dyn hypervisor::Hypervisor>,
     /// Async calls still running, by task ref.
-    pub running_tasks: Mutex<HashMap<String, tokio::task::AbortHandle>>,
+    pub running_tasks: Mutex<HashMap<String, (tokio::task::AbortHandle, String)>>,
     /// The per-object actors.
     pub actors: actors::Actors,
     /// Which VM each live domain belongs to.

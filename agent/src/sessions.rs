@@ -20,6 +20,13 @@ pub const MAX_SESSIONS_PER_ORIGINATOR: usize = 50;
 /// Sessions idle this long (seconds) are destroyed.
 pub const SESSION_IDLE_TIMEOUT: i64 = 24 * 3600;
 
+/// Failed logins within [`FAILED_LOGIN_WINDOW`] before each further failure is delayed.
+pub const FAILED_LOGINS_BEFORE_DELAY: usize = 10;
+/// How far back failed logins count.
+pub const FAILED_LOGIN_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
+/// The delay added to a failed login once there were too many.
+pub const FAILED_LOGIN_DELAY: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Failures setting up authentication.
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
@@ -86,6 +93,7 @@ pub struct Sessions {
     hash: RwLock<String>,
     last_active: RwLock<HashMap<String, AtomicI64>>,
     login_lock: Mutex<()>,
+    failures: Mutex<std::collections::VecDeque<std::time::Instant>>,
 }
 
 fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> AuthError + 'a {
@@ -163,6 +171,7 @@ impl Sessions {
             hash: RwLock::new(hash),
             last_active: RwLock::new(HashMap::new()),
             login_lock: Mutex::new(()),
+            failures: Mutex::new(std::collections::VecDeque::new()),
         })
     }
 
@@ -191,7 +200,12 @@ impl Sessions {
                 self.verifier.verify(hash, password.to_owned()).await
             };
             if !ok {
-                tracing::warn!(user, originator, "failed login");
+                let recent = self.note_failure();
+                tracing::warn!(user, originator, recent_failures = recent, "failed login");
+                if recent > FAILED_LOGINS_BEFORE_DELAY {
+                    // Slow down password guessing; the wait holds no thread.
+                    tokio::time::sleep(FAILED_LOGIN_DELAY).await;
+                }
                 return Err(ApiError::SessionAuthenticationFailed {});
             }
         }
@@ -239,6 +253,17 @@ impl Sessions {
             la.insert(reference.clone(), AtomicI64::new(t));
         }
         Ok(reference)
+    }
+
+    /// Records a failed login; returns how many happened within the window.
+    fn note_failure(&self) -> usize {
+        let now = std::time::Instant::now();
+        let mut f = self.failures.lock();
+        while f.front().is_some_and(|t| now.duration_since(*t) > FAILED_LOGIN_WINDOW) {
+            f.pop_front();
+        }
+        f.push_back(now);
+        f.len()
     }
 
     fn last_active_of(&self, o: &crate::value::Object) -> i64 {

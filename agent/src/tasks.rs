@@ -9,8 +9,21 @@ use crate::xml::value_fragment;
 use crate::Agent;
 use std::sync::Arc;
 
+/// Tasks one session may have pending at once.
+pub const MAX_PENDING_TASKS_PER_SESSION: usize = 512;
+
 /// Starts `c` as a task and returns the task's ref.
 pub async fn run_async(agent: &Arc<Agent>, ctx: &CallCtx, c: Call) -> Result<Value, ApiError> {
+    let session = c.session.clone().unwrap_or_default();
+    let pending = agent
+        .running_tasks
+        .lock()
+        .values()
+        .filter(|(_, s)| *s == session)
+        .count();
+    if pending >= MAX_PENDING_TASKS_PER_SESSION {
+        return Err(ApiError::TooManyPendingTasks {});
+    }
     let task = new_ref();
     let mut t = default_object(class_ids::task, &task);
     t.set(fields::task::uuid, Value::str(new_uuid()));
@@ -37,7 +50,10 @@ pub async fn run_async(agent: &Arc<Agent>, ctx: &CallCtx, c: Call) -> Result<Val
         finish(&agent2, &task2, outcome).await;
         agent2.running_tasks.lock().remove(&task2);
     });
-    agent.running_tasks.lock().insert(task.clone(), handle.abort_handle());
+    agent
+        .running_tasks
+        .lock()
+        .insert(task.clone(), (handle.abort_handle(), session));
     Ok(Value::Ref(task))
 }
 
@@ -93,7 +109,7 @@ pub async fn cancel(agent: &Arc<Agent>, task: &str) -> Result<Value, ApiError> {
     if cur.get(fields::task::status) != &Value::Enum("pending") {
         return Err(ApiError::not_allowed("the task has already finished"));
     }
-    if let Some(h) = agent.running_tasks.lock().remove(task) {
+    if let Some((h, _)) = agent.running_tasks.lock().remove(task) {
         h.abort();
     }
     let task_s = task.to_owned();

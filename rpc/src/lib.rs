@@ -3,4 +3,5 @@
 
 pub mod jsonrpc;
 pub mod server;
+pub mod tls;
 pub mod xmlrpc;

@@ -26,6 +26,12 @@ pub struct ServerConfig {
     pub max_body: usize,
     /// HTTP worker threads (0: one per core).
     pub workers: usize,
+    /// HTTPS addresses.
+    pub tls_listen: Vec<SocketAddr>,
+    /// The TLS configuration, when `tls_listen` is not empty.
+    pub tls: Option<rustls::ServerConfig>,
+    /// Most connections each worker keeps open at once.
+    pub max_connections: usize,
     /// Serve `POST /bench/noop` (an empty 200 on the same stack) for overhead benchmarks.
     pub bench_noop: bool,
 }
@@ -152,13 +158,23 @@ pub async fn serve(agent: Arc<Agent>, cfg: ServerConfig) -> std::io::Result<()> 
         })
     })
     .on_connect(on_connect)
-    .client_request_timeout(std::time::Duration::from_secs(30));
+    // A client gets 10 s to send its request head and 5 s to close: a slow client holds a
+    // connection slot, never a worker thread.
+    .client_request_timeout(std::time::Duration::from_secs(10))
+    .client_disconnect_timeout(std::time::Duration::from_secs(5))
+    .max_connections(cfg.max_connections.max(1));
     if cfg.workers > 0 {
         server = server.workers(cfg.workers);
     }
     for addr in &cfg.listen {
         server = server.bind(addr)?;
         tracing::info!(%addr, "listening on TCP");
+    }
+    if let Some(tls) = &cfg.tls {
+        for addr in &cfg.tls_listen {
+            server = server.bind_rustls_0_23(addr, tls.clone())?;
+            tracing::info!(%addr, "listening on HTTPS");
+        }
     }
     if let Some(path) = &cfg.socket {
         if path.exists() {

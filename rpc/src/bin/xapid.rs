@@ -4,6 +4,7 @@ use agent::hypervisor::{select_backend, BackendChoice, Latency, SimConfig};
 use agent::{Agent, AgentConfig};
 use clap::{Parser, ValueEnum};
 use rpc::server::{serve, ServerConfig, DEFAULT_MAX_BODY};
+use rpc::tls::{ensure_self_signed, server_config, TlsError, TlsFiles};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -36,6 +37,19 @@ struct Args {
     /// on loopback unless you name another address.
     #[arg(long = "listen")]
     listen: Vec<SocketAddr>,
+    /// TCP address to serve HTTPS on (repeatable); any address may be named.
+    #[arg(long = "tls-listen")]
+    tls_listen: Vec<SocketAddr>,
+    /// PEM certificate chain for HTTPS [default: a self-signed one generated on first start
+    /// into <state-dir>/tls/].
+    #[arg(long)]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for HTTPS (with --tls-cert).
+    #[arg(long)]
+    tls_key: Option<PathBuf>,
+    /// Most connections each HTTP worker keeps open [default: 4096].
+    #[arg(long)]
+    max_connections: Option<usize>,
     /// Unix socket to serve the same API on [default: <state-dir>/xapid.sock].
     #[arg(long)]
     socket: Option<PathBuf>,
@@ -76,6 +90,10 @@ struct FileConfig {
     root_password_file: Option<PathBuf>,
     max_body: Option<usize>,
     workers: Option<usize>,
+    tls_listen: Option<Vec<SocketAddr>>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    max_connections: Option<usize>,
 }
 
 /// Merges the config file under the command line.
@@ -102,6 +120,15 @@ fn effective(mut args: Args) -> Result<Args, String> {
     args.root_password_file = args.root_password_file.or(file.root_password_file);
     args.max_body = Some(args.max_body.or(file.max_body).unwrap_or(DEFAULT_MAX_BODY));
     args.workers = Some(args.workers.or(file.workers).unwrap_or(0));
+    if args.tls_listen.is_empty() {
+        args.tls_listen = file.tls_listen.unwrap_or_default();
+    }
+    args.tls_cert = args.tls_cert.or(file.tls_cert);
+    args.tls_key = args.tls_key.or(file.tls_key);
+    args.max_connections = Some(args.max_connections.or(file.max_connections).unwrap_or(4096));
+    if args.tls_cert.is_some() != args.tls_key.is_some() {
+        return Err("--tls-cert and --tls-key go together".into());
+    }
     Ok(args)
 }
 
@@ -148,7 +175,21 @@ fn main() -> ExitCode {
         root_password_file: args.root_password_file.clone(),
         hypervisor,
     };
+    let tls = if args.tls_listen.is_empty() {
+        None
+    } else {
+        match tls_config(&args, &state_dir) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::error!("HTTPS: {e}: {}", source_chain(&e));
+                return ExitCode::from(2);
+            }
+        }
+    };
     let server_cfg = ServerConfig {
+        tls_listen: args.tls_listen.clone(),
+        tls,
+        max_connections: args.max_connections.unwrap_or(4096),
         listen: args.listen.clone(),
         socket: Some(socket),
         max_body: args.max_body.unwrap_or(DEFAULT_MAX_BODY),
@@ -180,6 +221,27 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn tls_config(args: &Args, state_dir: &std::path::Path) -> Result<rustls::ServerConfig, TlsError> {
+    let files = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+        },
+        _ => {
+            let files = TlsFiles::in_state_dir(state_dir);
+            let host = nix::unistd::gethostname()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+                .unwrap_or_else(|| "localhost".into());
+            if ensure_self_signed(&files, &host)? {
+                tracing::info!(cert = %files.cert.display(), "generated a self-signed certificate");
+            }
+            files
+        }
+    };
+    server_config(&files)
 }
 
 fn source_chain(e: &dyn std::error::Error) -> String {

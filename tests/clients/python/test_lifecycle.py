@@ -191,6 +191,8 @@ def test_install_from_template(xapi, model):
         assert failure(xapi.VM.start, vm, False, False)[:2] == ["VM_IS_TEMPLATE", vm]
 
         xapi.VM.provision(vm)
+        # reference Xapi_vm.provision: set_is_a_template false, then install the disks
+        assert xapi.VM.get_is_a_template(vm) is False, "VM.provision must clear is_a_template"
         vbds = [xapi.VBD.get_record(b) for b in xapi.VM.get_VBDs(vm)]
         disks = [b for b in vbds if b["type"] == "Disk"]
         assert len(disks) == 1, vbds
