@@ -40,7 +40,7 @@ pub fn method_list() -> Vec<String> {
         out.push(format!("{}.{}", c.name(), m.name));
     }
     for (c, m) in schema::method_names() {
-        if is_async_eligible(m) {
+        if is_async_eligible(c, m) {
             out.push(format!("Async.{}.{}", c.name(), m.name));
         }
     }
@@ -49,7 +49,16 @@ pub fn method_list() -> Vec<String> {
 }
 
 /// Whether a message also exists as `Async.<Class>.<msg>`.
-pub fn is_async_eligible(m: &MessageDef) -> bool {
+pub fn is_async_eligible(class: ClassId, m: &MessageDef) -> bool {
+    use crate::schema::class_ids;
+    // The reference declares session and event calls, and the message class's queries,
+    // without an asynchronous form.
+    if class == class_ids::session
+        || class == class_ids::event
+        || (class == class_ids::message && m.name.starts_with("get"))
+    {
+        return false;
+    }
     m.takes_session() && (!m.implicit || matches!(m.kind, MessageKind::Create | MessageKind::Destroy))
 }
 
@@ -128,7 +137,7 @@ fn require_constructor_fields(class: ClassId, record: &Json) -> Result<(), ApiEr
 pub async fn call(agent: &Arc<Agent>, ctx: &CallCtx, method: &str, params: &[Json]) -> Result<Value, ApiError> {
     if let Some(inner) = method.strip_prefix("Async.") {
         let c = check(agent, inner, params)?;
-        if !is_async_eligible(c.message) {
+        if !is_async_eligible(c.class, c.message) {
             return Err(ApiError::MessageMethodUnknown {
                 method: method.to_owned(),
             });

@@ -31,7 +31,16 @@ pub fn render() -> String {
             .collect();
         total += c.messages.len();
         done += c.messages.len() - missing.len();
-        asyncs += c.messages.iter().filter(|m| is_async_eligible(m)).count();
+        asyncs += c
+            .messages
+            .iter()
+            .filter(|m| {
+                is_async_eligible(
+                    crate::schema::ClassId::by_name(c.name).unwrap_or(crate::schema::class_ids::session),
+                    m,
+                )
+            })
+            .count();
         let _ = writeln!(
             body,
             "## {}\n\n{} messages: {} generic (accessors, create, destroy, queries), {} with behaviour, {} NOT_IMPLEMENTED.\n",

@@ -195,7 +195,7 @@ fn batch(agent: &Agent, subs: &Subscription, changes: Vec<Change>, latest: u64) 
         .map(|c| {
             (
                 Value::str(c.name().to_ascii_lowercase()),
-                Value::Int(agent.store.count(c) as i64),
+                Value::Int32(i32::try_from(agent.store.count(c)).unwrap_or(i32::MAX)),
             )
         })
         .collect();

@@ -24,6 +24,8 @@ pub const IMPLEMENTED: &[&str] = &[
     "event.get_current_id",
     "event.inject",
     "task.cancel",
+    "task.create",
+    "task.destroy",
 ];
 
 fn str_arg(c: &Call, i: usize) -> &str {
@@ -79,6 +81,17 @@ pub async fn custom(agent: &Arc<Agent>, ctx: &CallCtx, c: Call) -> Result<Value,
         "event.next" => event_from::next(agent, c.session.as_deref().unwrap_or("")).await,
         "event.get_current_id" => Ok(Value::Int(agent.store.events().latest() as i64)),
         "event.inject" => event_from::inject(agent, &c).await,
+        "task.create" => crate::tasks::create_task(
+            agent,
+            c.session.as_deref().unwrap_or(""),
+            str_arg(&c, 0),
+            str_arg(&c, 1),
+        )
+        .await
+        .map(Value::Ref),
+        "task.destroy" => crate::tasks::destroy_task(agent, str_arg(&c, 0))
+            .await
+            .map(|_| Value::None),
         "task.cancel" => crate::tasks::cancel(agent, str_arg(&c, 0)).await,
         _ => Err(ApiError::not_implemented(&name)),
     }

@@ -141,3 +141,38 @@ pub async fn cancel(agent: &Arc<Agent>, task: &str) -> Result<Value, ApiError> {
         .await?;
     Ok(Value::None)
 }
+
+/// `task.create(label, description)`: a pending task a client drives itself.
+pub async fn create_task(
+    agent: &Arc<Agent>,
+    _session: &str,
+    label: &str,
+    description: &str,
+) -> Result<String, ApiError> {
+    let task = new_ref();
+    let mut t = default_object(class_ids::task, &task);
+    t.set(fields::task::uuid, Value::str(new_uuid()));
+    t.set(fields::task::name_label, Value::str(label));
+    t.set(fields::task::name_description, Value::str(description));
+    t.set(fields::task::created, Value::DateTime(now()));
+    t.set(fields::task::status, Value::Enum("pending"));
+    t.set(fields::task::resident_on, Value::Ref(agent.host.clone()));
+    t.set(fields::task::progress, Value::Float(0.0));
+    t.set(
+        fields::task::allowed_operations,
+        Value::Set(vec![Value::Enum("cancel")]),
+    );
+    agent.store.write(|tx| create(tx, t)).await?;
+    Ok(task)
+}
+
+/// `task.destroy`: forgets a task (stopping its call if it still runs).
+pub async fn destroy_task(agent: &Arc<Agent>, task: &str) -> Result<(), ApiError> {
+    if let Some((h, _)) = agent.running_tasks.lock().remove(task) {
+        h.abort();
+    }
+    agent
+        .store
+        .write(|tx| crate::objects::destroy(tx, class_ids::task, task))
+        .await
+}

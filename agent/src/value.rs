@@ -15,8 +15,10 @@ pub const NULL_REF: &str = "OpaqueRef:NULL";
 pub enum Value {
     /// Text.
     String(String),
-    /// 64-bit integer.
+    /// 64-bit integer (a string in XML-RPC, as the reference sends int64).
     Int(i64),
+    /// A 32-bit integer the reference sends as a real XML-RPC `<int>` (e.g. event counts).
+    Int32(i32),
     /// Double.
     Float(f64),
     /// Boolean.
@@ -147,6 +149,7 @@ impl Value {
             Value::String(s) | Value::Ref(s) => s.clone(),
             Value::Enum(s) => (*s).to_owned(),
             Value::Int(i) => i.to_string(),
+            Value::Int32(i) => i.to_string(),
             Value::Float(f) => format_float(*f),
             Value::Bool(b) => b.to_string(),
             Value::DateTime(t) => format_datetime(*t),
@@ -403,6 +406,9 @@ pub fn write_json(v: &Value, out: &mut String) {
         Value::String(s) | Value::Ref(s) => write_json_str(s, out),
         Value::Enum(s) => write_json_str(s, out),
         Value::Int(i) => {
+            let _ = write!(out, "{i}");
+        }
+        Value::Int32(i) => {
             let _ = write!(out, "{i}");
         }
         Value::Float(f) => out.push_str(&format_float(*f)),

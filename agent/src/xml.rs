@@ -22,6 +22,9 @@ pub fn write_value(v: &Value, out: &mut String) {
         Value::Int(i) => {
             let _ = write!(out, "<value>{i}</value>");
         }
+        Value::Int32(i) => {
+            let _ = write!(out, "<value><int>{i}</int></value>");
+        }
         Value::Float(f) => {
             let _ = write!(out, "<value><double>{}</double></value>", format_float(*f));
         }

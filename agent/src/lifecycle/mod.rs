@@ -202,7 +202,26 @@ pub async fn perform(
     args: Vec<Value>,
 ) -> Result<Value, ApiError> {
     match op {
-        Operation::Vm(name) => vm_power::perform(agent, reference, name, &args).await,
+        Operation::Vm(name) => {
+            // The state may have changed while this waited in the mailbox (a hard_shutdown
+            // may run alongside a clean one): check the power state again.
+            if let Some(vm) = agent.store.get(class_ids::VM, reference) {
+                let state = vm.get(fields::VM::power_state).as_str().unwrap_or("Halted").to_owned();
+                let allowed = rules::allowed_power_states(&vm, op_str(op));
+                if !allowed.contains(&state.as_str()) {
+                    return Err(ApiError::VmBadPowerState {
+                        vm: reference.to_owned(),
+                        expected: allowed
+                            .iter()
+                            .map(|s| s.to_ascii_lowercase())
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        actual: state.to_ascii_lowercase(),
+                    });
+                }
+            }
+            vm_power::perform(agent, reference, name, &args).await
+        }
         Operation::Vbd(name) => devices::vbd(agent, reference, name, &args).await,
         Operation::Vif(name) => devices::vif(agent, reference, name, &args).await,
         Operation::Reconcile if class == class_ids::VM => reconcile::vm(agent, reference).await.map(|_| Value::None),

@@ -619,6 +619,8 @@ async fn provision(agent: &Arc<Agent>, vm: &str) -> Result<(), ApiError> {
     agent
         .store
         .write(|tx| {
+            // A provisioned VM is no longer a template, as the reference does.
+            set_field(tx, class_ids::VM, vm, fields::VM::is_a_template, Value::Bool(false))?;
             for v in vdis {
                 create(tx, v)?;
             }
