@@ -182,9 +182,29 @@ fn mismatch(expected: &str, got: &Json) -> TypeMismatch {
 
 /// Formats seconds since the epoch as the API's `YYYYMMDDTHH:MM:SSZ`.
 pub fn format_datetime(t: i64) -> String {
+    let mut s = String::with_capacity(18);
+    push_datetime(t, &mut s);
+    s
+}
+
+/// Appends `YYYYMMDDTHH:MM:SSZ` to `out` (without chrono's formatter: records carry several
+/// datetimes and bulk reads write thousands of records).
+pub fn push_datetime(t: i64, out: &mut String) {
+    use chrono::{Datelike, Timelike};
     match DateTime::<Utc>::from_timestamp(t, 0) {
-        Some(d) => d.format("%Y%m%dT%H:%M:%SZ").to_string(),
-        None => "19700101T00:00:00Z".to_owned(),
+        Some(d) => {
+            let _ = write!(
+                out,
+                "{:04}{:02}{:02}T{:02}:{:02}:{:02}Z",
+                d.year(),
+                d.month(),
+                d.day(),
+                d.hour(),
+                d.minute(),
+                d.second()
+            );
+        }
+        None => out.push_str("19700101T00:00:00Z"),
     }
 }
 
@@ -413,7 +433,11 @@ pub fn write_json(v: &Value, out: &mut String) {
         }
         Value::Float(f) => out.push_str(&format_float(*f)),
         Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
-        Value::DateTime(t) => write_json_str(&format_datetime(*t), out),
+        Value::DateTime(t) => {
+            out.push('"');
+            push_datetime(*t, out);
+            out.push('"');
+        }
         Value::Set(items) => {
             out.push('[');
             for (i, it) in items.iter().enumerate() {
@@ -430,7 +454,11 @@ pub fn write_json(v: &Value, out: &mut String) {
                 if i > 0 {
                     out.push(',');
                 }
-                write_json_str(&k.key_text(), out);
+                match k {
+                    Value::String(s) | Value::Ref(s) => write_json_str(s, out),
+                    Value::Enum(s) => write_json_str(s, out),
+                    other => write_json_str(&other.key_text(), out),
+                }
                 out.push(':');
                 write_json(val, out);
             }
