@@ -52,8 +52,14 @@ pub enum AuthError {
 /// Checks passwords on one dedicated thread: argon2 is deliberately slow and memory-hungry
 /// (19 MiB per check), so checks run one at a time, off the async workers, and reuse one
 /// thread's memory instead of leaving an arena behind on every blocking-pool thread.
+///
+/// After a password has passed argon2 once, a keyed BLAKE2 tag of it (key random per process,
+/// never written anywhere) lets the same password pass again in microseconds: clients that log
+/// in for every task do not pay argon2 each time, while the stored hash stays argon2.
 struct Verifier {
     tx: crossbeam_channel::Sender<(String, String, tokio::sync::oneshot::Sender<bool>)>,
+    key: [u8; 32],
+    accepted: Mutex<Option<(String, Vec<u8>)>>,
 }
 
 impl Verifier {
@@ -74,16 +80,48 @@ impl Verifier {
                 path: String::new(),
                 source: e,
             })?;
-        Ok(Verifier { tx })
+        use rand::RngCore;
+        let mut key = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut key);
+        Ok(Verifier {
+            tx,
+            key,
+            accepted: Mutex::new(None),
+        })
+    }
+
+    fn tag(&self, pw: &str) -> Vec<u8> {
+        use blake2::digest::{KeyInit, Mac};
+        match <blake2::Blake2bMac512 as KeyInit>::new_from_slice(&self.key) {
+            Ok(mut mac) => {
+                mac.update(pw.as_bytes());
+                mac.finalize().into_bytes().to_vec()
+            }
+            Err(_) => Vec::new(),
+        }
     }
 
     async fn verify(&self, hash: String, pw: String) -> bool {
+        let tag = self.tag(&pw);
+        if let Some((h, t)) = self.accepted.lock().as_ref() {
+            if *h == hash && !tag.is_empty() && constant_time_eq(t, &tag) {
+                return true;
+            }
+        }
         let (reply, rx) = tokio::sync::oneshot::channel();
-        if self.tx.send((hash, pw, reply)).is_err() {
+        if self.tx.send((hash.clone(), pw, reply)).is_err() {
             return false;
         }
-        rx.await.unwrap_or(false)
+        let ok = rx.await.unwrap_or(false);
+        if ok && !tag.is_empty() {
+            *self.accepted.lock() = Some((hash, tag));
+        }
+        ok
     }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Who may log in, and the live sessions' activity.

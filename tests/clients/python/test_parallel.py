@@ -75,9 +75,11 @@ def test_many_vms_start_and_stop_in_parallel(daemon, vms):
     assert one >= 2 * LATENCY_MS / 1000, f"start+shutdown took {one:.3f}s: is the latency flag in effect?"
     estimate = N * one
 
-    barrier = threading.Barrier(N)
+    released: list[float] = []
+    barrier = threading.Barrier(N, action=lambda: released.append(time.monotonic()))
     errors: list = []
     timings: list = []
+    ends: list[float] = []
 
     def client(vm):
         s = login(daemon.url, daemon.password)
@@ -86,7 +88,8 @@ def test_many_vms_start_and_stop_in_parallel(daemon, vms):
             t0 = time.monotonic()
             s.xenapi.VM.start(vm, False, False)
             s.xenapi.VM.hard_shutdown(vm)
-            timings.append(time.monotonic() - t0)
+            ends.append(time.monotonic())
+            timings.append(ends[-1] - t0)
         except Exception as e:  # collected and reported below
             errors.append((vm, repr(e)))
         finally:
@@ -98,12 +101,15 @@ def test_many_vms_start_and_stop_in_parallel(daemon, vms):
         t.start()
     for t in threads:
         t.join(120)
-    wall = time.monotonic() - t0
+    total = time.monotonic() - t0
     assert not any(t.is_alive() for t in threads), "clients still running after 120 s"
     assert not errors, errors[:5]
+    # from the moment all N clients are logged in and released together to the last shutdown
+    wall = max(ends) - released[0]
     print(f"\n{N} VMs start+hard_shutdown: one VM alone {one * 1000:.0f} ms -> serial estimate "
           f"{estimate:.2f} s; {N} clients in parallel: wall {wall:.2f} s "
-          f"({100 * wall / estimate:.1f}% of serial; per-client max {max(timings):.2f} s)")
+          f"({100 * wall / estimate:.1f}% of serial; per-client max {max(timings):.2f} s; "
+          f"with the {N} logins {total:.2f} s)")
     assert wall < 0.25 * estimate, f"wall {wall:.2f}s is not far below the serial {estimate:.2f}s"
     x = login(daemon.url, daemon.password)
     try:
