@@ -110,6 +110,10 @@ api_errors! {
     LocationNotUnique { sr, location } => "LOCATION_NOT_UNIQUE",
     /// The VDI's on_boot mode forbids the operation.
     VdiOnBootModeIncompatibleWithOperation {} => "VDI_ON_BOOT_MODE_INCOMPATIBLE_WITH_OPERATION",
+    /// An upload ended before all its bytes arrived.
+    ImportErrorPrematureEof {} => "IMPORT_ERROR_PREMATURE_EOF",
+    /// An upload could not be imported.
+    ImportError { msg } => "IMPORT_ERROR",
     /// Reading or writing the VDI's bytes failed.
     VdiIoError { message } => "VDI_IO_ERROR",
 }

@@ -15,6 +15,7 @@ mod locks;
 mod measure;
 mod pbd;
 mod sr;
+pub mod transfer;
 
 mod vdi;
 

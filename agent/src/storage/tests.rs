@@ -556,3 +556,50 @@ async fn file_sr_create_plug_destroy() {
         65536
     );
 }
+
+#[tokio::test]
+async fn import_then_export_returns_the_same_bytes() {
+    use super::transfer::{ExportSource, ImportSink};
+    let e = env().await;
+    let sr = e.default_sr();
+    let size = 5u64 << 20 | 4096;
+    let vdi = e.create_vdi(&sr, size).await;
+    let data: Vec<u8> = (0..size - 4096).map(|i| (i % 251) as u8).collect();
+    let mut sink = ImportSink::open(&e.agent, &vdi).await.unwrap();
+    // Odd chunk sizes, and a zero region that becomes a hole.
+    for chunk in data.chunks(65_537) {
+        sink.write(chunk).await.unwrap();
+    }
+    sink.write(&[0u8; 4096]).await.unwrap();
+    assert_eq!(sink.finish().await.unwrap(), size);
+    let mut src = ExportSource::open(&e.agent, &vdi).await.unwrap();
+    let mut out = Vec::new();
+    while let Some(c) = src.next_chunk().await {
+        out.extend_from_slice(&c.unwrap());
+    }
+    assert_eq!(out.len() as u64, size);
+    assert!(out[..data.len()] == data[..]);
+    assert!(out[data.len()..].iter().all(|b| *b == 0));
+    drop(src);
+    // More than the VDI holds is refused before anything past the end is written.
+    let mut sink = ImportSink::open(&e.agent, &vdi).await.unwrap();
+    let err = sink.write(&vec![1u8; size as usize + 1]).await.unwrap_err();
+    assert_eq!(err.code(), "VDI_TOO_SMALL");
+    sink.abandon().await;
+    assert_eq!(
+        std::fs::metadata(super::vdi_path(&e.agent, &vdi).unwrap())
+            .unwrap()
+            .len(),
+        size
+    );
+    // A sparse VDI exports its holes as zeros.
+    let empty = e.create_vdi(&sr, 3 << 20).await;
+    let mut src = ExportSource::open(&e.agent, &empty).await.unwrap();
+    let mut n = 0;
+    while let Some(c) = src.next_chunk().await {
+        let c = c.unwrap();
+        assert!(c.iter().all(|b| *b == 0));
+        n += c.len();
+    }
+    assert_eq!(n, 3 << 20);
+}
