@@ -22,6 +22,8 @@ use tokio::sync::{OwnedRwLockReadGuard, OwnedRwLockWriteGuard};
 
 /// Requests in flight per transfer.
 const IN_FLIGHT: usize = 8;
+/// How far ahead of the reads an export asks the kernel to read.
+const PREFETCH: u64 = 64 << 20;
 
 /// Disk image formats the reference's data paths name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -370,6 +372,7 @@ pub struct ExportSource {
     file: Arc<File>,
     size: u64,
     planned: u64,
+    prefetched: u64,
     segment: Option<(u64, u64)>,
     pieces: VecDeque<Piece>,
     _lock: OwnedRwLockReadGuard<()>,
@@ -393,6 +396,7 @@ impl ExportSource {
             file,
             size,
             planned: 0,
+            prefetched: 0,
             segment: None,
             pieces: VecDeque::new(),
             _lock: lock,
@@ -421,6 +425,13 @@ impl ExportSource {
                 }
             };
             let (start, end) = (seg.0.min(self.size), seg.1.min(self.size));
+            // Keep the kernel reading ahead of the reads in flight.
+            if pos >= start && self.prefetched < (pos + PREFETCH / 2).min(end) {
+                let from = self.prefetched.max(pos);
+                let to = (pos + PREFETCH).min(end);
+                engine.prefetch(&self.file, from, to - from);
+                self.prefetched = to;
+            }
             let piece = if pos < start {
                 Piece::Zeros((start - pos).min(BUF_SIZE as u64) as usize)
             } else {

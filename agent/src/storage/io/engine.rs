@@ -101,6 +101,12 @@ pub(super) enum Request {
     },
     /// `fdatasync`.
     Sync { file: Arc<File>, reply: Reply<()> },
+    /// `posix_fadvise(WILLNEED)`: start reading `[offset, offset+len)` into the page cache.
+    Prefetch {
+        file: Arc<File>,
+        offset: u64,
+        len: u64,
+    },
     /// `lseek(SEEK_DATA | SEEK_HOLE)`; `None` when there is no more data.
     Seek {
         file: Arc<File>,
@@ -261,6 +267,21 @@ impl IoEngine {
         })
     }
 
+    /// Asks the kernel to start reading a range ahead of the reads that will want it (no
+    /// answer: it is only a hint).
+    pub fn prefetch(&self, file: &Arc<File>, offset: u64, len: u64) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(Request::Prefetch {
+                file: file.clone(),
+                offset,
+                len,
+            });
+            if let Some(w) = &self.wake {
+                super::uring::wake(w);
+            }
+        }
+    }
+
     /// Flushes the file's data to stable storage (`fdatasync`).
     pub fn sync_data(&self, file: &Arc<File>) -> Completion<()> {
         self.send(|reply| Request::Sync {
@@ -354,6 +375,15 @@ pub(super) fn seek(file: &File, offset: u64, to: SeekTo) -> Result<Option<u64>, 
             source: err,
         }),
     }
+}
+
+/// `posix_fadvise(WILLNEED)` on the engine thread: queues readahead, does not wait for it.
+pub(super) fn prefetch(file: &File, offset: u64, len: u64) {
+    let (Ok(off), Ok(l)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
+        return;
+    };
+    // SAFETY: posix_fadvise on a descriptor kept open by `file`; no memory is passed.
+    let _ = unsafe { libc::posix_fadvise(file.as_raw_fd(), off, l, libc::POSIX_FADV_WILLNEED) };
 }
 
 /// `fallocate(PUNCH_HOLE | KEEP_SIZE)`, for the fallback engine.

@@ -1,7 +1,7 @@
 //! The engine without io_uring: the same requests, carried out one at a time with
 //! `pread`/`pwrite` on the engine thread (never on an async worker).
 
-use super::engine::{punch_hole, seek, IoError, Request};
+use super::engine::{prefetch, punch_hole, seek, IoError, Request};
 use std::os::unix::fs::FileExt;
 
 /// Serves requests until every sender is gone.
@@ -42,6 +42,7 @@ pub(super) fn run(rx: crossbeam_channel::Receiver<Request>) {
             } => {
                 let _ = reply.send(punch_hole(&file, offset, len));
             }
+            Request::Prefetch { file, offset, len } => prefetch(&file, offset, len),
             Request::Sync { file, reply } => {
                 let r = file.sync_data().map_err(|source| IoError::Os {
                     op: "fdatasync",

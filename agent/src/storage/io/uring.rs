@@ -6,7 +6,7 @@
 //! behind a slow one.
 
 use super::buffers::{BufferPool, IoBuf};
-use super::engine::{seek, EngineKind, IoError, Reply, Request};
+use super::engine::{prefetch, seek, EngineKind, IoError, Reply, Request};
 use io_uring::{opcode, squeue, types, IoUring};
 use std::collections::VecDeque;
 use std::fs::File;
@@ -235,6 +235,10 @@ impl Loop {
                 let _ = reply.send(seek(&file, offset, to));
                 return;
             }
+            Request::Prefetch { file, offset, len } => {
+                prefetch(&file, offset, len);
+                return;
+            }
             Request::Read {
                 file,
                 offset,
@@ -460,5 +464,6 @@ fn fail_request(r: Request, code: i32) {
         Request::Seek { reply, .. } => {
             let _ = reply.send(Err(e()));
         }
+        Request::Prefetch { .. } => {}
     }
 }
