@@ -72,10 +72,9 @@ impl BufferPool {
 
     /// Takes a free buffer, waiting until one is returned if all are in use.
     pub async fn acquire(self: &Arc<Self>) -> IoBuf {
-        match self.available.acquire().await {
-            Ok(permit) => permit.forget(),
-            // The semaphore is never closed; treat it as available regardless.
-            Err(_) => {}
+        // The semaphore is never closed, so acquiring only fails in theory.
+        if let Ok(permit) = self.available.acquire().await {
+            permit.forget();
         }
         self.take()
     }
