@@ -22,6 +22,8 @@ use tokio::sync::{OwnedRwLockReadGuard, OwnedRwLockWriteGuard};
 
 /// Requests in flight per transfer.
 const IN_FLIGHT: usize = 8;
+/// Alignment of offsets and lengths read with `O_DIRECT`.
+const DIRECT_ALIGN: u64 = 4096;
 /// How far ahead of the reads an export asks the kernel to read.
 const PREFETCH: u64 = 64 << 20;
 
@@ -363,13 +365,15 @@ impl Pending {
 
 enum Piece {
     Zeros(usize),
-    Read(Completion<IoBuf>, usize),
+    Read(Completion<IoBuf>, usize, u64),
 }
 
 /// The reading end of an export: the VDI's bytes in order, holes sent as zeros without
 /// reading them, several reads in flight. Holds the VDI's shared lock until dropped.
 pub struct ExportSource {
     file: Arc<File>,
+    /// The same file opened `O_DIRECT`, used for block-aligned reads when available.
+    direct: Option<Arc<File>>,
     size: u64,
     planned: u64,
     prefetched: u64,
@@ -391,9 +395,16 @@ impl ExportSource {
             .as_int()
             .unwrap_or(0)
             .max(0) as u64;
+        let p2 = path.clone();
+        let direct = super::fsops::blocking(move || Ok(super::fsops::open_direct(&p2)))
+            .await
+            .ok()
+            .flatten()
+            .map(Arc::new);
         let file = open_file(path, false).await?;
         Ok(ExportSource {
             file,
+            direct,
             size,
             planned: 0,
             prefetched: 0,
@@ -425,8 +436,11 @@ impl ExportSource {
                 }
             };
             let (start, end) = (seg.0.min(self.size), seg.1.min(self.size));
-            // Keep the kernel reading ahead of the reads in flight.
-            if pos >= start && self.prefetched < (pos + PREFETCH / 2).min(end) {
+            // Keep the kernel reading ahead of buffered reads.
+            if self.direct.is_none()
+                && pos >= start
+                && self.prefetched < (pos + PREFETCH / 2).min(end)
+            {
                 let from = self.prefetched.max(pos);
                 let to = (pos + PREFETCH).min(end);
                 engine.prefetch(&self.file, from, to - from);
@@ -437,10 +451,16 @@ impl ExportSource {
             } else {
                 let n = (end - pos).min(BUF_SIZE as u64) as usize;
                 let buf = engine.buffer().await;
-                Piece::Read(engine.read_at(&self.file, pos, n, buf), n)
+                // Direct I/O needs block-aligned offsets and lengths (buffers are page-aligned).
+                let aligned = pos % DIRECT_ALIGN == 0 && n as u64 % DIRECT_ALIGN == 0;
+                let file = match &self.direct {
+                    Some(d) if aligned => d,
+                    _ => &self.file,
+                };
+                Piece::Read(engine.read_at(file, pos, n, buf), n, pos)
             };
             self.planned += match &piece {
-                Piece::Zeros(n) | Piece::Read(_, n) => *n as u64,
+                Piece::Zeros(n) | Piece::Read(_, n, _) => *n as u64,
             };
             self.pieces.push_back(piece);
         }
@@ -455,7 +475,21 @@ impl ExportSource {
         let piece = self.pieces.pop_front()?;
         Some(match piece {
             Piece::Zeros(n) => Ok(Bytes::from_static(&ZEROS[..n])),
-            Piece::Read(c, n) => match c.await {
+            Piece::Read(c, n, pos) => match c.await {
+                // A file system that took O_DIRECT at open but refuses it on read: go buffered.
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                    tracing::info!("direct reads refused; exporting through the page cache");
+                    self.direct = None;
+                    let engine = IoEngine::global();
+                    let buf = engine.buffer().await;
+                    match engine.read_at(&self.file, pos, n, buf).await {
+                        Ok(buf) if buf.len() == n => Ok(Bytes::from_owner(buf)),
+                        Ok(_) => Err(ApiError::VdiIoError {
+                            message: "Device I/O errors: short read".into(),
+                        }),
+                        Err(e) => Err(io_api_error(e)),
+                    }
+                }
                 Ok(buf) if buf.len() == n => Ok(Bytes::from_owner(buf)),
                 // A file shorter than its VDI (it should not be) reads as zeros past its end.
                 Ok(buf) => {

@@ -2,8 +2,8 @@
 //! carries the guest's text console both ways. The console fd from the backend is driven by
 //! tokio's `AsyncFd`, so no worker blocks on it.
 //!
-//! `GET /console` with `Upgrade: websocket` is not served yet (it answers 501); plain
-//! `CONNECT` is what the reference's own clients use.
+//! `GET /console` with `Upgrade: websocket` (as Xen Orchestra connects) carries the same bytes
+//! in binary WebSocket messages.
 
 use super::{authenticate, param, DataPathError};
 use actix_web::http::Method;
@@ -94,10 +94,15 @@ pub(super) async fn connect(
         Err(e) => return e.response(),
     };
     auth.finish(&agent).await;
-    if req.method() != Method::CONNECT {
-        return HttpResponse::NotImplemented()
-            .content_type("text/plain")
-            .body("use CONNECT /console (WebSocket upgrades are not served yet)\n");
+    let websocket = req.method() != Method::CONNECT;
+    if websocket {
+        if let Err(e) = actix_http::ws::verify_handshake(req.head()) {
+            return HttpResponse::BadRequest()
+                .content_type("text/plain")
+                .body(format!(
+                    "use CONNECT /console, or GET with a WebSocket upgrade: {e}\n"
+                ));
+        }
     }
     let domid = match console_of(&agent, &req).and_then(|c| domid_of(&agent, &c)) {
         Ok(d) => d,
@@ -126,30 +131,41 @@ pub(super) async fn connect(
         Ok(fd) => Arc::new(fd),
         Err(e) => return DataPathError::Failed(ApiError::internal(e)).response(),
     };
-    tracing::info!(domid, "console connected");
+    tracing::info!(domid, websocket, "console connected");
+    if websocket {
+        return super::websocket::serve(&req, body, fd);
+    }
     actix_web::rt::spawn(keyboard(body, fd.clone()));
     HttpResponse::Ok().streaming(futures_util::stream::unfold(fd, screen))
+}
+
+/// Writes all of `bytes` to the console; false once the console is gone.
+pub(super) async fn type_in(fd: &AsyncFd<File>, bytes: &[u8]) -> bool {
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        let Ok(mut guard) = fd.writable().await else {
+            return false;
+        };
+        match guard.try_io(|f| f.get_ref().write(rest)) {
+            Ok(Ok(n)) => rest = &rest[n..],
+            Ok(Err(_)) => return false,
+            Err(_would_block) => continue,
+        }
+    }
+    true
 }
 
 /// Client bytes to the console, until the client closes its side or the console goes away.
 async fn keyboard(mut body: web::Payload, fd: Arc<AsyncFd<File>>) {
     while let Some(Ok(bytes)) = body.next().await {
-        let mut rest: &[u8] = &bytes;
-        while !rest.is_empty() {
-            let Ok(mut guard) = fd.writable().await else {
-                return;
-            };
-            match guard.try_io(|f| f.get_ref().write(rest)) {
-                Ok(Ok(n)) => rest = &rest[n..],
-                Ok(Err(_)) => return,
-                Err(_would_block) => continue,
-            }
+        if !type_in(&fd, &bytes).await {
+            return;
         }
     }
 }
 
 /// The next output of the console; ends when the guest's console closes.
-async fn screen(
+pub(super) async fn screen(
     fd: Arc<AsyncFd<File>>,
 ) -> Option<(Result<web::Bytes, std::io::Error>, Arc<AsyncFd<File>>)> {
     let mut buf = vec![0u8; 16 * 1024];

@@ -9,6 +9,7 @@
 mod auth;
 mod console;
 mod vdi;
+mod websocket;
 
 use actix_web::http::{Method, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};

@@ -537,6 +537,69 @@ async fn console_streams_boot_lines_and_echoes() {
     assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
     assert!(text.contains("Xen simulator: booting domain"), "{text}");
     assert!(text.contains("echo-me-please"), "{text}");
+
+    // The same over a WebSocket, as Xen Orchestra connects.
+    let s3 = e
+        .agent
+        .sessions
+        .login(
+            &e.agent.store,
+            &e.agent.host,
+            "root",
+            &e.password,
+            "t",
+            false,
+        )
+        .await
+        .unwrap();
+    let vm_uuid = e
+        .agent
+        .store
+        .get(class_ids::VM, &vm_ref)
+        .unwrap()
+        .uuid()
+        .unwrap()
+        .to_owned();
+    let ws_text = blocking(move || {
+        use actix_codec::{Decoder, Encoder};
+        use actix_http::ws::{Codec, Frame, Message};
+        let mut c = TcpStream::connect(addr).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        c.write_all(format!("GET /console?uuid={vm_uuid}&session_id={s3} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").as_bytes()).unwrap();
+        let mut codec = Codec::new().client_mode();
+        let mut raw = actix_web::web::BytesMut::new();
+        let mut text = String::new();
+        let mut head_done = false;
+        let mut sent = false;
+        let mut buf = [0u8; 4096];
+        while !text.contains("ws-echo-test") || !sent {
+            let n = c.read(&mut buf).unwrap();
+            assert!(n > 0, "closed: {text}");
+            raw.extend_from_slice(&buf[..n]);
+            if !head_done {
+                let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") else { continue };
+                let head = String::from_utf8_lossy(&raw[..end]).into_owned();
+                assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+                assert!(head.to_ascii_lowercase().contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="), "{head}");
+                let _ = raw.split_to(end + 4);
+                head_done = true;
+            }
+            while let Some(f) = codec.decode(&mut raw).unwrap() {
+                if let Frame::Binary(b) = f {
+                    text.push_str(&String::from_utf8_lossy(&b));
+                }
+            }
+            if !sent && text.contains("root@webby:~# ") {
+                let mut out = actix_web::web::BytesMut::new();
+                codec.encode(Message::Text("ws-echo-test\n".into()), &mut out).unwrap();
+                c.write_all(&out).unwrap();
+                sent = true;
+            }
+        }
+        text
+    })
+    .await;
+    assert!(ws_text.contains("ws-echo-test"), "{ws_text}");
     // Not running: 404.
     let (vr, s2) = (
         vm_ref.clone(),
