@@ -8,7 +8,10 @@ use std::fmt::Write as _;
 
 /// Whether a message does its work in this build (otherwise it answers NOT_IMPLEMENTED).
 pub fn implemented(class: &str, m: &crate::schema::MessageDef) -> bool {
-    m.kind != MessageKind::Custom || IMPLEMENTED.contains(&format!("{class}.{}", m.name).as_str())
+    let name = format!("{class}.{}", m.name);
+    m.kind != MessageKind::Custom
+        || IMPLEMENTED.contains(&name.as_str())
+        || crate::storage::IMPLEMENTED.contains(&name.as_str())
 }
 
 /// The coverage document.

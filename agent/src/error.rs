@@ -118,8 +118,40 @@ api_errors! {
     RevertOnlyAllowedOnSnapshot {} => "REVERT_ONLY_ALLOWED_ON_SNAPSHOT",
     /// More vCPUs than allowed.
     VmTooManyVcpus { vm } => "VM_TOO_MANY_VCPUS",
-    /// The backend failed in a way the API has no better code for.
+    /// The storage backend failed: an SM-style status code, its output and its error text.
     SrBackendFailure { status, stdout, stderr } => "SR_BACKEND_FAILURE",
+    /// The SR still has a plugged PBD.
+    SrHasPbd { sr } => "SR_HAS_PBD",
+    /// The SR has no PBD on this host (or none plugged).
+    SrHasNoPbds { sr } => "SR_HAS_NO_PBDS",
+    /// The SR type does not support the operation.
+    SrOperationNotSupported { sr } => "SR_OPERATION_NOT_SUPPORTED",
+    /// No storage driver of this type.
+    SrUnknownDriver { driver } => "SR_UNKNOWN_DRIVER",
+    /// An SR with this uuid exists.
+    SrUuidExists { uuid } => "SR_UUID_EXISTS",
+    /// This host already has a PBD for the SR.
+    PbdExists { sr, host, pbd } => "PBD_EXISTS",
+    /// The VDI's backing file is gone.
+    VdiMissing { sr, vdi } => "VDI_MISSING",
+    /// The VDI is read-only.
+    VdiReadonly { vdi } => "VDI_READONLY",
+    /// The VDI is smaller than needed.
+    VdiTooSmall { vdi, minimum_size } => "VDI_TOO_SMALL",
+    /// No file at the location given.
+    VdiLocationMissing { sr, location } => "VDI_LOCATION_MISSING",
+    /// The VDI has no changed-block-tracking metadata.
+    VdiNoCbtMetadata { vdi } => "VDI_NO_CBT_METADATA",
+    /// Another VDI of the SR has this location.
+    LocationNotUnique { sr, location } => "LOCATION_NOT_UNIQUE",
+    /// The VDI's on_boot mode forbids the operation.
+    VdiOnBootModeIncompatibleWithOperation {} => "VDI_ON_BOOT_MODE_INCOMPATIBLE_WITH_OPERATION",
+    /// An upload ended before all its bytes arrived.
+    ImportErrorPrematureEof {} => "IMPORT_ERROR_PREMATURE_EOF",
+    /// An upload could not be imported.
+    ImportError { msg } => "IMPORT_ERROR",
+    /// Reading or writing the VDI's bytes failed.
+    VdiIoError { message } => "VDI_IO_ERROR",
 }
 
 impl From<crate::hypervisor::BackendError> for ApiError {

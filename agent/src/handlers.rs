@@ -34,6 +34,9 @@ fn str_arg(c: &Call, i: usize) -> &str {
 
 /// Runs a message with behaviour.
 pub async fn custom(agent: &Arc<Agent>, ctx: &CallCtx, c: Call) -> Result<Value, ApiError> {
+    if let Some(r) = crate::storage::custom(agent, ctx, &c).await {
+        return r;
+    }
     let name = format!("{}.{}", c.class.name(), c.message.name);
     match name.as_str() {
         "session.login_with_password" | "session.slave_local_login_with_password" => {
@@ -99,6 +102,9 @@ pub async fn custom(agent: &Arc<Agent>, ctx: &CallCtx, c: Call) -> Result<Value,
 
 /// Implicit messages that need a check before the generic code runs; `None` lets it run.
 pub async fn special(agent: &Arc<Agent>, c: &Call) -> Option<Result<Value, ApiError>> {
+    if let Some(r) = crate::storage::special(agent, c).await {
+        return Some(r);
+    }
     use crate::schema::fields;
     let r = c.args.first().and_then(Value::as_str).unwrap_or("");
     if c.message.name == "destroy" && (c.class == class_ids::VBD || c.class == class_ids::VIF) {

@@ -15,6 +15,7 @@ pub mod objects;
 pub mod query;
 pub mod schema;
 pub mod sessions;
+pub mod storage;
 pub mod store;
 pub mod tasks;
 pub mod value;

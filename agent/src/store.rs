@@ -148,12 +148,7 @@ impl Store {
             path: path.display().to_string(),
             source: e,
         };
-        // The store reads everything into memory at start; redb's own cache only needs to
-        // cover the pages a commit touches.
-        let db = redb::Database::builder()
-            .set_cache_size(16 << 20)
-            .create(&path)
-            .map_err(|e| open_err(Box::new(e)))?;
+        let db = open_db(&path).map_err(|e| open_err(Box::new(e)))?;
         {
             let rtx = db.begin_read().map_err(|e| open_err(Box::new(e)))?;
             match rtx.open_table(OBJECTS) {
@@ -169,9 +164,10 @@ impl Store {
             }
         }
         let (tx, rx) = crossbeam_channel::unbounded();
+        let writer_path = path.clone();
         let handle = std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || writer_loop(db, rx))
+            .spawn(move || writer_loop(writer_path, db, rx))
             .map_err(|e| open_err(Box::new(e)))?;
         store.writer = Some(tx);
         store.writer_thread = Some(handle);
@@ -382,7 +378,14 @@ struct Undo {
     new: Option<Arc<Object>>,
 }
 
-fn writer_loop(db: redb::Database, rx: crossbeam_channel::Receiver<Batch>) {
+fn open_db(path: &Path) -> Result<redb::Database, redb::DatabaseError> {
+    // The store reads everything into memory at start; redb's own cache only needs to cover
+    // the pages a commit touches.
+    redb::Database::builder().set_cache_size(16 << 20).create(path)
+}
+
+fn writer_loop(path: std::path::PathBuf, db: redb::Database, rx: crossbeam_channel::Receiver<Batch>) {
+    let mut db = Some(db);
     while let Ok(first) = rx.recv() {
         let mut batches = vec![first];
         while batches.len() < 4096 {
@@ -391,7 +394,20 @@ fn writer_loop(db: redb::Database, rx: crossbeam_channel::Receiver<Batch>) {
                 Err(_) => break,
             }
         }
-        let result = commit_batches(&db, &batches).map_err(|e| e.to_string());
+        if db.is_none() {
+            // redb refuses all writes after an I/O error (a full disk, say): start afresh from
+            // what is on disk, which holds every acknowledged write.
+            db = open_db(&path)
+                .map_err(|e| tracing::error!(error = %e, "reopening the store failed; will retry"))
+                .ok();
+        }
+        let result = match &db {
+            Some(d) => commit_batches(d, &batches).map_err(|e| e.to_string()),
+            None => Err("the store cannot be reopened".to_owned()),
+        };
+        if result.is_err() {
+            db = None;
+        }
         for b in batches {
             let _ = b.ack.send(result.clone());
         }

@@ -142,6 +142,7 @@ pub fn routes(cfg: &mut web::ServiceConfig, max_body: usize) {
         .route("/xmlrpc", web::post().to(xmlrpc_handler))
         .route("/jsonrpc", web::post().to(jsonrpc_handler))
         .route("/", web::get().to(index));
+    crate::data_paths::routes(cfg);
 }
 
 /// Serves until the process is asked to stop.

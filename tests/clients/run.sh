@@ -193,7 +193,9 @@ run_ansible() {
   (
     cd "$HERE/ansible"
     export PATH="$ANSIBLE_VENV/bin:$PATH" PYTHONDONTWRITEBYTECODE=1 XAPID_REPO="$REPO"
-    log "ansible suite: $(ansible --version | head -1) | community.general $COMMUNITY_GENERAL_VERSION (bundled in ansible $ANSIBLE_VERSION) | $("$ANSIBLE_VENV/bin/python" -c 'import importlib.metadata as m, sys; print("xenapi", m.version("xenapi"), "| pytest", m.version("pytest"), "| python", sys.version.split()[0])')"
+    local ver
+    ver="$(ansible --version)" || die "ansible --version failed"
+    log "ansible suite: ${ver%%$'\n'*} | community.general $COMMUNITY_GENERAL_VERSION (bundled in ansible $ANSIBLE_VERSION) | $("$ANSIBLE_VENV/bin/python" -c 'import importlib.metadata as m, sys; print("xenapi", m.version("xenapi"), "| pytest", m.version("pytest"), "| python", sys.version.split()[0])')"
     "$ANSIBLE_VENV/bin/python" -m pytest -p no:cacheprovider -c "$HERE/ansible/pytest.ini" --rootdir "$HERE/ansible" .
   )
 }

@@ -23,34 +23,12 @@ fn devid(s: &str) -> Result<DevId, ApiError> {
         .map_err(|_| ApiError::InvalidDevice { device: s.to_owned() })
 }
 
-/// The dom0 path backing a VDI.
+/// The dom0 path backing a VDI (the storage layer's layout).
 pub fn vdi_backing(agent: &Agent, vdi: &str) -> Result<Option<PathBuf>, ApiError> {
-    let Some(v) = agent.store.get(class_ids::VDI, vdi) else {
+    if agent.store.get(class_ids::VDI, vdi).is_none() {
         return Ok(None);
-    };
-    let loc = v.str_field("location");
-    if loc.starts_with('/') {
-        return Ok(Some(PathBuf::from(loc)));
     }
-    // A VDI of a file SR lives in the SR's directory (the PBD's device_config location).
-    let sr = v.get(fields::VDI::SR).as_ref_str().unwrap_or("").to_owned();
-    let dir = agent
-        .store
-        .all(class_ids::PBD)
-        .into_iter()
-        .find(|p| p.get(fields::PBD::SR).as_str() == Some(sr.as_str()))
-        .and_then(|p| {
-            p.get(fields::PBD::device_config)
-                .map_get("location")
-                .and_then(Value::as_str)
-                .map(PathBuf::from)
-        });
-    let name = if loc.is_empty() {
-        v.uuid().unwrap_or("").to_owned()
-    } else {
-        loc.to_owned()
-    };
-    Ok(dir.map(|d| d.join(name)))
+    crate::storage::vdi_path(agent, vdi).map(Some)
 }
 
 fn block_device(agent: &Agent, vbd: &Object) -> Result<BlockDevice, ApiError> {

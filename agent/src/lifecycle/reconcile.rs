@@ -35,16 +35,31 @@ pub async fn at_start(agent: &Arc<Agent>) -> Result<(), ApiError> {
             }
         }
     }
-    // Every VM's allowed_operations, as this build computes them.
+    // Operations cut short by a stop or a crash are over: their tasks died with the process.
+    // Then every VM's allowed_operations, as this build computes them.
     let vms: Vec<String> = agent
         .store
         .all(class_ids::VM)
         .iter()
         .map(|v| v.reference.clone())
         .collect();
+    let mut marked = Vec::new();
+    for class in crate::schema::ClassId::all() {
+        let Some(f) = class.field_by_name("current_operations") else {
+            continue;
+        };
+        for o in agent.store.all(class) {
+            if !o.get(f).as_map().is_empty() {
+                marked.push((class, f, o.reference.clone()));
+            }
+        }
+    }
     agent
         .store
         .write(|tx| {
+            for (class, f, r) in &marked {
+                crate::objects::set_field(tx, *class, r, *f, Value::Map(Vec::new()))?;
+            }
             for v in &vms {
                 super::rules::refresh_vm_and_devices(tx, v)?;
             }

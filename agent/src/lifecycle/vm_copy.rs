@@ -88,104 +88,16 @@ const NOT_COPIED: &[&str] = &[
     "is_control_domain",
 ];
 
-/// The file a disk VDI's bytes live in, if any.
-fn vdi_file(agent: &Agent, vdi: &str) -> Option<PathBuf> {
-    devices::vdi_backing(agent, vdi).ok().flatten()
-}
-
-/// A new VDI record copying `src`, with its bytes copied next to the original.
-fn copy_vdi(agent: &Agent, src: &Object, snapshot_of: Option<&str>, sr: Option<&str>) -> Result<Object, ApiError> {
-    use fields::VDI as f;
-    let r = new_ref();
-    let uuid = new_uuid();
-    let mut o = (*src).clone();
-    o.reference = r;
-    o.generation = 0;
-    o.set(f::uuid, Value::str(&uuid));
-    o.set(f::VBDs, Value::Set(vec![]));
-    o.set(f::crash_dumps, Value::Set(vec![]));
-    o.set(f::snapshots, Value::Set(vec![]));
-    o.set(f::current_operations, Value::Map(vec![]));
-    o.set(f::is_a_snapshot, Value::Bool(snapshot_of.is_some()));
-    o.set(f::snapshot_of, Value::Ref(snapshot_of.unwrap_or(NULL_REF).to_owned()));
-    o.set(
-        f::snapshot_time,
-        Value::DateTime(if snapshot_of.is_some() { now() } else { 0 }),
-    );
-    if let Some(sr) = sr {
-        o.set(f::SR, Value::Ref(sr.to_owned()));
-    }
-    o.set(f::location, Value::str(&uuid));
-    if let (Some(from), Some(to)) = (vdi_file(agent, &src.reference), target_file(agent, &o)) {
-        if from.exists() {
-            sparse_copy(&from, &to).map_err(|e| ApiError::internal(format!("copying {}: {e}", from.display())))?;
-        }
-    }
-    Ok(o)
-}
-
-/// Copies a file keeping its holes: only the data extents (SEEK_DATA/SEEK_HOLE) are read and
-/// written, so an empty 10 GiB disk copies in microseconds.
-fn sparse_copy(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
-    use nix::unistd::{lseek, Whence};
-    use std::io::{Read, Seek, SeekFrom, Write};
-    use std::os::fd::AsRawFd;
-    let mut src = std::fs::File::open(from)?;
-    let len = src.metadata()?.len();
-    let mut dst = std::fs::File::create(to)?;
-    dst.set_len(len)?;
-    let mut pos: i64 = 0;
-    let mut buf = vec![0u8; 1 << 20];
-    while (pos as u64) < len {
-        let data = match lseek(src.as_raw_fd(), pos, Whence::SeekData) {
-            Ok(d) => d,
-            Err(nix::errno::Errno::ENXIO) => break,
-            Err(e) => return Err(e.into()),
-        };
-        let hole = lseek(src.as_raw_fd(), data, Whence::SeekHole).map_err(std::io::Error::from)?;
-        src.seek(SeekFrom::Start(data as u64))?;
-        dst.seek(SeekFrom::Start(data as u64))?;
-        let mut left = (hole - data) as u64;
-        while left > 0 {
-            let want = left.min(buf.len() as u64) as usize;
-            let n = src.read(&mut buf[..want])?;
-            if n == 0 {
-                break;
-            }
-            dst.write_all(&buf[..n])?;
-            left -= n as u64;
-        }
-        pos = hole;
-    }
-    dst.sync_all()
-}
-
-fn target_file(agent: &Agent, vdi: &Object) -> Option<PathBuf> {
-    let sr = vdi.get(fields::VDI::SR).as_ref_str()?.to_owned();
-    agent
-        .store
-        .all(class_ids::PBD)
-        .into_iter()
-        .find(|p| p.get(fields::PBD::SR).as_str() == Some(sr.as_str()))
-        .and_then(|p| {
-            p.get(fields::PBD::device_config)
-                .map_get("location")
-                .and_then(Value::as_str)
-                .map(PathBuf::from)
-        })
-        .map(|d| d.join(vdi.str_field("location")))
-}
-
 struct Planned {
     vm: Object,
-    vdis: Vec<Object>,
     vbds: Vec<Object>,
     vifs: Vec<Object>,
     metrics: Object,
 }
 
-fn plan_copy(
-    agent: &Agent,
+/// The new VM's records; its disks are copied by the storage layer as the plan is made.
+async fn plan_copy(
+    agent: &Arc<Agent>,
     src: &Object,
     name: &str,
     mode: Mode,
@@ -227,7 +139,6 @@ fn plan_copy(
     metrics.set(fields::VM_metrics::uuid, Value::str(new_uuid()));
     vm.set(f::metrics, Value::Ref(metrics_ref));
 
-    let mut vdis = Vec::new();
     let mut vbds = Vec::new();
     for vbd_ref in src.get(f::VBDs).as_set() {
         let Some(vbd) = vbd_ref.as_ref_str().and_then(|x| agent.store.get(class_ids::VBD, x)) else {
@@ -247,14 +158,14 @@ fn plan_copy(
                 if ignore.iter().any(|x| x == vdi_ref) {
                     continue;
                 }
-                let Some(src_vdi) = agent.store.get(class_ids::VDI, vdi_ref) else {
+                if agent.store.get(class_ids::VDI, vdi_ref).is_none() {
                     continue;
+                }
+                let new_vdi = match (mode, sr) {
+                    (Mode::Copy, Some(sr)) => crate::storage::vdi::copy(agent, vdi_ref, sr, NULL_REF).await?,
+                    _ => crate::storage::vdi::duplicate(agent, vdi_ref, snapshot).await?,
                 };
-                let snap_of = snapshot.then_some(vdi_ref);
-                let target_sr = if mode == Mode::Copy { sr } else { None };
-                let nvdi = copy_vdi(agent, &src_vdi, snap_of, target_sr)?;
-                nv.set(fields::VBD::VDI, Value::Ref(nvdi.reference.clone()));
-                vdis.push(nvdi);
+                nv.set(fields::VBD::VDI, Value::Ref(new_vdi));
             }
             _ => {}
         }
@@ -280,7 +191,6 @@ fn plan_copy(
     }
     Ok(Planned {
         vm,
-        vdis,
         vbds,
         vifs,
         metrics,
@@ -291,9 +201,6 @@ fn commit_planned(tx: &mut Tx, p: Planned) -> Result<String, ApiError> {
     let r = p.vm.reference.clone();
     create(tx, p.metrics)?;
     create(tx, p.vm)?;
-    for v in p.vdis {
-        create(tx, v)?;
-    }
     for v in p.vbds {
         create(tx, v)?;
     }
@@ -316,13 +223,7 @@ async fn copy_vm(
         .store
         .get(class_ids::VM, vm)
         .ok_or_else(|| ApiError::handle_invalid("VM", vm))?;
-    let agent2 = agent.clone();
-    let name2 = name.to_owned();
-    let ignore2 = ignore.to_vec();
-    // Copying disk bytes is slow: keep it off the actor's thread.
-    let planned = tokio::task::spawn_blocking(move || plan_copy(&agent2, &src, &name2, mode, sr.as_deref(), &ignore2))
-        .await
-        .map_err(|e| ApiError::internal(format!("copy did not finish: {e}")))??;
+    let planned = plan_copy(agent, &src, name, mode, sr.as_deref(), ignore).await?;
     agent.store.write(|tx| commit_planned(tx, planned)).await
 }
 
@@ -456,14 +357,17 @@ async fn revert(agent: &Arc<Agent>, snapshot: &str) -> Result<(), ApiError> {
         let _ = blocking(move || hv.destroy(d as u32)).await;
     }
     vm_power::mark_halted(agent, &vm).await?;
-    let planned = {
-        let agent2 = agent.clone();
-        let snap2 = snap.clone();
-        tokio::task::spawn_blocking(move || plan_copy(&agent2, &snap2, "", Mode::Clone, None, &[]))
-            .await
-            .map_err(|e| ApiError::internal(format!("revert did not finish: {e}")))??
-    };
+    let planned = plan_copy(agent, &snap, "", Mode::Clone, None, &[]).await?;
     let checkpoint = snap.get(fields::VM::power_state) == &Value::Enum("Suspended");
+    let old_disks: Vec<String> = cur
+        .get(fields::VM::VBDs)
+        .as_set()
+        .iter()
+        .filter_map(Value::as_ref_str)
+        .filter_map(|r| agent.store.get(class_ids::VBD, r))
+        .filter(|vbd| vbd.get(fields::VBD::r#type) != &Value::Enum("CD"))
+        .filter_map(|vbd| vbd.get(fields::VBD::VDI).as_ref_str().map(str::to_owned))
+        .collect();
     let cur = agent
         .store
         .get(class_ids::VM, &vm)
@@ -473,15 +377,8 @@ async fn revert(agent: &Arc<Agent>, snapshot: &str) -> Result<(), ApiError> {
         .write(|tx| {
             // The VM's old disks and devices go; the snapshot's copies take their place.
             for r in cur.get(fields::VM::VBDs).as_set().iter().filter_map(Value::as_ref_str) {
-                if let Some(vbd) = tx.get(class_ids::VBD, r) {
-                    let vdi = vbd.get(fields::VBD::VDI).as_ref_str().map(str::to_owned);
-                    let cd = vbd.get(fields::VBD::r#type) == &Value::Enum("CD");
+                if tx.get(class_ids::VBD, r).is_some() {
                     destroy(tx, class_ids::VBD, r)?;
-                    if let (Some(v), false) = (vdi, cd) {
-                        if tx.get(class_ids::VDI, &v).is_some() {
-                            destroy(tx, class_ids::VDI, &v)?;
-                        }
-                    }
                 }
             }
             for r in cur.get(fields::VM::VIFs).as_set().iter().filter_map(Value::as_ref_str) {
@@ -496,10 +393,6 @@ async fn revert(agent: &Arc<Agent>, snapshot: &str) -> Result<(), ApiError> {
                 }
             }
             tx.put(next);
-            for mut v in planned.vdis {
-                v.set(fields::VDI::is_a_snapshot, Value::Bool(false));
-                create(tx, v)?;
-            }
             for mut v in planned.vbds {
                 v.set(fields::VBD::VM, Value::Ref(vm.clone()));
                 create(tx, v)?;
@@ -520,6 +413,12 @@ async fn revert(agent: &Arc<Agent>, snapshot: &str) -> Result<(), ApiError> {
             rules::refresh_vm_and_devices(tx, &vm)
         })
         .await?;
+    // The VM's old disks go with the state they held.
+    for v in old_disks {
+        if let Err(e) = crate::storage::vdi::destroy_vdi(agent, &v).await {
+            tracing::warn!(vdi = %v, error = %e, "could not remove a disk replaced by revert");
+        }
+    }
     if checkpoint {
         let from = suspend_file(agent, snap.uuid().unwrap_or(""));
         let to = suspend_file(agent, cur.uuid().unwrap_or(""));
@@ -578,18 +477,14 @@ async fn provision(agent: &Arc<Agent>, vm: &str) -> Result<(), ApiError> {
         .get(class_ids::pool, &agent.pool)
         .and_then(|p| p.get(fields::pool::default_SR).as_ref_str().map(str::to_owned))
         .unwrap_or_else(|| NULL_REF.to_owned());
-    let mut vdis = Vec::new();
     let mut vbds = Vec::new();
     for d in &disks {
         let sr = agent
             .store
             .ref_by_uuid(class_ids::SR, &d.sr)
             .unwrap_or_else(|| default_sr.clone());
-        let vdi_ref = new_ref();
-        let uuid = new_uuid();
-        let mut vdi = default_object(class_ids::VDI, &vdi_ref);
+        let mut vdi = default_object(class_ids::VDI, "");
         use fields::VDI as f;
-        vdi.set(f::uuid, Value::str(&uuid));
         vdi.set(
             f::name_label,
             Value::str(format!("{} {}", rec.str_field("name_label"), d.device)),
@@ -597,12 +492,7 @@ async fn provision(agent: &Arc<Agent>, vm: &str) -> Result<(), ApiError> {
         vdi.set(f::SR, Value::Ref(sr));
         vdi.set(f::virtual_size, Value::Int(d.size));
         vdi.set(f::r#type, Value::Enum("system"));
-        vdi.set(f::location, Value::str(&uuid));
-        if let Some(path) = target_file(agent, &vdi) {
-            let file = std::fs::File::create(&path)
-                .map_err(|e| ApiError::internal(format!("creating {}: {e}", path.display())))?;
-            file.set_len(d.size.max(0) as u64).map_err(ApiError::internal)?;
-        }
+        let vdi_ref = crate::storage::vdi::create_vdi(agent, &vdi).await?;
         let mut vbd = default_object(class_ids::VBD, &new_ref());
         use fields::VBD as b;
         vbd.set(b::uuid, Value::str(new_uuid()));
@@ -613,7 +503,6 @@ async fn provision(agent: &Arc<Agent>, vm: &str) -> Result<(), ApiError> {
         vbd.set(b::mode, Value::Enum("RW"));
         vbd.set(b::r#type, Value::Enum("Disk"));
         vbd.set(b::unpluggable, Value::Bool(true));
-        vdis.push(vdi);
         vbds.push(vbd);
     }
     agent
@@ -621,9 +510,6 @@ async fn provision(agent: &Arc<Agent>, vm: &str) -> Result<(), ApiError> {
         .write(|tx| {
             // A provisioned VM is no longer a template, as the reference does.
             set_field(tx, class_ids::VM, vm, fields::VM::is_a_template, Value::Bool(false))?;
-            for v in vdis {
-                create(tx, v)?;
-            }
             for v in vbds {
                 create(tx, v)?;
             }

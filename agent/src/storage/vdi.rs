@@ -1,0 +1,493 @@
+//! VDI messages: create, destroy, resize, clone, snapshot, copy, set_on_boot, introduce,
+//! forget, data_destroy, update.
+
+use super::copy::copy_bytes;
+use super::fsops::{self, blocking};
+use super::layout::{sr_dir, sr_kind, sr_obj, vdi_file, vdi_file_name, vdi_obj, SrKind};
+use super::measure::refresh_after;
+use super::{arg, bool_arg, int_arg, locks, str_arg};
+use crate::api::Call;
+use crate::error::ApiError;
+use crate::objects::{create, destroy, new_ref, new_uuid, set_field};
+use crate::schema::{class_ids, fields, FieldId, Qualifier};
+use crate::value::{default_object, now, Object, Value, NULL_REF};
+use crate::Agent;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub(super) async fn custom(agent: &Arc<Agent>, c: &Call) -> Option<Result<Value, ApiError>> {
+    let none = |r: Result<(), ApiError>| r.map(|()| Value::None);
+    let r = match c.message.name {
+        "resize" | "resize_online" => none(resize(agent, str_arg(c, 0), int_arg(c, 1)).await),
+        "clone" => duplicate(agent, str_arg(c, 0), false).await.map(Value::Ref),
+        "snapshot" => duplicate(agent, str_arg(c, 0), true).await.map(Value::Ref),
+        "copy" => copy(agent, str_arg(c, 0), str_arg(c, 1), str_arg(c, 3))
+            .await
+            .map(Value::Ref),
+        "introduce" => introduce(agent, c).await.map(Value::Ref),
+        "forget" => none(forget(agent, str_arg(c, 0)).await),
+        "data_destroy" => none(data_destroy(agent, str_arg(c, 0)).await),
+        "update" => none(update(agent, str_arg(c, 0)).await),
+        _ => return None,
+    };
+    Some(r)
+}
+
+pub(super) async fn special(agent: &Arc<Agent>, c: &Call) -> Option<Result<Value, ApiError>> {
+    let r = match c.message.name {
+        "create" => {
+            let Some(Value::Record(rec)) = c.args.first() else {
+                return None;
+            };
+            create_vdi(agent, rec).await.map(Value::Ref)
+        }
+        "destroy" => destroy_vdi(agent, str_arg(c, 0)).await.map(|()| Value::None),
+        "set_on_boot" => set_on_boot(agent, str_arg(c, 0), arg(c, 1)).await.map(|()| Value::None),
+        _ => return None,
+    };
+    Some(r)
+}
+
+/// A VDI record for a file found in (or made for) an SR.
+pub(super) fn new_vdi_object(sr: &str, kind: SrKind, uuid: &str, location: &str, name: &str, size: i64) -> Object {
+    use fields::VDI as f;
+    let mut o = default_object(class_ids::VDI, &new_ref());
+    o.set(f::uuid, Value::str(uuid));
+    o.set(f::name_label, Value::str(name));
+    o.set(f::SR, Value::Ref(sr.to_owned()));
+    o.set(f::location, Value::str(location));
+    o.set(f::virtual_size, Value::Int(size));
+    o.set(f::r#type, Value::Enum("user"));
+    o.set(f::managed, Value::Bool(true));
+    o.set(f::missing, Value::Bool(false));
+    o.set(f::read_only, Value::Bool(kind == SrKind::Iso));
+    o.set(f::sharable, Value::Bool(kind == SrKind::Iso));
+    o.set(f::allowed_operations, allowed_operations(kind));
+    o
+}
+
+fn allowed_operations(kind: SrKind) -> Value {
+    let ops: &[&'static str] = match kind {
+        SrKind::File => &[
+            "clone",
+            "copy",
+            "destroy",
+            "forget",
+            "resize",
+            "resize_online",
+            "snapshot",
+            "update",
+            "set_on_boot",
+            "data_destroy",
+        ],
+        SrKind::Iso => &["copy", "forget", "update"],
+    };
+    Value::Set(ops.iter().map(|o| Value::Enum(o)).collect())
+}
+
+/// Whether a VBD has the VDI attached now.
+pub(super) fn is_attached(agent: &Agent, vdi: &str) -> bool {
+    agent.store.all(class_ids::VBD).iter().any(|b| {
+        b.get(fields::VBD::VDI).as_ref_str() == Some(vdi)
+            && b.get(fields::VBD::currently_attached) == &Value::Bool(true)
+    })
+}
+
+fn assert_not_attached(agent: &Agent, vdi: &str, op: &str) -> Result<(), ApiError> {
+    if is_attached(agent, vdi) {
+        return Err(ApiError::VdiInUse {
+            vdi: vdi.to_owned(),
+            operation: op.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+fn assert_file_sr(sr: &Object, kind: SrKind) -> Result<(), ApiError> {
+    if kind != SrKind::File {
+        return Err(ApiError::SrOperationNotSupported {
+            sr: sr.reference.clone(),
+        });
+    }
+    Ok(())
+}
+
+/// Where the contents saved by `set_on_boot(reset)` live, beside the VDI's file.
+pub(super) fn base_path(path: &Path) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(".base");
+    PathBuf::from(s)
+}
+
+/// Puts back the contents saved when `on_boot` became `reset` (called on attach).
+pub(super) fn reset_from_base(path: &Path) -> Result<(), ApiError> {
+    let base = base_path(path);
+    if !base.is_file() {
+        return Ok(());
+    }
+    fsops::copy_sparse_blocking(&base, path).map_err(ApiError::from)
+}
+
+fn round_up_sector(size: i64) -> i64 {
+    size.saturating_add(511) / 512 * 512
+}
+
+fn sr_of(vdi: &Object) -> String {
+    vdi.get(fields::VDI::SR).as_ref_str().unwrap_or(NULL_REF).to_owned()
+}
+
+/// `VDI.create`: a sparse file of `virtual_size` bytes and its record.
+pub async fn create_vdi(agent: &Arc<Agent>, rec: &Object) -> Result<String, ApiError> {
+    let sr_ref = rec.get(fields::VDI::SR).as_ref_str().unwrap_or("").to_owned();
+    let sr = sr_obj(agent, &sr_ref)?;
+    let kind = sr_kind(&sr)?;
+    assert_file_sr(&sr, kind)?;
+    let dir = sr_dir(agent, &sr)?;
+    let size = rec.get(fields::VDI::virtual_size).as_int().unwrap_or(0);
+    if size < 0 {
+        return Err(ApiError::invalid_value("virtual_size", size));
+    }
+    let size = round_up_sector(size);
+    let uuid = new_uuid();
+    let mut obj = new_vdi_object(&sr_ref, kind, &uuid, &uuid, "", size);
+    for (i, f) in class_ids::VDI.def().fields.iter().enumerate() {
+        if f.qualifier != Qualifier::RoRuntime {
+            obj.set(FieldId(i), rec.get(FieldId(i)).clone());
+        }
+    }
+    obj.set(fields::VDI::SR, Value::Ref(sr_ref.clone()));
+    obj.set(fields::VDI::virtual_size, Value::Int(size));
+    let reference = obj.reference.clone();
+    let path = dir.join(vdi_file_name(kind, &uuid));
+    let p2 = path.clone();
+    blocking(move || fsops::create_sparse(&p2, size as u64)).await?;
+    if let Err(e) = agent.store.write(|tx| create(tx, obj)).await {
+        let _ = blocking(move || fsops::remove(&path)).await;
+        return Err(e);
+    }
+    refresh_after(agent, &sr_ref).await;
+    Ok(reference)
+}
+
+/// `VDI.destroy`: deletes the file, the record and the VBDs that named it.
+/// `VDI.destroy`: the file and the record (refused while a VBD has it attached).
+pub async fn destroy_vdi(agent: &Arc<Agent>, vdi_ref: &str) -> Result<(), ApiError> {
+    let _guard = locks::write(vdi_ref).await;
+    let vdi = vdi_obj(agent, vdi_ref)?;
+    assert_not_attached(agent, vdi_ref, "destroy")?;
+    let (path, sr, kind) = vdi_file(agent, &vdi)?;
+    assert_file_sr(&sr, kind)?;
+    blocking(move || {
+        fsops::remove(&path)?;
+        fsops::remove(&base_path(&path))
+    })
+    .await?;
+    let vbds: Vec<String> = vdi
+        .get(fields::VDI::VBDs)
+        .as_set()
+        .iter()
+        .filter_map(|v| v.as_ref_str().map(str::to_owned))
+        .collect();
+    let suspended: Vec<String> = agent
+        .store
+        .all(class_ids::VM)
+        .iter()
+        .filter(|vm| vm.get(fields::VM::suspend_VDI).as_ref_str() == Some(vdi_ref))
+        .map(|vm| vm.reference.clone())
+        .collect();
+    let r = vdi_ref.to_owned();
+    agent
+        .store
+        .write(|tx| {
+            destroy(tx, class_ids::VDI, &r)?;
+            for b in &vbds {
+                if tx.get(class_ids::VBD, b).is_some() {
+                    destroy(tx, class_ids::VBD, b)?;
+                }
+            }
+            for vm in &suspended {
+                set_field(
+                    tx,
+                    class_ids::VM,
+                    vm,
+                    fields::VM::suspend_VDI,
+                    Value::Ref(NULL_REF.to_owned()),
+                )?;
+            }
+            Ok(())
+        })
+        .await?;
+    refresh_after(agent, &sr.reference).await;
+    Ok(())
+}
+
+/// `VDI.resize`: grows the file; shrinking is refused as the reference's file SR does.
+async fn resize(agent: &Arc<Agent>, vdi_ref: &str, size: i64) -> Result<(), ApiError> {
+    let _guard = locks::write(vdi_ref).await;
+    let vdi = vdi_obj(agent, vdi_ref)?;
+    let (path, sr, kind) = vdi_file(agent, &vdi)?;
+    assert_file_sr(&sr, kind)?;
+    if vdi.get(fields::VDI::on_boot) == &Value::Enum("reset") {
+        return Err(ApiError::VdiOnBootModeIncompatibleWithOperation {});
+    }
+    let current = vdi.get(fields::VDI::virtual_size).as_int().unwrap_or(0);
+    let size = round_up_sector(size);
+    if size < current {
+        return Err(ApiError::SrBackendFailure {
+            status: "79".into(),
+            stdout: String::new(),
+            stderr: "VDI Invalid size [opterr=shrinking not allowed]".into(),
+        });
+    }
+    blocking(move || fsops::set_size(&path, size as u64)).await?;
+    let r = vdi_ref.to_owned();
+    agent
+        .store
+        .write(|tx| set_field(tx, class_ids::VDI, &r, fields::VDI::virtual_size, Value::Int(size)))
+        .await?;
+    refresh_after(agent, &sr.reference).await;
+    Ok(())
+}
+
+/// Fields a copy takes from its source.
+const COPIED: &[FieldId] = &[
+    fields::VDI::name_label,
+    fields::VDI::name_description,
+    fields::VDI::r#type,
+    fields::VDI::sharable,
+    fields::VDI::other_config,
+    fields::VDI::xenstore_data,
+    fields::VDI::sm_config,
+    fields::VDI::tags,
+];
+
+/// Makes a new file VDI in `dst_sr` holding `src`'s bytes now; returns its ref.
+async fn new_copy(
+    agent: &Arc<Agent>,
+    src: &Object,
+    src_path: PathBuf,
+    dst_sr: &Object,
+    snapshot: bool,
+) -> Result<String, ApiError> {
+    let kind = sr_kind(dst_sr)?;
+    assert_file_sr(dst_sr, kind)?;
+    let dir = sr_dir(agent, dst_sr)?;
+    let size = src.get(fields::VDI::virtual_size).as_int().unwrap_or(0).max(0);
+    let uuid = new_uuid();
+    let mut obj = new_vdi_object(&dst_sr.reference, kind, &uuid, &uuid, "", size);
+    for f in COPIED {
+        obj.set(*f, src.get(*f).clone());
+    }
+    obj.set(fields::VDI::read_only, Value::Bool(false));
+    if snapshot {
+        obj.set(fields::VDI::is_a_snapshot, Value::Bool(true));
+        obj.set(fields::VDI::snapshot_of, Value::Ref(src.reference.clone()));
+        obj.set(fields::VDI::snapshot_time, Value::DateTime(now()));
+        obj.set(fields::VDI::read_only, src.get(fields::VDI::read_only).clone());
+    }
+    let dst_path = dir.join(vdi_file_name(kind, &uuid));
+    let d2 = dst_path.clone();
+    blocking(move || fsops::create_sparse(&d2, size as u64)).await?;
+    let copied = copy_bytes(src_path, dst_path.clone(), size as u64, true).await;
+    let how = match copied {
+        Ok(how) => how,
+        Err(e) => {
+            let _ = blocking(move || fsops::remove(&dst_path)).await;
+            return Err(e.into());
+        }
+    };
+    tracing::debug!(src = %src.reference, ?how, "VDI bytes copied");
+    let reference = obj.reference.clone();
+    if let Err(e) = agent.store.write(|tx| create(tx, obj)).await {
+        let _ = blocking(move || fsops::remove(&dst_path)).await;
+        return Err(e);
+    }
+    refresh_after(agent, &dst_sr.reference).await;
+    Ok(reference)
+}
+
+/// `VDI.snapshot` / `VDI.clone`: a new VDI in the same SR with the bytes as they are now.
+/// `VDI.clone` (`snapshot` false) or `VDI.snapshot`: a new VDI holding the bytes as they are.
+pub async fn duplicate(agent: &Arc<Agent>, vdi_ref: &str, snapshot: bool) -> Result<String, ApiError> {
+    let _guard = locks::read(vdi_ref).await;
+    let vdi = vdi_obj(agent, vdi_ref)?;
+    let (path, sr, kind) = vdi_file(agent, &vdi)?;
+    assert_file_sr(&sr, kind)?;
+    new_copy(agent, &vdi, path, &sr, snapshot).await
+}
+
+/// `VDI.copy`: into a new VDI of `sr`, or over `into_vdi` when that is given.
+/// `VDI.copy(vdi, sr, base, into)`: the bytes into a new VDI on `sr` (or into `into`).
+pub async fn copy(agent: &Arc<Agent>, vdi_ref: &str, sr_ref: &str, into: &str) -> Result<String, ApiError> {
+    let _guard = locks::read(vdi_ref).await;
+    let vdi = vdi_obj(agent, vdi_ref)?;
+    let (path, _, _) = vdi_file(agent, &vdi)?;
+    let size = vdi.get(fields::VDI::virtual_size).as_int().unwrap_or(0).max(0);
+    if into.is_empty() || into == NULL_REF {
+        let dst_sr = sr_obj(agent, sr_ref)?;
+        return new_copy(agent, &vdi, path, &dst_sr, false).await;
+    }
+    if into == vdi_ref {
+        return Err(ApiError::invalid_value("into_vdi", into));
+    }
+    let _into_guard = locks::write(into).await;
+    let target = vdi_obj(agent, into)?;
+    if target.get(fields::VDI::read_only) == &Value::Bool(true) {
+        return Err(ApiError::VdiReadonly { vdi: into.to_owned() });
+    }
+    if target.get(fields::VDI::virtual_size).as_int().unwrap_or(0) < size {
+        return Err(ApiError::VdiTooSmall {
+            vdi: into.to_owned(),
+            minimum_size: size.to_string(),
+        });
+    }
+    let (dst_path, dst_sr, kind) = vdi_file(agent, &target)?;
+    assert_file_sr(&dst_sr, kind)?;
+    copy_bytes(path, dst_path, size as u64, false).await?;
+    refresh_after(agent, &dst_sr.reference).await;
+    Ok(into.to_owned())
+}
+
+/// `VDI.set_on_boot`: `reset` saves the current contents, put back on every attach;
+/// `persist` drops them.
+async fn set_on_boot(agent: &Arc<Agent>, vdi_ref: &str, value: Value) -> Result<(), ApiError> {
+    let _guard = locks::write(vdi_ref).await;
+    let vdi = vdi_obj(agent, vdi_ref)?;
+    let (path, sr, kind) = vdi_file(agent, &vdi)?;
+    assert_file_sr(&sr, kind)?;
+    assert_not_attached(agent, vdi_ref, "set_on_boot")?;
+    let reset = value == Value::Enum("reset");
+    let base = base_path(&path);
+    if reset {
+        let size = vdi.get(fields::VDI::virtual_size).as_int().unwrap_or(0).max(0) as u64;
+        let b2 = base.clone();
+        blocking(move || {
+            fsops::remove(&b2)?;
+            fsops::create_sparse(&b2, size)
+        })
+        .await?;
+        if let Err(e) = copy_bytes(path, base.clone(), size, true).await {
+            let _ = blocking(move || fsops::remove(&base)).await;
+            return Err(e.into());
+        }
+    } else {
+        blocking(move || fsops::remove(&base)).await?;
+    }
+    let r = vdi_ref.to_owned();
+    agent
+        .store
+        .write(|tx| {
+            set_field(
+                tx,
+                class_ids::VDI,
+                &r,
+                fields::VDI::on_boot,
+                Value::Enum(if reset { "reset" } else { "persist" }),
+            )
+        })
+        .await
+}
+
+/// `VDI.introduce`: a record for a file already in the SR.
+async fn introduce(agent: &Arc<Agent>, c: &Call) -> Result<String, ApiError> {
+    let sr_ref = str_arg(c, 3).to_owned();
+    let sr = sr_obj(agent, &sr_ref)?;
+    let kind = sr_kind(&sr)?;
+    let dir = sr_dir(agent, &sr)?;
+    let location = str_arg(c, 8).to_owned();
+    let missing = || ApiError::VdiLocationMissing {
+        sr: sr_ref.clone(),
+        location: location.clone(),
+    };
+    if location.is_empty() || location.contains('/') || location.starts_with('.') {
+        return Err(missing());
+    }
+    let taken = sr
+        .get(fields::SR::VDIs)
+        .as_set()
+        .iter()
+        .filter_map(|v| v.as_ref_str())
+        .filter_map(|v| agent.store.get(class_ids::VDI, v))
+        .any(|v| v.get(fields::VDI::location).as_str() == Some(location.as_str()));
+    if taken {
+        return Err(ApiError::LocationNotUnique {
+            sr: sr_ref.clone(),
+            location: location.clone(),
+        });
+    }
+    let path = dir.join(vdi_file_name(kind, &location));
+    let size = blocking(move || fsops::sizes(&path).map(|s| s.0))
+        .await
+        .map_err(|_| missing())?;
+    let uuid = match str_arg(c, 0) {
+        "" => new_uuid(),
+        u => u.to_owned(),
+    };
+    let mut obj = new_vdi_object(&sr_ref, kind, &uuid, &location, str_arg(c, 1), size as i64);
+    use fields::VDI as f;
+    obj.set(f::name_description, Value::str(str_arg(c, 2)));
+    if let Value::Enum(t) = arg(c, 4) {
+        obj.set(f::r#type, Value::Enum(t));
+    }
+    obj.set(f::sharable, Value::Bool(bool_arg(c, 5)));
+    obj.set(f::read_only, Value::Bool(bool_arg(c, 6) || kind == SrKind::Iso));
+    for (i, fid) in [(7, f::other_config), (9, f::xenstore_data), (10, f::sm_config)] {
+        if let Value::Map(m) = arg(c, i) {
+            obj.set(fid, Value::Map(m));
+        }
+    }
+    obj.set(f::managed, Value::Bool(bool_arg(c, 11)));
+    obj.set(f::is_a_snapshot, Value::Bool(bool_arg(c, 15)));
+    if let Value::DateTime(t) = arg(c, 16) {
+        obj.set(f::snapshot_time, Value::DateTime(t));
+    }
+    let snap_of = str_arg(c, 17);
+    if !snap_of.is_empty() && snap_of != NULL_REF && agent.store.get(class_ids::VDI, snap_of).is_some() {
+        obj.set(f::snapshot_of, Value::Ref(snap_of.to_owned()));
+    }
+    let reference = obj.reference.clone();
+    agent.store.write(|tx| create(tx, obj)).await?;
+    refresh_after(agent, &sr_ref).await;
+    Ok(reference)
+}
+
+/// `VDI.forget`: drops the record, keeps the file.
+async fn forget(agent: &Arc<Agent>, vdi_ref: &str) -> Result<(), ApiError> {
+    let vdi = vdi_obj(agent, vdi_ref)?;
+    assert_not_attached(agent, vdi_ref, "forget")?;
+    let r = vdi_ref.to_owned();
+    agent.store.write(|tx| destroy(tx, class_ids::VDI, &r)).await?;
+    refresh_after(agent, &sr_of(&vdi)).await;
+    Ok(())
+}
+
+/// `VDI.data_destroy`: drops the data of a VDI whose changed-block metadata is kept. This
+/// build never enables CBT, so every VDI answers `VDI_NO_CBT_METADATA`, as the reference does
+/// for VDIs without it.
+async fn data_destroy(agent: &Arc<Agent>, vdi_ref: &str) -> Result<(), ApiError> {
+    let _guard = locks::write(vdi_ref).await;
+    let vdi = vdi_obj(agent, vdi_ref)?;
+    let (path, sr, kind) = vdi_file(agent, &vdi)?;
+    assert_file_sr(&sr, kind)?;
+    assert_not_attached(agent, vdi_ref, "data_destroy")?;
+    if vdi.get(fields::VDI::cbt_enabled) != &Value::Bool(true) {
+        return Err(ApiError::VdiNoCbtMetadata {
+            vdi: vdi_ref.to_owned(),
+        });
+    }
+    blocking(move || fsops::set_size(&path, 0)).await?;
+    let r = vdi_ref.to_owned();
+    agent
+        .store
+        .write(|tx| set_field(tx, class_ids::VDI, &r, fields::VDI::r#type, Value::Enum("cbt_metadata")))
+        .await?;
+    refresh_after(agent, &sr.reference).await;
+    Ok(())
+}
+
+/// `VDI.update`: re-measures the VDI (and its SR).
+async fn update(agent: &Arc<Agent>, vdi_ref: &str) -> Result<(), ApiError> {
+    let vdi = vdi_obj(agent, vdi_ref)?;
+    let (_, sr, _) = vdi_file(agent, &vdi)?;
+    super::measure::refresh_sr(agent, &sr.reference).await
+}

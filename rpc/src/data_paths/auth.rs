@@ -1,0 +1,117 @@
+//! Who is calling a data path: a session (query parameter or cookie `session_id`) or HTTP
+//! Basic credentials, which open a session for the request and close it afterwards.
+
+use super::{param, DataPathError};
+use actix_web::HttpRequest;
+use agent::Agent;
+use std::sync::Arc;
+
+/// The session a data-path request runs as.
+pub struct Auth {
+    /// The session's ref.
+    pub session: String,
+    /// Opened for this request (Basic auth): logged out by [`Auth::finish`].
+    temporary: bool,
+}
+
+impl Auth {
+    /// Ends a session opened for the request.
+    pub async fn finish(self, agent: &Agent) {
+        if self.temporary {
+            if let Err(e) = agent.sessions.logout(&agent.store, &self.session).await {
+                tracing::debug!(error = %e, "logging out a data-path session");
+            }
+        }
+    }
+}
+
+/// Checks the request's credentials.
+pub async fn authenticate(agent: &Arc<Agent>, req: &HttpRequest) -> Result<Auth, DataPathError> {
+    if let Some(s) = param(req, "session_id") {
+        agent
+            .sessions
+            .validate(&agent.store, &s)
+            .map_err(|_| DataPathError::Unauthorised)?;
+        return Ok(Auth {
+            session: s,
+            temporary: false,
+        });
+    }
+    let header = req
+        .headers()
+        .get(actix_web::http::header::AUTHORIZATION)
+        .and_then(|h| h.to_str().ok())
+        .ok_or(DataPathError::Unauthorised)?;
+    let (user, password) = basic_credentials(header).ok_or(DataPathError::Unauthorised)?;
+    let peer = req
+        .peer_addr()
+        .map_or_else(|| "unknown".to_owned(), |a| a.ip().to_string());
+    let session = agent
+        .sessions
+        .login(
+            &agent.store,
+            &agent.host,
+            &user,
+            &password,
+            &format!("{peer} using Basic auth"),
+            false,
+        )
+        .await
+        .map_err(|_| DataPathError::Unauthorised)?;
+    Ok(Auth {
+        session,
+        temporary: true,
+    })
+}
+
+/// `Basic base64(user:password)` → (user, password).
+fn basic_credentials(header: &str) -> Option<(String, String)> {
+    let (scheme, rest) = header.trim().split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = String::from_utf8(base64_decode(rest.trim())?).ok()?;
+    let (u, p) = decoded.split_once(':')?;
+    Some((u.to_owned(), p.to_owned()))
+}
+
+/// Standard base64 (padding optional).
+fn base64_decode(s: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(s.len() / 4 * 3);
+    let mut acc = 0u32;
+    let mut bits = 0;
+    for c in s.bytes().filter(|c| *c != b'=') {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        };
+        acc = (acc << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn basic_credentials_decode() {
+        // "root:s3cret:x" — the password may contain colons.
+        assert_eq!(
+            basic_credentials("Basic cm9vdDpzM2NyZXQ6eA=="),
+            Some(("root".into(), "s3cret:x".into()))
+        );
+        assert_eq!(basic_credentials("Bearer abc"), None);
+        assert_eq!(basic_credentials("Basic !!!"), None);
+    }
+}

@@ -1,0 +1,90 @@
+//! The HTTP data paths: `PUT /import_raw_vdi`, `GET /export_raw_vdi` and `CONNECT /console`,
+//! with the reference's query parameters and authentication (a `session_id` query parameter
+//! or cookie, or HTTP Basic with root's credentials), and an optional `task_id` whose
+//! progress and outcome they report.
+//!
+//! The bodies stream: imports and exports move through the agent's io_uring engine a few
+//! megabytes at a time, and are not subject to the RPC routes' body cap.
+
+mod auth;
+mod console;
+mod vdi;
+mod websocket;
+
+use actix_web::http::{Method, StatusCode};
+use actix_web::{web, HttpRequest, HttpResponse};
+use agent::ApiError;
+
+pub use auth::{authenticate, Auth};
+
+/// Adds the data-path routes.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/import_raw_vdi", web::put().to(vdi::import))
+        .route("/export_raw_vdi", web::get().to(vdi::export))
+        .route("/export_raw_vdi", web::head().to(vdi::export))
+        .route("/console", web::method(Method::CONNECT).to(console::connect))
+        .route("/console", web::get().to(console::connect));
+}
+
+/// Failures of the data paths before or while moving bytes.
+#[derive(Debug, thiserror::Error)]
+pub enum DataPathError {
+    /// No or bad credentials.
+    #[error("authentication failed")]
+    Unauthorised,
+    /// The request is malformed or names nothing usable.
+    #[error("{0}")]
+    BadRequest(ApiError),
+    /// The format exists but this build cannot do it yet.
+    #[error("format {0} is not supported yet")]
+    NotImplemented(String),
+    /// The object named does not exist or is not ready.
+    #[error("{0}")]
+    NotFound(ApiError),
+    /// The work failed.
+    #[error("{0}")]
+    Failed(ApiError),
+}
+
+impl DataPathError {
+    /// The XenAPI error recorded in the task.
+    pub fn api_error(&self) -> ApiError {
+        match self {
+            DataPathError::Unauthorised => ApiError::SessionAuthenticationFailed {},
+            DataPathError::BadRequest(e) | DataPathError::NotFound(e) | DataPathError::Failed(e) => e.clone(),
+            DataPathError::NotImplemented(f) => ApiError::ImportError {
+                msg: format!("format {f} is not supported yet"),
+            },
+        }
+    }
+
+    /// The HTTP answer.
+    pub fn response(&self) -> HttpResponse {
+        let status = match self {
+            DataPathError::Unauthorised => StatusCode::UNAUTHORIZED,
+            DataPathError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            DataPathError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
+            DataPathError::NotFound(_) => StatusCode::NOT_FOUND,
+            DataPathError::Failed(e) => match e.code() {
+                "VDI_TOO_SMALL" | "IMPORT_ERROR_PREMATURE_EOF" | "IMPORT_ERROR" => StatusCode::BAD_REQUEST,
+                "SR_BACKEND_FAILURE" | "VDI_IO_ERROR" | "INTERNAL_ERROR" => StatusCode::INTERNAL_SERVER_ERROR,
+                _ => StatusCode::BAD_REQUEST,
+            },
+        };
+        let mut b = HttpResponse::build(status);
+        if matches!(self, DataPathError::Unauthorised) {
+            b.insert_header(("WWW-Authenticate", "Basic realm=\"xapi\""));
+        }
+        b.content_type("text/plain").body(format!("{}\n", self.api_error()))
+    }
+}
+
+/// A request parameter from the query string or, as the reference allows, a cookie.
+pub(crate) fn param(req: &HttpRequest, name: &str) -> Option<String> {
+    let q = web::Query::<std::collections::HashMap<String, String>>::from_query(req.query_string()).ok();
+    q.and_then(|q| q.get(name).cloned())
+        .or_else(|| req.cookie(name).map(|c| c.value().to_owned()))
+}
+
+#[cfg(test)]
+mod tests;

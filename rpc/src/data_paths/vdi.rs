@@ -1,0 +1,277 @@
+//! `PUT /import_raw_vdi?vdi=<ref|uuid>&format=raw` and `GET /export_raw_vdi?vdi=...`.
+//! Without `vdi`, an import may name `sr_id` (or `sr_uuid`) and send a Content-Length: a VDI
+//! of that size is created for it, as the reference does.
+
+use super::{authenticate, param, Auth, DataPathError};
+use actix_web::{web, HttpRequest, HttpResponse};
+use agent::schema::{class_ids, fields};
+use agent::storage::transfer::{ExportSource, Format, ImportSink, TransferTask};
+use agent::value::Value;
+use agent::{Agent, ApiError, CallCtx};
+use futures_util::StreamExt;
+use std::sync::Arc;
+
+/// Resolves a `vdi` parameter given as a ref or a uuid.
+fn vdi_of(agent: &Agent, v: &str) -> Result<String, DataPathError> {
+    if agent.store.get(class_ids::VDI, v).is_some() {
+        return Ok(v.to_owned());
+    }
+    agent
+        .store
+        .ref_by_uuid(class_ids::VDI, v)
+        .ok_or_else(|| DataPathError::NotFound(ApiError::handle_invalid("VDI", v)))
+}
+
+fn raw_format(req: &HttpRequest) -> Result<(), DataPathError> {
+    match Format::parse(param(req, "format").as_deref()) {
+        Ok(Format::Raw) => Ok(()),
+        Ok(other) => Err(DataPathError::NotImplemented(other.name().to_owned())),
+        Err(unknown) => Err(DataPathError::BadRequest(ApiError::internal(format!(
+            "Unknown format {unknown}"
+        )))),
+    }
+}
+
+/// Fails the caller's task, if it named one (for failures before the transfer began).
+async fn fail_named_task(agent: &Agent, req: &HttpRequest, e: &DataPathError) {
+    if let Some(t) = param(req, "task_id") {
+        agent::storage::transfer::fail_task(agent, &t, &e.api_error()).await;
+    }
+}
+
+fn content_length(req: &HttpRequest) -> Option<u64> {
+    req.headers()
+        .get(actix_web::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// `PUT /import_raw_vdi`.
+pub(super) async fn import(req: HttpRequest, body: web::Payload, agent: web::Data<Arc<Agent>>) -> HttpResponse {
+    let agent = agent.get_ref();
+    let auth = match authenticate(agent, &req).await {
+        Ok(a) => a,
+        Err(e) => {
+            fail_named_task(agent, &req, &e).await;
+            return e.response();
+        }
+    };
+    let r = import_as(agent, &req, &auth, body).await;
+    auth.finish(agent).await;
+    match r {
+        Ok(resp) => resp,
+        Err(e) => e.response(),
+    }
+}
+
+async fn target_vdi(agent: &Arc<Agent>, req: &HttpRequest, auth: &Auth) -> Result<String, DataPathError> {
+    if let Some(v) = param(req, "vdi") {
+        return vdi_of(agent, &v);
+    }
+    let sr = match (param(req, "sr_id"), param(req, "sr_uuid")) {
+        (Some(sr), _) => sr,
+        (None, Some(u)) => agent.store.ref_by_uuid(class_ids::SR, &u).ok_or_else(|| {
+            DataPathError::NotFound(ApiError::UuidInvalid {
+                r#type: "SR".into(),
+                uuid: u,
+            })
+        })?,
+        (None, None) => {
+            return Err(DataPathError::BadRequest(ApiError::ImportError {
+                msg: "name the VDI (vdi=) or the SR to create it in (sr_id=)".into(),
+            }))
+        }
+    };
+    let Some(size) = content_length(req) else {
+        return Err(DataPathError::BadRequest(ApiError::ImportError {
+            msg: "importing into a new VDI needs a Content-Length".into(),
+        }));
+    };
+    let record = serde_json::json!({
+        "name_label": "Imported VDI", "name_description": "", "SR": sr,
+        "virtual_size": size.to_string(), "type": "user", "sharable": false,
+        "read_only": false, "other_config": {}
+    });
+    let params = [serde_json::json!(auth.session), record];
+    match agent::call(agent, &CallCtx::default(), "VDI.create", &params).await {
+        Ok(Value::Ref(r)) => Ok(r),
+        Ok(_) => Err(DataPathError::Failed(ApiError::internal("VDI.create returned no ref"))),
+        Err(e) => Err(DataPathError::BadRequest(e)),
+    }
+}
+
+async fn import_as(
+    agent: &Arc<Agent>,
+    req: &HttpRequest,
+    auth: &Auth,
+    mut body: web::Payload,
+) -> Result<HttpResponse, DataPathError> {
+    let task_id = param(req, "task_id");
+    let early = async {
+        raw_format(req)?;
+        target_vdi(agent, req, auth).await
+    };
+    let vdi = match early.await {
+        Ok(v) => v,
+        Err(e) => {
+            fail_named_task(agent, req, &e).await;
+            return Err(e);
+        }
+    };
+    let mut task = TransferTask::begin(agent, task_id.as_deref(), "VDI import")
+        .await
+        .map_err(DataPathError::BadRequest)?;
+    let expected = content_length(req);
+    let result = async {
+        let mut sink = ImportSink::open(agent, &vdi).await?;
+        let total = expected.unwrap_or(sink.capacity());
+        if let Some(n) = expected.filter(|n| *n > sink.capacity()) {
+            return Err(ApiError::VdiTooSmall {
+                vdi: vdi.clone(),
+                minimum_size: n.to_string(),
+            });
+        }
+        while let Some(chunk) = body.next().await {
+            let step = match chunk {
+                Ok(bytes) => sink.write(&bytes).await,
+                Err(e) => {
+                    tracing::info!(vdi = %vdi, received = sink.received(), error = %e, "import upload ended early");
+                    Err(ApiError::ImportErrorPrematureEof {})
+                }
+            };
+            if let Err(e) = step {
+                sink.abandon().await;
+                return Err(e);
+            }
+            task.progress(sink.received(), total).await;
+        }
+        if expected.is_some_and(|n| sink.received() < n) {
+            sink.abandon().await;
+            return Err(ApiError::ImportErrorPrematureEof {});
+        }
+        sink.finish().await
+    }
+    .await;
+    let task_ref = task.reference().to_owned();
+    match result {
+        Ok(n) => {
+            tracing::info!(vdi = %vdi, bytes = n, "imported a raw VDI");
+            task.succeed(&Value::Ref(vdi.clone())).await;
+            Ok(HttpResponse::Ok()
+                .insert_header(("task-id", task_ref))
+                .content_type("text/plain")
+                .body(format!("{vdi}\n")))
+        }
+        Err(e) => {
+            tracing::warn!(vdi = %vdi, error = %e, "raw VDI import failed");
+            task.fail(&e).await;
+            Err(DataPathError::Failed(e))
+        }
+    }
+}
+
+/// `GET /export_raw_vdi`.
+pub(super) async fn export(req: HttpRequest, agent: web::Data<Arc<Agent>>) -> HttpResponse {
+    let agent = agent.get_ref().clone();
+    let auth = match authenticate(&agent, &req).await {
+        Ok(a) => a,
+        Err(e) => {
+            fail_named_task(&agent, &req, &e).await;
+            return e.response();
+        }
+    };
+    // The session is needed only to start: the body streams after the handler returns.
+    auth.finish(&agent).await;
+    let vdi = match raw_format(&req).and_then(|()| {
+        let v = param(&req, "vdi")
+            .ok_or_else(|| DataPathError::BadRequest(ApiError::internal("Missing vdi query parameter")))?;
+        vdi_of(&agent, &v)
+    }) {
+        Ok(v) => v,
+        Err(e) => {
+            fail_named_task(&agent, &req, &e).await;
+            return e.response();
+        }
+    };
+    let task = match TransferTask::begin(&agent, param(&req, "task_id").as_deref(), "VDI export").await {
+        Ok(t) => t,
+        Err(e) => return DataPathError::BadRequest(e).response(),
+    };
+    let source = match ExportSource::open(&agent, &vdi).await {
+        Ok(s) => s,
+        Err(e) => {
+            task.fail(&e).await;
+            return DataPathError::Failed(e).response();
+        }
+    };
+    let uuid = agent
+        .store
+        .get(class_ids::VDI, &vdi)
+        .and_then(|o| o.get(fields::VDI::uuid).as_str().map(str::to_owned))
+        .unwrap_or_default();
+    let size = source.size();
+    let task_ref = task.reference().to_owned();
+    let mut resp = HttpResponse::Ok();
+    resp.insert_header(("task-id", task_ref))
+        .content_type("application/octet-stream")
+        .insert_header(("content-disposition", format!("attachment; filename=\"{uuid}.raw\"")))
+        .no_chunking(size);
+    if req.method() == actix_web::http::Method::HEAD {
+        task.succeed(&Value::None).await;
+        return resp.finish();
+    }
+    let state = ExportState {
+        source,
+        task: Some(task),
+        sent: 0,
+        size,
+    };
+    resp.streaming(futures_util::stream::unfold(state, ExportState::next))
+}
+
+/// An export in progress; a client that goes away fails the task (see `Drop`).
+struct ExportState {
+    source: ExportSource,
+    task: Option<TransferTask>,
+    sent: u64,
+    size: u64,
+}
+
+impl ExportState {
+    async fn next(mut self) -> Option<(Result<web::Bytes, actix_web::Error>, ExportState)> {
+        match self.source.next_chunk().await {
+            Some(Ok(b)) => {
+                self.sent += b.len() as u64;
+                if let Some(t) = self.task.as_mut() {
+                    t.progress(self.sent, self.size).await;
+                }
+                Some((Ok(b), self))
+            }
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "raw VDI export failed");
+                if let Some(t) = self.task.take() {
+                    t.fail(&e).await;
+                }
+                Some((Err(actix_web::error::ErrorInternalServerError(e.to_string())), self))
+            }
+            None => {
+                if let Some(t) = self.task.take() {
+                    t.succeed(&Value::None).await;
+                }
+                None
+            }
+        }
+    }
+}
+
+impl Drop for ExportState {
+    fn drop(&mut self) {
+        if let Some(t) = self.task.take() {
+            let sent = self.sent;
+            actix_web::rt::spawn(async move {
+                t.fail(&ApiError::internal(format!("the client went away after {sent} bytes")))
+                    .await;
+            });
+        }
+    }
+}
