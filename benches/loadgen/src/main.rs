@@ -136,8 +136,11 @@ async fn run(a: RunArgs) -> Result<Json, String> {
         let mut runs = Vec::new();
         for &p in &protos {
             let d = Daemon::start(&a.xapid, a.workers)?;
+            let max_c = a.concurrency.iter().copied().max().unwrap_or(1);
+            let (tpl, mem) = phases::bench_template(&d, max_c).await?;
             for &c in &a.concurrency {
-                let r = phases::lifecycle(&d, p, a.vms, c, a.warmup).await?;
+                let mut r = phases::lifecycle(&d, p, &tpl, a.vms, c, a.warmup).await?;
+                r["vm_memory_bytes"] = json!(mem);
                 log(&format!(
                     "lifecycle {} C={c}: {} ops/s, {} lifecycles/s, p50 {} ms, p99 {} ms, {} ms CPU/op",
                     p.name(),

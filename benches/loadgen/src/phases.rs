@@ -37,6 +37,35 @@ async fn template_ref(rpc: &mut Rpc, s: &str) -> Result<String, String> {
         .ok_or_else(|| format!("no template named {TEMPLATE:?}"))
 }
 
+/// The memory of the peer's domains.
+const PEER_VM_MEMORY: i64 = 128 << 20;
+
+/// A template for the lifecycle, cloned from [`TEMPLATE`], with the peer's 128 MiB per VM
+/// (less when `max_running` such VMs would not fit the simulated host's free memory).
+/// Returns its ref and the memory per VM in bytes.
+pub async fn bench_template(d: &Daemon, max_running: usize) -> Result<(String, i64), String> {
+    let (mut rpc, s) = d.password_login(Protocol::Json, "loadgen-template").await?;
+    let tpl = template_ref(&mut rpc, &s).await?;
+    let metrics = rpc.call("host_metrics.get_all_records", &[json!(s)]).await?;
+    let free = metrics
+        .as_object()
+        .and_then(|m| m.values().next())
+        .and_then(|h| h.get("memory_free"))
+        .and_then(|v| v.as_i64().or_else(|| v.as_str().and_then(|t| t.parse().ok())))
+        .ok_or("no host_metrics.memory_free")?;
+    let fit = free / 5 * 4 / (max_running.max(1) as i64);
+    let mem = PEER_VM_MEMORY.min(fit / (1 << 20) * (1 << 20)).max(16 << 20);
+    let vm = rpc
+        .call("VM.clone", &[json!(s), json!(tpl), json!("loadgen-bench-template")])
+        .await?;
+    rpc.call(
+        "VM.set_memory_limits",
+        &[json!(s), vm.clone(), json!(mem), json!(mem), json!(mem), json!(mem)],
+    )
+    .await?;
+    Ok((as_string(&vm)?, mem))
+}
+
 /// clone (+ set_is_a_template false) → start → suspend → resume → hard_shutdown → destroy;
 /// the time of each call is added to `lat` (indexed as [`LIFECYCLE_OPS`]).
 async fn one_lifecycle(rpc: &mut Rpc, s: &str, tpl: &str, name: &str, lat: &mut [Vec<i64>]) -> Result<(), String> {
@@ -73,17 +102,22 @@ async fn one_lifecycle(rpc: &mut Rpc, s: &str, tpl: &str, name: &str, lat: &mut 
 
 /// Lifecycle throughput: `vms` lifecycles split over `c` clients, each with its own
 /// connection and session, after `warmup` unmeasured lifecycles.
-pub async fn lifecycle(d: &Daemon, proto: Protocol, vms: usize, c: usize, warmup: usize) -> Result<Json, String> {
+pub async fn lifecycle(
+    d: &Daemon,
+    proto: Protocol,
+    tpl: &str,
+    vms: usize,
+    c: usize,
+    warmup: usize,
+) -> Result<Json, String> {
     let c = c.max(1);
     let sessions = d.sessions(c, &format!("loadgen-lc{c}-{}", proto.name())).await?;
-    let mut probe = Rpc::tcp(d.addr, proto).await?;
-    let tpl = template_ref(&mut probe, sessions.first().map_or("", String::as_str)).await?;
     let hwm_reset = d.reset_hwm();
     let barrier = Arc::new(Barrier::new(c + 1));
     let mut handles = Vec::with_capacity(c);
     for (k, s) in sessions.into_iter().enumerate() {
         let barrier = barrier.clone();
-        let tpl = tpl.clone();
+        let tpl = tpl.to_owned();
         let addr = d.addr;
         let warm: Vec<usize> = (0..warmup).filter(|i| i % c == k).collect();
         let mine: Vec<usize> = (0..vms).filter(|i| i % c == k).collect();
