@@ -66,7 +66,11 @@ pub fn memory_kb(pid: u32) -> Result<(u64, u64), String> {
 
 impl Daemon {
     /// Starts `exe` on a free loopback port and waits until it answers.
-    pub fn start(exe: &Path, workers: Option<usize>) -> Result<Daemon, String> {
+    ///
+    /// `wrapper`, when not empty, is a command the daemon runs under (a profiler:
+    /// `valgrind --tool=callgrind`, `perf record -g --`); CPU and RSS figures are then the
+    /// wrapper's.
+    pub fn start(exe: &Path, workers: Option<usize>, wrapper: &[String]) -> Result<Daemon, String> {
         let dir = tempfile::Builder::new()
             .prefix("xapid-loadgen-")
             .tempdir()
@@ -78,7 +82,14 @@ impl Daemon {
         let log = std::fs::File::create(dir.path().join("xapid.log")).map_err(|e| format!("log file: {e}"))?;
         let port = free_port()?;
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let mut cmd = Command::new(exe);
+        let mut cmd = match wrapper.split_first() {
+            Some((w, rest)) => {
+                let mut c = Command::new(w);
+                c.args(rest).arg(exe);
+                c
+            }
+            None => Command::new(exe),
+        };
         cmd.arg("--listen")
             .arg(addr.to_string())
             .arg("--state-dir")
@@ -100,7 +111,8 @@ impl Daemon {
             socket,
             dir,
         };
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let limit = if wrapper.is_empty() { 60 } else { 600 };
+        let deadline = Instant::now() + Duration::from_secs(limit);
         loop {
             if let Ok(Some(st)) = d.child.try_wait() {
                 return Err(format!("xapid exited ({st}) during start-up: {}", d.log_tail()));
@@ -109,7 +121,10 @@ impl Daemon {
                 return Ok(d);
             }
             if Instant::now() > deadline {
-                return Err(format!("xapid did not answer on {addr} within 60 s: {}", d.log_tail()));
+                return Err(format!(
+                    "xapid did not answer on {addr} within {limit} s: {}",
+                    d.log_tail()
+                ));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -157,7 +172,7 @@ impl Daemon {
         Ok(out)
     }
 
-    /// Stops the daemon (SIGTERM, then SIGKILL after 10 s) and removes its state.
+    /// Stops the daemon (SIGTERM, then SIGKILL after 60 s: a profiler may be writing its data) and removes its state.
     pub fn stop(mut self) {
         self.terminate();
     }
@@ -171,7 +186,7 @@ impl Daemon {
                     libc::kill(pid, libc::SIGTERM);
                 }
             }
-            let deadline = Instant::now() + Duration::from_secs(10);
+            let deadline = Instant::now() + Duration::from_secs(60);
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = self.child.try_wait() {
                     return;

@@ -29,7 +29,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Start fresh daemons and run the phases; print (and write) one JSON object.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Compare peer and xapid results (pairs from the same runs, in order).
     Report(ReportArgs),
 }
@@ -78,6 +78,10 @@ struct RunArgs {
     /// `--workers` for the daemon (default: the daemon's own, one per core).
     #[arg(long)]
     workers: Option<usize>,
+    /// Run every daemon under this command (whitespace-separated), e.g.
+    /// "valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.%p" for profiles.
+    #[arg(long, default_value = "")]
+    daemon_wrapper: String,
     /// Also write the JSON result here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -127,15 +131,17 @@ async fn run(a: RunArgs) -> Result<Json, String> {
         .map(|p| Protocol::parse(p))
         .collect::<Result<_, _>>()?;
     let wants = |p: &str| a.phases.iter().any(|x| x == p);
+    let wrapper: Vec<String> = a.daemon_wrapper.split_whitespace().map(str::to_owned).collect();
     let t_all = std::time::Instant::now();
     let mut out = serde_json::Map::new();
     let mut meta = machine();
     meta["xapid"] = json!(a.xapid.display().to_string());
+    meta["daemon_wrapper"] = json!(a.daemon_wrapper);
     meta["daemon_flags"] = json!("--backend simulator --sim-latency-ms 0 --bench-noop (fresh state dir per phase)");
     if wants("lifecycle") {
         let mut runs = Vec::new();
         for &p in &protos {
-            let d = Daemon::start(&a.xapid, a.workers)?;
+            let d = Daemon::start(&a.xapid, a.workers, &wrapper)?;
             let max_c = a.concurrency.iter().copied().max().unwrap_or(1);
             let (tpl, mem) = phases::bench_template(&d, max_c).await?;
             for &c in &a.concurrency {
@@ -157,7 +163,7 @@ async fn run(a: RunArgs) -> Result<Json, String> {
         out.insert("lifecycle".into(), Json::Array(runs));
     }
     if wants("read") {
-        let d = Daemon::start(&a.xapid, a.workers)?;
+        let d = Daemon::start(&a.xapid, a.workers, &wrapper)?;
         let r = phases::read_scale(&d, &a.read_sizes, a.read_reps, &protos).await?;
         for s in r["sizes"].as_array().map_or(&[][..], Vec::as_slice) {
             for p in &protos {
@@ -180,7 +186,7 @@ async fn run(a: RunArgs) -> Result<Json, String> {
         let mut runs = Vec::new();
         for &p in &protos {
             for &n in &a.pollers {
-                let d = Daemon::start(&a.xapid, a.workers)?;
+                let d = Daemon::start(&a.xapid, a.workers, &wrapper)?;
                 let r = phases::events(&d, p, n, a.event_samples).await?;
                 log(&format!(
                     "events {} pollers={n}: from ack p50 {} ms p99 {} ms; from call start p50 {} ms p99 {} ms; last poller p99 {} ms",
@@ -198,7 +204,7 @@ async fn run(a: RunArgs) -> Result<Json, String> {
         out.insert("events".into(), Json::Array(runs));
     }
     if wants("overhead") {
-        let d = Daemon::start(&a.xapid, a.workers)?;
+        let d = Daemon::start(&a.xapid, a.workers, &wrapper)?;
         let mut runs = Vec::new();
         for &p in &protos {
             for &c in &a.overhead_concurrency {
@@ -226,6 +232,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.cmd {
         Cmd::Run(a) => {
+            let a = *a;
             let json_path = a.json.clone();
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
