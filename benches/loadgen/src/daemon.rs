@@ -103,6 +103,8 @@ impl Daemon {
         if let Some(w) = workers {
             cmd.arg("--workers").arg(w.to_string());
         }
+        // Its own process group, so that stopping it also stops a wrapper's child.
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         let child = cmd.spawn().map_err(|e| format!("starting {}: {e}", exe.display()))?;
         let mut d = Daemon {
             pid: child.id(),
@@ -180,10 +182,10 @@ impl Daemon {
     fn terminate(&mut self) {
         if let Ok(None) = self.child.try_wait() {
             if let Ok(pid) = i32::try_from(self.pid) {
-                // SAFETY: kill(2) on the pid of our own child, which has not been reaped yet
-                // (try_wait returned None), so the pid cannot have been reused.
+                // SAFETY: kill(2) on the process group our unreaped child leads (try_wait
+                // returned None, so its pid, and with it the group id, cannot have been reused).
                 unsafe {
-                    libc::kill(pid, libc::SIGTERM);
+                    libc::kill(-pid, libc::SIGTERM);
                 }
             }
             let deadline = Instant::now() + Duration::from_secs(60);
