@@ -15,8 +15,9 @@
 #   guest-vmlinuz guest-initrd.gz the PV test guest: Debian kernel + busybox initramfs
 #   runs/<time>/   per-run payload disk, serial.log, qemu.log
 #
-# The run: the agent's test binary is built on the host (same bookworm
-# libraries as dom0) and put on a small second disk with
+# The run: the agent's test binary and the domain-build helper
+# xapid-xenguest are built on the host (same bookworm libraries as dom0)
+# and put on a small second disk with
 # tests/xen/dom0-run.sh and the guest kernel; dom0 mounts it at boot and
 # runs the ignored test hypervisor::xen::tests::conformance_on_real_xen,
 # which runs conformance::run_all against XenBackend. Everything dom0
@@ -28,15 +29,19 @@
 #
 # Environment: XAPID_XEN_CACHE (see above), XAPID_XEN_TIMEOUT (seconds
 # QEMU may run, default 900), XAPID_XEN_GUEST_MIB (test guest memory,
-# default 64), XAPID_XEN_SMP (QEMU CPUs, default 2), XAPID_XEN_FILTER
-# (run only conformance checks whose name contains this).
+# default 128: the Debian kernel's image alone takes ~58 MiB),
+# XAPID_XEN_SMP (QEMU CPUs, default 2), XAPID_XEN_CPU (QEMU -cpu, default
+# max,-smap), XAPID_XEN_FILTER (run only the
+# conformance checks whose name contains this), XAPID_XEN_LOG=debug
+# (libxenguest's detailed domain builder log in the serial log).
 set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
 CACHE=${XAPID_XEN_CACHE:-$HOME/.cache/xapid-xen}
 TIMEOUT=${XAPID_XEN_TIMEOUT:-900}
 SMP=${XAPID_XEN_SMP:-2}
-GUEST_MIB=${XAPID_XEN_GUEST_MIB:-64}
+CPU=${XAPID_XEN_CPU:-max,-smap}
+GUEST_MIB=${XAPID_XEN_GUEST_MIB:-128}
 FILTER=${XAPID_XEN_FILTER:-}
 # Bump when the dom0 customisation below changes (forces a new dom0.img,
 # not a new debootstrap).
@@ -239,16 +244,24 @@ for line in sys.stdin:
     die "cargo test -p agent --no-run failed (log: $CACHE/cargo.log)"
 }
 say "test binary: $BIN"
+(cd "$REPO" && cargo build -p agent --bin xapid-xenguest 2>>"$CACHE/cargo.log") ||
+    die "cargo build -p agent --bin xapid-xenguest failed (log: $CACHE/cargo.log)"
+HELPER=$(dirname "$(dirname "$BIN")")/xapid-xenguest
+[ -x "$HELPER" ] || die "no $HELPER after the build"
 
 RUN=$CACHE/runs/$(date -u +%Y%m%dT%H%M%S)
 mkdir -p "$RUN/payload"
 cp "$BIN" "$RUN/payload/agent-tests"
+cp "$HELPER" "$RUN/payload/xapid-xenguest"
 cp "$REPO/tests/xen/dom0-run.sh" "$RUN/payload/dom0-run.sh"
 chmod +x "$RUN/payload/dom0-run.sh"
 cp "$CACHE/guest-vmlinuz" "$CACHE/guest-initrd.gz" "$RUN/payload/"
+(cd "$RUN/payload" && sha256sum agent-tests xapid-xenguest guest-vmlinuz guest-initrd.gz >SHA256SUMS)
 cat >"$RUN/payload/env" <<EOF
 XAPID_XEN_GUEST_MIB=$GUEST_MIB
 XAPID_XEN_FILTER=$FILTER
+XAPID_XEN_LOG=${XAPID_XEN_LOG:-}
+XAPID_XEN_XL_PROBE=${XAPID_XEN_XL_PROBE:-}
 EOF
 truncate -s 256M "$RUN/payload.img"
 mkfs.ext4 -q -F -L payload -d "$RUN/payload" "$RUN/payload.img" || die "mkfs.ext4 of the payload failed"
@@ -259,26 +272,23 @@ ln -sfn "$RUN" "$CACHE/runs/latest"
 say "booting Xen + dom0 under QEMU TCG (-smp $SMP, timeout ${TIMEOUT}s); serial log: $RUN/serial.log"
 T_BOOT=$(date +%s)
 set +e
-timeout --foreground "$TIMEOUT" qemu-system-x86_64 -accel tcg -cpu max,-smap -m 2048 -smp "$SMP" -machine q35 \
+timeout --foreground "$TIMEOUT" qemu-system-x86_64 -accel tcg -cpu "$CPU" -m 2048 -smp "$SMP" -machine q35 \
     -display none -monitor none -no-reboot -snapshot -serial "file:$RUN/serial.log" \
     -kernel "$CACHE/xen.elf" \
     -append "console=com1 com1=115200,8n1 dom0_mem=768M,max:768M dom0_max_vcpus=$SMP loglvl=all guest_loglvl=all" \
     -initrd "$CACHE/vmlinuz root=/dev/vda rw console=hvc0 systemd.show_status=0,$CACHE/initrd.img" \
     -drive "file=$CACHE/dom0.img,if=virtio,format=raw" \
     -drive "file=$RUN/payload.img,if=virtio,format=raw,readonly=on" \
-    >"$RUN/qemu.log" 2>&1 &
+    >"$RUN/qemu.log" 2>&1 9>&- &
 QPID=$!
-# Progress: echo the harness's marker lines as they appear.
-(
-    tail -n +1 -F "$RUN/serial.log" 2>/dev/null | grep --line-buffered -a -E \
-        '^(XAPID_|conformance of|  [a-z_0-9]+ +(ok|FAILED|skipped) )|checks passed|\(XEN\) Xen version|panic'
-) &
-TPID=$!
+# Progress: echo the harness's marker lines as they appear (tail stops
+# when QEMU does).
+tail -n +1 -F --pid=$QPID "$RUN/serial.log" 2>/dev/null 9>&- | grep --line-buffered -a -E \
+    '^(XAPID_(STEP|CHECK|HOST|WARN|XEN|DOM0|XLPROBE)|conformance of|  [a-z_0-9]+ +(ok|FAILED|skipped) )|checks passed|\(XEN\) Xen version|panic' 9>&- &
 wait $QPID
 QRC=$?
 set -e
-kill $TPID 2>/dev/null || true
-wait $TPID 2>/dev/null || true
+wait
 T_END=$(date +%s)
 say "QEMU exited with $QRC after $((T_END - T_BOOT))s"
 

@@ -34,6 +34,7 @@ mod devices;
 mod host;
 mod layout;
 mod watcher;
+pub mod xenguest;
 
 #[cfg(test)]
 mod tests;
@@ -47,8 +48,8 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use uuid::Uuid;
 use xenctrl::{
-    DomainCreateConfig, DomainInfo as XcDomainInfo, PvBuildConfig, Transaction, XcHandle,
-    XenctrlError, XsHandle, PAGE_SIZE,
+    DomainCreateConfig, DomainInfo as XcDomainInfo, Transaction, XcHandle, XenctrlError, XsHandle,
+    PAGE_SIZE,
 };
 
 use super::{
@@ -75,11 +76,7 @@ const STOP_ROOT: &str = "/xapid/backend-stop";
 /// Converts a `xenctrl` error into the backend's error for `op`.
 pub(crate) fn xen_err(op: Op, e: XenctrlError) -> BackendError {
     match e {
-        XenctrlError::Call { call, errno } => BackendError::Os {
-            op,
-            errno: Errno::from_raw(errno),
-            detail: format!("{call} failed"),
-        },
+        XenctrlError::Call { call, errno } => call_err(op, call, errno, String::new()),
         XenctrlError::InvalidArgument { call, reason } => BackendError::InvalidArgument {
             op,
             reason: format!("{call}: {reason}"),
@@ -92,6 +89,25 @@ pub(crate) fn xen_err(op: Op, e: XenctrlError) -> BackendError {
         e @ (XenctrlError::LibraryMissing { .. } | XenctrlError::LibraryIncompatible { .. }) => {
             unavailable(e)
         }
+    }
+}
+
+/// A failed C call as [`BackendError::Os`]. libxenguest sometimes fails
+/// without setting `errno` (its message goes to the `xentoollog` log):
+/// that is reported as `EIO`, saying so.
+fn call_err(op: Op, call: &str, errno: i32, context: String) -> BackendError {
+    let (errno, note) = if errno == 0 {
+        (
+            Errno::EIO,
+            " without setting errno (see the xentoollog error logged just before)",
+        )
+    } else {
+        (Errno::from_raw(errno), "")
+    };
+    BackendError::Os {
+        op,
+        errno,
+        detail: format!("{call} failed{context}{note}"),
     }
 }
 
@@ -203,6 +219,8 @@ pub struct XenBackend {
     reservations: Mutex<HashMap<DomId, u64>>,
     stop: Arc<AtomicBool>,
     stop_path: String,
+    /// The `xapid-xenguest` helper that runs domain builds, if found.
+    helper: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for XenBackend {
@@ -233,7 +251,18 @@ impl XenBackend {
             reservations: Mutex::new(HashMap::new()),
             stop: Arc::new(AtomicBool::new(false)),
             stop_path: format!("{STOP_ROOT}/{}", Uuid::new_v4()),
+            helper: xenguest::helper_path(),
         };
+        match &backend.helper {
+            Some(h) => {
+                tracing::info!(helper = %h.display(), "xen: domain builds run in a helper process")
+            }
+            None => tracing::warn!(
+                "xen: {} not found (XAPID_XENGUEST, next to the daemon, PATH): \
+                 domain builds run inside the daemon",
+                xenguest::HELPER_NAME
+            ),
+        }
         backend.recover_reservations()?;
         watcher::spawn(
             Arc::clone(&backend.bus),
@@ -586,33 +615,32 @@ impl Hypervisor for XenBackend {
             let err = |e| xen_err(op, e);
             let store_port = xc.evtchn_alloc_unbound(domid, DOM0).map_err(err)?;
             let console_port = xc.evtchn_alloc_unbound(domid, DOM0).map_err(err)?;
-            let built = xc
-                .build_pv(
-                    domid,
-                    &PvBuildConfig {
-                        kernel: boot.kernel.clone(),
-                        ramdisk: boot.ramdisk.clone(),
-                        cmdline: boot.cmdline.clone(),
-                        memory_mib,
-                        max_vcpus: record.config.vcpus_max,
-                        console_evtchn: console_port,
-                        console_domid: DOM0,
-                        xenstore_evtchn: store_port,
-                        xenstore_domid: DOM0,
-                    },
+            let request = xenguest::BuildRequest {
+                domid,
+                kernel: boot.kernel.clone(),
+                ramdisk: boot.ramdisk.clone(),
+                cmdline: boot.cmdline.clone(),
+                memory_mib,
+                max_vcpus: record.config.vcpus_max,
+                console_evtchn: console_port,
+                xenstore_evtchn: store_port,
+            };
+            let outcome = match &self.helper {
+                Some(helper) => xenguest::build_in_helper(helper, &request)?,
+                None => xenguest::build_in_process(xc, &request),
+            };
+            let built = outcome.map_err(|f| {
+                call_err(
+                    op,
+                    &f.call,
+                    f.errno,
+                    format!(
+                        " (kernel {}, ramdisk {:?}, {memory_mib} MiB)",
+                        boot.kernel.display(),
+                        boot.ramdisk
+                    ),
                 )
-                .map_err(|e| match e {
-                    XenctrlError::Call { call, errno } => BackendError::Os {
-                        op,
-                        errno: Errno::from_raw(errno),
-                        detail: format!(
-                            "{call} failed (kernel {}, ramdisk {:?}, {memory_mib} MiB)",
-                            boot.kernel.display(),
-                            boot.ramdisk
-                        ),
-                    },
-                    other => xen_err(op, other),
-                })?;
+            })?;
             let dom_p = dom_path(domid);
             let record_p = record_path(domid);
             xs.with_transaction(|tx| {

@@ -20,6 +20,7 @@ use super::layout::{
     dev_major_minor, kib, mib_ceil, physical_device, read_only, state_of, vdev_devid, Record,
 };
 use super::watcher::{changed_domains, device_event};
+use super::xenguest::{log_level_from_env, BuildReply, BuildRequest, StderrLog};
 use super::XenBackend;
 
 #[test]
@@ -46,6 +47,103 @@ fn open_without_xen_names_the_failing_call_and_errno() {
             assert!(e.is_library_missing(), "{e}");
             assert!(msg.contains("not available"), "{msg}");
         }
+    }
+}
+
+#[test]
+fn library_errors_keep_call_and_errno() {
+    let e = super::xen_err(
+        super::super::Op::Build,
+        xenctrl::XenctrlError::Call {
+            call: "xc_dom_parse_image",
+            errno: libc::EINVAL,
+        },
+    );
+    assert_eq!(e.errno(), Some(super::super::Errno::EINVAL));
+    let msg = e.to_string();
+    assert!(msg.starts_with("build: xc_dom_parse_image failed"), "{msg}");
+    // No errno from the library: EIO, and the message says so.
+    let e = super::xen_err(
+        super::super::Op::Build,
+        xenctrl::XenctrlError::Call {
+            call: "xc_dom_build_image",
+            errno: 0,
+        },
+    );
+    assert_eq!(e.errno(), Some(super::super::Errno::EIO));
+    assert!(e.to_string().contains("without setting errno"), "{e}");
+    let e = super::xen_err(
+        super::super::Op::CreateDomain,
+        xenctrl::XenctrlError::LibraryMissing {
+            library: "libxenctrl.so.4.17".into(),
+            reason: "not found".into(),
+        },
+    );
+    assert!(matches!(
+        e,
+        BackendError::Unavailable { backend: "xen", .. }
+    ));
+}
+
+#[test]
+fn helper_protocol_round_trips() {
+    let req = BuildRequest {
+        domid: 7,
+        kernel: "/boot/vmlinuz".into(),
+        ramdisk: Some("/boot/initrd".into()),
+        cmdline: "console=hvc0".into(),
+        memory_mib: 128,
+        max_vcpus: 2,
+        console_evtchn: 3,
+        xenstore_evtchn: 4,
+    };
+    let json = serde_json::to_vec(&req).unwrap();
+    assert_eq!(serde_json::from_slice::<BuildRequest>(&json).unwrap(), req);
+    for reply in [
+        BuildReply::Built {
+            console_mfn: 0x1234,
+            xenstore_mfn: 0x1235,
+        },
+        BuildReply::Failed {
+            call: Some("xc_dom_parse_image".into()),
+            errno: 22,
+            message: "xc_dom_parse_image failed".into(),
+        },
+    ] {
+        let json = serde_json::to_vec(&reply).unwrap();
+        assert_eq!(serde_json::from_slice::<BuildReply>(&json).unwrap(), reply);
+    }
+}
+
+#[test]
+fn helper_reports_failures_with_call_and_errno() {
+    // Only where the helper has been built (cargo build -p agent --bins).
+    let Some(helper) = super::xenguest::helper_path() else {
+        eprintln!("skipping: xapid-xenguest not built");
+        return;
+    };
+    if Path::new(PRIVCMD).exists() {
+        return;
+    }
+    let req = BuildRequest {
+        domid: 1,
+        kernel: "/nonexistent".into(),
+        ramdisk: None,
+        cmdline: String::new(),
+        memory_mib: 64,
+        max_vcpus: 1,
+        console_evtchn: 1,
+        xenstore_evtchn: 2,
+    };
+    let failure = super::xenguest::build_in_helper(&helper, &req)
+        .expect("the helper answers")
+        .expect_err("no hypervisor here");
+    match xenctrl::CtrlLibraries::system() {
+        Ok(_) => {
+            assert_eq!(failure.call, "xc_interface_open", "{failure:?}");
+            assert_eq!(failure.errno, libc::ENOENT, "{failure:?}");
+        }
+        Err(_) => assert!(failure.message.contains("not available"), "{failure:?}"),
     }
 }
 
@@ -211,41 +309,6 @@ fn watcher_maps_backend_paths() {
     assert_eq!(device_event("/local/domain/5/device/vbd/51712/state"), None);
 }
 
-/// Prints `tracing` events to stderr (the agent crate has no subscriber
-/// crate; this is enough to see libxenctrl's messages in the serial log).
-struct StderrLog;
-
-struct Fields(String);
-
-impl tracing::field::Visit for Fields {
-    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-        if field.name() == "message" {
-            self.0.push_str(&format!(" {value:?}"));
-        } else {
-            self.0.push_str(&format!(" {}={value:?}", field.name()));
-        }
-    }
-}
-
-impl tracing::Subscriber for StderrLog {
-    fn enabled(&self, meta: &tracing::Metadata<'_>) -> bool {
-        *meta.level() <= tracing::Level::INFO
-    }
-    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
-        tracing::span::Id::from_u64(1)
-    }
-    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
-    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
-    fn event(&self, event: &tracing::Event<'_>) {
-        let mut fields = Fields(String::new());
-        event.record(&mut fields);
-        let meta = event.metadata();
-        eprintln!("XAPID_LOG {} {}:{}", meta.level(), meta.target(), fields.0);
-    }
-    fn enter(&self, _: &tracing::span::Id) {}
-    fn exit(&self, _: &tracing::span::Id) {}
-}
-
 fn env_path(name: &str) -> Option<PathBuf> {
     std::env::var_os(name)
         .filter(|v| !v.is_empty())
@@ -262,7 +325,7 @@ fn env_path(name: &str) -> Option<PathBuf> {
 #[test]
 #[ignore = "needs a Xen dom0; run by tests/xen/run.sh"]
 fn conformance_on_real_xen() {
-    let _ = tracing::subscriber::set_global_default(StderrLog);
+    let _ = tracing::subscriber::set_global_default(StderrLog(log_level_from_env()));
     let kernel = env_path("XAPID_XEN_KERNEL").expect("XAPID_XEN_KERNEL: a PV guest kernel");
     let scratch =
         env_path("XAPID_XEN_SCRATCH").unwrap_or_else(|| std::env::temp_dir().join("xapid-xen"));
