@@ -31,7 +31,7 @@
 # QEMU may run, default 900), XAPID_XEN_GUEST_MIB (test guest memory,
 # default 128: the Debian kernel's image alone takes ~58 MiB),
 # XAPID_XEN_SMP (QEMU CPUs, default 2), XAPID_XEN_CPU (QEMU -cpu, default
-# max,-smap), XAPID_XEN_FILTER (run only the
+# max,-smap,-pcid,-invpcid: see docs/hypervisor.md, "Testing on real Xen"), XAPID_XEN_FILTER (run only the
 # conformance checks whose name contains this), XAPID_XEN_LOG=debug
 # (libxenguest's detailed domain builder log in the serial log).
 set -euo pipefail
@@ -40,7 +40,7 @@ REPO=$(cd "$(dirname "$0")/../.." && pwd)
 CACHE=${XAPID_XEN_CACHE:-$HOME/.cache/xapid-xen}
 TIMEOUT=${XAPID_XEN_TIMEOUT:-900}
 SMP=${XAPID_XEN_SMP:-2}
-CPU=${XAPID_XEN_CPU:-max,-smap}
+CPU=${XAPID_XEN_CPU:-max,-smap,-pcid,-invpcid}
 GUEST_MIB=${XAPID_XEN_GUEST_MIB:-128}
 FILTER=${XAPID_XEN_FILTER:-}
 # Bump when the dom0 customisation below changes (forces a new dom0.img,

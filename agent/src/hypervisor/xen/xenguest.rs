@@ -1,14 +1,21 @@
 //! The PV domain builder in a helper process, `xapid-xenguest`.
 //!
 //! libxenguest's builder maps the new domain's memory into the calling
-//! process, copies the kernel and ramdisk in, and unmaps it again. Doing
-//! that in the long-lived daemon proved fragile: on Xen under QEMU TCG a
-//! later build in the same process read corrupted data ("XZ decompression
-//! error: File is corrupt") whenever a domain built earlier by that process
-//! was still running, while builds in fresh processes never did. So, like
-//! xapi with its `xenguest` helper, xapid runs each build in a short-lived
-//! process: a crash or leak in libxenguest then cannot touch the daemon
-//! either.
+//! process, decompresses and copies the kernel and ramdisk in, and unmaps
+//! it again: tens of MiB of foreign mappings, and a C library with its
+//! own allocations, in whatever process calls it. Like xapi (whose
+//! xenopsd runs its `xenguest` helper per build), xapid runs each build in
+//! a short-lived process, so a crash, leak or stray mapping in libxenguest
+//! cannot touch the daemon, and parallel builds share nothing.
+//!
+//! This is not only hygiene. Under QEMU TCG with a CPU model offering
+//! PCID/INVPCID, a second build in the same process failed ("XZ
+//! decompression error: File is corrupt") whenever a domain it had built
+//! earlier was running, as if the process still saw that domain's frames
+//! at reused addresses; with `-cpu ...,-pcid,-invpcid`, or with builds in
+//! fresh processes, it never did. That points at the emulator's TLB
+//! handling rather than at Xen or Linux, but a daemon should not depend
+//! on it either way.
 //!
 //! Protocol: `xapid-xenguest build` reads one JSON [`BuildRequest`] on
 //! stdin, writes one JSON [`BuildReply`] on stdout and exits 0; its stderr
