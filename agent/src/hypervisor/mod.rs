@@ -60,10 +60,7 @@ mod events;
 pub mod selection;
 pub mod simulator;
 mod types;
-// The Xen backend goes here, written by the owner of the xen-sys/xenctrl
-// crates: `pub mod xen;` (agent/src/hypervisor/xen.rs) implementing
-// `Hypervisor` for `XenBackend`, passing `conformance::run_all`, and wired
-// into `selection::select_backend`. See docs/hypervisor.md, "Xen backend plan".
+pub mod xen;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -77,6 +74,7 @@ pub use events::{forward_to_tokio, BackendEvent, EventBus, EventReceiver, DEFAUL
 pub use selection::{select_backend, BackendChoice};
 pub use simulator::{GuestBehaviour, Latency, SimConfig, SimulatorBackend};
 pub use types::*;
+pub use xen::XenBackend;
 
 /// Every operation of the [`Hypervisor`] trait, used in errors, latency
 /// configuration and fault injection.

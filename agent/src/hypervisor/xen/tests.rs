@@ -1,0 +1,351 @@
+//! Tests of the Xen backend. Most run anywhere (pure layout/parsing code,
+//! and `open` failing cleanly through the real FFI on a machine without
+//! Xen); `conformance_on_real_xen` needs a Xen dom0 and is run there by
+//! `tests/xen/run.sh`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use xenctrl::{DomainFlags, ShutdownReason as XenShutdown};
+
+use super::super::conformance::{self, ConformanceOptions, Report};
+use super::super::selection::PRIVCMD;
+use super::super::{
+    vbd_vdev, BackendError, BackendEvent, DeviceKind, DomainConfig, DomainState, Hypervisor, ShutdownCode, MIB,
+};
+use super::host::parse_cpuinfo;
+use super::layout::{dev_major_minor, kib, mib_ceil, physical_device, read_only, state_of, vdev_devid, Record};
+use super::watcher::{changed_domains, device_event};
+use super::xenguest::{log_level_from_env, BuildReply, BuildRequest, StderrLog};
+use super::XenBackend;
+
+#[test]
+fn open_without_xen_names_the_failing_call_and_errno() {
+    if Path::new(PRIVCMD).exists() {
+        eprintln!("skipping: this is a Xen control domain");
+        return;
+    }
+    let err = XenBackend::open().unwrap_err();
+    assert!(
+        matches!(err, BackendError::Unavailable { backend: "xen", .. }),
+        "{err:?}"
+    );
+    let msg = err.to_string();
+    match xenctrl::CtrlLibraries::system() {
+        // libxen-dev's runtime libraries are installed: the library loads
+        // and libxencall fails to open /dev/xen/privcmd.
+        Ok(_) => {
+            assert!(msg.contains("xc_interface_open"), "{msg}");
+            assert!(msg.contains("ENOENT"), "{msg}");
+            assert!(msg.contains("/dev/xen/privcmd"), "{msg}");
+        }
+        Err(e) => {
+            assert!(e.is_library_missing(), "{e}");
+            assert!(msg.contains("not available"), "{msg}");
+        }
+    }
+}
+
+#[test]
+fn library_errors_keep_call_and_errno() {
+    let e = super::xen_err(
+        super::super::Op::Build,
+        xenctrl::XenctrlError::Call {
+            call: "xc_dom_parse_image",
+            errno: libc::EINVAL,
+        },
+    );
+    assert_eq!(e.errno(), Some(super::super::Errno::EINVAL));
+    let msg = e.to_string();
+    assert!(msg.starts_with("build: xc_dom_parse_image failed"), "{msg}");
+    // No errno from the library: EIO, and the message says so.
+    let e = super::xen_err(
+        super::super::Op::Build,
+        xenctrl::XenctrlError::Call {
+            call: "xc_dom_build_image",
+            errno: 0,
+        },
+    );
+    assert_eq!(e.errno(), Some(super::super::Errno::EIO));
+    assert!(e.to_string().contains("without setting errno"), "{e}");
+    let e = super::xen_err(
+        super::super::Op::CreateDomain,
+        xenctrl::XenctrlError::LibraryMissing {
+            library: "libxenctrl.so.4.17".into(),
+            reason: "not found".into(),
+        },
+    );
+    assert!(matches!(e, BackendError::Unavailable { backend: "xen", .. }));
+}
+
+#[test]
+fn helper_protocol_round_trips() {
+    let req = BuildRequest {
+        domid: 7,
+        kernel: "/boot/vmlinuz".into(),
+        ramdisk: Some("/boot/initrd".into()),
+        cmdline: "console=hvc0".into(),
+        memory_mib: 128,
+        max_vcpus: 2,
+        console_evtchn: 3,
+        xenstore_evtchn: 4,
+    };
+    let json = serde_json::to_vec(&req).unwrap();
+    assert_eq!(serde_json::from_slice::<BuildRequest>(&json).unwrap(), req);
+    for reply in [
+        BuildReply::Built {
+            console_mfn: 0x1234,
+            xenstore_mfn: 0x1235,
+        },
+        BuildReply::Failed {
+            call: Some("xc_dom_parse_image".into()),
+            errno: 22,
+            message: "xc_dom_parse_image failed".into(),
+        },
+    ] {
+        let json = serde_json::to_vec(&reply).unwrap();
+        assert_eq!(serde_json::from_slice::<BuildReply>(&json).unwrap(), reply);
+    }
+}
+
+#[test]
+fn helper_reports_failures_with_call_and_errno() {
+    // Only where the helper has been built (cargo build -p agent --bins).
+    let Some(helper) = super::xenguest::helper_path() else {
+        eprintln!("skipping: xapid-xenguest not built");
+        return;
+    };
+    if Path::new(PRIVCMD).exists() {
+        return;
+    }
+    let req = BuildRequest {
+        domid: 1,
+        kernel: "/nonexistent".into(),
+        ramdisk: None,
+        cmdline: String::new(),
+        memory_mib: 64,
+        max_vcpus: 1,
+        console_evtchn: 1,
+        xenstore_evtchn: 2,
+    };
+    let failure = super::xenguest::build_in_helper(&helper, &req)
+        .expect("the helper answers")
+        .expect_err("no hypervisor here");
+    match xenctrl::CtrlLibraries::system() {
+        Ok(_) => {
+            assert_eq!(failure.call, "xc_interface_open", "{failure:?}");
+            assert_eq!(failure.errno, libc::ENOENT, "{failure:?}");
+        }
+        Err(_) => assert!(failure.message.contains("not available"), "{failure:?}"),
+    }
+}
+
+#[test]
+fn states_from_xen_flags() {
+    let flags = |f: fn(&mut DomainFlags)| {
+        let mut d = DomainFlags::default();
+        f(&mut d);
+        d
+    };
+    assert_eq!(state_of(&flags(|f| f.running = true), None), DomainState::Running);
+    assert_eq!(state_of(&flags(|f| f.blocked = true), None), DomainState::Running);
+    assert_eq!(state_of(&flags(|f| f.paused = true), None), DomainState::Paused);
+    // A shut-down domain is also paused; shutdown wins.
+    let shut = flags(|f| {
+        f.shutdown = true;
+        f.paused = true;
+    });
+    for (reason, code) in [
+        (XenShutdown::Poweroff, ShutdownCode::PowerOff),
+        (XenShutdown::Reboot, ShutdownCode::Reboot),
+        (XenShutdown::Suspend, ShutdownCode::Suspend),
+        (XenShutdown::Crash, ShutdownCode::Crash),
+        (XenShutdown::Watchdog, ShutdownCode::Watchdog),
+        (XenShutdown::SoftReset, ShutdownCode::Reboot),
+        (XenShutdown::Other(77), ShutdownCode::Crash),
+    ] {
+        assert_eq!(state_of(&shut, Some(reason)), DomainState::Shutdown(code));
+    }
+    let dying = flags(|f| {
+        f.dying = true;
+        f.shutdown = true;
+    });
+    assert_eq!(state_of(&dying, Some(XenShutdown::Poweroff)), DomainState::Dying);
+}
+
+#[test]
+fn vdev_numbers_round_trip() {
+    for devid in [0, 1, 3, 15, 16, 26, 1000, (1 << 20) - 1] {
+        let vdev = vbd_vdev(devid).unwrap();
+        assert_eq!(vdev_devid(vdev), Some(devid), "devid {devid} vdev {vdev}");
+    }
+    assert_eq!(vdev_devid(51712), Some(0));
+    // Partitions and other majors are not positions xapid writes.
+    assert_eq!(vdev_devid(51713), None);
+    assert_eq!(vdev_devid(768), None);
+}
+
+#[test]
+fn device_numbers() {
+    // makedev(7, 0) and makedev(259, 70000) as glibc encodes them.
+    assert_eq!(dev_major_minor(0x700), (7, 0));
+    let big = (259u64 << 8) | (70000u64 & 0xff) | ((70000u64 & !0xff) << 12);
+    assert_eq!(dev_major_minor(big), (259, 70000));
+    assert_eq!(physical_device(0x700), "7:0");
+    assert_eq!(physical_device((8 << 8) | 16), "8:10");
+}
+
+#[test]
+fn sizes_round_up() {
+    assert_eq!(kib(0), 0);
+    assert_eq!(kib(1), 1);
+    assert_eq!(kib(64 * MIB), 65536);
+    assert_eq!(mib_ceil(64 * MIB), 64);
+    assert_eq!(mib_ceil(64 * MIB + 1), 65);
+}
+
+#[test]
+fn permissions_shape() {
+    let ro = read_only(7);
+    assert_eq!(ro[0].domid, 0);
+    assert!(!ro[0].read && !ro[0].write);
+    assert_eq!(ro[1].domid, 7);
+    assert!(ro[1].read && !ro[1].write);
+}
+
+#[test]
+fn new_record_follows_config() {
+    let mut c = DomainConfig::pv("vm", 256 * MIB, 4, "/boot/vmlinuz");
+    c.vcpus_at_start = 2;
+    c.memory_target = 128 * MIB;
+    let r = Record::new(&c);
+    assert!(!r.built);
+    assert_eq!(r.target, 128 * MIB);
+    assert_eq!(r.vcpus, 2);
+    // The record's config survives the JSON round trip through xenstore.
+    let json = serde_json::to_vec(&r.config).unwrap();
+    let back: DomainConfig = serde_json::from_slice(&json).unwrap();
+    assert_eq!(back, c);
+}
+
+#[test]
+fn parses_dom0_cpuinfo() {
+    let text = "processor\t: 0\nvendor_id\t: GenuineIntel\ncpu family\t: 6\nmodel\t\t: 85\n\
+                model name\t: Intel(R) Xeon(R) Gold 6148 CPU @ 2.40GHz\nstepping\t: 4\n\
+                cpu MHz\t\t: 2394.374\nflags\t\t: fpu vme de pse hypervisor\n\n\
+                processor\t: 1\nvendor_id\t: Other\n";
+    let cpu = parse_cpuinfo(text);
+    assert_eq!(cpu.vendor, "GenuineIntel");
+    assert_eq!((cpu.family, cpu.model, cpu.stepping), (6, 85, 4));
+    assert!(cpu.model_name.starts_with("Intel(R) Xeon(R) Gold"));
+    assert!((cpu.speed_mhz - 2394.374).abs() < 1e-6);
+    assert_eq!(cpu.flags, ["fpu", "vme", "de", "pse", "hypervisor"]);
+    let empty = parse_cpuinfo("");
+    assert!(empty.vendor.is_empty() && empty.flags.is_empty());
+}
+
+#[test]
+fn watcher_diffs_domains() {
+    let running = (false, false, false, None);
+    let shut = (false, true, true, Some(XenShutdown::Poweroff));
+    let old: HashMap<u32, _> = [(0, running), (3, running), (4, running)].into();
+    let new: HashMap<u32, _> = [(0, running), (3, shut), (5, running)].into();
+    assert_eq!(changed_domains(&old, &new), vec![3, 4, 5]);
+    assert!(changed_domains(&new, &new).is_empty());
+}
+
+#[test]
+fn watcher_maps_backend_paths() {
+    let block = |domid, devid| BackendEvent::DeviceChanged {
+        domid,
+        kind: DeviceKind::Block,
+        devid,
+    };
+    assert_eq!(
+        device_event("/local/domain/0/backend/vbd/5/51712/state"),
+        Some(block(5, 0))
+    );
+    assert_eq!(device_event("/local/domain/0/backend/vbd/5/51760"), Some(block(5, 3)));
+    assert_eq!(
+        device_event("/local/domain/0/backend/vif/9/1/hotplug-status"),
+        Some(BackendEvent::DeviceChanged {
+            domid: 9,
+            kind: DeviceKind::Net,
+            devid: 1
+        })
+    );
+    assert_eq!(device_event("/local/domain/0/backend/vbd/5/51712/mode"), None);
+    assert_eq!(device_event("/local/domain/0/backend/vbd/5"), None);
+    assert_eq!(device_event("/local/domain/0/backend/vbd"), None);
+    assert_eq!(device_event("/local/domain/0/backend/qdisk/5/1/state"), None);
+    assert_eq!(device_event("/local/domain/5/device/vbd/51712/state"), None);
+}
+
+fn env_path(name: &str) -> Option<PathBuf> {
+    std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from)
+}
+
+/// The backend conformance suite against the real hypervisor. Needs a Xen
+/// dom0 with xenstored and xenconsoled running, the blkback/netback and
+/// loop drivers, a bridge `xenbr0`, and a PV kernel (+ ramdisk) that boots
+/// to a console: see `tests/xen/run.sh`, which provides all that under
+/// QEMU. Environment: `XAPID_XEN_KERNEL` (required), `XAPID_XEN_RAMDISK`,
+/// `XAPID_XEN_CMDLINE`, `XAPID_XEN_SCRATCH`, `XAPID_XEN_GUEST_MIB`,
+/// `XAPID_XEN_FILTER` (only checks whose name contains it).
+#[test]
+#[ignore = "needs a Xen dom0; run by tests/xen/run.sh"]
+fn conformance_on_real_xen() {
+    let _ = tracing::subscriber::set_global_default(StderrLog(log_level_from_env()));
+    let kernel = env_path("XAPID_XEN_KERNEL").expect("XAPID_XEN_KERNEL: a PV guest kernel");
+    let scratch = env_path("XAPID_XEN_SCRATCH").unwrap_or_else(|| std::env::temp_dir().join("xapid-xen"));
+    let mut opts = ConformanceOptions::new(scratch, kernel);
+    opts.ramdisk = env_path("XAPID_XEN_RAMDISK");
+    if let Ok(cmdline) = std::env::var("XAPID_XEN_CMDLINE") {
+        opts.cmdline = cmdline;
+    }
+    if let Some(mib) = std::env::var("XAPID_XEN_GUEST_MIB")
+        .ok()
+        .and_then(|m| m.parse::<u64>().ok())
+    {
+        opts.guest_memory = mib * MIB;
+    }
+    opts.event_timeout = Duration::from_secs(60);
+    let filter = std::env::var("XAPID_XEN_FILTER").unwrap_or_default();
+
+    let backend = XenBackend::open().expect("opening the Xen backend");
+    let host = backend.host_info().expect("host_info");
+    eprintln!(
+        "XAPID_HOST {} {} cpus={} total={}MiB free={}MiB",
+        host.hypervisor,
+        host.cpu.model_name,
+        host.cpu.count,
+        host.memory_total / MIB,
+        host.memory_free / MIB
+    );
+    let results = conformance::CHECKS
+        .iter()
+        .filter(|(name, _)| name.contains(filter.as_str()))
+        .map(|(name, check)| {
+            eprintln!("XAPID_CHECK_START {name}");
+            let r = conformance::run_check(name, *check, &backend, &opts);
+            eprintln!("XAPID_CHECK_END {name} {:?} in {:.1?}", r.outcome, r.duration);
+            r
+        })
+        .collect();
+    let report = Report {
+        backend: backend.backend_name().to_string(),
+        results,
+    };
+    println!("{report}");
+    let leftovers: Vec<String> = backend
+        .list_domains()
+        .expect("list_domains")
+        .into_iter()
+        .filter(|d| d.name.starts_with(&opts.name_prefix))
+        .map(|d| format!("{} {} {}", d.domid, d.name, d.state))
+        .collect();
+    assert!(report.is_success(), "{report}");
+    assert!(leftovers.is_empty(), "domains left behind: {leftovers:?}");
+    assert!(report.passed() > 0, "no check ran (filter {filter:?})");
+}

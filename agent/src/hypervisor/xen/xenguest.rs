@@ -1,0 +1,292 @@
+//! The PV domain builder in a helper process, `xapid-xenguest`.
+//!
+//! libxenguest's builder maps the new domain's memory into the calling
+//! process, decompresses and copies the kernel and ramdisk in, and unmaps
+//! it again: tens of MiB of foreign mappings, and a C library with its
+//! own allocations, in whatever process calls it. Like xapi (whose
+//! xenopsd runs its `xenguest` helper per build), xapid runs each build in
+//! a short-lived process, so a crash, leak or stray mapping in libxenguest
+//! cannot touch the daemon, and parallel builds share nothing.
+//!
+//! This is not only hygiene. Under QEMU TCG with a CPU model offering
+//! PCID/INVPCID, a second build in the same process failed ("XZ
+//! decompression error: File is corrupt") whenever a domain it had built
+//! earlier was running, as if the process still saw that domain's frames
+//! at reused addresses; with `-cpu ...,-pcid,-invpcid`, or with builds in
+//! fresh processes, it never did. That points at the emulator's TLB
+//! handling rather than at Xen or Linux, but a daemon should not depend
+//! on it either way.
+//!
+//! Protocol: `xapid-xenguest build` reads one JSON [`BuildRequest`] on
+//! stdin, writes one JSON [`BuildReply`] on stdout and exits 0; its stderr
+//! carries libxenctrl's log (one line per message), which the daemon
+//! re-logs. The daemon finds the helper in `$XAPID_XENGUEST`, next to its
+//! own executable, or on `$PATH`; without it, it builds in-process and
+//! says so in its log.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use serde::{Deserialize, Serialize};
+use xenctrl::{PvBuildConfig, PvBuildResult, XcHandle};
+
+use super::super::{BackendError, Errno, Op};
+
+/// The helper's file name.
+pub const HELPER_NAME: &str = "xapid-xenguest";
+
+/// What to build.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuildRequest {
+    /// The (created, empty, paused) domain.
+    pub domid: u32,
+    /// Guest kernel.
+    pub kernel: PathBuf,
+    /// Guest ramdisk.
+    pub ramdisk: Option<PathBuf>,
+    /// Kernel command line.
+    pub cmdline: String,
+    /// Guest memory, MiB.
+    pub memory_mib: u32,
+    /// vCPUs the domain was created with.
+    pub max_vcpus: u32,
+    /// Guest port of the console event channel (backend in dom0).
+    pub console_evtchn: u32,
+    /// Guest port of the xenstore event channel (xenstored in dom0).
+    pub xenstore_evtchn: u32,
+}
+
+impl BuildRequest {
+    fn config(&self) -> PvBuildConfig {
+        PvBuildConfig {
+            kernel: self.kernel.clone(),
+            ramdisk: self.ramdisk.clone(),
+            cmdline: self.cmdline.clone(),
+            memory_mib: self.memory_mib,
+            max_vcpus: self.max_vcpus,
+            console_evtchn: self.console_evtchn,
+            console_domid: 0,
+            xenstore_evtchn: self.xenstore_evtchn,
+            xenstore_domid: 0,
+        }
+    }
+}
+
+/// The helper's answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BuildReply {
+    /// Built: the frames to give xenconsoled and xenstored.
+    Built {
+        /// MFN of the console ring.
+        console_mfn: u64,
+        /// MFN of the xenstore ring.
+        xenstore_mfn: u64,
+    },
+    /// Failed.
+    Failed {
+        /// The C function that failed, if known.
+        call: Option<String>,
+        /// Its errno (0 if none).
+        errno: i32,
+        /// The whole error message.
+        message: String,
+    },
+}
+
+/// A build failure, as the caller maps it to a [`BackendError`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct BuildFailure {
+    pub call: String,
+    pub errno: i32,
+    pub message: String,
+}
+
+impl From<xenctrl::XenctrlError> for BuildFailure {
+    fn from(e: xenctrl::XenctrlError) -> Self {
+        BuildFailure {
+            call: e.call().unwrap_or("xc_dom_*").to_string(),
+            errno: e.errno().unwrap_or(0),
+            message: e.to_string(),
+        }
+    }
+}
+
+/// Where the helper is, if anywhere.
+pub(super) fn helper_path() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("XAPID_XENGUEST").filter(|p| !p.is_empty()) {
+        return Some(PathBuf::from(p));
+    }
+    if let Ok(exe) = std::env::current_exe() {
+        // Next to the daemon; for test binaries (target/*/deps/) one up.
+        for dir in exe.ancestors().skip(1).take(2) {
+            let candidate = dir.join(HELPER_NAME);
+            if candidate.is_file() {
+                return Some(candidate);
+            }
+        }
+    }
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(HELPER_NAME))
+            .find(|p| p.is_file())
+    })
+}
+
+/// Builds in this process.
+pub(super) fn build_in_process(xc: &XcHandle, req: &BuildRequest) -> Result<PvBuildResult, BuildFailure> {
+    xc.build_pv(req.domid, &req.config()).map_err(BuildFailure::from)
+}
+
+/// Builds in a helper process.
+pub(super) fn build_in_helper(
+    helper: &Path,
+    req: &BuildRequest,
+) -> Result<Result<PvBuildResult, BuildFailure>, BackendError> {
+    let op = Op::Build;
+    let io = |what: &str, e: std::io::Error| BackendError::Os {
+        op,
+        errno: e.raw_os_error().map(Errno::from_raw).unwrap_or(Errno::EIO),
+        detail: format!("{what} {}: {e}", helper.display()),
+    };
+    let request = serde_json::to_vec(req).map_err(|e| BackendError::InvalidArgument {
+        op,
+        reason: format!("encoding the build request: {e}"),
+    })?;
+    let mut child = Command::new(helper)
+        .arg("build")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| io("starting", e))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(&request).map_err(|e| io("writing the request to", e))?;
+    }
+    let out = child.wait_with_output().map_err(|e| io("waiting for", e))?;
+    for line in String::from_utf8_lossy(&out.stderr).lines() {
+        if line.contains(" ERROR ") || line.contains(" WARN ") {
+            tracing::warn!(target: "xenguest", domid = req.domid, "{line}");
+        } else {
+            tracing::debug!(target: "xenguest", domid = req.domid, "{line}");
+        }
+    }
+    let reply: Option<BuildReply> = serde_json::from_slice(&out.stdout).ok();
+    match reply {
+        Some(BuildReply::Built {
+            console_mfn,
+            xenstore_mfn,
+        }) if out.status.success() => Ok(Ok(PvBuildResult {
+            console_mfn,
+            xenstore_mfn,
+        })),
+        Some(BuildReply::Failed { call, errno, message }) => Ok(Err(BuildFailure {
+            call: call.unwrap_or_else(|| HELPER_NAME.to_string()),
+            errno,
+            message,
+        })),
+        _ => Err(BackendError::Os {
+            op,
+            errno: Errno::EIO,
+            detail: format!(
+                "{} {} gave no answer: {}",
+                helper.display(),
+                out.status,
+                String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or("")
+            ),
+        }),
+    }
+}
+
+/// Prints `tracing` events to stderr, one line each (the helper's log,
+/// and the ignored real-Xen test's).
+pub struct StderrLog(pub tracing::Level);
+
+struct Fields(String);
+
+impl tracing::field::Visit for Fields {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            self.0.push_str(&format!(" {value:?}"));
+        } else {
+            self.0.push_str(&format!(" {}={value:?}", field.name()));
+        }
+    }
+}
+
+impl tracing::Subscriber for StderrLog {
+    fn enabled(&self, meta: &tracing::Metadata<'_>) -> bool {
+        *meta.level() <= self.0
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        let mut fields = Fields(String::new());
+        event.record(&mut fields);
+        let meta = event.metadata();
+        eprintln!("XAPID_LOG {} {}:{}", meta.level(), meta.target(), fields.0);
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+/// The log level `XAPID_XEN_LOG` asks for (`debug`, `trace`; default info).
+pub fn log_level_from_env() -> tracing::Level {
+    match std::env::var("XAPID_XEN_LOG").as_deref() {
+        Ok("debug") => tracing::Level::DEBUG,
+        Ok("trace") => tracing::Level::TRACE,
+        _ => tracing::Level::INFO,
+    }
+}
+
+/// `main` of the `xapid-xenguest` helper; returns the exit status.
+pub fn helper_main() -> i32 {
+    let _ = tracing::subscriber::set_global_default(StderrLog(log_level_from_env()));
+    let mut args = std::env::args().skip(1);
+    if args.next().as_deref() != Some("build") {
+        eprintln!("usage: {HELPER_NAME} build  < request.json  > reply.json");
+        return 2;
+    }
+    let mut input = Vec::new();
+    if let Err(e) = std::io::stdin().read_to_end(&mut input) {
+        eprintln!("{HELPER_NAME}: reading the request: {e}");
+        return 2;
+    }
+    let req: BuildRequest = match serde_json::from_slice(&input) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("{HELPER_NAME}: bad request: {e}");
+            return 2;
+        }
+    };
+    let reply = match XcHandle::open()
+        .map_err(BuildFailure::from)
+        .and_then(|xc| build_in_process(&xc, &req))
+    {
+        Ok(r) => BuildReply::Built {
+            console_mfn: r.console_mfn,
+            xenstore_mfn: r.xenstore_mfn,
+        },
+        Err(f) => BuildReply::Failed {
+            call: Some(f.call),
+            errno: f.errno,
+            message: f.message,
+        },
+    };
+    match serde_json::to_vec(&reply) {
+        Ok(bytes) => {
+            let mut stdout = std::io::stdout();
+            if stdout.write_all(&bytes).and_then(|()| stdout.flush()).is_err() {
+                return 1;
+            }
+            0
+        }
+        Err(e) => {
+            eprintln!("{HELPER_NAME}: encoding the reply: {e}");
+            1
+        }
+    }
+}

@@ -1,0 +1,318 @@
+#!/bin/bash
+# Runs the hypervisor backend conformance suite against the real Xen
+# backend (agent/src/hypervisor/xen.rs) on real Xen 4.17, booted with a
+# Debian bookworm dom0 under QEMU TCG on this machine.
+#
+#   tests/xen/run.sh              build what is missing, boot, run, report
+#   tests/xen/run.sh --prepare    only install tools and build the cached image
+#   tests/xen/run.sh --rebuild    throw the cached image away first
+#
+# Everything large lives outside the repository, in
+# ${XAPID_XEN_CACHE:-$HOME/.cache/xapid-xen}:
+#   rootfs/        debootstrap'ed dom0 (Xen 4.17 hypervisor + tools, Debian kernel)
+#   dom0.img       ext4 image of rootfs (QEMU runs it with -snapshot: never modified)
+#   xen.elf vmlinuz initrd.img    what QEMU boots (Xen, dom0 kernel + initrd)
+#   guest-vmlinuz guest-initrd.gz the PV test guest: Debian kernel + busybox initramfs
+#   runs/<time>/   per-run payload disk, serial.log, qemu.log
+#
+# The run: the agent's test binary and the domain-build helper
+# xapid-xenguest are built on the host (same bookworm libraries as dom0)
+# and put on a small second disk with
+# tests/xen/dom0-run.sh and the guest kernel; dom0 mounts it at boot and
+# runs the ignored test hypervisor::xen::tests::conformance_on_real_xen,
+# which runs conformance::run_all against XenBackend. Everything dom0
+# prints goes to /dev/hvc0, which Xen forwards to QEMU's serial port, which
+# is the file runs/<time>/serial.log. Results are read from there.
+#
+# Exit status: 0 the suite passed; 1 the suite ran and failed; 2 the
+# harness could not run it (tools, image, build, boot).
+#
+# Environment: XAPID_XEN_CACHE (see above), XAPID_XEN_TIMEOUT (seconds
+# QEMU may run, default 900), XAPID_XEN_GUEST_MIB (test guest memory,
+# default 128: the Debian kernel's image alone takes ~58 MiB),
+# XAPID_XEN_SMP (QEMU CPUs, default 2), XAPID_XEN_CPU (QEMU -cpu, default
+# max,-smap,-pcid,-invpcid: see docs/hypervisor.md, "Testing on real Xen"), XAPID_XEN_FILTER (run only the
+# conformance checks whose name contains this), XAPID_XEN_LOG=debug
+# (libxenguest's detailed domain builder log in the serial log).
+set -euo pipefail
+
+REPO=$(cd "$(dirname "$0")/../.." && pwd)
+CACHE=${XAPID_XEN_CACHE:-$HOME/.cache/xapid-xen}
+TIMEOUT=${XAPID_XEN_TIMEOUT:-900}
+SMP=${XAPID_XEN_SMP:-2}
+CPU=${XAPID_XEN_CPU:-max,-smap,-pcid,-invpcid}
+GUEST_MIB=${XAPID_XEN_GUEST_MIB:-128}
+FILTER=${XAPID_XEN_FILTER:-}
+# Bump when the dom0 customisation below changes (forces a new dom0.img,
+# not a new debootstrap).
+IMAGE_VERSION=3
+PACKAGES=linux-image-amd64,xen-hypervisor-4.17-amd64,xen-utils-4.17,xen-utils-common,systemd-sysv,udev,kmod,iproute2,procps,initramfs-tools,util-linux,e2fsprogs
+
+T0=$(date +%s)
+say() { printf '[xen-harness %4ss] %s\n' "$(($(date +%s) - T0))" "$*" >&2; }
+die() {
+    printf '\n*** xen-harness FAILED: %s ***\n\n' "$*" >&2
+    exit 2
+}
+
+MODE=run
+for arg in "$@"; do
+    case $arg in
+    --prepare) MODE=prepare ;;
+    --rebuild) rm -rf "$CACHE/rootfs" "$CACHE/rootfs.partial" "$CACHE/dom0.img" "$CACHE"/*.stamp ;;
+    -h | --help)
+        sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
+        exit 0
+        ;;
+    *) die "unknown argument $arg (try --help)" ;;
+    esac
+done
+
+[ "$(id -u)" = 0 ] || die "must run as root (debootstrap, mkfs, apt-get)"
+mkdir -p "$CACHE/runs"
+exec 9>"$CACHE/lock"
+flock -n 9 || {
+    say "another run holds $CACHE/lock; waiting"
+    flock 9
+}
+
+# ---------------------------------------------------------------- tools
+need_tools() {
+    local missing=()
+    command -v qemu-system-x86_64 >/dev/null || missing+=(qemu-system-x86)
+    command -v debootstrap >/dev/null || missing+=(debootstrap)
+    [ -x /bin/busybox ] && file_is_static /bin/busybox || missing+=(busybox-static)
+    command -v cpio >/dev/null || missing+=(cpio)
+    command -v mkfs.ext4 >/dev/null || missing+=(e2fsprogs)
+    command -v xz >/dev/null || missing+=(xz-utils)
+    echo "${missing[@]:-}"
+}
+file_is_static() { ! ldd "$1" >/dev/null 2>&1; }
+
+missing=$(need_tools)
+if [ -n "$missing" ]; then
+    say "installing $missing with apt-get"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq || die "apt-get update failed"
+    # shellcheck disable=SC2086
+    apt-get install -y -qq -o DPkg::Lock::Timeout=300 $missing >/dev/null ||
+        die "apt-get install $missing failed"
+    missing=$(need_tools)
+    [ -z "$missing" ] || die "still missing after apt-get: $missing"
+fi
+qemu-system-x86_64 --version | head -1 | sed 's/^/[xen-harness] /' >&2
+
+# ---------------------------------------------------------------- dom0 rootfs
+mirror() {
+    local m
+    m=$(awk '/^URIs:/{print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
+    [ -n "$m" ] || m=$(awk '/^deb /{print $2; exit}' /etc/apt/sources.list 2>/dev/null || true)
+    echo "${m:-http://deb.debian.org/debian}"
+}
+
+R=$CACHE/rootfs
+if [ ! -f "$CACHE/rootfs.stamp" ]; then
+    say "debootstrap bookworm dom0 into $R (first run: a few minutes)"
+    rm -rf "$CACHE/rootfs.partial" "$R"
+    debootstrap --variant=minbase --include="$PACKAGES" bookworm "$CACHE/rootfs.partial" "$(mirror)" \
+        >"$CACHE/debootstrap.log" 2>&1 ||
+        die "debootstrap failed; see $CACHE/debootstrap.log"
+    rm -f "$CACHE/rootfs.partial"/var/cache/apt/archives/*.deb
+    mv "$CACHE/rootfs.partial" "$R"
+    date -u >"$CACHE/rootfs.stamp"
+    rm -f "$CACHE/image.stamp"
+fi
+[ -x "$R/usr/sbin/xl" ] || die "$R has no xl: broken rootfs, rerun with --rebuild"
+
+KVER=$(ls "$R/lib/modules" | sort -V | tail -1)
+[ -n "$KVER" ] || die "no kernel in $R/lib/modules"
+
+if [ "$(cat "$CACHE/image.stamp" 2>/dev/null)" != "$IMAGE_VERSION $KVER" ]; then
+    say "customising dom0 and building $CACHE/dom0.img"
+    echo xapid-xen-dom0 >"$R/etc/hostname"
+    echo '/dev/vda / ext4 rw 0 1' >"$R/etc/fstab"
+    grep -q '^XENCONSOLED_ARGS=' "$R/etc/default/xen" 2>/dev/null ||
+        echo 'XENCONSOLED_ARGS="--log=guest"' >>"$R/etc/default/xen"
+    mkdir -p "$R/var/log/xen/console" "$R/mnt/payload"
+    # agetty's vhangup would cut off output on hvc0, where the results go.
+    ln -sf /dev/null "$R/etc/systemd/system/serial-getty@hvc0.service"
+    ln -sf /dev/null "$R/etc/systemd/system/getty@tty1.service"
+    # The test entry point: mount the per-run payload disk and run its script.
+    cat >"$R/usr/local/sbin/xapid-test-entry" <<'EOF'
+#!/bin/bash
+exec >/dev/hvc0 2>&1
+echo "XAPID_DOM0_UP uptime=$(cut -d' ' -f1 /proc/uptime)s"
+if mount -o ro /dev/vdb /mnt/payload && [ -x /mnt/payload/dom0-run.sh ]; then
+    /mnt/payload/dom0-run.sh
+else
+    echo "XAPID_XEN_RESULT=NOPAYLOAD"
+fi
+sync
+systemctl poweroff --force
+EOF
+    chmod +x "$R/usr/local/sbin/xapid-test-entry"
+    cat >"$R/etc/systemd/system/xapid-test.service" <<'EOF'
+[Unit]
+Description=xapid Xen backend conformance run
+After=xen.service xenstored.service xenconsoled.service xen-init-dom0.service proc-xen.mount network.target
+Wants=xen.service xenstored.service xenconsoled.service xen-init-dom0.service
+[Service]
+Type=oneshot
+ExecStart=/usr/local/sbin/xapid-test-entry
+TimeoutStartSec=infinity
+[Install]
+WantedBy=multi-user.target
+EOF
+    ln -sf /etc/systemd/system/xapid-test.service \
+        "$R/etc/systemd/system/multi-user.target.wants/xapid-test.service"
+    cp "$R/boot/vmlinuz-$KVER" "$CACHE/vmlinuz"
+    cp "$R/boot/initrd.img-$KVER" "$CACHE/initrd.img"
+    zcat "$R"/boot/xen-4.17-amd64.gz >"$CACHE/xen.elf" # multiboot ELF for qemu -kernel
+    rm -f "$CACHE/dom0.img"
+    truncate -s 3G "$CACHE/dom0.img.partial"
+    mkfs.ext4 -q -F -L dom0 -d "$R" "$CACHE/dom0.img.partial" || die "mkfs.ext4 of dom0.img failed"
+    mv "$CACHE/dom0.img.partial" "$CACHE/dom0.img"
+    rm -f "$CACHE/guest.stamp"
+    echo "$IMAGE_VERSION $KVER" >"$CACHE/image.stamp"
+fi
+
+# ---------------------------------------------------------------- PV test guest
+if [ ! -f "$CACHE/guest.stamp" ]; then
+    say "building the PV test guest (Debian kernel $KVER + busybox initramfs)"
+    G=$(mktemp -d)
+    mkdir -p "$G"/{bin,sbin,proc,sys,dev,tmp,lib/modules}
+    cp /bin/busybox "$G/bin/busybox"
+    # Xen PV block/net frontends, so plugged devices really connect.
+    for m in drivers/block/xen-blkfront drivers/net/xen-netfront; do
+        for ext in .ko .ko.xz .ko.zst; do
+            f="$R/lib/modules/$KVER/kernel/$m$ext"
+            [ -f "$f" ] || continue
+            case $ext in
+            .ko) cp "$f" "$G/lib/modules/" ;;
+            .ko.xz) xz -dc "$f" >"$G/lib/modules/$(basename "$m").ko" ;;
+            .ko.zst) zstd -qdc "$f" >"$G/lib/modules/$(basename "$m").ko" ;;
+            esac
+        done
+    done
+    # The kernel runs /sbin/poweroff and /sbin/reboot when the toolstack
+    # writes control/shutdown; make them act at once (no init system here).
+    for a in poweroff reboot halt; do
+        f=$a
+        [ $a = halt ] && f=poweroff
+        printf '#!/bin/sh\necho "XAPID_GUEST %s"\nexec /bin/busybox %s -f\n' "$a" "$f" >"$G/sbin/$a"
+        chmod +x "$G/sbin/$a"
+    done
+    cat >"$G/init" <<'EOF'
+#!/bin/busybox sh
+/bin/busybox --install -s /bin
+mount -t proc proc /proc; mount -t sysfs sysfs /sys; mount -t devtmpfs dev /dev 2>/dev/null
+echo "XAPID_GUEST up: $(uname -r) $(grep -o 'Xen[^ ]*' /sys/hypervisor/type 2>/dev/null)"
+for m in /lib/modules/*.ko; do insmod "$m" 2>/dev/null && echo "XAPID_GUEST loaded $m"; done
+n=0
+while :; do
+    n=$((n + 1))
+    echo "XAPID_GUEST alive $n uptime=$(cut -d' ' -f1 /proc/uptime)"
+    sleep 2
+done
+EOF
+    chmod +x "$G/init"
+    (cd "$G" && find . | cpio -o -H newc 2>/dev/null | gzip -1) >"$CACHE/guest-initrd.gz"
+    rm -rf "$G"
+    cp "$CACHE/vmlinuz" "$CACHE/guest-vmlinuz"
+    date -u >"$CACHE/guest.stamp"
+fi
+
+say "image ready: $(du -sh --apparent-size "$CACHE/dom0.img" | cut -f1) dom0.img, kernel $KVER"
+[ "$MODE" = prepare ] && exit 0
+
+# ---------------------------------------------------------------- host build
+say "building the agent test binary on the host"
+TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target}
+BIN=$(cd "$REPO" && cargo test -p agent --lib --no-run --message-format=json 2>"$CACHE/cargo.log" |
+    python3 -c '
+import json, sys
+for line in sys.stdin:
+    try:
+        m = json.loads(line)
+    except ValueError:
+        continue
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "agent" and m["profile"]["test"]:
+        print(m["executable"])
+') || true
+[ -n "$BIN" ] && [ -x "$BIN" ] || {
+    tail -30 "$CACHE/cargo.log" >&2
+    die "cargo test -p agent --no-run failed (log: $CACHE/cargo.log)"
+}
+say "test binary: $BIN"
+(cd "$REPO" && cargo build -p agent --bin xapid-xenguest 2>>"$CACHE/cargo.log") ||
+    die "cargo build -p agent --bin xapid-xenguest failed (log: $CACHE/cargo.log)"
+HELPER=$(dirname "$(dirname "$BIN")")/xapid-xenguest
+[ -x "$HELPER" ] || die "no $HELPER after the build"
+
+RUN=$CACHE/runs/$(date -u +%Y%m%dT%H%M%S)
+mkdir -p "$RUN/payload"
+cp "$BIN" "$RUN/payload/agent-tests"
+cp "$HELPER" "$RUN/payload/xapid-xenguest"
+cp "$REPO/tests/xen/dom0-run.sh" "$RUN/payload/dom0-run.sh"
+chmod +x "$RUN/payload/dom0-run.sh"
+cp "$CACHE/guest-vmlinuz" "$CACHE/guest-initrd.gz" "$RUN/payload/"
+(cd "$RUN/payload" && sha256sum agent-tests xapid-xenguest guest-vmlinuz guest-initrd.gz >SHA256SUMS)
+cat >"$RUN/payload/env" <<EOF
+XAPID_XEN_GUEST_MIB=$GUEST_MIB
+XAPID_XEN_FILTER=$FILTER
+XAPID_XEN_LOG=${XAPID_XEN_LOG:-}
+XAPID_XEN_XL_PROBE=${XAPID_XEN_XL_PROBE:-}
+EOF
+truncate -s 256M "$RUN/payload.img"
+mkfs.ext4 -q -F -L payload -d "$RUN/payload" "$RUN/payload.img" || die "mkfs.ext4 of the payload failed"
+rm -rf "$RUN/payload"
+ln -sfn "$RUN" "$CACHE/runs/latest"
+
+# ---------------------------------------------------------------- boot
+say "booting Xen + dom0 under QEMU TCG (-smp $SMP, timeout ${TIMEOUT}s); serial log: $RUN/serial.log"
+T_BOOT=$(date +%s)
+set +e
+timeout --foreground "$TIMEOUT" qemu-system-x86_64 -accel tcg -cpu "$CPU" -m 2048 -smp "$SMP" -machine q35 \
+    -display none -monitor none -no-reboot -snapshot -serial "file:$RUN/serial.log" \
+    -kernel "$CACHE/xen.elf" \
+    -append "console=com1 com1=115200,8n1 dom0_mem=768M,max:768M dom0_max_vcpus=$SMP loglvl=all guest_loglvl=all" \
+    -initrd "$CACHE/vmlinuz root=/dev/vda rw console=hvc0 systemd.show_status=0,$CACHE/initrd.img" \
+    -drive "file=$CACHE/dom0.img,if=virtio,format=raw" \
+    -drive "file=$RUN/payload.img,if=virtio,format=raw,readonly=on" \
+    >"$RUN/qemu.log" 2>&1 9>&- &
+QPID=$!
+# Progress: echo the harness's marker lines as they appear (tail stops
+# when QEMU does).
+tail -n +1 -F --pid=$QPID "$RUN/serial.log" 2>/dev/null 9>&- | grep --line-buffered -a -E \
+    '^(XAPID_(STEP|CHECK|HOST|WARN|XEN|DOM0|XLPROBE)|conformance of|  [a-z_0-9]+ +(ok|FAILED|skipped) )|checks passed|\(XEN\) Xen version|panic' 9>&- &
+wait $QPID
+QRC=$?
+set -e
+wait
+T_END=$(date +%s)
+say "QEMU exited with $QRC after $((T_END - T_BOOT))s"
+
+S=$RUN/serial.log
+[ -s "$S" ] || die "no serial output at all; qemu log: $(tail -5 "$RUN/qemu.log")"
+grep -a -q 'Xen version 4.17' "$S" || die "Xen did not start (see $S)"
+grep -a -q XAPID_DOM0_UP "$S" || die "dom0 did not reach the test service (see $S)"
+[ $QRC = 124 ] && say "QEMU was killed by the ${TIMEOUT}s timeout"
+
+echo
+echo "=== conformance report (from $S) ==="
+sed -n '/^conformance of the /,/checks passed/p' "$S" | tr -d '\r' || true
+echo "=== timings: boot to dom0 test start $(grep -a -o 'XAPID_DOM0_UP uptime=[0-9.]*s' "$S" | head -1 | cut -d= -f2), total QEMU $((T_END - T_BOOT))s, harness $((T_END - T0))s ==="
+RESULT=$(grep -a -o 'XAPID_XEN_RESULT=[A-Z]*' "$S" | tail -1 | cut -d= -f2)
+case $RESULT in
+PASS)
+    echo "XAPID_XEN_RESULT=PASS"
+    exit 0
+    ;;
+FAIL)
+    echo "XAPID_XEN_RESULT=FAIL (serial log: $S)"
+    exit 1
+    ;;
+*)
+    die "no result in the serial log (result '${RESULT:-none}'); see $S"
+    ;;
+esac
