@@ -5,8 +5,8 @@
 # clients in a cache outside the repo), then runs, in order:
 #   1. formatting and lints         cargo fmt --check; cargo clippy -D warnings
 #   2. generated-code checks        vendor/xenapi/check.sh; xen-sys/scripts/check-bindings.sh
-#   3. Rust tests                   cargo test --workspace
-#   4. real clients against xapid   tests/clients/run.sh (XenAPI.py, Xen Orchestra's xen-api)
+#   3. Rust tests                   cargo test --workspace (units, crash durability, auth walk)
+#   4. real clients against xapid   tests/clients/run.sh (XenAPI.py, Xen Orchestra's xen-api, Ansible)
 # Any failure stops the run with a non-zero exit.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -37,11 +37,14 @@ bash vendor/xenapi/check.sh
 step "xen-sys: regenerating the bindings is a no-op"
 bash xen-sys/scripts/check-bindings.sh
 
-step "cargo test --workspace"
+step "building the daemon (release): the end-to-end tests drive this binary"
+cargo build --release --bin xapid --bin xapid-xenguest
+export XAPID_BIN="$PWD/target/release/xapid"
+
+step "cargo test --workspace (unit tests; crash durability, authentication walk, disk full)"
 XENCTRL_REQUIRE_XEN_LIBS=1 cargo test --workspace
 
-step "real clients against the daemon"
-cargo build --release --bin xapid
+step "real clients against the daemon (XenAPI.py, Xen Orchestra's xen-api, Ansible)"
 bash tests/clients/run.sh
 
 step "all tests passed"

@@ -95,3 +95,22 @@ def test_api_version_property(session):
     # XenAPI.Session.API_version: pool.get_master + host.get_API_version_{major,minor}.
     major, minor = session.API_version.split(".")
     assert int(major) >= 2 and int(minor) >= 0, session.API_version
+
+
+def test_many_sessions_of_one_originator_stay_valid(daemon):
+    """Tools open many sessions under one originator (a backup job per VM, a thread pool).
+    The reference limits sessions per originator to 500 (xapi_globs.max_sessions_per_originator)
+    and only its periodic GC removes the least recently active ones beyond that: 80 sessions
+    opened one after the other must all stay usable."""
+    raw = xmlrpc.client.ServerProxy(daemon.url, allow_none=True)
+    handles = []
+    try:
+        for _ in range(80):
+            handles.append(raw_value(raw.session.login_with_password("root", daemon.password, "2.0",
+                                                                     "xapid-many-sessions")))
+        dead = [h for h in handles if raw.pool.get_all(h).get("Status") != "Success"]
+        assert not dead, f"{len(dead)} of {len(handles)} sessions of one originator were destroyed: " \
+                         f"{raw.pool.get_all(dead[0])}"
+    finally:
+        for h in handles:
+            raw.session.logout(h)
