@@ -191,10 +191,10 @@ impl IoEngine {
                 (EngineKind::Fallback, None, thread)
             }
         };
-        tracing::debug!(
+        tracing::info!(
             engine = kind.name(),
             buffers = pool.count(),
-            "I/O engine started"
+            "disk I/O engine started"
         );
         IoEngine {
             tx: Some(tx),
