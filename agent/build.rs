@@ -58,10 +58,7 @@ fn s(v: &Json, key: &str) -> BuildResult<String> {
 }
 
 fn arr<'a>(v: &'a Json, key: &str) -> &'a [Json] {
-    v.get(key)
-        .and_then(Json::as_array)
-        .map(Vec::as_slice)
-        .unwrap_or(&[])
+    v.get(key).and_then(Json::as_array).map(Vec::as_slice).unwrap_or(&[])
 }
 
 struct Field {
@@ -147,11 +144,7 @@ fn parse_class(c: &Json, enums: &mut BTreeMap<String, Vec<String>>) -> BuildResu
 }
 
 /// A parsed XenAPI type, rendered as a Rust constant expression of `Ty`.
-fn ty_expr(
-    t: &str,
-    class_ids: &BTreeMap<String, usize>,
-    enum_ids: &BTreeMap<String, usize>,
-) -> BuildResult<String> {
+fn ty_expr(t: &str, class_ids: &BTreeMap<String, usize>, enum_ids: &BTreeMap<String, usize>) -> BuildResult<String> {
     let t = t.trim();
     if t == "<class> record" {
         return Ok("Ty::AnyRecord".into());
@@ -168,33 +161,21 @@ fn ty_expr(
         ));
     }
     if let Some(inner) = t.strip_suffix(" set") {
-        return Ok(format!(
-            "Ty::Set(&{})",
-            ty_expr(inner, class_ids, enum_ids)?
-        ));
+        return Ok(format!("Ty::Set(&{})", ty_expr(inner, class_ids, enum_ids)?));
     }
     if let Some(inner) = t.strip_suffix(" option") {
-        return Ok(format!(
-            "Ty::Option(&{})",
-            ty_expr(inner, class_ids, enum_ids)?
-        ));
+        return Ok(format!("Ty::Option(&{})", ty_expr(inner, class_ids, enum_ids)?));
     }
     if let Some(c) = t.strip_suffix(" ref") {
-        let id = class_ids
-            .get(c)
-            .ok_or_else(|| format!("unknown class in type {t}"))?;
+        let id = class_ids.get(c).ok_or_else(|| format!("unknown class in type {t}"))?;
         return Ok(format!("Ty::Ref(ClassId({id}))"));
     }
     if let Some(c) = t.strip_suffix(" record") {
-        let id = class_ids
-            .get(c)
-            .ok_or_else(|| format!("unknown class in type {t}"))?;
+        let id = class_ids.get(c).ok_or_else(|| format!("unknown class in type {t}"))?;
         return Ok(format!("Ty::Record(ClassId({id}))"));
     }
     if let Some(e) = t.strip_prefix("enum ") {
-        let id = enum_ids
-            .get(e)
-            .ok_or_else(|| format!("unknown enum in type {t}"))?;
+        let id = enum_ids.get(e).ok_or_else(|| format!("unknown enum in type {t}"))?;
         return Ok(format!("Ty::Enum(EnumId({id}))"));
     }
     Ok(match t {
@@ -252,11 +233,11 @@ fn rust_str(v: &str) -> String {
 
 fn ident(name: &str) -> String {
     const KEYWORDS: &[&str] = &[
-        "type", "ref", "self", "Self", "mod", "fn", "match", "loop", "move", "static", "struct",
-        "use", "where", "impl", "in", "for", "as", "box", "crate", "enum", "trait", "true",
-        "false", "let", "const", "break", "continue", "else", "if", "return", "super", "unsafe",
-        "while", "async", "await", "dyn", "abstract", "become", "do", "final", "macro", "override",
-        "priv", "typeof", "unsized", "virtual", "yield", "try", "pub", "extern", "mut", "gen",
+        "type", "ref", "self", "Self", "mod", "fn", "match", "loop", "move", "static", "struct", "use", "where",
+        "impl", "in", "for", "as", "box", "crate", "enum", "trait", "true", "false", "let", "const", "break",
+        "continue", "else", "if", "return", "super", "unsafe", "while", "async", "await", "dyn", "abstract", "become",
+        "do", "final", "macro", "override", "priv", "typeof", "unsized", "virtual", "yield", "try", "pub", "extern",
+        "mut", "gen",
     ];
     if KEYWORDS.contains(&name) {
         format!("r#{name}")
@@ -273,6 +254,7 @@ fn run() -> BuildResult<()> {
     let errors = read_json(&vendor.join("errors.json"))?;
     let additions = read_optional(&vendor.join("additions.json"))?;
     let seed_enums = read_optional(&vendor.join("enums.json"))?;
+    let param_defaults = read_optional(&vendor.join("param_defaults.json"))?;
 
     let mut enums: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut classes = Vec::new();
@@ -288,10 +270,7 @@ fn run() -> BuildResult<()> {
             Ok((c.to_owned(), f.to_owned()))
         };
         let a = r.as_array().ok_or("relation is not a pair")?;
-        Ok((
-            side(a.first().ok_or("relation")?)?,
-            side(a.get(1).ok_or("relation")?)?,
-        ))
+        Ok((side(a.first().ok_or("relation")?)?, side(a.get(1).ok_or("relation")?)?))
     };
     for r in relations.as_array().ok_or("relations.json is not a list")? {
         relation_pairs.push(parse_rel(r)?);
@@ -369,17 +348,9 @@ fn run() -> BuildResult<()> {
         }
     }
 
-    let class_ids: BTreeMap<String, usize> = classes
-        .iter()
-        .enumerate()
-        .map(|(i, c)| (c.name.clone(), i))
-        .collect();
+    let class_ids: BTreeMap<String, usize> = classes.iter().enumerate().map(|(i, c)| (c.name.clone(), i)).collect();
     let enum_names: Vec<&String> = enums.keys().collect();
-    let enum_ids: BTreeMap<String, usize> = enum_names
-        .iter()
-        .enumerate()
-        .map(|(i, n)| ((*n).clone(), i))
-        .collect();
+    let enum_ids: BTreeMap<String, usize> = enum_names.iter().enumerate().map(|(i, n)| ((*n).clone(), i)).collect();
 
     let mut out = String::new();
     out.push_str("// @generated by agent/build.rs from vendor/xenapi/. Do not edit.\n\n");
@@ -405,18 +376,10 @@ fn run() -> BuildResult<()> {
     // Classes.
     out.push_str("/// Every class of the API.\npub static CLASSES: &[ClassDef] = &[\n");
     for c in &classes {
-        let field_index: BTreeMap<&str, usize> = c
-            .fields
-            .iter()
-            .enumerate()
-            .map(|(i, f)| (f.name.as_str(), i))
-            .collect();
+        let field_index: BTreeMap<&str, usize> =
+            c.fields.iter().enumerate().map(|(i, f)| (f.name.as_str(), i)).collect();
         let _ = writeln!(out, "    ClassDef {{\n        name: {},", rust_str(&c.name));
-        let _ = writeln!(
-            out,
-            "        persistent: {},",
-            !EPHEMERAL.contains(&c.name.as_str())
-        );
+        let _ = writeln!(out, "        persistent: {},", !EPHEMERAL.contains(&c.name.as_str()));
         out.push_str("        fields: &[\n");
         for f in &c.fields {
             let q = match f.qualifier.as_str() {
@@ -439,12 +402,23 @@ fn run() -> BuildResult<()> {
         out.push_str("        ],\n        messages: &[\n");
         for m in &c.messages {
             let kind = message_kind(c, m, &field_index);
+            let defaults = param_defaults
+                .as_ref()
+                .and_then(|d| d.get(format!("{}.{}", c.name, m.name)));
             let params: Vec<String> = m
                 .params
                 .iter()
                 .map(|p| {
-                    ty_expr(&p.ty, &class_ids, &enum_ids)
-                        .map(|t| format!("ParamDef {{ name: {}, ty: &{t} }}", rust_str(&p.name)))
+                    let default = match defaults.and_then(|d| d.get(&p.name)) {
+                        Some(v) => format!("Some({})", rust_str(&v.to_string())),
+                        None => "None".into(),
+                    };
+                    ty_expr(&p.ty, &class_ids, &enum_ids).map(|t| {
+                        format!(
+                            "ParamDef {{ name: {}, ty: &{t}, default: {default} }}",
+                            rust_str(&p.name)
+                        )
+                    })
                 })
                 .collect::<BuildResult<_>>()?;
             let errs: Vec<String> = m.errors.iter().map(|e| rust_str(e)).collect();
@@ -464,11 +438,7 @@ fn run() -> BuildResult<()> {
 
     out.push_str("/// Class ids by name.\n#[allow(non_upper_case_globals, dead_code)]\npub mod class_ids {\n    use super::ClassId;\n");
     for (name, id) in &class_ids {
-        let _ = writeln!(
-            out,
-            "    pub const {}: ClassId = ClassId({id});",
-            ident(name)
-        );
+        let _ = writeln!(out, "    pub const {}: ClassId = ClassId({id});", ident(name));
     }
     out.push_str("}\n\n");
 
@@ -478,11 +448,7 @@ fn run() -> BuildResult<()> {
         let mut seen = BTreeSet::new();
         for (i, f) in c.fields.iter().enumerate() {
             if seen.insert(f.name.clone()) {
-                let _ = writeln!(
-                    out,
-                    "        pub const {}: FieldId = FieldId({i});",
-                    ident(&f.name)
-                );
+                let _ = writeln!(out, "        pub const {}: FieldId = FieldId({i});", ident(&f.name));
             }
         }
         out.push_str("    }\n");
@@ -492,14 +458,14 @@ fn run() -> BuildResult<()> {
     // Relations.
     // A pair naming a field the published API hides (e.g. `task.session`) is left out: only
     // visible fields are kept consistent generically.
-    out.push_str("/// Bound field pairs: each end lists the other.\npub static RELATIONS: &[(FieldRef, FieldRef)] = &[\n");
+    out.push_str(
+        "/// Bound field pairs: each end lists the other.\npub static RELATIONS: &[(FieldRef, FieldRef)] = &[\n",
+    );
     for ((ca, fa), (cb, fb)) in &relation_pairs {
         let fr = |c: &str, f: &str| -> Option<String> {
             let ci = class_ids.get(c)?;
             let fi = classes[*ci].fields.iter().position(|x| x.name == f)?;
-            Some(format!(
-                "FieldRef {{ class: ClassId({ci}), field: FieldId({fi}) }}"
-            ))
+            Some(format!("FieldRef {{ class: ClassId({ci}), field: FieldId({fi}) }}"))
         };
         match (fr(ca, fa), fr(cb, fb)) {
             (Some(a), Some(b)) => {
@@ -517,10 +483,7 @@ fn run() -> BuildResult<()> {
     for (code, params) in errors.as_object().ok_or("errors.json is not an object")? {
         let p = match params.as_array() {
             Some(list) => {
-                let names: Vec<String> = list
-                    .iter()
-                    .filter_map(|x| x.as_str().map(rust_str))
-                    .collect();
+                let names: Vec<String> = list.iter().filter_map(|x| x.as_str().map(rust_str)).collect();
                 format!("Some(&[{}])", names.join(", "))
             }
             None => "None".into(),

@@ -6,7 +6,7 @@ use crate::error::ApiError;
 use crate::handlers;
 use crate::objects::{self, new_ref, new_uuid};
 use crate::query;
-use crate::schema::{self, class_ids, ClassId, FieldId, MessageDef, MessageKind};
+use crate::schema::{self, ClassId, FieldId, MessageDef, MessageKind};
 use crate::value::{from_json, Object, Value};
 use crate::Agent;
 use serde_json::Value as Json;
@@ -17,6 +17,8 @@ use std::sync::Arc;
 pub struct CallCtx {
     /// A uid-0 peer on the unix socket.
     pub trusted_root: bool,
+    /// The task this call runs under, for `Async.*` calls.
+    pub task: Option<String>,
 }
 
 /// A call after checking: the message, its typed arguments (session first, where it has one).
@@ -38,7 +40,7 @@ pub fn method_list() -> Vec<String> {
         out.push(format!("{}.{}", c.name(), m.name));
     }
     for (c, m) in schema::method_names() {
-        if is_async_eligible(m) {
+        if is_async_eligible(c, m) {
             out.push(format!("Async.{}.{}", c.name(), m.name));
         }
     }
@@ -47,9 +49,17 @@ pub fn method_list() -> Vec<String> {
 }
 
 /// Whether a message also exists as `Async.<Class>.<msg>`.
-pub fn is_async_eligible(m: &MessageDef) -> bool {
-    m.takes_session()
-        && (!m.implicit || matches!(m.kind, MessageKind::Create | MessageKind::Destroy))
+pub fn is_async_eligible(class: ClassId, m: &MessageDef) -> bool {
+    use crate::schema::class_ids;
+    // The reference declares session and event calls, and the message class's queries,
+    // without an asynchronous form.
+    if class == class_ids::session
+        || class == class_ids::event
+        || (class == class_ids::message && m.name.starts_with("get"))
+    {
+        return false;
+    }
+    m.takes_session() && (!m.implicit || matches!(m.kind, MessageKind::Create | MessageKind::Destroy))
 }
 
 /// Checks a wire call against the datamodel and types its arguments.
@@ -59,27 +69,34 @@ pub fn check(agent: &Agent, method: &str, params: &[Json]) -> Result<Call, ApiEr
     })?;
     let defs = m.message.params;
     let expected = defs.len();
-    // The reference accepts logins with 2, 3 or 4 parameters (version and originator optional).
-    let login = m.class == class_ids::session && m.message.name == "login_with_password";
-    let count_ok = if login {
-        (2..=expected).contains(&params.len())
-    } else {
-        params.len() == expected
-    };
-    if !count_ok {
+    // Trailing parameters with a default may be left out, as the reference allows.
+    let required = defs.len() - defs.iter().rev().take_while(|p| p.default.is_some()).count();
+    if params.len() < required || params.len() > expected {
         return Err(ApiError::MessageParameterCountMismatch {
             method: method.to_owned(),
             expected: expected.to_string(),
             received: params.len().to_string(),
         });
     }
+    let filled: Vec<Json>;
+    let params = if params.len() < expected {
+        let mut all = params.to_vec();
+        for d in &defs[params.len()..] {
+            let text = d.default.unwrap_or("null");
+            all.push(serde_json::from_str(text).unwrap_or(Json::Null));
+        }
+        filled = all;
+        filled.as_slice()
+    } else {
+        params
+    };
     let mut session = None;
     let mut args = Vec::with_capacity(expected);
     for (i, (def, p)) in defs.iter().zip(params.iter()).enumerate() {
         if i == 0 && m.message.takes_session() {
-            let s = p.as_str().ok_or_else(|| ApiError::SessionInvalid {
-                handle: p.to_string(),
-            })?;
+            let s = p
+                .as_str()
+                .ok_or_else(|| ApiError::SessionInvalid { handle: p.to_string() })?;
             agent.sessions.validate(&agent.store, s)?;
             session = Some(s.to_owned());
             continue;
@@ -87,8 +104,9 @@ pub fn check(agent: &Agent, method: &str, params: &[Json]) -> Result<Call, ApiEr
         if m.message.kind == MessageKind::Create {
             require_constructor_fields(m.class, p)?;
         }
+        // The value itself is never logged: it may be a secret.
         let v = from_json(p, def.ty).map_err(|e| {
-            tracing::debug!(method, param = def.name, error = %e, "parameter of the wrong type");
+            tracing::debug!(method, param = def.name, expected = %e.expected, "parameter of the wrong type");
             ApiError::field_type(def.name)
         })?;
         args.push(v);
@@ -108,10 +126,7 @@ fn require_constructor_fields(class: ClassId, record: &Json) -> Result<(), ApiEr
         return Err(ApiError::field_type("args"));
     };
     for f in class.def().fields {
-        if f.qualifier != schema::Qualifier::RoRuntime
-            && f.default.is_none()
-            && !m.contains_key(f.name)
-        {
+        if f.qualifier != schema::Qualifier::RoRuntime && f.default.is_none() && !m.contains_key(f.name) {
             return Err(ApiError::field_type(f.name));
         }
     }
@@ -119,15 +134,10 @@ fn require_constructor_fields(class: ClassId, record: &Json) -> Result<(), ApiEr
 }
 
 /// Runs a wire call.
-pub async fn call(
-    agent: &Arc<Agent>,
-    ctx: &CallCtx,
-    method: &str,
-    params: &[Json],
-) -> Result<Value, ApiError> {
+pub async fn call(agent: &Arc<Agent>, ctx: &CallCtx, method: &str, params: &[Json]) -> Result<Value, ApiError> {
     if let Some(inner) = method.strip_prefix("Async.") {
         let c = check(agent, inner, params)?;
-        if !is_async_eligible(c.message) {
+        if !is_async_eligible(c.class, c.message) {
             return Err(ApiError::MessageMethodUnknown {
                 method: method.to_owned(),
             });
@@ -140,6 +150,9 @@ pub async fn call(
 
 /// Runs a checked call.
 pub async fn run(agent: &Arc<Agent>, ctx: &CallCtx, c: Call) -> Result<Value, ApiError> {
+    if crate::lifecycle::handles(c.class, c.message.name) {
+        return crate::lifecycle::dispatch(agent, ctx, c).await;
+    }
     if c.message.kind == MessageKind::Custom {
         return handlers::custom(agent, ctx, c).await;
     }
@@ -172,9 +185,7 @@ pub async fn generic(agent: &Arc<Agent>, c: Call) -> Result<Value, ApiError> {
         MessageKind::Set(f) | MessageKind::ExplicitSet(f) => {
             let r = arg_ref(&c, 0)?.to_owned();
             let v = c.args.get(1).cloned().unwrap_or(Value::None);
-            store
-                .write(|tx| objects::set_field(tx, class, &r, f, v))
-                .await?;
+            store.write(|tx| objects::set_field(tx, class, &r, f, v)).await?;
             Ok(Value::None)
         }
         MessageKind::AddToSet(f) | MessageKind::RemoveFromSet(f) => {
@@ -215,7 +226,8 @@ pub async fn generic(agent: &Arc<Agent>, c: Call) -> Result<Value, ApiError> {
                         });
                     }
                     pairs.push((key, val));
-                    objects::set_field(tx, class, &r, f, Value::Map(pairs))
+                    objects::set_field(tx, class, &r, f, Value::Map(pairs))?;
+                    crate::lifecycle::rules::refresh_allowed(tx, class, &r)
                 })
                 .await?;
             Ok(Value::None)
@@ -228,7 +240,8 @@ pub async fn generic(agent: &Arc<Agent>, c: Call) -> Result<Value, ApiError> {
                     let cur = tx.must_get(class, &r)?;
                     let mut pairs = cur.get(f).as_map().to_vec();
                     pairs.retain(|(k, _)| k != &key);
-                    objects::set_field(tx, class, &r, f, Value::Map(pairs))
+                    objects::set_field(tx, class, &r, f, Value::Map(pairs))?;
+                    crate::lifecycle::rules::refresh_allowed(tx, class, &r)
                 })
                 .await?;
             Ok(Value::None)
@@ -265,8 +278,7 @@ pub async fn generic(agent: &Arc<Agent>, c: Call) -> Result<Value, ApiError> {
         MessageKind::GetAllRecords => Ok(all_records(agent, class, None)),
         MessageKind::GetAllRecordsWhere => {
             let expr = arg_ref(&c, 0)?;
-            let e = query::parse(expr)
-                .map_err(|why| ApiError::invalid_value("expr", format!("{expr}: {why}")))?;
+            let e = query::parse(expr).map_err(|why| ApiError::invalid_value("expr", format!("{expr}: {why}")))?;
             Ok(all_records(agent, class, Some(&e)))
         }
         MessageKind::Create => {
@@ -304,11 +316,7 @@ pub fn all_records(agent: &Agent, class: ClassId, filter: Option<&query::Expr>) 
 
 /// The implicit constructor: RW and RO/constructor fields come from the record, the rest
 /// from defaults; the server picks the uuid and ref.
-pub async fn create_from_record(
-    agent: &Agent,
-    class: ClassId,
-    rec: &Object,
-) -> Result<String, ApiError> {
+pub async fn create_from_record(agent: &Agent, class: ClassId, rec: &Object) -> Result<String, ApiError> {
     let reference = new_ref();
     let mut obj = crate::value::default_object(class, &reference);
     for (i, f) in class.def().fields.iter().enumerate() {
@@ -320,6 +328,15 @@ pub async fn create_from_record(
         obj.set(uf, Value::str(new_uuid()));
     }
     handlers::before_create(agent, &mut obj)?;
-    agent.store.write(|tx| objects::create(tx, obj)).await?;
+    agent
+        .store
+        .write(|tx| {
+            let class = obj.class;
+            handlers::with_companions(tx, &mut obj)?;
+            objects::create(tx, obj)?;
+            crate::lifecycle::rules::refresh_allowed(tx, class, &reference)?;
+            handlers::after_create(tx, class, &reference)
+        })
+        .await?;
     Ok(reference)
 }

@@ -34,7 +34,16 @@ pub fn render() -> String {
             .collect();
         total += c.messages.len();
         done += c.messages.len() - missing.len();
-        asyncs += c.messages.iter().filter(|m| is_async_eligible(m)).count();
+        asyncs += c
+            .messages
+            .iter()
+            .filter(|m| {
+                is_async_eligible(
+                    crate::schema::ClassId::by_name(c.name).unwrap_or(crate::schema::class_ids::session),
+                    m,
+                )
+            })
+            .count();
         let _ = writeln!(
             body,
             "## {}\n\n{} messages: {} generic (accessors, create, destroy, queries), {} with behaviour, {} NOT_IMPLEMENTED.\n",
@@ -48,22 +57,14 @@ pub fn render() -> String {
             let _ = writeln!(
                 body,
                 "With behaviour: {}\n",
-                custom
-                    .iter()
-                    .map(|m| format!("`{m}`"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                custom.iter().map(|m| format!("`{m}`")).collect::<Vec<_>>().join(", ")
             );
         }
         if !missing.is_empty() {
             let _ = writeln!(
                 body,
                 "Answer `NOT_IMPLEMENTED [function]`: {}\n",
-                missing
-                    .iter()
-                    .map(|m| format!("`{m}`"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                missing.iter().map(|m| format!("`{m}`")).collect::<Vec<_>>().join(", ")
             );
         }
     }

@@ -82,6 +82,42 @@ api_errors! {
     ValueNotSupported { field, value, reason } => "VALUE_NOT_SUPPORTED",
     /// The object is in use by another.
     VdiInUse { vdi, operation } => "VDI_IN_USE",
+    /// A user blocked this operation on the object.
+    OperationBlocked { r#ref, code } => "OPERATION_BLOCKED",
+    /// The operation cannot be done on a snapshot.
+    VmIsSnapshot { vm, operation } => "VM_IS_SNAPSHOT",
+    /// The device is already attached.
+    DeviceAlreadyAttached { device } => "DEVICE_ALREADY_ATTACHED",
+    /// The device is already detached.
+    DeviceAlreadyDetached { device } => "DEVICE_ALREADY_DETACHED",
+    /// The CD drive already holds a disc.
+    VbdNotEmpty { vbd } => "VBD_NOT_EMPTY",
+    /// The CD drive is empty.
+    VbdIsEmpty { vbd } => "VBD_IS_EMPTY",
+    /// The VBD is not a removable-media drive.
+    VbdNotRemovableMedia { vbd } => "VBD_NOT_REMOVABLE_MEDIA",
+    /// The VBD cannot be hot-unplugged.
+    VbdNotUnpluggable { vbd } => "VBD_NOT_UNPLUGGABLE",
+    /// A device name or number is not valid.
+    InvalidDevice { device } => "INVALID_DEVICE",
+    /// The VDI is not an ISO.
+    VdiIsNotIso { vdi, r#type } => "VDI_IS_NOT_ISO",
+    /// CD drives must be read-only.
+    VbdCdsMustBeReadonly {} => "VBD_CDS_MUST_BE_READONLY",
+    /// Memory settings break `static_min <= dynamic_min <= dynamic_max <= static_max`.
+    MemoryConstraintViolation { constraint } => "MEMORY_CONSTRAINT_VIOLATION",
+    /// `provision` on something that is not a template.
+    ProvisionOnlyAllowedOnTemplate {} => "PROVISION_ONLY_ALLOWED_ON_TEMPLATE",
+    /// Saving the memory image for a checkpoint failed.
+    VmCheckpointSuspendFailed { vm } => "VM_CHECKPOINT_SUSPEND_FAILED",
+    /// Reverting to a snapshot failed.
+    VmRevertFailed { vm, snapshot } => "VM_REVERT_FAILED",
+    /// The guest did not shut down in time.
+    VmShutdownTimeout { vm, timeout } => "VM_SHUTDOWN_TIMEOUT",
+    /// `revert` on something that is not a snapshot.
+    RevertOnlyAllowedOnSnapshot {} => "REVERT_ONLY_ALLOWED_ON_SNAPSHOT",
+    /// More vCPUs than allowed.
+    VmTooManyVcpus { vm } => "VM_TOO_MANY_VCPUS",
     /// The storage backend failed: an SM-style status code, its output and its error text.
     SrBackendFailure { status, stdout, stderr } => "SR_BACKEND_FAILURE",
     /// The SR still has a plugged PBD.
@@ -116,6 +152,22 @@ api_errors! {
     ImportError { msg } => "IMPORT_ERROR",
     /// Reading or writing the VDI's bytes failed.
     VdiIoError { message } => "VDI_IO_ERROR",
+}
+
+impl From<crate::hypervisor::BackendError> for ApiError {
+    /// How a backend failure reaches a client.
+    fn from(e: crate::hypervisor::BackendError) -> Self {
+        use crate::hypervisor::BackendError as B;
+        match e {
+            B::NotEnoughMemory { needed, available } => ApiError::HostNotEnoughFreeMemory {
+                needed: needed.to_string(),
+                available: available.to_string(),
+            },
+            other => ApiError::InternalError {
+                message: format!("hypervisor backend: {other}"),
+            },
+        }
+    }
 }
 
 impl ApiError {
@@ -179,8 +231,7 @@ mod tests {
     #[test]
     fn every_raised_code_matches_errors_json() {
         for (code, params) in RAISED {
-            let documented =
-                error_params(code).unwrap_or_else(|| panic!("{code} is not in errors.json"));
+            let documented = error_params(code).unwrap_or_else(|| panic!("{code} is not in errors.json"));
             if let Some(names) = documented {
                 let ours: Vec<&str> = params.iter().map(|p| p.trim_start_matches("r#")).collect();
                 assert_eq!(ours.len(), names.len(), "{code}: {ours:?} vs {names:?}");

@@ -67,9 +67,7 @@ fn parse_token(t: &str) -> Result<u64, ApiError> {
     t.split(',')
         .next()
         .and_then(|x| x.trim().parse().ok())
-        .ok_or_else(|| ApiError::EventFromTokenParseFailure {
-            token: t.to_owned(),
-        })
+        .ok_or_else(|| ApiError::EventFromTokenParseFailure { token: t.to_owned() })
 }
 
 fn token(id: u64) -> String {
@@ -160,11 +158,7 @@ fn collect(agent: &Agent, subs: &Subscription, since: u64, latest: u64) -> Vec<C
                         v.push(Change {
                             class,
                             reference: o.reference.clone(),
-                            op: if since == 0 {
-                                EventOp::Add
-                            } else {
-                                EventOp::Mod
-                            },
+                            op: if since == 0 { EventOp::Add } else { EventOp::Mod },
                             id: o.generation,
                             time: crate::value::now(),
                         });
@@ -182,21 +176,11 @@ fn batch(agent: &Agent, subs: &Subscription, changes: Vec<Change>, latest: u64) 
     for ch in changes {
         let snapshot = agent.store.get(ch.class, &ch.reference);
         // An object changed and then destroyed within the window is reported as deleted.
-        let op = if snapshot.is_none() {
-            EventOp::Del
-        } else {
-            ch.op
-        };
+        let op = if snapshot.is_none() { EventOp::Del } else { ch.op };
         let mut ev = vec![
             ("id".to_owned(), Value::Int(ch.id as i64)),
-            (
-                "timestamp".to_owned(),
-                Value::str(format!("{}.000", ch.time)),
-            ),
-            (
-                "class".to_owned(),
-                Value::str(ch.class.name().to_ascii_lowercase()),
-            ),
+            ("timestamp".to_owned(), Value::str(format!("{}.000", ch.time))),
+            ("class".to_owned(), Value::str(ch.class.name().to_ascii_lowercase())),
             ("operation".to_owned(), Value::str(op.as_str())),
             ("ref".to_owned(), Value::Ref(ch.reference.clone())),
         ];
@@ -211,7 +195,7 @@ fn batch(agent: &Agent, subs: &Subscription, changes: Vec<Change>, latest: u64) 
         .map(|c| {
             (
                 Value::str(c.name().to_ascii_lowercase()),
-                Value::Int(agent.store.count(c) as i64),
+                Value::Int32(i32::try_from(agent.store.count(c)).unwrap_or(i32::MAX)),
             )
         })
         .collect();
@@ -225,14 +209,8 @@ fn batch(agent: &Agent, subs: &Subscription, changes: Vec<Change>, latest: u64) 
 /// `event.inject(class, ref)`: a `mod` event for the object without changing it.
 pub async fn inject(agent: &Arc<Agent>, c: &Call) -> Result<Value, ApiError> {
     let class_name = c.args.first().and_then(Value::as_str).unwrap_or("");
-    let r = c
-        .args
-        .get(1)
-        .and_then(Value::as_str)
-        .unwrap_or(NULL_REF)
-        .to_owned();
-    let class =
-        ClassId::by_name(class_name).ok_or_else(|| ApiError::invalid_value("class", class_name))?;
+    let r = c.args.get(1).and_then(Value::as_str).unwrap_or(NULL_REF).to_owned();
+    let class = ClassId::by_name(class_name).ok_or_else(|| ApiError::invalid_value("class", class_name))?;
     agent
         .store
         .write(|tx| {
@@ -242,4 +220,88 @@ pub async fn inject(agent: &Arc<Agent>, c: &Call) -> Result<Value, ApiError> {
         })
         .await?;
     Ok(Value::str(token(agent.store.events().latest())))
+}
+
+/// Legacy `event.register`/`event.next` subscriptions, by session.
+#[derive(Default)]
+pub struct Registrations {
+    by_session: parking_lot::Mutex<HashMap<String, (Vec<Value>, u64)>>,
+}
+
+/// `event.register(classes)`: adds classes to the session's subscription.
+pub fn register(agent: &Agent, session: &str, classes: &[Value]) {
+    let mut regs = agent.registrations.by_session.lock();
+    let latest = agent.store.events().latest();
+    let entry = regs.entry(session.to_owned()).or_insert_with(|| (Vec::new(), latest));
+    for c in classes {
+        if !entry.0.contains(c) {
+            entry.0.push(c.clone());
+        }
+    }
+}
+
+/// `event.unregister(classes)`: removes classes from the session's subscription.
+pub fn unregister(agent: &Agent, session: &str, classes: &[Value]) {
+    let mut regs = agent.registrations.by_session.lock();
+    if let Some(entry) = regs.get_mut(session) {
+        entry.0.retain(|c| !classes.contains(c));
+    }
+}
+
+/// `event.next()`: blocks until the session's subscribed classes change, then returns the
+/// events (not merged: one per change), or `EVENTS_LOST` when the log has moved past them.
+pub async fn next(agent: &Arc<Agent>, session: &str) -> Result<Value, ApiError> {
+    let (classes, mut since) = agent
+        .registrations
+        .by_session
+        .lock()
+        .get(session)
+        .cloned()
+        .ok_or_else(|| ApiError::SessionNotRegistered {
+            handle: session.to_owned(),
+        })?;
+    let subs = Subscription::parse(&classes);
+    let mut rx = agent.store.events().subscribe();
+    loop {
+        let entries = agent.store.events().since(since).ok_or(ApiError::EventsLost {})?;
+        let seen = entries.last().map_or(since, |e| e.id);
+        let wanted: Vec<_> = entries
+            .into_iter()
+            .filter(|e| subs.wants(e.class, &e.reference))
+            .collect();
+        if let Some(last) = wanted.last().map(|e| e.id) {
+            let mut out = Vec::with_capacity(wanted.len());
+            for e in wanted {
+                let mut ev = vec![
+                    ("id".to_owned(), Value::Int(e.id as i64)),
+                    ("timestamp".to_owned(), Value::DateTime(e.time)),
+                    ("class".to_owned(), Value::str(e.class.name().to_ascii_lowercase())),
+                    ("operation".to_owned(), Value::str(e.op.as_str())),
+                    ("ref".to_owned(), Value::Ref(e.reference.clone())),
+                    ("obj_uuid".to_owned(), Value::str(e.uuid.clone())),
+                ];
+                if e.op != EventOp::Del {
+                    if let Some(s) = agent.store.get(e.class, &e.reference) {
+                        ev.push(("snapshot".to_owned(), Value::Record(s)));
+                    }
+                }
+                out.push(Value::Struct(ev));
+            }
+            if let Some(entry) = agent.registrations.by_session.lock().get_mut(session) {
+                entry.1 = last;
+            }
+            return Ok(Value::Set(out));
+        }
+        // Nothing for this session yet: move past what it does not watch.
+        since = seen;
+        if let Some(entry) = agent.registrations.by_session.lock().get_mut(session) {
+            entry.1 = since;
+        }
+        if tokio::time::timeout(Duration::from_secs_f64(MAX_TIMEOUT_SECS), rx.changed())
+            .await
+            .is_err()
+        {
+            return Ok(Value::Set(Vec::new()));
+        }
+    }
 }

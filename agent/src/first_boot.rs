@@ -30,9 +30,7 @@ pub struct HostFacts {
 
 impl HostFacts {
     /// Reads the facts from the backend.
-    pub fn from_backend(
-        hv: &dyn crate::hypervisor::Hypervisor,
-    ) -> Result<HostFacts, crate::hypervisor::BackendError> {
+    pub fn from_backend(hv: &dyn crate::hypervisor::Hypervisor) -> Result<HostFacts, crate::hypervisor::BackendError> {
         let info = hv.host_info()?;
         let dom0 = hv
             .list_domains()?
@@ -98,20 +96,10 @@ fn r(s: &str) -> Value {
 }
 
 /// Creates the first objects if the store has no pool yet; returns (pool, host) refs.
-pub async fn ensure(
-    store: &Store,
-    facts: &HostFacts,
-    state_dir: &Path,
-) -> Result<(String, String), ApiError> {
+pub async fn ensure(store: &Store, facts: &HostFacts, state_dir: &Path) -> Result<(String, String), ApiError> {
     if let (Some(pool), Some(host)) = (
-        store
-            .all(class_ids::pool)
-            .first()
-            .map(|o| o.reference.clone()),
-        store
-            .all(class_ids::host)
-            .first()
-            .map(|o| o.reference.clone()),
+        store.all(class_ids::pool).first().map(|o| o.reference.clone()),
+        store.all(class_ids::host).first().map(|o| o.reference.clone()),
     ) {
         return Ok((pool, host));
     }
@@ -213,10 +201,7 @@ pub async fn ensure(
                 o.set(f::content_type, Value::str("user"));
                 o.set(f::physical_size, Value::Int(phys_size));
                 o.set(f::physical_utilisation, Value::Int(phys_size - phys_free));
-                o.set(
-                    f::other_config,
-                    Value::string_map([("i18n-key", "local-storage")]),
-                );
+                o.set(f::other_config, Value::string_map([("i18n-key", "local-storage")]));
             });
             let sr_ref = sr.reference.clone();
             create(tx, sr)?;
@@ -236,10 +221,7 @@ pub async fn ensure(
             // Networking: one bridge on one physical interface.
             let net = obj(class_ids::network, |o| {
                 use fields::network as f;
-                o.set(
-                    f::name_label,
-                    Value::str("Pool-wide network associated with eth0"),
-                );
+                o.set(f::name_label, Value::str("Pool-wide network associated with eth0"));
                 o.set(f::bridge, Value::str("xenbr0"));
                 o.set(f::MTU, Value::Int(1500));
             });
@@ -287,13 +269,7 @@ pub async fn ensure(
             });
             let dom0_ref = dom0.reference.clone();
             create(tx, dom0)?;
-            set_field(
-                tx,
-                class_ids::host,
-                &h,
-                fields::host::control_domain,
-                r(&dom0_ref),
-            )?;
+            set_field(tx, class_ids::host, &h, fields::host::control_domain, r(&dom0_ref))?;
             set_field(
                 tx,
                 class_ids::host,
@@ -324,67 +300,40 @@ pub async fn rebuild_ephemeral(store: &Store, facts: &HostFacts) -> Result<(), A
         .write(|tx| {
             for host in tx_all(tx, store, class_ids::host) {
                 let m = host.get(fields::host::metrics).clone();
-                ensure_metrics(
-                    tx,
-                    class_ids::host,
-                    &host.reference,
-                    fields::host::metrics,
-                    &m,
-                    |o| {
-                        o.set(
-                            fields::host_metrics::memory_total,
-                            Value::Int(facts.memory_total),
-                        );
-                        o.set(
-                            fields::host_metrics::memory_free,
-                            Value::Int(facts.memory_free),
-                        );
-                        o.set(fields::host_metrics::live, Value::Bool(true));
-                        o.set(fields::host_metrics::last_updated, Value::DateTime(now()));
-                    },
-                )?;
+                ensure_metrics(tx, class_ids::host, &host.reference, fields::host::metrics, &m, |o| {
+                    o.set(fields::host_metrics::memory_total, Value::Int(facts.memory_total));
+                    o.set(fields::host_metrics::memory_free, Value::Int(facts.memory_free));
+                    o.set(fields::host_metrics::live, Value::Bool(true));
+                    o.set(fields::host_metrics::last_updated, Value::DateTime(now()));
+                })?;
             }
             for vm in tx_all(tx, store, class_ids::VM) {
                 let m = vm.get(fields::VM::metrics).clone();
                 let mem = vm.get(fields::VM::memory_target).as_int().unwrap_or(0);
                 let vcpus = vm.get(fields::VM::VCPUs_at_startup).as_int().unwrap_or(1);
                 let running = vm.get(fields::VM::power_state) != &Value::Enum("Halted");
-                ensure_metrics(
-                    tx,
-                    class_ids::VM,
-                    &vm.reference,
-                    fields::VM::metrics,
-                    &m,
-                    |o| {
-                        o.set(
-                            fields::VM_metrics::memory_actual,
-                            Value::Int(if running { mem } else { 0 }),
-                        );
-                        o.set(
-                            fields::VM_metrics::VCPUs_number,
-                            Value::Int(if running { vcpus } else { 0 }),
-                        );
-                        o.set(
-                            fields::VM_metrics::start_time,
-                            Value::DateTime(if running { now() } else { 0 }),
-                        );
-                        o.set(fields::VM_metrics::last_updated, Value::DateTime(now()));
-                    },
-                )?;
+                ensure_metrics(tx, class_ids::VM, &vm.reference, fields::VM::metrics, &m, |o| {
+                    o.set(
+                        fields::VM_metrics::memory_actual,
+                        Value::Int(if running { mem } else { 0 }),
+                    );
+                    o.set(
+                        fields::VM_metrics::VCPUs_number,
+                        Value::Int(if running { vcpus } else { 0 }),
+                    );
+                    o.set(
+                        fields::VM_metrics::start_time,
+                        Value::DateTime(if running { now() } else { 0 }),
+                    );
+                    o.set(fields::VM_metrics::last_updated, Value::DateTime(now()));
+                })?;
             }
             for pif in tx_all(tx, store, class_ids::PIF) {
                 let m = pif.get(fields::PIF::metrics).clone();
-                ensure_metrics(
-                    tx,
-                    class_ids::PIF,
-                    &pif.reference,
-                    fields::PIF::metrics,
-                    &m,
-                    |o| {
-                        o.set(fields::PIF_metrics::carrier, Value::Bool(true));
-                        o.set(fields::PIF_metrics::last_updated, Value::DateTime(now()));
-                    },
-                )?;
+                ensure_metrics(tx, class_ids::PIF, &pif.reference, fields::PIF::metrics, &m, |o| {
+                    o.set(fields::PIF_metrics::carrier, Value::Bool(true));
+                    o.set(fields::PIF_metrics::last_updated, Value::DateTime(now()));
+                })?;
             }
             Ok(())
         })
@@ -449,6 +398,7 @@ struct TemplateDef {
     vcpus: i64,
     hvm: bool,
     distro: &'static str,
+    disk_gib: i64,
 }
 
 const TEMPLATES: &[TemplateDef] = &[
@@ -458,6 +408,7 @@ const TEMPLATES: &[TemplateDef] = &[
         vcpus: 1,
         hvm: true,
         distro: "",
+        disk_gib: 10,
     },
     TemplateDef {
         name: "Debian Bookworm 12",
@@ -465,6 +416,7 @@ const TEMPLATES: &[TemplateDef] = &[
         vcpus: 1,
         hvm: true,
         distro: "debian",
+        disk_gib: 10,
     },
     TemplateDef {
         name: "Ubuntu Jammy Jellyfish 22.04",
@@ -472,6 +424,7 @@ const TEMPLATES: &[TemplateDef] = &[
         vcpus: 1,
         hvm: true,
         distro: "ubuntu",
+        disk_gib: 10,
     },
     TemplateDef {
         name: "Rocky Linux 9",
@@ -479,6 +432,7 @@ const TEMPLATES: &[TemplateDef] = &[
         vcpus: 2,
         hvm: true,
         distro: "rhel",
+        disk_gib: 10,
     },
     TemplateDef {
         name: "Generic Linux PV",
@@ -486,6 +440,7 @@ const TEMPLATES: &[TemplateDef] = &[
         vcpus: 1,
         hvm: false,
         distro: "linux",
+        disk_gib: 10,
     },
 ];
 
@@ -494,10 +449,7 @@ fn template(t: &TemplateDef) -> Object {
         use fields::VM as f;
         let mem = t.memory_mib * 1024 * 1024;
         o.set(f::name_label, Value::str(t.name));
-        o.set(
-            f::name_description,
-            Value::str(format!("Template for {}", t.name)),
-        );
+        o.set(f::name_description, Value::str(format!("Template for {}", t.name)));
         o.set(f::is_a_template, Value::Bool(true));
         o.set(f::is_default_template, Value::Bool(true));
         o.set(f::memory_static_max, Value::Int(mem));
@@ -517,20 +469,20 @@ fn template(t: &TemplateDef) -> Object {
             o.set(f::domain_type, Value::Enum("hvm"));
             o.set(
                 f::platform,
-                Value::string_map([
-                    ("acpi", "1"),
-                    ("apic", "true"),
-                    ("pae", "true"),
-                    ("viridian", "false"),
-                ]),
+                Value::string_map([("acpi", "1"), ("apic", "true"), ("pae", "true"), ("viridian", "false")]),
             );
         } else {
             o.set(f::PV_bootloader, Value::str("pygrub"));
             o.set(f::domain_type, Value::Enum("pv"));
         }
+        let disks = format!(
+            "<provision><disk device=\"0\" size=\"{}\" sr=\"\" bootable=\"true\" type=\"system\"/></provision>",
+            t.disk_gib * 1024 * 1024 * 1024
+        );
         let mut oc = vec![
             ("default_template", "true"),
             ("install-methods", "cdrom,nfs,http,ftp"),
+            ("disks", disks.as_str()),
         ];
         if !t.distro.is_empty() {
             oc.push(("linux_template", "true"));

@@ -1,6 +1,7 @@
 //! xapid's object model: the datamodel's tables, typed values, the durable store, the event
 //! log, sessions, dispatch of calls, and the hypervisor backends.
 
+pub mod actors;
 pub mod api;
 pub mod coverage;
 pub mod error;
@@ -9,6 +10,7 @@ pub mod events;
 pub mod first_boot;
 pub mod handlers;
 pub mod hypervisor;
+pub mod lifecycle;
 pub mod objects;
 pub mod query;
 pub mod schema;
@@ -73,32 +75,49 @@ pub struct Agent {
     /// The hypervisor backend.
     pub hypervisor: Arc<dyn hypervisor::Hypervisor>,
     /// Async calls still running, by task ref.
-    pub running_tasks: Mutex<HashMap<String, tokio::task::AbortHandle>>,
+    pub running_tasks: Mutex<HashMap<String, (tokio::task::AbortHandle, String)>>,
+    /// The per-object actors.
+    pub actors: actors::Actors,
+    /// Which VM each live domain belongs to.
+    pub domids: Mutex<HashMap<u32, String>>,
+    /// The state dir.
+    pub state_dir: PathBuf,
+    /// Legacy event subscriptions.
+    pub registrations: event_from::Registrations,
 }
 
 impl Agent {
-    /// Opens the store, creates the first objects on a fresh state dir, and rebuilds the
-    /// in-memory ones.
+    /// Opens the store, creates the first objects on a fresh state dir, rebuilds the
+    /// in-memory ones, reconciles VMs with the backend's domains and follows its events.
+    /// Must run inside an actix system (the actors live on its arbiters).
     pub async fn start(cfg: AgentConfig) -> Result<Arc<Agent>, AgentError> {
         std::fs::create_dir_all(&cfg.state_dir)
             .map_err(|e| AgentError::StateDir(cfg.state_dir.display().to_string(), e))?;
         let store = store::Store::open(Some(&cfg.state_dir))?;
         let sessions = sessions::Sessions::open(&cfg.state_dir, cfg.root_password_file.as_deref())?;
-        let facts =
-            HostFacts::from_backend(cfg.hypervisor.as_ref()).map_err(AgentError::Backend)?;
+        let facts = HostFacts::from_backend(cfg.hypervisor.as_ref()).map_err(AgentError::Backend)?;
         let (pool, host) = first_boot::ensure(&store, &facts, &cfg.state_dir)
             .await
             .map_err(AgentError::FirstBoot)?;
         first_boot::rebuild_ephemeral(&store, &facts)
             .await
             .map_err(AgentError::FirstBoot)?;
-        Ok(Arc::new(Agent {
+        let agent = Arc::new(Agent {
             store,
             sessions,
             host,
             pool,
             hypervisor: cfg.hypervisor,
             running_tasks: Mutex::new(HashMap::new()),
-        }))
+            actors: actors::Actors::new(2),
+            domids: Mutex::new(HashMap::new()),
+            state_dir: cfg.state_dir.clone(),
+            registrations: event_from::Registrations::default(),
+        });
+        lifecycle::reconcile::at_start(&agent)
+            .await
+            .map_err(AgentError::FirstBoot)?;
+        lifecycle::reconcile::follow_backend(&agent).map_err(AgentError::FirstBoot)?;
+        Ok(agent)
     }
 }

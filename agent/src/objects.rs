@@ -25,9 +25,7 @@ pub fn check_refs(tx: &Tx, ty: &Ty, v: &Value) -> Result<(), ApiError> {
             }
             Ok(())
         }
-        (Ty::Set(inner), Value::Set(items)) => {
-            items.iter().try_for_each(|i| check_refs(tx, inner, i))
-        }
+        (Ty::Set(inner), Value::Set(items)) => items.iter().try_for_each(|i| check_refs(tx, inner, i)),
         (Ty::Map(k, val), Value::Map(pairs)) => pairs.iter().try_for_each(|(a, b)| {
             check_refs(tx, k, a)?;
             check_refs(tx, val, b)
@@ -65,13 +63,7 @@ pub fn create(tx: &mut Tx, obj: Object) -> Result<(), ApiError> {
 }
 
 /// Sets one field, updating the other end of a bound field.
-pub fn set_field(
-    tx: &mut Tx,
-    class: ClassId,
-    reference: &str,
-    f: FieldId,
-    v: Value,
-) -> Result<(), ApiError> {
+pub fn set_field(tx: &mut Tx, class: ClassId, reference: &str, f: FieldId, v: Value) -> Result<(), ApiError> {
     check_refs(tx, class.field(f).ty, &v)?;
     let cur = tx.must_get(class, reference)?;
     let old = cur.get(f).clone();
@@ -113,24 +105,14 @@ fn empty_like(v: &Value) -> Value {
 fn refs_of(v: &Value) -> Vec<String> {
     match v {
         Value::Ref(r) if r != NULL_REF && !r.is_empty() => vec![r.clone()],
-        Value::Set(items) => items
-            .iter()
-            .filter_map(|i| i.as_ref_str().map(str::to_owned))
-            .collect(),
+        Value::Set(items) => items.iter().filter_map(|i| i.as_ref_str().map(str::to_owned)).collect(),
         _ => Vec::new(),
     }
 }
 
 /// `me.field` went from `old` to `new`: fix the partner field of every object that left or
 /// joined.
-fn relink(
-    tx: &mut Tx,
-    class: ClassId,
-    me: &str,
-    f: FieldId,
-    old: &Value,
-    new: &Value,
-) -> Result<(), ApiError> {
+fn relink(tx: &mut Tx, class: ClassId, me: &str, f: FieldId, old: &Value, new: &Value) -> Result<(), ApiError> {
     let Some(p) = partner(class, f) else {
         return Ok(());
     };
@@ -204,10 +186,7 @@ mod tests {
         let vifs = |c, r, f| store.get(c, r).unwrap().get(f).clone();
         let one = Value::Set(vec![Value::Ref("OpaqueRef:vif".into())]);
         assert_eq!(vifs(class_ids::VM, "OpaqueRef:vm", fields::VM::VIFs), one);
-        assert_eq!(
-            vifs(class_ids::network, "OpaqueRef:net", fields::network::VIFs),
-            one
-        );
+        assert_eq!(vifs(class_ids::network, "OpaqueRef:net", fields::network::VIFs), one);
         store
             .write(|tx| destroy(tx, class_ids::VIF, "OpaqueRef:vif"))
             .await

@@ -168,11 +168,7 @@ pub fn parse(s: &str) -> Result<Expr, String> {
     if toks.is_empty() {
         return Ok(Expr::True);
     }
-    let mut p = Parser {
-        toks,
-        pos: 0,
-        depth: 0,
-    };
+    let mut p = Parser { toks, pos: 0, depth: 0 };
     let e = p.or()?;
     if p.pos != p.toks.len() {
         return Err("trailing input".into());
@@ -212,8 +208,7 @@ mod tests {
         let mut vm = default_object(class_ids::VM, "OpaqueRef:a");
         vm.set(fields::VM::name_label, Value::str("web"));
         vm.set(fields::VM::is_a_template, Value::Bool(true));
-        let e = parse(r#"field "name_label" = "web" and not (field "is_a_template" = "false")"#)
-            .unwrap();
+        let e = parse(r#"field "name_label" = "web" and not (field "is_a_template" = "false")"#).unwrap();
         assert!(matches(&e, &vm));
         let e = parse(r#"field "name_label" = "db" or field "power_state" = "Halted""#).unwrap();
         assert!(matches(&e, &vm));

@@ -82,6 +82,8 @@ pub struct ParamDef {
     pub name: &'static str,
     /// Type.
     pub ty: &'static Ty,
+    /// The value used when a client leaves this (trailing) parameter out, as JSON.
+    pub default: Option<&'static str>,
 }
 
 /// What a message does, where that follows from the datamodel alone.
@@ -141,9 +143,9 @@ pub struct MessageDef {
 impl MessageDef {
     /// Whether the first parameter is a session.
     pub fn takes_session(&self) -> bool {
-        self.params.first().is_some_and(|p| {
-            p.name == "session_id" && matches!(p.ty, Ty::Ref(c) if *c == class_ids::session)
-        })
+        self.params
+            .first()
+            .is_some_and(|p| p.name == "session_id" && matches!(p.ty, Ty::Ref(c) if *c == class_ids::session))
     }
 }
 
@@ -249,13 +251,7 @@ fn index() -> &'static Index {
         let mut methods = HashMap::new();
         for (i, c) in CLASSES.iter().enumerate() {
             classes.insert(c.name.to_ascii_lowercase(), ClassId(i));
-            fields.push(
-                c.fields
-                    .iter()
-                    .enumerate()
-                    .map(|(j, f)| (f.name, FieldId(j)))
-                    .collect(),
-            );
+            fields.push(c.fields.iter().enumerate().map(|(j, f)| (f.name, FieldId(j))).collect());
             for m in c.messages {
                 let r = MethodRef {
                     class: ClassId(i),
@@ -301,10 +297,7 @@ pub fn partner(class: ClassId, field: FieldId) -> Option<FieldRef> {
 
 /// Parameter names of an error code, as `errors.json` lists them.
 pub fn error_params(code: &str) -> Option<Option<&'static [&'static str]>> {
-    ERROR_CODES
-        .iter()
-        .find(|(c, _)| *c == code)
-        .map(|(_, p)| *p)
+    ERROR_CODES.iter().find(|(c, _)| *c == code).map(|(_, p)| *p)
 }
 
 #[cfg(test)]
@@ -316,10 +309,7 @@ mod tests {
         assert!(CLASSES.len() >= 67);
         let vm = ClassId::by_name("vm").unwrap();
         assert_eq!(vm, class_ids::VM);
-        assert_eq!(
-            vm.field_by_name("power_state"),
-            Some(fields::VM::power_state)
-        );
+        assert_eq!(vm.field_by_name("power_state"), Some(fields::VM::power_state));
         let m = method("VM.get_power_state").unwrap();
         assert_eq!(m.message.kind, MessageKind::Get(fields::VM::power_state));
         assert!(method("VM_get_record").is_some());
@@ -331,10 +321,7 @@ mod tests {
             method("VM.add_tags").unwrap().message.kind,
             MessageKind::AddToSet(fields::VM::tags)
         );
-        assert_eq!(
-            method("VM.start").unwrap().message.kind,
-            MessageKind::Custom
-        );
+        assert_eq!(method("VM.start").unwrap().message.kind, MessageKind::Custom);
         assert!(method("VM.get_all_records_where").is_some());
     }
 

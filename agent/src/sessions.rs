@@ -8,9 +8,7 @@ use crate::objects::{create, destroy, new_ref, new_uuid};
 use crate::schema::{class_ids, fields};
 use crate::store::Store;
 use crate::value::{default_object, now, Value, NULL_REF};
-use argon2::password_hash::{
-    rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString,
-};
+use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
 use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
@@ -21,6 +19,13 @@ use std::sync::atomic::{AtomicI64, Ordering};
 pub const MAX_SESSIONS_PER_ORIGINATOR: usize = 50;
 /// Sessions idle this long (seconds) are destroyed.
 pub const SESSION_IDLE_TIMEOUT: i64 = 24 * 3600;
+
+/// Failed logins within [`FAILED_LOGIN_WINDOW`] before each further failure is delayed.
+pub const FAILED_LOGINS_BEFORE_DELAY: usize = 10;
+/// How far back failed logins count.
+pub const FAILED_LOGIN_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
+/// The delay added to a failed login once there were too many.
+pub const FAILED_LOGIN_DELAY: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Failures setting up authentication.
 #[derive(Debug, thiserror::Error)]
@@ -44,12 +49,89 @@ pub enum AuthError {
     EmptyPassword(String),
 }
 
+/// Checks passwords on one dedicated thread: argon2 is deliberately slow and memory-hungry
+/// (19 MiB per check), so checks run one at a time, off the async workers, and reuse one
+/// thread's memory instead of leaving an arena behind on every blocking-pool thread.
+///
+/// After a password has passed argon2 once, a keyed BLAKE2 tag of it (key random per process,
+/// never written anywhere) lets the same password pass again in microseconds: clients that log
+/// in for every task do not pay argon2 each time, while the stored hash stays argon2.
+struct Verifier {
+    tx: crossbeam_channel::Sender<(String, String, tokio::sync::oneshot::Sender<bool>)>,
+    key: [u8; 32],
+    accepted: Mutex<Option<(String, Vec<u8>)>>,
+}
+
+impl Verifier {
+    fn start() -> Result<Verifier, AuthError> {
+        let (tx, rx) = crossbeam_channel::unbounded::<(String, String, tokio::sync::oneshot::Sender<bool>)>();
+        std::thread::Builder::new()
+            .name("password-check".into())
+            .spawn(move || {
+                for (hash, pw, reply) in rx {
+                    let ok = PasswordHash::new(&hash)
+                        .map(|parsed| Argon2::default().verify_password(pw.as_bytes(), &parsed).is_ok())
+                        .unwrap_or(false);
+                    let _ = reply.send(ok);
+                }
+            })
+            .map_err(|e| AuthError::Io {
+                what: "starting the password checker",
+                path: String::new(),
+                source: e,
+            })?;
+        use rand::RngCore;
+        let mut key = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut key);
+        Ok(Verifier {
+            tx,
+            key,
+            accepted: Mutex::new(None),
+        })
+    }
+
+    fn tag(&self, pw: &str) -> Vec<u8> {
+        use blake2::digest::{KeyInit, Mac};
+        match <blake2::Blake2bMac512 as KeyInit>::new_from_slice(&self.key) {
+            Ok(mut mac) => {
+                mac.update(pw.as_bytes());
+                mac.finalize().into_bytes().to_vec()
+            }
+            Err(_) => Vec::new(),
+        }
+    }
+
+    async fn verify(&self, hash: String, pw: String) -> bool {
+        let tag = self.tag(&pw);
+        if let Some((h, t)) = self.accepted.lock().as_ref() {
+            if *h == hash && !tag.is_empty() && constant_time_eq(t, &tag) {
+                return true;
+            }
+        }
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        if self.tx.send((hash.clone(), pw, reply)).is_err() {
+            return false;
+        }
+        let ok = rx.await.unwrap_or(false);
+        if ok && !tag.is_empty() {
+            *self.accepted.lock() = Some((hash, tag));
+        }
+        ok
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 /// Who may log in, and the live sessions' activity.
 pub struct Sessions {
+    verifier: Verifier,
     hash_path: PathBuf,
     hash: RwLock<String>,
     last_active: RwLock<HashMap<String, AtomicI64>>,
     login_lock: Mutex<()>,
+    failures: Mutex<std::collections::VecDeque<std::time::Instant>>,
 }
 
 fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> AuthError + 'a {
@@ -79,8 +161,7 @@ fn write_private(path: &Path, contents: &str) -> Result<(), AuthError> {
         .mode(0o600)
         .open(&tmp)
         .map_err(io_err("writing", &tmp))?;
-    f.write_all(contents.as_bytes())
-        .map_err(io_err("writing", &tmp))?;
+    f.write_all(contents.as_bytes()).map_err(io_err("writing", &tmp))?;
     f.sync_all().map_err(io_err("syncing", &tmp))?;
     std::fs::rename(&tmp, path).map_err(io_err("renaming", path))
 }
@@ -123,19 +204,19 @@ impl Sessions {
             Err(e) => return Err(io_err("reading", &hash_path)(e)),
         };
         Ok(Sessions {
+            verifier: Verifier::start()?,
             hash_path,
             hash: RwLock::new(hash),
             last_active: RwLock::new(HashMap::new()),
             login_lock: Mutex::new(()),
+            failures: Mutex::new(std::collections::VecDeque::new()),
         })
     }
 
     fn password_ok(&self, pw: &str) -> bool {
         let hash = self.hash.read().clone();
         match PasswordHash::new(&hash) {
-            Ok(parsed) => Argon2::default()
-                .verify_password(pw.as_bytes(), &parsed)
-                .is_ok(),
+            Ok(parsed) => Argon2::default().verify_password(pw.as_bytes(), &parsed).is_ok(),
             Err(_) => false,
         }
     }
@@ -153,23 +234,16 @@ impl Sessions {
     ) -> Result<String, ApiError> {
         if !trusted_root {
             let ok = user == "root" && {
-                let pw = password.to_owned();
-                // Password hashing is deliberately slow: keep it off the async workers.
                 let hash = self.hash.read().clone();
-                tokio::task::spawn_blocking(move || {
-                    PasswordHash::new(&hash)
-                        .map(|parsed| {
-                            Argon2::default()
-                                .verify_password(pw.as_bytes(), &parsed)
-                                .is_ok()
-                        })
-                        .unwrap_or(false)
-                })
-                .await
-                .unwrap_or(false)
+                self.verifier.verify(hash, password.to_owned()).await
             };
             if !ok {
-                tracing::warn!(user, originator, "failed login");
+                let recent = self.note_failure();
+                tracing::warn!(user, originator, recent_failures = recent, "failed login");
+                if recent > FAILED_LOGINS_BEFORE_DELAY {
+                    // Slow down password guessing; the wait holds no thread.
+                    tokio::time::sleep(FAILED_LOGIN_DELAY).await;
+                }
                 return Err(ApiError::SessionAuthenticationFailed {});
             }
         }
@@ -217,6 +291,17 @@ impl Sessions {
             la.insert(reference.clone(), AtomicI64::new(t));
         }
         Ok(reference)
+    }
+
+    /// Records a failed login; returns how many happened within the window.
+    fn note_failure(&self) -> usize {
+        let now = std::time::Instant::now();
+        let mut f = self.failures.lock();
+        while f.front().is_some_and(|t| now.duration_since(*t) > FAILED_LOGIN_WINDOW) {
+            f.pop_front();
+        }
+        f.push_back(now);
+        f.len()
     }
 
     fn last_active_of(&self, o: &crate::value::Object) -> i64 {

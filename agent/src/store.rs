@@ -132,10 +132,7 @@ impl Store {
     /// Opens (or creates) the store in `dir`, loading every persistent object; `None` keeps
     /// everything in memory (tests).
     pub fn open(dir: Option<&Path>) -> Result<Store, StoreError> {
-        let tables = CLASSES
-            .iter()
-            .map(|_| RwLock::new(Table::default()))
-            .collect();
+        let tables = CLASSES.iter().map(|_| RwLock::new(Table::default())).collect();
         let mut store = Store {
             tables,
             commit: Mutex::new(0),
@@ -151,7 +148,7 @@ impl Store {
             path: path.display().to_string(),
             source: e,
         };
-        let db = redb::Database::create(&path).map_err(|e| open_err(Box::new(e)))?;
+        let db = open_db(&path).map_err(|e| open_err(Box::new(e)))?;
         {
             let rtx = db.begin_read().map_err(|e| open_err(Box::new(e)))?;
             match rtx.open_table(OBJECTS) {
@@ -167,9 +164,10 @@ impl Store {
             }
         }
         let (tx, rx) = crossbeam_channel::unbounded();
+        let writer_path = path.clone();
         let handle = std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || writer_loop(db, rx))
+            .spawn(move || writer_loop(writer_path, db, rx))
             .map_err(|e| open_err(Box::new(e)))?;
         store.writer = Some(tx);
         store.writer_thread = Some(handle);
@@ -181,18 +179,12 @@ impl Store {
             key: key.to_owned(),
             reason,
         };
-        let (class_name, reference) = key
-            .split_once('/')
-            .ok_or_else(|| corrupt("bad key".into()))?;
+        let (class_name, reference) = key.split_once('/').ok_or_else(|| corrupt("bad key".into()))?;
         let Some(class) = ClassId::by_name(class_name) else {
-            tracing::warn!(
-                key,
-                "stored object of a class this build does not know; skipped"
-            );
+            tracing::warn!(key, "stored object of a class this build does not know; skipped");
             return Ok(());
         };
-        let json: serde_json::Value =
-            serde_json::from_slice(bytes).map_err(|e| corrupt(e.to_string()))?;
+        let json: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| corrupt(e.to_string()))?;
         let obj = record_from_json(class, &json, reference).map_err(|e| corrupt(e.to_string()))?;
         let table = self.tables[class.0].get_mut();
         if let Some(u) = obj.uuid() {
@@ -209,12 +201,7 @@ impl Store {
 
     /// Reads one object.
     pub fn get(&self, class: ClassId, reference: &str) -> Option<Arc<Object>> {
-        self.tables
-            .get(class.0)?
-            .read()
-            .objects
-            .get(reference)
-            .cloned()
+        self.tables.get(class.0)?.read().objects.get(reference).cloned()
     }
 
     /// Every object of a class.
@@ -227,9 +214,7 @@ impl Store {
 
     /// How many objects a class has.
     pub fn count(&self, class: ClassId) -> usize {
-        self.tables
-            .get(class.0)
-            .map_or(0, |t| t.read().objects.len())
+        self.tables.get(class.0).map_or(0, |t| t.read().objects.len())
     }
 
     /// The ref of the object with this uuid.
@@ -238,10 +223,7 @@ impl Store {
     }
 
     /// Runs `f` as one transaction and returns once its changes are durable.
-    pub async fn write<T>(
-        &self,
-        f: impl FnOnce(&mut Tx) -> Result<T, ApiError>,
-    ) -> Result<T, ApiError> {
+    pub async fn write<T>(&self, f: impl FnOnce(&mut Tx) -> Result<T, ApiError>) -> Result<T, ApiError> {
         let (result, ack, undo) = {
             let mut generation = self.commit.lock();
             let mut tx = Tx {
@@ -254,29 +236,19 @@ impl Store {
             (result, ack, undo)
         };
         if let Some(ack) = ack {
-            let outcome = ack
-                .await
-                .unwrap_or_else(|_| Err("the store writer has stopped".into()));
+            let outcome = ack.await.unwrap_or_else(|_| Err("the store writer has stopped".into()));
             if let Err(e) = outcome {
                 tracing::error!(error = %e, "a write did not reach the disk; undoing it in memory");
                 self.undo(undo);
-                return Err(ApiError::internal(format!(
-                    "the change could not be saved: {e}"
-                )));
+                return Err(ApiError::internal(format!("the change could not be saved: {e}")));
             }
         }
         Ok(result)
     }
 
     /// Applies a transaction in memory, logs its events and queues its durable part.
-    fn apply(
-        &self,
-        generation: &mut u64,
-        tx: Tx,
-    ) -> (Option<oneshot::Receiver<Result<(), String>>>, Vec<Undo>) {
-        let Tx {
-            mut overlay, order, ..
-        } = tx;
+    fn apply(&self, generation: &mut u64, tx: Tx) -> (Option<oneshot::Receiver<Result<(), String>>>, Vec<Undo>) {
+        let Tx { mut overlay, order, .. } = tx;
         let mut events = Vec::with_capacity(order.len());
         let mut disk = Vec::new();
         let mut undo = Vec::with_capacity(order.len());
@@ -307,21 +279,14 @@ impl Store {
                     if class.def().persistent {
                         let mut s = String::with_capacity(1024);
                         write_record_json(&obj, &mut s);
-                        disk.push(DiskOp::Put(
-                            format!("{}/{}", class.name(), reference),
-                            s.into_bytes(),
-                        ));
+                        disk.push(DiskOp::Put(format!("{}/{}", class.name(), reference), s.into_bytes()));
                     }
                     events.push(EventEntry {
                         id: *generation,
                         class,
                         reference: reference.clone(),
                         uuid,
-                        op: if old.is_some() {
-                            EventOp::Mod
-                        } else {
-                            EventOp::Add
-                        },
+                        op: if old.is_some() { EventOp::Mod } else { EventOp::Add },
                         time,
                     });
                     undo.push(Undo {
@@ -362,12 +327,7 @@ impl Store {
         let ack = match (&self.writer, disk.is_empty()) {
             (Some(w), false) => {
                 let (ack_tx, ack_rx) = oneshot::channel();
-                if w.send(Batch {
-                    ops: disk,
-                    ack: ack_tx,
-                })
-                .is_err()
-                {
+                if w.send(Batch { ops: disk, ack: ack_tx }).is_err() {
                     tracing::error!("the store writer has stopped");
                 }
                 Some(ack_rx)
@@ -418,7 +378,14 @@ struct Undo {
     new: Option<Arc<Object>>,
 }
 
-fn writer_loop(db: redb::Database, rx: crossbeam_channel::Receiver<Batch>) {
+fn open_db(path: &Path) -> Result<redb::Database, redb::DatabaseError> {
+    // The store reads everything into memory at start; redb's own cache only needs to cover
+    // the pages a commit touches.
+    redb::Database::builder().set_cache_size(16 << 20).create(path)
+}
+
+fn writer_loop(path: std::path::PathBuf, db: redb::Database, rx: crossbeam_channel::Receiver<Batch>) {
+    let mut db = Some(db);
     while let Ok(first) = rx.recv() {
         let mut batches = vec![first];
         while batches.len() < 4096 {
@@ -427,17 +394,27 @@ fn writer_loop(db: redb::Database, rx: crossbeam_channel::Receiver<Batch>) {
                 Err(_) => break,
             }
         }
-        let result = commit_batches(&db, &batches).map_err(|e| e.to_string());
+        if db.is_none() {
+            // redb refuses all writes after an I/O error (a full disk, say): start afresh from
+            // what is on disk, which holds every acknowledged write.
+            db = open_db(&path)
+                .map_err(|e| tracing::error!(error = %e, "reopening the store failed; will retry"))
+                .ok();
+        }
+        let result = match &db {
+            Some(d) => commit_batches(d, &batches).map_err(|e| e.to_string()),
+            None => Err("the store cannot be reopened".to_owned()),
+        };
+        if result.is_err() {
+            db = None;
+        }
         for b in batches {
             let _ = b.ack.send(result.clone());
         }
     }
 }
 
-fn commit_batches(
-    db: &redb::Database,
-    batches: &[Batch],
-) -> Result<(), Box<dyn std::error::Error>> {
+fn commit_batches(db: &redb::Database, batches: &[Batch]) -> Result<(), Box<dyn std::error::Error>> {
     let wtx = db.begin_write()?;
     {
         let mut table = wtx.open_table(OBJECTS)?;

@@ -9,8 +9,21 @@ use crate::xml::value_fragment;
 use crate::Agent;
 use std::sync::Arc;
 
+/// Tasks one session may have pending at once.
+pub const MAX_PENDING_TASKS_PER_SESSION: usize = 512;
+
 /// Starts `c` as a task and returns the task's ref.
 pub async fn run_async(agent: &Arc<Agent>, ctx: &CallCtx, c: Call) -> Result<Value, ApiError> {
+    let session = c.session.clone().unwrap_or_default();
+    let pending = agent
+        .running_tasks
+        .lock()
+        .values()
+        .filter(|(_, s)| *s == session)
+        .count();
+    if pending >= MAX_PENDING_TASKS_PER_SESSION {
+        return Err(ApiError::TooManyPendingTasks {});
+    }
     let task = new_ref();
     let mut t = default_object(class_ids::task, &task);
     t.set(fields::task::uuid, Value::str(new_uuid()));
@@ -29,7 +42,8 @@ pub async fn run_async(agent: &Arc<Agent>, ctx: &CallCtx, c: Call) -> Result<Val
     agent.store.write(|tx| create(tx, t)).await?;
 
     let agent2 = agent.clone();
-    let ctx2 = ctx.clone();
+    let mut ctx2 = ctx.clone();
+    ctx2.task = Some(task.clone());
     let task2 = task.clone();
     let handle = tokio::spawn(async move {
         let outcome = run(&agent2, &ctx2, c).await;
@@ -39,7 +53,7 @@ pub async fn run_async(agent: &Arc<Agent>, ctx: &CallCtx, c: Call) -> Result<Val
     agent
         .running_tasks
         .lock()
-        .insert(task.clone(), handle.abort_handle());
+        .insert(task.clone(), (handle.abort_handle(), session));
     Ok(Value::Ref(task))
 }
 
@@ -61,34 +75,10 @@ async fn finish(agent: &Agent, task: &str, outcome: Result<Value, ApiError>) {
                     ("failure", String::new(), err)
                 }
             };
-            set_field(
-                tx,
-                class_ids::task,
-                task,
-                fields::task::status,
-                Value::Enum(status),
-            )?;
-            set_field(
-                tx,
-                class_ids::task,
-                task,
-                fields::task::result,
-                Value::String(result),
-            )?;
-            set_field(
-                tx,
-                class_ids::task,
-                task,
-                fields::task::error_info,
-                Value::Set(error),
-            )?;
-            set_field(
-                tx,
-                class_ids::task,
-                task,
-                fields::task::progress,
-                Value::Float(1.0),
-            )?;
+            set_field(tx, class_ids::task, task, fields::task::status, Value::Enum(status))?;
+            set_field(tx, class_ids::task, task, fields::task::result, Value::String(result))?;
+            set_field(tx, class_ids::task, task, fields::task::error_info, Value::Set(error))?;
+            set_field(tx, class_ids::task, task, fields::task::progress, Value::Float(1.0))?;
             set_field(
                 tx,
                 class_ids::task,
@@ -119,7 +109,7 @@ pub async fn cancel(agent: &Arc<Agent>, task: &str) -> Result<Value, ApiError> {
     if cur.get(fields::task::status) != &Value::Enum("pending") {
         return Err(ApiError::not_allowed("the task has already finished"));
     }
-    if let Some(h) = agent.running_tasks.lock().remove(task) {
+    if let Some((h, _)) = agent.running_tasks.lock().remove(task) {
         h.abort();
     }
     let task_s = task.to_owned();
@@ -138,10 +128,7 @@ pub async fn cancel(agent: &Arc<Agent>, task: &str) -> Result<Value, ApiError> {
                 class_ids::task,
                 &task_s,
                 fields::task::error_info,
-                Value::Set(vec![
-                    Value::str("TASK_CANCELLED"),
-                    Value::str(task_s.clone()),
-                ]),
+                Value::Set(vec![Value::str("TASK_CANCELLED"), Value::str(task_s.clone())]),
             )?;
             set_field(
                 tx,
@@ -153,4 +140,39 @@ pub async fn cancel(agent: &Arc<Agent>, task: &str) -> Result<Value, ApiError> {
         })
         .await?;
     Ok(Value::None)
+}
+
+/// `task.create(label, description)`: a pending task a client drives itself.
+pub async fn create_task(
+    agent: &Arc<Agent>,
+    _session: &str,
+    label: &str,
+    description: &str,
+) -> Result<String, ApiError> {
+    let task = new_ref();
+    let mut t = default_object(class_ids::task, &task);
+    t.set(fields::task::uuid, Value::str(new_uuid()));
+    t.set(fields::task::name_label, Value::str(label));
+    t.set(fields::task::name_description, Value::str(description));
+    t.set(fields::task::created, Value::DateTime(now()));
+    t.set(fields::task::status, Value::Enum("pending"));
+    t.set(fields::task::resident_on, Value::Ref(agent.host.clone()));
+    t.set(fields::task::progress, Value::Float(0.0));
+    t.set(
+        fields::task::allowed_operations,
+        Value::Set(vec![Value::Enum("cancel")]),
+    );
+    agent.store.write(|tx| create(tx, t)).await?;
+    Ok(task)
+}
+
+/// `task.destroy`: forgets a task (stopping its call if it still runs).
+pub async fn destroy_task(agent: &Arc<Agent>, task: &str) -> Result<(), ApiError> {
+    if let Some((h, _)) = agent.running_tasks.lock().remove(task) {
+        h.abort();
+    }
+    agent
+        .store
+        .write(|tx| crate::objects::destroy(tx, class_ids::task, task))
+        .await
 }

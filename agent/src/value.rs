@@ -15,8 +15,10 @@ pub const NULL_REF: &str = "OpaqueRef:NULL";
 pub enum Value {
     /// Text.
     String(String),
-    /// 64-bit integer.
+    /// 64-bit integer (a string in XML-RPC, as the reference sends int64).
     Int(i64),
+    /// A 32-bit integer the reference sends as a real XML-RPC `<int>` (e.g. event counts).
+    Int32(i32),
     /// Double.
     Float(f64),
     /// Boolean.
@@ -66,9 +68,7 @@ impl Object {
     }
     /// The `uuid` field, where the class has one.
     pub fn uuid(&self) -> Option<&str> {
-        self.class
-            .field_by_name("uuid")
-            .and_then(|f| self.get(f).as_str())
+        self.class.field_by_name("uuid").and_then(|f| self.get(f).as_str())
     }
     /// A string field by name ("" when absent or not a string).
     pub fn str_field(&self, name: &str) -> &str {
@@ -135,9 +135,7 @@ impl Value {
         Value::String(s.into())
     }
     /// A `(string -> string) map` from pairs.
-    pub fn string_map<K: Into<String>, V: Into<String>>(
-        pairs: impl IntoIterator<Item = (K, V)>,
-    ) -> Value {
+    pub fn string_map<K: Into<String>, V: Into<String>>(pairs: impl IntoIterator<Item = (K, V)>) -> Value {
         Value::Map(
             pairs
                 .into_iter()
@@ -151,6 +149,7 @@ impl Value {
             Value::String(s) | Value::Ref(s) => s.clone(),
             Value::Enum(s) => (*s).to_owned(),
             Value::Int(i) => i.to_string(),
+            Value::Int32(i) => i.to_string(),
             Value::Float(f) => format_float(*f),
             Value::Bool(b) => b.to_string(),
             Value::DateTime(t) => format_datetime(*t),
@@ -183,9 +182,29 @@ fn mismatch(expected: &str, got: &Json) -> TypeMismatch {
 
 /// Formats seconds since the epoch as the API's `YYYYMMDDTHH:MM:SSZ`.
 pub fn format_datetime(t: i64) -> String {
+    let mut s = String::with_capacity(18);
+    push_datetime(t, &mut s);
+    s
+}
+
+/// Appends `YYYYMMDDTHH:MM:SSZ` to `out` (without chrono's formatter: records carry several
+/// datetimes and bulk reads write thousands of records).
+pub fn push_datetime(t: i64, out: &mut String) {
+    use chrono::{Datelike, Timelike};
     match DateTime::<Utc>::from_timestamp(t, 0) {
-        Some(d) => d.format("%Y%m%dT%H:%M:%SZ").to_string(),
-        None => "19700101T00:00:00Z".to_owned(),
+        Some(d) => {
+            let _ = write!(
+                out,
+                "{:04}{:02}{:02}T{:02}:{:02}:{:02}Z",
+                d.year(),
+                d.month(),
+                d.day(),
+                d.hour(),
+                d.minute(),
+                d.second()
+            );
+        }
+        None => out.push_str("19700101T00:00:00Z"),
     }
 }
 
@@ -240,31 +259,18 @@ pub fn from_json(j: &Json, ty: &Ty) -> Result<Value, TypeMismatch> {
         },
         Ty::Int => match j {
             Json::Number(n) => n.as_i64().map(Value::Int).ok_or_else(|| mismatch("int", j)),
-            Json::String(s) => s
-                .trim()
-                .parse()
-                .map(Value::Int)
-                .map_err(|_| mismatch("int", j)),
+            Json::String(s) => s.trim().parse().map(Value::Int).map_err(|_| mismatch("int", j)),
             _ => Err(mismatch("int", j)),
         },
         Ty::Float => match j {
-            Json::Number(n) => n
-                .as_f64()
-                .map(Value::Float)
-                .ok_or_else(|| mismatch("float", j)),
-            Json::String(s) => s
-                .trim()
-                .parse()
-                .map(Value::Float)
-                .map_err(|_| mismatch("float", j)),
+            Json::Number(n) => n.as_f64().map(Value::Float).ok_or_else(|| mismatch("float", j)),
+            Json::String(s) => s.trim().parse().map(Value::Float).map_err(|_| mismatch("float", j)),
             _ => Err(mismatch("float", j)),
         },
         Ty::Bool => match j {
             Json::Bool(b) => Ok(Value::Bool(*b)),
             Json::String(s) if s.eq_ignore_ascii_case("true") || s == "1" => Ok(Value::Bool(true)),
-            Json::String(s) if s.eq_ignore_ascii_case("false") || s == "0" => {
-                Ok(Value::Bool(false))
-            }
+            Json::String(s) if s.eq_ignore_ascii_case("false") || s == "0" => Ok(Value::Bool(false)),
             _ => Err(mismatch("bool", j)),
         },
         Ty::DateTime => match j {
@@ -305,10 +311,7 @@ pub fn from_json(j: &Json, ty: &Ty) -> Result<Value, TypeMismatch> {
             Json::Object(m) => {
                 let mut out = Vec::with_capacity(m.len());
                 for (key, val) in m {
-                    out.push((
-                        from_json(&Json::String(key.clone()), k)?,
-                        from_json(val, v)?,
-                    ));
+                    out.push((from_json(&Json::String(key.clone()), k)?, from_json(val, v)?));
                 }
                 Ok(Value::Map(out))
             }
@@ -377,11 +380,7 @@ fn zero(ty: &Ty) -> Value {
         Ty::Bool => Value::Bool(false),
         Ty::DateTime => Value::DateTime(0),
         Ty::Ref(_) => Value::Ref(NULL_REF.to_owned()),
-        Ty::Enum(e) => e
-            .def()
-            .values
-            .first()
-            .map_or(Value::None, |v| Value::Enum(v)),
+        Ty::Enum(e) => e.def().values.first().map_or(Value::None, |v| Value::Enum(v)),
         Ty::Set(_) => Value::Set(Vec::new()),
         Ty::Map(_, _) => Value::Map(Vec::new()),
         Ty::Record(c) => Value::Record(Arc::new(default_object(*c, ""))),
@@ -398,11 +397,7 @@ fn parse_default(ty: &Ty, d: &str) -> Option<Value> {
         Ty::Float => d.trim().parse().ok().map(Value::Float),
         Ty::Bool => d.trim().parse().ok().map(Value::Bool),
         Ty::DateTime => parse_datetime(d).map(Value::DateTime),
-        Ty::Ref(_) => Some(Value::Ref(if d == "Null" {
-            NULL_REF.to_owned()
-        } else {
-            unquote(d)
-        })),
+        Ty::Ref(_) => Some(Value::Ref(if d == "Null" { NULL_REF.to_owned() } else { unquote(d) })),
         Ty::Enum(e) => e.canonical(&unquote(d)).map(Value::Enum),
         Ty::Set(inner) => {
             let body = d.trim().strip_prefix('{')?.strip_suffix('}')?;
@@ -433,9 +428,16 @@ pub fn write_json(v: &Value, out: &mut String) {
         Value::Int(i) => {
             let _ = write!(out, "{i}");
         }
+        Value::Int32(i) => {
+            let _ = write!(out, "{i}");
+        }
         Value::Float(f) => out.push_str(&format_float(*f)),
         Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
-        Value::DateTime(t) => write_json_str(&format_datetime(*t), out),
+        Value::DateTime(t) => {
+            out.push('"');
+            push_datetime(*t, out);
+            out.push('"');
+        }
         Value::Set(items) => {
             out.push('[');
             for (i, it) in items.iter().enumerate() {
@@ -452,7 +454,11 @@ pub fn write_json(v: &Value, out: &mut String) {
                 if i > 0 {
                     out.push(',');
                 }
-                write_json_str(&k.key_text(), out);
+                match k {
+                    Value::String(s) | Value::Ref(s) => write_json_str(s, out),
+                    Value::Enum(s) => write_json_str(s, out),
+                    other => write_json_str(&other.key_text(), out),
+                }
                 out.push(':');
                 write_json(val, out);
             }
@@ -478,14 +484,7 @@ pub fn write_json(v: &Value, out: &mut String) {
 /// Writes an object's fields as a JSON object keyed by field name.
 pub fn write_record_json(obj: &Object, out: &mut String) {
     out.push('{');
-    for (i, (f, val)) in obj
-        .class
-        .def()
-        .fields
-        .iter()
-        .zip(obj.fields.iter())
-        .enumerate()
-    {
+    for (i, (f, val)) in obj.class.def().fields.iter().zip(obj.fields.iter()).enumerate() {
         if i > 0 {
             out.push(',');
         }
@@ -532,31 +531,20 @@ mod tests {
     fn defaults_follow_the_datamodel() {
         let vm = default_object(class_ids::VM, "OpaqueRef:x");
         assert_eq!(vm.get(fields::VM::power_state), &Value::Enum("Halted"));
-        assert_eq!(
-            vm.get(fields::VM::HVM_shadow_multiplier),
-            &Value::Float(1.0)
-        );
+        assert_eq!(vm.get(fields::VM::HVM_shadow_multiplier), &Value::Float(1.0));
         assert_eq!(vm.get(fields::VM::generation_id), &Value::str("0:0"));
-        assert_eq!(
-            vm.get(fields::VM::snapshot_of),
-            &Value::Ref(NULL_REF.into())
-        );
+        assert_eq!(vm.get(fields::VM::snapshot_of), &Value::Ref(NULL_REF.into()));
         assert_eq!(vm.get(fields::VM::tags), &Value::Set(vec![]));
     }
 
     #[test]
     fn wire_values_convert_by_type() {
         let ty_int = Ty::Int;
-        assert_eq!(
-            from_json(&Json::String("42".into()), &ty_int),
-            Ok(Value::Int(42))
-        );
+        assert_eq!(from_json(&Json::String("42".into()), &ty_int), Ok(Value::Int(42)));
         assert!(from_json(&Json::String("x".into()), &ty_int).is_err());
         assert!(from_json(&serde_json::json!(5), &Ty::String).is_err());
         assert_eq!(
-            parse_datetime("20250319T04:16:24Z")
-                .map(format_datetime)
-                .as_deref(),
+            parse_datetime("20250319T04:16:24Z").map(format_datetime).as_deref(),
             Some("20250319T04:16:24Z")
         );
     }

@@ -3,7 +3,7 @@
 //! It lives here rather than in the RPC crate because `task.result` stores this fragment for
 //! every client, JSON ones included.
 
-use crate::value::{format_datetime, format_float, Object, Value};
+use crate::value::{format_float, push_datetime, Object, Value};
 use std::fmt::Write as _;
 
 /// Writes `<value>…</value>` for a typed value.
@@ -22,6 +22,9 @@ pub fn write_value(v: &Value, out: &mut String) {
         Value::Int(i) => {
             let _ = write!(out, "<value>{i}</value>");
         }
+        Value::Int32(i) => {
+            let _ = write!(out, "<value><int>{i}</int></value>");
+        }
         Value::Float(f) => {
             let _ = write!(out, "<value><double>{}</double></value>", format_float(*f));
         }
@@ -33,11 +36,9 @@ pub fn write_value(v: &Value, out: &mut String) {
             });
         }
         Value::DateTime(t) => {
-            let _ = write!(
-                out,
-                "<value><dateTime.iso8601>{}</dateTime.iso8601></value>",
-                format_datetime(*t)
-            );
+            out.push_str("<value><dateTime.iso8601>");
+            push_datetime(*t, out);
+            out.push_str("</dateTime.iso8601></value>");
         }
         Value::Set(items) => {
             out.push_str("<value><array><data>");
@@ -49,7 +50,11 @@ pub fn write_value(v: &Value, out: &mut String) {
         Value::Map(pairs) => {
             out.push_str("<value><struct>");
             for (k, val) in pairs {
-                member(&k.key_text(), val, out);
+                match k {
+                    Value::String(s) | Value::Ref(s) => member(s, val, out),
+                    Value::Enum(s) => member(s, val, out),
+                    other => member(&other.key_text(), val, out),
+                }
             }
             out.push_str("</struct></value>");
         }

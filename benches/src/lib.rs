@@ -68,11 +68,7 @@ impl Daemon {
             .map_err(io("reading the root password"))?
             .trim()
             .to_owned();
-        Ok(Daemon {
-            child,
-            addr,
-            password,
-        })
+        Ok(Daemon { child, addr, password })
     }
 }
 
@@ -97,9 +93,7 @@ fn read_head(r: &mut BufReader<TcpStream>) -> Result<(u16, String, Option<u64>),
     let mut head = String::new();
     loop {
         let mut line = String::new();
-        let n = r
-            .read_line(&mut line)
-            .map_err(io("reading a response head"))?;
+        let n = r.read_line(&mut line).map_err(io("reading a response head"))?;
         if n == 0 || line == "\r\n" {
             break;
         }
@@ -128,18 +122,13 @@ pub fn request(
     len: u64,
 ) -> Result<Response, BenchError> {
     let mut s = TcpStream::connect(addr).map_err(io("connecting"))?;
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: bench\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n"
-    );
-    s.write_all(head.as_bytes())
-        .map_err(io("sending a request"))?;
+    let head = format!("{method} {path} HTTP/1.1\r\nHost: bench\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n");
+    s.write_all(head.as_bytes()).map_err(io("sending a request"))?;
     let mut buf = vec![0u8; 1 << 20];
     let mut left = len;
     while left > 0 {
         let want = left.min(buf.len() as u64) as usize;
-        let n = body
-            .read(&mut buf[..want])
-            .map_err(io("reading the upload"))?;
+        let n = body.read(&mut buf[..want]).map_err(io("reading the upload"))?;
         if n == 0 {
             break;
         }
@@ -157,8 +146,7 @@ pub fn request(
 pub fn download(addr: SocketAddr, path: &str) -> Result<(u16, u64), BenchError> {
     let mut s = TcpStream::connect(addr).map_err(io("connecting"))?;
     let head = format!("GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n");
-    s.write_all(head.as_bytes())
-        .map_err(io("sending a request"))?;
+    s.write_all(head.as_bytes()).map_err(io("sending a request"))?;
     let mut r = BufReader::with_capacity(1 << 20, s);
     let (status, _, _) = read_head(&mut r)?;
     let mut buf = vec![0u8; 1 << 20];
@@ -190,9 +178,8 @@ pub fn xmlrpc(addr: SocketAddr, method: &str, params: &[Param<'_>]) -> Result<St
             Param::Raw(s) => format!("<param><value>{s}</value></param>"),
         })
         .collect();
-    let body = format!(
-        "<?xml version='1.0'?><methodCall><methodName>{method}</methodName><params>{ps}</params></methodCall>"
-    );
+    let body =
+        format!("<?xml version='1.0'?><methodCall><methodName>{method}</methodName><params>{ps}</params></methodCall>");
     let r = request(addr, "POST", "/", &mut body.as_bytes(), body.len() as u64)?;
     let text = String::from_utf8_lossy(&r.body).into_owned();
     if !text.contains("<value>Success</value>") {

@@ -39,8 +39,7 @@ pub struct Request {
 
 /// Decodes a request body.
 pub fn decode(body: &[u8]) -> Result<Request, JsonRpcError> {
-    let j: Json =
-        serde_json::from_slice(body).map_err(|e| JsonRpcError::Malformed(e.to_string()))?;
+    let j: Json = serde_json::from_slice(body).map_err(|e| JsonRpcError::Malformed(e.to_string()))?;
     let Json::Object(mut m) = j else {
         return Err(JsonRpcError::Structure("the body is not an object"));
     };
@@ -132,13 +131,11 @@ mod tests {
 
     #[test]
     fn versions_shape_replies() {
-        let r =
-            decode(br#"{"jsonrpc":"2.0","method":"pool.get_all","params":["s"],"id":7}"#).unwrap();
+        let r = decode(br#"{"jsonrpc":"2.0","method":"pool.get_all","params":["s"],"id":7}"#).unwrap();
         assert_eq!(r.version, Version::V2);
         let ok: Json = serde_json::from_str(&success(r.version, &r.id, &Value::Int(3))).unwrap();
         assert_eq!(ok, json!({"jsonrpc":"2.0","result":3,"id":7}));
-        let err: Json =
-            serde_json::from_str(&failure(Version::V2, &json!("a"), "X", &["p".into()])).unwrap();
+        let err: Json = serde_json::from_str(&failure(Version::V2, &json!("a"), "X", &["p".into()])).unwrap();
         assert_eq!(
             err,
             json!({"jsonrpc":"2.0","error":{"code":1,"message":"X","data":["p"]},"id":"a"})

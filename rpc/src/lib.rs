@@ -4,4 +4,5 @@
 pub mod data_paths;
 pub mod jsonrpc;
 pub mod server;
+pub mod tls;
 pub mod xmlrpc;

@@ -26,6 +26,14 @@ pub struct ServerConfig {
     pub max_body: usize,
     /// HTTP worker threads (0: one per core).
     pub workers: usize,
+    /// HTTPS addresses.
+    pub tls_listen: Vec<SocketAddr>,
+    /// The TLS configuration, when `tls_listen` is not empty.
+    pub tls: Option<rustls::ServerConfig>,
+    /// Most connections each worker keeps open at once.
+    pub max_connections: usize,
+    /// Serve `POST /bench/noop` (an empty 200 on the same stack) for overhead benchmarks.
+    pub bench_noop: bool,
 }
 
 /// The uid of a unix-socket peer.
@@ -51,35 +59,23 @@ fn on_connect(conn: &dyn Any, ext: &mut Extensions) {
 fn ctx_of(req: &HttpRequest) -> CallCtx {
     CallCtx {
         trusted_root: req.conn_data::<PeerUid>().is_some_and(|p| p.0 == 0),
+        task: None,
     }
 }
 
 fn xml_reply(status: StatusCode, body: String) -> HttpResponse {
-    HttpResponse::build(status)
-        .content_type("text/xml")
-        .body(body)
+    HttpResponse::build(status).content_type("text/xml").body(body)
 }
 
 fn json_reply(status: StatusCode, body: String) -> HttpResponse {
-    HttpResponse::build(status)
-        .content_type("application/json")
-        .body(body)
+    HttpResponse::build(status).content_type("application/json").body(body)
 }
 
 fn list_methods() -> Value {
-    Value::Set(
-        agent::method_list()
-            .into_iter()
-            .map(Value::String)
-            .collect(),
-    )
+    Value::Set(agent::method_list().into_iter().map(Value::String).collect())
 }
 
-async fn xmlrpc_handler(
-    req: HttpRequest,
-    body: web::Bytes,
-    agent: web::Data<Arc<Agent>>,
-) -> HttpResponse {
+async fn xmlrpc_handler(req: HttpRequest, body: web::Bytes, agent: web::Data<Arc<Agent>>) -> HttpResponse {
     let call = match xmlrpc::decode_call(&body) {
         Ok(c) => c,
         Err(e) => {
@@ -99,11 +95,7 @@ async fn xmlrpc_handler(
     }
 }
 
-async fn jsonrpc_handler(
-    req: HttpRequest,
-    body: web::Bytes,
-    agent: web::Data<Arc<Agent>>,
-) -> HttpResponse {
+async fn jsonrpc_handler(req: HttpRequest, body: web::Bytes, agent: web::Data<Arc<Agent>>) -> HttpResponse {
     let r = match jsonrpc::decode(&body) {
         Ok(r) => r,
         Err(e) => {
@@ -122,10 +114,7 @@ async fn jsonrpc_handler(
         }
     };
     if r.method == "system.listMethods" {
-        return json_reply(
-            StatusCode::OK,
-            jsonrpc::success(r.version, &r.id, &list_methods()),
-        );
+        return json_reply(StatusCode::OK, jsonrpc::success(r.version, &r.id, &list_methods()));
     }
     let ctx = ctx_of(&req);
     let body = match agent::call(agent.get_ref(), &ctx, &r.method, &r.params).await {
@@ -133,6 +122,10 @@ async fn jsonrpc_handler(
         Err(e) => jsonrpc::failure(r.version, &r.id, e.code(), &e.params()),
     };
     json_reply(StatusCode::OK, body)
+}
+
+async fn noop(_body: web::Bytes) -> HttpResponse {
+    HttpResponse::Ok().content_type("text/xml").finish()
 }
 
 async fn index() -> HttpResponse {
@@ -155,20 +148,34 @@ pub fn routes(cfg: &mut web::ServiceConfig, max_body: usize) {
 /// Serves until the process is asked to stop.
 pub async fn serve(agent: Arc<Agent>, cfg: ServerConfig) -> std::io::Result<()> {
     let max_body = cfg.max_body;
+    let bench_noop = cfg.bench_noop;
     let data = web::Data::new(agent);
     let mut server = HttpServer::new(move || {
-        App::new()
-            .app_data(data.clone())
-            .configure(|c| routes(c, max_body))
+        App::new().app_data(data.clone()).configure(|c| {
+            routes(c, max_body);
+            if bench_noop {
+                c.route("/bench/noop", web::post().to(noop));
+            }
+        })
     })
     .on_connect(on_connect)
-    .client_request_timeout(std::time::Duration::from_secs(30));
+    // A client gets 10 s to send its request head and 5 s to close: a slow client holds a
+    // connection slot, never a worker thread.
+    .client_request_timeout(std::time::Duration::from_secs(10))
+    .client_disconnect_timeout(std::time::Duration::from_secs(5))
+    .max_connections(cfg.max_connections.max(1));
     if cfg.workers > 0 {
         server = server.workers(cfg.workers);
     }
     for addr in &cfg.listen {
         server = server.bind(addr)?;
         tracing::info!(%addr, "listening on TCP");
+    }
+    if let Some(tls) = &cfg.tls {
+        for addr in &cfg.tls_listen {
+            server = server.bind_rustls_0_23(addr, tls.clone())?;
+            tracing::info!(%addr, "listening on HTTPS");
+        }
     }
     if let Some(path) = &cfg.socket {
         if path.exists() {

@@ -62,15 +62,9 @@ impl<'a> Parser<'a> {
                 .read_event()
                 .map_err(|e| XmlRpcError::Malformed(e.to_string()))?;
             return Ok(match ev {
-                Event::Start(e) => {
-                    Ev::Start(String::from_utf8_lossy(e.local_name().as_ref()).into_owned())
-                }
-                Event::Empty(e) => {
-                    Ev::Empty(String::from_utf8_lossy(e.local_name().as_ref()).into_owned())
-                }
-                Event::End(e) => {
-                    Ev::End(String::from_utf8_lossy(e.local_name().as_ref()).into_owned())
-                }
+                Event::Start(e) => Ev::Start(String::from_utf8_lossy(e.local_name().as_ref()).into_owned()),
+                Event::Empty(e) => Ev::Empty(String::from_utf8_lossy(e.local_name().as_ref()).into_owned()),
+                Event::End(e) => Ev::End(String::from_utf8_lossy(e.local_name().as_ref()).into_owned()),
                 Event::Text(t) => Ev::Text(
                     t.unescape()
                         .map_err(|e| XmlRpcError::Malformed(e.to_string()))?
@@ -98,9 +92,7 @@ impl<'a> Parser<'a> {
         match self.next_tag()? {
             Ev::Start(n) if n == name => Ok(true),
             Ev::Empty(n) if n == name => Ok(false),
-            Ev::Start(n) | Ev::Empty(n) => {
-                Err(structure(format!("expected <{name}>, found <{n}>")))
-            }
+            Ev::Start(n) | Ev::Empty(n) => Err(structure(format!("expected <{name}>, found <{n}>"))),
             Ev::End(n) => Err(structure(format!("expected <{name}>, found </{n}>"))),
             Ev::Eof => Err(structure(format!("expected <{name}>, found the end"))),
             Ev::Text(_) => Err(structure("unexpected text")),
@@ -199,10 +191,7 @@ impl<'a> Parser<'a> {
             "string" => Json::String(scalar(self)?),
             "int" | "i4" | "i8" => {
                 let t = scalar(self)?;
-                let n: i64 = t
-                    .trim()
-                    .parse()
-                    .map_err(|_| structure(format!("bad <{tag}> {t:?}")))?;
+                let n: i64 = t.trim().parse().map_err(|_| structure(format!("bad <{tag}> {t:?}")))?;
                 Json::Number(n.into())
             }
             "boolean" => match scalar(self)?.trim() {
@@ -212,10 +201,7 @@ impl<'a> Parser<'a> {
             },
             "double" => {
                 let t = scalar(self)?;
-                let f: f64 = t
-                    .trim()
-                    .parse()
-                    .map_err(|_| structure(format!("bad <double> {t:?}")))?;
+                let f: f64 = t.trim().parse().map_err(|_| structure(format!("bad <double> {t:?}")))?;
                 Number::from_f64(f).map(Json::Number).unwrap_or(Json::Null)
             }
             "dateTime.iso8601" | "base64" => Json::String(scalar(self)?.trim().to_owned()),

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # End-to-end tests of xapid driven by unmodified published XenAPI clients.
 #
-#   tests/clients/run.sh              # every suite (python, node)
+#   tests/clients/run.sh              # every suite (python, node, ansible)
 #   tests/clients/run.sh python       # one suite
 #   tests/clients/run.sh node python  # several, in that order
 #
@@ -10,7 +10,8 @@
 #                      built with `cargo build --release --bin xapid` first)
 #   XAPID_TEST_CACHE   where the clients are installed
 #                      (default: $HOME/.cache/xapid-tests; never inside the repo)
-#   PYTEST_ADDOPTS     extra pytest options, e.g. PYTEST_ADDOPTS="-k wire -x"
+#   PYTEST_ADDOPTS     extra pytest options (python and ansible suites), e.g. PYTEST_ADDOPTS="-k wire -x"
+#   XAPID_GOLDEN_UPDATE=1  re-record tests/clients/golden/ (python suite, test_golden.py)
 #   XAPID_NODE_TEST_ARGS  extra `node --test` options, e.g. "--test-name-pattern=json"
 #   XAPID_KEEP=1       keep each daemon's temp dir (state, log) after the run
 #
@@ -25,6 +26,12 @@ CACHE="${XAPID_TEST_CACHE:-$HOME/.cache/xapid-tests}"
 XENAPI_VERSION="26.21.1"   # newest on PyPI when pinned (`pip index versions xenapi`)
 PYTEST_VERSION="9.2.0"
 XEN_API_VERSION="4.7.6"    # Xen Orchestra's client; exact tree pinned by node/package-lock.json
+# Ansible: the community.general collection comes from the PyPI `ansible` package, which
+# bundles it (Ansible Galaxy is not reachable from the dev/CI machines; PyPI is). ansible 14.5.0
+# bundles community.general 13.5.0 and requires ansible-core 2.21.x.
+ANSIBLE_VERSION="14.5.0"
+ANSIBLE_CORE_VERSION="2.21.5"
+COMMUNITY_GENERAL_VERSION="13.5.0"
 
 log() { printf '\n==> %s\n' "$*" >&2; }
 die() { printf '\nrun.sh: FATAL: %s\n' "$*" >&2; exit 2; }
@@ -107,6 +114,44 @@ setup_node() {
   NODE_PREFIX="$prefix"
 }
 
+setup_ansible() {
+  local py pyver key venv
+  py="$(pick_python)"
+  pyver="$("$py" -c 'import sys; print("%d.%d.%d" % sys.version_info[:3])')"
+  "$py" -c 'import sys; sys.exit(sys.version_info < (3, 12))' \
+    || die "ansible-core $ANSIBLE_CORE_VERSION needs Python >= 3.12 ($py is $pyver)"
+  key="$(printf '%s %s %s %s %s' "$pyver" "$ANSIBLE_VERSION" "$ANSIBLE_CORE_VERSION" "$XENAPI_VERSION" "$PYTEST_VERSION" | sha256sum | cut -c1-12)"
+  venv="$CACHE/ansible-$ANSIBLE_VERSION-py-$pyver-$key"
+  if [ ! -f "$venv/.installed" ]; then
+    log "installing ansible==$ANSIBLE_VERSION ansible-core==$ANSIBLE_CORE_VERSION xenapi==$XENAPI_VERSION pytest==$PYTEST_VERSION into $venv (python $pyver: $py)"
+    rm -rf "$venv"
+    mkdir -p "$CACHE"
+    "$py" -m venv "$venv" || die "cannot create a venv with $py"
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
+        "ansible==$ANSIBLE_VERSION" "ansible-core==$ANSIBLE_CORE_VERSION" \
+        "xenapi==$XENAPI_VERSION" "pytest==$PYTEST_VERSION" \
+      || die "cannot install ansible==$ANSIBLE_VERSION / ansible-core==$ANSIBLE_CORE_VERSION / xenapi / pytest from PyPI"
+    touch "$venv/.installed"
+  fi
+  "$venv/bin/python" - "$ANSIBLE_VERSION" "$ANSIBLE_CORE_VERSION" "$COMMUNITY_GENERAL_VERSION" "$XENAPI_VERSION" <<'EOF' \
+    || die "installed Ansible is unusable"
+import json, sys, importlib.metadata as md, importlib.util
+want_ansible, want_core, want_cg, want_xenapi = sys.argv[1:]
+for dist, want in (("ansible", want_ansible), ("ansible-core", want_core), ("xenapi", want_xenapi)):
+    v = md.version(dist)
+    assert v == want, f"{dist} {v} installed, {want} pinned"
+import XenAPI  # noqa: F401  (the modules import it)
+spec = importlib.util.find_spec("ansible_collections.community.general")
+assert spec and spec.submodule_search_locations, "community.general is not in the ansible bundle"
+root = list(spec.submodule_search_locations)[0]
+v = json.load(open(f"{root}/MANIFEST.json"))["collection_info"]["version"]
+assert v == want_cg, f"community.general {v} bundled, {want_cg} pinned"
+for m in ("xenserver_guest", "xenserver_guest_info", "xenserver_guest_powerstate"):
+    assert importlib.util.find_spec(f"ansible_collections.community.general.plugins.modules.{m}"), m
+EOF
+  ANSIBLE_VENV="$venv"
+}
+
 # --------------------------------------------------------------------------
 setup_daemon() {
   if [ -n "${XAPID_BIN:-}" ]; then
@@ -143,31 +188,49 @@ run_node() {
   )
 }
 
+run_ansible() {
+  setup_ansible
+  (
+    cd "$HERE/ansible"
+    export PATH="$ANSIBLE_VENV/bin:$PATH" PYTHONDONTWRITEBYTECODE=1 XAPID_REPO="$REPO"
+    local ver
+    ver="$(ansible --version)" || die "ansible --version failed"
+    log "ansible suite: ${ver%%$'\n'*} | community.general $COMMUNITY_GENERAL_VERSION (bundled in ansible $ANSIBLE_VERSION) | $("$ANSIBLE_VENV/bin/python" -c 'import importlib.metadata as m, sys; print("xenapi", m.version("xenapi"), "| pytest", m.version("pytest"), "| python", sys.version.split()[0])')"
+    "$ANSIBLE_VENV/bin/python" -m pytest -p no:cacheprovider -c "$HERE/ansible/pytest.ini" --rootdir "$HERE/ansible" .
+  )
+}
+
 # --------------------------------------------------------------------------
 suites=("$@")
-[ ${#suites[@]} -gt 0 ] || suites=(python node)
+[ ${#suites[@]} -gt 0 ] || suites=(python node ansible)
 for s in "${suites[@]}"; do
-  case "$s" in python|node) ;; *) die "unknown suite '$s' (known: python node)";; esac
+  case "$s" in python|node|ansible) ;; *) die "unknown suite '$s' (known: python node ansible)";; esac
 done
 
 # Install every requested client before running anything: an install failure is fatal.
 for s in "${suites[@]}"; do
-  case "$s" in python) setup_python;; node) setup_node;; esac
+  case "$s" in python) setup_python;; node) setup_node;; ansible) setup_ansible;; esac
 done
 setup_daemon
 log "daemon under test: $XAPID_BIN"
 
 failed=()
+summary=()
+run_start=$SECONDS
 for s in "${suites[@]}"; do
   log "suite: $s"
+  t0=$SECONDS
   if "run_$s"; then
-    log "suite $s: PASSED"
+    summary+=("$s: PASSED in $((SECONDS - t0))s")
   else
-    log "suite $s: FAILED"
+    summary+=("$s: FAILED in $((SECONDS - t0))s")
     failed+=("$s")
   fi
+  log "suite ${summary[-1]}"
 done
 
+log "summary ($((SECONDS - run_start))s in all):"
+printf '    %s\n' "${summary[@]}" >&2
 if [ ${#failed[@]} -gt 0 ]; then
   log "failed suites: ${failed[*]}"
   exit 1

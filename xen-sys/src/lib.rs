@@ -162,15 +162,12 @@ pub fn library_path<T: XenLibrary>(dir: Option<&Path>) -> PathBuf {
 pub unsafe fn load<T: XenLibrary>(dir: Option<&Path>) -> Result<T, LoadError> {
     let path = library_path::<T>(dir);
     let name = path.display().to_string();
-    let flags =
-        libloading::os::unix::RTLD_NOW | libloading::os::unix::RTLD_LOCAL | libc::RTLD_NODELETE;
+    let flags = libloading::os::unix::RTLD_NOW | libloading::os::unix::RTLD_LOCAL | libc::RTLD_NODELETE;
     // SAFETY: the caller guarantees the file is the genuine Xen library,
     // whose initialisers are safe to run.
-    let lib = unsafe { libloading::os::unix::Library::open(Some(&path), flags) }.map_err(|e| {
-        LoadError::Missing {
-            library: name.clone(),
-            reason: e.to_string(),
-        }
+    let lib = unsafe { libloading::os::unix::Library::open(Some(&path), flags) }.map_err(|e| LoadError::Missing {
+        library: name.clone(),
+        reason: e.to_string(),
     })?;
     // SAFETY: the caller guarantees this is the Xen library `T` describes.
     unsafe { T::resolve(lib.into()) }.map_err(|e| LoadError::Symbol {
@@ -192,19 +189,13 @@ mod tests {
             Err(e) => e,
         };
         assert!(matches!(err, LoadError::Missing { .. }));
-        assert_eq!(
-            err.library(),
-            "/nonexistent-xen-sys-test/libxenctrl.so.4.17"
-        );
+        assert_eq!(err.library(), "/nonexistent-xen-sys-test/libxenctrl.so.4.17");
         assert!(err.to_string().contains("libxenctrl.so.4.17"), "{err}");
     }
 
     #[test]
     fn sonames() {
-        assert_eq!(
-            library_path::<XenStore>(None),
-            PathBuf::from("libxenstore.so.4")
-        );
+        assert_eq!(library_path::<XenStore>(None), PathBuf::from("libxenstore.so.4"));
         assert_eq!(XenGuest::SONAME, "libxenguest.so.4.17");
         assert_eq!(XenToolLog::SONAME, "libxentoollog.so.1");
     }

@@ -170,9 +170,7 @@ impl XcHandle {
             guest.xc_dom_mem_init(d, config.memory_mib)
         })?;
         // SAFETY: `d` is our live image.
-        check("xc_dom_boot_mem_init", unsafe {
-            guest.xc_dom_boot_mem_init(d)
-        })?;
+        check("xc_dom_boot_mem_init", unsafe { guest.xc_dom_boot_mem_init(d) })?;
         // SAFETY: `d` is our live image.
         check("xc_dom_build_image", unsafe { guest.xc_dom_build_image(d) })?;
         // SAFETY: `d` is our live image.
@@ -228,9 +226,7 @@ mod tests {
     #[test]
     fn missing_kernel_names_step_and_errno() {
         let Some(xc) = dummy() else { return };
-        let err = xc
-            .build_pv(1, &config("/nonexistent/vmlinuz", None))
-            .unwrap_err();
+        let err = xc.build_pv(1, &config("/nonexistent/vmlinuz", None)).unwrap_err();
         assert_eq!(
             err,
             XenctrlError::Call {
@@ -247,10 +243,7 @@ mod tests {
         // Any readable file loads as a "kernel": it is parsed only later.
         let kernel = std::env::current_exe().unwrap();
         let err = xc
-            .build_pv(
-                1,
-                &config(kernel.to_str().unwrap(), Some("/nonexistent/initrd")),
-            )
+            .build_pv(1, &config(kernel.to_str().unwrap(), Some("/nonexistent/initrd")))
             .unwrap_err();
         assert_eq!(
             err,

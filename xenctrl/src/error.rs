@@ -96,12 +96,8 @@ impl XenctrlError {
 impl From<xen_sys::LoadError> for XenctrlError {
     fn from(e: xen_sys::LoadError) -> Self {
         match e {
-            xen_sys::LoadError::Missing { library, reason } => {
-                XenctrlError::LibraryMissing { library, reason }
-            }
-            xen_sys::LoadError::Symbol { library, reason } => {
-                XenctrlError::LibraryIncompatible { library, reason }
-            }
+            xen_sys::LoadError::Missing { library, reason } => XenctrlError::LibraryMissing { library, reason },
+            xen_sys::LoadError::Symbol { library, reason } => XenctrlError::LibraryIncompatible { library, reason },
         }
     }
 }
@@ -121,9 +117,7 @@ impl fmt::Display for Errno {
         }
         let text = std::io::Error::from_raw_os_error(self.0).to_string();
         // io::Error appends " (os error N)"; show our own suffix instead.
-        let text = text
-            .strip_suffix(&format!(" (os error {})", self.0))
-            .unwrap_or(&text);
+        let text = text.strip_suffix(&format!(" (os error {})", self.0)).unwrap_or(&text);
         match errno_name(self.0) {
             Some(name) => write!(f, "{text} (errno {}, {name})", self.0),
             None => write!(f, "{text} (errno {})", self.0),

@@ -38,8 +38,7 @@ pub use error::{Result, XenctrlError};
 pub use libs::{CtrlLibraries, StoreLibrary};
 pub use logger::tracing_level;
 pub use types::{
-    CreateFlags, DomainCreateConfig, DomainFlags, DomainInfo, PhysInfo, ShutdownReason, XenVersion,
-    PAGE_SIZE,
+    CreateFlags, DomainCreateConfig, DomainFlags, DomainInfo, PhysInfo, ShutdownReason, XenVersion, PAGE_SIZE,
 };
 pub use xc::XcHandle;
 pub use xs::{Transaction, WatchEvent, XsHandle, XsPermission};

@@ -46,10 +46,7 @@ static CTRL: Mutex<Option<Arc<CtrlLibraries>>> = Mutex::new(None);
 static STORE: Mutex<Option<Arc<StoreLibrary>>> = Mutex::new(None);
 
 /// Returns the cached value, or loads it (caching only a success).
-fn cached<T>(
-    cell: &Mutex<Option<Arc<T>>>,
-    load: impl FnOnce() -> Result<Arc<T>>,
-) -> Result<Arc<T>> {
+fn cached<T>(cell: &Mutex<Option<Arc<T>>>, load: impl FnOnce() -> Result<Arc<T>>) -> Result<Arc<T>> {
     // A panic while holding this lock cannot leave the Option half-written.
     let mut slot = cell.lock().unwrap_or_else(PoisonError::into_inner);
     if let Some(libs) = slot.as_ref() {
@@ -88,11 +85,7 @@ impl CtrlLibraries {
         let ctrl = unsafe { xen_sys::load::<XenCtrl>(dir) }?;
         // SAFETY: as above.
         let guest = unsafe { xen_sys::load::<XenGuest>(dir) }?;
-        Ok(Arc::new(CtrlLibraries {
-            toollog,
-            ctrl,
-            guest,
-        }))
+        Ok(Arc::new(CtrlLibraries { toollog, ctrl, guest }))
     }
 }
 

@@ -160,14 +160,7 @@ unsafe fn format_va(format: *const c_char, al: *mut __va_list_tag) -> String {
     let mut ap = unsafe { *al };
     // SAFETY: `buf` is writable for `buf.len()` bytes; `format`/`ap` are
     // a matching format and argument list per this function's contract.
-    let n = unsafe {
-        xen_sys::vsnprintf(
-            buf.as_mut_ptr().cast(),
-            buf.len() as c_ulong,
-            format,
-            &mut ap,
-        )
-    };
+    let n = unsafe { xen_sys::vsnprintf(buf.as_mut_ptr().cast(), buf.len() as c_ulong, format, &mut ap) };
     let Ok(n) = usize::try_from(n) else {
         // SAFETY: `format` is a NUL-terminated string per contract.
         return format!("(unformattable message) {}", unsafe { c_str(format) });
@@ -180,14 +173,7 @@ unsafe fn format_va(format: *const c_char, al: *mut __va_list_tag) -> String {
     // SAFETY: as above; `*al` was not consumed by the first attempt.
     let mut ap = unsafe { *al };
     // SAFETY: `big` is writable for `big.len()` bytes; arguments as above.
-    let m = unsafe {
-        xen_sys::vsnprintf(
-            big.as_mut_ptr().cast(),
-            big.len() as c_ulong,
-            format,
-            &mut ap,
-        )
-    };
+    let m = unsafe { xen_sys::vsnprintf(big.as_mut_ptr().cast(), big.len() as c_ulong, format, &mut ap) };
     let len = usize::try_from(m).unwrap_or(0).min(n);
     big.truncate(len);
     String::from_utf8_lossy(&big).into_owned()
@@ -285,10 +271,7 @@ mod tests {
         assert_eq!(events.len(), 2);
         assert_eq!(events[0].level, Level::ERROR);
         assert_eq!(events[0].target, "xentoollog");
-        assert_eq!(
-            events[0].message,
-            "open failed: No such file or directory (os error 2)"
-        );
+        assert_eq!(events[0].message, "open failed: No such file or directory (os error 2)");
         assert_eq!(events[0].field("context"), Some("xc"));
         assert_eq!(events[0].field("errno"), Some("2"));
         assert_eq!(events[0].field("xtl_level"), Some("error"));

@@ -19,10 +19,7 @@ pub(crate) struct Captured {
 impl Captured {
     /// The value of a field other than the message, as text.
     pub fn field(&self, name: &str) -> Option<&str> {
-        self.fields
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
+        self.fields.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
     }
 }
 
@@ -37,8 +34,7 @@ impl Visit for Fields {
         if field.name() == "message" {
             self.message = value.to_owned();
         } else {
-            self.fields
-                .push((field.name().to_owned(), value.to_owned()));
+            self.fields.push((field.name().to_owned(), value.to_owned()));
         }
     }
 
@@ -46,8 +42,7 @@ impl Visit for Fields {
         if field.name() == "message" {
             self.message = format!("{value:?}");
         } else {
-            self.fields
-                .push((field.name().to_owned(), format!("{value:?}")));
+            self.fields.push((field.name().to_owned(), format!("{value:?}")));
         }
     }
 }

@@ -145,9 +145,7 @@ impl DomainInfo {
     pub fn from_raw(raw: &sys::xc_domaininfo_t) -> Self {
         let flags = DomainFlags::from_raw(raw.flags);
         let shutdown_reason = flags.shutdown.then(|| {
-            ShutdownReason::from_raw(
-                (raw.flags >> sys::XEN_DOMINF_shutdownshift) & sys::XEN_DOMINF_shutdownmask,
-            )
+            ShutdownReason::from_raw((raw.flags >> sys::XEN_DOMINF_shutdownshift) & sys::XEN_DOMINF_shutdownmask)
         });
         let vcpus_max = if raw.max_vcpu_id == u32::MAX {
             0
@@ -238,11 +236,7 @@ impl XenVersion {
     /// Decodes `xc_version(XENVER_version)` (major << 16 | minor) and the
     /// `XENVER_extraversion` buffer (NUL-terminated or full).
     pub fn from_raw(version: u32, extra: &[std::ffi::c_char]) -> Self {
-        let bytes: Vec<u8> = extra
-            .iter()
-            .map(|&c| c as u8)
-            .take_while(|&b| b != 0)
-            .collect();
+        let bytes: Vec<u8> = extra.iter().map(|&c| c as u8).take_while(|&b| b != 0).collect();
         XenVersion {
             major: version >> 16,
             minor: version & 0xffff,
@@ -365,9 +359,7 @@ impl DomainCreateConfig {
         let frames = |name: &str, v: Option<u32>| -> Result<i32> {
             match v {
                 None => Ok(-1),
-                Some(n) => {
-                    i32::try_from(n).map_err(|_| invalid(format!("{name} {n} is too large")))
-                }
+                Some(n) => i32::try_from(n).map_err(|_| invalid(format!("{name} {n} is too large"))),
             }
         };
         Ok(sys::xen_domctl_createdomain {
@@ -408,10 +400,7 @@ mod tests {
 
     #[test]
     fn decodes_running_domain() {
-        let info = DomainInfo::from_raw(&raw_info(
-            5,
-            sys::XEN_DOMINF_running | sys::XEN_DOMINF_blocked,
-        ));
+        let info = DomainInfo::from_raw(&raw_info(5, sys::XEN_DOMINF_running | sys::XEN_DOMINF_blocked));
         assert_eq!(info.domid, 5);
         assert!(info.flags.running && info.flags.blocked);
         assert!(!info.flags.paused && !info.flags.dying && !info.flags.shutdown && !info.flags.hvm);

@@ -78,10 +78,7 @@ impl XcHandle {
         // success it is moved into the returned handle, which closes the
         // interface before freeing the logger; on failure libxenctrl has
         // already dropped its reference to it.
-        let raw = unsafe {
-            libs.ctrl
-                .xc_interface_open(logger.as_ptr(), logger.as_ptr(), flags)
-        };
+        let raw = unsafe { libs.ctrl.xc_interface_open(logger.as_ptr(), logger.as_ptr(), flags) };
         let Some(xch) = NonNull::new(raw) else {
             return Err(XenctrlError::last("xc_interface_open"));
         };
@@ -112,11 +109,7 @@ impl XcHandle {
     pub fn domain_info(&self, domid: u32) -> Result<DomainInfo> {
         let mut info = sys::xc_domaininfo_t::default();
         // SAFETY: `xch` is open; `info` is writable storage for one entry.
-        let rc = unsafe {
-            self.libs
-                .ctrl
-                .xc_domain_getinfolist(self.raw(), domid, 1, &mut info)
-        };
+        let rc = unsafe { self.libs.ctrl.xc_domain_getinfolist(self.raw(), domid, 1, &mut info) };
         let n = check("xc_domain_getinfolist", rc)?;
         // getinfolist returns the first domain >= domid: check it is ours.
         if n < 1 || u32::from(info.domain) != domid {
@@ -137,12 +130,9 @@ impl XcHandle {
             // SAFETY: `xch` is open; `buf` has room for GETINFO_BATCH
             // entries, the count passed.
             let rc = unsafe {
-                self.libs.ctrl.xc_domain_getinfolist(
-                    self.raw(),
-                    first,
-                    GETINFO_BATCH as u32,
-                    buf.as_mut_ptr(),
-                )
+                self.libs
+                    .ctrl
+                    .xc_domain_getinfolist(self.raw(), first, GETINFO_BATCH as u32, buf.as_mut_ptr())
             };
             let n = usize::try_from(check("xc_domain_getinfolist", rc)?)
                 .unwrap_or(0)
@@ -168,22 +158,18 @@ impl XcHandle {
     pub fn version(&self) -> Result<XenVersion> {
         // SAFETY: `xch` is open; XENVER_version takes no argument buffer.
         let rc = unsafe {
-            self.libs.ctrl.xc_version(
-                self.raw(),
-                sys::XENVER_version as c_int,
-                std::ptr::null_mut(),
-            )
+            self.libs
+                .ctrl
+                .xc_version(self.raw(), sys::XENVER_version as c_int, std::ptr::null_mut())
         };
         let version = check("xc_version", rc)?;
         let mut extra: sys::xen_extraversion_t = [0; 16];
         // SAFETY: `xch` is open; XENVER_extraversion writes at most
         // sizeof(xen_extraversion_t) bytes into `extra`.
         let rc = unsafe {
-            self.libs.ctrl.xc_version(
-                self.raw(),
-                sys::XENVER_extraversion as c_int,
-                extra.as_mut_ptr().cast(),
-            )
+            self.libs
+                .ctrl
+                .xc_version(self.raw(), sys::XENVER_extraversion as c_int, extra.as_mut_ptr().cast())
         };
         check("xc_version", rc)?;
         Ok(XenVersion::from_raw(version as u32, &extra))
@@ -196,11 +182,7 @@ impl XcHandle {
         let mut domid = config.domid.unwrap_or(0);
         // SAFETY: `xch` is open; `domid` and `raw` are valid for reads and
         // writes for the duration of the call.
-        let rc = unsafe {
-            self.libs
-                .ctrl
-                .xc_domain_create(self.raw(), &mut domid, &mut raw)
-        };
+        let rc = unsafe { self.libs.ctrl.xc_domain_create(self.raw(), &mut domid, &mut raw) };
         check("xc_domain_create", rc)?;
         Ok(domid)
     }
@@ -240,11 +222,7 @@ impl XcHandle {
     /// Sets the most memory, in KiB, the domain may have.
     pub fn domain_set_max_mem(&self, domid: u32, max_kib: u64) -> Result<()> {
         // SAFETY: `xch` is open; plain integer arguments.
-        let rc = unsafe {
-            self.libs
-                .ctrl
-                .xc_domain_setmaxmem(self.raw(), domid, max_kib)
-        };
+        let rc = unsafe { self.libs.ctrl.xc_domain_setmaxmem(self.raw(), domid, max_kib) };
         check("xc_domain_setmaxmem", rc).map(drop)
     }
 
@@ -261,11 +239,7 @@ impl XcHandle {
     /// backend domain as remote); returns the port.
     pub fn evtchn_alloc_unbound(&self, domid: u32, remote_domid: u32) -> Result<u32> {
         // SAFETY: `xch` is open; plain integer arguments.
-        let rc = unsafe {
-            self.libs
-                .ctrl
-                .xc_evtchn_alloc_unbound(self.raw(), domid, remote_domid)
-        };
+        let rc = unsafe { self.libs.ctrl.xc_evtchn_alloc_unbound(self.raw(), domid, remote_domid) };
         check("xc_evtchn_alloc_unbound", rc).map(|port| port as u32)
     }
 }

@@ -58,10 +58,7 @@ impl XsPermission {
         if self.write {
             perms |= sys::XS_PERM_WRITE;
         }
-        sys::xs_permissions {
-            id: self.domid,
-            perms,
-        }
+        sys::xs_permissions { id: self.domid, perms }
     }
 }
 
@@ -115,12 +112,10 @@ fn c_string(call: &'static str, what: &str, s: &str) -> Result<CString> {
 unsafe fn owned_str(call: &'static str, p: *const c_char) -> Result<String> {
     // SAFETY: per this function's contract.
     let s = unsafe { CStr::from_ptr(p) };
-    s.to_str()
-        .map(str::to_owned)
-        .map_err(|_| XenctrlError::InvalidData {
-            call,
-            reason: format!("{s:?} is not UTF-8"),
-        })
+    s.to_str().map(str::to_owned).map_err(|_| XenctrlError::InvalidData {
+        call,
+        reason: format!("{s:?} is not UTF-8"),
+    })
 }
 
 /// Copies the `num` strings of a `char **` array libxenstore returned.
@@ -128,11 +123,7 @@ unsafe fn owned_str(call: &'static str, p: *const c_char) -> Result<String> {
 /// # Safety
 ///
 /// `vec` points to at least `num` pointers to NUL-terminated strings.
-unsafe fn owned_strs(
-    call: &'static str,
-    vec: *mut *mut c_char,
-    num: c_uint,
-) -> Result<Vec<String>> {
+unsafe fn owned_strs(call: &'static str, vec: *mut *mut c_char, num: c_uint) -> Result<Vec<String>> {
     (0..num as usize)
         .map(|i| {
             // SAFETY: `i < num`, and each entry is a C string, per contract.
@@ -212,10 +203,7 @@ impl XsHandle {
         let cpath = c_string("xs_read", "path", path)?;
         let mut len: c_uint = 0;
         // SAFETY: handle open; `cpath` is a C string; `len` is writable.
-        let p = unsafe {
-            self.store()
-                .xs_read(self.raw(), tx.0, cpath.as_ptr(), &mut len)
-        };
+        let p = unsafe { self.store().xs_read(self.raw(), tx.0, cpath.as_ptr(), &mut len) };
         // SAFETY: xs_read returns NULL or a malloc'd buffer the caller frees.
         let Some(buf) = (unsafe { Malloced::new(p.cast::<u8>()) }) else {
             return Err(XenctrlError::last("xs_read"));
@@ -271,10 +259,7 @@ impl XsHandle {
         let cpath = c_string("xs_directory", "path", path)?;
         let mut num: c_uint = 0;
         // SAFETY: handle open; `cpath` is a C string; `num` is writable.
-        let p = unsafe {
-            self.store()
-                .xs_directory(self.raw(), tx.0, cpath.as_ptr(), &mut num)
-        };
+        let p = unsafe { self.store().xs_directory(self.raw(), tx.0, cpath.as_ptr(), &mut num) };
         // SAFETY: xs_directory returns NULL or one malloc'd block holding
         // the pointer array and the strings, freed by the caller.
         let Some(block) = (unsafe { Malloced::new(p) }) else {
@@ -304,12 +289,7 @@ impl XsHandle {
 
     /// Replaces a node's permissions. The first entry is the owner and
     /// the default for unlisted domains.
-    pub fn set_permissions(
-        &self,
-        tx: Transaction,
-        path: &str,
-        perms: &[XsPermission],
-    ) -> Result<()> {
+    pub fn set_permissions(&self, tx: Transaction, path: &str, perms: &[XsPermission]) -> Result<()> {
         let cpath = c_string("xs_set_permissions", "path", path)?;
         if perms.is_empty() {
             return Err(XenctrlError::InvalidArgument {
@@ -337,10 +317,7 @@ impl XsHandle {
         let cpath = c_string("xs_watch", "path", path)?;
         let ctoken = c_string("xs_watch", "token", token)?;
         // SAFETY: handle open; both are C strings.
-        let ok = unsafe {
-            self.store()
-                .xs_watch(self.raw(), cpath.as_ptr(), ctoken.as_ptr())
-        };
+        let ok = unsafe { self.store().xs_watch(self.raw(), cpath.as_ptr(), ctoken.as_ptr()) };
         Self::check("xs_watch", ok)
     }
 
@@ -349,10 +326,7 @@ impl XsHandle {
         let cpath = c_string("xs_unwatch", "path", path)?;
         let ctoken = c_string("xs_unwatch", "token", token)?;
         // SAFETY: handle open; both are C strings.
-        let ok = unsafe {
-            self.store()
-                .xs_unwatch(self.raw(), cpath.as_ptr(), ctoken.as_ptr())
-        };
+        let ok = unsafe { self.store().xs_unwatch(self.raw(), cpath.as_ptr(), ctoken.as_ptr()) };
         Self::check("xs_unwatch", ok)
     }
 
@@ -362,11 +336,7 @@ impl XsHandle {
     ///
     /// `vec` is the malloc'd result of xs_read_watch/xs_check_watch with
     /// `num` entries.
-    unsafe fn watch_event(
-        call: &'static str,
-        vec: Malloced<*mut c_char>,
-        num: c_uint,
-    ) -> Result<WatchEvent> {
+    unsafe fn watch_event(call: &'static str, vec: Malloced<*mut c_char>, num: c_uint) -> Result<WatchEvent> {
         let path_i = sys::xs_watch_type::XS_WATCH_PATH as usize;
         let token_i = sys::xs_watch_type::XS_WATCH_TOKEN as usize;
         if (num as usize) <= path_i.max(token_i) {
@@ -406,8 +376,7 @@ impl XsHandle {
         let Some(vec) = (unsafe { Malloced::new(p) }) else {
             return match XenctrlError::last("xs_check_watch") {
                 XenctrlError::Call {
-                    errno: libc::EAGAIN,
-                    ..
+                    errno: libc::EAGAIN, ..
                 } => Ok(None),
                 e => Err(e),
             };
@@ -447,8 +416,7 @@ impl XsHandle {
         match Self::check("xs_transaction_end", ok) {
             Ok(()) => Ok(true),
             Err(XenctrlError::Call {
-                errno: libc::EAGAIN,
-                ..
+                errno: libc::EAGAIN, ..
             }) if !abort => Ok(false),
             Err(e) => Err(e),
         }
@@ -497,10 +465,7 @@ impl XsHandle {
     /// frame and the (guest-side) event channel port.
     pub fn introduce_domain(&self, domid: u32, mfn: u64, evtchn: u32) -> Result<()> {
         // SAFETY: handle open; plain integer arguments.
-        let ok = unsafe {
-            self.store()
-                .xs_introduce_domain(self.raw(), domid, mfn, evtchn)
-        };
+        let ok = unsafe { self.store().xs_introduce_domain(self.raw(), domid, mfn, evtchn) };
         Self::check("xs_introduce_domain", ok)
     }
 

@@ -176,13 +176,11 @@ fn corrupt_library_is_reported_missing() {
 #[test]
 fn wrong_library_is_reported_incompatible() {
     // A real shared object under libxenstore's soname, lacking its symbols.
-    let Some(libm) = [
-        "/lib/x86_64-linux-gnu/libm.so.6",
-        "/usr/lib/x86_64-linux-gnu/libm.so.6",
-    ]
-    .into_iter()
-    .map(Path::new)
-    .find(|p| p.exists()) else {
+    let Some(libm) = ["/lib/x86_64-linux-gnu/libm.so.6", "/usr/lib/x86_64-linux-gnu/libm.so.6"]
+        .into_iter()
+        .map(Path::new)
+        .find(|p| p.exists())
+    else {
         eprintln!("no libm.so.6 found, skipping");
         return;
     };

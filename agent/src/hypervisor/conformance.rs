@@ -31,9 +31,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use super::{
-    BackendError, BackendEvent, BlockDevice, BlockMode, DevId, DeviceKind, DomId, DomainConfig,
-    DomainKind, DomainState, Errno, EventReceiver, Fault, Hypervisor, MacAddr, NetDevice, Op,
-    PvBoot, ShutdownCode, ShutdownReason, UnplugMode, DOMID_FIRST_RESERVED, MIB,
+    BackendError, BackendEvent, BlockDevice, BlockMode, DevId, DeviceKind, DomId, DomainConfig, DomainKind,
+    DomainState, Errno, EventReceiver, Fault, Hypervisor, MacAddr, NetDevice, Op, PvBoot, ShutdownCode, ShutdownReason,
+    UnplugMode, DOMID_FIRST_RESERVED, MIB,
 };
 
 /// Parameters of a conformance run.
@@ -324,9 +324,7 @@ fn expect_err<T: fmt::Debug>(
             "{what}: expected an error, got Ok({v:?})"
         ))),
         Err(e) if pred(&e) => Ok(e),
-        Err(e) => Err(CheckFailure::Expectation(format!(
-            "{what}: wrong error: {e:?}"
-        ))),
+        Err(e) => Err(CheckFailure::Expectation(format!("{what}: wrong error: {e:?}"))),
     }
 }
 
@@ -353,10 +351,8 @@ impl<'a> Scope<'a> {
 
     fn config(&mut self) -> DomainConfig {
         self.counter += 1;
-        self.opts.config(format!(
-            "{}-{}-{}",
-            self.opts.name_prefix, self.check, self.counter
-        ))
+        self.opts
+            .config(format!("{}-{}-{}", self.opts.name_prefix, self.check, self.counter))
     }
 
     fn track(&mut self, domid: DomId) -> DomId {
@@ -483,11 +479,9 @@ fn scratch_file(opts: &ConformanceOptions, name: &str, len: u64) -> Result<PathB
         source,
     };
     std::fs::create_dir_all(&opts.scratch_dir).map_err(io)?;
-    let path = opts.scratch_dir.join(format!(
-        "{}-{}-{name}",
-        opts.name_prefix,
-        uuid::Uuid::new_v4()
-    ));
+    let path = opts
+        .scratch_dir
+        .join(format!("{}-{}-{name}", opts.name_prefix, uuid::Uuid::new_v4()));
     let f = std::fs::File::create(&path).map_err(io)?;
     f.set_len(len).map_err(io)?;
     Ok(path)
@@ -497,45 +491,29 @@ fn scratch_file(opts: &ConformanceOptions, name: &str, len: u64) -> Result<PathB
 // Checks
 
 /// Host facts are present and consistent.
-pub fn check_host_info(
-    hv: &dyn Hypervisor,
-    opts: &ConformanceOptions,
-) -> Result<Verdict, CheckFailure> {
+pub fn check_host_info(hv: &dyn Hypervisor, opts: &ConformanceOptions) -> Result<Verdict, CheckFailure> {
     let info = hv.host_info().step("host_info")?;
     ensure(info.cpu.count >= 1, || "no CPUs".into())?;
     ensure(!info.hostname.is_empty(), || "empty hostname".into())?;
-    ensure(!info.hypervisor.name.is_empty(), || {
-        "empty hypervisor name".into()
-    })?;
+    ensure(!info.hypervisor.name.is_empty(), || "empty hypervisor name".into())?;
     ensure(info.memory_total > 0, || "zero total memory".into())?;
     ensure(info.memory_free <= info.memory_total, || {
         format!("free {} > total {}", info.memory_free, info.memory_total)
     })?;
     let free_now = free(hv)?;
-    ensure(
-        close_to(free_now, info.memory_free, opts.memory_slack),
-        || {
-            format!(
-                "memory_free() {free_now} disagrees with host_info {}",
-                info.memory_free
-            )
-        },
-    )?;
+    ensure(close_to(free_now, info.memory_free, opts.memory_slack), || {
+        format!("memory_free() {free_now} disagrees with host_info {}", info.memory_free)
+    })?;
     Ok(Verdict::Passed)
 }
 
 /// Dom0 is listed first, running, and cannot be destroyed or paused.
-pub fn check_dom0(
-    hv: &dyn Hypervisor,
-    _opts: &ConformanceOptions,
-) -> Result<Verdict, CheckFailure> {
+pub fn check_dom0(hv: &dyn Hypervisor, _opts: &ConformanceOptions) -> Result<Verdict, CheckFailure> {
     let list = hv.list_domains().step("list_domains")?;
     let first = list
         .first()
         .ok_or_else(|| CheckFailure::Expectation("list_domains is empty".into()))?;
-    ensure(first.domid == 0, || {
-        format!("first domain is {}, not 0", first.domid)
-    })?;
+    ensure(first.domid == 0, || format!("first domain is {}, not 0", first.domid))?;
     ensure(first.state == DomainState::Running, || {
         format!("dom0 is {}", first.state)
     })?;
@@ -551,18 +529,13 @@ pub fn check_dom0(
         matches!(e, BackendError::InvalidArgument { .. })
     })?;
     let again = hv.domain_info(0).step("domain_info(0) again")?;
-    ensure(again.state == DomainState::Running, || {
-        "dom0 changed state".into()
-    })?;
+    ensure(again.state == DomainState::Running, || "dom0 changed state".into())?;
     Ok(Verdict::Passed)
 }
 
 /// create → paused/unbuilt; build; unpause → running; pause; unpause;
 /// destroy → gone; events for each step.
-pub fn check_lifecycle(
-    hv: &dyn Hypervisor,
-    opts: &ConformanceOptions,
-) -> Result<Verdict, CheckFailure> {
+pub fn check_lifecycle(hv: &dyn Hypervisor, opts: &ConformanceOptions) -> Result<Verdict, CheckFailure> {
     let mut scope = Scope::new(hv, opts, "lifecycle");
     let rx = hv.subscribe().step("subscribe")?;
     let config = scope.config();
@@ -581,10 +554,7 @@ pub fn check_lifecycle(
         "uuid/name not kept".into()
     })?;
     ensure(info.memory_target == config.memory_target, || {
-        format!(
-            "memory_target {} != {}",
-            info.memory_target, config.memory_target
-        )
+        format!("memory_target {} != {}", info.memory_target, config.memory_target)
     })?;
     ensure(
         info.vcpus_online == config.vcpus_at_start && info.vcpus_max == config.vcpus_max,
@@ -612,9 +582,7 @@ pub fn check_lifecycle(
     )?;
     hv.unpause(domid).step("unpause again")?;
     let listed = hv.list_domains().step("list_domains")?;
-    ensure(listed.iter().any(|d| d.domid == domid), || {
-        "domain not listed".into()
-    })?;
+    ensure(listed.iter().any(|d| d.domid == domid), || "domain not listed".into())?;
     scope.destroy(domid)?;
     wait_event(&rx, opts.event_timeout, "destroy", |e| {
         *e == BackendEvent::DomainChanged(domid)
@@ -627,10 +595,7 @@ pub fn check_lifecycle(
 
 /// Creating takes `memory_target` from free memory, ballooning moves it,
 /// destroying gives it back.
-pub fn check_memory_accounting(
-    hv: &dyn Hypervisor,
-    opts: &ConformanceOptions,
-) -> Result<Verdict, CheckFailure> {
+pub fn check_memory_accounting(hv: &dyn Hypervisor, opts: &ConformanceOptions) -> Result<Verdict, CheckFailure> {
     let mut scope = Scope::new(hv, opts, "memory");
     let before = free(hv)?;
     let mut config = scope.config();
@@ -638,17 +603,8 @@ pub fn check_memory_accounting(
     let domid = scope.create(&config)?;
     let during = free(hv)?;
     ensure(
-        close_to(
-            before - during.min(before),
-            opts.guest_memory,
-            opts.memory_slack,
-        ),
-        || {
-            format!(
-                "free went {before} -> {during} for a {} byte domain",
-                opts.guest_memory
-            )
-        },
+        close_to(before - during.min(before), opts.guest_memory, opts.memory_slack),
+        || format!("free went {before} -> {during} for a {} byte domain", opts.guest_memory),
     )?;
     let info = hv.domain_info(domid).step("domain_info")?;
     ensure(
@@ -657,8 +613,7 @@ pub fn check_memory_accounting(
     )?;
     hv.build(domid).step("build")?;
     hv.unpause(domid).step("unpause")?;
-    hv.set_memory_target(domid, opts.guest_memory * 2)
-        .step("balloon up")?;
+    hv.set_memory_target(domid, opts.guest_memory * 2).step("balloon up")?;
     let up = hv.domain_info(domid).step("domain_info")?;
     ensure(up.memory_target == opts.guest_memory * 2, || {
         format!("target after balloon up: {}", up.memory_target)
@@ -672,19 +627,14 @@ pub fn check_memory_accounting(
 }
 
 /// Domids are distinct, non-zero, increasing, not reused right away.
-pub fn check_domid_allocation(
-    hv: &dyn Hypervisor,
-    opts: &ConformanceOptions,
-) -> Result<Verdict, CheckFailure> {
+pub fn check_domid_allocation(hv: &dyn Hypervisor, opts: &ConformanceOptions) -> Result<Verdict, CheckFailure> {
     let mut scope = Scope::new(hv, opts, "domid");
     let mut ids = Vec::new();
     for _ in 0..3 {
         let config = scope.config();
         ids.push(scope.create(&config)?);
     }
-    let increasing = ids
-        .windows(2)
-        .all(|w| w[1] > w[0] || w[0] > DOMID_FIRST_RESERVED - 64);
+    let increasing = ids.windows(2).all(|w| w[1] > w[0] || w[0] > DOMID_FIRST_RESERVED - 64);
     ensure(increasing && !ids.contains(&0), || {
         format!("domids {ids:?} not increasing")
     })?;
@@ -698,10 +648,7 @@ pub fn check_domid_allocation(
 
 /// A domain bigger than free memory fails with `NotEnoughMemory` and
 /// leaves nothing behind.
-pub fn check_memory_exhaustion(
-    hv: &dyn Hypervisor,
-    opts: &ConformanceOptions,
-) -> Result<Verdict, CheckFailure> {
+pub fn check_memory_exhaustion(hv: &dyn Hypervisor, opts: &ConformanceOptions) -> Result<Verdict, CheckFailure> {
     let mut scope = Scope::new(hv, opts, "exhaustion");
     let domains_before = hv.list_domains().step("list_domains")?.len();
     let before = free(hv)?;
@@ -713,17 +660,14 @@ pub fn check_memory_exhaustion(
         matches!(e, BackendError::NotEnoughMemory { .. })
     })?;
     if let BackendError::NotEnoughMemory { needed, available } = err {
-        ensure(needed >= too_big, || {
-            format!("needed {needed} < requested {too_big}")
-        })?;
+        ensure(needed >= too_big, || format!("needed {needed} < requested {too_big}"))?;
         ensure(close_to(available, before, opts.memory_slack), || {
             format!("available {available} but free was {before}")
         })?;
     }
-    ensure(
-        hv.list_domains().step("list_domains")?.len() == domains_before,
-        || "a failed create left a domain behind".into(),
-    )?;
+    ensure(hv.list_domains().step("list_domains")?.len() == domains_before, || {
+        "a failed create left a domain behind".into()
+    })?;
     ensure(close_to(free(hv)?, before, opts.memory_slack), || {
         "a failed create consumed memory".into()
     })?;
@@ -766,10 +710,7 @@ pub fn check_memory_exhaustion(
 
 /// Inconsistent configs are rejected; HVM is unsupported unless the backend
 /// says otherwise.
-pub fn check_config_validation(
-    hv: &dyn Hypervisor,
-    opts: &ConformanceOptions,
-) -> Result<Verdict, CheckFailure> {
+pub fn check_config_validation(hv: &dyn Hypervisor, opts: &ConformanceOptions) -> Result<Verdict, CheckFailure> {
     let mut scope = Scope::new(hv, opts, "validation");
     let invalid = |e: &BackendError| matches!(e, BackendError::InvalidArgument { .. });
     let mut c = scope.config();
@@ -802,13 +743,9 @@ pub fn check_config_validation(
 }
 
 /// Every per-domain call on a missing domid fails with `NoSuchDomain`.
-pub fn check_missing_domain(
-    hv: &dyn Hypervisor,
-    opts: &ConformanceOptions,
-) -> Result<Verdict, CheckFailure> {
+pub fn check_missing_domain(hv: &dyn Hypervisor, opts: &ConformanceOptions) -> Result<Verdict, CheckFailure> {
     let d = unused_domid(hv)?;
-    let gone =
-        |e: &BackendError| matches!(e, BackendError::NoSuchDomain { domid, .. } if *domid == d);
+    let gone = |e: &BackendError| matches!(e, BackendError::NoSuchDomain { domid, .. } if *domid == d);
     expect_err(hv.domain_info(d), "domain_info", gone)?;
     expect_err(hv.build(d), "build", gone)?;
     expect_err(hv.unpause(d), "unpause", gone)?;
@@ -816,35 +753,20 @@ pub fn check_missing_domain(
     expect_err(hv.shutdown(d, ShutdownReason::PowerOff), "shutdown", gone)?;
     expect_err(hv.destroy(d), "destroy", gone)?;
     expect_err(hv.set_vcpus(d, 1), "set_vcpus", gone)?;
-    expect_err(
-        hv.set_memory_target(d, opts.guest_memory),
-        "set_memory_target",
-        gone,
-    )?;
+    expect_err(hv.set_memory_target(d, opts.guest_memory), "set_memory_target", gone)?;
     expect_err(hv.list_devices(d), "list_devices", gone)?;
-    expect_err(
-        hv.unplug_block(d, 0, UnplugMode::Force),
-        "unplug_block",
-        gone,
-    )?;
+    expect_err(hv.unplug_block(d, 0, UnplugMode::Force), "unplug_block", gone)?;
     expect_err(hv.unplug_net(d, 0, UnplugMode::Force), "unplug_net", gone)?;
     expect_err(hv.console_stream(d).map(|_| ()), "console_stream", gone)?;
-    let path = opts
-        .scratch_dir
-        .join(format!("{}-never-written", opts.name_prefix));
+    let path = opts.scratch_dir.join(format!("{}-never-written", opts.name_prefix));
     expect_err(hv.suspend_to(d, &path), "suspend_to", gone)?;
-    ensure(!path.exists(), || {
-        "suspend_to of a missing domain wrote a file".into()
-    })?;
+    ensure(!path.exists(), || "suspend_to of a missing domain wrote a file".into())?;
     Ok(Verdict::Passed)
 }
 
 /// A clean poweroff request leads to `Shutdown(PowerOff)` and an event;
 /// the domain keeps its memory until destroyed.
-pub fn check_clean_poweroff(
-    hv: &dyn Hypervisor,
-    opts: &ConformanceOptions,
-) -> Result<Verdict, CheckFailure> {
+pub fn check_clean_poweroff(hv: &dyn Hypervisor, opts: &ConformanceOptions) -> Result<Verdict, CheckFailure> {
     let mut scope = Scope::new(hv, opts, "poweroff");
     let (domid, _) = scope.start()?;
     let rx = hv.subscribe().step("subscribe")?;
@@ -873,15 +795,11 @@ pub fn check_clean_poweroff(
 
 /// A clean reboot request restarts the guest in place (capability) or
 /// leaves it in `Shutdown(Reboot)` for the caller, who can `restart` it.
-pub fn check_clean_reboot(
-    hv: &dyn Hypervisor,
-    opts: &ConformanceOptions,
-) -> Result<Verdict, CheckFailure> {
+pub fn check_clean_reboot(hv: &dyn Hypervisor, opts: &ConformanceOptions) -> Result<Verdict, CheckFailure> {
     let mut scope = Scope::new(hv, opts, "reboot");
     let (domid, config) = scope.start()?;
     let rx = hv.subscribe().step("subscribe")?;
-    hv.shutdown(domid, ShutdownReason::Reboot)
-        .step("shutdown(reboot)")?;
+    hv.shutdown(domid, ShutdownReason::Reboot).step("shutdown(reboot)")?;
     wait_event(&rx, opts.event_timeout, "guest reboot", |e| {
         *e == BackendEvent::DomainChanged(domid)
     })?;
@@ -907,23 +825,17 @@ pub fn check_clean_reboot(
         let new = hv.restart(domid, &config).step("restart")?;
         scope.domains.retain(|d| *d != domid);
         scope.track(new);
-        ensure(is_gone(&hv.domain_info(domid)), || {
-            "restart left the old domain".into()
-        })?;
+        ensure(is_gone(&hv.domain_info(domid)), || "restart left the old domain".into())?;
         let info = hv.domain_info(new).step("domain_info(new)")?;
-        ensure(
-            info.state == DomainState::Running && info.uuid == config.uuid,
-            || format!("restarted domain is {}", info.state),
-        )?;
+        ensure(info.state == DomainState::Running && info.uuid == config.uuid, || {
+            format!("restarted domain is {}", info.state)
+        })?;
     }
     Ok(Verdict::Passed)
 }
 
 /// `destroy` works whatever the domain's state.
-pub fn check_destroy_any_state(
-    hv: &dyn Hypervisor,
-    opts: &ConformanceOptions,
-) -> Result<Verdict, CheckFailure> {
+pub fn check_destroy_any_state(hv: &dyn Hypervisor, opts: &ConformanceOptions) -> Result<Verdict, CheckFailure> {
     let mut scope = Scope::new(hv, opts, "destroy");
     let before = free(hv)?;
     let c = scope.config();
@@ -932,16 +844,13 @@ pub fn check_destroy_any_state(
     let (paused, _) = scope.start()?;
     hv.pause(paused).step("pause")?;
     let (shut, _) = scope.start()?;
-    hv.shutdown(shut, ShutdownReason::Halt)
-        .step("shutdown(halt)")?;
+    hv.shutdown(shut, ShutdownReason::Halt).step("shutdown(halt)")?;
     wait_state(hv, shut, opts.event_timeout, "shutdown", |s| {
         matches!(s, DomainState::Shutdown(_))
     })?;
     for d in [unbuilt, running, paused, shut] {
         scope.destroy(d)?;
-        ensure(is_gone(&hv.domain_info(d)), || {
-            format!("domain {d} survived destroy")
-        })?;
+        ensure(is_gone(&hv.domain_info(d)), || format!("domain {d} survived destroy"))?;
     }
     ensure(close_to(free(hv)?, before, opts.memory_slack), || {
         "memory not returned".into()
@@ -951,10 +860,7 @@ pub fn check_destroy_any_state(
 
 /// `suspend_to` writes a file, destroys the domain and frees its memory;
 /// `resume_from` brings back a paused domain with the same uuid and memory.
-pub fn check_suspend_resume(
-    hv: &dyn Hypervisor,
-    opts: &ConformanceOptions,
-) -> Result<Verdict, CheckFailure> {
+pub fn check_suspend_resume(hv: &dyn Hypervisor, opts: &ConformanceOptions) -> Result<Verdict, CheckFailure> {
     if !hv.capabilities().suspend_resume {
         return Ok(Verdict::Skipped("backend lacks suspend_resume".into()));
     }
@@ -973,9 +879,7 @@ pub fn check_suspend_resume(
     hv.suspend_to(domid, &path).step("suspend_to")?;
     scope.domains.retain(|d| *d != domid);
     let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-    ensure(len > 0, || {
-        format!("no suspend image at {}", path.display())
-    })?;
+    ensure(len > 0, || format!("no suspend image at {}", path.display()))?;
     ensure(is_gone(&hv.domain_info(domid)), || {
         "domain still exists after suspend_to".into()
     })?;
@@ -987,16 +891,12 @@ pub fn check_suspend_resume(
     })?;
     let mut other = config.clone();
     other.uuid = uuid::Uuid::new_v4();
-    expect_err(
-        hv.resume_from(&path, &other),
-        "resume with a foreign uuid",
-        |e| {
-            matches!(
-                e,
-                BackendError::InvalidImage { .. } | BackendError::InvalidArgument { .. }
-            )
-        },
-    )?;
+    expect_err(hv.resume_from(&path, &other), "resume with a foreign uuid", |e| {
+        matches!(
+            e,
+            BackendError::InvalidImage { .. } | BackendError::InvalidArgument { .. }
+        )
+    })?;
     let new = hv.resume_from(&path, &config).step("resume_from")?;
     scope.track(new);
     let info = hv.domain_info(new).step("domain_info")?;
@@ -1017,37 +917,25 @@ pub fn check_suspend_resume(
     )?;
     let _ = std::fs::remove_file(&path);
     scope.destroy(new)?;
-    let missing = opts
-        .scratch_dir
-        .join(format!("{}-missing.suspend", opts.name_prefix));
-    expect_err(
-        hv.resume_from(&missing, &config),
-        "resume from a missing file",
-        |e| matches!(e, BackendError::Io { .. }),
-    )?;
+    let missing = opts.scratch_dir.join(format!("{}-missing.suspend", opts.name_prefix));
+    expect_err(hv.resume_from(&missing, &config), "resume from a missing file", |e| {
+        matches!(e, BackendError::Io { .. })
+    })?;
     Ok(Verdict::Passed)
 }
 
 /// vCPU hot(un)plug and balloon target changes show in `domain_info`;
 /// out-of-range values are rejected.
-pub fn check_vcpus_and_memory_target(
-    hv: &dyn Hypervisor,
-    opts: &ConformanceOptions,
-) -> Result<Verdict, CheckFailure> {
+pub fn check_vcpus_and_memory_target(hv: &dyn Hypervisor, opts: &ConformanceOptions) -> Result<Verdict, CheckFailure> {
     let mut scope = Scope::new(hv, opts, "vcpus");
     let (domid, config) = scope.start()?;
-    hv.set_vcpus(domid, config.vcpus_max)
-        .step("set_vcpus(max)")?;
+    hv.set_vcpus(domid, config.vcpus_max).step("set_vcpus(max)")?;
     ensure(
         hv.domain_info(domid).step("domain_info")?.vcpus_online == config.vcpus_max,
         || "vcpus_online not updated".into(),
     )?;
     let invalid = |e: &BackendError| matches!(e, BackendError::InvalidArgument { .. });
-    expect_err(
-        hv.set_vcpus(domid, config.vcpus_max + 1),
-        "vcpus > max",
-        invalid,
-    )?;
+    expect_err(hv.set_vcpus(domid, config.vcpus_max + 1), "vcpus > max", invalid)?;
     expect_err(hv.set_vcpus(domid, 0), "0 vcpus", invalid)?;
     let half = opts.guest_memory / 2;
     hv.set_memory_target(domid, half).step("balloon down")?;
@@ -1065,10 +953,7 @@ pub fn check_vcpus_and_memory_target(
 
 /// Block and network devices plug, list, refuse duplicates, unplug, and
 /// emit `DeviceChanged`.
-pub fn check_devices(
-    hv: &dyn Hypervisor,
-    opts: &ConformanceOptions,
-) -> Result<Verdict, CheckFailure> {
+pub fn check_devices(hv: &dyn Hypervisor, opts: &ConformanceOptions) -> Result<Verdict, CheckFailure> {
     let mut scope = Scope::new(hv, opts, "devices");
     let (domid, _) = scope.start()?;
     let rx = hv.subscribe().step("subscribe")?;
@@ -1095,28 +980,14 @@ pub fn check_devices(
         move |e: &BackendEvent| *e == BackendEvent::DeviceChanged { domid, kind, devid }
     };
     hv.plug_block(domid, &disk).step("plug_block(disk)")?;
-    wait_event(
-        &rx,
-        opts.event_timeout,
-        "disk plug",
-        changed(DeviceKind::Block, 0),
-    )?;
+    wait_event(&rx, opts.event_timeout, "disk plug", changed(DeviceKind::Block, 0))?;
     hv.plug_block(domid, &cd).step("plug_block(empty cd)")?;
     hv.plug_net(domid, &nic).step("plug_net")?;
-    wait_event(
-        &rx,
-        opts.event_timeout,
-        "nic plug",
-        changed(DeviceKind::Net, 0),
-    )?;
+    wait_event(&rx, opts.event_timeout, "nic plug", changed(DeviceKind::Net, 0))?;
     let devices = hv.list_devices(domid).step("list_devices")?;
     let ids: Vec<(DeviceKind, DevId)> = devices.iter().map(|d| (d.kind(), d.devid())).collect();
     ensure(
-        ids == vec![
-            (DeviceKind::Block, 0),
-            (DeviceKind::Block, 3),
-            (DeviceKind::Net, 0),
-        ],
+        ids == vec![(DeviceKind::Block, 0), (DeviceKind::Block, 3), (DeviceKind::Net, 0)],
         || format!("list_devices gave {ids:?}"),
     )?;
     expect_err(hv.plug_block(domid, &disk), "duplicate vbd", |e| {
@@ -1138,21 +1009,12 @@ pub fn check_devices(
     })?;
     hv.unplug_block(domid, 0, UnplugMode::Clean)
         .step("unplug_block(clean)")?;
-    wait_event(
-        &rx,
-        opts.event_timeout,
-        "disk unplug",
-        changed(DeviceKind::Block, 0),
-    )?;
-    hv.plug_block(other, &disk)
-        .step("plug the freed disk elsewhere")?;
-    hv.unplug_net(domid, 0, UnplugMode::Force)
-        .step("unplug_net(force)")?;
-    expect_err(
-        hv.unplug_net(domid, 0, UnplugMode::Force),
-        "unplug twice",
-        |e| matches!(e, BackendError::NoSuchDevice { .. }),
-    )?;
+    wait_event(&rx, opts.event_timeout, "disk unplug", changed(DeviceKind::Block, 0))?;
+    hv.plug_block(other, &disk).step("plug the freed disk elsewhere")?;
+    hv.unplug_net(domid, 0, UnplugMode::Force).step("unplug_net(force)")?;
+    expect_err(hv.unplug_net(domid, 0, UnplugMode::Force), "unplug twice", |e| {
+        matches!(e, BackendError::NoSuchDevice { .. })
+    })?;
     let left = hv.list_devices(domid).step("list_devices")?;
     ensure(left.len() == 1 && left[0].devid() == 3, || {
         format!("after unplug: {left:?}")
@@ -1164,10 +1026,7 @@ pub fn check_devices(
 
 /// The console replays boot output, (optionally) names the guest, echoes
 /// input, and reaches end of stream when the domain is destroyed.
-pub fn check_console(
-    hv: &dyn Hypervisor,
-    opts: &ConformanceOptions,
-) -> Result<Verdict, CheckFailure> {
+pub fn check_console(hv: &dyn Hypervisor, opts: &ConformanceOptions) -> Result<Verdict, CheckFailure> {
     let mut scope = Scope::new(hv, opts, "console");
     let (domid, config) = scope.start()?;
     let mut console = hv.console_stream(domid).step("console_stream")?;
@@ -1207,9 +1066,7 @@ pub fn check_console(
         .read_until_contains("\u{0}never\u{0}", opts.event_timeout)
         .map_err(io("draining after destroy"))?;
     let mut buf = [0u8; 64];
-    let eof = console
-        .wait_readable(opts.event_timeout)
-        .map_err(io("poll"))?
+    let eof = console.wait_readable(opts.event_timeout).map_err(io("poll"))?
         && matches!(std::io::Read::read(&mut console, &mut buf), Ok(0));
     ensure(eof, || "console did not close after destroy".into())?;
     Ok(Verdict::Passed)
@@ -1217,10 +1074,7 @@ pub fn check_console(
 
 /// Guests powering off, crashing and rebooting on their own produce
 /// `DomainChanged` and the right state. Needs [`Hypervisor::guest_control`].
-pub fn check_guest_initiated(
-    hv: &dyn Hypervisor,
-    opts: &ConformanceOptions,
-) -> Result<Verdict, CheckFailure> {
+pub fn check_guest_initiated(hv: &dyn Hypervisor, opts: &ConformanceOptions) -> Result<Verdict, CheckFailure> {
     let Some(guests) = hv.guest_control() else {
         return Ok(Verdict::Skipped("backend cannot drive guests".into()));
     };
@@ -1254,10 +1108,7 @@ pub fn check_guest_initiated(
         info.state == DomainState::Shutdown(ShutdownCode::Reboot)
     };
     ensure(ok, || {
-        format!(
-            "after self reboot: {} restarts={}",
-            info.state, info.restarts
-        )
+        format!("after self reboot: {} restarts={}", info.state, info.restarts)
     })?;
     Ok(Verdict::Passed)
 }
@@ -1265,10 +1116,7 @@ pub fn check_guest_initiated(
 /// Injected faults fail the right calls with the op and errno, before any
 /// side effect, and stop after `count`. Needs
 /// [`Hypervisor::fault_injection`].
-pub fn check_fault_injection(
-    hv: &dyn Hypervisor,
-    opts: &ConformanceOptions,
-) -> Result<Verdict, CheckFailure> {
+pub fn check_fault_injection(hv: &dyn Hypervisor, opts: &ConformanceOptions) -> Result<Verdict, CheckFailure> {
     let Some(faults) = hv.fault_injection() else {
         return Ok(Verdict::Skipped("backend has no fault injection".into()));
     };
@@ -1299,13 +1147,9 @@ pub fn check_fault_injection(
         errno: Errno::ENOMEM,
     });
     for _ in 0..3 {
-        let err = expect_err(hv.build(domid), "faulted build", |e| {
-            e.errno() == Some(Errno::ENOMEM)
-        })?;
+        let err = expect_err(hv.build(domid), "faulted build", |e| e.errno() == Some(Errno::ENOMEM))?;
         let msg = err.to_string();
-        ensure(msg.contains("build"), || {
-            format!("message lacks the op: {msg}")
-        })?;
+        ensure(msg.contains("build"), || format!("message lacks the op: {msg}"))?;
     }
     faults.clear_faults();
     hv.build(domid).step("build after clearing faults")?;
@@ -1317,19 +1161,14 @@ pub fn check_fault_injection(
     expect_err(hv.destroy(domid), "faulted destroy", |e| {
         e.errno() == Some(Errno::EBUSY)
     })?;
-    ensure(hv.domain_info(domid).is_ok(), || {
-        "a faulted destroy destroyed".into()
-    })?;
+    ensure(hv.domain_info(domid).is_ok(), || "a faulted destroy destroyed".into())?;
     scope.destroy(domid)?;
     Ok(Verdict::Passed)
 }
 
 /// Many guests started and destroyed concurrently get distinct domids and
 /// leave memory as it was.
-pub fn check_parallel_lifecycle(
-    hv: &dyn Hypervisor,
-    opts: &ConformanceOptions,
-) -> Result<Verdict, CheckFailure> {
+pub fn check_parallel_lifecycle(hv: &dyn Hypervisor, opts: &ConformanceOptions) -> Result<Verdict, CheckFailure> {
     let before = free(hv)?;
     let n = opts.parallel_domains.max(2);
     let results: Vec<Result<DomId, CheckFailure>> = thread::scope(|s| {
@@ -1339,10 +1178,7 @@ pub fn check_parallel_lifecycle(
                     let mut config = opts.config(format!("{}-parallel-{i}", opts.name_prefix));
                     config.vcpus_at_start = 1;
                     let domid = hv.create_domain(&config).step("create_domain")?;
-                    let run = hv
-                        .build(domid)
-                        .and_then(|()| hv.unpause(domid))
-                        .step("build+unpause");
+                    let run = hv.build(domid).and_then(|()| hv.unpause(domid)).step("build+unpause");
                     let info = hv.domain_info(domid).step("domain_info");
                     hv.destroy(domid).step("destroy")?;
                     run?;
@@ -1357,9 +1193,8 @@ pub fn check_parallel_lifecycle(
         handles
             .into_iter()
             .map(|h| {
-                h.join().unwrap_or_else(|_| {
-                    Err(CheckFailure::Expectation("a worker thread panicked".into()))
-                })
+                h.join()
+                    .unwrap_or_else(|_| Err(CheckFailure::Expectation("a worker thread panicked".into())))
             })
             .collect()
     });
@@ -1476,11 +1311,7 @@ mod tests {
         fn suspend_to(&self, d: DomId, p: &std::path::Path) -> Result<(), BackendError> {
             self.sim.suspend_to(d, p)
         }
-        fn resume_from(
-            &self,
-            p: &std::path::Path,
-            c: &DomainConfig,
-        ) -> Result<DomId, BackendError> {
+        fn resume_from(&self, p: &std::path::Path, c: &DomainConfig) -> Result<DomId, BackendError> {
             self.sim.resume_from(p, c)
         }
         fn set_memory_target(&self, d: DomId, b: u64) -> Result<(), BackendError> {
@@ -1540,8 +1371,7 @@ mod tests {
         assert!(matches!(r.outcome, Outcome::Failed(_)), "{r:?}");
         // A host too small to hold even three guests fails the exhaustion
         // check's sanity bound.
-        let tiny =
-            SimulatorBackend::new(SimConfig::small_host().with_memory(1200 * MIB, 1024 * MIB));
+        let tiny = SimulatorBackend::new(SimConfig::small_host().with_memory(1200 * MIB, 1024 * MIB));
         let r = run_check("memory_exhaustion", check_memory_exhaustion, &tiny, &opts);
         assert!(matches!(r.outcome, Outcome::Failed(_)), "{r:?}");
     }

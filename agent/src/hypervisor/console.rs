@@ -26,9 +26,7 @@ pub struct ConsoleStream {
 impl ConsoleStream {
     /// Wraps an fd that is readable and writable (socket, pty master).
     pub fn from_owned_fd(fd: OwnedFd) -> Self {
-        ConsoleStream {
-            file: File::from(fd),
-        }
+        ConsoleStream { file: File::from(fd) }
     }
 
     /// Gives up the wrapper, returning the fd.
@@ -76,11 +74,7 @@ impl ConsoleStream {
     /// elapses; returns everything read (lossily decoded) and whether the
     /// needle was found. Stops early at end of stream. Meant for tests and
     /// diagnostics, not for the console proxy.
-    pub fn read_until_contains(
-        &mut self,
-        needle: &str,
-        timeout: Duration,
-    ) -> io::Result<(String, bool)> {
+    pub fn read_until_contains(&mut self, needle: &str, timeout: Duration) -> io::Result<(String, bool)> {
         let deadline = Instant::now() + timeout;
         let mut seen = Vec::new();
         let mut buf = [0u8; 4096];
@@ -152,9 +146,7 @@ mod tests {
         let mut s = ConsoleStream::from_owned_fd(OwnedFd::from(a));
         assert!(!s.wait_readable(Duration::from_millis(20)).unwrap());
         b.write_all(b"hello\n").unwrap();
-        let (text, found) = s
-            .read_until_contains("hello", Duration::from_secs(2))
-            .unwrap();
+        let (text, found) = s.read_until_contains("hello", Duration::from_secs(2)).unwrap();
         assert!(found, "{text}");
         s.write_all(b"x").unwrap();
         let mut one = [0u8; 1];
@@ -162,9 +154,6 @@ mod tests {
         assert_eq!(&one, b"x");
         s.set_nonblocking(true).unwrap();
         let mut buf = [0u8; 8];
-        assert_eq!(
-            s.read(&mut buf).unwrap_err().kind(),
-            io::ErrorKind::WouldBlock
-        );
+        assert_eq!(s.read(&mut buf).unwrap_err().kind(), io::ErrorKind::WouldBlock);
     }
 }

@@ -65,9 +65,7 @@ impl EventBus {
     /// A new subscription receiving every event published from now on.
     pub fn subscribe(&self) -> EventReceiver {
         let (tx, rx) = crossbeam_channel::bounded(self.capacity);
-        self.subscribers
-            .lock()
-            .push(Subscriber { tx, lagged: false });
+        self.subscribers.lock().push(Subscriber { tx, lagged: false });
         rx
     }
 
@@ -111,20 +109,15 @@ impl Default for EventBus {
 /// and forwards every event into a tokio channel of `capacity` events
 /// (back-pressure, nothing is dropped). The thread ends when either side is
 /// dropped. Returns `None` if the thread cannot be spawned.
-pub fn forward_to_tokio(
-    rx: EventReceiver,
-    capacity: usize,
-) -> Option<tokio::sync::mpsc::Receiver<BackendEvent>> {
+pub fn forward_to_tokio(rx: EventReceiver, capacity: usize) -> Option<tokio::sync::mpsc::Receiver<BackendEvent>> {
     let (tx, out) = tokio::sync::mpsc::channel(capacity.max(1));
-    let spawned = std::thread::Builder::new()
-        .name("hv-events".into())
-        .spawn(move || {
-            while let Ok(event) = rx.recv() {
-                if tx.blocking_send(event).is_err() {
-                    break;
-                }
+    let spawned = std::thread::Builder::new().name("hv-events".into()).spawn(move || {
+        while let Ok(event) = rx.recv() {
+            if tx.blocking_send(event).is_err() {
+                break;
             }
-        });
+        }
+    });
     match spawned {
         Ok(_) => Some(out),
         Err(e) => {

@@ -75,7 +75,7 @@ use uuid::Uuid;
 pub use console::ConsoleStream;
 pub use events::{forward_to_tokio, BackendEvent, EventBus, EventReceiver, DEFAULT_EVENT_QUEUE};
 pub use selection::{select_backend, BackendChoice};
-pub use simulator::{GuestBehaviour, SimConfig, SimulatorBackend};
+pub use simulator::{GuestBehaviour, Latency, SimConfig, SimulatorBackend};
 pub use types::*;
 
 /// Every operation of the [`Hypervisor`] trait, used in errors, latency
@@ -482,12 +482,7 @@ pub trait Hypervisor: Send + Sync {
     fn plug_block(&self, domid: DomId, device: &BlockDevice) -> Result<(), BackendError>;
 
     /// Unplugs a block device.
-    fn unplug_block(
-        &self,
-        domid: DomId,
-        devid: DevId,
-        mode: UnplugMode,
-    ) -> Result<(), BackendError>;
+    fn unplug_block(&self, domid: DomId, devid: DevId, mode: UnplugMode) -> Result<(), BackendError>;
 
     /// Plugs a network interface.
     fn plug_net(&self, domid: DomId, device: &NetDevice) -> Result<(), BackendError>;
@@ -564,10 +559,7 @@ mod tests {
         assert_eq!(e.op(), Some(Op::CreateDomain));
         assert_eq!(e.errno(), Some(Errno::EIO));
         let msg = e.to_string();
-        assert!(
-            msg.contains("create_domain") && msg.contains("EIO"),
-            "{msg}"
-        );
+        assert!(msg.contains("create_domain") && msg.contains("EIO"), "{msg}");
         let e = BackendError::NotEnoughMemory {
             needed: 10,
             available: 5,

@@ -81,9 +81,8 @@ fn select_with_probe(
     sim_config: SimConfig,
     privcmd: &Path,
 ) -> Result<(Arc<dyn Hypervisor>, String), BackendError> {
-    let simulator = |why: String| -> (Arc<dyn Hypervisor>, String) {
-        (Arc::new(SimulatorBackend::new(sim_config.clone())), why)
-    };
+    let simulator =
+        |why: String| -> (Arc<dyn Hypervisor>, String) { (Arc::new(SimulatorBackend::new(sim_config.clone())), why) };
     let chosen = match choice {
         BackendChoice::Simulator => simulator("the simulator backend was requested".into()),
         BackendChoice::Xen => {
@@ -112,18 +111,9 @@ mod tests {
 
     #[test]
     fn parses_choices() {
-        assert_eq!(
-            "auto".parse::<BackendChoice>().unwrap(),
-            BackendChoice::Auto
-        );
-        assert_eq!(
-            " Xen ".parse::<BackendChoice>().unwrap(),
-            BackendChoice::Xen
-        );
-        assert_eq!(
-            "sim".parse::<BackendChoice>().unwrap(),
-            BackendChoice::Simulator
-        );
+        assert_eq!("auto".parse::<BackendChoice>().unwrap(), BackendChoice::Auto);
+        assert_eq!(" Xen ".parse::<BackendChoice>().unwrap(), BackendChoice::Xen);
+        assert_eq!("sim".parse::<BackendChoice>().unwrap(), BackendChoice::Simulator);
         assert!("kvm".parse::<BackendChoice>().is_err());
         assert_eq!(BackendChoice::default().to_string(), "auto");
     }
@@ -132,8 +122,7 @@ mod tests {
     fn auto_without_xen_picks_simulator_and_says_why() {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("privcmd");
-        let (hv, why) =
-            select_with_probe(BackendChoice::Auto, SimConfig::small_host(), &missing).unwrap();
+        let (hv, why) = select_with_probe(BackendChoice::Auto, SimConfig::small_host(), &missing).unwrap();
         assert_eq!(hv.backend_name(), "simulator");
         assert!(why.contains("not present"), "{why}");
         assert!(why.contains("simulator"), "{why}");
@@ -144,8 +133,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let present = dir.path().join("privcmd");
         std::fs::write(&present, b"").unwrap();
-        let (hv, why) =
-            select_with_probe(BackendChoice::Auto, SimConfig::small_host(), &present).unwrap();
+        let (hv, why) = select_with_probe(BackendChoice::Auto, SimConfig::small_host(), &present).unwrap();
         assert_eq!(hv.backend_name(), "simulator");
         assert!(why.contains("not built yet"), "{why}");
     }
@@ -155,10 +143,7 @@ mod tests {
         let err = select_backend(BackendChoice::Xen, SimConfig::small_host())
             .err()
             .unwrap();
-        assert!(matches!(
-            err,
-            BackendError::Unavailable { backend: "xen", .. }
-        ));
+        assert!(matches!(err, BackendError::Unavailable { backend: "xen", .. }));
         assert!(err.to_string().contains("not built yet"), "{err}");
         let (hv, why) = select_backend(BackendChoice::Simulator, SimConfig::small_host()).unwrap();
         assert_eq!(hv.backend_name(), "simulator");

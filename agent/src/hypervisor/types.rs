@@ -154,12 +154,7 @@ pub const MAX_VCPUS: u32 = 128;
 impl DomainConfig {
     /// A PV domain with a fresh uuid, `memory` bytes (target = max), `vcpus`
     /// vCPUs all online at start, and a typical console command line.
-    pub fn pv(
-        name: impl Into<String>,
-        memory: u64,
-        vcpus: u32,
-        kernel: impl Into<PathBuf>,
-    ) -> Self {
+    pub fn pv(name: impl Into<String>, memory: u64, vcpus: u32, kernel: impl Into<PathBuf>) -> Self {
         DomainConfig {
             name: name.into(),
             uuid: Uuid::new_v4(),
@@ -204,10 +199,7 @@ impl DomainConfig {
             ));
         }
         if self.vcpus_max == 0 || self.vcpus_max > MAX_VCPUS {
-            return bad(format!(
-                "vcpus_max {} not in 1..={MAX_VCPUS}",
-                self.vcpus_max
-            ));
+            return bad(format!("vcpus_max {} not in 1..={MAX_VCPUS}", self.vcpus_max));
         }
         if self.vcpus_at_start == 0 || self.vcpus_at_start > self.vcpus_max {
             return bad(format!(
@@ -607,15 +599,9 @@ mod tests {
     #[test]
     fn shutdown_codes() {
         for code in 0..5 {
-            assert_eq!(
-                ShutdownCode::from_xen(code).map(ShutdownCode::to_xen),
-                Some(code)
-            );
+            assert_eq!(ShutdownCode::from_xen(code).map(ShutdownCode::to_xen), Some(code));
         }
         assert_eq!(ShutdownCode::from_xen(9), None);
-        assert_eq!(
-            ShutdownReason::Halt.resulting_code(),
-            ShutdownCode::PowerOff
-        );
+        assert_eq!(ShutdownReason::Halt.resulting_code(), ShutdownCode::PowerOff);
     }
 }

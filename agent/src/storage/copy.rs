@@ -27,14 +27,8 @@ const IN_FLIGHT: usize = 8;
 
 /// Copies the first `size` bytes of `src` into `dst` (which exists and is at least `size`
 /// long). `dst_fresh` says `dst` is a new sparse file: its holes need no zeroing.
-pub async fn copy_bytes(
-    src: PathBuf,
-    dst: PathBuf,
-    size: u64,
-    dst_fresh: bool,
-) -> Result<CopyHow, StorageError> {
-    let (s, d) =
-        blocking(move || Ok((fsops::open(&src, false)?, fsops::open(&dst, true)?))).await?;
+pub async fn copy_bytes(src: PathBuf, dst: PathBuf, size: u64, dst_fresh: bool) -> Result<CopyHow, StorageError> {
+    let (s, d) = blocking(move || Ok((fsops::open(&src, false)?, fsops::open(&dst, true)?))).await?;
     let (s, d) = (Arc::new(s), Arc::new(d));
     let src_len = s.metadata().map(|m| m.len()).unwrap_or(0);
     let dst_len = d.metadata().map(|m| m.len()).unwrap_or(0);
@@ -136,32 +130,19 @@ mod tests {
             f.write_all(b"0123456789").unwrap();
         }
         fsops::create_sparse(&dst, size).unwrap();
-        copy_bytes(src.clone(), dst.clone(), size, true)
-            .await
-            .unwrap();
+        copy_bytes(src.clone(), dst.clone(), size, true).await.unwrap();
         let mut a = Vec::new();
         let mut b = Vec::new();
-        std::fs::File::open(&src)
-            .unwrap()
-            .read_to_end(&mut a)
-            .unwrap();
-        std::fs::File::open(&dst)
-            .unwrap()
-            .read_to_end(&mut b)
-            .unwrap();
+        std::fs::File::open(&src).unwrap().read_to_end(&mut a).unwrap();
+        std::fs::File::open(&dst).unwrap().read_to_end(&mut b).unwrap();
         assert!(a == b);
         let (_, alloc) = fsops::sizes(&dst).unwrap();
         assert!(alloc < 4 << 20, "the copy is not sparse: {alloc}");
         // Into an existing, dirty destination: its extra data is cleared.
         std::fs::write(&dst, vec![9u8; size as usize]).unwrap();
-        copy_bytes(src.clone(), dst.clone(), size, false)
-            .await
-            .unwrap();
+        copy_bytes(src.clone(), dst.clone(), size, false).await.unwrap();
         let mut c = Vec::new();
-        std::fs::File::open(&dst)
-            .unwrap()
-            .read_to_end(&mut c)
-            .unwrap();
+        std::fs::File::open(&dst).unwrap().read_to_end(&mut c).unwrap();
         assert!(a == c);
     }
 
@@ -174,9 +155,7 @@ mod tests {
         fsops::create_sparse(&dst, 3_000_000).unwrap();
         let s = Arc::new(std::fs::File::open(&src).unwrap());
         let d = Arc::new(fsops::open(&dst, true).unwrap());
-        copy_segment(IoEngine::global(), &s, &d, 0, 3_000_000)
-            .await
-            .unwrap();
+        copy_segment(IoEngine::global(), &s, &d, 0, 3_000_000).await.unwrap();
         assert!(std::fs::read(&src).unwrap() == std::fs::read(&dst).unwrap());
     }
 }

@@ -16,10 +16,7 @@ pub async fn blocking<T: Send + 'static>(
         .unwrap_or_else(|e| Err(StorageError::Internal(format!("blocking job failed: {e}"))))
 }
 
-fn fs_err<'a>(
-    what: &'static str,
-    path: &'a Path,
-) -> impl FnOnce(std::io::Error) -> StorageError + 'a {
+fn fs_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> StorageError + 'a {
     move |source| StorageError::Fs {
         what,
         path: path.to_path_buf(),
@@ -90,10 +87,7 @@ pub fn fs_space(dir: &Path) -> Result<(u64, u64), StorageError> {
         source: std::io::Error::from(e),
     })?;
     let frsize = s.fragment_size() as u64;
-    Ok((
-        s.blocks() as u64 * frsize,
-        s.blocks_available() as u64 * frsize,
-    ))
+    Ok((s.blocks() as u64 * frsize, s.blocks_available() as u64 * frsize))
 }
 
 /// The regular files in `dir` whose names end with `suffix`, sorted.
@@ -135,22 +129,11 @@ pub fn copy_range(src: &File, dst: &File, offset: u64, len: u64) -> Result<bool,
         let mut off_out = off_in;
         let chunk = (len - done).min(1 << 30) as usize;
         // SAFETY: both descriptors are open for the call; the offset pointers are live locals.
-        let r = unsafe {
-            libc::copy_file_range(
-                src.as_raw_fd(),
-                &mut off_in,
-                dst.as_raw_fd(),
-                &mut off_out,
-                chunk,
-                0,
-            )
-        };
+        let r = unsafe { libc::copy_file_range(src.as_raw_fd(), &mut off_in, dst.as_raw_fd(), &mut off_out, chunk, 0) };
         if r < 0 {
             let e = std::io::Error::last_os_error();
             return match e.raw_os_error() {
-                Some(libc::EXDEV | libc::EINVAL | libc::EOPNOTSUPP | libc::ENOSYS) if done == 0 => {
-                    Ok(false)
-                }
+                Some(libc::EXDEV | libc::EINVAL | libc::EOPNOTSUPP | libc::ENOSYS) if done == 0 => Ok(false),
                 Some(libc::EINTR) => continue,
                 _ => Err(e),
             };
@@ -169,10 +152,7 @@ pub fn copy_range(src: &File, dst: &File, offset: u64, len: u64) -> Result<bool,
 pub fn copy_sparse_blocking(src: &Path, dst: &Path) -> Result<(), StorageError> {
     use std::io::{Read, Seek, SeekFrom, Write};
     let s = File::open(src).map_err(fs_err("opening", src))?;
-    let size = s
-        .metadata()
-        .map_err(fs_err("reading the size of", src))?
-        .len();
+    let size = s.metadata().map_err(fs_err("reading the size of", src))?.len();
     let d = OpenOptions::new()
         .write(true)
         .create(true)
@@ -199,15 +179,12 @@ pub fn copy_sparse_blocking(src: &Path, dst: &Path) -> Result<(), StorageError> 
         let copied = copy_range(&s, &d, start, end - start).map_err(fs_err("copying into", dst))?;
         if !copied {
             let (mut sr, mut dw) = (&s, &d);
-            sr.seek(SeekFrom::Start(start))
-                .map_err(fs_err("seeking", src))?;
-            dw.seek(SeekFrom::Start(start))
-                .map_err(fs_err("seeking", dst))?;
+            sr.seek(SeekFrom::Start(start)).map_err(fs_err("seeking", src))?;
+            dw.seek(SeekFrom::Start(start)).map_err(fs_err("seeking", dst))?;
             let mut left = end - start;
             while left > 0 {
                 let n = (left as usize).min(buf.len());
-                sr.read_exact(&mut buf[..n])
-                    .map_err(fs_err("reading", src))?;
+                sr.read_exact(&mut buf[..n]).map_err(fs_err("reading", src))?;
                 dw.write_all(&buf[..n]).map_err(fs_err("writing", dst))?;
                 left -= n as u64;
             }

@@ -58,9 +58,7 @@ pub fn vdi_obj(agent: &Agent, vdi: &str) -> Result<Arc<Object>, ApiError> {
 /// The SR's driver, or `SR_UNKNOWN_DRIVER`.
 pub fn sr_kind(sr: &Object) -> Result<SrKind, ApiError> {
     let t = sr.get(fields::SR::r#type).as_str().unwrap_or("");
-    SrKind::from_type(t).ok_or_else(|| ApiError::SrUnknownDriver {
-        driver: t.to_owned(),
-    })
+    SrKind::from_type(t).ok_or_else(|| ApiError::SrUnknownDriver { driver: t.to_owned() })
 }
 
 /// This host's PBD for the SR, if any.
@@ -118,11 +116,7 @@ pub fn vdi_file_name(kind: SrKind, location: &str) -> String {
 
 /// A VDI's backing file, with its SR and the SR's driver. The SR must be plugged here.
 pub fn vdi_file(agent: &Agent, vdi: &Object) -> Result<(PathBuf, Arc<Object>, SrKind), ApiError> {
-    let sr_ref = vdi
-        .get(fields::VDI::SR)
-        .as_ref_str()
-        .unwrap_or(NULL_REF)
-        .to_owned();
+    let sr_ref = vdi.get(fields::VDI::SR).as_ref_str().unwrap_or(NULL_REF).to_owned();
     let sr = sr_obj(agent, &sr_ref)?;
     let kind = sr_kind(&sr)?;
     let dir = sr_dir(agent, &sr)?;

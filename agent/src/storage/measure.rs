@@ -24,10 +24,7 @@ pub async fn refresh_sr(agent: &Agent, sr_ref: &str) -> Result<(), ApiError> {
         .map(|v| {
             (
                 v.reference.clone(),
-                v.get(fields::VDI::location)
-                    .as_str()
-                    .unwrap_or("")
-                    .to_owned(),
+                v.get(fields::VDI::location).as_str().unwrap_or("").to_owned(),
             )
         })
         .collect();

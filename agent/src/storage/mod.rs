@@ -17,7 +17,7 @@ mod pbd;
 mod sr;
 pub mod transfer;
 
-mod vdi;
+pub mod vdi;
 
 use crate::api::{Call, CallCtx};
 use crate::error::ApiError;
@@ -120,11 +120,7 @@ impl From<StorageError> for ApiError {
 }
 
 /// Runs a storage message with behaviour; `None` for messages this module does not own.
-pub async fn custom(
-    agent: &Arc<Agent>,
-    _ctx: &CallCtx,
-    c: &Call,
-) -> Option<Result<Value, ApiError>> {
+pub async fn custom(agent: &Arc<Agent>, _ctx: &CallCtx, c: &Call) -> Option<Result<Value, ApiError>> {
     let class = c.class;
     if class == class_ids::SR {
         sr::custom(agent, c).await

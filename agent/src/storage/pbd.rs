@@ -83,11 +83,7 @@ async fn plug(agent: &Arc<Agent>, pbd_ref: &str) -> Result<(), ApiError> {
     if pbd.get(fields::PBD::currently_attached) == &Value::Bool(true) {
         return Ok(());
     }
-    let sr_ref = pbd
-        .get(fields::PBD::SR)
-        .as_ref_str()
-        .unwrap_or("")
-        .to_owned();
+    let sr_ref = pbd.get(fields::PBD::SR).as_ref_str().unwrap_or("").to_owned();
     let sr = sr_obj(agent, &sr_ref)?;
     sr_kind(&sr)?;
     let location = pbd_location(&pbd).ok_or_else(|| ApiError::SrBackendFailure {
@@ -116,11 +112,7 @@ async fn unplug(agent: &Arc<Agent>, pbd_ref: &str) -> Result<(), ApiError> {
     if pbd.get(fields::PBD::currently_attached) != &Value::Bool(true) {
         return Ok(());
     }
-    let sr_ref = pbd
-        .get(fields::PBD::SR)
-        .as_ref_str()
-        .unwrap_or("")
-        .to_owned();
+    let sr_ref = pbd.get(fields::PBD::SR).as_ref_str().unwrap_or("").to_owned();
     if let Some(sr) = agent.store.get(class_ids::SR, &sr_ref) {
         let vdis: Vec<String> = sr
             .get(fields::SR::VDIs)

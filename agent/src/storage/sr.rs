@@ -1,9 +1,7 @@
 //! SR messages: create, introduce, forget, destroy, scan, update, probe, get_supported_types.
 
 use super::fsops::{self, blocking};
-use super::layout::{
-    local_pbd, pbd_location, sr_dir, sr_dir_any, sr_kind, sr_obj, vdi_file_name, SrKind, IMG_SUFFIX,
-};
+use super::layout::{local_pbd, pbd_location, sr_dir, sr_dir_any, sr_kind, sr_obj, vdi_file_name, SrKind, IMG_SUFFIX};
 use super::measure::refresh_sr;
 use super::{arg, bool_arg, str_arg};
 use crate::api::Call;
@@ -24,9 +22,7 @@ pub(super) async fn custom(agent: &Arc<Agent>, c: &Call) -> Option<Result<Value,
         "scan" => scan(agent, str_arg(c, 0)).await.map(|()| Value::None),
         "update" => refresh_sr(agent, str_arg(c, 0)).await.map(|()| Value::None),
         "probe" => probe(agent, c).await.map(Value::String),
-        "get_supported_types" => Ok(Value::Set(
-            ["file", "iso"].iter().map(|t| Value::str(*t)).collect(),
-        )),
+        "get_supported_types" => Ok(Value::Set(["file", "iso"].iter().map(|t| Value::str(*t)).collect())),
         _ => return None,
     };
     Some(r)
@@ -64,13 +60,11 @@ fn location_taken(agent: &Agent, location: &Path) -> Option<String> {
 /// Prepares the directory an SR of `kind` lives in: `file` creates it, `iso` needs it.
 async fn prepare_dir(kind: SrKind, location: PathBuf) -> Result<(), ApiError> {
     blocking(move || match kind {
-        SrKind::File => {
-            std::fs::create_dir_all(&location).map_err(|source| super::StorageError::Fs {
-                what: "creating the SR directory",
-                path: location.clone(),
-                source,
-            })
-        }
+        SrKind::File => std::fs::create_dir_all(&location).map_err(|source| super::StorageError::Fs {
+            what: "creating the SR directory",
+            path: location.clone(),
+            source,
+        }),
         SrKind::Iso => {
             if location.is_dir() {
                 Ok(())
@@ -168,9 +162,7 @@ async fn create_sr(agent: &Arc<Agent>, c: &Call) -> Result<String, ApiError> {
     let content_type = str_arg(c, 6);
     let shared = bool_arg(c, 7);
     let sm_config = arg(c, 8);
-    let kind = SrKind::from_type(ty).ok_or_else(|| ApiError::SrUnknownDriver {
-        driver: ty.to_owned(),
-    })?;
+    let kind = SrKind::from_type(ty).ok_or_else(|| ApiError::SrUnknownDriver { driver: ty.to_owned() })?;
     if agent.store.get(class_ids::host, &host).is_none() {
         return Err(ApiError::handle_invalid("host", &host));
     }
@@ -223,9 +215,7 @@ async fn introduce(agent: &Arc<Agent>, c: &Call) -> Result<String, ApiError> {
         u => u.to_owned(),
     };
     let ty = str_arg(c, 3);
-    let kind = SrKind::from_type(ty).ok_or_else(|| ApiError::SrUnknownDriver {
-        driver: ty.to_owned(),
-    })?;
+    let kind = SrKind::from_type(ty).ok_or_else(|| ApiError::SrUnknownDriver { driver: ty.to_owned() })?;
     if agent.store.ref_by_uuid(class_ids::SR, &uuid).is_some() {
         return Err(ApiError::SrUuidExists { uuid });
     }
@@ -274,9 +264,7 @@ fn assert_all_pbds_unplugged(agent: &Agent, sr: &Object) -> Result<(), ApiError>
 
 /// A VDI of the SR that a VBD has attached now, if any.
 pub(super) fn attached_vdi(agent: &Agent, vdis: &[String]) -> Option<String> {
-    vdis.iter()
-        .find(|v| super::vdi::is_attached(agent, v))
-        .cloned()
+    vdis.iter().find(|v| super::vdi::is_attached(agent, v)).cloned()
 }
 
 /// Removes the SR's records: its PBDs, VDIs and itself; clears pool fields that named it.
@@ -305,13 +293,7 @@ async fn drop_records(agent: &Agent, sr: &Object) -> Result<(), ApiError> {
                     fields::pool::crash_dump_SR,
                 ] {
                     if p.get(f).as_ref_str() == Some(sr_ref.as_str()) {
-                        set_field(
-                            tx,
-                            class_ids::pool,
-                            &pool,
-                            f,
-                            Value::Ref(NULL_REF.to_owned()),
-                        )?;
+                        set_field(tx, class_ids::pool, &pool, f, Value::Ref(NULL_REF.to_owned()))?;
                     }
                 }
             }
@@ -332,9 +314,7 @@ async fn destroy_sr(agent: &Arc<Agent>, sr_ref: &str) -> Result<(), ApiError> {
     let sr = sr_obj(agent, sr_ref)?;
     let kind = sr_kind(&sr)?;
     if kind == SrKind::Iso {
-        return Err(ApiError::SrOperationNotSupported {
-            sr: sr_ref.to_owned(),
-        });
+        return Err(ApiError::SrOperationNotSupported { sr: sr_ref.to_owned() });
     }
     assert_all_pbds_unplugged(agent, &sr)?;
     let vdis = refs(sr.get(fields::SR::VDIs));
@@ -348,12 +328,7 @@ async fn destroy_sr(agent: &Arc<Agent>, sr_ref: &str) -> Result<(), ApiError> {
     let files: Vec<PathBuf> = vdis
         .iter()
         .filter_map(|v| agent.store.get(class_ids::VDI, v))
-        .map(|v| {
-            dir.join(vdi_file_name(
-                kind,
-                v.get(fields::VDI::location).as_str().unwrap_or(""),
-            ))
-        })
+        .map(|v| dir.join(vdi_file_name(kind, v.get(fields::VDI::location).as_str().unwrap_or(""))))
         .collect();
     let dir2 = dir.clone();
     blocking(move || {
@@ -424,10 +399,7 @@ pub(super) async fn scan(agent: &Arc<Agent>, sr_ref: &str) -> Result<(), ApiErro
                 .map(|v| {
                     (
                         v.reference.clone(),
-                        v.get(fields::VDI::location)
-                            .as_str()
-                            .unwrap_or("")
-                            .to_owned(),
+                        v.get(fields::VDI::location).as_str().unwrap_or("").to_owned(),
                     )
                 })
                 .collect();
@@ -445,21 +417,9 @@ pub(super) async fn scan(agent: &Arc<Agent>, sr_ref: &str) -> Result<(), ApiErro
                             )?;
                         }
                     }
-                    set_field(
-                        tx,
-                        class_ids::VDI,
-                        r,
-                        fields::VDI::missing,
-                        Value::Bool(false),
-                    )?;
+                    set_field(tx, class_ids::VDI, r, fields::VDI::missing, Value::Bool(false))?;
                 } else if attached.contains(r) {
-                    set_field(
-                        tx,
-                        class_ids::VDI,
-                        r,
-                        fields::VDI::missing,
-                        Value::Bool(true),
-                    )?;
+                    set_field(tx, class_ids::VDI, r, fields::VDI::missing, Value::Bool(true))?;
                 } else {
                     destroy(tx, class_ids::VDI, r)?;
                 }
@@ -469,10 +429,7 @@ pub(super) async fn scan(agent: &Arc<Agent>, sr_ref: &str) -> Result<(), ApiErro
                     continue;
                 }
                 let uuid = match kind {
-                    SrKind::File
-                        if uuid::Uuid::parse_str(loc).is_ok()
-                            && !tx.uuid_taken(class_ids::VDI, loc) =>
-                    {
+                    SrKind::File if uuid::Uuid::parse_str(loc).is_ok() && !tx.uuid_taken(class_ids::VDI, loc) => {
                         loc.clone()
                     }
                     _ => new_uuid(),
@@ -494,17 +451,12 @@ pub(super) async fn scan(agent: &Arc<Agent>, sr_ref: &str) -> Result<(), ApiErro
 /// reference's XML form.
 async fn probe(agent: &Arc<Agent>, c: &Call) -> Result<String, ApiError> {
     let ty = str_arg(c, 2);
-    let kind = SrKind::from_type(ty).ok_or_else(|| ApiError::SrUnknownDriver {
-        driver: ty.to_owned(),
-    })?;
+    let kind = SrKind::from_type(ty).ok_or_else(|| ApiError::SrUnknownDriver { driver: ty.to_owned() })?;
     let location = location_of(&arg(c, 1))?;
     let loc2 = location.clone();
     let exists = blocking(move || Ok(loc2.is_dir())).await?;
     if !exists && kind == SrKind::Iso {
-        return Err(backend(
-            "1",
-            format!("no directory at {}", location.display()),
-        ));
+        return Err(backend("1", format!("no directory at {}", location.display())));
     }
     let mut out = String::from("<?xml version=\"1.0\" ?>\n<SRlist>\n");
     for sr in agent.store.all(class_ids::SR) {

@@ -29,11 +29,7 @@ pub(crate) async fn env() -> Env {
         .login(&agent.store, &agent.host, "root", "", "storage-tests", true)
         .await
         .unwrap();
-    Env {
-        agent,
-        session,
-        dir,
-    }
+    Env { agent, session, dir }
 }
 
 impl Env {
@@ -72,13 +68,7 @@ impl Env {
         .await
     }
     pub fn int(&self, class: crate::schema::ClassId, r: &str, f: crate::schema::FieldId) -> i64 {
-        self.agent
-            .store
-            .get(class, r)
-            .unwrap()
-            .get(f)
-            .as_int()
-            .unwrap()
+        self.agent.store.get(class, r).unwrap().get(f).as_int().unwrap()
     }
 }
 
@@ -105,32 +95,20 @@ async fn vdi_lifecycle_on_the_default_sr() {
     let path = super::vdi_path(&e.agent, &vdi).unwrap();
     let meta = std::fs::metadata(&path).unwrap();
     assert_eq!(meta.len(), 64 << 20);
-    assert_eq!(
-        e.int(class_ids::SR, &sr, fields::SR::virtual_allocation),
-        64 << 20
-    );
+    assert_eq!(e.int(class_ids::SR, &sr, fields::SR::virtual_allocation), 64 << 20);
     assert!(e.int(class_ids::SR, &sr, fields::SR::physical_size) > 0);
     // Utilisation follows allocated blocks.
     write_at(&path, 0, &vec![1u8; 4 << 20]);
     e.ok("VDI.update", vec![json!(vdi)]).await;
     let used = e.int(class_ids::VDI, &vdi, fields::VDI::physical_utilisation);
     assert!((4 << 20..8 << 20).contains(&used), "{used}");
-    assert_eq!(
-        e.int(class_ids::SR, &sr, fields::SR::physical_utilisation),
-        used
-    );
+    assert_eq!(e.int(class_ids::SR, &sr, fields::SR::physical_utilisation), used);
 
     // Grow; shrinking is refused.
-    e.ok(
-        "VDI.resize",
-        vec![json!(vdi), json!((128u64 << 20).to_string())],
-    )
-    .await;
+    e.ok("VDI.resize", vec![json!(vdi), json!((128u64 << 20).to_string())])
+        .await;
     assert_eq!(std::fs::metadata(&path).unwrap().len(), 128 << 20);
-    let err = e
-        .call("VDI.resize", vec![json!(vdi), json!("1024")])
-        .await
-        .unwrap_err();
+    let err = e.call("VDI.resize", vec![json!(vdi), json!("1024")]).await.unwrap_err();
     assert_eq!(err.code(), "SR_BACKEND_FAILURE");
 
     // A snapshot keeps the bytes of its instant.
@@ -143,10 +121,7 @@ async fn vdi_lifecycle_on_the_default_sr() {
     assert_eq!(s.get(fields::VDI::is_a_snapshot), &Value::Bool(true));
     assert_eq!(s.get(fields::VDI::snapshot_of), &Value::Ref(vdi.clone()));
     let parent = e.agent.store.get(class_ids::VDI, &vdi).unwrap();
-    assert_eq!(
-        parent.get(fields::VDI::snapshots).as_set(),
-        &[Value::Ref(snap.clone())]
-    );
+    assert_eq!(parent.get(fields::VDI::snapshots).as_set(), &[Value::Ref(snap.clone())]);
 
     // Clone and copy.
     let clone = e.new_ref("VDI.clone", vec![json!(vdi), json!({})]).await;
@@ -155,12 +130,7 @@ async fn vdi_lifecycle_on_the_default_sr() {
     let copy = e
         .new_ref(
             "VDI.copy",
-            vec![
-                json!(snap),
-                json!(sr),
-                json!("OpaqueRef:NULL"),
-                json!("OpaqueRef:NULL"),
-            ],
+            vec![json!(snap), json!(sr), json!("OpaqueRef:NULL"), json!("OpaqueRef:NULL")],
         )
         .await;
     let copy_path = super::vdi_path(&e.agent, &copy).unwrap();
@@ -221,10 +191,7 @@ async fn vdi_lifecycle_on_the_default_sr() {
         .unwrap()
         .to_owned();
     assert_eq!(
-        e.call("PBD.unplug", vec![json!(pbd)])
-            .await
-            .unwrap_err()
-            .code(),
+        e.call("PBD.unplug", vec![json!(pbd)]).await.unwrap_err().code(),
         "VDI_IN_USE"
     );
     let v = vbd.clone();
@@ -245,19 +212,13 @@ async fn vdi_lifecycle_on_the_default_sr() {
     assert!(!path.exists());
     assert!(e.agent.store.get(class_ids::VBD, &vbd).is_none());
     assert_eq!(
-        e.call("VDI.destroy", vec![json!(vdi)])
-            .await
-            .unwrap_err()
-            .code(),
+        e.call("VDI.destroy", vec![json!(vdi)]).await.unwrap_err().code(),
         "HANDLE_INVALID"
     );
 
     // data_destroy needs CBT metadata, which this build never has.
     assert_eq!(
-        e.call("VDI.data_destroy", vec![json!(clone)])
-            .await
-            .unwrap_err()
-            .code(),
+        e.call("VDI.data_destroy", vec![json!(clone)]).await.unwrap_err().code(),
         "VDI_NO_CBT_METADATA"
     );
     // forget keeps the file; scan brings the VDI back with its uuid.
@@ -272,11 +233,7 @@ async fn vdi_lifecycle_on_the_default_sr() {
     e.ok("VDI.forget", vec![json!(clone)]).await;
     assert!(clone_path.exists());
     e.ok("SR.scan", vec![json!(sr)]).await;
-    assert!(e
-        .agent
-        .store
-        .ref_by_uuid(class_ids::VDI, &clone_uuid)
-        .is_some());
+    assert!(e.agent.store.ref_by_uuid(class_ids::VDI, &clone_uuid).is_some());
 }
 
 #[tokio::test]
@@ -286,8 +243,7 @@ async fn on_boot_reset_puts_the_contents_back() {
     let vdi = e.create_vdi(&sr, 4 << 20).await;
     let path = super::vdi_path(&e.agent, &vdi).unwrap();
     write_at(&path, 0, b"golden");
-    e.ok("VDI.set_on_boot", vec![json!(vdi), json!("reset")])
-        .await;
+    e.ok("VDI.set_on_boot", vec![json!(vdi), json!("reset")]).await;
     write_at(&path, 0, b"dirty!");
     let again = super::vdi_path(&e.agent, &vdi).unwrap();
     assert_eq!(read_at(&again, 0, 6), b"golden");
@@ -298,13 +254,9 @@ async fn on_boot_reset_puts_the_contents_back() {
             .code(),
         "VDI_ON_BOOT_MODE_INCOMPATIBLE_WITH_OPERATION"
     );
-    e.ok("VDI.set_on_boot", vec![json!(vdi), json!("persist")])
-        .await;
+    e.ok("VDI.set_on_boot", vec![json!(vdi), json!("persist")]).await;
     write_at(&path, 0, b"kept!!");
-    assert_eq!(
-        read_at(&super::vdi_path(&e.agent, &vdi).unwrap(), 0, 6),
-        b"kept!!"
-    );
+    assert_eq!(read_at(&super::vdi_path(&e.agent, &vdi).unwrap(), 0, 6), b"kept!!");
 }
 
 #[tokio::test]
@@ -368,8 +320,14 @@ async fn iso_sr_scan_finds_dropped_in_images() {
         lib.join("alpine.iso")
     );
     // Read-only library: no new VDIs, no destroy.
-    let err = e.call("VDI.create", vec![json!({"name_label": "x", "name_description": "", "SR": sr,
-        "virtual_size": "1024", "type": "user", "sharable": false, "read_only": false, "other_config": {}})]).await.unwrap_err();
+    let err = e
+        .call(
+            "VDI.create",
+            vec![json!({"name_label": "x", "name_description": "", "SR": sr,
+        "virtual_size": "1024", "type": "user", "sharable": false, "read_only": false, "other_config": {}})],
+        )
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), "SR_OPERATION_NOT_SUPPORTED");
     // A removed file's VDI goes away on the next scan.
     std::fs::remove_file(lib.join("debian.iso")).unwrap();
@@ -393,10 +351,7 @@ async fn iso_sr_scan_finds_dropped_in_images() {
     );
     // Forget needs the PBD unplugged.
     assert_eq!(
-        e.call("SR.forget", vec![json!(sr)])
-            .await
-            .unwrap_err()
-            .code(),
+        e.call("SR.forget", vec![json!(sr)]).await.unwrap_err().code(),
         "SR_HAS_PBD"
     );
     let pbd = e
@@ -481,10 +436,7 @@ async fn file_sr_create_plug_destroy() {
     let file = super::vdi_path(&e.agent, &vdi).unwrap();
     assert!(file.starts_with(&loc));
     assert_eq!(
-        e.call("SR.destroy", vec![json!(sr)])
-            .await
-            .unwrap_err()
-            .code(),
+        e.call("SR.destroy", vec![json!(sr)]).await.unwrap_err().code(),
         "SR_HAS_PBD"
     );
     let pbd = e
@@ -498,10 +450,7 @@ async fn file_sr_create_plug_destroy() {
         .unwrap()
         .to_owned();
     assert_eq!(
-        e.call("PBD.destroy", vec![json!(pbd)])
-            .await
-            .unwrap_err()
-            .code(),
+        e.call("PBD.destroy", vec![json!(pbd)]).await.unwrap_err().code(),
         "OPERATION_NOT_ALLOWED"
     );
     assert_eq!(
@@ -551,10 +500,7 @@ async fn file_sr_create_plug_destroy() {
     let pbd3 = e.new_ref("PBD.create", vec![json!({"host": host, "SR": sr3, "device_config": {"location": loc3.display().to_string()}, "other_config": {}})]).await;
     e.ok("PBD.plug", vec![json!(pbd3)]).await;
     let found = e.agent.store.ref_by_uuid(class_ids::VDI, &u).unwrap();
-    assert_eq!(
-        e.int(class_ids::VDI, &found, fields::VDI::virtual_size),
-        65536
-    );
+    assert_eq!(e.int(class_ids::VDI, &found, fields::VDI::virtual_size), 65536);
 }
 
 #[tokio::test]

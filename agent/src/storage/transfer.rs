@@ -73,11 +73,7 @@ pub struct TransferTask {
 
 impl TransferTask {
     /// Adopts `task_id` (which must be a pending task) or creates a task named `label`.
-    pub async fn begin(
-        agent: &Arc<Agent>,
-        task_id: Option<&str>,
-        label: &str,
-    ) -> Result<TransferTask, ApiError> {
+    pub async fn begin(agent: &Arc<Agent>, task_id: Option<&str>, label: &str) -> Result<TransferTask, ApiError> {
         let task = match task_id.filter(|t| !t.is_empty()) {
             Some(t) => {
                 agent
@@ -129,13 +125,7 @@ impl TransferTask {
                 if tx.get(class_ids::task, &t).is_none() {
                     return Ok(());
                 }
-                set_field(
-                    tx,
-                    class_ids::task,
-                    &t,
-                    fields::task::progress,
-                    Value::Float(p),
-                )
+                set_field(tx, class_ids::task, &t, fields::task::progress, Value::Float(p))
             })
             .await;
         if let Err(e) = r {
@@ -182,13 +172,7 @@ async fn end_task(agent: &Agent, task: &str, outcome: Result<&Value, &ApiError>)
             set_field(tx, class_ids::task, task, f::result, Value::String(result))?;
             set_field(tx, class_ids::task, task, f::error_info, Value::Set(error))?;
             set_field(tx, class_ids::task, task, f::progress, Value::Float(1.0))?;
-            set_field(
-                tx,
-                class_ids::task,
-                task,
-                f::finished,
-                Value::DateTime(now()),
-            )
+            set_field(tx, class_ids::task, task, f::finished, Value::DateTime(now()))
         })
         .await;
     if let Err(e) = r {
@@ -239,11 +223,7 @@ impl ImportSink {
                 vdi: vdi_ref.to_owned(),
             });
         }
-        let capacity = vdi
-            .get(fields::VDI::virtual_size)
-            .as_int()
-            .unwrap_or(0)
-            .max(0) as u64;
+        let capacity = vdi.get(fields::VDI::virtual_size).as_int().unwrap_or(0).max(0) as u64;
         let file = open_file(path, true).await?;
         Ok(ImportSink {
             agent: agent.clone(),
@@ -330,10 +310,7 @@ impl ImportSink {
         while let Some(w) = self.writes.pop_front() {
             w.wait().await?;
         }
-        IoEngine::global()
-            .sync_data(&self.file)
-            .await
-            .map_err(io_api_error)?;
+        IoEngine::global().sync_data(&self.file).await.map_err(io_api_error)?;
         refresh_after(&self.agent, &self.sr).await;
         Ok(self.offset)
     }
@@ -392,11 +369,7 @@ impl ExportSource {
         let lock = locks::read(vdi_ref).await;
         let vdi = vdi_obj(agent, vdi_ref)?;
         let (path, _, _) = vdi_file(agent, &vdi)?;
-        let size = vdi
-            .get(fields::VDI::virtual_size)
-            .as_int()
-            .unwrap_or(0)
-            .max(0) as u64;
+        let size = vdi.get(fields::VDI::virtual_size).as_int().unwrap_or(0).max(0) as u64;
         let p2 = path.clone();
         let direct = super::fsops::blocking(move || Ok(super::fsops::open_direct(&p2)))
             .await
@@ -428,10 +401,7 @@ impl ExportSource {
             let seg = match self.segment {
                 Some((s, e)) if pos < e => (s, e),
                 _ => {
-                    let next = engine
-                        .next_data(&self.file, pos)
-                        .await
-                        .map_err(io_api_error)?;
+                    let next = engine.next_data(&self.file, pos).await.map_err(io_api_error)?;
                     let seg = next.unwrap_or((self.size, self.size));
                     self.segment = Some(seg);
                     seg
@@ -439,10 +409,7 @@ impl ExportSource {
             };
             let (start, end) = (seg.0.min(self.size), seg.1.min(self.size));
             // Keep the kernel reading ahead of buffered reads.
-            if self.direct.is_none()
-                && pos >= start
-                && self.prefetched < (pos + PREFETCH / 2).min(end)
-            {
+            if self.direct.is_none() && pos >= start && self.prefetched < (pos + PREFETCH / 2).min(end) {
                 let from = self.prefetched.max(pos);
                 let to = (pos + PREFETCH).min(end);
                 engine.prefetch(&self.file, from, to - from);

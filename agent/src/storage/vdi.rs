@@ -41,26 +41,15 @@ pub(super) async fn special(agent: &Arc<Agent>, c: &Call) -> Option<Result<Value
             };
             create_vdi(agent, rec).await.map(Value::Ref)
         }
-        "destroy" => destroy_vdi(agent, str_arg(c, 0))
-            .await
-            .map(|()| Value::None),
-        "set_on_boot" => set_on_boot(agent, str_arg(c, 0), arg(c, 1))
-            .await
-            .map(|()| Value::None),
+        "destroy" => destroy_vdi(agent, str_arg(c, 0)).await.map(|()| Value::None),
+        "set_on_boot" => set_on_boot(agent, str_arg(c, 0), arg(c, 1)).await.map(|()| Value::None),
         _ => return None,
     };
     Some(r)
 }
 
 /// A VDI record for a file found in (or made for) an SR.
-pub(super) fn new_vdi_object(
-    sr: &str,
-    kind: SrKind,
-    uuid: &str,
-    location: &str,
-    name: &str,
-    size: i64,
-) -> Object {
+pub(super) fn new_vdi_object(sr: &str, kind: SrKind, uuid: &str, location: &str, name: &str, size: i64) -> Object {
     use fields::VDI as f;
     let mut o = default_object(class_ids::VDI, &new_ref());
     o.set(f::uuid, Value::str(uuid));
@@ -144,19 +133,12 @@ fn round_up_sector(size: i64) -> i64 {
 }
 
 fn sr_of(vdi: &Object) -> String {
-    vdi.get(fields::VDI::SR)
-        .as_ref_str()
-        .unwrap_or(NULL_REF)
-        .to_owned()
+    vdi.get(fields::VDI::SR).as_ref_str().unwrap_or(NULL_REF).to_owned()
 }
 
 /// `VDI.create`: a sparse file of `virtual_size` bytes and its record.
-async fn create_vdi(agent: &Arc<Agent>, rec: &Object) -> Result<String, ApiError> {
-    let sr_ref = rec
-        .get(fields::VDI::SR)
-        .as_ref_str()
-        .unwrap_or("")
-        .to_owned();
+pub async fn create_vdi(agent: &Arc<Agent>, rec: &Object) -> Result<String, ApiError> {
+    let sr_ref = rec.get(fields::VDI::SR).as_ref_str().unwrap_or("").to_owned();
     let sr = sr_obj(agent, &sr_ref)?;
     let kind = sr_kind(&sr)?;
     assert_file_sr(&sr, kind)?;
@@ -188,7 +170,8 @@ async fn create_vdi(agent: &Arc<Agent>, rec: &Object) -> Result<String, ApiError
 }
 
 /// `VDI.destroy`: deletes the file, the record and the VBDs that named it.
-async fn destroy_vdi(agent: &Arc<Agent>, vdi_ref: &str) -> Result<(), ApiError> {
+/// `VDI.destroy`: the file and the record (refused while a VBD has it attached).
+pub async fn destroy_vdi(agent: &Arc<Agent>, vdi_ref: &str) -> Result<(), ApiError> {
     let _guard = locks::write(vdi_ref).await;
     let vdi = vdi_obj(agent, vdi_ref)?;
     assert_not_attached(agent, vdi_ref, "destroy")?;
@@ -260,15 +243,7 @@ async fn resize(agent: &Arc<Agent>, vdi_ref: &str, size: i64) -> Result<(), ApiE
     let r = vdi_ref.to_owned();
     agent
         .store
-        .write(|tx| {
-            set_field(
-                tx,
-                class_ids::VDI,
-                &r,
-                fields::VDI::virtual_size,
-                Value::Int(size),
-            )
-        })
+        .write(|tx| set_field(tx, class_ids::VDI, &r, fields::VDI::virtual_size, Value::Int(size)))
         .await?;
     refresh_after(agent, &sr.reference).await;
     Ok(())
@@ -297,11 +272,7 @@ async fn new_copy(
     let kind = sr_kind(dst_sr)?;
     assert_file_sr(dst_sr, kind)?;
     let dir = sr_dir(agent, dst_sr)?;
-    let size = src
-        .get(fields::VDI::virtual_size)
-        .as_int()
-        .unwrap_or(0)
-        .max(0);
+    let size = src.get(fields::VDI::virtual_size).as_int().unwrap_or(0).max(0);
     let uuid = new_uuid();
     let mut obj = new_vdi_object(&dst_sr.reference, kind, &uuid, &uuid, "", size);
     for f in COPIED {
@@ -312,10 +283,7 @@ async fn new_copy(
         obj.set(fields::VDI::is_a_snapshot, Value::Bool(true));
         obj.set(fields::VDI::snapshot_of, Value::Ref(src.reference.clone()));
         obj.set(fields::VDI::snapshot_time, Value::DateTime(now()));
-        obj.set(
-            fields::VDI::read_only,
-            src.get(fields::VDI::read_only).clone(),
-        );
+        obj.set(fields::VDI::read_only, src.get(fields::VDI::read_only).clone());
     }
     let dst_path = dir.join(vdi_file_name(kind, &uuid));
     let d2 = dst_path.clone();
@@ -339,7 +307,8 @@ async fn new_copy(
 }
 
 /// `VDI.snapshot` / `VDI.clone`: a new VDI in the same SR with the bytes as they are now.
-async fn duplicate(agent: &Arc<Agent>, vdi_ref: &str, snapshot: bool) -> Result<String, ApiError> {
+/// `VDI.clone` (`snapshot` false) or `VDI.snapshot`: a new VDI holding the bytes as they are.
+pub async fn duplicate(agent: &Arc<Agent>, vdi_ref: &str, snapshot: bool) -> Result<String, ApiError> {
     let _guard = locks::read(vdi_ref).await;
     let vdi = vdi_obj(agent, vdi_ref)?;
     let (path, sr, kind) = vdi_file(agent, &vdi)?;
@@ -348,20 +317,12 @@ async fn duplicate(agent: &Arc<Agent>, vdi_ref: &str, snapshot: bool) -> Result<
 }
 
 /// `VDI.copy`: into a new VDI of `sr`, or over `into_vdi` when that is given.
-async fn copy(
-    agent: &Arc<Agent>,
-    vdi_ref: &str,
-    sr_ref: &str,
-    into: &str,
-) -> Result<String, ApiError> {
+/// `VDI.copy(vdi, sr, base, into)`: the bytes into a new VDI on `sr` (or into `into`).
+pub async fn copy(agent: &Arc<Agent>, vdi_ref: &str, sr_ref: &str, into: &str) -> Result<String, ApiError> {
     let _guard = locks::read(vdi_ref).await;
     let vdi = vdi_obj(agent, vdi_ref)?;
     let (path, _, _) = vdi_file(agent, &vdi)?;
-    let size = vdi
-        .get(fields::VDI::virtual_size)
-        .as_int()
-        .unwrap_or(0)
-        .max(0);
+    let size = vdi.get(fields::VDI::virtual_size).as_int().unwrap_or(0).max(0);
     if into.is_empty() || into == NULL_REF {
         let dst_sr = sr_obj(agent, sr_ref)?;
         return new_copy(agent, &vdi, path, &dst_sr, false).await;
@@ -372,9 +333,7 @@ async fn copy(
     let _into_guard = locks::write(into).await;
     let target = vdi_obj(agent, into)?;
     if target.get(fields::VDI::read_only) == &Value::Bool(true) {
-        return Err(ApiError::VdiReadonly {
-            vdi: into.to_owned(),
-        });
+        return Err(ApiError::VdiReadonly { vdi: into.to_owned() });
     }
     if target.get(fields::VDI::virtual_size).as_int().unwrap_or(0) < size {
         return Err(ApiError::VdiTooSmall {
@@ -400,11 +359,7 @@ async fn set_on_boot(agent: &Arc<Agent>, vdi_ref: &str, value: Value) -> Result<
     let reset = value == Value::Enum("reset");
     let base = base_path(&path);
     if reset {
-        let size = vdi
-            .get(fields::VDI::virtual_size)
-            .as_int()
-            .unwrap_or(0)
-            .max(0) as u64;
+        let size = vdi.get(fields::VDI::virtual_size).as_int().unwrap_or(0).max(0) as u64;
         let b2 = base.clone();
         blocking(move || {
             fsops::remove(&b2)?;
@@ -475,15 +430,8 @@ async fn introduce(agent: &Arc<Agent>, c: &Call) -> Result<String, ApiError> {
         obj.set(f::r#type, Value::Enum(t));
     }
     obj.set(f::sharable, Value::Bool(bool_arg(c, 5)));
-    obj.set(
-        f::read_only,
-        Value::Bool(bool_arg(c, 6) || kind == SrKind::Iso),
-    );
-    for (i, fid) in [
-        (7, f::other_config),
-        (9, f::xenstore_data),
-        (10, f::sm_config),
-    ] {
+    obj.set(f::read_only, Value::Bool(bool_arg(c, 6) || kind == SrKind::Iso));
+    for (i, fid) in [(7, f::other_config), (9, f::xenstore_data), (10, f::sm_config)] {
         if let Value::Map(m) = arg(c, i) {
             obj.set(fid, Value::Map(m));
         }
@@ -494,10 +442,7 @@ async fn introduce(agent: &Arc<Agent>, c: &Call) -> Result<String, ApiError> {
         obj.set(f::snapshot_time, Value::DateTime(t));
     }
     let snap_of = str_arg(c, 17);
-    if !snap_of.is_empty()
-        && snap_of != NULL_REF
-        && agent.store.get(class_ids::VDI, snap_of).is_some()
-    {
+    if !snap_of.is_empty() && snap_of != NULL_REF && agent.store.get(class_ids::VDI, snap_of).is_some() {
         obj.set(f::snapshot_of, Value::Ref(snap_of.to_owned()));
     }
     let reference = obj.reference.clone();
@@ -511,10 +456,7 @@ async fn forget(agent: &Arc<Agent>, vdi_ref: &str) -> Result<(), ApiError> {
     let vdi = vdi_obj(agent, vdi_ref)?;
     assert_not_attached(agent, vdi_ref, "forget")?;
     let r = vdi_ref.to_owned();
-    agent
-        .store
-        .write(|tx| destroy(tx, class_ids::VDI, &r))
-        .await?;
+    agent.store.write(|tx| destroy(tx, class_ids::VDI, &r)).await?;
     refresh_after(agent, &sr_of(&vdi)).await;
     Ok(())
 }
@@ -537,15 +479,7 @@ async fn data_destroy(agent: &Arc<Agent>, vdi_ref: &str) -> Result<(), ApiError>
     let r = vdi_ref.to_owned();
     agent
         .store
-        .write(|tx| {
-            set_field(
-                tx,
-                class_ids::VDI,
-                &r,
-                fields::VDI::r#type,
-                Value::Enum("cbt_metadata"),
-            )
-        })
+        .write(|tx| set_field(tx, class_ids::VDI, &r, fields::VDI::r#type, Value::Enum("cbt_metadata")))
         .await?;
     refresh_after(agent, &sr.reference).await;
     Ok(())

@@ -16,9 +16,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
-use xapid_benches::{
-    dd, default_xapid, download, drop_caches, median, request, xmlrpc, BenchError, Daemon, Param,
-};
+use xapid_benches::{dd, default_xapid, download, drop_caches, median, request, xmlrpc, BenchError, Daemon, Param};
 
 struct Args {
     xapid: PathBuf,
@@ -75,8 +73,7 @@ fn make_source(path: &PathBuf, size: u64) -> Result<(), BenchError> {
             c.copy_from_slice(&x.to_le_bytes()[..c.len()]);
         }
         let n = left.min(buf.len() as u64) as usize;
-        f.write_all(&buf[..n])
-            .map_err(io_err("writing the source file"))?;
+        f.write_all(&buf[..n]).map_err(io_err("writing the source file"))?;
         left -= n as u64;
     }
     f.sync_all().map_err(io_err("syncing the source file"))
@@ -109,11 +106,7 @@ fn run(a: &Args) -> Result<(), BenchError> {
     )?;
     let pools = xmlrpc_raw(addr, "pool.get_all", &session)?;
     let pool = first_ref(&pools).ok_or_else(|| BenchError::Protocol("no pool".into()))?;
-    let sr = xmlrpc(
-        addr,
-        "pool.get_default_SR",
-        &[Param::Str(&session), Param::Str(&pool)],
-    )?;
+    let sr = xmlrpc(addr, "pool.get_default_SR", &[Param::Str(&session), Param::Str(&pool)])?;
     let cache_dropped = drop_caches();
     if !cache_dropped {
         eprintln!("note: cannot drop the page cache (not root?); read figures include cached data");
@@ -130,11 +123,7 @@ fn run(a: &Args) -> Result<(), BenchError> {
              <member><name>read_only</name><value><boolean>0</boolean></value></member>\
              <member><name>other_config</name><value><struct></struct></value></member></struct>"
         );
-        let vdi = xmlrpc(
-            addr,
-            "VDI.create",
-            &[Param::Str(&session), Param::Raw(&rec)],
-        )?;
+        let vdi = xmlrpc(addr, "VDI.create", &[Param::Str(&session), Param::Raw(&rec)])?;
         let mut src = File::open(&source).map_err(io_err("opening the source"))?;
         let t = Instant::now();
         let r = request(
@@ -154,21 +143,12 @@ fn run(a: &Args) -> Result<(), BenchError> {
         }
         drop_caches();
         let t = Instant::now();
-        let (status, got) = download(
-            addr,
-            &format!("/export_raw_vdi?vdi={vdi}&session_id={session}"),
-        )?;
+        let (status, got) = download(addr, &format!("/export_raw_vdi?vdi={vdi}&session_id={session}"))?;
         let t_exp = t.elapsed().as_secs_f64();
         if status != 200 || got != size {
-            return Err(BenchError::Protocol(format!(
-                "export: status {status}, {got} bytes"
-            )));
+            return Err(BenchError::Protocol(format!("export: status {status}, {got} bytes")));
         }
-        xmlrpc(
-            addr,
-            "VDI.destroy",
-            &[Param::Str(&session), Param::Str(&vdi)],
-        )?;
+        xmlrpc(addr, "VDI.destroy", &[Param::Str(&session), Param::Str(&vdi)])?;
         let _ = std::fs::remove_file(&dd_img);
         let t_ddw = dd(&[
             format!("if={}", source.display()),
@@ -196,12 +176,7 @@ fn run(a: &Args) -> Result<(), BenchError> {
         ddr.push(mbs(size, t_ddr));
     }
     drop(daemon);
-    let (mi, me, mw, mr) = (
-        median(&mut imp),
-        median(&mut exp),
-        median(&mut ddw),
-        median(&mut ddr),
-    );
+    let (mi, me, mw, mr) = (median(&mut imp), median(&mut exp), median(&mut ddw), median(&mut ddr));
     println!();
     println!(
         "| {} MiB, median of {} runs | xapid (MB/s) | dd (MB/s) | xapid / dd |",

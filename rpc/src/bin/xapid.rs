@@ -1,14 +1,21 @@
 //! `xapid`: the XenAPI toolstack daemon.
 
-use agent::hypervisor::{select_backend, BackendChoice, SimConfig};
+use agent::hypervisor::{select_backend, BackendChoice, Latency, SimConfig};
 use agent::{Agent, AgentConfig};
 use clap::{Parser, ValueEnum};
 use rpc::server::{serve, ServerConfig, DEFAULT_MAX_BODY};
+use rpc::tls::{ensure_self_signed, server_config, TlsError, TlsFiles};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+/// mimalloc returns freed memory to the system instead of keeping it in per-thread arenas,
+/// which keeps the daemon's RSS close to what its objects need.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 enum Backend {
     /// Xen when the hypervisor answers, else the simulator.
     Auto,
@@ -22,29 +29,107 @@ enum Backend {
 #[derive(Parser, Debug)]
 #[command(name = "xapid", version)]
 struct Args {
-    /// TCP address to serve HTTP on (repeatable). Plain HTTP stays on loopback unless you
-    /// name another address.
-    #[arg(long = "listen", default_value = "127.0.0.1:8080")]
+    /// A TOML config file (keys: listen, socket, state_dir, backend, root_password_file,
+    /// max_body, workers); flags given on the command line win over it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// TCP address to serve HTTP on (repeatable) [default: 127.0.0.1:8080]. Plain HTTP stays
+    /// on loopback unless you name another address.
+    #[arg(long = "listen")]
     listen: Vec<SocketAddr>,
+    /// TCP address to serve HTTPS on (repeatable); any address may be named.
+    #[arg(long = "tls-listen")]
+    tls_listen: Vec<SocketAddr>,
+    /// PEM certificate chain for HTTPS [default: a self-signed one generated on first start
+    /// into <state-dir>/tls/].
+    #[arg(long)]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for HTTPS (with --tls-cert).
+    #[arg(long)]
+    tls_key: Option<PathBuf>,
+    /// Most connections each HTTP worker keeps open [default: 4096].
+    #[arg(long)]
+    max_connections: Option<usize>,
     /// Unix socket to serve the same API on [default: <state-dir>/xapid.sock].
     #[arg(long)]
     socket: Option<PathBuf>,
-    /// Where the store, the root password hash and the default SR live.
-    #[arg(long, default_value = "xapid-state")]
-    state_dir: PathBuf,
-    /// Which hypervisor backend to drive.
-    #[arg(long, value_enum, default_value_t = Backend::Auto)]
-    backend: Backend,
+    /// Where the store, the root password hash and the default SR live [default: xapid-state].
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// Which hypervisor backend to drive [default: auto].
+    #[arg(long, value_enum)]
+    backend: Option<Backend>,
     /// File whose first line sets the root password on first start. Without it a password
     /// is generated into <state-dir>/root-password (mode 0600).
     #[arg(long)]
     root_password_file: Option<PathBuf>,
-    /// Largest request body accepted, in bytes.
-    #[arg(long, default_value_t = DEFAULT_MAX_BODY)]
-    max_body: usize,
-    /// HTTP worker threads (0: one per core).
+    /// Largest request body accepted, in bytes [default: 16777216].
+    #[arg(long)]
+    max_body: Option<usize>,
+    /// HTTP worker threads (0: one per core) [default: 0].
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Simulator only: latency added to every backend operation, in milliseconds (to make
+    /// timings realistic in tests and demos).
     #[arg(long, default_value_t = 0)]
-    workers: usize,
+    sim_latency_ms: u64,
+    /// Also serve `POST /bench/noop`, an empty 200 on the same HTTP stack, so benchmarks can
+    /// measure the cost of an API call against bare HTTP.
+    #[arg(long)]
+    bench_noop: bool,
+}
+
+/// The config file's keys (all optional).
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<Vec<SocketAddr>>,
+    socket: Option<PathBuf>,
+    state_dir: Option<PathBuf>,
+    backend: Option<Backend>,
+    root_password_file: Option<PathBuf>,
+    max_body: Option<usize>,
+    workers: Option<usize>,
+    tls_listen: Option<Vec<SocketAddr>>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    max_connections: Option<usize>,
+}
+
+/// Merges the config file under the command line.
+fn effective(mut args: Args) -> Result<Args, String> {
+    let file = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+            toml::from_str::<FileConfig>(&text).map_err(|e| format!("{}: {e}", path.display()))?
+        }
+        None => FileConfig::default(),
+    };
+    if args.listen.is_empty() {
+        args.listen = file
+            .listen
+            .unwrap_or_else(|| vec![SocketAddr::from(([127, 0, 0, 1], 8080))]);
+    }
+    args.socket = args.socket.or(file.socket);
+    args.state_dir = Some(
+        args.state_dir
+            .or(file.state_dir)
+            .unwrap_or_else(|| PathBuf::from("xapid-state")),
+    );
+    args.backend = Some(args.backend.or(file.backend).unwrap_or(Backend::Auto));
+    args.root_password_file = args.root_password_file.or(file.root_password_file);
+    args.max_body = Some(args.max_body.or(file.max_body).unwrap_or(DEFAULT_MAX_BODY));
+    args.workers = Some(args.workers.or(file.workers).unwrap_or(0));
+    if args.tls_listen.is_empty() {
+        args.tls_listen = file.tls_listen.unwrap_or_default();
+    }
+    args.tls_cert = args.tls_cert.or(file.tls_cert);
+    args.tls_key = args.tls_key.or(file.tls_key);
+    args.max_connections = Some(args.max_connections.or(file.max_connections).unwrap_or(4096));
+    if args.tls_cert.is_some() != args.tls_key.is_some() {
+        return Err("--tls-cert and --tls-key go together".into());
+    }
+    Ok(args)
 }
 
 fn main() -> ExitCode {
@@ -56,13 +141,23 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let args = Args::parse();
-    let choice = match args.backend {
+    let args = match effective(Args::parse()) {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::error!("configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let state_dir = args.state_dir.clone().unwrap_or_default();
+    let choice = match args.backend.unwrap_or(Backend::Auto) {
         Backend::Auto => BackendChoice::Auto,
         Backend::Xen => BackendChoice::Xen,
         Backend::Simulator => BackendChoice::Simulator,
     };
-    let (hypervisor, why) = match select_backend(choice, SimConfig::default()) {
+    let (hypervisor, why) = match select_backend(
+        choice,
+        SimConfig::default().with_latency(Latency::uniform(std::time::Duration::from_millis(args.sim_latency_ms))),
+    ) {
         Ok(chosen) => chosen,
         Err(e) => {
             tracing::error!("--backend {choice}: {e}");
@@ -70,32 +165,42 @@ fn main() -> ExitCode {
         }
     };
     if hypervisor.backend_name() == "simulator" {
-        tracing::warn!(
-            "running on the SIMULATOR backend: a simulated host, no real guests ({why})"
-        );
+        tracing::warn!("running on the SIMULATOR backend: a simulated host, no real guests ({why})");
     } else {
         tracing::info!(backend = hypervisor.backend_name(), "{why}");
     }
-    let socket = args
-        .socket
-        .clone()
-        .unwrap_or_else(|| args.state_dir.join("xapid.sock"));
+    let socket = args.socket.clone().unwrap_or_else(|| state_dir.join("xapid.sock"));
     let cfg = AgentConfig {
-        state_dir: args.state_dir.clone(),
+        state_dir: state_dir.clone(),
         root_password_file: args.root_password_file.clone(),
         hypervisor,
     };
+    let tls = if args.tls_listen.is_empty() {
+        None
+    } else {
+        match tls_config(&args, &state_dir) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::error!("HTTPS: {e}: {}", source_chain(&e));
+                return ExitCode::from(2);
+            }
+        }
+    };
     let server_cfg = ServerConfig {
+        tls_listen: args.tls_listen.clone(),
+        tls,
+        max_connections: args.max_connections.unwrap_or(4096),
         listen: args.listen.clone(),
         socket: Some(socket),
-        max_body: args.max_body,
-        workers: args.workers,
+        max_body: args.max_body.unwrap_or(DEFAULT_MAX_BODY),
+        workers: args.workers.unwrap_or(0),
+        bench_noop: args.bench_noop,
     };
     let result = actix_web::rt::System::new().block_on(async move {
         let agent = Agent::start(cfg)
             .await
             .map_err(|e| format!("{e}: {}", source_chain(&e)))?;
-        tracing::info!(state_dir = %args.state_dir.display(), "state loaded");
+        tracing::info!(state_dir = %state_dir.display(), "state loaded");
         let sweeper = agent.clone();
         actix_web::rt::spawn(async move {
             let mut tick = tokio::time::interval(std::time::Duration::from_secs(300));
@@ -107,9 +212,7 @@ fn main() -> ExitCode {
                 }
             }
         });
-        serve(agent, server_cfg)
-            .await
-            .map_err(|e| format!("serving: {e}"))
+        serve(agent, server_cfg).await.map_err(|e| format!("serving: {e}"))
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -118,6 +221,27 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn tls_config(args: &Args, state_dir: &std::path::Path) -> Result<rustls::ServerConfig, TlsError> {
+    let files = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+        },
+        _ => {
+            let files = TlsFiles::in_state_dir(state_dir);
+            let host = nix::unistd::gethostname()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+                .unwrap_or_else(|| "localhost".into());
+            if ensure_self_signed(&files, &host)? {
+                tracing::info!(cert = %files.cert.display(), "generated a self-signed certificate");
+            }
+            files
+        }
+    };
+    server_config(&files)
 }
 
 fn source_chain(e: &dyn std::error::Error) -> String {

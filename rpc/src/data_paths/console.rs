@@ -36,10 +36,7 @@ fn console_of(agent: &Agent, req: &HttpRequest) -> Result<String, DataPathError>
     if agent.store.get(class_ids::console, &r).is_some() {
         return Ok(r);
     }
-    let vm = agent
-        .store
-        .get(class_ids::VM, &r)
-        .ok_or_else(|| missing(&r))?;
+    let vm = agent.store.get(class_ids::VM, &r).ok_or_else(|| missing(&r))?;
     vm.get(fields::VM::consoles)
         .as_set()
         .iter()
@@ -60,11 +57,7 @@ fn domid_of(agent: &Agent, console: &str) -> Result<u32, DataPathError> {
         .store
         .get(class_ids::console, console)
         .ok_or_else(|| DataPathError::NotFound(ApiError::handle_invalid("console", console)))?;
-    let vm_ref = c
-        .get(fields::console::VM)
-        .as_ref_str()
-        .unwrap_or("")
-        .to_owned();
+    let vm_ref = c.get(fields::console::VM).as_ref_str().unwrap_or("").to_owned();
     let vm = agent
         .store
         .get(class_ids::VM, &vm_ref)
@@ -78,16 +71,11 @@ fn domid_of(agent: &Agent, console: &str) -> Result<u32, DataPathError> {
             actual: state.key_text().to_ascii_lowercase(),
         }));
     }
-    u32::try_from(domid)
-        .map_err(|_| DataPathError::NotFound(ApiError::invalid_value("domid", domid)))
+    u32::try_from(domid).map_err(|_| DataPathError::NotFound(ApiError::invalid_value("domid", domid)))
 }
 
 /// `CONNECT /console` (and `GET`, which needs a WebSocket upgrade this build lacks).
-pub(super) async fn connect(
-    req: HttpRequest,
-    body: web::Payload,
-    agent: web::Data<Arc<Agent>>,
-) -> HttpResponse {
+pub(super) async fn connect(req: HttpRequest, body: web::Payload, agent: web::Data<Arc<Agent>>) -> HttpResponse {
     let agent = agent.get_ref().clone();
     let auth = match authenticate(&agent, &req).await {
         Ok(a) => a,
@@ -99,9 +87,7 @@ pub(super) async fn connect(
         if let Err(e) = actix_http::ws::verify_handshake(req.head()) {
             return HttpResponse::BadRequest()
                 .content_type("text/plain")
-                .body(format!(
-                    "use CONNECT /console, or GET with a WebSocket upgrade: {e}\n"
-                ));
+                .body(format!("use CONNECT /console, or GET with a WebSocket upgrade: {e}\n"));
         }
     }
     let domid = match console_of(&agent, &req).and_then(|c| domid_of(&agent, &c)) {
@@ -113,10 +99,7 @@ pub(super) async fn connect(
     let stream = match stream {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
-            return DataPathError::NotFound(ApiError::internal(format!(
-                "console of domain {domid}: {e}"
-            )))
-            .response()
+            return DataPathError::NotFound(ApiError::internal(format!("console of domain {domid}: {e}"))).response()
         }
         Err(e) => return DataPathError::Failed(ApiError::internal(e)).response(),
     };
@@ -165,9 +148,7 @@ async fn keyboard(mut body: web::Payload, fd: Arc<AsyncFd<File>>) {
 }
 
 /// The next output of the console; ends when the guest's console closes.
-pub(super) async fn screen(
-    fd: Arc<AsyncFd<File>>,
-) -> Option<(Result<web::Bytes, std::io::Error>, Arc<AsyncFd<File>>)> {
+pub(super) async fn screen(fd: Arc<AsyncFd<File>>) -> Option<(Result<web::Bytes, std::io::Error>, Arc<AsyncFd<File>>)> {
     let mut buf = vec![0u8; 16 * 1024];
     loop {
         let mut guard = match fd.readable().await {

@@ -22,10 +22,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/import_raw_vdi", web::put().to(vdi::import))
         .route("/export_raw_vdi", web::get().to(vdi::export))
         .route("/export_raw_vdi", web::head().to(vdi::export))
-        .route(
-            "/console",
-            web::method(Method::CONNECT).to(console::connect),
-        )
+        .route("/console", web::method(Method::CONNECT).to(console::connect))
         .route("/console", web::get().to(console::connect));
 }
 
@@ -54,9 +51,7 @@ impl DataPathError {
     pub fn api_error(&self) -> ApiError {
         match self {
             DataPathError::Unauthorised => ApiError::SessionAuthenticationFailed {},
-            DataPathError::BadRequest(e)
-            | DataPathError::NotFound(e)
-            | DataPathError::Failed(e) => e.clone(),
+            DataPathError::BadRequest(e) | DataPathError::NotFound(e) | DataPathError::Failed(e) => e.clone(),
             DataPathError::NotImplemented(f) => ApiError::ImportError {
                 msg: format!("format {f} is not supported yet"),
             },
@@ -71,12 +66,8 @@ impl DataPathError {
             DataPathError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             DataPathError::NotFound(_) => StatusCode::NOT_FOUND,
             DataPathError::Failed(e) => match e.code() {
-                "VDI_TOO_SMALL" | "IMPORT_ERROR_PREMATURE_EOF" | "IMPORT_ERROR" => {
-                    StatusCode::BAD_REQUEST
-                }
-                "SR_BACKEND_FAILURE" | "VDI_IO_ERROR" | "INTERNAL_ERROR" => {
-                    StatusCode::INTERNAL_SERVER_ERROR
-                }
+                "VDI_TOO_SMALL" | "IMPORT_ERROR_PREMATURE_EOF" | "IMPORT_ERROR" => StatusCode::BAD_REQUEST,
+                "SR_BACKEND_FAILURE" | "VDI_IO_ERROR" | "INTERNAL_ERROR" => StatusCode::INTERNAL_SERVER_ERROR,
                 _ => StatusCode::BAD_REQUEST,
             },
         };
@@ -86,15 +77,13 @@ impl DataPathError {
         if matches!(self, DataPathError::Unauthorised) {
             b.insert_header(("WWW-Authenticate", "Basic realm=\"xapi\""));
         }
-        b.content_type("text/plain")
-            .body(format!("{}\n", self.api_error()))
+        b.content_type("text/plain").body(format!("{}\n", self.api_error()))
     }
 }
 
 /// A request parameter from the query string or, as the reference allows, a cookie.
 pub(crate) fn param(req: &HttpRequest, name: &str) -> Option<String> {
-    let q = web::Query::<std::collections::HashMap<String, String>>::from_query(req.query_string())
-        .ok();
+    let q = web::Query::<std::collections::HashMap<String, String>>::from_query(req.query_string()).ok();
     q.and_then(|q| q.get(name).cloned())
         .or_else(|| req.cookie(name).map(|c| c.value().to_owned()))
 }

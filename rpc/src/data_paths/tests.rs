@@ -36,14 +36,10 @@ async fn start() -> Env {
         .trim()
         .to_owned();
     let data = web::Data::new(agent.clone());
-    let server = HttpServer::new(move || {
-        App::new()
-            .app_data(data.clone())
-            .configure(|c| routes(c, 1 << 20))
-    })
-    .workers(2)
-    .bind("127.0.0.1:0")
-    .unwrap();
+    let server = HttpServer::new(move || App::new().app_data(data.clone()).configure(|c| routes(c, 1 << 20)))
+        .workers(2)
+        .bind("127.0.0.1:0")
+        .unwrap();
     let addr = server.addrs()[0];
     actix_web::rt::spawn(server.run());
     Env {
@@ -86,18 +82,11 @@ fn exchange(addr: SocketAddr, head: &str, body: &[u8]) -> (u16, String, Vec<u8>)
 }
 
 fn split_response(out: &[u8]) -> (u16, String, Vec<u8>) {
-    let end = out
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("no HTTP head")
-        + 4;
+    let end = out.windows(4).position(|w| w == b"\r\n\r\n").expect("no HTTP head") + 4;
     let head = String::from_utf8_lossy(&out[..end]).into_owned();
     let status = head.split(' ').nth(1).unwrap().parse().unwrap();
     let mut body = out[end..].to_vec();
-    if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
+    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
         body = dechunk(&body);
     }
     (status, head, body)
@@ -125,7 +114,8 @@ fn xmlrpc(addr: SocketAddr, method: &str, params: &[&str]) -> String {
             p => format!("<param><value><string>{p}</string></value></param>"),
         })
         .collect();
-    let body = format!("<?xml version='1.0'?><methodCall><methodName>{method}</methodName><params>{ps}</params></methodCall>");
+    let body =
+        format!("<?xml version='1.0'?><methodCall><methodName>{method}</methodName><params>{ps}</params></methodCall>");
     let head = format!(
         "POST / HTTP/1.1\r\nHost: x\r\nContent-Type: text/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
@@ -192,11 +182,7 @@ async fn raw_vdi_round_trip_and_snapshot() {
     let e = start().await;
     let (addr, pw, pool) = (e.addr, e.password.clone(), e.agent.pool.clone());
     let (session, sr) = blocking(move || {
-        let s = xmlrpc(
-            addr,
-            "session.login_with_password",
-            &["root", &pw, "2.21", "test"],
-        );
+        let s = xmlrpc(addr, "session.login_with_password", &["root", &pw, "2.21", "test"]);
         let sr = xmlrpc(addr, "pool.get_default_SR", &[&s, &pool]);
         (s, sr)
     })
@@ -222,8 +208,7 @@ async fn raw_vdi_round_trip_and_snapshot() {
     // 64 MiB of random bytes in, the same bytes out.
     let data = Arc::new(random_bytes(size, 42));
     let (d, s, v) = (data.clone(), session.clone(), vdi.clone());
-    let (status, head, _) =
-        blocking(move || put(addr, &format!("vdi={v}&session_id={s}&format=raw"), &d)).await;
+    let (status, head, _) = blocking(move || put(addr, &format!("vdi={v}&session_id={s}&format=raw"), &d)).await;
     assert_eq!(status, 200, "{head}");
     let task = head
         .lines()
@@ -275,9 +260,8 @@ fn base64(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = String::new();
     for c in b.chunks(3) {
-        let n = (u32::from(c[0]) << 16)
-            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
-            | u32::from(*c.get(2).unwrap_or(&0));
+        let n =
+            (u32::from(c[0]) << 16) | (u32::from(*c.get(1).unwrap_or(&0)) << 8) | u32::from(*c.get(2).unwrap_or(&0));
         for i in 0..4 {
             if i <= c.len() {
                 out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
@@ -293,14 +277,7 @@ async fn small_vdi(e: &Env, size: u64) -> (String, String) {
     let session = e
         .agent
         .sessions
-        .login(
-            &e.agent.store,
-            &e.agent.host,
-            "root",
-            &e.password,
-            "t",
-            false,
-        )
+        .login(&e.agent.store, &e.agent.host, "root", &e.password, "t", false)
         .await
         .unwrap();
     let sr = e
@@ -345,10 +322,7 @@ async fn bad_uploads_fail_the_task_and_the_daemon_keeps_serving() {
     assert_eq!(status, 401);
     assert_eq!(
         task_status(&e.agent, &task),
-        (
-            "failure".into(),
-            vec!["SESSION_AUTHENTICATION_FAILED".into()]
-        )
+        ("failure".into(), vec!["SESSION_AUTHENTICATION_FAILED".into()])
     );
 
     // Larger than the VDI (by Content-Length): refused before any byte is written.
@@ -445,12 +419,7 @@ async fn bad_uploads_fail_the_task_and_the_daemon_keeps_serving() {
         200
     );
     let (s, v) = (session.clone(), vdi.clone());
-    assert!(
-        blocking(move || get(addr, &format!("vdi={v}&session_id={s}")))
-            .await
-            .2
-            == data
-    );
+    assert!(blocking(move || get(addr, &format!("vdi={v}&session_id={s}"))).await.2 == data);
     // Import into a new VDI of an SR.
     let sr = e
         .agent
@@ -462,8 +431,7 @@ async fn bad_uploads_fail_the_task_and_the_daemon_keeps_serving() {
         .reference
         .clone();
     let s = session.clone();
-    let (status, _, body) =
-        blocking(move || put(addr, &format!("sr_id={sr}&session_id={s}"), &[9u8; 4096])).await;
+    let (status, _, body) = blocking(move || put(addr, &format!("sr_id={sr}&session_id={s}"), &[9u8; 4096])).await;
     assert_eq!(status, 200);
     let created = String::from_utf8(body).unwrap().trim().to_owned();
     assert_eq!(
@@ -497,24 +465,15 @@ async fn console_streams_boot_lines_and_echoes() {
         .store
         .write(|tx| {
             let mut vm = default_object(class_ids::VM, &vr);
-            vm.set(
-                fields::VM::uuid,
-                Value::str(uuid::Uuid::new_v4().to_string()),
-            );
+            vm.set(fields::VM::uuid, Value::str(uuid::Uuid::new_v4().to_string()));
             vm.set(fields::VM::name_label, Value::str("webby"));
             vm.set(fields::VM::power_state, Value::Enum("Running"));
             vm.set(fields::VM::domid, Value::Int(i64::from(domid)));
             agent::objects::create(tx, vm)?;
             let mut c = default_object(class_ids::console, &cr);
-            c.set(
-                fields::console::uuid,
-                Value::str(uuid::Uuid::new_v4().to_string()),
-            );
+            c.set(fields::console::uuid, Value::str(uuid::Uuid::new_v4().to_string()));
             c.set(fields::console::protocol, Value::Enum("vt100"));
-            c.set(
-                fields::console::location,
-                Value::str(format!("/console?ref={cr}")),
-            );
+            c.set(fields::console::location, Value::str(format!("/console?ref={cr}")));
             c.set(fields::console::VM, Value::Ref(vr.clone()));
             agent::objects::create(tx, c)
         })
@@ -523,26 +482,26 @@ async fn console_streams_boot_lines_and_echoes() {
     let session = e
         .agent
         .sessions
-        .login(
-            &e.agent.store,
-            &e.agent.host,
-            "root",
-            &e.password,
-            "t",
-            false,
-        )
+        .login(&e.agent.store, &e.agent.host, "root", &e.password, "t", false)
         .await
         .unwrap();
     let text = blocking(move || {
         let mut c = TcpStream::connect(addr).unwrap();
         c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        c.write_all(format!("CONNECT /console?ref={console_ref}&session_id={session} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).unwrap();
+        c.write_all(
+            format!("CONNECT /console?ref={console_ref}&session_id={session} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(),
+        )
+        .unwrap();
         let mut seen = Vec::new();
         let mut buf = [0u8; 4096];
         let mut read_until = |c: &mut TcpStream, needle: &str, seen: &mut Vec<u8>| {
             while !String::from_utf8_lossy(seen).contains(needle) {
                 let n = c.read(&mut buf).unwrap();
-                assert!(n > 0, "console closed before {needle:?}: {}", String::from_utf8_lossy(seen));
+                assert!(
+                    n > 0,
+                    "console closed before {needle:?}: {}",
+                    String::from_utf8_lossy(seen)
+                );
                 seen.extend_from_slice(&buf[..n]);
             }
         };
@@ -560,14 +519,7 @@ async fn console_streams_boot_lines_and_echoes() {
     let s3 = e
         .agent
         .sessions
-        .login(
-            &e.agent.store,
-            &e.agent.host,
-            "root",
-            &e.password,
-            "t",
-            false,
-        )
+        .login(&e.agent.store, &e.agent.host, "root", &e.password, "t", false)
         .await
         .unwrap();
     let vm_uuid = e
@@ -623,30 +575,22 @@ async fn console_streams_boot_lines_and_echoes() {
         vm_ref.clone(),
         e.agent
             .sessions
-            .login(
-                &e.agent.store,
-                &e.agent.host,
-                "root",
-                &e.password,
-                "t",
-                false,
-            )
+            .login(&e.agent.store, &e.agent.host, "root", &e.password, "t", false)
             .await
             .unwrap(),
     );
     e.agent
         .store
-        .write(|tx| {
-            agent::objects::set_field(
-                tx,
-                class_ids::VM,
-                &vr,
-                fields::VM::power_state,
-                Value::Enum("Halted"),
-            )
-        })
+        .write(|tx| agent::objects::set_field(tx, class_ids::VM, &vr, fields::VM::power_state, Value::Enum("Halted")))
         .await
         .unwrap();
-    let (status, _, _) = blocking(move || exchange(addr, &format!("CONNECT /console?ref={vm_ref}&session_id={s2} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"), b"")).await;
+    let (status, _, _) = blocking(move || {
+        exchange(
+            addr,
+            &format!("CONNECT /console?ref={vm_ref}&session_id={s2} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+            b"",
+        )
+    })
+    .await;
     assert_eq!(status, 404);
 }

@@ -47,11 +47,7 @@ fn content_length(req: &HttpRequest) -> Option<u64> {
 }
 
 /// `PUT /import_raw_vdi`.
-pub(super) async fn import(
-    req: HttpRequest,
-    body: web::Payload,
-    agent: web::Data<Arc<Agent>>,
-) -> HttpResponse {
+pub(super) async fn import(req: HttpRequest, body: web::Payload, agent: web::Data<Arc<Agent>>) -> HttpResponse {
     let agent = agent.get_ref();
     let auth = match authenticate(agent, &req).await {
         Ok(a) => a,
@@ -68,11 +64,7 @@ pub(super) async fn import(
     }
 }
 
-async fn target_vdi(
-    agent: &Arc<Agent>,
-    req: &HttpRequest,
-    auth: &Auth,
-) -> Result<String, DataPathError> {
+async fn target_vdi(agent: &Arc<Agent>, req: &HttpRequest, auth: &Auth) -> Result<String, DataPathError> {
     if let Some(v) = param(req, "vdi") {
         return vdi_of(agent, &v);
     }
@@ -103,9 +95,7 @@ async fn target_vdi(
     let params = [serde_json::json!(auth.session), record];
     match agent::call(agent, &CallCtx::default(), "VDI.create", &params).await {
         Ok(Value::Ref(r)) => Ok(r),
-        Ok(_) => Err(DataPathError::Failed(ApiError::internal(
-            "VDI.create returned no ref",
-        ))),
+        Ok(_) => Err(DataPathError::Failed(ApiError::internal("VDI.create returned no ref"))),
         Err(e) => Err(DataPathError::BadRequest(e)),
     }
 }
@@ -193,9 +183,8 @@ pub(super) async fn export(req: HttpRequest, agent: web::Data<Arc<Agent>>) -> Ht
     // The session is needed only to start: the body streams after the handler returns.
     auth.finish(&agent).await;
     let vdi = match raw_format(&req).and_then(|()| {
-        let v = param(&req, "vdi").ok_or_else(|| {
-            DataPathError::BadRequest(ApiError::internal("Missing vdi query parameter"))
-        })?;
+        let v = param(&req, "vdi")
+            .ok_or_else(|| DataPathError::BadRequest(ApiError::internal("Missing vdi query parameter")))?;
         vdi_of(&agent, &v)
     }) {
         Ok(v) => v,
@@ -204,11 +193,10 @@ pub(super) async fn export(req: HttpRequest, agent: web::Data<Arc<Agent>>) -> Ht
             return e.response();
         }
     };
-    let task =
-        match TransferTask::begin(&agent, param(&req, "task_id").as_deref(), "VDI export").await {
-            Ok(t) => t,
-            Err(e) => return DataPathError::BadRequest(e).response(),
-        };
+    let task = match TransferTask::begin(&agent, param(&req, "task_id").as_deref(), "VDI export").await {
+        Ok(t) => t,
+        Err(e) => return DataPathError::BadRequest(e).response(),
+    };
     let source = match ExportSource::open(&agent, &vdi).await {
         Ok(s) => s,
         Err(e) => {
@@ -226,10 +214,7 @@ pub(super) async fn export(req: HttpRequest, agent: web::Data<Arc<Agent>>) -> Ht
     let mut resp = HttpResponse::Ok();
     resp.insert_header(("task-id", task_ref))
         .content_type("application/octet-stream")
-        .insert_header((
-            "content-disposition",
-            format!("attachment; filename=\"{uuid}.raw\""),
-        ))
+        .insert_header(("content-disposition", format!("attachment; filename=\"{uuid}.raw\"")))
         .no_chunking(size);
     if req.method() == actix_web::http::Method::HEAD {
         task.succeed(&Value::None).await;
@@ -267,10 +252,7 @@ impl ExportState {
                 if let Some(t) = self.task.take() {
                     t.fail(&e).await;
                 }
-                Some((
-                    Err(actix_web::error::ErrorInternalServerError(e.to_string())),
-                    self,
-                ))
+                Some((Err(actix_web::error::ErrorInternalServerError(e.to_string())), self))
             }
             None => {
                 if let Some(t) = self.task.take() {
@@ -287,10 +269,8 @@ impl Drop for ExportState {
         if let Some(t) = self.task.take() {
             let sent = self.sent;
             actix_web::rt::spawn(async move {
-                t.fail(&ApiError::internal(format!(
-                    "the client went away after {sent} bytes"
-                )))
-                .await;
+                t.fail(&ApiError::internal(format!("the client went away after {sent} bytes")))
+                    .await;
             });
         }
     }

@@ -28,20 +28,19 @@ pub(super) fn serve(req: &HttpRequest, body: web::Payload, fd: Arc<AsyncFd<File>
     let (out_tx, out_rx) = mpsc::channel::<Message>(64);
     actix_web::rt::spawn(client_side(body, fd.clone(), out_tx.clone()));
     actix_web::rt::spawn(guest_side(fd, out_tx));
-    let frames =
-        futures_util::stream::unfold((out_rx, Codec::new()), |(mut rx, mut codec)| async move {
-            let msg = rx.recv().await?;
-            let last = matches!(msg, Message::Close(_));
-            let mut buf = BytesMut::new();
-            let item = codec
-                .encode(msg, &mut buf)
-                .map(|()| buf.freeze())
-                .map_err(|e| std::io::Error::other(e.to_string()));
-            if last {
-                rx.close();
-            }
-            Some((item, (rx, codec)))
-        });
+    let frames = futures_util::stream::unfold((out_rx, Codec::new()), |(mut rx, mut codec)| async move {
+        let msg = rx.recv().await?;
+        let last = matches!(msg, Message::Close(_));
+        let mut buf = BytesMut::new();
+        let item = codec
+            .encode(msg, &mut buf)
+            .map(|()| buf.freeze())
+            .map_err(|e| std::io::Error::other(e.to_string()));
+        if last {
+            rx.close();
+        }
+        Some((item, (rx, codec)))
+    });
     HttpResponse::build(StatusCode::SWITCHING_PROTOCOLS)
         .upgrade("websocket")
         .insert_header(("sec-websocket-accept", accept.as_slice()))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid as uuidlib
 
 import pytest
@@ -102,3 +103,50 @@ def vif_create_record(model, vm: str, network: str, device: str = "0") -> dict:
     missing = set(model.create_required("VIF")) - set(rec)
     assert not missing, f"test bug: VIF.create record lacks required fields {missing}"
     return rec
+
+
+# --------------------------------------------------------------------------
+# VM lifecycle helpers
+
+DEBIAN = "Debian Bookworm 12"
+
+# vm_operations the reference checks against the power state (rules of xapi_vm_lifecycle).
+POWER_OPS = ["start", "pause", "unpause", "clean_shutdown", "clean_reboot", "hard_shutdown",
+             "hard_reboot", "suspend", "resume", "checkpoint", "snapshot", "clone", "copy",
+             "destroy", "provision"]
+
+
+def default_network(xapi) -> str:
+    """The network of the host's management PIF (what install scripts pick)."""
+    nets = [r for r, v in xapi.network.get_all_records().items() if v["PIFs"]]
+    assert nets, "no network with a PIF"
+    return nets[0]
+
+
+SMALL_DISK = 64 << 20  # bytes: what the tests that copy disks provision (see install_vm)
+
+
+def install_vm(xapi, model, name: str, template_name: str = DEBIAN, vif: bool = True,
+               disk_size: int | None = SMALL_DISK) -> str:
+    """What install scripts do: clone a template, provision its disks, make it a VM, add a NIC.
+
+    `disk_size` rewrites the size in the clone's other_config:disks before provision (as
+    `xe vm-install` users do), so tests that clone/copy/snapshot do not copy 10 GiB disks;
+    None keeps the template's own size."""
+    tref = xapi.VM.get_by_name_label(template_name)[0]
+    vm = xapi.VM.clone(tref, name)
+    if disk_size is not None:
+        disks = xapi.VM.get_other_config(vm)["disks"]
+        new = re.sub(r'size="\d+"', f'size="{disk_size}"', disks)
+        assert new != disks, disks
+        xapi.VM.remove_from_other_config(vm, "disks")
+        xapi.VM.add_to_other_config(vm, "disks", new)
+    xapi.VM.provision(vm)
+    xapi.VM.set_is_a_template(vm, False)
+    if vif:
+        xapi.VIF.create(vif_create_record(model, vm, default_network(xapi)))
+    return vm
+
+
+def bad_power_state(vm: str, expected: str, actual: str) -> list:
+    return ["VM_BAD_POWER_STATE", vm, expected, actual]

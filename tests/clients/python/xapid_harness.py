@@ -58,8 +58,10 @@ class DaemonError(RuntimeError):
 
 
 class Daemon:
-    def __init__(self, binary: str | None = None, password: str | None = None):
+    def __init__(self, binary: str | None = None, password: str | None = None,
+                 extra_args: list[str] | None = None):
         self.binary = binary or xapid_bin()
+        self.extra_args = list(extra_args or [])  # e.g. ["--sim-latency-ms", "50"]
         self.password = password or ("pw-" + secrets.token_hex(8))
         self.workdir = Path(_tmp_base()) / f"xapid-{os.getpid()}-{next(_counter)}-{secrets.token_hex(3)}"
         assert "_" not in str(self.workdir), self.workdir
@@ -96,7 +98,8 @@ class Daemon:
                "--socket", self.sock_path,
                "--state-dir", str(self.state_dir),
                "--backend", "simulator",
-               "--root-password-file", str(self.password_file)]
+               "--root-password-file", str(self.password_file),
+               *self.extra_args]
         with open(self.log_path, "ab") as log:
             log.write(f"\n=== start #{self.starts}: {' '.join(cmd)}\n".encode())
             log.flush()

@@ -167,11 +167,7 @@ impl SimConsole {
     /// Connects a new client: returns the client's end of a socket pair
     /// that is being sent the ring's contents, and starts a thread feeding
     /// input lines to `on_line`.
-    pub(super) fn connect(
-        self: &Arc<Self>,
-        thread_name: String,
-        on_line: LineHandler,
-    ) -> io::Result<UnixStream> {
+    pub(super) fn connect(self: &Arc<Self>, thread_name: String, on_line: LineHandler) -> io::Result<UnixStream> {
         let (ours, theirs) = UnixStream::pair()?;
         let reader = ours.try_clone()?;
         let id = {
@@ -223,10 +219,7 @@ impl SimConsole {
         if st.closed {
             return None;
         }
-        st.clients
-            .iter()
-            .find(|c| c.id == id)
-            .map(|c| !c.backlog.is_empty())
+        st.clients.iter().find(|c| c.id == id).map(|c| !c.backlog.is_empty())
     }
 
     fn flush_client(&self, id: u64) {
@@ -274,14 +267,7 @@ impl SimConsole {
             let n = match reader.read(&mut buf) {
                 Ok(0) => break,
                 Ok(n) => n,
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-                    ) =>
-                {
-                    continue
-                }
+                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => continue,
                 Err(_) => break,
             };
             for &b in &buf[..n] {
@@ -315,8 +301,7 @@ mod tests {
     use std::time::Instant;
 
     fn read_until(s: &mut UnixStream, needle: &str) -> String {
-        s.set_read_timeout(Some(Duration::from_millis(100)))
-            .unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
         let deadline = Instant::now() + Duration::from_secs(5);
         let mut seen = Vec::new();
         let mut buf = [0u8; 512];

@@ -141,8 +141,7 @@ mod tests {
 
     #[test]
     fn latency_lookup() {
-        let l =
-            Latency::uniform(Duration::from_millis(5)).with(Op::Build, Duration::from_millis(9));
+        let l = Latency::uniform(Duration::from_millis(5)).with(Op::Build, Duration::from_millis(9));
         assert_eq!(l.for_op(Op::Build), Duration::from_millis(9));
         assert_eq!(l.for_op(Op::Pause), Duration::from_millis(5));
         assert_eq!(Latency::none().for_op(Op::Pause), Duration::ZERO);

@@ -2,9 +2,7 @@
 
 use std::time::Duration;
 
-use crate::hypervisor::types::{
-    vbd_name, BlockDevice, BlockMode, DomId, DomainConfig, NetDevice, ShutdownCode,
-};
+use crate::hypervisor::types::{vbd_name, BlockDevice, BlockMode, DomId, DomainConfig, NetDevice, ShutdownCode};
 
 /// Facts the boot banner mentions.
 pub(super) struct BootFacts<'a> {
@@ -79,10 +77,7 @@ pub(super) fn boot_text(f: &BootFacts<'_>) -> String {
             f.vcpus_online,
             if f.vcpus_online == 1 { "" } else { "s" }
         ),
-        format!(
-            "{} xen:grant_table: Grant tables using version 1 layout",
-            ms(12)
-        ),
+        format!("{} xen:grant_table: Grant tables using version 1 layout", ms(12)),
         format!("{} Initialising Xen virtual ethernet driver.", ms(120)),
     ];
     let mut t = 130;
@@ -98,10 +93,7 @@ pub(super) fn boot_text(f: &BootFacts<'_>) -> String {
     out.push(String::new());
     out.push(format!("Welcome to {}!", f.config.name));
     out.push(String::new());
-    out.push(format!(
-        "{} login: root (automatic login)",
-        hostname_of(&f.config.name)
-    ));
+    out.push(format!("{} login: root (automatic login)", hostname_of(&f.config.name)));
     let mut text = out.join("\n");
     text.push('\n');
     text.push_str(&prompt(&f.config.name));

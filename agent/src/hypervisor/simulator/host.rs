@@ -24,12 +24,9 @@ pub(super) fn parse_cpuinfo(text: &str) -> CpuInfo {
         }
     }
     let get = |names: &[&str]| -> Option<String> {
-        names.iter().find_map(|n| {
-            first
-                .iter()
-                .find(|(k, _)| k.as_str() == *n)
-                .map(|(_, v)| v.clone())
-        })
+        names
+            .iter()
+            .find_map(|n| first.iter().find(|(k, _)| k.as_str() == *n).map(|(_, v)| v.clone()))
     };
     let num = |names: &[&str]| -> u32 {
         get(names)
@@ -45,11 +42,8 @@ pub(super) fn parse_cpuinfo(text: &str) -> CpuInfo {
     CpuInfo {
         count: count.max(1),
         vendor: get(&["vendor_id", "CPU implementer"]).unwrap_or_else(|| "unknown".into()),
-        model_name: get(&["model name", "Processor", "Hardware"])
-            .unwrap_or_else(|| "unknown".into()),
-        speed_mhz: get(&["cpu MHz"])
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0),
+        model_name: get(&["model name", "Processor", "Hardware"]).unwrap_or_else(|| "unknown".into()),
+        speed_mhz: get(&["cpu MHz"]).and_then(|v| v.parse().ok()).unwrap_or(0.0),
         flags: get(&["flags", "Features"])
             .map(|v| v.split_whitespace().map(str::to_string).collect())
             .unwrap_or_default(),
@@ -116,8 +110,7 @@ pub(super) fn default_dom0_memory(total: u64) -> u64 {
 mod tests {
     use super::*;
 
-    const X86: &str =
-        "processor\t: 0\nvendor_id\t: GenuineIntel\ncpu family\t: 6\nmodel\t\t: 207\n\
+    const X86: &str = "processor\t: 0\nvendor_id\t: GenuineIntel\ncpu family\t: 6\nmodel\t\t: 207\n\
 model name\t: Intel(R) Xeon(R) Processor\nstepping\t: 2\ncpu MHz\t\t: 2300.000\n\
 flags\t\t: fpu vme de\n\nprocessor\t: 1\nvendor_id\t: GenuineIntel\nmodel\t\t: 99\n";
 

@@ -51,11 +51,7 @@ pub(super) fn write(path: &Path, image: &SuspendImage) -> Result<(), BackendErro
     let io = |e| BackendError::io(Op::SuspendTo, path, e);
     let body = serde_json::to_vec_pretty(image).map_err(|e| io(std::io::Error::other(e)))?;
     let header = format!("{MAGIC} {FORMAT} {:016x} {}\n", fnv1a64(&body), body.len());
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(path)
-        .map_err(io)?;
+    let mut f = OpenOptions::new().write(true).create_new(true).open(path).map_err(io)?;
     let written = f
         .write_all(header.as_bytes())
         .and_then(|()| f.write_all(&body))

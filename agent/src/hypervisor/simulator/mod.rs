@@ -41,11 +41,10 @@ use self::console::SimConsole;
 use self::faults::FaultTable;
 pub use self::faults::Latency;
 use super::{
-    vbd_vdev, BackendError, BackendEvent, BlockDevice, BlockMode, Capabilities, ConsoleStream,
-    CpuInfo, DevId, DeviceInfo, DeviceKind, DomId, DomainConfig, DomainInfo, DomainKind,
-    DomainState, Errno, EventBus, EventReceiver, Fault, FaultInjection, GuestControl, HostInfo,
-    Hypervisor, HypervisorVersion, NetDevice, Op, ShutdownCode, ShutdownReason, UnplugMode,
-    DEFAULT_EVENT_QUEUE, DOMID_FIRST_RESERVED, MIB,
+    vbd_vdev, BackendError, BackendEvent, BlockDevice, BlockMode, Capabilities, ConsoleStream, CpuInfo, DevId,
+    DeviceInfo, DeviceKind, DomId, DomainConfig, DomainInfo, DomainState, Errno, EventBus, EventReceiver, Fault,
+    FaultInjection, GuestControl, HostInfo, Hypervisor, HypervisorVersion, NetDevice, Op, ShutdownCode, ShutdownReason,
+    UnplugMode, DEFAULT_EVENT_QUEUE, DOMID_FIRST_RESERVED, MIB,
 };
 
 const BACKEND: &str = "simulator";
@@ -136,12 +135,10 @@ impl SimConfig {
                 vendor: "GenuineIntel".into(),
                 model_name: "Simulated Xeon(R) CPU".into(),
                 speed_mhz: 2400.0,
-                flags: [
-                    "fpu", "vme", "de", "pse", "tsc", "msr", "pae", "cx8", "apic", "sep",
-                ]
-                .iter()
-                .map(|s| s.to_string())
-                .collect(),
+                flags: ["fpu", "vme", "de", "pse", "tsc", "msr", "pae", "cx8", "apic", "sep"]
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect(),
                 family: 6,
                 model: 85,
                 stepping: 4,
@@ -225,10 +222,7 @@ impl Domain {
     fn info(&self, now: Instant) -> DomainInfo {
         let running = self
             .running_since
-            .map(|since| {
-                now.saturating_duration_since(since)
-                    .saturating_mul(self.vcpus_online)
-            })
+            .map(|since| now.saturating_duration_since(since).saturating_mul(self.vcpus_online))
             .unwrap_or_default();
         DomainInfo {
             domid: self.domid,
@@ -249,9 +243,7 @@ impl Domain {
     /// Folds the running interval so far into `cpu_accum`.
     fn settle_cpu(&mut self, now: Instant) {
         if let Some(since) = self.running_since {
-            let ran = now
-                .saturating_duration_since(since)
-                .saturating_mul(self.vcpus_online);
+            let ran = now.saturating_duration_since(since).saturating_mul(self.vcpus_online);
             self.cpu_accum = self.cpu_accum.saturating_add(ran);
             self.running_since = Some(now);
         }
@@ -281,9 +273,7 @@ impl Domain {
 
     fn ensure_alive(&self, op: Op) -> Result<(), BackendError> {
         match self.state {
-            DomainState::Shutdown(_) | DomainState::Dying => {
-                Err(self.invalid(op, "the guest has shut down"))
-            }
+            DomainState::Shutdown(_) | DomainState::Dying => Err(self.invalid(op, "the guest has shut down")),
             DomainState::Running | DomainState::Paused => Ok(()),
         }
     }
@@ -379,11 +369,7 @@ impl SimulatorBackend {
     }
 
     /// Changes how one guest reacts from now on.
-    pub fn set_guest_behaviour(
-        &self,
-        domid: DomId,
-        behaviour: GuestBehaviour,
-    ) -> Result<(), BackendError> {
+    pub fn set_guest_behaviour(&self, domid: DomId, behaviour: GuestBehaviour) -> Result<(), BackendError> {
         let mut st = self.inner.state.lock();
         let d = st.guest_mut(Op::Guest, domid)?;
         d.behaviour = behaviour;
@@ -422,9 +408,7 @@ impl State {
         if domid == 0 {
             return Err(dom0_refused(op));
         }
-        self.domains
-            .get(&domid)
-            .ok_or(BackendError::NoSuchDomain { op, domid })
+        self.domains.get(&domid).ok_or(BackendError::NoSuchDomain { op, domid })
     }
 
     fn guest_mut(&mut self, op: Op, domid: DomId) -> Result<&mut Domain, BackendError> {
@@ -471,14 +455,6 @@ fn dom0_refused(op: Op) -> BackendError {
     BackendError::InvalidArgument {
         op,
         reason: "domain 0 is the control domain and cannot be targeted".into(),
-    }
-}
-
-fn unsupported_hvm(op: Op) -> BackendError {
-    BackendError::Unsupported {
-        op,
-        backend: BACKEND,
-        what: "HVM domains (DomainKind::Hvm)".into(),
     }
 }
 
@@ -533,16 +509,14 @@ impl Inner {
     }
 
     fn device_changed(&self, domid: DomId, kind: DeviceKind, devid: DevId) {
-        self.events
-            .publish(BackendEvent::DeviceChanged { domid, kind, devid });
+        self.events.publish(BackendEvent::DeviceChanged { domid, kind, devid });
     }
 
     /// The guest shuts down with `code` (state lock held). Reboots restart
     /// in place when configured.
     fn guest_acts(&self, d: &mut Domain, code: ShutdownCode, now: Instant) {
         tracing::info!(domid = d.domid, %code, "simulated guest shuts down");
-        d.console
-            .write(guest::shutdown_text(code, d.uptime(now)).as_bytes());
+        d.console.write(guest::shutdown_text(code, d.uptime(now)).as_bytes());
         d.pending = None;
         d.epoch += 1;
         d.set_state(DomainState::Shutdown(code), now);
@@ -608,11 +582,7 @@ impl Inner {
         }
     }
 
-    fn shutdown(
-        self: &Arc<Self>,
-        domid: DomId,
-        reason: ShutdownReason,
-    ) -> Result<(), BackendError> {
+    fn shutdown(self: &Arc<Self>, domid: DomId, reason: ShutdownReason) -> Result<(), BackendError> {
         let op = Op::Shutdown;
         self.begin(op)?;
         let mut st = self.state.lock();
@@ -622,11 +592,7 @@ impl Inner {
         if !d.built {
             return Err(d.invalid(op, "not built: no guest to ask"));
         }
-        tracing::debug!(
-            domid,
-            reason = reason.as_xenstore_str(),
-            "simulator: shutdown request"
-        );
+        tracing::debug!(domid, reason = reason.as_xenstore_str(), "simulator: shutdown request");
         if !d.behaviour.honours_shutdown {
             return Ok(()); // Delivered; the guest ignores it.
         }
@@ -668,12 +634,8 @@ impl Inner {
                     true
                 }
                 DomainState::Shutdown(ShutdownCode::Suspend) => false,
-                DomainState::Paused => {
-                    return Err(d.invalid(op, "a paused guest cannot suspend itself"))
-                }
-                DomainState::Shutdown(_) | DomainState::Dying => {
-                    return Err(d.invalid(op, "the guest has shut down"))
-                }
+                DomainState::Paused => return Err(d.invalid(op, "a paused guest cannot suspend itself")),
+                DomainState::Shutdown(_) | DomainState::Dying => return Err(d.invalid(op, "the guest has shut down")),
             };
             d.busy = Some(op);
             let info = d.info(now);
@@ -715,8 +677,7 @@ impl Inner {
                 if was_running {
                     // Like xc_domain_resume after a failed save.
                     d.set_state(DomainState::Running, Instant::now());
-                    d.console
-                        .write(guest::resume_text(&d.config.name).as_bytes());
+                    d.console.write(guest::resume_text(&d.config.name).as_bytes());
                     self.domain_changed(domid);
                 }
             }
@@ -744,9 +705,6 @@ impl Inner {
         let op = Op::ResumeFrom;
         self.begin(op)?;
         config.validate(op)?;
-        if config.kind == DomainKind::Hvm {
-            return Err(unsupported_hvm(op));
-        }
         let image = image::read(path)?;
         if image.uuid != config.uuid {
             return Err(BackendError::InvalidImage {
@@ -777,8 +735,7 @@ impl Inner {
             });
         }
         let domid = st.allocate_domid(op)?;
-        let console =
-            SimConsole::with_history(self.config.console_ring_bytes, image.console.as_bytes());
+        let console = SimConsole::with_history(self.config.console_ring_bytes, image.console.as_bytes());
         st.domains.insert(
             domid,
             Domain {
@@ -841,7 +798,7 @@ impl Hypervisor for SimulatorBackend {
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             reboot_in_place: self.inner.config.reboot_in_place,
-            hvm: false,
+            hvm: true,
             suspend_resume: true,
         }
     }
@@ -869,9 +826,6 @@ impl Hypervisor for SimulatorBackend {
         let inner = &self.inner;
         inner.begin(op)?;
         config.validate(op)?;
-        if config.kind == DomainKind::Hvm {
-            return Err(unsupported_hvm(op));
-        }
         let mut st = inner.state.lock();
         st.ensure_unique(op, config.uuid)?;
         let available = inner.free(&st);
@@ -949,8 +903,7 @@ impl Hypervisor for SimulatorBackend {
             d.print_boot(&self.inner.hypervisor_string(), now);
         } else if d.resumed {
             d.resumed = false;
-            d.console
-                .write(guest::resume_text(&d.config.name).as_bytes());
+            d.console.write(guest::resume_text(&d.config.name).as_bytes());
         }
         self.inner.domain_changed(domid);
         if let Some(reason) = d.pending {
@@ -1077,10 +1030,7 @@ impl Hypervisor for SimulatorBackend {
         self.inner.begin(op)?;
         let invalid = |reason: String| BackendError::InvalidArgument { op, reason };
         if vbd_vdev(device.devid).is_none() {
-            return Err(invalid(format!(
-                "device position {} too large",
-                device.devid
-            )));
+            return Err(invalid(format!("device position {} too large", device.devid)));
         }
         if device.cd && device.mode == BlockMode::ReadWrite {
             return Err(invalid("CD drives are read-only".into()));
@@ -1119,8 +1069,7 @@ impl Hypervisor for SimulatorBackend {
                     .values()
                     .find(|b| {
                         b.backing.as_ref() == Some(path)
-                            && (b.mode == BlockMode::ReadWrite
-                                || device.mode == BlockMode::ReadWrite)
+                            && (b.mode == BlockMode::ReadWrite || device.mode == BlockMode::ReadWrite)
                     })
                     .map(|b| (other.domid, b.devid))
             });
@@ -1141,20 +1090,13 @@ impl Hypervisor for SimulatorBackend {
         d.blocks.insert(device.devid, device.clone());
         if d.booted && d.state == DomainState::Running {
             let t = guest::stamp(d.uptime(Instant::now()));
-            d.console
-                .write_line(&format!("{t} {}", guest::block_line(device)));
+            d.console.write_line(&format!("{t} {}", guest::block_line(device)));
         }
-        self.inner
-            .device_changed(domid, DeviceKind::Block, device.devid);
+        self.inner.device_changed(domid, DeviceKind::Block, device.devid);
         Ok(())
     }
 
-    fn unplug_block(
-        &self,
-        domid: DomId,
-        devid: DevId,
-        mode: UnplugMode,
-    ) -> Result<(), BackendError> {
+    fn unplug_block(&self, domid: DomId, devid: DevId, mode: UnplugMode) -> Result<(), BackendError> {
         self.unplug(Op::UnplugBlock, DeviceKind::Block, domid, devid, mode)
     }
 
@@ -1186,11 +1128,9 @@ impl Hypervisor for SimulatorBackend {
         d.nets.insert(device.devid, device.clone());
         if d.booted && d.state == DomainState::Running {
             let t = guest::stamp(d.uptime(Instant::now()));
-            d.console
-                .write_line(&format!("{t} {}", guest::net_line(device)));
+            d.console.write_line(&format!("{t} {}", guest::net_line(device)));
         }
-        self.inner
-            .device_changed(domid, DeviceKind::Net, device.devid);
+        self.inner.device_changed(domid, DeviceKind::Net, device.devid);
         Ok(())
     }
 
@@ -1228,10 +1168,7 @@ impl Hypervisor for SimulatorBackend {
             .connect(format!("sim-console-{domid}"), handler)
             .map_err(|e| BackendError::Os {
                 op,
-                errno: e
-                    .raw_os_error()
-                    .map(Errno::from_raw)
-                    .unwrap_or(Errno::ENOTCONN),
+                errno: e.raw_os_error().map(Errno::from_raw).unwrap_or(Errno::ENOTCONN),
                 detail: format!("connecting to the console of domain {domid}: {e}"),
             })?;
         Ok(ConsoleStream::from_owned_fd(stream.into()))
@@ -1269,12 +1206,7 @@ impl SimulatorBackend {
             DeviceKind::Net => d.nets.contains_key(&devid),
         };
         if !present {
-            return Err(BackendError::NoSuchDevice {
-                op,
-                domid,
-                kind,
-                devid,
-            });
+            return Err(BackendError::NoSuchDevice { op, domid, kind, devid });
         }
         let guest_running = d.booted && d.state == DomainState::Running;
         if mode == UnplugMode::Clean && guest_running && !d.behaviour.releases_devices {

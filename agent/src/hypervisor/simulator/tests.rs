@@ -1,6 +1,7 @@
 //! Unit tests of the simulator (the backend-neutral checks are in
 //! `conformance.rs`).
 
+use crate::hypervisor::DomainKind;
 use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -138,10 +139,7 @@ fn parallel_creates_overlap_their_latency() {
     let serial = latency * 64;
     println!("64 creates with {latency:?} latency took {elapsed:?} (serial: {serial:?})");
     assert!(elapsed >= latency);
-    assert!(
-        elapsed < serial / 4,
-        "took {elapsed:?}, serial would be {serial:?}"
-    );
+    assert!(elapsed < serial / 4, "took {elapsed:?}, serial would be {serial:?}");
     let mut sorted = ids.clone();
     sorted.sort_unstable();
     sorted.dedup();
@@ -214,10 +212,7 @@ fn fault_injection_fails_next_creates_with_op_and_errno() {
         assert_eq!(err.op(), Some(Op::CreateDomain));
         assert_eq!(err.errno(), Some(Errno::EIO));
         let msg = err.to_string();
-        assert!(
-            msg.contains("create_domain") && msg.contains("EIO"),
-            "{msg}"
-        );
+        assert!(msg.contains("create_domain") && msg.contains("EIO"), "{msg}");
     }
     assert_eq!(s.memory_free().unwrap(), 15 * 1024 * MIB);
     assert_eq!(s.create_domain(&cfg("f", 64)).unwrap(), 1);
@@ -234,26 +229,22 @@ fn fault_injection_fails_next_creates_with_op_and_errno() {
         mtu: 1500,
         bridge: "xenbr0".into(),
     };
-    assert_eq!(
-        hv.plug_net(1, &nic).unwrap_err().errno(),
-        Some(Errno::ENODEV)
-    );
-    assert_eq!(
-        hv.plug_net(1, &nic).unwrap_err().errno(),
-        Some(Errno::ENODEV)
-    );
+    assert_eq!(hv.plug_net(1, &nic).unwrap_err().errno(), Some(Errno::ENODEV));
+    assert_eq!(hv.plug_net(1, &nic).unwrap_err().errno(), Some(Errno::ENODEV));
     fi.clear_faults();
     hv.plug_net(1, &nic).unwrap();
 }
 
 #[test]
-fn hvm_is_a_clear_unsupported_error() {
+fn hvm_guests_are_simulated() {
     let s = sim();
+    assert!(s.capabilities().hvm);
     let mut c = cfg("hvm", 64);
     c.kind = DomainKind::Hvm;
-    let err = s.create_domain(&c).unwrap_err();
-    assert!(matches!(err, BackendError::Unsupported { .. }));
-    assert!(err.to_string().contains("HVM"), "{err}");
+    let d = s.create_domain(&c).unwrap();
+    s.build(d).unwrap();
+    s.unpause(d).unwrap();
+    assert_eq!(s.domain_info(d).unwrap().state, DomainState::Running);
 }
 
 #[test]
@@ -262,10 +253,7 @@ fn lifecycle_states_and_cpu_time() {
     let d = s.create_domain(&cfg("vm", 128)).unwrap();
     let info = s.domain_info(d).unwrap();
     assert_eq!((info.state, info.built), (DomainState::Paused, false));
-    assert!(matches!(
-        s.unpause(d),
-        Err(BackendError::InvalidState { .. })
-    ));
+    assert!(matches!(s.unpause(d), Err(BackendError::InvalidState { .. })));
     s.build(d).unwrap();
     s.unpause(d).unwrap();
     std::thread::sleep(Duration::from_millis(30));
@@ -274,23 +262,13 @@ fn lifecycle_states_and_cpu_time() {
     // 2 vCPUs for >= 30 ms.
     assert!(t1 >= Duration::from_millis(60), "{t1:?}");
     std::thread::sleep(Duration::from_millis(20));
-    assert_eq!(
-        s.domain_info(d).unwrap().cpu_time,
-        t1,
-        "paused domains use no CPU"
-    );
+    assert_eq!(s.domain_info(d).unwrap().cpu_time, t1, "paused domains use no CPU");
     s.set_vcpus(d, 1).unwrap();
     assert_eq!(s.domain_info(d).unwrap().vcpus_online, 1);
-    assert!(matches!(
-        s.set_vcpus(d, 3),
-        Err(BackendError::InvalidArgument { .. })
-    ));
+    assert!(matches!(s.set_vcpus(d, 3), Err(BackendError::InvalidArgument { .. })));
     s.set_memory_target(d, 64 * MIB).unwrap();
     let info = s.domain_info(d).unwrap();
-    assert_eq!(
-        (info.memory_target, info.memory_actual),
-        (64 * MIB, 64 * MIB)
-    );
+    assert_eq!((info.memory_target, info.memory_actual), (64 * MIB, 64 * MIB));
     assert_eq!(s.memory_free().unwrap(), (15 * 1024 - 64) * MIB);
 }
 
@@ -303,16 +281,11 @@ fn console_shows_boot_lines_and_echoes_input() {
     assert!(found, "{boot}");
     assert!(boot.contains("Linux version"), "{boot}");
     assert!(boot.contains("web-01"), "{boot}");
-    assert!(
-        boot.contains("Memory: 524288K/524288K available (512 MiB)"),
-        "{boot}"
-    );
+    assert!(boot.contains("Memory: 524288K/524288K available (512 MiB)"), "{boot}");
     assert!(boot.contains("Brought up 1 node, 2 CPUs"), "{boot}");
     con.write_all(b"hello simulator\n").unwrap();
     // The line comes back, followed by a fresh prompt.
-    let (echo, found) = con
-        .read_until_contains("hello simulator\nroot@web-01:~# ", T)
-        .unwrap();
+    let (echo, found) = con.read_until_contains("hello simulator\nroot@web-01:~# ", T).unwrap();
     assert!(found, "{echo}");
     // Terminal-style CR line endings work too.
     con.write_all(b"second line\r").unwrap();
@@ -347,10 +320,7 @@ fn console_ring_is_bounded_and_replayed() {
     assert!(found);
     let history = s.console_history(d).unwrap();
     assert!(history.len() <= 1024);
-    assert!(
-        !history.contains("Linux version"),
-        "oldest output is dropped"
-    );
+    assert!(!history.contains("Linux version"), "oldest output is dropped");
     let mut again = s.console_stream(d).unwrap();
     let (replay, found) = again.read_until_contains("line 199\n", T).unwrap();
     assert!(found, "{replay}");
@@ -366,10 +336,7 @@ fn console_closes_when_the_domain_is_destroyed() {
     let (_, _) = con.read_until_contains("\u{0}", T).unwrap();
     let mut buf = [0u8; 16];
     assert_eq!(std::io::Read::read(&mut con, &mut buf).unwrap(), 0);
-    assert!(matches!(
-        s.console_stream(d),
-        Err(BackendError::NoSuchDomain { .. })
-    ));
+    assert!(matches!(s.console_stream(d), Err(BackendError::NoSuchDomain { .. })));
 }
 
 #[test]
@@ -396,10 +363,7 @@ fn guest_crash_and_reboot_in_place() {
     s.guest_reboot(d).unwrap();
     next_event_for(&rx, d);
     let info = s.domain_info(d).unwrap();
-    assert_eq!(
-        (info.state, info.restarts, info.domid),
-        (DomainState::Running, 1, d)
-    );
+    assert_eq!((info.state, info.restarts, info.domid), (DomainState::Running, 1, d));
     let history = s.console_history(d).unwrap();
     assert_eq!(history.matches("Linux version").count(), 2, "{history}");
     assert!(history.contains("Restarting system"));
@@ -410,10 +374,7 @@ fn guest_crash_and_reboot_in_place() {
         DomainState::Shutdown(ShutdownCode::Crash)
     );
     assert!(s.console_history(d).unwrap().contains("Kernel panic"));
-    assert!(matches!(
-        s.guest_crash(d),
-        Err(BackendError::InvalidState { .. })
-    ));
+    assert!(matches!(s.guest_crash(d), Err(BackendError::InvalidState { .. })));
 }
 
 #[test]
@@ -538,10 +499,7 @@ fn suspend_writes_a_real_file_and_resume_restores() {
     assert!(text.contains(&config.uuid.to_string()));
     // The file is not overwritten by a second suspend to the same path.
     let other = start(&s, "other", 64);
-    assert!(matches!(
-        s.suspend_to(other, &path),
-        Err(BackendError::Io { .. })
-    ));
+    assert!(matches!(s.suspend_to(other, &path), Err(BackendError::Io { .. })));
     assert_eq!(s.domain_info(other).unwrap().state, DomainState::Running);
     s.destroy(other).unwrap();
 
@@ -620,21 +578,12 @@ fn devices_validate_and_conflict() {
         backing: Some(dir.path().join("nope")),
         ..rw.clone()
     };
-    assert_eq!(
-        s.plug_block(a, &missing).unwrap_err().errno(),
-        Some(Errno::ENOENT)
-    );
+    assert_eq!(s.plug_block(a, &missing).unwrap_err().errno(), Some(Errno::ENOENT));
     // Read-only sharing is fine; read-write is exclusive.
     s.plug_block(a, &ro).unwrap();
     s.plug_block(b, &ro).unwrap();
     assert!(matches!(
-        s.plug_block(
-            b,
-            &BlockDevice {
-                devid: 1,
-                ..rw.clone()
-            }
-        ),
+        s.plug_block(b, &BlockDevice { devid: 1, ..rw.clone() }),
         Err(BackendError::DeviceBusy { .. })
     ));
     // Dom0 is off limits.
@@ -696,10 +645,7 @@ fn dom0_cannot_be_touched() {
         s.set_vcpus(0, 1),
         s.set_memory_target(0, MIB),
     ] {
-        assert!(
-            matches!(r, Err(BackendError::InvalidArgument { .. })),
-            "{r:?}"
-        );
+        assert!(matches!(r, Err(BackendError::InvalidArgument { .. })), "{r:?}");
     }
     assert_eq!(s.domain_info(0).unwrap().state, DomainState::Running);
 }

@@ -38,13 +38,12 @@ impl BufferPool {
     /// Allocates `count` buffers of [`BUF_SIZE`] bytes, zero-filled.
     pub fn new(count: usize) -> std::io::Result<Arc<BufferPool>> {
         let count = count.clamp(1, usize::from(u16::MAX));
-        let layout = Layout::from_size_align(count * BUF_SIZE, ALIGN)
-            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let layout =
+            Layout::from_size_align(count * BUF_SIZE, ALIGN).map_err(|e| std::io::Error::other(e.to_string()))?;
         // SAFETY: the layout has a non-zero size (count >= 1) and a valid power-of-two alignment.
         let raw = unsafe { std::alloc::alloc_zeroed(layout) };
-        let base = NonNull::new(raw).ok_or_else(|| {
-            std::io::Error::new(std::io::ErrorKind::OutOfMemory, "I/O buffer pool")
-        })?;
+        let base =
+            NonNull::new(raw).ok_or_else(|| std::io::Error::new(std::io::ErrorKind::OutOfMemory, "I/O buffer pool"))?;
         Ok(Arc::new(BufferPool {
             base,
             layout,
@@ -146,12 +145,7 @@ impl IoBuf {
     /// `IoBuf`.
     pub fn as_mut_ptr(&mut self) -> *mut u8 {
         // SAFETY: `index < count`, so the offset stays inside the allocation.
-        unsafe {
-            self.pool
-                .base
-                .as_ptr()
-                .add(usize::from(self.index) * BUF_SIZE)
-        }
+        unsafe { self.pool.base.as_ptr().add(usize::from(self.index) * BUF_SIZE) }
     }
 
     /// The data.
@@ -162,10 +156,7 @@ impl IoBuf {
         // the engine takes the `IoBuf` by value for the duration of an operation.
         unsafe {
             std::slice::from_raw_parts(
-                self.pool
-                    .base
-                    .as_ptr()
-                    .add(usize::from(self.index) * BUF_SIZE),
+                self.pool.base.as_ptr().add(usize::from(self.index) * BUF_SIZE),
                 self.len,
             )
         }
@@ -195,9 +186,7 @@ impl IoBuf {
             // bit patterns.
             unsafe { s.align_to::<u64>() }
         };
-        head.iter().all(|b| *b == 0)
-            && words.iter().all(|w| *w == 0)
-            && tail.iter().all(|b| *b == 0)
+        head.iter().all(|b| *b == 0) && words.iter().all(|w| *w == 0) && tail.iter().all(|b| *b == 0)
     }
 }
 

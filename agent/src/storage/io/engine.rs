@@ -102,11 +102,7 @@ pub(super) enum Request {
     /// `fdatasync`.
     Sync { file: Arc<File>, reply: Reply<()> },
     /// `posix_fadvise(WILLNEED)`: start reading `[offset, offset+len)` into the page cache.
-    Prefetch {
-        file: Arc<File>,
-        offset: u64,
-        len: u64,
-    },
+    Prefetch { file: Arc<File>, offset: u64, len: u64 },
     /// `lseek(SEEK_DATA | SEEK_HOLE)`; `None` when there is no more data.
     Seek {
         file: Arc<File>,
@@ -191,11 +187,7 @@ impl IoEngine {
                 (EngineKind::Fallback, None, thread)
             }
         };
-        tracing::info!(
-            engine = kind.name(),
-            buffers = pool.count(),
-            "disk I/O engine started"
-        );
+        tracing::info!(engine = kind.name(), buffers = pool.count(), "disk I/O engine started");
         IoEngine {
             tx: Some(tx),
             wake,
@@ -230,13 +222,7 @@ impl IoEngine {
 
     /// Reads up to `len` bytes at `offset` into `buf` (whose old data is discarded). The
     /// result is short only at end of file.
-    pub fn read_at(
-        &self,
-        file: &Arc<File>,
-        offset: u64,
-        len: usize,
-        buf: IoBuf,
-    ) -> Completion<IoBuf> {
+    pub fn read_at(&self, file: &Arc<File>, offset: u64, len: usize, buf: IoBuf) -> Completion<IoBuf> {
         let len = len.min(super::buffers::BUF_SIZE);
         self.send(|reply| Request::Read {
             file: file.clone(),
@@ -292,11 +278,7 @@ impl IoEngine {
 
     /// The next data segment at or after `offset`, as `[start, end)`; `None` past the last
     /// data. On file systems without `SEEK_DATA` the whole file is one segment.
-    pub async fn next_data(
-        &self,
-        file: &Arc<File>,
-        offset: u64,
-    ) -> Result<Option<(u64, u64)>, IoError> {
+    pub async fn next_data(&self, file: &Arc<File>, offset: u64) -> Result<Option<(u64, u64)>, IoError> {
         let start = self
             .send(|reply| Request::Seek {
                 file: file.clone(),

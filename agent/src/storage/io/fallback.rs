@@ -63,12 +63,7 @@ pub(super) fn run(rx: crossbeam_channel::Receiver<Request>) {
     }
 }
 
-fn read_full(
-    file: &std::fs::File,
-    offset: u64,
-    len: usize,
-    buf: &mut super::buffers::IoBuf,
-) -> Result<(), IoError> {
+fn read_full(file: &std::fs::File, offset: u64, len: usize, buf: &mut super::buffers::IoBuf) -> Result<(), IoError> {
     let mut done = 0;
     let dst = buf.as_full_mut();
     while done < len {

@@ -56,19 +56,13 @@ mod tests {
         drop(b);
         // Data segments (ext4, xfs, btrfs and tmpfs know holes).
         let seg = engine.next_data(&file, 0).await.unwrap().unwrap();
-        assert!(
-            seg.0 <= BUF_SIZE as u64 && seg.1 >= 2 * BUF_SIZE as u64,
-            "{seg:?}"
-        );
+        assert!(seg.0 <= BUF_SIZE as u64 && seg.1 >= 2 * BUF_SIZE as u64, "{seg:?}");
         engine
             .punch_hole(&file, 3 * BUF_SIZE as u64, BUF_SIZE as u64)
             .await
             .unwrap();
         let b = engine.buffer().await;
-        let b = engine
-            .read_at(&file, 3 * BUF_SIZE as u64, BUF_SIZE, b)
-            .await
-            .unwrap();
+        let b = engine.read_at(&file, 3 * BUF_SIZE as u64, BUF_SIZE, b).await.unwrap();
         assert!(b.is_all_zero());
         assert!(engine
             .next_data(&file, 5 * BUF_SIZE as u64)

@@ -25,10 +25,7 @@ type NotStarted = (crossbeam_channel::Receiver<Request>, String);
 
 /// Probes io_uring and starts the engine thread; gives the receiver back when io_uring cannot
 /// be used, so the caller can start the fallback.
-pub(super) fn start(
-    rx: crossbeam_channel::Receiver<Request>,
-    pool: Arc<BufferPool>,
-) -> Result<Started, NotStarted> {
+pub(super) fn start(rx: crossbeam_channel::Receiver<Request>, pool: Arc<BufferPool>) -> Result<Started, NotStarted> {
     let ring = match probe() {
         Ok(r) => r,
         Err(e) => return Err((rx, format!("io_uring_setup or a no-op failed: {e}"))),
@@ -59,26 +56,24 @@ pub(super) fn start(
         EngineKind::Uring
     };
     let wake2 = wake.clone();
-    let thread = std::thread::Builder::new()
-        .name("io-uring".into())
-        .spawn(move || {
-            let mut lp = Loop {
-                ring,
-                rx,
-                wake: wake2,
-                fixed,
-                ops: Vec::new(),
-                free: Vec::new(),
-                backlog: VecDeque::new(),
-                in_flight: 0,
-                wake_armed: false,
-                closing: false,
-            };
-            lp.run();
-            // The pool must outlive the ring that registered it.
-            drop(lp);
-            drop(pool);
-        });
+    let thread = std::thread::Builder::new().name("io-uring".into()).spawn(move || {
+        let mut lp = Loop {
+            ring,
+            rx,
+            wake: wake2,
+            fixed,
+            ops: Vec::new(),
+            free: Vec::new(),
+            backlog: VecDeque::new(),
+            in_flight: 0,
+            wake_armed: false,
+            closing: false,
+        };
+        lp.run();
+        // The pool must outlive the ring that registered it.
+        drop(lp);
+        drop(pool);
+    });
     match thread {
         Ok(t) => Ok((kind, wake, t)),
         Err(e) => {
@@ -98,8 +93,7 @@ fn probe() -> std::io::Result<IoUring> {
     let mut ring = IoUring::new(RING_ENTRIES)?;
     let nop = opcode::Nop::new().build().user_data(7);
     // SAFETY: a no-op carries no buffers.
-    unsafe { ring.submission().push(&nop) }
-        .map_err(|_| std::io::Error::other("submission queue full"))?;
+    unsafe { ring.submission().push(&nop) }.map_err(|_| std::io::Error::other("submission queue full"))?;
     ring.submit_and_wait(1)?;
     let res = ring.completion().next().map(|c| c.result());
     match res {
@@ -156,10 +150,9 @@ impl Loop {
     fn run(&mut self) {
         loop {
             if !self.wake_armed && !self.closing {
-                let poll =
-                    opcode::PollAdd::new(types::Fd(self.wake.as_raw_fd()), libc::POLLIN as u32)
-                        .build()
-                        .user_data(WAKE);
+                let poll = opcode::PollAdd::new(types::Fd(self.wake.as_raw_fd()), libc::POLLIN as u32)
+                    .build()
+                    .user_data(WAKE);
                 self.push(&poll);
                 self.wake_armed = true;
             }
@@ -184,20 +177,14 @@ impl Loop {
             }
             match self.ring.submit_and_wait(1) {
                 Ok(_) => {}
-                Err(e)
-                    if e.raw_os_error() == Some(libc::EINTR)
-                        || e.raw_os_error() == Some(libc::EBUSY) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) || e.raw_os_error() == Some(libc::EBUSY) => {}
                 Err(e) => {
                     tracing::error!(error = %e, "io_uring_enter failed; failing what is in flight");
                     self.fail_all(&e);
                     return;
                 }
             }
-            let done: Vec<(u64, i32)> = self
-                .ring
-                .completion()
-                .map(|c| (c.user_data(), c.result()))
-                .collect();
+            let done: Vec<(u64, i32)> = self.ring.completion().map(|c| (c.user_data(), c.result())).collect();
             for (ud, res) in done {
                 if ud == WAKE {
                     drain_eventfd(&self.wake);
@@ -320,13 +307,9 @@ impl Loop {
                 // SAFETY: `done <= want <= BUF_SIZE`, so the pointer stays in this buffer.
                 let ptr = unsafe { buf.as_mut_ptr().add(op.done) };
                 match (&op.kind, fixed) {
-                    (Kind::Read(_), true) => opcode::ReadFixed::new(fd, ptr, left, idx)
-                        .offset(off)
-                        .build(),
+                    (Kind::Read(_), true) => opcode::ReadFixed::new(fd, ptr, left, idx).offset(off).build(),
                     (Kind::Read(_), false) => opcode::Read::new(fd, ptr, left).offset(off).build(),
-                    (_, true) => opcode::WriteFixed::new(fd, ptr, left, idx)
-                        .offset(off)
-                        .build(),
+                    (_, true) => opcode::WriteFixed::new(fd, ptr, left, idx).offset(off).build(),
                     (_, false) => opcode::Write::new(fd, ptr, left).offset(off).build(),
                 }
             }
@@ -334,9 +317,7 @@ impl Loop {
                 .offset(op.offset)
                 .mode(libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE)
                 .build(),
-            Kind::Sync(_) => opcode::Fsync::new(fd)
-                .flags(types::FsyncFlags::DATASYNC)
-                .build(),
+            Kind::Sync(_) => opcode::Fsync::new(fd).flags(types::FsyncFlags::DATASYNC).build(),
         };
         let entry = entry.user_data(slot as u64);
         self.push(&entry);
@@ -406,11 +387,7 @@ impl Loop {
                 });
             }
             Kind::Sync(reply) => {
-                let _ = reply.send(if res < 0 {
-                    Err(err("fdatasync", -res))
-                } else {
-                    Ok(())
-                });
+                let _ = reply.send(if res < 0 { Err(err("fdatasync", -res)) } else { Ok(()) });
             }
         }
     }

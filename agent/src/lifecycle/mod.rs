@@ -1,0 +1,267 @@
+//! Lifecycle of VMs and their devices: the power-state rules, the operations the actors carry
+//! out against the hypervisor backend, and reconciliation with what the backend reports.
+//!
+//! The path of one call: `handlers::custom` → [`dispatch`] checks the operation is allowed
+//! and marks it in `current_operations` (refusing conflicts with
+//! `OTHER_OPERATION_IN_PROGRESS`) → the object's actor runs [`perform`] → the operation's
+//! function (`vm_power::start`, …) → the mark is cleared and `allowed_operations` refreshed.
+
+pub mod devices;
+pub mod reconcile;
+pub mod rules;
+pub mod vm_copy;
+pub mod vm_power;
+
+use crate::api::{Call, CallCtx};
+use crate::error::ApiError;
+use crate::hypervisor::BackendError;
+use crate::objects::{new_ref, set_field};
+use crate::schema::{class_ids, fields, ClassId};
+use crate::store::Tx;
+use crate::value::{Value, NULL_REF};
+use crate::Agent;
+use std::sync::Arc;
+
+/// An operation an actor performs on its object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Operation {
+    /// A VM operation, by its message name (`start`, `set_memory_limits`, …).
+    Vm(&'static str),
+    /// A VBD operation, by its `vbd_operations` name.
+    Vbd(&'static str),
+    /// A VIF operation, by its `vif_operations` name.
+    Vif(&'static str),
+    /// Re-read the object's domain from the backend and commit what changed.
+    Reconcile,
+}
+
+/// VM messages this module carries out, with the `vm_operations` value each marks.
+pub const VM_MESSAGES: &[(&str, &str)] = &[
+    ("start", "start"),
+    ("start_on", "start_on"),
+    ("pause", "pause"),
+    ("unpause", "unpause"),
+    ("clean_shutdown", "clean_shutdown"),
+    ("hard_shutdown", "hard_shutdown"),
+    ("shutdown", "shutdown"),
+    ("clean_reboot", "clean_reboot"),
+    ("hard_reboot", "hard_reboot"),
+    ("suspend", "suspend"),
+    ("resume", "resume"),
+    ("resume_on", "resume_on"),
+    ("power_state_reset", "power_state_reset"),
+    ("clone", "clone"),
+    ("copy", "copy"),
+    ("snapshot", "snapshot"),
+    ("checkpoint", "checkpoint"),
+    ("revert", "revert"),
+    ("provision", "provision"),
+    ("destroy", "destroy"),
+    ("set_memory_limits", "changing_memory_limits"),
+    ("set_memory_static_range", "changing_static_range"),
+    ("set_memory_static_max", "changing_static_range"),
+    ("set_memory_static_min", "changing_static_range"),
+    ("set_memory_dynamic_range", "changing_dynamic_range"),
+    ("set_memory_dynamic_max", "changing_dynamic_range"),
+    ("set_memory_dynamic_min", "changing_dynamic_range"),
+    ("set_memory", "changing_memory_limits"),
+    ("set_memory_target_live", "changing_memory_live"),
+    ("set_VCPUs_max", "changing_VCPUs"),
+    ("set_VCPUs_at_startup", "changing_VCPUs"),
+    ("set_VCPUs_number_live", "changing_VCPUs_live"),
+];
+
+/// VM messages that need no marking: checks and queries.
+pub const VM_QUERIES: &[&str] = &[
+    "assert_operation_valid",
+    "update_allowed_operations",
+    "get_allowed_VBD_devices",
+    "get_allowed_VIF_devices",
+    "assert_can_boot_here",
+    "get_possible_hosts",
+    "get_boot_record",
+];
+
+/// VBD messages carried out here.
+pub const VBD_MESSAGES: &[&str] = &["plug", "unplug", "unplug_force", "insert", "eject"];
+/// VIF messages carried out here.
+pub const VIF_MESSAGES: &[&str] = &["plug", "unplug", "unplug_force"];
+
+/// Whether this module carries out `class.message`.
+pub fn handles(class: ClassId, message: &str) -> bool {
+    if class == class_ids::VM {
+        VM_MESSAGES.iter().any(|(m, _)| *m == message) || VM_QUERIES.contains(&message)
+    } else if class == class_ids::VBD {
+        VBD_MESSAGES.contains(&message)
+    } else if class == class_ids::VIF {
+        VIF_MESSAGES.contains(&message)
+    } else {
+        false
+    }
+}
+
+fn op_name(class: ClassId, message: &str) -> Option<Operation> {
+    if class == class_ids::VM {
+        VM_MESSAGES
+            .iter()
+            .find(|(m, _)| *m == message)
+            .map(|(m, _)| Operation::Vm(m))
+    } else if class == class_ids::VBD {
+        VBD_MESSAGES.iter().find(|m| **m == message).map(|m| Operation::Vbd(m))
+    } else if class == class_ids::VIF {
+        VIF_MESSAGES.iter().find(|m| **m == message).map(|m| Operation::Vif(m))
+    } else {
+        None
+    }
+}
+
+/// Runs a lifecycle message: check, mark, hand to the actor, unmark.
+pub async fn dispatch(agent: &Arc<Agent>, ctx: &CallCtx, c: Call) -> Result<Value, ApiError> {
+    let class = c.class;
+    let message = c.message.name;
+    let reference = c.args.first().and_then(Value::as_str).unwrap_or(NULL_REF).to_owned();
+    if class == class_ids::VM && VM_QUERIES.contains(&message) {
+        return vm_power::query(agent, &reference, message, &c.args[1..]).await;
+    }
+    let Some(op) = op_name(class, message) else {
+        return Err(ApiError::not_implemented(&format!("{}.{message}", class.name())));
+    };
+    // For `revert` the object that changes is the snapshot's VM; the snapshot is the ref.
+    let op_id = ctx.task.clone().unwrap_or_else(new_ref);
+    begin(agent, class, &reference, op, &op_id).await?;
+    let result = agent
+        .actors
+        .perform(agent, class, &reference, op, c.args[1..].to_vec())
+        .await;
+    end(agent, class, &reference, &op_id).await;
+    result
+}
+
+/// The `*_operations` value an operation is checked and marked as.
+fn op_str(op: Operation) -> &'static str {
+    match op {
+        Operation::Vm(m) => VM_MESSAGES.iter().find(|(x, _)| *x == m).map_or(m, |(_, o)| o),
+        Operation::Vbd(s) | Operation::Vif(s) => s,
+        Operation::Reconcile => "reconcile",
+    }
+}
+
+/// Checks an operation against the object's state and marks it in `current_operations`.
+async fn begin(
+    agent: &Arc<Agent>,
+    class: ClassId,
+    reference: &str,
+    op: Operation,
+    op_id: &str,
+) -> Result<(), ApiError> {
+    let name = op_str(op);
+    agent
+        .store
+        .write(|tx| {
+            let obj = tx.must_get(class, reference)?;
+            rules::check(tx, &obj, name)?;
+            let f = class
+                .field_by_name("current_operations")
+                .ok_or_else(|| ApiError::internal("no current_operations"))?;
+            let mut cur = obj.get(f).as_map().to_vec();
+            cur.push((Value::str(op_id), Value::Enum(rules::canonical_op(class, name))));
+            set_field(tx, class, reference, f, Value::Map(cur))?;
+            rules::refresh_allowed(tx, class, reference)
+        })
+        .await
+}
+
+/// Clears an operation's mark (the object may be gone).
+async fn end(agent: &Arc<Agent>, class: ClassId, reference: &str, op_id: &str) {
+    let r = agent
+        .store
+        .write(|tx| {
+            let Some(obj) = tx.get(class, reference) else {
+                return Ok(());
+            };
+            let Some(f) = class.field_by_name("current_operations") else {
+                return Ok(());
+            };
+            let mut cur = obj.get(f).as_map().to_vec();
+            cur.retain(|(k, _)| k.as_str() != Some(op_id));
+            set_field(tx, class, reference, f, Value::Map(cur))?;
+            rules::refresh_allowed(tx, class, reference)
+        })
+        .await;
+    if let Err(e) = r {
+        tracing::error!(class = class.name(), reference, error = %e, "could not clear an operation");
+    }
+}
+
+/// What an actor runs for an operation on its object.
+pub async fn perform(
+    agent: &Arc<Agent>,
+    class: ClassId,
+    reference: &str,
+    op: Operation,
+    args: Vec<Value>,
+) -> Result<Value, ApiError> {
+    match op {
+        Operation::Vm(name) => {
+            // The state may have changed while this waited in the mailbox (a hard_shutdown
+            // may run alongside a clean one): check the power state again.
+            if let Some(vm) = agent.store.get(class_ids::VM, reference) {
+                let state = vm.get(fields::VM::power_state).as_str().unwrap_or("Halted").to_owned();
+                let allowed = rules::allowed_power_states(&vm, op_str(op));
+                if !allowed.contains(&state.as_str()) {
+                    return Err(ApiError::VmBadPowerState {
+                        vm: reference.to_owned(),
+                        expected: allowed
+                            .iter()
+                            .map(|s| s.to_ascii_lowercase())
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        actual: state.to_ascii_lowercase(),
+                    });
+                }
+            }
+            vm_power::perform(agent, reference, name, &args).await
+        }
+        Operation::Vbd(name) => devices::vbd(agent, reference, name, &args).await,
+        Operation::Vif(name) => devices::vif(agent, reference, name, &args).await,
+        Operation::Reconcile if class == class_ids::VM => reconcile::vm(agent, reference).await.map(|_| Value::None),
+        Operation::Reconcile => Ok(Value::None),
+    }
+}
+
+/// Runs a backend call off the async workers.
+pub async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, BackendError> + Send + 'static,
+) -> Result<T, ApiError> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r.map_err(ApiError::from),
+        Err(e) => Err(ApiError::internal(format!("a backend call did not finish: {e}"))),
+    }
+}
+
+/// Refreshes the host's free-memory figure from the backend.
+pub fn note_host_memory(tx: &mut Tx, agent: &Agent, free: u64) -> Result<(), ApiError> {
+    let Some(host) = tx.get(class_ids::host, &agent.host) else {
+        return Ok(());
+    };
+    let Some(m) = host.get(fields::host::metrics).as_ref_str().map(str::to_owned) else {
+        return Ok(());
+    };
+    if tx.get(class_ids::host_metrics, &m).is_some() {
+        set_field(
+            tx,
+            class_ids::host_metrics,
+            &m,
+            fields::host_metrics::memory_free,
+            Value::Int(free as i64),
+        )?;
+        set_field(
+            tx,
+            class_ids::host_metrics,
+            &m,
+            fields::host_metrics::last_updated,
+            Value::DateTime(crate::value::now()),
+        )?;
+    }
+    Ok(())
+}

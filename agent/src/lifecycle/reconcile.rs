@@ -1,0 +1,163 @@
+//! Keeping VM records true to the backend: at start-up (a VM whose domain is gone is Halted,
+//! as after a host reboot) and when the backend reports that a domain changed (a guest that
+//! powered itself off, rebooted or crashed). The VM's actor re-reads the domain; it never
+//! trusts a stale command.
+
+use super::{blocking, vm_power, Operation};
+use crate::error::ApiError;
+use crate::hypervisor::{BackendEvent, DomainState, ShutdownCode};
+use crate::schema::{class_ids, fields};
+use crate::value::Value;
+use crate::Agent;
+use std::sync::Arc;
+
+/// Marks Halted every running or paused VM whose domain the backend no longer has, and
+/// records the domids of those it still has.
+pub async fn at_start(agent: &Arc<Agent>) -> Result<(), ApiError> {
+    let hv = agent.hypervisor.clone();
+    let domains = blocking(move || hv.list_domains()).await?;
+    for vm in agent.store.all(class_ids::VM) {
+        if vm.get(fields::VM::is_control_domain) == &Value::Bool(true) {
+            continue;
+        }
+        let state = vm.get(fields::VM::power_state);
+        if state != &Value::Enum("Running") && state != &Value::Enum("Paused") {
+            continue;
+        }
+        let uuid = vm.uuid().unwrap_or("");
+        match domains.iter().find(|d| d.uuid.to_string() == uuid) {
+            Some(d) => {
+                agent.domids.lock().insert(d.domid, vm.reference.clone());
+            }
+            None => {
+                tracing::info!(vm = %vm.reference, "no domain for this VM any more: marking it Halted");
+                vm_power::mark_halted(agent, &vm.reference).await?;
+            }
+        }
+    }
+    // Operations cut short by a stop or a crash are over: their tasks died with the process.
+    // Then every VM's allowed_operations, as this build computes them.
+    let vms: Vec<String> = agent
+        .store
+        .all(class_ids::VM)
+        .iter()
+        .map(|v| v.reference.clone())
+        .collect();
+    let mut marked = Vec::new();
+    for class in crate::schema::ClassId::all() {
+        let Some(f) = class.field_by_name("current_operations") else {
+            continue;
+        };
+        for o in agent.store.all(class) {
+            if !o.get(f).as_map().is_empty() {
+                marked.push((class, f, o.reference.clone()));
+            }
+        }
+    }
+    agent
+        .store
+        .write(|tx| {
+            for (class, f, r) in &marked {
+                crate::objects::set_field(tx, *class, r, *f, Value::Map(Vec::new()))?;
+            }
+            for v in &vms {
+                super::rules::refresh_vm_and_devices(tx, v)?;
+            }
+            Ok(())
+        })
+        .await
+}
+
+/// Follows the backend's events for as long as the daemon runs.
+pub fn follow_backend(agent: &Arc<Agent>) -> Result<(), ApiError> {
+    let rx = agent.hypervisor.subscribe()?;
+    let Some(mut rx) = crate::hypervisor::forward_to_tokio(rx, 4096) else {
+        return Err(ApiError::internal("could not start the backend event thread"));
+    };
+    let weak = Arc::downgrade(agent);
+    actix::spawn(async move {
+        while let Some(ev) = rx.recv().await {
+            let Some(agent) = weak.upgrade() else { break };
+            let domids: Vec<u32> = match ev {
+                BackendEvent::DomainChanged(d) => vec![d],
+                BackendEvent::DeviceChanged { .. } => continue,
+                BackendEvent::Resync => agent.domids.lock().keys().copied().collect(),
+            };
+            for d in domids {
+                let Some(vm) = agent.domids.lock().get(&d).cloned() else {
+                    continue;
+                };
+                let a = agent.clone();
+                // Queue behind whatever the VM's actor is doing; don't hold up other events.
+                actix::spawn(async move {
+                    if let Err(e) = a
+                        .actors
+                        .perform(&a, class_ids::VM, &vm, Operation::Reconcile, vec![])
+                        .await
+                    {
+                        tracing::warn!(vm, error = %e, "reconciling a VM with its domain failed");
+                    }
+                });
+            }
+        }
+    });
+    Ok(())
+}
+
+/// Re-reads a VM's domain and commits what changed (in the VM's actor).
+pub async fn vm(agent: &Arc<Agent>, vm: &str) -> Result<(), ApiError> {
+    let Some(rec) = agent.store.get(class_ids::VM, vm) else {
+        return Ok(());
+    };
+    let state = rec.get(fields::VM::power_state).clone();
+    if state != Value::Enum("Running") && state != Value::Enum("Paused") {
+        return Ok(());
+    }
+    let Some(domid) = rec.get(fields::VM::domid).as_int().filter(|d| *d >= 0) else {
+        return Ok(());
+    };
+    let domid = domid as u32;
+    let hv = agent.hypervisor.clone();
+    let info = blocking(move || hv.domain_info(domid)).await.ok();
+    let action_field = |code: ShutdownCode| match code {
+        ShutdownCode::PowerOff | ShutdownCode::Suspend => fields::VM::actions_after_shutdown,
+        ShutdownCode::Reboot => fields::VM::actions_after_reboot,
+        ShutdownCode::Crash | ShutdownCode::Watchdog => fields::VM::actions_after_crash,
+    };
+    match info.map(|i| i.state) {
+        None | Some(DomainState::Dying) => {
+            tracing::info!(vm, domid, "the domain is gone: VM halted");
+            vm_power::mark_halted(agent, vm).await
+        }
+        Some(DomainState::Shutdown(code)) => {
+            let action = rec.get(action_field(code)).as_str().unwrap_or("destroy");
+            tracing::info!(vm, domid, ?code, action, "the guest shut down");
+            match action {
+                "preserve" => Ok(()),
+                "restart" | "rename_restart" | "coredump_and_restart" => {
+                    let hv = agent.hypervisor.clone();
+                    let _ = blocking(move || hv.destroy(domid)).await;
+                    vm_power::start(agent, vm, false).await.map(|_| ())
+                }
+                _ => {
+                    let hv = agent.hypervisor.clone();
+                    let _ = blocking(move || hv.destroy(domid)).await;
+                    vm_power::mark_halted(agent, vm).await
+                }
+            }
+        }
+        Some(DomainState::Running) if state != Value::Enum("Running") => set_state(agent, vm, "Running").await,
+        Some(DomainState::Paused) if state != Value::Enum("Paused") => set_state(agent, vm, "Paused").await,
+        Some(_) => Ok(()),
+    }
+}
+
+async fn set_state(agent: &Arc<Agent>, vm: &str, s: &'static str) -> Result<(), ApiError> {
+    agent
+        .store
+        .write(|tx| {
+            crate::objects::set_field(tx, class_ids::VM, vm, fields::VM::power_state, Value::Enum(s))?;
+            super::rules::refresh_vm_and_devices(tx, vm)
+        })
+        .await
+}

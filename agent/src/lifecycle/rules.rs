@@ -1,0 +1,379 @@
+//! Which operations an object allows in its current state, as the reference decides it:
+//! blocked operations, power state, concurrent operations, templates, snapshots and the
+//! control domain — checked in that order, the first failure reported.
+
+use crate::error::ApiError;
+use crate::objects::set_field;
+use crate::schema::{class_ids, fields, ClassId};
+use crate::store::Tx;
+use crate::value::{Object, Value};
+
+const HALTED: &str = "Halted";
+const PAUSED: &str = "Paused";
+const RUNNING: &str = "Running";
+const SUSPENDED: &str = "Suspended";
+
+/// VM operations whose availability `allowed_operations` reports.
+const VM_CANDIDATES: &[&str] = &[
+    "start",
+    "start_on",
+    "pause",
+    "unpause",
+    "clean_shutdown",
+    "clean_reboot",
+    "hard_shutdown",
+    "hard_reboot",
+    "shutdown",
+    "suspend",
+    "resume",
+    "resume_on",
+    "clone",
+    "copy",
+    "snapshot",
+    "checkpoint",
+    "revert",
+    "provision",
+    "destroy",
+    "export",
+    "metadata_export",
+    "changing_memory_limits",
+    "changing_static_range",
+    "changing_dynamic_range",
+    "changing_VCPUs",
+    "changing_VCPUs_live",
+    "changing_memory_live",
+    "make_into_template",
+    "get_boot_record",
+];
+
+/// The power states in which a VM operation may start.
+pub fn allowed_power_states(vm: &Object, op: &str) -> &'static [&'static str] {
+    let dom0 = vm.get(fields::VM::is_control_domain) == &Value::Bool(true);
+    let snapshot = vm.get(fields::VM::is_a_snapshot) == &Value::Bool(true);
+    match op {
+        "changing_VCPUs" | "changing_static_range" | "changing_memory_limits" => {
+            if dom0 {
+                &[HALTED, RUNNING]
+            } else {
+                &[HALTED]
+            }
+        }
+        "changing_shadow_memory" | "changing_NVRAM" | "make_into_template" | "provision" | "start" | "start_on" => {
+            &[HALTED]
+        }
+        "unpause" => &[PAUSED],
+        "resume" | "resume_on" => &[SUSPENDED],
+        "clean_reboot"
+        | "clean_shutdown"
+        | "changing_memory_live"
+        | "changing_VCPUs_live"
+        | "pause"
+        | "suspend"
+        | "send_sysrq"
+        | "send_trigger"
+        | "pool_migrate"
+        | "call_plugin" => &[RUNNING],
+        "changing_dynamic_range" => &[HALTED, RUNNING],
+        "clone" | "copy" => {
+            if snapshot {
+                &[HALTED, SUSPENDED]
+            } else {
+                &[HALTED]
+            }
+        }
+        "destroy" | "export" => &[HALTED, SUSPENDED],
+        "hard_reboot" => &[PAUSED, RUNNING],
+        "checkpoint" | "get_boot_record" | "shutdown" | "hard_shutdown" => &[PAUSED, SUSPENDED, RUNNING],
+        _ => &[HALTED, PAUSED, RUNNING, SUSPENDED],
+    }
+}
+
+fn lower(s: &str) -> String {
+    s.to_ascii_lowercase()
+}
+
+fn concurrent_ok(op: &str, current: &[&str]) -> bool {
+    let group = |g: &[&str]| g.contains(&op) && current.iter().all(|c| g.contains(c));
+    match op {
+        "hard_shutdown" => !current.contains(&"hard_shutdown"),
+        "hard_reboot" => !current.iter().any(|c| *c == "hard_shutdown" || *c == "hard_reboot"),
+        _ => group(&["clone", "copy", "export"]) || group(&["snapshot", "checkpoint"]) || group(&["get_boot_record"]),
+    }
+}
+
+/// The canonical `*_operations` enum spelling of an operation name.
+pub fn canonical_op(class: ClassId, op: &str) -> &'static str {
+    let field = class.field_by_name("allowed_operations").map(|f| class.field(f).ty);
+    if let Some(crate::schema::Ty::Set(crate::schema::Ty::Enum(e))) = field {
+        if let Some(v) = e.canonical(op) {
+            return v;
+        }
+    }
+    "unknown"
+}
+
+/// Checks that `op` may start on `obj` now; the error is the reference's.
+pub fn check(tx: &Tx, obj: &Object, op: &str) -> Result<(), ApiError> {
+    if obj.class == class_ids::VM {
+        check_vm(obj, op)
+    } else if obj.class == class_ids::VBD || obj.class == class_ids::VIF {
+        check_device(tx, obj, op)
+    } else {
+        Ok(())
+    }
+}
+
+fn check_vm(vm: &Object, op: &str) -> Result<(), ApiError> {
+    let r = vm.reference.clone();
+    if let Some(reason) = vm.get(fields::VM::blocked_operations).map_get(op) {
+        return Err(ApiError::OperationBlocked {
+            r#ref: r,
+            code: reason.key_text(),
+        });
+    }
+    let power = vm.get(fields::VM::power_state).as_str().unwrap_or(HALTED);
+    let allowed = allowed_power_states(vm, op);
+    if !allowed.contains(&power) {
+        return Err(ApiError::VmBadPowerState {
+            vm: r,
+            expected: allowed.iter().map(|s| lower(s)).collect::<Vec<_>>().join(", "),
+            actual: lower(power),
+        });
+    }
+    let current: Vec<(String, &str)> = vm
+        .get(fields::VM::current_operations)
+        .as_map()
+        .iter()
+        .map(|(k, v)| (k.key_text(), v.as_str().unwrap_or("")))
+        .collect();
+    if !current.is_empty() {
+        let ops: Vec<&str> = current.iter().map(|(_, o)| *o).collect();
+        if !concurrent_ok(op, &ops) {
+            let (op_ref, op_type) = if current.len() == 1 {
+                (current[0].0.clone(), current[0].1.to_owned())
+            } else {
+                (
+                    format!(
+                        "{{{}}}",
+                        current.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>().join(",")
+                    ),
+                    format!("{{{}}}", ops.join(",")),
+                )
+            };
+            return Err(ApiError::OtherOperationInProgress {
+                class: "VM".into(),
+                object: r,
+                operation_type: op_type,
+                operation_ref: op_ref,
+            });
+        }
+    }
+    let template = vm.get(fields::VM::is_a_template) == &Value::Bool(true);
+    let snapshot = vm.get(fields::VM::is_a_snapshot) == &Value::Bool(true);
+    if template && !snapshot {
+        let default_template = vm.get(fields::VM::is_default_template) == &Value::Bool(true)
+            || vm
+                .get(fields::VM::other_config)
+                .map_get("default_template")
+                .and_then(Value::as_str)
+                == Some("true");
+        let ok = [
+            "changing_dynamic_range",
+            "changing_static_range",
+            "changing_memory_limits",
+            "changing_shadow_memory",
+            "changing_VCPUs",
+            "changing_NVRAM",
+            "clone",
+            "copy",
+            "export",
+            "metadata_export",
+            "provision",
+        ]
+        .contains(&op)
+            || (op == "destroy" && !default_template);
+        if !ok {
+            return Err(ApiError::VmIsTemplate { vm: r });
+        }
+    }
+    if snapshot
+        && ![
+            "revert",
+            "clone",
+            "copy",
+            "export",
+            "destroy",
+            "hard_shutdown",
+            "metadata_export",
+        ]
+        .contains(&op)
+    {
+        return Err(ApiError::VmIsSnapshot {
+            vm: r,
+            operation: op.to_owned(),
+        });
+    }
+    if op == "provision" && !template {
+        return Err(ApiError::ProvisionOnlyAllowedOnTemplate {});
+    }
+    if op == "revert" && !snapshot {
+        return Err(ApiError::RevertOnlyAllowedOnSnapshot {});
+    }
+    if vm.get(fields::VM::is_control_domain) == &Value::Bool(true) {
+        if op == "changing_VCPUs" || op == "destroy" {
+            return Err(ApiError::not_allowed("This operation is not allowed on dom0"));
+        }
+        if ![
+            "changing_memory_live",
+            "metadata_export",
+            "changing_dynamic_range",
+            "changing_memory_limits",
+            "changing_static_range",
+            "start",
+            "start_on",
+        ]
+        .contains(&op)
+        {
+            return Err(ApiError::not_allowed(
+                "This operation is not allowed on a control domain",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The power state of the VM a device belongs to.
+fn vm_power_of(tx: &Tx, dev: &Object, vm_field: crate::schema::FieldId) -> Option<&'static str> {
+    let vm = tx.get(class_ids::VM, dev.get(vm_field).as_str()?)?;
+    match vm.get(fields::VM::power_state) {
+        Value::Enum(s) => Some(s),
+        _ => None,
+    }
+}
+
+fn check_device(tx: &Tx, dev: &Object, op: &str) -> Result<(), ApiError> {
+    let (vm_field, attached_field, current_field) = if dev.class == class_ids::VBD {
+        (
+            fields::VBD::VM,
+            fields::VBD::currently_attached,
+            fields::VBD::current_operations,
+        )
+    } else {
+        (
+            fields::VIF::VM,
+            fields::VIF::currently_attached,
+            fields::VIF::current_operations,
+        )
+    };
+    let r = dev.reference.clone();
+    if let Some((k, v)) = dev.get(current_field).as_map().first() {
+        return Err(ApiError::OtherOperationInProgress {
+            class: dev.class.name().to_owned(),
+            object: r,
+            operation_type: v.key_text(),
+            operation_ref: k.key_text(),
+        });
+    }
+    let attached = dev.get(attached_field) == &Value::Bool(true);
+    let power = vm_power_of(tx, dev, vm_field).unwrap_or(HALTED);
+    match op {
+        "plug" | "unplug" | "unplug_force" => {
+            if power != RUNNING {
+                let vm = dev.get(vm_field).key_text();
+                return Err(ApiError::VmBadPowerState {
+                    vm,
+                    expected: "running".into(),
+                    actual: lower(power),
+                });
+            }
+            if op == "plug" && attached {
+                return Err(ApiError::DeviceAlreadyAttached { device: r });
+            }
+            if op != "plug" && !attached {
+                return Err(ApiError::DeviceAlreadyDetached { device: r });
+            }
+            if op == "unplug" && dev.class == class_ids::VBD && dev.get(fields::VBD::unpluggable) == &Value::Bool(false)
+            {
+                return Err(ApiError::VbdNotUnpluggable { vbd: r });
+            }
+            Ok(())
+        }
+        "insert" | "eject" => {
+            if dev.get(fields::VBD::r#type) != &Value::Enum("CD") {
+                return Err(ApiError::VbdNotRemovableMedia { vbd: r });
+            }
+            let empty = dev.get(fields::VBD::empty) == &Value::Bool(true);
+            if op == "insert" && !empty {
+                return Err(ApiError::VbdNotEmpty { vbd: r });
+            }
+            if op == "eject" && empty {
+                return Err(ApiError::VbdIsEmpty { vbd: r });
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Recomputes `allowed_operations` of a VM, VBD or VIF from its current state.
+pub fn refresh_allowed(tx: &mut Tx, class: ClassId, reference: &str) -> Result<(), ApiError> {
+    let Some(obj) = tx.get(class, reference) else {
+        return Ok(());
+    };
+    let Some(f) = class.field_by_name("allowed_operations") else {
+        return Ok(());
+    };
+    let candidates: &[&str] = if class == class_ids::VM {
+        VM_CANDIDATES
+    } else if class == class_ids::VBD {
+        &["attach", "eject", "insert", "plug", "unplug", "unplug_force"]
+    } else if class == class_ids::VIF {
+        &["attach", "plug", "unplug"]
+    } else {
+        return Ok(());
+    };
+    let mut allowed = Vec::new();
+    for op in candidates {
+        let ok = if class == class_ids::VM {
+            check_vm(&obj, op).is_ok()
+        } else if *op == "attach" {
+            vm_power_of(
+                tx,
+                &obj,
+                if class == class_ids::VBD {
+                    fields::VBD::VM
+                } else {
+                    fields::VIF::VM
+                },
+            ) == Some(HALTED)
+        } else {
+            check_device(tx, &obj, op).is_ok()
+        };
+        if ok {
+            allowed.push(Value::Enum(canonical_op(class, op)));
+        }
+    }
+    let allowed = Value::Set(allowed);
+    if obj.get(f) != &allowed {
+        set_field(tx, class, reference, f, allowed)?;
+    }
+    Ok(())
+}
+
+/// Refreshes a VM's and its devices' `allowed_operations`.
+pub fn refresh_vm_and_devices(tx: &mut Tx, vm: &str) -> Result<(), ApiError> {
+    refresh_allowed(tx, class_ids::VM, vm)?;
+    if let Some(o) = tx.get(class_ids::VM, vm) {
+        for vbd in o.get(fields::VM::VBDs).as_set() {
+            if let Some(r) = vbd.as_ref_str() {
+                refresh_allowed(tx, class_ids::VBD, r)?;
+            }
+        }
+        for vif in o.get(fields::VM::VIFs).as_set() {
+            if let Some(r) = vif.as_ref_str() {
+                refresh_allowed(tx, class_ids::VIF, r)?;
+            }
+        }
+    }
+    Ok(())
+}
