@@ -87,7 +87,7 @@ fn read_at(path: &std::path::Path, off: u64, len: usize) -> Vec<u8> {
     b
 }
 
-#[tokio::test]
+#[actix::test]
 async fn vdi_lifecycle_on_the_default_sr() {
     let e = env().await;
     let sr = e.default_sr();
@@ -236,7 +236,7 @@ async fn vdi_lifecycle_on_the_default_sr() {
     assert!(e.agent.store.ref_by_uuid(class_ids::VDI, &clone_uuid).is_some());
 }
 
-#[tokio::test]
+#[actix::test]
 async fn on_boot_reset_puts_the_contents_back() {
     let e = env().await;
     let sr = e.default_sr();
@@ -259,7 +259,7 @@ async fn on_boot_reset_puts_the_contents_back() {
     assert_eq!(read_at(&super::vdi_path(&e.agent, &vdi).unwrap(), 0, 6), b"kept!!");
 }
 
-#[tokio::test]
+#[actix::test]
 async fn iso_sr_scan_finds_dropped_in_images() {
     let e = env().await;
     let lib = e.dir.path().join("isos");
@@ -370,7 +370,7 @@ async fn iso_sr_scan_finds_dropped_in_images() {
     assert!(e.agent.store.get(class_ids::PBD, &pbd).is_none());
 }
 
-#[tokio::test]
+#[actix::test]
 async fn file_sr_create_plug_destroy() {
     let e = env().await;
     let loc = e.dir.path().join("sr2");
@@ -503,7 +503,7 @@ async fn file_sr_create_plug_destroy() {
     assert_eq!(e.int(class_ids::VDI, &found, fields::VDI::virtual_size), 65536);
 }
 
-#[tokio::test]
+#[actix::test]
 async fn import_then_export_returns_the_same_bytes() {
     use super::transfer::{ExportSource, ImportSink};
     let e = env().await;

@@ -20,8 +20,10 @@ use std::fs::File;
 use std::sync::Arc;
 use tokio::sync::{OwnedRwLockReadGuard, OwnedRwLockWriteGuard};
 
-/// Requests in flight per transfer.
+/// Writes in flight per import.
 const IN_FLIGHT: usize = 8;
+/// Reads in flight per export (direct reads go straight to the device: keep its queue busy).
+const READS_IN_FLIGHT: usize = 16;
 /// Alignment of offsets and lengths read with `O_DIRECT`.
 const DIRECT_ALIGN: u64 = 4096;
 /// How far ahead of the reads an export asks the kernel to read.
@@ -394,7 +396,7 @@ impl ExportSource {
 
     async fn plan(&mut self) -> Result<(), ApiError> {
         let engine = IoEngine::global();
-        while self.pieces.len() < IN_FLIGHT && self.planned < self.size {
+        while self.pieces.len() < READS_IN_FLIGHT && self.planned < self.size {
             let pos = self.planned;
             let seg = match self.segment {
                 Some((s, e)) if pos < e => (s, e),
@@ -419,7 +421,7 @@ impl ExportSource {
                 let n = (end - pos).min(BUF_SIZE as u64) as usize;
                 let buf = engine.buffer().await;
                 // Direct I/O needs block-aligned offsets and lengths (buffers are page-aligned).
-                let aligned = pos.is_multiple_of(DIRECT_ALIGN) && (n as u64).is_multiple_of(DIRECT_ALIGN);
+                let aligned = (pos | n as u64) & (DIRECT_ALIGN - 1) == 0;
                 let file = match &self.direct {
                     Some(d) if aligned => d,
                     _ => &self.file,

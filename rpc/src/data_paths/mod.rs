@@ -72,6 +72,8 @@ impl DataPathError {
             },
         };
         let mut b = HttpResponse::build(status);
+        // The body may be unread (a refused upload): close rather than drain it.
+        b.force_close();
         if matches!(self, DataPathError::Unauthorised) {
             b.insert_header(("WWW-Authenticate", "Basic realm=\"xapi\""));
         }

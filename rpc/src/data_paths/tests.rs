@@ -58,8 +58,26 @@ fn exchange(addr: SocketAddr, head: &str, body: &[u8]) -> (u16, String, Vec<u8>)
     s.write_all(head.as_bytes()).unwrap();
     // A peer that answers early (e.g. 400 before the body) may reset the rest of the write.
     let _ = s.write_all(body);
+    // Read to the end of the body (by Content-Length when there is one: a server that keeps
+    // the connection open after an error answer must not stall the test).
     let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        if let Some(end) = out.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&out[..end]).to_ascii_lowercase();
+            let len = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok());
+            if len.is_some_and(|n| out.len() >= end + 4 + n) {
+                break;
+            }
+        }
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+    }
     split_response(&out)
 }
 

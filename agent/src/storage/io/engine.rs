@@ -187,7 +187,7 @@ impl IoEngine {
                 (EngineKind::Fallback, None, thread)
             }
         };
-        tracing::debug!(engine = kind.name(), buffers = pool.count(), "I/O engine started");
+        tracing::info!(engine = kind.name(), buffers = pool.count(), "disk I/O engine started");
         IoEngine {
             tx: Some(tx),
             wake,
