@@ -69,8 +69,10 @@ fn write_id(id: &Json, out: &mut String) {
     out.push_str(&id.to_string());
 }
 
-/// A success response.
+/// A success response. A `void` result travels as `""`, as it does in XML-RPC.
 pub fn success(version: Version, id: &Json, v: &Value) -> String {
+    let empty = Value::String(String::new());
+    let v = if matches!(v, Value::None) { &empty } else { v };
     let mut out = String::with_capacity(256);
     match version {
         Version::V2 => {

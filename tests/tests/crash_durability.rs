@@ -1284,7 +1284,6 @@ fn network_create(rpc: &mut Rpc, s: &str, dm: &Datamodel, name: &str, desc: &str
 }
 
 #[test]
-#[ignore = "daemon bug DUR-2: after one ENOSPC redb refuses every write (\"Previous I/O error\") until a restart"]
 fn a_full_disk_fails_writes_cleanly_and_recovers() {
     // SAFETY: geteuid has no preconditions and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
@@ -1408,7 +1407,6 @@ fn a_full_disk_fails_writes_cleanly_and_recovers() {
 /// restart nothing is running it, and the mark would refuse every later operation on the VM
 /// with `OTHER_OPERATION_IN_PROGRESS` naming a task that no longer exists.
 #[test]
-#[ignore = "daemon bug DUR-1: current_operations marks of operations cut short by a crash survive the restart"]
 fn an_operation_cut_short_by_a_crash_does_not_block_the_vm() {
     let scratch = tempfile::Builder::new().prefix("xapid-cutop").tempdir().unwrap();
     // Every backend call takes 1.5 s, so a VM.start is surely under way when the kill comes.

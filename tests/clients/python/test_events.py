@@ -70,7 +70,7 @@ def test_valid_ref_counts_are_ints(xapi):
     assert counts["host"] == 1
 
 
-def test_from_wakes_on_change_by_another_session(daemon, xapi, vm):
+def test_from_wakes_on_change_by_another_session(daemon, xapi, vm, capsys):
     token = event_from(xapi, ["vm"], "", 0)["token"]
     other = login(daemon.url, daemon.password)
     result: dict = {}
@@ -97,7 +97,8 @@ def test_from_wakes_on_change_by_another_session(daemon, xapi, vm):
         safe_logout(other)
     assert "error" not in result, result.get("error")
     woke = result["at"] - changed_at
-    print(f"event.from woke {woke * 1000:.1f} ms after the change")
+    with capsys.disabled():
+        print(f"\nevent.from woke {woke * 1000:.1f} ms after the change")
     assert woke < 0.5, f"event.from woke {woke:.3f}s after the change"
     evs = [e for e in result["r"]["events"] if e["ref"] == vm]
     assert evs, result["r"]

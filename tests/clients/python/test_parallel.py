@@ -68,7 +68,7 @@ def start_stop(url: str, password: str, vm: str) -> tuple[float, float]:
         safe_logout(s)
 
 
-def test_many_vms_start_and_stop_in_parallel(daemon, vms):
+def test_many_vms_start_and_stop_in_parallel(daemon, vms, capsys):
     # one VM, alone: the serial cost
     serial = [start_stop(daemon.url, daemon.password, vms[0]) for _ in range(2)]
     one = min(a + b for a, b in serial)
@@ -82,7 +82,10 @@ def test_many_vms_start_and_stop_in_parallel(daemon, vms):
     ends: list[float] = []
 
     def client(vm):
-        s = login(daemon.url, daemon.password)
+        # One originator per client, as 64 separate tools would have: the per-originator
+        # session limit is test_session.py's business, not this test's.
+        s = XenAPI.Session(daemon.url)
+        s.xenapi.login_with_password("root", daemon.password, "2.0", f"xapid-par-client-{vm[-12:]}")
         try:
             barrier.wait(30)
             t0 = time.monotonic()
@@ -106,10 +109,11 @@ def test_many_vms_start_and_stop_in_parallel(daemon, vms):
     assert not errors, f"{len(errors)} of {N} clients failed:\n" + "\n".join(f"{vm}: {e}" for vm, e in errors[:8])
     # from the moment all N clients are logged in and released together to the last shutdown
     wall = max(ends) - released[0]
-    print(f"\n{N} VMs start+hard_shutdown: one VM alone {one * 1000:.0f} ms -> serial estimate "
-          f"{estimate:.2f} s; {N} clients in parallel: wall {wall:.2f} s "
-          f"({100 * wall / estimate:.1f}% of serial; per-client max {max(timings):.2f} s; "
-          f"with the {N} logins {total:.2f} s)")
+    with capsys.disabled():  # the figures belong in the run's log
+        print(f"\n{N} VMs start+hard_shutdown: one VM alone {one * 1000:.0f} ms -> serial estimate "
+              f"{estimate:.2f} s; {N} clients in parallel: wall {wall:.2f} s "
+              f"({100 * wall / estimate:.1f}% of serial; per-client max {max(timings):.2f} s; "
+              f"with the {N} logins {total:.2f} s)")
     assert wall < 0.25 * estimate, f"wall {wall:.2f}s is not far below the serial {estimate:.2f}s"
     x = login(daemon.url, daemon.password)
     try:
