@@ -39,7 +39,7 @@ bash xen-sys/scripts/check-bindings.sh
 
 step "building the daemon (release): the end-to-end tests drive this binary"
 cargo build --release --bin xapid --bin xapid-xenguest
-export XAPID_BIN="$PWD/target/release/xapid"
+export XAPID_BIN="${CARGO_TARGET_DIR:-$PWD/target}/release/xapid"
 
 step "cargo test --workspace (unit tests; crash durability, authentication walk, disk full)"
 XENCTRL_REQUIRE_XEN_LIBS=1 cargo test --workspace

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering};
 
 /// Sessions one originator may hold before its oldest is evicted.
-pub const MAX_SESSIONS_PER_ORIGINATOR: usize = 50;
+pub const MAX_SESSIONS_PER_ORIGINATOR: usize = 500;
 /// Sessions idle this long (seconds) are destroyed.
 pub const SESSION_IDLE_TIMEOUT: i64 = 24 * 3600;
 

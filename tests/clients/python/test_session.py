@@ -99,10 +99,6 @@ def test_api_version_property(session):
     assert int(major) >= 2 and int(minor) >= 0, session.API_version
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "daemon BUG-12 (open): agent/src/sessions.rs caps sessions per originator at 50 and evicts the "
-    "least recently active at login; the reference allows 500 and evicts only in its periodic GC. "
-    "Remove this marker when it is fixed (strict: an XPASS fails the run)."))
 def test_many_sessions_of_one_originator_stay_valid(daemon):
     """Tools open many sessions under one originator (a backup job per VM, a thread pool).
     The reference limits sessions per originator to 500 (xapi_globs.max_sessions_per_originator)
