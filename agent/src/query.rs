@@ -15,10 +15,11 @@ pub enum Expr {
     Eq(String, String),
     /// `field "f" <> "v"`.
     Ne(String, String),
-    /// Both.
-    And(Box<Expr>, Box<Expr>),
-    /// Either.
-    Or(Box<Expr>, Box<Expr>),
+    /// All of these (a chain of `and`, kept flat so that neither `matches` nor drop recurses
+    /// once per term).
+    And(Vec<Expr>),
+    /// Any of these (a chain of `or`, kept flat).
+    Or(Vec<Expr>),
     /// Negation.
     Not(Box<Expr>),
 }
@@ -110,20 +111,28 @@ impl Parser {
         t
     }
     fn or(&mut self) -> Result<Expr, String> {
-        let mut e = self.and()?;
+        let first = self.and()?;
+        if self.peek() != Some(&Tok::Word("or".into())) {
+            return Ok(first);
+        }
+        let mut terms = vec![first];
         while self.peek() == Some(&Tok::Word("or".into())) {
             self.next();
-            e = Expr::Or(Box::new(e), Box::new(self.and()?));
+            terms.push(self.and()?);
         }
-        Ok(e)
+        Ok(Expr::Or(terms))
     }
     fn and(&mut self) -> Result<Expr, String> {
-        let mut e = self.unary()?;
+        let first = self.unary()?;
+        if self.peek() != Some(&Tok::Word("and".into())) {
+            return Ok(first);
+        }
+        let mut terms = vec![first];
         while self.peek() == Some(&Tok::Word("and".into())) {
             self.next();
-            e = Expr::And(Box::new(e), Box::new(self.unary()?));
+            terms.push(self.unary()?);
         }
-        Ok(e)
+        Ok(Expr::And(terms))
     }
     fn unary(&mut self) -> Result<Expr, String> {
         self.depth += 1;
@@ -191,8 +200,8 @@ pub fn matches(e: &Expr, obj: &Object) -> bool {
         Expr::False => false,
         Expr::Eq(f, v) => field_text(obj, f).is_some_and(|t| &t == v),
         Expr::Ne(f, v) => field_text(obj, f).is_some_and(|t| &t != v),
-        Expr::And(a, b) => matches(a, obj) && matches(b, obj),
-        Expr::Or(a, b) => matches(a, obj) || matches(b, obj),
+        Expr::And(terms) => terms.iter().all(|t| matches(t, obj)),
+        Expr::Or(terms) => terms.iter().any(|t| matches(t, obj)),
         Expr::Not(a) => !matches(a, obj),
     }
 }
@@ -215,5 +224,34 @@ mod tests {
         assert!(!matches(&parse("false").unwrap(), &vm));
         assert!(parse("field name").is_err());
         assert!(parse(&"(".repeat(1000)).is_err());
+    }
+
+    /// A long chain of `and`/`or` once parsed into a tree as deep as the chain was long, and
+    /// `matches` and drop recursed through it: a 900 KB expression overflowed an 8 MB stack
+    /// (an HTTP worker has 2 MB). Found with the `where_expr` fuzz target
+    /// (fuzz/regressions/where_expr/).
+    #[test]
+    fn long_chains_stay_flat() {
+        let chain = |op: &str| format!("{}true", format!("true {op} ").repeat(200_000));
+        let and = parse(&chain("and")).unwrap();
+        let or = parse(&chain("or")).unwrap();
+        let vm = default_object(class_ids::VM, "OpaqueRef:a");
+        std::thread::Builder::new()
+            .stack_size(64 * 1024)
+            .spawn(move || {
+                assert!(matches(&and, &vm));
+                assert!(matches(&or, &vm));
+                drop((and, or));
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_eq!(
+            parse(r#"field "a" = "1" and field "b" = "2" or true"#).unwrap(),
+            Expr::Or(vec![
+                Expr::And(vec![Expr::Eq("a".into(), "1".into()), Expr::Eq("b".into(), "2".into())]),
+                Expr::True
+            ])
+        );
     }
 }

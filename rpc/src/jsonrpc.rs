@@ -146,6 +146,18 @@ mod tests {
         assert_eq!(v1, json!({"result":null,"error":["X"],"id":1}));
     }
 
+    /// Found by the `jsonrpc_decode` fuzz target: without serde_json's `float_roundtrip`
+    /// feature this id was read 1 ULP off, and the reply's id was not the request's.
+    #[test]
+    fn ids_are_echoed_exactly() {
+        for id in ["-92233720368547805791", "9007199254740993.0", "1.5e300", "7", "\"a\""] {
+            let body = format!(r#"{{"jsonrpc":"2.0","method":"m","params":[],"id":{id}}}"#);
+            let r = decode(body.as_bytes()).unwrap();
+            let reply: Json = serde_json::from_str(&success(r.version, &r.id, &Value::None)).unwrap();
+            assert_eq!(reply["id"], r.id, "{id}");
+        }
+    }
+
     #[test]
     fn rejects_non_requests() {
         assert!(decode(b"[1,2]").is_err());
