@@ -262,7 +262,7 @@ cp "$HELPER" "$RUN/payload/xapid-xenguest"
 cp "$REPO/tests/xen/dom0-run.sh" "$RUN/payload/dom0-run.sh"
 chmod +x "$RUN/payload/dom0-run.sh"
 cp "$CACHE/guest-vmlinuz" "$CACHE/guest-initrd.gz" "$RUN/payload/"
-(cd "$RUN/payload" && sha256sum agent-tests xapid-xenguest guest-vmlinuz guest-initrd.gz >SHA256SUMS)
+(cd "$RUN/payload" && sha256sum xapid-xenguest guest-vmlinuz guest-initrd.gz >SHA256SUMS)
 cat >"$RUN/payload/env" <<EOF
 XAPID_XEN_GUEST_MIB=$GUEST_MIB
 XAPID_XEN_FILTER=$FILTER
