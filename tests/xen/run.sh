@@ -1,6 +1,6 @@
 #!/bin/bash
 # Runs the hypervisor backend conformance suite against the real Xen
-# backend (agent/src/hypervisor/xen.rs) on real Xen 4.17, booted with a
+# backend (agent/src/hypervisor/xen/) on real Xen 4.17, booted with a
 # Debian bookworm dom0 under QEMU TCG on this machine.
 #
 #   tests/xen/run.sh              build what is missing, boot, run, report
@@ -31,21 +31,26 @@
 # QEMU may run, default 900), XAPID_XEN_GUEST_MIB (test guest memory,
 # default 128: the Debian kernel's image alone takes ~58 MiB),
 # XAPID_XEN_SMP (QEMU CPUs, default 2), XAPID_XEN_CPU (QEMU -cpu, default
-# max,-smap,-pcid,-invpcid: see docs/hypervisor.md, "Testing on real Xen"), XAPID_XEN_FILTER (run only the
-# conformance checks whose name contains this), XAPID_XEN_LOG=debug
-# (libxenguest's detailed domain builder log in the serial log).
+# max,-smap,-xsave: see docs/hypervisor.md, "Testing on real Xen"),
+# XAPID_XEN_FILTER (run only the conformance checks whose name contains
+# this), XAPID_XEN_LOG=debug (libxenguest's detailed domain builder log in
+# the serial log), XAPID_XEN_XL_PROBE=N (first build a guest N times with
+# xl while another runs, as a reference), XAPID_XEN_EVENT_TIMEOUT (seconds
+# the suite waits for guests, default 180).
 set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
 CACHE=${XAPID_XEN_CACHE:-$HOME/.cache/xapid-xen}
 TIMEOUT=${XAPID_XEN_TIMEOUT:-900}
 SMP=${XAPID_XEN_SMP:-2}
-CPU=${XAPID_XEN_CPU:-max,-smap,-pcid,-invpcid}
+CPU=${XAPID_XEN_CPU:-max,-smap,-xsave}
 GUEST_MIB=${XAPID_XEN_GUEST_MIB:-128}
 FILTER=${XAPID_XEN_FILTER:-}
 # Bump when the dom0 customisation below changes (forces a new dom0.img,
 # not a new debootstrap).
 IMAGE_VERSION=3
+# Bump when the test guest below changes.
+GUEST_VERSION=2
 PACKAGES=linux-image-amd64,xen-hypervisor-4.17-amd64,xen-utils-4.17,xen-utils-common,systemd-sysv,udev,kmod,iproute2,procps,initramfs-tools,util-linux,e2fsprogs
 
 T0=$(date +%s)
@@ -177,7 +182,7 @@ EOF
 fi
 
 # ---------------------------------------------------------------- PV test guest
-if [ ! -f "$CACHE/guest.stamp" ]; then
+if [ "$(cat "$CACHE/guest.stamp" 2>/dev/null)" != "$GUEST_VERSION $KVER" ]; then
     say "building the PV test guest (Debian kernel $KVER + busybox initramfs)"
     G=$(mktemp -d)
     mkdir -p "$G"/{bin,sbin,proc,sys,dev,tmp,lib/modules}
@@ -195,11 +200,12 @@ if [ ! -f "$CACHE/guest.stamp" ]; then
         done
     done
     # The kernel runs /sbin/poweroff and /sbin/reboot when the toolstack
-    # writes control/shutdown; make them act at once (no init system here).
+    # writes control/shutdown; make them act at once (no init system here),
+    # and without needing /bin/sh (which /init creates only once it runs).
     for a in poweroff reboot halt; do
         f=$a
         [ $a = halt ] && f=poweroff
-        printf '#!/bin/sh\necho "XAPID_GUEST %s"\nexec /bin/busybox %s -f\n' "$a" "$f" >"$G/sbin/$a"
+        printf '#!/bin/busybox sh\n/bin/busybox echo "XAPID_GUEST %s"\nexec /bin/busybox %s -f\n' "$a" "$f" >"$G/sbin/$a"
         chmod +x "$G/sbin/$a"
     done
     cat >"$G/init" <<'EOF'
@@ -219,7 +225,7 @@ EOF
     (cd "$G" && find . | cpio -o -H newc 2>/dev/null | gzip -1) >"$CACHE/guest-initrd.gz"
     rm -rf "$G"
     cp "$CACHE/vmlinuz" "$CACHE/guest-vmlinuz"
-    date -u >"$CACHE/guest.stamp"
+    echo "$GUEST_VERSION $KVER" >"$CACHE/guest.stamp"
 fi
 
 say "image ready: $(du -sh --apparent-size "$CACHE/dom0.img" | cut -f1) dom0.img, kernel $KVER"
@@ -256,12 +262,13 @@ cp "$HELPER" "$RUN/payload/xapid-xenguest"
 cp "$REPO/tests/xen/dom0-run.sh" "$RUN/payload/dom0-run.sh"
 chmod +x "$RUN/payload/dom0-run.sh"
 cp "$CACHE/guest-vmlinuz" "$CACHE/guest-initrd.gz" "$RUN/payload/"
-(cd "$RUN/payload" && sha256sum agent-tests xapid-xenguest guest-vmlinuz guest-initrd.gz >SHA256SUMS)
+(cd "$RUN/payload" && sha256sum xapid-xenguest guest-vmlinuz guest-initrd.gz >SHA256SUMS)
 cat >"$RUN/payload/env" <<EOF
 XAPID_XEN_GUEST_MIB=$GUEST_MIB
 XAPID_XEN_FILTER=$FILTER
 XAPID_XEN_LOG=${XAPID_XEN_LOG:-}
 XAPID_XEN_XL_PROBE=${XAPID_XEN_XL_PROBE:-}
+XAPID_XEN_EVENT_TIMEOUT=${XAPID_XEN_EVENT_TIMEOUT:-}
 EOF
 truncate -s 256M "$RUN/payload.img"
 mkfs.ext4 -q -F -L payload -d "$RUN/payload" "$RUN/payload.img" || die "mkfs.ext4 of the payload failed"

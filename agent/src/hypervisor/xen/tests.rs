@@ -292,7 +292,9 @@ fn env_path(name: &str) -> Option<PathBuf> {
 /// to a console: see `tests/xen/run.sh`, which provides all that under
 /// QEMU. Environment: `XAPID_XEN_KERNEL` (required), `XAPID_XEN_RAMDISK`,
 /// `XAPID_XEN_CMDLINE`, `XAPID_XEN_SCRATCH`, `XAPID_XEN_GUEST_MIB`,
-/// `XAPID_XEN_FILTER` (only checks whose name contains it).
+/// `XAPID_XEN_EVENT_TIMEOUT` (seconds, default 180: guests boot slowly
+/// under emulation), `XAPID_XEN_FILTER` (only checks whose name contains
+/// it), `XAPID_XEN_LOG=debug`.
 #[test]
 #[ignore = "needs a Xen dom0; run by tests/xen/run.sh"]
 fn conformance_on_real_xen() {
@@ -310,7 +312,12 @@ fn conformance_on_real_xen() {
     {
         opts.guest_memory = mib * MIB;
     }
-    opts.event_timeout = Duration::from_secs(60);
+    opts.event_timeout = Duration::from_secs(
+        std::env::var("XAPID_XEN_EVENT_TIMEOUT")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(180),
+    );
     let filter = std::env::var("XAPID_XEN_FILTER").unwrap_or_default();
 
     let backend = XenBackend::open().expect("opening the Xen backend");

@@ -6,16 +6,8 @@
 //! own allocations, in whatever process calls it. Like xapi (whose
 //! xenopsd runs its `xenguest` helper per build), xapid runs each build in
 //! a short-lived process, so a crash, leak or stray mapping in libxenguest
-//! cannot touch the daemon, and parallel builds share nothing.
-//!
-//! This is not only hygiene. Under QEMU TCG with a CPU model offering
-//! PCID/INVPCID, a second build in the same process failed ("XZ
-//! decompression error: File is corrupt") whenever a domain it had built
-//! earlier was running, as if the process still saw that domain's frames
-//! at reused addresses; with `-cpu ...,-pcid,-invpcid`, or with builds in
-//! fresh processes, it never did. That points at the emulator's TLB
-//! handling rather than at Xen or Linux, but a daemon should not depend
-//! on it either way.
+//! cannot touch the daemon, parallel builds share nothing, and the
+//! daemon's memory does not grow by a decompressed kernel per build.
 //!
 //! Protocol: `xapid-xenguest build` reads one JSON [`BuildRequest`] on
 //! stdin, writes one JSON [`BuildReply`] on stdout and exits 0; its stderr
