@@ -292,7 +292,7 @@ fn rows(peer: &Json, x: &Json) -> Vec<Row> {
                     Goal::AtLeast(0.7),
                 );
                 push(
-                    format!("daemon CPU per request, call vs bare handler, C={c}, {proto}"),
+                    format!("daemon CPU per request, API call, C={c}, {proto}"),
                     "µs",
                     num(&o["daemon_cpu_us_per_call"]),
                     None,
