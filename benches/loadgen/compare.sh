@@ -59,7 +59,7 @@ xapids=()
 for i in $(seq 1 "$RUNS"); do
     say "run $i/$RUNS: peer (libvirtd test driver, N=1000, C=1,16,64, TCP)"
     /usr/bin/python3 "$PEER_SCRIPT" --start-daemon --transport tcp --vms 1000 --concurrency 1,16,64 \
-        --json "$OUT/peer-$i.json" >/dev/null
+        --workdir "$OUT/peer-work-$i" --json "$OUT/peer-$i.json" >/dev/null
     say "run $i/$RUNS: xapid"
     # shellcheck disable=SC2086
     target/release/xapid-loadgen run --xapid target/release/xapid --json "$OUT/xapid-$i.json" $LOADGEN_ARGS >/dev/null

@@ -70,10 +70,10 @@ struct RunArgs {
     #[arg(long, value_delimiter = ',', default_value = "1,16")]
     overhead_concurrency: Vec<usize>,
     /// Seconds per overhead measurement.
-    #[arg(long, default_value_t = 2.0)]
+    #[arg(long, default_value_t = 1.0)]
     overhead_secs: f64,
-    /// Alternating (noop, call) rounds per overhead measurement (median reported).
-    #[arg(long, default_value_t = 2)]
+    /// Paired (noop, call) rounds per overhead measurement (median of the rounds' ratios).
+    #[arg(long, default_value_t = 6)]
     overhead_rounds: usize,
     /// `--workers` for the daemon (default: the daemon's own, one per core).
     #[arg(long)]
@@ -210,11 +210,14 @@ async fn run(a: RunArgs) -> Result<Json, String> {
             for &c in &a.overhead_concurrency {
                 let r = phases::overhead(&d, p, c, a.overhead_secs, a.overhead_rounds).await?;
                 log(&format!(
-                    "overhead {} C={c}: {} calls/s vs noop {} /s = {}",
+                    "overhead {} C={c}: {} calls/s vs noop {} /s = {} (rounds {}); daemon CPU {} µs/call vs {} µs/noop",
                     p.name(),
                     r["call_per_s"],
                     r["noop_per_s"],
-                    r["ratio"]
+                    r["ratio"],
+                    r["ratios"],
+                    r["daemon_cpu_us_per_call"],
+                    r["daemon_cpu_us_per_noop"]
                 ));
                 runs.push(r);
             }

@@ -291,9 +291,12 @@ pub async fn read_scale(d: &Daemon, sizes: &[usize], reps: usize, protos: &[Prot
                 full.push(ns(t0.elapsed()));
                 full_bytes = b;
             }
+            let (p_hwm, p_rss) = d.memory_kb()?;
             by_proto.insert(
                 proto.name().to_owned(),
                 json!({
+                    "daemon_VmRSS_kB_after": p_rss,
+                    "daemon_VmHWM_kB_after": p_hwm,
                     "get_all_records_wire": summary_ms(&wire),
                     "client_decode": summary_ms(&parse),
                     "response_bytes": bytes,
@@ -506,7 +509,7 @@ async fn hammer(
     vm: &str,
     noop: bool,
     secs: f64,
-) -> Result<(f64, Json), String> {
+) -> Result<(f64, f64, Json), String> {
     let barrier = Arc::new(Barrier::new(sessions.len() + 1));
     let dur = Duration::from_secs_f64(secs);
     let mut handles = Vec::new();
@@ -532,6 +535,7 @@ async fn hammer(
             Ok::<Vec<i64>, String>(lat)
         }));
     }
+    let cpu0 = d.cpu()?;
     barrier.wait().await;
     let t0 = Instant::now();
     let mut all = Vec::new();
@@ -539,36 +543,55 @@ async fn hammer(
         all.extend(h.await.map_err(|e| format!("overhead worker: {e}"))??);
     }
     let wall = t0.elapsed().as_secs_f64();
-    Ok((all.len() as f64 / wall, summary_ms(&all)))
+    let cpu_us = (d.cpu()? - cpu0) * 1e6 / all.len().max(1) as f64;
+    Ok((all.len() as f64 / wall, cpu_us, summary_ms(&all)))
 }
 
-/// RPC overhead: `VM.get_name_label` calls/s against `POST /bench/noop` with the same body,
-/// alternating, `rounds` times each, on the same daemon.
+/// RPC overhead: `VM.get_name_label` calls/s against `POST /bench/noop` with the same body
+/// on the same daemon, in `rounds` paired rounds (the order alternating, to cancel drift); the
+/// ratio is the median of the rounds' ratios. The daemon's CPU per request (µs) is recorded
+/// too: on a shared machine it is steadier than the rates.
 pub async fn overhead(d: &Daemon, proto: Protocol, c: usize, secs: f64, rounds: usize) -> Result<Json, String> {
     let sessions = d.sessions(c.max(1), &format!("loadgen-oh{c}-{}", proto.name())).await?;
     let mut probe = Rpc::tcp(d.addr, proto).await?;
     let vm = template_ref(&mut probe, sessions.first().map_or("", String::as_str)).await?;
-    let (mut call_rates, mut noop_rates) = (Vec::new(), Vec::new());
+    let (mut call_rates, mut noop_rates, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut call_cpu, mut noop_cpu) = (Vec::new(), Vec::new());
     let (mut call_lat, mut noop_lat) = (Json::Null, Json::Null);
-    for _ in 0..rounds.max(1) {
-        let (r, l) = hammer(d, proto, &sessions, &vm, true, secs).await?;
-        noop_rates.push(r);
-        noop_lat = l;
-        let (r, l) = hammer(d, proto, &sessions, &vm, false, secs).await?;
-        call_rates.push(r);
-        call_lat = l;
+    for round in 0..rounds.max(1) {
+        let mut one = |noop: bool, (rate, cpu, lat): (f64, f64, Json)| {
+            if noop {
+                noop_rates.push(rate);
+                noop_cpu.push(cpu);
+                noop_lat = lat;
+            } else {
+                call_rates.push(rate);
+                call_cpu.push(cpu);
+                call_lat = lat;
+            }
+        };
+        for noop in if round % 2 == 0 { [true, false] } else { [false, true] } {
+            one(noop, hammer(d, proto, &sessions, &vm, noop, secs).await?);
+        }
+        if let (Some(c), Some(n)) = (call_rates.last(), noop_rates.last()) {
+            ratios.push(if *n > 0.0 { c / n } else { 0.0 });
+        }
     }
-    let call = median(&call_rates).unwrap_or(0.0);
-    let noop = median(&noop_rates).unwrap_or(0.0);
+    let med = |v: &[f64]| median(v).unwrap_or(0.0);
+    let (cc, nc) = (med(&call_cpu), med(&noop_cpu));
     Ok(json!({
         "protocol": proto.name(),
         "concurrency": c,
         "call": "VM.get_name_label",
-        "call_per_s": call.round(),
-        "noop_per_s": noop.round(),
-        "ratio": r3(if noop > 0.0 { call / noop } else { 0.0 }),
+        "call_per_s": med(&call_rates).round(),
+        "noop_per_s": med(&noop_rates).round(),
+        "ratio": r3(med(&ratios)),
+        "ratios": ratios.iter().map(|v| r3(*v)).collect::<Vec<_>>(),
         "call_rates": call_rates.iter().map(|v| v.round()).collect::<Vec<_>>(),
         "noop_rates": noop_rates.iter().map(|v| v.round()).collect::<Vec<_>>(),
+        "daemon_cpu_us_per_call": r3(cc),
+        "daemon_cpu_us_per_noop": r3(nc),
+        "cpu_ratio_noop_over_call": r3(if cc > 0.0 { nc / cc } else { 0.0 }),
         "call_latency_last_round": call_lat,
         "noop_latency_last_round": noop_lat,
     }))

@@ -291,6 +291,20 @@ fn rows(peer: &Json, x: &Json) -> Vec<Row> {
                     None,
                     Goal::AtLeast(0.7),
                 );
+                push(
+                    format!("daemon CPU per request, API call, C={c}, {proto}"),
+                    "µs",
+                    num(&o["daemon_cpu_us_per_call"]),
+                    None,
+                    Goal::None,
+                );
+                push(
+                    format!("daemon CPU per request, bare handler, C={c}, {proto}"),
+                    "µs",
+                    num(&o["daemon_cpu_us_per_noop"]),
+                    None,
+                    Goal::None,
+                );
             }
         }
     }
@@ -344,7 +358,11 @@ pub fn report(peers: &[PathBuf], xapids: &[PathBuf], json_out: Option<&Path>) ->
     };
     println!(
         "| metric | xapid | peer | xapid/peer | goal | met |{}",
-        if runs.len() > 1 { " ratio per run |" } else { "" }
+        if runs.len() > 1 {
+            " per run (ratio, or xapid) |"
+        } else {
+            ""
+        }
     );
     println!(
         "|---|---:|---:|---:|---|---|{}",
@@ -385,7 +403,8 @@ pub fn report(peers: &[PathBuf], xapids: &[PathBuf], json_out: Option<&Path>) ->
                 None => "",
             },
             if runs.len() > 1 {
-                format!(" {} |", ratios.iter().map(|r| fmt(*r)).collect::<Vec<_>>().join(", "))
+                let per_run = if ratios.is_empty() { &xs } else { &ratios };
+                format!(" {} |", per_run.iter().map(|r| fmt(*r)).collect::<Vec<_>>().join(", "))
             } else {
                 String::new()
             }
