@@ -271,7 +271,11 @@ pub fn from_json(j: &Json, ty: &Ty) -> Result<Value, TypeMismatch> {
         },
         Ty::Float => match j {
             Json::Number(n) => n.as_f64().map(Value::Float).ok_or_else(|| mismatch("float", j)),
-            Json::String(s) => s.trim().parse().map(Value::Float).map_err(|_| mismatch("float", j)),
+            Json::String(s) => match s.trim().parse::<f64>() {
+                // "nan" and "inf" parse, but no client could read them back (JSON has no form).
+                Ok(f) if f.is_finite() => Ok(Value::Float(f)),
+                _ => Err(mismatch("float", j)),
+            },
             _ => Err(mismatch("float", j)),
         },
         Ty::Bool => match j {
@@ -572,6 +576,13 @@ mod tests {
         assert_eq!(from_json(&Json::String("42".into()), &ty_int), Ok(Value::Int(42)));
         assert!(from_json(&Json::String("x".into()), &ty_int).is_err());
         assert!(from_json(&serde_json::json!(5), &Ty::String).is_err());
+        assert_eq!(
+            from_json(&Json::String("1.5".into()), &Ty::Float),
+            Ok(Value::Float(1.5))
+        );
+        for bad in ["nan", "inf", "-infinity", "1e999"] {
+            assert!(from_json(&Json::String(bad.into()), &Ty::Float).is_err(), "{bad}");
+        }
         assert_eq!(
             parse_datetime("20250319T04:16:24Z").map(format_datetime).as_deref(),
             Some("20250319T04:16:24Z")

@@ -88,20 +88,37 @@ pub fn write_record(obj: &Object, out: &mut String) {
 }
 
 /// Escapes text for XML character data.
+///
+/// Characters that XML 1.0 cannot carry at all, not even as references (C0 controls other than
+/// tab, newline and carriage return; U+FFFE and U+FFFF), are written as U+FFFD: a string set over
+/// JSON-RPC may hold them, and an XML-RPC client must still be able to parse the reply.
 pub fn escape(s: &str, out: &mut String) {
+    let bytes = s.as_bytes();
     let mut start = 0;
-    for (i, b) in s.bytes().enumerate() {
-        let rep = match b {
-            b'<' => "&lt;",
-            b'>' => "&gt;",
-            b'&' => "&amp;",
-            b'"' => "&quot;",
-            b'\r' => "&#13;",
-            _ => continue,
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        let (rep, len) = match b {
+            b'<' => ("&lt;", 1),
+            b'>' => ("&gt;", 1),
+            b'&' => ("&amp;", 1),
+            b'"' => ("&quot;", 1),
+            b'\r' => ("&#13;", 1),
+            b'\t' | b'\n' => {
+                i += 1;
+                continue;
+            }
+            0..=0x1f => ("\u{fffd}", 1),
+            0xef if matches!(bytes.get(i + 1..i + 3), Some([0xbf, 0xbe | 0xbf])) => ("\u{fffd}", 3),
+            _ => {
+                i += 1;
+                continue;
+            }
         };
         out.push_str(&s[start..i]);
         out.push_str(rep);
-        start = i + 1;
+        i += len;
+        start = i;
     }
     out.push_str(&s[start..]);
 }
@@ -111,4 +128,27 @@ pub fn value_fragment(v: &Value) -> String {
     let mut s = String::new();
     write_value(v, &mut s);
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::escape;
+
+    fn esc(s: &str) -> String {
+        let mut out = String::new();
+        escape(s, &mut out);
+        out
+    }
+
+    #[test]
+    fn markup_is_escaped_and_text_kept() {
+        assert_eq!(esc("a<b>&\"c\r\n\té"), "a&lt;b&gt;&amp;&quot;c&#13;\n\té");
+    }
+
+    #[test]
+    fn characters_xml_cannot_carry_become_replacement_characters() {
+        assert_eq!(esc("a\u{1}b\u{1f}\u{0}"), "a\u{fffd}b\u{fffd}\u{fffd}");
+        assert_eq!(esc("x\u{fffe}y\u{ffff}z\u{fffd}"), "x\u{fffd}y\u{fffd}z\u{fffd}");
+        assert_eq!(esc("\u{efbf}\u{10000}"), "\u{efbf}\u{10000}");
+    }
 }
