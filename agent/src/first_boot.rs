@@ -52,7 +52,7 @@ impl HostFacts {
             memory_total: info.memory_total as i64,
             memory_free: info.memory_free as i64,
             dom0_memory: dom0 as i64,
-            hypervisor_version: info.hypervisor.to_string(),
+            hypervisor_version: info.hypervisor.version_string(),
             backend: hv.backend_name().to_owned(),
         })
     }
@@ -299,6 +299,25 @@ pub async fn rebuild_ephemeral(store: &Store, facts: &HostFacts) -> Result<(), A
     store
         .write(|tx| {
             for host in tx_all(tx, store, class_ids::host) {
+                // What the backend says now wins over what first boot recorded (the hypervisor
+                // may have been upgraded, or the backend changed).
+                let count = facts.cpus.len().to_string();
+                for (field, updates) in [
+                    (
+                        fields::host::software_version,
+                        [
+                            ("xen", facts.hypervisor_version.as_str()),
+                            ("backend", facts.backend.as_str()),
+                        ],
+                    ),
+                    (
+                        fields::host::cpu_info,
+                        [("cpu_count", count.as_str()), ("socket_count", "1")],
+                    ),
+                ] {
+                    let map = with_keys(host.get(field), &updates);
+                    set_field(tx, class_ids::host, &host.reference, field, map)?;
+                }
                 let m = host.get(fields::host::metrics).clone();
                 ensure_metrics(tx, class_ids::host, &host.reference, fields::host::metrics, &m, |o| {
                     o.set(fields::host_metrics::memory_total, Value::Int(facts.memory_total));
@@ -338,6 +357,21 @@ pub async fn rebuild_ephemeral(store: &Store, facts: &HostFacts) -> Result<(), A
             Ok(())
         })
         .await
+}
+
+/// `map` (a string map) with `updates` set, other keys kept in place.
+fn with_keys(map: &Value, updates: &[(&str, &str)]) -> Value {
+    let mut pairs = match map {
+        Value::Map(pairs) => pairs.clone(),
+        _ => Vec::new(),
+    };
+    for (k, v) in updates {
+        match pairs.iter_mut().find(|(key, _)| key.as_str() == Some(*k)) {
+            Some((_, old)) => *old = Value::str(*v),
+            None => pairs.push((Value::str(*k), Value::str(*v))),
+        }
+    }
+    Value::Map(pairs)
 }
 
 fn tx_all(_tx: &Tx, store: &Store, class: ClassId) -> Vec<std::sync::Arc<Object>> {

@@ -145,6 +145,10 @@ pub fn routes(cfg: &mut web::ServiceConfig, max_body: usize) {
     crate::data_paths::routes(cfg);
 }
 
+/// How long an idle keep-alive connection is kept (as long as a TLS front end for XenAPI
+/// typically keeps idle connections: 12 hours).
+const IDLE_KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(12 * 3600);
+
 /// Serves until the process is asked to stop.
 pub async fn serve(agent: Arc<Agent>, cfg: ServerConfig) -> std::io::Result<()> {
     let max_body = cfg.max_body;
@@ -163,6 +167,11 @@ pub async fn serve(agent: Arc<Agent>, cfg: ServerConfig) -> std::io::Result<()> 
     // connection slot, never a worker thread.
     .client_request_timeout(std::time::Duration::from_secs(10))
     .client_disconnect_timeout(std::time::Duration::from_secs(5))
+    // An idle keep-alive connection stays open for hours, not actix's 5 s: over HTTPS an
+    // XenAPI.py session that idled longer failed its next call (the closed connection reads
+    // as an unclean TLS EOF, which Python's xmlrpc does not retry). Idle connections cost no
+    // worker and count against max_connections.
+    .keep_alive(IDLE_KEEP_ALIVE)
     .max_connections(cfg.max_connections.max(1));
     if cfg.workers > 0 {
         server = server.workers(cfg.workers);

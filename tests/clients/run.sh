@@ -4,6 +4,8 @@
 #   tests/clients/run.sh              # every suite (python, node, ansible)
 #   tests/clients/run.sh python       # one suite
 #   tests/clients/run.sh node python  # several, in that order
+#   tests/clients/run.sh --python-venv  # only install the Python client; print its venv's path
+#                                       # (tests/xen/run.sh drives a dom0's xapid with it)
 #
 # Environment:
 #   XAPID_BIN          daemon binary to test (default: <repo>/target/release/xapid,
@@ -201,6 +203,11 @@ run_ansible() {
 }
 
 # --------------------------------------------------------------------------
+if [ "${1:-}" = --python-venv ]; then
+  setup_python
+  printf '%s\n' "$PY_VENV"
+  exit 0
+fi
 suites=("$@")
 [ ${#suites[@]} -gt 0 ] || suites=(python node ansible)
 for s in "${suites[@]}"; do

@@ -51,7 +51,8 @@ fn console_of(agent: &Agent, req: &HttpRequest) -> Result<String, DataPathError>
         .ok_or_else(|| missing(&r))
 }
 
-/// The domain behind a console: its VM must be running (and so have a domid).
+/// The domain behind a console: its VM must have one (running or paused: a client may attach
+/// before it unpauses a VM started paused, and so see the whole boot).
 fn domid_of(agent: &Agent, console: &str) -> Result<u32, DataPathError> {
     let c = agent
         .store
@@ -64,7 +65,7 @@ fn domid_of(agent: &Agent, console: &str) -> Result<u32, DataPathError> {
         .ok_or_else(|| DataPathError::NotFound(ApiError::handle_invalid("VM", &vm_ref)))?;
     let state = vm.get(fields::VM::power_state).clone();
     let domid = vm.get(fields::VM::domid).as_int().unwrap_or(-1);
-    if state != Value::Enum("Running") || domid < 0 {
+    if !matches!(state, Value::Enum("Running" | "Paused")) || domid < 0 {
         return Err(DataPathError::NotFound(ApiError::VmBadPowerState {
             vm: vm_ref,
             expected: "running".into(),

@@ -1,0 +1,289 @@
+#!/usr/bin/env python3
+"""End to end on real Xen: XenAPI.py on the host drives xapid in dom0.
+
+Run by tests/xen/run.sh once dom0 (booted under QEMU) has started xapid with
+its systemd unit; the host reaches xapid's HTTPS port through QEMU's port
+forwarding. Every step prints one line; the guest's console lines read
+through xapid's /console path are printed with the prefix "console| ".
+
+Exit status 0 when every step passed, 1 otherwise.
+"""
+
+import argparse
+import importlib.metadata
+import re
+import socket
+import ssl
+import sys
+import threading
+import time
+import urllib.parse
+
+import XenAPI  # the published client, unmodified
+
+T0 = time.monotonic()
+
+
+def step(msg: str) -> None:
+    print(f"E2E {time.monotonic() - T0:7.1f}s {msg}", flush=True)
+
+
+class Failed(Exception):
+    pass
+
+
+def check(cond: bool, what: str) -> None:
+    if not cond:
+        raise Failed(what)
+    step(f"ok: {what}")
+
+
+def wait_for(what: str, timeout: float, probe, interval: float = 1.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        v = probe()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise Failed(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
+
+
+def xl_info(serial_log: str) -> dict:
+    """What `xl info` said in dom0 (dom0-run.sh prints it to the serial log)."""
+    facts = {}
+    with open(serial_log, "rb") as f:
+        for line in f.read().decode("utf-8", "replace").splitlines():
+            m = re.match(r"XAPID_XLINFO (\w+)\s*:\s*(.*)", line.strip())
+            if m:
+                facts[m.group(1)] = m.group(2).strip()
+    return facts
+
+
+class Console:
+    """A guest's text console through xapid: HTTP CONNECT over TLS."""
+
+    def __init__(self, url: str, location: str, session_ref: str):
+        u = urllib.parse.urlsplit(url)
+        loc = urllib.parse.urlsplit(location)
+        # The location names the host as dom0 sees it; the path and query are what matter.
+        target = f"{loc.path}?{loc.query}&session_id={session_ref}"
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        raw = socket.create_connection((u.hostname, u.port), timeout=30)
+        self.sock = ctx.wrap_socket(raw, server_hostname=u.hostname)
+        self.sock.sendall(f"CONNECT {target} HTTP/1.0\r\n\r\n".encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = self.sock.recv(4096)
+            if not chunk:
+                raise Failed(f"console connection closed during the reply head: {head!r}")
+            head += chunk
+        head, rest = head.split(b"\r\n\r\n", 1)
+        status = head.split(b"\r\n", 1)[0].decode("latin-1")
+        if " 200" not in status:
+            raise Failed(f"CONNECT {target}: {status}")
+        self.status = status
+        self.buf = bytearray(rest)
+        self.lock = threading.Lock()
+        self.closed = False
+        self.sock.settimeout(None)
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        try:
+            while True:
+                chunk = self.sock.recv(65536)
+                if not chunk:
+                    break
+                with self.lock:
+                    self.buf += chunk
+        except OSError:
+            pass
+        self.closed = True
+
+    def text(self) -> str:
+        with self.lock:
+            return self.buf.decode("utf-8", "replace")
+
+    def wait_for(self, needle: str, timeout: float) -> str:
+        return wait_for(f"{needle!r} on the console", timeout, lambda: needle in self.text() and self.text(), 0.5)
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--url", required=True)
+    ap.add_argument("--password-file", required=True)
+    ap.add_argument("--serial-log", required=True)
+    ap.add_argument("--kernel", required=True, help="the guest kernel, a path in dom0")
+    ap.add_argument("--ramdisk", required=True, help="the guest initramfs, a path in dom0")
+    ap.add_argument("--connect-timeout", type=float, default=300)
+    ap.add_argument("--boot-timeout", type=float, default=300)
+    args = ap.parse_args()
+    password = open(args.password_file).read().strip()
+    step(f"client: xenapi {importlib.metadata.version('xenapi')} (XenAPI.py), python {sys.version.split()[0]}")
+
+    session = XenAPI.Session(args.url, ignore_ssl=True)
+
+    def login():
+        try:
+            session.xenapi.login_with_password("root", password, "2.0", "xapid-xen-e2e")
+            return True
+        except (OSError, ssl.SSLError, XenAPI.Failure) as e:  # not up yet
+            login.last = repr(e)
+            return False
+        except Exception as e:  # http.client errors while xapid starts
+            login.last = repr(e)
+            return False
+
+    login.last = ""
+    try:
+        wait_for(f"xapid at {args.url} (last error: see below)", args.connect_timeout, login, 2.0)
+    except Failed:
+        step(f"last login error: {login.last}")
+        raise
+    x = session.xenapi
+    step(f"logged in to {args.url} as root")
+    vm = None
+    console = None
+    try:
+        # ---- the host reports the real Xen
+        host = x.host.get_all()[0]
+        h = x.host.get_record(host)
+        metrics = x.host_metrics.get_record(h["metrics"])
+        xl = xl_info(args.serial_log)
+        step(
+            f"host: software_version xen={h['software_version'].get('xen')} "
+            f"backend={h['software_version'].get('backend')}; cpu_count={h['cpu_info'].get('cpu_count')} "
+            f"host_CPUs={len(h['host_CPUs'])}; memory_total={metrics['memory_total']}"
+        )
+        step(f"xl info in dom0: {xl}")
+        check(h["software_version"].get("backend") == "xen", "host reports the xen backend")
+        check(
+            bool(xl.get("xen_version")) and h["software_version"].get("xen", "").startswith(xl["xen_version"]),
+            f"host.software_version['xen'] is Xen's own version ({xl.get('xen_version')})",
+        )
+        check(
+            h["cpu_info"].get("cpu_count") == xl.get("nr_cpus") and len(h["host_CPUs"]) == int(xl.get("nr_cpus", -1)),
+            f"host CPUs match Xen's nr_cpus ({xl.get('nr_cpus')})",
+        )
+        check(
+            int(metrics["memory_total"]) == int(xl.get("total_memory", -1)) * 1024 * 1024,
+            f"host_metrics.memory_total is Xen's total_memory ({xl.get('total_memory')} MiB)",
+        )
+
+        # ---- a PV VM from the test guest's kernel and initramfs
+        template = x.VM.get_by_name_label("Generic Linux PV")[0]
+        vm = x.VM.clone(template, "xapid-e2e-guest")
+        x.VM.set_is_a_template(vm, False)
+        x.VM.set_PV_bootloader(vm, "")
+        x.VM.set_PV_kernel(vm, args.kernel)
+        x.VM.set_PV_ramdisk(vm, args.ramdisk)
+        x.VM.set_PV_args(vm, "console=hvc0")
+        mib128 = str(128 * 1024 * 1024)
+        x.VM.set_memory_limits(vm, mib128, mib128, mib128, mib128)
+        x.VM.set_VCPUs_max(vm, "1")
+        x.VM.set_VCPUs_at_startup(vm, "1")
+        step(f"created VM {x.VM.get_uuid(vm)} (PV, 128 MiB, 1 vCPU, kernel {args.kernel})")
+
+        # ---- start paused, attach the console, unpause: the whole boot is on the console
+        x.VM.start(vm, True, False)
+        check(x.VM.get_power_state(vm) == "Paused", "VM.start(start_paused=true): power_state Paused")
+        domid = int(x.VM.get_domid(vm))
+        check(domid > 0, f"the VM has a real domid ({domid})")
+        cons = x.VM.get_consoles(vm)
+        location = next(
+            x.console.get_location(c) for c in cons if x.console.get_protocol(c) == "vt100"
+        )
+        console = Console(args.url, location, session._session)
+        step(f"console: CONNECT {location} -> {console.status}")
+        x.VM.unpause(vm)
+        check(x.VM.get_power_state(vm) == "Running", "VM.unpause: power_state Running")
+        text = console.wait_for("XAPID_GUEST up", args.boot_timeout)
+        lines = [l.rstrip("\r") for l in text.splitlines() if l.strip()]
+        step(f"the guest's boot through xapid's /console ({len(lines)} lines; the first 12 and the last 3):")
+        for l in lines[:12] + ["..."] + lines[-3:]:
+            print(f"console| {l}", flush=True)
+        check(any("Linux version" in l for l in lines), "the guest kernel's own boot lines arrived on the console")
+
+        # ---- pause / unpause
+        x.VM.pause(vm)
+        check(x.VM.get_power_state(vm) == "Paused", "VM.pause: power_state Paused")
+        alive = len(re.findall(r"XAPID_GUEST alive", console.text()))
+        x.VM.unpause(vm)
+        check(x.VM.get_power_state(vm) == "Running", "VM.unpause: power_state Running")
+        wait_for(
+            "the guest to keep running after unpause",
+            120,
+            lambda: len(re.findall(r"XAPID_GUEST alive", console.text())) > alive + 1,
+        )
+        step("ok: the guest runs on after unpause (new 'alive' lines on the console)")
+
+        # ---- clean shutdown through the guest
+        x.VM.clean_shutdown(vm)
+        check(x.VM.get_power_state(vm) == "Halted", "VM.clean_shutdown: power_state Halted")
+        check(int(x.VM.get_domid(vm)) == -1, "a halted VM has domid -1")
+        check("XAPID_GUEST poweroff" in console.text(), "the guest ran its own poweroff (seen on the console)")
+        console.close()
+        console = None
+
+        # ---- start again, hard shutdown
+        x.VM.start(vm, False, False)
+        check(x.VM.get_power_state(vm) == "Running", "VM.start again: power_state Running")
+        domid2 = int(x.VM.get_domid(vm))
+        check(domid2 > 0 and domid2 != domid, f"a new domain ({domid2})")
+        x.VM.hard_shutdown(vm)
+        check(x.VM.get_power_state(vm) == "Halted", "VM.hard_shutdown: power_state Halted")
+
+        # ---- a guest that powers itself off becomes Halted, seen through event.from
+        x.VM.set_PV_args(vm, "console=hvc0 quiet xapid.poweroff_after=3")
+        token = getattr(x.event, "from")(["vm"], "", 0.0)["token"]
+        x.VM.start(vm, False, False)
+        check(x.VM.get_power_state(vm) == "Running", "VM.start (guest set to power itself off)")
+        started = time.monotonic()
+        halted = None
+        while halted is None and time.monotonic() - started < args.boot_timeout:
+            # `from` is a Python keyword: XenAPI.py users call it through getattr.
+            batch = getattr(x.event, "from")(["vm"], token, 30.0)
+            token = batch["token"]
+            for ev in batch["events"]:
+                snap = ev.get("snapshot") or {}
+                if ev["ref"] == vm and snap.get("power_state") == "Halted":
+                    halted = ev
+        check(halted is not None, "event.from delivered the VM's change to Halted after the guest powered off")
+        step(f"event: {halted['class']} {halted['operation']} power_state={halted['snapshot']['power_state']} "
+             f"{time.monotonic() - started:.1f}s after VM.start")
+        check(x.VM.get_power_state(vm) == "Halted", "VM.get_power_state agrees: Halted")
+
+        x.VM.destroy(vm)
+        vm = None
+        step("ALL PASSED")
+        return 0
+    except (Failed, XenAPI.Failure) as e:
+        step(f"FAILED: {e}")
+        if console is not None:
+            for l in console.text().splitlines()[-20:]:
+                print(f"console| {l.rstrip()}", flush=True)
+        return 1
+    finally:
+        if console is not None:
+            console.close()
+        try:
+            if vm is not None:
+                if x.VM.get_power_state(vm) != "Halted":
+                    x.VM.hard_shutdown(vm)
+                x.VM.destroy(vm)
+            session.xenapi.session.logout()
+        except Exception as e:  # cleanup after a failure: report, keep the verdict
+            step(f"cleanup: {e!r}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
