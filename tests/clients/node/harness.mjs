@@ -55,7 +55,10 @@ const live = new Set()
 process.on('exit', () => { for (const d of live) try { d.proc.kill('SIGKILL') } catch {} })
 
 export class Daemon {
-  constructor() {
+  // `{ tls: true }` also serves HTTPS (`--tls-listen`) on `tlsUrl`.
+  constructor({ tls = false } = {}) {
+    this.tls = tls
+    this.tlsPort = undefined
     const base = ['/tmp', process.env.TMPDIR].find(d => d && !d.includes('_') && fs.existsSync(d)) || '/tmp'
     this.workdir = path.join(base, `xapid-node-${process.pid}-${randomBytes(3).toString('hex')}`)
     fs.mkdirSync(this.workdir, { mode: 0o700 })
@@ -71,12 +74,17 @@ export class Daemon {
   }
 
   get url() { return `http://127.0.0.1:${this.port}` }
+  get tlsUrl() { return `https://127.0.0.1:${this.tlsPort}` }
 
   async start() {
     this.port = await freePort()
     const args = ['--listen', `127.0.0.1:${this.port}`, '--socket', this.sockPath,
       '--state-dir', this.stateDir, '--backend', 'simulator',
       '--root-password-file', this.passwordFile]
+    if (this.tls) {
+      this.tlsPort = await freePort()
+      args.push('--tls-listen', `127.0.0.1:${this.tlsPort}`)
+    }
     const bin = xapidBin()
     fs.appendFileSync(this.logPath, `\n=== start: ${bin} ${args.join(' ')}\n`)
     const log = fs.openSync(this.logPath, 'a')
@@ -89,7 +97,7 @@ export class Daemon {
     const deadline = Date.now() + START_TIMEOUT_MS
     for (;;) {
       if (exited) throw new Error(`xapid exited during startup (${JSON.stringify(exited)})\n${this.logTail()}`)
-      if (await canConnect(this.port)) return this
+      if (await canConnect(this.port) && (!this.tls || await canConnect(this.tlsPort))) return this
       if (Date.now() > deadline) {
         await this.stop()
         throw new Error(`xapid did not accept on ${this.url} within ${START_TIMEOUT_MS} ms\n${this.logTail()}`)
