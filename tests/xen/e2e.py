@@ -175,7 +175,8 @@ def main() -> int:
             f"host CPUs match Xen's nr_cpus ({xl.get('nr_cpus')})",
         )
         check(
-            int(metrics["memory_total"]) == int(xl.get("total_memory", -1)) * 1024 * 1024,
+            # xl prints whole MiB, rounded down.
+            int(metrics["memory_total"]) // (1024 * 1024) == int(xl.get("total_memory", -1)),
             f"host_metrics.memory_total is Xen's total_memory ({xl.get('total_memory')} MiB)",
         )
 
