@@ -162,6 +162,9 @@ pub(super) async fn screen(fd: Arc<AsyncFd<File>>) -> Option<(Result<web::Bytes,
                 buf.truncate(n);
                 return Some((Ok(web::Bytes::from(buf)), fd));
             }
+            // A pty whose other end closed (xenconsoled, once the domain is gone) reads EIO:
+            // that is the end of the console, not a failure.
+            Ok(Err(e)) if e.raw_os_error() == Some(libc::EIO) => return None,
             Ok(Err(e)) => return Some((Err(e), fd)),
             Err(_would_block) => continue,
         }
