@@ -7,10 +7,10 @@
 //! * [`simulator::SimulatorBackend`] — an in-process host with simulated
 //!   guests (memory accounting, state machine, consoles, events, latency and
 //!   fault injection). Used in tests and on machines without Xen.
-//! * `xen` — *not written yet*. It will live in `agent/src/hypervisor/xen.rs`,
-//!   be written by the engineer who owns the `xen-sys`/`xenctrl` FFI crates,
-//!   and drive libxenctrl/libxenguest/xenstore (see `docs/hypervisor.md`,
-//!   "Xen backend plan"). It must pass [`conformance::run_all`].
+//! * [`xen::XenBackend`] — a real Xen dom0 through the `xenctrl` crate
+//!   (libxenctrl, libxenguest in the `xapid-xenguest` helper, xenstore); see
+//!   `docs/hypervisor.md`, "The Xen backend". It passes
+//!   [`conformance::run_all`] on Xen 4.17 (`tests/xen/run.sh`).
 //!
 //! # Sync by design
 //! Every method is a plain blocking call. On Xen they are ioctls on
