@@ -43,6 +43,23 @@ enum Ev {
     Eof,
 }
 
+/// Text as XML 1.0 allows it: no C0 control other than tab, newline and carriage return, no
+/// U+FFFE or U+FFFF, neither raw nor as a character reference. A reply could not carry such a
+/// value back (`agent::xml::escape` writes U+FFFD for them), so the request is refused whole
+/// rather than stored with characters its client could never read.
+fn xml_chars(text: String) -> Result<String, XmlRpcError> {
+    match text
+        .chars()
+        .find(|&c| (c < ' ' && !matches!(c, '\t' | '\n' | '\r')) || matches!(c, '\u{fffe}' | '\u{ffff}'))
+    {
+        Some(c) => Err(XmlRpcError::Malformed(format!(
+            "character U+{:04X} is not allowed in XML",
+            u32::from(c)
+        ))),
+        None => Ok(text),
+    }
+}
+
 fn structure(msg: impl Into<String>) -> XmlRpcError {
     XmlRpcError::Structure(msg.into())
 }
@@ -65,12 +82,12 @@ impl<'a> Parser<'a> {
                 Event::Start(e) => Ev::Start(String::from_utf8_lossy(e.local_name().as_ref()).into_owned()),
                 Event::Empty(e) => Ev::Empty(String::from_utf8_lossy(e.local_name().as_ref()).into_owned()),
                 Event::End(e) => Ev::End(String::from_utf8_lossy(e.local_name().as_ref()).into_owned()),
-                Event::Text(t) => Ev::Text(
+                Event::Text(t) => Ev::Text(xml_chars(
                     t.unescape()
                         .map_err(|e| XmlRpcError::Malformed(e.to_string()))?
                         .into_owned(),
-                ),
-                Event::CData(c) => Ev::Text(String::from_utf8_lossy(&c.into_inner()).into_owned()),
+                )?),
+                Event::CData(c) => Ev::Text(xml_chars(String::from_utf8_lossy(&c.into_inner()).into_owned())?),
                 Event::Eof => Ev::Eof,
                 Event::Decl(_) | Event::Comment(_) | Event::PI(_) | Event::DocType(_) => continue,
             });
@@ -358,6 +375,18 @@ mod tests {
     fn keeps_whitespace_inside_strings() {
         let c = decode_call(b"<methodCall><methodName>m</methodName><params><param><value><string>  a </string></value></param></params></methodCall>").unwrap();
         assert_eq!(c.params, vec![json!("  a ")]);
+    }
+
+    /// Found by the `xmlrpc_decode` fuzz target: a control character in a string decoded,
+    /// and the reply then carried U+FFFD in its place.
+    #[test]
+    fn refuses_characters_xml_cannot_carry() {
+        for text in ["a\u{1c}b", "&#1;", "&#x1F;", "\u{ffff}", "<![CDATA[\u{7}]]>"] {
+            let body = format!("<methodCall><methodName>m</methodName><params><param><value>{text}</value></param></params></methodCall>");
+            assert!(decode_call(body.as_bytes()).is_err(), "{text:?}");
+        }
+        let ok = "<methodCall><methodName>m</methodName><params><param><value>a\tb\nc&#13;é</value></param></params></methodCall>";
+        assert!(decode_call(ok.as_bytes()).is_ok());
     }
 
     #[test]
