@@ -190,6 +190,9 @@ pub async fn serve(agent: Arc<Agent>, cfg: ServerConfig) -> std::io::Result<()> 
         if path.exists() {
             std::fs::remove_file(path)?;
         }
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
         // `listen_uds` (unlike `bind_uds`) runs the on-connect hook that reads SO_PEERCRED.
         let listener = std::os::unix::net::UnixListener::bind(path)?;
         use std::os::unix::fs::PermissionsExt;
