@@ -295,7 +295,7 @@ pub async fn ensure(store: &Store, facts: &HostFacts, state_dir: &Path) -> Resul
 }
 
 /// Recreates the in-memory objects (metrics) that persistent objects point at.
-pub async fn rebuild_ephemeral(store: &Store, facts: &HostFacts) -> Result<(), ApiError> {
+pub async fn rebuild_ephemeral(store: &Store, facts: &HostFacts, address: &str) -> Result<(), ApiError> {
     store
         .write(|tx| {
             for host in tx_all(tx, store, class_ids::host) {
@@ -318,6 +318,13 @@ pub async fn rebuild_ephemeral(store: &Store, facts: &HostFacts) -> Result<(), A
                     let map = with_keys(host.get(field), &updates);
                     set_field(tx, class_ids::host, &host.reference, field, map)?;
                 }
+                set_field(
+                    tx,
+                    class_ids::host,
+                    &host.reference,
+                    fields::host::address,
+                    Value::str(address),
+                )?;
                 let m = host.get(fields::host::metrics).clone();
                 ensure_metrics(tx, class_ids::host, &host.reference, fields::host::metrics, &m, |o| {
                     o.set(fields::host_metrics::memory_total, Value::Int(facts.memory_total));

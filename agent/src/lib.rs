@@ -60,6 +60,9 @@ pub struct AgentConfig {
     pub root_password_file: Option<PathBuf>,
     /// The hypervisor backend every lifecycle operation goes through.
     pub hypervisor: Arc<dyn hypervisor::Hypervisor>,
+    /// The address clients reach this host on: `host.address`, and the host part of every
+    /// console's `location` (`https://<address>/console?ref=…`).
+    pub host_address: String,
 }
 
 /// The running object model.
@@ -84,9 +87,21 @@ pub struct Agent {
     pub state_dir: PathBuf,
     /// Legacy event subscriptions.
     pub registrations: event_from::Registrations,
+    /// The address clients reach this host on (`AgentConfig::host_address`).
+    pub host_address: String,
 }
 
 impl Agent {
+    /// Where a client connects to a console, in the reference's form
+    /// `https://<host address>/console?ref=<console ref>`.
+    pub fn console_location(&self, console: &str) -> String {
+        if self.host_address.contains(':') {
+            format!("https://[{}]/console?ref={console}", self.host_address)
+        } else {
+            format!("https://{}/console?ref={console}", self.host_address)
+        }
+    }
+
     /// Opens the store, creates the first objects on a fresh state dir, rebuilds the
     /// in-memory ones, reconciles VMs with the backend's domains and follows its events.
     /// Must run inside an actix system (the actors live on its arbiters).
@@ -99,7 +114,7 @@ impl Agent {
         let (pool, host) = first_boot::ensure(&store, &facts, &cfg.state_dir)
             .await
             .map_err(AgentError::FirstBoot)?;
-        first_boot::rebuild_ephemeral(&store, &facts)
+        first_boot::rebuild_ephemeral(&store, &facts, &cfg.host_address)
             .await
             .map_err(AgentError::FirstBoot)?;
         let agent = Arc::new(Agent {
@@ -113,6 +128,7 @@ impl Agent {
             domids: Mutex::new(HashMap::new()),
             state_dir: cfg.state_dir.clone(),
             registrations: event_from::Registrations::default(),
+            host_address: cfg.host_address.clone(),
         });
         lifecycle::reconcile::at_start(&agent)
             .await

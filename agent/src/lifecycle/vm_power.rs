@@ -229,7 +229,7 @@ async fn mark_running(agent: &Arc<Agent>, vm: &str, domid: DomId, paused: bool) 
                 let mut con = default_object(class_ids::console, &c);
                 con.set(fields::console::uuid, Value::str(new_uuid()));
                 con.set(fields::console::protocol, Value::Enum("vt100"));
-                con.set(fields::console::location, Value::str(format!("/console?ref={c}")));
+                con.set(fields::console::location, Value::str(agent.console_location(&c)));
                 con.set(fields::console::VM, Value::Ref(vm.to_owned()));
                 create(tx, con)?;
             }

@@ -21,6 +21,7 @@ pub(crate) async fn env() -> Env {
         state_dir: dir.path().join("state"),
         root_password_file: None,
         hypervisor: Arc::new(SimulatorBackend::new(SimConfig::small_host())),
+        host_address: "127.0.0.1".into(),
     })
     .await
     .unwrap();

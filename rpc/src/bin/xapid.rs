@@ -5,7 +5,7 @@ use agent::{Agent, AgentConfig};
 use clap::{Parser, ValueEnum};
 use rpc::server::{serve, ServerConfig, DEFAULT_MAX_BODY};
 use rpc::tls::{ensure_self_signed, server_config, TlsError, TlsFiles};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -170,10 +170,13 @@ fn main() -> ExitCode {
         tracing::info!(backend = hypervisor.backend_name(), "{why}");
     }
     let socket = args.socket.clone().unwrap_or_else(|| state_dir.join("xapid.sock"));
+    let host_address = advertised_address(args.listen.iter().chain(&args.tls_listen));
+    tracing::info!(address = %host_address, "host address (host.address, console locations)");
     let cfg = AgentConfig {
         state_dir: state_dir.clone(),
         root_password_file: args.root_password_file.clone(),
         hypervisor,
+        host_address: host_address.to_string(),
     };
     let tls = if args.tls_listen.is_empty() {
         None
@@ -252,4 +255,49 @@ fn source_chain(e: &dyn std::error::Error) -> String {
         cur = s.source();
     }
     out.join(": ")
+}
+
+/// The address this host is known by: the first specific, non-loopback address it listens on;
+/// when it listens on every address, the one the kernel would use towards other hosts (its
+/// default route's source address); otherwise loopback.
+fn advertised_address<'a>(addrs: impl Iterator<Item = &'a SocketAddr> + Clone) -> IpAddr {
+    if let Some(a) = addrs
+        .clone()
+        .map(|a| a.ip())
+        .find(|ip| !ip.is_loopback() && !ip.is_unspecified())
+    {
+        return a;
+    }
+    if addrs.clone().any(|a| a.ip().is_unspecified()) {
+        // Connecting a UDP socket sends nothing; it only picks the route and source address.
+        let routed = std::net::UdpSocket::bind("0.0.0.0:0")
+            .and_then(|s| s.connect("192.0.2.1:9").map(|()| s))
+            .and_then(|s| s.local_addr());
+        if let Ok(local) = routed {
+            return local.ip();
+        }
+    }
+    IpAddr::from([127, 0, 0, 1])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::advertised_address;
+    use std::net::{IpAddr, SocketAddr};
+
+    fn addrs(list: &[&str]) -> Vec<SocketAddr> {
+        list.iter().map(|a| a.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn the_host_address_is_a_specific_listen_address_when_there_is_one() {
+        let loopback = IpAddr::from([127, 0, 0, 1]);
+        assert_eq!(advertised_address(addrs(&["127.0.0.1:8080"]).iter()), loopback);
+        assert_eq!(
+            advertised_address(addrs(&["127.0.0.1:8080", "0.0.0.0:443", "10.1.2.3:443"]).iter()),
+            IpAddr::from([10, 1, 2, 3])
+        );
+        // Every address: the routed source address, or loopback without a route; never 0.0.0.0.
+        assert!(!advertised_address(addrs(&["0.0.0.0:443"]).iter()).is_unspecified());
+    }
 }

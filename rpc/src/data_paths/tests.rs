@@ -28,6 +28,7 @@ async fn start() -> Env {
         state_dir: state.clone(),
         root_password_file: None,
         hypervisor: sim.clone(),
+        host_address: "127.0.0.1".into(),
     })
     .await
     .unwrap();

@@ -105,7 +105,9 @@ def check_vm(xapi, vm: str, state: str) -> dict:
         c = consoles[0]
         assert c["protocol"] == "vt100", c
         assert c["VM"] == vm, c
-        assert c["location"].startswith("/console?ref="), c["location"]
+        # The reference's form: https://<host address>/console?ref=<console ref>.
+        host_address = xapi.host.get_address(xapi.VM.get_resident_on(vm))
+        assert c["location"] == f"https://{host_address}/console?ref={rec['consoles'][0]}", c["location"]
     else:
         assert consoles == [], f"{where}: consoles {consoles}"
 
