@@ -118,6 +118,7 @@ pub fn mark_attached(tx: &mut Tx, vm: &Object, attached: bool) -> Result<(), Api
             }
         }
     }
+    crate::storage::vdi::refresh_allowed_operations(tx, vm.get(fields::VM::VBDs).as_set())?;
     for r in vm.get(fields::VM::VIFs).as_set() {
         if let Some(r) = r.as_ref_str() {
             if tx.get(class_ids::VIF, r).is_some() {
@@ -285,6 +286,9 @@ async fn set_attached(
         .store
         .write(|tx| {
             set_field(tx, class, r, f, Value::Bool(on))?;
+            if class == class_ids::VBD {
+                crate::storage::vdi::refresh_allowed_operations(tx, [&Value::Ref(r.to_owned())])?;
+            }
             rules::refresh_vm_and_devices(tx, vm)
         })
         .await?;

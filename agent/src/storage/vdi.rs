@@ -10,6 +10,7 @@ use crate::api::Call;
 use crate::error::ApiError;
 use crate::objects::{create, destroy, new_ref, new_uuid, set_field};
 use crate::schema::{class_ids, fields, FieldId, Qualifier};
+use crate::store::Tx;
 use crate::value::{default_object, now, Object, Value, NULL_REF};
 use crate::Agent;
 use std::path::{Path, PathBuf};
@@ -67,6 +68,62 @@ pub(super) fn new_vdi_object(sr: &str, kind: SrKind, uuid: &str, location: &str,
 }
 
 fn allowed_operations(kind: SrKind) -> Value {
+    allowed_operations_when(kind, false)
+}
+
+/// What a VDI allows in its SR's kind, with or without a VBD that has it attached now: the
+/// operations that refuse an attached VDI with `VDI_IN_USE` are left out while it is.
+fn allowed_operations_when(kind: SrKind, attached: bool) -> Value {
+    const REFUSED_WHILE_ATTACHED: &[&str] = &["destroy", "forget", "set_on_boot", "data_destroy"];
+    let Value::Set(all) = allowed_operations_of(kind) else {
+        return Value::Set(Vec::new());
+    };
+    Value::Set(
+        all.into_iter()
+            .filter(|op| !(attached && op.as_str().is_some_and(|o| REFUSED_WHILE_ATTACHED.contains(&o))))
+            .collect(),
+    )
+}
+
+/// Recomputes the `allowed_operations` of the VDIs behind `vbds` (in the same transaction
+/// that changed their `currently_attached`).
+pub fn refresh_allowed_operations<'a>(tx: &mut Tx, vbds: impl IntoIterator<Item = &'a Value>) -> Result<(), ApiError> {
+    for vbd in vbds.into_iter().filter_map(Value::as_ref_str) {
+        let Some(vdi) = tx
+            .get(class_ids::VBD, vbd)
+            .and_then(|b| b.get(fields::VBD::VDI).as_ref_str().map(str::to_owned))
+        else {
+            continue;
+        };
+        let Some(obj) = tx.get(class_ids::VDI, &vdi) else {
+            continue;
+        };
+        let Some(kind) = obj
+            .get(fields::VDI::SR)
+            .as_ref_str()
+            .and_then(|sr| tx.get(class_ids::SR, sr))
+            .and_then(|sr| sr_kind(&sr).ok())
+        else {
+            continue;
+        };
+        let attached = obj
+            .get(fields::VDI::VBDs)
+            .as_set()
+            .iter()
+            .filter_map(Value::as_ref_str)
+            .any(|b| {
+                tx.get(class_ids::VBD, b)
+                    .is_some_and(|b| b.get(fields::VBD::currently_attached) == &Value::Bool(true))
+            });
+        let now = allowed_operations_when(kind, attached);
+        if obj.get(fields::VDI::allowed_operations) != &now {
+            set_field(tx, class_ids::VDI, &vdi, fields::VDI::allowed_operations, now)?;
+        }
+    }
+    Ok(())
+}
+
+fn allowed_operations_of(kind: SrKind) -> Value {
     let ops: &[&'static str] = match kind {
         SrKind::File => &[
             "clone",

@@ -242,6 +242,23 @@ def test_start_shutdown(xapi, vm):
     assert rec["uuid"] == rec2["uuid"]
 
 
+def test_disk_allowed_operations_follow_the_attachment(xapi, vm):
+    # While a running VM has its disk attached, what VDI.destroy (and the like) would refuse
+    # with VDI_IN_USE is not offered in the VDI's allowed_operations; once it halts, it is.
+    vbd = next(b for b in xapi.VM.get_VBDs(vm) if xapi.VBD.get_type(b) == "Disk")
+    vdi = xapi.VBD.get_VDI(vbd)
+    assert "destroy" in xapi.VDI.get_allowed_operations(vdi)
+    xapi.VM.start(vm, False, False)
+    allowed = set(xapi.VDI.get_allowed_operations(vdi))
+    assert not allowed & {"destroy", "forget", "data_destroy"}, sorted(allowed)
+    assert "snapshot" in allowed, sorted(allowed)
+    with pytest.raises(XenAPI.Failure) as e:
+        xapi.VDI.destroy(vdi)
+    assert e.value.details[0] == "VDI_IN_USE", e.value.details
+    xapi.VM.hard_shutdown(vm)
+    assert "destroy" in xapi.VDI.get_allowed_operations(vdi)
+
+
 def test_start_paused(xapi, vm):
     xapi.VM.start(vm, True, False)
     check_vm(xapi, vm, "Paused")
