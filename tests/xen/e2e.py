@@ -192,7 +192,25 @@ def main() -> int:
         x.VM.set_memory_limits(vm, mib128, mib128, mib128, mib128)
         x.VM.set_VCPUs_max(vm, "1")
         x.VM.set_VCPUs_at_startup(vm, "1")
-        step(f"created VM {x.VM.get_uuid(vm)} (PV, 128 MiB, 1 vCPU, kernel {args.kernel})")
+        # A 16 MiB disk on the default SR and a NIC on the pool's network (bridge xenbr0).
+        pool = x.pool.get_all()[0]
+        sr = x.pool.get_default_SR(pool)
+        vdi = x.VDI.create({
+            "name_label": "xapid-e2e-disk", "name_description": "", "SR": sr,
+            "virtual_size": str(16 * 1024 * 1024), "type": "user", "sharable": False,
+            "read_only": False, "other_config": {},
+        })
+        x.VBD.create({
+            "VM": vm, "VDI": vdi, "userdevice": "0", "bootable": False, "mode": "RW", "type": "Disk",
+            "empty": False, "other_config": {}, "qos_algorithm_type": "", "qos_algorithm_params": {},
+        })
+        network = next(n for n in x.network.get_all() if x.network.get_bridge(n) == "xenbr0")
+        x.VIF.create({
+            "device": "0", "network": network, "VM": vm, "MAC": "", "MTU": "1500", "other_config": {},
+            "qos_algorithm_type": "", "qos_algorithm_params": {},
+        })
+        step(f"created VM {x.VM.get_uuid(vm)} (PV, 128 MiB, 1 vCPU, kernel {args.kernel}, "
+             f"a 16 MiB disk on SR '{x.SR.get_name_label(sr)}', a NIC on xenbr0)")
 
         # ---- start paused, attach the console, unpause: the whole boot is on the console
         x.VM.start(vm, True, False)
@@ -213,6 +231,17 @@ def main() -> int:
         for l in lines[:12] + ["..."] + lines[-3:]:
             print(f"console| {l}", flush=True)
         check(any("Linux version" in l for l in lines), "the guest kernel's own boot lines arrived on the console")
+        text = console.wait_for("XAPID_GUEST nics:", 120)
+        disks = re.search(r"XAPID_GUEST disks: (.*)", text)
+        nics = re.search(r"XAPID_GUEST nics: (.*)", text)
+        step(f"the guest sees disks: {disks and disks.group(1).strip()}; nics: {nics and nics.group(1).strip()}")
+        check(bool(disks) and "xvda(16384 KiB)" in disks.group(1), "the guest has the 16 MiB disk as xvda")
+        check(bool(nics) and "eth0" in nics.group(1).split(), "the guest has the NIC as eth0")
+        check(
+            all(x.VBD.get_currently_attached(b) for b in x.VM.get_VBDs(vm))
+            and all(x.VIF.get_currently_attached(v) for v in x.VM.get_VIFs(vm)),
+            "the VM's VBD and VIF are currently_attached",
+        )
 
         # ---- pause / unpause
         x.VM.pause(vm)
@@ -267,8 +296,11 @@ def main() -> int:
              f"{time.monotonic() - started:.1f}s after VM.start")
         check(x.VM.get_power_state(vm) == "Halted", "VM.get_power_state agrees: Halted")
 
+        vdis = [x.VBD.get_VDI(b) for b in x.VM.get_VBDs(vm)]
         x.VM.destroy(vm)
         vm = None
+        for v in vdis:
+            x.VDI.destroy(v)
         step("ALL PASSED")
         return 0
     except (Failed, XenAPI.Failure) as e:

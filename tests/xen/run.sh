@@ -64,7 +64,7 @@ FILTER=${XAPID_XEN_FILTER:-}
 # Bump when the dom0 customisation below changes (not a new debootstrap).
 IMAGE_VERSION=4
 # Bump when the test guest below changes.
-GUEST_VERSION=3
+GUEST_VERSION=4
 PARTS=${XAPID_XEN_PARTS:-conformance e2e}
 PACKAGES=linux-image-amd64,xen-hypervisor-4.17-amd64,xen-utils-4.17,xen-utils-common,systemd-sysv,udev,kmod,iproute2,procps,initramfs-tools,util-linux,e2fsprogs
 
@@ -233,6 +233,9 @@ if [ "$(cat "$CACHE/guest.stamp" 2>/dev/null)" != "$GUEST_VERSION $KVER" ]; then
 mount -t proc proc /proc; mount -t sysfs sysfs /sys; mount -t devtmpfs dev /dev 2>/dev/null
 echo "XAPID_GUEST up: $(uname -r) $(grep -o 'Xen[^ ]*' /sys/hypervisor/type 2>/dev/null)"
 for m in /lib/modules/*.ko; do insmod "$m" 2>/dev/null && echo "XAPID_GUEST loaded $m"; done
+sleep 1
+echo "XAPID_GUEST disks: $(awk 'NR > 2 {printf "%s(%s KiB) ", $4, $3}' /proc/partitions)"
+echo "XAPID_GUEST nics: $(ls /sys/class/net | tr '\n' ' ')"
 # xapid.poweroff_after=N on the kernel command line: power off on our own
 # after N lines (the end-to-end test's guest-initiated shutdown).
 after=$(sed -n 's/.*xapid\.poweroff_after=\([0-9]*\).*/\1/p' /proc/cmdline)
