@@ -12,7 +12,7 @@ use crate::schema::{ClassId, CLASSES};
 use crate::value::{now, record_from_json, write_record_json, Object};
 use parking_lot::{Mutex, RwLock};
 use redb::{ReadableTable, TableDefinition};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 use tokio::sync::oneshot;
@@ -51,7 +51,8 @@ struct Table {
 }
 
 enum DiskOp {
-    Put(String, Vec<u8>),
+    /// The object as committed; the writer thread serializes it, off the callers' path.
+    Put(String, Arc<Object>),
     Delete(String),
 }
 
@@ -224,6 +225,22 @@ impl Store {
 
     /// Runs `f` as one transaction and returns once its changes are durable.
     pub async fn write<T>(&self, f: impl FnOnce(&mut Tx) -> Result<T, ApiError>) -> Result<T, ApiError> {
+        self.write_as(f, true).await
+    }
+
+    /// Runs `f` as one transaction in memory only: its changes are seen by readers and
+    /// events at once but are not written to disk by this call (a later durable write of
+    /// the same object carries them). For state that does not outlive the process, such
+    /// as the marks of operations in progress, which start-up clears.
+    pub async fn write_volatile<T>(&self, f: impl FnOnce(&mut Tx) -> Result<T, ApiError>) -> Result<T, ApiError> {
+        self.write_as(f, false).await
+    }
+
+    async fn write_as<T>(
+        &self,
+        f: impl FnOnce(&mut Tx) -> Result<T, ApiError>,
+        durable: bool,
+    ) -> Result<T, ApiError> {
         let (result, ack, undo) = {
             let mut generation = self.commit.lock();
             let mut tx = Tx {
@@ -232,7 +249,7 @@ impl Store {
                 order: Vec::new(),
             };
             let result = f(&mut tx)?;
-            let (ack, undo) = self.apply(&mut generation, tx);
+            let (ack, undo) = self.apply(&mut generation, tx, durable);
             (result, ack, undo)
         };
         if let Some(ack) = ack {
@@ -247,7 +264,12 @@ impl Store {
     }
 
     /// Applies a transaction in memory, logs its events and queues its durable part.
-    fn apply(&self, generation: &mut u64, tx: Tx) -> (Option<oneshot::Receiver<Result<(), String>>>, Vec<Undo>) {
+    fn apply(
+        &self,
+        generation: &mut u64,
+        tx: Tx,
+        durable: bool,
+    ) -> (Option<oneshot::Receiver<Result<(), String>>>, Vec<Undo>) {
         let Tx { mut overlay, order, .. } = tx;
         let mut events = Vec::with_capacity(order.len());
         let mut disk = Vec::new();
@@ -276,10 +298,8 @@ impl Store {
                         table.uuids.insert(uuid.clone(), reference.clone());
                     }
                     table.objects.insert(reference.clone(), obj.clone());
-                    if class.def().persistent {
-                        let mut s = String::with_capacity(1024);
-                        write_record_json(&obj, &mut s);
-                        disk.push(DiskOp::Put(format!("{}/{}", class.name(), reference), s.into_bytes()));
+                    if durable && class.def().persistent {
+                        disk.push(DiskOp::Put(format!("{}/{}", class.name(), reference), obj.clone()));
                     }
                     events.push(EventEntry {
                         id: *generation,
@@ -303,7 +323,7 @@ impl Store {
                     *generation += 1;
                     let uuid = o.uuid().unwrap_or("").to_owned();
                     table.uuids.remove(&uuid);
-                    if class.def().persistent {
+                    if durable && class.def().persistent {
                         disk.push(DiskOp::Delete(format!("{}/{}", class.name(), reference)));
                     }
                     events.push(EventEntry {
@@ -415,18 +435,32 @@ fn writer_loop(path: std::path::PathBuf, db: redb::Database, rx: crossbeam_chann
 }
 
 fn commit_batches(db: &redb::Database, batches: &[Batch]) -> Result<(), Box<dyn std::error::Error>> {
+    // Only the last write of a key in the group reaches the disk (one object is often
+    // written several times by the transactions of one group).
+    let ops: Vec<&DiskOp> = batches.iter().flat_map(|b| b.ops.iter()).collect();
+    let mut seen: HashSet<&str> = HashSet::with_capacity(ops.len());
+    let mut last: Vec<&DiskOp> = Vec::with_capacity(ops.len());
+    for op in ops.into_iter().rev() {
+        let key = match op {
+            DiskOp::Put(k, _) | DiskOp::Delete(k) => k.as_str(),
+        };
+        if seen.insert(key) {
+            last.push(op);
+        }
+    }
     let wtx = db.begin_write()?;
     {
         let mut table = wtx.open_table(OBJECTS)?;
-        for b in batches {
-            for op in &b.ops {
-                match op {
-                    DiskOp::Put(k, v) => {
-                        table.insert(k.as_str(), v.as_slice())?;
-                    }
-                    DiskOp::Delete(k) => {
-                        table.remove(k.as_str())?;
-                    }
+        let mut buf = String::with_capacity(8192);
+        for op in last.into_iter().rev() {
+            match op {
+                DiskOp::Put(k, obj) => {
+                    buf.clear();
+                    write_record_json(obj, &mut buf);
+                    table.insert(k.as_str(), buf.as_bytes())?;
+                }
+                DiskOp::Delete(k) => {
+                    table.remove(k.as_str())?;
                 }
             }
         }
