@@ -6,14 +6,29 @@ use crate::schema::{partner, ClassId, FieldId, Ty};
 use crate::store::Tx;
 use crate::value::{Object, Value, NULL_REF};
 
+/// A fresh random (version 4) uuid, from the thread's CSPRNG (ChaCha, seeded and reseeded
+/// from the OS) rather than a `getrandom` call per uuid: refs are made by the dozen per call.
+/// Session refs are bearer secrets; this generator is fit for them.
+pub fn random_uuid() -> uuid::Uuid {
+    use rand::RngCore;
+    let mut bytes = [0u8; 16];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    uuid::Builder::from_random_bytes(bytes).into_uuid()
+}
+
 /// A fresh `OpaqueRef:<uuid>`.
 pub fn new_ref() -> String {
-    format!("OpaqueRef:{}", uuid::Uuid::new_v4())
+    let mut buf = uuid::Uuid::encode_buffer();
+    let mut s = String::with_capacity(10 + uuid::fmt::Hyphenated::LENGTH);
+    s.push_str("OpaqueRef:");
+    s.push_str(random_uuid().hyphenated().encode_lower(&mut buf));
+    s
 }
 
 /// A fresh uuid.
 pub fn new_uuid() -> String {
-    uuid::Uuid::new_v4().to_string()
+    let mut buf = uuid::Uuid::encode_buffer();
+    random_uuid().hyphenated().encode_lower(&mut buf).to_owned()
 }
 
 /// Checks that every non-null ref in `v` (of type `ty`) names an existing object.
