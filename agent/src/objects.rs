@@ -80,16 +80,17 @@ pub fn create(tx: &mut Tx, obj: Object) -> Result<(), ApiError> {
 /// Sets one field, updating the other end of a bound field.
 pub fn set_field(tx: &mut Tx, class: ClassId, reference: &str, f: FieldId, v: Value) -> Result<(), ApiError> {
     check_refs(tx, class.field(f).ty, &v)?;
-    let cur = tx.must_get(class, reference)?;
-    let old = cur.get(f).clone();
-    if old == v {
+    let bound = partner(class, f).is_some();
+    if tx.must_get(class, reference)?.get(f) == &v {
         return Ok(());
     }
-    let mut obj = (*cur).clone();
-    obj.set(f, v.clone());
-    tx.put(obj);
-    if partner(class, f).is_some() {
-        relink(tx, class, reference, f, &old, &v)?;
+    let new = if bound { Some(v.clone()) } else { None };
+    let old = tx.modify(class, reference, |obj| {
+        let slot = obj.fields.get_mut(f.0);
+        slot.map(|s| std::mem::replace(s, v))
+    })?;
+    if let (Some(old), Some(new)) = (old, new) {
+        relink(tx, class, reference, f, &old, &new)?;
     }
     Ok(())
 }
@@ -146,35 +147,30 @@ fn edit_partner(tx: &mut Tx, class: ClassId, reference: &str, f: FieldId, me: &s
     let Some(cur) = tx.get(class, reference) else {
         return;
     };
-    let mut obj = (*cur).clone();
-    let me_v = Value::Ref(me.to_owned());
-    let next = match cur.get(f) {
-        Value::Set(items) => {
-            let mut items = items.clone();
-            if add {
-                if !items.contains(&me_v) {
-                    items.push(me_v);
-                }
-            } else {
-                items.retain(|i| i != &me_v);
-            }
-            Value::Set(items)
-        }
-        Value::Ref(r) => {
-            if add {
-                me_v
-            } else if r == me {
-                Value::Ref(NULL_REF.to_owned())
-            } else {
-                return;
-            }
-        }
-        _ => return,
+    // Decide on the shared copy; copy the object (once per transaction) only to change it.
+    let is_me = |v: &Value| matches!(v, Value::Ref(r) if r == me);
+    let change = match cur.get(f) {
+        Value::Set(items) => items.iter().any(is_me) != add,
+        Value::Ref(r) => (add && r != me) || (!add && r == me),
+        _ => false,
     };
-    if cur.get(f) != &next {
-        obj.set(f, next);
-        tx.put(obj);
+    drop(cur);
+    if !change {
+        return;
     }
+    let _ = tx.modify(class, reference, |obj| match obj.fields.get_mut(f.0) {
+        Some(Value::Set(items)) => {
+            if add {
+                items.push(Value::Ref(me.to_owned()));
+            } else {
+                items.retain(|i| !is_me(i));
+            }
+        }
+        Some(slot @ Value::Ref(_)) => {
+            *slot = Value::Ref(if add { me.to_owned() } else { NULL_REF.to_owned() });
+        }
+        _ => {}
+    });
 }
 
 #[cfg(test)]

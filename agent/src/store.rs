@@ -83,16 +83,55 @@ impl Drop for Store {
 /// A transaction: reads see its own pending writes.
 pub struct Tx<'a> {
     store: &'a Store,
-    overlay: HashMap<(ClassId, String), Option<Arc<Object>>>,
-    order: Vec<(ClassId, String)>,
+    /// What this transaction wrote, in the order first written (`None`: deleted).
+    entries: Vec<(ClassId, String, Option<Arc<Object>>)>,
+    /// Where each written object is in `entries`, by class and ref.
+    index: HashMap<ClassId, HashMap<String, usize>>,
 }
 
 impl Tx<'_> {
+    fn slot(&self, class: ClassId, reference: &str) -> Option<usize> {
+        self.index.get(&class)?.get(reference).copied()
+    }
+    fn set_slot(&mut self, class: ClassId, reference: &str, v: Option<Arc<Object>>) -> usize {
+        match self.slot(class, reference) {
+            Some(i) => {
+                self.entries[i].2 = v;
+                i
+            }
+            None => {
+                let i = self.entries.len();
+                self.entries.push((class, reference.to_owned(), v));
+                self.index.entry(class).or_default().insert(reference.to_owned(), i);
+                i
+            }
+        }
+    }
     /// Reads an object, seeing this transaction's writes.
     pub fn get(&self, class: ClassId, reference: &str) -> Option<Arc<Object>> {
-        match self.overlay.get(&(class, reference.to_owned())) {
-            Some(v) => v.clone(),
+        match self.slot(class, reference) {
+            Some(i) => self.entries[i].2.clone(),
             None => self.store.get(class, reference),
+        }
+    }
+    /// Changes an object in place (copying it once per transaction, not once per change);
+    /// `HANDLE_INVALID` if it does not exist.
+    pub fn modify<T>(
+        &mut self,
+        class: ClassId,
+        reference: &str,
+        f: impl FnOnce(&mut Object) -> T,
+    ) -> Result<T, ApiError> {
+        let i = match self.slot(class, reference) {
+            Some(i) => i,
+            None => {
+                let cur = self.store.get(class, reference);
+                self.set_slot(class, reference, cur)
+            }
+        };
+        match &mut self.entries[i].2 {
+            Some(obj) => Ok(f(Arc::make_mut(obj))),
+            None => Err(ApiError::handle_invalid(class.name(), reference)),
         }
     }
     /// Reads an object or fails with `HANDLE_INVALID`.
@@ -102,26 +141,19 @@ impl Tx<'_> {
     }
     /// Writes (creates or replaces) an object.
     pub fn put(&mut self, obj: Object) {
-        let key = (obj.class, obj.reference.clone());
-        if !self.overlay.contains_key(&key) {
-            self.order.push(key.clone());
-        }
-        self.overlay.insert(key, Some(Arc::new(obj)));
+        let (class, reference) = (obj.class, obj.reference.clone());
+        self.set_slot(class, &reference, Some(Arc::new(obj)));
     }
     /// Deletes an object.
     pub fn delete(&mut self, class: ClassId, reference: &str) {
-        let key = (class, reference.to_owned());
-        if !self.overlay.contains_key(&key) {
-            self.order.push(key.clone());
-        }
-        self.overlay.insert(key, None);
+        self.set_slot(class, reference, None);
     }
     /// Whether a uuid is taken in the class (seeing this transaction's writes).
     pub fn uuid_taken(&self, class: ClassId, uuid: &str) -> bool {
         if self
-            .overlay
+            .entries
             .iter()
-            .any(|((c, _), o)| *c == class && o.as_ref().is_some_and(|o| o.uuid() == Some(uuid)))
+            .any(|(c, _, o)| *c == class && o.as_ref().is_some_and(|o| o.uuid() == Some(uuid)))
         {
             return true;
         }
@@ -245,8 +277,8 @@ impl Store {
             let mut generation = self.commit.lock();
             let mut tx = Tx {
                 store: self,
-                overlay: HashMap::new(),
-                order: Vec::new(),
+                entries: Vec::new(),
+                index: HashMap::new(),
             };
             let result = f(&mut tx)?;
             let (ack, undo) = self.apply(&mut generation, tx, durable);
@@ -270,16 +302,12 @@ impl Store {
         tx: Tx,
         durable: bool,
     ) -> (Option<oneshot::Receiver<Result<(), String>>>, Vec<Undo>) {
-        let Tx { mut overlay, order, .. } = tx;
-        let mut events = Vec::with_capacity(order.len());
+        let Tx { entries, .. } = tx;
+        let mut events = Vec::with_capacity(entries.len());
         let mut disk = Vec::new();
-        let mut undo = Vec::with_capacity(order.len());
+        let mut undo = Vec::with_capacity(entries.len());
         let time = now();
-        for key in order {
-            let Some(change) = overlay.remove(&key) else {
-                continue;
-            };
-            let (class, reference) = key;
+        for (class, reference, change) in entries {
             let mut table = self.tables[class.0].write();
             let old = table.objects.get(&reference).cloned();
             match change {
