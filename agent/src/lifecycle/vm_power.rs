@@ -178,12 +178,11 @@ struct RunningFacts {
 }
 
 async fn running_facts(agent: &Arc<Agent>, domid: DomId) -> RunningFacts {
+    // One trip to the blocking pool for both.
     let hv = agent.hypervisor.clone();
-    let free = blocking(move || hv.memory_free()).await.unwrap_or(0);
-    let info = {
-        let hv = agent.hypervisor.clone();
-        blocking(move || hv.domain_info(domid)).await.ok()
-    };
+    let (free, info) = blocking(move || Ok((hv.memory_free().unwrap_or(0), hv.domain_info(domid).ok())))
+        .await
+        .unwrap_or((0, None));
     RunningFacts { domid, free, info }
 }
 
