@@ -268,11 +268,7 @@ impl Store {
         self.write_as(f, false).await
     }
 
-    async fn write_as<T>(
-        &self,
-        f: impl FnOnce(&mut Tx) -> Result<T, ApiError>,
-        durable: bool,
-    ) -> Result<T, ApiError> {
+    async fn write_as<T>(&self, f: impl FnOnce(&mut Tx) -> Result<T, ApiError>, durable: bool) -> Result<T, ApiError> {
         let (result, ack, undo) = {
             let mut generation = self.commit.lock();
             let mut tx = Tx {

@@ -882,10 +882,18 @@ mod tests {
         let mut json = String::new();
         write_json(&v, &mut json);
         let hint = encoded_len_hint(&v, Encoding::Json);
-        assert!(hint >= json.len() && hint < json.len() + json.len() / 4, "{hint} {}", json.len());
+        assert!(
+            hint >= json.len() && hint < json.len() + json.len() / 4,
+            "{hint} {}",
+            json.len()
+        );
         let xml = crate::xml::value_fragment(&v);
         let hint = encoded_len_hint(&v, Encoding::Xml);
-        assert!(hint >= xml.len() && hint < xml.len() + xml.len() / 4, "{hint} {}", xml.len());
+        assert!(
+            hint >= xml.len() && hint < xml.len() + xml.len() / 4,
+            "{hint} {}",
+            xml.len()
+        );
     }
 
     #[test]

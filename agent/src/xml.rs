@@ -161,7 +161,9 @@ mod tests {
     /// The eight-byte scan finds what the byte loop finds, wherever it sits.
     #[test]
     fn escaping_does_not_depend_on_position() {
-        for special in ["<", ">", "&", "\"", "\r", "\u{1}", "\u{fffe}", "\u{ffff}", "\t", "é", "\u{efbf}"] {
+        for special in [
+            "<", ">", "&", "\"", "\r", "\u{1}", "\u{fffe}", "\u{ffff}", "\t", "é", "\u{efbf}",
+        ] {
             for len in 0..20 {
                 for at in 0..=len {
                     let mut text: String = "abcdefghijklmnopqrst"[..len].to_owned();

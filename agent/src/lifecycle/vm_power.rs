@@ -7,9 +7,9 @@ use crate::error::ApiError;
 use crate::hypervisor::{DomId, DomainConfig, DomainKind, DomainState, PvBoot, ShutdownReason};
 use crate::objects::{create, destroy, new_ref, new_uuid, set_field};
 use crate::schema::{class_ids, fields};
+use crate::store::Tx;
 use crate::value::{default_object, now, Object, Value, NULL_REF};
 use crate::Agent;
-use crate::store::Tx;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -205,12 +205,11 @@ fn mark_running_tx(tx: &mut Tx, agent: &Agent, vm: &str, paused: bool, facts: &R
     set_field(tx, class_ids::VM, vm, f::domid, Value::Int(i64::from(domid)))?;
     set_field(tx, class_ids::VM, vm, f::resident_on, Value::Ref(host.clone()))?;
     let rec = tx.must_get(class_ids::VM, vm)?;
-    let domain_type =
-        if rec.str_field("HVM_boot_policy").is_empty() && rec.get(f::domain_type) != &Value::Enum("hvm") {
-            "pv"
-        } else {
-            "hvm"
-        };
+    let domain_type = if rec.str_field("HVM_boot_policy").is_empty() && rec.get(f::domain_type) != &Value::Enum("hvm") {
+        "pv"
+    } else {
+        "hvm"
+    };
     set_field(tx, class_ids::VM, vm, f::domain_type, Value::Enum(domain_type))?;
     if let Some(m) = rec.get(f::metrics).as_ref_str().map(str::to_owned) {
         if tx.get(class_ids::VM_metrics, &m).is_some() {
