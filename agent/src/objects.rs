@@ -2,7 +2,7 @@
 //! keeping bound fields (`relations.json`) consistent on both ends.
 
 use crate::error::ApiError;
-use crate::schema::{partner, ClassId, FieldId, Ty};
+use crate::schema::{ClassId, FieldId, FieldRef, Ty, CLASSES};
 use crate::store::Tx;
 use crate::value::{Object, Value, NULL_REF};
 
@@ -29,6 +29,40 @@ pub fn new_ref() -> String {
 pub fn new_uuid() -> String {
     let mut buf = uuid::Uuid::encode_buffer();
     random_uuid().hyphenated().encode_lower(&mut buf).to_owned()
+}
+
+/// The bound partner of a field, from a table built once (the relation list is scanned per
+/// lookup otherwise, and `create` asks for every field of the class).
+fn partner(class: ClassId, field: FieldId) -> Option<FieldRef> {
+    static TABLE: std::sync::OnceLock<Vec<Vec<Option<FieldRef>>>> = std::sync::OnceLock::new();
+    let table = TABLE.get_or_init(|| {
+        (0..CLASSES.len())
+            .map(ClassId)
+            .map(|c| {
+                (0..c.def().fields.len())
+                    .map(|f| crate::schema::partner(c, FieldId(f)))
+                    .collect()
+            })
+            .collect()
+    });
+    table.get(class.0)?.get(field.0).copied().flatten()
+}
+
+/// The fields of a class that are one end of a relation.
+fn bound_fields(class: ClassId) -> &'static [FieldId] {
+    static TABLE: std::sync::OnceLock<Vec<Vec<FieldId>>> = std::sync::OnceLock::new();
+    let table = TABLE.get_or_init(|| {
+        (0..CLASSES.len())
+            .map(ClassId)
+            .map(|c| {
+                (0..c.def().fields.len())
+                    .map(FieldId)
+                    .filter(|f| partner(c, *f).is_some())
+                    .collect()
+            })
+            .collect()
+    });
+    table.get(class.0).map_or(&[], Vec::as_slice)
 }
 
 /// Checks that every non-null ref in `v` (of type `ty`) names an existing object.
@@ -65,10 +99,9 @@ pub fn create(tx: &mut Tx, obj: Object) -> Result<(), ApiError> {
         check_refs(tx, f.ty, obj.get(FieldId(i)))?;
     }
     let reference = obj.reference.clone();
-    let bound: Vec<(FieldId, Value)> = (0..class.def().fields.len())
-        .map(FieldId)
-        .filter(|f| partner(class, *f).is_some())
-        .map(|f| (f, obj.get(f).clone()))
+    let bound: Vec<(FieldId, Value)> = bound_fields(class)
+        .iter()
+        .map(|f| (*f, obj.get(*f).clone()))
         .collect();
     tx.put(obj);
     for (f, v) in bound {
@@ -98,12 +131,9 @@ pub fn set_field(tx: &mut Tx, class: ClassId, reference: &str, f: FieldId, v: Va
 /// Removes an object, unlinking it from every object its bound fields name.
 pub fn destroy(tx: &mut Tx, class: ClassId, reference: &str) -> Result<(), ApiError> {
     let cur = tx.must_get(class, reference)?;
-    for i in 0..class.def().fields.len() {
-        let f = FieldId(i);
-        if partner(class, f).is_some() {
-            let old = cur.get(f).clone();
-            relink(tx, class, reference, f, &old, &empty_like(&old))?;
-        }
+    for &f in bound_fields(class) {
+        let old = cur.get(f).clone();
+        relink(tx, class, reference, f, &old, &empty_like(&old))?;
     }
     tx.delete(class, reference);
     Ok(())

@@ -70,7 +70,18 @@ impl Object {
     }
     /// The `uuid` field, where the class has one.
     pub fn uuid(&self) -> Option<&str> {
-        self.class.field_by_name("uuid").and_then(|f| self.get(f).as_str())
+        // Looked up once per class: the store asks for every object it writes.
+        static UUID_FIELDS: std::sync::OnceLock<Vec<Option<FieldId>>> = std::sync::OnceLock::new();
+        let table = UUID_FIELDS.get_or_init(|| {
+            (0..crate::schema::CLASSES.len())
+                .map(|c| ClassId(c).field_by_name("uuid"))
+                .collect()
+        });
+        table
+            .get(self.class.0)
+            .copied()
+            .flatten()
+            .and_then(|f| self.get(f).as_str())
     }
     /// A string field by name ("" when absent or not a string).
     pub fn str_field(&self, name: &str) -> &str {
