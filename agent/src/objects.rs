@@ -99,10 +99,7 @@ pub fn create(tx: &mut Tx, obj: Object) -> Result<(), ApiError> {
         check_refs(tx, f.ty, obj.get(FieldId(i)))?;
     }
     let reference = obj.reference.clone();
-    let bound: Vec<(FieldId, Value)> = bound_fields(class)
-        .iter()
-        .map(|f| (*f, obj.get(*f).clone()))
-        .collect();
+    let bound: Vec<(FieldId, Value)> = bound_fields(class).iter().map(|f| (*f, obj.get(*f).clone())).collect();
     tx.put(obj);
     for (f, v) in bound {
         relink(tx, class, &reference, f, &empty_like(&v), &v)?;

@@ -650,8 +650,10 @@ pub fn write_record_json(obj: &Object, out: &mut String) {
         if i > 0 {
             out.push(',');
         }
-        write_json_str(f.name, out);
-        out.push(':');
+        // Field names are plain identifiers (see the `field_names_need_no_escaping` test).
+        out.push('"');
+        out.push_str(f.name);
+        out.push_str("\":");
         write_json(val, out);
     }
     out.push('}');
@@ -876,6 +878,21 @@ mod tests {
                     assert_eq!(back, text);
                     assert_eq!(s, serde_json::to_string(&text).unwrap());
                 }
+            }
+        }
+    }
+
+    /// Record encoders write field names as they are.
+    #[test]
+    fn field_names_need_no_escaping() {
+        for c in crate::schema::ClassId::all() {
+            for f in c.def().fields {
+                assert!(
+                    !f.name.is_empty() && f.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'),
+                    "{}.{}",
+                    c.name(),
+                    f.name
+                );
             }
         }
     }

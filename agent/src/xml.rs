@@ -87,7 +87,12 @@ fn member(name: &str, v: &Value, out: &mut String) {
 pub fn write_record(obj: &Object, out: &mut String) {
     out.push_str("<value><struct>");
     for (f, val) in obj.class.def().fields.iter().zip(obj.fields.iter()) {
-        member(f.name, val, out);
+        // Field names are plain identifiers (value.rs: `field_names_need_no_escaping`).
+        out.push_str("<member><name>");
+        out.push_str(f.name);
+        out.push_str("</name>");
+        write_value(val, out);
+        out.push_str("</member>");
     }
     out.push_str("</struct></value>");
 }
