@@ -2,18 +2,67 @@
 //! keeping bound fields (`relations.json`) consistent on both ends.
 
 use crate::error::ApiError;
-use crate::schema::{partner, ClassId, FieldId, Ty};
+use crate::schema::{ClassId, FieldId, FieldRef, Ty, CLASSES};
 use crate::store::Tx;
 use crate::value::{Object, Value, NULL_REF};
 
+/// A fresh random (version 4) uuid, from the thread's CSPRNG (ChaCha, seeded and reseeded
+/// from the OS) rather than a `getrandom` call per uuid: refs are made by the dozen per call.
+/// Session refs are bearer secrets; this generator is fit for them.
+pub fn random_uuid() -> uuid::Uuid {
+    use rand::RngCore;
+    let mut bytes = [0u8; 16];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    uuid::Builder::from_random_bytes(bytes).into_uuid()
+}
+
 /// A fresh `OpaqueRef:<uuid>`.
 pub fn new_ref() -> String {
-    format!("OpaqueRef:{}", uuid::Uuid::new_v4())
+    let mut buf = uuid::Uuid::encode_buffer();
+    let mut s = String::with_capacity(10 + uuid::fmt::Hyphenated::LENGTH);
+    s.push_str("OpaqueRef:");
+    s.push_str(random_uuid().hyphenated().encode_lower(&mut buf));
+    s
 }
 
 /// A fresh uuid.
 pub fn new_uuid() -> String {
-    uuid::Uuid::new_v4().to_string()
+    let mut buf = uuid::Uuid::encode_buffer();
+    random_uuid().hyphenated().encode_lower(&mut buf).to_owned()
+}
+
+/// The bound partner of a field, from a table built once (the relation list is scanned per
+/// lookup otherwise, and `create` asks for every field of the class).
+fn partner(class: ClassId, field: FieldId) -> Option<FieldRef> {
+    static TABLE: std::sync::OnceLock<Vec<Vec<Option<FieldRef>>>> = std::sync::OnceLock::new();
+    let table = TABLE.get_or_init(|| {
+        (0..CLASSES.len())
+            .map(ClassId)
+            .map(|c| {
+                (0..c.def().fields.len())
+                    .map(|f| crate::schema::partner(c, FieldId(f)))
+                    .collect()
+            })
+            .collect()
+    });
+    table.get(class.0)?.get(field.0).copied().flatten()
+}
+
+/// The fields of a class that are one end of a relation.
+fn bound_fields(class: ClassId) -> &'static [FieldId] {
+    static TABLE: std::sync::OnceLock<Vec<Vec<FieldId>>> = std::sync::OnceLock::new();
+    let table = TABLE.get_or_init(|| {
+        (0..CLASSES.len())
+            .map(ClassId)
+            .map(|c| {
+                (0..c.def().fields.len())
+                    .map(FieldId)
+                    .filter(|f| partner(c, *f).is_some())
+                    .collect()
+            })
+            .collect()
+    });
+    table.get(class.0).map_or(&[], Vec::as_slice)
 }
 
 /// Checks that every non-null ref in `v` (of type `ty`) names an existing object.
@@ -50,11 +99,7 @@ pub fn create(tx: &mut Tx, obj: Object) -> Result<(), ApiError> {
         check_refs(tx, f.ty, obj.get(FieldId(i)))?;
     }
     let reference = obj.reference.clone();
-    let bound: Vec<(FieldId, Value)> = (0..class.def().fields.len())
-        .map(FieldId)
-        .filter(|f| partner(class, *f).is_some())
-        .map(|f| (f, obj.get(f).clone()))
-        .collect();
+    let bound: Vec<(FieldId, Value)> = bound_fields(class).iter().map(|f| (*f, obj.get(*f).clone())).collect();
     tx.put(obj);
     for (f, v) in bound {
         relink(tx, class, &reference, f, &empty_like(&v), &v)?;
@@ -65,16 +110,17 @@ pub fn create(tx: &mut Tx, obj: Object) -> Result<(), ApiError> {
 /// Sets one field, updating the other end of a bound field.
 pub fn set_field(tx: &mut Tx, class: ClassId, reference: &str, f: FieldId, v: Value) -> Result<(), ApiError> {
     check_refs(tx, class.field(f).ty, &v)?;
-    let cur = tx.must_get(class, reference)?;
-    let old = cur.get(f).clone();
-    if old == v {
+    let bound = partner(class, f).is_some();
+    if tx.must_get(class, reference)?.get(f) == &v {
         return Ok(());
     }
-    let mut obj = (*cur).clone();
-    obj.set(f, v.clone());
-    tx.put(obj);
-    if partner(class, f).is_some() {
-        relink(tx, class, reference, f, &old, &v)?;
+    let new = if bound { Some(v.clone()) } else { None };
+    let old = tx.modify(class, reference, |obj| {
+        let slot = obj.fields.get_mut(f.0);
+        slot.map(|s| std::mem::replace(s, v))
+    })?;
+    if let (Some(old), Some(new)) = (old, new) {
+        relink(tx, class, reference, f, &old, &new)?;
     }
     Ok(())
 }
@@ -82,12 +128,9 @@ pub fn set_field(tx: &mut Tx, class: ClassId, reference: &str, f: FieldId, v: Va
 /// Removes an object, unlinking it from every object its bound fields name.
 pub fn destroy(tx: &mut Tx, class: ClassId, reference: &str) -> Result<(), ApiError> {
     let cur = tx.must_get(class, reference)?;
-    for i in 0..class.def().fields.len() {
-        let f = FieldId(i);
-        if partner(class, f).is_some() {
-            let old = cur.get(f).clone();
-            relink(tx, class, reference, f, &old, &empty_like(&old))?;
-        }
+    for &f in bound_fields(class) {
+        let old = cur.get(f).clone();
+        relink(tx, class, reference, f, &old, &empty_like(&old))?;
     }
     tx.delete(class, reference);
     Ok(())
@@ -131,35 +174,30 @@ fn edit_partner(tx: &mut Tx, class: ClassId, reference: &str, f: FieldId, me: &s
     let Some(cur) = tx.get(class, reference) else {
         return;
     };
-    let mut obj = (*cur).clone();
-    let me_v = Value::Ref(me.to_owned());
-    let next = match cur.get(f) {
-        Value::Set(items) => {
-            let mut items = items.clone();
-            if add {
-                if !items.contains(&me_v) {
-                    items.push(me_v);
-                }
-            } else {
-                items.retain(|i| i != &me_v);
-            }
-            Value::Set(items)
-        }
-        Value::Ref(r) => {
-            if add {
-                me_v
-            } else if r == me {
-                Value::Ref(NULL_REF.to_owned())
-            } else {
-                return;
-            }
-        }
-        _ => return,
+    // Decide on the shared copy; copy the object (once per transaction) only to change it.
+    let is_me = |v: &Value| matches!(v, Value::Ref(r) if r == me);
+    let change = match cur.get(f) {
+        Value::Set(items) => items.iter().any(is_me) != add,
+        Value::Ref(r) => (add && r != me) || (!add && r == me),
+        _ => false,
     };
-    if cur.get(f) != &next {
-        obj.set(f, next);
-        tx.put(obj);
+    drop(cur);
+    if !change {
+        return;
     }
+    let _ = tx.modify(class, reference, |obj| match obj.fields.get_mut(f.0) {
+        Some(Value::Set(items)) => {
+            if add {
+                items.push(Value::Ref(me.to_owned()));
+            } else {
+                items.retain(|i| !is_me(i));
+            }
+        }
+        Some(slot @ Value::Ref(_)) => {
+            *slot = Value::Ref(if add { me.to_owned() } else { NULL_REF.to_owned() });
+        }
+        _ => {}
+    });
 }
 
 #[cfg(test)]

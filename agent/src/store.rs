@@ -12,7 +12,7 @@ use crate::schema::{ClassId, CLASSES};
 use crate::value::{now, record_from_json, write_record_json, Object};
 use parking_lot::{Mutex, RwLock};
 use redb::{ReadableTable, TableDefinition};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 use tokio::sync::oneshot;
@@ -51,7 +51,8 @@ struct Table {
 }
 
 enum DiskOp {
-    Put(String, Vec<u8>),
+    /// The object as committed; the writer thread serializes it, off the callers' path.
+    Put(String, Arc<Object>),
     Delete(String),
 }
 
@@ -82,16 +83,55 @@ impl Drop for Store {
 /// A transaction: reads see its own pending writes.
 pub struct Tx<'a> {
     store: &'a Store,
-    overlay: HashMap<(ClassId, String), Option<Arc<Object>>>,
-    order: Vec<(ClassId, String)>,
+    /// What this transaction wrote, in the order first written (`None`: deleted).
+    entries: Vec<(ClassId, String, Option<Arc<Object>>)>,
+    /// Where each written object is in `entries`, by class and ref.
+    index: HashMap<ClassId, HashMap<String, usize>>,
 }
 
 impl Tx<'_> {
+    fn slot(&self, class: ClassId, reference: &str) -> Option<usize> {
+        self.index.get(&class)?.get(reference).copied()
+    }
+    fn set_slot(&mut self, class: ClassId, reference: &str, v: Option<Arc<Object>>) -> usize {
+        match self.slot(class, reference) {
+            Some(i) => {
+                self.entries[i].2 = v;
+                i
+            }
+            None => {
+                let i = self.entries.len();
+                self.entries.push((class, reference.to_owned(), v));
+                self.index.entry(class).or_default().insert(reference.to_owned(), i);
+                i
+            }
+        }
+    }
     /// Reads an object, seeing this transaction's writes.
     pub fn get(&self, class: ClassId, reference: &str) -> Option<Arc<Object>> {
-        match self.overlay.get(&(class, reference.to_owned())) {
-            Some(v) => v.clone(),
+        match self.slot(class, reference) {
+            Some(i) => self.entries[i].2.clone(),
             None => self.store.get(class, reference),
+        }
+    }
+    /// Changes an object in place (copying it once per transaction, not once per change);
+    /// `HANDLE_INVALID` if it does not exist.
+    pub fn modify<T>(
+        &mut self,
+        class: ClassId,
+        reference: &str,
+        f: impl FnOnce(&mut Object) -> T,
+    ) -> Result<T, ApiError> {
+        let i = match self.slot(class, reference) {
+            Some(i) => i,
+            None => {
+                let cur = self.store.get(class, reference);
+                self.set_slot(class, reference, cur)
+            }
+        };
+        match &mut self.entries[i].2 {
+            Some(obj) => Ok(f(Arc::make_mut(obj))),
+            None => Err(ApiError::handle_invalid(class.name(), reference)),
         }
     }
     /// Reads an object or fails with `HANDLE_INVALID`.
@@ -101,26 +141,19 @@ impl Tx<'_> {
     }
     /// Writes (creates or replaces) an object.
     pub fn put(&mut self, obj: Object) {
-        let key = (obj.class, obj.reference.clone());
-        if !self.overlay.contains_key(&key) {
-            self.order.push(key.clone());
-        }
-        self.overlay.insert(key, Some(Arc::new(obj)));
+        let (class, reference) = (obj.class, obj.reference.clone());
+        self.set_slot(class, &reference, Some(Arc::new(obj)));
     }
     /// Deletes an object.
     pub fn delete(&mut self, class: ClassId, reference: &str) {
-        let key = (class, reference.to_owned());
-        if !self.overlay.contains_key(&key) {
-            self.order.push(key.clone());
-        }
-        self.overlay.insert(key, None);
+        self.set_slot(class, reference, None);
     }
     /// Whether a uuid is taken in the class (seeing this transaction's writes).
     pub fn uuid_taken(&self, class: ClassId, uuid: &str) -> bool {
         if self
-            .overlay
+            .entries
             .iter()
-            .any(|((c, _), o)| *c == class && o.as_ref().is_some_and(|o| o.uuid() == Some(uuid)))
+            .any(|(c, _, o)| *c == class && o.as_ref().is_some_and(|o| o.uuid() == Some(uuid)))
         {
             return true;
         }
@@ -224,15 +257,27 @@ impl Store {
 
     /// Runs `f` as one transaction and returns once its changes are durable.
     pub async fn write<T>(&self, f: impl FnOnce(&mut Tx) -> Result<T, ApiError>) -> Result<T, ApiError> {
+        self.write_as(f, true).await
+    }
+
+    /// Runs `f` as one transaction in memory only: its changes are seen by readers and
+    /// events at once but are not written to disk by this call (a later durable write of
+    /// the same object carries them). For state that does not outlive the process, such
+    /// as the marks of operations in progress, which start-up clears.
+    pub async fn write_volatile<T>(&self, f: impl FnOnce(&mut Tx) -> Result<T, ApiError>) -> Result<T, ApiError> {
+        self.write_as(f, false).await
+    }
+
+    async fn write_as<T>(&self, f: impl FnOnce(&mut Tx) -> Result<T, ApiError>, durable: bool) -> Result<T, ApiError> {
         let (result, ack, undo) = {
             let mut generation = self.commit.lock();
             let mut tx = Tx {
                 store: self,
-                overlay: HashMap::new(),
-                order: Vec::new(),
+                entries: Vec::new(),
+                index: HashMap::new(),
             };
             let result = f(&mut tx)?;
-            let (ack, undo) = self.apply(&mut generation, tx);
+            let (ack, undo) = self.apply(&mut generation, tx, durable);
             (result, ack, undo)
         };
         if let Some(ack) = ack {
@@ -247,17 +292,18 @@ impl Store {
     }
 
     /// Applies a transaction in memory, logs its events and queues its durable part.
-    fn apply(&self, generation: &mut u64, tx: Tx) -> (Option<oneshot::Receiver<Result<(), String>>>, Vec<Undo>) {
-        let Tx { mut overlay, order, .. } = tx;
-        let mut events = Vec::with_capacity(order.len());
+    fn apply(
+        &self,
+        generation: &mut u64,
+        tx: Tx,
+        durable: bool,
+    ) -> (Option<oneshot::Receiver<Result<(), String>>>, Vec<Undo>) {
+        let Tx { entries, .. } = tx;
+        let mut events = Vec::with_capacity(entries.len());
         let mut disk = Vec::new();
-        let mut undo = Vec::with_capacity(order.len());
+        let mut undo = Vec::with_capacity(entries.len());
         let time = now();
-        for key in order {
-            let Some(change) = overlay.remove(&key) else {
-                continue;
-            };
-            let (class, reference) = key;
+        for (class, reference, change) in entries {
             let mut table = self.tables[class.0].write();
             let old = table.objects.get(&reference).cloned();
             match change {
@@ -276,10 +322,8 @@ impl Store {
                         table.uuids.insert(uuid.clone(), reference.clone());
                     }
                     table.objects.insert(reference.clone(), obj.clone());
-                    if class.def().persistent {
-                        let mut s = String::with_capacity(1024);
-                        write_record_json(&obj, &mut s);
-                        disk.push(DiskOp::Put(format!("{}/{}", class.name(), reference), s.into_bytes()));
+                    if durable && class.def().persistent {
+                        disk.push(DiskOp::Put(format!("{}/{}", class.name(), reference), obj.clone()));
                     }
                     events.push(EventEntry {
                         id: *generation,
@@ -303,7 +347,7 @@ impl Store {
                     *generation += 1;
                     let uuid = o.uuid().unwrap_or("").to_owned();
                     table.uuids.remove(&uuid);
-                    if class.def().persistent {
+                    if durable && class.def().persistent {
                         disk.push(DiskOp::Delete(format!("{}/{}", class.name(), reference)));
                     }
                     events.push(EventEntry {
@@ -415,18 +459,32 @@ fn writer_loop(path: std::path::PathBuf, db: redb::Database, rx: crossbeam_chann
 }
 
 fn commit_batches(db: &redb::Database, batches: &[Batch]) -> Result<(), Box<dyn std::error::Error>> {
+    // Only the last write of a key in the group reaches the disk (one object is often
+    // written several times by the transactions of one group).
+    let ops: Vec<&DiskOp> = batches.iter().flat_map(|b| b.ops.iter()).collect();
+    let mut seen: HashSet<&str> = HashSet::with_capacity(ops.len());
+    let mut last: Vec<&DiskOp> = Vec::with_capacity(ops.len());
+    for op in ops.into_iter().rev() {
+        let key = match op {
+            DiskOp::Put(k, _) | DiskOp::Delete(k) => k.as_str(),
+        };
+        if seen.insert(key) {
+            last.push(op);
+        }
+    }
     let wtx = db.begin_write()?;
     {
         let mut table = wtx.open_table(OBJECTS)?;
-        for b in batches {
-            for op in &b.ops {
-                match op {
-                    DiskOp::Put(k, v) => {
-                        table.insert(k.as_str(), v.as_slice())?;
-                    }
-                    DiskOp::Delete(k) => {
-                        table.remove(k.as_str())?;
-                    }
+        let mut buf = String::with_capacity(8192);
+        for op in last.into_iter().rev() {
+            match op {
+                DiskOp::Put(k, obj) => {
+                    buf.clear();
+                    write_record_json(obj, &mut buf);
+                    table.insert(k.as_str(), buf.as_bytes())?;
+                }
+                DiskOp::Delete(k) => {
+                    table.remove(k.as_str())?;
                 }
             }
         }

@@ -70,7 +70,18 @@ impl Object {
     }
     /// The `uuid` field, where the class has one.
     pub fn uuid(&self) -> Option<&str> {
-        self.class.field_by_name("uuid").and_then(|f| self.get(f).as_str())
+        // Looked up once per class: the store asks for every object it writes.
+        static UUID_FIELDS: std::sync::OnceLock<Vec<Option<FieldId>>> = std::sync::OnceLock::new();
+        let table = UUID_FIELDS.get_or_init(|| {
+            (0..crate::schema::CLASSES.len())
+                .map(|c| ClassId(c).field_by_name("uuid"))
+                .collect()
+        });
+        table
+            .get(self.class.0)
+            .copied()
+            .flatten()
+            .and_then(|f| self.get(f).as_str())
     }
     /// A string field by name ("" when absent or not a string).
     pub fn str_field(&self, name: &str) -> &str {
@@ -145,6 +156,14 @@ impl Value {
                 .collect(),
         )
     }
+    /// The map key as text, borrowed where the value holds it as text.
+    pub fn key_cow(&self) -> std::borrow::Cow<'_, str> {
+        match self {
+            Value::String(s) | Value::Ref(s) => std::borrow::Cow::Borrowed(s),
+            Value::Enum(s) => std::borrow::Cow::Borrowed(s),
+            other => std::borrow::Cow::Owned(other.key_text()),
+        }
+    }
     /// The map key as text, as both wire formats carry it.
     pub fn key_text(&self) -> String {
         match self {
@@ -198,6 +217,40 @@ pub fn format_datetime(t: i64) -> String {
 /// datetimes and bulk reads write thousands of records).
 pub fn push_datetime(t: i64, out: &mut String) {
     use chrono::{Datelike, Timelike};
+    // Years 0-9999 (every date a client can send back), by the civil-from-days algorithm.
+    const DAY: i64 = 86_400;
+    const MIN: i64 = -62_167_219_200; // 0000-01-01T00:00:00Z
+    const MAX: i64 = 253_402_300_799; // 9999-12-31T23:59:59Z
+    if (MIN..=MAX).contains(&t) {
+        let days = t.div_euclid(DAY);
+        let secs = t.rem_euclid(DAY);
+        let z = days + 719_468;
+        let era = z.div_euclid(146_097);
+        let doe = z.rem_euclid(146_097);
+        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let day = doy - (153 * mp + 2) / 5 + 1;
+        let month = if mp < 10 { mp + 3 } else { mp - 9 };
+        let year = yoe + era * 400 + i64::from(month <= 2);
+        let mut buf = *b"00000000T00:00:00Z";
+        let mut put = |at: usize, width: usize, mut v: i64| {
+            for k in (at..at + width).rev() {
+                buf[k] = b'0' + (v % 10) as u8;
+                v /= 10;
+            }
+        };
+        put(0, 4, year);
+        put(4, 2, month);
+        put(6, 2, day);
+        put(9, 2, secs / 3600);
+        put(12, 2, secs / 60 % 60);
+        put(15, 2, secs % 60);
+        for &b in &buf {
+            out.push(char::from(b));
+        }
+        return;
+    }
     match DateTime::<Utc>::from_timestamp(t, 0) {
         Some(d) => {
             let _ = write!(
@@ -453,17 +506,107 @@ fn parse_default(ty: &Ty, d: &str) -> Option<Value> {
     }
 }
 
+/// A wire encoding, for [`encoded_len_hint`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Encoding {
+    /// JSON (`write_json`).
+    Json,
+    /// XML-RPC (`xml::write_value`).
+    Xml,
+}
+
+fn digits(i: i64) -> usize {
+    i.unsigned_abs().checked_ilog10().map_or(1, |d| d as usize + 1) + usize::from(i < 0)
+}
+
+/// `each` summed over `items`; for long lists estimated from an even sample, with an eighth
+/// added (capacity a reply never touches costs no memory), so that the hint stays cheap next
+/// to the encoding it sizes.
+fn sum_sampled<T>(items: &[T], each: impl Fn(&T) -> usize) -> usize {
+    const SAMPLE: usize = 128;
+    if items.len() <= 2 * SAMPLE {
+        return items.iter().map(each).sum();
+    }
+    let stride = items.len() / SAMPLE;
+    let (count, sum) = items
+        .iter()
+        .step_by(stride)
+        .fold((0usize, 0usize), |(n, total), x| (n + 1, total + each(x)));
+    let estimate = sum * items.len() / count.max(1);
+    estimate + estimate / 8
+}
+
+/// About how many bytes `v` encodes to (exact but for escapes and floats), so that a reply
+/// buffer is allocated once at its size rather than grown by doubling: a 10,000-VM reply is
+/// tens of MB, and doubling copies it several times and leaves up to twice its size mapped.
+pub fn encoded_len_hint(v: &Value, enc: Encoding) -> usize {
+    let xml = enc == Encoding::Xml;
+    // `<value>` + `</value>` around every XML value.
+    let tags = if xml { 15 } else { 0 };
+    match v {
+        Value::String(s) | Value::Ref(s) => s.len() + if xml { tags } else { 2 },
+        Value::Enum(s) => s.len() + if xml { tags } else { 2 },
+        Value::Int(i) => digits(*i) + tags,
+        Value::Int32(i) => digits(i64::from(*i)) + if xml { 26 } else { 0 },
+        Value::Float(_) => 24 + if xml { 32 } else { 0 },
+        Value::Bool(_) => {
+            if xml {
+                35
+            } else {
+                5
+            }
+        }
+        Value::DateTime(_) => 20 + if xml { 51 } else { 0 },
+        Value::Set(items) => {
+            let each = sum_sampled(items, |x| encoded_len_hint(x, enc) + 1);
+            each + if xml { 43 } else { 2 }
+        }
+        Value::Map(pairs) => {
+            let each = sum_sampled(pairs, |(k, x)| {
+                let key = match k {
+                    Value::String(s) | Value::Ref(s) => s.len(),
+                    Value::Enum(s) => s.len(),
+                    other => other.key_text().len(),
+                };
+                key + encoded_len_hint(x, enc) + if xml { 30 } else { 4 }
+            });
+            each + if xml { 32 } else { 2 }
+        }
+        Value::Record(obj) => {
+            let each: usize = obj
+                .class
+                .def()
+                .fields
+                .iter()
+                .zip(obj.fields.iter())
+                .map(|(f, x)| f.name.len() + encoded_len_hint(x, enc) + if xml { 30 } else { 4 })
+                .sum();
+            each + if xml { 32 } else { 2 }
+        }
+        Value::Struct(members) => {
+            let each: usize = members
+                .iter()
+                .map(|(k, x)| k.len() + encoded_len_hint(x, enc) + if xml { 30 } else { 4 })
+                .sum();
+            each + if xml { 32 } else { 2 }
+        }
+        Value::None => {
+            if xml {
+                15
+            } else {
+                4
+            }
+        }
+    }
+}
+
 /// Writes a value as JSON (the JSON-RPC wire form and the store's form).
 pub fn write_json(v: &Value, out: &mut String) {
     match v {
         Value::String(s) | Value::Ref(s) => write_json_str(s, out),
         Value::Enum(s) => write_json_str(s, out),
-        Value::Int(i) => {
-            let _ = write!(out, "{i}");
-        }
-        Value::Int32(i) => {
-            let _ = write!(out, "{i}");
-        }
+        Value::Int(i) => push_int(*i, out),
+        Value::Int32(i) => push_int(i64::from(*i), out),
         Value::Float(f) => out.push_str(&format_float(*f)),
         Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
         Value::DateTime(t) => {
@@ -521,38 +664,105 @@ pub fn write_record_json(obj: &Object, out: &mut String) {
         if i > 0 {
             out.push(',');
         }
-        write_json_str(f.name, out);
-        out.push(':');
+        // Field names are plain identifiers (see the `field_names_need_no_escaping` test).
+        out.push('"');
+        out.push_str(f.name);
+        out.push_str("\":");
         write_json(val, out);
     }
     out.push('}');
 }
 
+/// Eight copies of a byte.
+const fn splat(b: u8) -> u64 {
+    (b as u64) * 0x0101_0101_0101_0101
+}
+
+const HIGH_BITS: u64 = splat(0x80);
+
+/// Whether any byte of `w` is below `n` (`n` ≤ 0x80; exact, no false positives).
+#[inline]
+pub(crate) fn any_byte_below(w: u64, n: u8) -> bool {
+    w.wrapping_sub(splat(n)) & !w & HIGH_BITS != 0
+}
+
+/// Whether any byte of `w` equals `b`.
+#[inline]
+pub(crate) fn any_byte_is(w: u64, b: u8) -> bool {
+    any_byte_below(w ^ splat(b), 1)
+}
+
+/// The eight bytes of `bytes` from `i`, if there are eight.
+#[inline]
+pub(crate) fn word_at(bytes: &[u8], i: usize) -> Option<u64> {
+    let chunk: [u8; 8] = bytes.get(i..i + 8)?.try_into().ok()?;
+    Some(u64::from_le_bytes(chunk))
+}
+
 /// Writes a JSON string literal.
+///
+/// Bulk replies are mostly strings with nothing to escape: they are scanned eight bytes at a
+/// time and copied as whole runs.
 pub fn write_json_str(s: &str, out: &mut String) {
     out.push('"');
+    let bytes = s.as_bytes();
     let mut start = 0;
-    for (i, b) in s.bytes().enumerate() {
-        let esc: Option<&str> = match b {
-            b'"' => Some("\\\""),
-            b'\\' => Some("\\\\"),
-            b'\n' => Some("\\n"),
-            b'\r' => Some("\\r"),
-            b'\t' => Some("\\t"),
-            0..=0x1f => None,
-            _ => continue,
-        };
-        out.push_str(&s[start..i]);
-        match esc {
-            Some(e) => out.push_str(e),
-            None => {
-                let _ = write!(out, "\\u{b:04x}");
+    let mut i = 0;
+    while i < bytes.len() {
+        if let Some(w) = word_at(bytes, i) {
+            if !any_byte_below(w, 0x20) && !any_byte_is(w, b'"') && !any_byte_is(w, b'\\') {
+                i += 8;
+                continue;
             }
         }
-        start = i + 1;
+        let b = bytes[i];
+        let esc: &str = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0..=0x1f => "",
+            _ => {
+                i += 1;
+                continue;
+            }
+        };
+        out.push_str(&s[start..i]);
+        if esc.is_empty() {
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            out.push_str("\\u00");
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 0xf)]));
+        } else {
+            out.push_str(esc);
+        }
+        i += 1;
+        start = i;
     }
     out.push_str(&s[start..]);
     out.push('"');
+}
+
+/// Appends a decimal integer (without the formatting machinery: records carry many).
+pub fn push_int(i: i64, out: &mut String) {
+    let mut buf = [0u8; 20];
+    let mut pos = buf.len();
+    let mut n = i.unsigned_abs();
+    loop {
+        pos -= 1;
+        buf[pos] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    if i < 0 {
+        out.push('-');
+    }
+    for &d in &buf[pos..] {
+        out.push(char::from(d));
+    }
 }
 
 #[cfg(test)]
@@ -629,6 +839,128 @@ mod tests {
         let j = Json::Array(vec![Json::String(format!("{}é", "a".repeat(61)))]);
         let e = from_json(&j, &Ty::String).unwrap_err();
         assert!(e.got.ends_with('…') && e.got.len() <= 64 + '…'.len_utf8(), "{}", e.got);
+    }
+
+    #[test]
+    fn datetimes_format_like_chrono() {
+        use chrono::{Datelike, Timelike};
+        let via_chrono = |t: i64| {
+            let d = DateTime::<Utc>::from_timestamp(t, 0).unwrap();
+            format!(
+                "{:04}{:02}{:02}T{:02}:{:02}:{:02}Z",
+                d.year(),
+                d.month(),
+                d.day(),
+                d.hour(),
+                d.minute(),
+                d.second()
+            )
+        };
+        let mut t: i64 = -62_167_219_200;
+        while t <= 253_402_300_799 {
+            assert_eq!(format_datetime(t), via_chrono(t), "{t}");
+            t += 86_399 * 37 + 7;
+        }
+        for t in [0, -1, 951_782_400, 1_709_251_199, 253_402_300_799, -62_167_219_200] {
+            assert_eq!(format_datetime(t), via_chrono(t), "{t}");
+        }
+    }
+
+    #[test]
+    fn ints_format_like_display() {
+        for i in [0, 7, -7, 10, 99, -100, i64::MAX, i64::MIN, 1 << 40] {
+            let mut s = String::new();
+            push_int(i, &mut s);
+            assert_eq!(s, i.to_string());
+        }
+    }
+
+    #[test]
+    fn json_escaping_matches_serde_on_every_position() {
+        let specials = ['"', '\\', '\n', '\r', '\t', '\u{1}', '\u{1f}', 'é', 'x', '\u{7f}', ' '];
+        for len in 0..20 {
+            for (k, c) in specials.iter().enumerate() {
+                for at in 0..len.max(1) {
+                    let mut text: String = (0..len).map(|j| char::from(b'a' + (j % 26) as u8)).collect();
+                    if len > 0 {
+                        text.replace_range(at..at + 1, &c.to_string());
+                    }
+                    text.push(specials[(k + 3) % specials.len()]);
+                    let mut s = String::new();
+                    write_json_str(&text, &mut s);
+                    let back: String = serde_json::from_str(&s).unwrap();
+                    assert_eq!(back, text);
+                    assert_eq!(s, serde_json::to_string(&text).unwrap());
+                }
+            }
+        }
+    }
+
+    /// Record encoders write field names as they are.
+    #[test]
+    fn field_names_need_no_escaping() {
+        for c in crate::schema::ClassId::all() {
+            for f in c.def().fields {
+                assert!(
+                    !f.name.is_empty() && f.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'),
+                    "{}.{}",
+                    c.name(),
+                    f.name
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn length_hints_are_close() {
+        let mut vm = default_object(class_ids::VM, "OpaqueRef:x");
+        vm.set(fields::VM::name_label, Value::str("a name"));
+        vm.set(fields::VM::tags, Value::Set(vec![Value::str("t1"), Value::str("t2")]));
+        vm.set(
+            fields::VM::other_config,
+            Value::string_map([("k", "v"), ("disks", "<disk/>")]),
+        );
+        let v = Value::Map(vec![(Value::Ref("OpaqueRef:x".into()), Value::Record(Arc::new(vm)))]);
+        let mut json = String::new();
+        write_json(&v, &mut json);
+        let hint = encoded_len_hint(&v, Encoding::Json);
+        assert!(
+            hint >= json.len() && hint < json.len() + json.len() / 4,
+            "{hint} {}",
+            json.len()
+        );
+        let xml = crate::xml::value_fragment(&v);
+        let hint = encoded_len_hint(&v, Encoding::Xml);
+        assert!(
+            hint >= xml.len() && hint < xml.len() + xml.len() / 4,
+            "{hint} {}",
+            xml.len()
+        );
+    }
+
+    #[test]
+    fn length_hints_of_long_lists_are_close() {
+        let records: Vec<(Value, Value)> = (0..1000)
+            .map(|i| {
+                let r = format!("OpaqueRef:{i:08}");
+                let mut vm = default_object(class_ids::VM, &r);
+                vm.set(fields::VM::name_label, Value::str("x".repeat(i % 50)));
+                (Value::Ref(r), Value::Record(Arc::new(vm)))
+            })
+            .collect();
+        let v = Value::Map(records);
+        for enc in [Encoding::Json, Encoding::Xml] {
+            let len = match enc {
+                Encoding::Json => {
+                    let mut s = String::new();
+                    write_json(&v, &mut s);
+                    s.len()
+                }
+                Encoding::Xml => crate::xml::value_fragment(&v).len(),
+            };
+            let hint = encoded_len_hint(&v, enc);
+            assert!(hint >= len && hint < len + len / 4, "{enc:?}: {hint} {len}");
+        }
     }
 
     #[test]

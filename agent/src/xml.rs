@@ -3,8 +3,7 @@
 //! It lives here rather than in the RPC crate because `task.result` stores this fragment for
 //! every client, JSON ones included.
 
-use crate::value::{format_float, push_datetime, Object, Value};
-use std::fmt::Write as _;
+use crate::value::{any_byte_below, any_byte_is, format_float, push_datetime, push_int, word_at, Object, Value};
 
 /// Writes `<value>…</value>` for a typed value.
 pub fn write_value(v: &Value, out: &mut String) {
@@ -20,13 +19,19 @@ pub fn write_value(v: &Value, out: &mut String) {
             out.push_str("</value>");
         }
         Value::Int(i) => {
-            let _ = write!(out, "<value>{i}</value>");
+            out.push_str("<value>");
+            push_int(*i, out);
+            out.push_str("</value>");
         }
         Value::Int32(i) => {
-            let _ = write!(out, "<value><int>{i}</int></value>");
+            out.push_str("<value><int>");
+            push_int(i64::from(*i), out);
+            out.push_str("</int></value>");
         }
         Value::Float(f) => {
-            let _ = write!(out, "<value><double>{}</double></value>", format_float(*f));
+            out.push_str("<value><double>");
+            out.push_str(&format_float(*f));
+            out.push_str("</double></value>");
         }
         Value::Bool(b) => {
             out.push_str(if *b {
@@ -82,7 +87,12 @@ fn member(name: &str, v: &Value, out: &mut String) {
 pub fn write_record(obj: &Object, out: &mut String) {
     out.push_str("<value><struct>");
     for (f, val) in obj.class.def().fields.iter().zip(obj.fields.iter()) {
-        member(f.name, val, out);
+        // Field names are plain identifiers (value.rs: `field_names_need_no_escaping`).
+        out.push_str("<member><name>");
+        out.push_str(f.name);
+        out.push_str("</name>");
+        write_value(val, out);
+        out.push_str("</member>");
     }
     out.push_str("</struct></value>");
 }
@@ -97,6 +107,19 @@ pub fn escape(s: &str, out: &mut String) {
     let mut start = 0;
     let mut i = 0;
     while i < bytes.len() {
+        // Runs of plain text are skipped eight bytes at a time.
+        if let Some(w) = word_at(bytes, i) {
+            if !any_byte_below(w, 0x20)
+                && !any_byte_is(w, b'<')
+                && !any_byte_is(w, b'>')
+                && !any_byte_is(w, b'&')
+                && !any_byte_is(w, b'"')
+                && !any_byte_is(w, 0xef)
+            {
+                i += 8;
+                continue;
+            }
+        }
         let b = bytes[i];
         let (rep, len) = match b {
             b'<' => ("&lt;", 1),
@@ -138,6 +161,35 @@ mod tests {
         let mut out = String::new();
         escape(s, &mut out);
         out
+    }
+
+    /// The eight-byte scan finds what the byte loop finds, wherever it sits.
+    #[test]
+    fn escaping_does_not_depend_on_position() {
+        for special in [
+            "<", ">", "&", "\"", "\r", "\u{1}", "\u{fffe}", "\u{ffff}", "\t", "é", "\u{efbf}",
+        ] {
+            for len in 0..20 {
+                for at in 0..=len {
+                    let mut text: String = "abcdefghijklmnopqrst"[..len].to_owned();
+                    text.insert_str(at, special);
+                    let mut expected = String::new();
+                    for ch in text.chars() {
+                        match ch {
+                            '<' => expected.push_str("&lt;"),
+                            '>' => expected.push_str("&gt;"),
+                            '&' => expected.push_str("&amp;"),
+                            '"' => expected.push_str("&quot;"),
+                            '\r' => expected.push_str("&#13;"),
+                            '\t' | '\n' => expected.push(ch),
+                            '\u{0}'..='\u{1f}' | '\u{fffe}' | '\u{ffff}' => expected.push('\u{fffd}'),
+                            c => expected.push(c),
+                        }
+                    }
+                    assert_eq!(esc(&text), expected, "{text:?}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -73,7 +73,7 @@ fn write_id(id: &Json, out: &mut String) {
 pub fn success(version: Version, id: &Json, v: &Value) -> String {
     let empty = Value::String(String::new());
     let v = if matches!(v, Value::None) { &empty } else { v };
-    let mut out = String::with_capacity(256);
+    let mut out = String::with_capacity(96 + agent::value::encoded_len_hint(v, agent::value::Encoding::Json));
     match version {
         Version::V2 => {
             out.push_str("{\"jsonrpc\":\"2.0\",\"result\":");

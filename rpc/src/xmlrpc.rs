@@ -298,7 +298,7 @@ const TAIL: &str = "</param></params></methodResponse>";
 
 /// `{Status: Success, Value: v}`.
 pub fn success(v: &Value) -> String {
-    let mut out = String::with_capacity(256);
+    let mut out = String::with_capacity(256 + agent::value::encoded_len_hint(v, agent::value::Encoding::Xml));
     out.push_str(HEAD);
     out.push_str("<value><struct><member><name>Status</name><value>Success</value></member><member><name>Value</name>");
     write_value(v, &mut out);

@@ -129,12 +129,26 @@ pub async fn dispatch(agent: &Arc<Agent>, ctx: &CallCtx, c: Call) -> Result<Valu
     // For `revert` the object that changes is the snapshot's VM; the snapshot is the ref.
     let op_id = ctx.task.clone().unwrap_or_else(new_ref);
     begin(agent, class, &reference, op, &op_id).await?;
-    let result = agent
-        .actors
-        .perform(agent, class, &reference, op, c.args[1..].to_vec())
-        .await;
+    let result = if reads_source_only(op) {
+        // Nothing that changes the source can start while this one is marked: the rules
+        // let only other copies (and, on a running source, a forced stop, which
+        // the copy does not depend on) run alongside. Going through the actor would make
+        // clones of one template wait for each other.
+        perform(agent, class, &reference, op, c.args[1..].to_vec()).await
+    } else {
+        agent
+            .actors
+            .perform(agent, class, &reference, op, c.args[1..].to_vec())
+            .await
+    };
     end(agent, class, &reference, &op_id).await;
     result
+}
+
+/// Operations that only read their object (its record and its disks) to make a new VM:
+/// they run outside the object's actor, concurrently with each other.
+fn reads_source_only(op: Operation) -> bool {
+    matches!(op, Operation::Vm("clone" | "copy" | "snapshot"))
 }
 
 /// The `*_operations` value an operation is checked and marked as.
@@ -155,9 +169,11 @@ async fn begin(
     op_id: &str,
 ) -> Result<(), ApiError> {
     let name = op_str(op);
+    // The mark lives in memory only: no operation survives the process, and start-up
+    // clears marks that a durable write of the object happened to carry to disk.
     agent
         .store
-        .write(|tx| {
+        .write_volatile(|tx| {
             let obj = tx.must_get(class, reference)?;
             rules::check(tx, &obj, name)?;
             let f = class
@@ -175,7 +191,7 @@ async fn begin(
 async fn end(agent: &Arc<Agent>, class: ClassId, reference: &str, op_id: &str) {
     let r = agent
         .store
-        .write(|tx| {
+        .write_volatile(|tx| {
             let Some(obj) = tx.get(class, reference) else {
                 return Ok(());
             };

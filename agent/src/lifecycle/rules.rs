@@ -123,32 +123,38 @@ pub fn check(tx: &Tx, obj: &Object, op: &str) -> Result<(), ApiError> {
     }
 }
 
+/// Why a VM operation may not start (borrowing from the VM: cheap to make and to drop).
+enum Refusal<'a> {
+    Blocked(&'a Value),
+    BadPowerState(&'static [&'static str], &'a str),
+    OtherOperation(&'a [(Value, Value)]),
+    Template,
+    Snapshot,
+    ProvisionOnTemplateOnly,
+    RevertOnSnapshotOnly,
+    Dom0(&'static str),
+}
+
 fn check_vm(vm: &Object, op: &str) -> Result<(), ApiError> {
+    let Some(why) = vm_refusal(vm, op) else {
+        return Ok(());
+    };
     let r = vm.reference.clone();
-    if let Some(reason) = vm.get(fields::VM::blocked_operations).map_get(op) {
-        return Err(ApiError::OperationBlocked {
+    Err(match why {
+        Refusal::Blocked(reason) => ApiError::OperationBlocked {
             r#ref: r,
             code: reason.key_text(),
-        });
-    }
-    let power = vm.get(fields::VM::power_state).as_str().unwrap_or(HALTED);
-    let allowed = allowed_power_states(vm, op);
-    if !allowed.contains(&power) {
-        return Err(ApiError::VmBadPowerState {
+        },
+        Refusal::BadPowerState(allowed, power) => ApiError::VmBadPowerState {
             vm: r,
             expected: allowed.iter().map(|s| lower(s)).collect::<Vec<_>>().join(", "),
             actual: lower(power),
-        });
-    }
-    let current: Vec<(String, &str)> = vm
-        .get(fields::VM::current_operations)
-        .as_map()
-        .iter()
-        .map(|(k, v)| (k.key_text(), v.as_str().unwrap_or("")))
-        .collect();
-    if !current.is_empty() {
-        let ops: Vec<&str> = current.iter().map(|(_, o)| *o).collect();
-        if !concurrent_ok(op, &ops) {
+        },
+        Refusal::OtherOperation(marks) => {
+            let current: Vec<(String, &str)> = marks
+                .iter()
+                .map(|(k, v)| (k.key_text(), v.as_str().unwrap_or("")))
+                .collect();
             let (op_ref, op_type) = if current.len() == 1 {
                 (current[0].0.clone(), current[0].1.to_owned())
             } else {
@@ -157,15 +163,53 @@ fn check_vm(vm: &Object, op: &str) -> Result<(), ApiError> {
                         "{{{}}}",
                         current.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>().join(",")
                     ),
-                    format!("{{{}}}", ops.join(",")),
+                    format!("{{{}}}", current.iter().map(|(_, o)| *o).collect::<Vec<_>>().join(",")),
                 )
             };
-            return Err(ApiError::OtherOperationInProgress {
+            ApiError::OtherOperationInProgress {
                 class: "VM".into(),
                 object: r,
                 operation_type: op_type,
                 operation_ref: op_ref,
-            });
+            }
+        }
+        Refusal::Template => ApiError::VmIsTemplate { vm: r },
+        Refusal::Snapshot => ApiError::VmIsSnapshot {
+            vm: r,
+            operation: op.to_owned(),
+        },
+        Refusal::ProvisionOnTemplateOnly => ApiError::ProvisionOnlyAllowedOnTemplate {},
+        Refusal::RevertOnSnapshotOnly => ApiError::RevertOnlyAllowedOnSnapshot {},
+        Refusal::Dom0(msg) => ApiError::not_allowed(msg),
+    })
+}
+
+/// Whether `op` may start on the VM now, and if not the first reason why (in the
+/// reference's order of checks). `refresh_allowed` asks this for every candidate operation
+/// on every VM write, so it allocates nothing.
+fn vm_refusal<'a>(vm: &'a Object, op: &str) -> Option<Refusal<'a>> {
+    if let Some(reason) = vm.get(fields::VM::blocked_operations).map_get(op) {
+        return Some(Refusal::Blocked(reason));
+    }
+    let power = vm.get(fields::VM::power_state).as_str().unwrap_or(HALTED);
+    let allowed = allowed_power_states(vm, op);
+    if !allowed.contains(&power) {
+        return Some(Refusal::BadPowerState(allowed, power));
+    }
+    let marks = vm.get(fields::VM::current_operations).as_map();
+    if !marks.is_empty() {
+        let mut ops = [""; 8];
+        let ok = if marks.len() <= ops.len() {
+            for (slot, (_, v)) in ops.iter_mut().zip(marks) {
+                *slot = v.as_str().unwrap_or("");
+            }
+            concurrent_ok(op, &ops[..marks.len()])
+        } else {
+            let all: Vec<&str> = marks.iter().map(|(_, v)| v.as_str().unwrap_or("")).collect();
+            concurrent_ok(op, &all)
+        };
+        if !ok {
+            return Some(Refusal::OtherOperation(marks));
         }
     }
     let template = vm.get(fields::VM::is_a_template) == &Value::Bool(true);
@@ -193,7 +237,7 @@ fn check_vm(vm: &Object, op: &str) -> Result<(), ApiError> {
         .contains(&op)
             || (op == "destroy" && !default_template);
         if !ok {
-            return Err(ApiError::VmIsTemplate { vm: r });
+            return Some(Refusal::Template);
         }
     }
     if snapshot
@@ -208,20 +252,17 @@ fn check_vm(vm: &Object, op: &str) -> Result<(), ApiError> {
         ]
         .contains(&op)
     {
-        return Err(ApiError::VmIsSnapshot {
-            vm: r,
-            operation: op.to_owned(),
-        });
+        return Some(Refusal::Snapshot);
     }
     if op == "provision" && !template {
-        return Err(ApiError::ProvisionOnlyAllowedOnTemplate {});
+        return Some(Refusal::ProvisionOnTemplateOnly);
     }
     if op == "revert" && !snapshot {
-        return Err(ApiError::RevertOnlyAllowedOnSnapshot {});
+        return Some(Refusal::RevertOnSnapshotOnly);
     }
     if vm.get(fields::VM::is_control_domain) == &Value::Bool(true) {
         if op == "changing_VCPUs" || op == "destroy" {
-            return Err(ApiError::not_allowed("This operation is not allowed on dom0"));
+            return Some(Refusal::Dom0("This operation is not allowed on dom0"));
         }
         if ![
             "changing_memory_live",
@@ -234,12 +275,10 @@ fn check_vm(vm: &Object, op: &str) -> Result<(), ApiError> {
         ]
         .contains(&op)
         {
-            return Err(ApiError::not_allowed(
-                "This operation is not allowed on a control domain",
-            ));
+            return Some(Refusal::Dom0("This operation is not allowed on a control domain"));
         }
     }
-    Ok(())
+    None
 }
 
 /// The power state of the VM a device belongs to.
@@ -335,7 +374,7 @@ pub fn refresh_allowed(tx: &mut Tx, class: ClassId, reference: &str) -> Result<(
     let mut allowed = Vec::new();
     for op in candidates {
         let ok = if class == class_ids::VM {
-            check_vm(&obj, op).is_ok()
+            vm_refusal(&obj, op).is_none()
         } else if *op == "attach" {
             vm_power_of(
                 tx,

@@ -297,29 +297,8 @@ async fn checkpoint(agent: &Arc<Agent>, vm: &str, name: &str) -> Result<String, 
 }
 
 async fn attach_suspend_vdi(agent: &Arc<Agent>, vm: &str, path: &std::path::Path) -> Result<(), ApiError> {
-    let size = std::fs::metadata(path).map(|m| m.len() as i64).unwrap_or(0);
-    let sr = agent
-        .store
-        .get(class_ids::pool, &agent.pool)
-        .and_then(|p| p.get(fields::pool::suspend_image_SR).as_ref_str().map(str::to_owned))
-        .unwrap_or_else(|| NULL_REF.to_owned());
-    agent
-        .store
-        .write(|tx| {
-            use fields::VDI as f;
-            let r = new_ref();
-            let mut vdi = default_object(class_ids::VDI, &r);
-            vdi.set(f::uuid, Value::str(new_uuid()));
-            vdi.set(f::name_label, Value::str("Suspend image"));
-            vdi.set(f::SR, Value::Ref(sr.clone()));
-            vdi.set(f::r#type, Value::Enum("suspend"));
-            vdi.set(f::virtual_size, Value::Int(size));
-            vdi.set(f::physical_utilisation, Value::Int(size));
-            vdi.set(f::location, Value::str(path.display().to_string()));
-            create(tx, vdi)?;
-            set_field(tx, class_ids::VM, vm, fields::VM::suspend_VDI, Value::Ref(r))
-        })
-        .await
+    let image = vm_power::SuspendVdi::of(agent, path);
+    agent.store.write(|tx| image.attach(tx, vm)).await
 }
 
 /// Fields `revert` keeps from the VM rather than taking from the snapshot.

@@ -7,9 +7,10 @@ use crate::error::ApiError;
 use crate::hypervisor::{DomId, DomainConfig, DomainKind, DomainState, PvBoot, ShutdownReason};
 use crate::objects::{create, destroy, new_ref, new_uuid, set_field};
 use crate::schema::{class_ids, fields};
+use crate::store::Tx;
 use crate::value::{default_object, now, Object, Value, NULL_REF};
 use crate::Agent;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -169,75 +170,88 @@ pub async fn start(agent: &Arc<Agent>, vm: &str, paused: bool) -> Result<DomId, 
     Ok(domid)
 }
 
+/// What the backend says about a domain that now runs, for [`mark_running_tx`].
+struct RunningFacts {
+    domid: DomId,
+    free: u64,
+    info: Option<crate::hypervisor::DomainInfo>,
+}
+
+async fn running_facts(agent: &Arc<Agent>, domid: DomId) -> RunningFacts {
+    // One trip to the blocking pool for both.
+    let hv = agent.hypervisor.clone();
+    let (free, info) = blocking(move || Ok((hv.memory_free().unwrap_or(0), hv.domain_info(domid).ok())))
+        .await
+        .unwrap_or((0, None));
+    RunningFacts { domid, free, info }
+}
+
 /// Commits a VM as running (or paused) on this host in `domid`.
 async fn mark_running(agent: &Arc<Agent>, vm: &str, domid: DomId, paused: bool) -> Result<(), ApiError> {
-    let hv = agent.hypervisor.clone();
-    let free = blocking(move || hv.memory_free()).await.unwrap_or(0);
-    let info = {
-        let hv = agent.hypervisor.clone();
-        blocking(move || hv.domain_info(domid)).await.ok()
-    };
+    let facts = running_facts(agent, domid).await;
     agent.domids.lock().insert(domid, vm.to_owned());
-    let host = agent.host.clone();
     agent
         .store
-        .write(|tx| {
-            use fields::VM as f;
-            let state = if paused { "Paused" } else { "Running" };
-            set_field(tx, class_ids::VM, vm, f::power_state, Value::Enum(state))?;
-            set_field(tx, class_ids::VM, vm, f::domid, Value::Int(i64::from(domid)))?;
-            set_field(tx, class_ids::VM, vm, f::resident_on, Value::Ref(host.clone()))?;
-            let rec = tx.must_get(class_ids::VM, vm)?;
-            let domain_type =
-                if rec.str_field("HVM_boot_policy").is_empty() && rec.get(f::domain_type) != &Value::Enum("hvm") {
-                    "pv"
-                } else {
-                    "hvm"
-                };
-            set_field(tx, class_ids::VM, vm, f::domain_type, Value::Enum(domain_type))?;
-            if let Some(m) = rec.get(f::metrics).as_ref_str().map(str::to_owned) {
-                if tx.get(class_ids::VM_metrics, &m).is_some() {
-                    use fields::VM_metrics as mf;
-                    let mem = info
-                        .as_ref()
-                        .map_or(int(&rec, f::memory_dynamic_max), |i| i.memory_actual as i64);
-                    let vcpus = info
-                        .as_ref()
-                        .map_or(int(&rec, f::VCPUs_at_startup), |i| i64::from(i.vcpus_online));
-                    set_field(tx, class_ids::VM_metrics, &m, mf::memory_actual, Value::Int(mem))?;
-                    set_field(tx, class_ids::VM_metrics, &m, mf::VCPUs_number, Value::Int(vcpus))?;
-                    set_field(tx, class_ids::VM_metrics, &m, mf::start_time, Value::DateTime(now()))?;
-                    set_field(
-                        tx,
-                        class_ids::VM_metrics,
-                        &m,
-                        mf::state,
-                        Value::Set(vec![Value::str(state.to_ascii_lowercase())]),
-                    )?;
-                    set_field(
-                        tx,
-                        class_ids::VM_metrics,
-                        &m,
-                        mf::current_domain_type,
-                        Value::Enum(domain_type),
-                    )?;
-                    set_field(tx, class_ids::VM_metrics, &m, mf::last_updated, Value::DateTime(now()))?;
-                }
-            }
-            if rec.get(f::consoles).as_set().is_empty() {
-                let c = new_ref();
-                let mut con = default_object(class_ids::console, &c);
-                con.set(fields::console::uuid, Value::str(new_uuid()));
-                con.set(fields::console::protocol, Value::Enum("vt100"));
-                con.set(fields::console::location, Value::str(agent.console_location(&c)));
-                con.set(fields::console::VM, Value::Ref(vm.to_owned()));
-                create(tx, con)?;
-            }
-            devices::mark_attached(tx, &rec, true)?;
-            note_host_memory(tx, agent, free)?;
-            rules::refresh_vm_and_devices(tx, vm)
-        })
+        .write(|tx| mark_running_tx(tx, agent, vm, paused, &facts))
         .await
+}
+
+fn mark_running_tx(tx: &mut Tx, agent: &Agent, vm: &str, paused: bool, facts: &RunningFacts) -> Result<(), ApiError> {
+    use fields::VM as f;
+    let RunningFacts { domid, free, ref info } = *facts;
+    let host = agent.host.clone();
+    let state = if paused { "Paused" } else { "Running" };
+    set_field(tx, class_ids::VM, vm, f::power_state, Value::Enum(state))?;
+    set_field(tx, class_ids::VM, vm, f::domid, Value::Int(i64::from(domid)))?;
+    set_field(tx, class_ids::VM, vm, f::resident_on, Value::Ref(host.clone()))?;
+    let rec = tx.must_get(class_ids::VM, vm)?;
+    let domain_type = if rec.str_field("HVM_boot_policy").is_empty() && rec.get(f::domain_type) != &Value::Enum("hvm") {
+        "pv"
+    } else {
+        "hvm"
+    };
+    set_field(tx, class_ids::VM, vm, f::domain_type, Value::Enum(domain_type))?;
+    if let Some(m) = rec.get(f::metrics).as_ref_str().map(str::to_owned) {
+        if tx.get(class_ids::VM_metrics, &m).is_some() {
+            use fields::VM_metrics as mf;
+            let mem = info
+                .as_ref()
+                .map_or(int(&rec, f::memory_dynamic_max), |i| i.memory_actual as i64);
+            let vcpus = info
+                .as_ref()
+                .map_or(int(&rec, f::VCPUs_at_startup), |i| i64::from(i.vcpus_online));
+            set_field(tx, class_ids::VM_metrics, &m, mf::memory_actual, Value::Int(mem))?;
+            set_field(tx, class_ids::VM_metrics, &m, mf::VCPUs_number, Value::Int(vcpus))?;
+            set_field(tx, class_ids::VM_metrics, &m, mf::start_time, Value::DateTime(now()))?;
+            set_field(
+                tx,
+                class_ids::VM_metrics,
+                &m,
+                mf::state,
+                Value::Set(vec![Value::str(state.to_ascii_lowercase())]),
+            )?;
+            set_field(
+                tx,
+                class_ids::VM_metrics,
+                &m,
+                mf::current_domain_type,
+                Value::Enum(domain_type),
+            )?;
+            set_field(tx, class_ids::VM_metrics, &m, mf::last_updated, Value::DateTime(now()))?;
+        }
+    }
+    if rec.get(f::consoles).as_set().is_empty() {
+        let c = new_ref();
+        let mut con = default_object(class_ids::console, &c);
+        con.set(fields::console::uuid, Value::str(new_uuid()));
+        con.set(fields::console::protocol, Value::Enum("vt100"));
+        con.set(fields::console::location, Value::str(agent.console_location(&c)));
+        con.set(fields::console::VM, Value::Ref(vm.to_owned()));
+        create(tx, con)?;
+    }
+    devices::mark_attached(tx, &rec, true)?;
+    note_host_memory(tx, agent, free)?;
+    rules::refresh_vm_and_devices(tx, vm)
 }
 
 /// Commits a VM as halted: no domain, devices detached, console gone.
@@ -246,40 +260,48 @@ pub async fn mark_halted(agent: &Arc<Agent>, vm: &str) -> Result<(), ApiError> {
 }
 
 async fn mark_stopped(agent: &Arc<Agent>, vm: &str, state: &'static str) -> Result<(), ApiError> {
+    let free = stopped_facts(agent, vm).await;
+    agent
+        .store
+        .write(|tx| mark_stopped_tx(tx, agent, vm, state, free))
+        .await
+}
+
+/// Forgets the VM's domain and reads the host's free memory, for [`mark_stopped_tx`].
+async fn stopped_facts(agent: &Arc<Agent>, vm: &str) -> u64 {
     let hv = agent.hypervisor.clone();
     let free = blocking(move || hv.memory_free()).await.unwrap_or(0);
     agent.domids.lock().retain(|_, v| v != vm);
-    agent
-        .store
-        .write(|tx| {
-            use fields::VM as f;
-            let Some(rec) = tx.get(class_ids::VM, vm) else {
-                return Ok(());
-            };
-            set_field(tx, class_ids::VM, vm, f::power_state, Value::Enum(state))?;
-            set_field(tx, class_ids::VM, vm, f::domid, Value::Int(-1))?;
-            set_field(tx, class_ids::VM, vm, f::resident_on, Value::Ref(NULL_REF.into()))?;
-            for c in rec.get(f::consoles).as_set() {
-                if let Some(c) = c.as_ref_str() {
-                    if tx.get(class_ids::console, c).is_some() {
-                        destroy(tx, class_ids::console, c)?;
-                    }
-                }
+    free
+}
+
+fn mark_stopped_tx(tx: &mut Tx, agent: &Agent, vm: &str, state: &'static str, free: u64) -> Result<(), ApiError> {
+    use fields::VM as f;
+    let Some(rec) = tx.get(class_ids::VM, vm) else {
+        return Ok(());
+    };
+    set_field(tx, class_ids::VM, vm, f::power_state, Value::Enum(state))?;
+    set_field(tx, class_ids::VM, vm, f::domid, Value::Int(-1))?;
+    set_field(tx, class_ids::VM, vm, f::resident_on, Value::Ref(NULL_REF.into()))?;
+    for c in rec.get(f::consoles).as_set() {
+        if let Some(c) = c.as_ref_str() {
+            if tx.get(class_ids::console, c).is_some() {
+                destroy(tx, class_ids::console, c)?;
             }
-            if let Some(m) = rec.get(f::metrics).as_ref_str().map(str::to_owned) {
-                if tx.get(class_ids::VM_metrics, &m).is_some() {
-                    use fields::VM_metrics as mf;
-                    set_field(tx, class_ids::VM_metrics, &m, mf::memory_actual, Value::Int(0))?;
-                    set_field(tx, class_ids::VM_metrics, &m, mf::VCPUs_number, Value::Int(0))?;
-                    set_field(tx, class_ids::VM_metrics, &m, mf::state, Value::Set(vec![]))?;
-                    set_field(tx, class_ids::VM_metrics, &m, mf::last_updated, Value::DateTime(now()))?;
-                }
-            }
-            devices::mark_attached(tx, &rec, false)?;
-            note_host_memory(tx, agent, free)?;
-            rules::refresh_vm_and_devices(tx, vm)
-        })
-        .await
+        }
+    }
+    if let Some(m) = rec.get(f::metrics).as_ref_str().map(str::to_owned) {
+        if tx.get(class_ids::VM_metrics, &m).is_some() {
+            use fields::VM_metrics as mf;
+            set_field(tx, class_ids::VM_metrics, &m, mf::memory_actual, Value::Int(0))?;
+            set_field(tx, class_ids::VM_metrics, &m, mf::VCPUs_number, Value::Int(0))?;
+            set_field(tx, class_ids::VM_metrics, &m, mf::state, Value::Set(vec![]))?;
+            set_field(tx, class_ids::VM_metrics, &m, mf::last_updated, Value::DateTime(now()))?;
+        }
+    }
+    devices::mark_attached(tx, &rec, false)?;
+    note_host_memory(tx, agent, free)?;
+    rules::refresh_vm_and_devices(tx, vm)
 }
 
 /// Destroys the VM's domain (if any) without committing a power state.
@@ -305,11 +327,20 @@ async fn domain_gone(agent: &Arc<Agent>, d: DomId) -> bool {
 async fn hard_shutdown(agent: &Arc<Agent>, vm: &str) -> Result<Value, ApiError> {
     let rec = vm_of(agent, vm)?;
     if rec.get(fields::VM::power_state) == &Value::Enum("Suspended") {
-        drop_suspend_image(agent, vm).await?;
+        // The image goes and the VM halts in one commit.
+        let vdi = remove_suspend_image(agent, &rec);
+        let free = stopped_facts(agent, vm).await;
+        agent
+            .store
+            .write(|tx| {
+                drop_suspend_vdi_tx(tx, vm, vdi.as_deref())?;
+                mark_stopped_tx(tx, agent, vm, "Halted", free)
+            })
+            .await?;
     } else {
         stop_domain(agent, vm).await?;
+        mark_halted(agent, vm).await?;
     }
-    mark_halted(agent, vm).await?;
     Ok(Value::None)
 }
 
@@ -411,60 +442,81 @@ async fn suspend(agent: &Arc<Agent>, vm: &str) -> Result<Value, ApiError> {
     let hv = agent.hypervisor.clone();
     let p2 = path.clone();
     blocking(move || hv.suspend_to(d, &p2)).await?;
-    let size = std::fs::metadata(&path).map(|m| m.len() as i64).unwrap_or(0);
-    mark_stopped(agent, vm, "Suspended").await?;
-    let sr = suspend_sr(agent);
+    let image = SuspendVdi::of(agent, &path);
+    let free = stopped_facts(agent, vm).await;
+    // The VM's new state and its suspend VDI in one commit.
     agent
         .store
         .write(|tx| {
-            let r = new_ref();
-            let mut vdi = default_object(class_ids::VDI, &r);
-            use fields::VDI as f;
-            vdi.set(f::uuid, Value::str(new_uuid()));
-            vdi.set(f::name_label, Value::str("Suspend image"));
-            vdi.set(f::SR, Value::Ref(sr.clone()));
-            vdi.set(f::r#type, Value::Enum("suspend"));
-            vdi.set(f::virtual_size, Value::Int(size));
-            vdi.set(f::physical_utilisation, Value::Int(size));
-            vdi.set(f::location, Value::str(path.display().to_string()));
-            create(tx, vdi)?;
-            set_field(tx, class_ids::VM, vm, fields::VM::suspend_VDI, Value::Ref(r))
+            mark_stopped_tx(tx, agent, vm, "Suspended", free)?;
+            image.attach(tx, vm)
         })
         .await?;
     Ok(Value::None)
 }
 
-fn suspend_sr(agent: &Agent) -> String {
-    agent
-        .store
-        .get(class_ids::pool, &agent.pool)
-        .and_then(|p| p.get(fields::pool::suspend_image_SR).as_ref_str().map(str::to_owned))
-        .unwrap_or_else(|| NULL_REF.to_owned())
+/// The VDI record standing for a suspend image on disk, made before the transaction that
+/// attaches it (so that no file is looked at under the store's commit lock).
+pub(super) struct SuspendVdi {
+    sr: String,
+    size: i64,
+    location: String,
 }
 
-/// Removes the VM's suspend image and its VDI.
-async fn drop_suspend_image(agent: &Arc<Agent>, vm: &str) -> Result<(), ApiError> {
-    let rec = vm_of(agent, vm)?;
-    let vdi = rec.get(fields::VM::suspend_VDI).as_ref_str().map(str::to_owned);
-    let _ = std::fs::remove_file(suspend_path(agent, &rec));
-    agent
-        .store
-        .write(|tx| {
-            set_field(
-                tx,
-                class_ids::VM,
-                vm,
-                fields::VM::suspend_VDI,
-                Value::Ref(NULL_REF.into()),
-            )?;
-            if let Some(v) = &vdi {
-                if tx.get(class_ids::VDI, v).is_some() {
-                    destroy(tx, class_ids::VDI, v)?;
-                }
-            }
-            Ok(())
-        })
-        .await
+impl SuspendVdi {
+    /// The image at `path`, in the pool's suspend-image SR.
+    pub(super) fn of(agent: &Agent, path: &Path) -> SuspendVdi {
+        let size = std::fs::metadata(path).map(|m| m.len() as i64).unwrap_or(0);
+        let sr = agent
+            .store
+            .get(class_ids::pool, &agent.pool)
+            .and_then(|p| p.get(fields::pool::suspend_image_SR).as_ref_str().map(str::to_owned))
+            .unwrap_or_else(|| NULL_REF.to_owned());
+        SuspendVdi {
+            sr,
+            size,
+            location: path.display().to_string(),
+        }
+    }
+
+    /// Creates the VDI and makes it the VM's `suspend_VDI`.
+    pub(super) fn attach(&self, tx: &mut Tx, vm: &str) -> Result<(), ApiError> {
+        use fields::VDI as f;
+        let r = new_ref();
+        let mut vdi = default_object(class_ids::VDI, &r);
+        vdi.set(f::uuid, Value::str(new_uuid()));
+        vdi.set(f::name_label, Value::str("Suspend image"));
+        vdi.set(f::SR, Value::Ref(self.sr.clone()));
+        vdi.set(f::r#type, Value::Enum("suspend"));
+        vdi.set(f::virtual_size, Value::Int(self.size));
+        vdi.set(f::physical_utilisation, Value::Int(self.size));
+        vdi.set(f::location, Value::str(self.location.clone()));
+        create(tx, vdi)?;
+        set_field(tx, class_ids::VM, vm, fields::VM::suspend_VDI, Value::Ref(r))
+    }
+}
+
+/// Removes the VM's suspend image file; returns its VDI for [`drop_suspend_vdi_tx`].
+fn remove_suspend_image(agent: &Agent, rec: &Object) -> Option<String> {
+    let _ = std::fs::remove_file(suspend_path(agent, rec));
+    rec.get(fields::VM::suspend_VDI).as_ref_str().map(str::to_owned)
+}
+
+/// Clears the VM's `suspend_VDI` and destroys that VDI.
+fn drop_suspend_vdi_tx(tx: &mut Tx, vm: &str, vdi: Option<&str>) -> Result<(), ApiError> {
+    set_field(
+        tx,
+        class_ids::VM,
+        vm,
+        fields::VM::suspend_VDI,
+        Value::Ref(NULL_REF.into()),
+    )?;
+    if let Some(v) = vdi {
+        if tx.get(class_ids::VDI, v).is_some() {
+            destroy(tx, class_ids::VDI, v)?;
+        }
+    }
+    Ok(())
 }
 
 async fn resume(agent: &Arc<Agent>, vm: &str, paused: bool) -> Result<Value, ApiError> {
@@ -482,8 +534,17 @@ async fn resume(agent: &Arc<Agent>, vm: &str, paused: bool) -> Result<Value, Api
         let hv = agent.hypervisor.clone();
         blocking(move || hv.unpause(domid)).await?;
     }
-    drop_suspend_image(agent, vm).await?;
-    mark_running(agent, vm, domid, paused).await?;
+    // The image goes and the VM runs again in one commit.
+    let vdi = remove_suspend_image(agent, &rec);
+    let facts = running_facts(agent, domid).await;
+    agent.domids.lock().insert(domid, vm.to_owned());
+    agent
+        .store
+        .write(|tx| {
+            drop_suspend_vdi_tx(tx, vm, vdi.as_deref())?;
+            mark_running_tx(tx, agent, vm, paused, &facts)
+        })
+        .await?;
     Ok(Value::None)
 }
 

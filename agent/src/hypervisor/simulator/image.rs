@@ -46,16 +46,18 @@ fn fnv1a64(bytes: &[u8]) -> u64 {
     h
 }
 
-/// Writes `image` to `path`, which must not exist yet, and syncs it.
+/// Writes `image` to `path`, which must not exist yet, in one write.
+///
+/// Not synced: the image stands for a guest's memory, which this simulator does not have; a
+/// simulated host losing its images in a crash is no worse than its guests vanishing, and
+/// `resume_from` rejects a torn image by its checksum.
 pub(super) fn write(path: &Path, image: &SuspendImage) -> Result<(), BackendError> {
     let io = |e| BackendError::io(Op::SuspendTo, path, e);
-    let body = serde_json::to_vec_pretty(image).map_err(|e| io(std::io::Error::other(e)))?;
-    let header = format!("{MAGIC} {FORMAT} {:016x} {}\n", fnv1a64(&body), body.len());
+    let body = serde_json::to_vec(image).map_err(|e| io(std::io::Error::other(e)))?;
+    let mut bytes = format!("{MAGIC} {FORMAT} {:016x} {}\n", fnv1a64(&body), body.len()).into_bytes();
+    bytes.extend_from_slice(&body);
     let mut f = OpenOptions::new().write(true).create_new(true).open(path).map_err(io)?;
-    let written = f
-        .write_all(header.as_bytes())
-        .and_then(|()| f.write_all(&body))
-        .and_then(|()| f.sync_all());
+    let written = f.write_all(&bytes);
     if let Err(e) = written {
         // Do not leave a half-written image behind; the write error is what
         // matters to the caller.
