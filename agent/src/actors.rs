@@ -1,61 +1,112 @@
-//! One queue per object with a lifecycle (VM, VBD, VIF): operations on one object run one at a
-//! time, in the order they arrived; different objects run in parallel. Reads never queue.
-//!
-//! An operation runs as its own task, behind the object's fair lock, on the runtime of the
-//! caller: the HTTP workers' runtimes are single-threaded, so on the thread that received the
-//! call, with no hand-off to another thread and back. Being its own task, it runs to the end
-//! even if the caller goes away (a client that disconnects), as it would in an actor's mailbox.
+//! One actix actor per object with a lifecycle (VM, VBD, VIF): its mailbox is the object's
+//! lock. Operations on one object run one at a time; different objects run in parallel on a
+//! small pool of arbiters. Reads never go through an actor.
 
 use crate::error::ApiError;
 use crate::lifecycle::{self, Operation};
 use crate::schema::ClassId;
 use crate::value::Value;
 use crate::Agent;
+use actix::prelude::*;
 use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
 
-/// The queue of one object: a fair (first come, first served) lock.
-type Queue = Arc<tokio::sync::Mutex<()>>;
+/// A typed operation for the owning actor.
+#[derive(Message)]
+#[rtype(result = "Result<Value, ApiError>")]
+pub struct Perform {
+    /// What to do.
+    pub op: Operation,
+    /// Typed arguments after the object's ref.
+    pub args: Vec<Value>,
+}
 
-/// The live queues, by object.
+/// The actor owning one object.
+pub struct ObjectActor {
+    class: ClassId,
+    reference: String,
+    agent: Weak<Agent>,
+}
+
+impl Actor for ObjectActor {
+    type Context = Context<Self>;
+}
+
+impl Handler<Perform> for ObjectActor {
+    type Result = AtomicResponse<Self, Result<Value, ApiError>>;
+
+    fn handle(&mut self, msg: Perform, _ctx: &mut Context<Self>) -> Self::Result {
+        let agent = self.agent.upgrade();
+        let class = self.class;
+        let reference = self.reference.clone();
+        // AtomicResponse keeps the mailbox closed until the operation ends.
+        AtomicResponse::new(Box::pin(
+            async move {
+                match agent {
+                    Some(a) => lifecycle::perform(&a, class, &reference, msg.op, msg.args).await,
+                    None => Err(ApiError::internal("the daemon is shutting down")),
+                }
+            }
+            .into_actor(self),
+        ))
+    }
+}
+
+/// The live actors, by object.
 pub struct Actors {
-    queues: Mutex<HashMap<(ClassId, String), Queue>>,
+    arbiters: Vec<Arbiter>,
+    next: AtomicUsize,
+    addrs: Mutex<HashMap<(ClassId, String), Addr<ObjectActor>>>,
 }
 
 impl Actors {
-    /// A registry of per-object queues. (`_threads` is kept for callers that size a pool:
-    /// operations now run on the thread that received them.)
-    pub fn new(_threads: usize) -> Actors {
+    /// A registry whose actors run on `threads` arbiters. Must be called inside an actix
+    /// system.
+    pub fn new(threads: usize) -> Actors {
         Actors {
-            queues: Mutex::new(HashMap::new()),
+            arbiters: (0..threads.max(1)).map(|_| Arbiter::new()).collect(),
+            next: AtomicUsize::new(0),
+            addrs: Mutex::new(HashMap::new()),
         }
     }
 
-    fn queue(&self, class: ClassId, reference: &str) -> Queue {
-        self.queues
-            .lock()
-            .entry((class, reference.to_owned()))
-            .or_default()
-            .clone()
+    /// The actor of an object, started on first use.
+    pub fn of(&self, agent: &Arc<Agent>, class: ClassId, reference: &str) -> Addr<ObjectActor> {
+        let mut addrs = self.addrs.lock();
+        if let Some(a) = addrs.get(&(class, reference.to_owned())) {
+            if a.connected() {
+                return a.clone();
+            }
+        }
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.arbiters.len();
+        let actor = ObjectActor {
+            class,
+            reference: reference.to_owned(),
+            agent: Arc::downgrade(agent),
+        };
+        let addr = ObjectActor::start_in_arbiter(&self.arbiters[i].handle(), move |_| actor);
+        addrs.insert((class, reference.to_owned()), addr.clone());
+        addr
     }
 
-    /// Forgets an object's queue (operations already queued on it still run).
+    /// Forgets an object's actor (it stops once its queued work is done).
     pub fn remove(&self, class: ClassId, reference: &str) {
-        self.queues.lock().remove(&(class, reference.to_owned()));
+        self.addrs.lock().remove(&(class, reference.to_owned()));
     }
 
-    /// How many objects have a queue.
+    /// How many actors are live.
     pub fn len(&self) -> usize {
-        self.queues.lock().len()
+        self.addrs.lock().len()
     }
 
-    /// Whether no object has a queue.
+    /// Whether no actor is live.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    /// Queues an operation on an object and waits for its result.
+    /// Sends an operation to an object's actor and waits for its result.
     pub async fn perform(
         &self,
         agent: &Arc<Agent>,
@@ -64,14 +115,9 @@ impl Actors {
         op: Operation,
         args: Vec<Value>,
     ) -> Result<Value, ApiError> {
-        let queue = self.queue(class, reference);
-        let agent = Arc::clone(agent);
-        let reference = reference.to_owned();
-        let task = tokio::spawn(async move {
-            let _turn = queue.lock().await;
-            lifecycle::perform(&agent, class, &reference, op, args).await
-        });
-        task.await
-            .map_err(|e| ApiError::internal(format!("a {} operation did not finish: {e}", class.name())))?
+        let addr = self.of(agent, class, reference);
+        addr.send(Perform { op, args })
+            .await
+            .map_err(|e| ApiError::internal(format!("the {} actor is gone: {e}", class.name())))?
     }
 }
