@@ -824,19 +824,9 @@ impl Hypervisor for XenBackend {
     }
 
     fn plug_block(&self, domid: DomId, device: &BlockDevice) -> Result<(), BackendError> {
-        let op = Op::PlugBlock;
-        self.with_handles(op, |xc, xs| {
-            let dom = self.guest(op, xc, xs, domid)?;
-            dom.ensure_alive(op)?;
-            let _devices = self.device_lock.lock();
+        self.plug(Op::PlugBlock, DeviceKind::Block, domid, device.devid, |xs| {
             devices::plug_block(xs, domid, device)
-        })?;
-        self.publish(BackendEvent::DeviceChanged {
-            domid,
-            kind: DeviceKind::Block,
-            devid: device.devid,
-        });
-        Ok(())
+        })
     }
 
     fn unplug_block(&self, domid: DomId, devid: DevId, mode: UnplugMode) -> Result<(), BackendError> {
@@ -844,19 +834,9 @@ impl Hypervisor for XenBackend {
     }
 
     fn plug_net(&self, domid: DomId, device: &NetDevice) -> Result<(), BackendError> {
-        let op = Op::PlugNet;
-        self.with_handles(op, |xc, xs| {
-            let dom = self.guest(op, xc, xs, domid)?;
-            dom.ensure_alive(op)?;
-            let _devices = self.device_lock.lock();
+        self.plug(Op::PlugNet, DeviceKind::Net, domid, device.devid, |xs| {
             devices::plug_net(xs, domid, device)
-        })?;
-        self.publish(BackendEvent::DeviceChanged {
-            domid,
-            kind: DeviceKind::Net,
-            devid: device.devid,
-        });
-        Ok(())
+        })
     }
 
     fn unplug_net(&self, domid: DomId, devid: DevId, mode: UnplugMode) -> Result<(), BackendError> {
@@ -889,6 +869,25 @@ impl Hypervisor for XenBackend {
 }
 
 impl XenBackend {
+    /// Plugs a device into a live guest (under the device lock) and announces it.
+    fn plug(
+        &self,
+        op: Op,
+        kind: DeviceKind,
+        domid: DomId,
+        devid: DevId,
+        attach: impl FnOnce(&XsHandle) -> Result<(), BackendError>,
+    ) -> Result<(), BackendError> {
+        self.with_handles(op, |xc, xs| {
+            let dom = self.guest(op, xc, xs, domid)?;
+            dom.ensure_alive(op)?;
+            let _devices = self.device_lock.lock();
+            attach(xs)
+        })?;
+        self.publish(BackendEvent::DeviceChanged { domid, kind, devid });
+        Ok(())
+    }
+
     fn unplug(
         &self,
         op: Op,
