@@ -4,7 +4,7 @@ use crate::api::{run, Call, CallCtx};
 use crate::error::ApiError;
 use crate::objects::{create, new_ref, new_uuid, set_field};
 use crate::schema::{class_ids, fields};
-use crate::value::{default_object, now, Value};
+use crate::value::{default_object, now, Object, Value};
 use crate::xml::value_fragment;
 use crate::Agent;
 use std::sync::Arc;
@@ -25,19 +25,11 @@ pub async fn run_async(agent: &Arc<Agent>, ctx: &CallCtx, c: Call) -> Result<Val
         return Err(ApiError::TooManyPendingTasks {});
     }
     let task = new_ref();
-    let mut t = default_object(class_ids::task, &task);
-    t.set(fields::task::uuid, Value::str(new_uuid()));
-    t.set(
-        fields::task::name_label,
-        Value::str(format!("Async.{}.{}", c.class.name(), c.message.name)),
-    );
-    t.set(fields::task::created, Value::DateTime(now()));
-    t.set(fields::task::status, Value::Enum("pending"));
-    t.set(fields::task::resident_on, Value::Ref(agent.host.clone()));
-    t.set(fields::task::progress, Value::Float(0.0));
-    t.set(
-        fields::task::allowed_operations,
-        Value::Set(vec![Value::Enum("cancel")]),
+    let t = pending_task(
+        agent,
+        &task,
+        &format!("Async.{}.{}", c.class.name(), c.message.name),
+        "",
     );
     agent.store.write(|tx| create(tx, t)).await?;
 
@@ -150,7 +142,14 @@ pub async fn create_task(
     description: &str,
 ) -> Result<String, ApiError> {
     let task = new_ref();
-    let mut t = default_object(class_ids::task, &task);
+    let t = pending_task(agent, &task, label, description);
+    agent.store.write(|tx| create(tx, t)).await?;
+    Ok(task)
+}
+
+/// A new task record: pending, on this host, cancellable.
+fn pending_task(agent: &Agent, task: &str, label: &str, description: &str) -> Object {
+    let mut t = default_object(class_ids::task, task);
     t.set(fields::task::uuid, Value::str(new_uuid()));
     t.set(fields::task::name_label, Value::str(label));
     t.set(fields::task::name_description, Value::str(description));
@@ -162,8 +161,7 @@ pub async fn create_task(
         fields::task::allowed_operations,
         Value::Set(vec![Value::Enum("cancel")]),
     );
-    agent.store.write(|tx| create(tx, t)).await?;
-    Ok(task)
+    t
 }
 
 /// `task.destroy`: forgets a task (stopping its call if it still runs).
