@@ -150,3 +150,13 @@ def install_vm(xapi, model, name: str, template_name: str = DEBIAN, vif: bool = 
 
 def bad_power_state(vm: str, expected: str, actual: str) -> list:
     return ["VM_BAD_POWER_STATE", vm, expected, actual]
+
+
+def discard_vm(xapi, vm: str) -> None:
+    """Test teardown: stops the VM if it runs and destroys it; a failure here is not the test's."""
+    try:
+        if xapi.VM.get_power_state(vm) != "Halted":
+            xapi.VM.hard_shutdown(vm)
+        xapi.VM.destroy(vm)
+    except Exception:
+        pass

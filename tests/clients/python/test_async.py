@@ -10,7 +10,7 @@ import xmlrpc.client
 
 import pytest
 
-from helpers import bad_power_state, failure, install_vm
+from helpers import discard_vm, bad_power_state, failure, install_vm
 from xapid_harness import Daemon
 from conftest import login, safe_logout
 
@@ -55,12 +55,7 @@ def is_epoch(dt) -> bool:
 def vm(xapi, model):
     ref = install_vm(xapi, model, "xapid-async")
     yield ref
-    try:
-        if xapi.VM.get_power_state(ref) != "Halted":
-            xapi.VM.hard_shutdown(ref)
-        xapi.VM.destroy(ref)
-    except Exception:
-        pass
+    discard_vm(xapi, ref)
 
 
 def test_async_start_returns_at_once(xapi, vm):

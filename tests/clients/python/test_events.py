@@ -7,10 +7,9 @@ import threading
 import time
 
 import pytest
-import XenAPI
 
 from conftest import login, safe_logout
-from helpers import control_domain, failure, install_vm
+from helpers import discard_vm, control_domain, failure, install_vm
 
 
 def event_from(xapi, classes, token, timeout):
@@ -33,12 +32,7 @@ def check_event_shape(ev: dict):
 def vm(xapi, model):
     ref = install_vm(xapi, model, "xapid-events")
     yield ref
-    try:
-        if xapi.VM.get_power_state(ref) != "Halted":
-            xapi.VM.hard_shutdown(ref)
-        xapi.VM.destroy(ref)
-    except XenAPI.Failure:
-        pass
+    discard_vm(xapi, ref)
 
 
 def test_from_empty_token_returns_all_vms(xapi):

@@ -18,7 +18,7 @@ import time
 import pytest
 import XenAPI
 
-from helpers import (DEBIAN, POWER_OPS, bad_power_state, control_domain, default_network,
+from helpers import (discard_vm, DEBIAN, POWER_OPS, bad_power_state, control_domain, default_network,
                      failure, install_vm, vif_create_record)
 
 NULL = "OpaqueRef:NULL"
@@ -164,12 +164,7 @@ def check_refused_in(xapi, vm: str, state: str, skip: tuple = ()):
 def vm(xapi, model):
     ref = install_vm(xapi, model, "xapid-lifecycle")
     yield ref
-    try:
-        if xapi.VM.get_power_state(ref) != "Halted":
-            xapi.VM.hard_shutdown(ref)
-        xapi.VM.destroy(ref)
-    except XenAPI.Failure:
-        pass
+    discard_vm(xapi, ref)
 
 
 def test_install_from_template(xapi, model):
