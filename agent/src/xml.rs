@@ -103,6 +103,7 @@ pub fn write_record(obj: &Object, out: &mut String) {
 /// tab, newline and carriage return; U+FFFE and U+FFFF), are written as U+FFFD: a string set over
 /// JSON-RPC may hold them, and an XML-RPC client must still be able to parse the reply.
 pub fn escape(s: &str, out: &mut String) {
+    // The byte-level form of `forbidden_in_xml`, for speed (a test holds the two together).
     let bytes = s.as_bytes();
     let mut start = 0;
     let mut i = 0;
@@ -144,6 +145,12 @@ pub fn escape(s: &str, out: &mut String) {
         start = i;
     }
     out.push_str(&s[start..]);
+}
+
+/// Whether XML 1.0 cannot carry `c` at all, neither raw nor as a character reference: C0
+/// controls other than tab, newline and carriage return, and U+FFFE / U+FFFF.
+pub fn forbidden_in_xml(c: char) -> bool {
+    (c < ' ' && !matches!(c, '\t' | '\n' | '\r')) || matches!(c, '\u{fffe}' | '\u{ffff}')
 }
 
 /// The `<value>` fragment of a value, as `task.result` holds it.
@@ -195,6 +202,15 @@ mod tests {
     #[test]
     fn markup_is_escaped_and_text_kept() {
         assert_eq!(esc("a<b>&\"c\r\n\té"), "a&lt;b&gt;&amp;&quot;c&#13;\n\té");
+    }
+
+    #[test]
+    fn escape_replaces_exactly_what_xml_forbids() {
+        for c in ('\0'..='\u{10000}').chain(['\u{10ffff}']) {
+            let out = esc(&c.to_string());
+            let replaced = out == "\u{fffd}" && c != '\u{fffd}';
+            assert_eq!(replaced, super::forbidden_in_xml(c), "{c:?} -> {out:?}");
+        }
     }
 
     #[test]

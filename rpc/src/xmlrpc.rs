@@ -48,10 +48,7 @@ enum Ev {
 /// value back (`agent::xml::escape` writes U+FFFD for them), so the request is refused whole
 /// rather than stored with characters its client could never read.
 fn xml_chars(text: String) -> Result<String, XmlRpcError> {
-    match text
-        .chars()
-        .find(|&c| (c < ' ' && !matches!(c, '\t' | '\n' | '\r')) || matches!(c, '\u{fffe}' | '\u{ffff}'))
-    {
+    match text.chars().find(|&c| agent::xml::forbidden_in_xml(c)) {
         Some(c) => Err(XmlRpcError::Malformed(format!(
             "character U+{:04X} is not allowed in XML",
             u32::from(c)
