@@ -368,10 +368,7 @@ pub async fn rebuild_ephemeral(store: &Store, facts: &HostFacts, address: &str) 
 
 /// `map` (a string map) with `updates` set, other keys kept in place.
 fn with_keys(map: &Value, updates: &[(&str, &str)]) -> Value {
-    let mut pairs = match map {
-        Value::Map(pairs) => pairs.clone(),
-        _ => Vec::new(),
-    };
+    let mut pairs = map.as_map().to_vec();
     for (k, v) in updates {
         match pairs.iter_mut().find(|(key, _)| key.as_str() == Some(*k)) {
             Some((_, old)) => *old = Value::str(*v),
