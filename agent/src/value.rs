@@ -630,13 +630,7 @@ pub fn write_json(v: &Value, out: &mut String) {
                 if i > 0 {
                     out.push(',');
                 }
-                match k {
-                    Value::String(s) | Value::Ref(s) => write_json_str(s, out),
-                    Value::Enum(s) => write_json_str(s, out),
-                    other => write_json_str(&other.key_text(), out),
-                }
-                out.push(':');
-                write_json(val, out);
+                write_json_entry(k, val, out);
             }
             out.push('}');
         }
@@ -655,6 +649,18 @@ pub fn write_json(v: &Value, out: &mut String) {
         }
         Value::None => out.push_str("null"),
     }
+}
+
+/// Writes one `key:value` entry of a JSON map (keys are written as strings, as XenAPI maps
+/// travel as JSON objects).
+pub fn write_json_entry(k: &Value, val: &Value, out: &mut String) {
+    match k {
+        Value::String(s) | Value::Ref(s) => write_json_str(s, out),
+        Value::Enum(s) => write_json_str(s, out),
+        other => write_json_str(&other.key_text(), out),
+    }
+    out.push(':');
+    write_json(val, out);
 }
 
 /// Writes an object's fields as a JSON object keyed by field name.

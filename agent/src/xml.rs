@@ -5,6 +5,15 @@
 
 use crate::value::{any_byte_below, any_byte_is, format_float, push_datetime, push_int, word_at, Object, Value};
 
+/// Opens an array value; items follow as `<value>`s.
+pub const ARRAY_OPEN: &str = "<value><array><data>";
+/// Closes an array value.
+pub const ARRAY_CLOSE: &str = "</data></array></value>";
+/// Opens a struct value; `<member>`s follow.
+pub const STRUCT_OPEN: &str = "<value><struct>";
+/// Closes a struct value.
+pub const STRUCT_CLOSE: &str = "</struct></value>";
+
 /// Writes `<value>…</value>` for a typed value.
 pub fn write_value(v: &Value, out: &mut String) {
     match v {
@@ -46,32 +55,37 @@ pub fn write_value(v: &Value, out: &mut String) {
             out.push_str("</dateTime.iso8601></value>");
         }
         Value::Set(items) => {
-            out.push_str("<value><array><data>");
+            out.push_str(ARRAY_OPEN);
             for it in items {
                 write_value(it, out);
             }
-            out.push_str("</data></array></value>");
+            out.push_str(ARRAY_CLOSE);
         }
         Value::Map(pairs) => {
-            out.push_str("<value><struct>");
+            out.push_str(STRUCT_OPEN);
             for (k, val) in pairs {
-                match k {
-                    Value::String(s) | Value::Ref(s) => member(s, val, out),
-                    Value::Enum(s) => member(s, val, out),
-                    other => member(&other.key_text(), val, out),
-                }
+                write_map_member(k, val, out);
             }
-            out.push_str("</struct></value>");
+            out.push_str(STRUCT_CLOSE);
         }
         Value::Record(obj) => write_record(obj, out),
         Value::Struct(members) => {
-            out.push_str("<value><struct>");
+            out.push_str(STRUCT_OPEN);
             for (k, val) in members {
                 member(k, val, out);
             }
-            out.push_str("</struct></value>");
+            out.push_str(STRUCT_CLOSE);
         }
         Value::None => out.push_str("<value></value>"),
+    }
+}
+
+/// Writes one `<member>` of a map's `<struct>` (keys are written as member names).
+pub fn write_map_member(k: &Value, val: &Value, out: &mut String) {
+    match k {
+        Value::String(s) | Value::Ref(s) => member(s, val, out),
+        Value::Enum(s) => member(s, val, out),
+        other => member(&other.key_text(), val, out),
     }
 }
 
@@ -85,7 +99,7 @@ fn member(name: &str, v: &Value, out: &mut String) {
 
 /// Writes a record as a struct keyed by field name.
 pub fn write_record(obj: &Object, out: &mut String) {
-    out.push_str("<value><struct>");
+    out.push_str(STRUCT_OPEN);
     for (f, val) in obj.class.def().fields.iter().zip(obj.fields.iter()) {
         // Field names are plain identifiers (value.rs: `field_names_need_no_escaping`).
         out.push_str("<member><name>");
@@ -94,7 +108,7 @@ pub fn write_record(obj: &Object, out: &mut String) {
         write_value(val, out);
         out.push_str("</member>");
     }
-    out.push_str("</struct></value>");
+    out.push_str(STRUCT_CLOSE);
 }
 
 /// Escapes text for XML character data.

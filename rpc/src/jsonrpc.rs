@@ -71,24 +71,41 @@ fn write_id(id: &Json, out: &mut String) {
 
 /// A success response. A `void` result travels as `""`, as it does in XML-RPC.
 pub fn success(version: Version, id: &Json, v: &Value) -> String {
+    success_sized(
+        version,
+        id,
+        v,
+        agent::value::encoded_len_hint(v, agent::value::Encoding::Json),
+    )
+}
+
+/// [`success`] with the result's encoded size already estimated.
+pub(crate) fn success_sized(version: Version, id: &Json, v: &Value, hint: usize) -> String {
     let empty = Value::String(String::new());
     let v = if matches!(v, Value::None) { &empty } else { v };
-    let mut out = String::with_capacity(96 + agent::value::encoded_len_hint(v, agent::value::Encoding::Json));
-    match version {
-        Version::V2 => {
-            out.push_str("{\"jsonrpc\":\"2.0\",\"result\":");
-            write_json(v, &mut out);
-        }
-        Version::V1 => {
-            out.push_str("{\"result\":");
-            write_json(v, &mut out);
-            out.push_str(",\"error\":null");
-        }
+    let mut out = String::with_capacity(96 + hint);
+    success_head(version, &mut out);
+    write_json(v, &mut out);
+    success_tail(version, id, &mut out);
+    out
+}
+
+/// What comes before the result in a success response.
+pub(crate) fn success_head(version: Version, out: &mut String) {
+    out.push_str(match version {
+        Version::V2 => "{\"jsonrpc\":\"2.0\",\"result\":",
+        Version::V1 => "{\"result\":",
+    });
+}
+
+/// What comes after the result in a success response.
+pub(crate) fn success_tail(version: Version, id: &Json, out: &mut String) {
+    if version == Version::V1 {
+        out.push_str(",\"error\":null");
     }
     out.push_str(",\"id\":");
-    write_id(id, &mut out);
+    write_id(id, out);
     out.push('}');
-    out
 }
 
 /// An error response.

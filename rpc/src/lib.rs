@@ -3,6 +3,7 @@
 
 pub mod data_paths;
 pub mod jsonrpc;
+pub mod reply;
 pub mod server;
 pub mod tls;
 pub mod xmlrpc;

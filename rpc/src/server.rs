@@ -1,6 +1,7 @@
 //! The HTTP front: XML-RPC at `/`, `/RPC2`, `/xmlrpc`; JSON-RPC at `/jsonrpc`; on TCP and on
 //! a unix socket (where a uid-0 peer is trusted as root, as on a XenServer host).
 
+use crate::reply::{self, Reply, Wire};
 use crate::{jsonrpc, xmlrpc};
 use actix_web::dev::Extensions;
 use actix_web::http::StatusCode;
@@ -71,6 +72,28 @@ fn json_reply(status: StatusCode, body: String) -> HttpResponse {
     HttpResponse::build(status).content_type("application/json").body(body)
 }
 
+/// A call's success reply: whole, or streamed when it is large and the client speaks
+/// HTTP/1.1 (chunked transfer encoding); an HTTP/1.0 client gets it whole.
+fn success_reply(req: &HttpRequest, wire: Wire, v: Value) -> HttpResponse {
+    let content_type = match wire {
+        Wire::Xml => "text/xml",
+        Wire::Json(..) => "application/json",
+    };
+    let stream_from = if req.version() >= actix_web::http::Version::HTTP_11 {
+        reply::STREAM_FROM
+    } else {
+        usize::MAX
+    };
+    match reply::success_streaming_from(wire, v, stream_from) {
+        Reply::Whole(body) => HttpResponse::Ok().content_type(content_type).body(body),
+        Reply::Streamed(chunks) => HttpResponse::Ok()
+            .content_type(content_type)
+            .streaming(futures_util::stream::iter(
+                chunks.map(Ok::<_, std::convert::Infallible>),
+            )),
+    }
+}
+
 fn list_methods() -> Value {
     Value::Set(agent::method_list().into_iter().map(Value::String).collect())
 }
@@ -90,7 +113,7 @@ async fn xmlrpc_handler(req: HttpRequest, body: web::Bytes, agent: web::Data<Arc
     }
     let ctx = ctx_of(&req);
     match agent::call(agent.get_ref(), &ctx, &call.method, &call.params).await {
-        Ok(v) => xml_reply(StatusCode::OK, xmlrpc::success(&v)),
+        Ok(v) => success_reply(&req, Wire::Xml, v),
         Err(e) => xml_reply(StatusCode::OK, xmlrpc::failure(e.code(), &e.params())),
     }
 }
@@ -117,11 +140,13 @@ async fn jsonrpc_handler(req: HttpRequest, body: web::Bytes, agent: web::Data<Ar
         return json_reply(StatusCode::OK, jsonrpc::success(r.version, &r.id, &list_methods()));
     }
     let ctx = ctx_of(&req);
-    let body = match agent::call(agent.get_ref(), &ctx, &r.method, &r.params).await {
-        Ok(v) => jsonrpc::success(r.version, &r.id, &v),
-        Err(e) => jsonrpc::failure(r.version, &r.id, e.code(), &e.params()),
-    };
-    json_reply(StatusCode::OK, body)
+    match agent::call(agent.get_ref(), &ctx, &r.method, &r.params).await {
+        Ok(v) => success_reply(&req, Wire::Json(r.version, r.id), v),
+        Err(e) => json_reply(
+            StatusCode::OK,
+            jsonrpc::failure(r.version, &r.id, e.code(), &e.params()),
+        ),
+    }
 }
 
 async fn noop(_body: web::Bytes) -> HttpResponse {
@@ -172,6 +197,9 @@ pub async fn serve(agent: Arc<Agent>, cfg: ServerConfig) -> std::io::Result<()> 
     // as an unclean TLS EOF, which Python's xmlrpc does not retry). Idle connections cost no
     // worker and count against max_connections.
     .keep_alive(IDLE_KEEP_ALIVE)
+    // Replies go out as soon as they are written: a streamed reply's last small chunk must not
+    // wait for the client's delayed ACK (Nagle's algorithm), nor may a small reply.
+    .tcp_nodelay(true)
     .max_connections(cfg.max_connections.max(1));
     if cfg.workers > 0 {
         server = server.workers(cfg.workers);

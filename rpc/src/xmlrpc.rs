@@ -295,13 +295,28 @@ const TAIL: &str = "</param></params></methodResponse>";
 
 /// `{Status: Success, Value: v}`.
 pub fn success(v: &Value) -> String {
-    let mut out = String::with_capacity(256 + agent::value::encoded_len_hint(v, agent::value::Encoding::Xml));
+    success_sized(v, agent::value::encoded_len_hint(v, agent::value::Encoding::Xml))
+}
+
+/// [`success`] with the value's encoded size already estimated.
+pub(crate) fn success_sized(v: &Value, hint: usize) -> String {
+    let mut out = String::with_capacity(256 + hint);
+    success_head(&mut out);
+    write_value(v, &mut out);
+    success_tail(&mut out);
+    out
+}
+
+/// What comes before the value in a success response.
+pub(crate) fn success_head(out: &mut String) {
     out.push_str(HEAD);
     out.push_str("<value><struct><member><name>Status</name><value>Success</value></member><member><name>Value</name>");
-    write_value(v, &mut out);
+}
+
+/// What comes after the value in a success response.
+pub(crate) fn success_tail(out: &mut String) {
     out.push_str("</member></struct></value>");
     out.push_str(TAIL);
-    out
 }
 
 /// `{Status: Failure, ErrorDescription: [code, params…]}`.

@@ -72,6 +72,24 @@ for (const transport of ['json-rpc', 'xml-rpc']) {
         'template "Other install media" missing')
     }))
 
+    it('reads a large (streamed) VM.get_all_records', daemon.withLog(async () => {
+      // 150 clones put the reply well past the daemon's streaming threshold (256 KiB) in both
+      // encodings, so it arrives chunk by chunk.
+      const [template] = await xapi.call('VM.get_by_name_label', 'Other install media')
+      const made = []
+      try {
+        for (let i = 0; i < 150; i++) {
+          made.push(await xapi.call('VM.clone', template, `streamed-${transport}-${i}`))
+        }
+        const vms = await xapi.call('VM.get_all_records')
+        for (const ref of made) assert.ok(ref in vms, `${ref} missing from VM.get_all_records`)
+        assert.equal(vms[made[42]].name_label, `streamed-${transport}-42`)
+        assert.deepEqual(vms[made[99]], await xapi.call('VM.get_record', made[99]))
+      } finally {
+        for (const ref of made) await xapi.call('VM.destroy', ref)
+      }
+    }))
+
     it('getAllRecords / getRecord / setField / getField', daemon.withLog(async () => {
       const vms = await xapi.getAllRecords('VM')
       const template = vms.find(v => v.name_label === 'Other install media')
