@@ -5,9 +5,9 @@ use crate::api::Call;
 use crate::error::ApiError;
 use crate::events::EventOp;
 use crate::schema::ClassId;
-use crate::value::{Value, NULL_REF};
+use crate::value::{Shared, Value, NULL_REF};
 use crate::Agent;
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -43,6 +43,21 @@ impl Subscription {
     }
     fn wants(&self, c: ClassId, r: &str) -> bool {
         self.all || self.classes.contains(&c) || self.objects.contains(&(c, r.to_owned()))
+    }
+    /// The subscription in one canonical text (the same for the same classes and objects in
+    /// any order), to recognise callers waiting on the same thing.
+    fn key(&self) -> String {
+        if self.all {
+            return "*".to_owned();
+        }
+        let mut parts: Vec<String> = self
+            .classes
+            .iter()
+            .map(|c| c.name().to_owned())
+            .chain(self.objects.iter().map(|(c, r)| format!("{}/{r}", c.name())))
+            .collect();
+        parts.sort_unstable();
+        parts.join(",")
     }
     fn classes(&self) -> Vec<ClassId> {
         if self.all {
@@ -83,10 +98,19 @@ pub async fn from(agent: &Arc<Agent>, c: &Call) -> Result<Value, ApiError> {
         _ => 0.0,
     };
     let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(timeout);
+    let key = subs.key();
     let mut rx = agent.store.events().subscribe();
     loop {
         let latest = *rx.borrow_and_update();
+        if let Some(shared) = agent.event_batches.get(since, latest, &key) {
+            return Ok(shared);
+        }
         let changes = collect(agent, &subs, since, latest);
+        if !changes.is_empty() && changes.len() <= BatchCache::MAX_EVENTS {
+            let shared = Value::Shared(Arc::new(Shared::new(batch(agent, &subs, changes, latest.max(since)))));
+            agent.event_batches.put(since, latest, key, shared.clone());
+            return Ok(shared);
+        }
         if !changes.is_empty() || tokio::time::Instant::now() >= deadline {
             return Ok(batch(agent, &subs, changes, latest.max(since)));
         }
@@ -98,6 +122,51 @@ pub async fn from(agent: &Arc<Agent>, c: &Call) -> Result<Value, ApiError> {
                 return Ok(batch(agent, &subs, changes, latest.max(since)));
             }
         }
+    }
+}
+
+/// Recent `event.from` batches. Callers waiting on the same subscription from the same token
+/// get the same batch when the log moves: it is built and encoded once (as a
+/// [`Value::Shared`]) instead of once per caller. A batch holds the objects' state as of its
+/// building, which covers every change up to its token, as a batch built for each caller would.
+#[derive(Default)]
+pub struct BatchCache {
+    recent: parking_lot::Mutex<VecDeque<CachedBatch>>,
+}
+
+struct CachedBatch {
+    since: u64,
+    latest: u64,
+    subscription: String,
+    batch: Value,
+}
+
+impl BatchCache {
+    /// Batches kept.
+    const KEPT: usize = 4;
+    /// Larger batches (a first call's dump of every object, say) are built per caller and
+    /// not kept.
+    const MAX_EVENTS: usize = 256;
+
+    fn get(&self, since: u64, latest: u64, subscription: &str) -> Option<Value> {
+        self.recent
+            .lock()
+            .iter()
+            .find(|b| b.since == since && b.latest == latest && b.subscription == subscription)
+            .map(|b| b.batch.clone())
+    }
+
+    fn put(&self, since: u64, latest: u64, subscription: String, batch: Value) {
+        let mut recent = self.recent.lock();
+        if recent.len() >= Self::KEPT {
+            recent.pop_front();
+        }
+        recent.push_back(CachedBatch {
+            since,
+            latest,
+            subscription,
+            batch,
+        });
     }
 }
 
@@ -303,5 +372,62 @@ pub async fn next(agent: &Arc<Agent>, session: &str) -> Result<Value, ApiError> 
         {
             return Ok(Value::Set(Vec::new()));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::storage::tests::env;
+    use crate::value::Value;
+    use serde_json::json;
+
+    fn token_of(v: &Value) -> String {
+        match v {
+            Value::Shared(s) => token_of(s.value()),
+            Value::Struct(m) => m
+                .iter()
+                .find(|(k, _)| k == "token")
+                .and_then(|(_, t)| t.as_str())
+                .unwrap_or_default()
+                .to_owned(),
+            _ => String::new(),
+        }
+    }
+
+    #[actix::test]
+    async fn callers_waiting_on_the_same_thing_share_one_batch() {
+        let e = env().await;
+        let start = e.ok("event.from", vec![json!(["vm"]), json!(""), json!(0.0)]).await;
+        let token = token_of(&start);
+        let vm = e.ok("VM.get_all", vec![]).await.as_set()[0]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let wait = |classes: serde_json::Value| e.call("event.from", vec![classes, json!(token), json!(2.0)]);
+        let write = async {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            e.ok("VM.set_name_description", vec![json!(vm), json!("shared")]).await;
+        };
+        let (a, b, c, ()) = tokio::join!(wait(json!(["vm"])), wait(json!(["vm"])), wait(json!(["host"])), write);
+        let (a, b, c) = (a.unwrap(), b.unwrap(), c.unwrap());
+        let (Value::Shared(sa), Value::Shared(sb)) = (&a, &b) else {
+            panic!("a non-empty batch is shared: {a:?}");
+        };
+        assert!(
+            std::sync::Arc::ptr_eq(sa, sb),
+            "the same subscription and token get one batch"
+        );
+        let fragment = sa.json();
+        assert!(fragment.contains("\"shared\"") && fragment.contains(&vm), "{fragment}");
+        // Another subscription from the same token is another batch (nothing happened to hosts:
+        // that call waited out its timeout and got an empty batch of its own).
+        assert!(!matches!(c, Value::Shared(_)), "{c:?}");
+        assert!(c.map_get("events").is_none_or(|v| v.as_set().is_empty()));
+        // What a later caller from the same token gets encodes as the shared batch does.
+        let again = e.ok("event.from", vec![json!(["vm"]), json!(token), json!(0.0)]).await;
+        assert_eq!(crate::xml::value_fragment(&again), sa.xml());
+        let mut json = String::new();
+        crate::value::write_json(&again, &mut json);
+        assert_eq!(json, sa.json());
     }
 }

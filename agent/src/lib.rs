@@ -87,6 +87,8 @@ pub struct Agent {
     pub state_dir: PathBuf,
     /// Legacy event subscriptions.
     pub registrations: event_from::Registrations,
+    /// Recent `event.from` batches, shared by callers waiting on the same thing.
+    pub event_batches: event_from::BatchCache,
     /// The address clients reach this host on (`AgentConfig::host_address`).
     pub host_address: String,
 }
@@ -128,6 +130,7 @@ impl Agent {
             domids: Mutex::new(HashMap::new()),
             state_dir: cfg.state_dir.clone(),
             registrations: event_from::Registrations::default(),
+            event_batches: event_from::BatchCache::default(),
             host_address: cfg.host_address.clone(),
         });
         lifecycle::reconcile::at_start(&agent)

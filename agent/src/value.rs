@@ -41,6 +41,54 @@ pub enum Value {
     Struct(Vec<(String, Value)>),
     /// An absent optional value, or `void`.
     None,
+    /// A value whose wire forms are encoded once and shared by every reply that carries it.
+    Shared(Arc<Shared>),
+}
+
+/// A value encoded at most once per wire form, however many replies carry it: an
+/// `event.from` batch that a thousand waiting clients receive at the same moment.
+#[derive(Debug)]
+pub struct Shared {
+    value: Value,
+    json: std::sync::OnceLock<String>,
+    xml: std::sync::OnceLock<String>,
+}
+
+impl Shared {
+    /// Wraps a value.
+    pub fn new(value: Value) -> Shared {
+        Shared {
+            value,
+            json: std::sync::OnceLock::new(),
+            xml: std::sync::OnceLock::new(),
+        }
+    }
+    /// The value.
+    pub fn value(&self) -> &Value {
+        &self.value
+    }
+    /// Its JSON form (`write_json`), encoded on first use.
+    pub fn json(&self) -> &str {
+        self.json.get_or_init(|| {
+            let mut out = String::with_capacity(encoded_len_hint(&self.value, Encoding::Json));
+            write_json(&self.value, &mut out);
+            out
+        })
+    }
+    /// Its XML-RPC form (`xml::write_value`), encoded on first use.
+    pub fn xml(&self) -> &str {
+        self.xml.get_or_init(|| {
+            let mut out = String::with_capacity(encoded_len_hint(&self.value, Encoding::Xml));
+            crate::xml::write_value(&self.value, &mut out);
+            out
+        })
+    }
+}
+
+impl PartialEq for Shared {
+    fn eq(&self, other: &Shared) -> bool {
+        self.value == other.value
+    }
 }
 
 /// One object: its class, reference, fields in datamodel order, and change generations.
@@ -98,6 +146,7 @@ impl Value {
         match self {
             Value::String(s) | Value::Ref(s) => Some(s),
             Value::Enum(s) => Some(s),
+            Value::Shared(v) => v.value().as_str(),
             _ => None,
         }
     }
@@ -126,6 +175,7 @@ impl Value {
     pub fn as_set(&self) -> &[Value] {
         match self {
             Value::Set(v) => v,
+            Value::Shared(v) => v.value().as_set(),
             _ => &[],
         }
     }
@@ -133,6 +183,7 @@ impl Value {
     pub fn as_map(&self) -> &[(Value, Value)] {
         match self {
             Value::Map(v) => v,
+            Value::Shared(v) => v.value().as_map(),
             _ => &[],
         }
     }
@@ -597,6 +648,10 @@ pub fn encoded_len_hint(v: &Value, enc: Encoding) -> usize {
                 4
             }
         }
+        Value::Shared(v) => {
+            let done = if xml { v.xml.get() } else { v.json.get() };
+            done.map_or_else(|| encoded_len_hint(&v.value, enc), String::len)
+        }
     }
 }
 
@@ -648,6 +703,7 @@ pub fn write_json(v: &Value, out: &mut String) {
             out.push('}');
         }
         Value::None => out.push_str("null"),
+        Value::Shared(v) => out.push_str(v.json()),
     }
 }
 

@@ -77,6 +77,7 @@ pub fn write_value(v: &Value, out: &mut String) {
             out.push_str(STRUCT_CLOSE);
         }
         Value::None => out.push_str("<value></value>"),
+        Value::Shared(v) => out.push_str(v.xml()),
     }
 }
 

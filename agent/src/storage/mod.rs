@@ -167,4 +167,4 @@ fn arg(c: &Call, i: usize) -> Value {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -435,6 +435,7 @@ pub async fn events(d: &Daemon, proto: Protocol, pollers: usize, samples: usize)
     let mut from_call = Vec::with_capacity(pollers * samples);
     let mut fanout = Vec::with_capacity(samples);
     let mut missing = 0;
+    let cpu0 = d.cpu()?;
     let result = async {
         for seq in 0..samples {
             let wait_start = Instant::now();
@@ -482,6 +483,9 @@ pub async fn events(d: &Daemon, proto: Protocol, pollers: usize, samples: usize)
         Ok(())
     }
     .await;
+    // Daemon CPU over the measured writes: each write, its deliveries and the pollers' re-arming
+    // calls.
+    let cpu = d.cpu()? - cpu0;
     for h in &handles {
         h.abort();
     }
@@ -489,6 +493,7 @@ pub async fn events(d: &Daemon, proto: Protocol, pollers: usize, samples: usize)
     Ok(json!({
         "protocol": proto.name(),
         "pollers": pollers,
+        "daemon_cpu_us_per_delivery": r3(cpu * 1e6 / from_ack.len().max(1) as f64),
         "sessions": "one per poller (own connection, own session)",
         "samples": samples,
         "deliveries": from_ack.len(),
