@@ -423,6 +423,13 @@ pub trait Hypervisor: Send + Sync {
     /// Short backend name (`simulator`, `xen`) for logs and errors.
     fn backend_name(&self) -> &'static str;
 
+    /// Whether a call may keep the calling thread waiting (on the hypervisor, a device, a
+    /// sleep). The agent runs calls of a backend that says so on a blocking thread pool, and
+    /// the others inline on its async workers. A backend that cannot tell says `true`.
+    fn calls_may_block(&self) -> bool {
+        true
+    }
+
     /// Optional behaviours of this backend.
     fn capabilities(&self) -> Capabilities;
 

@@ -245,10 +245,16 @@ pub async fn perform(
     }
 }
 
-/// Runs a backend call off the async workers.
+/// Runs backend calls: on the blocking pool when the backend says its calls may keep a thread
+/// waiting (real Xen; a simulator with latency), else inline on the caller's worker, which
+/// saves two thread hand-offs per call.
 pub async fn blocking<T: Send + 'static>(
+    agent: &Agent,
     f: impl FnOnce() -> Result<T, BackendError> + Send + 'static,
 ) -> Result<T, ApiError> {
+    if !agent.hypervisor.calls_may_block() {
+        return f().map_err(ApiError::from);
+    }
     match tokio::task::spawn_blocking(f).await {
         Ok(r) => r.map_err(ApiError::from),
         Err(e) => Err(ApiError::internal(format!("a backend call did not finish: {e}"))),

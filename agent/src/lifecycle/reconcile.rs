@@ -15,7 +15,7 @@ use std::sync::Arc;
 /// records the domids of those it still has.
 pub async fn at_start(agent: &Arc<Agent>) -> Result<(), ApiError> {
     let hv = agent.hypervisor.clone();
-    let domains = blocking(move || hv.list_domains()).await?;
+    let domains = blocking(agent, move || hv.list_domains()).await?;
     for vm in agent.store.all(class_ids::VM) {
         if vm.get(fields::VM::is_control_domain) == &Value::Bool(true) {
             continue;
@@ -118,7 +118,7 @@ pub async fn vm(agent: &Arc<Agent>, vm: &str) -> Result<(), ApiError> {
     };
     let domid = domid as u32;
     let hv = agent.hypervisor.clone();
-    let info = blocking(move || hv.domain_info(domid)).await.ok();
+    let info = blocking(agent, move || hv.domain_info(domid)).await.ok();
     let action_field = |code: ShutdownCode| match code {
         ShutdownCode::PowerOff | ShutdownCode::Suspend => fields::VM::actions_after_shutdown,
         ShutdownCode::Reboot => fields::VM::actions_after_reboot,
@@ -136,12 +136,12 @@ pub async fn vm(agent: &Arc<Agent>, vm: &str) -> Result<(), ApiError> {
                 "preserve" => Ok(()),
                 "restart" | "rename_restart" | "coredump_and_restart" => {
                     let hv = agent.hypervisor.clone();
-                    let _ = blocking(move || hv.destroy(domid)).await;
+                    let _ = blocking(agent, move || hv.destroy(domid)).await;
                     vm_power::start(agent, vm, false).await.map(|_| ())
                 }
                 _ => {
                     let hv = agent.hypervisor.clone();
-                    let _ = blocking(move || hv.destroy(domid)).await;
+                    let _ = blocking(agent, move || hv.destroy(domid)).await;
                     vm_power::mark_halted(agent, vm).await
                 }
             }

@@ -254,7 +254,7 @@ async fn checkpoint(agent: &Arc<Agent>, vm: &str, name: &str) -> Result<String, 
     let paused = rec.get(fields::VM::power_state) == &Value::Enum("Paused");
     let hv = agent.hypervisor.clone();
     let img = image.clone();
-    let new_domid = blocking(move || {
+    let new_domid = blocking(agent, move || {
         if paused {
             hv.unpause(domid)?;
         }
@@ -267,7 +267,7 @@ async fn checkpoint(agent: &Arc<Agent>, vm: &str, name: &str) -> Result<String, 
     devices::attach_all(agent, &rec, new_domid).await?;
     if !paused {
         let hv = agent.hypervisor.clone();
-        blocking(move || hv.unpause(new_domid)).await?;
+        blocking(agent, move || hv.unpause(new_domid)).await?;
     }
     agent.domids.lock().retain(|_, v| v != vm);
     agent.domids.lock().insert(new_domid, vm.to_owned());
@@ -333,7 +333,7 @@ async fn revert(agent: &Arc<Agent>, snapshot: &str) -> Result<(), ApiError> {
     // Stop whatever the VM is doing: the snapshot's state replaces it.
     if let Some(d) = cur.get(fields::VM::domid).as_int().filter(|d| *d >= 0) {
         let hv = agent.hypervisor.clone();
-        let _ = blocking(move || hv.destroy(d as u32)).await;
+        let _ = blocking(agent, move || hv.destroy(d as u32)).await;
     }
     vm_power::mark_halted(agent, &vm).await?;
     let planned = plan_copy(agent, &snap, "", Mode::Clone, None, &[]).await?;

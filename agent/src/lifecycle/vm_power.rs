@@ -121,7 +121,7 @@ pub async fn perform(agent: &Arc<Agent>, vm: &str, message: &str, args: &[Value]
         "power_state_reset" => {
             if let Some(d) = domid_of(&*vm_of(agent, vm)?) {
                 let hv = agent.hypervisor.clone();
-                let _ = blocking(move || hv.destroy(d)).await;
+                let _ = blocking(agent, move || hv.destroy(d)).await;
             }
             mark_halted(agent, vm).await.map(|_| Value::None)
         }
@@ -144,7 +144,7 @@ pub async fn start(agent: &Arc<Agent>, vm: &str, paused: bool) -> Result<DomId, 
     let rec = vm_of(agent, vm)?;
     let cfg = domain_config(&rec)?;
     let hv = agent.hypervisor.clone();
-    let domid = blocking(move || {
+    let domid = blocking(agent, move || {
         let d = hv.create_domain(&cfg)?;
         if let Err(e) = hv.build(d) {
             let _ = hv.destroy(d);
@@ -155,14 +155,14 @@ pub async fn start(agent: &Arc<Agent>, vm: &str, paused: bool) -> Result<DomId, 
     .await?;
     if let Err(e) = devices::attach_all(agent, &rec, domid).await {
         let hv = agent.hypervisor.clone();
-        let _ = blocking(move || hv.destroy(domid)).await;
+        let _ = blocking(agent, move || hv.destroy(domid)).await;
         return Err(e);
     }
     if !paused {
         let hv = agent.hypervisor.clone();
-        if let Err(e) = blocking(move || hv.unpause(domid)).await {
+        if let Err(e) = blocking(agent, move || hv.unpause(domid)).await {
             let hv = agent.hypervisor.clone();
-            let _ = blocking(move || hv.destroy(domid)).await;
+            let _ = blocking(agent, move || hv.destroy(domid)).await;
             return Err(e);
         }
     }
@@ -180,9 +180,11 @@ struct RunningFacts {
 async fn running_facts(agent: &Arc<Agent>, domid: DomId) -> RunningFacts {
     // One trip to the blocking pool for both.
     let hv = agent.hypervisor.clone();
-    let (free, info) = blocking(move || Ok((hv.memory_free().unwrap_or(0), hv.domain_info(domid).ok())))
-        .await
-        .unwrap_or((0, None));
+    let (free, info) = blocking(agent, move || {
+        Ok((hv.memory_free().unwrap_or(0), hv.domain_info(domid).ok()))
+    })
+    .await
+    .unwrap_or((0, None));
     RunningFacts { domid, free, info }
 }
 
@@ -270,7 +272,7 @@ async fn mark_stopped(agent: &Arc<Agent>, vm: &str, state: &'static str) -> Resu
 /// Forgets the VM's domain and reads the host's free memory, for [`mark_stopped_tx`].
 async fn stopped_facts(agent: &Arc<Agent>, vm: &str) -> u64 {
     let hv = agent.hypervisor.clone();
-    let free = blocking(move || hv.memory_free()).await.unwrap_or(0);
+    let free = blocking(agent, move || hv.memory_free()).await.unwrap_or(0);
     agent.domids.lock().retain(|_, v| v != vm);
     free
 }
@@ -309,7 +311,7 @@ async fn stop_domain(agent: &Arc<Agent>, vm: &str) -> Result<(), ApiError> {
     let rec = vm_of(agent, vm)?;
     if let Some(d) = domid_of(&rec) {
         let hv = agent.hypervisor.clone();
-        match blocking(move || hv.destroy(d)).await {
+        match blocking(agent, move || hv.destroy(d)).await {
             Ok(()) => {}
             // Already gone (the guest powered off and the backend released it): fine.
             Err(e) if domain_gone(agent, d).await => tracing::debug!(vm, error = %e, "domain already gone"),
@@ -321,7 +323,7 @@ async fn stop_domain(agent: &Arc<Agent>, vm: &str) -> Result<(), ApiError> {
 
 async fn domain_gone(agent: &Arc<Agent>, d: DomId) -> bool {
     let hv = agent.hypervisor.clone();
-    blocking(move || hv.domain_info(d)).await.is_err()
+    blocking(agent, move || hv.domain_info(d)).await.is_err()
 }
 
 async fn hard_shutdown(agent: &Arc<Agent>, vm: &str) -> Result<Value, ApiError> {
@@ -353,14 +355,14 @@ async fn ask_and_wait(
     let rec = vm_of(agent, vm)?;
     let d = domid_of(&rec).ok_or_else(|| ApiError::internal("the VM has no domain"))?;
     let hv = agent.hypervisor.clone();
-    let before = blocking(move || hv.domain_info(d)).await?.restarts;
+    let before = blocking(agent, move || hv.domain_info(d)).await?.restarts;
     let hv = agent.hypervisor.clone();
-    blocking(move || hv.shutdown(d, reason)).await?;
+    blocking(agent, move || hv.shutdown(d, reason)).await?;
     let deadline = Instant::now() + CLEAN_SHUTDOWN_TIMEOUT;
     let mut delay = Duration::from_millis(1);
     loop {
         let hv = agent.hypervisor.clone();
-        match blocking(move || hv.domain_info(d)).await {
+        match blocking(agent, move || hv.domain_info(d)).await {
             Err(_) => return Ok((d, DomainState::Dying, before)),
             Ok(info) => match info.state {
                 DomainState::Shutdown(_) | DomainState::Dying => return Ok((d, info.state, before)),
@@ -402,7 +404,7 @@ async fn pause(agent: &Arc<Agent>, vm: &str, pause: bool) -> Result<Value, ApiEr
     let rec = vm_of(agent, vm)?;
     let d = domid_of(&rec).ok_or_else(|| ApiError::internal("the VM has no domain"))?;
     let hv = agent.hypervisor.clone();
-    blocking(move || if pause { hv.pause(d) } else { hv.unpause(d) }).await?;
+    blocking(agent, move || if pause { hv.pause(d) } else { hv.unpause(d) }).await?;
     agent
         .store
         .write(|tx| {
@@ -441,7 +443,7 @@ async fn suspend(agent: &Arc<Agent>, vm: &str) -> Result<Value, ApiError> {
     }
     let hv = agent.hypervisor.clone();
     let p2 = path.clone();
-    blocking(move || hv.suspend_to(d, &p2)).await?;
+    blocking(agent, move || hv.suspend_to(d, &p2)).await?;
     let image = SuspendVdi::of(agent, &path);
     let free = stopped_facts(agent, vm).await;
     // The VM's new state and its suspend VDI in one commit.
@@ -524,15 +526,15 @@ async fn resume(agent: &Arc<Agent>, vm: &str, paused: bool) -> Result<Value, Api
     let cfg = domain_config(&rec)?;
     let path = suspend_path(agent, &rec);
     let hv = agent.hypervisor.clone();
-    let domid = blocking(move || hv.resume_from(&path, &cfg)).await?;
+    let domid = blocking(agent, move || hv.resume_from(&path, &cfg)).await?;
     if let Err(e) = devices::attach_all(agent, &rec, domid).await {
         let hv = agent.hypervisor.clone();
-        let _ = blocking(move || hv.destroy(domid)).await;
+        let _ = blocking(agent, move || hv.destroy(domid)).await;
         return Err(e);
     }
     if !paused {
         let hv = agent.hypervisor.clone();
-        blocking(move || hv.unpause(domid)).await?;
+        blocking(agent, move || hv.unpause(domid)).await?;
     }
     // The image goes and the VM runs again in one commit.
     let vdi = remove_suspend_image(agent, &rec);
@@ -578,7 +580,7 @@ async fn set_resources(agent: &Arc<Agent>, vm: &str, message: &str, args: &[Valu
                 return Err(ApiError::invalid_value("target", target));
             }
             let hv = agent.hypervisor.clone();
-            blocking(move || hv.set_memory_target(d, target as u64)).await?;
+            blocking(agent, move || hv.set_memory_target(d, target as u64)).await?;
             vec![(f::memory_target, target)]
         }
         "set_VCPUs_max" => {
@@ -603,7 +605,7 @@ async fn set_resources(agent: &Arc<Agent>, vm: &str, message: &str, args: &[Valu
                 return Err(ApiError::invalid_value("nvcpu", count));
             }
             let hv = agent.hypervisor.clone();
-            blocking(move || hv.set_vcpus(d, count as u32)).await?;
+            blocking(agent, move || hv.set_vcpus(d, count as u32)).await?;
             if let Some(m) = rec.get(f::metrics).as_ref_str().map(str::to_owned) {
                 agent
                     .store
@@ -639,7 +641,7 @@ async fn set_resources(agent: &Arc<Agent>, vm: &str, message: &str, args: &[Valu
         if let Some(d) = domid_of(&rec) {
             let target = n(1) as u64;
             let hv = agent.hypervisor.clone();
-            blocking(move || hv.set_memory_target(d, target)).await?;
+            blocking(agent, move || hv.set_memory_target(d, target)).await?;
         }
     }
     Ok(Value::None)
@@ -681,7 +683,7 @@ async fn assert_can_boot_here(agent: &Arc<Agent>, vm: &Object, host: &str) -> Re
     }
     let cfg = domain_config(vm)?;
     let hv = agent.hypervisor.clone();
-    let free = blocking(move || hv.memory_free()).await?;
+    let free = blocking(agent, move || hv.memory_free()).await?;
     if cfg.memory_max > free {
         return Err(ApiError::HostNotEnoughFreeMemory {
             needed: cfg.memory_max.to_string(),

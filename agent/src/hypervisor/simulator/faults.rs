@@ -36,6 +36,11 @@ impl Latency {
         self
     }
 
+    /// Whether every operation runs without added latency.
+    pub fn is_none(&self) -> bool {
+        self.default.is_zero() && self.per_op.values().all(Duration::is_zero)
+    }
+
     /// The latency of `op`.
     pub fn for_op(&self, op: Op) -> Duration {
         self.per_op.get(&op).copied().unwrap_or(self.default)

@@ -795,6 +795,12 @@ impl Hypervisor for SimulatorBackend {
         BACKEND
     }
 
+    /// Without latency every call returns at once: state changes under a short lock, and the
+    /// suspend image is one small unsynced write (or read). With latency, calls sleep.
+    fn calls_may_block(&self) -> bool {
+        !self.inner.latency.lock().is_none()
+    }
+
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             reboot_in_place: self.inner.config.reboot_in_place,
