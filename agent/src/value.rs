@@ -721,18 +721,70 @@ pub fn write_json_entry(k: &Value, val: &Value, out: &mut String) {
 
 /// Writes an object's fields as a JSON object keyed by field name.
 pub fn write_record_json(obj: &Object, out: &mut String) {
+    let tags = field_tags(
+        obj.class,
+        |i, name, tag| {
+            // Field names are plain identifiers (see the `field_names_need_no_escaping` test).
+            if i > 0 {
+                tag.push(',');
+            }
+            tag.push('"');
+            tag.push_str(name);
+            tag.push_str("\":");
+        },
+        &JSON_FIELD_TAGS,
+    );
     out.push('{');
-    for (i, (f, val)) in obj.class.def().fields.iter().zip(obj.fields.iter()).enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        // Field names are plain identifiers (see the `field_names_need_no_escaping` test).
-        out.push('"');
-        out.push_str(f.name);
-        out.push_str("\":");
+    for (tag, val) in tags.iter().zip(obj.fields.iter()) {
+        out.push_str(tag);
         write_json(val, out);
     }
     out.push('}');
+}
+
+static JSON_FIELD_TAGS: FieldTags = FieldTags::new();
+
+/// Per class, the text an encoder writes before each field's value (its name with the
+/// punctuation around it), built once: a record is then written with one copy per field.
+pub struct FieldTags(std::sync::OnceLock<Vec<Vec<Box<str>>>>);
+
+impl FieldTags {
+    /// An empty table, filled on first use.
+    pub const fn new() -> FieldTags {
+        FieldTags(std::sync::OnceLock::new())
+    }
+}
+
+impl Default for FieldTags {
+    fn default() -> Self {
+        FieldTags::new()
+    }
+}
+
+/// The tags of `class`'s fields in `table`, made by `make(index, field name, tag)` for every
+/// class on first use.
+pub fn field_tags(
+    class: ClassId,
+    make: impl Fn(usize, &str, &mut String),
+    table: &'static FieldTags,
+) -> &'static [Box<str>] {
+    let all = table.0.get_or_init(|| {
+        ClassId::all()
+            .map(|c| {
+                c.def()
+                    .fields
+                    .iter()
+                    .enumerate()
+                    .map(|(i, f)| {
+                        let mut tag = String::new();
+                        make(i, f.name, &mut tag);
+                        tag.into_boxed_str()
+                    })
+                    .collect()
+            })
+            .collect()
+    });
+    all.get(class.0).map_or(&[], Vec::as_slice)
 }
 
 /// Eight copies of a byte.

@@ -100,17 +100,31 @@ fn member(name: &str, v: &Value, out: &mut String) {
 
 /// Writes a record as a struct keyed by field name.
 pub fn write_record(obj: &Object, out: &mut String) {
+    let tags = crate::value::field_tags(
+        obj.class,
+        |i, name, tag| {
+            // Field names are plain identifiers (value.rs: `field_names_need_no_escaping`).
+            if i > 0 {
+                tag.push_str("</member>");
+            }
+            tag.push_str("<member><name>");
+            tag.push_str(name);
+            tag.push_str("</name>");
+        },
+        &XML_FIELD_TAGS,
+    );
     out.push_str(STRUCT_OPEN);
-    for (f, val) in obj.class.def().fields.iter().zip(obj.fields.iter()) {
-        // Field names are plain identifiers (value.rs: `field_names_need_no_escaping`).
-        out.push_str("<member><name>");
-        out.push_str(f.name);
-        out.push_str("</name>");
+    for (tag, val) in tags.iter().zip(obj.fields.iter()) {
+        out.push_str(tag);
         write_value(val, out);
+    }
+    if !obj.fields.is_empty() {
         out.push_str("</member>");
     }
     out.push_str(STRUCT_CLOSE);
 }
+
+static XML_FIELD_TAGS: crate::value::FieldTags = crate::value::FieldTags::new();
 
 /// Escapes text for XML character data.
 ///
@@ -137,6 +151,10 @@ pub fn escape(s: &str, out: &mut String) {
             }
         }
         let b = bytes[i];
+        if PLAIN[usize::from(b)] {
+            i += 1;
+            continue;
+        }
         let (rep, len) = match b {
             b'<' => ("&lt;", 1),
             b'>' => ("&gt;", 1),
@@ -161,6 +179,19 @@ pub fn escape(s: &str, out: &mut String) {
     }
     out.push_str(&s[start..]);
 }
+
+/// Bytes `escape` copies as they are (a table, for the bytes the eight-at-a-time scan leaves).
+static PLAIN: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0x20;
+    while b < 256 {
+        t[b] = !matches!(b as u8, b'<' | b'>' | b'&' | b'"' | 0xef);
+        b += 1;
+    }
+    t[b'\t' as usize] = true;
+    t[b'\n' as usize] = true;
+    t
+};
 
 /// Whether XML 1.0 cannot carry `c` at all, neither raw nor as a character reference: C0
 /// controls other than tab, newline and carriage return, and U+FFFE / U+FFFF.
