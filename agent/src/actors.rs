@@ -1,6 +1,7 @@
 //! One actix actor per object with a lifecycle (VM, VBD, VIF): its mailbox is the object's
-//! lock. Operations on one object run one at a time; different objects run in parallel on a
-//! small pool of arbiters. Reads never go through an actor.
+//! lock. Operations on one object run one at a time; different objects run in parallel, each
+//! actor on the arbiter (HTTP worker) that first needed it, or on a small pool of arbiters of
+//! the registry's own. Reads never go through an actor.
 
 use crate::error::ApiError;
 use crate::lifecycle::{self, Operation};
@@ -80,13 +81,19 @@ impl Actors {
                 return a.clone();
             }
         }
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.arbiters.len();
         let actor = ObjectActor {
             class,
             reference: reference.to_owned(),
             agent: Arc::downgrade(agent),
         };
-        let addr = ObjectActor::start_in_arbiter(&self.arbiters[i].handle(), move |_| actor);
+        // The actor lives on the arbiter of the thread that first needs it (an HTTP worker:
+        // a client's calls on one connection then reach the actor without a thread hop),
+        // or on one of the registry's own arbiters when that thread has none.
+        let home = Arbiter::try_current().unwrap_or_else(|| {
+            let i = self.next.fetch_add(1, Ordering::Relaxed) % self.arbiters.len();
+            self.arbiters[i].handle()
+        });
+        let addr = ObjectActor::start_in_arbiter(&home, move |_| actor);
         addrs.insert((class, reference.to_owned()), addr.clone());
         addr
     }

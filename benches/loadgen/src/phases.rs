@@ -254,6 +254,11 @@ pub async fn read_scale(d: &Daemon, sizes: &[usize], reps: usize, protos: &[Prot
     let mut have = 0;
     for &n in sizes {
         let created = n.saturating_sub(have);
+        // The peak is counted from here, as the peer's is counted from the start of each of
+        // its runs (`clear_refs` 5): what the daemon needs to create and serve these VMs,
+        // not its start-up (the peak since start is recorded too).
+        let (hwm_since_start, _) = d.memory_kb()?;
+        let hwm_reset = d.reset_hwm();
         let setup_s = populate(d, have, n, 16).await?;
         have = n;
         let (hwm_after_setup, rss_after_setup) = d.memory_kb()?;
@@ -314,6 +319,8 @@ pub async fn read_scale(d: &Daemon, sizes: &[usize], reps: usize, protos: &[Prot
             "setup_vms_per_s": (created as f64 / setup_s.max(1e-9)).round(),
             "daemon_VmRSS_kB_after_setup": rss_after_setup,
             "daemon_VmHWM_kB_after_setup": hwm_after_setup,
+            "daemon_VmHWM_kB_since_start_before_setup": hwm_since_start,
+            "hwm_reset_before_setup": hwm_reset,
             "daemon_VmRSS_kB": rss,
             "daemon_VmHWM_kB": hwm,
             "by_protocol": by_proto,
