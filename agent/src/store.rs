@@ -7,7 +7,7 @@
 //! (group commit), so concurrent writers share one fsync.
 
 use crate::error::ApiError;
-use crate::events::{EventEntry, EventLog, EventOp};
+use crate::events::{EventLog, EventOp, LoggedEvent};
 use crate::schema::{ClassId, CLASSES};
 use crate::value::{now, record_from_json, write_record_json, Object};
 use parking_lot::{Mutex, RwLock};
@@ -317,22 +317,16 @@ impl Store {
                             table.uuids.remove(u);
                         }
                     }
-                    let uuid = obj.uuid().unwrap_or("").to_owned();
+                    let uuid = obj.uuid().unwrap_or("");
                     if !uuid.is_empty() {
-                        table.uuids.insert(uuid.clone(), reference.clone());
+                        table.uuids.insert(uuid.to_owned(), reference.clone());
                     }
                     table.objects.insert(reference.clone(), obj.clone());
                     if durable && class.def().persistent {
                         disk.push(DiskOp::Put(format!("{}/{}", class.name(), reference), obj.clone()));
                     }
-                    events.push(EventEntry {
-                        id: *generation,
-                        class,
-                        reference: reference.clone(),
-                        uuid,
-                        op: if old.is_some() { EventOp::Mod } else { EventOp::Add },
-                        time,
-                    });
+                    let op = if old.is_some() { EventOp::Mod } else { EventOp::Add };
+                    events.push(LoggedEvent::new(*generation, class, &reference, uuid, op, time));
                     undo.push(Undo {
                         class,
                         reference,
@@ -345,19 +339,19 @@ impl Store {
                         continue;
                     };
                     *generation += 1;
-                    let uuid = o.uuid().unwrap_or("").to_owned();
-                    table.uuids.remove(&uuid);
+                    let uuid = o.uuid().unwrap_or("");
+                    table.uuids.remove(uuid);
                     if durable && class.def().persistent {
                         disk.push(DiskOp::Delete(format!("{}/{}", class.name(), reference)));
                     }
-                    events.push(EventEntry {
-                        id: *generation,
+                    events.push(LoggedEvent::new(
+                        *generation,
                         class,
-                        reference: reference.clone(),
+                        &reference,
                         uuid,
-                        op: EventOp::Del,
+                        EventOp::Del,
                         time,
-                    });
+                    ));
                     undo.push(Undo {
                         class,
                         reference,
