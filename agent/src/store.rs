@@ -491,8 +491,10 @@ struct Undo {
 
 fn open_db(path: &Path) -> Result<redb::Database, redb::DatabaseError> {
     // The store reads everything into memory at start; redb's own cache only needs to cover
-    // the pages a commit touches.
-    redb::Database::builder().set_cache_size(16 << 20).create(path)
+    // the pages a commit touches (the b-tree's branch pages and a group commit's leaves).
+    // 4 MiB costs no measurable lifecycle throughput against 16 MiB, and redb fills whatever
+    // it is given (loading at start, and every committed page), so a larger one is resident.
+    redb::Database::builder().set_cache_size(4 << 20).create(path)
 }
 
 fn writer_loop(path: std::path::PathBuf, db: redb::Database, rx: crossbeam_channel::Receiver<Batch>) {
