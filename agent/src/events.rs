@@ -47,9 +47,129 @@ pub struct EventEntry {
     pub time: i64,
 }
 
+/// A ref or uuid as the log keeps it: the usual forms (`OpaqueRef:` and a lower-case
+/// hyphenated uuid, or the bare uuid) as the uuid's 16 bytes, anything else as it came.
+/// The text given back is always exactly the text put in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Text {
+    Uuid([u8; 16]),
+    OpaqueRef([u8; 16]),
+    Other(Box<str>),
+}
+
+const OPAQUE_REF: &str = "OpaqueRef:";
+/// Where the hyphens of a hyphenated uuid are.
+const HYPHENS: [usize; 4] = [8, 13, 18, 23];
+
+/// The bytes of a uuid written in lower-case hyphenated form, or `None` for any other text
+/// (including the upper-case, braced or unhyphenated forms, which would not read back the same).
+fn parse_uuid(s: &str) -> Option<[u8; 16]> {
+    let b = s.as_bytes();
+    if b.len() != 36 || HYPHENS.iter().any(|&i| b[i] != b'-') {
+        return None;
+    }
+    let mut out = [0u8; 16];
+    let mut digits = b
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !HYPHENS.contains(i))
+        .map(|(_, c)| *c);
+    for byte in out.iter_mut() {
+        let hi = hex_value(digits.next()?)?;
+        let lo = hex_value(digits.next()?)?;
+        *byte = hi << 4 | lo;
+    }
+    Some(out)
+}
+
+fn hex_value(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    }
+}
+
+fn push_uuid(out: &mut String, bytes: &[u8; 16]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for (i, byte) in bytes.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            out.push('-');
+        }
+        out.push(char::from(HEX[usize::from(byte >> 4)]));
+        out.push(char::from(HEX[usize::from(byte & 0xf)]));
+    }
+}
+
+impl Text {
+    fn new(s: &str) -> Text {
+        if let Some(u) = parse_uuid(s) {
+            return Text::Uuid(u);
+        }
+        if let Some(u) = s.strip_prefix(OPAQUE_REF).and_then(parse_uuid) {
+            return Text::OpaqueRef(u);
+        }
+        Text::Other(s.into())
+    }
+
+    fn to_text(&self) -> String {
+        match self {
+            Text::Uuid(u) => {
+                let mut s = String::with_capacity(36);
+                push_uuid(&mut s, u);
+                s
+            }
+            Text::OpaqueRef(u) => {
+                let mut s = String::with_capacity(OPAQUE_REF.len() + 36);
+                s.push_str(OPAQUE_REF);
+                push_uuid(&mut s, u);
+                s
+            }
+            Text::Other(s) => s.as_ref().to_owned(),
+        }
+    }
+}
+
+/// One change as the log keeps it (a quarter the size of an [`EventEntry`] with its strings:
+/// the log holds up to 65,536 of them).
+#[derive(Clone, Debug)]
+pub struct LoggedEvent {
+    id: u64,
+    time: i64,
+    class: ClassId,
+    reference: Text,
+    uuid: Text,
+    op: EventOp,
+}
+
+impl LoggedEvent {
+    /// A change of `class`'s object `reference` (uuid `uuid`, empty where it has none).
+    pub fn new(id: u64, class: ClassId, reference: &str, uuid: &str, op: EventOp, time: i64) -> LoggedEvent {
+        LoggedEvent {
+            id,
+            time,
+            class,
+            reference: Text::new(reference),
+            uuid: Text::new(uuid),
+            op,
+        }
+    }
+
+    fn entry(&self) -> EventEntry {
+        EventEntry {
+            id: self.id,
+            class: self.class,
+            reference: self.reference.to_text(),
+            uuid: self.uuid.to_text(),
+            op: self.op,
+            time: self.time,
+        }
+    }
+}
+
 /// A bounded log of recent changes.
 pub struct EventLog {
-    entries: Mutex<VecDeque<EventEntry>>,
+    entries: Mutex<VecDeque<LoggedEvent>>,
     latest: watch::Sender<u64>,
     capacity: usize,
 }
@@ -66,7 +186,7 @@ impl EventLog {
     }
 
     /// Appends entries (in id order) and wakes every waiter once.
-    pub fn append(&self, batch: Vec<EventEntry>) {
+    pub fn append(&self, batch: Vec<LoggedEvent>) {
         let Some(last) = batch.last().map(|e| e.id) else {
             return;
         };
@@ -102,6 +222,105 @@ impl EventLog {
             }
         }
         let start = q.partition_point(|e| e.id <= since);
-        Some(q.iter().skip(start).cloned().collect())
+        Some(q.iter().skip(start).map(LoggedEvent::entry).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_reads_back_exactly() {
+        for s in [
+            "OpaqueRef:0b6c5a3e-1f2d-4c5b-9a8e-7d6c5b4a3f2e",
+            "0b6c5a3e-1f2d-4c5b-9a8e-7d6c5b4a3f2e",
+            "00000000-0000-0000-0000-000000000000",
+            "ffffffff-ffff-ffff-ffff-ffffffffffff",
+            "OpaqueRef:NULL",
+            "OpaqueRef:0B6C5A3E-1F2D-4C5B-9A8E-7D6C5B4A3F2E",
+            "0B6C5A3E-1F2D-4C5B-9A8E-7D6C5B4A3F2E",
+            "{0b6c5a3e-1f2d-4c5b-9a8e-7d6c5b4a3f2e}",
+            "0b6c5a3e1f2d4c5b9a8e7d6c5b4a3f2e",
+            "0b6c5a3e-1f2d-4c5b-9a8e-7d6c5b4a3f2",
+            "0b6c5a3e-1f2d-4c5b-9a8e-7d6c5b4a3f2g",
+            "0b6c5a3e+1f2d-4c5b-9a8e-7d6c5b4a3f2e",
+            "0b6c5a3e-1f2d-4c5b-9a8e-7d6c5b4a3f2é",
+            "urn:uuid:0b6c5a3e-1f2d-4c5b-9a8e-7d6c5b4a3f2e",
+            "OpaqueRef:0b6c5a3e-1f2d-4c5b-9a8e-7d6c5b4a3f2e ",
+            " OpaqueRef:0b6c5a3e-1f2d-4c5b-9a8e-7d6c5b4a3f2e",
+            "opaqueref:0b6c5a3e-1f2d-4c5b-9a8e-7d6c5b4a3f2e",
+            "",
+            "ééééééééééééééééééééééééééééééééééé",
+            "a-bc-def",
+        ] {
+            assert_eq!(Text::new(s).to_text(), s, "{s:?}");
+        }
+        assert!(matches!(
+            Text::new("OpaqueRef:0b6c5a3e-1f2d-4c5b-9a8e-7d6c5b4a3f2e"),
+            Text::OpaqueRef(_)
+        ));
+        assert!(matches!(
+            Text::new("0b6c5a3e-1f2d-4c5b-9a8e-7d6c5b4a3f2e"),
+            Text::Uuid(_)
+        ));
+        assert!(matches!(Text::new("OpaqueRef:NULL"), Text::Other(_)));
+        // Every 36-byte string with hyphens in place and one odd byte elsewhere stays as text.
+        let base = "0b6c5a3e-1f2d-4c5b-9a8e-7d6c5b4a3f2e";
+        for i in 0..36 {
+            for c in [b'g', b'A', b'F', b'-', b' ', b'0', b'f'] {
+                let mut b = base.as_bytes().to_vec();
+                b[i] = c;
+                let s = String::from_utf8(b).unwrap();
+                assert_eq!(Text::new(&s).to_text(), s);
+            }
+        }
+    }
+
+    #[test]
+    fn logged_events_stay_small() {
+        // 65,536 of them: 80 bytes each is 5 MiB, with no further allocation in the usual case.
+        assert!(std::mem::size_of::<LoggedEvent>() <= 80);
+        let e = LoggedEvent::new(
+            1,
+            ClassId(0),
+            "OpaqueRef:0b6c5a3e-1f2d-4c5b-9a8e-7d6c5b4a3f2e",
+            "",
+            EventOp::Add,
+            0,
+        );
+        assert!(matches!(e.uuid, Text::Other(ref s) if s.is_empty()));
+    }
+
+    #[test]
+    fn since_gives_back_what_was_appended() {
+        let log = EventLog::new(3);
+        let class = ClassId(0);
+        log.append(
+            (1..=4)
+                .map(|i| {
+                    let r = format!("OpaqueRef:0000000{i}-1f2d-4c5b-9a8e-7d6c5b4a3f2e");
+                    LoggedEvent::new(
+                        i,
+                        class,
+                        &r,
+                        if i == 2 { "" } else { "odd uuid" },
+                        EventOp::Mod,
+                        100 + i as i64,
+                    )
+                })
+                .collect(),
+        );
+        assert_eq!(log.latest(), 4);
+        assert!(log.since(0).is_none(), "entry 1 fell out");
+        let got = log.since(1).unwrap();
+        assert_eq!(got.len(), 3);
+        assert_eq!(got[0].id, 2);
+        assert_eq!(got[0].reference, "OpaqueRef:00000002-1f2d-4c5b-9a8e-7d6c5b4a3f2e");
+        assert_eq!(got[0].uuid, "");
+        assert_eq!(got[1].uuid, "odd uuid");
+        assert_eq!(got[2].time, 104);
+        assert_eq!(got[2].op, EventOp::Mod);
+        assert!(log.since(4).unwrap().is_empty());
     }
 }

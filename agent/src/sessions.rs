@@ -9,11 +9,13 @@ use crate::schema::{class_ids, fields};
 use crate::store::Store;
 use crate::value::{default_object, now, Value, NULL_REF};
 use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::Argon2;
 use parking_lot::{Mutex, RwLock};
+use scratch_argon2::ScratchArgon2;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering};
+
+mod scratch_argon2;
 
 /// Sessions one originator may hold before its oldest is evicted.
 pub const MAX_SESSIONS_PER_ORIGINATOR: usize = 500;
@@ -50,8 +52,8 @@ pub enum AuthError {
 }
 
 /// Checks passwords on one dedicated thread: argon2 is deliberately slow and memory-hungry
-/// (19 MiB per check), so checks run one at a time, off the async workers, and reuse one
-/// thread's memory instead of leaving an arena behind on every blocking-pool thread.
+/// (19 MiB per check), so checks run one at a time, off the async workers; each check maps its
+/// working memory and unmaps it when done (see [`ScratchArgon2`]), so none stays resident.
 ///
 /// After a password has passed argon2 once, a keyed BLAKE2 tag of it (key random per process,
 /// never written anywhere) lets the same password pass again in microseconds: clients that log
@@ -70,7 +72,7 @@ impl Verifier {
             .spawn(move || {
                 for (hash, pw, reply) in rx {
                     let ok = PasswordHash::new(&hash)
-                        .map(|parsed| Argon2::default().verify_password(pw.as_bytes(), &parsed).is_ok())
+                        .map(|parsed| ScratchArgon2.verify_password(pw.as_bytes(), &parsed).is_ok())
                         .unwrap_or(false);
                     let _ = reply.send(ok);
                 }
@@ -144,7 +146,7 @@ fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error)
 
 fn hash_password(pw: &str) -> Result<String, AuthError> {
     let salt = SaltString::generate(&mut OsRng);
-    Argon2::default()
+    ScratchArgon2
         .hash_password(pw.as_bytes(), &salt)
         .map(|h| h.to_string())
         .map_err(|e| AuthError::Hash(e.to_string()))
@@ -216,7 +218,7 @@ impl Sessions {
     fn password_ok(&self, pw: &str) -> bool {
         let hash = self.hash.read().clone();
         match PasswordHash::new(&hash) {
-            Ok(parsed) => Argon2::default().verify_password(pw.as_bytes(), &parsed).is_ok(),
+            Ok(parsed) => ScratchArgon2.verify_password(pw.as_bytes(), &parsed).is_ok(),
             Err(_) => false,
         }
     }
