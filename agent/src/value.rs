@@ -721,19 +721,8 @@ pub fn write_json_entry(k: &Value, val: &Value, out: &mut String) {
 
 /// Writes an object's fields as a JSON object keyed by field name.
 pub fn write_record_json(obj: &Object, out: &mut String) {
-    let tags = field_tags(
-        obj.class,
-        |i, name, tag| {
-            // Field names are plain identifiers (see the `field_names_need_no_escaping` test).
-            if i > 0 {
-                tag.push(',');
-            }
-            tag.push('"');
-            tag.push_str(name);
-            tag.push_str("\":");
-        },
-        &JSON_FIELD_TAGS,
-    );
+    // Field names are plain identifiers (see the `field_names_need_no_escaping` test).
+    let tags = field_tags(obj.class, [",", "\"", "\":"], &JSON_FIELD_TAGS);
     out.push('{');
     for (tag, val) in tags.iter().zip(obj.fields.iter()) {
         out.push_str(tag);
@@ -761,11 +750,12 @@ impl Default for FieldTags {
     }
 }
 
-/// The tags of `class`'s fields in `table`, made by `make(index, field name, tag)` for every
-/// class on first use.
+/// The tags of `class`'s fields in `table`, each `before` + name + `after`, with `separator`
+/// first for all but the first field (`[separator, before, after]`); built for every class on
+/// first use.
 pub fn field_tags(
     class: ClassId,
-    make: impl Fn(usize, &str, &mut String),
+    [separator, before, after]: [&str; 3],
     table: &'static FieldTags,
 ) -> &'static [Box<str>] {
     let all = table.0.get_or_init(|| {
@@ -776,9 +766,8 @@ pub fn field_tags(
                     .iter()
                     .enumerate()
                     .map(|(i, f)| {
-                        let mut tag = String::new();
-                        make(i, f.name, &mut tag);
-                        tag.into_boxed_str()
+                        let sep = if i > 0 { separator } else { "" };
+                        [sep, before, f.name, after].concat().into_boxed_str()
                     })
                     .collect()
             })

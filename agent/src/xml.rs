@@ -100,19 +100,8 @@ fn member(name: &str, v: &Value, out: &mut String) {
 
 /// Writes a record as a struct keyed by field name.
 pub fn write_record(obj: &Object, out: &mut String) {
-    let tags = crate::value::field_tags(
-        obj.class,
-        |i, name, tag| {
-            // Field names are plain identifiers (value.rs: `field_names_need_no_escaping`).
-            if i > 0 {
-                tag.push_str("</member>");
-            }
-            tag.push_str("<member><name>");
-            tag.push_str(name);
-            tag.push_str("</name>");
-        },
-        &XML_FIELD_TAGS,
-    );
+    // Field names are plain identifiers (value.rs: `field_names_need_no_escaping`).
+    let tags = crate::value::field_tags(obj.class, ["</member>", "<member><name>", "</name>"], &XML_FIELD_TAGS);
     out.push_str(STRUCT_OPEN);
     for (tag, val) in tags.iter().zip(obj.fields.iter()) {
         out.push_str(tag);
