@@ -15,6 +15,7 @@ use redb::{ReadableTable, TableDefinition};
 use std::borrow::Borrow;
 use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
+use std::marker::PhantomData;
 use std::path::Path;
 use std::sync::Arc;
 use tokio::sync::oneshot;
@@ -50,63 +51,78 @@ pub enum StoreError {
 /// object itself and look up by its own text, so no ref or uuid is held twice.
 #[derive(Default)]
 struct Table {
-    objects: HashSet<ByRef>,
-    uuids: HashSet<ByUuid>,
+    objects: HashSet<Keyed<ByRef>>,
+    uuids: HashSet<Keyed<ByUuid>>,
 }
 
-/// An object as found by its ref.
-struct ByRef(Arc<Object>);
+impl Table {
+    fn get(&self, reference: &str) -> Option<Arc<Object>> {
+        self.objects.get(reference).map(|o| o.0.clone())
+    }
 
-impl Borrow<str> for ByRef {
-    fn borrow(&self) -> &str {
-        &self.0.reference
+    /// Takes the object with this ref out of both sets.
+    fn remove(&mut self, reference: &str) -> Option<Arc<Object>> {
+        let Keyed(o, _) = self.objects.take(reference)?;
+        self.uuids.remove(ByUuid::key(&o));
+        Some(o)
+    }
+
+    /// Puts `obj` in, in place of any object with its ref; findable by its uuid where it has one.
+    fn insert(&mut self, obj: Arc<Object>) {
+        self.remove(&obj.reference);
+        if !ByUuid::key(&obj).is_empty() {
+            self.uuids.replace(Keyed(obj.clone(), PhantomData));
+        }
+        self.objects.replace(Keyed(obj, PhantomData));
     }
 }
 
-impl Hash for ByRef {
+/// Which text of an object a set finds it by.
+trait KeyOf {
+    fn key(o: &Object) -> &str;
+}
+
+/// By its ref.
+struct ByRef;
+
+impl KeyOf for ByRef {
+    fn key(o: &Object) -> &str {
+        &o.reference
+    }
+}
+
+/// By its uuid (empty for objects without one, which are not put in).
+struct ByUuid;
+
+impl KeyOf for ByUuid {
+    fn key(o: &Object) -> &str {
+        o.uuid().unwrap_or("")
+    }
+}
+
+/// An object in a set that finds it by `K`'s text.
+struct Keyed<K>(Arc<Object>, PhantomData<K>);
+
+impl<K: KeyOf> Borrow<str> for Keyed<K> {
+    fn borrow(&self) -> &str {
+        K::key(&self.0)
+    }
+}
+
+impl<K: KeyOf> Hash for Keyed<K> {
     fn hash<H: Hasher>(&self, state: &mut H) {
         // As `str` hashes: lookups go through `Borrow<str>`.
-        self.0.reference.as_str().hash(state);
+        K::key(&self.0).hash(state);
     }
 }
 
-impl PartialEq for ByRef {
-    fn eq(&self, other: &ByRef) -> bool {
-        self.0.reference == other.0.reference
+impl<K: KeyOf> PartialEq for Keyed<K> {
+    fn eq(&self, other: &Keyed<K>) -> bool {
+        K::key(&self.0) == K::key(&other.0)
     }
 }
 
-impl Eq for ByRef {}
-
-/// An object as found by its uuid (only objects with a uuid field are put in).
-struct ByUuid(Arc<Object>);
-
-impl ByUuid {
-    fn uuid(&self) -> &str {
-        self.0.uuid().unwrap_or("")
-    }
-}
-
-impl Borrow<str> for ByUuid {
-    fn borrow(&self) -> &str {
-        self.uuid()
-    }
-}
-
-impl Hash for ByUuid {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        // As `str` hashes: lookups go through `Borrow<str>`.
-        self.uuid().hash(state);
-    }
-}
-
-impl PartialEq for ByUuid {
-    fn eq(&self, other: &ByUuid) -> bool {
-        self.uuid() == other.uuid()
-    }
-}
-
-impl Eq for ByUuid {}
+impl<K: KeyOf> Eq for Keyed<K> {}
 
 enum DiskOp {
     /// The object as committed; the writer thread serializes it, off the callers' path.
@@ -277,12 +293,7 @@ impl Store {
         };
         let json: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| corrupt(e.to_string()))?;
         let obj = record_from_json(class, &json, reference).map_err(|e| corrupt(e.to_string()))?;
-        let table = self.tables[class.0].get_mut();
-        let obj = Arc::new(obj);
-        if obj.uuid().is_some() {
-            table.uuids.replace(ByUuid(obj.clone()));
-        }
-        table.objects.replace(ByRef(obj));
+        self.tables[class.0].get_mut().insert(Arc::new(obj));
         Ok(())
     }
 
@@ -293,12 +304,7 @@ impl Store {
 
     /// Reads one object.
     pub fn get(&self, class: ClassId, reference: &str) -> Option<Arc<Object>> {
-        self.tables
-            .get(class.0)?
-            .read()
-            .objects
-            .get(reference)
-            .map(|o| o.0.clone())
+        self.tables.get(class.0)?.read().get(reference)
     }
 
     /// Every object of a class.
@@ -374,7 +380,7 @@ impl Store {
         let time = now();
         for (class, reference, change) in entries {
             let mut table = self.tables[class.0].write();
-            let old = table.objects.get(reference.as_str()).map(|o| o.0.clone());
+            let old = table.get(&reference);
             match change {
                 Some(obj) => {
                     *generation += 1;
@@ -385,20 +391,12 @@ impl Store {
                         obj.reference.clone_from(&reference);
                     }
                     let obj = Arc::new(obj);
-                    if let Some(o) = &old {
-                        if let Some(u) = o.uuid() {
-                            table.uuids.remove(u);
-                        }
-                    }
-                    let uuid = obj.uuid().unwrap_or("");
-                    if !uuid.is_empty() {
-                        table.uuids.replace(ByUuid(obj.clone()));
-                    }
-                    table.objects.replace(ByRef(obj.clone()));
+                    table.insert(obj.clone());
                     if durable && class.def().persistent {
                         disk.push(DiskOp::Put(format!("{}/{}", class.name(), reference), obj.clone()));
                     }
                     let op = if old.is_some() { EventOp::Mod } else { EventOp::Add };
+                    let uuid = obj.uuid().unwrap_or("");
                     events.push(LoggedEvent::new(*generation, class, &reference, uuid, op, time));
                     undo.push(Undo {
                         class,
@@ -408,12 +406,11 @@ impl Store {
                     });
                 }
                 None => {
-                    let Some(ByRef(o)) = table.objects.take(reference.as_str()) else {
+                    let Some(o) = table.remove(&reference) else {
                         continue;
                     };
                     *generation += 1;
                     let uuid = o.uuid().unwrap_or("");
-                    table.uuids.remove(uuid);
                     if durable && class.def().persistent {
                         disk.push(DiskOp::Delete(format!("{}/{}", class.name(), reference)));
                     }
@@ -453,7 +450,7 @@ impl Store {
         let _guard = self.commit.lock();
         for u in undo.into_iter().rev() {
             let mut table = self.tables[u.class.0].write();
-            let current = table.objects.get(u.reference.as_str()).map(|o| o.0.clone());
+            let current = table.get(&u.reference);
             let unchanged = match (&current, &u.new) {
                 (Some(c), Some(n)) => Arc::ptr_eq(c, n),
                 (None, None) => true,
@@ -462,21 +459,9 @@ impl Store {
             if !unchanged {
                 continue;
             }
-            if let Some(c) = &current {
-                if let Some(uu) = c.uuid() {
-                    table.uuids.remove(uu);
-                }
-            }
-            match u.old {
-                Some(o) => {
-                    if o.uuid().is_some() {
-                        table.uuids.replace(ByUuid(o.clone()));
-                    }
-                    table.objects.replace(ByRef(o));
-                }
-                None => {
-                    table.objects.remove(u.reference.as_str());
-                }
+            table.remove(&u.reference);
+            if let Some(o) = u.old {
+                table.insert(o);
             }
         }
     }
