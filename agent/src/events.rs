@@ -58,47 +58,19 @@ enum Text {
 }
 
 const OPAQUE_REF: &str = "OpaqueRef:";
-/// Where the hyphens of a hyphenated uuid are.
-const HYPHENS: [usize; 4] = [8, 13, 18, 23];
 
-/// The bytes of a uuid written in lower-case hyphenated form, or `None` for any other text
-/// (including the upper-case, braced or unhyphenated forms, which would not read back the same).
+/// The bytes of a uuid written exactly as the uuid crate writes it (lower-case, hyphenated),
+/// or `None` for any other text (the upper-case, braced or unhyphenated forms would not read
+/// back the same).
 fn parse_uuid(s: &str) -> Option<[u8; 16]> {
-    let b = s.as_bytes();
-    if b.len() != 36 || HYPHENS.iter().any(|&i| b[i] != b'-') {
-        return None;
-    }
-    let mut out = [0u8; 16];
-    let mut digits = b
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| !HYPHENS.contains(i))
-        .map(|(_, c)| *c);
-    for byte in out.iter_mut() {
-        let hi = hex_value(digits.next()?)?;
-        let lo = hex_value(digits.next()?)?;
-        *byte = hi << 4 | lo;
-    }
-    Some(out)
-}
-
-fn hex_value(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        _ => None,
-    }
+    let u = uuid::Uuid::try_parse(s).ok()?;
+    let mut buf = uuid::Uuid::encode_buffer();
+    (u.hyphenated().encode_lower(&mut buf) == s).then(|| *u.as_bytes())
 }
 
 fn push_uuid(out: &mut String, bytes: &[u8; 16]) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    for (i, byte) in bytes.iter().enumerate() {
-        if matches!(i, 4 | 6 | 8 | 10) {
-            out.push('-');
-        }
-        out.push(char::from(HEX[usize::from(byte >> 4)]));
-        out.push(char::from(HEX[usize::from(byte & 0xf)]));
-    }
+    let mut buf = uuid::Uuid::encode_buffer();
+    out.push_str(uuid::Uuid::from_bytes(*bytes).hyphenated().encode_lower(&mut buf));
 }
 
 impl Text {
