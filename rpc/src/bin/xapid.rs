@@ -10,7 +10,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 /// mimalloc returns freed memory to the system instead of keeping it in per-thread arenas,
-/// which keeps the daemon's RSS close to what its objects need.
+/// which keeps the daemon's RSS close to what its objects need. It is built without
+/// transparent huge pages (`no_thp`): a 2 MiB page made resident for a few small objects
+/// cost the daemon 3-4 MiB at start and with 1,000 VMs (BENCHMARKS.md).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
