@@ -295,6 +295,29 @@ pub fn partner(class: ClassId, field: FieldId) -> Option<FieldRef> {
     })
 }
 
+/// The fields of a class that are the "many" end of a one-to-many relation: a set of refs
+/// whose members each name this object in their partner field (`SR.VDIs` and `VDI.SR`).
+/// Such a set says nothing its members do not, so the store does not write it to disk and
+/// rebuilds it from the members when it loads.
+pub fn derived_sets(class: ClassId) -> &'static [FieldId] {
+    static TABLE: std::sync::OnceLock<Vec<Vec<FieldId>>> = std::sync::OnceLock::new();
+    let table = TABLE.get_or_init(|| {
+        (0..CLASSES.len())
+            .map(|c| {
+                let class = ClassId(c);
+                (0..class.def().fields.len())
+                    .map(FieldId)
+                    .filter(|&f| {
+                        matches!(class.field(f).ty, Ty::Set(Ty::Ref(_)))
+                            && partner(class, f).is_some_and(|p| matches!(p.class.field(p.field).ty, Ty::Ref(_)))
+                    })
+                    .collect()
+            })
+            .collect()
+    });
+    table.get(class.0).map_or(&[], Vec::as_slice)
+}
+
 /// Parameter names of an error code, as `errors.json` lists them.
 pub fn error_params(code: &str) -> Option<Option<&'static [&'static str]>> {
     ERROR_CODES.iter().find(|(c, _)| *c == code).map(|(_, p)| *p)

@@ -8,8 +8,8 @@
 
 use crate::error::ApiError;
 use crate::events::{EventLog, EventOp, LoggedEvent};
-use crate::schema::{ClassId, CLASSES};
-use crate::value::{now, record_from_json, write_record_json, Object};
+use crate::schema::{derived_sets, ClassId, FieldId, CLASSES};
+use crate::value::{now, record_from_json, write_json, Object, Value, NULL_REF};
 use parking_lot::{Mutex, RwLock};
 use redb::{ReadableTable, TableDefinition};
 use std::borrow::Borrow;
@@ -270,6 +270,7 @@ impl Store {
                 Err(e) => return Err(open_err(Box::new(e))),
             }
         }
+        store.rebuild_derived_sets();
         let (tx, rx) = crossbeam_channel::unbounded();
         let writer_path = path.clone();
         let handle = std::thread::Builder::new()
@@ -295,6 +296,84 @@ impl Store {
         let obj = record_from_json(class, &json, reference).map_err(|e| corrupt(e.to_string()))?;
         self.tables[class.0].get_mut().insert(Arc::new(obj));
         Ok(())
+    }
+
+    /// Fills every derived set (see [`derived_sets`]) from the members' side: those sets are
+    /// not on disk (older stores that wrote them are read the same way, their copy ignored).
+    /// Members are listed in ref order.
+    fn rebuild_derived_sets(&mut self) {
+        for class in ClassId::all() {
+            for &field in derived_sets(class) {
+                let Some(member) = crate::schema::partner(class, field) else {
+                    continue;
+                };
+                let mut members: HashMap<String, Vec<Value>> = HashMap::new();
+                for o in &self.tables[member.class.0].get_mut().objects {
+                    if let Some(owner) =
+                        o.0.get(member.field)
+                            .as_str()
+                            .filter(|r| !r.is_empty() && *r != NULL_REF)
+                    {
+                        members
+                            .entry(owner.to_owned())
+                            .or_default()
+                            .push(Value::Ref(o.0.reference.clone()));
+                    }
+                }
+                let table = self.tables[class.0].get_mut();
+                let owners: Vec<Arc<Object>> = table.objects.iter().map(|o| o.0.clone()).collect();
+                for owner in owners {
+                    let mut set = members.remove(&owner.reference).unwrap_or_default();
+                    set.sort_by(|a, b| a.as_str().cmp(&b.as_str()));
+                    let set = Value::Set(set);
+                    if *owner.get(field) != set {
+                        let mut o = Arc::unwrap_or_clone(owner);
+                        o.set(field, set);
+                        table.insert(Arc::new(o));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Every derived set whose members differ from what its members' side says (as
+    /// multisets), as `Class.field of ref`: what a restart, which rebuilds them, would change.
+    #[cfg(test)]
+    pub(crate) fn derived_set_mismatches(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for class in ClassId::all() {
+            for &field in derived_sets(class) {
+                let Some(member) = crate::schema::partner(class, field) else {
+                    continue;
+                };
+                let mut expected: HashMap<String, Vec<String>> = HashMap::new();
+                for o in self.all(member.class) {
+                    if let Some(owner) = o.get(member.field).as_str().filter(|r| !r.is_empty() && *r != NULL_REF) {
+                        expected.entry(owner.to_owned()).or_default().push(o.reference.clone());
+                    }
+                }
+                for owner in self.all(class) {
+                    let mut want = expected.remove(&owner.reference).unwrap_or_default();
+                    let mut have: Vec<String> = owner
+                        .get(field)
+                        .as_set()
+                        .iter()
+                        .filter_map(|v| v.as_str().map(str::to_owned))
+                        .collect();
+                    want.sort();
+                    have.sort();
+                    if want != have {
+                        let name = class.field(field).name;
+                        out.push(format!(
+                            "{}.{name} of {}: {have:?}, members say {want:?}",
+                            class.name(),
+                            owner.reference
+                        ));
+                    }
+                }
+            }
+        }
+        out
     }
 
     /// The event log.
@@ -476,10 +555,11 @@ struct Undo {
 
 fn open_db(path: &Path) -> Result<redb::Database, redb::DatabaseError> {
     // The store reads everything into memory at start; redb's own cache only needs to cover
-    // the pages a commit touches (the b-tree's branch pages and a group commit's leaves).
-    // 4 MiB costs no measurable lifecycle throughput against 16 MiB, and redb fills whatever
-    // it is given (loading at start, and every committed page), so a larger one is resident.
-    redb::Database::builder().set_cache_size(4 << 20).create(path)
+    // the pages a commit touches (the b-tree's branch pages and a group commit's leaves), and
+    // records are small since the derived sets stay off the disk. redb fills whatever cache
+    // it is given (loading at start, and every committed page), so all of it is resident:
+    // 1 MiB instead of 4 took 3-4 MiB off the daemon with 1,000 VMs (BENCHMARKS.md).
+    redb::Database::builder().set_cache_size(1 << 20).create(path)
 }
 
 fn writer_loop(path: std::path::PathBuf, db: redb::Database, rx: crossbeam_channel::Receiver<Batch>) {
@@ -534,7 +614,7 @@ fn commit_batches(db: &redb::Database, batches: &[Batch]) -> Result<(), Box<dyn 
             match op {
                 DiskOp::Put(k, obj) => {
                     buf.clear();
-                    write_record_json(obj, &mut buf);
+                    write_stored_json(obj, &mut buf);
                     table.insert(k.as_str(), buf.as_bytes())?;
                 }
                 DiskOp::Delete(k) => {
@@ -545,6 +625,28 @@ fn commit_batches(db: &redb::Database, batches: &[Batch]) -> Result<(), Box<dyn 
     }
     wtx.commit()?;
     Ok(())
+}
+
+/// A record as the store writes it: JSON of every field but the derived sets.
+fn write_stored_json(obj: &Object, out: &mut String) {
+    let derived = derived_sets(obj.class);
+    out.push('{');
+    let mut first = true;
+    for (i, val) in obj.fields.iter().enumerate() {
+        let f = FieldId(i);
+        if derived.contains(&f) {
+            continue;
+        }
+        if !std::mem::take(&mut first) {
+            out.push(',');
+        }
+        // Field names are plain identifiers (see `field_names_need_no_escaping` in value.rs).
+        out.push('"');
+        out.push_str(obj.class.field(f).name);
+        out.push_str("\":");
+        write_json(val, out);
+    }
+    out.push('}');
 }
 
 #[cfg(test)]
@@ -583,6 +685,64 @@ mod tests {
             Some("OpaqueRef:n1")
         );
         assert!(store.get(class_ids::session, "OpaqueRef:s1").is_none());
+    }
+
+    /// `network.VIFs` is the members' `VIF.network` read the other way: it is not written, and
+    /// a reopened store lists exactly the VIFs that name the network (a stale or duplicate
+    /// entry a store of an older build wrote is dropped), in ref order.
+    #[tokio::test]
+    async fn derived_sets_are_rebuilt_from_their_members_on_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let vif = |r: &str, net: &str| {
+            let mut o = default_object(class_ids::VIF, r);
+            o.set(fields::VIF::network, Value::Ref(net.into()));
+            o
+        };
+        let vifs = |refs: &[&str]| Value::Set(refs.iter().map(|r| Value::Ref((*r).into())).collect());
+        {
+            let store = Store::open(Some(dir.path())).unwrap();
+            store
+                .write(|tx| {
+                    let mut n = network("OpaqueRef:n1", "u1", "one");
+                    n.set(
+                        fields::network::VIFs,
+                        vifs(&["OpaqueRef:v2", "OpaqueRef:gone", "OpaqueRef:v1", "OpaqueRef:v1"]),
+                    );
+                    tx.put(n);
+                    tx.put(network("OpaqueRef:n2", "u2", "two"));
+                    tx.put(vif("OpaqueRef:v2", "OpaqueRef:n1"));
+                    tx.put(vif("OpaqueRef:v1", "OpaqueRef:n1"));
+                    tx.put(vif("OpaqueRef:v3", "OpaqueRef:NULL"));
+                    Ok(())
+                })
+                .await
+                .unwrap();
+        }
+        let db = open_db(&dir.path().join("xapid.redb")).unwrap();
+        let stored = db.begin_read().unwrap().open_table(OBJECTS).unwrap();
+        let n1 = stored.get("network/OpaqueRef:n1").unwrap().unwrap();
+        let text = std::str::from_utf8(n1.value()).unwrap().to_owned();
+        assert!(text.contains("\"name_label\":\"one\""), "{text}");
+        assert!(!text.contains("VIFs"), "{text}");
+        drop((stored, db));
+        let store = Store::open(Some(dir.path())).unwrap();
+        let n1 = store.get(class_ids::network, "OpaqueRef:n1").unwrap();
+        assert_eq!(*n1.get(fields::network::VIFs), vifs(&["OpaqueRef:v1", "OpaqueRef:v2"]));
+        assert_eq!(n1.str_field("name_label"), "one");
+        let n2 = store.get(class_ids::network, "OpaqueRef:n2").unwrap();
+        assert_eq!(*n2.get(fields::network::VIFs), vifs(&[]));
+    }
+
+    #[test]
+    fn derived_sets_are_the_many_ends_of_one_to_many_relations() {
+        use crate::schema::derived_sets;
+        assert!(derived_sets(class_ids::SR).contains(&fields::SR::VDIs));
+        assert!(derived_sets(class_ids::network).contains(&fields::network::VIFs));
+        assert!(derived_sets(class_ids::VM).contains(&fields::VM::VBDs));
+        assert!(derived_sets(class_ids::host).contains(&fields::host::resident_VMs));
+        // The "one" ends stay stored.
+        assert!(!derived_sets(class_ids::VDI).contains(&fields::VDI::SR));
+        assert!(derived_sets(class_ids::VIF).is_empty());
     }
 
     #[tokio::test]

@@ -550,3 +550,67 @@ async fn import_then_export_returns_the_same_bytes() {
     }
     assert_eq!(n, 3 << 20);
 }
+
+/// The store does not write the "many" ends of one-to-many relations (`SR.VDIs`, `VM.VBDs`,
+/// `host.resident_VMs`…) and rebuilds them from the members when it loads; that is lossless
+/// only while every such set lists exactly the objects that name its owner. Checked after
+/// first boot and after a VM's life: clone, provision, devices, start, snapshot, copies
+/// destroyed.
+#[actix::test]
+async fn derived_sets_agree_with_their_members() {
+    let env = env().await;
+    let store = &env.agent.store;
+    assert_eq!(store.derived_set_mismatches(), Vec::<String>::new(), "after first boot");
+    let tpl = store
+        .all(class_ids::VM)
+        .into_iter()
+        .find(|v| v.str_field("name_label") == "Debian Bookworm 12")
+        .unwrap()
+        .reference
+        .clone();
+    let vm = env.new_ref("VM.clone", vec![json!(tpl), json!("derived")]).await;
+    env.ok("VM.provision", vec![json!(vm)]).await;
+    env.ok("VM.set_is_a_template", vec![json!(vm), json!(false)]).await;
+    let net = store.all(class_ids::network)[0].reference.clone();
+    env.ok(
+        "VIF.create",
+        vec![json!({
+            "VM": vm, "network": net, "device": "0", "MAC": "", "MTU": 1500,
+            "other_config": {}, "qos_algorithm_type": "", "qos_algorithm_params": {}
+        })],
+    )
+    .await;
+    let vdi = env.create_vdi(&env.default_sr(), 1 << 20).await;
+    env.ok(
+        "VBD.create",
+        vec![json!({
+            "VM": vm, "VDI": vdi, "userdevice": "3", "bootable": false, "mode": "RW",
+            "type": "Disk", "empty": false, "other_config": {},
+            "qos_algorithm_type": "", "qos_algorithm_params": {}
+        })],
+    )
+    .await;
+    env.ok("VM.start", vec![json!(vm), json!(false), json!(false)]).await;
+    assert_eq!(store.derived_set_mismatches(), Vec::<String>::new(), "running");
+    let snap = env.new_ref("VM.snapshot", vec![json!(vm), json!("snap")]).await;
+    env.ok("VM.hard_shutdown", vec![json!(vm)]).await;
+    let copy = env.new_ref("VM.clone", vec![json!(vm), json!("copy")]).await;
+    assert_eq!(
+        store.derived_set_mismatches(),
+        Vec::<String>::new(),
+        "with a snapshot and a clone"
+    );
+    env.ok("VM.destroy", vec![json!(copy)]).await;
+    env.ok("VM.destroy", vec![json!(snap)]).await;
+    assert_eq!(store.derived_set_mismatches(), Vec::<String>::new(), "after destroys");
+    // And the check sees a set that has lost a member.
+    store
+        .write(|tx| {
+            tx.modify(class_ids::network, &net, |o| {
+                o.set(fields::network::VIFs, Value::Set(vec![]))
+            })
+        })
+        .await
+        .unwrap();
+    assert_eq!(store.derived_set_mismatches().len(), 1);
+}
