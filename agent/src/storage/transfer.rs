@@ -311,7 +311,7 @@ impl ImportSink {
             w.wait().await?;
         }
         IoEngine::global().sync_data(&self.file).await.map_err(io_api_error)?;
-        refresh_after(&self.agent, &self.sr).await;
+        refresh_after(&self.agent, &self.sr, &[&self.vdi]).await;
         Ok(self.offset)
     }
 
@@ -322,7 +322,7 @@ impl ImportSink {
         while let Some(w) = self.writes.pop_front() {
             let _ = w.wait().await;
         }
-        refresh_after(&self.agent, &self.sr).await;
+        refresh_after(&self.agent, &self.sr, &[&self.vdi]).await;
     }
 }
 

@@ -222,7 +222,7 @@ pub async fn create_vdi(agent: &Arc<Agent>, rec: &Object) -> Result<String, ApiE
         let _ = blocking(move || fsops::remove(&path)).await;
         return Err(e);
     }
-    refresh_after(agent, &sr_ref).await;
+    refresh_after(agent, &sr_ref, &[&reference]).await;
     Ok(reference)
 }
 
@@ -274,7 +274,7 @@ pub async fn destroy_vdi(agent: &Arc<Agent>, vdi_ref: &str) -> Result<(), ApiErr
             Ok(())
         })
         .await?;
-    refresh_after(agent, &sr.reference).await;
+    refresh_after(agent, &sr.reference, &[]).await;
     Ok(())
 }
 
@@ -302,7 +302,7 @@ async fn resize(agent: &Arc<Agent>, vdi_ref: &str, size: i64) -> Result<(), ApiE
         .store
         .write(|tx| set_field(tx, class_ids::VDI, &r, fields::VDI::virtual_size, Value::Int(size)))
         .await?;
-    refresh_after(agent, &sr.reference).await;
+    refresh_after(agent, &sr.reference, &[vdi_ref]).await;
     Ok(())
 }
 
@@ -359,7 +359,7 @@ async fn new_copy(
         let _ = blocking(move || fsops::remove(&dst_path)).await;
         return Err(e);
     }
-    refresh_after(agent, &dst_sr.reference).await;
+    refresh_after(agent, &dst_sr.reference, &[&reference]).await;
     Ok(reference)
 }
 
@@ -401,7 +401,7 @@ pub async fn copy(agent: &Arc<Agent>, vdi_ref: &str, sr_ref: &str, into: &str) -
     let (dst_path, dst_sr, kind) = vdi_file(agent, &target)?;
     assert_file_sr(&dst_sr, kind)?;
     copy_bytes(path, dst_path, size as u64, false).await?;
-    refresh_after(agent, &dst_sr.reference).await;
+    refresh_after(agent, &dst_sr.reference, &[into]).await;
     Ok(into.to_owned())
 }
 
@@ -504,7 +504,7 @@ async fn introduce(agent: &Arc<Agent>, c: &Call) -> Result<String, ApiError> {
     }
     let reference = obj.reference.clone();
     agent.store.write(|tx| create(tx, obj)).await?;
-    refresh_after(agent, &sr_ref).await;
+    refresh_after(agent, &sr_ref, &[&reference]).await;
     Ok(reference)
 }
 
@@ -514,7 +514,7 @@ async fn forget(agent: &Arc<Agent>, vdi_ref: &str) -> Result<(), ApiError> {
     assert_not_attached(agent, vdi_ref, "forget")?;
     let r = vdi_ref.to_owned();
     agent.store.write(|tx| destroy(tx, class_ids::VDI, &r)).await?;
-    refresh_after(agent, &sr_of(&vdi)).await;
+    refresh_after(agent, &sr_of(&vdi), &[]).await;
     Ok(())
 }
 
@@ -538,7 +538,7 @@ async fn data_destroy(agent: &Arc<Agent>, vdi_ref: &str) -> Result<(), ApiError>
         .store
         .write(|tx| set_field(tx, class_ids::VDI, &r, fields::VDI::r#type, Value::Enum("cbt_metadata")))
         .await?;
-    refresh_after(agent, &sr.reference).await;
+    refresh_after(agent, &sr.reference, &[vdi_ref]).await;
     Ok(())
 }
 
