@@ -515,17 +515,25 @@ pub fn record_from_json(class: ClassId, j: &Json, reference: &str) -> Result<Obj
 
 /// An object of `class` with every field at its default.
 pub fn default_object(class: ClassId, reference: &str) -> Object {
+    // The defaults are parsed once per class; every new object shares their text, sets and
+    // maps.
+    static DEFAULTS: std::sync::OnceLock<Vec<Vec<Value>>> = std::sync::OnceLock::new();
+    let all = DEFAULTS.get_or_init(|| ClassId::all().map(default_fields).collect());
     Object {
         class,
         reference: reference.to_owned(),
-        fields: class
-            .def()
-            .fields
-            .iter()
-            .map(|f| default_value(f.ty, f.default))
-            .collect(),
+        fields: all.get(class.0).cloned().unwrap_or_else(|| default_fields(class)),
         generation: 0,
     }
+}
+
+fn default_fields(class: ClassId) -> Vec<Value> {
+    class
+        .def()
+        .fields
+        .iter()
+        .map(|f| default_value(f.ty, f.default))
+        .collect()
 }
 
 /// The value a field has when nothing set it.
@@ -549,7 +557,13 @@ fn zero(ty: &Ty) -> Value {
         Ty::Enum(e) => e.def().values.first().map_or(Value::None, |v| Value::Enum(v)),
         Ty::Set(_) => Value::set(Vec::new()),
         Ty::Map(_, _) => Value::map(Vec::new()),
-        Ty::Record(c) => Value::Record(Arc::new(default_object(*c, ""))),
+        // Not `default_object`: this runs while its table of defaults is being built.
+        Ty::Record(c) => Value::Record(Arc::new(Object {
+            class: *c,
+            reference: String::new(),
+            fields: default_fields(*c),
+            generation: 0,
+        })),
         Ty::Option(_) | Ty::AnyRecord | Ty::EventBatch | Ty::Void => Value::None,
     }
 }
