@@ -204,7 +204,7 @@ pub async fn generic(agent: &Arc<Agent>, c: Call) -> Result<Value, ApiError> {
                     } else {
                         items.retain(|x| x != &item);
                     }
-                    objects::set_field(tx, class, &r, f, Value::Set(items))
+                    objects::set_field(tx, class, &r, f, Value::set(items))
                 })
                 .await?;
             Ok(Value::None)
@@ -226,7 +226,7 @@ pub async fn generic(agent: &Arc<Agent>, c: Call) -> Result<Value, ApiError> {
                         });
                     }
                     pairs.push((key, val));
-                    objects::set_field(tx, class, &r, f, Value::Map(pairs))?;
+                    objects::set_field(tx, class, &r, f, Value::map(pairs))?;
                     crate::lifecycle::rules::refresh_allowed(tx, class, &r)
                 })
                 .await?;
@@ -240,7 +240,7 @@ pub async fn generic(agent: &Arc<Agent>, c: Call) -> Result<Value, ApiError> {
                     let cur = tx.must_get(class, &r)?;
                     let mut pairs = cur.get(f).as_map().to_vec();
                     pairs.retain(|(k, _)| k != &key);
-                    objects::set_field(tx, class, &r, f, Value::Map(pairs))?;
+                    objects::set_field(tx, class, &r, f, Value::map(pairs))?;
                     crate::lifecycle::rules::refresh_allowed(tx, class, &r)
                 })
                 .await?;
@@ -250,7 +250,7 @@ pub async fn generic(agent: &Arc<Agent>, c: Call) -> Result<Value, ApiError> {
             let u = arg_ref(&c, 0)?;
             store
                 .ref_by_uuid(class, u)
-                .map(Value::Ref)
+                .map(Value::reference)
                 .ok_or_else(|| ApiError::UuidInvalid {
                     r#type: class.name().to_owned(),
                     uuid: u.to_owned(),
@@ -263,7 +263,7 @@ pub async fn generic(agent: &Arc<Agent>, c: Call) -> Result<Value, ApiError> {
                     .all(class)
                     .iter()
                     .filter(|o| o.str_field("name_label") == label)
-                    .map(|o| Value::Ref(o.reference.clone()))
+                    .map(|o| Value::reference(o.reference.as_str()))
                     .collect(),
             ))
         }
@@ -272,7 +272,7 @@ pub async fn generic(agent: &Arc<Agent>, c: Call) -> Result<Value, ApiError> {
             store
                 .all(class)
                 .iter()
-                .map(|o| Value::Ref(o.reference.clone()))
+                .map(|o| Value::reference(o.reference.as_str()))
                 .collect(),
         )),
         MessageKind::GetAllRecords => Ok(all_records(agent, class, None)),
@@ -286,7 +286,7 @@ pub async fn generic(agent: &Arc<Agent>, c: Call) -> Result<Value, ApiError> {
                 return Err(ApiError::field_type("args"));
             };
             let r = create_from_record(agent, class, rec).await?;
-            Ok(Value::Ref(r))
+            Ok(Value::reference(r))
         }
         MessageKind::Destroy => {
             let r = arg_ref(&c, 0)?.to_owned();
@@ -309,7 +309,7 @@ pub fn all_records(agent: &Agent, class: ClassId, filter: Option<&query::Expr>) 
             .all(class)
             .into_iter()
             .filter(|o| filter.is_none_or(|e| query::matches(e, o)))
-            .map(|o| (Value::Ref(o.reference.clone()), Value::Record(o)))
+            .map(|o| (Value::reference(o.reference.as_str()), Value::Record(o)))
             .collect(),
     )
 }

@@ -251,12 +251,12 @@ fn batch(agent: &Agent, subs: &Subscription, changes: Vec<Change>, latest: u64) 
             ("timestamp".to_owned(), Value::str(format!("{}.000", ch.time))),
             ("class".to_owned(), Value::str(ch.class.name().to_ascii_lowercase())),
             ("operation".to_owned(), Value::str(op.as_str())),
-            ("ref".to_owned(), Value::Ref(ch.reference.clone())),
+            ("ref".to_owned(), Value::reference(ch.reference.as_str())),
         ];
         if let Some(s) = snapshot {
             ev.push(("snapshot".to_owned(), Value::Record(s)));
         }
-        events.push(Value::Struct(ev));
+        events.push(Value::Struct(ev.into()));
     }
     let counts = subs
         .classes()
@@ -268,11 +268,14 @@ fn batch(agent: &Agent, subs: &Subscription, changes: Vec<Change>, latest: u64) 
             )
         })
         .collect();
-    Value::Struct(vec![
-        ("events".to_owned(), Value::Set(events)),
-        ("valid_ref_counts".to_owned(), Value::Map(counts)),
-        ("token".to_owned(), Value::str(token(latest))),
-    ])
+    Value::Struct(
+        vec![
+            ("events".to_owned(), Value::set(events)),
+            ("valid_ref_counts".to_owned(), Value::Map(counts)),
+            ("token".to_owned(), Value::str(token(latest))),
+        ]
+        .into(),
+    )
 }
 
 /// `event.inject(class, ref)`: a `mod` event for the object without changing it.
@@ -346,7 +349,7 @@ pub async fn next(agent: &Arc<Agent>, session: &str) -> Result<Value, ApiError> 
                     ("timestamp".to_owned(), Value::DateTime(e.time)),
                     ("class".to_owned(), Value::str(e.class.name().to_ascii_lowercase())),
                     ("operation".to_owned(), Value::str(e.op.as_str())),
-                    ("ref".to_owned(), Value::Ref(e.reference.clone())),
+                    ("ref".to_owned(), Value::reference(e.reference.as_str())),
                     ("obj_uuid".to_owned(), Value::str(e.uuid.clone())),
                 ];
                 if e.op != EventOp::Del {
@@ -354,12 +357,12 @@ pub async fn next(agent: &Arc<Agent>, session: &str) -> Result<Value, ApiError> 
                         ev.push(("snapshot".to_owned(), Value::Record(s)));
                     }
                 }
-                out.push(Value::Struct(ev));
+                out.push(Value::Struct(ev.into()));
             }
             if let Some(entry) = agent.registrations.by_session.lock().get_mut(session) {
                 entry.1 = last;
             }
-            return Ok(Value::Set(out));
+            return Ok(Value::set(out));
         }
         // Nothing for this session yet: move past what it does not watch.
         since = seen;
@@ -370,7 +373,7 @@ pub async fn next(agent: &Arc<Agent>, session: &str) -> Result<Value, ApiError> 
             .await
             .is_err()
         {
-            return Ok(Value::Set(Vec::new()));
+            return Ok(Value::set(Vec::new()));
         }
     }
 }

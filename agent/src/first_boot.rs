@@ -6,7 +6,7 @@ use crate::error::ApiError;
 use crate::objects::{create, new_ref, new_uuid, set_field};
 use crate::schema::{class_ids, fields, ClassId};
 use crate::store::{Store, Tx};
-use crate::value::{default_object, now, Object, Value, NULL_REF};
+use crate::value::{default_object, now, Object, Value};
 use std::path::Path;
 
 /// Host facts the first objects are built from (the backend supplies them).
@@ -92,7 +92,7 @@ fn obj(class: ClassId, set: impl FnOnce(&mut Object)) -> Object {
 }
 
 fn r(s: &str) -> Value {
-    Value::Ref(s.to_owned())
+    Value::reference(s)
 }
 
 /// Creates the first objects if the store has no pool yet; returns (pool, host) refs.
@@ -110,8 +110,8 @@ pub async fn ensure(store: &Store, facts: &HostFacts, state_dir: &Path) -> Resul
         .write(|tx| {
             let host = obj(class_ids::host, |o| {
                 use fields::host as f;
-                o.set(f::name_label, Value::str(&facts.hostname));
-                o.set(f::hostname, Value::str(&facts.hostname));
+                o.set(f::name_label, Value::str(facts.hostname.as_str()));
+                o.set(f::hostname, Value::str(facts.hostname.as_str()));
                 o.set(f::address, Value::str("127.0.0.1"));
                 o.set(f::enabled, Value::Bool(true));
                 o.set(f::API_version_major, Value::Int(API_VERSION.0));
@@ -170,13 +170,13 @@ pub async fn ensure(store: &Store, facts: &HostFacts, state_dir: &Path) -> Resul
                         use fields::host_cpu as f;
                         o.set(f::host, r(&h));
                         o.set(f::number, Value::Int(i as i64));
-                        o.set(f::vendor, Value::str(&c.vendor));
-                        o.set(f::modelname, Value::str(&c.modelname));
+                        o.set(f::vendor, Value::str(c.vendor.as_str()));
+                        o.set(f::modelname, Value::str(c.modelname.as_str()));
                         o.set(f::speed, Value::Int(c.speed_mhz));
                         o.set(f::family, Value::Int(c.family));
                         o.set(f::model, Value::Int(c.model));
                         o.set(f::stepping, Value::str(c.stepping.to_string()));
-                        o.set(f::flags, Value::str(&c.flags));
+                        o.set(f::flags, Value::str(c.flags.as_str()));
                     }),
                 )?;
             }
@@ -275,7 +275,7 @@ pub async fn ensure(store: &Store, facts: &HostFacts, state_dir: &Path) -> Resul
                 class_ids::host,
                 &h,
                 fields::host::resident_VMs,
-                Value::Set(vec![r(&dom0_ref)]),
+                Value::set(vec![r(&dom0_ref)]),
             )?;
             for t in TEMPLATES {
                 create(tx, template(t))?;
@@ -375,7 +375,7 @@ fn with_keys(map: &Value, updates: &[(&str, &str)]) -> Value {
             None => pairs.push((Value::str(*k), Value::str(*v))),
         }
     }
-    Value::Map(pairs)
+    Value::map(pairs)
 }
 
 fn tx_all(_tx: &Tx, store: &Store, class: ClassId) -> Vec<std::sync::Arc<Object>> {
@@ -408,7 +408,7 @@ fn ensure_metrics(
     fill(&mut o);
     create(tx, o)?;
     if current.as_ref_str() != Some(reference.as_str()) {
-        set_field(tx, owner_class, owner, field, Value::Ref(reference))?;
+        set_field(tx, owner_class, owner, field, Value::reference(reference))?;
     }
     Ok(())
 }
@@ -500,7 +500,7 @@ fn template(t: &TemplateDef) -> Object {
         o.set(f::actions_after_shutdown, Value::Enum("destroy"));
         o.set(f::actions_after_reboot, Value::Enum("restart"));
         o.set(f::actions_after_crash, Value::Enum("restart"));
-        o.set(f::resident_on, Value::Ref(NULL_REF.into()));
+        o.set(f::resident_on, Value::null_ref());
         if t.hvm {
             o.set(f::HVM_boot_policy, Value::str("BIOS order"));
             o.set(f::HVM_boot_params, Value::string_map([("order", "cdn")]));

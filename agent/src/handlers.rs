@@ -52,7 +52,7 @@ pub async fn custom(agent: &Arc<Agent>, ctx: &CallCtx, c: Call) -> Result<Value,
                     ctx.trusted_root,
                 )
                 .await?;
-            Ok(Value::Ref(r))
+            Ok(Value::reference(r))
         }
         "session.logout" | "session.local_logout" => {
             let s = c.session.clone().unwrap_or_default();
@@ -63,7 +63,7 @@ pub async fn custom(agent: &Arc<Agent>, ctx: &CallCtx, c: Call) -> Result<Value,
             agent.sessions.change_password(str_arg(&c, 0), str_arg(&c, 1))?;
             Ok(Value::None)
         }
-        "session.get_all_subject_identifiers" => Ok(Value::Set(Vec::new())),
+        "session.get_all_subject_identifiers" => Ok(Value::set(Vec::new())),
         "event.from" => event_from::from(agent, &c).await,
         "event.register" => {
             event_from::register(
@@ -91,7 +91,7 @@ pub async fn custom(agent: &Arc<Agent>, ctx: &CallCtx, c: Call) -> Result<Value,
             str_arg(&c, 1),
         )
         .await
-        .map(Value::Ref),
+        .map(Value::reference),
         "task.destroy" => crate::tasks::destroy_task(agent, str_arg(&c, 0))
             .await
             .map(|_| Value::None),
@@ -142,7 +142,7 @@ pub fn with_companions(tx: &mut crate::store::Tx, obj: &mut Object) -> Result<()
         let mut metrics = crate::value::default_object(class_ids::VM_metrics, &m);
         metrics.set(fields::VM_metrics::uuid, Value::str(new_uuid()));
         create(tx, metrics)?;
-        obj.set(fields::VM::metrics, Value::Ref(m));
+        obj.set(fields::VM::metrics, Value::reference(m));
         obj.set(fields::VM::power_state, Value::Enum("Halted"));
         obj.set(fields::VM::domid, Value::Int(-1));
     }

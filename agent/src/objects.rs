@@ -69,7 +69,7 @@ fn bound_fields(class: ClassId) -> &'static [FieldId] {
 pub fn check_refs(tx: &Tx, ty: &Ty, v: &Value) -> Result<(), ApiError> {
     match (ty, v) {
         (Ty::Ref(c), Value::Ref(r)) => {
-            if r != NULL_REF && !r.is_empty() && tx.get(*c, r).is_none() {
+            if &**r != NULL_REF && !r.is_empty() && tx.get(*c, r).is_none() {
                 return Err(ApiError::handle_invalid(c.name(), r));
             }
             Ok(())
@@ -138,16 +138,16 @@ pub fn destroy(tx: &mut Tx, class: ClassId, reference: &str) -> Result<(), ApiEr
 
 fn empty_like(v: &Value) -> Value {
     match v {
-        Value::Set(_) => Value::Set(Vec::new()),
-        Value::Map(_) => Value::Map(Vec::new()),
-        Value::Ref(_) => Value::Ref(NULL_REF.to_owned()),
+        Value::Set(_) => Value::set(Vec::new()),
+        Value::Map(_) => Value::map(Vec::new()),
+        Value::Ref(_) => Value::null_ref(),
         other => other.clone(),
     }
 }
 
 fn refs_of(v: &Value) -> Vec<String> {
     match v {
-        Value::Ref(r) if r != NULL_REF && !r.is_empty() => vec![r.clone()],
+        Value::Ref(r) if &**r != NULL_REF && !r.is_empty() => vec![r.to_string()],
         Value::Set(items) => items.iter().filter_map(|i| i.as_ref_str().map(str::to_owned)).collect(),
         _ => Vec::new(),
     }
@@ -175,10 +175,10 @@ fn edit_partner(tx: &mut Tx, class: ClassId, reference: &str, f: FieldId, me: &s
         return;
     };
     // Decide on the shared copy; copy the object (once per transaction) only to change it.
-    let is_me = |v: &Value| matches!(v, Value::Ref(r) if r == me);
+    let is_me = |v: &Value| matches!(v, Value::Ref(r) if &**r == me);
     let change = match cur.get(f) {
         Value::Set(items) => items.iter().any(is_me) != add,
-        Value::Ref(r) => (add && r != me) || (!add && r == me),
+        Value::Ref(r) => (add && &**r != me) || (!add && &**r == me),
         _ => false,
     };
     drop(cur);
@@ -186,15 +186,18 @@ fn edit_partner(tx: &mut Tx, class: ClassId, reference: &str, f: FieldId, me: &s
         return;
     }
     let _ = tx.modify(class, reference, |obj| match obj.fields.get_mut(f.0) {
-        Some(Value::Set(items)) => {
-            if add {
-                items.push(Value::Ref(me.to_owned()));
+        Some(slot @ Value::Set(_)) => {
+            // The elements are shared with the old copy: write a new set.
+            let items = slot.as_set();
+            let next = if add {
+                items.iter().cloned().chain([Value::reference(me)]).collect()
             } else {
-                items.retain(|i| !is_me(i));
-            }
+                items.iter().filter(|i| !is_me(i)).cloned().collect()
+            };
+            *slot = Value::set(next);
         }
         Some(slot @ Value::Ref(_)) => {
-            *slot = Value::Ref(if add { me.to_owned() } else { NULL_REF.to_owned() });
+            *slot = if add { Value::reference(me) } else { Value::null_ref() };
         }
         _ => {}
     });
@@ -222,7 +225,7 @@ mod tests {
             .await
             .unwrap();
         let vifs = |c, r, f| store.get(c, r).unwrap().get(f).clone();
-        let one = Value::Set(vec![Value::Ref("OpaqueRef:vif".into())]);
+        let one = Value::Set(vec![Value::Ref("OpaqueRef:vif".into())].into());
         assert_eq!(vifs(class_ids::VM, "OpaqueRef:vm", fields::VM::VIFs), one);
         assert_eq!(vifs(class_ids::network, "OpaqueRef:net", fields::network::VIFs), one);
         store
@@ -231,11 +234,11 @@ mod tests {
             .unwrap();
         assert_eq!(
             vifs(class_ids::VM, "OpaqueRef:vm", fields::VM::VIFs),
-            Value::Set(vec![])
+            Value::Set(vec![].into())
         );
         assert_eq!(
             vifs(class_ids::network, "OpaqueRef:net", fields::network::VIFs),
-            Value::Set(vec![])
+            Value::Set(vec![].into())
         );
     }
 

@@ -46,7 +46,7 @@ pub async fn run_async(agent: &Arc<Agent>, ctx: &CallCtx, c: Call) -> Result<Val
         .running_tasks
         .lock()
         .insert(task.clone(), (handle.abort_handle(), session));
-    Ok(Value::Ref(task))
+    Ok(Value::reference(task))
 }
 
 async fn finish(agent: &Agent, task: &str, outcome: Result<Value, ApiError>) {
@@ -63,13 +63,13 @@ async fn finish(agent: &Agent, task: &str, outcome: Result<Value, ApiError>) {
                 Ok(v) => ("success", value_fragment(v), Vec::new()),
                 Err(e) => {
                     let mut err = vec![Value::str(e.code())];
-                    err.extend(e.params().into_iter().map(Value::String));
+                    err.extend(e.params().into_iter().map(Value::str));
                     ("failure", String::new(), err)
                 }
             };
             set_field(tx, class_ids::task, task, fields::task::status, Value::Enum(status))?;
-            set_field(tx, class_ids::task, task, fields::task::result, Value::String(result))?;
-            set_field(tx, class_ids::task, task, fields::task::error_info, Value::Set(error))?;
+            set_field(tx, class_ids::task, task, fields::task::result, Value::str(result))?;
+            set_field(tx, class_ids::task, task, fields::task::error_info, Value::set(error))?;
             set_field(tx, class_ids::task, task, fields::task::progress, Value::Float(1.0))?;
             set_field(
                 tx,
@@ -83,7 +83,7 @@ async fn finish(agent: &Agent, task: &str, outcome: Result<Value, ApiError>) {
                 class_ids::task,
                 task,
                 fields::task::allowed_operations,
-                Value::Set(Vec::new()),
+                Value::set(Vec::new()),
             )
         })
         .await;
@@ -120,7 +120,7 @@ pub async fn cancel(agent: &Arc<Agent>, task: &str) -> Result<Value, ApiError> {
                 class_ids::task,
                 &task_s,
                 fields::task::error_info,
-                Value::Set(vec![Value::str("TASK_CANCELLED"), Value::str(task_s.clone())]),
+                Value::set(vec![Value::str("TASK_CANCELLED"), Value::str(task_s.clone())]),
             )?;
             set_field(
                 tx,
@@ -155,11 +155,11 @@ fn pending_task(agent: &Agent, task: &str, label: &str, description: &str) -> Ob
     t.set(fields::task::name_description, Value::str(description));
     t.set(fields::task::created, Value::DateTime(now()));
     t.set(fields::task::status, Value::Enum("pending"));
-    t.set(fields::task::resident_on, Value::Ref(agent.host.clone()));
+    t.set(fields::task::resident_on, Value::reference(agent.host.as_str()));
     t.set(fields::task::progress, Value::Float(0.0));
     t.set(
         fields::task::allowed_operations,
-        Value::Set(vec![Value::Enum("cancel")]),
+        Value::set(vec![Value::Enum("cancel")]),
     );
     t
 }

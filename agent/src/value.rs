@@ -16,7 +16,7 @@ pub const NULL_REF: &str = "OpaqueRef:NULL";
 #[derive(Clone, Debug, PartialEq)]
 pub enum Value {
     /// Text.
-    String(String),
+    String(Arc<str>),
     /// 64-bit integer (a string in XML-RPC, as the reference sends int64).
     Int(i64),
     /// A 32-bit integer the reference sends as a real XML-RPC `<int>` (e.g. event counts).
@@ -28,22 +28,26 @@ pub enum Value {
     /// Seconds since the Unix epoch, UTC.
     DateTime(i64),
     /// `OpaqueRef:…`.
-    Ref(String),
+    Ref(Arc<str>),
     /// An enum value in canonical spelling.
     Enum(&'static str),
     /// A set.
-    Set(Vec<Value>),
+    Set(Arc<[Value]>),
     /// A map, in insertion order.
-    Map(Vec<(Value, Value)>),
+    Map(Arc<[(Value, Value)]>),
     /// A whole record.
     Record(Arc<Object>),
     /// An ad-hoc struct (event batches, events).
-    Struct(Vec<(String, Value)>),
+    Struct(Box<[(String, Value)]>),
     /// An absent optional value, or `void`.
     None,
     /// A value whose wire forms are encoded once and shared by every reply that carries it.
     Shared(Arc<Shared>),
 }
+
+// Three words: text, sets and maps are shared on clone, so copying a record (a VM from its
+// template, an object a transaction changes) bumps reference counts instead of allocating.
+const _: () = assert!(std::mem::size_of::<Value>() == 24);
 
 /// A value encoded at most once per wire form, however many replies carry it: an
 /// `event.from` batch that a thousand waiting clients receive at the same moment.
@@ -167,7 +171,7 @@ impl Value {
     /// A ref, unless null.
     pub fn as_ref_str(&self) -> Option<&str> {
         match self {
-            Value::Ref(r) if r != NULL_REF && !r.is_empty() => Some(r),
+            Value::Ref(r) if &**r != NULL_REF && !r.is_empty() => Some(r),
             _ => None,
         }
     }
@@ -195,17 +199,42 @@ impl Value {
             .map(|(_, v)| v)
     }
     /// A string value.
-    pub fn str(s: impl Into<String>) -> Value {
+    pub fn str(s: impl Into<Arc<str>>) -> Value {
         Value::String(s.into())
     }
+    /// The empty string (one shared copy).
+    pub fn empty_str() -> Value {
+        static EMPTY: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
+        Value::String(EMPTY.get_or_init(|| "".into()).clone())
+    }
+    /// A reference.
+    pub fn reference(r: impl Into<Arc<str>>) -> Value {
+        Value::Ref(r.into())
+    }
+    /// The null reference (one shared copy of its text).
+    pub fn null_ref() -> Value {
+        static NULL: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
+        Value::Ref(NULL.get_or_init(|| NULL_REF.into()).clone())
+    }
+    /// A set (every empty set shares one allocation).
+    pub fn set(items: Vec<Value>) -> Value {
+        static EMPTY: std::sync::OnceLock<Arc<[Value]>> = std::sync::OnceLock::new();
+        if items.is_empty() {
+            return Value::Set(EMPTY.get_or_init(|| Arc::new([])).clone());
+        }
+        Value::Set(items.into())
+    }
+    /// A map (every empty map shares one allocation).
+    pub fn map(pairs: Vec<(Value, Value)>) -> Value {
+        static EMPTY: std::sync::OnceLock<Arc<[(Value, Value)]>> = std::sync::OnceLock::new();
+        if pairs.is_empty() {
+            return Value::Map(EMPTY.get_or_init(|| Arc::new([])).clone());
+        }
+        Value::Map(pairs.into())
+    }
     /// A `(string -> string) map` from pairs.
-    pub fn string_map<K: Into<String>, V: Into<String>>(pairs: impl IntoIterator<Item = (K, V)>) -> Value {
-        Value::Map(
-            pairs
-                .into_iter()
-                .map(|(k, v)| (Value::String(k.into()), Value::String(v.into())))
-                .collect(),
-        )
+    pub fn string_map<K: Into<Arc<str>>, V: Into<Arc<str>>>(pairs: impl IntoIterator<Item = (K, V)>) -> Value {
+        Value::Map(pairs.into_iter().map(|(k, v)| (Value::str(k), Value::str(v))).collect())
     }
     /// The map key as text, borrowed where the value holds it as text.
     pub fn key_cow(&self) -> std::borrow::Cow<'_, str> {
@@ -218,7 +247,7 @@ impl Value {
     /// The map key as text, as both wire formats carry it.
     pub fn key_text(&self) -> String {
         match self {
-            Value::String(s) | Value::Ref(s) => s.clone(),
+            Value::String(s) | Value::Ref(s) => s.to_string(),
             Value::Enum(s) => (*s).to_owned(),
             Value::Int(i) => i.to_string(),
             Value::Int32(i) => i.to_string(),
@@ -365,7 +394,7 @@ pub fn format_float(f: f64) -> String {
 pub fn from_json(j: &Json, ty: &Ty) -> Result<Value, TypeMismatch> {
     match ty {
         Ty::String => match j {
-            Json::String(s) => Ok(Value::String(s.clone())),
+            Json::String(s) => Ok(Value::str(s.as_str())),
             _ => Err(mismatch("string", j)),
         },
         Ty::Int => match j {
@@ -399,7 +428,7 @@ pub fn from_json(j: &Json, ty: &Ty) -> Result<Value, TypeMismatch> {
             _ => Err(mismatch("datetime", j)),
         },
         Ty::Ref(_) => match j {
-            Json::String(s) => Ok(Value::Ref(s.clone())),
+            Json::String(s) => Ok(Value::reference(s.as_str())),
             _ => Err(mismatch("ref", j)),
         },
         Ty::Enum(e) => match j {
@@ -424,7 +453,7 @@ pub fn from_json(j: &Json, ty: &Ty) -> Result<Value, TypeMismatch> {
                         out.push(v);
                     }
                 }
-                Ok(Value::Set(out))
+                Ok(Value::set(out))
             }
             _ => Err(mismatch("set", j)),
         },
@@ -450,7 +479,7 @@ pub fn from_json(j: &Json, ty: &Ty) -> Result<Value, TypeMismatch> {
                         }
                     }
                 }
-                Ok(Value::Map(out))
+                Ok(Value::map(out))
             }
             _ => Err(mismatch("map", j)),
         },
@@ -486,17 +515,25 @@ pub fn record_from_json(class: ClassId, j: &Json, reference: &str) -> Result<Obj
 
 /// An object of `class` with every field at its default.
 pub fn default_object(class: ClassId, reference: &str) -> Object {
+    // The defaults are parsed once per class; every new object shares their text, sets and
+    // maps.
+    static DEFAULTS: std::sync::OnceLock<Vec<Vec<Value>>> = std::sync::OnceLock::new();
+    let all = DEFAULTS.get_or_init(|| ClassId::all().map(default_fields).collect());
     Object {
         class,
         reference: reference.to_owned(),
-        fields: class
-            .def()
-            .fields
-            .iter()
-            .map(|f| default_value(f.ty, f.default))
-            .collect(),
+        fields: all.get(class.0).cloned().unwrap_or_else(|| default_fields(class)),
         generation: 0,
     }
+}
+
+fn default_fields(class: ClassId) -> Vec<Value> {
+    class
+        .def()
+        .fields
+        .iter()
+        .map(|f| default_value(f.ty, f.default))
+        .collect()
 }
 
 /// The value a field has when nothing set it.
@@ -511,16 +548,22 @@ pub fn default_value(ty: &Ty, default: Option<&str>) -> Value {
 
 fn zero(ty: &Ty) -> Value {
     match ty {
-        Ty::String => Value::String(String::new()),
+        Ty::String => Value::empty_str(),
         Ty::Int => Value::Int(0),
         Ty::Float => Value::Float(0.0),
         Ty::Bool => Value::Bool(false),
         Ty::DateTime => Value::DateTime(0),
-        Ty::Ref(_) => Value::Ref(NULL_REF.to_owned()),
+        Ty::Ref(_) => Value::null_ref(),
         Ty::Enum(e) => e.def().values.first().map_or(Value::None, |v| Value::Enum(v)),
-        Ty::Set(_) => Value::Set(Vec::new()),
-        Ty::Map(_, _) => Value::Map(Vec::new()),
-        Ty::Record(c) => Value::Record(Arc::new(default_object(*c, ""))),
+        Ty::Set(_) => Value::set(Vec::new()),
+        Ty::Map(_, _) => Value::map(Vec::new()),
+        // Not `default_object`: this runs while its table of defaults is being built.
+        Ty::Record(c) => Value::Record(Arc::new(Object {
+            class: *c,
+            reference: String::new(),
+            fields: default_fields(*c),
+            generation: 0,
+        })),
         Ty::Option(_) | Ty::AnyRecord | Ty::EventBatch | Ty::Void => Value::None,
     }
 }
@@ -529,12 +572,16 @@ fn zero(ty: &Ty) -> Value {
 fn parse_default(ty: &Ty, d: &str) -> Option<Value> {
     let unquote = |s: &str| -> String { s.trim().trim_matches('"').to_owned() };
     match ty {
-        Ty::String => Some(Value::String(unquote(d))),
+        Ty::String => Some(Value::str(unquote(d))),
         Ty::Int => d.trim().parse().ok().map(Value::Int),
         Ty::Float => d.trim().parse().ok().map(Value::Float),
         Ty::Bool => d.trim().parse().ok().map(Value::Bool),
         Ty::DateTime => parse_datetime(d).map(Value::DateTime),
-        Ty::Ref(_) => Some(Value::Ref(if d == "Null" { NULL_REF.to_owned() } else { unquote(d) })),
+        Ty::Ref(_) => Some(if d == "Null" {
+            Value::null_ref()
+        } else {
+            Value::reference(unquote(d))
+        }),
         Ty::Enum(e) => e.canonical(&unquote(d)).map(Value::Enum),
         Ty::Set(inner) => {
             let body = d.trim().strip_prefix('{')?.strip_suffix('}')?;
@@ -542,7 +589,7 @@ fn parse_default(ty: &Ty, d: &str) -> Option<Value> {
             for item in body.split(',').map(str::trim).filter(|s| !s.is_empty()) {
                 out.push(parse_default(inner, item)?);
             }
-            Some(Value::Set(out))
+            Some(Value::set(out))
         }
         Ty::Map(k, v) => {
             let body = d.trim().strip_prefix('{')?.strip_suffix('}')?;
@@ -551,7 +598,7 @@ fn parse_default(ty: &Ty, d: &str) -> Option<Value> {
                 let (a, b) = item.split_once("->")?;
                 out.push((parse_default(k, a)?, parse_default(v, b)?));
             }
-            Some(Value::Map(out))
+            Some(Value::map(out))
         }
         _ => None,
     }
@@ -880,7 +927,7 @@ mod tests {
         assert_eq!(vm.get(fields::VM::HVM_shadow_multiplier), &Value::Float(1.0));
         assert_eq!(vm.get(fields::VM::generation_id), &Value::str("0:0"));
         assert_eq!(vm.get(fields::VM::snapshot_of), &Value::Ref(NULL_REF.into()));
-        assert_eq!(vm.get(fields::VM::tags), &Value::Set(vec![]));
+        assert_eq!(vm.get(fields::VM::tags), &Value::Set(vec![].into()));
     }
 
     #[test]
@@ -1018,12 +1065,15 @@ mod tests {
     fn length_hints_are_close() {
         let mut vm = default_object(class_ids::VM, "OpaqueRef:x");
         vm.set(fields::VM::name_label, Value::str("a name"));
-        vm.set(fields::VM::tags, Value::Set(vec![Value::str("t1"), Value::str("t2")]));
+        vm.set(
+            fields::VM::tags,
+            Value::Set(vec![Value::str("t1"), Value::str("t2")].into()),
+        );
         vm.set(
             fields::VM::other_config,
             Value::string_map([("k", "v"), ("disks", "<disk/>")]),
         );
-        let v = Value::Map(vec![(Value::Ref("OpaqueRef:x".into()), Value::Record(Arc::new(vm)))]);
+        let v = Value::Map(vec![(Value::Ref("OpaqueRef:x".into()), Value::Record(Arc::new(vm)))].into());
         let mut json = String::new();
         write_json(&v, &mut json);
         let hint = encoded_len_hint(&v, Encoding::Json);
@@ -1048,10 +1098,10 @@ mod tests {
                 let r = format!("OpaqueRef:{i:08}");
                 let mut vm = default_object(class_ids::VM, &r);
                 vm.set(fields::VM::name_label, Value::str("x".repeat(i % 50)));
-                (Value::Ref(r), Value::Record(Arc::new(vm)))
+                (Value::Ref(r.into()), Value::Record(Arc::new(vm)))
             })
             .collect();
-        let v = Value::Map(records);
+        let v = Value::Map(records.into());
         for enc in [Encoding::Json, Encoding::Xml] {
             let len = match enc {
                 Encoding::Json => {

@@ -56,14 +56,14 @@ pub fn write_value(v: &Value, out: &mut String) {
         }
         Value::Set(items) => {
             out.push_str(ARRAY_OPEN);
-            for it in items {
+            for it in items.iter() {
                 write_value(it, out);
             }
             out.push_str(ARRAY_CLOSE);
         }
         Value::Map(pairs) => {
             out.push_str(STRUCT_OPEN);
-            for (k, val) in pairs {
+            for (k, val) in pairs.iter() {
                 write_map_member(k, val, out);
             }
             out.push_str(STRUCT_CLOSE);

@@ -22,7 +22,7 @@ fuzz_target!(|data: &[u8]| {
     let ok = parse(&success(
         req.version,
         &req.id,
-        &agent::value::Value::String(req.method.clone()),
+        &agent::value::Value::str(req.method.as_str()),
     ));
     assert_eq!(ok["result"].as_str(), Some(req.method.as_str()));
     assert_eq!(ok["id"], req.id);

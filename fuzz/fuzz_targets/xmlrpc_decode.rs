@@ -13,7 +13,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(call) = decode_call(data) else {
         return;
     };
-    let _ = success(&Value::String(call.method.clone()));
+    let _ = success(&Value::str(call.method.as_str()));
     let texts: Vec<String> = call
         .params
         .iter()

@@ -15,7 +15,7 @@ pub fn untyped(j: &Json) -> Value {
             Some(i) => Value::Int(i),
             None => Value::Float(n.as_f64().unwrap_or(0.0)),
         },
-        Json::String(s) => Value::String(s.clone()),
+        Json::String(s) => Value::str(s.as_str()),
         Json::Array(a) => Value::Set(a.iter().map(untyped).collect()),
         Json::Object(m) => Value::Struct(m.iter().map(|(k, v)| (k.clone(), untyped(v))).collect()),
     }
@@ -76,7 +76,7 @@ pub fn sort_maps(v: &Value) -> Value {
         Value::Map(pairs) => {
             let mut pairs: Vec<(Value, Value)> = pairs.iter().map(|(k, v)| (sort_maps(k), sort_maps(v))).collect();
             pairs.sort_by_key(|(k, _)| k.key_text());
-            Value::Map(pairs)
+            Value::Map(pairs.into())
         }
         Value::Struct(m) => Value::Struct(m.iter().map(|(k, v)| (k.clone(), sort_maps(v))).collect()),
         Value::Record(o) => {
@@ -101,7 +101,7 @@ pub fn check_typed_invariants(v: &Value) {
                 }
             } else {
                 let mut seen = HashSet::with_capacity(items.len());
-                for a in items {
+                for a in items.iter() {
                     let mut text = String::new();
                     write_json(a, &mut text);
                     assert!(seen.insert(text), "set with a duplicate element {a:?}");
@@ -111,7 +111,7 @@ pub fn check_typed_invariants(v: &Value) {
         }
         Value::Map(pairs) => {
             let mut seen = HashSet::with_capacity(pairs.len());
-            for (k, val) in pairs {
+            for (k, val) in pairs.iter() {
                 let text = match k {
                     Value::Float(_) => format!("{k:?}"),
                     _ => k.key_text(),

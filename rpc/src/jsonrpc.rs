@@ -81,7 +81,7 @@ pub fn success(version: Version, id: &Json, v: &Value) -> String {
 
 /// [`success`] with the result's encoded size already estimated.
 pub(crate) fn success_sized(version: Version, id: &Json, v: &Value, hint: usize) -> String {
-    let empty = Value::String(String::new());
+    let empty = Value::empty_str();
     let v = if matches!(v, Value::None) { &empty } else { v };
     let mut out = String::with_capacity(96 + hint);
     success_head(version, &mut out);

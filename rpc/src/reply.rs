@@ -172,12 +172,18 @@ mod tests {
             (0..n)
                 .map(|i| {
                     (
-                        Value::Ref(format!("OpaqueRef:{i:08}")),
-                        Value::Struct(vec![
-                            ("name".to_owned(), Value::str(format!("vm <{i}> & \"co\""))),
-                            ("n".to_owned(), Value::Int(i as i64)),
-                            ("tags".to_owned(), Value::Set(vec![Value::str("a"), Value::Bool(true)])),
-                        ]),
+                        Value::Ref(format!("OpaqueRef:{i:08}").into()),
+                        Value::Struct(
+                            vec![
+                                ("name".to_owned(), Value::str(format!("vm <{i}> & \"co\""))),
+                                ("n".to_owned(), Value::Int(i as i64)),
+                                (
+                                    "tags".to_owned(),
+                                    Value::Set(vec![Value::str("a"), Value::Bool(true)].into()),
+                                ),
+                            ]
+                            .into(),
+                        ),
                     )
                 })
                 .collect(),
@@ -185,7 +191,11 @@ mod tests {
     }
 
     fn big_set(n: usize) -> Value {
-        Value::Set((0..n).map(|i| Value::Ref(format!("OpaqueRef:{i:036}"))).collect())
+        Value::Set(
+            (0..n)
+                .map(|i| Value::Ref(format!("OpaqueRef:{i:036}").into()))
+                .collect(),
+        )
     }
 
     fn streamed(wire: Wire, v: Value) -> (String, usize) {

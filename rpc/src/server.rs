@@ -95,7 +95,7 @@ fn success_reply(req: &HttpRequest, wire: Wire, v: Value) -> HttpResponse {
 }
 
 fn list_methods() -> Value {
-    Value::Set(agent::method_list().into_iter().map(Value::String).collect())
+    Value::Set(agent::method_list().into_iter().map(Value::str).collect())
 }
 
 async fn xmlrpc_handler(req: HttpRequest, body: web::Bytes, agent: web::Data<Arc<Agent>>) -> HttpResponse {

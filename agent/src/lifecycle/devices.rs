@@ -153,7 +153,7 @@ pub fn free_devices(agent: &Agent, vm: &Object, vbd: bool) -> Value {
         (0..max)
             .map(|i| i.to_string())
             .filter(|d| !used.contains(d))
-            .map(Value::String)
+            .map(Value::str)
             .collect(),
     )
 }
@@ -216,7 +216,7 @@ pub async fn vbd(agent: &Arc<Agent>, r: &str, op: &str, args: &[Value]) -> Resul
             agent
                 .store
                 .write(|tx| {
-                    set_field(tx, class_ids::VBD, r, f::VDI, Value::Ref(vdi.clone()))?;
+                    set_field(tx, class_ids::VBD, r, f::VDI, Value::reference(vdi.as_str()))?;
                     set_field(tx, class_ids::VBD, r, f::empty, Value::Bool(op == "eject"))?;
                     rules::refresh_vm_and_devices(tx, &vm2)
                 })
@@ -287,7 +287,7 @@ async fn set_attached(
         .write(|tx| {
             set_field(tx, class, r, f, Value::Bool(on))?;
             if class == class_ids::VBD {
-                crate::storage::vdi::refresh_allowed_operations(tx, [&Value::Ref(r.to_owned())])?;
+                crate::storage::vdi::refresh_allowed_operations(tx, [&Value::reference(r)])?;
             }
             rules::refresh_vm_and_devices(tx, vm)
         })
@@ -332,7 +332,7 @@ pub fn check_new_device(agent: &Agent, obj: &mut Object) -> Result<(), ApiError>
                 device: requested.clone(),
             })?
             .to_owned();
-        obj.set(dev_field, Value::String(first));
+        obj.set(dev_field, Value::str(first));
         return Ok(());
     }
     let n = devid(&requested)?;

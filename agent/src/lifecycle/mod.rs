@@ -181,7 +181,7 @@ async fn begin(
                 .ok_or_else(|| ApiError::internal("no current_operations"))?;
             let mut cur = obj.get(f).as_map().to_vec();
             cur.push((Value::str(op_id), Value::Enum(rules::canonical_op(class, name))));
-            set_field(tx, class, reference, f, Value::Map(cur))?;
+            set_field(tx, class, reference, f, Value::map(cur))?;
             rules::refresh_allowed(tx, class, reference)
         })
         .await
@@ -200,7 +200,7 @@ async fn end(agent: &Arc<Agent>, class: ClassId, reference: &str, op_id: &str) {
             };
             let mut cur = obj.get(f).as_map().to_vec();
             cur.retain(|(k, _)| k.as_str() != Some(op_id));
-            set_field(tx, class, reference, f, Value::Map(cur))?;
+            set_field(tx, class, reference, f, Value::map(cur))?;
             rules::refresh_allowed(tx, class, reference)
         })
         .await;

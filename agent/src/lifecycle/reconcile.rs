@@ -58,7 +58,7 @@ pub async fn at_start(agent: &Arc<Agent>) -> Result<(), ApiError> {
         .store
         .write(|tx| {
             for (class, f, r) in &marked {
-                crate::objects::set_field(tx, *class, r, *f, Value::Map(Vec::new()))?;
+                crate::objects::set_field(tx, *class, r, *f, Value::map(Vec::new()))?;
             }
             for v in &vms {
                 super::rules::refresh_vm_and_devices(tx, v)?;

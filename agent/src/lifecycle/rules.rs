@@ -392,7 +392,7 @@ pub fn refresh_allowed(tx: &mut Tx, class: ClassId, reference: &str) -> Result<(
             allowed.push(Value::Enum(canonical_op(class, op)));
         }
     }
-    let allowed = Value::Set(allowed);
+    let allowed = Value::set(allowed);
     if obj.get(f) != &allowed {
         set_field(tx, class, reference, f, allowed)?;
     }

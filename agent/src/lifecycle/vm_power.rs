@@ -205,7 +205,7 @@ fn mark_running_tx(tx: &mut Tx, agent: &Agent, vm: &str, paused: bool, facts: &R
     let state = if paused { "Paused" } else { "Running" };
     set_field(tx, class_ids::VM, vm, f::power_state, Value::Enum(state))?;
     set_field(tx, class_ids::VM, vm, f::domid, Value::Int(i64::from(domid)))?;
-    set_field(tx, class_ids::VM, vm, f::resident_on, Value::Ref(host.clone()))?;
+    set_field(tx, class_ids::VM, vm, f::resident_on, Value::reference(host.as_str()))?;
     let rec = tx.must_get(class_ids::VM, vm)?;
     let domain_type = if rec.str_field("HVM_boot_policy").is_empty() && rec.get(f::domain_type) != &Value::Enum("hvm") {
         "pv"
@@ -230,7 +230,7 @@ fn mark_running_tx(tx: &mut Tx, agent: &Agent, vm: &str, paused: bool, facts: &R
                 class_ids::VM_metrics,
                 &m,
                 mf::state,
-                Value::Set(vec![Value::str(state.to_ascii_lowercase())]),
+                Value::set(vec![Value::str(state.to_ascii_lowercase())]),
             )?;
             set_field(
                 tx,
@@ -248,7 +248,7 @@ fn mark_running_tx(tx: &mut Tx, agent: &Agent, vm: &str, paused: bool, facts: &R
         con.set(fields::console::uuid, Value::str(new_uuid()));
         con.set(fields::console::protocol, Value::Enum("vt100"));
         con.set(fields::console::location, Value::str(agent.console_location(&c)));
-        con.set(fields::console::VM, Value::Ref(vm.to_owned()));
+        con.set(fields::console::VM, Value::reference(vm));
         create(tx, con)?;
     }
     devices::mark_attached(tx, &rec, true)?;
@@ -284,7 +284,7 @@ fn mark_stopped_tx(tx: &mut Tx, agent: &Agent, vm: &str, state: &'static str, fr
     };
     set_field(tx, class_ids::VM, vm, f::power_state, Value::Enum(state))?;
     set_field(tx, class_ids::VM, vm, f::domid, Value::Int(-1))?;
-    set_field(tx, class_ids::VM, vm, f::resident_on, Value::Ref(NULL_REF.into()))?;
+    set_field(tx, class_ids::VM, vm, f::resident_on, Value::null_ref())?;
     for c in rec.get(f::consoles).as_set() {
         if let Some(c) = c.as_ref_str() {
             if tx.get(class_ids::console, c).is_some() {
@@ -297,7 +297,7 @@ fn mark_stopped_tx(tx: &mut Tx, agent: &Agent, vm: &str, state: &'static str, fr
             use fields::VM_metrics as mf;
             set_field(tx, class_ids::VM_metrics, &m, mf::memory_actual, Value::Int(0))?;
             set_field(tx, class_ids::VM_metrics, &m, mf::VCPUs_number, Value::Int(0))?;
-            set_field(tx, class_ids::VM_metrics, &m, mf::state, Value::Set(vec![]))?;
+            set_field(tx, class_ids::VM_metrics, &m, mf::state, Value::set(Vec::new()))?;
             set_field(tx, class_ids::VM_metrics, &m, mf::last_updated, Value::DateTime(now()))?;
         }
     }
@@ -417,7 +417,7 @@ async fn pause(agent: &Arc<Agent>, vm: &str, pause: bool) -> Result<Value, ApiEr
                         class_ids::VM_metrics,
                         m,
                         fields::VM_metrics::state,
-                        Value::Set(vec![Value::str(state.to_ascii_lowercase())]),
+                        Value::set(vec![Value::str(state.to_ascii_lowercase())]),
                     )?;
                 }
             }
@@ -488,13 +488,13 @@ impl SuspendVdi {
         let mut vdi = default_object(class_ids::VDI, &r);
         vdi.set(f::uuid, Value::str(new_uuid()));
         vdi.set(f::name_label, Value::str("Suspend image"));
-        vdi.set(f::SR, Value::Ref(self.sr.clone()));
+        vdi.set(f::SR, Value::reference(self.sr.as_str()));
         vdi.set(f::r#type, Value::Enum("suspend"));
         vdi.set(f::virtual_size, Value::Int(self.size));
         vdi.set(f::physical_utilisation, Value::Int(self.size));
         vdi.set(f::location, Value::str(self.location.clone()));
         create(tx, vdi)?;
-        set_field(tx, class_ids::VM, vm, fields::VM::suspend_VDI, Value::Ref(r))
+        set_field(tx, class_ids::VM, vm, fields::VM::suspend_VDI, Value::reference(r))
     }
 }
 
@@ -506,13 +506,7 @@ fn remove_suspend_image(agent: &Agent, rec: &Object) -> Option<String> {
 
 /// Clears the VM's `suspend_VDI` and destroys that VDI.
 fn drop_suspend_vdi_tx(tx: &mut Tx, vm: &str, vdi: Option<&str>) -> Result<(), ApiError> {
-    set_field(
-        tx,
-        class_ids::VM,
-        vm,
-        fields::VM::suspend_VDI,
-        Value::Ref(NULL_REF.into()),
-    )?;
+    set_field(tx, class_ids::VM, vm, fields::VM::suspend_VDI, Value::null_ref())?;
     if let Some(v) = vdi {
         if tx.get(class_ids::VDI, v).is_some() {
             destroy(tx, class_ids::VDI, v)?;
@@ -668,8 +662,8 @@ pub async fn query(agent: &Arc<Agent>, vm: &str, message: &str, args: &[Value]) 
             assert_can_boot_here(agent, &rec, host).await?;
             Ok(Value::None)
         }
-        "get_possible_hosts" => Ok(Value::Set(match assert_can_boot_here(agent, &rec, &agent.host).await {
-            Ok(()) => vec![Value::Ref(agent.host.clone())],
+        "get_possible_hosts" => Ok(Value::set(match assert_can_boot_here(agent, &rec, &agent.host).await {
+            Ok(()) => vec![Value::reference(agent.host.as_str())],
             Err(_) => vec![],
         })),
         "get_boot_record" => Ok(Value::Record(rec)),

@@ -8,20 +8,20 @@ use crate::api::Call;
 use crate::error::ApiError;
 use crate::objects::{create, destroy, new_ref, new_uuid, set_field};
 use crate::schema::{class_ids, fields};
-use crate::value::{default_object, Object, Value, NULL_REF};
+use crate::value::{default_object, Object, Value};
 use crate::Agent;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub(super) async fn custom(agent: &Arc<Agent>, c: &Call) -> Option<Result<Value, ApiError>> {
     let r = match c.message.name {
-        "create" => create_sr(agent, c).await.map(Value::Ref),
-        "introduce" => introduce(agent, c).await.map(Value::Ref),
+        "create" => create_sr(agent, c).await.map(Value::reference),
+        "introduce" => introduce(agent, c).await.map(Value::reference),
         "forget" => forget(agent, str_arg(c, 0)).await.map(|()| Value::None),
         "destroy" => destroy_sr(agent, str_arg(c, 0)).await.map(|()| Value::None),
         "scan" => scan(agent, str_arg(c, 0)).await.map(|()| Value::None),
         "update" => refresh_sr(agent, str_arg(c, 0)).await.map(|()| Value::None),
-        "probe" => probe(agent, c).await.map(Value::String),
+        "probe" => probe(agent, c).await.map(Value::str),
         "get_supported_types" => Ok(Value::Set(["file", "iso"].iter().map(|t| Value::str(*t)).collect())),
         _ => return None,
     };
@@ -108,10 +108,10 @@ fn new_sr_object(
         if matches!(sm_config, Value::Map(_)) {
             sm_config
         } else {
-            Value::Map(vec![])
+            Value::map(Vec::new())
         },
     );
-    o.set(f::other_config, Value::Map(vec![]));
+    o.set(f::other_config, Value::map(Vec::new()));
     o.set(f::physical_size, Value::Int(-1));
     o.set(f::physical_utilisation, Value::Int(-1));
     o.set(f::allowed_operations, allowed_operations(kind));
@@ -192,8 +192,8 @@ async fn create_sr(agent: &Arc<Agent>, c: &Call) -> Result<String, ApiError> {
     let sr_ref = sr.reference.clone();
     let mut pbd = default_object(class_ids::PBD, &new_ref());
     pbd.set(fields::PBD::uuid, Value::str(new_uuid()));
-    pbd.set(fields::PBD::host, Value::Ref(host));
-    pbd.set(fields::PBD::SR, Value::Ref(sr_ref.clone()));
+    pbd.set(fields::PBD::host, Value::reference(host));
+    pbd.set(fields::PBD::SR, Value::reference(sr_ref.as_str()));
     pbd.set(fields::PBD::device_config, device_config);
     pbd.set(fields::PBD::currently_attached, Value::Bool(true));
     agent
@@ -293,7 +293,7 @@ async fn drop_records(agent: &Agent, sr: &Object) -> Result<(), ApiError> {
                     fields::pool::crash_dump_SR,
                 ] {
                     if p.get(f).as_ref_str() == Some(sr_ref.as_str()) {
-                        set_field(tx, class_ids::pool, &pool, f, Value::Ref(NULL_REF.to_owned()))?;
+                        set_field(tx, class_ids::pool, &pool, f, Value::null_ref())?;
                     }
                 }
             }

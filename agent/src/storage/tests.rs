@@ -120,9 +120,12 @@ async fn vdi_lifecycle_on_the_default_sr() {
     assert!(read_at(&path, 0, 1 << 20).iter().all(|b| *b == 2));
     let s = e.agent.store.get(class_ids::VDI, &snap).unwrap();
     assert_eq!(s.get(fields::VDI::is_a_snapshot), &Value::Bool(true));
-    assert_eq!(s.get(fields::VDI::snapshot_of), &Value::Ref(vdi.clone()));
+    assert_eq!(s.get(fields::VDI::snapshot_of), &Value::Ref(vdi.clone().into()));
     let parent = e.agent.store.get(class_ids::VDI, &vdi).unwrap();
-    assert_eq!(parent.get(fields::VDI::snapshots).as_set(), &[Value::Ref(snap.clone())]);
+    assert_eq!(
+        parent.get(fields::VDI::snapshots).as_set(),
+        &[Value::Ref(snap.clone().into())]
+    );
 
     // Clone and copy.
     let clone = e.new_ref("VDI.clone", vec![json!(vdi), json!({})]).await;

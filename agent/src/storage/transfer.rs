@@ -89,7 +89,7 @@ impl TransferTask {
                 t.set(fields::task::name_label, Value::str(label));
                 t.set(fields::task::created, Value::DateTime(now()));
                 t.set(fields::task::status, Value::Enum("pending"));
-                t.set(fields::task::resident_on, Value::Ref(agent.host.clone()));
+                t.set(fields::task::resident_on, Value::reference(agent.host.as_str()));
                 t.set(fields::task::progress, Value::Float(0.0));
                 agent.store.write(|tx| create(tx, t)).await?;
                 r
@@ -163,14 +163,14 @@ async fn end_task(agent: &Agent, task: &str, outcome: Result<&Value, &ApiError>)
                 Ok(v) => ("success", crate::xml::value_fragment(v), Vec::new()),
                 Err(e) => {
                     let mut err = vec![Value::str(e.code())];
-                    err.extend(e.params().into_iter().map(Value::String));
+                    err.extend(e.params().into_iter().map(Value::str));
                     ("failure", String::new(), err)
                 }
             };
             use fields::task as f;
             set_field(tx, class_ids::task, task, f::status, Value::Enum(status))?;
-            set_field(tx, class_ids::task, task, f::result, Value::String(result))?;
-            set_field(tx, class_ids::task, task, f::error_info, Value::Set(error))?;
+            set_field(tx, class_ids::task, task, f::result, Value::str(result))?;
+            set_field(tx, class_ids::task, task, f::error_info, Value::set(error))?;
             set_field(tx, class_ids::task, task, f::progress, Value::Float(1.0))?;
             set_field(tx, class_ids::task, task, f::finished, Value::DateTime(now()))
         })

@@ -20,12 +20,12 @@ pub(super) async fn custom(agent: &Arc<Agent>, c: &Call) -> Option<Result<Value,
     let none = |r: Result<(), ApiError>| r.map(|()| Value::None);
     let r = match c.message.name {
         "resize" | "resize_online" => none(resize(agent, str_arg(c, 0), int_arg(c, 1)).await),
-        "clone" => duplicate(agent, str_arg(c, 0), false).await.map(Value::Ref),
-        "snapshot" => duplicate(agent, str_arg(c, 0), true).await.map(Value::Ref),
+        "clone" => duplicate(agent, str_arg(c, 0), false).await.map(Value::reference),
+        "snapshot" => duplicate(agent, str_arg(c, 0), true).await.map(Value::reference),
         "copy" => copy(agent, str_arg(c, 0), str_arg(c, 1), str_arg(c, 3))
             .await
-            .map(Value::Ref),
-        "introduce" => introduce(agent, c).await.map(Value::Ref),
+            .map(Value::reference),
+        "introduce" => introduce(agent, c).await.map(Value::reference),
         "forget" => none(forget(agent, str_arg(c, 0)).await),
         "data_destroy" => none(data_destroy(agent, str_arg(c, 0)).await),
         "update" => none(update(agent, str_arg(c, 0)).await),
@@ -40,7 +40,7 @@ pub(super) async fn special(agent: &Arc<Agent>, c: &Call) -> Option<Result<Value
             let Some(Value::Record(rec)) = c.args.first() else {
                 return None;
             };
-            create_vdi(agent, rec).await.map(Value::Ref)
+            create_vdi(agent, rec).await.map(Value::reference)
         }
         "destroy" => destroy_vdi(agent, str_arg(c, 0)).await.map(|()| Value::None),
         "set_on_boot" => set_on_boot(agent, str_arg(c, 0), arg(c, 1)).await.map(|()| Value::None),
@@ -55,7 +55,7 @@ pub(super) fn new_vdi_object(sr: &str, kind: SrKind, uuid: &str, location: &str,
     let mut o = default_object(class_ids::VDI, &new_ref());
     o.set(f::uuid, Value::str(uuid));
     o.set(f::name_label, Value::str(name));
-    o.set(f::SR, Value::Ref(sr.to_owned()));
+    o.set(f::SR, Value::reference(sr));
     o.set(f::location, Value::str(location));
     o.set(f::virtual_size, Value::Int(size));
     o.set(f::r#type, Value::Enum("user"));
@@ -76,11 +76,12 @@ fn allowed_operations(kind: SrKind) -> Value {
 fn allowed_operations_when(kind: SrKind, attached: bool) -> Value {
     const REFUSED_WHILE_ATTACHED: &[&str] = &["destroy", "forget", "set_on_boot", "data_destroy"];
     let Value::Set(all) = allowed_operations_of(kind) else {
-        return Value::Set(Vec::new());
+        return Value::set(Vec::new());
     };
-    Value::Set(
-        all.into_iter()
+    Value::set(
+        all.iter()
             .filter(|op| !(attached && op.as_str().is_some_and(|o| REFUSED_WHILE_ATTACHED.contains(&o))))
+            .cloned()
             .collect(),
     )
 }
@@ -212,7 +213,7 @@ pub async fn create_vdi(agent: &Arc<Agent>, rec: &Object) -> Result<String, ApiE
             obj.set(FieldId(i), rec.get(FieldId(i)).clone());
         }
     }
-    obj.set(fields::VDI::SR, Value::Ref(sr_ref.clone()));
+    obj.set(fields::VDI::SR, Value::reference(sr_ref.as_str()));
     obj.set(fields::VDI::virtual_size, Value::Int(size));
     let reference = obj.reference.clone();
     let path = dir.join(vdi_file_name(kind, &uuid));
@@ -263,13 +264,7 @@ pub async fn destroy_vdi(agent: &Arc<Agent>, vdi_ref: &str) -> Result<(), ApiErr
                 }
             }
             for vm in &suspended {
-                set_field(
-                    tx,
-                    class_ids::VM,
-                    vm,
-                    fields::VM::suspend_VDI,
-                    Value::Ref(NULL_REF.to_owned()),
-                )?;
+                set_field(tx, class_ids::VM, vm, fields::VM::suspend_VDI, Value::null_ref())?;
             }
             Ok(())
         })
@@ -338,7 +333,7 @@ async fn new_copy(
     obj.set(fields::VDI::read_only, Value::Bool(false));
     if snapshot {
         obj.set(fields::VDI::is_a_snapshot, Value::Bool(true));
-        obj.set(fields::VDI::snapshot_of, Value::Ref(src.reference.clone()));
+        obj.set(fields::VDI::snapshot_of, Value::reference(src.reference.as_str()));
         obj.set(fields::VDI::snapshot_time, Value::DateTime(now()));
         obj.set(fields::VDI::read_only, src.get(fields::VDI::read_only).clone());
     }
@@ -500,7 +495,7 @@ async fn introduce(agent: &Arc<Agent>, c: &Call) -> Result<String, ApiError> {
     }
     let snap_of = str_arg(c, 17);
     if !snap_of.is_empty() && snap_of != NULL_REF && agent.store.get(class_ids::VDI, snap_of).is_some() {
-        obj.set(f::snapshot_of, Value::Ref(snap_of.to_owned()));
+        obj.set(f::snapshot_of, Value::reference(snap_of));
     }
     let reference = obj.reference.clone();
     agent.store.write(|tx| create(tx, obj)).await?;

@@ -57,9 +57,15 @@ fn vm(i: usize) -> Object {
             .collect(),
         ),
     );
-    o.set(f::VBDs, Value::Set(vec![Value::Ref(format!("OpaqueRef:vbd-{i:012}"))]));
-    o.set(f::VIFs, Value::Set(vec![Value::Ref(format!("OpaqueRef:vif-{i:012}"))]));
-    o.set(f::metrics, Value::Ref(format!("OpaqueRef:metrics-{i:012}")));
+    o.set(
+        f::VBDs,
+        Value::Set(vec![Value::Ref(format!("OpaqueRef:vbd-{i:012}").into())].into()),
+    );
+    o.set(
+        f::VIFs,
+        Value::Set(vec![Value::Ref(format!("OpaqueRef:vif-{i:012}").into())].into()),
+    );
+    o.set(f::metrics, Value::Ref(format!("OpaqueRef:metrics-{i:012}").into()));
     o.set(f::resident_on, Value::Ref("OpaqueRef:host-000000000000".into()));
     o.set(f::domain_type, Value::Enum("hvm"));
     o.set(f::recommendations, Value::str("<restrictions><restriction field=\"memory-static-max\" max=\"137438953472\"/><restriction field=\"vcpus-max\" max=\"32\"/></restrictions>"));
@@ -71,7 +77,7 @@ fn records(n: usize) -> Value {
         (0..n)
             .map(|i| {
                 let o = vm(i);
-                (Value::Ref(o.reference.clone()), Value::Record(Arc::new(o)))
+                (Value::Ref(o.reference.clone().into()), Value::Record(Arc::new(o)))
             })
             .collect(),
     )

@@ -475,7 +475,7 @@ async fn console_streams_boot_lines_and_echoes() {
             c.set(fields::console::uuid, Value::str(uuid::Uuid::new_v4().to_string()));
             c.set(fields::console::protocol, Value::Enum("vt100"));
             c.set(fields::console::location, Value::str(format!("/console?ref={cr}")));
-            c.set(fields::console::VM, Value::Ref(vr.clone()));
+            c.set(fields::console::VM, Value::Ref(vr.clone().into()));
             agent::objects::create(tx, c)
         })
         .await

@@ -94,7 +94,7 @@ async fn target_vdi(agent: &Arc<Agent>, req: &HttpRequest, auth: &Auth) -> Resul
     });
     let params = [serde_json::json!(auth.session), record];
     match agent::call(agent, &CallCtx::default(), "VDI.create", &params).await {
-        Ok(Value::Ref(r)) => Ok(r),
+        Ok(Value::Ref(r)) => Ok(r.to_string()),
         Ok(_) => Err(DataPathError::Failed(ApiError::internal("VDI.create returned no ref"))),
         Err(e) => Err(DataPathError::BadRequest(e)),
     }
@@ -156,7 +156,7 @@ async fn import_as(
     match result {
         Ok(n) => {
             tracing::info!(vdi = %vdi, bytes = n, "imported a raw VDI");
-            task.succeed(&Value::Ref(vdi.clone())).await;
+            task.succeed(&Value::reference(vdi.as_str())).await;
             Ok(HttpResponse::Ok()
                 .insert_header(("task-id", task_ref))
                 .content_type("text/plain")
