@@ -317,7 +317,7 @@ impl Store {
                         members
                             .entry(owner.to_owned())
                             .or_default()
-                            .push(Value::Ref(o.0.reference.clone()));
+                            .push(Value::reference(o.0.reference.as_str()));
                     }
                 }
                 let table = self.tables[class.0].get_mut();
@@ -325,7 +325,7 @@ impl Store {
                 for owner in owners {
                     let mut set = members.remove(&owner.reference).unwrap_or_default();
                     set.sort_by(|a, b| a.as_str().cmp(&b.as_str()));
-                    let set = Value::Set(set);
+                    let set = Value::set(set);
                     if *owner.get(field) != set {
                         let mut o = Arc::unwrap_or_clone(owner);
                         o.set(field, set);

@@ -610,7 +610,7 @@ async fn derived_sets_agree_with_their_members() {
     store
         .write(|tx| {
             tx.modify(class_ids::network, &net, |o| {
-                o.set(fields::network::VIFs, Value::Set(vec![]))
+                o.set(fields::network::VIFs, Value::set(vec![]))
             })
         })
         .await
