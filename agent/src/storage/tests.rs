@@ -73,6 +73,27 @@ impl Env {
     }
 }
 
+/// The SR's recorded totals are the sums over its VDIs' records (what a VDI operation now
+/// updates without re-measuring every file).
+fn sr_sums_agree(e: &Env, sr: &str) {
+    let vdis: Vec<_> = e
+        .agent
+        .store
+        .all(class_ids::VDI)
+        .into_iter()
+        .filter(|v| v.get(fields::VDI::SR).as_str() == Some(sr))
+        .collect();
+    let sum = |f| vdis.iter().map(|v| v.get(f).as_int().unwrap()).sum::<i64>();
+    assert_eq!(
+        e.int(class_ids::SR, sr, fields::SR::virtual_allocation),
+        sum(fields::VDI::virtual_size)
+    );
+    assert_eq!(
+        e.int(class_ids::SR, sr, fields::SR::physical_utilisation),
+        sum(fields::VDI::physical_utilisation)
+    );
+}
+
 fn write_at(path: &std::path::Path, off: u64, data: &[u8]) {
     let mut f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
     f.seek(SeekFrom::Start(off)).unwrap();
@@ -109,6 +130,8 @@ async fn vdi_lifecycle_on_the_default_sr() {
     e.ok("VDI.resize", vec![json!(vdi), json!((128u64 << 20).to_string())])
         .await;
     assert_eq!(std::fs::metadata(&path).unwrap().len(), 128 << 20);
+    assert_eq!(e.int(class_ids::SR, &sr, fields::SR::virtual_allocation), 128 << 20);
+    sr_sums_agree(&e, &sr);
     let err = e.call("VDI.resize", vec![json!(vdi), json!("1024")]).await.unwrap_err();
     assert_eq!(err.code(), "SR_BACKEND_FAILURE");
 
@@ -155,6 +178,9 @@ async fn vdi_lifecycle_on_the_default_sr() {
     )
     .await;
     assert!(read_at(&copy_path, 0, 1 << 20).iter().all(|b| *b == 2));
+    sr_sums_agree(&e, &sr);
+    let copy_used = e.int(class_ids::VDI, &copy, fields::VDI::physical_utilisation);
+    assert!(copy_used >= 1 << 20, "{copy_used}");
 
     // In use: destroy is refused while a VBD has it attached.
     let vbd = e
@@ -215,6 +241,7 @@ async fn vdi_lifecycle_on_the_default_sr() {
     e.ok("VDI.destroy", vec![json!(vdi)]).await;
     assert!(!path.exists());
     assert!(e.agent.store.get(class_ids::VBD, &vbd).is_none());
+    sr_sums_agree(&e, &sr);
     assert_eq!(
         e.call("VDI.destroy", vec![json!(vdi)]).await.unwrap_err().code(),
         "HANDLE_INVALID"
@@ -236,8 +263,10 @@ async fn vdi_lifecycle_on_the_default_sr() {
         .to_owned();
     e.ok("VDI.forget", vec![json!(clone)]).await;
     assert!(clone_path.exists());
+    sr_sums_agree(&e, &sr);
     e.ok("SR.scan", vec![json!(sr)]).await;
     assert!(e.agent.store.ref_by_uuid(class_ids::VDI, &clone_uuid).is_some());
+    sr_sums_agree(&e, &sr);
 }
 
 #[actix::test]
