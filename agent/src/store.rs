@@ -9,7 +9,7 @@
 use crate::error::ApiError;
 use crate::events::{EventLog, EventOp, LoggedEvent};
 use crate::schema::{derived_sets, ClassId, FieldId, CLASSES};
-use crate::value::{now, record_from_json, write_json, Object, Value, NULL_REF};
+use crate::value::{now, record_from_json, write_record_json_except, Object, Value};
 use parking_lot::{Mutex, RwLock};
 use redb::{ReadableTable, TableDefinition};
 use std::borrow::Borrow;
@@ -307,25 +307,14 @@ impl Store {
                 let Some(member) = crate::schema::partner(class, field) else {
                     continue;
                 };
-                let mut members: HashMap<String, Vec<Value>> = HashMap::new();
-                for o in &self.tables[member.class.0].get_mut().objects {
-                    if let Some(owner) =
-                        o.0.get(member.field)
-                            .as_str()
-                            .filter(|r| !r.is_empty() && *r != NULL_REF)
-                    {
-                        members
-                            .entry(owner.to_owned())
-                            .or_default()
-                            .push(Value::reference(o.0.reference.as_str()));
-                    }
-                }
+                let members = self.tables[member.class.0].get_mut().objects.iter().map(|o| &*o.0);
+                let mut members = members_by_owner(members, member.field);
                 let table = self.tables[class.0].get_mut();
                 let owners: Vec<Arc<Object>> = table.objects.iter().map(|o| o.0.clone()).collect();
                 for owner in owners {
-                    let mut set = members.remove(&owner.reference).unwrap_or_default();
-                    set.sort_by(|a, b| a.as_str().cmp(&b.as_str()));
-                    let set = Value::set(set);
+                    let mut refs = members.remove(&owner.reference).unwrap_or_default();
+                    refs.sort();
+                    let set = Value::set(refs.into_iter().map(Value::reference).collect());
                     if *owner.get(field) != set {
                         let mut o = Arc::unwrap_or_clone(owner);
                         o.set(field, set);
@@ -346,12 +335,8 @@ impl Store {
                 let Some(member) = crate::schema::partner(class, field) else {
                     continue;
                 };
-                let mut expected: HashMap<String, Vec<String>> = HashMap::new();
-                for o in self.all(member.class) {
-                    if let Some(owner) = o.get(member.field).as_str().filter(|r| !r.is_empty() && *r != NULL_REF) {
-                        expected.entry(owner.to_owned()).or_default().push(o.reference.clone());
-                    }
-                }
+                let members = self.all(member.class);
+                let mut expected = members_by_owner(members.iter().map(|o| &**o), member.field);
                 for owner in self.all(class) {
                     let mut want = expected.remove(&owner.reference).unwrap_or_default();
                     let mut have: Vec<String> = owner
@@ -553,6 +538,18 @@ struct Undo {
     new: Option<Arc<Object>>,
 }
 
+/// The refs of `objects`, grouped by the (non-null) ref each holds in `field`: a derived set's
+/// members by owner, read from the members' side.
+fn members_by_owner<'a>(objects: impl Iterator<Item = &'a Object>, field: FieldId) -> HashMap<String, Vec<String>> {
+    let mut out: HashMap<String, Vec<String>> = HashMap::new();
+    for o in objects {
+        if let Some(owner) = o.get(field).as_ref_str() {
+            out.entry(owner.to_owned()).or_default().push(o.reference.clone());
+        }
+    }
+    out
+}
+
 fn open_db(path: &Path) -> Result<redb::Database, redb::DatabaseError> {
     // The store reads everything into memory at start; redb's own cache only needs to cover
     // the pages a commit touches (the b-tree's branch pages and a group commit's leaves), and
@@ -614,7 +611,8 @@ fn commit_batches(db: &redb::Database, batches: &[Batch]) -> Result<(), Box<dyn 
             match op {
                 DiskOp::Put(k, obj) => {
                     buf.clear();
-                    write_stored_json(obj, &mut buf);
+                    // The derived sets are rebuilt at load, not stored.
+                    write_record_json_except(obj, derived_sets(obj.class), &mut buf);
                     table.insert(k.as_str(), buf.as_bytes())?;
                 }
                 DiskOp::Delete(k) => {
@@ -625,28 +623,6 @@ fn commit_batches(db: &redb::Database, batches: &[Batch]) -> Result<(), Box<dyn 
     }
     wtx.commit()?;
     Ok(())
-}
-
-/// A record as the store writes it: JSON of every field but the derived sets.
-fn write_stored_json(obj: &Object, out: &mut String) {
-    let derived = derived_sets(obj.class);
-    out.push('{');
-    let mut first = true;
-    for (i, val) in obj.fields.iter().enumerate() {
-        let f = FieldId(i);
-        if derived.contains(&f) {
-            continue;
-        }
-        if !std::mem::take(&mut first) {
-            out.push(',');
-        }
-        // Field names are plain identifiers (see `field_names_need_no_escaping` in value.rs).
-        out.push('"');
-        out.push_str(obj.class.field(f).name);
-        out.push_str("\":");
-        write_json(val, out);
-    }
-    out.push('}');
 }
 
 #[cfg(test)]

@@ -768,10 +768,25 @@ pub fn write_json_entry(k: &Value, val: &Value, out: &mut String) {
 
 /// Writes an object's fields as a JSON object keyed by field name.
 pub fn write_record_json(obj: &Object, out: &mut String) {
+    write_record_json_except(obj, &[], out);
+}
+
+/// Writes an object's fields but those in `skip` as a JSON object keyed by field name.
+pub fn write_record_json_except(obj: &Object, skip: &[FieldId], out: &mut String) {
     // Field names are plain identifiers (see the `field_names_need_no_escaping` test).
     let tags = field_tags(obj.class, [",", "\"", "\":"], &JSON_FIELD_TAGS);
     out.push('{');
-    for (tag, val) in tags.iter().zip(obj.fields.iter()) {
+    let mut first = true;
+    for (i, (tag, val)) in tags.iter().zip(obj.fields.iter()).enumerate() {
+        if skip.contains(&FieldId(i)) {
+            continue;
+        }
+        // Every tag but the first field's starts with the separator.
+        let tag = if std::mem::take(&mut first) {
+            tag.strip_prefix(',').unwrap_or(tag)
+        } else {
+            tag
+        };
         out.push_str(tag);
         write_json(val, out);
     }

@@ -42,13 +42,12 @@ async fn measure(agent: &Agent, sr_ref: &str, vdis: Vec<String>) -> Result<(), A
             )
         })
         .collect();
-    let dir2 = dir.clone();
     let (space, measured) = blocking(move || {
-        let space = fsops::fs_space(&dir2)?;
+        let space = fsops::fs_space(&dir)?;
         let measured: Vec<(String, u64)> = vdis
             .into_iter()
             .filter_map(|(r, loc)| {
-                let (_, alloc) = fsops::sizes(&dir2.join(vdi_file_name(kind, &loc))).ok()?;
+                let (_, alloc) = fsops::sizes(&dir.join(vdi_file_name(kind, &loc))).ok()?;
                 Some((r, alloc))
             })
             .collect();
