@@ -456,7 +456,10 @@ impl Store {
                     }
                     let obj = Arc::new(obj);
                     table.insert(obj.clone());
-                    if durable && class.def().persistent {
+                    // A change to derived sets alone (a host's `resident_VMs` when one of its VMs
+                    // starts) leaves the stored form as it was: nothing to write, nor to wait for.
+                    let stored_change = old.as_deref().is_none_or(|o| stored_fields_differ(o, &obj));
+                    if durable && class.def().persistent && stored_change {
                         disk.push(DiskOp::Put(format!("{}/{}", class.name(), reference), obj.clone()));
                     }
                     let op = if old.is_some() { EventOp::Mod } else { EventOp::Add };
@@ -557,6 +560,17 @@ fn open_db(path: &Path) -> Result<redb::Database, redb::DatabaseError> {
     // it is given (loading at start, and every committed page), so all of it is resident:
     // 1 MiB instead of 4 took 3-4 MiB off the daemon with 1,000 VMs (BENCHMARKS.md).
     redb::Database::builder().set_cache_size(1 << 20).create(path)
+}
+
+/// Whether two states of one object differ in a field the store writes (any field but the
+/// class's derived sets, which are rebuilt from their members when the store loads).
+fn stored_fields_differ(old: &Object, new: &Object) -> bool {
+    let derived = derived_sets(new.class);
+    old.fields
+        .iter()
+        .zip(new.fields.iter())
+        .enumerate()
+        .any(|(i, (a, b))| a != b && !derived.contains(&FieldId(i)))
 }
 
 fn writer_loop(path: std::path::PathBuf, db: redb::Database, rx: crossbeam_channel::Receiver<Batch>) {
@@ -707,6 +721,57 @@ mod tests {
         assert_eq!(n1.str_field("name_label"), "one");
         let n2 = store.get(class_ids::network, "OpaqueRef:n2").unwrap();
         assert_eq!(*n2.get(fields::network::VIFs), vifs(&[]));
+    }
+
+    /// A write that changes only derived sets reaches no disk; any other change does, and a
+    /// reopened store holds the last stored state with its sets rebuilt from the members.
+    #[tokio::test]
+    async fn changes_to_derived_sets_alone_are_not_written() {
+        let net = network("OpaqueRef:n1", "u1", "one");
+        let mut grown = net.clone();
+        grown.set(
+            fields::network::VIFs,
+            Value::set(vec![Value::Ref("OpaqueRef:v1".into())]),
+        );
+        assert!(!stored_fields_differ(&net, &grown));
+        assert!(!stored_fields_differ(&net, &net.clone()));
+        let mut renamed = grown.clone();
+        renamed.set(fields::network::name_label, Value::str("two"));
+        assert!(stored_fields_differ(&grown, &renamed));
+        assert!(stored_fields_differ(&net, &renamed));
+
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(Some(dir.path())).unwrap();
+            store
+                .write(|tx| {
+                    tx.put(net.clone());
+                    Ok(())
+                })
+                .await
+                .unwrap();
+            let queued = |store: &Store, change: Object| {
+                let tx = Tx {
+                    store,
+                    entries: vec![(class_ids::network, change.reference.clone(), Some(Arc::new(change)))],
+                    index: HashMap::new(),
+                };
+                let mut generation = store.commit.lock();
+                store.apply(&mut generation, tx, true).0.is_some()
+            };
+            assert!(
+                !queued(&store, grown.clone()),
+                "a derived-set change was queued for the disk"
+            );
+            assert!(
+                queued(&store, renamed.clone()),
+                "a stored change was not queued for the disk"
+            );
+        }
+        let store = Store::open(Some(dir.path())).unwrap();
+        let n1 = store.get(class_ids::network, "OpaqueRef:n1").unwrap();
+        assert_eq!(n1.str_field("name_label"), "two");
+        assert_eq!(*n1.get(fields::network::VIFs), Value::set(vec![]));
     }
 
     #[test]
