@@ -5,14 +5,18 @@
 //! previous one, so the encoding overlaps the transfer, and the daemon never holds the whole
 //! encoded reply (80 MB of XML for 10,000 VMs): only the chunks in flight. It travels with
 //! `Transfer-Encoding: chunked` (HTTP/1.0 clients, which cannot take it, get replies whole);
-//! its bytes are exactly those of the whole reply.
+//! its bytes are exactly those of the whole reply. Chunks are encoded on a thread of their
+//! own, one ahead of the connection ([`body`]).
 
 use crate::jsonrpc::{self, Version};
 use crate::xmlrpc;
 use actix_web::web::Bytes;
 use agent::value::{encoded_len_hint, write_json, write_json_entry, Encoding, Value};
 use agent::xml::{write_map_member, write_value, ARRAY_CLOSE, ARRAY_OPEN, STRUCT_CLOSE, STRUCT_OPEN};
+use futures_util::stream::{BoxStream, StreamExt};
 use serde_json::Value as Json;
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Replies whose estimated size reaches this are streamed.
 pub const STREAM_FROM: usize = 256 * 1024;
@@ -138,29 +142,124 @@ impl Chunks {
     }
 }
 
-impl Iterator for Chunks {
-    type Item = Bytes;
+impl Chunks {
+    /// Whether every chunk has been encoded.
+    fn done(&self) -> bool {
+        self.state == State::Done
+    }
 
-    fn next(&mut self) -> Option<Bytes> {
+    /// Encodes the next chunk into `out` (cleared first); `false` once the reply is complete.
+    fn fill(&mut self, out: &mut String) -> bool {
+        out.clear();
         if self.state == State::Done {
-            return None;
+            return false;
         }
-        let mut out = String::with_capacity(CHUNK + CHUNK / 4);
         if self.state == State::Head {
-            self.open(&mut out);
+            self.open(out);
             self.state = State::Items;
         }
         let len = self.len();
         while self.next < len && out.len() < CHUNK {
-            self.item(self.next, &mut out);
+            self.item(self.next, out);
             self.next += 1;
         }
         if self.next >= len {
-            self.close(&mut out);
+            self.close(out);
             self.state = State::Done;
         }
-        Some(Bytes::from(out))
+        true
     }
+}
+
+impl Iterator for Chunks {
+    type Item = Bytes;
+
+    fn next(&mut self) -> Option<Bytes> {
+        let mut out = String::with_capacity(CHUNK + CHUNK / 4);
+        self.fill(&mut out).then(|| Bytes::from(out))
+    }
+}
+
+/// Buffers an encoder thread cycles through: one being encoded, one queued, one being sent.
+const BUFFERS: usize = 3;
+
+/// Encoder threads running at once, at most (one per core); past that, replies are encoded
+/// on the connection's own thread as it drains.
+fn encoder_limit() -> usize {
+    static LIMIT: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *LIMIT.get_or_init(|| std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get))
+}
+
+static ENCODERS: AtomicUsize = AtomicUsize::new(0);
+
+/// One of the [`ENCODERS`], given back when the encoder ends (or never runs).
+struct EncoderSlot;
+
+impl Drop for EncoderSlot {
+    fn drop(&mut self) {
+        ENCODERS.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A chunk's buffer; dropped once the connection has copied it out, it goes back to its
+/// encoder for the next chunk.
+struct Pooled {
+    buf: String,
+    back: std::sync::mpsc::Sender<String>,
+}
+
+impl AsRef<[u8]> for Pooled {
+    fn as_ref(&self) -> &[u8] {
+        self.buf.as_bytes()
+    }
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        // The encoder may be gone (the reply is complete or the client left): the buffer
+        // is then simply freed.
+        let _ = self.back.send(std::mem::take(&mut self.buf));
+    }
+}
+
+/// The body of a streamed reply.
+///
+/// The chunks are encoded on a blocking thread one chunk ahead of the connection, so that
+/// encoding one chunk overlaps sending the one before (on another core) instead of
+/// alternating with it. The encoder writes into [`BUFFERS`] buffers allocated here, on the
+/// connection's thread, and reused for every chunk: the encoder allocates no chunk memory
+/// of its own. When every encoder thread is busy the reply is encoded on the connection's
+/// thread as it drains, chunk by chunk, as it would be without one.
+pub fn body(chunks: Chunks) -> BoxStream<'static, Result<Bytes, Infallible>> {
+    let taken = ENCODERS.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+        (n < encoder_limit()).then_some(n + 1)
+    });
+    if taken.is_err() {
+        return futures_util::stream::iter(chunks.map(Ok)).boxed();
+    }
+    let (full_tx, mut full_rx) = tokio::sync::mpsc::channel::<Bytes>(BUFFERS);
+    let (empty_tx, empty_rx) = std::sync::mpsc::channel::<String>();
+    for _ in 0..BUFFERS {
+        let _ = empty_tx.send(String::with_capacity(CHUNK + CHUNK / 4));
+    }
+    let mut chunks = chunks;
+    let slot = EncoderSlot;
+    actix_web::rt::task::spawn_blocking(move || {
+        let _slot = slot;
+        // The stream ends as soon as the last chunk is queued, not when a buffer comes back.
+        while !chunks.done() {
+            let Ok(mut buf) = empty_rx.recv() else { break };
+            chunks.fill(&mut buf);
+            let chunk = Bytes::from_owner(Pooled {
+                buf,
+                back: empty_tx.clone(),
+            });
+            if full_tx.blocking_send(chunk).is_err() {
+                break;
+            }
+        }
+    });
+    futures_util::stream::poll_fn(move |cx| full_rx.poll_recv(cx).map(|c| c.map(Ok))).boxed()
 }
 
 #[cfg(test)]
@@ -227,6 +326,83 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// What a connection reads from [`body`], dropping each chunk once copied, as actix does.
+    async fn drained(wire: Wire, v: Value) -> (String, usize) {
+        let Reply::Streamed(chunks) = success_streaming_from(wire, v, 1) else {
+            panic!("expected a streamed reply");
+        };
+        let mut stream = body(chunks);
+        let (mut all, mut n) = (Vec::new(), 0);
+        while let Some(Ok(chunk)) = stream.next().await {
+            all.extend_from_slice(&chunk);
+            n += 1;
+        }
+        (String::from_utf8(all).unwrap(), n)
+    }
+
+    /// Waits (a few seconds at most) for the encoder threads in use to come back to `n`.
+    async fn encoders_back_to(n: usize) {
+        for _ in 0..500 {
+            if ENCODERS.load(Ordering::Acquire) == n {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!(
+            "encoder threads in use: {}, expected {n}",
+            ENCODERS.load(Ordering::Acquire)
+        );
+    }
+
+    /// The body encoded ahead on its own thread is the whole reply, in three reused buffers;
+    /// a client that leaves mid-reply stops its encoder; with every encoder busy the reply is
+    /// encoded as it drains, the same bytes.
+    #[actix_web::test]
+    async fn encoding_ahead_sends_the_whole_reply_and_stops_when_the_client_leaves() {
+        let id = serde_json::json!(4);
+        for v in [big_map(3000), big_set(5000), big_map(0)] {
+            let (xml, n) = drained(Wire::Xml, v.clone()).await;
+            assert_eq!(xml, xmlrpc::success(&v));
+            assert_eq!(n, streamed(Wire::Xml, v.clone()).1);
+            let (json, _) = drained(Wire::Json(Version::V2, id.clone()), v.clone()).await;
+            assert_eq!(json, jsonrpc::success(Version::V2, &id, &v));
+        }
+        encoders_back_to(0).await;
+
+        // Chunks come from no more than BUFFERS distinct buffers.
+        let Reply::Streamed(chunks) = success_streaming_from(Wire::Xml, big_map(20_000), 1) else {
+            panic!("expected a streamed reply");
+        };
+        let mut stream = body(chunks);
+        let mut buffers = std::collections::HashSet::new();
+        let mut n = 0;
+        while let Some(Ok(chunk)) = stream.next().await {
+            buffers.insert(chunk.as_ptr() as usize);
+            n += 1;
+        }
+        assert!(n > 2 * BUFFERS, "{n} chunks");
+        assert!(buffers.len() <= BUFFERS, "{} buffers for {n} chunks", buffers.len());
+        encoders_back_to(0).await;
+
+        // A client that reads one chunk and goes away.
+        let Reply::Streamed(chunks) = success_streaming_from(Wire::Xml, big_map(20_000), 1) else {
+            panic!("expected a streamed reply");
+        };
+        let mut stream = body(chunks);
+        assert!(stream.next().await.is_some());
+        assert_eq!(ENCODERS.load(Ordering::Acquire), 1);
+        drop(stream);
+        encoders_back_to(0).await;
+
+        // Every encoder busy: encoded on the connection's side, same bytes.
+        ENCODERS.fetch_add(encoder_limit(), Ordering::AcqRel);
+        let v = big_map(3000);
+        let (xml, _) = drained(Wire::Xml, v.clone()).await;
+        assert_eq!(xml, xmlrpc::success(&v));
+        assert_eq!(ENCODERS.load(Ordering::Acquire), encoder_limit());
+        ENCODERS.fetch_sub(encoder_limit(), Ordering::AcqRel);
     }
 
     #[test]

@@ -88,9 +88,7 @@ fn success_reply(req: &HttpRequest, wire: Wire, v: Value) -> HttpResponse {
         Reply::Whole(body) => HttpResponse::Ok().content_type(content_type).body(body),
         Reply::Streamed(chunks) => HttpResponse::Ok()
             .content_type(content_type)
-            .streaming(futures_util::stream::iter(
-                chunks.map(Ok::<_, std::convert::Infallible>),
-            )),
+            .streaming(reply::body(chunks)),
     }
 }
 
