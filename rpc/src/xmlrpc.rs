@@ -6,6 +6,7 @@ use agent::xml::{escape, write_value};
 use quick_xml::events::Event;
 use quick_xml::Reader;
 use serde_json::{Map, Number, Value as Json};
+use std::borrow::Cow;
 
 /// Deepest nesting of arrays and structs accepted.
 const MAX_DEPTH: usize = 64;
@@ -35,19 +36,47 @@ struct Parser<'a> {
     depth: usize,
 }
 
-enum Ev {
-    Start(String),
-    Empty(String),
-    End(String),
-    Text(String),
+/// A parse event. Tag names of XML-RPC are static text; text borrows the request body
+/// unless it held character references: a call decodes without an allocation per tag.
+enum Ev<'a> {
+    Start(Cow<'static, str>),
+    Empty(Cow<'static, str>),
+    End(Cow<'static, str>),
+    Text(Cow<'a, str>),
     Eof,
+}
+
+/// A tag's local name: XML-RPC's own names as static text, any other copied (for errors).
+fn tag_name(raw: &[u8]) -> Cow<'static, str> {
+    Cow::Borrowed(match raw {
+        b"value" => "value",
+        b"string" => "string",
+        b"member" => "member",
+        b"name" => "name",
+        b"struct" => "struct",
+        b"array" => "array",
+        b"data" => "data",
+        b"param" => "param",
+        b"params" => "params",
+        b"methodCall" => "methodCall",
+        b"methodName" => "methodName",
+        b"int" => "int",
+        b"i4" => "i4",
+        b"i8" => "i8",
+        b"boolean" => "boolean",
+        b"double" => "double",
+        b"dateTime.iso8601" => "dateTime.iso8601",
+        b"base64" => "base64",
+        b"nil" => "nil",
+        other => return Cow::Owned(String::from_utf8_lossy(other).into_owned()),
+    })
 }
 
 /// Text as XML 1.0 allows it: no C0 control other than tab, newline and carriage return, no
 /// U+FFFE or U+FFFF, neither raw nor as a character reference. A reply could not carry such a
 /// value back (`agent::xml::escape` writes U+FFFD for them), so the request is refused whole
 /// rather than stored with characters its client could never read.
-fn xml_chars(text: String) -> Result<String, XmlRpcError> {
+fn xml_chars(text: Cow<'_, str>) -> Result<Cow<'_, str>, XmlRpcError> {
     match text.chars().find(|&c| agent::xml::forbidden_in_xml(c)) {
         Some(c) => Err(XmlRpcError::Malformed(format!(
             "character U+{:04X} is not allowed in XML",
@@ -69,22 +98,22 @@ impl<'a> Parser<'a> {
         Parser { reader, depth: 0 }
     }
 
-    fn next(&mut self) -> Result<Ev, XmlRpcError> {
+    fn next(&mut self) -> Result<Ev<'a>, XmlRpcError> {
         loop {
             let ev = self
                 .reader
                 .read_event()
                 .map_err(|e| XmlRpcError::Malformed(e.to_string()))?;
             return Ok(match ev {
-                Event::Start(e) => Ev::Start(String::from_utf8_lossy(e.local_name().as_ref()).into_owned()),
-                Event::Empty(e) => Ev::Empty(String::from_utf8_lossy(e.local_name().as_ref()).into_owned()),
-                Event::End(e) => Ev::End(String::from_utf8_lossy(e.local_name().as_ref()).into_owned()),
+                Event::Start(e) => Ev::Start(tag_name(e.local_name().as_ref())),
+                Event::Empty(e) => Ev::Empty(tag_name(e.local_name().as_ref())),
+                Event::End(e) => Ev::End(tag_name(e.local_name().as_ref())),
                 Event::Text(t) => Ev::Text(xml_chars(
-                    t.unescape()
-                        .map_err(|e| XmlRpcError::Malformed(e.to_string()))?
-                        .into_owned(),
+                    t.unescape().map_err(|e| XmlRpcError::Malformed(e.to_string()))?,
                 )?),
-                Event::CData(c) => Ev::Text(xml_chars(String::from_utf8_lossy(&c.into_inner()).into_owned())?),
+                Event::CData(c) => Ev::Text(xml_chars(Cow::Owned(
+                    String::from_utf8_lossy(&c.into_inner()).into_owned(),
+                ))?),
                 Event::Eof => Ev::Eof,
                 Event::Decl(_) | Event::Comment(_) | Event::PI(_) | Event::DocType(_) => continue,
             });
@@ -92,7 +121,7 @@ impl<'a> Parser<'a> {
     }
 
     /// The next event that is not whitespace-only text.
-    fn next_tag(&mut self) -> Result<Ev, XmlRpcError> {
+    fn next_tag(&mut self) -> Result<Ev<'a>, XmlRpcError> {
         loop {
             match self.next()? {
                 Ev::Text(t) if t.trim().is_empty() => continue,
