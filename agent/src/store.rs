@@ -458,8 +458,9 @@ impl Store {
                     table.insert(obj.clone());
                     // A change to derived sets alone (a host's `resident_VMs` when one of its VMs
                     // starts) leaves the stored form as it was: nothing to write, nor to wait for.
-                    let stored_change = old.as_deref().is_none_or(|o| stored_fields_differ(o, &obj));
-                    if durable && class.def().persistent && stored_change {
+                    // (Compared only for writes bound for the disk.)
+                    if durable && class.def().persistent && old.as_deref().is_none_or(|o| stored_fields_differ(o, &obj))
+                    {
                         disk.push(DiskOp::Put(format!("{}/{}", class.name(), reference), obj.clone()));
                     }
                     let op = if old.is_some() { EventOp::Mod } else { EventOp::Add };

@@ -171,11 +171,16 @@ impl Chunks {
     }
 }
 
+/// A buffer for one chunk (its last item may run past [`CHUNK`]).
+fn chunk_buffer() -> String {
+    String::with_capacity(CHUNK + CHUNK / 4)
+}
+
 impl Iterator for Chunks {
     type Item = Bytes;
 
     fn next(&mut self) -> Option<Bytes> {
-        let mut out = String::with_capacity(CHUNK + CHUNK / 4);
+        let mut out = chunk_buffer();
         self.fill(&mut out).then(|| Bytes::from(out))
     }
 }
@@ -240,7 +245,7 @@ pub fn body(chunks: Chunks) -> BoxStream<'static, Result<Bytes, Infallible>> {
     let (full_tx, mut full_rx) = tokio::sync::mpsc::channel::<Bytes>(BUFFERS);
     let (empty_tx, empty_rx) = std::sync::mpsc::channel::<String>();
     for _ in 0..BUFFERS {
-        let _ = empty_tx.send(String::with_capacity(CHUNK + CHUNK / 4));
+        let _ = empty_tx.send(chunk_buffer());
     }
     let mut chunks = chunks;
     let slot = EncoderSlot;
