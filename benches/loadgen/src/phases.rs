@@ -142,6 +142,7 @@ pub async fn lifecycle(
     }
     barrier.wait().await;
     let cpu0 = d.cpu()?;
+    let own0 = own_cpu()?;
     let t0 = Instant::now();
     let mut per_op: Vec<Vec<i64>> = vec![Vec::new(); LIFECYCLE_OPS.len()];
     let mut first_err = None;
@@ -162,6 +163,7 @@ pub async fn lifecycle(
     }
     let wall = t0.elapsed().as_secs_f64();
     let cpu = d.cpu()? - cpu0;
+    let own = own_cpu()? - own0;
     if let Some(e) = first_err {
         return Err(format!("lifecycle C={c}: {e}"));
     }
@@ -186,6 +188,7 @@ pub async fn lifecycle(
         "daemon_cpu_s": r3(cpu),
         "daemon_cpu_s_per_1000_ops": r3(cpu * 1000.0 / n_ops.max(1) as f64),
         "daemon_cpu_ms_per_op": r3(cpu * 1000.0 / n_ops.max(1) as f64),
+        "client_cpu_ms_per_op": r3(own * 1000.0 / n_ops.max(1) as f64),
         "daemon_VmHWM_kB": hwm,
         "daemon_VmRSS_kB": rss,
         "hwm_reset_before_run": hwm_reset,
@@ -443,6 +446,7 @@ pub async fn events(d: &Daemon, proto: Protocol, pollers: usize, samples: usize)
     let mut fanout = Vec::with_capacity(samples);
     let mut missing = 0;
     let cpu0 = d.cpu()?;
+    let own0 = own_cpu()?;
     let result = async {
         for seq in 0..samples {
             let wait_start = Instant::now();
@@ -493,6 +497,7 @@ pub async fn events(d: &Daemon, proto: Protocol, pollers: usize, samples: usize)
     // Daemon CPU over the measured writes: each write, its deliveries and the pollers' re-arming
     // calls.
     let cpu = d.cpu()? - cpu0;
+    let own = own_cpu()? - own0;
     for h in &handles {
         h.abort();
     }
@@ -501,6 +506,7 @@ pub async fn events(d: &Daemon, proto: Protocol, pollers: usize, samples: usize)
         "protocol": proto.name(),
         "pollers": pollers,
         "daemon_cpu_us_per_delivery": r3(cpu * 1e6 / from_ack.len().max(1) as f64),
+        "client_cpu_us_per_delivery": r3(own * 1e6 / from_ack.len().max(1) as f64),
         "sessions": "one per poller (own connection, own session)",
         "samples": samples,
         "deliveries": from_ack.len(),
@@ -512,6 +518,12 @@ pub async fn events(d: &Daemon, proto: Protocol, pollers: usize, samples: usize)
     }))
 }
 
+/// CPU seconds this load generator has used (all its threads): what the client side of a
+/// measurement costs on the cores it shares with the daemon.
+fn own_cpu() -> Result<f64, String> {
+    crate::daemon::cpu_seconds(std::process::id())
+}
+
 /// Calls/s of `c` clients for `secs`: a cheap authenticated call, or the same body posted
 /// to `/bench/noop`.
 async fn hammer(
@@ -521,7 +533,7 @@ async fn hammer(
     vm: &str,
     noop: bool,
     secs: f64,
-) -> Result<(f64, f64, Json), String> {
+) -> Result<(f64, f64, f64, Json), String> {
     let barrier = Arc::new(Barrier::new(sessions.len() + 1));
     let dur = Duration::from_secs_f64(secs);
     let mut handles = Vec::new();
@@ -548,6 +560,7 @@ async fn hammer(
         }));
     }
     let cpu0 = d.cpu()?;
+    let own0 = own_cpu()?;
     barrier.wait().await;
     let t0 = Instant::now();
     let mut all = Vec::new();
@@ -555,8 +568,10 @@ async fn hammer(
         all.extend(h.await.map_err(|e| format!("overhead worker: {e}"))??);
     }
     let wall = t0.elapsed().as_secs_f64();
-    let cpu_us = (d.cpu()? - cpu0) * 1e6 / all.len().max(1) as f64;
-    Ok((all.len() as f64 / wall, cpu_us, summary_ms(&all)))
+    let n = all.len().max(1) as f64;
+    let cpu_us = (d.cpu()? - cpu0) * 1e6 / n;
+    let own_us = (own_cpu()? - own0) * 1e6 / n;
+    Ok((all.len() as f64 / wall, cpu_us, own_us, summary_ms(&all)))
 }
 
 /// RPC overhead: `VM.get_name_label` calls/s against `POST /bench/noop` with the same body
@@ -569,16 +584,19 @@ pub async fn overhead(d: &Daemon, proto: Protocol, c: usize, secs: f64, rounds: 
     let vm = template_ref(&mut probe, sessions.first().map_or("", String::as_str)).await?;
     let (mut call_rates, mut noop_rates, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
     let (mut call_cpu, mut noop_cpu) = (Vec::new(), Vec::new());
+    let (mut call_own, mut noop_own) = (Vec::new(), Vec::new());
     let (mut call_lat, mut noop_lat) = (Json::Null, Json::Null);
     for round in 0..rounds.max(1) {
-        let mut one = |noop: bool, (rate, cpu, lat): (f64, f64, Json)| {
+        let mut one = |noop: bool, (rate, cpu, own, lat): (f64, f64, f64, Json)| {
             if noop {
                 noop_rates.push(rate);
                 noop_cpu.push(cpu);
+                noop_own.push(own);
                 noop_lat = lat;
             } else {
                 call_rates.push(rate);
                 call_cpu.push(cpu);
+                call_own.push(own);
                 call_lat = lat;
             }
         };
@@ -604,6 +622,8 @@ pub async fn overhead(d: &Daemon, proto: Protocol, c: usize, secs: f64, rounds: 
         "daemon_cpu_us_per_call": r3(cc),
         "daemon_cpu_us_per_noop": r3(nc),
         "cpu_ratio_noop_over_call": r3(if cc > 0.0 { nc / cc } else { 0.0 }),
+        "client_cpu_us_per_call": r3(med(&call_own)),
+        "client_cpu_us_per_noop": r3(med(&noop_own)),
         "call_latency_last_round": call_lat,
         "noop_latency_last_round": noop_lat,
     }))

@@ -182,6 +182,13 @@ fn rows(peer: &Json, x: &Json) -> Vec<Row> {
                 peer_cpu,
                 goal(Goal::RatioAtMost(0.1)),
             );
+            push(
+                format!("load generator's own CPU per op, C={c}, {proto}"),
+                "ms",
+                num(&l["client_cpu_ms_per_op"]),
+                None,
+                Goal::None,
+            );
         }
     }
     let best = peer_best_bulk(peer);
@@ -279,6 +286,18 @@ fn rows(peer: &Json, x: &Json) -> Vec<Row> {
                 None,
                 Goal::Below(5.0),
             );
+            for (side, key) in [
+                ("daemon", "daemon_cpu_us_per_delivery"),
+                ("load generator", "client_cpu_us_per_delivery"),
+            ] {
+                push(
+                    format!("{side} CPU per delivery, 1,000 long-polls, {proto}"),
+                    "µs",
+                    num(&e[key]),
+                    None,
+                    Goal::None,
+                );
+            }
         }
     }
     for proto in protos {
@@ -302,6 +321,13 @@ fn rows(peer: &Json, x: &Json) -> Vec<Row> {
                     format!("daemon CPU per request, bare handler, C={c}, {proto}"),
                     "µs",
                     num(&o["daemon_cpu_us_per_noop"]),
+                    None,
+                    Goal::None,
+                );
+                push(
+                    format!("load generator's CPU per request, bare handler, C={c}, {proto}"),
+                    "µs",
+                    num(&o["client_cpu_us_per_noop"]),
                     None,
                     Goal::None,
                 );
