@@ -354,31 +354,159 @@ fn check_device(tx: &Tx, dev: &Object, op: &str) -> Result<(), ApiError> {
     }
 }
 
+/// The operations whose availability a class's `allowed_operations` reports, each with its
+/// canonical enum spelling, worked out once (`refresh_allowed` runs on every VM write).
+fn candidates(class: ClassId) -> &'static [(&'static str, &'static str)] {
+    use std::sync::OnceLock;
+    static TABLES: OnceLock<[Vec<(&'static str, &'static str)>; 3]> = OnceLock::new();
+    let tables = TABLES.get_or_init(|| {
+        let table = |class: ClassId, ops: &[&'static str]| -> Vec<(&'static str, &'static str)> {
+            ops.iter().map(|op| (*op, canonical_op(class, op))).collect()
+        };
+        [
+            table(class_ids::VM, VM_CANDIDATES),
+            table(class_ids::VBD, VBD_CANDIDATES),
+            table(class_ids::VIF, VIF_CANDIDATES),
+        ]
+    });
+    if class == class_ids::VM {
+        &tables[0]
+    } else if class == class_ids::VBD {
+        &tables[1]
+    } else if class == class_ids::VIF {
+        &tables[2]
+    } else {
+        &[]
+    }
+}
+
+/// VBD operations whose availability `allowed_operations` reports.
+const VBD_CANDIDATES: &[&str] = &["attach", "eject", "insert", "plug", "unplug", "unplug_force"];
+/// VIF operations whose availability `allowed_operations` reports.
+const VIF_CANDIDATES: &[&str] = &["attach", "plug", "unplug"];
+
 /// Recomputes `allowed_operations` of a VM, VBD or VIF from its current state.
 pub fn refresh_allowed(tx: &mut Tx, class: ClassId, reference: &str) -> Result<(), ApiError> {
+    let candidates = candidates(class);
+    if candidates.is_empty() {
+        return Ok(());
+    }
     let Some(obj) = tx.get(class, reference) else {
         return Ok(());
     };
-    let Some(f) = class.field_by_name("allowed_operations") else {
-        return Ok(());
-    };
-    let candidates: &[&str] = if class == class_ids::VM {
-        VM_CANDIDATES
+    let f = if class == class_ids::VM {
+        fields::VM::allowed_operations
     } else if class == class_ids::VBD {
-        &["attach", "eject", "insert", "plug", "unplug", "unplug_force"]
-    } else if class == class_ids::VIF {
-        &["attach", "plug", "unplug"]
+        fields::VBD::allowed_operations
     } else {
-        return Ok(());
+        fields::VIF::allowed_operations
     };
-    let mut allowed = Vec::new();
-    for op in candidates {
-        let ok = if class == class_ids::VM {
-            vm_refusal(&obj, op).is_none()
-        } else if *op == "attach" {
+    let allowed = if class == class_ids::VM {
+        vm_allowed(&obj)
+    } else {
+        device_allowed(tx, &obj, candidates)
+    };
+    if obj.get(f) != &allowed {
+        set_field(tx, class, reference, f, allowed)?;
+    }
+    Ok(())
+}
+
+/// The operations a VM allows now. VMs in the same state (see [`VmState`]) share one
+/// computed set: it is worked out once per state and thread, not per VM and write.
+fn vm_allowed(vm: &Object) -> Value {
+    use std::cell::RefCell;
+    thread_local! {
+        static BY_STATE: RefCell<std::collections::HashMap<VmState, Value, foldhash::fast::RandomState>> =
+            RefCell::default();
+    }
+    let Some(state) = VmState::of(vm) else {
+        return vm_allowed_uncached(vm);
+    };
+    BY_STATE.with(|memo| {
+        let mut memo = memo.borrow_mut();
+        if let Some(v) = memo.get(&state) {
+            return v.clone();
+        }
+        // The states seen in practice are a few dozen; the bound only guards memory.
+        if memo.len() >= 1024 {
+            memo.clear();
+        }
+        let v = vm_allowed_uncached(vm);
+        memo.insert(state, v.clone());
+        v
+    })
+}
+
+fn vm_allowed_uncached(vm: &Object) -> Value {
+    let allowed = candidates(class_ids::VM)
+        .iter()
+        .filter(|(op, _)| vm_refusal(vm, op).is_none())
+        .map(|(_, canonical)| Value::Enum(canonical))
+        .collect();
+    Value::set(allowed)
+}
+
+/// Everything [`vm_refusal`] reads of a VM, for a VM with no blocked operations and at most
+/// two operations in progress (`None` otherwise: such a VM's set is worked out afresh).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+struct VmState {
+    power: &'static str,
+    /// is_a_template, is_a_snapshot, a default template, is_control_domain.
+    flags: [bool; 4],
+    /// The operations in progress, sorted (the checks do not depend on their order).
+    in_progress: [&'static str; 2],
+}
+
+impl VmState {
+    fn of(vm: &Object) -> Option<VmState> {
+        if !vm.get(fields::VM::blocked_operations).as_map().is_empty() {
+            return None;
+        }
+        let Value::Enum(power) = vm.get(fields::VM::power_state) else {
+            return None;
+        };
+        let marks = vm.get(fields::VM::current_operations).as_map();
+        if marks.len() > 2 {
+            return None;
+        }
+        let mut in_progress = [""; 2];
+        for (slot, (_, v)) in in_progress.iter_mut().zip(marks) {
+            let Value::Enum(op) = v else {
+                return None;
+            };
+            *slot = op;
+        }
+        in_progress.sort_unstable();
+        let is = |f| vm.get(f) == &Value::Bool(true);
+        let default_template = is(fields::VM::is_default_template)
+            || vm
+                .get(fields::VM::other_config)
+                .map_get("default_template")
+                .and_then(Value::as_str)
+                == Some("true");
+        Some(VmState {
+            power,
+            flags: [
+                is(fields::VM::is_a_template),
+                is(fields::VM::is_a_snapshot),
+                default_template,
+                is(fields::VM::is_control_domain),
+            ],
+            in_progress,
+        })
+    }
+}
+
+/// The operations a VBD or VIF allows now.
+fn device_allowed(tx: &Tx, obj: &Object, candidates: &[(&'static str, &'static str)]) -> Value {
+    let class = obj.class;
+    let mut allowed = Vec::with_capacity(candidates.len());
+    for &(op, canonical) in candidates {
+        let ok = if op == "attach" {
             vm_power_of(
                 tx,
-                &obj,
+                obj,
                 if class == class_ids::VBD {
                     fields::VBD::VM
                 } else {
@@ -386,17 +514,13 @@ pub fn refresh_allowed(tx: &mut Tx, class: ClassId, reference: &str) -> Result<(
                 },
             ) == Some(HALTED)
         } else {
-            check_device(tx, &obj, op).is_ok()
+            check_device(tx, obj, op).is_ok()
         };
         if ok {
-            allowed.push(Value::Enum(canonical_op(class, op)));
+            allowed.push(Value::Enum(canonical));
         }
     }
-    let allowed = Value::set(allowed);
-    if obj.get(f) != &allowed {
-        set_field(tx, class, reference, f, allowed)?;
-    }
-    Ok(())
+    Value::set(allowed)
 }
 
 /// Refreshes a VM's and its devices' `allowed_operations`.
@@ -415,4 +539,78 @@ pub fn refresh_vm_and_devices(tx: &mut Tx, vm: &str) -> Result<(), ApiError> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::value::default_object;
+
+    /// Every input `vm_refusal` reads, varied: VMs that differ in any of them must not share a
+    /// remembered set, and a remembered set must equal one worked out afresh.
+    #[test]
+    fn vms_in_one_state_share_a_set_and_no_other_vm_gets_it() {
+        let mut vms = Vec::new();
+        for power in [HALTED, PAUSED, RUNNING, SUSPENDED] {
+            for bits in 0..32u8 {
+                for marks in [
+                    &[][..],
+                    &["clone"][..],
+                    &["hard_shutdown"][..],
+                    &["clone", "export"][..],
+                ] {
+                    let mut vm = default_object(class_ids::VM, "OpaqueRef:vm");
+                    vm.set(fields::VM::power_state, Value::Enum(power));
+                    let flag = |i: u8| Value::Bool(bits & (1 << i) != 0);
+                    vm.set(fields::VM::is_a_template, flag(0));
+                    vm.set(fields::VM::is_a_snapshot, flag(1));
+                    vm.set(fields::VM::is_default_template, flag(2));
+                    vm.set(fields::VM::is_control_domain, flag(3));
+                    if bits & 16 != 0 {
+                        vm.set(
+                            fields::VM::other_config,
+                            Value::map(vec![(Value::str("default_template"), Value::str("true"))]),
+                        );
+                    }
+                    let marks = marks
+                        .iter()
+                        .enumerate()
+                        .map(|(i, op)| {
+                            (
+                                Value::str(format!("task{i}")),
+                                Value::Enum(canonical_op(class_ids::VM, op)),
+                            )
+                        })
+                        .collect();
+                    vm.set(fields::VM::current_operations, Value::map(marks));
+                    vms.push(vm);
+                }
+            }
+        }
+        let mut blocked = vms[0].clone();
+        blocked.set(
+            fields::VM::blocked_operations,
+            Value::map(vec![(Value::Enum("start"), Value::str("no"))]),
+        );
+        vms.push(blocked);
+        let expected: Vec<Value> = vms.iter().map(vm_allowed_uncached).collect();
+        let distinct: std::collections::HashSet<String> = expected.iter().map(|v| format!("{v:?}")).collect();
+        assert!(distinct.len() > 20, "the variants should allow different operations");
+        // Twice: the first pass fills the memory, the second reads it.
+        for _ in 0..2 {
+            for (vm, want) in vms.iter().zip(&expected) {
+                assert_eq!(
+                    &vm_allowed(vm),
+                    want,
+                    "{:?}",
+                    VmState::of(vm).map(|s| (s.power, s.flags, s.in_progress))
+                );
+            }
+        }
+        // The blocked operation is left out even though an unblocked VM in the same state
+        // allows it.
+        let start = Value::Enum(canonical_op(class_ids::VM, "start"));
+        assert!(expected[0].as_set().contains(&start));
+        assert!(!expected[expected.len() - 1].as_set().contains(&start));
+    }
 }
