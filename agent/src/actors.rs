@@ -59,7 +59,8 @@ impl Handler<Perform> for ObjectActor {
 pub struct Actors {
     arbiters: Vec<Arbiter>,
     next: AtomicUsize,
-    addrs: Mutex<HashMap<(ClassId, String), Addr<ObjectActor>>>,
+    /// Per class, by ref (looked up by `&str`, without building a key).
+    addrs: Mutex<HashMap<ClassId, HashMap<String, Addr<ObjectActor>>>>,
 }
 
 impl Actors {
@@ -75,8 +76,9 @@ impl Actors {
 
     /// The actor of an object, started on first use.
     pub fn of(&self, agent: &Arc<Agent>, class: ClassId, reference: &str) -> Addr<ObjectActor> {
-        let mut addrs = self.addrs.lock();
-        if let Some(a) = addrs.get(&(class, reference.to_owned())) {
+        let mut all = self.addrs.lock();
+        let addrs = all.entry(class).or_default();
+        if let Some(a) = addrs.get(reference) {
             if a.connected() {
                 return a.clone();
             }
@@ -94,18 +96,20 @@ impl Actors {
             self.arbiters[i].handle()
         });
         let addr = ObjectActor::start_in_arbiter(&home, move |_| actor);
-        addrs.insert((class, reference.to_owned()), addr.clone());
+        addrs.insert(reference.to_owned(), addr.clone());
         addr
     }
 
     /// Forgets an object's actor (it stops once its queued work is done).
     pub fn remove(&self, class: ClassId, reference: &str) {
-        self.addrs.lock().remove(&(class, reference.to_owned()));
+        if let Some(addrs) = self.addrs.lock().get_mut(&class) {
+            addrs.remove(reference);
+        }
     }
 
     /// How many actors are live.
     pub fn len(&self) -> usize {
-        self.addrs.lock().len()
+        self.addrs.lock().values().map(HashMap::len).sum()
     }
 
     /// Whether no actor is live.

@@ -237,18 +237,22 @@ pub struct MethodRef {
     pub message: &'static MessageDef,
 }
 
+/// Name lookups (fields by name on every decoded record and call): foldhash rather than the
+/// standard SipHash; the names are the datamodel's, not the clients'.
+type Fast = foldhash::fast::RandomState;
+
 struct Index {
-    classes: HashMap<String, ClassId>,
-    fields: Vec<HashMap<&'static str, FieldId>>,
-    methods: HashMap<String, MethodRef>,
+    classes: HashMap<String, ClassId, Fast>,
+    fields: Vec<HashMap<&'static str, FieldId, Fast>>,
+    methods: HashMap<String, MethodRef, Fast>,
 }
 
 fn index() -> &'static Index {
     static INDEX: OnceLock<Index> = OnceLock::new();
     INDEX.get_or_init(|| {
-        let mut classes = HashMap::new();
+        let mut classes = HashMap::default();
         let mut fields = Vec::new();
-        let mut methods = HashMap::new();
+        let mut methods = HashMap::default();
         for (i, c) in CLASSES.iter().enumerate() {
             classes.insert(c.name.to_ascii_lowercase(), ClassId(i));
             fields.push(c.fields.iter().enumerate().map(|(j, f)| (f.name, FieldId(j))).collect());

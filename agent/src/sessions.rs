@@ -131,7 +131,7 @@ pub struct Sessions {
     verifier: Verifier,
     hash_path: PathBuf,
     hash: RwLock<String>,
-    last_active: RwLock<HashMap<String, AtomicI64>>,
+    last_active: RwLock<HashMap<String, AtomicI64, foldhash::fast::RandomState>>,
     login_lock: Mutex<()>,
     failures: Mutex<std::collections::VecDeque<std::time::Instant>>,
 }
@@ -217,7 +217,7 @@ impl Sessions {
             verifier: Verifier::start()?,
             hash_path,
             hash: RwLock::new(hash),
-            last_active: RwLock::new(HashMap::new()),
+            last_active: RwLock::new(HashMap::default()),
             login_lock: Mutex::new(()),
             failures: Mutex::new(std::collections::VecDeque::new()),
         })

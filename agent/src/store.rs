@@ -9,7 +9,7 @@
 use crate::error::ApiError;
 use crate::events::{EventLog, EventOp, LoggedEvent};
 use crate::schema::{derived_sets, ClassId, FieldId, CLASSES};
-use crate::value::{now, record_from_json, write_record_json_except, Object, Value};
+use crate::value::{now, record_from_json, write_stored_record_json, Object, Value};
 use parking_lot::{Mutex, RwLock};
 use redb::{ReadableTable, TableDefinition};
 use std::borrow::Borrow;
@@ -51,9 +51,14 @@ pub enum StoreError {
 /// object itself and look up by its own text, so no ref or uuid is held twice.
 #[derive(Default)]
 struct Table {
-    objects: HashSet<Keyed<ByRef>>,
-    uuids: HashSet<Keyed<ByUuid>>,
+    objects: HashSet<Keyed<ByRef>, Fast>,
+    uuids: HashSet<Keyed<ByUuid>, Fast>,
 }
+
+/// The hasher of the store's lookups: refs and uuids are long texts hashed on every read and
+/// write (SipHash, the standard one, showed up in lifecycle profiles); foldhash is seeded per
+/// process like the standard one.
+type Fast = foldhash::fast::RandomState;
 
 impl Table {
     fn get(&self, reference: &str) -> Option<Arc<Object>> {
@@ -160,7 +165,7 @@ pub struct Tx<'a> {
     /// What this transaction wrote, in the order first written (`None`: deleted).
     entries: Vec<(ClassId, String, Option<Arc<Object>>)>,
     /// Where each written object is in `entries`, by class and ref.
-    index: HashMap<ClassId, HashMap<String, usize>>,
+    index: HashMap<ClassId, HashMap<String, usize, Fast>, Fast>,
 }
 
 impl Tx<'_> {
@@ -413,7 +418,7 @@ impl Store {
             let mut tx = Tx {
                 store: self,
                 entries: Vec::new(),
-                index: HashMap::new(),
+                index: HashMap::default(),
             };
             let result = f(&mut tx)?;
             let (ack, undo) = self.apply(&mut generation, tx, durable);
@@ -626,8 +631,9 @@ fn commit_batches(db: &redb::Database, batches: &[Batch]) -> Result<(), Box<dyn 
             match op {
                 DiskOp::Put(k, obj) => {
                     buf.clear();
-                    // The derived sets are rebuilt at load, not stored.
-                    write_record_json_except(obj, derived_sets(obj.class), &mut buf);
+                    // The derived sets are rebuilt at load, and fields at their defaults filled
+                    // in: neither is stored.
+                    write_stored_record_json(obj, derived_sets(obj.class), &mut buf);
                     table.insert(k.as_str(), buf.as_bytes())?;
                 }
                 DiskOp::Delete(k) => {
@@ -724,6 +730,65 @@ mod tests {
         assert_eq!(*n2.get(fields::network::VIFs), vifs(&[]));
     }
 
+    /// Fields at their defaults are left out of the stored record and come back as they were:
+    /// a reopened store holds every field as written, including one set back to its default.
+    #[tokio::test]
+    async fn fields_at_their_defaults_are_not_stored_and_come_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut vm = default_object(class_ids::VM, "OpaqueRef:vm1");
+        vm.set(fields::VM::uuid, Value::str("u-vm1"));
+        vm.set(fields::VM::name_label, Value::str("web"));
+        vm.set(fields::VM::memory_static_max, Value::Int(1 << 30));
+        vm.set(fields::VM::power_state, Value::Enum("Running"));
+        vm.set(
+            fields::VM::other_config,
+            Value::map(vec![(Value::str("k"), Value::str("v"))]),
+        );
+        {
+            let store = Store::open(Some(dir.path())).unwrap();
+            let mut described = vm.clone();
+            described.set(fields::VM::name_description, Value::str("soon empty again"));
+            store
+                .write(|tx| {
+                    tx.put(described);
+                    Ok(())
+                })
+                .await
+                .unwrap();
+            store
+                .write(|tx| {
+                    tx.put(vm.clone());
+                    Ok(())
+                })
+                .await
+                .unwrap();
+        }
+        let db = open_db(&dir.path().join("xapid.redb")).unwrap();
+        let stored = db.begin_read().unwrap().open_table(OBJECTS).unwrap();
+        let text = std::str::from_utf8(stored.get("VM/OpaqueRef:vm1").unwrap().unwrap().value())
+            .unwrap()
+            .to_owned();
+        assert!(text.contains("\"name_label\":\"web\""), "{text}");
+        assert!(text.contains("\"power_state\":\"Running\""), "{text}");
+        assert!(!text.contains("name_description"), "{text}");
+        assert!(!text.contains("is_a_template"), "{text}");
+        let full = {
+            let mut t = String::new();
+            crate::value::write_record_json(&vm, &mut t);
+            t
+        };
+        assert!(
+            text.len() * 4 < full.len(),
+            "stored {} bytes, whole record {}",
+            text.len(),
+            full.len()
+        );
+        drop((stored, db));
+        let store = Store::open(Some(dir.path())).unwrap();
+        let back = store.get(class_ids::VM, "OpaqueRef:vm1").unwrap();
+        assert_eq!(back.fields, vm.fields);
+    }
+
     /// A write that changes only derived sets reaches no disk; any other change does, and a
     /// reopened store holds the last stored state with its sets rebuilt from the members.
     #[tokio::test]
@@ -755,7 +820,7 @@ mod tests {
                 let tx = Tx {
                     store,
                     entries: vec![(class_ids::network, change.reference.clone(), Some(Arc::new(change)))],
-                    index: HashMap::new(),
+                    index: HashMap::default(),
                 };
                 let mut generation = store.commit.lock();
                 store.apply(&mut generation, tx, true).0.is_some()
@@ -870,14 +935,14 @@ mod tests {
         let mut tx = Tx {
             store: &store,
             entries: Vec::new(),
-            index: HashMap::new(),
+            index: HashMap::default(),
         };
         tx.put(network("OpaqueRef:n1", "u1", "one"));
         let (_, undo) = store.apply(&mut generation, tx, false);
         let mut tx = Tx {
             store: &store,
             entries: Vec::new(),
-            index: HashMap::new(),
+            index: HashMap::default(),
         };
         tx.put(network("OpaqueRef:n1", "u9", "changed"));
         tx.put(network("OpaqueRef:n2", "u2", "two"));

@@ -515,16 +515,20 @@ pub fn record_from_json(class: ClassId, j: &Json, reference: &str) -> Result<Obj
 
 /// An object of `class` with every field at its default.
 pub fn default_object(class: ClassId, reference: &str) -> Object {
-    // The defaults are parsed once per class; every new object shares their text, sets and
-    // maps.
-    static DEFAULTS: std::sync::OnceLock<Vec<Vec<Value>>> = std::sync::OnceLock::new();
-    let all = DEFAULTS.get_or_init(|| ClassId::all().map(default_fields).collect());
+    // Every new object shares the defaults' text, sets and maps.
     Object {
         class,
         reference: reference.to_owned(),
-        fields: all.get(class.0).cloned().unwrap_or_else(|| default_fields(class)),
+        fields: class_defaults(class).to_vec(),
         generation: 0,
     }
+}
+
+/// A class's field defaults, in field order, parsed once per class.
+fn class_defaults(class: ClassId) -> &'static [Value] {
+    static DEFAULTS: std::sync::OnceLock<Vec<Vec<Value>>> = std::sync::OnceLock::new();
+    let all = DEFAULTS.get_or_init(|| ClassId::all().map(default_fields).collect());
+    all.get(class.0).map_or(&[], Vec::as_slice)
 }
 
 fn default_fields(class: ClassId) -> Vec<Value> {
@@ -773,12 +777,28 @@ pub fn write_record_json(obj: &Object, out: &mut String) {
 
 /// Writes an object's fields but those in `skip` as a JSON object keyed by field name.
 pub fn write_record_json_except(obj: &Object, skip: &[FieldId], out: &mut String) {
+    write_record_fields_json(obj, |i, _| !skip.contains(&FieldId(i)), out);
+}
+
+/// Writes what a stored record needs: the fields but those in `skip` and those at their
+/// default, which [`record_from_json`] puts back (most of a VM's ~100 fields sit at their
+/// defaults, so the record on disk is a fraction of the whole).
+pub fn write_stored_record_json(obj: &Object, skip: &[FieldId], out: &mut String) {
+    let defaults = class_defaults(obj.class);
+    write_record_fields_json(
+        obj,
+        |i, v| !skip.contains(&FieldId(i)) && defaults.get(i) != Some(v),
+        out,
+    );
+}
+
+fn write_record_fields_json(obj: &Object, keep: impl Fn(usize, &Value) -> bool, out: &mut String) {
     // Field names are plain identifiers (see the `field_names_need_no_escaping` test).
     let tags = field_tags(obj.class, [",", "\"", "\":"], &JSON_FIELD_TAGS);
     out.push('{');
     let mut first = true;
     for (i, (tag, val)) in tags.iter().zip(obj.fields.iter()).enumerate() {
-        if skip.contains(&FieldId(i)) {
+        if !keep(i, val) {
             continue;
         }
         // Every tag but the first field's starts with the separator.
