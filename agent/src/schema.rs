@@ -237,9 +237,8 @@ pub struct MethodRef {
     pub message: &'static MessageDef,
 }
 
-/// Name lookups (fields by name on every decoded record and call): foldhash rather than the
-/// standard SipHash; the names are the datamodel's, not the clients'.
-type Fast = foldhash::fast::RandomState;
+/// Name lookups (fields by name on every decoded record and call).
+use crate::FastHash as Fast;
 
 struct Index {
     classes: HashMap<String, ClassId, Fast>,

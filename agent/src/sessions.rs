@@ -131,7 +131,7 @@ pub struct Sessions {
     verifier: Verifier,
     hash_path: PathBuf,
     hash: RwLock<String>,
-    last_active: RwLock<HashMap<String, AtomicI64, foldhash::fast::RandomState>>,
+    last_active: RwLock<HashMap<String, AtomicI64, crate::FastHash>>,
     login_lock: Mutex<()>,
     failures: Mutex<std::collections::VecDeque<std::time::Instant>>,
 }

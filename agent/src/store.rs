@@ -55,10 +55,8 @@ struct Table {
     uuids: HashSet<Keyed<ByUuid>, Fast>,
 }
 
-/// The hasher of the store's lookups: refs and uuids are long texts hashed on every read and
-/// write (SipHash, the standard one, showed up in lifecycle profiles); foldhash is seeded per
-/// process like the standard one.
-type Fast = foldhash::fast::RandomState;
+/// Refs and uuids are long texts hashed on every read and write.
+use crate::FastHash as Fast;
 
 impl Table {
     fn get(&self, reference: &str) -> Option<Arc<Object>> {

@@ -4,7 +4,7 @@
 
 use crate::error::ApiError;
 use crate::objects::set_field;
-use crate::schema::{class_ids, fields, ClassId};
+use crate::schema::{class_ids, fields, ClassId, FieldId};
 use crate::store::Tx;
 use crate::value::{Object, Value};
 
@@ -282,7 +282,7 @@ fn vm_refusal<'a>(vm: &'a Object, op: &str) -> Option<Refusal<'a>> {
 }
 
 /// The power state of the VM a device belongs to.
-fn vm_power_of(tx: &Tx, dev: &Object, vm_field: crate::schema::FieldId) -> Option<&'static str> {
+fn vm_power_of(tx: &Tx, dev: &Object, vm_field: FieldId) -> Option<&'static str> {
     let vm = tx.get(class_ids::VM, dev.get(vm_field).as_str()?)?;
     match vm.get(fields::VM::power_state) {
         Value::Enum(s) => Some(s),
@@ -354,13 +354,15 @@ fn check_device(tx: &Tx, dev: &Object, op: &str) -> Result<(), ApiError> {
     }
 }
 
-/// The operations whose availability a class's `allowed_operations` reports, each with its
-/// canonical enum spelling, worked out once (`refresh_allowed` runs on every VM write).
-fn candidates(class: ClassId) -> &'static [(&'static str, &'static str)] {
+/// A class's `allowed_operations` field and the operations it reports on, each with its
+/// canonical enum spelling, worked out once (`refresh_allowed` runs on every VM write);
+/// `None` for classes whose set this module does not keep.
+fn allowed_field_and_candidates(class: ClassId) -> Option<(FieldId, &'static [(&'static str, &'static str)])> {
     use std::sync::OnceLock;
-    static TABLES: OnceLock<[Vec<(&'static str, &'static str)>; 3]> = OnceLock::new();
+    type Table = Vec<(&'static str, &'static str)>;
+    static TABLES: OnceLock<[Table; 3]> = OnceLock::new();
     let tables = TABLES.get_or_init(|| {
-        let table = |class: ClassId, ops: &[&'static str]| -> Vec<(&'static str, &'static str)> {
+        let table = |class: ClassId, ops: &[&'static str]| -> Table {
             ops.iter().map(|op| (*op, canonical_op(class, op))).collect()
         };
         [
@@ -370,13 +372,13 @@ fn candidates(class: ClassId) -> &'static [(&'static str, &'static str)] {
         ]
     });
     if class == class_ids::VM {
-        &tables[0]
+        Some((fields::VM::allowed_operations, &tables[0]))
     } else if class == class_ids::VBD {
-        &tables[1]
+        Some((fields::VBD::allowed_operations, &tables[1]))
     } else if class == class_ids::VIF {
-        &tables[2]
+        Some((fields::VIF::allowed_operations, &tables[2]))
     } else {
-        &[]
+        None
     }
 }
 
@@ -387,19 +389,11 @@ const VIF_CANDIDATES: &[&str] = &["attach", "plug", "unplug"];
 
 /// Recomputes `allowed_operations` of a VM, VBD or VIF from its current state.
 pub fn refresh_allowed(tx: &mut Tx, class: ClassId, reference: &str) -> Result<(), ApiError> {
-    let candidates = candidates(class);
-    if candidates.is_empty() {
-        return Ok(());
-    }
-    let Some(obj) = tx.get(class, reference) else {
+    let Some((f, candidates)) = allowed_field_and_candidates(class) else {
         return Ok(());
     };
-    let f = if class == class_ids::VM {
-        fields::VM::allowed_operations
-    } else if class == class_ids::VBD {
-        fields::VBD::allowed_operations
-    } else {
-        fields::VIF::allowed_operations
+    let Some(obj) = tx.get(class, reference) else {
+        return Ok(());
     };
     let allowed = if class == class_ids::VM {
         vm_allowed(&obj)
@@ -417,7 +411,7 @@ pub fn refresh_allowed(tx: &mut Tx, class: ClassId, reference: &str) -> Result<(
 fn vm_allowed(vm: &Object) -> Value {
     use std::cell::RefCell;
     thread_local! {
-        static BY_STATE: RefCell<std::collections::HashMap<VmState, Value, foldhash::fast::RandomState>> =
+        static BY_STATE: RefCell<std::collections::HashMap<VmState, Value, crate::FastHash>> =
             RefCell::default();
     }
     let Some(state) = VmState::of(vm) else {
@@ -439,7 +433,8 @@ fn vm_allowed(vm: &Object) -> Value {
 }
 
 fn vm_allowed_uncached(vm: &Object) -> Value {
-    let allowed = candidates(class_ids::VM)
+    let candidates = allowed_field_and_candidates(class_ids::VM).map_or(&[][..], |(_, c)| c);
+    let allowed = candidates
         .iter()
         .filter(|(op, _)| vm_refusal(vm, op).is_none())
         .map(|(_, canonical)| Value::Enum(canonical))
