@@ -1,17 +1,22 @@
-//! Which messages this build carries out, rendered from the datamodel into
-//! `docs/api-coverage.md` (a test keeps the file current).
+//! Which messages this build carries out, read from the behaviour table and rendered into
+//! `docs/api-coverage.md` (a test keeps the file current; `tests/tests/coverage_walk.rs`
+//! checks it against a live daemon).
 
-use crate::api::is_async_eligible;
-use crate::handlers::IMPLEMENTED;
-use crate::schema::{MessageKind, CLASSES};
+use crate::behaviour::table;
+use crate::schema::{ClassId, MessageId, MessageKind, CLASSES};
 use std::fmt::Write as _;
 
 /// Whether a message does its work in this build (otherwise it answers NOT_IMPLEMENTED).
-pub fn implemented(class: &str, m: &crate::schema::MessageDef) -> bool {
-    let name = format!("{class}.{}", m.name);
-    m.kind != MessageKind::Custom
-        || IMPLEMENTED.contains(&name.as_str())
-        || crate::storage::IMPLEMENTED.contains(&name.as_str())
+pub fn implemented(id: MessageId) -> bool {
+    table().implemented(id)
+}
+
+/// Every `Class.message` that answers `NOT_IMPLEMENTED [function]` in this build.
+pub fn not_implemented() -> Vec<String> {
+    MessageId::all()
+        .filter(|id| !implemented(*id))
+        .map(MessageId::wire_name)
+        .collect()
 }
 
 /// The coverage document.
@@ -19,31 +24,26 @@ pub fn render() -> String {
     let mut out = String::new();
     let (mut total, mut done, mut asyncs) = (0, 0, 0);
     let mut body = String::new();
-    for c in CLASSES {
-        let missing: Vec<&str> = c
-            .messages
-            .iter()
-            .filter(|m| !implemented(c.name, m))
-            .map(|m| m.name)
+    for (ci, c) in CLASSES.iter().enumerate() {
+        let ids: Vec<MessageId> = (0..c.messages.len())
+            .map(|index| MessageId {
+                class: ClassId(ci),
+                index,
+            })
             .collect();
-        let custom: Vec<&str> = c
-            .messages
+        let missing: Vec<&str> = ids
             .iter()
-            .filter(|m| m.kind == MessageKind::Custom && implemented(c.name, m))
-            .map(|m| m.name)
+            .filter(|id| !implemented(**id))
+            .map(|id| id.def().name)
+            .collect();
+        let custom: Vec<&str> = ids
+            .iter()
+            .filter(|id| implemented(**id) && (id.def().kind == MessageKind::Custom || table().owner(**id).is_some()))
+            .map(|id| id.def().name)
             .collect();
         total += c.messages.len();
         done += c.messages.len() - missing.len();
-        asyncs += c
-            .messages
-            .iter()
-            .filter(|m| {
-                is_async_eligible(
-                    crate::schema::ClassId::by_name(c.name).unwrap_or(crate::schema::class_ids::session),
-                    m,
-                )
-            })
-            .count();
+        asyncs += ids.iter().filter(|id| table().async_form(**id)).count();
         let _ = writeln!(
             body,
             "## {}\n\n{} messages: {} generic (accessors, create, destroy, queries), {} with behaviour, {} NOT_IMPLEMENTED.\n",
@@ -70,8 +70,10 @@ pub fn render() -> String {
     }
     let _ = writeln!(
         out,
-        "# API coverage\n\nGenerated from the datamodel by `agent/src/coverage.rs`; `cargo test -p agent coverage` checks it is current \
-         (`UPDATE_DOCS=1 cargo test -p agent coverage` rewrites it).\n\n\
+        "# API coverage\n\nGenerated from the behaviour table (`agent/src/behaviour.rs`) by `agent/src/coverage.rs`; \
+         `cargo test -p agent coverage` checks it is current (`UPDATE_DOCS=1 cargo test -p agent coverage` rewrites it), \
+         and `tests/tests/coverage_walk.rs` calls every message on a live daemon and checks that exactly the ones \
+         listed here answer `NOT_IMPLEMENTED`.\n\n\
          {} classes, {} messages: {} carried out, {} answer `NOT_IMPLEMENTED [function]`. \
          {} of them also exist as `Async.<Class>.<message>` returning a task.\n",
         CLASSES.len(),

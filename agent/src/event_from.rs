@@ -1,15 +1,46 @@
 //! `event.from` and `event.inject`: changes since a token, merged per object, with the
 //! latest snapshot of each.
 
-use crate::api::Call;
+use crate::call::{Call, Entry};
+use crate::entry;
 use crate::error::ApiError;
 use crate::events::EventOp;
+use crate::schema::class_ids;
 use crate::schema::ClassId;
 use crate::value::{Shared, Value, NULL_REF};
 use crate::Agent;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
+
+/// The `event` messages carried out here.
+pub fn behaviour() -> Vec<Entry> {
+    vec![
+        entry!(class_ids::event, "from", |agent, _, c| from(&agent, &c).await),
+        entry!(class_ids::event, "register", |agent, _, c| {
+            register(
+                &agent,
+                c.session_ref(),
+                c.args.first().map(Value::as_set).unwrap_or(&[]),
+            );
+            Ok(Value::None)
+        }),
+        entry!(class_ids::event, "unregister", |agent, _, c| {
+            unregister(
+                &agent,
+                c.session_ref(),
+                c.args.first().map(Value::as_set).unwrap_or(&[]),
+            );
+            Ok(Value::None)
+        }),
+        entry!(class_ids::event, "next", |agent, _, c| next(&agent, c.session_ref())
+            .await),
+        entry!(class_ids::event, "get_current_id", |agent, _, _c| {
+            Ok(Value::Int(agent.store.events().latest() as i64))
+        }),
+        entry!(class_ids::event, "inject", |agent, _, c| inject(&agent, &c).await),
+    ]
+}
 
 /// The longest an `event.from` may wait, whatever the caller asks.
 pub const MAX_TIMEOUT_SECS: f64 = 3600.0;
@@ -282,16 +313,20 @@ fn batch(agent: &Agent, subs: &Subscription, changes: Vec<Change>, latest: u64) 
 pub async fn inject(agent: &Arc<Agent>, c: &Call) -> Result<Value, ApiError> {
     let class_name = c.args.first().and_then(Value::as_str).unwrap_or("");
     let r = c.args.get(1).and_then(Value::as_str).unwrap_or(NULL_REF).to_owned();
-    let class = ClassId::by_name(class_name).ok_or_else(|| ApiError::invalid_value("class", class_name))?;
-    agent
+    let invalid = || ApiError::handle_invalid(class_name, &r);
+    let class = ClassId::by_name(class_name).ok_or_else(invalid)?;
+    let generation = agent
         .store
         .write(|tx| {
-            let o = tx.must_get(class, &r)?;
+            let o = tx.get(class, &r).ok_or_else(invalid)?;
             tx.put((*o).clone());
             Ok(())
         })
-        .await?;
-    Ok(Value::str(token(agent.store.events().latest())))
+        .await
+        .map(|()| agent.store.get(class, &r).map_or(0, |o| o.generation))?;
+    // The token just before the touch (the reference's `generation - 1`): `event.from` with
+    // it reports the injected object at once, whatever else happens meanwhile.
+    Ok(Value::str(token(generation.saturating_sub(1))))
 }
 
 /// Legacy `event.register`/`event.next` subscriptions, by session.
@@ -330,7 +365,7 @@ pub async fn next(agent: &Arc<Agent>, session: &str) -> Result<Value, ApiError> 
         .get(session)
         .cloned()
         .ok_or_else(|| ApiError::SessionNotRegistered {
-            handle: session.to_owned(),
+            handle: crate::sessions::trackid(session),
         })?;
     let subs = Subscription::parse(&classes);
     let mut rx = agent.store.events().subscribe();

@@ -234,7 +234,7 @@ pub async fn ensure(store: &Store, facts: &HostFacts, state_dir: &Path) -> Resul
                     o.set(f::device, Value::str("eth0"));
                     o.set(f::network, r(&net_ref));
                     o.set(f::host, r(&h));
-                    o.set(f::MAC, Value::str(crate::handlers::random_mac()));
+                    o.set(f::MAC, Value::str(crate::lifecycle::devices::random_mac()));
                     o.set(f::MTU, Value::Int(1500));
                     o.set(f::physical, Value::Bool(true));
                     o.set(f::management, Value::Bool(true));

@@ -2,14 +2,17 @@
 //! log, sessions, dispatch of calls, and the hypervisor backends.
 
 pub mod actors;
-pub mod api;
+pub mod behaviour;
+pub mod call;
 pub mod coverage;
+pub mod dispatch;
 pub mod error;
 pub mod event_from;
 pub mod events;
 pub mod first_boot;
-pub mod handlers;
+pub mod host;
 pub mod hypervisor;
+pub mod implicit;
 pub mod lifecycle;
 pub mod objects;
 pub mod query;
@@ -26,7 +29,8 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-pub use api::{call, method_list, CallCtx};
+pub use call::CallCtx;
+pub use dispatch::{call, method_list};
 
 /// The hasher of the daemon's lookups by text on hot paths (refs, uuids, field and message
 /// names, session refs): foldhash, seeded per process like the standard SipHash, which showed

@@ -14,6 +14,36 @@ pub struct ClassId(pub usize);
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FieldId(pub usize);
 
+/// A message: its class and its index in the class's `messages`. The behaviour table is keyed
+/// by it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MessageId {
+    /// Owning class.
+    pub class: ClassId,
+    /// Index in the class's `messages`.
+    pub index: usize,
+}
+
+impl MessageId {
+    /// The message's definition.
+    pub fn def(self) -> &'static MessageDef {
+        &CLASSES[self.class.0].messages[self.index]
+    }
+    /// `Class.message`, as on the wire.
+    pub fn wire_name(self) -> String {
+        format!("{}.{}", self.class.name(), self.def().name)
+    }
+    /// Every message of the API, in datamodel order.
+    pub fn all() -> impl Iterator<Item = MessageId> {
+        CLASSES.iter().enumerate().flat_map(|(c, def)| {
+            (0..def.messages.len()).map(move |index| MessageId {
+                class: ClassId(c),
+                index,
+            })
+        })
+    }
+}
+
 /// Index of an enum in [`ENUMS`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct EnumId(pub usize);
@@ -195,6 +225,14 @@ impl ClassId {
     pub fn field(self, f: FieldId) -> &'static FieldDef {
         &CLASSES[self.0].fields[f.0]
     }
+    /// Looks a message of the class up by name.
+    pub fn message_by_name(self, name: &str) -> Option<MessageId> {
+        CLASSES[self.0]
+            .messages
+            .iter()
+            .position(|m| m.name == name)
+            .map(|index| MessageId { class: self, index })
+    }
     /// Looks a field up by name.
     pub fn field_by_name(self, name: &str) -> Option<FieldId> {
         index().fields[self.0].get(name).copied()
@@ -231,6 +269,8 @@ impl EnumId {
 /// A message found by its wire name.
 #[derive(Clone, Copy, Debug)]
 pub struct MethodRef {
+    /// The message's id.
+    pub id: MessageId,
     /// Owning class.
     pub class: ClassId,
     /// The message.
@@ -255,8 +295,12 @@ fn index() -> &'static Index {
         for (i, c) in CLASSES.iter().enumerate() {
             classes.insert(c.name.to_ascii_lowercase(), ClassId(i));
             fields.push(c.fields.iter().enumerate().map(|(j, f)| (f.name, FieldId(j))).collect());
-            for m in c.messages {
+            for (index, m) in c.messages.iter().enumerate() {
                 let r = MethodRef {
+                    id: MessageId {
+                        class: ClassId(i),
+                        index,
+                    },
                     class: ClassId(i),
                     message: m,
                 };

@@ -3,6 +3,8 @@
 //! Sessions are `session` objects in the store (a class that is never written to disk). The
 //! root password lives only as an argon2 hash in the state dir.
 
+use crate::call::Entry;
+use crate::entry;
 use crate::error::ApiError;
 use crate::objects::{create, destroy, new_ref, new_uuid};
 use crate::schema::{class_ids, fields};
@@ -16,6 +18,66 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering};
 
 mod scratch_argon2;
+
+/// The `session` messages carried out here.
+pub fn behaviour() -> Vec<Entry> {
+    vec![
+        entry!(class_ids::session, "login_with_password", |agent, ctx, c| login(
+            &agent, &ctx, &c
+        )
+        .await),
+        entry!(
+            class_ids::session,
+            "slave_local_login_with_password",
+            |agent, ctx, c| { login(&agent, &ctx, &c).await }
+        ),
+        entry!(class_ids::session, "logout", |agent, _, c| logout(&agent, &c).await),
+        entry!(class_ids::session, "local_logout", |agent, _, c| logout(&agent, &c)
+            .await),
+        entry!(class_ids::session, "change_password", |agent, _, c| {
+            agent.sessions.change_password(c.str_arg(0), c.str_arg(1))?;
+            Ok(Value::None)
+        }),
+        entry!(class_ids::session, "get_all_subject_identifiers", |_agent, _, _c| {
+            Ok(Value::set(Vec::new()))
+        }),
+    ]
+}
+
+async fn login(agent: &crate::Agent, ctx: &crate::call::CallCtx, c: &crate::call::Call) -> Result<Value, ApiError> {
+    // `slave_local_login_with_password` has no version or originator.
+    let originator = c.str_arg(3);
+    let r = agent
+        .sessions
+        .login(
+            &agent.store,
+            &agent.host,
+            c.str_arg(0),
+            c.str_arg(1),
+            originator,
+            ctx.trusted_root,
+        )
+        .await?;
+    Ok(Value::reference(r))
+}
+
+async fn logout(agent: &crate::Agent, c: &crate::call::Call) -> Result<Value, ApiError> {
+    agent.sessions.logout(&agent.store, c.session_ref()).await?;
+    Ok(Value::None)
+}
+
+/// How the reference names a session in errors and logs without giving the session away:
+/// `trackid=` and the MD5 of its ref, in hex.
+pub fn trackid(session: &str) -> String {
+    use md5::{Digest, Md5};
+    let digest = Md5::digest(session.as_bytes());
+    let mut out = String::with_capacity(8 + 32);
+    out.push_str("trackid=");
+    for b in digest {
+        out.push_str(&format!("{b:02x}"));
+    }
+    out
+}
 
 /// Sessions one originator may hold before its oldest is evicted.
 pub const MAX_SESSIONS_PER_ORIGINATOR: usize = 500;

@@ -1,6 +1,9 @@
-//! `Async.*` calls: a `task` object answers at once and follows the call to its end.
+//! Tasks: `Async.*` calls (a `task` object answers at once and follows the call to its end),
+//! the `task` messages, and the one place where a task is created, advanced and finished (the
+//! HTTP data paths' transfers report through the same functions).
 
-use crate::api::{run, Call, CallCtx};
+use crate::call::{Call, CallCtx, Entry, Handler};
+use crate::entry;
 use crate::error::ApiError;
 use crate::objects::{create, new_ref, new_uuid, set_field};
 use crate::schema::{class_ids, fields};
@@ -12,8 +15,24 @@ use std::sync::Arc;
 /// Tasks one session may have pending at once.
 pub const MAX_PENDING_TASKS_PER_SESSION: usize = 512;
 
-/// Starts `c` as a task and returns the task's ref.
-pub async fn run_async(agent: &Arc<Agent>, ctx: &CallCtx, c: Call) -> Result<Value, ApiError> {
+/// The `task` messages carried out here.
+pub fn behaviour() -> Vec<Entry> {
+    vec![
+        entry!(class_ids::task, "create", |agent, _, c| {
+            create_task(&agent, c.session_ref(), c.str_arg(0), c.str_arg(1))
+                .await
+                .map(Value::reference)
+        }),
+        entry!(class_ids::task, "destroy", |agent, _, c| {
+            destroy_task(&agent, c.ref_arg(0)?).await.map(|()| Value::None)
+        }),
+        entry!(class_ids::task, "cancel", |agent, _, c| cancel(&agent, c.ref_arg(0)?)
+            .await),
+    ]
+}
+
+/// Starts `c` as a task running `handler`, and returns the task's ref.
+pub async fn run_async(agent: &Arc<Agent>, ctx: &CallCtx, c: Call, handler: Handler) -> Result<Value, ApiError> {
     let session = c.session.clone().unwrap_or_default();
     let pending = agent
         .running_tasks
@@ -24,22 +43,15 @@ pub async fn run_async(agent: &Arc<Agent>, ctx: &CallCtx, c: Call) -> Result<Val
     if pending >= MAX_PENDING_TASKS_PER_SESSION {
         return Err(ApiError::TooManyPendingTasks {});
     }
-    let task = new_ref();
-    let t = pending_task(
-        agent,
-        &task,
-        &format!("Async.{}.{}", c.class.name(), c.message.name),
-        "",
-    );
-    agent.store.write(|tx| create(tx, t)).await?;
+    let task = create_task(agent, &session, &format!("Async.{}", c.wire_name()), "").await?;
 
     let agent2 = agent.clone();
     let mut ctx2 = ctx.clone();
     ctx2.task = Some(task.clone());
     let task2 = task.clone();
     let handle = tokio::spawn(async move {
-        let outcome = run(&agent2, &ctx2, c).await;
-        finish(&agent2, &task2, outcome).await;
+        let outcome = handler(agent2.clone(), ctx2, c).await;
+        finish(&agent2, &task2, outcome.as_ref()).await;
         agent2.running_tasks.lock().remove(&task2);
     });
     agent
@@ -49,7 +61,10 @@ pub async fn run_async(agent: &Arc<Agent>, ctx: &CallCtx, c: Call) -> Result<Val
     Ok(Value::reference(task))
 }
 
-async fn finish(agent: &Agent, task: &str, outcome: Result<Value, ApiError>) {
+/// Ends a pending task with its call's outcome: `success` with the result (an XML-RPC value
+/// fragment) or `failure` with the error; progress 1, `finished` now, nothing left to cancel.
+/// A task no longer pending (cancelled, destroyed) is left as it is.
+pub async fn finish(agent: &Agent, task: &str, outcome: Result<&Value, &ApiError>) {
     let r = agent
         .store
         .write(|tx| {
@@ -59,37 +74,54 @@ async fn finish(agent: &Agent, task: &str, outcome: Result<Value, ApiError>) {
             if cur.get(fields::task::status) != &Value::Enum("pending") {
                 return Ok(());
             }
-            let (status, result, error) = match &outcome {
-                Ok(v) => ("success", value_fragment(v), Vec::new()),
-                Err(e) => {
-                    let mut err = vec![Value::str(e.code())];
-                    err.extend(e.params().into_iter().map(Value::str));
-                    ("failure", String::new(), err)
-                }
-            };
-            set_field(tx, class_ids::task, task, fields::task::status, Value::Enum(status))?;
-            set_field(tx, class_ids::task, task, fields::task::result, Value::str(result))?;
-            set_field(tx, class_ids::task, task, fields::task::error_info, Value::set(error))?;
-            set_field(tx, class_ids::task, task, fields::task::progress, Value::Float(1.0))?;
-            set_field(
-                tx,
-                class_ids::task,
-                task,
-                fields::task::finished,
-                Value::DateTime(now()),
-            )?;
-            set_field(
-                tx,
-                class_ids::task,
-                task,
-                fields::task::allowed_operations,
-                Value::set(Vec::new()),
-            )
+            match outcome {
+                Ok(v) => end(tx, task, "success", value_fragment(v), Vec::new()),
+                Err(e) => end(tx, task, "failure", String::new(), error_info(e)),
+            }
         })
         .await;
     if let Err(e) = r {
         tracing::error!(task, error = %e, "could not record a task's end");
     }
+}
+
+/// An error as a task's `error_info`: the code, then its parameters.
+fn error_info(e: &ApiError) -> Vec<Value> {
+    let mut err = vec![Value::str(e.code())];
+    err.extend(e.params().into_iter().map(Value::str));
+    err
+}
+
+/// Writes a task's end.
+fn end(
+    tx: &mut crate::store::Tx,
+    task: &str,
+    status: &'static str,
+    result: String,
+    error: Vec<Value>,
+) -> Result<(), ApiError> {
+    use fields::task as f;
+    set_field(tx, class_ids::task, task, f::status, Value::Enum(status))?;
+    set_field(tx, class_ids::task, task, f::result, Value::str(result))?;
+    set_field(tx, class_ids::task, task, f::error_info, Value::set(error))?;
+    if status != "cancelled" {
+        set_field(tx, class_ids::task, task, f::progress, Value::Float(1.0))?;
+    }
+    set_field(tx, class_ids::task, task, f::finished, Value::DateTime(now()))?;
+    set_field(tx, class_ids::task, task, f::allowed_operations, Value::set(Vec::new()))
+}
+
+/// Records a pending task's progress (0 to 1); a task that is gone is not an error.
+pub async fn progress(agent: &Agent, task: &str, p: f64) -> Result<(), ApiError> {
+    agent
+        .store
+        .write(|tx| {
+            if tx.get(class_ids::task, task).is_none() {
+                return Ok(());
+            }
+            set_field(tx, class_ids::task, task, fields::task::progress, Value::Float(p))
+        })
+        .await
 }
 
 /// `task.cancel`: stops the task's call where it waits, and marks it cancelled.
@@ -108,27 +140,8 @@ pub async fn cancel(agent: &Arc<Agent>, task: &str) -> Result<Value, ApiError> {
     agent
         .store
         .write(|tx| {
-            set_field(
-                tx,
-                class_ids::task,
-                &task_s,
-                fields::task::status,
-                Value::Enum("cancelled"),
-            )?;
-            set_field(
-                tx,
-                class_ids::task,
-                &task_s,
-                fields::task::error_info,
-                Value::set(vec![Value::str("TASK_CANCELLED"), Value::str(task_s.clone())]),
-            )?;
-            set_field(
-                tx,
-                class_ids::task,
-                &task_s,
-                fields::task::finished,
-                Value::DateTime(now()),
-            )
+            let cancelled = ApiError::TaskCancelled { task: task_s.clone() };
+            end(tx, &task_s, "cancelled", String::new(), error_info(&cancelled))
         })
         .await?;
     Ok(Value::None)

@@ -325,6 +325,12 @@ pub enum BackendError {
         /// How long the backend waited.
         waited: Duration,
     },
+    /// The VM's bootloader could not find or extract what to boot.
+    #[error("the bootloader failed: {reason}")]
+    BootloaderFailed {
+        /// What the bootloader said.
+        reason: String,
+    },
     /// The backend cannot be used on this host or build.
     #[error("the {backend} backend is unavailable: {reason}")]
     Unavailable {
@@ -352,6 +358,7 @@ impl BackendError {
             | BackendError::Timeout { op, .. } => Some(*op),
             BackendError::NotEnoughMemory { .. }
             | BackendError::InvalidImage { .. }
+            | BackendError::BootloaderFailed { .. }
             | BackendError::Unavailable { .. } => None,
         }
     }

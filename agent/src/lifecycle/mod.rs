@@ -1,7 +1,8 @@
 //! Lifecycle of VMs and their devices: the power-state rules, the operations the actors carry
 //! out against the hypervisor backend, and reconciliation with what the backend reports.
 //!
-//! The path of one call: `handlers::custom` → [`dispatch`] checks the operation is allowed
+//! The path of one call: the behaviour table's entry (from [`behaviour`]) → [`dispatch`]
+//! checks the operation is allowed
 //! and marks it in `current_operations` (refusing conflicts with
 //! `OTHER_OPERATION_IN_PROGRESS`) → the object's actor runs [`perform`] → the operation's
 //! function (`vm_power::start`, …) → the mark is cleared and `allowed_operations` refreshed.
@@ -12,9 +13,10 @@ pub mod rules;
 pub mod vm_copy;
 pub mod vm_power;
 
-use crate::api::{Call, CallCtx};
+use crate::call::{Call, CallCtx, Entry, Reply};
 use crate::error::ApiError;
 use crate::hypervisor::BackendError;
+use crate::implicit::{self, CreateHooks};
 use crate::objects::{new_ref, set_field};
 use crate::schema::{class_ids, fields, ClassId};
 use crate::store::Tx;
@@ -87,6 +89,76 @@ pub const VBD_MESSAGES: &[&str] = &["plug", "unplug", "unplug_force", "insert", 
 /// VIF messages carried out here.
 pub const VIF_MESSAGES: &[&str] = &["plug", "unplug", "unplug_force"];
 
+/// The messages this module carries out: every VM, VBD and VIF operation above (checked,
+/// marked and run by the object's actor), the VM queries, and the constructors and
+/// destructors of VMs and devices (generic, with their checks).
+pub fn behaviour() -> Vec<Entry> {
+    let op = |class, message| Entry {
+        class,
+        message,
+        handler: run_operation,
+        module: module_path!(),
+    };
+    let mut v: Vec<Entry> = VM_MESSAGES.iter().map(|(m, _)| op(class_ids::VM, *m)).collect();
+    v.extend(VM_QUERIES.iter().map(|m| Entry {
+        class: class_ids::VM,
+        message: m,
+        handler: run_query,
+        module: module_path!(),
+    }));
+    v.extend(VBD_MESSAGES.iter().map(|m| op(class_ids::VBD, *m)));
+    v.extend(VIF_MESSAGES.iter().map(|m| op(class_ids::VIF, *m)));
+    v.extend([
+        crate::entry!(class_ids::VM, "create", |agent, _, c| implicit::create(
+            &agent, &c, &VM_CREATE
+        )
+        .await),
+        crate::entry!(class_ids::VBD, "create", |agent, _, c| {
+            implicit::create(&agent, &c, &devices::DEVICE_CREATE).await
+        }),
+        crate::entry!(class_ids::VIF, "create", |agent, _, c| {
+            implicit::create(&agent, &c, &devices::DEVICE_CREATE).await
+        }),
+        crate::entry!(class_ids::VBD, "destroy", |agent, _, c| {
+            devices::refuse_if_attached(&agent, &c)?;
+            implicit::generic(&agent, c).await
+        }),
+        crate::entry!(class_ids::VIF, "destroy", |agent, _, c| {
+            devices::refuse_if_attached(&agent, &c)?;
+            implicit::generic(&agent, c).await
+        }),
+    ]);
+    v
+}
+
+fn run_operation(agent: Arc<Agent>, ctx: CallCtx, c: Call) -> Reply {
+    Box::pin(async move { dispatch(&agent, &ctx, c).await })
+}
+
+fn run_query(agent: Arc<Agent>, _ctx: CallCtx, c: Call) -> Reply {
+    Box::pin(async move {
+        let reference = c.args.first().and_then(Value::as_str).unwrap_or(NULL_REF).to_owned();
+        vm_power::query(&agent, &reference, c.message.name, &c.args[1..]).await
+    })
+}
+
+/// A new VM gets its metrics object in the same write, and starts Halted with no domain.
+const VM_CREATE: CreateHooks = CreateHooks {
+    before: |_, _| Ok(()),
+    companions: |tx, obj| {
+        use crate::objects::{create, new_uuid};
+        let m = new_ref();
+        let mut metrics = crate::value::default_object(class_ids::VM_metrics, &m);
+        metrics.set(fields::VM_metrics::uuid, Value::str(new_uuid()));
+        create(tx, metrics)?;
+        obj.set(fields::VM::metrics, Value::reference(m));
+        obj.set(fields::VM::power_state, Value::Enum("Halted"));
+        obj.set(fields::VM::domid, Value::Int(-1));
+        Ok(())
+    },
+    after: |_, _, _| Ok(()),
+};
+
 /// Whether this module carries out `class.message`.
 pub fn handles(class: ClassId, message: &str) -> bool {
     if class == class_ids::VM {
@@ -120,9 +192,6 @@ pub async fn dispatch(agent: &Arc<Agent>, ctx: &CallCtx, c: Call) -> Result<Valu
     let class = c.class;
     let message = c.message.name;
     let reference = c.args.first().and_then(Value::as_str).unwrap_or(NULL_REF).to_owned();
-    if class == class_ids::VM && VM_QUERIES.contains(&message) {
-        return vm_power::query(agent, &reference, message, &c.args[1..]).await;
-    }
     let Some(op) = op_name(class, message) else {
         return Err(ApiError::not_implemented(&format!("{}.{message}", class.name())));
     };

@@ -173,7 +173,10 @@ fn check_vm(vm: &Object, op: &str) -> Result<(), ApiError> {
                 operation_ref: op_ref,
             }
         }
-        Refusal::Template => ApiError::VmIsTemplate { vm: r },
+        Refusal::Template => ApiError::VmIsTemplate {
+            vm: r,
+            operation: op.to_owned(),
+        },
         Refusal::Snapshot => ApiError::VmIsSnapshot {
             vm: r,
             operation: op.to_owned(),

@@ -2,7 +2,7 @@
 
 use super::{blocking, devices, rules, vm_power};
 use crate::error::ApiError;
-use crate::handlers::random_mac;
+use crate::lifecycle::devices::random_mac;
 use crate::objects::{create, destroy, new_ref, new_uuid, set_field};
 use crate::schema::{class_ids, fields, FieldId};
 use crate::store::Tx;

@@ -2,55 +2,63 @@
 
 use super::fsops::blocking;
 use super::layout::{pbd_location, sr_kind, sr_obj};
-use super::str_arg;
-use crate::api::Call;
+use crate::call::{Call, Entry};
+use crate::entry;
 use crate::error::ApiError;
+use crate::implicit;
 use crate::objects::set_field;
 use crate::schema::{class_ids, fields};
 use crate::value::Value;
 use crate::Agent;
 use std::sync::Arc;
 
-pub(super) async fn custom(agent: &Arc<Agent>, c: &Call) -> Option<Result<Value, ApiError>> {
-    let r = match c.message.name {
-        "plug" => plug(agent, str_arg(c, 0)).await,
-        "unplug" => unplug(agent, str_arg(c, 0)).await,
-        _ => return None,
-    };
-    Some(r.map(|()| Value::None))
+pub(super) fn behaviour() -> Vec<Entry> {
+    vec![
+        entry!(class_ids::PBD, "plug", |agent, _, c| plug(&agent, c.ref_arg(0)?)
+            .await
+            .map(|()| Value::None)),
+        entry!(class_ids::PBD, "unplug", |agent, _, c| {
+            unplug(&agent, c.ref_arg(0)?).await.map(|()| Value::None)
+        }),
+        entry!(class_ids::PBD, "create", |agent, _, c| {
+            refuse_second_pbd(&agent, &c)?;
+            implicit::generic(&agent, c).await
+        }),
+        entry!(class_ids::PBD, "destroy", |agent, _, c| {
+            if let Some(pbd) = agent.store.get(class_ids::PBD, c.str_arg(0)) {
+                if pbd.get(fields::PBD::currently_attached) == &Value::Bool(true) {
+                    return Err(ApiError::not_allowed("PBD is currently attached"));
+                }
+            }
+            implicit::generic(&agent, c).await
+        }),
+    ]
 }
 
-pub(super) async fn special(agent: &Arc<Agent>, c: &Call) -> Option<Result<Value, ApiError>> {
-    match c.message.name {
-        "create" => {
-            let Some(Value::Record(rec)) = c.args.first() else {
-                return None;
-            };
-            let sr = rec.get(fields::PBD::SR).as_ref_str().unwrap_or("");
-            let host = rec.get(fields::PBD::host).as_ref_str().unwrap_or("");
-            let existing = agent
-                .store
-                .get(class_ids::SR, sr)?
-                .get(fields::SR::PBDs)
-                .as_set()
-                .iter()
-                .filter_map(|p| p.as_ref_str())
-                .filter_map(|p| agent.store.get(class_ids::PBD, p))
-                .find(|p| p.get(fields::PBD::host).as_ref_str() == Some(host))?;
-            Some(Err(ApiError::PbdExists {
-                sr: sr.to_owned(),
-                host: host.to_owned(),
-                pbd: existing.reference.clone(),
-            }))
-        }
-        "destroy" => {
-            let pbd = agent.store.get(class_ids::PBD, str_arg(c, 0))?;
-            if pbd.get(fields::PBD::currently_attached) == &Value::Bool(true) {
-                return Some(Err(ApiError::not_allowed("PBD is currently attached")));
-            }
-            None
-        }
-        _ => None,
+/// `PBD.create` for a host that already has a PBD for the SR: `PBD_EXISTS`.
+fn refuse_second_pbd(agent: &Agent, c: &Call) -> Result<(), ApiError> {
+    let Some(Value::Record(rec)) = c.args.first() else {
+        return Ok(());
+    };
+    let sr = rec.get(fields::PBD::SR).as_ref_str().unwrap_or("");
+    let host = rec.get(fields::PBD::host).as_ref_str().unwrap_or("");
+    let Some(sr_obj) = agent.store.get(class_ids::SR, sr) else {
+        return Ok(());
+    };
+    let existing = sr_obj
+        .get(fields::SR::PBDs)
+        .as_set()
+        .iter()
+        .filter_map(|p| p.as_ref_str())
+        .filter_map(|p| agent.store.get(class_ids::PBD, p))
+        .find(|p| p.get(fields::PBD::host).as_ref_str() == Some(host));
+    match existing {
+        Some(existing) => Err(ApiError::PbdExists {
+            sr: sr.to_owned(),
+            host: host.to_owned(),
+            pbd: existing.reference.clone(),
+        }),
+        None => Ok(()),
     }
 }
 

@@ -3,9 +3,9 @@
 use super::fsops::{self, blocking};
 use super::layout::{local_pbd, pbd_location, sr_dir, sr_dir_any, sr_kind, sr_obj, vdi_file_name, SrKind, IMG_SUFFIX};
 use super::measure::refresh_sr;
-use super::{arg, bool_arg, str_arg};
-use crate::api::Call;
-use crate::error::ApiError;
+use crate::call::{Call, Entry};
+use crate::entry;
+use crate::error::{sr_backend_failure, ApiError};
 use crate::objects::{create, destroy, new_ref, new_uuid, set_field};
 use crate::schema::{class_ids, fields};
 use crate::value::{default_object, Object, Value};
@@ -13,27 +13,33 @@ use crate::Agent;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-pub(super) async fn custom(agent: &Arc<Agent>, c: &Call) -> Option<Result<Value, ApiError>> {
-    let r = match c.message.name {
-        "create" => create_sr(agent, c).await.map(Value::reference),
-        "introduce" => introduce(agent, c).await.map(Value::reference),
-        "forget" => forget(agent, str_arg(c, 0)).await.map(|()| Value::None),
-        "destroy" => destroy_sr(agent, str_arg(c, 0)).await.map(|()| Value::None),
-        "scan" => scan(agent, str_arg(c, 0)).await.map(|()| Value::None),
-        "update" => refresh_sr(agent, str_arg(c, 0)).await.map(|()| Value::None),
-        "probe" => probe(agent, c).await.map(Value::str),
-        "get_supported_types" => Ok(Value::Set(["file", "iso"].iter().map(|t| Value::str(*t)).collect())),
-        _ => return None,
-    };
-    Some(r)
-}
-
-fn backend(status: &str, stderr: impl Into<String>) -> ApiError {
-    ApiError::SrBackendFailure {
-        status: status.to_owned(),
-        stdout: String::new(),
-        stderr: stderr.into(),
-    }
+pub(super) fn behaviour() -> Vec<Entry> {
+    vec![
+        entry!(class_ids::SR, "create", |agent, _, c| create_sr(&agent, &c)
+            .await
+            .map(Value::reference)),
+        entry!(class_ids::SR, "introduce", |agent, _, c| introduce(&agent, &c)
+            .await
+            .map(Value::reference)),
+        entry!(class_ids::SR, "forget", |agent, _, c| forget(&agent, c.ref_arg(0)?)
+            .await
+            .map(|()| Value::None)),
+        entry!(class_ids::SR, "destroy", |agent, _, c| {
+            destroy_sr(&agent, c.ref_arg(0)?).await.map(|()| Value::None)
+        }),
+        entry!(class_ids::SR, "scan", |agent, _, c| scan(&agent, c.ref_arg(0)?)
+            .await
+            .map(|()| Value::None)),
+        entry!(class_ids::SR, "update", |agent, _, c| {
+            refresh_sr(&agent, c.ref_arg(0)?).await.map(|()| Value::None)
+        }),
+        entry!(class_ids::SR, "probe", |agent, _, c| probe(&agent, &c)
+            .await
+            .map(Value::str)),
+        entry!(class_ids::SR, "get_supported_types", |_agent, _, _c| {
+            Ok(Value::Set(["file", "iso"].iter().map(|t| Value::str(*t)).collect()))
+        }),
+    ]
 }
 
 /// `device_config:location`, required by both drivers.
@@ -43,7 +49,7 @@ fn location_of(device_config: &Value) -> Result<PathBuf, ApiError> {
         .and_then(Value::as_str)
         .filter(|s| !s.is_empty())
         .map(PathBuf::from)
-        .ok_or_else(|| backend("1", "device_config is missing 'location'"))
+        .ok_or_else(|| sr_backend_failure("1", "device_config is missing 'location'"))
 }
 
 /// Whether another SR already lives at `location` on this host.
@@ -155,26 +161,26 @@ fn allowed_operations(kind: SrKind) -> Value {
 
 /// `SR.create`: makes the directory, the SR and a plugged PBD for this host, then scans.
 async fn create_sr(agent: &Arc<Agent>, c: &Call) -> Result<String, ApiError> {
-    let host = str_arg(c, 0).to_owned();
-    let device_config = arg(c, 1);
-    let (name_label, name_description) = (str_arg(c, 3), str_arg(c, 4));
-    let ty = str_arg(c, 5);
-    let content_type = str_arg(c, 6);
-    let shared = bool_arg(c, 7);
-    let sm_config = arg(c, 8);
+    let host = c.str_arg(0).to_owned();
+    let device_config = c.arg(1);
+    let (name_label, name_description) = (c.str_arg(3), c.str_arg(4));
+    let ty = c.str_arg(5);
+    let content_type = c.str_arg(6);
+    let shared = c.bool_arg(7);
+    let sm_config = c.arg(8);
     let kind = SrKind::from_type(ty).ok_or_else(|| ApiError::SrUnknownDriver { driver: ty.to_owned() })?;
     if agent.store.get(class_ids::host, &host).is_none() {
         return Err(ApiError::handle_invalid("host", &host));
     }
     let location = location_of(&device_config)?;
     if !location.is_absolute() {
-        return Err(backend(
+        return Err(sr_backend_failure(
             "1",
             format!("location {} is not an absolute path", location.display()),
         ));
     }
     if let Some(other) = location_taken(agent, &location) {
-        return Err(backend(
+        return Err(sr_backend_failure(
             "1",
             format!("SR {other} already lives at {}", location.display()),
         ));
@@ -210,23 +216,23 @@ async fn create_sr(agent: &Arc<Agent>, c: &Call) -> Result<String, ApiError> {
 
 /// `SR.introduce`: a record for an SR that exists elsewhere; PBDs come later.
 async fn introduce(agent: &Arc<Agent>, c: &Call) -> Result<String, ApiError> {
-    let uuid = match str_arg(c, 0) {
+    let uuid = match c.str_arg(0) {
         "" => new_uuid(),
         u => u.to_owned(),
     };
-    let ty = str_arg(c, 3);
+    let ty = c.str_arg(3);
     let kind = SrKind::from_type(ty).ok_or_else(|| ApiError::SrUnknownDriver { driver: ty.to_owned() })?;
     if agent.store.ref_by_uuid(class_ids::SR, &uuid).is_some() {
         return Err(ApiError::SrUuidExists { uuid });
     }
     let sr = new_sr_object(
         uuid.clone(),
-        str_arg(c, 1),
-        str_arg(c, 2),
+        c.str_arg(1),
+        c.str_arg(2),
         kind,
-        str_arg(c, 4),
-        bool_arg(c, 5),
-        arg(c, 6),
+        c.str_arg(4),
+        c.bool_arg(5),
+        c.arg(6),
     );
     let r = sr.reference.clone();
     agent
@@ -450,13 +456,16 @@ pub(super) async fn scan(agent: &Arc<Agent>, sr_ref: &str) -> Result<(), ApiErro
 /// `SR.probe`: the SRs this host already knows at `device_config:location`, in the
 /// reference's XML form.
 async fn probe(agent: &Arc<Agent>, c: &Call) -> Result<String, ApiError> {
-    let ty = str_arg(c, 2);
+    let ty = c.str_arg(2);
     let kind = SrKind::from_type(ty).ok_or_else(|| ApiError::SrUnknownDriver { driver: ty.to_owned() })?;
-    let location = location_of(&arg(c, 1))?;
+    let location = location_of(&c.arg(1))?;
     let loc2 = location.clone();
     let exists = blocking(move || Ok(loc2.is_dir())).await?;
     if !exists && kind == SrKind::Iso {
-        return Err(backend("1", format!("no directory at {}", location.display())));
+        return Err(sr_backend_failure(
+            "1",
+            format!("no directory at {}", location.display()),
+        ));
     }
     let mut out = String::from("<?xml version=\"1.0\" ?>\n<SRlist>\n");
     for sr in agent.store.all(class_ids::SR) {

@@ -8,11 +8,10 @@ use super::io::{Completion, IoBuf, IoEngine, BUF_SIZE};
 use super::layout::{vdi_file, vdi_obj, SrKind};
 use super::locks;
 use super::measure::refresh_after;
-use super::StorageError;
-use crate::error::ApiError;
-use crate::objects::{create, new_ref, new_uuid, set_field};
+use crate::error::{vdi_io_error, ApiError};
+
 use crate::schema::{class_ids, fields};
-use crate::value::{default_object, now, Value};
+use crate::value::Value;
 use crate::Agent;
 use bytes::Bytes;
 use std::collections::VecDeque;
@@ -82,18 +81,7 @@ impl TransferTask {
                     .ok_or_else(|| ApiError::handle_invalid("task", t))?;
                 t.to_owned()
             }
-            None => {
-                let r = new_ref();
-                let mut t = default_object(class_ids::task, &r);
-                t.set(fields::task::uuid, Value::str(new_uuid()));
-                t.set(fields::task::name_label, Value::str(label));
-                t.set(fields::task::created, Value::DateTime(now()));
-                t.set(fields::task::status, Value::Enum("pending"));
-                t.set(fields::task::resident_on, Value::reference(agent.host.as_str()));
-                t.set(fields::task::progress, Value::Float(0.0));
-                agent.store.write(|tx| create(tx, t)).await?;
-                r
-            }
+            None => crate::tasks::create_task(agent, "", label, "").await?,
         };
         Ok(TransferTask {
             agent: agent.clone(),
@@ -117,78 +105,25 @@ impl TransferTask {
             return;
         }
         self.reported = p;
-        let t = self.task.clone();
-        let r = self
-            .agent
-            .store
-            .write(|tx| {
-                if tx.get(class_ids::task, &t).is_none() {
-                    return Ok(());
-                }
-                set_field(tx, class_ids::task, &t, fields::task::progress, Value::Float(p))
-            })
-            .await;
-        if let Err(e) = r {
+        if let Err(e) = crate::tasks::progress(&self.agent, &self.task, p).await {
             tracing::debug!(task = %self.task, error = %e, "task progress not recorded");
         }
     }
 
     /// Ends the task with `result` (an XML-RPC value fragment, as for Async calls).
     pub async fn succeed(self, result: &Value) {
-        end_task(&self.agent, &self.task, Ok(result)).await;
+        crate::tasks::finish(&self.agent, &self.task, Ok(result)).await;
     }
 
     /// Ends the task with `err`.
     pub async fn fail(self, err: &ApiError) {
-        end_task(&self.agent, &self.task, Err(err)).await;
+        crate::tasks::finish(&self.agent, &self.task, Err(err)).await;
     }
 }
 
 /// Fails a task by ref (for failures before a transfer began, e.g. authentication).
 pub async fn fail_task(agent: &Agent, task: &str, err: &ApiError) {
-    end_task(agent, task, Err(err)).await;
-}
-
-async fn end_task(agent: &Agent, task: &str, outcome: Result<&Value, &ApiError>) {
-    let r = agent
-        .store
-        .write(|tx| {
-            let Some(cur) = tx.get(class_ids::task, task) else {
-                return Ok(());
-            };
-            if cur.get(fields::task::status) != &Value::Enum("pending") {
-                return Ok(());
-            }
-            let (status, result, error) = match outcome {
-                Ok(v) => ("success", crate::xml::value_fragment(v), Vec::new()),
-                Err(e) => {
-                    let mut err = vec![Value::str(e.code())];
-                    err.extend(e.params().into_iter().map(Value::str));
-                    ("failure", String::new(), err)
-                }
-            };
-            use fields::task as f;
-            set_field(tx, class_ids::task, task, f::status, Value::Enum(status))?;
-            set_field(tx, class_ids::task, task, f::result, Value::str(result))?;
-            set_field(tx, class_ids::task, task, f::error_info, Value::set(error))?;
-            set_field(tx, class_ids::task, task, f::progress, Value::Float(1.0))?;
-            set_field(tx, class_ids::task, task, f::finished, Value::DateTime(now()))
-        })
-        .await;
-    if let Err(e) = r {
-        tracing::error!(task, error = %e, "could not record a transfer task's end");
-    }
-}
-
-/// An I/O failure while moving bytes, as the API reports it: out of space is the SR's
-/// backend failure 44, anything else `VDI_IO_ERROR`.
-fn io_api_error(e: super::io::IoError) -> ApiError {
-    if matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)) {
-        return StorageError::Io(e).into();
-    }
-    ApiError::VdiIoError {
-        message: format!("Device I/O errors: {}", super::error_chain(&e)),
-    }
+    crate::tasks::finish(agent, task, Err(err)).await;
 }
 
 async fn open_file(path: std::path::PathBuf, write: bool) -> Result<Arc<File>, ApiError> {
@@ -310,7 +245,7 @@ impl ImportSink {
         while let Some(w) = self.writes.pop_front() {
             w.wait().await?;
         }
-        IoEngine::global().sync_data(&self.file).await.map_err(io_api_error)?;
+        IoEngine::global().sync_data(&self.file).await.map_err(vdi_io_error)?;
         refresh_after(&self.agent, &self.sr, &[&self.vdi]).await;
         Ok(self.offset)
     }
@@ -338,7 +273,7 @@ impl Pending {
             Pending::Write(c) => c.await.map(drop),
             Pending::Hole(c) => c.await,
         }
-        .map_err(io_api_error)
+        .map_err(vdi_io_error)
     }
 }
 
@@ -401,7 +336,7 @@ impl ExportSource {
             let seg = match self.segment {
                 Some((s, e)) if pos < e => (s, e),
                 _ => {
-                    let next = engine.next_data(&self.file, pos).await.map_err(io_api_error)?;
+                    let next = engine.next_data(&self.file, pos).await.map_err(vdi_io_error)?;
                     let seg = next.unwrap_or((self.size, self.size));
                     self.segment = Some(seg);
                     seg
@@ -456,7 +391,7 @@ impl ExportSource {
                         Ok(_) => Err(ApiError::VdiIoError {
                             message: "Device I/O errors: short read".into(),
                         }),
-                        Err(e) => Err(io_api_error(e)),
+                        Err(e) => Err(vdi_io_error(e)),
                     }
                 }
                 Ok(buf) if buf.len() == n => Ok(Bytes::from_owner(buf)),
@@ -466,7 +401,7 @@ impl ExportSource {
                     v.resize(n, 0);
                     Ok(Bytes::from(v))
                 }
-                Err(e) => Err(io_api_error(e)),
+                Err(e) => Err(vdi_io_error(e)),
             },
         })
     }

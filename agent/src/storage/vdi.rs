@@ -4,9 +4,10 @@
 use super::copy::copy_bytes;
 use super::fsops::{self, blocking};
 use super::layout::{sr_dir, sr_kind, sr_obj, vdi_file, vdi_file_name, vdi_obj, SrKind};
+use super::locks;
 use super::measure::refresh_after;
-use super::{arg, bool_arg, int_arg, locks, str_arg};
-use crate::api::Call;
+use crate::call::{Call, Entry};
+use crate::entry;
 use crate::error::ApiError;
 use crate::objects::{create, destroy, new_ref, new_uuid, set_field};
 use crate::schema::{class_ids, fields, FieldId, Qualifier};
@@ -16,37 +17,50 @@ use crate::Agent;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-pub(super) async fn custom(agent: &Arc<Agent>, c: &Call) -> Option<Result<Value, ApiError>> {
-    let none = |r: Result<(), ApiError>| r.map(|()| Value::None);
-    let r = match c.message.name {
-        "resize" | "resize_online" => none(resize(agent, str_arg(c, 0), int_arg(c, 1)).await),
-        "clone" => duplicate(agent, str_arg(c, 0), false).await.map(Value::reference),
-        "snapshot" => duplicate(agent, str_arg(c, 0), true).await.map(Value::reference),
-        "copy" => copy(agent, str_arg(c, 0), str_arg(c, 1), str_arg(c, 3))
+pub(super) fn behaviour() -> Vec<Entry> {
+    vec![
+        entry!(class_ids::VDI, "resize", |agent, _, c| {
+            resize(&agent, c.ref_arg(0)?, c.int_arg(1)).await.map(|()| Value::None)
+        }),
+        entry!(class_ids::VDI, "resize_online", |agent, _, c| {
+            resize(&agent, c.ref_arg(0)?, c.int_arg(1)).await.map(|()| Value::None)
+        }),
+        entry!(class_ids::VDI, "clone", |agent, _, c| {
+            duplicate(&agent, c.ref_arg(0)?, false).await.map(Value::reference)
+        }),
+        entry!(class_ids::VDI, "snapshot", |agent, _, c| {
+            duplicate(&agent, c.ref_arg(0)?, true).await.map(Value::reference)
+        }),
+        entry!(class_ids::VDI, "copy", |agent, _, c| {
+            copy(&agent, c.ref_arg(0)?, c.str_arg(1), c.str_arg(3))
+                .await
+                .map(Value::reference)
+        }),
+        entry!(class_ids::VDI, "introduce", |agent, _, c| introduce(&agent, &c)
             .await
-            .map(Value::reference),
-        "introduce" => introduce(agent, c).await.map(Value::reference),
-        "forget" => none(forget(agent, str_arg(c, 0)).await),
-        "data_destroy" => none(data_destroy(agent, str_arg(c, 0)).await),
-        "update" => none(update(agent, str_arg(c, 0)).await),
-        _ => return None,
-    };
-    Some(r)
-}
-
-pub(super) async fn special(agent: &Arc<Agent>, c: &Call) -> Option<Result<Value, ApiError>> {
-    let r = match c.message.name {
-        "create" => {
+            .map(Value::reference)),
+        entry!(class_ids::VDI, "forget", |agent, _, c| forget(&agent, c.ref_arg(0)?)
+            .await
+            .map(|()| Value::None)),
+        entry!(class_ids::VDI, "data_destroy", |agent, _, c| {
+            data_destroy(&agent, c.ref_arg(0)?).await.map(|()| Value::None)
+        }),
+        entry!(class_ids::VDI, "update", |agent, _, c| update(&agent, c.ref_arg(0)?)
+            .await
+            .map(|()| Value::None)),
+        entry!(class_ids::VDI, "create", |agent, _, c| {
             let Some(Value::Record(rec)) = c.args.first() else {
-                return None;
+                return Err(ApiError::field_type("args"));
             };
-            create_vdi(agent, rec).await.map(Value::reference)
-        }
-        "destroy" => destroy_vdi(agent, str_arg(c, 0)).await.map(|()| Value::None),
-        "set_on_boot" => set_on_boot(agent, str_arg(c, 0), arg(c, 1)).await.map(|()| Value::None),
-        _ => return None,
-    };
-    Some(r)
+            create_vdi(&agent, rec).await.map(Value::reference)
+        }),
+        entry!(class_ids::VDI, "destroy", |agent, _, c| {
+            destroy_vdi(&agent, c.ref_arg(0)?).await.map(|()| Value::None)
+        }),
+        entry!(class_ids::VDI, "set_on_boot", |agent, _, c| {
+            set_on_boot(&agent, c.ref_arg(0)?, c.arg(1)).await.map(|()| Value::None)
+        }),
+    ]
 }
 
 /// A VDI record for a file found in (or made for) an SR.
@@ -442,11 +456,11 @@ async fn set_on_boot(agent: &Arc<Agent>, vdi_ref: &str, value: Value) -> Result<
 
 /// `VDI.introduce`: a record for a file already in the SR.
 async fn introduce(agent: &Arc<Agent>, c: &Call) -> Result<String, ApiError> {
-    let sr_ref = str_arg(c, 3).to_owned();
+    let sr_ref = c.str_arg(3).to_owned();
     let sr = sr_obj(agent, &sr_ref)?;
     let kind = sr_kind(&sr)?;
     let dir = sr_dir(agent, &sr)?;
-    let location = str_arg(c, 8).to_owned();
+    let location = c.str_arg(8).to_owned();
     let missing = || ApiError::VdiLocationMissing {
         sr: sr_ref.clone(),
         location: location.clone(),
@@ -471,29 +485,29 @@ async fn introduce(agent: &Arc<Agent>, c: &Call) -> Result<String, ApiError> {
     let size = blocking(move || fsops::sizes(&path).map(|s| s.0))
         .await
         .map_err(|_| missing())?;
-    let uuid = match str_arg(c, 0) {
+    let uuid = match c.str_arg(0) {
         "" => new_uuid(),
         u => u.to_owned(),
     };
-    let mut obj = new_vdi_object(&sr_ref, kind, &uuid, &location, str_arg(c, 1), size as i64);
+    let mut obj = new_vdi_object(&sr_ref, kind, &uuid, &location, c.str_arg(1), size as i64);
     use fields::VDI as f;
-    obj.set(f::name_description, Value::str(str_arg(c, 2)));
-    if let Value::Enum(t) = arg(c, 4) {
+    obj.set(f::name_description, Value::str(c.str_arg(2)));
+    if let Value::Enum(t) = c.arg(4) {
         obj.set(f::r#type, Value::Enum(t));
     }
-    obj.set(f::sharable, Value::Bool(bool_arg(c, 5)));
-    obj.set(f::read_only, Value::Bool(bool_arg(c, 6) || kind == SrKind::Iso));
+    obj.set(f::sharable, Value::Bool(c.bool_arg(5)));
+    obj.set(f::read_only, Value::Bool(c.bool_arg(6) || kind == SrKind::Iso));
     for (i, fid) in [(7, f::other_config), (9, f::xenstore_data), (10, f::sm_config)] {
-        if let Value::Map(m) = arg(c, i) {
+        if let Value::Map(m) = c.arg(i) {
             obj.set(fid, Value::Map(m));
         }
     }
-    obj.set(f::managed, Value::Bool(bool_arg(c, 11)));
-    obj.set(f::is_a_snapshot, Value::Bool(bool_arg(c, 15)));
-    if let Value::DateTime(t) = arg(c, 16) {
+    obj.set(f::managed, Value::Bool(c.bool_arg(11)));
+    obj.set(f::is_a_snapshot, Value::Bool(c.bool_arg(15)));
+    if let Value::DateTime(t) = c.arg(16) {
         obj.set(f::snapshot_time, Value::DateTime(t));
     }
-    let snap_of = str_arg(c, 17);
+    let snap_of = c.str_arg(17);
     if !snap_of.is_empty() && snap_of != NULL_REF && agent.store.get(class_ids::VDI, snap_of).is_some() {
         obj.set(f::snapshot_of, Value::reference(snap_of));
     }

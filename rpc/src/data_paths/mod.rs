@@ -65,10 +65,9 @@ impl DataPathError {
             DataPathError::BadRequest(_) => StatusCode::BAD_REQUEST,
             DataPathError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             DataPathError::NotFound(_) => StatusCode::NOT_FOUND,
-            DataPathError::Failed(e) => match e.code() {
-                "VDI_TOO_SMALL" | "IMPORT_ERROR_PREMATURE_EOF" | "IMPORT_ERROR" => StatusCode::BAD_REQUEST,
-                "SR_BACKEND_FAILURE" | "VDI_IO_ERROR" | "INTERNAL_ERROR" => StatusCode::INTERNAL_SERVER_ERROR,
-                _ => StatusCode::BAD_REQUEST,
+            DataPathError::Failed(e) => match e.fault() {
+                agent::error::Fault::Client => StatusCode::BAD_REQUEST,
+                agent::error::Fault::Server => StatusCode::INTERNAL_SERVER_ERROR,
             },
         };
         let mut b = HttpResponse::build(status);

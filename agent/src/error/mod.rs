@@ -1,7 +1,35 @@
 //! The one place where failures become XenAPI error codes with their parameters.
 //!
 //! Every variant names its wire code and parameters, in wire order; a test checks each against
-//! `vendor/xenapi/errors.json`.
+//! `vendor/xenapi/errors.json`. The conversions from each lower layer's error live beside
+//! this file: `backend.rs` (the hypervisor backends), `storage.rs` (file systems and the I/O
+//! engine); [`ApiError::fault`] says whose fault a failure is, for the HTTP data paths.
+
+mod backend;
+mod storage;
+
+pub use storage::{sr_backend_failure, vdi_io_error};
+
+/// The full message of an error and its sources.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// Whose fault a failure is: the caller's (bad input, wrong state) or the server's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// The request cannot succeed as sent.
+    Client,
+    /// The server failed to carry out a valid request.
+    Server,
+}
 
 macro_rules! api_errors {
     ($( $(#[$doc:meta])* $variant:ident { $($field:ident),* } => $code:literal, )*) => {
@@ -58,8 +86,9 @@ api_errors! {
     OtherOperationInProgress { class, object, operation_type, operation_ref } => "OTHER_OPERATION_IN_PROGRESS",
     /// The host lacks the memory to start the VM.
     HostNotEnoughFreeMemory { needed, available } => "HOST_NOT_ENOUGH_FREE_MEMORY",
-    /// The operation cannot be done on a template.
-    VmIsTemplate { vm } => "VM_IS_TEMPLATE",
+    /// The operation cannot be done on a template: the VM and the operation refused (the
+    /// reference sends both, though errors.json documents only the first).
+    VmIsTemplate { vm, operation } => "VM_IS_TEMPLATE",
     /// Something failed inside the daemon.
     InternalError { message } => "INTERNAL_ERROR",
     /// A value that must be unique is already taken.
@@ -152,25 +181,28 @@ api_errors! {
     ImportError { msg } => "IMPORT_ERROR",
     /// Reading or writing the VDI's bytes failed.
     VdiIoError { message } => "VDI_IO_ERROR",
+    /// The VM's bootloader failed.
+    BootloaderFailed { vm, msg } => "BOOTLOADER_FAILED",
+    /// The guest refused to let a device go.
+    DeviceDetachRejected { class, device, reason } => "DEVICE_DETACH_REJECTED",
+    /// The guest did not suspend in time.
+    VmSuspendTimeout { vm, timeout } => "VM_SUSPEND_TIMEOUT",
 }
 
-impl From<crate::hypervisor::BackendError> for ApiError {
-    /// How a backend failure reaches a client.
-    fn from(e: crate::hypervisor::BackendError) -> Self {
-        use crate::hypervisor::BackendError as B;
-        match e {
-            B::NotEnoughMemory { needed, available } => ApiError::HostNotEnoughFreeMemory {
-                needed: needed.to_string(),
-                available: available.to_string(),
-            },
-            other => ApiError::InternalError {
-                message: format!("hypervisor backend: {other}"),
-            },
-        }
-    }
-}
+/// Codes the reference raises with more parameters than errors.json documents, and how many:
+/// `VM_IS_TEMPLATE [vm, operation]` (xapi_vm_lifecycle.ml).
+pub const EXTRA_PARAMS: &[(&str, usize)] = &[("VM_IS_TEMPLATE", 2)];
 
 impl ApiError {
+    /// Whose fault the failure is (the HTTP data paths answer 400 or 500 by it).
+    pub fn fault(&self) -> Fault {
+        match self {
+            ApiError::SrBackendFailure { .. } | ApiError::VdiIoError { .. } | ApiError::InternalError { .. } => {
+                Fault::Server
+            }
+            _ => Fault::Client,
+        }
+    }
     /// `HANDLE_INVALID [class, ref]`.
     pub fn handle_invalid(class: &str, handle: &str) -> Self {
         ApiError::HandleInvalid {
@@ -234,7 +266,11 @@ mod tests {
             let documented = error_params(code).unwrap_or_else(|| panic!("{code} is not in errors.json"));
             if let Some(names) = documented {
                 let ours: Vec<&str> = params.iter().map(|p| p.trim_start_matches("r#")).collect();
-                assert_eq!(ours.len(), names.len(), "{code}: {ours:?} vs {names:?}");
+                let want = EXTRA_PARAMS
+                    .iter()
+                    .find(|(c, _)| c == code)
+                    .map_or(names.len(), |(_, n)| *n);
+                assert_eq!(ours.len(), want, "{code}: {ours:?} vs {names:?}");
             }
         }
     }

@@ -1,0 +1,133 @@
+//! Dispatch: a wire call (method name + untyped params) becomes a typed [`Call`], checked
+//! against the datamodel, and runs the handler the behaviour table (`behaviour.rs`) holds for
+//! its message. This module knows no behaviour: it reads the table, never a module with
+//! behaviour, and none of those imports it.
+
+use crate::behaviour;
+use crate::call::{Call, CallCtx};
+use crate::error::ApiError;
+use crate::schema::{self, ClassId, MessageKind};
+use crate::value::{from_json, Value};
+use crate::Agent;
+use serde_json::Value as Json;
+use std::sync::Arc;
+
+/// Every method name `system.listMethods` reports: every message of the datamodel, the
+/// `Async.` form of each the table says has one, and `system.listMethods`.
+pub fn method_list() -> Vec<String> {
+    let table = behaviour::table();
+    let mut out = Vec::new();
+    for id in schema::MessageId::all() {
+        out.push(id.wire_name());
+    }
+    for id in schema::MessageId::all() {
+        if table.async_form(id) {
+            out.push(format!("Async.{}", id.wire_name()));
+        }
+    }
+    out.push("system.listMethods".to_owned());
+    out
+}
+
+/// Checks a wire call against the datamodel and types its arguments.
+pub fn check(agent: &Agent, method: &str, params: &[Json]) -> Result<Call, ApiError> {
+    let m = schema::method(method).ok_or_else(|| ApiError::MessageMethodUnknown {
+        method: method.to_owned(),
+    })?;
+    let defs = m.message.params;
+    let expected = defs.len();
+    // Trailing parameters with a default may be left out, as the reference allows.
+    let required = defs.len() - defs.iter().rev().take_while(|p| p.default.is_some()).count();
+    if params.len() < required || params.len() > expected {
+        // The reference counts neither the session nor the parameters that have defaults in
+        // what it expects, and not the session in what it received.
+        let session = usize::from(m.message.takes_session());
+        let without_defaults = defs.iter().skip(session).filter(|p| p.default.is_none()).count();
+        return Err(ApiError::MessageParameterCountMismatch {
+            method: method.to_owned(),
+            expected: without_defaults.to_string(),
+            received: (params.len() as i64 - session as i64).to_string(),
+        });
+    }
+    let filled: Vec<Json>;
+    let params = if params.len() < expected {
+        let mut all = params.to_vec();
+        for d in &defs[params.len()..] {
+            let text = d.default.unwrap_or("null");
+            all.push(serde_json::from_str(text).unwrap_or(Json::Null));
+        }
+        filled = all;
+        filled.as_slice()
+    } else {
+        params
+    };
+    let mut session = None;
+    let mut args = Vec::with_capacity(expected);
+    for (i, (def, p)) in defs.iter().zip(params.iter()).enumerate() {
+        if i == 0 && m.message.takes_session() {
+            let s = p
+                .as_str()
+                .ok_or_else(|| ApiError::SessionInvalid { handle: p.to_string() })?;
+            agent.sessions.validate(&agent.store, s)?;
+            session = Some(s.to_owned());
+            continue;
+        }
+        if m.message.kind == MessageKind::Create {
+            require_constructor_fields(m.class, p)?;
+        }
+        // The value itself is never logged: it may be a secret.
+        let v = from_json(p, def.ty).map_err(|e| {
+            tracing::debug!(method, param = def.name, expected = %e.expected, "parameter of the wrong type");
+            ApiError::field_type(def.name)
+        })?;
+        args.push(v);
+    }
+    Ok(Call {
+        id: m.id,
+        class: m.class,
+        message: m.message,
+        session,
+        args,
+    })
+}
+
+/// The implicit constructor needs every RW and RO/constructor field that has no default, as
+/// the reference does; a missing one is `FIELD_TYPE_ERROR [field]`.
+fn require_constructor_fields(class: ClassId, record: &Json) -> Result<(), ApiError> {
+    let Json::Object(m) = record else {
+        return Err(ApiError::field_type("args"));
+    };
+    for f in class.def().fields {
+        if f.qualifier != schema::Qualifier::RoRuntime && f.default.is_none() && !m.contains_key(f.name) {
+            return Err(ApiError::field_type(f.name));
+        }
+    }
+    Ok(())
+}
+
+/// Runs a wire call.
+pub async fn call(agent: &Arc<Agent>, ctx: &CallCtx, method: &str, params: &[Json]) -> Result<Value, ApiError> {
+    let table = behaviour::table();
+    if let Some(inner) = method.strip_prefix("Async.") {
+        let c = check(agent, inner, params)?;
+        if !table.async_form(c.id) {
+            return Err(ApiError::MessageMethodUnknown {
+                method: method.to_owned(),
+            });
+        }
+        let Some(handler) = table.handler(c.id) else {
+            return Err(ApiError::not_implemented(&c.wire_name()));
+        };
+        return behaviour::spawn_async(agent, ctx, c, handler).await;
+    }
+    let c = check(agent, method, params)?;
+    run(agent, ctx, c).await
+}
+
+/// Runs a checked call: the table's handler for its message, or `NOT_IMPLEMENTED`.
+pub async fn run(agent: &Arc<Agent>, ctx: &CallCtx, c: Call) -> Result<Value, ApiError> {
+    match behaviour::table().handler(c.id) {
+        Some(handler) => handler(agent.clone(), ctx.clone(), c).await,
+        None => Err(ApiError::not_implemented(&c.wire_name())),
+    }
+}
