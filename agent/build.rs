@@ -373,6 +373,9 @@ fn run() -> BuildResult<()> {
     }
     out.push_str("}\n\n");
 
+    // Typed enums.
+    out.push_str(&typed_enums(&enums));
+
     // Classes.
     out.push_str("/// Every class of the API.\npub static CLASSES: &[ClassDef] = &[\n");
     for c in &classes {
@@ -548,4 +551,60 @@ fn message_kind(c: &Class, m: &Message, fields: &BTreeMap<&str, usize>) -> Strin
         }
     }
     "MessageKind::Custom".into()
+}
+
+/// `vm_power_state` → `VmPowerState`.
+fn camel(name: &str) -> String {
+    name.split(['_', '-'])
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let mut c = p.chars();
+            match c.next() {
+                Some(f) => f.to_ascii_uppercase().to_string() + c.as_str(),
+                None => String::new(),
+            }
+        })
+        .collect()
+}
+
+/// One Rust enum per API enum, its variants spelled as the values are (`-` becomes `_`), with
+/// the wire spelling, a case-insensitive parse, and conversions to and comparisons with
+/// `Value`.
+fn typed_enums(enums: &BTreeMap<String, Vec<String>>) -> String {
+    let mut out = String::new();
+    out.push_str("/// Every API enum as a Rust enum: `enums::VmPowerState::Halted`, never a string literal.\n");
+    out.push_str("#[allow(non_camel_case_types, dead_code, clippy::enum_variant_names)]\npub mod enums {\n    use crate::value::Value;\n\n");
+    for (name, values) in enums {
+        let ty = camel(name);
+        let variants: Vec<String> = values.iter().map(|v| ident(&v.replace(['-', '.'], "_"))).collect();
+        let _ = writeln!(out, "    /// The values of `{name}`.\n    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]\n    pub enum {ty} {{");
+        for (v, var) in values.iter().zip(&variants) {
+            let _ = writeln!(out, "        /// `{v}`\n        {var},");
+        }
+        out.push_str("    }\n\n");
+        let _ = writeln!(out, "    impl {ty} {{");
+        let _ = writeln!(
+            out,
+            "        /// Every value, in the reference's order.\n        pub const ALL: &'static [{ty}] = &[{}];",
+            variants
+                .iter()
+                .map(|v| format!("{ty}::{v}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        out.push_str("        /// The wire spelling.\n        pub const fn name(self) -> &'static str {\n            match self {\n");
+        for (v, var) in values.iter().zip(&variants) {
+            let _ = writeln!(out, "                {ty}::{var} => {},", rust_str(v));
+        }
+        out.push_str("            }\n        }\n");
+        out.push_str("        /// The value with this spelling, matched case-insensitively.\n        pub fn parse(s: &str) -> Option<Self> {\n            Self::ALL.iter().copied().find(|v| v.name().eq_ignore_ascii_case(s))\n        }\n");
+        out.push_str("        /// As a `Value`.\n        pub const fn value(self) -> Value {\n            Value::Enum(self.name())\n        }\n    }\n\n");
+        let _ = writeln!(out, "    impl From<{ty}> for Value {{\n        fn from(e: {ty}) -> Value {{\n            e.value()\n        }}\n    }}\n");
+        let _ = writeln!(
+            out,
+            "    impl PartialEq<{ty}> for Value {{\n        fn eq(&self, e: &{ty}) -> bool {{\n            matches!(self, Value::Enum(s) if *s == e.name())\n        }}\n    }}\n"
+        );
+    }
+    out.push_str("}\n\n");
+    out
 }

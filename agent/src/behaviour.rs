@@ -25,6 +25,7 @@ fn sources() -> Vec<Vec<Entry>> {
         crate::lifecycle::behaviour(),
         crate::storage::behaviour(),
         crate::host::behaviour(),
+        crate::secureboot::behaviour(),
     ]
 }
 

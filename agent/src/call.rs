@@ -96,10 +96,16 @@ macro_rules! entry {
         $crate::call::Entry {
             class: $class,
             message: $message,
-            handler: |$agent: ::std::sync::Arc<$crate::Agent>,
-                      $ctx: $crate::call::CallCtx,
-                      $call: $crate::call::Call|
-             -> $crate::call::Reply { ::std::boxed::Box::pin(async move { $body }) },
+            handler: {
+                // A body that rustfmt wrote as a block would otherwise warn here.
+                #[allow(unused_braces)]
+                let handler: $crate::call::Handler =
+                    |$agent: ::std::sync::Arc<$crate::Agent>,
+                     $ctx: $crate::call::CallCtx,
+                     $call: $crate::call::Call|
+                     -> $crate::call::Reply { ::std::boxed::Box::pin(async move { $body }) };
+                handler
+            },
             module: module_path!(),
         }
     };

@@ -17,6 +17,7 @@ pub mod lifecycle;
 pub mod objects;
 pub mod query;
 pub mod schema;
+pub mod secureboot;
 pub mod sessions;
 pub mod storage;
 pub mod store;
