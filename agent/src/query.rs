@@ -185,8 +185,16 @@ pub fn parse(s: &str) -> Result<Expr, String> {
     Ok(e)
 }
 
+/// A field named as the reference's database names it (a namespaced field `name/label` is
+/// `name__label` there) or as the wire does (`name_label`).
+fn field_id(obj: &Object, name: &str) -> Option<crate::schema::FieldId> {
+    obj.class
+        .field_by_name(name)
+        .or_else(|| name.contains("__").then(|| obj.class.field_by_name(&name.replace("__", "_")))?)
+}
+
 fn field_text(obj: &Object, name: &str) -> Option<String> {
-    let f = obj.class.field_by_name(name)?;
+    let f = field_id(obj, name)?;
     Some(match obj.get(f) {
         Value::Bool(b) => b.to_string(),
         v => v.key_text(),
@@ -219,6 +227,8 @@ mod tests {
         vm.set(fields::VM::is_a_template, Value::Bool(true));
         let e = parse(r#"field "name_label" = "web" and not (field "is_a_template" = "false")"#).unwrap();
         assert!(matches(&e, &vm));
+        let e = parse(r#"field "name__label" = "web" and field "name__description" = """#).unwrap();
+        assert!(matches(&e, &vm), "the database's names for namespaced fields");
         let e = parse(r#"field "name_label" = "db" or field "power_state" = "Halted""#).unwrap();
         assert!(matches(&e, &vm));
         assert!(!matches(&parse("false").unwrap(), &vm));
