@@ -10,6 +10,7 @@ pub mod error;
 pub mod event_from;
 pub mod events;
 pub mod first_boot;
+mod front;
 pub mod host;
 pub mod hypervisor;
 pub mod implicit;
@@ -78,32 +79,39 @@ pub struct AgentConfig {
 /// The running object model.
 pub struct Agent {
     /// Every object.
-    pub store: store::Store,
+    pub(crate) store: store::Store,
     /// Sessions and the root password.
-    pub sessions: sessions::Sessions,
+    pub(crate) sessions: sessions::Sessions,
     /// This host's ref.
-    pub host: String,
+    pub(crate) host: String,
     /// The pool's ref.
-    pub pool: String,
+    pub(crate) pool: String,
     /// The hypervisor backend.
-    pub hypervisor: Arc<dyn hypervisor::Hypervisor>,
+    pub(crate) hypervisor: Arc<dyn hypervisor::Hypervisor>,
     /// Async calls still running, by task ref.
-    pub running_tasks: Mutex<HashMap<String, (tokio::task::AbortHandle, String)>>,
+    pub(crate) running_tasks: Mutex<HashMap<String, (tokio::task::AbortHandle, String)>>,
     /// The per-object actors.
-    pub actors: actors::Actors,
+    pub(crate) actors: actors::Actors,
     /// Which VM each live domain belongs to.
-    pub domids: Mutex<HashMap<u32, String>>,
+    pub(crate) domids: Mutex<HashMap<u32, String>>,
     /// The state dir.
-    pub state_dir: PathBuf,
+    pub(crate) state_dir: PathBuf,
     /// Legacy event subscriptions.
-    pub registrations: event_from::Registrations,
+    pub(crate) registrations: event_from::Registrations,
     /// Recent `event.from` batches, shared by callers waiting on the same thing.
-    pub event_batches: event_from::BatchCache,
+    pub(crate) event_batches: event_from::BatchCache,
     /// The address clients reach this host on (`AgentConfig::host_address`).
-    pub host_address: String,
+    pub(crate) host_address: String,
 }
 
 impl Agent {
+    /// The store, for tests outside this crate that set up states no API call makes (a
+    /// domain the backend runs but no VM started). Not for the transport.
+    #[cfg(feature = "test-support")]
+    pub fn store_for_tests(&self) -> &store::Store {
+        &self.store
+    }
+
     /// Where a client connects to a console, in the reference's form
     /// `https://<host address>/console?ref=<console ref>`.
     pub fn console_location(&self, console: &str) -> String {

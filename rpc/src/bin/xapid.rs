@@ -233,7 +233,7 @@ fn main() -> ExitCode {
             let mut tick = tokio::time::interval(std::time::Duration::from_secs(300));
             loop {
                 tick.tick().await;
-                let n = sweeper.sessions.expire_idle(&sweeper.store).await;
+                let n = sweeper.expire_idle_sessions().await;
                 if n > 0 {
                     tracing::info!(n, "expired idle sessions");
                 }

@@ -18,7 +18,7 @@ impl Auth {
     /// Ends a session opened for the request.
     pub async fn finish(self, agent: &Agent) {
         if self.temporary {
-            if let Err(e) = agent.sessions.logout(&agent.store, &self.session).await {
+            if let Err(e) = agent.logout(&self.session).await {
                 tracing::debug!(error = %e, "logging out a data-path session");
             }
         }
@@ -28,10 +28,7 @@ impl Auth {
 /// Checks the request's credentials.
 pub async fn authenticate(agent: &Arc<Agent>, req: &HttpRequest) -> Result<Auth, DataPathError> {
     if let Some(s) = param(req, "session_id") {
-        agent
-            .sessions
-            .validate(&agent.store, &s)
-            .map_err(|_| DataPathError::Unauthorised)?;
+        agent.validate_session(&s).map_err(|_| DataPathError::Unauthorised)?;
         return Ok(Auth {
             session: s,
             temporary: false,
@@ -47,15 +44,7 @@ pub async fn authenticate(agent: &Arc<Agent>, req: &HttpRequest) -> Result<Auth,
         .peer_addr()
         .map_or_else(|| "unknown".to_owned(), |a| a.ip().to_string());
     let session = agent
-        .sessions
-        .login(
-            &agent.store,
-            &agent.host,
-            &user,
-            &password,
-            &format!("{peer} using Basic auth"),
-            false,
-        )
+        .login(&user, &password, &format!("{peer} using Basic auth"))
         .await
         .map_err(|_| DataPathError::Unauthorised)?;
     Ok(Auth {

@@ -8,8 +8,6 @@
 use super::{authenticate, param, DataPathError};
 use actix_web::http::Method;
 use actix_web::{web, HttpRequest, HttpResponse};
-use agent::schema::{class_ids, fields};
-use agent::value::Value;
 use agent::{Agent, ApiError};
 use futures_util::StreamExt;
 use std::fs::File;
@@ -17,62 +15,18 @@ use std::io::{Read, Write};
 use std::sync::Arc;
 use tokio::io::unix::AsyncFd;
 
-/// The console named by `ref` (a console, or a VM's first console) or `uuid`.
-fn console_of(agent: &Agent, req: &HttpRequest) -> Result<String, DataPathError> {
-    let missing = |what: &str| DataPathError::NotFound(ApiError::handle_invalid("console", what));
-    let r = match (param(req, "ref"), param(req, "uuid")) {
-        (Some(r), _) => r,
-        (None, Some(u)) => agent
-            .store
-            .ref_by_uuid(class_ids::VM, &u)
-            .or_else(|| agent.store.ref_by_uuid(class_ids::console, &u))
-            .ok_or_else(|| missing(&u))?,
-        (None, None) => {
-            return Err(DataPathError::BadRequest(ApiError::internal(
-                "the console request lacks a ref or uuid parameter",
-            )))
-        }
-    };
-    if agent.store.get(class_ids::console, &r).is_some() {
-        return Ok(r);
+/// The console named by `ref` (a console, or a VM's first console) or `uuid`, and its domain.
+fn domid_of(agent: &Agent, req: &HttpRequest) -> Result<u32, DataPathError> {
+    let (r, u) = (param(req, "ref"), param(req, "uuid"));
+    if r.is_none() && u.is_none() {
+        return Err(DataPathError::BadRequest(ApiError::internal(
+            "the console request lacks a ref or uuid parameter",
+        )));
     }
-    let vm = agent.store.get(class_ids::VM, &r).ok_or_else(|| missing(&r))?;
-    vm.get(fields::VM::consoles)
-        .as_set()
-        .iter()
-        .filter_map(Value::as_ref_str)
-        .find(|c| {
-            agent
-                .store
-                .get(class_ids::console, c)
-                .is_some_and(|c| c.get(fields::console::protocol) == &Value::Enum("vt100"))
-        })
-        .map(str::to_owned)
-        .ok_or_else(|| missing(&r))
-}
-
-/// The domain behind a console: its VM must have one (running or paused: a client may attach
-/// before it unpauses a VM started paused, and so see the whole boot).
-fn domid_of(agent: &Agent, console: &str) -> Result<u32, DataPathError> {
-    let c = agent
-        .store
-        .get(class_ids::console, console)
-        .ok_or_else(|| DataPathError::NotFound(ApiError::handle_invalid("console", console)))?;
-    let vm_ref = c.get(fields::console::VM).as_ref_str().unwrap_or("").to_owned();
-    let vm = agent
-        .store
-        .get(class_ids::VM, &vm_ref)
-        .ok_or_else(|| DataPathError::NotFound(ApiError::handle_invalid("VM", &vm_ref)))?;
-    let state = vm.get(fields::VM::power_state).clone();
-    let domid = vm.get(fields::VM::domid).as_int().unwrap_or(-1);
-    if !matches!(state, Value::Enum("Running" | "Paused")) || domid < 0 {
-        return Err(DataPathError::NotFound(ApiError::VmBadPowerState {
-            vm: vm_ref,
-            expected: "running".into(),
-            actual: state.key_text().to_ascii_lowercase(),
-        }));
-    }
-    u32::try_from(domid).map_err(|_| DataPathError::NotFound(ApiError::invalid_value("domid", domid)))
+    let console = agent
+        .text_console(r.as_deref(), u.as_deref())
+        .map_err(DataPathError::NotFound)?;
+    agent.console_domain(&console).map_err(DataPathError::NotFound)
 }
 
 /// `CONNECT /console` (and `GET`, which needs a WebSocket upgrade this build lacks).
@@ -91,18 +45,13 @@ pub(super) async fn connect(req: HttpRequest, body: web::Payload, agent: web::Da
                 .body(format!("use CONNECT /console, or GET with a WebSocket upgrade: {e}\n"));
         }
     }
-    let domid = match console_of(&agent, &req).and_then(|c| domid_of(&agent, &c)) {
+    let domid = match domid_of(&agent, &req) {
         Ok(d) => d,
         Err(e) => return e.response(),
     };
-    let hv = agent.hypervisor.clone();
-    let stream = tokio::task::spawn_blocking(move || hv.console_stream(domid)).await;
-    let stream = match stream {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            return DataPathError::NotFound(ApiError::internal(format!("console of domain {domid}: {e}"))).response()
-        }
-        Err(e) => return DataPathError::Failed(ApiError::internal(e)).response(),
+    let stream = match agent.console_stream(domid).await {
+        Ok(s) => s,
+        Err(e) => return DataPathError::NotFound(e).response(),
     };
     if let Err(e) = stream.set_nonblocking(true) {
         return DataPathError::Failed(ApiError::internal(e)).response();

@@ -167,7 +167,7 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 }
 
 fn task_status(agent: &Agent, task: &str) -> (String, Vec<String>) {
-    let t = agent.store.get(class_ids::task, task).unwrap();
+    let t = agent.store_for_tests().get(class_ids::task, task).unwrap();
     let status = t.get(fields::task::status).key_text();
     let err = t
         .get(fields::task::error_info)
@@ -181,7 +181,7 @@ fn task_status(agent: &Agent, task: &str) -> (String, Vec<String>) {
 #[actix_web::test]
 async fn raw_vdi_round_trip_and_snapshot() {
     let e = start().await;
-    let (addr, pw, pool) = (e.addr, e.password.clone(), e.agent.pool.clone());
+    let (addr, pw, pool) = (e.addr, e.password.clone(), e.agent.pool_ref().to_owned());
     let (session, sr) = blocking(move || {
         let s = xmlrpc(addr, "session.login_with_password", &["root", &pw, "2.21", "test"]);
         let sr = xmlrpc(addr, "pool.get_default_SR", &[&s, &pool]);
@@ -241,7 +241,7 @@ async fn raw_vdi_round_trip_and_snapshot() {
     // Basic auth and a uuid work too.
     let uuid = e
         .agent
-        .store
+        .store_for_tests()
         .get(class_ids::VDI, &vdi)
         .unwrap()
         .uuid()
@@ -275,15 +275,10 @@ fn base64(s: &str) -> String {
 }
 
 async fn small_vdi(e: &Env, size: u64) -> (String, String) {
-    let session = e
-        .agent
-        .sessions
-        .login(&e.agent.store, &e.agent.host, "root", &e.password, "t", false)
-        .await
-        .unwrap();
+    let session = e.agent.login("root", &e.password, "t").await.unwrap();
     let sr = e
         .agent
-        .store
+        .store_for_tests()
         .all(class_ids::SR)
         .iter()
         .find(|s| s.str_field("type") == "file")
@@ -424,7 +419,7 @@ async fn bad_uploads_fail_the_task_and_the_daemon_keeps_serving() {
     // Import into a new VDI of an SR.
     let sr = e
         .agent
-        .store
+        .store_for_tests()
         .all(class_ids::SR)
         .iter()
         .find(|s| s.str_field("type") == "file")
@@ -437,7 +432,7 @@ async fn bad_uploads_fail_the_task_and_the_daemon_keeps_serving() {
     let created = String::from_utf8(body).unwrap().trim().to_owned();
     assert_eq!(
         e.agent
-            .store
+            .store_for_tests()
             .get(class_ids::VDI, &created)
             .unwrap()
             .get(fields::VDI::virtual_size),
@@ -463,7 +458,7 @@ async fn console_streams_boot_lines_and_echoes() {
     let console_ref = "OpaqueRef:console-test-console".to_owned();
     let (vr, cr) = (vm_ref.clone(), console_ref.clone());
     e.agent
-        .store
+        .store_for_tests()
         .write(|tx| {
             let mut vm = default_object(class_ids::VM, &vr);
             vm.set(fields::VM::uuid, Value::str(uuid::Uuid::new_v4().to_string()));
@@ -480,12 +475,7 @@ async fn console_streams_boot_lines_and_echoes() {
         })
         .await
         .unwrap();
-    let session = e
-        .agent
-        .sessions
-        .login(&e.agent.store, &e.agent.host, "root", &e.password, "t", false)
-        .await
-        .unwrap();
+    let session = e.agent.login("root", &e.password, "t").await.unwrap();
     let text = blocking(move || {
         let mut c = TcpStream::connect(addr).unwrap();
         c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -517,15 +507,10 @@ async fn console_streams_boot_lines_and_echoes() {
     assert!(text.contains("echo-me-please"), "{text}");
 
     // The same over a WebSocket, as Xen Orchestra connects.
-    let s3 = e
-        .agent
-        .sessions
-        .login(&e.agent.store, &e.agent.host, "root", &e.password, "t", false)
-        .await
-        .unwrap();
+    let s3 = e.agent.login("root", &e.password, "t").await.unwrap();
     let vm_uuid = e
         .agent
-        .store
+        .store_for_tests()
         .get(class_ids::VM, &vm_ref)
         .unwrap()
         .uuid()
@@ -572,16 +557,9 @@ async fn console_streams_boot_lines_and_echoes() {
     .await;
     assert!(ws_text.contains("ws-echo-test"), "{ws_text}");
     // Not running: 404.
-    let (vr, s2) = (
-        vm_ref.clone(),
-        e.agent
-            .sessions
-            .login(&e.agent.store, &e.agent.host, "root", &e.password, "t", false)
-            .await
-            .unwrap(),
-    );
+    let (vr, s2) = (vm_ref.clone(), e.agent.login("root", &e.password, "t").await.unwrap());
     e.agent
-        .store
+        .store_for_tests()
         .write(|tx| agent::objects::set_field(tx, class_ids::VM, &vr, fields::VM::power_state, Value::Enum("Halted")))
         .await
         .unwrap();

@@ -4,7 +4,7 @@
 
 use super::{authenticate, param, Auth, DataPathError};
 use actix_web::{web, HttpRequest, HttpResponse};
-use agent::schema::{class_ids, fields};
+use agent::schema::class_ids;
 use agent::storage::transfer::{ExportSource, Format, ImportSink, TransferTask};
 use agent::value::Value;
 use agent::{Agent, ApiError, CallCtx};
@@ -13,12 +13,8 @@ use std::sync::Arc;
 
 /// Resolves a `vdi` parameter given as a ref or a uuid.
 fn vdi_of(agent: &Agent, v: &str) -> Result<String, DataPathError> {
-    if agent.store.get(class_ids::VDI, v).is_some() {
-        return Ok(v.to_owned());
-    }
     agent
-        .store
-        .ref_by_uuid(class_ids::VDI, v)
+        .resolve(class_ids::VDI, v)
         .ok_or_else(|| DataPathError::NotFound(ApiError::handle_invalid("VDI", v)))
 }
 
@@ -70,7 +66,7 @@ async fn target_vdi(agent: &Arc<Agent>, req: &HttpRequest, auth: &Auth) -> Resul
     }
     let sr = match (param(req, "sr_id"), param(req, "sr_uuid")) {
         (Some(sr), _) => sr,
-        (None, Some(u)) => agent.store.ref_by_uuid(class_ids::SR, &u).ok_or_else(|| {
+        (None, Some(u)) => agent.resolve(class_ids::SR, &u).ok_or_else(|| {
             DataPathError::NotFound(ApiError::UuidInvalid {
                 r#type: "SR".into(),
                 uuid: u,
@@ -204,11 +200,7 @@ pub(super) async fn export(req: HttpRequest, agent: web::Data<Arc<Agent>>) -> Ht
             return DataPathError::Failed(e).response();
         }
     };
-    let uuid = agent
-        .store
-        .get(class_ids::VDI, &vdi)
-        .and_then(|o| o.get(fields::VDI::uuid).as_str().map(str::to_owned))
-        .unwrap_or_default();
+    let uuid = agent.uuid_of(class_ids::VDI, &vdi).unwrap_or_default();
     let size = source.size();
     let task_ref = task.reference().to_owned();
     let mut resp = HttpResponse::Ok();
