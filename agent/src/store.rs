@@ -737,7 +737,10 @@ mod tests {
         vm.set(fields::VM::uuid, Value::str("u-vm1"));
         vm.set(fields::VM::name_label, Value::str("web"));
         vm.set(fields::VM::memory_static_max, Value::Int(1 << 30));
-        vm.set(fields::VM::power_state, Value::Enum("Running"));
+        vm.set(
+            fields::VM::power_state,
+            crate::schema::enums::VmPowerState::Running.value(),
+        );
         vm.set(
             fields::VM::other_config,
             Value::map(vec![(Value::str("k"), Value::str("v"))]),

@@ -6,6 +6,7 @@ use crate::call::{Call, CallCtx, Entry, Handler};
 use crate::entry;
 use crate::error::ApiError;
 use crate::objects::{create, new_ref, new_uuid, set_field};
+use crate::schema::enums::TaskStatusType;
 use crate::schema::{class_ids, fields};
 use crate::value::{default_object, now, Object, Value};
 use crate::xml::value_fragment;
@@ -71,12 +72,12 @@ pub async fn finish(agent: &Agent, task: &str, outcome: Result<&Value, &ApiError
             let Some(cur) = tx.get(class_ids::task, task) else {
                 return Ok(());
             };
-            if cur.get(fields::task::status) != &Value::Enum("pending") {
+            if cur.get(fields::task::status) != &TaskStatusType::pending.value() {
                 return Ok(());
             }
             match outcome {
-                Ok(v) => end(tx, task, "success", value_fragment(v), Vec::new()),
-                Err(e) => end(tx, task, "failure", String::new(), error_info(e)),
+                Ok(v) => end(tx, task, TaskStatusType::success, value_fragment(v), Vec::new()),
+                Err(e) => end(tx, task, TaskStatusType::failure, String::new(), error_info(e)),
             }
         })
         .await;
@@ -96,15 +97,15 @@ fn error_info(e: &ApiError) -> Vec<Value> {
 fn end(
     tx: &mut crate::store::Tx,
     task: &str,
-    status: &'static str,
+    status: TaskStatusType,
     result: String,
     error: Vec<Value>,
 ) -> Result<(), ApiError> {
     use fields::task as f;
-    set_field(tx, class_ids::task, task, f::status, Value::Enum(status))?;
+    set_field(tx, class_ids::task, task, f::status, status.value())?;
     set_field(tx, class_ids::task, task, f::result, Value::str(result))?;
     set_field(tx, class_ids::task, task, f::error_info, Value::set(error))?;
-    if status != "cancelled" {
+    if status != TaskStatusType::cancelled {
         set_field(tx, class_ids::task, task, f::progress, Value::Float(1.0))?;
     }
     set_field(tx, class_ids::task, task, f::finished, Value::DateTime(now()))?;
@@ -130,7 +131,7 @@ pub async fn cancel(agent: &Arc<Agent>, task: &str) -> Result<Value, ApiError> {
         .store
         .get(class_ids::task, task)
         .ok_or_else(|| ApiError::handle_invalid("task", task))?;
-    if cur.get(fields::task::status) != &Value::Enum("pending") {
+    if cur.get(fields::task::status) != &TaskStatusType::pending.value() {
         return Err(ApiError::not_allowed("the task has already finished"));
     }
     if let Some((h, _)) = agent.running_tasks.lock().remove(task) {
@@ -141,7 +142,13 @@ pub async fn cancel(agent: &Arc<Agent>, task: &str) -> Result<Value, ApiError> {
         .store
         .write(|tx| {
             let cancelled = ApiError::TaskCancelled { task: task_s.clone() };
-            end(tx, &task_s, "cancelled", String::new(), error_info(&cancelled))
+            end(
+                tx,
+                &task_s,
+                TaskStatusType::cancelled,
+                String::new(),
+                error_info(&cancelled),
+            )
         })
         .await?;
     Ok(Value::None)
@@ -167,12 +174,12 @@ fn pending_task(agent: &Agent, task: &str, label: &str, description: &str) -> Ob
     t.set(fields::task::name_label, Value::str(label));
     t.set(fields::task::name_description, Value::str(description));
     t.set(fields::task::created, Value::DateTime(now()));
-    t.set(fields::task::status, Value::Enum("pending"));
+    t.set(fields::task::status, TaskStatusType::pending.value());
     t.set(fields::task::resident_on, Value::reference(agent.host.as_str()));
     t.set(fields::task::progress, Value::Float(0.0));
     t.set(
         fields::task::allowed_operations,
-        Value::set(vec![Value::Enum("cancel")]),
+        Value::set(vec![crate::schema::enums::TaskAllowedOperations::cancel.value()]),
     );
     t
 }

@@ -958,7 +958,10 @@ mod tests {
     #[test]
     fn defaults_follow_the_datamodel() {
         let vm = default_object(class_ids::VM, "OpaqueRef:x");
-        assert_eq!(vm.get(fields::VM::power_state), &Value::Enum("Halted"));
+        assert_eq!(
+            vm.get(fields::VM::power_state),
+            &crate::schema::enums::VmPowerState::Halted.value()
+        );
         assert_eq!(vm.get(fields::VM::HVM_shadow_multiplier), &Value::Float(1.0));
         assert_eq!(vm.get(fields::VM::generation_id), &Value::str("0:0"));
         assert_eq!(vm.get(fields::VM::snapshot_of), &Value::Ref(NULL_REF.into()));

@@ -33,7 +33,7 @@ pub fn vdi_backing(agent: &Agent, vdi: &str) -> Result<Option<PathBuf>, ApiError
 
 fn block_device(agent: &Agent, vbd: &Object) -> Result<BlockDevice, ApiError> {
     use fields::VBD as f;
-    let cd = vbd.get(f::r#type) == &Value::Enum("CD");
+    let cd = vbd.get(f::r#type) == &crate::schema::enums::VbdType::CD.value();
     let empty = vbd.get(f::empty) == &Value::Bool(true);
     let backing = match vbd.get(f::VDI).as_ref_str() {
         Some(vdi) if !empty => vdi_backing(agent, vdi)?,
@@ -42,7 +42,7 @@ fn block_device(agent: &Agent, vbd: &Object) -> Result<BlockDevice, ApiError> {
     if backing.is_none() && !cd {
         return Err(ApiError::internal(format!("disk VBD {} has no VDI", vbd.reference)));
     }
-    let mode = if cd || vbd.get(f::mode) == &Value::Enum("RO") {
+    let mode = if cd || vbd.get(f::mode) == &crate::schema::enums::VbdMode::RO.value() {
         BlockMode::ReadOnly
     } else {
         BlockMode::ReadWrite
@@ -361,8 +361,8 @@ pub const DEVICE_CREATE: crate::implicit::CreateHooks = crate::implicit::CreateH
 
 fn before_create(agent: &Agent, obj: &mut crate::value::Object) -> Result<(), ApiError> {
     check_new_device(agent, obj)?;
-    if obj.class == class_ids::VBD && obj.get(fields::VBD::r#type) == &Value::Enum("CD") {
-        obj.set(fields::VBD::mode, Value::Enum("RO"));
+    if obj.class == class_ids::VBD && obj.get(fields::VBD::r#type) == &crate::schema::enums::VbdType::CD.value() {
+        obj.set(fields::VBD::mode, crate::schema::enums::VbdMode::RO.value());
     }
     if obj.class == class_ids::VIF && obj.get(fields::VIF::MAC).as_str() == Some("") {
         obj.set(fields::VIF::MAC, Value::str(random_mac()));

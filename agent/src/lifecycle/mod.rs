@@ -18,59 +18,88 @@ use crate::error::ApiError;
 use crate::hypervisor::BackendError;
 use crate::implicit::{self, CreateHooks};
 use crate::objects::{new_ref, set_field};
-use crate::schema::{class_ids, fields, ClassId};
+use crate::schema::enums::{VbdOperations, VifOperations, VmOperations, VmPowerState};
+use crate::schema::{class_ids, fields, ClassId, MessageId};
 use crate::store::Tx;
 use crate::value::{Value, NULL_REF};
 use crate::Agent;
 use std::sync::Arc;
 
-/// An operation an actor performs on its object.
+/// An operation an actor performs on its object: the message that asked for it and the
+/// `*_operations` value it is checked and marked as.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Operation {
-    /// A VM operation, by its message name (`start`, `set_memory_limits`, …).
-    Vm(&'static str),
-    /// A VBD operation, by its `vbd_operations` name.
-    Vbd(&'static str),
-    /// A VIF operation, by its `vif_operations` name.
-    Vif(&'static str),
+    /// A VM operation.
+    Vm {
+        /// The message (`VM.start`, `VM.set_memory_limits`, …).
+        message: MessageId,
+        /// What it marks in `current_operations`.
+        marks: VmOperations,
+    },
+    /// A VBD operation.
+    Vbd {
+        /// The message.
+        message: MessageId,
+        /// What it marks.
+        marks: VbdOperations,
+    },
+    /// A VIF operation.
+    Vif {
+        /// The message.
+        message: MessageId,
+        /// What it marks.
+        marks: VifOperations,
+    },
     /// Re-read the object's domain from the backend and commit what changed.
     Reconcile,
 }
 
+impl Operation {
+    /// The message's name within its class (`start`, `plug`).
+    fn message_name(self) -> &'static str {
+        match self {
+            Operation::Vm { message, .. } | Operation::Vbd { message, .. } | Operation::Vif { message, .. } => {
+                message.def().name
+            }
+            Operation::Reconcile => "reconcile",
+        }
+    }
+}
+
 /// VM messages this module carries out, with the `vm_operations` value each marks.
-pub const VM_MESSAGES: &[(&str, &str)] = &[
-    ("start", "start"),
-    ("start_on", "start_on"),
-    ("pause", "pause"),
-    ("unpause", "unpause"),
-    ("clean_shutdown", "clean_shutdown"),
-    ("hard_shutdown", "hard_shutdown"),
-    ("shutdown", "shutdown"),
-    ("clean_reboot", "clean_reboot"),
-    ("hard_reboot", "hard_reboot"),
-    ("suspend", "suspend"),
-    ("resume", "resume"),
-    ("resume_on", "resume_on"),
-    ("power_state_reset", "power_state_reset"),
-    ("clone", "clone"),
-    ("copy", "copy"),
-    ("snapshot", "snapshot"),
-    ("checkpoint", "checkpoint"),
-    ("revert", "revert"),
-    ("provision", "provision"),
-    ("destroy", "destroy"),
-    ("set_memory_limits", "changing_memory_limits"),
-    ("set_memory_static_range", "changing_static_range"),
-    ("set_memory_static_max", "changing_static_range"),
-    ("set_memory_static_min", "changing_static_range"),
-    ("set_memory_dynamic_range", "changing_dynamic_range"),
-    ("set_memory_dynamic_max", "changing_dynamic_range"),
-    ("set_memory_dynamic_min", "changing_dynamic_range"),
-    ("set_memory", "changing_memory_limits"),
-    ("set_memory_target_live", "changing_memory_live"),
-    ("set_VCPUs_max", "changing_VCPUs"),
-    ("set_VCPUs_at_startup", "changing_VCPUs"),
-    ("set_VCPUs_number_live", "changing_VCPUs_live"),
+pub const VM_MESSAGES: &[(&str, VmOperations)] = &[
+    ("start", VmOperations::start),
+    ("start_on", VmOperations::start_on),
+    ("pause", VmOperations::pause),
+    ("unpause", VmOperations::unpause),
+    ("clean_shutdown", VmOperations::clean_shutdown),
+    ("hard_shutdown", VmOperations::hard_shutdown),
+    ("shutdown", VmOperations::shutdown),
+    ("clean_reboot", VmOperations::clean_reboot),
+    ("hard_reboot", VmOperations::hard_reboot),
+    ("suspend", VmOperations::suspend),
+    ("resume", VmOperations::resume),
+    ("resume_on", VmOperations::resume_on),
+    ("power_state_reset", VmOperations::power_state_reset),
+    ("clone", VmOperations::clone),
+    ("copy", VmOperations::copy),
+    ("snapshot", VmOperations::snapshot),
+    ("checkpoint", VmOperations::checkpoint),
+    ("revert", VmOperations::revert),
+    ("provision", VmOperations::provision),
+    ("destroy", VmOperations::destroy),
+    ("set_memory_limits", VmOperations::changing_memory_limits),
+    ("set_memory_static_range", VmOperations::changing_static_range),
+    ("set_memory_static_max", VmOperations::changing_static_range),
+    ("set_memory_static_min", VmOperations::changing_static_range),
+    ("set_memory_dynamic_range", VmOperations::changing_dynamic_range),
+    ("set_memory_dynamic_max", VmOperations::changing_dynamic_range),
+    ("set_memory_dynamic_min", VmOperations::changing_dynamic_range),
+    ("set_memory", VmOperations::changing_memory_limits),
+    ("set_memory_target_live", VmOperations::changing_memory_live),
+    ("set_VCPUs_max", VmOperations::changing_VCPUs),
+    ("set_VCPUs_at_startup", VmOperations::changing_VCPUs),
+    ("set_VCPUs_number_live", VmOperations::changing_VCPUs_live),
 ];
 
 /// VM messages that need no marking: checks and queries.
@@ -84,10 +113,21 @@ pub const VM_QUERIES: &[&str] = &[
     "get_boot_record",
 ];
 
-/// VBD messages carried out here.
-pub const VBD_MESSAGES: &[&str] = &["plug", "unplug", "unplug_force", "insert", "eject"];
-/// VIF messages carried out here.
-pub const VIF_MESSAGES: &[&str] = &["plug", "unplug", "unplug_force"];
+/// VBD messages carried out here, with the `vbd_operations` value each marks.
+pub const VBD_MESSAGES: &[(&str, VbdOperations)] = &[
+    ("plug", VbdOperations::plug),
+    ("unplug", VbdOperations::unplug),
+    ("unplug_force", VbdOperations::unplug_force),
+    ("insert", VbdOperations::insert),
+    ("eject", VbdOperations::eject),
+];
+/// VIF messages carried out here, with the `vif_operations` value each marks (a forced
+/// unplug is an unplug: `vif_operations` has no value of its own for it).
+pub const VIF_MESSAGES: &[(&str, VifOperations)] = &[
+    ("plug", VifOperations::plug),
+    ("unplug", VifOperations::unplug),
+    ("unplug_force", VifOperations::unplug),
+];
 
 /// The messages this module carries out: every VM, VBD and VIF operation above (checked,
 /// marked and run by the object's actor), the VM queries, and the constructors and
@@ -106,8 +146,8 @@ pub fn behaviour() -> Vec<Entry> {
         handler: run_query,
         module: module_path!(),
     }));
-    v.extend(VBD_MESSAGES.iter().map(|m| op(class_ids::VBD, *m)));
-    v.extend(VIF_MESSAGES.iter().map(|m| op(class_ids::VIF, *m)));
+    v.extend(VBD_MESSAGES.iter().map(|(m, _)| op(class_ids::VBD, *m)));
+    v.extend(VIF_MESSAGES.iter().map(|(m, _)| op(class_ids::VIF, *m)));
     v.extend([
         crate::entry!(class_ids::VM, "create", |agent, _, c| implicit::create(
             &agent, &c, &VM_CREATE
@@ -152,36 +192,34 @@ const VM_CREATE: CreateHooks = CreateHooks {
         metrics.set(fields::VM_metrics::uuid, Value::str(new_uuid()));
         create(tx, metrics)?;
         obj.set(fields::VM::metrics, Value::reference(m));
-        obj.set(fields::VM::power_state, Value::Enum("Halted"));
+        obj.set(fields::VM::power_state, VmPowerState::Halted.value());
         obj.set(fields::VM::domid, Value::Int(-1));
         Ok(())
     },
     after: |_, _, _| Ok(()),
 };
 
-/// Whether this module carries out `class.message`.
-pub fn handles(class: ClassId, message: &str) -> bool {
-    if class == class_ids::VM {
-        VM_MESSAGES.iter().any(|(m, _)| *m == message) || VM_QUERIES.contains(&message)
-    } else if class == class_ids::VBD {
-        VBD_MESSAGES.contains(&message)
-    } else if class == class_ids::VIF {
-        VIF_MESSAGES.contains(&message)
-    } else {
-        false
+/// The operation a lifecycle message asks for.
+fn op_of(id: MessageId) -> Option<Operation> {
+    fn find<T>(list: &[(&str, T)], name: &str) -> Option<usize> {
+        list.iter().position(|(m, _)| *m == name)
     }
-}
-
-fn op_name(class: ClassId, message: &str) -> Option<Operation> {
-    if class == class_ids::VM {
-        VM_MESSAGES
-            .iter()
-            .find(|(m, _)| *m == message)
-            .map(|(m, _)| Operation::Vm(m))
-    } else if class == class_ids::VBD {
-        VBD_MESSAGES.iter().find(|m| **m == message).map(|m| Operation::Vbd(m))
-    } else if class == class_ids::VIF {
-        VIF_MESSAGES.iter().find(|m| **m == message).map(|m| Operation::Vif(m))
+    let name = id.def().name;
+    if id.class == class_ids::VM {
+        find(VM_MESSAGES, name).map(|i| Operation::Vm {
+            message: id,
+            marks: VM_MESSAGES[i].1,
+        })
+    } else if id.class == class_ids::VBD {
+        find(VBD_MESSAGES, name).map(|i| Operation::Vbd {
+            message: id,
+            marks: VBD_MESSAGES[i].1,
+        })
+    } else if id.class == class_ids::VIF {
+        find(VIF_MESSAGES, name).map(|i| Operation::Vif {
+            message: id,
+            marks: VIF_MESSAGES[i].1,
+        })
     } else {
         None
     }
@@ -192,7 +230,7 @@ pub async fn dispatch(agent: &Arc<Agent>, ctx: &CallCtx, c: Call) -> Result<Valu
     let class = c.class;
     let message = c.message.name;
     let reference = c.args.first().and_then(Value::as_str).unwrap_or(NULL_REF).to_owned();
-    let Some(op) = op_name(class, message) else {
+    let Some(op) = op_of(c.id) else {
         return Err(ApiError::not_implemented(&format!("{}.{message}", class.name())));
     };
     // For `revert` the object that changes is the snapshot's VM; the snapshot is the ref.
@@ -217,14 +255,21 @@ pub async fn dispatch(agent: &Arc<Agent>, ctx: &CallCtx, c: Call) -> Result<Valu
 /// Operations that only read their object (its record and its disks) to make a new VM:
 /// they run outside the object's actor, concurrently with each other.
 fn reads_source_only(op: Operation) -> bool {
-    matches!(op, Operation::Vm("clone" | "copy" | "snapshot"))
+    matches!(
+        op,
+        Operation::Vm {
+            marks: VmOperations::clone | VmOperations::copy | VmOperations::snapshot,
+            ..
+        }
+    )
 }
 
 /// The `*_operations` value an operation is checked and marked as.
 fn op_str(op: Operation) -> &'static str {
     match op {
-        Operation::Vm(m) => VM_MESSAGES.iter().find(|(x, _)| *x == m).map_or(m, |(_, o)| o),
-        Operation::Vbd(s) | Operation::Vif(s) => s,
+        Operation::Vm { marks, .. } => marks.name(),
+        Operation::Vbd { marks, .. } => marks.name(),
+        Operation::Vif { marks, .. } => marks.name(),
         Operation::Reconcile => "reconcile",
     }
 }
@@ -287,11 +332,16 @@ pub async fn perform(
     args: Vec<Value>,
 ) -> Result<Value, ApiError> {
     match op {
-        Operation::Vm(name) => {
+        Operation::Vm { .. } => {
+            let name = op.message_name();
             // The state may have changed while this waited in the mailbox (a hard_shutdown
             // may run alongside a clean one): check the power state again.
             if let Some(vm) = agent.store.get(class_ids::VM, reference) {
-                let state = vm.get(fields::VM::power_state).as_str().unwrap_or("Halted").to_owned();
+                let state = vm
+                    .get(fields::VM::power_state)
+                    .as_str()
+                    .unwrap_or(VmPowerState::Halted.name())
+                    .to_owned();
                 let allowed = rules::allowed_power_states(&vm, op_str(op));
                 if !allowed.contains(&state.as_str()) {
                     return Err(ApiError::VmBadPowerState {
@@ -307,8 +357,8 @@ pub async fn perform(
             }
             vm_power::perform(agent, reference, name, &args).await
         }
-        Operation::Vbd(name) => devices::vbd(agent, reference, name, &args).await,
-        Operation::Vif(name) => devices::vif(agent, reference, name, &args).await,
+        Operation::Vbd { .. } => devices::vbd(agent, reference, op.message_name(), &args).await,
+        Operation::Vif { .. } => devices::vif(agent, reference, op.message_name(), &args).await,
         Operation::Reconcile if class == class_ids::VM => reconcile::vm(agent, reference).await.map(|_| Value::None),
         Operation::Reconcile => Ok(Value::None),
     }

@@ -21,7 +21,9 @@ pub async fn at_start(agent: &Arc<Agent>) -> Result<(), ApiError> {
             continue;
         }
         let state = vm.get(fields::VM::power_state);
-        if state != &Value::Enum("Running") && state != &Value::Enum("Paused") {
+        if state != &crate::schema::enums::VmPowerState::Running.value()
+            && state != &crate::schema::enums::VmPowerState::Paused.value()
+        {
             continue;
         }
         let uuid = vm.uuid().unwrap_or("");
@@ -110,7 +112,9 @@ pub async fn vm(agent: &Arc<Agent>, vm: &str) -> Result<(), ApiError> {
         return Ok(());
     };
     let state = rec.get(fields::VM::power_state).clone();
-    if state != Value::Enum("Running") && state != Value::Enum("Paused") {
+    if state != crate::schema::enums::VmPowerState::Running.value()
+        && state != crate::schema::enums::VmPowerState::Paused.value()
+    {
         return Ok(());
     }
     let Some(domid) = rec.get(fields::VM::domid).as_int().filter(|d| *d >= 0) else {
@@ -146,8 +150,12 @@ pub async fn vm(agent: &Arc<Agent>, vm: &str) -> Result<(), ApiError> {
                 }
             }
         }
-        Some(DomainState::Running) if state != Value::Enum("Running") => set_state(agent, vm, "Running").await,
-        Some(DomainState::Paused) if state != Value::Enum("Paused") => set_state(agent, vm, "Paused").await,
+        Some(DomainState::Running) if state != crate::schema::enums::VmPowerState::Running.value() => {
+            set_state(agent, vm, "Running").await
+        }
+        Some(DomainState::Paused) if state != crate::schema::enums::VmPowerState::Paused.value() => {
+            set_state(agent, vm, "Paused").await
+        }
         Some(_) => Ok(()),
     }
 }

@@ -341,7 +341,7 @@ fn check_device(tx: &Tx, dev: &Object, op: &str) -> Result<(), ApiError> {
             Ok(())
         }
         "insert" | "eject" => {
-            if dev.get(fields::VBD::r#type) != &Value::Enum("CD") {
+            if dev.get(fields::VBD::r#type) != &crate::schema::enums::VbdType::CD.value() {
                 return Err(ApiError::VbdNotRemovableMedia { vbd: r });
             }
             let empty = dev.get(fields::VBD::empty) == &Value::Bool(true);
@@ -588,7 +588,10 @@ mod tests {
         let mut blocked = vms[0].clone();
         blocked.set(
             fields::VM::blocked_operations,
-            Value::map(vec![(Value::Enum("start"), Value::str("no"))]),
+            Value::map(vec![(
+                crate::schema::enums::VmOperations::start.value(),
+                Value::str("no"),
+            )]),
         );
         vms.push(blocked);
         let expected: Vec<Value> = vms.iter().map(vm_allowed_uncached).collect();

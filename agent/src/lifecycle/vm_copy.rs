@@ -156,7 +156,7 @@ async fn plan_copy(
         nv.set(fields::VBD::currently_attached, Value::Bool(false));
         nv.set(fields::VBD::current_operations, Value::map(Vec::new()));
         nv.set(fields::VBD::metrics, Value::null_ref());
-        let is_cd = vbd.get(fields::VBD::r#type) == &Value::Enum("CD");
+        let is_cd = vbd.get(fields::VBD::r#type) == &crate::schema::enums::VbdType::CD.value();
         match vbd.get(fields::VBD::VDI).as_ref_str() {
             Some(vdi_ref) if !is_cd => {
                 if ignore.iter().any(|x| x == vdi_ref) {
@@ -255,7 +255,7 @@ async fn checkpoint(agent: &Arc<Agent>, vm: &str, name: &str) -> Result<String, 
     }
     // Save the memory image, then bring the guest straight back from it (a paused guest is
     // let run for the save and comes back paused).
-    let paused = rec.get(fields::VM::power_state) == &Value::Enum("Paused");
+    let paused = rec.get(fields::VM::power_state) == &crate::schema::enums::VmPowerState::Paused.value();
     let hv = agent.hypervisor.clone();
     let img = image.clone();
     let new_domid = blocking(agent, move || {
@@ -341,14 +341,14 @@ async fn revert(agent: &Arc<Agent>, snapshot: &str) -> Result<(), ApiError> {
     }
     vm_power::mark_halted(agent, &vm).await?;
     let planned = plan_copy(agent, &snap, "", Mode::Clone, None, &[]).await?;
-    let checkpoint = snap.get(fields::VM::power_state) == &Value::Enum("Suspended");
+    let checkpoint = snap.get(fields::VM::power_state) == &crate::schema::enums::VmPowerState::Suspended.value();
     let old_disks: Vec<String> = cur
         .get(fields::VM::VBDs)
         .as_set()
         .iter()
         .filter_map(Value::as_ref_str)
         .filter_map(|r| agent.store.get(class_ids::VBD, r))
-        .filter(|vbd| vbd.get(fields::VBD::r#type) != &Value::Enum("CD"))
+        .filter(|vbd| vbd.get(fields::VBD::r#type) != &crate::schema::enums::VbdType::CD.value())
         .filter_map(|vbd| vbd.get(fields::VBD::VDI).as_ref_str().map(str::to_owned))
         .collect();
     let cur = agent
@@ -390,7 +390,7 @@ async fn revert(agent: &Arc<Agent>, snapshot: &str) -> Result<(), ApiError> {
                     class_ids::VM,
                     &vm,
                     fields::VM::power_state,
-                    Value::Enum("Suspended"),
+                    crate::schema::enums::VmPowerState::Suspended.value(),
                 )?;
             }
             rules::refresh_vm_and_devices(tx, &vm)
@@ -474,7 +474,7 @@ async fn provision(agent: &Arc<Agent>, vm: &str) -> Result<(), ApiError> {
         );
         vdi.set(f::SR, Value::reference(sr));
         vdi.set(f::virtual_size, Value::Int(d.size));
-        vdi.set(f::r#type, Value::Enum("system"));
+        vdi.set(f::r#type, crate::schema::enums::VdiType::system.value());
         let vdi_ref = crate::storage::vdi::create_vdi(agent, &vdi).await?;
         let mut vbd = default_object(class_ids::VBD, &new_ref());
         use fields::VBD as b;
@@ -483,8 +483,8 @@ async fn provision(agent: &Arc<Agent>, vm: &str) -> Result<(), ApiError> {
         vbd.set(b::VDI, Value::reference(vdi_ref));
         vbd.set(b::userdevice, Value::str(d.device.as_str()));
         vbd.set(b::bootable, Value::Bool(d.bootable));
-        vbd.set(b::mode, Value::Enum("RW"));
-        vbd.set(b::r#type, Value::Enum("Disk"));
+        vbd.set(b::mode, crate::schema::enums::VbdMode::RW.value());
+        vbd.set(b::r#type, crate::schema::enums::VbdType::Disk.value());
         vbd.set(b::unpluggable, Value::Bool(true));
         vbds.push(vbd);
     }

@@ -463,12 +463,18 @@ async fn console_streams_boot_lines_and_echoes() {
             let mut vm = default_object(class_ids::VM, &vr);
             vm.set(fields::VM::uuid, Value::str(uuid::Uuid::new_v4().to_string()));
             vm.set(fields::VM::name_label, Value::str("webby"));
-            vm.set(fields::VM::power_state, Value::Enum("Running"));
+            vm.set(
+                fields::VM::power_state,
+                agent::schema::enums::VmPowerState::Running.value(),
+            );
             vm.set(fields::VM::domid, Value::Int(i64::from(domid)));
             agent::objects::create(tx, vm)?;
             let mut c = default_object(class_ids::console, &cr);
             c.set(fields::console::uuid, Value::str(uuid::Uuid::new_v4().to_string()));
-            c.set(fields::console::protocol, Value::Enum("vt100"));
+            c.set(
+                fields::console::protocol,
+                agent::schema::enums::ConsoleProtocol::vt100.value(),
+            );
             c.set(fields::console::location, Value::str(format!("/console?ref={cr}")));
             c.set(fields::console::VM, Value::Ref(vr.clone().into()));
             agent::objects::create(tx, c)
@@ -560,7 +566,15 @@ async fn console_streams_boot_lines_and_echoes() {
     let (vr, s2) = (vm_ref.clone(), e.agent.login("root", &e.password, "t").await.unwrap());
     e.agent
         .store_for_tests()
-        .write(|tx| agent::objects::set_field(tx, class_ids::VM, &vr, fields::VM::power_state, Value::Enum("Halted")))
+        .write(|tx| {
+            agent::objects::set_field(
+                tx,
+                class_ids::VM,
+                &vr,
+                fields::VM::power_state,
+                agent::schema::enums::VmPowerState::Halted.value(),
+            )
+        })
         .await
         .unwrap();
     let (status, _, _) = blocking(move || {
