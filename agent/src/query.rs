@@ -188,9 +188,10 @@ pub fn parse(s: &str) -> Result<Expr, String> {
 /// A field named as the reference's database names it (a namespaced field `name/label` is
 /// `name__label` there) or as the wire does (`name_label`).
 fn field_id(obj: &Object, name: &str) -> Option<crate::schema::FieldId> {
-    obj.class
-        .field_by_name(name)
-        .or_else(|| name.contains("__").then(|| obj.class.field_by_name(&name.replace("__", "_")))?)
+    obj.class.field_by_name(name).or_else(|| {
+        name.contains("__")
+            .then(|| obj.class.field_by_name(&name.replace("__", "_")))?
+    })
 }
 
 fn field_text(obj: &Object, name: &str) -> Option<String> {

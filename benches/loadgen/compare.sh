@@ -10,7 +10,7 @@
 # daemon it starts itself. Results land in $OUT (default target/bench-compare/<timestamp>):
 # peer-N.json, xapid-N.json, report.md (the table), summary.json.
 #
-# Environment: RUNS (1), OUT, PEER_SCRIPT (/work/shared/bench/peer_libvirt.py),
+# Environment: RUNS (1), OUT, PEER_SCRIPT (../shared/bench/peer_libvirt.py beside the project),
 # LOADGEN_ARGS (extra arguments for `xapid-loadgen run`, e.g. "--phases lifecycle").
 set -euo pipefail
 
@@ -20,7 +20,7 @@ cd "$root"
 
 RUNS="${RUNS:-1}"
 OUT="${OUT:-target/bench-compare/$(date +%Y%m%d-%H%M%S)}"
-PEER_SCRIPT="${PEER_SCRIPT:-/work/shared/bench/peer_libvirt.py}"
+PEER_SCRIPT="${PEER_SCRIPT:-$root/../shared/bench/peer_libvirt.py}"
 LOADGEN_ARGS="${LOADGEN_ARGS:-}"
 mkdir -p "$OUT"
 
