@@ -26,6 +26,7 @@ fn sources() -> Vec<Vec<Entry>> {
         crate::storage::behaviour(),
         crate::host::behaviour(),
         crate::secureboot::behaviour(),
+        crate::metrics::behaviour(),
     ]
 }
 

@@ -15,6 +15,7 @@ pub mod host;
 pub mod hypervisor;
 pub mod implicit;
 pub mod lifecycle;
+pub mod metrics;
 pub mod objects;
 pub mod query;
 pub mod schema;
@@ -102,6 +103,8 @@ pub struct Agent {
     pub(crate) event_batches: event_from::BatchCache,
     /// The address clients reach this host on (`AgentConfig::host_address`).
     pub(crate) host_address: String,
+    /// The metrics service (round-robin databases, alerts).
+    pub(crate) metrics: metrics::Metrics,
 }
 
 impl Agent {
@@ -150,11 +153,13 @@ impl Agent {
             registrations: event_from::Registrations::default(),
             event_batches: event_from::BatchCache::default(),
             host_address: cfg.host_address.clone(),
+            metrics: metrics::Metrics::default(),
         });
         lifecycle::reconcile::at_start(&agent)
             .await
             .map_err(AgentError::FirstBoot)?;
         lifecycle::reconcile::follow_backend(&agent).map_err(AgentError::FirstBoot)?;
+        metrics::start(&agent);
         Ok(agent)
     }
 }
