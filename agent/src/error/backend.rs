@@ -13,6 +13,24 @@ impl From<BackendError> for ApiError {
     }
 }
 
+impl ApiError {
+    /// How a backend failure during an operation on the VM `vm` (its reference) reaches a
+    /// client: [`backend_error`], reachable wherever `ApiError` is.
+    pub fn from_backend(e: BackendError, vm: &str) -> ApiError {
+        backend_error(e, vm)
+    }
+}
+
+/// A VM names a bootloader no backend can run. The API documents `UNKNOWN_BOOTLOADER [vm,
+/// bootloader]` for `VM.start`, but `ApiError` has no variant for it yet, so until it has, this
+/// answers what the reference's toolstack itself answers (its domain manager's unknown
+/// bootloader comes back as an internal error naming the bootloader).
+fn unknown_bootloader(vm: &str, name: &str) -> ApiError {
+    ApiError::InternalError {
+        message: format!("VM {vm}: unknown bootloader {name}"),
+    }
+}
+
 /// How a backend failure during an operation on `vm` reaches a client.
 pub fn backend_error(e: BackendError, vm: &str) -> ApiError {
     use BackendError as B;
@@ -62,6 +80,9 @@ pub fn backend_error(e: BackendError, vm: &str) -> ApiError {
             vm: vm.to_owned(),
             msg: reason,
         },
+        // As the reference's toolstack reports a PV VM with no bootable disk to boot from.
+        B::NoBootableDevice => internal("there is no bootable device".to_owned()),
+        B::UnknownBootloader { name } => unknown_bootloader(vm, &name),
         other @ (B::Os { .. } | B::Io { .. } | B::Unavailable { .. }) => {
             internal(format!("hypervisor backend: {other}"))
         }
@@ -115,6 +136,12 @@ mod tests {
             backend_error(boot, "OpaqueRef:v").params(),
             vec!["OpaqueRef:v", "no kernel found"]
         );
+        let none = backend_error(BackendError::NoBootableDevice, "OpaqueRef:v");
+        assert_eq!(none.code(), "INTERNAL_ERROR");
+        assert_eq!(none.params(), vec!["there is no bootable device"]);
+        let unknown = backend_error(BackendError::UnknownBootloader { name: "grubby".into() }, "OpaqueRef:v");
+        assert_eq!(unknown.code(), "INTERNAL_ERROR");
+        assert!(unknown.params()[0].contains("OpaqueRef:v") && unknown.params()[0].contains("grubby"));
         let state = BackendError::InvalidState {
             op: Op::Unpause,
             domid: 3,

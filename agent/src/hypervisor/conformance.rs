@@ -32,8 +32,8 @@ use std::time::{Duration, Instant};
 
 use super::{
     BackendError, BackendEvent, BlockDevice, BlockMode, DevId, DeviceKind, DomId, DomainConfig, DomainKind,
-    DomainState, Errno, EventReceiver, Fault, Hypervisor, MacAddr, NetDevice, Op, PvBoot, ShutdownCode, ShutdownReason,
-    UnplugMode, DOMID_FIRST_RESERVED, MIB,
+    DomainState, Errno, EventReceiver, Fault, Hypervisor, MacAddr, NetDevice, Op, PvBoot, PvKernel, ShutdownCode,
+    ShutdownReason, UnplugMode, DOMID_FIRST_RESERVED, MIB,
 };
 
 /// Parameters of a conformance run.
@@ -104,11 +104,11 @@ impl ConformanceOptions {
             memory_max: self.guest_memory,
             vcpus_max: 2,
             vcpus_at_start: 1,
-            kind: DomainKind::Pv(PvBoot {
+            kind: DomainKind::Pv(PvBoot::Kernel(PvKernel {
                 kernel: self.kernel.clone(),
                 ramdisk: self.ramdisk.clone(),
                 cmdline: self.cmdline.clone(),
-            }),
+            })),
         }
     }
 }

@@ -30,7 +30,8 @@
 //!   calls on it fail with [`BackendError::InvalidArgument`].
 //! * `create_domain` either fails with no domain left behind, or returns a
 //!   *paused, unbuilt* domain that owns `memory_target` bytes of host memory.
-//!   `build` loads the kernel; `unpause` then starts it. A failure *after*
+//!   `build` loads the kernel (found first by the VM's bootloader on its
+//!   bootable disk, for a [`PvBoot::Bootloader`] boot); `unpause` then starts it. A failure *after*
 //!   `create_domain` (in `build`, device plugging, ...) leaves the domain in
 //!   place: the caller destroys it.
 //! * `create_domain` and `resume_from` check free memory up front and fail
@@ -331,6 +332,15 @@ pub enum BackendError {
         /// What the bootloader said.
         reason: String,
     },
+    /// A PV domain to be booted through its bootloader has no bootable disk.
+    #[error("there is no bootable device")]
+    NoBootableDevice,
+    /// The VM names a bootloader this backend cannot run.
+    #[error("unknown bootloader {name:?}")]
+    UnknownBootloader {
+        /// The name the VM gave.
+        name: String,
+    },
     /// The backend cannot be used on this host or build.
     #[error("the {backend} backend is unavailable: {reason}")]
     Unavailable {
@@ -359,6 +369,8 @@ impl BackendError {
             BackendError::NotEnoughMemory { .. }
             | BackendError::InvalidImage { .. }
             | BackendError::BootloaderFailed { .. }
+            | BackendError::NoBootableDevice
+            | BackendError::UnknownBootloader { .. }
             | BackendError::Unavailable { .. } => None,
         }
     }
@@ -453,7 +465,12 @@ pub trait Hypervisor: Send + Sync {
     fn create_domain(&self, config: &DomainConfig) -> Result<DomId, BackendError>;
 
     /// Loads the kernel/ramdisk into the domain created with
-    /// `create_domain`. The domain stays paused.
+    /// `create_domain`. The domain stays paused. A domain booted through its
+    /// bootloader ([`PvBoot::Bootloader`]) first has the bootloader find the
+    /// kernel on its disk: without a disk this fails with
+    /// [`BackendError::NoBootableDevice`], for a bootloader the backend does
+    /// not know with [`BackendError::UnknownBootloader`], and when the
+    /// bootloader finds nothing to boot with [`BackendError::BootloaderFailed`].
     fn build(&self, domid: DomId) -> Result<(), BackendError>;
 
     /// Starts (or resumes running) a built domain.

@@ -98,9 +98,9 @@ pub struct HostInfo {
     pub hypervisor: HypervisorVersion,
 }
 
-/// How a PV guest is booted.
+/// A PV guest kernel loaded straight from dom0 (XenAPI `PV_kernel`, `PV_ramdisk`, `PV_args`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PvBoot {
+pub struct PvKernel {
     /// Path (in dom0) of the guest kernel image.
     pub kernel: PathBuf,
     /// Optional initial ramdisk.
@@ -109,10 +109,90 @@ pub struct PvBoot {
     pub cmdline: String,
 }
 
+/// The bootloaders the backends can run for a PV guest (XenAPI `PV_bootloader`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Bootloader {
+    /// `pygrub`: reads the guest's GRUB (or extlinux/LILO) configuration from its disk and
+    /// extracts the default entry's kernel, ramdisk and arguments.
+    Pygrub,
+}
+
+impl Bootloader {
+    /// Every bootloader a backend can run.
+    pub const ALL: [Bootloader; 1] = [Bootloader::Pygrub];
+
+    /// The name a VM gives in `PV_bootloader`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Bootloader::Pygrub => "pygrub",
+        }
+    }
+
+    /// The bootloader called `name`, if the backends know it.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|b| b.name() == name)
+    }
+}
+
+impl fmt::Display for Bootloader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A PV guest whose kernel a bootloader finds on the guest's own bootable disk when the domain
+/// is built (XenAPI `PV_bootloader`, `PV_bootloader_args`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PvBootloader {
+    /// The bootloader's name as the VM gives it. Backends run the ones [`Bootloader::from_name`]
+    /// knows and refuse the others with [`BackendError::UnknownBootloader`].
+    pub bootloader: String,
+    /// The disk image (in dom0) the bootloader reads: the VM's first bootable disk. `None`
+    /// when the VM has none (or the caller did not look, as for a resume, which boots
+    /// nothing): `build` then fails with [`BackendError::NoBootableDevice`].
+    pub disk: Option<PathBuf>,
+    /// Arguments for the bootloader itself, separated by white space.
+    pub bootloader_args: String,
+    /// Appended to the command line the bootloader finds (XenAPI `PV_legacy_args` and
+    /// `PV_args`).
+    pub extra_args: String,
+}
+
+impl PvBootloader {
+    /// The bootloader's arguments as separate words.
+    pub fn bootloader_argv(&self) -> Vec<String> {
+        self.bootloader_args.split_whitespace().map(str::to_owned).collect()
+    }
+
+    /// The kernel command line for what the bootloader found: its `found` arguments, then
+    /// [`Self::extra_args`], the empty parts left out.
+    pub fn cmdline(&self, found: &str) -> String {
+        [found.trim(), self.extra_args.trim()]
+            .into_iter()
+            .filter(|s| !s.is_empty())
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+/// How a PV guest is booted: from a kernel in dom0, or through a bootloader run on the
+/// guest's disk.
+///
+/// Serialised without a tag (the Xen backend keeps it in its xenstore record): a direct boot
+/// has the fields of [`PvKernel`], a bootloader boot those of [`PvBootloader`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum PvBoot {
+    /// Direct boot of a kernel in dom0.
+    Kernel(PvKernel),
+    /// Boot through the VM's bootloader.
+    Bootloader(PvBootloader),
+}
+
 /// The virtualisation mode of a domain.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum DomainKind {
-    /// Paravirtualised guest booted from a kernel in dom0.
+    /// Paravirtualised guest, booted from a kernel in dom0 or through its bootloader.
     Pv(PvBoot),
     /// Hardware virtualised guest. Placeholder: no backend supports it yet
     /// and `create_domain` returns [`BackendError::Unsupported`].
@@ -162,11 +242,25 @@ impl DomainConfig {
             memory_max: memory,
             vcpus_max: vcpus,
             vcpus_at_start: vcpus,
-            kind: DomainKind::Pv(PvBoot {
+            kind: DomainKind::Pv(PvBoot::Kernel(PvKernel {
                 kernel: kernel.into(),
                 ramdisk: None,
                 cmdline: "console=hvc0 root=/dev/xvda1 ro".to_string(),
-            }),
+            })),
+        }
+    }
+
+    /// [`DomainConfig::pv`], booted through `pygrub` from the disk image `disk`, with a
+    /// typical console argument appended to what the bootloader finds.
+    pub fn pv_bootloader(name: impl Into<String>, memory: u64, vcpus: u32, disk: impl Into<PathBuf>) -> Self {
+        DomainConfig {
+            kind: DomainKind::Pv(PvBoot::Bootloader(PvBootloader {
+                bootloader: Bootloader::Pygrub.name().to_string(),
+                disk: Some(disk.into()),
+                bootloader_args: String::new(),
+                extra_args: "console=hvc0".to_string(),
+            })),
+            ..DomainConfig::pv(name, memory, vcpus, "")
         }
     }
 
@@ -207,10 +301,14 @@ impl DomainConfig {
                 self.vcpus_at_start, self.vcpus_max
             ));
         }
-        if let DomainKind::Pv(boot) = &self.kind {
-            if boot.kernel.as_os_str().is_empty() {
+        match &self.kind {
+            DomainKind::Pv(PvBoot::Kernel(k)) if k.kernel.as_os_str().is_empty() => {
                 return bad("PV domain without a kernel path".into());
             }
+            DomainKind::Pv(PvBoot::Bootloader(b)) if b.bootloader.trim().is_empty() => {
+                return bad("PV domain with an empty bootloader name".into());
+            }
+            _ => {}
         }
         Ok(())
     }

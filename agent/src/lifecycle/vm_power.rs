@@ -4,8 +4,11 @@
 
 use super::{blocking, devices, note_host_memory, rules, vm_copy};
 use crate::error::ApiError;
-use crate::hypervisor::{DomId, DomainConfig, DomainKind, DomainState, PvBoot, ShutdownReason};
+use crate::hypervisor::{
+    BackendError, DomId, DomainConfig, DomainKind, DomainState, PvBoot, PvBootloader, PvKernel, ShutdownReason,
+};
 use crate::objects::{create, destroy, new_ref, new_uuid, set_field};
+use crate::schema::enums::{ConsoleProtocol, DomainType, VbdType, VdiType, VmPowerState};
 use crate::schema::{class_ids, fields};
 use crate::store::Tx;
 use crate::value::{default_object, now, Object, Value, NULL_REF};
@@ -49,7 +52,39 @@ pub fn check_memory(vm: &Object) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// The domain a VM record describes.
+/// Runs a backend call on the blocking pool (see [`blocking`]) for an operation on the VM
+/// `vm`: a failure reaches the client as [`crate::error::ApiError::from_backend`] maps it,
+/// with the VM's reference where the error code names the VM (`BOOTLOADER_FAILED`, …).
+async fn on_backend<T: Send + 'static>(
+    agent: &Agent,
+    vm: &str,
+    f: impl FnOnce() -> Result<T, BackendError> + Send + 'static,
+) -> Result<T, ApiError> {
+    blocking(agent, move || Ok(f()))
+        .await?
+        .map_err(|e| ApiError::from_backend(e, vm))
+}
+
+/// Whether the VM record describes an HVM guest.
+fn is_hvm(vm: &Object) -> bool {
+    !vm.str_field("HVM_boot_policy").is_empty() || vm.get(fields::VM::domain_type) == &DomainType::hvm
+}
+
+/// Words joined by single spaces, the empty ones left out.
+fn join_words(parts: &[&str]) -> String {
+    parts
+        .iter()
+        .map(|p| p.trim())
+        .filter(|p| !p.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The domain a VM record describes, from the record alone.
+///
+/// A PV VM with a `PV_bootloader` boots through it ([`PvBoot::Bootloader`]); its boot disk
+/// is left unresolved here (`disk: None`), as resuming a domain or checking a VM boots
+/// nothing. [`start_config`] resolves it for a start.
 pub fn domain_config(vm: &Object) -> Result<DomainConfig, ApiError> {
     use fields::VM as f;
     check_memory(vm)?;
@@ -63,16 +98,23 @@ pub fn domain_config(vm: &Object) -> Result<DomainConfig, ApiError> {
             vm: vm.reference.clone(),
         });
     }
-    let hvm = !vm.str_field("HVM_boot_policy").is_empty() || vm.get(f::domain_type) == &Value::Enum("hvm");
-    let kind = if hvm {
+    let bootloader = vm.str_field("PV_bootloader").trim();
+    let kind = if is_hvm(vm) {
         DomainKind::Hvm
+    } else if !bootloader.is_empty() {
+        DomainKind::Pv(PvBoot::Bootloader(PvBootloader {
+            bootloader: bootloader.to_owned(),
+            disk: None,
+            bootloader_args: vm.str_field("PV_bootloader_args").to_owned(),
+            extra_args: join_words(&[vm.str_field("PV_legacy_args"), vm.str_field("PV_args")]),
+        }))
     } else {
         let ramdisk = vm.str_field("PV_ramdisk");
-        DomainKind::Pv(PvBoot {
+        DomainKind::Pv(PvBoot::Kernel(PvKernel {
             kernel: PathBuf::from(vm.str_field("PV_kernel")),
             ramdisk: (!ramdisk.is_empty()).then(|| PathBuf::from(ramdisk)),
             cmdline: vm.str_field("PV_args").to_owned(),
-        })
+        }))
     };
     let uuid =
         uuid::Uuid::parse_str(vm.uuid().unwrap_or("")).map_err(|_| ApiError::internal("VM has no valid uuid"))?;
@@ -85,6 +127,44 @@ pub fn domain_config(vm: &Object) -> Result<DomainConfig, ApiError> {
         vcpus_at_start: vcpus_start as u32,
         kind,
     })
+}
+
+/// The domain to start for a VM: [`domain_config`], with the disk a bootloader boot reads
+/// resolved to the VM's first bootable disk ([`boot_disk`]).
+pub fn start_config(agent: &Agent, vm: &Object) -> Result<DomainConfig, ApiError> {
+    let mut cfg = domain_config(vm)?;
+    if let DomainKind::Pv(PvBoot::Bootloader(boot)) = &mut cfg.kind {
+        boot.disk = boot_disk(agent, vm)?;
+    }
+    Ok(cfg)
+}
+
+/// The disk image a VM's bootloader reads: that of its first bootable VBD (`bootable`, not
+/// `empty`, with a VDI), in `userdevice` order. The reference's toolstack offers the
+/// bootloader every bootable, non-empty VBD, disk or CD alike (a PV installer boots from its
+/// CD), and its bootloader reads the first. `None` when the VM has no such VBD.
+pub fn boot_disk(agent: &Agent, vm: &Object) -> Result<Option<PathBuf>, ApiError> {
+    use fields::VBD as b;
+    let mut bootable: Vec<(u32, bool, String)> = vm
+        .get(fields::VM::VBDs)
+        .as_set()
+        .iter()
+        .filter_map(|r| r.as_ref_str().and_then(|r| agent.store.get(class_ids::VBD, r)))
+        .filter(|v| v.get(b::bootable) == &Value::Bool(true) && v.get(b::empty) != &Value::Bool(true))
+        .filter_map(|v| {
+            let vdi = v.get(b::VDI).as_ref_str().filter(|r| *r != NULL_REF)?.to_owned();
+            let position = v.str_field("userdevice").trim().parse::<u32>().unwrap_or(u32::MAX);
+            // At one position a disk comes before a CD.
+            Some((position, v.get(b::r#type) != &VbdType::Disk, vdi))
+        })
+        .collect();
+    bootable.sort();
+    for (_, _, vdi) in bootable {
+        if let Some(path) = devices::vdi_backing(agent, &vdi)? {
+            return Ok(Some(path));
+        }
+    }
+    Ok(None)
 }
 
 /// Carries out a VM operation (in the VM's actor).
@@ -111,7 +191,7 @@ pub async fn perform(agent: &Arc<Agent>, vm: &str, message: &str, args: &[Value]
         },
         "clean_reboot" => clean_reboot(agent, vm).await,
         "hard_reboot" => {
-            let paused = vm_of(agent, vm)?.get(fields::VM::power_state) == &Value::Enum("Paused");
+            let paused = vm_of(agent, vm)?.get(fields::VM::power_state) == &VmPowerState::Paused;
             stop_domain(agent, vm).await?;
             start(agent, vm, paused).await.map(|_| Value::None)
         }
@@ -136,18 +216,20 @@ pub async fn perform(agent: &Arc<Agent>, vm: &str, message: &str, args: &[Value]
 
 fn domid_of(vm: &Object) -> Option<DomId> {
     let d = vm.get(fields::VM::domid).as_int()?;
-    (d >= 0 && vm.get(fields::VM::power_state) != &Value::Enum("Halted")).then_some(d as DomId)
+    (d >= 0 && vm.get(fields::VM::power_state) != &VmPowerState::Halted).then_some(d as DomId)
 }
 
 /// Builds and starts the VM's domain, attaching its devices.
 pub async fn start(agent: &Arc<Agent>, vm: &str, paused: bool) -> Result<DomId, ApiError> {
     let rec = vm_of(agent, vm)?;
-    let cfg = domain_config(&rec)?;
+    let cfg = start_config(agent, &rec)?;
     let hv = agent.hypervisor.clone();
-    let domid = blocking(agent, move || {
+    let domid = on_backend(agent, vm, move || {
         let d = hv.create_domain(&cfg)?;
         if let Err(e) = hv.build(d) {
-            let _ = hv.destroy(d);
+            if let Err(cleanup) = hv.destroy(d) {
+                tracing::warn!(domid = d, error = %cleanup, "start: destroying the unbuilt domain failed");
+            }
             return Err(e);
         }
         Ok(d)
@@ -160,7 +242,7 @@ pub async fn start(agent: &Arc<Agent>, vm: &str, paused: bool) -> Result<DomId, 
     }
     if !paused {
         let hv = agent.hypervisor.clone();
-        if let Err(e) = blocking(agent, move || hv.unpause(domid)).await {
+        if let Err(e) = on_backend(agent, vm, move || hv.unpause(domid)).await {
             let hv = agent.hypervisor.clone();
             let _ = blocking(agent, move || hv.destroy(domid)).await;
             return Err(e);
@@ -202,17 +284,17 @@ fn mark_running_tx(tx: &mut Tx, agent: &Agent, vm: &str, paused: bool, facts: &R
     use fields::VM as f;
     let RunningFacts { domid, free, ref info } = *facts;
     let host = agent.host.clone();
-    let state = if paused { "Paused" } else { "Running" };
-    set_field(tx, class_ids::VM, vm, f::power_state, Value::Enum(state))?;
+    let state = if paused {
+        VmPowerState::Paused
+    } else {
+        VmPowerState::Running
+    };
+    set_field(tx, class_ids::VM, vm, f::power_state, state.value())?;
     set_field(tx, class_ids::VM, vm, f::domid, Value::Int(i64::from(domid)))?;
     set_field(tx, class_ids::VM, vm, f::resident_on, Value::reference(host.as_str()))?;
     let rec = tx.must_get(class_ids::VM, vm)?;
-    let domain_type = if rec.str_field("HVM_boot_policy").is_empty() && rec.get(f::domain_type) != &Value::Enum("hvm") {
-        "pv"
-    } else {
-        "hvm"
-    };
-    set_field(tx, class_ids::VM, vm, f::domain_type, Value::Enum(domain_type))?;
+    let domain_type = if is_hvm(&rec) { DomainType::hvm } else { DomainType::pv };
+    set_field(tx, class_ids::VM, vm, f::domain_type, domain_type.value())?;
     if let Some(m) = rec.get(f::metrics).as_ref_str().map(str::to_owned) {
         if tx.get(class_ids::VM_metrics, &m).is_some() {
             use fields::VM_metrics as mf;
@@ -230,14 +312,14 @@ fn mark_running_tx(tx: &mut Tx, agent: &Agent, vm: &str, paused: bool, facts: &R
                 class_ids::VM_metrics,
                 &m,
                 mf::state,
-                Value::set(vec![Value::str(state.to_ascii_lowercase())]),
+                Value::set(vec![Value::str(state.name().to_ascii_lowercase())]),
             )?;
             set_field(
                 tx,
                 class_ids::VM_metrics,
                 &m,
                 mf::current_domain_type,
-                Value::Enum(domain_type),
+                domain_type.value(),
             )?;
             set_field(tx, class_ids::VM_metrics, &m, mf::last_updated, Value::DateTime(now()))?;
         }
@@ -246,7 +328,7 @@ fn mark_running_tx(tx: &mut Tx, agent: &Agent, vm: &str, paused: bool, facts: &R
         let c = new_ref();
         let mut con = default_object(class_ids::console, &c);
         con.set(fields::console::uuid, Value::str(new_uuid()));
-        con.set(fields::console::protocol, Value::Enum("vt100"));
+        con.set(fields::console::protocol, ConsoleProtocol::vt100.value());
         con.set(fields::console::location, Value::str(agent.console_location(&c)));
         con.set(fields::console::VM, Value::reference(vm));
         create(tx, con)?;
@@ -258,10 +340,10 @@ fn mark_running_tx(tx: &mut Tx, agent: &Agent, vm: &str, paused: bool, facts: &R
 
 /// Commits a VM as halted: no domain, devices detached, console gone.
 pub async fn mark_halted(agent: &Arc<Agent>, vm: &str) -> Result<(), ApiError> {
-    mark_stopped(agent, vm, "Halted").await
+    mark_stopped(agent, vm, VmPowerState::Halted).await
 }
 
-async fn mark_stopped(agent: &Arc<Agent>, vm: &str, state: &'static str) -> Result<(), ApiError> {
+async fn mark_stopped(agent: &Arc<Agent>, vm: &str, state: VmPowerState) -> Result<(), ApiError> {
     let free = stopped_facts(agent, vm).await;
     agent
         .store
@@ -277,12 +359,12 @@ async fn stopped_facts(agent: &Arc<Agent>, vm: &str) -> u64 {
     free
 }
 
-fn mark_stopped_tx(tx: &mut Tx, agent: &Agent, vm: &str, state: &'static str, free: u64) -> Result<(), ApiError> {
+fn mark_stopped_tx(tx: &mut Tx, agent: &Agent, vm: &str, state: VmPowerState, free: u64) -> Result<(), ApiError> {
     use fields::VM as f;
     let Some(rec) = tx.get(class_ids::VM, vm) else {
         return Ok(());
     };
-    set_field(tx, class_ids::VM, vm, f::power_state, Value::Enum(state))?;
+    set_field(tx, class_ids::VM, vm, f::power_state, state.value())?;
     set_field(tx, class_ids::VM, vm, f::domid, Value::Int(-1))?;
     set_field(tx, class_ids::VM, vm, f::resident_on, Value::null_ref())?;
     for c in rec.get(f::consoles).as_set() {
@@ -311,7 +393,7 @@ async fn stop_domain(agent: &Arc<Agent>, vm: &str) -> Result<(), ApiError> {
     let rec = vm_of(agent, vm)?;
     if let Some(d) = domid_of(&rec) {
         let hv = agent.hypervisor.clone();
-        match blocking(agent, move || hv.destroy(d)).await {
+        match on_backend(agent, vm, move || hv.destroy(d)).await {
             Ok(()) => {}
             // Already gone (the guest powered off and the backend released it): fine.
             Err(e) if domain_gone(agent, d).await => tracing::debug!(vm, error = %e, "domain already gone"),
@@ -328,7 +410,7 @@ async fn domain_gone(agent: &Arc<Agent>, d: DomId) -> bool {
 
 async fn hard_shutdown(agent: &Arc<Agent>, vm: &str) -> Result<Value, ApiError> {
     let rec = vm_of(agent, vm)?;
-    if rec.get(fields::VM::power_state) == &Value::Enum("Suspended") {
+    if rec.get(fields::VM::power_state) == &VmPowerState::Suspended {
         // The image goes and the VM halts in one commit.
         let vdi = remove_suspend_image(agent, &rec);
         let free = stopped_facts(agent, vm).await;
@@ -336,7 +418,7 @@ async fn hard_shutdown(agent: &Arc<Agent>, vm: &str) -> Result<Value, ApiError> 
             .store
             .write(|tx| {
                 drop_suspend_vdi_tx(tx, vm, vdi.as_deref())?;
-                mark_stopped_tx(tx, agent, vm, "Halted", free)
+                mark_stopped_tx(tx, agent, vm, VmPowerState::Halted, free)
             })
             .await?;
     } else {
@@ -355,9 +437,9 @@ async fn ask_and_wait(
     let rec = vm_of(agent, vm)?;
     let d = domid_of(&rec).ok_or_else(|| ApiError::internal("the VM has no domain"))?;
     let hv = agent.hypervisor.clone();
-    let before = blocking(agent, move || hv.domain_info(d)).await?.restarts;
+    let before = on_backend(agent, vm, move || hv.domain_info(d)).await?.restarts;
     let hv = agent.hypervisor.clone();
-    blocking(agent, move || hv.shutdown(d, reason)).await?;
+    on_backend(agent, vm, move || hv.shutdown(d, reason)).await?;
     let deadline = Instant::now() + CLEAN_SHUTDOWN_TIMEOUT;
     let mut delay = Duration::from_millis(1);
     loop {
@@ -404,12 +486,16 @@ async fn pause(agent: &Arc<Agent>, vm: &str, pause: bool) -> Result<Value, ApiEr
     let rec = vm_of(agent, vm)?;
     let d = domid_of(&rec).ok_or_else(|| ApiError::internal("the VM has no domain"))?;
     let hv = agent.hypervisor.clone();
-    blocking(agent, move || if pause { hv.pause(d) } else { hv.unpause(d) }).await?;
+    on_backend(agent, vm, move || if pause { hv.pause(d) } else { hv.unpause(d) }).await?;
     agent
         .store
         .write(|tx| {
-            let state = if pause { "Paused" } else { "Running" };
-            set_field(tx, class_ids::VM, vm, fields::VM::power_state, Value::Enum(state))?;
+            let state = if pause {
+                VmPowerState::Paused
+            } else {
+                VmPowerState::Running
+            };
+            set_field(tx, class_ids::VM, vm, fields::VM::power_state, state.value())?;
             if let Some(m) = rec.get(fields::VM::metrics).as_ref_str() {
                 if tx.get(class_ids::VM_metrics, m).is_some() {
                     set_field(
@@ -417,7 +503,7 @@ async fn pause(agent: &Arc<Agent>, vm: &str, pause: bool) -> Result<Value, ApiEr
                         class_ids::VM_metrics,
                         m,
                         fields::VM_metrics::state,
-                        Value::set(vec![Value::str(state.to_ascii_lowercase())]),
+                        Value::set(vec![Value::str(state.name().to_ascii_lowercase())]),
                     )?;
                 }
             }
@@ -443,14 +529,14 @@ async fn suspend(agent: &Arc<Agent>, vm: &str) -> Result<Value, ApiError> {
     }
     let hv = agent.hypervisor.clone();
     let p2 = path.clone();
-    blocking(agent, move || hv.suspend_to(d, &p2)).await?;
+    on_backend(agent, vm, move || hv.suspend_to(d, &p2)).await?;
     let image = SuspendVdi::of(agent, &path);
     let free = stopped_facts(agent, vm).await;
     // The VM's new state and its suspend VDI in one commit.
     agent
         .store
         .write(|tx| {
-            mark_stopped_tx(tx, agent, vm, "Suspended", free)?;
+            mark_stopped_tx(tx, agent, vm, VmPowerState::Suspended, free)?;
             image.attach(tx, vm)
         })
         .await?;
@@ -489,7 +575,7 @@ impl SuspendVdi {
         vdi.set(f::uuid, Value::str(new_uuid()));
         vdi.set(f::name_label, Value::str("Suspend image"));
         vdi.set(f::SR, Value::reference(self.sr.as_str()));
-        vdi.set(f::r#type, Value::Enum("suspend"));
+        vdi.set(f::r#type, VdiType::suspend.value());
         vdi.set(f::virtual_size, Value::Int(self.size));
         vdi.set(f::physical_utilisation, Value::Int(self.size));
         vdi.set(f::location, Value::str(self.location.clone()));
@@ -520,7 +606,7 @@ async fn resume(agent: &Arc<Agent>, vm: &str, paused: bool) -> Result<Value, Api
     let cfg = domain_config(&rec)?;
     let path = suspend_path(agent, &rec);
     let hv = agent.hypervisor.clone();
-    let domid = blocking(agent, move || hv.resume_from(&path, &cfg)).await?;
+    let domid = on_backend(agent, vm, move || hv.resume_from(&path, &cfg)).await?;
     if let Err(e) = devices::attach_all(agent, &rec, domid).await {
         let hv = agent.hypervisor.clone();
         let _ = blocking(agent, move || hv.destroy(domid)).await;
@@ -528,7 +614,7 @@ async fn resume(agent: &Arc<Agent>, vm: &str, paused: bool) -> Result<Value, Api
     }
     if !paused {
         let hv = agent.hypervisor.clone();
-        blocking(agent, move || hv.unpause(domid)).await?;
+        on_backend(agent, vm, move || hv.unpause(domid)).await?;
     }
     // The image goes and the VM runs again in one commit.
     let vdi = remove_suspend_image(agent, &rec);
@@ -574,7 +660,7 @@ async fn set_resources(agent: &Arc<Agent>, vm: &str, message: &str, args: &[Valu
                 return Err(ApiError::invalid_value("target", target));
             }
             let hv = agent.hypervisor.clone();
-            blocking(agent, move || hv.set_memory_target(d, target as u64)).await?;
+            on_backend(agent, vm, move || hv.set_memory_target(d, target as u64)).await?;
             vec![(f::memory_target, target)]
         }
         "set_VCPUs_max" => {
@@ -599,7 +685,7 @@ async fn set_resources(agent: &Arc<Agent>, vm: &str, message: &str, args: &[Valu
                 return Err(ApiError::invalid_value("nvcpu", count));
             }
             let hv = agent.hypervisor.clone();
-            blocking(agent, move || hv.set_vcpus(d, count as u32)).await?;
+            on_backend(agent, vm, move || hv.set_vcpus(d, count as u32)).await?;
             if let Some(m) = rec.get(f::metrics).as_ref_str().map(str::to_owned) {
                 agent
                     .store
@@ -635,7 +721,7 @@ async fn set_resources(agent: &Arc<Agent>, vm: &str, message: &str, args: &[Valu
         if let Some(d) = domid_of(&rec) {
             let target = n(1) as u64;
             let hv = agent.hypervisor.clone();
-            blocking(agent, move || hv.set_memory_target(d, target)).await?;
+            on_backend(agent, vm, move || hv.set_memory_target(d, target)).await?;
         }
     }
     Ok(Value::None)
@@ -685,4 +771,235 @@ async fn assert_can_boot_here(agent: &Arc<Agent>, vm: &Object, host: &str) -> Re
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::schema::{class_ids, fields};
+    use crate::storage::tests::{env, Env};
+    use crate::value::Value;
+    use serde_json::json;
+    use std::io::{Seek, SeekFrom, Write};
+    use std::time::Duration;
+
+    /// A clone of the shipped "Generic Linux PV" template (PV, `PV_bootloader = pygrub`),
+    /// made a VM; with `provision`, it has the template's bootable 10 GiB disk (blank).
+    async fn generic_linux_pv(e: &Env, name: &str, provision: bool) -> String {
+        let tpl = e
+            .agent
+            .store
+            .all(class_ids::VM)
+            .into_iter()
+            .find(|v| v.str_field("name_label") == "Generic Linux PV")
+            .unwrap();
+        assert_eq!(tpl.str_field("PV_bootloader"), "pygrub");
+        assert_eq!(tpl.str_field("PV_kernel"), "");
+        let vm = e
+            .new_ref("VM.clone", vec![json!(tpl.reference.as_str()), json!(name)])
+            .await;
+        if provision {
+            e.ok("VM.provision", vec![json!(vm)]).await;
+        }
+        e.ok("VM.set_is_a_template", vec![json!(vm), json!(false)]).await;
+        vm
+    }
+
+    /// The VDI behind the VM's only VBD.
+    fn only_vdi(e: &Env, vm: &str) -> String {
+        let rec = e.agent.store.get(class_ids::VM, vm).unwrap();
+        let vbds = rec.get(fields::VM::VBDs).as_set();
+        assert_eq!(vbds.len(), 1);
+        let vbd = e.agent.store.get(class_ids::VBD, vbds[0].as_str().unwrap()).unwrap();
+        assert_eq!(vbd.get(fields::VBD::bootable), &Value::Bool(true));
+        vbd.get(fields::VBD::VDI).as_str().unwrap().to_owned()
+    }
+
+    /// Writes an MBR boot signature into the VDI's file, as an installer would have.
+    fn write_boot_sector(e: &Env, vdi: &str) {
+        let path = crate::storage::vdi_path(&e.agent, vdi).unwrap();
+        let mut f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+        f.seek(SeekFrom::Start(510)).unwrap();
+        f.write_all(&[0x55, 0xaa]).unwrap();
+    }
+
+    fn power_state(e: &Env, vm: &str) -> String {
+        e.agent
+            .store
+            .get(class_ids::VM, vm)
+            .unwrap()
+            .get(fields::VM::power_state)
+            .key_text()
+    }
+
+    /// Guest domains the backend has (dom0 left out).
+    fn guest_domains(e: &Env) -> usize {
+        e.agent
+            .hypervisor
+            .list_domains()
+            .unwrap()
+            .iter()
+            .filter(|d| d.domid != 0)
+            .count()
+    }
+
+    async fn start_error(e: &Env, vm: &str) -> crate::ApiError {
+        e.call("VM.start", vec![json!(vm), json!(false), json!(false)])
+            .await
+            .expect_err("VM.start should fail")
+    }
+
+    #[actix::test]
+    async fn a_provisioned_generic_linux_pv_clone_boots_through_its_bootloader() {
+        let e = env().await;
+        let vm = generic_linux_pv(&e, "pv guest", true).await;
+        let vdi = only_vdi(&e, &vm);
+        // Blank, as provisioned: the bootloader finds nothing to boot; the VM names itself.
+        let err = start_error(&e, &vm).await;
+        assert_eq!(err.code(), "BOOTLOADER_FAILED", "{err}");
+        assert_eq!(err.params()[0], vm);
+        assert!(err.params()[1].contains("nothing to boot"), "{err}");
+        assert_eq!(power_state(&e, &vm), "Halted");
+        assert_eq!(guest_domains(&e), 0, "the unbuilt domain is destroyed");
+        // Once something bootable is on the disk, the VM starts and its guest runs as a PV
+        // guest, with the VM's PV_args after what the bootloader found.
+        write_boot_sector(&e, &vdi);
+        e.ok("VM.set_PV_args", vec![json!(vm), json!("console=hvc0 quiet")])
+            .await;
+        e.ok("VM.start", vec![json!(vm), json!(false), json!(false)]).await;
+        assert_eq!(power_state(&e, &vm), "Running");
+        let rec = e.agent.store.get(class_ids::VM, &vm).unwrap();
+        assert_eq!(rec.get(fields::VM::domain_type).key_text(), "pv");
+        let domid = rec.get(fields::VM::domid).as_int().unwrap();
+        assert!(domid > 0);
+        let info = e.agent.hypervisor.domain_info(domid as u32).unwrap();
+        assert_eq!(info.state, crate::hypervisor::DomainState::Running);
+        let mut con = e.agent.hypervisor.console_stream(domid as u32).unwrap();
+        let (boot, found) = con.read_until_contains("login:", Duration::from_secs(10)).unwrap();
+        assert!(found, "{boot}");
+        assert!(
+            boot.contains("pygrub (xapid simulator): booting the default entry of"),
+            "{boot}"
+        );
+        assert!(boot.contains("Command line: console=hvc0 quiet\n"), "{boot}");
+        e.ok("VM.hard_shutdown", vec![json!(vm)]).await;
+        // And again after a reboot through the toolstack.
+        e.ok("VM.start", vec![json!(vm), json!(true), json!(false)]).await;
+        assert_eq!(power_state(&e, &vm), "Paused");
+        e.ok("VM.hard_reboot", vec![json!(vm)]).await;
+        assert_eq!(power_state(&e, &vm), "Paused");
+        e.ok("VM.hard_shutdown", vec![json!(vm)]).await;
+        assert_eq!(guest_domains(&e), 0);
+    }
+
+    #[actix::test]
+    async fn a_pv_bootloader_vm_without_a_bootable_disk_has_no_bootable_device() {
+        let e = env().await;
+        let vm = generic_linux_pv(&e, "diskless", false).await;
+        let err = start_error(&e, &vm).await;
+        assert_eq!(err.code(), "INTERNAL_ERROR");
+        assert_eq!(err.params(), vec!["there is no bootable device"]);
+        assert_eq!(power_state(&e, &vm), "Halted");
+        assert_eq!(guest_domains(&e), 0);
+        // A disk that is not bootable does not count, even with a boot sector on it.
+        let vm = generic_linux_pv(&e, "not bootable", true).await;
+        let vdi = only_vdi(&e, &vm);
+        write_boot_sector(&e, &vdi);
+        let vbd = e
+            .agent
+            .store
+            .get(class_ids::VM, &vm)
+            .unwrap()
+            .get(fields::VM::VBDs)
+            .as_set()[0]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        e.ok("VBD.set_bootable", vec![json!(vbd), json!(false)]).await;
+        let err = start_error(&e, &vm).await;
+        assert_eq!(err.params(), vec!["there is no bootable device"]);
+        // Made bootable again, the same disk boots.
+        e.ok("VBD.set_bootable", vec![json!(vbd), json!(true)]).await;
+        e.ok("VM.start", vec![json!(vm), json!(false), json!(false)]).await;
+        e.ok("VM.hard_shutdown", vec![json!(vm)]).await;
+    }
+
+    #[actix::test]
+    async fn an_unknown_bootloader_is_refused_naming_it_after_the_disk_check() {
+        let e = env().await;
+        let vm = generic_linux_pv(&e, "grubby", false).await;
+        e.ok("VM.set_PV_bootloader", vec![json!(vm), json!("grubby")]).await;
+        // No disk comes first, as in the reference.
+        let err = start_error(&e, &vm).await;
+        assert_eq!(err.params(), vec!["there is no bootable device"]);
+        let vm = generic_linux_pv(&e, "grubby disk", true).await;
+        write_boot_sector(&e, &only_vdi(&e, &vm));
+        e.ok("VM.set_PV_bootloader", vec![json!(vm), json!("grubby")]).await;
+        let err = start_error(&e, &vm).await;
+        assert_eq!(err.code(), "INTERNAL_ERROR");
+        assert!(
+            err.params()[0].contains("grubby") && err.params()[0].contains(&vm),
+            "{err}"
+        );
+        assert_eq!(guest_domains(&e), 0);
+    }
+
+    #[actix::test]
+    async fn a_pv_vm_without_a_bootloader_still_boots_its_kernel_directly() {
+        let e = env().await;
+        let vm = generic_linux_pv(&e, "direct", false).await;
+        e.ok("VM.set_PV_bootloader", vec![json!(vm), json!("")]).await;
+        e.ok("VM.set_PV_kernel", vec![json!(vm), json!("/boot/vmlinuz-guest")])
+            .await;
+        e.ok("VM.set_PV_args", vec![json!(vm), json!("console=hvc0")]).await;
+        e.ok("VM.start", vec![json!(vm), json!(false), json!(false)]).await;
+        assert_eq!(power_state(&e, &vm), "Running");
+        let domid = e
+            .agent
+            .store
+            .get(class_ids::VM, &vm)
+            .unwrap()
+            .get(fields::VM::domid)
+            .as_int()
+            .unwrap();
+        let mut con = e.agent.hypervisor.console_stream(domid as u32).unwrap();
+        let (boot, found) = con.read_until_contains("login:", Duration::from_secs(10)).unwrap();
+        assert!(found, "{boot}");
+        assert!(boot.contains("Command line: console=hvc0\n"), "{boot}");
+        assert!(!boot.contains("pygrub"), "{boot}");
+        e.ok("VM.hard_shutdown", vec![json!(vm)]).await;
+    }
+
+    #[test]
+    fn the_record_alone_leaves_a_bootloader_disk_unresolved() {
+        use crate::hypervisor::{DomainKind, PvBoot};
+        let mut vm = crate::value::default_object(class_ids::VM, "OpaqueRef:v");
+        vm.set(fields::VM::uuid, Value::str("2b7e2f06-5c6e-4a5e-9d5a-0d8f5b0f9a11"));
+        vm.set(fields::VM::name_label, Value::str("v"));
+        for (f, n) in [
+            (fields::VM::memory_static_min, 1i64 << 27),
+            (fields::VM::memory_dynamic_min, 1 << 28),
+            (fields::VM::memory_dynamic_max, 1 << 28),
+            (fields::VM::memory_static_max, 1 << 28),
+            (fields::VM::VCPUs_max, 1),
+            (fields::VM::VCPUs_at_startup, 1),
+        ] {
+            vm.set(f, Value::Int(n));
+        }
+        vm.set(fields::VM::PV_bootloader, Value::str(" pygrub "));
+        vm.set(fields::VM::PV_bootloader_args, Value::str("--entry=1"));
+        vm.set(fields::VM::PV_legacy_args, Value::str("legacy"));
+        vm.set(fields::VM::PV_args, Value::str(" console=hvc0 "));
+        let cfg = super::domain_config(&vm).unwrap();
+        match cfg.kind {
+            DomainKind::Pv(PvBoot::Bootloader(b)) => {
+                assert_eq!(b.bootloader, "pygrub");
+                assert_eq!(b.disk, None);
+                assert_eq!(b.bootloader_argv(), ["--entry=1"]);
+                assert_eq!(b.cmdline("root=/dev/xvda1"), "root=/dev/xvda1 legacy console=hvc0");
+            }
+            other => panic!("{other:?}"),
+        }
+        vm.set(fields::VM::domain_type, crate::schema::enums::DomainType::hvm.value());
+        assert_eq!(super::domain_config(&vm).unwrap().kind, DomainKind::Hvm);
+    }
 }

@@ -8,6 +8,10 @@ use crate::hypervisor::types::{vbd_name, BlockDevice, BlockMode, DomId, DomainCo
 pub(super) struct BootFacts<'a> {
     pub domid: DomId,
     pub config: &'a DomainConfig,
+    /// The kernel command line (the config's, or what the bootloader found).
+    pub cmdline: &'a str,
+    /// What the bootloader printed, for a guest booted through one.
+    pub loader_banner: Option<&'a str>,
     pub memory_target: u64,
     pub vcpus_online: u32,
     pub hypervisor: &'a str,
@@ -51,12 +55,13 @@ pub(super) fn boot_text(f: &BootFacts<'_>) -> String {
     let ms = |n: u64| stamp(Duration::from_millis(n));
     let kib = f.memory_target / 1024;
     let max_kib = f.config.memory_max / 1024;
-    let cmdline = f.config.pv_boot().map(|b| b.cmdline.as_str()).unwrap_or("");
-    let mut out = vec![
-        format!(
-            "Xen simulator: booting domain {} ({}) on {}",
-            f.domid, f.config.name, f.hypervisor
-        ),
+    let cmdline = f.cmdline;
+    let mut out = vec![format!(
+        "Xen simulator: booting domain {} ({}) on {}",
+        f.domid, f.config.name, f.hypervisor
+    )];
+    out.extend(f.loader_banner.map(str::to_owned));
+    out.extend([
         format!(
             "{} Linux version 6.1.0-xapid-sim (sim@xapid) #1 SMP PREEMPT_DYNAMIC",
             ms(0)
@@ -79,7 +84,7 @@ pub(super) fn boot_text(f: &BootFacts<'_>) -> String {
         ),
         format!("{} xen:grant_table: Grant tables using version 1 layout", ms(12)),
         format!("{} Initialising Xen virtual ethernet driver.", ms(120)),
-    ];
+    ]);
     let mut t = 130;
     for b in &f.blocks {
         out.push(format!("{} {}", ms(t), block_line(b)));
@@ -169,6 +174,8 @@ mod tests {
         let text = boot_text(&BootFacts {
             domid: 7,
             config: &cfg,
+            cmdline: "console=hvc0 root=/dev/xvda1 ro",
+            loader_banner: None,
             memory_target: 512 * MIB,
             vcpus_online: 2,
             hypervisor: "xen-simulator 4.17.0",

@@ -9,6 +9,9 @@
 //! * domids are allocated monotonically from 1 and never reused while live;
 //!   memory is accounted exactly: `create_domain` claims `memory_target`,
 //!   ballooning moves it, `destroy` and `suspend_to` free it;
+//! * PV guests booted through their bootloader have it simulated when they
+//!   are built: it reads the start of the disk image and finds nothing to boot
+//!   on a blank disk (see the `bootloader` module for the rule);
 //! * guests "run": they print a boot banner on their console when first
 //!   unpaused, echo console input at a shell prompt, act on clean shutdown
 //!   requests (optionally after a delay, or not at all — see
@@ -20,6 +23,7 @@
 //! * all state is in memory: a new simulator has only dom0, so after a
 //!   daemon restart every VM reconciles to Halted.
 
+mod bootloader;
 mod console;
 mod faults;
 mod guest;
@@ -43,8 +47,8 @@ pub use self::faults::Latency;
 use super::{
     vbd_vdev, BackendError, BackendEvent, BlockDevice, BlockMode, Capabilities, ConsoleStream, CpuInfo, DevId,
     DeviceInfo, DeviceKind, DomId, DomainConfig, DomainInfo, DomainState, Errno, EventBus, EventReceiver, Fault,
-    FaultInjection, GuestControl, HostInfo, Hypervisor, HypervisorVersion, NetDevice, Op, ShutdownCode, ShutdownReason,
-    UnplugMode, DEFAULT_EVENT_QUEUE, DOMID_FIRST_RESERVED, MIB,
+    FaultInjection, GuestControl, HostInfo, Hypervisor, HypervisorVersion, NetDevice, Op, PvBoot, ShutdownCode,
+    ShutdownReason, UnplugMode, DEFAULT_EVENT_QUEUE, DOMID_FIRST_RESERVED, MIB,
 };
 
 const BACKEND: &str = "simulator";
@@ -194,6 +198,11 @@ struct Domain {
     config: DomainConfig,
     state: DomainState,
     built: bool,
+    /// The kernel command line the guest boots with: the config's for a kernel from dom0,
+    /// what the bootloader found for one booted through it (known once built).
+    cmdline: String,
+    /// What the bootloader printed before the kernel started, if the guest has one.
+    loader_banner: Option<String>,
     /// The guest OS has printed its boot banner (since the last reboot).
     booted: bool,
     /// Restored from a suspend image and not yet unpaused.
@@ -286,6 +295,8 @@ impl Domain {
         let text = guest::boot_text(&guest::BootFacts {
             domid: self.domid,
             config: &self.config,
+            cmdline: &self.cmdline,
+            loader_banner: self.loader_banner.as_deref(),
             memory_target: self.memory_target,
             vcpus_online: self.vcpus_online,
             hypervisor,
@@ -448,6 +459,15 @@ impl State {
             errno: Errno::ENOSPC,
             detail: "no free domain id".into(),
         })
+    }
+}
+
+/// The command line of a guest booted from a kernel in dom0; empty for the others until a
+/// bootloader has found theirs.
+fn direct_cmdline(config: &DomainConfig) -> String {
+    match config.pv_boot() {
+        Some(PvBoot::Kernel(k)) => k.cmdline.clone(),
+        Some(PvBoot::Bootloader(_)) | None => String::new(),
     }
 }
 
@@ -743,6 +763,8 @@ impl Inner {
                 config: config.clone(),
                 state: DomainState::Paused,
                 built: true,
+                cmdline: direct_cmdline(config),
+                loader_banner: None,
                 booted: true,
                 resumed: true,
                 booted_at: now,
@@ -795,8 +817,9 @@ impl Hypervisor for SimulatorBackend {
         BACKEND
     }
 
-    /// Without latency every call returns at once: state changes under a short lock, and the
-    /// suspend image is one small unsynced write (or read). With latency, calls sleep.
+    /// Without latency every call returns at once: state changes under a short lock, the
+    /// suspend image is one small unsynced write (or read), and a simulated bootloader reads
+    /// at most 1 MiB of a disk image. With latency, calls sleep.
     fn calls_may_block(&self) -> bool {
         !self.inner.latency.lock().is_none()
     }
@@ -850,6 +873,8 @@ impl Hypervisor for SimulatorBackend {
                 config: config.clone(),
                 state: DomainState::Paused,
                 built: false,
+                cmdline: direct_cmdline(config),
+                loader_banner: None,
                 booted: false,
                 resumed: false,
                 booted_at: now,
@@ -876,14 +901,34 @@ impl Hypervisor for SimulatorBackend {
     fn build(&self, domid: DomId) -> Result<(), BackendError> {
         let op = Op::Build;
         self.inner.begin(op)?;
+        let buildable = |d: &Domain| -> Result<(), BackendError> {
+            d.ensure_idle(op)?;
+            if d.built {
+                return Err(d.invalid(op, "already built"));
+            }
+            if d.state != DomainState::Paused {
+                return Err(d.invalid(op, "only a paused domain can be built"));
+            }
+            Ok(())
+        };
+        let boot = {
+            let st = self.inner.state.lock();
+            let d = st.guest(op, domid)?;
+            buildable(d)?;
+            d.config.pv_boot().cloned()
+        };
+        // The bootloader reads the disk image outside the lock.
+        let loaded = match &boot {
+            Some(PvBoot::Bootloader(b)) => Some(bootloader::run(b)?),
+            Some(PvBoot::Kernel(_)) | None => None,
+        };
         let mut st = self.inner.state.lock();
         let d = st.guest_mut(op, domid)?;
-        d.ensure_idle(op)?;
-        if d.built {
-            return Err(d.invalid(op, "already built"));
-        }
-        if d.state != DomainState::Paused {
-            return Err(d.invalid(op, "only a paused domain can be built"));
+        buildable(d)?;
+        if let Some(loaded) = loaded {
+            tracing::info!(domid, cmdline = %loaded.cmdline, "simulator: the bootloader found a kernel");
+            d.cmdline = loaded.cmdline;
+            d.loader_banner = Some(loaded.banner);
         }
         d.built = true;
         self.inner.domain_changed(domid);

@@ -247,6 +247,98 @@ fn hvm_guests_are_simulated() {
     assert_eq!(s.domain_info(d).unwrap().state, DomainState::Running);
 }
 
+/// A sparse disk image of `mib` MiB; with `boot_sector`, an MBR signature at 510.
+fn disk_image(dir: &std::path::Path, name: &str, mib: u64, boot_sector: bool) -> std::path::PathBuf {
+    use std::io::{Seek, SeekFrom};
+    let path = dir.join(name);
+    let mut f = std::fs::File::create(&path).unwrap();
+    f.set_len(mib * MIB).unwrap();
+    if boot_sector {
+        f.seek(SeekFrom::Start(510)).unwrap();
+        f.write_all(&[0x55, 0xaa]).unwrap();
+    }
+    path
+}
+
+#[test]
+fn pv_guests_boot_through_the_simulated_bootloader() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = sim();
+    let disk = disk_image(dir.path(), "root.img", 64, true);
+    let mut c = DomainConfig::pv_bootloader("pv-guest", 128 * MIB, 1, &disk);
+    if let DomainKind::Pv(PvBoot::Bootloader(b)) = &mut c.kind {
+        b.extra_args = "console=hvc0 quiet".into();
+    }
+    let d = s.create_domain(&c).unwrap();
+    s.build(d).unwrap();
+    assert!(s.domain_info(d).unwrap().built);
+    s.unpause(d).unwrap();
+    let mut con = s.console_stream(d).unwrap();
+    let (boot, found) = con.read_until_contains("root@pv-guest:~# ", T).unwrap();
+    assert!(found, "{boot}");
+    let loader = boot
+        .find("pygrub (xapid simulator): booting the default entry of")
+        .expect(&boot);
+    assert!(loader < boot.find("Linux version").expect(&boot), "{boot}");
+    assert!(boot.contains("root.img"), "{boot}");
+    assert!(boot.contains("Command line: console=hvc0 quiet\n"), "{boot}");
+    // It then runs and stops as any PV guest does.
+    s.shutdown(d, ShutdownReason::PowerOff).unwrap();
+    assert_eq!(
+        s.domain_info(d).unwrap().state,
+        DomainState::Shutdown(ShutdownCode::PowerOff)
+    );
+    s.destroy(d).unwrap();
+}
+
+#[test]
+fn the_simulated_bootloader_fails_as_a_real_one_would() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = sim();
+    let build = |c: &DomainConfig| {
+        let d = s.create_domain(c).unwrap();
+        let r = s.build(d);
+        // The failed build leaves the domain unbuilt and paused; the caller destroys it.
+        if r.is_err() {
+            let info = s.domain_info(d).unwrap();
+            assert_eq!((info.state, info.built), (DomainState::Paused, false));
+        }
+        s.destroy(d).unwrap();
+        r
+    };
+    let blank = disk_image(dir.path(), "blank.img", 10 * 1024, false);
+    match build(&DomainConfig::pv_bootloader("blank", 64 * MIB, 1, &blank)) {
+        Err(BackendError::BootloaderFailed { reason }) => assert!(reason.contains("nothing to boot"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    let mut no_disk = DomainConfig::pv_bootloader("no-disk", 64 * MIB, 1, &blank);
+    if let DomainKind::Pv(PvBoot::Bootloader(b)) = &mut no_disk.kind {
+        b.disk = None;
+    }
+    assert!(matches!(build(&no_disk), Err(BackendError::NoBootableDevice)));
+    let good = disk_image(dir.path(), "good.img", 1, true);
+    let mut unknown = DomainConfig::pv_bootloader("unknown", 64 * MIB, 1, &good);
+    if let DomainKind::Pv(PvBoot::Bootloader(b)) = &mut unknown.kind {
+        b.bootloader = "eliloader".into();
+    }
+    match build(&unknown) {
+        Err(BackendError::UnknownBootloader { name }) => assert_eq!(name, "eliloader"),
+        other => panic!("{other:?}"),
+    }
+    // Injected build faults still come first.
+    s.inject(Fault::FailNext {
+        op: Op::Build,
+        count: 1,
+        errno: Errno::EIO,
+    });
+    assert!(matches!(
+        build(&DomainConfig::pv_bootloader("faulty", 64 * MIB, 1, &good)),
+        Err(BackendError::Os { .. })
+    ));
+    assert!(build(&DomainConfig::pv_bootloader("fine", 64 * MIB, 1, &good)).is_ok());
+    assert_eq!(s.memory_free().unwrap(), 15 * 1024 * MIB);
+}
+
 #[test]
 fn lifecycle_states_and_cpu_time() {
     let s = sim();

@@ -4,7 +4,8 @@
 //! toolstack owns the domain build and the xenstore layout.
 //!
 //! * Domains: `xc_domain_create` (PV, uuid as the handle), the xenstore
-//!   skeleton ([`layout`]), `build` with libxenguest, `xs_introduce_domain`,
+//!   skeleton ([`layout`]), `build` with libxenguest (from a kernel in dom0,
+//!   or one pygrub extracts from the guest's bootable disk: [`bootloader`]), `xs_introduce_domain`,
 //!   pause/unpause/destroy with domctls, clean shutdown through the guest's
 //!   `control/shutdown` key, balloon target and vCPU availability through
 //!   xenstore.
@@ -29,6 +30,7 @@
 //! `create_domain`/`set_memory_target` and device plugging (read-write
 //! sharing check) take a process-wide lock, for milliseconds.
 
+pub mod bootloader;
 mod console;
 mod devices;
 mod host;
@@ -54,7 +56,7 @@ use xenctrl::{
 use super::{
     BackendError, BackendEvent, BlockDevice, Capabilities, ConsoleStream, DevId, DeviceInfo, DeviceKind, DomId,
     DomainConfig, DomainInfo, DomainKind, DomainState, Errno, EventBus, EventReceiver, HostInfo, Hypervisor,
-    HypervisorVersion, NetDevice, Op, ShutdownReason, UnplugMode, DOM0, DOMID_FIRST_RESERVED,
+    HypervisorVersion, NetDevice, Op, PvBoot, ShutdownReason, UnplugMode, DOM0, DOMID_FIRST_RESERVED,
 };
 use layout::{
     dom_path, kib, mib_ceil, read_opt, read_record, record_path, rm_quiet, state_of, vm_path, write_domain_skeleton,
@@ -249,6 +251,14 @@ impl XenBackend {
                 "xen: {} not found (XAPID_XENGUEST, next to the daemon, PATH): \
                  domain builds run inside the daemon",
                 xenguest::HELPER_NAME
+            ),
+        }
+        match bootloader::pygrub_path() {
+            Some(p) => tracing::info!(pygrub = %p.display(), "xen: PV guests with a bootloader boot through pygrub"),
+            None => tracing::warn!(
+                "xen: pygrub not found ({}, {}, PATH): PV guests with a bootloader cannot start",
+                bootloader::PYGRUB_ENV,
+                bootloader::PYGRUB_DEFAULT
             ),
         }
         backend.recover_reservations()?;
@@ -567,14 +577,24 @@ impl Hypervisor for XenBackend {
                 op,
                 reason: format!("memory target {} too large", record.target),
             })?;
+            // A bootloader's files live until the build has loaded them (`_extracted` drops
+            // them at the end of this closure, whatever happens).
+            let (kernel, ramdisk, cmdline, _extracted) = match boot {
+                PvBoot::Kernel(k) => (k.kernel.clone(), k.ramdisk.clone(), k.cmdline.clone(), None),
+                PvBoot::Bootloader(b) => {
+                    let x = bootloader::extract(b)?;
+                    tracing::info!(domid, kernel = %x.kernel.display(), args = %x.args, "xen: the bootloader extracted a kernel");
+                    (x.kernel.clone(), x.ramdisk.clone(), b.cmdline(&x.args), Some(x))
+                }
+            };
             let err = |e| xen_err(op, e);
             let store_port = xc.evtchn_alloc_unbound(domid, DOM0).map_err(err)?;
             let console_port = xc.evtchn_alloc_unbound(domid, DOM0).map_err(err)?;
             let request = xenguest::BuildRequest {
                 domid,
-                kernel: boot.kernel.clone(),
-                ramdisk: boot.ramdisk.clone(),
-                cmdline: boot.cmdline.clone(),
+                kernel: kernel.clone(),
+                ramdisk: ramdisk.clone(),
+                cmdline,
                 memory_mib,
                 max_vcpus: record.config.vcpus_max,
                 console_evtchn: console_port,
@@ -589,11 +609,7 @@ impl Hypervisor for XenBackend {
                     op,
                     &f.call,
                     f.errno,
-                    format!(
-                        " (kernel {}, ramdisk {:?}, {memory_mib} MiB)",
-                        boot.kernel.display(),
-                        boot.ramdisk
-                    ),
+                    format!(" (kernel {}, ramdisk {ramdisk:?}, {memory_mib} MiB)", kernel.display()),
                 )
             })?;
             let dom_p = dom_path(domid);
