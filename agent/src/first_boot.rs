@@ -4,7 +4,9 @@
 
 use crate::error::ApiError;
 use crate::objects::{create, new_ref, new_uuid, set_field};
+use crate::schema::enums::{DomainType, IpConfigurationMode, OnCrashBehaviour, OnNormalExit, VmPowerState};
 use crate::schema::{class_ids, fields, ClassId};
+use crate::storage::SrKind;
 use crate::store::{Store, Tx};
 use crate::value::{default_object, now, Object, Value};
 use std::path::Path;
@@ -95,12 +97,15 @@ fn r(s: &str) -> Value {
     Value::reference(s)
 }
 
-/// Creates the first objects if the store has no pool yet; returns (pool, host) refs.
+/// Creates the first objects if the store has no pool yet; returns (pool, host) refs. On a
+/// store that has them, brings the storage drivers' SM records and the SRs' and VDIs'
+/// `allowed_operations` up to this build's tables.
 pub async fn ensure(store: &Store, facts: &HostFacts, state_dir: &Path) -> Result<(String, String), ApiError> {
     if let (Some(pool), Some(host)) = (
         store.all(class_ids::pool).first().map(|o| o.reference.clone()),
         store.all(class_ids::host).first().map(|o| o.reference.clone()),
     ) {
+        crate::storage::at_start(store).await?;
         return Ok((pool, host));
     }
     let sr_dir = state_dir.join("sr");
@@ -180,24 +185,17 @@ pub async fn ensure(store: &Store, facts: &HostFacts, state_dir: &Path) -> Resul
                     }),
                 )?;
             }
-            // Storage: the default local SR and its PBD, plus the SM drivers.
-            for (ty, name) in [("file", "Local file SR"), ("iso", "ISO library")] {
-                create(
-                    tx,
-                    obj(class_ids::SM, |o| {
-                        use fields::SM as f;
-                        o.set(f::name_label, Value::str(name));
-                        o.set(f::r#type, Value::str(ty));
-                        o.set(f::vendor, Value::str("xapid"));
-                        o.set(f::version, Value::str("1.0"));
-                        o.set(f::required_api_version, Value::str("1.0"));
-                    }),
-                )?;
-            }
+            // Storage: the SM records of the drivers (with their features), the default local
+            // SR and its PBD.
+            crate::storage::features::sync_sm_records(tx, &[])?;
             let sr = obj(class_ids::SR, |o| {
                 use fields::SR as f;
                 o.set(f::name_label, Value::str("Local storage"));
-                o.set(f::r#type, Value::str("file"));
+                o.set(f::r#type, Value::str(SrKind::File.name()));
+                o.set(
+                    f::allowed_operations,
+                    crate::storage::features::sr_allowed_operations(SrKind::File),
+                );
                 o.set(f::content_type, Value::str("user"));
                 o.set(f::physical_size, Value::Int(phys_size));
                 o.set(f::physical_utilisation, Value::Int(phys_size - phys_free));
@@ -239,7 +237,7 @@ pub async fn ensure(store: &Store, facts: &HostFacts, state_dir: &Path) -> Resul
                     o.set(f::physical, Value::Bool(true));
                     o.set(f::management, Value::Bool(true));
                     o.set(f::currently_attached, Value::Bool(true));
-                    o.set(f::ip_configuration_mode, Value::Enum("DHCP"));
+                    o.set(f::ip_configuration_mode, IpConfigurationMode::DHCP.value());
                     o.set(f::IP, Value::str("127.0.0.1"));
                 }),
             )?;
@@ -251,7 +249,7 @@ pub async fn ensure(store: &Store, facts: &HostFacts, state_dir: &Path) -> Resul
                     Value::str(format!("Control domain on host: {}", facts.hostname)),
                 );
                 o.set(f::is_control_domain, Value::Bool(true));
-                o.set(f::power_state, Value::Enum("Running"));
+                o.set(f::power_state, VmPowerState::Running.value());
                 o.set(f::domid, Value::Int(0));
                 o.set(f::resident_on, r(&h));
                 o.set(f::memory_static_max, Value::Int(facts.dom0_memory));
@@ -262,10 +260,10 @@ pub async fn ensure(store: &Store, facts: &HostFacts, state_dir: &Path) -> Resul
                 let n = facts.cpus.len().max(1) as i64;
                 o.set(f::VCPUs_max, Value::Int(n));
                 o.set(f::VCPUs_at_startup, Value::Int(n));
-                o.set(f::domain_type, Value::Enum("pv"));
-                o.set(f::actions_after_shutdown, Value::Enum("destroy"));
-                o.set(f::actions_after_reboot, Value::Enum("restart"));
-                o.set(f::actions_after_crash, Value::Enum("restart"));
+                o.set(f::domain_type, DomainType::pv.value());
+                o.set(f::actions_after_shutdown, OnNormalExit::destroy.value());
+                o.set(f::actions_after_reboot, OnNormalExit::restart.value());
+                o.set(f::actions_after_crash, OnCrashBehaviour::restart.value());
             });
             let dom0_ref = dom0.reference.clone();
             create(tx, dom0)?;
@@ -337,7 +335,7 @@ pub async fn rebuild_ephemeral(store: &Store, facts: &HostFacts, address: &str) 
                 let m = vm.get(fields::VM::metrics).clone();
                 let mem = vm.get(fields::VM::memory_target).as_int().unwrap_or(0);
                 let vcpus = vm.get(fields::VM::VCPUs_at_startup).as_int().unwrap_or(1);
-                let running = vm.get(fields::VM::power_state) != &Value::Enum("Halted");
+                let running = *vm.get(fields::VM::power_state) != VmPowerState::Halted;
                 ensure_metrics(tx, class_ids::VM, &vm.reference, fields::VM::metrics, &m, |o| {
                     o.set(
                         fields::VM_metrics::memory_actual,
@@ -497,21 +495,21 @@ fn template(t: &TemplateDef) -> Object {
         o.set(f::memory_target, Value::Int(mem));
         o.set(f::VCPUs_max, Value::Int(t.vcpus));
         o.set(f::VCPUs_at_startup, Value::Int(t.vcpus));
-        o.set(f::actions_after_shutdown, Value::Enum("destroy"));
-        o.set(f::actions_after_reboot, Value::Enum("restart"));
-        o.set(f::actions_after_crash, Value::Enum("restart"));
+        o.set(f::actions_after_shutdown, OnNormalExit::destroy.value());
+        o.set(f::actions_after_reboot, OnNormalExit::restart.value());
+        o.set(f::actions_after_crash, OnCrashBehaviour::restart.value());
         o.set(f::resident_on, Value::null_ref());
         if t.hvm {
             o.set(f::HVM_boot_policy, Value::str("BIOS order"));
             o.set(f::HVM_boot_params, Value::string_map([("order", "cdn")]));
-            o.set(f::domain_type, Value::Enum("hvm"));
+            o.set(f::domain_type, DomainType::hvm.value());
             o.set(
                 f::platform,
                 Value::string_map([("acpi", "1"), ("apic", "true"), ("pae", "true"), ("viridian", "false")]),
             );
         } else {
             o.set(f::PV_bootloader, Value::str("pygrub"));
-            o.set(f::domain_type, Value::Enum("pv"));
+            o.set(f::domain_type, DomainType::pv.value());
         }
         let disks = format!(
             "<provision><disk device=\"0\" size=\"{}\" sr=\"\" bootable=\"true\" type=\"system\"/></provision>",

@@ -3,6 +3,7 @@
 //! uuid), an `iso` VDI is `<dir>/<location>` (the file name).
 
 use crate::error::ApiError;
+use crate::schema::enums::OnBoot;
 use crate::schema::{class_ids, fields};
 use crate::value::{Object, Value, NULL_REF};
 use crate::Agent;
@@ -145,7 +146,7 @@ pub fn vdi_path(agent: &Agent, vdi_ref: &str) -> Result<PathBuf, ApiError> {
             vdi: vdi_ref.to_owned(),
         });
     }
-    if vdi.get(fields::VDI::on_boot) == &Value::Enum("reset") {
+    if *vdi.get(fields::VDI::on_boot) == OnBoot::reset {
         super::vdi::reset_from_base(&path)?;
     }
     Ok(path)

@@ -6,6 +6,7 @@
 //! and [`transfer`] for the HTTP data paths.
 
 mod copy;
+pub mod features;
 mod fsops;
 pub mod io;
 mod layout;
@@ -19,6 +20,7 @@ pub mod vdi;
 
 use std::path::PathBuf;
 
+pub use features::at_start;
 pub use layout::{vdi_path, SrKind};
 
 /// Failures of the storage layer below the API (file system, I/O engine).

@@ -1,5 +1,6 @@
 //! SR messages: create, introduce, forget, destroy, scan, update, probe, get_supported_types.
 
+use super::features::{assert_sr_op, sr_allowed_operations};
 use super::fsops::{self, blocking};
 use super::layout::{local_pbd, pbd_location, sr_dir, sr_dir_any, sr_kind, sr_obj, vdi_file_name, SrKind, IMG_SUFFIX};
 use super::measure::refresh_sr;
@@ -7,6 +8,7 @@ use crate::call::{Call, Entry};
 use crate::entry;
 use crate::error::{sr_backend_failure, ApiError};
 use crate::objects::{create, destroy, new_ref, new_uuid, set_field};
+use crate::schema::enums::StorageOperations as SrOp;
 use crate::schema::{class_ids, fields};
 use crate::value::{default_object, Object, Value};
 use crate::Agent;
@@ -120,43 +122,8 @@ fn new_sr_object(
     o.set(f::other_config, Value::map(Vec::new()));
     o.set(f::physical_size, Value::Int(-1));
     o.set(f::physical_utilisation, Value::Int(-1));
-    o.set(f::allowed_operations, allowed_operations(kind));
+    o.set(f::allowed_operations, sr_allowed_operations(kind));
     o
-}
-
-/// What clients may ask of an SR of this type (drives XenCenter-style UIs).
-fn allowed_operations(kind: SrKind) -> Value {
-    let ops: &[&'static str] = match kind {
-        SrKind::File => &[
-            "forget",
-            "destroy",
-            "scan",
-            "update",
-            "plug",
-            "unplug",
-            "pbd_create",
-            "pbd_destroy",
-            "vdi_create",
-            "vdi_destroy",
-            "vdi_resize",
-            "vdi_clone",
-            "vdi_snapshot",
-            "vdi_introduce",
-            "vdi_set_on_boot",
-            "vdi_data_destroy",
-        ],
-        SrKind::Iso => &[
-            "forget",
-            "scan",
-            "update",
-            "plug",
-            "unplug",
-            "pbd_create",
-            "pbd_destroy",
-            "vdi_introduce",
-        ],
-    };
-    Value::Set(ops.iter().map(|o| Value::Enum(o)).collect())
 }
 
 /// `SR.create`: makes the directory, the SR and a plugged PBD for this host, then scans.
@@ -318,10 +285,8 @@ async fn forget(agent: &Arc<Agent>, sr_ref: &str) -> Result<(), ApiError> {
 /// `SR.destroy`: deletes the VDIs' files and the (then empty) directory, then the records.
 async fn destroy_sr(agent: &Arc<Agent>, sr_ref: &str) -> Result<(), ApiError> {
     let sr = sr_obj(agent, sr_ref)?;
+    assert_sr_op(&sr, SrOp::destroy)?;
     let kind = sr_kind(&sr)?;
-    if kind == SrKind::Iso {
-        return Err(ApiError::SrOperationNotSupported { sr: sr_ref.to_owned() });
-    }
     assert_all_pbds_unplugged(agent, &sr)?;
     let vdis = refs(sr.get(fields::SR::VDIs));
     if let Some(v) = attached_vdi(agent, &vdis) {

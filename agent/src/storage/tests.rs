@@ -247,10 +247,11 @@ async fn vdi_lifecycle_on_the_default_sr() {
         "HANDLE_INVALID"
     );
 
-    // data_destroy needs CBT metadata, which this build never has.
+    // data_destroy needs VDI_CONFIG_CBT, which the file driver does not have.
+    let err = e.call("VDI.data_destroy", vec![json!(clone)]).await.unwrap_err();
     assert_eq!(
-        e.call("VDI.data_destroy", vec![json!(clone)]).await.unwrap_err().code(),
-        "VDI_NO_CBT_METADATA"
+        (err.code(), err.params()),
+        ("SR_OPERATION_NOT_SUPPORTED", vec![sr.clone()])
     );
     // forget keeps the file; scan brings the VDI back with its uuid.
     let clone_uuid = e
@@ -645,4 +646,372 @@ async fn derived_sets_agree_with_their_members() {
         .await
         .unwrap();
     assert_eq!(store.derived_set_mismatches().len(), 1);
+}
+
+/// Makes an `iso` SR on a library holding one image; returns the SR and the image's VDI.
+async fn iso_sr(e: &Env) -> (String, String) {
+    let lib = e.dir.path().join("isos");
+    std::fs::create_dir_all(&lib).unwrap();
+    std::fs::write(lib.join("boot.iso"), vec![7u8; 4096]).unwrap();
+    let sr = e
+        .new_ref(
+            "SR.create",
+            vec![
+                json!(e.agent.host),
+                json!({"location": lib.display().to_string()}),
+                json!("0"),
+                json!("ISOs"),
+                json!(""),
+                json!("iso"),
+                json!("iso"),
+                json!(false),
+                json!({}),
+            ],
+        )
+        .await;
+    let vdi = e
+        .agent
+        .store
+        .get(class_ids::SR, &sr)
+        .unwrap()
+        .get(fields::SR::VDIs)
+        .as_set()[0]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    (sr, vdi)
+}
+
+fn sm_of(e: &Env, ty: &str) -> Arc<crate::value::Object> {
+    let sms: Vec<_> = e
+        .agent
+        .store
+        .all(class_ids::SM)
+        .into_iter()
+        .filter(|o| o.str_field("type") == ty)
+        .collect();
+    assert_eq!(sms.len(), 1, "one SM record of type {ty}");
+    sms[0].clone()
+}
+
+fn features_of(sm: &crate::value::Object) -> Vec<(String, i64)> {
+    sm.get(fields::SM::features)
+        .as_map()
+        .iter()
+        .map(|(k, v)| (k.as_str().unwrap().to_owned(), v.as_int().unwrap()))
+        .collect()
+}
+
+fn names(v: &Value) -> Vec<String> {
+    v.as_set().iter().map(|x| x.as_str().unwrap().to_owned()).collect()
+}
+
+#[actix::test]
+async fn sm_records_advertise_what_each_driver_does() {
+    let e = env().await;
+    let file = sm_of(&e, "file");
+    let one = |names: &[&str]| names.iter().map(|n| (n.to_string(), 1)).collect::<Vec<_>>();
+    let mut want = one(&[
+        "SR_ATTACH",
+        "SR_CREATE",
+        "SR_DELETE",
+        "SR_DETACH",
+        "SR_PROBE",
+        "SR_SCAN",
+        "SR_UPDATE",
+        "THIN_PROVISIONING",
+        "VDI_ATTACH",
+        "VDI_CLONE",
+        "VDI_CREATE",
+        "VDI_DELETE",
+        "VDI_DETACH",
+        "VDI_INTRODUCE",
+    ]);
+    want.push(("VDI_RESET_ON_BOOT".into(), 2));
+    want.extend(one(&["VDI_RESIZE", "VDI_SNAPSHOT", "VDI_UPDATE"]));
+    assert_eq!(features_of(&file), want);
+    let iso = sm_of(&e, "iso");
+    assert_eq!(
+        features_of(&iso),
+        one(&[
+            "SR_ATTACH",
+            "SR_CREATE",
+            "SR_DETACH",
+            "SR_PROBE",
+            "SR_SCAN",
+            "SR_UPDATE",
+            "VDI_ATTACH",
+            "VDI_DETACH",
+            "VDI_INTRODUCE",
+            "VDI_UPDATE",
+        ])
+    );
+    for sm in [&file, &iso] {
+        // The deprecated capabilities are the features' names.
+        let caps = names(sm.get(fields::SM::capabilities));
+        let keys: Vec<String> = features_of(sm).into_iter().map(|(k, _)| k).collect();
+        assert_eq!(caps, keys);
+        // Not implemented here, so never advertised.
+        for absent in [
+            "VDI_CONFIG_CBT",
+            "VDI_RESIZE_ONLINE",
+            "VDI_GENERATE_CONFIG",
+            "VDI_MIRROR",
+        ] {
+            assert!(!keys.iter().any(|k| k == absent), "{absent}");
+        }
+        assert_eq!(sm.str_field("vendor"), "xapid");
+    }
+    // What the SRs and VDIs allow follows the same tables.
+    let sr = e.default_sr();
+    let sr_ops = names(
+        e.agent
+            .store
+            .get(class_ids::SR, &sr)
+            .unwrap()
+            .get(fields::SR::allowed_operations),
+    );
+    for op in [
+        "vdi_create",
+        "vdi_destroy",
+        "vdi_resize",
+        "vdi_snapshot",
+        "vdi_set_on_boot",
+        "destroy",
+    ] {
+        assert!(sr_ops.iter().any(|o| o == op), "{op} in {sr_ops:?}");
+    }
+    for op in ["vdi_data_destroy", "vdi_enable_cbt", "vdi_mirror"] {
+        assert!(!sr_ops.iter().any(|o| o == op), "{op} in {sr_ops:?}");
+    }
+    let vdi = e.create_vdi(&sr, 1 << 20).await;
+    let vdi_ops = |e: &Env, v: &str| {
+        names(
+            e.agent
+                .store
+                .get(class_ids::VDI, v)
+                .unwrap()
+                .get(fields::VDI::allowed_operations),
+        )
+    };
+    assert_eq!(
+        vdi_ops(&e, &vdi),
+        ["clone", "copy", "resize", "snapshot", "destroy", "forget", "update"]
+    );
+    let (iso_sr, iso_vdi) = iso_sr(&e).await;
+    let iso_ops = names(
+        e.agent
+            .store
+            .get(class_ids::SR, &iso_sr)
+            .unwrap()
+            .get(fields::SR::allowed_operations),
+    );
+    for op in [
+        "vdi_create",
+        "vdi_destroy",
+        "vdi_resize",
+        "vdi_snapshot",
+        "vdi_set_on_boot",
+        "destroy",
+    ] {
+        assert!(!iso_ops.iter().any(|o| o == op), "{op} in {iso_ops:?}");
+    }
+    for op in ["scan", "forget", "plug", "unplug", "update", "vdi_introduce"] {
+        assert!(iso_ops.iter().any(|o| o == op), "{op} in {iso_ops:?}");
+    }
+    assert_eq!(vdi_ops(&e, &iso_vdi), ["copy", "forget", "update"]);
+}
+
+#[actix::test]
+async fn operations_the_driver_lacks_answer_sr_operation_not_supported() {
+    let e = env().await;
+    let (iso, image) = iso_sr(&e).await;
+    let refused = |err: ApiError, sr: &str| {
+        assert_eq!(
+            (err.code(), err.params()),
+            ("SR_OPERATION_NOT_SUPPORTED", vec![sr.to_owned()])
+        )
+    };
+    for (method, params) in [
+        ("VDI.resize", vec![json!(image), json!("1048576")]),
+        ("VDI.resize_online", vec![json!(image), json!("1048576")]),
+        ("VDI.destroy", vec![json!(image)]),
+        ("VDI.snapshot", vec![json!(image), json!({})]),
+        ("VDI.clone", vec![json!(image), json!({})]),
+        ("VDI.set_on_boot", vec![json!(image), json!("reset")]),
+        ("VDI.data_destroy", vec![json!(image)]),
+        (
+            "VDI.create",
+            vec![json!({"name_label": "x", "name_description": "", "SR": iso,
+                "virtual_size": "1024", "type": "user", "sharable": false, "read_only": false,
+                "other_config": {}})],
+        ),
+    ] {
+        let err = e.call(method, params).await.expect_err(method);
+        refused(err, &iso);
+    }
+    // The driver's answer comes before the SR's state: its PBD is still plugged.
+    refused(e.call("SR.destroy", vec![json!(iso)]).await.unwrap_err(), &iso);
+    // Copying a file VDI into the library would create a VDI there.
+    let sr = e.default_sr();
+    let disk = e.create_vdi(&sr, 1 << 20).await;
+    refused(
+        e.call(
+            "VDI.copy",
+            vec![
+                json!(disk),
+                json!(iso),
+                json!("OpaqueRef:NULL"),
+                json!("OpaqueRef:NULL"),
+            ],
+        )
+        .await
+        .unwrap_err(),
+        &iso,
+    );
+    // The file driver: no online resize, no changed-block tracking.
+    refused(
+        e.call("VDI.resize_online", vec![json!(disk), json!("2097152")])
+            .await
+            .unwrap_err(),
+        &sr,
+    );
+    refused(e.call("VDI.data_destroy", vec![json!(disk)]).await.unwrap_err(), &sr);
+    assert_eq!(e.int(class_ids::VDI, &disk, fields::VDI::virtual_size), 1 << 20);
+    // What the drivers do still works.
+    e.ok("VDI.update", vec![json!(image)]).await;
+    e.ok("VDI.resize", vec![json!(disk), json!("2097152")]).await;
+    assert_eq!(e.int(class_ids::VDI, &disk, fields::VDI::virtual_size), 2 << 20);
+}
+
+#[actix::test]
+async fn offline_resize_is_refused_while_attached() {
+    let e = env().await;
+    let sr = e.default_sr();
+    let vdi = e.create_vdi(&sr, 1 << 20).await;
+    let dom0 = e
+        .agent
+        .store
+        .all(class_ids::VM)
+        .iter()
+        .find(|v| v.get(fields::VM::is_control_domain) == &Value::Bool(true))
+        .unwrap()
+        .reference
+        .clone();
+    let vbd = e
+        .new_ref(
+            "VBD.create",
+            vec![json!({
+                "VM": dom0, "VDI": vdi, "userdevice": "1", "bootable": false, "mode": "RW",
+                "type": "Disk", "unpluggable": true, "empty": false, "other_config": {},
+                "qos_algorithm_type": "", "qos_algorithm_params": {}
+            })],
+        )
+        .await;
+    e.agent
+        .store
+        .write(|tx| {
+            crate::objects::set_field(
+                tx,
+                class_ids::VBD,
+                &vbd,
+                fields::VBD::currently_attached,
+                Value::Bool(true),
+            )?;
+            super::vdi::refresh_allowed_operations(tx, [&Value::reference(vbd.as_str())])
+        })
+        .await
+        .unwrap();
+    let err = e
+        .call("VDI.resize", vec![json!(vdi), json!("2097152")])
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.code(), err.params()),
+        ("VDI_IN_USE", vec![vdi.clone(), "resize".into()])
+    );
+    assert_eq!(e.int(class_ids::VDI, &vdi, fields::VDI::virtual_size), 1 << 20);
+    assert_eq!(
+        names(
+            e.agent
+                .store
+                .get(class_ids::VDI, &vdi)
+                .unwrap()
+                .get(fields::VDI::allowed_operations)
+        ),
+        ["clone", "copy", "snapshot", "update"]
+    );
+}
+
+/// A store written by an older build (SM records without features, other
+/// `allowed_operations`) is brought up to this build's tables at start.
+#[actix::test]
+async fn an_old_store_gets_the_features_at_start() {
+    let e = env().await;
+    let sr = e.default_sr();
+    let vdi = e.create_vdi(&sr, 1 << 20).await;
+    let file_sm = sm_of(&e, "file").reference.clone();
+    let iso_sm = sm_of(&e, "iso").reference.clone();
+    use crate::schema::enums::{StorageOperations, VdiOperations};
+    let old_sr_ops = Value::set(vec![StorageOperations::vdi_data_destroy.value()]);
+    let old_ops = Value::set(vec![
+        VdiOperations::data_destroy.value(),
+        VdiOperations::set_on_boot.value(),
+    ]);
+    e.agent
+        .store
+        .write(|tx| {
+            use crate::objects::{destroy, set_field};
+            set_field(tx, class_ids::SM, &file_sm, fields::SM::features, Value::map(vec![]))?;
+            set_field(
+                tx,
+                class_ids::SM,
+                &file_sm,
+                fields::SM::capabilities,
+                Value::set(vec![]),
+            )?;
+            destroy(tx, class_ids::SM, &iso_sm)?;
+            set_field(tx, class_ids::SR, &sr, fields::SR::allowed_operations, old_sr_ops)?;
+            set_field(tx, class_ids::VDI, &vdi, fields::VDI::allowed_operations, old_ops)
+        })
+        .await
+        .unwrap();
+    // What start does with a store that has its pool already.
+    let facts = crate::HostFacts::from_backend(&SimulatorBackend::new(SimConfig::small_host())).unwrap();
+    let state_dir = e.dir.path().join("state");
+    let (pool, host) = crate::first_boot::ensure(&e.agent.store, &facts, &state_dir)
+        .await
+        .unwrap();
+    assert_eq!((pool, host), (e.agent.pool.clone(), e.agent.host.clone()));
+    let table = |kind| -> Vec<(String, i64)> {
+        super::features::driver_features(kind)
+            .iter()
+            .map(|(f, v)| (f.name().to_owned(), *v))
+            .collect()
+    };
+    let file = sm_of(&e, "file");
+    assert_eq!(file.reference, file_sm, "the record is kept, not replaced");
+    assert_eq!(features_of(&file), table(super::SrKind::File));
+    assert_eq!(
+        names(file.get(fields::SM::capabilities)).len(),
+        table(super::SrKind::File).len()
+    );
+    assert_eq!(features_of(&sm_of(&e, "iso")), table(super::SrKind::Iso));
+    let store = &e.agent.store;
+    assert_eq!(
+        store
+            .get(class_ids::SR, &sr)
+            .unwrap()
+            .get(fields::SR::allowed_operations),
+        &super::features::sr_allowed_operations(super::SrKind::File)
+    );
+    assert_eq!(
+        names(
+            store
+                .get(class_ids::VDI, &vdi)
+                .unwrap()
+                .get(fields::VDI::allowed_operations)
+        ),
+        ["clone", "copy", "resize", "snapshot", "destroy", "forget", "update"]
+    );
 }

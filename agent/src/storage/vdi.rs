@@ -2,6 +2,7 @@
 //! forget, data_destroy, update.
 
 use super::copy::copy_bytes;
+use super::features::{assert_sr_op, assert_vdi_op, vdi_allowed_operations};
 use super::fsops::{self, blocking};
 use super::layout::{sr_dir, sr_kind, sr_obj, vdi_file, vdi_file_name, vdi_obj, SrKind};
 use super::locks;
@@ -10,6 +11,7 @@ use crate::call::{Call, Entry};
 use crate::entry;
 use crate::error::ApiError;
 use crate::objects::{create, destroy, new_ref, new_uuid, set_field};
+use crate::schema::enums::{OnBoot, StorageOperations as SrOp, VdiOperations as VdiOp, VdiType};
 use crate::schema::{class_ids, fields, FieldId, Qualifier};
 use crate::store::Tx;
 use crate::value::{default_object, now, Object, Value, NULL_REF};
@@ -20,10 +22,14 @@ use std::sync::Arc;
 pub(super) fn behaviour() -> Vec<Entry> {
     vec![
         entry!(class_ids::VDI, "resize", |agent, _, c| {
-            resize(&agent, c.ref_arg(0)?, c.int_arg(1)).await.map(|()| Value::None)
+            resize(&agent, c.ref_arg(0)?, c.int_arg(1), VdiOp::resize)
+                .await
+                .map(|()| Value::None)
         }),
         entry!(class_ids::VDI, "resize_online", |agent, _, c| {
-            resize(&agent, c.ref_arg(0)?, c.int_arg(1)).await.map(|()| Value::None)
+            resize(&agent, c.ref_arg(0)?, c.int_arg(1), VdiOp::resize_online)
+                .await
+                .map(|()| Value::None)
         }),
         entry!(class_ids::VDI, "clone", |agent, _, c| {
             duplicate(&agent, c.ref_arg(0)?, false).await.map(Value::reference)
@@ -72,32 +78,13 @@ pub(super) fn new_vdi_object(sr: &str, kind: SrKind, uuid: &str, location: &str,
     o.set(f::SR, Value::reference(sr));
     o.set(f::location, Value::str(location));
     o.set(f::virtual_size, Value::Int(size));
-    o.set(f::r#type, Value::Enum("user"));
+    o.set(f::r#type, VdiType::user.value());
     o.set(f::managed, Value::Bool(true));
     o.set(f::missing, Value::Bool(false));
     o.set(f::read_only, Value::Bool(kind == SrKind::Iso));
     o.set(f::sharable, Value::Bool(kind == SrKind::Iso));
-    o.set(f::allowed_operations, allowed_operations(kind));
+    o.set(f::allowed_operations, vdi_allowed_operations(kind, false));
     o
-}
-
-fn allowed_operations(kind: SrKind) -> Value {
-    allowed_operations_when(kind, false)
-}
-
-/// What a VDI allows in its SR's kind, with or without a VBD that has it attached now: the
-/// operations that refuse an attached VDI with `VDI_IN_USE` are left out while it is.
-fn allowed_operations_when(kind: SrKind, attached: bool) -> Value {
-    const REFUSED_WHILE_ATTACHED: &[&str] = &["destroy", "forget", "set_on_boot", "data_destroy"];
-    let Value::Set(all) = allowed_operations_of(kind) else {
-        return Value::set(Vec::new());
-    };
-    Value::set(
-        all.iter()
-            .filter(|op| !(attached && op.as_str().is_some_and(|o| REFUSED_WHILE_ATTACHED.contains(&o))))
-            .cloned()
-            .collect(),
-    )
 }
 
 /// Recomputes the `allowed_operations` of the VDIs behind `vbds` (in the same transaction
@@ -130,31 +117,12 @@ pub fn refresh_allowed_operations<'a>(tx: &mut Tx, vbds: impl IntoIterator<Item 
                 tx.get(class_ids::VBD, b)
                     .is_some_and(|b| b.get(fields::VBD::currently_attached) == &Value::Bool(true))
             });
-        let now = allowed_operations_when(kind, attached);
+        let now = vdi_allowed_operations(kind, attached);
         if obj.get(fields::VDI::allowed_operations) != &now {
             set_field(tx, class_ids::VDI, &vdi, fields::VDI::allowed_operations, now)?;
         }
     }
     Ok(())
-}
-
-fn allowed_operations_of(kind: SrKind) -> Value {
-    let ops: &[&'static str] = match kind {
-        SrKind::File => &[
-            "clone",
-            "copy",
-            "destroy",
-            "forget",
-            "resize",
-            "resize_online",
-            "snapshot",
-            "update",
-            "set_on_boot",
-            "data_destroy",
-        ],
-        SrKind::Iso => &["copy", "forget", "update"],
-    };
-    Value::Set(ops.iter().map(|o| Value::Enum(o)).collect())
 }
 
 /// Whether a VBD has the VDI attached now.
@@ -175,13 +143,9 @@ fn assert_not_attached(agent: &Agent, vdi: &str, op: &str) -> Result<(), ApiErro
     Ok(())
 }
 
-fn assert_file_sr(sr: &Object, kind: SrKind) -> Result<(), ApiError> {
-    if kind != SrKind::File {
-        return Err(ApiError::SrOperationNotSupported {
-            sr: sr.reference.clone(),
-        });
-    }
-    Ok(())
+/// The VDI's SR, or `HANDLE_INVALID`.
+fn sr_of_vdi(agent: &Agent, vdi: &Object) -> Result<Arc<Object>, ApiError> {
+    sr_obj(agent, &sr_of(vdi))
 }
 
 /// Where the contents saved by `set_on_boot(reset)` live, beside the VDI's file.
@@ -213,7 +177,7 @@ pub async fn create_vdi(agent: &Arc<Agent>, rec: &Object) -> Result<String, ApiE
     let sr_ref = rec.get(fields::VDI::SR).as_ref_str().unwrap_or("").to_owned();
     let sr = sr_obj(agent, &sr_ref)?;
     let kind = sr_kind(&sr)?;
-    assert_file_sr(&sr, kind)?;
+    assert_sr_op(&sr, SrOp::vdi_create)?;
     let dir = sr_dir(agent, &sr)?;
     let size = rec.get(fields::VDI::virtual_size).as_int().unwrap_or(0);
     if size < 0 {
@@ -246,9 +210,10 @@ pub async fn create_vdi(agent: &Arc<Agent>, rec: &Object) -> Result<String, ApiE
 pub async fn destroy_vdi(agent: &Arc<Agent>, vdi_ref: &str) -> Result<(), ApiError> {
     let _guard = locks::write(vdi_ref).await;
     let vdi = vdi_obj(agent, vdi_ref)?;
+    assert_sr_op(&*sr_of_vdi(agent, &vdi)?, SrOp::vdi_destroy)?;
     assert_not_attached(agent, vdi_ref, "destroy")?;
-    let (path, sr, kind) = vdi_file(agent, &vdi)?;
-    assert_file_sr(&sr, kind)?;
+    let (path, sr, _) = vdi_file(agent, &vdi)?;
+    assert_vdi_op(&sr, VdiOp::destroy)?;
     blocking(move || {
         fsops::remove(&path)?;
         fsops::remove(&base_path(&path))
@@ -287,13 +252,21 @@ pub async fn destroy_vdi(agent: &Arc<Agent>, vdi_ref: &str) -> Result<(), ApiErr
     Ok(())
 }
 
-/// `VDI.resize`: grows the file; shrinking is refused as the reference's file SR does.
-async fn resize(agent: &Arc<Agent>, vdi_ref: &str, size: i64) -> Result<(), ApiError> {
+/// `VDI.resize` (`op` resize) and `VDI.resize_online`: grows the file; shrinking is refused
+/// as the reference's file SR does. Checks in the reference's order: the SR's driver, the
+/// SR plugged, not attached (offline resize only), the VDI operation's feature, `on_boot`.
+async fn resize(agent: &Arc<Agent>, vdi_ref: &str, size: i64, op: VdiOp) -> Result<(), ApiError> {
     let _guard = locks::write(vdi_ref).await;
     let vdi = vdi_obj(agent, vdi_ref)?;
-    let (path, sr, kind) = vdi_file(agent, &vdi)?;
-    assert_file_sr(&sr, kind)?;
-    if vdi.get(fields::VDI::on_boot) == &Value::Enum("reset") {
+    let sr = sr_of_vdi(agent, &vdi)?;
+    assert_sr_op(&sr, SrOp::vdi_resize)?;
+    if op == VdiOp::resize {
+        sr_dir(agent, &sr)?;
+        assert_not_attached(agent, vdi_ref, op.name())?;
+    }
+    assert_vdi_op(&sr, op)?;
+    let (path, sr, _) = vdi_file(agent, &vdi)?;
+    if *vdi.get(fields::VDI::on_boot) == OnBoot::reset {
         return Err(ApiError::VdiOnBootModeIncompatibleWithOperation {});
     }
     let current = vdi.get(fields::VDI::virtual_size).as_int().unwrap_or(0);
@@ -336,7 +309,6 @@ async fn new_copy(
     snapshot: bool,
 ) -> Result<String, ApiError> {
     let kind = sr_kind(dst_sr)?;
-    assert_file_sr(dst_sr, kind)?;
     let dir = sr_dir(agent, dst_sr)?;
     let size = src.get(fields::VDI::virtual_size).as_int().unwrap_or(0).max(0);
     let uuid = new_uuid();
@@ -377,8 +349,12 @@ async fn new_copy(
 pub async fn duplicate(agent: &Arc<Agent>, vdi_ref: &str, snapshot: bool) -> Result<String, ApiError> {
     let _guard = locks::read(vdi_ref).await;
     let vdi = vdi_obj(agent, vdi_ref)?;
-    let (path, sr, kind) = vdi_file(agent, &vdi)?;
-    assert_file_sr(&sr, kind)?;
+    let sr = sr_of_vdi(agent, &vdi)?;
+    if snapshot {
+        assert_sr_op(&sr, SrOp::vdi_snapshot)?;
+    }
+    assert_vdi_op(&sr, if snapshot { VdiOp::snapshot } else { VdiOp::clone })?;
+    let (path, sr, _) = vdi_file(agent, &vdi)?;
     new_copy(agent, &vdi, path, &sr, snapshot).await
 }
 
@@ -391,6 +367,7 @@ pub async fn copy(agent: &Arc<Agent>, vdi_ref: &str, sr_ref: &str, into: &str) -
     let size = vdi.get(fields::VDI::virtual_size).as_int().unwrap_or(0).max(0);
     if into.is_empty() || into == NULL_REF {
         let dst_sr = sr_obj(agent, sr_ref)?;
+        assert_sr_op(&dst_sr, SrOp::vdi_create)?;
         return new_copy(agent, &vdi, path, &dst_sr, false).await;
     }
     if into == vdi_ref {
@@ -408,7 +385,10 @@ pub async fn copy(agent: &Arc<Agent>, vdi_ref: &str, sr_ref: &str, into: &str) -
         });
     }
     let (dst_path, dst_sr, kind) = vdi_file(agent, &target)?;
-    assert_file_sr(&dst_sr, kind)?;
+    if kind == SrKind::Iso {
+        // The iso driver's library is read-only, whatever the record says.
+        return Err(ApiError::VdiReadonly { vdi: into.to_owned() });
+    }
     copy_bytes(path, dst_path, size as u64, false).await?;
     refresh_after(agent, &dst_sr.reference, &[into]).await;
     Ok(into.to_owned())
@@ -419,10 +399,12 @@ pub async fn copy(agent: &Arc<Agent>, vdi_ref: &str, sr_ref: &str, into: &str) -
 async fn set_on_boot(agent: &Arc<Agent>, vdi_ref: &str, value: Value) -> Result<(), ApiError> {
     let _guard = locks::write(vdi_ref).await;
     let vdi = vdi_obj(agent, vdi_ref)?;
-    let (path, sr, kind) = vdi_file(agent, &vdi)?;
-    assert_file_sr(&sr, kind)?;
+    let sr = sr_of_vdi(agent, &vdi)?;
+    assert_sr_op(&sr, SrOp::vdi_set_on_boot)?;
     assert_not_attached(agent, vdi_ref, "set_on_boot")?;
-    let reset = value == Value::Enum("reset");
+    assert_vdi_op(&sr, VdiOp::set_on_boot)?;
+    let (path, _, _) = vdi_file(agent, &vdi)?;
+    let reset = value == OnBoot::reset;
     let base = base_path(&path);
     if reset {
         let size = vdi.get(fields::VDI::virtual_size).as_int().unwrap_or(0).max(0) as u64;
@@ -448,7 +430,7 @@ async fn set_on_boot(agent: &Arc<Agent>, vdi_ref: &str, value: Value) -> Result<
                 class_ids::VDI,
                 &r,
                 fields::VDI::on_boot,
-                Value::Enum(if reset { "reset" } else { "persist" }),
+                if reset { OnBoot::reset } else { OnBoot::persist }.value(),
             )
         })
         .await
@@ -458,6 +440,7 @@ async fn set_on_boot(agent: &Arc<Agent>, vdi_ref: &str, value: Value) -> Result<
 async fn introduce(agent: &Arc<Agent>, c: &Call) -> Result<String, ApiError> {
     let sr_ref = c.str_arg(3).to_owned();
     let sr = sr_obj(agent, &sr_ref)?;
+    assert_sr_op(&sr, SrOp::vdi_introduce)?;
     let kind = sr_kind(&sr)?;
     let dir = sr_dir(agent, &sr)?;
     let location = c.str_arg(8).to_owned();
@@ -527,14 +510,16 @@ async fn forget(agent: &Arc<Agent>, vdi_ref: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// `VDI.data_destroy`: drops the data of a VDI whose changed-block metadata is kept. This
-/// build never enables CBT, so every VDI answers `VDI_NO_CBT_METADATA`, as the reference does
-/// for VDIs without it.
+/// `VDI.data_destroy`: drops the data of a VDI whose changed-block metadata is kept. It needs
+/// `VDI_CONFIG_CBT`, which no driver of this build has, so it answers
+/// `SR_OPERATION_NOT_SUPPORTED [sr]` as the reference does for such a driver.
 async fn data_destroy(agent: &Arc<Agent>, vdi_ref: &str) -> Result<(), ApiError> {
     let _guard = locks::write(vdi_ref).await;
     let vdi = vdi_obj(agent, vdi_ref)?;
-    let (path, sr, kind) = vdi_file(agent, &vdi)?;
-    assert_file_sr(&sr, kind)?;
+    let sr = sr_of_vdi(agent, &vdi)?;
+    assert_sr_op(&sr, SrOp::vdi_data_destroy)?;
+    assert_vdi_op(&sr, VdiOp::data_destroy)?;
+    let (path, sr, _) = vdi_file(agent, &vdi)?;
     assert_not_attached(agent, vdi_ref, "data_destroy")?;
     if vdi.get(fields::VDI::cbt_enabled) != &Value::Bool(true) {
         return Err(ApiError::VdiNoCbtMetadata {
@@ -545,7 +530,15 @@ async fn data_destroy(agent: &Arc<Agent>, vdi_ref: &str) -> Result<(), ApiError>
     let r = vdi_ref.to_owned();
     agent
         .store
-        .write(|tx| set_field(tx, class_ids::VDI, &r, fields::VDI::r#type, Value::Enum("cbt_metadata")))
+        .write(|tx| {
+            set_field(
+                tx,
+                class_ids::VDI,
+                &r,
+                fields::VDI::r#type,
+                VdiType::cbt_metadata.value(),
+            )
+        })
         .await?;
     refresh_after(agent, &sr.reference, &[vdi_ref]).await;
     Ok(())
@@ -554,6 +547,7 @@ async fn data_destroy(agent: &Arc<Agent>, vdi_ref: &str) -> Result<(), ApiError>
 /// `VDI.update`: re-measures the VDI (and its SR).
 async fn update(agent: &Arc<Agent>, vdi_ref: &str) -> Result<(), ApiError> {
     let vdi = vdi_obj(agent, vdi_ref)?;
+    assert_vdi_op(&*sr_of_vdi(agent, &vdi)?, VdiOp::update)?;
     let (_, sr, _) = vdi_file(agent, &vdi)?;
     super::measure::refresh_sr(agent, &sr.reference).await
 }
