@@ -296,6 +296,21 @@ fn run() -> BuildResult<()> {
                 }
             }
         }
+        // Messages added to an existing class without a field of their own.
+        for ma in arr(add, "messages") {
+            let class = s(ma, "class")?;
+            let target = classes
+                .iter_mut()
+                .find(|c| c.name == class)
+                .ok_or_else(|| format!("message addition for unknown class {class}"))?;
+            for m in arr(ma, "messages") {
+                let m = parse_message(m)?;
+                if target.messages.iter().any(|x| x.name == m.name) {
+                    return Err(format!("message addition {class}.{} already exists", m.name));
+                }
+                target.messages.push(m);
+            }
+        }
         for r in arr(add, "relations") {
             relation_pairs.push(parse_rel(r)?);
         }

@@ -3,7 +3,8 @@
 
 Checks, over datamodel.json + additions.json:
   - additions.json parses and has the expected shape;
-  - no added class or field collides with a published one;
+  - no added class, field or message collides with a published one, and
+    every message added to an existing class names a class that exists;
   - every class named in a type ("C ref", "C record") exists;
   - every enum named in a type ("enum E") exists in enums.json or in the
     enums listed by the classes;
@@ -35,7 +36,7 @@ def main():
     errors = load("errors.json")
     rels = load("relations.json")
 
-    if sorted(add) != ["classes", "fields", "relations"]:
+    if sorted(add) != ["classes", "fields", "messages", "relations"]:
         problems.append("additions.json keys: %s" % sorted(add))
     class_keys = ["enums", "fields", "messages", "name"]
     msg_keys = ["errors", "implicit", "name", "params", "result", "roles"]
@@ -48,6 +49,12 @@ def main():
     for e in add["fields"]:
         if sorted(e) != ["class", "field", "messages"]:
             problems.append("field entry keys: %s" % sorted(e))
+    for e in add["messages"]:
+        if sorted(e) != ["class", "messages"]:
+            problems.append("message entry keys: %s" % sorted(e))
+        for m in e.get("messages", []):
+            if sorted(m) != msg_keys:
+                problems.append("%s.%s keys" % (e.get("class"), m.get("name")))
 
     classes = {}
     for c in dm:
@@ -74,6 +81,18 @@ def main():
             if m["name"] in names:
                 problems.append("added message %s.%s already present"
                                 % (e["class"], m["name"]))
+            cls["messages"].append(m)
+    for e in add["messages"]:
+        cls = classes.get(e["class"])
+        if cls is None:
+            problems.append("message entry for unknown class %s" % e["class"])
+            continue
+        names = {m["name"] for m in cls["messages"]}
+        for m in e["messages"]:
+            if m["name"] in names:
+                problems.append("added message %s.%s already present"
+                                % (e["class"], m["name"]))
+            names.add(m["name"])
             cls["messages"].append(m)
 
     known_enums = set(enums)

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Generate additions.json: API classes and fields newer than datamodel.json.
+"""Generate additions.json: API classes, fields and messages newer than
+datamodel.json.
 
 The explicit facts below (class flags, fields, custom messages, roles, errors)
 were transcribed from xapi's OCaml datamodel (see PROVENANCE.md). The implicit
@@ -23,7 +24,13 @@ messages are derived here with the same rules the published rendering
 
 Hidden messages (not in the docs) are left out; a class left with no fields and
 no messages is left out too, as the rendering does (this drops Diagnostics,
-whose four messages are all hidden).
+whose four messages are all hidden). The one exception is CALLED_HIDDEN: hidden
+messages that the reference serves all the same and that clients call; they
+are kept.
+
+Messages added to an existing class without a new field (NEW_MESSAGES) are
+listed under "messages", one entry per class, in the rendering's (reversed)
+order.
 
 Usage: gen_additions.py [OUTPUT_DIR]   (default: the directory of this script)
 Python 3 standard library only. Output: indent=1, trailing newline.
@@ -48,6 +55,8 @@ R_POOL_ADMIN = roles_gte("pool-admin")
 R_POOL_OP = roles_gte("pool-operator")
 R_VM_ADMIN = roles_gte("vm-admin")
 R_ALL = roles_gte("read-only")
+# Only the local superuser (and the pool secret): no role grants it.
+R_LOCAL_ROOT_ONLY = []
 
 SESSION = {"name": "session_id", "type": "session ref"}
 
@@ -331,6 +340,38 @@ NEW_FIELDS = [
      ]},
 ]
 
+# Messages added to existing classes, with no field of their own.
+# ocaml/idl/datamodel_vm.ml, ocaml/idl/datamodel_pool.ml,
+# ocaml/idl/datamodel_vtpm.ml
+NEW_MESSAGES = [
+    {"class": "VM",
+     "messages": [
+         M("set_uefi_mode",
+           [("self", "VM ref"), ("mode", "enum vm_uefi_mode")], "string",
+           roles=R_POOL_ADMIN),
+         M("get_secureboot_readiness", [("self", "VM ref")],
+           "enum vm_secureboot_readiness", roles=R_POOL_ADMIN),
+     ]},
+    {"class": "pool",
+     "messages": [
+         M("get_guest_secureboot_readiness", [("self", "pool ref")],
+           "enum pool_guest_secureboot_readiness", roles=R_POOL_OP),
+     ]},
+    {"class": "VTPM",
+     "messages": [
+         M("get_contents", [("self", "VTPM ref")], "string",
+           roles=R_LOCAL_ROOT_ONLY, hidden=True),
+         M("set_contents",
+           [("self", "VTPM ref"), ("contents", "string")],
+           roles=R_LOCAL_ROOT_ONLY, hidden=True),
+     ]},
+]
+
+# Hidden from the reference's docs, but served by it and called by clients
+# (VTPM.get_contents and set_contents carry a vTPM's state across export and
+# import): kept in the output.
+CALLED_HIDDEN = {("VTPM", "get_contents"), ("VTPM", "set_contents")}
+
 # Bound field pairs of the new classes (ocaml/idl/datamodel.ml,
 # all_relations). The output lists only those relations.json lacks.
 NEW_RELATIONS = [
@@ -400,7 +441,16 @@ def build(enum_values, relations_all):
         ms = list(reversed(getter + setters + own))
         fields.append({"class": nf["class"], "field": public_field(f),
                        "messages": ms})
-    return {"classes": classes, "fields": fields}
+    messages = []
+    for nm in NEW_MESSAGES:
+        kept = [{k: v for k, v in m.items() if k != "hidden"}
+                for m in nm["messages"]
+                if not m.get("hidden")
+                or (nm["class"], m["name"]) in CALLED_HIDDEN]
+        if kept:
+            messages.append({"class": nm["class"],
+                             "messages": list(reversed(kept))})
+    return {"classes": classes, "fields": fields, "messages": messages}
 
 
 def main():
