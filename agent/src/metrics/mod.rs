@@ -1,6 +1,11 @@
 //! The host's metrics service: round-robin databases of host, VM and SR figures, the
 //! `message` class (alerts), guest metrics, and what the HTTP stats paths serve.
 
+pub mod fmt;
+pub mod rrd;
+pub mod updates;
+pub mod xmltree;
+
 use crate::call::Entry;
 use crate::Agent;
 use std::sync::Arc;
