@@ -877,6 +877,9 @@ async fn operations_the_driver_lacks_answer_sr_operation_not_supported() {
         &sr,
     );
     refused(e.call("VDI.data_destroy", vec![json!(disk)]).await.unwrap_err(), &sr);
+    refused(e.call("VDI.enable_cbt", vec![json!(disk)]).await.unwrap_err(), &sr);
+    refused(e.call("VDI.disable_cbt", vec![json!(disk)]).await.unwrap_err(), &sr);
+    refused(e.call("VDI.enable_cbt", vec![json!(image)]).await.unwrap_err(), &iso);
     assert_eq!(e.int(class_ids::VDI, &disk, fields::VDI::virtual_size), 1 << 20);
     // What the drivers do still works.
     e.ok("VDI.update", vec![json!(image)]).await;

@@ -51,6 +51,14 @@ pub(super) fn behaviour() -> Vec<Entry> {
         entry!(class_ids::VDI, "data_destroy", |agent, _, c| {
             data_destroy(&agent, c.ref_arg(0)?).await.map(|()| Value::None)
         }),
+        // Changed-block tracking is a driver feature no SR type here has: the reference
+        // refuses it for such an SR before anything else.
+        entry!(class_ids::VDI, "enable_cbt", |agent, _, c| {
+            refuse_cbt(&agent, c.ref_arg(0)?, SrOp::vdi_enable_cbt, VdiOp::enable_cbt)
+        }),
+        entry!(class_ids::VDI, "disable_cbt", |agent, _, c| {
+            refuse_cbt(&agent, c.ref_arg(0)?, SrOp::vdi_disable_cbt, VdiOp::disable_cbt)
+        }),
         entry!(class_ids::VDI, "update", |agent, _, c| update(&agent, c.ref_arg(0)?)
             .await
             .map(|()| Value::None)),
@@ -513,6 +521,17 @@ async fn forget(agent: &Arc<Agent>, vdi_ref: &str) -> Result<(), ApiError> {
 /// `VDI.data_destroy`: drops the data of a VDI whose changed-block metadata is kept. It needs
 /// `VDI_CONFIG_CBT`, which no driver of this build has, so it answers
 /// `SR_OPERATION_NOT_SUPPORTED [sr]` as the reference does for such a driver.
+/// `VDI.enable_cbt`/`disable_cbt`: checked against the SR's driver, which lacks the feature on
+/// every SR type this daemon has (`SR_OPERATION_NOT_SUPPORTED [sr]`); a driver that had it
+/// would need a real implementation here.
+fn refuse_cbt(agent: &Agent, vdi_ref: &str, sr_op: SrOp, vdi_op: VdiOp) -> Result<Value, ApiError> {
+    let vdi = vdi_obj(agent, vdi_ref)?;
+    let sr = sr_of_vdi(agent, &vdi)?;
+    assert_sr_op(&sr, sr_op)?;
+    assert_vdi_op(&sr, vdi_op)?;
+    Err(ApiError::not_implemented(&format!("VDI.{}", vdi_op.name())))
+}
+
 async fn data_destroy(agent: &Arc<Agent>, vdi_ref: &str) -> Result<(), ApiError> {
     let _guard = locks::write(vdi_ref).await;
     let vdi = vdi_obj(agent, vdi_ref)?;
