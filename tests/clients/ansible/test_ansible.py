@@ -8,12 +8,16 @@ without gets http://, the bare "localhost" means the local unix socket). Each pl
 registers every module result with ignore_errors and saves them as JSON, so one run reports
 every step; the tests then check those results and the VM through XenAPI.
 
-The tests of this module run in order: info -> create -> powerstate -> remove.
+The tests of this module run in order: info -> create -> powerstate -> remove -> the
+"Generic Linux PV" guest.
 """
 
 from __future__ import annotations
 
+import http.client
+
 import pytest
+import XenAPI
 
 VM_NAME = "ansible-vm"
 TEMPLATE = "Debian Bookworm 12"
@@ -159,3 +163,67 @@ def test_remove(playbooks, xapi):
     assert vms_named(xapi, VM_NAME) == []
     all_vdis = xapi.VDI.get_all()
     assert not [v for v in vdis if v in all_vdis], "state=absent must destroy the VM's disks"
+
+
+PV_VM_NAME = "ansible-pv-vm"
+
+
+def import_boot_sector(daemon, vdi: str) -> None:
+    """Writes a disk image holding an MBR boot signature into `vdi` (`PUT /import_raw_vdi`,
+    the reference's raw import), as users put an installed system's image on a disk."""
+    s = XenAPI.Session(daemon.url)
+    s.xenapi.login_with_password("root", daemon.password, "2.0", "xapid-ansible-tests")
+    try:
+        image = bytearray(64 * 1024)
+        image[510:512] = b"\x55\xaa"
+        conn = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=30)
+        try:
+            conn.request("PUT", f"/import_raw_vdi?vdi={vdi}&session_id={s.handle}&format=raw",
+                         body=bytes(image), headers={"Content-Type": "application/octet-stream"})
+            resp = conn.getresponse()
+            body = resp.read()
+            assert resp.status == 200, f"import_raw_vdi: HTTP {resp.status}: {body[:300]!r}"
+        finally:
+            conn.close()
+    finally:
+        s.xenapi.session.logout()
+
+
+def test_generic_linux_pv_poweredon(playbooks, xapi, daemon):
+    """xenserver_guest from "Generic Linux PV" (a pygrub guest) with one disk, state=poweredon.
+
+    The module drops a built-in template's `disks` provisioning and makes the disks it is
+    given with `bootable: false`; the reference boots a pygrub guest from its bootable disks
+    only, so the first start answers `INTERNAL_ERROR ["there is no bootable device"]` (the
+    module fails with that; the VM is made and halted). With the disk marked bootable (what
+    `xe vbd-param-set bootable=true` does) and an image on it, the same task powers it on."""
+    res = playbooks.run("pv_guest", vm_name=PV_VM_NAME)
+    first = res["poweredon"]
+    msg = first.get("msg") or ""
+    assert "hypervisor backend:" not in msg, f"a backend's own wording reached the client: {msg!r}"
+    errs = step_errors(res, "poweredon", failed=True,
+                       msg_has="XAPI ERROR: ['INTERNAL_ERROR', 'there is no bootable device']")
+    assert not errs, "\n".join(errs)
+
+    vms = vms_named(xapi, PV_VM_NAME)
+    assert len(vms) == 1, f"the module made {vms}"
+    vm = vms[0]
+    rec = xapi.VM.get_record(vm)
+    assert rec["power_state"] == "Halted", rec["power_state"]
+    assert rec["PV_bootloader"] == "pygrub" and rec["domain_type"] == "pv", \
+        (rec["PV_bootloader"], rec["domain_type"])
+    disks = [b for b in rec["VBDs"] if xapi.VBD.get_type(b) == "Disk"]
+    assert len(disks) == 1, disks
+    assert xapi.VBD.get_bootable(disks[0]) is False
+    vdi = xapi.VBD.get_VDI(disks[0])
+    assert int(xapi.VDI.get_virtual_size(vdi)) == 1 * GiB
+
+    xapi.VBD.set_bootable(disks[0], True)
+    import_boot_sector(daemon, vdi)
+    res = playbooks.run("pv_guest", vm_name=PV_VM_NAME)
+    errs = step_errors(res, "poweredon", changed=True, state="poweredon")
+    assert not errs, "\n".join(errs)
+    assert vms_named(xapi, PV_VM_NAME) == [vm]
+    assert xapi.VM.get_power_state(vm) == "Running"
+    assert xapi.VBD.get_currently_attached(disks[0]) is True
+    xapi.VM.hard_shutdown(vm)
