@@ -488,10 +488,18 @@ def gen_classes(classes, enums, types):
         t = class_type(c["name"])
         fields = c["fields"]
         unique([(f["name"], ident(f["name"])) for f in fields], "fields of " + c["name"])
+        defaults = []
+        for f in fields:
+            ty = types.parse(f["type"])
+            e = None
+            if "default" in f and ty[0] not in ("snapshot", "option"):
+                e = default_expr(types, ty, f["default"], enums)
+            defaults.append(e)
+        derive_default = all(e is None for e in defaults)
         o("/// A `%s` record: every field of the class, by its wire name." % c["name"])
         o("///")
         o("/// Fields a reply lacks take the datamodel's defaults; fields this SDK does not know are ignored.")
-        o("#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]")
+        o("#[derive(Clone, Debug, %sPartialEq, Serialize, Deserialize)]" % ("Default, " if derive_default else ""))
         o("#[serde(default)]")
         o("pub struct %sRecord {" % t)
         for f in fields:
@@ -508,19 +516,15 @@ def gen_classes(classes, enums, types):
             o("    pub %s: %s," % (rid, rty))
         o("}")
         o()
+        if derive_default:
+            continue
         o("impl Default for %sRecord {" % t)
+        o("    /// The datamodel's defaults.")
         o("    fn default() -> Self {")
-        if not fields:
-            o("        %sRecord {}" % t)
-        else:
-            o("        %sRecord {" % t)
-            for f in fields:
-                ty = types.parse(f["type"])
-                e = None
-                if "default" in f and ty[0] not in ("snapshot", "option"):
-                    e = default_expr(types, ty, f["default"], enums)
-                o("            %s: %s," % (ident(f["name"]), e or "Default::default()"))
-            o("        }")
+        o("        %sRecord {" % t)
+        for f, e in zip(fields, defaults):
+            o("            %s: %s," % (ident(f["name"]), e or "Default::default()"))
+        o("        }")
         o("    }")
         o("}")
         o()

@@ -83,11 +83,16 @@ impl ClientBuilder {
                     url: url.clone(),
                     reason: reason.to_owned(),
                 };
-                let uri: Uri = url.parse().map_err(|e: hyper::http::uri::InvalidUri| bad(&e.to_string()))?;
+                let uri: Uri = url
+                    .parse()
+                    .map_err(|e: hyper::http::uri::InvalidUri| bad(&e.to_string()))?;
                 let host = uri.host().ok_or_else(|| bad("no host"))?;
                 // `[::1]` is connected to as `::1`.
                 let bare = host.trim_start_matches('[').trim_end_matches(']').to_owned();
-                let authority = uri.authority().map(|a| a.to_string()).unwrap_or_else(|| host.to_owned());
+                let authority = uri
+                    .authority()
+                    .map(|a| a.to_string())
+                    .unwrap_or_else(|| host.to_owned());
                 let path = match uri.path() {
                     "" => "/".to_owned(),
                     p => p.to_owned(),
@@ -98,8 +103,8 @@ impl ClientBuilder {
                         port: uri.port_u16().unwrap_or(80),
                     },
                     Some("https") => {
-                        let server_name = rustls::pki_types::ServerName::try_from(bare.clone())
-                            .map_err(|e| bad(&e.to_string()))?;
+                        let server_name =
+                            rustls::pki_types::ServerName::try_from(bare.clone()).map_err(|e| bad(&e.to_string()))?;
                         Endpoint::Tls {
                             host: bare,
                             port: uri.port_u16().unwrap_or(443),
@@ -287,13 +292,21 @@ impl Session {
     /// object) from now on, as a stream: each object's current state first, as `add` events,
     /// then each change as it happens. See [`EventStream`].
     pub fn events<S: AsRef<str>>(&self, classes: &[S]) -> EventStream {
-        EventStream::new(self.clone(), classes.iter().map(|c| c.as_ref().to_owned()).collect(), String::new())
+        EventStream::new(
+            self.clone(),
+            classes.iter().map(|c| c.as_ref().to_owned()).collect(),
+            String::new(),
+        )
     }
 
     /// Like [`events`](Session::events), resuming after `token` (a token an earlier stream
     /// or `event.from` returned).
     pub fn events_since<S: AsRef<str>>(&self, classes: &[S], token: &str) -> EventStream {
-        EventStream::new(self.clone(), classes.iter().map(|c| c.as_ref().to_owned()).collect(), token.to_owned())
+        EventStream::new(
+            self.clone(),
+            classes.iter().map(|c| c.as_ref().to_owned()).collect(),
+            token.to_owned(),
+        )
     }
 
     /// A typed call with the session prepended to the parameters.

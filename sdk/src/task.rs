@@ -60,9 +60,9 @@ fn outcome<T: DeserializeOwned>(task: &TaskRef, rec: &TaskRecord) -> Option<Resu
     match rec.status {
         TaskStatusType::Success => Some(parse_task_result(&rec.result)),
         TaskStatusType::Failure => Some(Err(api_failure(rec.error_info.clone()))),
-        TaskStatusType::Cancelled if rec.error_info.is_empty() => Some(Err(Error::TaskCancelled {
-            task: task.to_string(),
-        })),
+        TaskStatusType::Cancelled if rec.error_info.is_empty() => {
+            Some(Err(Error::TaskCancelled { task: task.to_string() }))
+        }
         TaskStatusType::Cancelled => Some(Err(api_failure(rec.error_info.clone()))),
         _ => None,
     }
@@ -123,7 +123,9 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(vm.as_str(), "OpaqueRef:v");
-        outcome::<()>(&t, &task(TaskStatusType::Success, "", &[])).unwrap().unwrap();
+        outcome::<()>(&t, &task(TaskStatusType::Success, "", &[]))
+            .unwrap()
+            .unwrap();
         let failed = outcome::<()>(
             &t,
             &task(
@@ -132,11 +134,16 @@ mod tests {
                 &["VM_BAD_POWER_STATE", "OpaqueRef:v", "halted", "running"],
             ),
         );
-        let Some(Err(Error::Api(e))) = failed else { panic!("{failed:?}") };
+        let Some(Err(Error::Api(e))) = failed else {
+            panic!("{failed:?}")
+        };
         assert_eq!(e.code, ErrorCode::VmBadPowerState);
         assert_eq!(e.param("actual"), Some("running"));
         let cancelled = outcome::<()>(&t, &task(TaskStatusType::Cancelled, "", &[]));
-        assert!(matches!(cancelled, Some(Err(Error::TaskCancelled { .. }))), "{cancelled:?}");
+        assert!(
+            matches!(cancelled, Some(Err(Error::TaskCancelled { .. }))),
+            "{cancelled:?}"
+        );
     }
 
     #[test]

@@ -23,8 +23,7 @@ fn strings(items: &[Json]) -> Vec<String> {
 
 /// Reads a response document into the result, or the failure it carries.
 pub(crate) fn read_reply(body: &[u8]) -> Result<Json, Error> {
-    let doc: Json =
-        serde_json::from_slice(body).map_err(|e| Error::Protocol(format!("JSON-RPC: not JSON: {e}")))?;
+    let doc: Json = serde_json::from_slice(body).map_err(|e| Error::Protocol(format!("JSON-RPC: not JSON: {e}")))?;
     let Json::Object(mut m) = doc else {
         return Err(Error::Protocol("JSON-RPC: the reply is not an object".into()));
     };
@@ -56,13 +55,20 @@ mod tests {
 
     #[test]
     fn requests_are_json_rpc_2() {
-        let doc: Json = serde_json::from_slice(&write_call("VM.get_all", vec![json!("OpaqueRef:s")], 7).unwrap()).unwrap();
-        assert_eq!(doc, json!({"jsonrpc": "2.0", "method": "VM.get_all", "params": ["OpaqueRef:s"], "id": 7}));
+        let doc: Json =
+            serde_json::from_slice(&write_call("VM.get_all", vec![json!("OpaqueRef:s")], 7).unwrap()).unwrap();
+        assert_eq!(
+            doc,
+            json!({"jsonrpc": "2.0", "method": "VM.get_all", "params": ["OpaqueRef:s"], "id": 7})
+        );
     }
 
     #[test]
     fn results_and_both_versions_of_errors_are_read() {
-        assert_eq!(read_reply(br#"{"jsonrpc":"2.0","result":["a"],"id":1}"#).unwrap(), json!(["a"]));
+        assert_eq!(
+            read_reply(br#"{"jsonrpc":"2.0","result":["a"],"id":1}"#).unwrap(),
+            json!(["a"])
+        );
         assert_eq!(read_reply(br#"{"result":"","error":null,"id":1}"#).unwrap(), json!(""));
         let v2 = read_reply(br#"{"jsonrpc":"2.0","error":{"code":1,"message":"VM_BAD_POWER_STATE","data":["OpaqueRef:v","halted","running"]},"id":1}"#);
         let Err(Error::Api(e)) = v2 else { panic!("{v2:?}") };
@@ -73,7 +79,11 @@ mod tests {
         assert_eq!(e.code, ErrorCode::SessionInvalid);
         assert_eq!(e.param("handle"), Some("OpaqueRef:s"));
         for bad in [&b"[1]"[..], b"{\"id\":1}", b"nope", b"{\"error\":{\"code\":1}}"] {
-            assert!(matches!(read_reply(bad), Err(Error::Protocol(_))), "{}", String::from_utf8_lossy(bad));
+            assert!(
+                matches!(read_reply(bad), Err(Error::Protocol(_))),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 }

@@ -205,7 +205,12 @@ impl<'de> de::Deserializer<'de> for Lenient<'_> {
         self.deserialize_seq(v)
     }
 
-    fn deserialize_tuple_struct<V: Visitor<'de>>(self, _name: &'static str, _len: usize, v: V) -> Result<V::Value, Error> {
+    fn deserialize_tuple_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        _len: usize,
+        v: V,
+    ) -> Result<V::Value, Error> {
         self.deserialize_seq(v)
     }
 
@@ -492,7 +497,10 @@ pub(crate) mod tests {
         assert!(!v.is_recognized());
         assert_eq!(arg(&v).unwrap(), Json::from("Hibernating"));
         // Known values match ignoring case, as xapi matches them.
-        assert_eq!(decode::<VmPowerState>(&Json::from("running")).unwrap(), VmPowerState::Running);
+        assert_eq!(
+            decode::<VmPowerState>(&Json::from("running")).unwrap(),
+            VmPowerState::Running
+        );
         assert_eq!(VmPowerState::Running.to_string(), "Running");
         assert_eq!(VmPowerState::default(), VmPowerState::Halted);
     }
@@ -540,7 +548,10 @@ pub(crate) mod tests {
         assert_eq!(e.code.as_str(), "NO_SUCH_CODE_YET");
         assert_eq!(e.params[0].name, None);
         assert_eq!(e.to_string(), "NO_SUCH_CODE_YET: a");
-        let e = crate::ApiError::new("HANDLE_INVALID", vec!["VM".into(), "OpaqueRef:x".into(), "extra".into()]);
+        let e = crate::ApiError::new(
+            "HANDLE_INVALID",
+            vec!["VM".into(), "OpaqueRef:x".into(), "extra".into()],
+        );
         assert_eq!(e.param("class"), Some("VM"));
         assert_eq!(e.param("handle"), Some("OpaqueRef:x"));
         assert_eq!(e.params[2].name, None);

@@ -424,7 +424,11 @@ mod tests {
 
     #[test]
     fn calls_carry_ints_as_strings_and_floats_as_doubles() {
-        let doc = write_call("VM.set_memory", &[json!("OpaqueRef:s"), json!(1 << 40), json!(0.5), json!(true)]).unwrap();
+        let doc = write_call(
+            "VM.set_memory",
+            &[json!("OpaqueRef:s"), json!(1_i64 << 40), json!(0.5), json!(true)],
+        )
+        .unwrap();
         assert_eq!(
             doc,
             "<?xml version=\"1.0\"?><methodCall><methodName>VM.set_memory</methodName><params>\
@@ -523,7 +527,10 @@ mod tests {
     #[test]
     fn task_result_fragments_are_read() {
         assert_eq!(parse_value_fragment("").unwrap(), json!(""));
-        assert_eq!(parse_value_fragment("<value>OpaqueRef:x</value>").unwrap(), json!("OpaqueRef:x"));
+        assert_eq!(
+            parse_value_fragment("<value>OpaqueRef:x</value>").unwrap(),
+            json!("OpaqueRef:x")
+        );
         assert_eq!(
             parse_value_fragment("<value><array><data><value>a</value></data></array></value>").unwrap(),
             json!(["a"])

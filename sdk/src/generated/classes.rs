@@ -807,7 +807,7 @@ pub type RateLimitRef = Ref<class::RateLimit>;
 /// A `session` record: every field of the class, by its wire name.
 ///
 /// Fields a reply lacks take the datamodel's defaults; fields this SDK does not know are ignored.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct SessionRecord {
     /// `uuid`: `string`, RO/runtime.
@@ -844,41 +844,12 @@ pub struct SessionRecord {
     pub client_certificate: bool,
 }
 
-impl Default for SessionRecord {
-    fn default() -> Self {
-        SessionRecord {
-            uuid: Default::default(),
-            this_host: Default::default(),
-            this_user: Default::default(),
-            last_active: Default::default(),
-            pool: Default::default(),
-            other_config: Default::default(),
-            is_local_superuser: Default::default(),
-            subject: Default::default(),
-            validation_time: Default::default(),
-            auth_user_sid: Default::default(),
-            auth_user_name: Default::default(),
-            rbac_permissions: Default::default(),
-            tasks: Default::default(),
-            parent: Default::default(),
-            originator: Default::default(),
-            client_certificate: Default::default(),
-        }
-    }
-}
-
 /// A `auth` record: every field of the class, by its wire name.
 ///
 /// Fields a reply lacks take the datamodel's defaults; fields this SDK does not know are ignored.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct AuthRecord {
-}
-
-impl Default for AuthRecord {
-    fn default() -> Self {
-        AuthRecord {}
-    }
 }
 
 /// A `subject` record: every field of the class, by its wire name.
@@ -898,6 +869,7 @@ pub struct SubjectRecord {
 }
 
 impl Default for SubjectRecord {
+    /// The datamodel's defaults.
     fn default() -> Self {
         SubjectRecord {
             uuid: Default::default(),
@@ -911,7 +883,7 @@ impl Default for SubjectRecord {
 /// A `role` record: every field of the class, by its wire name.
 ///
 /// Fields a reply lacks take the datamodel's defaults; fields this SDK does not know are ignored.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct RoleRecord {
     /// `uuid`: `string`, RO/runtime.
@@ -924,18 +896,6 @@ pub struct RoleRecord {
     pub subroles: Vec<RoleRef>,
     /// `is_internal`: `bool`, RO/runtime. Default `false`.
     pub is_internal: bool,
-}
-
-impl Default for RoleRecord {
-    fn default() -> Self {
-        RoleRecord {
-            uuid: Default::default(),
-            name_label: Default::default(),
-            name_description: Default::default(),
-            subroles: Default::default(),
-            is_internal: Default::default(),
-        }
-    }
 }
 
 /// A `task` record: every field of the class, by its wire name.
@@ -981,6 +941,7 @@ pub struct TaskRecord {
 }
 
 impl Default for TaskRecord {
+    /// The datamodel's defaults.
     fn default() -> Self {
         TaskRecord {
             uuid: Default::default(),
@@ -1007,7 +968,7 @@ impl Default for TaskRecord {
 /// A `event` record: every field of the class, by its wire name.
 ///
 /// Fields a reply lacks take the datamodel's defaults; fields this SDK does not know are ignored.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct EventRecord {
     /// `snapshot`: `<class> record`, RO/runtime.
@@ -1025,20 +986,6 @@ pub struct EventRecord {
     pub r#ref: String,
     /// `obj_uuid`: `string`, RO/constructor.
     pub obj_uuid: String,
-}
-
-impl Default for EventRecord {
-    fn default() -> Self {
-        EventRecord {
-            snapshot: Default::default(),
-            id: Default::default(),
-            timestamp: Default::default(),
-            class: Default::default(),
-            operation: Default::default(),
-            r#ref: Default::default(),
-            obj_uuid: Default::default(),
-        }
-    }
 }
 
 /// A `pool` record: every field of the class, by its wire name.
@@ -1168,6 +1115,7 @@ pub struct PoolRecord {
 }
 
 impl Default for PoolRecord {
+    /// The datamodel's defaults.
     fn default() -> Self {
         PoolRecord {
             uuid: Default::default(),
@@ -1234,7 +1182,7 @@ impl Default for PoolRecord {
 /// A `pool_patch` record: every field of the class, by its wire name.
 ///
 /// Fields a reply lacks take the datamodel's defaults; fields this SDK does not know are ignored.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct PoolPatchRecord {
     /// `uuid`: `string`, RO/runtime.
@@ -1259,27 +1207,10 @@ pub struct PoolPatchRecord {
     pub other_config: BTreeMap<String, String>,
 }
 
-impl Default for PoolPatchRecord {
-    fn default() -> Self {
-        PoolPatchRecord {
-            uuid: Default::default(),
-            name_label: Default::default(),
-            name_description: Default::default(),
-            version: Default::default(),
-            size: Default::default(),
-            pool_applied: Default::default(),
-            host_patches: Default::default(),
-            after_apply_guidance: Default::default(),
-            pool_update: Default::default(),
-            other_config: Default::default(),
-        }
-    }
-}
-
 /// A `pool_update` record: every field of the class, by its wire name.
 ///
 /// Fields a reply lacks take the datamodel's defaults; fields this SDK does not know are ignored.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct PoolUpdateRecord {
     /// `uuid`: `string`, RO/runtime.
@@ -1304,24 +1235,6 @@ pub struct PoolUpdateRecord {
     pub other_config: BTreeMap<String, String>,
     /// `enforce_homogeneity`: `bool`, RO/constructor. Default `false`.
     pub enforce_homogeneity: bool,
-}
-
-impl Default for PoolUpdateRecord {
-    fn default() -> Self {
-        PoolUpdateRecord {
-            uuid: Default::default(),
-            name_label: Default::default(),
-            name_description: Default::default(),
-            version: Default::default(),
-            installation_size: Default::default(),
-            key: Default::default(),
-            after_apply_guidance: Default::default(),
-            vdi: Default::default(),
-            hosts: Default::default(),
-            other_config: Default::default(),
-            enforce_homogeneity: Default::default(),
-        }
-    }
 }
 
 /// A `VM` record: every field of the class, by its wire name.
@@ -1538,6 +1451,7 @@ pub struct VMRecord {
 }
 
 impl Default for VMRecord {
+    /// The datamodel's defaults.
     fn default() -> Self {
         VMRecord {
             uuid: Default::default(),
@@ -1681,6 +1595,7 @@ pub struct VMMetricsRecord {
 }
 
 impl Default for VMMetricsRecord {
+    /// The datamodel's defaults.
     fn default() -> Self {
         VMMetricsRecord {
             uuid: Default::default(),
@@ -1743,6 +1658,7 @@ pub struct VMGuestMetricsRecord {
 }
 
 impl Default for VMGuestMetricsRecord {
+    /// The datamodel's defaults.
     fn default() -> Self {
         VMGuestMetricsRecord {
             uuid: Default::default(),
@@ -1813,6 +1729,7 @@ pub struct VMPPRecord {
 }
 
 impl Default for VMPPRecord {
+    /// The datamodel's defaults.
     fn default() -> Self {
         VMPPRecord {
             uuid: Default::default(),
@@ -1869,6 +1786,7 @@ pub struct VMSSRecord {
 }
 
 impl Default for VMSSRecord {
+    /// The datamodel's defaults.
     fn default() -> Self {
         VMSSRecord {
             uuid: Default::default(),
@@ -1888,7 +1806,7 @@ impl Default for VMSSRecord {
 /// A `VM_appliance` record: every field of the class, by its wire name.
 ///
 /// Fields a reply lacks take the datamodel's defaults; fields this SDK does not know are ignored.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct VMApplianceRecord {
     /// `uuid`: `string`, RO/runtime.
@@ -1906,23 +1824,10 @@ pub struct VMApplianceRecord {
     pub vms: Vec<VMRef>,
 }
 
-impl Default for VMApplianceRecord {
-    fn default() -> Self {
-        VMApplianceRecord {
-            uuid: Default::default(),
-            name_label: Default::default(),
-            name_description: Default::default(),
-            allowed_operations: Default::default(),
-            current_operations: Default::default(),
-            vms: Default::default(),
-        }
-    }
-}
-
 /// A `DR_task` record: every field of the class, by its wire name.
 ///
 /// Fields a reply lacks take the datamodel's defaults; fields this SDK does not know are ignored.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct DRTaskRecord {
     /// `uuid`: `string`, RO/runtime.
@@ -1930,15 +1835,6 @@ pub struct DRTaskRecord {
     /// `introduced_SRs`: `SR ref set`, RO/runtime.
     #[serde(rename = "introduced_SRs")]
     pub introduced_srs: Vec<SRRef>,
-}
-
-impl Default for DRTaskRecord {
-    fn default() -> Self {
-        DRTaskRecord {
-            uuid: Default::default(),
-            introduced_srs: Default::default(),
-        }
-    }
 }
 
 /// A `host` record: every field of the class, by its wire name.
@@ -2102,6 +1998,7 @@ pub struct HostRecord {
 }
 
 impl Default for HostRecord {
+    /// The datamodel's defaults.
     fn default() -> Self {
         HostRecord {
             uuid: Default::default(),
@@ -2181,7 +2078,7 @@ impl Default for HostRecord {
 /// A `host_crashdump` record: every field of the class, by its wire name.
 ///
 /// Fields a reply lacks take the datamodel's defaults; fields this SDK does not know are ignored.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct HostCrashdumpRecord {
     /// `uuid`: `string`, RO/runtime.
@@ -2196,22 +2093,10 @@ pub struct HostCrashdumpRecord {
     pub other_config: BTreeMap<String, String>,
 }
 
-impl Default for HostCrashdumpRecord {
-    fn default() -> Self {
-        HostCrashdumpRecord {
-            uuid: Default::default(),
-            host: Default::default(),
-            timestamp: Default::default(),
-            size: Default::default(),
-            other_config: Default::default(),
-        }
-    }
-}
-
 /// A `host_patch` record: every field of the class, by its wire name.
 ///
 /// Fields a reply lacks take the datamodel's defaults; fields this SDK does not know are ignored.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct HostPatchRecord {
     /// `uuid`: `string`, RO/runtime.
@@ -2236,27 +2121,10 @@ pub struct HostPatchRecord {
     pub other_config: BTreeMap<String, String>,
 }
 
-impl Default for HostPatchRecord {
-    fn default() -> Self {
-        HostPatchRecord {
-            uuid: Default::default(),
-            name_label: Default::default(),
-            name_description: Default::default(),
-            version: Default::default(),
-            host: Default::default(),
-            applied: Default::default(),
-            timestamp_applied: Default::default(),
-            size: Default::default(),
-            pool_patch: Default::default(),
-            other_config: Default::default(),
-        }
-    }
-}
-
 /// A `host_metrics` record: every field of the class, by its wire name.
 ///
 /// Fields a reply lacks take the datamodel's defaults; fields this SDK does not know are ignored.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct HostMetricsRecord {
     /// `uuid`: `string`, RO/runtime.
@@ -2273,23 +2141,10 @@ pub struct HostMetricsRecord {
     pub other_config: BTreeMap<String, String>,
 }
 
-impl Default for HostMetricsRecord {
-    fn default() -> Self {
-        HostMetricsRecord {
-            uuid: Default::default(),
-            memory_total: Default::default(),
-            memory_free: Default::default(),
-            live: Default::default(),
-            last_updated: Default::default(),
-            other_config: Default::default(),
-        }
-    }
-}
-
 /// A `host_cpu` record: every field of the class, by its wire name.
 ///
 /// Fields a reply lacks take the datamodel's defaults; fields this SDK does not know are ignored.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct HostCpuRecord {
     /// `uuid`: `string`, RO/runtime.
@@ -2318,26 +2173,6 @@ pub struct HostCpuRecord {
     pub utilisation: f64,
     /// `other_config`: `(string -> string) map`, RW. Default `{}`.
     pub other_config: BTreeMap<String, String>,
-}
-
-impl Default for HostCpuRecord {
-    fn default() -> Self {
-        HostCpuRecord {
-            uuid: Default::default(),
-            host: Default::default(),
-            number: Default::default(),
-            vendor: Default::default(),
-            speed: Default::default(),
-            modelname: Default::default(),
-            family: Default::default(),
-            model: Default::default(),
-            stepping: Default::default(),
-            flags: Default::default(),
-            features: Default::default(),
-            utilisation: Default::default(),
-            other_config: Default::default(),
-        }
-    }
 }
 
 /// A `network` record: every field of the class, by its wire name.
@@ -2384,6 +2219,7 @@ pub struct NetworkRecord {
 }
 
 impl Default for NetworkRecord {
+    /// The datamodel's defaults.
     fn default() -> Self {
         NetworkRecord {
             uuid: Default::default(),
@@ -2473,6 +2309,7 @@ pub struct VIFRecord {
 }
 
 impl Default for VIFRecord {
+    /// The datamodel's defaults.
     fn default() -> Self {
         VIFRecord {
             uuid: Default::default(),
@@ -2509,7 +2346,7 @@ impl Default for VIFRecord {
 /// A `VIF_metrics` record: every field of the class, by its wire name.
 ///
 /// Fields a reply lacks take the datamodel's defaults; fields this SDK does not know are ignored.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct VIFMetricsRecord {
     /// `uuid`: `string`, RO/runtime.
@@ -2522,18 +2359,6 @@ pub struct VIFMetricsRecord {
     pub last_updated: DateTime,
     /// `other_config`: `(string -> string) map`, RW. Default `{}`.
     pub other_config: BTreeMap<String, String>,
-}
-
-impl Default for VIFMetricsRecord {
-    fn default() -> Self {
-        VIFMetricsRecord {
-            uuid: Default::default(),
-            io_read_kbs: Default::default(),
-            io_write_kbs: Default::default(),
-            last_updated: Default::default(),
-            other_config: Default::default(),
-        }
-    }
 }
 
 /// A `PIF` record: every field of the class, by its wire name.
@@ -2628,6 +2453,7 @@ pub struct PIFRecord {
 }
 
 impl Default for PIFRecord {
+    /// The datamodel's defaults.
     fn default() -> Self {
         PIFRecord {
             uuid: Default::default(),
@@ -2672,7 +2498,7 @@ impl Default for PIFRecord {
 /// A `PIF_metrics` record: every field of the class, by its wire name.
 ///
 /// Fields a reply lacks take the datamodel's defaults; fields this SDK does not know are ignored.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct PIFMetricsRecord {
     /// `uuid`: `string`, RO/runtime.
@@ -2703,26 +2529,6 @@ pub struct PIFMetricsRecord {
     pub other_config: BTreeMap<String, String>,
 }
 
-impl Default for PIFMetricsRecord {
-    fn default() -> Self {
-        PIFMetricsRecord {
-            uuid: Default::default(),
-            io_read_kbs: Default::default(),
-            io_write_kbs: Default::default(),
-            carrier: Default::default(),
-            vendor_id: Default::default(),
-            vendor_name: Default::default(),
-            device_id: Default::default(),
-            device_name: Default::default(),
-            speed: Default::default(),
-            duplex: Default::default(),
-            pci_bus_path: Default::default(),
-            last_updated: Default::default(),
-            other_config: Default::default(),
-        }
-    }
-}
-
 /// A `Bond` record: every field of the class, by its wire name.
 ///
 /// Fields a reply lacks take the datamodel's defaults; fields this SDK does not know are ignored.
@@ -2750,6 +2556,7 @@ pub struct BondRecord {
 }
 
 impl Default for BondRecord {
+    /// The datamodel's defaults.
     fn default() -> Self {
         BondRecord {
             uuid: Default::default(),
@@ -2786,6 +2593,7 @@ pub struct VLANRecord {
 }
 
 impl Default for VLANRecord {
+    /// The datamodel's defaults.
     fn default() -> Self {
         VLANRecord {
             uuid: Default::default(),
@@ -2800,7 +2608,7 @@ impl Default for VLANRecord {
 /// A `SM` record: every field of the class, by its wire name.
 ///
 /// Fields a reply lacks take the datamodel's defaults; fields this SDK does not know are ignored.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct SMRecord {
     /// `uuid`: `string`, RO/runtime.
@@ -2833,31 +2641,10 @@ pub struct SMRecord {
     pub required_cluster_stack: Vec<String>,
 }
 
-impl Default for SMRecord {
-    fn default() -> Self {
-        SMRecord {
-            uuid: Default::default(),
-            name_label: Default::default(),
-            name_description: Default::default(),
-            r#type: Default::default(),
-            vendor: Default::default(),
-            copyright: Default::default(),
-            version: Default::default(),
-            required_api_version: Default::default(),
-            configuration: Default::default(),
-            capabilities: Default::default(),
-            features: Default::default(),
-            other_config: Default::default(),
-            driver_filename: Default::default(),
-            required_cluster_stack: Default::default(),
-        }
-    }
-}
-
 /// A `SR` record: every field of the class, by its wire name.
 ///
 /// Fields a reply lacks take the datamodel's defaults; fields this SDK does not know are ignored.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct SRRecord {
     /// `uuid`: `string`, RO/runtime.
@@ -2906,38 +2693,10 @@ pub struct SRRecord {
     pub is_tools_sr: bool,
 }
 
-impl Default for SRRecord {
-    fn default() -> Self {
-        SRRecord {
-            uuid: Default::default(),
-            name_label: Default::default(),
-            name_description: Default::default(),
-            allowed_operations: Default::default(),
-            current_operations: Default::default(),
-            vdis: Default::default(),
-            pbds: Default::default(),
-            virtual_allocation: Default::default(),
-            physical_utilisation: Default::default(),
-            physical_size: Default::default(),
-            r#type: Default::default(),
-            content_type: Default::default(),
-            shared: Default::default(),
-            other_config: Default::default(),
-            tags: Default::default(),
-            sm_config: Default::default(),
-            blobs: Default::default(),
-            local_cache_enabled: Default::default(),
-            introduced_by: Default::default(),
-            clustered: Default::default(),
-            is_tools_sr: Default::default(),
-        }
-    }
-}
-
 /// A `sr_stat` record: every field of the class, by its wire name.
 ///
 /// Fields a reply lacks take the datamodel's defaults; fields this SDK does not know are ignored.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct SrStatRecord {
     /// `uuid`: `string option`, RO/runtime.
@@ -2957,24 +2716,10 @@ pub struct SrStatRecord {
     pub health: SrHealth,
 }
 
-impl Default for SrStatRecord {
-    fn default() -> Self {
-        SrStatRecord {
-            uuid: Default::default(),
-            name_label: Default::default(),
-            name_description: Default::default(),
-            free_space: Default::default(),
-            total_space: Default::default(),
-            clustered: Default::default(),
-            health: Default::default(),
-        }
-    }
-}
-
 /// A `probe_result` record: every field of the class, by its wire name.
 ///
 /// Fields a reply lacks take the datamodel's defaults; fields this SDK does not know are ignored.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct ProbeResultRecord {
     /// `configuration`: `(string -> string) map`, RO/runtime.
@@ -2988,39 +2733,20 @@ pub struct ProbeResultRecord {
     pub extra_info: BTreeMap<String, String>,
 }
 
-impl Default for ProbeResultRecord {
-    fn default() -> Self {
-        ProbeResultRecord {
-            configuration: Default::default(),
-            complete: Default::default(),
-            sr: Default::default(),
-            extra_info: Default::default(),
-        }
-    }
-}
-
 /// A `LVHD` record: every field of the class, by its wire name.
 ///
 /// Fields a reply lacks take the datamodel's defaults; fields this SDK does not know are ignored.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct LVHDRecord {
     /// `uuid`: `string`, RO/runtime.
     pub uuid: String,
 }
 
-impl Default for LVHDRecord {
-    fn default() -> Self {
-        LVHDRecord {
-            uuid: Default::default(),
-        }
-    }
-}
-
 /// A `VDI` record: every field of the class, by its wire name.
 ///
 /// Fields a reply lacks take the datamodel's defaults; fields this SDK does not know are ignored.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct VDIRecord {
     /// `uuid`: `string`, RO/runtime.
@@ -3091,45 +2817,6 @@ pub struct VDIRecord {
     pub cbt_enabled: bool,
 }
 
-impl Default for VDIRecord {
-    fn default() -> Self {
-        VDIRecord {
-            uuid: Default::default(),
-            name_label: Default::default(),
-            name_description: Default::default(),
-            allowed_operations: Default::default(),
-            current_operations: Default::default(),
-            sr: Default::default(),
-            vbds: Default::default(),
-            crash_dumps: Default::default(),
-            virtual_size: Default::default(),
-            physical_utilisation: Default::default(),
-            r#type: Default::default(),
-            sharable: Default::default(),
-            read_only: Default::default(),
-            other_config: Default::default(),
-            storage_lock: Default::default(),
-            location: Default::default(),
-            managed: Default::default(),
-            missing: Default::default(),
-            parent: Default::default(),
-            xenstore_data: Default::default(),
-            sm_config: Default::default(),
-            is_a_snapshot: Default::default(),
-            snapshot_of: Default::default(),
-            snapshots: Default::default(),
-            snapshot_time: Default::default(),
-            tags: Default::default(),
-            allow_caching: Default::default(),
-            on_boot: Default::default(),
-            metadata_of_pool: Default::default(),
-            metadata_latest: Default::default(),
-            is_tools_iso: Default::default(),
-            cbt_enabled: Default::default(),
-        }
-    }
-}
-
 /// A `VBD` record: every field of the class, by its wire name.
 ///
 /// Fields a reply lacks take the datamodel's defaults; fields this SDK does not know are ignored.
@@ -3185,6 +2872,7 @@ pub struct VBDRecord {
 }
 
 impl Default for VBDRecord {
+    /// The datamodel's defaults.
     fn default() -> Self {
         VBDRecord {
             uuid: Default::default(),
@@ -3216,7 +2904,7 @@ impl Default for VBDRecord {
 /// A `VBD_metrics` record: every field of the class, by its wire name.
 ///
 /// Fields a reply lacks take the datamodel's defaults; fields this SDK does not know are ignored.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct VBDMetricsRecord {
     /// `uuid`: `string`, RO/runtime.
@@ -3231,22 +2919,10 @@ pub struct VBDMetricsRecord {
     pub other_config: BTreeMap<String, String>,
 }
 
-impl Default for VBDMetricsRecord {
-    fn default() -> Self {
-        VBDMetricsRecord {
-            uuid: Default::default(),
-            io_read_kbs: Default::default(),
-            io_write_kbs: Default::default(),
-            last_updated: Default::default(),
-            other_config: Default::default(),
-        }
-    }
-}
-
 /// A `PBD` record: every field of the class, by its wire name.
 ///
 /// Fields a reply lacks take the datamodel's defaults; fields this SDK does not know are ignored.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct PBDRecord {
     /// `uuid`: `string`, RO/runtime.
@@ -3264,23 +2940,10 @@ pub struct PBDRecord {
     pub other_config: BTreeMap<String, String>,
 }
 
-impl Default for PBDRecord {
-    fn default() -> Self {
-        PBDRecord {
-            uuid: Default::default(),
-            host: Default::default(),
-            sr: Default::default(),
-            device_config: Default::default(),
-            currently_attached: Default::default(),
-            other_config: Default::default(),
-        }
-    }
-}
-
 /// A `crashdump` record: every field of the class, by its wire name.
 ///
 /// Fields a reply lacks take the datamodel's defaults; fields this SDK does not know are ignored.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct CrashdumpRecord {
     /// `uuid`: `string`, RO/runtime.
@@ -3295,21 +2958,10 @@ pub struct CrashdumpRecord {
     pub other_config: BTreeMap<String, String>,
 }
 
-impl Default for CrashdumpRecord {
-    fn default() -> Self {
-        CrashdumpRecord {
-            uuid: Default::default(),
-            vm: Default::default(),
-            vdi: Default::default(),
-            other_config: Default::default(),
-        }
-    }
-}
-
 /// A `VTPM` record: every field of the class, by its wire name.
 ///
 /// Fields a reply lacks take the datamodel's defaults; fields this SDK does not know are ignored.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct VTPMRecord {
     /// `uuid`: `string`, RO/runtime.
@@ -3331,25 +2983,10 @@ pub struct VTPMRecord {
     pub is_protected: bool,
 }
 
-impl Default for VTPMRecord {
-    fn default() -> Self {
-        VTPMRecord {
-            uuid: Default::default(),
-            allowed_operations: Default::default(),
-            current_operations: Default::default(),
-            vm: Default::default(),
-            backend: Default::default(),
-            persistence_backend: Default::default(),
-            is_unique: Default::default(),
-            is_protected: Default::default(),
-        }
-    }
-}
-
 /// A `console` record: every field of the class, by its wire name.
 ///
 /// Fields a reply lacks take the datamodel's defaults; fields this SDK does not know are ignored.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct ConsoleRecord {
     /// `uuid`: `string`, RO/runtime.
@@ -3365,22 +3002,10 @@ pub struct ConsoleRecord {
     pub other_config: BTreeMap<String, String>,
 }
 
-impl Default for ConsoleRecord {
-    fn default() -> Self {
-        ConsoleRecord {
-            uuid: Default::default(),
-            protocol: Default::default(),
-            location: Default::default(),
-            vm: Default::default(),
-            other_config: Default::default(),
-        }
-    }
-}
-
 /// A `user` record: every field of the class, by its wire name.
 ///
 /// Fields a reply lacks take the datamodel's defaults; fields this SDK does not know are ignored.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct UserRecord {
     /// `uuid`: `string`, RO/runtime.
@@ -3393,21 +3018,10 @@ pub struct UserRecord {
     pub other_config: BTreeMap<String, String>,
 }
 
-impl Default for UserRecord {
-    fn default() -> Self {
-        UserRecord {
-            uuid: Default::default(),
-            short_name: Default::default(),
-            fullname: Default::default(),
-            other_config: Default::default(),
-        }
-    }
-}
-
 /// A `data_source` record: every field of the class, by its wire name.
 ///
 /// Fields a reply lacks take the datamodel's defaults; fields this SDK does not know are ignored.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct DataSourceRecord {
     /// `name_label`: `string`, RO/runtime. Default `""`.
@@ -3428,25 +3042,10 @@ pub struct DataSourceRecord {
     pub value: f64,
 }
 
-impl Default for DataSourceRecord {
-    fn default() -> Self {
-        DataSourceRecord {
-            name_label: Default::default(),
-            name_description: Default::default(),
-            enabled: Default::default(),
-            standard: Default::default(),
-            units: Default::default(),
-            min: Default::default(),
-            max: Default::default(),
-            value: Default::default(),
-        }
-    }
-}
-
 /// A `blob` record: every field of the class, by its wire name.
 ///
 /// Fields a reply lacks take the datamodel's defaults; fields this SDK does not know are ignored.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct BlobRecord {
     /// `uuid`: `string`, RO/runtime.
@@ -3465,24 +3064,10 @@ pub struct BlobRecord {
     pub mime_type: String,
 }
 
-impl Default for BlobRecord {
-    fn default() -> Self {
-        BlobRecord {
-            uuid: Default::default(),
-            name_label: Default::default(),
-            name_description: Default::default(),
-            size: Default::default(),
-            public: Default::default(),
-            last_updated: Default::default(),
-            mime_type: Default::default(),
-        }
-    }
-}
-
 /// A `message` record: every field of the class, by its wire name.
 ///
 /// Fields a reply lacks take the datamodel's defaults; fields this SDK does not know are ignored.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct MessageRecord {
     /// `uuid`: `string`, RO/runtime.
@@ -3501,24 +3086,10 @@ pub struct MessageRecord {
     pub body: String,
 }
 
-impl Default for MessageRecord {
-    fn default() -> Self {
-        MessageRecord {
-            uuid: Default::default(),
-            name: Default::default(),
-            priority: Default::default(),
-            cls: Default::default(),
-            obj_uuid: Default::default(),
-            timestamp: Default::default(),
-            body: Default::default(),
-        }
-    }
-}
-
 /// A `secret` record: every field of the class, by its wire name.
 ///
 /// Fields a reply lacks take the datamodel's defaults; fields this SDK does not know are ignored.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct SecretRecord {
     /// `uuid`: `string`, RO/runtime.
@@ -3527,16 +3098,6 @@ pub struct SecretRecord {
     pub value: String,
     /// `other_config`: `(string -> string) map`, RW. Default `{}`.
     pub other_config: BTreeMap<String, String>,
-}
-
-impl Default for SecretRecord {
-    fn default() -> Self {
-        SecretRecord {
-            uuid: Default::default(),
-            value: Default::default(),
-            other_config: Default::default(),
-        }
-    }
 }
 
 /// A `tunnel` record: every field of the class, by its wire name.
@@ -3562,6 +3123,7 @@ pub struct TunnelRecord {
 }
 
 impl Default for TunnelRecord {
+    /// The datamodel's defaults.
     fn default() -> Self {
         TunnelRecord {
             uuid: Default::default(),
@@ -3595,6 +3157,7 @@ pub struct NetworkSriovRecord {
 }
 
 impl Default for NetworkSriovRecord {
+    /// The datamodel's defaults.
     fn default() -> Self {
         NetworkSriovRecord {
             uuid: Default::default(),
@@ -3609,7 +3172,7 @@ impl Default for NetworkSriovRecord {
 /// A `PCI` record: every field of the class, by its wire name.
 ///
 /// Fields a reply lacks take the datamodel's defaults; fields this SDK does not know are ignored.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct PCIRecord {
     /// `uuid`: `string`, RO/runtime.
@@ -3636,28 +3199,10 @@ pub struct PCIRecord {
     pub driver_name: String,
 }
 
-impl Default for PCIRecord {
-    fn default() -> Self {
-        PCIRecord {
-            uuid: Default::default(),
-            class_name: Default::default(),
-            vendor_name: Default::default(),
-            device_name: Default::default(),
-            host: Default::default(),
-            pci_id: Default::default(),
-            dependencies: Default::default(),
-            other_config: Default::default(),
-            subsystem_vendor_name: Default::default(),
-            subsystem_device_name: Default::default(),
-            driver_name: Default::default(),
-        }
-    }
-}
-
 /// A `PGPU` record: every field of the class, by its wire name.
 ///
 /// Fields a reply lacks take the datamodel's defaults; fields this SDK does not know are ignored.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct PGPURecord {
     /// `uuid`: `string`, RO/runtime.
@@ -3690,25 +3235,6 @@ pub struct PGPURecord {
     pub is_system_display_device: bool,
     /// `compatibility_metadata`: `(string -> string) map`, RO/runtime. Default `{}`.
     pub compatibility_metadata: BTreeMap<String, String>,
-}
-
-impl Default for PGPURecord {
-    fn default() -> Self {
-        PGPURecord {
-            uuid: Default::default(),
-            pci: Default::default(),
-            gpu_group: Default::default(),
-            host: Default::default(),
-            other_config: Default::default(),
-            supported_vgpu_types: Default::default(),
-            enabled_vgpu_types: Default::default(),
-            resident_vgpus: Default::default(),
-            supported_vgpu_max_capacities: Default::default(),
-            dom0_access: Default::default(),
-            is_system_display_device: Default::default(),
-            compatibility_metadata: Default::default(),
-        }
-    }
 }
 
 /// A `GPU_group` record: every field of the class, by its wire name.
@@ -3745,6 +3271,7 @@ pub struct GPUGroupRecord {
 }
 
 impl Default for GPUGroupRecord {
+    /// The datamodel's defaults.
     fn default() -> Self {
         GPUGroupRecord {
             uuid: Default::default(),
@@ -3797,6 +3324,7 @@ pub struct VGPURecord {
 }
 
 impl Default for VGPURecord {
+    /// The datamodel's defaults.
     fn default() -> Self {
         VGPURecord {
             uuid: Default::default(),
@@ -3861,6 +3389,7 @@ pub struct VGPUTypeRecord {
 }
 
 impl Default for VGPUTypeRecord {
+    /// The datamodel's defaults.
     fn default() -> Self {
         VGPUTypeRecord {
             uuid: Default::default(),
@@ -3886,7 +3415,7 @@ impl Default for VGPUTypeRecord {
 /// A `PVS_site` record: every field of the class, by its wire name.
 ///
 /// Fields a reply lacks take the datamodel's defaults; fields this SDK does not know are ignored.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct PVSSiteRecord {
     /// `uuid`: `string`, RO/runtime.
@@ -3906,24 +3435,10 @@ pub struct PVSSiteRecord {
     pub proxies: Vec<PVSProxyRef>,
 }
 
-impl Default for PVSSiteRecord {
-    fn default() -> Self {
-        PVSSiteRecord {
-            uuid: Default::default(),
-            name_label: Default::default(),
-            name_description: Default::default(),
-            pvs_uuid: Default::default(),
-            cache_storage: Default::default(),
-            servers: Default::default(),
-            proxies: Default::default(),
-        }
-    }
-}
-
 /// A `PVS_server` record: every field of the class, by its wire name.
 ///
 /// Fields a reply lacks take the datamodel's defaults; fields this SDK does not know are ignored.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct PVSServerRecord {
     /// `uuid`: `string`, RO/runtime.
@@ -3936,18 +3451,6 @@ pub struct PVSServerRecord {
     pub last_port: i64,
     /// `site`: `PVS_site ref`, RO/constructor. Default `OpaqueRef:NULL`.
     pub site: PVSSiteRef,
-}
-
-impl Default for PVSServerRecord {
-    fn default() -> Self {
-        PVSServerRecord {
-            uuid: Default::default(),
-            addresses: Default::default(),
-            first_port: Default::default(),
-            last_port: Default::default(),
-            site: Default::default(),
-        }
-    }
 }
 
 /// A `PVS_proxy` record: every field of the class, by its wire name.
@@ -3970,6 +3473,7 @@ pub struct PVSProxyRecord {
 }
 
 impl Default for PVSProxyRecord {
+    /// The datamodel's defaults.
     fn default() -> Self {
         PVSProxyRecord {
             uuid: Default::default(),
@@ -4004,6 +3508,7 @@ pub struct PVSCacheStorageRecord {
 }
 
 impl Default for PVSCacheStorageRecord {
+    /// The datamodel's defaults.
     fn default() -> Self {
         PVSCacheStorageRecord {
             uuid: Default::default(),
@@ -4039,6 +3544,7 @@ pub struct FeatureRecord {
 }
 
 impl Default for FeatureRecord {
+    /// The datamodel's defaults.
     fn default() -> Self {
         FeatureRecord {
             uuid: Default::default(),
@@ -4069,6 +3575,7 @@ pub struct SDNControllerRecord {
 }
 
 impl Default for SDNControllerRecord {
+    /// The datamodel's defaults.
     fn default() -> Self {
         SDNControllerRecord {
             uuid: Default::default(),
@@ -4082,7 +3589,7 @@ impl Default for SDNControllerRecord {
 /// A `vdi_nbd_server_info` record: every field of the class, by its wire name.
 ///
 /// Fields a reply lacks take the datamodel's defaults; fields this SDK does not know are ignored.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct VdiNbdServerInfoRecord {
     /// `exportname`: `string`, RO/runtime.
@@ -4095,18 +3602,6 @@ pub struct VdiNbdServerInfoRecord {
     pub cert: String,
     /// `subject`: `string`, RO/runtime.
     pub subject: String,
-}
-
-impl Default for VdiNbdServerInfoRecord {
-    fn default() -> Self {
-        VdiNbdServerInfoRecord {
-            exportname: Default::default(),
-            address: Default::default(),
-            port: Default::default(),
-            cert: Default::default(),
-            subject: Default::default(),
-        }
-    }
 }
 
 /// A `PUSB` record: every field of the class, by its wire name.
@@ -4147,6 +3642,7 @@ pub struct PUSBRecord {
 }
 
 impl Default for PUSBRecord {
+    /// The datamodel's defaults.
     fn default() -> Self {
         PUSBRecord {
             uuid: Default::default(),
@@ -4170,7 +3666,7 @@ impl Default for PUSBRecord {
 /// A `USB_group` record: every field of the class, by its wire name.
 ///
 /// Fields a reply lacks take the datamodel's defaults; fields this SDK does not know are ignored.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct USBGroupRecord {
     /// `uuid`: `string`, RO/runtime.
@@ -4189,23 +3685,10 @@ pub struct USBGroupRecord {
     pub other_config: BTreeMap<String, String>,
 }
 
-impl Default for USBGroupRecord {
-    fn default() -> Self {
-        USBGroupRecord {
-            uuid: Default::default(),
-            name_label: Default::default(),
-            name_description: Default::default(),
-            pusbs: Default::default(),
-            vusbs: Default::default(),
-            other_config: Default::default(),
-        }
-    }
-}
-
 /// A `VUSB` record: every field of the class, by its wire name.
 ///
 /// Fields a reply lacks take the datamodel's defaults; fields this SDK does not know are ignored.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct VUSBRecord {
     /// `uuid`: `string`, RO/runtime.
@@ -4224,20 +3707,6 @@ pub struct VUSBRecord {
     pub other_config: BTreeMap<String, String>,
     /// `currently_attached`: `bool`, RO/runtime. Default `false`.
     pub currently_attached: bool,
-}
-
-impl Default for VUSBRecord {
-    fn default() -> Self {
-        VUSBRecord {
-            uuid: Default::default(),
-            allowed_operations: Default::default(),
-            current_operations: Default::default(),
-            vm: Default::default(),
-            usb_group: Default::default(),
-            other_config: Default::default(),
-            currently_attached: Default::default(),
-        }
-    }
 }
 
 /// A `Cluster` record: every field of the class, by its wire name.
@@ -4279,6 +3748,7 @@ pub struct ClusterRecord {
 }
 
 impl Default for ClusterRecord {
+    /// The datamodel's defaults.
     fn default() -> Self {
         ClusterRecord {
             uuid: Default::default(),
@@ -4332,6 +3802,7 @@ pub struct ClusterHostRecord {
 }
 
 impl Default for ClusterHostRecord {
+    /// The datamodel's defaults.
     fn default() -> Self {
         ClusterHostRecord {
             uuid: Default::default(),
@@ -4372,6 +3843,7 @@ pub struct CertificateRecord {
 }
 
 impl Default for CertificateRecord {
+    /// The datamodel's defaults.
     fn default() -> Self {
         CertificateRecord {
             uuid: Default::default(),
@@ -4388,7 +3860,7 @@ impl Default for CertificateRecord {
 /// A `Repository` record: every field of the class, by its wire name.
 ///
 /// Fields a reply lacks take the datamodel's defaults; fields this SDK does not know are ignored.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct RepositoryRecord {
     /// `uuid`: `string`, RO/runtime.
@@ -4411,26 +3883,10 @@ pub struct RepositoryRecord {
     pub gpgkey_path: String,
 }
 
-impl Default for RepositoryRecord {
-    fn default() -> Self {
-        RepositoryRecord {
-            uuid: Default::default(),
-            name_label: Default::default(),
-            name_description: Default::default(),
-            binary_url: Default::default(),
-            source_url: Default::default(),
-            update: Default::default(),
-            hash: Default::default(),
-            up_to_date: Default::default(),
-            gpgkey_path: Default::default(),
-        }
-    }
-}
-
 /// A `Observer` record: every field of the class, by its wire name.
 ///
 /// Fields a reply lacks take the datamodel's defaults; fields this SDK does not know are ignored.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct ObserverRecord {
     /// `uuid`: `string`, RO/runtime.
@@ -4449,21 +3905,6 @@ pub struct ObserverRecord {
     pub components: Vec<String>,
     /// `enabled`: `bool`, RO/constructor. Default `false`.
     pub enabled: bool,
-}
-
-impl Default for ObserverRecord {
-    fn default() -> Self {
-        ObserverRecord {
-            uuid: Default::default(),
-            name_label: Default::default(),
-            name_description: Default::default(),
-            hosts: Default::default(),
-            attributes: Default::default(),
-            endpoints: Default::default(),
-            components: Default::default(),
-            enabled: Default::default(),
-        }
-    }
 }
 
 /// A `VM_group` record: every field of the class, by its wire name.
@@ -4486,6 +3927,7 @@ pub struct VMGroupRecord {
 }
 
 impl Default for VMGroupRecord {
+    /// The datamodel's defaults.
     fn default() -> Self {
         VMGroupRecord {
             uuid: Default::default(),
@@ -4500,7 +3942,7 @@ impl Default for VMGroupRecord {
 /// A `Host_driver` record: every field of the class, by its wire name.
 ///
 /// Fields a reply lacks take the datamodel's defaults; fields this SDK does not know are ignored.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct HostDriverRecord {
     /// `uuid`: `string`, RO/runtime.
@@ -4525,27 +3967,10 @@ pub struct HostDriverRecord {
     pub info: String,
 }
 
-impl Default for HostDriverRecord {
-    fn default() -> Self {
-        HostDriverRecord {
-            uuid: Default::default(),
-            host: Default::default(),
-            name: Default::default(),
-            friendly_name: Default::default(),
-            variants: Default::default(),
-            active_variant: Default::default(),
-            selected_variant: Default::default(),
-            r#type: Default::default(),
-            description: Default::default(),
-            info: Default::default(),
-        }
-    }
-}
-
 /// A `Driver_variant` record: every field of the class, by its wire name.
 ///
 /// Fields a reply lacks take the datamodel's defaults; fields this SDK does not know are ignored.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct DriverVariantRecord {
     /// `uuid`: `string`, RO/runtime.
@@ -4564,24 +3989,10 @@ pub struct DriverVariantRecord {
     pub status: String,
 }
 
-impl Default for DriverVariantRecord {
-    fn default() -> Self {
-        DriverVariantRecord {
-            uuid: Default::default(),
-            name: Default::default(),
-            driver: Default::default(),
-            version: Default::default(),
-            hardware_present: Default::default(),
-            priority: Default::default(),
-            status: Default::default(),
-        }
-    }
-}
-
 /// A `Caller` record: every field of the class, by its wire name.
 ///
 /// Fields a reply lacks take the datamodel's defaults; fields this SDK does not know are ignored.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct CallerRecord {
     /// `uuid`: `string`, RO/runtime.
@@ -4604,26 +4015,10 @@ pub struct CallerRecord {
     pub auto_registered: bool,
 }
 
-impl Default for CallerRecord {
-    fn default() -> Self {
-        CallerRecord {
-            uuid: Default::default(),
-            name_label: Default::default(),
-            name_description: Default::default(),
-            user_agent: Default::default(),
-            client_ip: Default::default(),
-            last_access: Default::default(),
-            groups: Default::default(),
-            rate_limit: Default::default(),
-            auto_registered: Default::default(),
-        }
-    }
-}
-
 /// A `Rate_limit` record: every field of the class, by its wire name.
 ///
 /// Fields a reply lacks take the datamodel's defaults; fields this SDK does not know are ignored.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct RateLimitRecord {
     /// `uuid`: `string`, RO/runtime.
@@ -4638,19 +4033,6 @@ pub struct RateLimitRecord {
     pub burst_size: f64,
     /// `fill_rate`: `float`, RO/constructor. Default `0.`.
     pub fill_rate: f64,
-}
-
-impl Default for RateLimitRecord {
-    fn default() -> Self {
-        RateLimitRecord {
-            uuid: Default::default(),
-            name_label: Default::default(),
-            name_description: Default::default(),
-            callers: Default::default(),
-            burst_size: Default::default(),
-            fill_rate: Default::default(),
-        }
-    }
 }
 
 /// A record of any class, as an event's snapshot carries it.
