@@ -45,11 +45,12 @@ def test_string_where_map_required(xapi):
 
 def test_parameter_count_mismatch(xapi, session):
     ref, _ = template(xapi)
-    # XAPI counts the session argument: VM.set_name_label takes (session, vm, value).
+    # XAPI counts neither the session nor parameters with defaults in what it expects, and not
+    # the session in what it received: VM.set_name_label takes (session, vm, value).
     details = failure(xapi.VM.set_name_label, ref)
-    assert details == ["MESSAGE_PARAMETER_COUNT_MISMATCH", "VM.set_name_label", "3", "2"], details
+    assert details == ["MESSAGE_PARAMETER_COUNT_MISMATCH", "VM.set_name_label", "2", "1"], details
     details = failure(xapi.VM.get_name_label, ref, "extra")
-    assert details == ["MESSAGE_PARAMETER_COUNT_MISMATCH", "VM.get_name_label", "2", "3"], details
+    assert details == ["MESSAGE_PARAMETER_COUNT_MISMATCH", "VM.get_name_label", "1", "2"], details
     assert_still_works(xapi, ref)
 
 

@@ -23,12 +23,12 @@ def test_set_and_get_name_label(xapi, vm):
 
 
 def test_other_config_add_duplicate_remove(xapi, vm):
-    uuid = xapi.VM.get_uuid(vm)
     key = "xapid-test-key"
     xapi.VM.add_to_other_config(vm, key, "v1")
     assert xapi.VM.get_other_config(vm)[key] == "v1"
     details = failure(xapi.VM.add_to_other_config, vm, key, "v2")
-    assert details == ["MAP_DUPLICATE_KEY", "VM", "other_config", uuid, key], details
+    # The reference names the object by its ref here.
+    assert details == ["MAP_DUPLICATE_KEY", "VM", "other_config", vm, key], details
     assert xapi.VM.get_other_config(vm)[key] == "v1", "a refused add must not change the map"
     xapi.VM.remove_from_other_config(vm, key)
     assert key not in xapi.VM.get_other_config(vm)
