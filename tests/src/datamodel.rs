@@ -162,7 +162,8 @@ fn pair(p: &Json) -> (String, String) {
 }
 
 impl Datamodel {
-    /// Reads `vendor/xenapi/{datamodel,additions,enums,relations}.json`.
+    /// Reads `vendor/xenapi/{datamodel,additions,enums,relations}.json` (additions: new classes,
+    /// fields with their messages, and messages alone).
     pub fn load() -> Result<Datamodel, String> {
         let mut dm = Datamodel::default();
         for c in read_json("datamodel.json")?.as_array().into_iter().flatten() {
@@ -179,6 +180,17 @@ impl Datamodel {
                 .or_default();
             class.fields.push(field_of(&f["field"]));
             for m in f["messages"].as_array().into_iter().flatten() {
+                let (n, msg) = message_of(m);
+                class.messages.insert(n, msg);
+            }
+        }
+        // Messages added to a class that gains no field.
+        for a in additions["messages"].as_array().into_iter().flatten() {
+            let class = dm
+                .classes
+                .entry(a["class"].as_str().unwrap_or("").to_owned())
+                .or_default();
+            for m in a["messages"].as_array().into_iter().flatten() {
                 let (n, msg) = message_of(m);
                 class.messages.insert(n, msg);
             }
