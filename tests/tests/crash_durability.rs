@@ -6,7 +6,9 @@
 //! error while the daemon stays up, and freeing space lets writes succeed again.
 //!
 //! Environment: `XAPID_DUR_WRITES` (default 10000), `XAPID_DUR_KILLS` (24),
-//! `XAPID_DUR_CLIENTS` (4), `XAPID_DUR_SEED` (random; printed), `XAPID_BIN`.
+//! `XAPID_DUR_CLIENTS` (4), `XAPID_DUR_SEED` (random; printed), `XAPID_BIN`,
+//! `XAPID_REQUIRE_ROOT` (the disk-full test fails instead of skipping where it cannot mount
+//! its tmpfs; scripts/test.sh sets it).
 
 // Test code: the helpers around the #[test] functions may unwrap and panic too (clippy's
 // allow-*-in-tests covers only the #[test] functions themselves).
@@ -1283,11 +1285,33 @@ fn network_create(rpc: &mut Rpc, s: &str, dm: &Datamodel, name: &str, desc: &str
     rpc.call("network.create", &[json!(s), rec])
 }
 
+/// With this set (scripts/test.sh sets it; docs/testing.md, "Skips") the disk-full test fails
+/// where it cannot mount its tmpfs (not root, or the mount refused) instead of skipping.
+const REQUIRE_ROOT: &str = "XAPID_REQUIRE_ROOT";
+
+/// A precondition of the test is missing (`why`): with `switch` set that fails the test;
+/// otherwise the test says `SKIPPED: why` and the caller returns. The line goes to the
+/// process's stderr itself, past the test harness's output capture, so `cargo test` shows it.
+#[track_caller]
+fn skip_unless_required(switch: &str, why: &str) {
+    assert!(
+        std::env::var_os(switch).is_none(),
+        "{why}; {switch} is set, so this test may not be skipped"
+    );
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED: {why} (set {switch}=1 to make this a failure)"
+    );
+}
+
 #[test]
 fn a_full_disk_fails_writes_cleanly_and_recovers() {
     // SAFETY: geteuid has no preconditions and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
-        println!("SKIPPED disk-full test: it needs root to mount a 16 MiB tmpfs for the state dir");
+        skip_unless_required(
+            REQUIRE_ROOT,
+            "the disk-full test needs root to mount a 16 MiB tmpfs for the state dir",
+        );
         return;
     }
     let dm = Datamodel::load().unwrap();
@@ -1299,7 +1323,10 @@ fn a_full_disk_fails_writes_cleanly_and_recovers() {
         .arg(&mnt)
         .status();
     if !matches!(mounted, Ok(s) if s.success()) {
-        println!("SKIPPED disk-full test: mounting a tmpfs failed ({mounted:?})");
+        skip_unless_required(
+            REQUIRE_ROOT,
+            &format!("the disk-full test could not mount a tmpfs for the state dir ({mounted:?})"),
+        );
         return;
     }
     let _mount = Mount(mnt.clone());

@@ -1,5 +1,6 @@
 """State survives a restart on the same state dir; sessions do not."""
 
+import secrets
 import signal
 import xmlrpc.client
 
@@ -61,6 +62,13 @@ def test_restart_keeps_objects_drops_sessions(new_daemon, model):
     safe_logout(s)
 
 
+def assert_login_refused(d, password: str) -> None:
+    """root with `password` gets SESSION_AUTHENTICATION_FAILED (and no session)."""
+    proxy = xmlrpc.client.ServerProxy(d.url, allow_none=True)
+    reply = proxy.session.login_with_password("root", password, "2.0", "xapid-tests-persistence")
+    assert raw_failure(reply)[0] == "SESSION_AUTHENTICATION_FAILED", reply
+
+
 def test_password_file_only_used_on_first_start(new_daemon):
     d = new_daemon().start()
     first = d.password
@@ -70,3 +78,22 @@ def test_password_file_only_used_on_first_start(new_daemon):
     # The password stored on first start still works; the file's new content is ignored.
     s = login(d.url, first)
     safe_logout(s)
+    assert_login_refused(d, "a-different-password")
+
+
+def test_changed_password_survives_restart(new_daemon):
+    d = new_daemon().start()
+    old = d.password
+    new = "changed-" + secrets.token_hex(8)
+    s = login(d.url, old)
+    s.xenapi.session.change_password(old, new)
+    safe_logout(s)
+
+    # Acknowledged, so it must survive even a crash: SIGKILL, then the same state dir (and the
+    # same password file, which holds the old password and must not bring it back).
+    d.kill()
+    d.start(port=d.port)
+    s = login(d.url, new)
+    assert len(s.xenapi.pool.get_all()) == 1
+    safe_logout(s)
+    assert_login_refused(d, old)
