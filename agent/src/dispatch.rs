@@ -1,11 +1,14 @@
 //! Dispatch: a wire call (method name + untyped params) becomes a typed [`Call`], checked
 //! against the datamodel, and runs the handler the behaviour table (`behaviour.rs`) holds for
 //! its message. This module knows no behaviour: it reads the table, never a module with
-//! behaviour, and none of those imports it.
+//! behaviour, and none of those imports it. Before any handler runs (an `Async.` form's
+//! included, before its task exists), the session's permissions are checked
+//! (`rbac::check`, which carries no message out).
 
 use crate::behaviour;
 use crate::call::{Call, CallCtx};
 use crate::error::ApiError;
+use crate::rbac::{self, Caller};
 use crate::schema::{self, ClassId, MessageKind};
 use crate::value::{from_json, Value};
 use crate::Agent;
@@ -29,8 +32,18 @@ pub fn method_list() -> Vec<String> {
     out
 }
 
-/// Checks a wire call against the datamodel and types its arguments.
+/// Checks a wire call against the datamodel, types its arguments, and checks that its
+/// session may make it.
 pub fn check(agent: &Agent, method: &str, params: &[Json]) -> Result<Call, ApiError> {
+    let (c, caller) = typed(agent, method, params)?;
+    if let Some(caller) = &caller {
+        rbac::authorize(agent, caller, &c)?;
+    }
+    Ok(c)
+}
+
+/// Checks a wire call against the datamodel and types its arguments; who its session is.
+fn typed(agent: &Agent, method: &str, params: &[Json]) -> Result<(Call, Option<Caller>), ApiError> {
     let m = schema::method(method).ok_or_else(|| ApiError::MessageMethodUnknown {
         method: method.to_owned(),
     })?;
@@ -38,7 +51,11 @@ pub fn check(agent: &Agent, method: &str, params: &[Json]) -> Result<Call, ApiEr
     let expected = defs.len();
     // Trailing parameters with a default may be left out, as the reference allows.
     let required = defs.len() - defs.iter().rev().take_while(|p| p.default.is_some()).count();
-    if params.len() < required || params.len() > expected {
+    // A message with defaulted parameters (not a constructor) takes any count from the
+    // required ones up, as the reference's generated dispatcher matches
+    // `required :: … :: default_args`: what follows the defaults is ignored.
+    let open_ended = required < expected && m.message.kind != MessageKind::Create;
+    if params.len() < required || (params.len() > expected && !open_ended) {
         // The reference counts neither the session nor the parameters that have defaults in
         // what it expects, and not the session in what it received.
         let session = usize::from(m.message.takes_session());
@@ -49,6 +66,7 @@ pub fn check(agent: &Agent, method: &str, params: &[Json]) -> Result<Call, ApiEr
             received: (params.len() as i64 - session as i64).to_string(),
         });
     }
+    let params = &params[..params.len().min(expected)];
     let filled: Vec<Json>;
     let params = if params.len() < expected {
         let mut all = params.to_vec();
@@ -62,13 +80,14 @@ pub fn check(agent: &Agent, method: &str, params: &[Json]) -> Result<Call, ApiEr
         params
     };
     let mut session = None;
+    let mut caller = None;
     let mut args = Vec::with_capacity(expected);
     for (i, (def, p)) in defs.iter().zip(params.iter()).enumerate() {
         if i == 0 && m.message.takes_session() {
             let s = p
                 .as_str()
                 .ok_or_else(|| ApiError::SessionInvalid { handle: p.to_string() })?;
-            agent.sessions.validate(&agent.store, s)?;
+            caller = Some(agent.sessions.validate_caller(&agent.store, s)?);
             session = Some(s.to_owned());
             continue;
         }
@@ -82,13 +101,14 @@ pub fn check(agent: &Agent, method: &str, params: &[Json]) -> Result<Call, ApiEr
         })?;
         args.push(v);
     }
-    Ok(Call {
+    let c = Call {
         id: m.id,
         class: m.class,
         message: m.message,
         session,
         args,
-    })
+    };
+    Ok((c, caller))
 }
 
 /// The implicit constructor needs every RW and RO/constructor field that has no default, as
@@ -109,19 +129,44 @@ fn require_constructor_fields(class: ClassId, record: &Json) -> Result<(), ApiEr
 pub async fn call(agent: &Arc<Agent>, ctx: &CallCtx, method: &str, params: &[Json]) -> Result<Value, ApiError> {
     let table = behaviour::table();
     if let Some(inner) = method.strip_prefix("Async.") {
-        let c = check(agent, inner, params)?;
+        let (c, caller) = typed(agent, inner, params)?;
         if !table.async_form(c.id) {
             return Err(ApiError::MessageMethodUnknown {
                 method: method.to_owned(),
             });
         }
+        if let Some(caller) = &caller {
+            rbac::authorize(agent, caller, &c)?;
+        }
         let Some(handler) = table.handler(c.id) else {
             return Err(ApiError::not_implemented(&c.wire_name()));
         };
-        return behaviour::spawn_async(agent, ctx, c, handler).await;
+        let task = behaviour::spawn_async(agent, ctx, c, handler).await?;
+        note_task_owner(agent, caller.as_ref(), &task);
+        return Ok(task);
     }
-    let c = check(agent, method, params)?;
-    run(agent, ctx, c).await
+    let (c, caller) = typed(agent, method, params)?;
+    if let Some(caller) = &caller {
+        rbac::authorize(agent, caller, &c)?;
+    }
+    let creates_task = rbac::check::creates_task(&c);
+    let destroyed_task = rbac::check::destroys_task(&c).map(str::to_owned);
+    let out = run(agent, ctx, c).await?;
+    if creates_task {
+        note_task_owner(agent, caller.as_ref(), &out);
+    }
+    if let Some(t) = destroyed_task {
+        agent.sessions.forget_task(&t);
+    }
+    Ok(out)
+}
+
+/// Remembers who created a task (operations on it by other subjects need
+/// `task.destroy/any`).
+fn note_task_owner(agent: &Agent, caller: Option<&Caller>, task: &Value) {
+    if let (Some(caller), Some(t)) = (caller, task.as_ref_str()) {
+        agent.sessions.note_task_owner(&agent.store, t, &caller.sid);
+    }
 }
 
 /// Runs a checked call: the table's handler for its message, or `NOT_IMPLEMENTED`.
