@@ -1,7 +1,7 @@
 //! VBDs and VIFs: attached through the backend when their VM starts, hot-plugged on a running
 //! VM, CD media inserted and ejected.
 
-use super::{blocking, rules};
+use super::{blocking, blocking_for, rules};
 use crate::error::ApiError;
 use crate::hypervisor::{BlockDevice, BlockMode, DevId, DomId, MacAddr, NetDevice, UnplugMode};
 use crate::objects::set_field;
@@ -91,7 +91,7 @@ pub async fn attach_all(agent: &Arc<Agent>, vm: &Object, domid: DomId) -> Result
         }
     }
     let hv = agent.hypervisor.clone();
-    blocking(agent, move || {
+    blocking_for(agent, &vm.reference, move || {
         for b in &blocks {
             hv.plug_block(domid, b)?;
         }
@@ -187,7 +187,7 @@ pub async fn vbd(agent: &Arc<Agent>, r: &str, op: &str, args: &[Value]) -> Resul
             let d = running_domid(agent, &vm)?;
             let dev = block_device(agent, &vbd)?;
             let hv = agent.hypervisor.clone();
-            blocking(agent, move || hv.plug_block(d, &dev)).await?;
+            blocking_for(agent, &vm, move || hv.plug_block(d, &dev)).await?;
             set_attached(agent, class_ids::VBD, r, &vm, true).await
         }
         "unplug" | "unplug_force" => {
@@ -199,7 +199,7 @@ pub async fn vbd(agent: &Arc<Agent>, r: &str, op: &str, args: &[Value]) -> Resul
                 UnplugMode::Force
             };
             let hv = agent.hypervisor.clone();
-            blocking(agent, move || hv.unplug_block(d, id, mode)).await?;
+            blocking_for(agent, &vm, move || hv.unplug_block(d, id, mode)).await?;
             set_attached(agent, class_ids::VBD, r, &vm, false).await
         }
         "insert" | "eject" => {
@@ -254,7 +254,7 @@ pub async fn vif(agent: &Arc<Agent>, r: &str, op: &str, _args: &[Value]) -> Resu
         "plug" => {
             let dev = net_device(agent, &vif)?;
             let hv = agent.hypervisor.clone();
-            blocking(agent, move || hv.plug_net(d, &dev)).await?;
+            blocking_for(agent, &vm, move || hv.plug_net(d, &dev)).await?;
             set_attached(agent, class_ids::VIF, r, &vm, true).await
         }
         "unplug" | "unplug_force" => {
@@ -265,7 +265,7 @@ pub async fn vif(agent: &Arc<Agent>, r: &str, op: &str, _args: &[Value]) -> Resu
                 UnplugMode::Force
             };
             let hv = agent.hypervisor.clone();
-            blocking(agent, move || hv.unplug_net(d, id, mode)).await?;
+            blocking_for(agent, &vm, move || hv.unplug_net(d, id, mode)).await?;
             set_attached(agent, class_ids::VIF, r, &vm, false).await
         }
         other => Err(ApiError::not_implemented(&format!("VIF.{other}"))),

@@ -380,6 +380,18 @@ pub async fn blocking<T: Send + 'static>(
     }
 }
 
+/// Runs backend calls for an operation on `vm`: their failures name the VM as the API's
+/// codes do (`BOOTLOADER_FAILED [vm, msg]`, `VM_BAD_POWER_STATE [vm, …]`).
+pub async fn blocking_for<T: Send + 'static>(
+    agent: &Agent,
+    vm: &str,
+    f: impl FnOnce() -> Result<T, BackendError> + Send + 'static,
+) -> Result<T, ApiError> {
+    blocking(agent, move || Ok(f()))
+        .await?
+        .map_err(|e| ApiError::from_backend(e, vm))
+}
+
 /// Refreshes the host's free-memory figure from the backend.
 pub fn note_host_memory(tx: &mut Tx, agent: &Agent, free: u64) -> Result<(), ApiError> {
     let Some(host) = tx.get(class_ids::host, &agent.host) else {
