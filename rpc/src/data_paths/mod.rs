@@ -8,6 +8,8 @@
 
 mod auth;
 mod console;
+mod prometheus;
+mod rrd;
 mod vdi;
 mod websocket;
 
@@ -23,7 +25,12 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/export_raw_vdi", web::get().to(vdi::export))
         .route("/export_raw_vdi", web::head().to(vdi::export))
         .route("/console", web::method(Method::CONNECT).to(console::connect))
-        .route("/console", web::get().to(console::connect));
+        .route("/console", web::get().to(console::connect))
+        .route("/rrd_updates", web::get().to(rrd::rrd_updates))
+        .route("/host_rrd", web::get().to(rrd::host_rrd))
+        .route("/vm_rrd", web::get().to(rrd::vm_rrd))
+        .route("/sr_rrd", web::get().to(rrd::sr_rrd))
+        .route("/metrics", web::get().to(prometheus::metrics));
 }
 
 /// Failures of the data paths before or while moving bytes.
