@@ -7,6 +7,7 @@ use std::fs::File;
 use std::future::Future;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use tokio::sync::oneshot;
@@ -132,6 +133,10 @@ pub struct IoEngine {
     wake: Option<Arc<OwnedFd>>,
     pool: Arc<BufferPool>,
     kind: EngineKind,
+    /// Why io_uring is not in use (`None` when it is).
+    fallback_reason: Option<String>,
+    /// Operations the io_uring loop has completed (reads, writes, hole punches, syncs).
+    ring_completions: Arc<AtomicU64>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -171,12 +176,13 @@ impl IoEngine {
             }
         };
         let (tx, rx) = crossbeam_channel::unbounded();
+        let ring_completions = Arc::new(AtomicU64::new(0));
         let started = match choice {
-            EngineChoice::Auto => super::uring::start(rx, pool.clone()),
+            EngineChoice::Auto => super::uring::start(rx, pool.clone(), ring_completions.clone()),
             EngineChoice::Fallback => Err((rx, "the fallback engine was asked for".to_owned())),
         };
-        let (kind, wake, thread) = match started {
-            Ok((kind, wake, thread)) => (kind, Some(wake), Some(thread)),
+        let (kind, wake, thread, fallback_reason) = match started {
+            Ok((kind, wake, thread)) => (kind, Some(wake), Some(thread), None),
             Err((rx, why)) => {
                 log_fallback_once(&why);
                 let thread = std::thread::Builder::new()
@@ -184,7 +190,7 @@ impl IoEngine {
                     .spawn(move || super::fallback::run(rx))
                     .map_err(|e| tracing::error!(error = %e, "starting the I/O thread"))
                     .ok();
-                (EngineKind::Fallback, None, thread)
+                (EngineKind::Fallback, None, thread, Some(why))
             }
         };
         tracing::info!(engine = kind.name(), buffers = pool.count(), "disk I/O engine started");
@@ -193,6 +199,8 @@ impl IoEngine {
             wake,
             pool,
             kind,
+            fallback_reason,
+            ring_completions,
             thread,
         }
     }
@@ -200,6 +208,18 @@ impl IoEngine {
     /// How this engine does its I/O.
     pub fn kind(&self) -> EngineKind {
         self.kind
+    }
+
+    /// Why the engine is not using io_uring (`None` when it is).
+    pub fn fallback_reason(&self) -> Option<&str> {
+        self.fallback_reason.as_deref()
+    }
+
+    /// How many operations (reads, writes, hole punches, syncs) the io_uring loop has
+    /// completed so far; always 0 for the fallback engine. Seeks and prefetch hints are not
+    /// counted: they are plain system calls on either engine.
+    pub fn ring_completions(&self) -> u64 {
+        self.ring_completions.load(Ordering::Relaxed)
     }
 
     /// A buffer from the registered pool (waits while all are in use).

@@ -11,6 +11,7 @@ use io_uring::{opcode, squeue, types, IoUring};
 use std::collections::VecDeque;
 use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// Submission queue entries.
@@ -24,8 +25,13 @@ type Started = (EngineKind, Arc<OwnedFd>, std::thread::JoinHandle<()>);
 type NotStarted = (crossbeam_channel::Receiver<Request>, String);
 
 /// Probes io_uring and starts the engine thread; gives the receiver back when io_uring cannot
-/// be used, so the caller can start the fallback.
-pub(super) fn start(rx: crossbeam_channel::Receiver<Request>, pool: Arc<BufferPool>) -> Result<Started, NotStarted> {
+/// be used, so the caller can start the fallback. Every operation the ring completes adds one
+/// to `completions`.
+pub(super) fn start(
+    rx: crossbeam_channel::Receiver<Request>,
+    pool: Arc<BufferPool>,
+    completions: Arc<AtomicU64>,
+) -> Result<Started, NotStarted> {
     let ring = match probe() {
         Ok(r) => r,
         Err(e) => return Err((rx, format!("io_uring_setup or a no-op failed: {e}"))),
@@ -68,6 +74,7 @@ pub(super) fn start(rx: crossbeam_channel::Receiver<Request>, pool: Arc<BufferPo
             in_flight: 0,
             wake_armed: false,
             closing: false,
+            completions,
         };
         lp.run();
         // The pool must outlive the ring that registered it.
@@ -144,6 +151,8 @@ struct Loop {
     in_flight: usize,
     wake_armed: bool,
     closing: bool,
+    /// Operations completed (see [`super::IoEngine::ring_completions`]).
+    completions: Arc<AtomicU64>,
 }
 
 impl Loop {
@@ -347,6 +356,7 @@ impl Loop {
         let Some(mut op) = self.ops.get_mut(slot).and_then(Option::take) else {
             return;
         };
+        self.completions.fetch_add(1, Ordering::Relaxed);
         self.free.push(slot);
         self.in_flight -= 1;
         let at = op.offset + op.done as u64;
