@@ -562,7 +562,13 @@ def gen_classes(classes, enums, types):
     return o.text()
 
 
-def message_doc(cname, m, types, is_async):
+def error_link(code, errors):
+    if code in errors:
+        return "[`%s`](crate::ErrorCode::%s)" % (code, error_variant(code))
+    return "`%s`" % code
+
+
+def message_doc(cname, m, types, is_async, errors):
     wire = ("Async." if is_async else "") + cname + "." + m["name"]
     params = m["params"][1:] if takes_session(m) else m["params"]
     lines = ["`%s`" % wire]
@@ -582,7 +588,7 @@ def message_doc(cname, m, types, is_async):
         lines.append("Result: `%s`." % m["result"])
     if m.get("errors"):
         lines.append("")
-        lines.append("Errors the datamodel lists: %s." % ", ".join("`%s`" % e for e in m["errors"]))
+        lines.append("Errors the datamodel lists: %s." % ", ".join(error_link(e, errors) for e in m["errors"]))
     if m.get("roles"):
         lines.append("")
         lines.append("Roles allowed: %s." % ", ".join(m["roles"]))
@@ -595,7 +601,7 @@ def message_doc(cname, m, types, is_async):
     return "\n".join(lines)
 
 
-def gen_api(classes, types):
+def gen_api(classes, types, errors):
     o = Out()
     o(HEADER)
     o("//! One struct of typed calls per class.")
@@ -649,7 +655,7 @@ def gen_api(classes, types):
                 pty, how = types.param(types.parse(p["type"]))
                 sig.append("%s: %s" % (ident(p["name"]), pty))
                 args.append("arg(%s)" % how.format(ident(p["name"])))
-            o.doc(message_doc(c["name"], m, types, is_async), "    ")
+            o.doc(message_doc(c["name"], m, types, is_async, errors), "    ")
             wire = ("Async." if is_async else "") + c["name"] + "." + m["name"]
             if len(sig) > 6:
                 o("    #[allow(clippy::too_many_arguments)]")
@@ -672,7 +678,7 @@ def gen_api(classes, types):
             pty, how = types.param(types.parse(p["type"]))
             sig.append("%s: %s" % (ident(p["name"]), pty))
             args.append("arg(%s)" % how.format(ident(p["name"])))
-        o.doc(message_doc(c["name"], m, types, False), "    ")
+        o.doc(message_doc(c["name"], m, types, False, errors), "    ")
         o("    pub fn %s(&self%s) -> Call<%s> {" % (name, "".join(", " + s for s in sig), result))
         o("        self.call(%s, vec![%s])" % (rust_str(c["name"] + "." + m["name"]), ", ".join(args)))
         o("    }")
@@ -747,7 +753,7 @@ def main():
     files = {
         "enums.rs": gen_enums(enums, errors),
         "classes.rs": gen_classes(classes, enums, types),
-        "api.rs": gen_api(classes, types),
+        "api.rs": gen_api(classes, types, errors),
         "samples.rs": gen_samples(classes, enums, types),
     }
     os.makedirs(out_dir, exist_ok=True)

@@ -1,6 +1,6 @@
 //! The client, its builder, the future of one call, and the logged-in session.
 
-use crate::codec::{self, arg};
+use crate::codec;
 use crate::transport::{tls_connector, Endpoint, TlsOptions, Transport};
 use crate::{Error, EventStream, SessionRef};
 use hyper::Uri;
@@ -202,9 +202,23 @@ impl Client {
 
     /// A typed call with parameters already encoded.
     pub(crate) fn call<T: DeserializeOwned>(&self, method: &'static str, params: Vec<Result<Json, Error>>) -> Call<T> {
-        Call::new(self.clone(), method, params.into_iter().collect())
+        Call {
+            fut: self.send(method, params),
+            result: PhantomData,
+        }
+    }
+
+    /// The untyped part of every typed call, shared by all result types.
+    fn send(&self, method: &'static str, params: Vec<Result<Json, Error>>) -> BoxedReply {
+        let client = self.clone();
+        Box::pin(async move {
+            let params = params.into_iter().collect::<Result<Vec<Json>, Error>>()?;
+            client.call_raw(method, params).await
+        })
     }
 }
+
+type BoxedReply = Pin<Box<dyn Future<Output = Result<Json, Error>> + Send>>;
 
 /// The pending result of one call: await it.
 ///
@@ -212,17 +226,8 @@ impl Client {
 /// spawned.
 #[must_use = "a call does nothing until it is awaited"]
 pub struct Call<T> {
-    fut: Pin<Box<dyn Future<Output = Result<Json, Error>> + Send>>,
+    fut: BoxedReply,
     result: PhantomData<fn() -> T>,
-}
-
-impl<T> Call<T> {
-    fn new(client: Client, method: &'static str, params: Result<Vec<Json>, Error>) -> Call<T> {
-        Call {
-            fut: Box::pin(async move { client.call_raw(method, params?).await }),
-            result: PhantomData,
-        }
-    }
 }
 
 impl<T> std::fmt::Debug for Call<T> {
@@ -311,9 +316,13 @@ impl Session {
 
     /// A typed call with the session prepended to the parameters.
     pub(crate) fn call<T: DeserializeOwned>(&self, method: &'static str, params: Vec<Result<Json, Error>>) -> Call<T> {
+        self.client.call(method, self.with_session(params))
+    }
+
+    fn with_session(&self, params: Vec<Result<Json, Error>>) -> Vec<Result<Json, Error>> {
         let mut all = Vec::with_capacity(params.len() + 1);
-        all.push(arg(&self.reference));
+        all.push(Ok(Json::String(self.reference.as_str().to_owned())));
         all.extend(params);
-        self.client.call(method, all)
+        all
     }
 }

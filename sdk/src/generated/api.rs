@@ -1080,7 +1080,7 @@ impl TaskApi<'_> {
     ///
     /// Result: `void`.
     ///
-    /// Errors the datamodel lists: `OPERATION_NOT_ALLOWED`.
+    /// Errors the datamodel lists: [`OPERATION_NOT_ALLOWED`](crate::ErrorCode::OperationNotAllowed).
     ///
     /// Roles allowed: pool-admin, pool-operator, vm-power-admin, vm-admin, vm-operator, client-cert, read-only.
     pub fn cancel(&self, task: &TaskRef) -> Call<()> {
@@ -1094,7 +1094,7 @@ impl TaskApi<'_> {
     /// Returns at once with the task that carries the call out; [`AsyncTask::wait`](crate::AsyncTask::wait)
     /// yields its result, `void`.
     ///
-    /// Errors the datamodel lists: `OPERATION_NOT_ALLOWED`.
+    /// Errors the datamodel lists: [`OPERATION_NOT_ALLOWED`](crate::ErrorCode::OperationNotAllowed).
     ///
     /// Roles allowed: pool-admin, pool-operator, vm-power-admin, vm-admin, vm-operator, client-cert, read-only.
     pub fn async_cancel(&self, task: &TaskRef) -> Call<AsyncTask<()>> {
@@ -1500,7 +1500,7 @@ impl EventApi<'_> {
     ///
     /// Result: `an event batch`.
     ///
-    /// Errors the datamodel lists: `SESSION_NOT_REGISTERED`, `EVENTS_LOST`.
+    /// Errors the datamodel lists: [`SESSION_NOT_REGISTERED`](crate::ErrorCode::SessionNotRegistered), [`EVENTS_LOST`](crate::ErrorCode::EventsLost).
     ///
     /// Roles allowed: pool-admin, pool-operator, vm-power-admin, vm-admin, vm-operator, client-cert, read-only.
     pub fn from(&self, classes: &[String], token: &str, timeout: f64) -> Call<EventBatch> {
@@ -1513,7 +1513,7 @@ impl EventApi<'_> {
     ///
     /// Result: `event record set`.
     ///
-    /// Errors the datamodel lists: `SESSION_NOT_REGISTERED`, `EVENTS_LOST`.
+    /// Errors the datamodel lists: [`SESSION_NOT_REGISTERED`](crate::ErrorCode::SessionNotRegistered), [`EVENTS_LOST`](crate::ErrorCode::EventsLost).
     ///
     /// Roles allowed: pool-admin, pool-operator, vm-power-admin, vm-admin, vm-operator, client-cert, read-only.
     pub fn next(&self) -> Call<Vec<EventRecord>> {
@@ -2003,7 +2003,7 @@ impl PoolApi<'_> {
     ///
     /// Result: `void`.
     ///
-    /// Errors the datamodel lists: `INTERNAL_ERROR`, `HOST_IS_SLAVE`, `CANNOT_CONTACT_HOST`, `HA_IS_ENABLED`, `NOT_SUPPORTED_DURING_UPGRADE`.
+    /// Errors the datamodel lists: [`INTERNAL_ERROR`](crate::ErrorCode::InternalError), [`HOST_IS_SLAVE`](crate::ErrorCode::HostIsSlave), [`CANNOT_CONTACT_HOST`](crate::ErrorCode::CannotContactHost), [`HA_IS_ENABLED`](crate::ErrorCode::HaIsEnabled), [`NOT_SUPPORTED_DURING_UPGRADE`](crate::ErrorCode::NotSupportedDuringUpgrade).
     ///
     /// Roles allowed: pool-admin.
     pub fn rotate_secret(&self) -> Call<()> {
@@ -2017,7 +2017,7 @@ impl PoolApi<'_> {
     /// Returns at once with the task that carries the call out; [`AsyncTask::wait`](crate::AsyncTask::wait)
     /// yields its result, `void`.
     ///
-    /// Errors the datamodel lists: `INTERNAL_ERROR`, `HOST_IS_SLAVE`, `CANNOT_CONTACT_HOST`, `HA_IS_ENABLED`, `NOT_SUPPORTED_DURING_UPGRADE`.
+    /// Errors the datamodel lists: [`INTERNAL_ERROR`](crate::ErrorCode::InternalError), [`HOST_IS_SLAVE`](crate::ErrorCode::HostIsSlave), [`CANNOT_CONTACT_HOST`](crate::ErrorCode::CannotContactHost), [`HA_IS_ENABLED`](crate::ErrorCode::HaIsEnabled), [`NOT_SUPPORTED_DURING_UPGRADE`](crate::ErrorCode::NotSupportedDuringUpgrade).
     ///
     /// Roles allowed: pool-admin.
     pub fn async_rotate_secret(&self) -> Call<AsyncTask<()>> {
@@ -3042,7 +3042,7 @@ impl PoolApi<'_> {
     ///
     /// Result: `PIF ref set`.
     ///
-    /// Errors the datamodel lists: `VLAN_TAG_INVALID`.
+    /// Errors the datamodel lists: [`VLAN_TAG_INVALID`](crate::ErrorCode::VlanTagInvalid).
     ///
     /// Roles allowed: pool-admin, pool-operator.
     pub fn create_vlan_from_pif(&self, pif: &PIFRef, network: &NetworkRef, vlan: i64) -> Call<Vec<PIFRef>> {
@@ -3056,7 +3056,7 @@ impl PoolApi<'_> {
     /// Returns at once with the task that carries the call out; [`AsyncTask::wait`](crate::AsyncTask::wait)
     /// yields its result, `PIF ref set`.
     ///
-    /// Errors the datamodel lists: `VLAN_TAG_INVALID`.
+    /// Errors the datamodel lists: [`VLAN_TAG_INVALID`](crate::ErrorCode::VlanTagInvalid).
     ///
     /// Roles allowed: pool-admin, pool-operator.
     pub fn async_create_vlan_from_pif(&self, pif: &PIFRef, network: &NetworkRef, vlan: i64) -> Call<AsyncTask<Vec<PIFRef>>> {
@@ -3069,7 +3069,7 @@ impl PoolApi<'_> {
     ///
     /// Result: `void`.
     ///
-    /// Errors the datamodel lists: `HA_IS_ENABLED`, `PIF_NOT_PRESENT`, `CANNOT_PLUG_BOND_SLAVE`, `PIF_INCOMPATIBLE_PRIMARY_ADDRESS_TYPE`, `PIF_HAS_NO_NETWORK_CONFIGURATION`, `PIF_HAS_NO_V6_NETWORK_CONFIGURATION`.
+    /// Errors the datamodel lists: [`HA_IS_ENABLED`](crate::ErrorCode::HaIsEnabled), [`PIF_NOT_PRESENT`](crate::ErrorCode::PifNotPresent), [`CANNOT_PLUG_BOND_SLAVE`](crate::ErrorCode::CannotPlugBondSlave), [`PIF_INCOMPATIBLE_PRIMARY_ADDRESS_TYPE`](crate::ErrorCode::PifIncompatiblePrimaryAddressType), [`PIF_HAS_NO_NETWORK_CONFIGURATION`](crate::ErrorCode::PifHasNoNetworkConfiguration), [`PIF_HAS_NO_V6_NETWORK_CONFIGURATION`](crate::ErrorCode::PifHasNoV6NetworkConfiguration).
     ///
     /// Roles allowed: pool-admin, pool-operator.
     pub fn management_reconfigure(&self, network: &NetworkRef) -> Call<()> {
@@ -3083,7 +3083,7 @@ impl PoolApi<'_> {
     /// Returns at once with the task that carries the call out; [`AsyncTask::wait`](crate::AsyncTask::wait)
     /// yields its result, `void`.
     ///
-    /// Errors the datamodel lists: `HA_IS_ENABLED`, `PIF_NOT_PRESENT`, `CANNOT_PLUG_BOND_SLAVE`, `PIF_INCOMPATIBLE_PRIMARY_ADDRESS_TYPE`, `PIF_HAS_NO_NETWORK_CONFIGURATION`, `PIF_HAS_NO_V6_NETWORK_CONFIGURATION`.
+    /// Errors the datamodel lists: [`HA_IS_ENABLED`](crate::ErrorCode::HaIsEnabled), [`PIF_NOT_PRESENT`](crate::ErrorCode::PifNotPresent), [`CANNOT_PLUG_BOND_SLAVE`](crate::ErrorCode::CannotPlugBondSlave), [`PIF_INCOMPATIBLE_PRIMARY_ADDRESS_TYPE`](crate::ErrorCode::PifIncompatiblePrimaryAddressType), [`PIF_HAS_NO_NETWORK_CONFIGURATION`](crate::ErrorCode::PifHasNoNetworkConfiguration), [`PIF_HAS_NO_V6_NETWORK_CONFIGURATION`](crate::ErrorCode::PifHasNoV6NetworkConfiguration).
     ///
     /// Roles allowed: pool-admin, pool-operator.
     pub fn async_management_reconfigure(&self, network: &NetworkRef) -> Call<AsyncTask<()>> {
@@ -3096,7 +3096,7 @@ impl PoolApi<'_> {
     ///
     /// Result: `PIF ref set`.
     ///
-    /// Errors the datamodel lists: `VLAN_TAG_INVALID`.
+    /// Errors the datamodel lists: [`VLAN_TAG_INVALID`](crate::ErrorCode::VlanTagInvalid).
     ///
     /// Roles allowed: pool-admin, pool-operator.
     pub fn create_vlan(&self, device: &str, network: &NetworkRef, vlan: i64) -> Call<Vec<PIFRef>> {
@@ -3110,7 +3110,7 @@ impl PoolApi<'_> {
     /// Returns at once with the task that carries the call out; [`AsyncTask::wait`](crate::AsyncTask::wait)
     /// yields its result, `PIF ref set`.
     ///
-    /// Errors the datamodel lists: `VLAN_TAG_INVALID`.
+    /// Errors the datamodel lists: [`VLAN_TAG_INVALID`](crate::ErrorCode::VlanTagInvalid).
     ///
     /// Roles allowed: pool-admin, pool-operator.
     pub fn async_create_vlan(&self, device: &str, network: &NetworkRef, vlan: i64) -> Call<AsyncTask<Vec<PIFRef>>> {
@@ -3238,7 +3238,7 @@ impl PoolApi<'_> {
     ///
     /// Result: `void`.
     ///
-    /// Errors the datamodel lists: `JOINING_HOST_CANNOT_CONTAIN_SHARED_SRS`.
+    /// Errors the datamodel lists: [`JOINING_HOST_CANNOT_CONTAIN_SHARED_SRS`](crate::ErrorCode::JoiningHostCannotContainSharedSrs).
     ///
     /// Roles allowed: pool-admin, pool-operator.
     pub fn join(&self, master_address: &str, master_username: &str, master_password: &str) -> Call<()> {
@@ -3252,7 +3252,7 @@ impl PoolApi<'_> {
     /// Returns at once with the task that carries the call out; [`AsyncTask::wait`](crate::AsyncTask::wait)
     /// yields its result, `void`.
     ///
-    /// Errors the datamodel lists: `JOINING_HOST_CANNOT_CONTAIN_SHARED_SRS`.
+    /// Errors the datamodel lists: [`JOINING_HOST_CANNOT_CONTAIN_SHARED_SRS`](crate::ErrorCode::JoiningHostCannotContainSharedSrs).
     ///
     /// Roles allowed: pool-admin, pool-operator.
     pub fn async_join(&self, master_address: &str, master_username: &str, master_password: &str) -> Call<AsyncTask<()>> {
@@ -5264,7 +5264,7 @@ impl VMApi<'_> {
     ///
     /// Result: `void`.
     ///
-    /// Errors the datamodel lists: `VM_BAD_POWER_STATE`, `OTHER_OPERATION_IN_PROGRESS`, `VM_IS_TEMPLATE`, `OPERATION_NOT_ALLOWED`, `VM_BAD_POWER_STATE`.
+    /// Errors the datamodel lists: [`VM_BAD_POWER_STATE`](crate::ErrorCode::VmBadPowerState), [`OTHER_OPERATION_IN_PROGRESS`](crate::ErrorCode::OtherOperationInProgress), [`VM_IS_TEMPLATE`](crate::ErrorCode::VmIsTemplate), [`OPERATION_NOT_ALLOWED`](crate::ErrorCode::OperationNotAllowed), [`VM_BAD_POWER_STATE`](crate::ErrorCode::VmBadPowerState).
     ///
     /// Roles allowed: pool-admin, pool-operator, vm-power-admin, client-cert.
     pub fn restart_device_models(&self, self_: &VMRef) -> Call<()> {
@@ -5278,7 +5278,7 @@ impl VMApi<'_> {
     /// Returns at once with the task that carries the call out; [`AsyncTask::wait`](crate::AsyncTask::wait)
     /// yields its result, `void`.
     ///
-    /// Errors the datamodel lists: `VM_BAD_POWER_STATE`, `OTHER_OPERATION_IN_PROGRESS`, `VM_IS_TEMPLATE`, `OPERATION_NOT_ALLOWED`, `VM_BAD_POWER_STATE`.
+    /// Errors the datamodel lists: [`VM_BAD_POWER_STATE`](crate::ErrorCode::VmBadPowerState), [`OTHER_OPERATION_IN_PROGRESS`](crate::ErrorCode::OtherOperationInProgress), [`VM_IS_TEMPLATE`](crate::ErrorCode::VmIsTemplate), [`OPERATION_NOT_ALLOWED`](crate::ErrorCode::OperationNotAllowed), [`VM_BAD_POWER_STATE`](crate::ErrorCode::VmBadPowerState).
     ///
     /// Roles allowed: pool-admin, pool-operator, vm-power-admin, client-cert.
     pub fn async_restart_device_models(&self, self_: &VMRef) -> Call<AsyncTask<()>> {
@@ -5544,7 +5544,7 @@ impl VMApi<'_> {
     ///
     /// Result: `void`.
     ///
-    /// Errors the datamodel lists: `VM_IS_PART_OF_AN_APPLIANCE`, `VM_REQUIRES_SR`.
+    /// Errors the datamodel lists: [`VM_IS_PART_OF_AN_APPLIANCE`](crate::ErrorCode::VmIsPartOfAnAppliance), [`VM_REQUIRES_SR`](crate::ErrorCode::VmRequiresSr).
     ///
     /// Roles allowed: pool-admin, pool-operator, vm-power-admin, vm-admin, vm-operator, client-cert, read-only.
     pub fn assert_can_be_recovered(&self, self_: &VMRef, session_to: &SessionRef) -> Call<()> {
@@ -5558,7 +5558,7 @@ impl VMApi<'_> {
     /// Returns at once with the task that carries the call out; [`AsyncTask::wait`](crate::AsyncTask::wait)
     /// yields its result, `void`.
     ///
-    /// Errors the datamodel lists: `VM_IS_PART_OF_AN_APPLIANCE`, `VM_REQUIRES_SR`.
+    /// Errors the datamodel lists: [`VM_IS_PART_OF_AN_APPLIANCE`](crate::ErrorCode::VmIsPartOfAnAppliance), [`VM_REQUIRES_SR`](crate::ErrorCode::VmRequiresSr).
     ///
     /// Roles allowed: pool-admin, pool-operator, vm-power-admin, vm-admin, vm-operator, client-cert, read-only.
     pub fn async_assert_can_be_recovered(&self, self_: &VMRef, session_to: &SessionRef) -> Call<AsyncTask<()>> {
@@ -5732,7 +5732,7 @@ impl VMApi<'_> {
     ///
     /// Result: `void`.
     ///
-    /// Errors the datamodel lists: `VM_BIOS_STRINGS_ALREADY_SET`, `INVALID_VALUE`.
+    /// Errors the datamodel lists: [`VM_BIOS_STRINGS_ALREADY_SET`](crate::ErrorCode::VmBiosStringsAlreadySet), [`INVALID_VALUE`](crate::ErrorCode::InvalidValue).
     ///
     /// Roles allowed: pool-admin, pool-operator, vm-power-admin, vm-admin.
     pub fn set_bios_strings(&self, self_: &VMRef, value: &BTreeMap<String, String>) -> Call<()> {
@@ -5746,7 +5746,7 @@ impl VMApi<'_> {
     /// Returns at once with the task that carries the call out; [`AsyncTask::wait`](crate::AsyncTask::wait)
     /// yields its result, `void`.
     ///
-    /// Errors the datamodel lists: `VM_BIOS_STRINGS_ALREADY_SET`, `INVALID_VALUE`.
+    /// Errors the datamodel lists: [`VM_BIOS_STRINGS_ALREADY_SET`](crate::ErrorCode::VmBiosStringsAlreadySet), [`INVALID_VALUE`](crate::ErrorCode::InvalidValue).
     ///
     /// Roles allowed: pool-admin, pool-operator, vm-power-admin, vm-admin.
     pub fn async_set_bios_strings(&self, self_: &VMRef, value: &BTreeMap<String, String>) -> Call<AsyncTask<()>> {
@@ -5828,7 +5828,7 @@ impl VMApi<'_> {
     ///
     /// Result: `void`.
     ///
-    /// Errors the datamodel lists: `HOST_NOT_ENOUGH_FREE_MEMORY`, `HOST_NOT_ENOUGH_PCPUS`, `NETWORK_SRIOV_INSUFFICIENT_CAPACITY`, `HOST_NOT_LIVE`, `HOST_DISABLED`, `HOST_CANNOT_ATTACH_NETWORK`, `VM_HVM_REQUIRED`, `VM_REQUIRES_GPU`, `VM_REQUIRES_IOMMU`, `VM_REQUIRES_NETWORK`, `VM_REQUIRES_SR`, `VM_REQUIRES_VGPU`, `VM_HOST_INCOMPATIBLE_VERSION`, `VM_HOST_INCOMPATIBLE_VIRTUAL_HARDWARE_PLATFORM_VERSION`, `INVALID_VALUE`, `MEMORY_CONSTRAINT_VIOLATION`, `OPERATION_NOT_ALLOWED`, `VALUE_NOT_SUPPORTED`, `VM_INCOMPATIBLE_WITH_THIS_HOST`.
+    /// Errors the datamodel lists: [`HOST_NOT_ENOUGH_FREE_MEMORY`](crate::ErrorCode::HostNotEnoughFreeMemory), [`HOST_NOT_ENOUGH_PCPUS`](crate::ErrorCode::HostNotEnoughPcpus), [`NETWORK_SRIOV_INSUFFICIENT_CAPACITY`](crate::ErrorCode::NetworkSriovInsufficientCapacity), [`HOST_NOT_LIVE`](crate::ErrorCode::HostNotLive), [`HOST_DISABLED`](crate::ErrorCode::HostDisabled), [`HOST_CANNOT_ATTACH_NETWORK`](crate::ErrorCode::HostCannotAttachNetwork), [`VM_HVM_REQUIRED`](crate::ErrorCode::VmHvmRequired), [`VM_REQUIRES_GPU`](crate::ErrorCode::VmRequiresGpu), [`VM_REQUIRES_IOMMU`](crate::ErrorCode::VmRequiresIommu), [`VM_REQUIRES_NETWORK`](crate::ErrorCode::VmRequiresNetwork), [`VM_REQUIRES_SR`](crate::ErrorCode::VmRequiresSr), [`VM_REQUIRES_VGPU`](crate::ErrorCode::VmRequiresVgpu), [`VM_HOST_INCOMPATIBLE_VERSION`](crate::ErrorCode::VmHostIncompatibleVersion), [`VM_HOST_INCOMPATIBLE_VIRTUAL_HARDWARE_PLATFORM_VERSION`](crate::ErrorCode::VmHostIncompatibleVirtualHardwarePlatformVersion), [`INVALID_VALUE`](crate::ErrorCode::InvalidValue), [`MEMORY_CONSTRAINT_VIOLATION`](crate::ErrorCode::MemoryConstraintViolation), [`OPERATION_NOT_ALLOWED`](crate::ErrorCode::OperationNotAllowed), [`VALUE_NOT_SUPPORTED`](crate::ErrorCode::ValueNotSupported), [`VM_INCOMPATIBLE_WITH_THIS_HOST`](crate::ErrorCode::VmIncompatibleWithThisHost).
     ///
     /// Roles allowed: pool-admin, pool-operator, vm-power-admin, vm-admin, vm-operator, client-cert, read-only.
     pub fn assert_can_boot_here(&self, self_: &VMRef, host: &HostRef) -> Call<()> {
@@ -5842,7 +5842,7 @@ impl VMApi<'_> {
     /// Returns at once with the task that carries the call out; [`AsyncTask::wait`](crate::AsyncTask::wait)
     /// yields its result, `void`.
     ///
-    /// Errors the datamodel lists: `HOST_NOT_ENOUGH_FREE_MEMORY`, `HOST_NOT_ENOUGH_PCPUS`, `NETWORK_SRIOV_INSUFFICIENT_CAPACITY`, `HOST_NOT_LIVE`, `HOST_DISABLED`, `HOST_CANNOT_ATTACH_NETWORK`, `VM_HVM_REQUIRED`, `VM_REQUIRES_GPU`, `VM_REQUIRES_IOMMU`, `VM_REQUIRES_NETWORK`, `VM_REQUIRES_SR`, `VM_REQUIRES_VGPU`, `VM_HOST_INCOMPATIBLE_VERSION`, `VM_HOST_INCOMPATIBLE_VIRTUAL_HARDWARE_PLATFORM_VERSION`, `INVALID_VALUE`, `MEMORY_CONSTRAINT_VIOLATION`, `OPERATION_NOT_ALLOWED`, `VALUE_NOT_SUPPORTED`, `VM_INCOMPATIBLE_WITH_THIS_HOST`.
+    /// Errors the datamodel lists: [`HOST_NOT_ENOUGH_FREE_MEMORY`](crate::ErrorCode::HostNotEnoughFreeMemory), [`HOST_NOT_ENOUGH_PCPUS`](crate::ErrorCode::HostNotEnoughPcpus), [`NETWORK_SRIOV_INSUFFICIENT_CAPACITY`](crate::ErrorCode::NetworkSriovInsufficientCapacity), [`HOST_NOT_LIVE`](crate::ErrorCode::HostNotLive), [`HOST_DISABLED`](crate::ErrorCode::HostDisabled), [`HOST_CANNOT_ATTACH_NETWORK`](crate::ErrorCode::HostCannotAttachNetwork), [`VM_HVM_REQUIRED`](crate::ErrorCode::VmHvmRequired), [`VM_REQUIRES_GPU`](crate::ErrorCode::VmRequiresGpu), [`VM_REQUIRES_IOMMU`](crate::ErrorCode::VmRequiresIommu), [`VM_REQUIRES_NETWORK`](crate::ErrorCode::VmRequiresNetwork), [`VM_REQUIRES_SR`](crate::ErrorCode::VmRequiresSr), [`VM_REQUIRES_VGPU`](crate::ErrorCode::VmRequiresVgpu), [`VM_HOST_INCOMPATIBLE_VERSION`](crate::ErrorCode::VmHostIncompatibleVersion), [`VM_HOST_INCOMPATIBLE_VIRTUAL_HARDWARE_PLATFORM_VERSION`](crate::ErrorCode::VmHostIncompatibleVirtualHardwarePlatformVersion), [`INVALID_VALUE`](crate::ErrorCode::InvalidValue), [`MEMORY_CONSTRAINT_VIOLATION`](crate::ErrorCode::MemoryConstraintViolation), [`OPERATION_NOT_ALLOWED`](crate::ErrorCode::OperationNotAllowed), [`VALUE_NOT_SUPPORTED`](crate::ErrorCode::ValueNotSupported), [`VM_INCOMPATIBLE_WITH_THIS_HOST`](crate::ErrorCode::VmIncompatibleWithThisHost).
     ///
     /// Roles allowed: pool-admin, pool-operator, vm-power-admin, vm-admin, vm-operator, client-cert, read-only.
     pub fn async_assert_can_boot_here(&self, self_: &VMRef, host: &HostRef) -> Call<AsyncTask<()>> {
@@ -6085,7 +6085,7 @@ impl VMApi<'_> {
     ///
     /// Result: `void`.
     ///
-    /// Errors the datamodel lists: `LICENCE_RESTRICTION`.
+    /// Errors the datamodel lists: [`LICENCE_RESTRICTION`](crate::ErrorCode::LicenceRestriction).
     ///
     /// Roles allowed: pool-admin, pool-operator, vm-power-admin.
     #[allow(clippy::too_many_arguments)]
@@ -6100,7 +6100,7 @@ impl VMApi<'_> {
     /// Returns at once with the task that carries the call out; [`AsyncTask::wait`](crate::AsyncTask::wait)
     /// yields its result, `void`.
     ///
-    /// Errors the datamodel lists: `LICENCE_RESTRICTION`.
+    /// Errors the datamodel lists: [`LICENCE_RESTRICTION`](crate::ErrorCode::LicenceRestriction).
     ///
     /// Roles allowed: pool-admin, pool-operator, vm-power-admin.
     #[allow(clippy::too_many_arguments)]
@@ -6114,7 +6114,7 @@ impl VMApi<'_> {
     ///
     /// Result: `VM ref`.
     ///
-    /// Errors the datamodel lists: `VM_BAD_POWER_STATE`, `LICENCE_RESTRICTION`.
+    /// Errors the datamodel lists: [`VM_BAD_POWER_STATE`](crate::ErrorCode::VmBadPowerState), [`LICENCE_RESTRICTION`](crate::ErrorCode::LicenceRestriction).
     ///
     /// Roles allowed: pool-admin, pool-operator, vm-power-admin.
     #[allow(clippy::too_many_arguments)]
@@ -6129,7 +6129,7 @@ impl VMApi<'_> {
     /// Returns at once with the task that carries the call out; [`AsyncTask::wait`](crate::AsyncTask::wait)
     /// yields its result, `VM ref`.
     ///
-    /// Errors the datamodel lists: `VM_BAD_POWER_STATE`, `LICENCE_RESTRICTION`.
+    /// Errors the datamodel lists: [`VM_BAD_POWER_STATE`](crate::ErrorCode::VmBadPowerState), [`LICENCE_RESTRICTION`](crate::ErrorCode::LicenceRestriction).
     ///
     /// Roles allowed: pool-admin, pool-operator, vm-power-admin.
     #[allow(clippy::too_many_arguments)]
@@ -6166,7 +6166,7 @@ impl VMApi<'_> {
     ///
     /// Result: `void`.
     ///
-    /// Errors the datamodel lists: `VM_BAD_POWER_STATE`.
+    /// Errors the datamodel lists: [`VM_BAD_POWER_STATE`](crate::ErrorCode::VmBadPowerState).
     ///
     /// Roles allowed: pool-admin.
     pub fn send_trigger(&self, vm: &VMRef, trigger: &str) -> Call<()> {
@@ -6180,7 +6180,7 @@ impl VMApi<'_> {
     /// Returns at once with the task that carries the call out; [`AsyncTask::wait`](crate::AsyncTask::wait)
     /// yields its result, `void`.
     ///
-    /// Errors the datamodel lists: `VM_BAD_POWER_STATE`.
+    /// Errors the datamodel lists: [`VM_BAD_POWER_STATE`](crate::ErrorCode::VmBadPowerState).
     ///
     /// Roles allowed: pool-admin.
     pub fn async_send_trigger(&self, vm: &VMRef, trigger: &str) -> Call<AsyncTask<()>> {
@@ -6193,7 +6193,7 @@ impl VMApi<'_> {
     ///
     /// Result: `void`.
     ///
-    /// Errors the datamodel lists: `VM_BAD_POWER_STATE`.
+    /// Errors the datamodel lists: [`VM_BAD_POWER_STATE`](crate::ErrorCode::VmBadPowerState).
     ///
     /// Roles allowed: pool-admin.
     pub fn send_sysrq(&self, vm: &VMRef, key: &str) -> Call<()> {
@@ -6207,7 +6207,7 @@ impl VMApi<'_> {
     /// Returns at once with the task that carries the call out; [`AsyncTask::wait`](crate::AsyncTask::wait)
     /// yields its result, `void`.
     ///
-    /// Errors the datamodel lists: `VM_BAD_POWER_STATE`.
+    /// Errors the datamodel lists: [`VM_BAD_POWER_STATE`](crate::ErrorCode::VmBadPowerState).
     ///
     /// Roles allowed: pool-admin.
     pub fn async_send_sysrq(&self, vm: &VMRef, key: &str) -> Call<AsyncTask<()>> {
@@ -6473,7 +6473,7 @@ impl VMApi<'_> {
     ///
     /// Result: `void`.
     ///
-    /// Errors the datamodel lists: `HA_OPERATION_WOULD_BREAK_FAILOVER_PLAN`.
+    /// Errors the datamodel lists: [`HA_OPERATION_WOULD_BREAK_FAILOVER_PLAN`](crate::ErrorCode::HaOperationWouldBreakFailoverPlan).
     ///
     /// Roles allowed: pool-admin, pool-operator, vm-power-admin.
     pub fn set_memory_static_max(&self, self_: &VMRef, value: i64) -> Call<()> {
@@ -6487,7 +6487,7 @@ impl VMApi<'_> {
     /// Returns at once with the task that carries the call out; [`AsyncTask::wait`](crate::AsyncTask::wait)
     /// yields its result, `void`.
     ///
-    /// Errors the datamodel lists: `HA_OPERATION_WOULD_BREAK_FAILOVER_PLAN`.
+    /// Errors the datamodel lists: [`HA_OPERATION_WOULD_BREAK_FAILOVER_PLAN`](crate::ErrorCode::HaOperationWouldBreakFailoverPlan).
     ///
     /// Roles allowed: pool-admin, pool-operator, vm-power-admin.
     pub fn async_set_memory_static_max(&self, self_: &VMRef, value: i64) -> Call<AsyncTask<()>> {
@@ -6730,7 +6730,7 @@ impl VMApi<'_> {
     ///
     /// Result: `void`.
     ///
-    /// Errors the datamodel lists: `OPERATION_NOT_ALLOWED`, `LICENCE_RESTRICTION`.
+    /// Errors the datamodel lists: [`OPERATION_NOT_ALLOWED`](crate::ErrorCode::OperationNotAllowed), [`LICENCE_RESTRICTION`](crate::ErrorCode::LicenceRestriction).
     ///
     /// Roles allowed: pool-admin, pool-operator, vm-power-admin, vm-admin.
     pub fn set_vcpus_number_live(&self, self_: &VMRef, nvcpu: i64) -> Call<()> {
@@ -6744,7 +6744,7 @@ impl VMApi<'_> {
     /// Returns at once with the task that carries the call out; [`AsyncTask::wait`](crate::AsyncTask::wait)
     /// yields its result, `void`.
     ///
-    /// Errors the datamodel lists: `OPERATION_NOT_ALLOWED`, `LICENCE_RESTRICTION`.
+    /// Errors the datamodel lists: [`OPERATION_NOT_ALLOWED`](crate::ErrorCode::OperationNotAllowed), [`LICENCE_RESTRICTION`](crate::ErrorCode::LicenceRestriction).
     ///
     /// Roles allowed: pool-admin, pool-operator, vm-power-admin, vm-admin.
     pub fn async_set_vcpus_number_live(&self, self_: &VMRef, nvcpu: i64) -> Call<AsyncTask<()>> {
@@ -6757,7 +6757,7 @@ impl VMApi<'_> {
     ///
     /// Result: `void`.
     ///
-    /// Errors the datamodel lists: `VM_BAD_POWER_STATE`, `OTHER_OPERATION_IN_PROGRESS`, `VM_IS_TEMPLATE`, `OPERATION_NOT_ALLOWED`, `VM_BAD_POWER_STATE`.
+    /// Errors the datamodel lists: [`VM_BAD_POWER_STATE`](crate::ErrorCode::VmBadPowerState), [`OTHER_OPERATION_IN_PROGRESS`](crate::ErrorCode::OtherOperationInProgress), [`VM_IS_TEMPLATE`](crate::ErrorCode::VmIsTemplate), [`OPERATION_NOT_ALLOWED`](crate::ErrorCode::OperationNotAllowed), [`VM_BAD_POWER_STATE`](crate::ErrorCode::VmBadPowerState).
     ///
     /// Roles allowed: pool-admin, pool-operator, vm-power-admin, client-cert.
     pub fn pool_migrate(&self, vm: &VMRef, host: &HostRef, options: &BTreeMap<String, String>) -> Call<()> {
@@ -6771,7 +6771,7 @@ impl VMApi<'_> {
     /// Returns at once with the task that carries the call out; [`AsyncTask::wait`](crate::AsyncTask::wait)
     /// yields its result, `void`.
     ///
-    /// Errors the datamodel lists: `VM_BAD_POWER_STATE`, `OTHER_OPERATION_IN_PROGRESS`, `VM_IS_TEMPLATE`, `OPERATION_NOT_ALLOWED`, `VM_BAD_POWER_STATE`.
+    /// Errors the datamodel lists: [`VM_BAD_POWER_STATE`](crate::ErrorCode::VmBadPowerState), [`OTHER_OPERATION_IN_PROGRESS`](crate::ErrorCode::OtherOperationInProgress), [`VM_IS_TEMPLATE`](crate::ErrorCode::VmIsTemplate), [`OPERATION_NOT_ALLOWED`](crate::ErrorCode::OperationNotAllowed), [`VM_BAD_POWER_STATE`](crate::ErrorCode::VmBadPowerState).
     ///
     /// Roles allowed: pool-admin, pool-operator, vm-power-admin, client-cert.
     pub fn async_pool_migrate(&self, vm: &VMRef, host: &HostRef, options: &BTreeMap<String, String>) -> Call<AsyncTask<()>> {
@@ -6784,7 +6784,7 @@ impl VMApi<'_> {
     ///
     /// Result: `void`.
     ///
-    /// Errors the datamodel lists: `VM_BAD_POWER_STATE`, `OPERATION_NOT_ALLOWED`, `VM_IS_TEMPLATE`.
+    /// Errors the datamodel lists: [`VM_BAD_POWER_STATE`](crate::ErrorCode::VmBadPowerState), [`OPERATION_NOT_ALLOWED`](crate::ErrorCode::OperationNotAllowed), [`VM_IS_TEMPLATE`](crate::ErrorCode::VmIsTemplate).
     ///
     /// Roles allowed: pool-admin, pool-operator, vm-power-admin, client-cert.
     pub fn resume_on(&self, vm: &VMRef, host: &HostRef, start_paused: bool, force: bool) -> Call<()> {
@@ -6798,7 +6798,7 @@ impl VMApi<'_> {
     /// Returns at once with the task that carries the call out; [`AsyncTask::wait`](crate::AsyncTask::wait)
     /// yields its result, `void`.
     ///
-    /// Errors the datamodel lists: `VM_BAD_POWER_STATE`, `OPERATION_NOT_ALLOWED`, `VM_IS_TEMPLATE`.
+    /// Errors the datamodel lists: [`VM_BAD_POWER_STATE`](crate::ErrorCode::VmBadPowerState), [`OPERATION_NOT_ALLOWED`](crate::ErrorCode::OperationNotAllowed), [`VM_IS_TEMPLATE`](crate::ErrorCode::VmIsTemplate).
     ///
     /// Roles allowed: pool-admin, pool-operator, vm-power-admin, client-cert.
     pub fn async_resume_on(&self, vm: &VMRef, host: &HostRef, start_paused: bool, force: bool) -> Call<AsyncTask<()>> {
@@ -6811,7 +6811,7 @@ impl VMApi<'_> {
     ///
     /// Result: `void`.
     ///
-    /// Errors the datamodel lists: `VM_BAD_POWER_STATE`, `OPERATION_NOT_ALLOWED`, `VM_IS_TEMPLATE`.
+    /// Errors the datamodel lists: [`VM_BAD_POWER_STATE`](crate::ErrorCode::VmBadPowerState), [`OPERATION_NOT_ALLOWED`](crate::ErrorCode::OperationNotAllowed), [`VM_IS_TEMPLATE`](crate::ErrorCode::VmIsTemplate).
     ///
     /// Roles allowed: pool-admin, pool-operator, vm-power-admin, vm-admin, vm-operator.
     pub fn resume(&self, vm: &VMRef, start_paused: bool, force: bool) -> Call<()> {
@@ -6825,7 +6825,7 @@ impl VMApi<'_> {
     /// Returns at once with the task that carries the call out; [`AsyncTask::wait`](crate::AsyncTask::wait)
     /// yields its result, `void`.
     ///
-    /// Errors the datamodel lists: `VM_BAD_POWER_STATE`, `OPERATION_NOT_ALLOWED`, `VM_IS_TEMPLATE`.
+    /// Errors the datamodel lists: [`VM_BAD_POWER_STATE`](crate::ErrorCode::VmBadPowerState), [`OPERATION_NOT_ALLOWED`](crate::ErrorCode::OperationNotAllowed), [`VM_IS_TEMPLATE`](crate::ErrorCode::VmIsTemplate).
     ///
     /// Roles allowed: pool-admin, pool-operator, vm-power-admin, vm-admin, vm-operator.
     pub fn async_resume(&self, vm: &VMRef, start_paused: bool, force: bool) -> Call<AsyncTask<()>> {
@@ -6838,7 +6838,7 @@ impl VMApi<'_> {
     ///
     /// Result: `void`.
     ///
-    /// Errors the datamodel lists: `VM_BAD_POWER_STATE`, `OTHER_OPERATION_IN_PROGRESS`, `OPERATION_NOT_ALLOWED`, `VM_IS_TEMPLATE`.
+    /// Errors the datamodel lists: [`VM_BAD_POWER_STATE`](crate::ErrorCode::VmBadPowerState), [`OTHER_OPERATION_IN_PROGRESS`](crate::ErrorCode::OtherOperationInProgress), [`OPERATION_NOT_ALLOWED`](crate::ErrorCode::OperationNotAllowed), [`VM_IS_TEMPLATE`](crate::ErrorCode::VmIsTemplate).
     ///
     /// Roles allowed: pool-admin, pool-operator, vm-power-admin, vm-admin, vm-operator, client-cert.
     pub fn suspend(&self, vm: &VMRef) -> Call<()> {
@@ -6852,7 +6852,7 @@ impl VMApi<'_> {
     /// Returns at once with the task that carries the call out; [`AsyncTask::wait`](crate::AsyncTask::wait)
     /// yields its result, `void`.
     ///
-    /// Errors the datamodel lists: `VM_BAD_POWER_STATE`, `OTHER_OPERATION_IN_PROGRESS`, `OPERATION_NOT_ALLOWED`, `VM_IS_TEMPLATE`.
+    /// Errors the datamodel lists: [`VM_BAD_POWER_STATE`](crate::ErrorCode::VmBadPowerState), [`OTHER_OPERATION_IN_PROGRESS`](crate::ErrorCode::OtherOperationInProgress), [`OPERATION_NOT_ALLOWED`](crate::ErrorCode::OperationNotAllowed), [`VM_IS_TEMPLATE`](crate::ErrorCode::VmIsTemplate).
     ///
     /// Roles allowed: pool-admin, pool-operator, vm-power-admin, vm-admin, vm-operator, client-cert.
     pub fn async_suspend(&self, vm: &VMRef) -> Call<AsyncTask<()>> {
@@ -6865,7 +6865,7 @@ impl VMApi<'_> {
     ///
     /// Result: `void`.
     ///
-    /// Errors the datamodel lists: `VM_BAD_POWER_STATE`, `OTHER_OPERATION_IN_PROGRESS`, `OPERATION_NOT_ALLOWED`, `VM_IS_TEMPLATE`.
+    /// Errors the datamodel lists: [`VM_BAD_POWER_STATE`](crate::ErrorCode::VmBadPowerState), [`OTHER_OPERATION_IN_PROGRESS`](crate::ErrorCode::OtherOperationInProgress), [`OPERATION_NOT_ALLOWED`](crate::ErrorCode::OperationNotAllowed), [`VM_IS_TEMPLATE`](crate::ErrorCode::VmIsTemplate).
     ///
     /// Roles allowed: pool-admin, pool-operator, vm-power-admin, vm-admin, vm-operator.
     pub fn hard_reboot(&self, vm: &VMRef) -> Call<()> {
@@ -6879,7 +6879,7 @@ impl VMApi<'_> {
     /// Returns at once with the task that carries the call out; [`AsyncTask::wait`](crate::AsyncTask::wait)
     /// yields its result, `void`.
     ///
-    /// Errors the datamodel lists: `VM_BAD_POWER_STATE`, `OTHER_OPERATION_IN_PROGRESS`, `OPERATION_NOT_ALLOWED`, `VM_IS_TEMPLATE`.
+    /// Errors the datamodel lists: [`VM_BAD_POWER_STATE`](crate::ErrorCode::VmBadPowerState), [`OTHER_OPERATION_IN_PROGRESS`](crate::ErrorCode::OtherOperationInProgress), [`OPERATION_NOT_ALLOWED`](crate::ErrorCode::OperationNotAllowed), [`VM_IS_TEMPLATE`](crate::ErrorCode::VmIsTemplate).
     ///
     /// Roles allowed: pool-admin, pool-operator, vm-power-admin, vm-admin, vm-operator.
     pub fn async_hard_reboot(&self, vm: &VMRef) -> Call<AsyncTask<()>> {
@@ -6915,7 +6915,7 @@ impl VMApi<'_> {
     ///
     /// Result: `void`.
     ///
-    /// Errors the datamodel lists: `VM_BAD_POWER_STATE`, `OTHER_OPERATION_IN_PROGRESS`, `OPERATION_NOT_ALLOWED`, `VM_IS_TEMPLATE`.
+    /// Errors the datamodel lists: [`VM_BAD_POWER_STATE`](crate::ErrorCode::VmBadPowerState), [`OTHER_OPERATION_IN_PROGRESS`](crate::ErrorCode::OtherOperationInProgress), [`OPERATION_NOT_ALLOWED`](crate::ErrorCode::OperationNotAllowed), [`VM_IS_TEMPLATE`](crate::ErrorCode::VmIsTemplate).
     ///
     /// Roles allowed: pool-admin, pool-operator, vm-power-admin, vm-admin, vm-operator.
     pub fn hard_shutdown(&self, vm: &VMRef) -> Call<()> {
@@ -6929,7 +6929,7 @@ impl VMApi<'_> {
     /// Returns at once with the task that carries the call out; [`AsyncTask::wait`](crate::AsyncTask::wait)
     /// yields its result, `void`.
     ///
-    /// Errors the datamodel lists: `VM_BAD_POWER_STATE`, `OTHER_OPERATION_IN_PROGRESS`, `OPERATION_NOT_ALLOWED`, `VM_IS_TEMPLATE`.
+    /// Errors the datamodel lists: [`VM_BAD_POWER_STATE`](crate::ErrorCode::VmBadPowerState), [`OTHER_OPERATION_IN_PROGRESS`](crate::ErrorCode::OtherOperationInProgress), [`OPERATION_NOT_ALLOWED`](crate::ErrorCode::OperationNotAllowed), [`VM_IS_TEMPLATE`](crate::ErrorCode::VmIsTemplate).
     ///
     /// Roles allowed: pool-admin, pool-operator, vm-power-admin, vm-admin, vm-operator.
     pub fn async_hard_shutdown(&self, vm: &VMRef) -> Call<AsyncTask<()>> {
@@ -6942,7 +6942,7 @@ impl VMApi<'_> {
     ///
     /// Result: `void`.
     ///
-    /// Errors the datamodel lists: `VM_BAD_POWER_STATE`, `OTHER_OPERATION_IN_PROGRESS`, `OPERATION_NOT_ALLOWED`, `VM_IS_TEMPLATE`.
+    /// Errors the datamodel lists: [`VM_BAD_POWER_STATE`](crate::ErrorCode::VmBadPowerState), [`OTHER_OPERATION_IN_PROGRESS`](crate::ErrorCode::OtherOperationInProgress), [`OPERATION_NOT_ALLOWED`](crate::ErrorCode::OperationNotAllowed), [`VM_IS_TEMPLATE`](crate::ErrorCode::VmIsTemplate).
     ///
     /// Roles allowed: pool-admin, pool-operator, vm-power-admin, vm-admin, vm-operator.
     pub fn clean_reboot(&self, vm: &VMRef) -> Call<()> {
@@ -6956,7 +6956,7 @@ impl VMApi<'_> {
     /// Returns at once with the task that carries the call out; [`AsyncTask::wait`](crate::AsyncTask::wait)
     /// yields its result, `void`.
     ///
-    /// Errors the datamodel lists: `VM_BAD_POWER_STATE`, `OTHER_OPERATION_IN_PROGRESS`, `OPERATION_NOT_ALLOWED`, `VM_IS_TEMPLATE`.
+    /// Errors the datamodel lists: [`VM_BAD_POWER_STATE`](crate::ErrorCode::VmBadPowerState), [`OTHER_OPERATION_IN_PROGRESS`](crate::ErrorCode::OtherOperationInProgress), [`OPERATION_NOT_ALLOWED`](crate::ErrorCode::OperationNotAllowed), [`VM_IS_TEMPLATE`](crate::ErrorCode::VmIsTemplate).
     ///
     /// Roles allowed: pool-admin, pool-operator, vm-power-admin, vm-admin, vm-operator.
     pub fn async_clean_reboot(&self, vm: &VMRef) -> Call<AsyncTask<()>> {
@@ -6969,7 +6969,7 @@ impl VMApi<'_> {
     ///
     /// Result: `void`.
     ///
-    /// Errors the datamodel lists: `VM_BAD_POWER_STATE`, `OTHER_OPERATION_IN_PROGRESS`, `OPERATION_NOT_ALLOWED`, `VM_IS_TEMPLATE`.
+    /// Errors the datamodel lists: [`VM_BAD_POWER_STATE`](crate::ErrorCode::VmBadPowerState), [`OTHER_OPERATION_IN_PROGRESS`](crate::ErrorCode::OtherOperationInProgress), [`OPERATION_NOT_ALLOWED`](crate::ErrorCode::OperationNotAllowed), [`VM_IS_TEMPLATE`](crate::ErrorCode::VmIsTemplate).
     ///
     /// Roles allowed: pool-admin, pool-operator, vm-power-admin, vm-admin, vm-operator, client-cert.
     pub fn shutdown(&self, vm: &VMRef) -> Call<()> {
@@ -6983,7 +6983,7 @@ impl VMApi<'_> {
     /// Returns at once with the task that carries the call out; [`AsyncTask::wait`](crate::AsyncTask::wait)
     /// yields its result, `void`.
     ///
-    /// Errors the datamodel lists: `VM_BAD_POWER_STATE`, `OTHER_OPERATION_IN_PROGRESS`, `OPERATION_NOT_ALLOWED`, `VM_IS_TEMPLATE`.
+    /// Errors the datamodel lists: [`VM_BAD_POWER_STATE`](crate::ErrorCode::VmBadPowerState), [`OTHER_OPERATION_IN_PROGRESS`](crate::ErrorCode::OtherOperationInProgress), [`OPERATION_NOT_ALLOWED`](crate::ErrorCode::OperationNotAllowed), [`VM_IS_TEMPLATE`](crate::ErrorCode::VmIsTemplate).
     ///
     /// Roles allowed: pool-admin, pool-operator, vm-power-admin, vm-admin, vm-operator, client-cert.
     pub fn async_shutdown(&self, vm: &VMRef) -> Call<AsyncTask<()>> {
@@ -6996,7 +6996,7 @@ impl VMApi<'_> {
     ///
     /// Result: `void`.
     ///
-    /// Errors the datamodel lists: `VM_BAD_POWER_STATE`, `OTHER_OPERATION_IN_PROGRESS`, `OPERATION_NOT_ALLOWED`, `VM_IS_TEMPLATE`.
+    /// Errors the datamodel lists: [`VM_BAD_POWER_STATE`](crate::ErrorCode::VmBadPowerState), [`OTHER_OPERATION_IN_PROGRESS`](crate::ErrorCode::OtherOperationInProgress), [`OPERATION_NOT_ALLOWED`](crate::ErrorCode::OperationNotAllowed), [`VM_IS_TEMPLATE`](crate::ErrorCode::VmIsTemplate).
     ///
     /// Roles allowed: pool-admin, pool-operator, vm-power-admin, vm-admin, vm-operator.
     pub fn clean_shutdown(&self, vm: &VMRef) -> Call<()> {
@@ -7010,7 +7010,7 @@ impl VMApi<'_> {
     /// Returns at once with the task that carries the call out; [`AsyncTask::wait`](crate::AsyncTask::wait)
     /// yields its result, `void`.
     ///
-    /// Errors the datamodel lists: `VM_BAD_POWER_STATE`, `OTHER_OPERATION_IN_PROGRESS`, `OPERATION_NOT_ALLOWED`, `VM_IS_TEMPLATE`.
+    /// Errors the datamodel lists: [`VM_BAD_POWER_STATE`](crate::ErrorCode::VmBadPowerState), [`OTHER_OPERATION_IN_PROGRESS`](crate::ErrorCode::OtherOperationInProgress), [`OPERATION_NOT_ALLOWED`](crate::ErrorCode::OperationNotAllowed), [`VM_IS_TEMPLATE`](crate::ErrorCode::VmIsTemplate).
     ///
     /// Roles allowed: pool-admin, pool-operator, vm-power-admin, vm-admin, vm-operator.
     pub fn async_clean_shutdown(&self, vm: &VMRef) -> Call<AsyncTask<()>> {
@@ -7023,7 +7023,7 @@ impl VMApi<'_> {
     ///
     /// Result: `void`.
     ///
-    /// Errors the datamodel lists: `VM_BAD_POWER_STATE`, `OPERATION_NOT_ALLOWED`, `VM_IS_TEMPLATE`.
+    /// Errors the datamodel lists: [`VM_BAD_POWER_STATE`](crate::ErrorCode::VmBadPowerState), [`OPERATION_NOT_ALLOWED`](crate::ErrorCode::OperationNotAllowed), [`VM_IS_TEMPLATE`](crate::ErrorCode::VmIsTemplate).
     ///
     /// Roles allowed: pool-admin, pool-operator, vm-power-admin, vm-admin, vm-operator.
     pub fn unpause(&self, vm: &VMRef) -> Call<()> {
@@ -7037,7 +7037,7 @@ impl VMApi<'_> {
     /// Returns at once with the task that carries the call out; [`AsyncTask::wait`](crate::AsyncTask::wait)
     /// yields its result, `void`.
     ///
-    /// Errors the datamodel lists: `VM_BAD_POWER_STATE`, `OPERATION_NOT_ALLOWED`, `VM_IS_TEMPLATE`.
+    /// Errors the datamodel lists: [`VM_BAD_POWER_STATE`](crate::ErrorCode::VmBadPowerState), [`OPERATION_NOT_ALLOWED`](crate::ErrorCode::OperationNotAllowed), [`VM_IS_TEMPLATE`](crate::ErrorCode::VmIsTemplate).
     ///
     /// Roles allowed: pool-admin, pool-operator, vm-power-admin, vm-admin, vm-operator.
     pub fn async_unpause(&self, vm: &VMRef) -> Call<AsyncTask<()>> {
@@ -7050,7 +7050,7 @@ impl VMApi<'_> {
     ///
     /// Result: `void`.
     ///
-    /// Errors the datamodel lists: `VM_BAD_POWER_STATE`, `OTHER_OPERATION_IN_PROGRESS`, `OPERATION_NOT_ALLOWED`, `VM_IS_TEMPLATE`.
+    /// Errors the datamodel lists: [`VM_BAD_POWER_STATE`](crate::ErrorCode::VmBadPowerState), [`OTHER_OPERATION_IN_PROGRESS`](crate::ErrorCode::OtherOperationInProgress), [`OPERATION_NOT_ALLOWED`](crate::ErrorCode::OperationNotAllowed), [`VM_IS_TEMPLATE`](crate::ErrorCode::VmIsTemplate).
     ///
     /// Roles allowed: pool-admin, pool-operator, vm-power-admin, vm-admin, vm-operator.
     pub fn pause(&self, vm: &VMRef) -> Call<()> {
@@ -7064,7 +7064,7 @@ impl VMApi<'_> {
     /// Returns at once with the task that carries the call out; [`AsyncTask::wait`](crate::AsyncTask::wait)
     /// yields its result, `void`.
     ///
-    /// Errors the datamodel lists: `VM_BAD_POWER_STATE`, `OTHER_OPERATION_IN_PROGRESS`, `OPERATION_NOT_ALLOWED`, `VM_IS_TEMPLATE`.
+    /// Errors the datamodel lists: [`VM_BAD_POWER_STATE`](crate::ErrorCode::VmBadPowerState), [`OTHER_OPERATION_IN_PROGRESS`](crate::ErrorCode::OtherOperationInProgress), [`OPERATION_NOT_ALLOWED`](crate::ErrorCode::OperationNotAllowed), [`VM_IS_TEMPLATE`](crate::ErrorCode::VmIsTemplate).
     ///
     /// Roles allowed: pool-admin, pool-operator, vm-power-admin, vm-admin, vm-operator.
     pub fn async_pause(&self, vm: &VMRef) -> Call<AsyncTask<()>> {
@@ -7077,7 +7077,7 @@ impl VMApi<'_> {
     ///
     /// Result: `void`.
     ///
-    /// Errors the datamodel lists: `VM_BAD_POWER_STATE`, `VM_IS_TEMPLATE`, `OTHER_OPERATION_IN_PROGRESS`, `OPERATION_NOT_ALLOWED`, `BOOTLOADER_FAILED`, `UNKNOWN_BOOTLOADER`.
+    /// Errors the datamodel lists: [`VM_BAD_POWER_STATE`](crate::ErrorCode::VmBadPowerState), [`VM_IS_TEMPLATE`](crate::ErrorCode::VmIsTemplate), [`OTHER_OPERATION_IN_PROGRESS`](crate::ErrorCode::OtherOperationInProgress), [`OPERATION_NOT_ALLOWED`](crate::ErrorCode::OperationNotAllowed), [`BOOTLOADER_FAILED`](crate::ErrorCode::BootloaderFailed), [`UNKNOWN_BOOTLOADER`](crate::ErrorCode::UnknownBootloader).
     ///
     /// Roles allowed: pool-admin, pool-operator, vm-power-admin, client-cert.
     pub fn start_on(&self, vm: &VMRef, host: &HostRef, start_paused: bool, force: bool) -> Call<()> {
@@ -7091,7 +7091,7 @@ impl VMApi<'_> {
     /// Returns at once with the task that carries the call out; [`AsyncTask::wait`](crate::AsyncTask::wait)
     /// yields its result, `void`.
     ///
-    /// Errors the datamodel lists: `VM_BAD_POWER_STATE`, `VM_IS_TEMPLATE`, `OTHER_OPERATION_IN_PROGRESS`, `OPERATION_NOT_ALLOWED`, `BOOTLOADER_FAILED`, `UNKNOWN_BOOTLOADER`.
+    /// Errors the datamodel lists: [`VM_BAD_POWER_STATE`](crate::ErrorCode::VmBadPowerState), [`VM_IS_TEMPLATE`](crate::ErrorCode::VmIsTemplate), [`OTHER_OPERATION_IN_PROGRESS`](crate::ErrorCode::OtherOperationInProgress), [`OPERATION_NOT_ALLOWED`](crate::ErrorCode::OperationNotAllowed), [`BOOTLOADER_FAILED`](crate::ErrorCode::BootloaderFailed), [`UNKNOWN_BOOTLOADER`](crate::ErrorCode::UnknownBootloader).
     ///
     /// Roles allowed: pool-admin, pool-operator, vm-power-admin, client-cert.
     pub fn async_start_on(&self, vm: &VMRef, host: &HostRef, start_paused: bool, force: bool) -> Call<AsyncTask<()>> {
@@ -7104,7 +7104,7 @@ impl VMApi<'_> {
     ///
     /// Result: `void`.
     ///
-    /// Errors the datamodel lists: `VM_BAD_POWER_STATE`, `VM_HVM_REQUIRED`, `VM_IS_TEMPLATE`, `OTHER_OPERATION_IN_PROGRESS`, `OPERATION_NOT_ALLOWED`, `BOOTLOADER_FAILED`, `UNKNOWN_BOOTLOADER`, `NO_HOSTS_AVAILABLE`, `LICENCE_RESTRICTION`.
+    /// Errors the datamodel lists: [`VM_BAD_POWER_STATE`](crate::ErrorCode::VmBadPowerState), [`VM_HVM_REQUIRED`](crate::ErrorCode::VmHvmRequired), [`VM_IS_TEMPLATE`](crate::ErrorCode::VmIsTemplate), [`OTHER_OPERATION_IN_PROGRESS`](crate::ErrorCode::OtherOperationInProgress), [`OPERATION_NOT_ALLOWED`](crate::ErrorCode::OperationNotAllowed), [`BOOTLOADER_FAILED`](crate::ErrorCode::BootloaderFailed), [`UNKNOWN_BOOTLOADER`](crate::ErrorCode::UnknownBootloader), [`NO_HOSTS_AVAILABLE`](crate::ErrorCode::NoHostsAvailable), [`LICENCE_RESTRICTION`](crate::ErrorCode::LicenceRestriction).
     ///
     /// Roles allowed: pool-admin, pool-operator, vm-power-admin, vm-admin, vm-operator.
     pub fn start(&self, vm: &VMRef, start_paused: bool, force: bool) -> Call<()> {
@@ -7118,7 +7118,7 @@ impl VMApi<'_> {
     /// Returns at once with the task that carries the call out; [`AsyncTask::wait`](crate::AsyncTask::wait)
     /// yields its result, `void`.
     ///
-    /// Errors the datamodel lists: `VM_BAD_POWER_STATE`, `VM_HVM_REQUIRED`, `VM_IS_TEMPLATE`, `OTHER_OPERATION_IN_PROGRESS`, `OPERATION_NOT_ALLOWED`, `BOOTLOADER_FAILED`, `UNKNOWN_BOOTLOADER`, `NO_HOSTS_AVAILABLE`, `LICENCE_RESTRICTION`.
+    /// Errors the datamodel lists: [`VM_BAD_POWER_STATE`](crate::ErrorCode::VmBadPowerState), [`VM_HVM_REQUIRED`](crate::ErrorCode::VmHvmRequired), [`VM_IS_TEMPLATE`](crate::ErrorCode::VmIsTemplate), [`OTHER_OPERATION_IN_PROGRESS`](crate::ErrorCode::OtherOperationInProgress), [`OPERATION_NOT_ALLOWED`](crate::ErrorCode::OperationNotAllowed), [`BOOTLOADER_FAILED`](crate::ErrorCode::BootloaderFailed), [`UNKNOWN_BOOTLOADER`](crate::ErrorCode::UnknownBootloader), [`NO_HOSTS_AVAILABLE`](crate::ErrorCode::NoHostsAvailable), [`LICENCE_RESTRICTION`](crate::ErrorCode::LicenceRestriction).
     ///
     /// Roles allowed: pool-admin, pool-operator, vm-power-admin, vm-admin, vm-operator.
     pub fn async_start(&self, vm: &VMRef, start_paused: bool, force: bool) -> Call<AsyncTask<()>> {
@@ -7131,7 +7131,7 @@ impl VMApi<'_> {
     ///
     /// Result: `void`.
     ///
-    /// Errors the datamodel lists: `VM_BAD_POWER_STATE`, `SR_FULL`, `OPERATION_NOT_ALLOWED`, `LICENCE_RESTRICTION`.
+    /// Errors the datamodel lists: [`VM_BAD_POWER_STATE`](crate::ErrorCode::VmBadPowerState), [`SR_FULL`](crate::ErrorCode::SrFull), [`OPERATION_NOT_ALLOWED`](crate::ErrorCode::OperationNotAllowed), [`LICENCE_RESTRICTION`](crate::ErrorCode::LicenceRestriction).
     ///
     /// Roles allowed: pool-admin, pool-operator, vm-power-admin, vm-admin.
     pub fn provision(&self, vm: &VMRef) -> Call<()> {
@@ -7145,7 +7145,7 @@ impl VMApi<'_> {
     /// Returns at once with the task that carries the call out; [`AsyncTask::wait`](crate::AsyncTask::wait)
     /// yields its result, `void`.
     ///
-    /// Errors the datamodel lists: `VM_BAD_POWER_STATE`, `SR_FULL`, `OPERATION_NOT_ALLOWED`, `LICENCE_RESTRICTION`.
+    /// Errors the datamodel lists: [`VM_BAD_POWER_STATE`](crate::ErrorCode::VmBadPowerState), [`SR_FULL`](crate::ErrorCode::SrFull), [`OPERATION_NOT_ALLOWED`](crate::ErrorCode::OperationNotAllowed), [`LICENCE_RESTRICTION`](crate::ErrorCode::LicenceRestriction).
     ///
     /// Roles allowed: pool-admin, pool-operator, vm-power-admin, vm-admin.
     pub fn async_provision(&self, vm: &VMRef) -> Call<AsyncTask<()>> {
@@ -7158,7 +7158,7 @@ impl VMApi<'_> {
     ///
     /// Result: `VM ref`.
     ///
-    /// Errors the datamodel lists: `VM_BAD_POWER_STATE`, `SR_FULL`, `OPERATION_NOT_ALLOWED`, `VM_CHECKPOINT_SUSPEND_FAILED`, `VM_CHECKPOINT_RESUME_FAILED`.
+    /// Errors the datamodel lists: [`VM_BAD_POWER_STATE`](crate::ErrorCode::VmBadPowerState), [`SR_FULL`](crate::ErrorCode::SrFull), [`OPERATION_NOT_ALLOWED`](crate::ErrorCode::OperationNotAllowed), [`VM_CHECKPOINT_SUSPEND_FAILED`](crate::ErrorCode::VmCheckpointSuspendFailed), [`VM_CHECKPOINT_RESUME_FAILED`](crate::ErrorCode::VmCheckpointResumeFailed).
     ///
     /// Roles allowed: pool-admin, pool-operator, vm-power-admin.
     pub fn checkpoint(&self, vm: &VMRef, new_name: &str) -> Call<VMRef> {
@@ -7172,7 +7172,7 @@ impl VMApi<'_> {
     /// Returns at once with the task that carries the call out; [`AsyncTask::wait`](crate::AsyncTask::wait)
     /// yields its result, `VM ref`.
     ///
-    /// Errors the datamodel lists: `VM_BAD_POWER_STATE`, `SR_FULL`, `OPERATION_NOT_ALLOWED`, `VM_CHECKPOINT_SUSPEND_FAILED`, `VM_CHECKPOINT_RESUME_FAILED`.
+    /// Errors the datamodel lists: [`VM_BAD_POWER_STATE`](crate::ErrorCode::VmBadPowerState), [`SR_FULL`](crate::ErrorCode::SrFull), [`OPERATION_NOT_ALLOWED`](crate::ErrorCode::OperationNotAllowed), [`VM_CHECKPOINT_SUSPEND_FAILED`](crate::ErrorCode::VmCheckpointSuspendFailed), [`VM_CHECKPOINT_RESUME_FAILED`](crate::ErrorCode::VmCheckpointResumeFailed).
     ///
     /// Roles allowed: pool-admin, pool-operator, vm-power-admin.
     pub fn async_checkpoint(&self, vm: &VMRef, new_name: &str) -> Call<AsyncTask<VMRef>> {
@@ -7185,7 +7185,7 @@ impl VMApi<'_> {
     ///
     /// Result: `void`.
     ///
-    /// Errors the datamodel lists: `VM_BAD_POWER_STATE`, `OPERATION_NOT_ALLOWED`, `SR_FULL`, `VM_REVERT_FAILED`.
+    /// Errors the datamodel lists: [`VM_BAD_POWER_STATE`](crate::ErrorCode::VmBadPowerState), [`OPERATION_NOT_ALLOWED`](crate::ErrorCode::OperationNotAllowed), [`SR_FULL`](crate::ErrorCode::SrFull), [`VM_REVERT_FAILED`](crate::ErrorCode::VmRevertFailed).
     ///
     /// Roles allowed: pool-admin, pool-operator, vm-power-admin.
     pub fn revert(&self, snapshot: &VMRef) -> Call<()> {
@@ -7199,7 +7199,7 @@ impl VMApi<'_> {
     /// Returns at once with the task that carries the call out; [`AsyncTask::wait`](crate::AsyncTask::wait)
     /// yields its result, `void`.
     ///
-    /// Errors the datamodel lists: `VM_BAD_POWER_STATE`, `OPERATION_NOT_ALLOWED`, `SR_FULL`, `VM_REVERT_FAILED`.
+    /// Errors the datamodel lists: [`VM_BAD_POWER_STATE`](crate::ErrorCode::VmBadPowerState), [`OPERATION_NOT_ALLOWED`](crate::ErrorCode::OperationNotAllowed), [`SR_FULL`](crate::ErrorCode::SrFull), [`VM_REVERT_FAILED`](crate::ErrorCode::VmRevertFailed).
     ///
     /// Roles allowed: pool-admin, pool-operator, vm-power-admin.
     pub fn async_revert(&self, snapshot: &VMRef) -> Call<AsyncTask<()>> {
@@ -7212,7 +7212,7 @@ impl VMApi<'_> {
     ///
     /// Result: `VM ref`.
     ///
-    /// Errors the datamodel lists: `VM_BAD_POWER_STATE`, `SR_FULL`, `OPERATION_NOT_ALLOWED`, `LICENCE_RESTRICTION`.
+    /// Errors the datamodel lists: [`VM_BAD_POWER_STATE`](crate::ErrorCode::VmBadPowerState), [`SR_FULL`](crate::ErrorCode::SrFull), [`OPERATION_NOT_ALLOWED`](crate::ErrorCode::OperationNotAllowed), [`LICENCE_RESTRICTION`](crate::ErrorCode::LicenceRestriction).
     ///
     /// Roles allowed: pool-admin, pool-operator, vm-power-admin, vm-admin.
     pub fn copy(&self, vm: &VMRef, new_name: &str, sr: &SRRef) -> Call<VMRef> {
@@ -7226,7 +7226,7 @@ impl VMApi<'_> {
     /// Returns at once with the task that carries the call out; [`AsyncTask::wait`](crate::AsyncTask::wait)
     /// yields its result, `VM ref`.
     ///
-    /// Errors the datamodel lists: `VM_BAD_POWER_STATE`, `SR_FULL`, `OPERATION_NOT_ALLOWED`, `LICENCE_RESTRICTION`.
+    /// Errors the datamodel lists: [`VM_BAD_POWER_STATE`](crate::ErrorCode::VmBadPowerState), [`SR_FULL`](crate::ErrorCode::SrFull), [`OPERATION_NOT_ALLOWED`](crate::ErrorCode::OperationNotAllowed), [`LICENCE_RESTRICTION`](crate::ErrorCode::LicenceRestriction).
     ///
     /// Roles allowed: pool-admin, pool-operator, vm-power-admin, vm-admin.
     pub fn async_copy(&self, vm: &VMRef, new_name: &str, sr: &SRRef) -> Call<AsyncTask<VMRef>> {
@@ -7239,7 +7239,7 @@ impl VMApi<'_> {
     ///
     /// Result: `VM ref`.
     ///
-    /// Errors the datamodel lists: `VM_BAD_POWER_STATE`, `SR_FULL`, `OPERATION_NOT_ALLOWED`, `LICENCE_RESTRICTION`.
+    /// Errors the datamodel lists: [`VM_BAD_POWER_STATE`](crate::ErrorCode::VmBadPowerState), [`SR_FULL`](crate::ErrorCode::SrFull), [`OPERATION_NOT_ALLOWED`](crate::ErrorCode::OperationNotAllowed), [`LICENCE_RESTRICTION`](crate::ErrorCode::LicenceRestriction).
     ///
     /// Roles allowed: pool-admin, pool-operator, vm-power-admin, vm-admin.
     pub fn clone(&self, vm: &VMRef, new_name: &str) -> Call<VMRef> {
@@ -7253,7 +7253,7 @@ impl VMApi<'_> {
     /// Returns at once with the task that carries the call out; [`AsyncTask::wait`](crate::AsyncTask::wait)
     /// yields its result, `VM ref`.
     ///
-    /// Errors the datamodel lists: `VM_BAD_POWER_STATE`, `SR_FULL`, `OPERATION_NOT_ALLOWED`, `LICENCE_RESTRICTION`.
+    /// Errors the datamodel lists: [`VM_BAD_POWER_STATE`](crate::ErrorCode::VmBadPowerState), [`SR_FULL`](crate::ErrorCode::SrFull), [`OPERATION_NOT_ALLOWED`](crate::ErrorCode::OperationNotAllowed), [`LICENCE_RESTRICTION`](crate::ErrorCode::LicenceRestriction).
     ///
     /// Roles allowed: pool-admin, pool-operator, vm-power-admin, vm-admin.
     pub fn async_clone(&self, vm: &VMRef, new_name: &str) -> Call<AsyncTask<VMRef>> {
@@ -7266,7 +7266,7 @@ impl VMApi<'_> {
     ///
     /// Result: `VM ref`.
     ///
-    /// Errors the datamodel lists: `VM_BAD_POWER_STATE`, `SR_FULL`, `OPERATION_NOT_ALLOWED`, `VM_SNAPSHOT_WITH_QUIESCE_FAILED`, `VM_SNAPSHOT_WITH_QUIESCE_TIMEOUT`, `VM_SNAPSHOT_WITH_QUIESCE_PLUGIN_DEOS_NOT_RESPOND`, `VM_SNAPSHOT_WITH_QUIESCE_NOT_SUPPORTED`.
+    /// Errors the datamodel lists: [`VM_BAD_POWER_STATE`](crate::ErrorCode::VmBadPowerState), [`SR_FULL`](crate::ErrorCode::SrFull), [`OPERATION_NOT_ALLOWED`](crate::ErrorCode::OperationNotAllowed), [`VM_SNAPSHOT_WITH_QUIESCE_FAILED`](crate::ErrorCode::VmSnapshotWithQuiesceFailed), [`VM_SNAPSHOT_WITH_QUIESCE_TIMEOUT`](crate::ErrorCode::VmSnapshotWithQuiesceTimeout), [`VM_SNAPSHOT_WITH_QUIESCE_PLUGIN_DEOS_NOT_RESPOND`](crate::ErrorCode::VmSnapshotWithQuiescePluginDeosNotRespond), [`VM_SNAPSHOT_WITH_QUIESCE_NOT_SUPPORTED`](crate::ErrorCode::VmSnapshotWithQuiesceNotSupported).
     ///
     /// Roles allowed: pool-admin, pool-operator, vm-power-admin.
     pub fn snapshot_with_quiesce(&self, vm: &VMRef, new_name: &str) -> Call<VMRef> {
@@ -7280,7 +7280,7 @@ impl VMApi<'_> {
     /// Returns at once with the task that carries the call out; [`AsyncTask::wait`](crate::AsyncTask::wait)
     /// yields its result, `VM ref`.
     ///
-    /// Errors the datamodel lists: `VM_BAD_POWER_STATE`, `SR_FULL`, `OPERATION_NOT_ALLOWED`, `VM_SNAPSHOT_WITH_QUIESCE_FAILED`, `VM_SNAPSHOT_WITH_QUIESCE_TIMEOUT`, `VM_SNAPSHOT_WITH_QUIESCE_PLUGIN_DEOS_NOT_RESPOND`, `VM_SNAPSHOT_WITH_QUIESCE_NOT_SUPPORTED`.
+    /// Errors the datamodel lists: [`VM_BAD_POWER_STATE`](crate::ErrorCode::VmBadPowerState), [`SR_FULL`](crate::ErrorCode::SrFull), [`OPERATION_NOT_ALLOWED`](crate::ErrorCode::OperationNotAllowed), [`VM_SNAPSHOT_WITH_QUIESCE_FAILED`](crate::ErrorCode::VmSnapshotWithQuiesceFailed), [`VM_SNAPSHOT_WITH_QUIESCE_TIMEOUT`](crate::ErrorCode::VmSnapshotWithQuiesceTimeout), [`VM_SNAPSHOT_WITH_QUIESCE_PLUGIN_DEOS_NOT_RESPOND`](crate::ErrorCode::VmSnapshotWithQuiescePluginDeosNotRespond), [`VM_SNAPSHOT_WITH_QUIESCE_NOT_SUPPORTED`](crate::ErrorCode::VmSnapshotWithQuiesceNotSupported).
     ///
     /// Roles allowed: pool-admin, pool-operator, vm-power-admin.
     pub fn async_snapshot_with_quiesce(&self, vm: &VMRef, new_name: &str) -> Call<AsyncTask<VMRef>> {
@@ -7293,7 +7293,7 @@ impl VMApi<'_> {
     ///
     /// Result: `VM ref`.
     ///
-    /// Errors the datamodel lists: `VM_BAD_POWER_STATE`, `SR_FULL`, `OPERATION_NOT_ALLOWED`.
+    /// Errors the datamodel lists: [`VM_BAD_POWER_STATE`](crate::ErrorCode::VmBadPowerState), [`SR_FULL`](crate::ErrorCode::SrFull), [`OPERATION_NOT_ALLOWED`](crate::ErrorCode::OperationNotAllowed).
     ///
     /// Roles allowed: pool-admin, pool-operator, vm-power-admin.
     pub fn snapshot(&self, vm: &VMRef, new_name: &str, ignore_vdis: &[VDIRef]) -> Call<VMRef> {
@@ -7307,7 +7307,7 @@ impl VMApi<'_> {
     /// Returns at once with the task that carries the call out; [`AsyncTask::wait`](crate::AsyncTask::wait)
     /// yields its result, `VM ref`.
     ///
-    /// Errors the datamodel lists: `VM_BAD_POWER_STATE`, `SR_FULL`, `OPERATION_NOT_ALLOWED`.
+    /// Errors the datamodel lists: [`VM_BAD_POWER_STATE`](crate::ErrorCode::VmBadPowerState), [`SR_FULL`](crate::ErrorCode::SrFull), [`OPERATION_NOT_ALLOWED`](crate::ErrorCode::OperationNotAllowed).
     ///
     /// Roles allowed: pool-admin, pool-operator, vm-power-admin.
     pub fn async_snapshot(&self, vm: &VMRef, new_name: &str, ignore_vdis: &[VDIRef]) -> Call<AsyncTask<VMRef>> {
@@ -9090,7 +9090,7 @@ impl VMApi<'_> {
     ///
     /// Result: `void`.
     ///
-    /// Errors the datamodel lists: `OPERATION_NOT_ALLOWED`.
+    /// Errors the datamodel lists: [`OPERATION_NOT_ALLOWED`](crate::ErrorCode::OperationNotAllowed).
     ///
     /// Roles allowed: pool-admin, pool-operator, vm-power-admin, vm-admin.
     pub fn set_groups(&self, self_: &VMRef, value: &[VMGroupRef]) -> Call<()> {
@@ -9104,7 +9104,7 @@ impl VMApi<'_> {
     /// Returns at once with the task that carries the call out; [`AsyncTask::wait`](crate::AsyncTask::wait)
     /// yields its result, `void`.
     ///
-    /// Errors the datamodel lists: `OPERATION_NOT_ALLOWED`.
+    /// Errors the datamodel lists: [`OPERATION_NOT_ALLOWED`](crate::ErrorCode::OperationNotAllowed).
     ///
     /// Roles allowed: pool-admin, pool-operator, vm-power-admin, vm-admin.
     pub fn async_set_groups(&self, self_: &VMRef, value: &[VMGroupRef]) -> Call<AsyncTask<()>> {
@@ -11301,7 +11301,7 @@ impl VMApplianceApi<'_> {
     ///
     /// Result: `void`.
     ///
-    /// Errors the datamodel lists: `VM_REQUIRES_SR`.
+    /// Errors the datamodel lists: [`VM_REQUIRES_SR`](crate::ErrorCode::VmRequiresSr).
     ///
     /// Roles allowed: pool-admin, pool-operator, vm-power-admin, vm-admin, vm-operator, client-cert, read-only.
     pub fn recover(&self, self_: &VMApplianceRef, session_to: &SessionRef, force: bool) -> Call<()> {
@@ -11315,7 +11315,7 @@ impl VMApplianceApi<'_> {
     /// Returns at once with the task that carries the call out; [`AsyncTask::wait`](crate::AsyncTask::wait)
     /// yields its result, `void`.
     ///
-    /// Errors the datamodel lists: `VM_REQUIRES_SR`.
+    /// Errors the datamodel lists: [`VM_REQUIRES_SR`](crate::ErrorCode::VmRequiresSr).
     ///
     /// Roles allowed: pool-admin, pool-operator, vm-power-admin, vm-admin, vm-operator, client-cert, read-only.
     pub fn async_recover(&self, self_: &VMApplianceRef, session_to: &SessionRef, force: bool) -> Call<AsyncTask<()>> {
@@ -11351,7 +11351,7 @@ impl VMApplianceApi<'_> {
     ///
     /// Result: `void`.
     ///
-    /// Errors the datamodel lists: `VM_REQUIRES_SR`.
+    /// Errors the datamodel lists: [`VM_REQUIRES_SR`](crate::ErrorCode::VmRequiresSr).
     ///
     /// Roles allowed: pool-admin, pool-operator, vm-power-admin, vm-admin, vm-operator, client-cert, read-only.
     pub fn assert_can_be_recovered(&self, self_: &VMApplianceRef, session_to: &SessionRef) -> Call<()> {
@@ -11365,7 +11365,7 @@ impl VMApplianceApi<'_> {
     /// Returns at once with the task that carries the call out; [`AsyncTask::wait`](crate::AsyncTask::wait)
     /// yields its result, `void`.
     ///
-    /// Errors the datamodel lists: `VM_REQUIRES_SR`.
+    /// Errors the datamodel lists: [`VM_REQUIRES_SR`](crate::ErrorCode::VmRequiresSr).
     ///
     /// Roles allowed: pool-admin, pool-operator, vm-power-admin, vm-admin, vm-operator, client-cert, read-only.
     pub fn async_assert_can_be_recovered(&self, self_: &VMApplianceRef, session_to: &SessionRef) -> Call<AsyncTask<()>> {
@@ -11378,7 +11378,7 @@ impl VMApplianceApi<'_> {
     ///
     /// Result: `void`.
     ///
-    /// Errors the datamodel lists: `OPERATION_PARTIALLY_FAILED`.
+    /// Errors the datamodel lists: [`OPERATION_PARTIALLY_FAILED`](crate::ErrorCode::OperationPartiallyFailed).
     ///
     /// Roles allowed: pool-admin, pool-operator.
     pub fn shutdown(&self, self_: &VMApplianceRef) -> Call<()> {
@@ -11392,7 +11392,7 @@ impl VMApplianceApi<'_> {
     /// Returns at once with the task that carries the call out; [`AsyncTask::wait`](crate::AsyncTask::wait)
     /// yields its result, `void`.
     ///
-    /// Errors the datamodel lists: `OPERATION_PARTIALLY_FAILED`.
+    /// Errors the datamodel lists: [`OPERATION_PARTIALLY_FAILED`](crate::ErrorCode::OperationPartiallyFailed).
     ///
     /// Roles allowed: pool-admin, pool-operator.
     pub fn async_shutdown(&self, self_: &VMApplianceRef) -> Call<AsyncTask<()>> {
@@ -11405,7 +11405,7 @@ impl VMApplianceApi<'_> {
     ///
     /// Result: `void`.
     ///
-    /// Errors the datamodel lists: `OPERATION_PARTIALLY_FAILED`.
+    /// Errors the datamodel lists: [`OPERATION_PARTIALLY_FAILED`](crate::ErrorCode::OperationPartiallyFailed).
     ///
     /// Roles allowed: pool-admin, pool-operator.
     pub fn hard_shutdown(&self, self_: &VMApplianceRef) -> Call<()> {
@@ -11419,7 +11419,7 @@ impl VMApplianceApi<'_> {
     /// Returns at once with the task that carries the call out; [`AsyncTask::wait`](crate::AsyncTask::wait)
     /// yields its result, `void`.
     ///
-    /// Errors the datamodel lists: `OPERATION_PARTIALLY_FAILED`.
+    /// Errors the datamodel lists: [`OPERATION_PARTIALLY_FAILED`](crate::ErrorCode::OperationPartiallyFailed).
     ///
     /// Roles allowed: pool-admin, pool-operator.
     pub fn async_hard_shutdown(&self, self_: &VMApplianceRef) -> Call<AsyncTask<()>> {
@@ -11432,7 +11432,7 @@ impl VMApplianceApi<'_> {
     ///
     /// Result: `void`.
     ///
-    /// Errors the datamodel lists: `OPERATION_PARTIALLY_FAILED`.
+    /// Errors the datamodel lists: [`OPERATION_PARTIALLY_FAILED`](crate::ErrorCode::OperationPartiallyFailed).
     ///
     /// Roles allowed: pool-admin, pool-operator.
     pub fn clean_shutdown(&self, self_: &VMApplianceRef) -> Call<()> {
@@ -11446,7 +11446,7 @@ impl VMApplianceApi<'_> {
     /// Returns at once with the task that carries the call out; [`AsyncTask::wait`](crate::AsyncTask::wait)
     /// yields its result, `void`.
     ///
-    /// Errors the datamodel lists: `OPERATION_PARTIALLY_FAILED`.
+    /// Errors the datamodel lists: [`OPERATION_PARTIALLY_FAILED`](crate::ErrorCode::OperationPartiallyFailed).
     ///
     /// Roles allowed: pool-admin, pool-operator.
     pub fn async_clean_shutdown(&self, self_: &VMApplianceRef) -> Call<AsyncTask<()>> {
@@ -11459,7 +11459,7 @@ impl VMApplianceApi<'_> {
     ///
     /// Result: `void`.
     ///
-    /// Errors the datamodel lists: `OPERATION_PARTIALLY_FAILED`.
+    /// Errors the datamodel lists: [`OPERATION_PARTIALLY_FAILED`](crate::ErrorCode::OperationPartiallyFailed).
     ///
     /// Roles allowed: pool-admin, pool-operator.
     pub fn start(&self, self_: &VMApplianceRef, paused: bool) -> Call<()> {
@@ -11473,7 +11473,7 @@ impl VMApplianceApi<'_> {
     /// Returns at once with the task that carries the call out; [`AsyncTask::wait`](crate::AsyncTask::wait)
     /// yields its result, `void`.
     ///
-    /// Errors the datamodel lists: `OPERATION_PARTIALLY_FAILED`.
+    /// Errors the datamodel lists: [`OPERATION_PARTIALLY_FAILED`](crate::ErrorCode::OperationPartiallyFailed).
     ///
     /// Roles allowed: pool-admin, pool-operator.
     pub fn async_start(&self, self_: &VMApplianceRef, paused: bool) -> Call<AsyncTask<()>> {
@@ -12823,7 +12823,7 @@ impl HostApi<'_> {
     ///
     /// Result: `void`.
     ///
-    /// Errors the datamodel lists: `HOST_NAME_INVALID`.
+    /// Errors the datamodel lists: [`HOST_NAME_INVALID`](crate::ErrorCode::HostNameInvalid).
     ///
     /// Roles allowed: pool-admin, pool-operator.
     pub fn set_hostname_live(&self, host: &HostRef, hostname: &str) -> Call<()> {
@@ -12837,7 +12837,7 @@ impl HostApi<'_> {
     /// Returns at once with the task that carries the call out; [`AsyncTask::wait`](crate::AsyncTask::wait)
     /// yields its result, `void`.
     ///
-    /// Errors the datamodel lists: `HOST_NAME_INVALID`.
+    /// Errors the datamodel lists: [`HOST_NAME_INVALID`](crate::ErrorCode::HostNameInvalid).
     ///
     /// Roles allowed: pool-admin, pool-operator.
     pub fn async_set_hostname_live(&self, host: &HostRef, hostname: &str) -> Call<AsyncTask<()>> {
@@ -13310,7 +13310,7 @@ impl HostApi<'_> {
     ///
     /// Result: `void`.
     ///
-    /// Errors the datamodel lists: `LICENSE_PROCESSING_ERROR`.
+    /// Errors the datamodel lists: [`LICENSE_PROCESSING_ERROR`](crate::ErrorCode::LicenseProcessingError).
     ///
     /// Roles allowed: pool-admin, pool-operator.
     pub fn license_add(&self, host: &HostRef, contents: &str) -> Call<()> {
@@ -13324,7 +13324,7 @@ impl HostApi<'_> {
     /// Returns at once with the task that carries the call out; [`AsyncTask::wait`](crate::AsyncTask::wait)
     /// yields its result, `void`.
     ///
-    /// Errors the datamodel lists: `LICENSE_PROCESSING_ERROR`.
+    /// Errors the datamodel lists: [`LICENSE_PROCESSING_ERROR`](crate::ErrorCode::LicenseProcessingError).
     ///
     /// Roles allowed: pool-admin, pool-operator.
     pub fn async_license_add(&self, host: &HostRef, contents: &str) -> Call<AsyncTask<()>> {
@@ -13337,7 +13337,7 @@ impl HostApi<'_> {
     ///
     /// Result: `void`.
     ///
-    /// Errors the datamodel lists: `LICENSE_PROCESSING_ERROR`.
+    /// Errors the datamodel lists: [`LICENSE_PROCESSING_ERROR`](crate::ErrorCode::LicenseProcessingError).
     ///
     /// Roles allowed: pool-admin, pool-operator.
     pub fn license_apply(&self, host: &HostRef, contents: &str) -> Call<()> {
@@ -13351,7 +13351,7 @@ impl HostApi<'_> {
     /// Returns at once with the task that carries the call out; [`AsyncTask::wait`](crate::AsyncTask::wait)
     /// yields its result, `void`.
     ///
-    /// Errors the datamodel lists: `LICENSE_PROCESSING_ERROR`.
+    /// Errors the datamodel lists: [`LICENSE_PROCESSING_ERROR`](crate::ErrorCode::LicenseProcessingError).
     ///
     /// Roles allowed: pool-admin, pool-operator.
     pub fn async_license_apply(&self, host: &HostRef, contents: &str) -> Call<AsyncTask<()>> {
@@ -15919,7 +15919,7 @@ impl NetworkApi<'_> {
     ///
     /// Result: `void`.
     ///
-    /// Errors the datamodel lists: `NETWORK_INCOMPATIBLE_PURPOSES`.
+    /// Errors the datamodel lists: [`NETWORK_INCOMPATIBLE_PURPOSES`](crate::ErrorCode::NetworkIncompatiblePurposes).
     ///
     /// Roles allowed: pool-admin.
     pub fn add_purpose(&self, self_: &NetworkRef, value: NetworkPurpose) -> Call<()> {
@@ -15933,7 +15933,7 @@ impl NetworkApi<'_> {
     /// Returns at once with the task that carries the call out; [`AsyncTask::wait`](crate::AsyncTask::wait)
     /// yields its result, `void`.
     ///
-    /// Errors the datamodel lists: `NETWORK_INCOMPATIBLE_PURPOSES`.
+    /// Errors the datamodel lists: [`NETWORK_INCOMPATIBLE_PURPOSES`](crate::ErrorCode::NetworkIncompatiblePurposes).
     ///
     /// Roles allowed: pool-admin.
     pub fn async_add_purpose(&self, self_: &NetworkRef, value: NetworkPurpose) -> Call<AsyncTask<()>> {
@@ -17588,7 +17588,7 @@ impl PIFApi<'_> {
     ///
     /// Result: `void`.
     ///
-    /// Errors the datamodel lists: `TRANSPORT_PIF_NOT_CONFIGURED`.
+    /// Errors the datamodel lists: [`TRANSPORT_PIF_NOT_CONFIGURED`](crate::ErrorCode::TransportPifNotConfigured).
     ///
     /// Roles allowed: pool-admin, pool-operator.
     pub fn plug(&self, self_: &PIFRef) -> Call<()> {
@@ -17602,7 +17602,7 @@ impl PIFApi<'_> {
     /// Returns at once with the task that carries the call out; [`AsyncTask::wait`](crate::AsyncTask::wait)
     /// yields its result, `void`.
     ///
-    /// Errors the datamodel lists: `TRANSPORT_PIF_NOT_CONFIGURED`.
+    /// Errors the datamodel lists: [`TRANSPORT_PIF_NOT_CONFIGURED`](crate::ErrorCode::TransportPifNotConfigured).
     ///
     /// Roles allowed: pool-admin, pool-operator.
     pub fn async_plug(&self, self_: &PIFRef) -> Call<AsyncTask<()>> {
@@ -17615,7 +17615,7 @@ impl PIFApi<'_> {
     ///
     /// Result: `void`.
     ///
-    /// Errors the datamodel lists: `OTHER_OPERATION_IN_PROGRESS`, `CLUSTERING_ENABLED`.
+    /// Errors the datamodel lists: [`OTHER_OPERATION_IN_PROGRESS`](crate::ErrorCode::OtherOperationInProgress), [`CLUSTERING_ENABLED`](crate::ErrorCode::ClusteringEnabled).
     ///
     /// Roles allowed: pool-admin, pool-operator.
     pub fn set_disallow_unplug(&self, self_: &PIFRef, value: bool) -> Call<()> {
@@ -17629,7 +17629,7 @@ impl PIFApi<'_> {
     /// Returns at once with the task that carries the call out; [`AsyncTask::wait`](crate::AsyncTask::wait)
     /// yields its result, `void`.
     ///
-    /// Errors the datamodel lists: `OTHER_OPERATION_IN_PROGRESS`, `CLUSTERING_ENABLED`.
+    /// Errors the datamodel lists: [`OTHER_OPERATION_IN_PROGRESS`](crate::ErrorCode::OtherOperationInProgress), [`CLUSTERING_ENABLED`](crate::ErrorCode::ClusteringEnabled).
     ///
     /// Roles allowed: pool-admin, pool-operator.
     pub fn async_set_disallow_unplug(&self, self_: &PIFRef, value: bool) -> Call<AsyncTask<()>> {
@@ -17642,7 +17642,7 @@ impl PIFApi<'_> {
     ///
     /// Result: `void`.
     ///
-    /// Errors the datamodel lists: `HA_OPERATION_WOULD_BREAK_FAILOVER_PLAN`, `VIF_IN_USE`, `PIF_DOES_NOT_ALLOW_UNPLUG`, `PIF_HAS_FCOE_SR_IN_USE`.
+    /// Errors the datamodel lists: [`HA_OPERATION_WOULD_BREAK_FAILOVER_PLAN`](crate::ErrorCode::HaOperationWouldBreakFailoverPlan), [`VIF_IN_USE`](crate::ErrorCode::VifInUse), [`PIF_DOES_NOT_ALLOW_UNPLUG`](crate::ErrorCode::PifDoesNotAllowUnplug), [`PIF_HAS_FCOE_SR_IN_USE`](crate::ErrorCode::PifHasFcoeSrInUse).
     ///
     /// Roles allowed: pool-admin, pool-operator.
     pub fn unplug(&self, self_: &PIFRef) -> Call<()> {
@@ -17656,7 +17656,7 @@ impl PIFApi<'_> {
     /// Returns at once with the task that carries the call out; [`AsyncTask::wait`](crate::AsyncTask::wait)
     /// yields its result, `void`.
     ///
-    /// Errors the datamodel lists: `HA_OPERATION_WOULD_BREAK_FAILOVER_PLAN`, `VIF_IN_USE`, `PIF_DOES_NOT_ALLOW_UNPLUG`, `PIF_HAS_FCOE_SR_IN_USE`.
+    /// Errors the datamodel lists: [`HA_OPERATION_WOULD_BREAK_FAILOVER_PLAN`](crate::ErrorCode::HaOperationWouldBreakFailoverPlan), [`VIF_IN_USE`](crate::ErrorCode::VifInUse), [`PIF_DOES_NOT_ALLOW_UNPLUG`](crate::ErrorCode::PifDoesNotAllowUnplug), [`PIF_HAS_FCOE_SR_IN_USE`](crate::ErrorCode::PifHasFcoeSrInUse).
     ///
     /// Roles allowed: pool-admin, pool-operator.
     pub fn async_unplug(&self, self_: &PIFRef) -> Call<AsyncTask<()>> {
@@ -17669,7 +17669,7 @@ impl PIFApi<'_> {
     ///
     /// Result: `void`.
     ///
-    /// Errors the datamodel lists: `PIF_TUNNEL_STILL_EXISTS`, `CLUSTERING_ENABLED`.
+    /// Errors the datamodel lists: [`PIF_TUNNEL_STILL_EXISTS`](crate::ErrorCode::PifTunnelStillExists), [`CLUSTERING_ENABLED`](crate::ErrorCode::ClusteringEnabled).
     ///
     /// Roles allowed: pool-admin, pool-operator.
     pub fn forget(&self, self_: &PIFRef) -> Call<()> {
@@ -17683,7 +17683,7 @@ impl PIFApi<'_> {
     /// Returns at once with the task that carries the call out; [`AsyncTask::wait`](crate::AsyncTask::wait)
     /// yields its result, `void`.
     ///
-    /// Errors the datamodel lists: `PIF_TUNNEL_STILL_EXISTS`, `CLUSTERING_ENABLED`.
+    /// Errors the datamodel lists: [`PIF_TUNNEL_STILL_EXISTS`](crate::ErrorCode::PifTunnelStillExists), [`CLUSTERING_ENABLED`](crate::ErrorCode::ClusteringEnabled).
     ///
     /// Roles allowed: pool-admin, pool-operator.
     pub fn async_forget(&self, self_: &PIFRef) -> Call<AsyncTask<()>> {
@@ -17765,7 +17765,7 @@ impl PIFApi<'_> {
     ///
     /// Result: `void`.
     ///
-    /// Errors the datamodel lists: `CLUSTERING_ENABLED`.
+    /// Errors the datamodel lists: [`CLUSTERING_ENABLED`](crate::ErrorCode::ClusteringEnabled).
     ///
     /// Roles allowed: pool-admin, pool-operator.
     pub fn reconfigure_ipv6(&self, self_: &PIFRef, mode: Ipv6ConfigurationMode, ipv6: &str, gateway: &str, dns: &str) -> Call<()> {
@@ -17779,7 +17779,7 @@ impl PIFApi<'_> {
     /// Returns at once with the task that carries the call out; [`AsyncTask::wait`](crate::AsyncTask::wait)
     /// yields its result, `void`.
     ///
-    /// Errors the datamodel lists: `CLUSTERING_ENABLED`.
+    /// Errors the datamodel lists: [`CLUSTERING_ENABLED`](crate::ErrorCode::ClusteringEnabled).
     ///
     /// Roles allowed: pool-admin, pool-operator.
     pub fn async_reconfigure_ipv6(&self, self_: &PIFRef, mode: Ipv6ConfigurationMode, ipv6: &str, gateway: &str, dns: &str) -> Call<AsyncTask<()>> {
@@ -17792,7 +17792,7 @@ impl PIFApi<'_> {
     ///
     /// Result: `void`.
     ///
-    /// Errors the datamodel lists: `CLUSTERING_ENABLED`.
+    /// Errors the datamodel lists: [`CLUSTERING_ENABLED`](crate::ErrorCode::ClusteringEnabled).
     ///
     /// Roles allowed: pool-admin, pool-operator.
     pub fn reconfigure_ip(&self, self_: &PIFRef, mode: IpConfigurationMode, ip: &str, netmask: &str, gateway: &str, dns: &str) -> Call<()> {
@@ -17806,7 +17806,7 @@ impl PIFApi<'_> {
     /// Returns at once with the task that carries the call out; [`AsyncTask::wait`](crate::AsyncTask::wait)
     /// yields its result, `void`.
     ///
-    /// Errors the datamodel lists: `CLUSTERING_ENABLED`.
+    /// Errors the datamodel lists: [`CLUSTERING_ENABLED`](crate::ErrorCode::ClusteringEnabled).
     ///
     /// Roles allowed: pool-admin, pool-operator.
     pub fn async_reconfigure_ip(&self, self_: &PIFRef, mode: IpConfigurationMode, ip: &str, netmask: &str, gateway: &str, dns: &str) -> Call<AsyncTask<()>> {
@@ -17819,7 +17819,7 @@ impl PIFApi<'_> {
     ///
     /// Result: `void`.
     ///
-    /// Errors the datamodel lists: `PIF_IS_PHYSICAL`.
+    /// Errors the datamodel lists: [`PIF_IS_PHYSICAL`](crate::ErrorCode::PifIsPhysical).
     ///
     /// Roles allowed: pool-admin, pool-operator.
     pub fn destroy(&self, self_: &PIFRef) -> Call<()> {
@@ -17833,7 +17833,7 @@ impl PIFApi<'_> {
     /// Returns at once with the task that carries the call out; [`AsyncTask::wait`](crate::AsyncTask::wait)
     /// yields its result, `void`.
     ///
-    /// Errors the datamodel lists: `PIF_IS_PHYSICAL`.
+    /// Errors the datamodel lists: [`PIF_IS_PHYSICAL`](crate::ErrorCode::PifIsPhysical).
     ///
     /// Roles allowed: pool-admin, pool-operator.
     pub fn async_destroy(&self, self_: &PIFRef) -> Call<AsyncTask<()>> {
@@ -17846,7 +17846,7 @@ impl PIFApi<'_> {
     ///
     /// Result: `PIF ref`.
     ///
-    /// Errors the datamodel lists: `VLAN_TAG_INVALID`.
+    /// Errors the datamodel lists: [`VLAN_TAG_INVALID`](crate::ErrorCode::VlanTagInvalid).
     ///
     /// Roles allowed: pool-admin, pool-operator.
     pub fn create_vlan(&self, device: &str, network: &NetworkRef, host: &HostRef, vlan: i64) -> Call<PIFRef> {
@@ -17860,7 +17860,7 @@ impl PIFApi<'_> {
     /// Returns at once with the task that carries the call out; [`AsyncTask::wait`](crate::AsyncTask::wait)
     /// yields its result, `PIF ref`.
     ///
-    /// Errors the datamodel lists: `VLAN_TAG_INVALID`.
+    /// Errors the datamodel lists: [`VLAN_TAG_INVALID`](crate::ErrorCode::VlanTagInvalid).
     ///
     /// Roles allowed: pool-admin, pool-operator.
     pub fn async_create_vlan(&self, device: &str, network: &NetworkRef, host: &HostRef, vlan: i64) -> Call<AsyncTask<PIFRef>> {
@@ -20011,7 +20011,7 @@ impl SRApi<'_> {
     ///
     /// Result: `void`.
     ///
-    /// Errors the datamodel lists: `SR_HAS_PBD`.
+    /// Errors the datamodel lists: [`SR_HAS_PBD`](crate::ErrorCode::SrHasPbd).
     ///
     /// Roles allowed: pool-admin, pool-operator.
     pub fn forget(&self, sr: &SRRef) -> Call<()> {
@@ -20025,7 +20025,7 @@ impl SRApi<'_> {
     /// Returns at once with the task that carries the call out; [`AsyncTask::wait`](crate::AsyncTask::wait)
     /// yields its result, `void`.
     ///
-    /// Errors the datamodel lists: `SR_HAS_PBD`.
+    /// Errors the datamodel lists: [`SR_HAS_PBD`](crate::ErrorCode::SrHasPbd).
     ///
     /// Roles allowed: pool-admin, pool-operator.
     pub fn async_forget(&self, sr: &SRRef) -> Call<AsyncTask<()>> {
@@ -20038,7 +20038,7 @@ impl SRApi<'_> {
     ///
     /// Result: `void`.
     ///
-    /// Errors the datamodel lists: `SR_HAS_PBD`.
+    /// Errors the datamodel lists: [`SR_HAS_PBD`](crate::ErrorCode::SrHasPbd).
     ///
     /// Roles allowed: pool-admin, pool-operator.
     pub fn destroy(&self, sr: &SRRef) -> Call<()> {
@@ -20052,7 +20052,7 @@ impl SRApi<'_> {
     /// Returns at once with the task that carries the call out; [`AsyncTask::wait`](crate::AsyncTask::wait)
     /// yields its result, `void`.
     ///
-    /// Errors the datamodel lists: `SR_HAS_PBD`.
+    /// Errors the datamodel lists: [`SR_HAS_PBD`](crate::ErrorCode::SrHasPbd).
     ///
     /// Roles allowed: pool-admin, pool-operator.
     pub fn async_destroy(&self, sr: &SRRef) -> Call<AsyncTask<()>> {
@@ -20115,7 +20115,7 @@ impl SRApi<'_> {
     ///
     /// Result: `SR ref`.
     ///
-    /// Errors the datamodel lists: `SR_UNKNOWN_DRIVER`.
+    /// Errors the datamodel lists: [`SR_UNKNOWN_DRIVER`](crate::ErrorCode::SrUnknownDriver).
     ///
     /// Roles allowed: pool-admin, pool-operator.
     #[allow(clippy::too_many_arguments)]
@@ -20130,7 +20130,7 @@ impl SRApi<'_> {
     /// Returns at once with the task that carries the call out; [`AsyncTask::wait`](crate::AsyncTask::wait)
     /// yields its result, `SR ref`.
     ///
-    /// Errors the datamodel lists: `SR_UNKNOWN_DRIVER`.
+    /// Errors the datamodel lists: [`SR_UNKNOWN_DRIVER`](crate::ErrorCode::SrUnknownDriver).
     ///
     /// Roles allowed: pool-admin, pool-operator.
     #[allow(clippy::too_many_arguments)]
@@ -20702,7 +20702,7 @@ impl VDIApi<'_> {
     ///
     /// Result: `vdi_nbd_server_info record set`.
     ///
-    /// Errors the datamodel lists: `VDI_INCOMPATIBLE_TYPE`.
+    /// Errors the datamodel lists: [`VDI_INCOMPATIBLE_TYPE`](crate::ErrorCode::VdiIncompatibleType).
     ///
     /// Roles allowed: pool-admin, pool-operator, vm-power-admin, vm-admin.
     pub fn get_nbd_info(&self, self_: &VDIRef) -> Call<Vec<VdiNbdServerInfoRecord>> {
@@ -20716,7 +20716,7 @@ impl VDIApi<'_> {
     /// Returns at once with the task that carries the call out; [`AsyncTask::wait`](crate::AsyncTask::wait)
     /// yields its result, `vdi_nbd_server_info record set`.
     ///
-    /// Errors the datamodel lists: `VDI_INCOMPATIBLE_TYPE`.
+    /// Errors the datamodel lists: [`VDI_INCOMPATIBLE_TYPE`](crate::ErrorCode::VdiIncompatibleType).
     ///
     /// Roles allowed: pool-admin, pool-operator, vm-power-admin, vm-admin.
     pub fn async_get_nbd_info(&self, self_: &VDIRef) -> Call<AsyncTask<Vec<VdiNbdServerInfoRecord>>> {
@@ -20729,7 +20729,7 @@ impl VDIApi<'_> {
     ///
     /// Result: `string`.
     ///
-    /// Errors the datamodel lists: `SR_OPERATION_NOT_SUPPORTED`, `VDI_MISSING`, `SR_NOT_ATTACHED`, `SR_HAS_NO_PBDS`, `VDI_IN_USE`.
+    /// Errors the datamodel lists: [`SR_OPERATION_NOT_SUPPORTED`](crate::ErrorCode::SrOperationNotSupported), [`VDI_MISSING`](crate::ErrorCode::VdiMissing), [`SR_NOT_ATTACHED`](crate::ErrorCode::SrNotAttached), [`SR_HAS_NO_PBDS`](crate::ErrorCode::SrHasNoPbds), [`VDI_IN_USE`](crate::ErrorCode::VdiInUse).
     ///
     /// Roles allowed: pool-admin, pool-operator, vm-power-admin, vm-admin, vm-operator.
     pub fn list_changed_blocks(&self, vdi_from: &VDIRef, vdi_to: &VDIRef) -> Call<String> {
@@ -20743,7 +20743,7 @@ impl VDIApi<'_> {
     /// Returns at once with the task that carries the call out; [`AsyncTask::wait`](crate::AsyncTask::wait)
     /// yields its result, `string`.
     ///
-    /// Errors the datamodel lists: `SR_OPERATION_NOT_SUPPORTED`, `VDI_MISSING`, `SR_NOT_ATTACHED`, `SR_HAS_NO_PBDS`, `VDI_IN_USE`.
+    /// Errors the datamodel lists: [`SR_OPERATION_NOT_SUPPORTED`](crate::ErrorCode::SrOperationNotSupported), [`VDI_MISSING`](crate::ErrorCode::VdiMissing), [`SR_NOT_ATTACHED`](crate::ErrorCode::SrNotAttached), [`SR_HAS_NO_PBDS`](crate::ErrorCode::SrHasNoPbds), [`VDI_IN_USE`](crate::ErrorCode::VdiInUse).
     ///
     /// Roles allowed: pool-admin, pool-operator, vm-power-admin, vm-admin, vm-operator.
     pub fn async_list_changed_blocks(&self, vdi_from: &VDIRef, vdi_to: &VDIRef) -> Call<AsyncTask<String>> {
@@ -20756,7 +20756,7 @@ impl VDIApi<'_> {
     ///
     /// Result: `void`.
     ///
-    /// Errors the datamodel lists: `SR_OPERATION_NOT_SUPPORTED`, `VDI_MISSING`, `SR_NOT_ATTACHED`, `SR_HAS_NO_PBDS`, `OPERATION_NOT_ALLOWED`, `VDI_INCOMPATIBLE_TYPE`, `VDI_NO_CBT_METADATA`, `VDI_IN_USE`, `VDI_IS_A_PHYSICAL_DEVICE`.
+    /// Errors the datamodel lists: [`SR_OPERATION_NOT_SUPPORTED`](crate::ErrorCode::SrOperationNotSupported), [`VDI_MISSING`](crate::ErrorCode::VdiMissing), [`SR_NOT_ATTACHED`](crate::ErrorCode::SrNotAttached), [`SR_HAS_NO_PBDS`](crate::ErrorCode::SrHasNoPbds), [`OPERATION_NOT_ALLOWED`](crate::ErrorCode::OperationNotAllowed), [`VDI_INCOMPATIBLE_TYPE`](crate::ErrorCode::VdiIncompatibleType), [`VDI_NO_CBT_METADATA`](crate::ErrorCode::VdiNoCbtMetadata), [`VDI_IN_USE`](crate::ErrorCode::VdiInUse), [`VDI_IS_A_PHYSICAL_DEVICE`](crate::ErrorCode::VdiIsAPhysicalDevice).
     ///
     /// Roles allowed: pool-admin, pool-operator, vm-power-admin, vm-admin.
     pub fn data_destroy(&self, self_: &VDIRef) -> Call<()> {
@@ -20770,7 +20770,7 @@ impl VDIApi<'_> {
     /// Returns at once with the task that carries the call out; [`AsyncTask::wait`](crate::AsyncTask::wait)
     /// yields its result, `void`.
     ///
-    /// Errors the datamodel lists: `SR_OPERATION_NOT_SUPPORTED`, `VDI_MISSING`, `SR_NOT_ATTACHED`, `SR_HAS_NO_PBDS`, `OPERATION_NOT_ALLOWED`, `VDI_INCOMPATIBLE_TYPE`, `VDI_NO_CBT_METADATA`, `VDI_IN_USE`, `VDI_IS_A_PHYSICAL_DEVICE`.
+    /// Errors the datamodel lists: [`SR_OPERATION_NOT_SUPPORTED`](crate::ErrorCode::SrOperationNotSupported), [`VDI_MISSING`](crate::ErrorCode::VdiMissing), [`SR_NOT_ATTACHED`](crate::ErrorCode::SrNotAttached), [`SR_HAS_NO_PBDS`](crate::ErrorCode::SrHasNoPbds), [`OPERATION_NOT_ALLOWED`](crate::ErrorCode::OperationNotAllowed), [`VDI_INCOMPATIBLE_TYPE`](crate::ErrorCode::VdiIncompatibleType), [`VDI_NO_CBT_METADATA`](crate::ErrorCode::VdiNoCbtMetadata), [`VDI_IN_USE`](crate::ErrorCode::VdiInUse), [`VDI_IS_A_PHYSICAL_DEVICE`](crate::ErrorCode::VdiIsAPhysicalDevice).
     ///
     /// Roles allowed: pool-admin, pool-operator, vm-power-admin, vm-admin.
     pub fn async_data_destroy(&self, self_: &VDIRef) -> Call<AsyncTask<()>> {
@@ -20783,7 +20783,7 @@ impl VDIApi<'_> {
     ///
     /// Result: `void`.
     ///
-    /// Errors the datamodel lists: `SR_OPERATION_NOT_SUPPORTED`, `VDI_MISSING`, `SR_NOT_ATTACHED`, `SR_HAS_NO_PBDS`, `OPERATION_NOT_ALLOWED`, `VDI_INCOMPATIBLE_TYPE`, `VDI_ON_BOOT_MODE_INCOMPATIBLE_WITH_OPERATION`.
+    /// Errors the datamodel lists: [`SR_OPERATION_NOT_SUPPORTED`](crate::ErrorCode::SrOperationNotSupported), [`VDI_MISSING`](crate::ErrorCode::VdiMissing), [`SR_NOT_ATTACHED`](crate::ErrorCode::SrNotAttached), [`SR_HAS_NO_PBDS`](crate::ErrorCode::SrHasNoPbds), [`OPERATION_NOT_ALLOWED`](crate::ErrorCode::OperationNotAllowed), [`VDI_INCOMPATIBLE_TYPE`](crate::ErrorCode::VdiIncompatibleType), [`VDI_ON_BOOT_MODE_INCOMPATIBLE_WITH_OPERATION`](crate::ErrorCode::VdiOnBootModeIncompatibleWithOperation).
     ///
     /// Roles allowed: pool-admin, pool-operator, vm-power-admin, vm-admin.
     pub fn disable_cbt(&self, self_: &VDIRef) -> Call<()> {
@@ -20797,7 +20797,7 @@ impl VDIApi<'_> {
     /// Returns at once with the task that carries the call out; [`AsyncTask::wait`](crate::AsyncTask::wait)
     /// yields its result, `void`.
     ///
-    /// Errors the datamodel lists: `SR_OPERATION_NOT_SUPPORTED`, `VDI_MISSING`, `SR_NOT_ATTACHED`, `SR_HAS_NO_PBDS`, `OPERATION_NOT_ALLOWED`, `VDI_INCOMPATIBLE_TYPE`, `VDI_ON_BOOT_MODE_INCOMPATIBLE_WITH_OPERATION`.
+    /// Errors the datamodel lists: [`SR_OPERATION_NOT_SUPPORTED`](crate::ErrorCode::SrOperationNotSupported), [`VDI_MISSING`](crate::ErrorCode::VdiMissing), [`SR_NOT_ATTACHED`](crate::ErrorCode::SrNotAttached), [`SR_HAS_NO_PBDS`](crate::ErrorCode::SrHasNoPbds), [`OPERATION_NOT_ALLOWED`](crate::ErrorCode::OperationNotAllowed), [`VDI_INCOMPATIBLE_TYPE`](crate::ErrorCode::VdiIncompatibleType), [`VDI_ON_BOOT_MODE_INCOMPATIBLE_WITH_OPERATION`](crate::ErrorCode::VdiOnBootModeIncompatibleWithOperation).
     ///
     /// Roles allowed: pool-admin, pool-operator, vm-power-admin, vm-admin.
     pub fn async_disable_cbt(&self, self_: &VDIRef) -> Call<AsyncTask<()>> {
@@ -20810,7 +20810,7 @@ impl VDIApi<'_> {
     ///
     /// Result: `void`.
     ///
-    /// Errors the datamodel lists: `SR_OPERATION_NOT_SUPPORTED`, `VDI_MISSING`, `SR_NOT_ATTACHED`, `SR_HAS_NO_PBDS`, `OPERATION_NOT_ALLOWED`, `VDI_INCOMPATIBLE_TYPE`, `VDI_ON_BOOT_MODE_INCOMPATIBLE_WITH_OPERATION`.
+    /// Errors the datamodel lists: [`SR_OPERATION_NOT_SUPPORTED`](crate::ErrorCode::SrOperationNotSupported), [`VDI_MISSING`](crate::ErrorCode::VdiMissing), [`SR_NOT_ATTACHED`](crate::ErrorCode::SrNotAttached), [`SR_HAS_NO_PBDS`](crate::ErrorCode::SrHasNoPbds), [`OPERATION_NOT_ALLOWED`](crate::ErrorCode::OperationNotAllowed), [`VDI_INCOMPATIBLE_TYPE`](crate::ErrorCode::VdiIncompatibleType), [`VDI_ON_BOOT_MODE_INCOMPATIBLE_WITH_OPERATION`](crate::ErrorCode::VdiOnBootModeIncompatibleWithOperation).
     ///
     /// Roles allowed: pool-admin, pool-operator, vm-power-admin, vm-admin.
     pub fn enable_cbt(&self, self_: &VDIRef) -> Call<()> {
@@ -20824,7 +20824,7 @@ impl VDIApi<'_> {
     /// Returns at once with the task that carries the call out; [`AsyncTask::wait`](crate::AsyncTask::wait)
     /// yields its result, `void`.
     ///
-    /// Errors the datamodel lists: `SR_OPERATION_NOT_SUPPORTED`, `VDI_MISSING`, `SR_NOT_ATTACHED`, `SR_HAS_NO_PBDS`, `OPERATION_NOT_ALLOWED`, `VDI_INCOMPATIBLE_TYPE`, `VDI_ON_BOOT_MODE_INCOMPATIBLE_WITH_OPERATION`.
+    /// Errors the datamodel lists: [`SR_OPERATION_NOT_SUPPORTED`](crate::ErrorCode::SrOperationNotSupported), [`VDI_MISSING`](crate::ErrorCode::VdiMissing), [`SR_NOT_ATTACHED`](crate::ErrorCode::SrNotAttached), [`SR_HAS_NO_PBDS`](crate::ErrorCode::SrHasNoPbds), [`OPERATION_NOT_ALLOWED`](crate::ErrorCode::OperationNotAllowed), [`VDI_INCOMPATIBLE_TYPE`](crate::ErrorCode::VdiIncompatibleType), [`VDI_ON_BOOT_MODE_INCOMPATIBLE_WITH_OPERATION`](crate::ErrorCode::VdiOnBootModeIncompatibleWithOperation).
     ///
     /// Roles allowed: pool-admin, pool-operator, vm-power-admin, vm-admin.
     pub fn async_enable_cbt(&self, self_: &VDIRef) -> Call<AsyncTask<()>> {
@@ -21067,7 +21067,7 @@ impl VDIApi<'_> {
     ///
     /// Result: `VDI ref`.
     ///
-    /// Errors the datamodel lists: `VDI_READONLY`, `VDI_TOO_SMALL`, `VDI_NOT_SPARSE`.
+    /// Errors the datamodel lists: [`VDI_READONLY`](crate::ErrorCode::VdiReadonly), [`VDI_TOO_SMALL`](crate::ErrorCode::VdiTooSmall), [`VDI_NOT_SPARSE`](crate::ErrorCode::VdiNotSparse).
     ///
     /// Roles allowed: pool-admin, pool-operator, vm-power-admin, vm-admin.
     pub fn copy(&self, vdi: &VDIRef, sr: &SRRef, base_vdi: &VDIRef, into_vdi: &VDIRef) -> Call<VDIRef> {
@@ -21081,7 +21081,7 @@ impl VDIApi<'_> {
     /// Returns at once with the task that carries the call out; [`AsyncTask::wait`](crate::AsyncTask::wait)
     /// yields its result, `VDI ref`.
     ///
-    /// Errors the datamodel lists: `VDI_READONLY`, `VDI_TOO_SMALL`, `VDI_NOT_SPARSE`.
+    /// Errors the datamodel lists: [`VDI_READONLY`](crate::ErrorCode::VdiReadonly), [`VDI_TOO_SMALL`](crate::ErrorCode::VdiTooSmall), [`VDI_NOT_SPARSE`](crate::ErrorCode::VdiNotSparse).
     ///
     /// Roles allowed: pool-admin, pool-operator, vm-power-admin, vm-admin.
     pub fn async_copy(&self, vdi: &VDIRef, sr: &SRRef, base_vdi: &VDIRef, into_vdi: &VDIRef) -> Call<AsyncTask<VDIRef>> {
@@ -21094,7 +21094,7 @@ impl VDIApi<'_> {
     ///
     /// Result: `void`.
     ///
-    /// Errors the datamodel lists: `SR_OPERATION_NOT_SUPPORTED`.
+    /// Errors the datamodel lists: [`SR_OPERATION_NOT_SUPPORTED`](crate::ErrorCode::SrOperationNotSupported).
     ///
     /// Roles allowed: pool-admin, pool-operator, vm-power-admin, vm-admin.
     pub fn update(&self, vdi: &VDIRef) -> Call<()> {
@@ -21108,7 +21108,7 @@ impl VDIApi<'_> {
     /// Returns at once with the task that carries the call out; [`AsyncTask::wait`](crate::AsyncTask::wait)
     /// yields its result, `void`.
     ///
-    /// Errors the datamodel lists: `SR_OPERATION_NOT_SUPPORTED`.
+    /// Errors the datamodel lists: [`SR_OPERATION_NOT_SUPPORTED`](crate::ErrorCode::SrOperationNotSupported).
     ///
     /// Roles allowed: pool-admin, pool-operator, vm-power-admin, vm-admin.
     pub fn async_update(&self, vdi: &VDIRef) -> Call<AsyncTask<()>> {
@@ -21121,7 +21121,7 @@ impl VDIApi<'_> {
     ///
     /// Result: `VDI ref`.
     ///
-    /// Errors the datamodel lists: `SR_OPERATION_NOT_SUPPORTED`.
+    /// Errors the datamodel lists: [`SR_OPERATION_NOT_SUPPORTED`](crate::ErrorCode::SrOperationNotSupported).
     ///
     /// Roles allowed: pool-admin, pool-operator, vm-power-admin, vm-admin.
     #[allow(clippy::too_many_arguments)]
@@ -21136,7 +21136,7 @@ impl VDIApi<'_> {
     /// Returns at once with the task that carries the call out; [`AsyncTask::wait`](crate::AsyncTask::wait)
     /// yields its result, `VDI ref`.
     ///
-    /// Errors the datamodel lists: `SR_OPERATION_NOT_SUPPORTED`.
+    /// Errors the datamodel lists: [`SR_OPERATION_NOT_SUPPORTED`](crate::ErrorCode::SrOperationNotSupported).
     ///
     /// Roles allowed: pool-admin, pool-operator, vm-power-admin, vm-admin.
     #[allow(clippy::too_many_arguments)]
@@ -22028,7 +22028,7 @@ impl VBDApi<'_> {
     ///
     /// Result: `void`.
     ///
-    /// Errors the datamodel lists: `DEVICE_DETACH_REJECTED`, `DEVICE_ALREADY_DETACHED`.
+    /// Errors the datamodel lists: [`DEVICE_DETACH_REJECTED`](crate::ErrorCode::DeviceDetachRejected), [`DEVICE_ALREADY_DETACHED`](crate::ErrorCode::DeviceAlreadyDetached).
     ///
     /// Roles allowed: pool-admin, pool-operator, vm-power-admin, vm-admin.
     pub fn unplug(&self, self_: &VBDRef) -> Call<()> {
@@ -22042,7 +22042,7 @@ impl VBDApi<'_> {
     /// Returns at once with the task that carries the call out; [`AsyncTask::wait`](crate::AsyncTask::wait)
     /// yields its result, `void`.
     ///
-    /// Errors the datamodel lists: `DEVICE_DETACH_REJECTED`, `DEVICE_ALREADY_DETACHED`.
+    /// Errors the datamodel lists: [`DEVICE_DETACH_REJECTED`](crate::ErrorCode::DeviceDetachRejected), [`DEVICE_ALREADY_DETACHED`](crate::ErrorCode::DeviceAlreadyDetached).
     ///
     /// Roles allowed: pool-admin, pool-operator, vm-power-admin, vm-admin.
     pub fn async_unplug(&self, self_: &VBDRef) -> Call<AsyncTask<()>> {
@@ -22078,7 +22078,7 @@ impl VBDApi<'_> {
     ///
     /// Result: `void`.
     ///
-    /// Errors the datamodel lists: `VBD_NOT_REMOVABLE_MEDIA`, `VBD_NOT_EMPTY`.
+    /// Errors the datamodel lists: [`VBD_NOT_REMOVABLE_MEDIA`](crate::ErrorCode::VbdNotRemovableMedia), [`VBD_NOT_EMPTY`](crate::ErrorCode::VbdNotEmpty).
     ///
     /// Roles allowed: pool-admin, pool-operator, vm-power-admin, vm-admin, vm-operator.
     pub fn insert(&self, vbd: &VBDRef, vdi: &VDIRef) -> Call<()> {
@@ -22092,7 +22092,7 @@ impl VBDApi<'_> {
     /// Returns at once with the task that carries the call out; [`AsyncTask::wait`](crate::AsyncTask::wait)
     /// yields its result, `void`.
     ///
-    /// Errors the datamodel lists: `VBD_NOT_REMOVABLE_MEDIA`, `VBD_NOT_EMPTY`.
+    /// Errors the datamodel lists: [`VBD_NOT_REMOVABLE_MEDIA`](crate::ErrorCode::VbdNotRemovableMedia), [`VBD_NOT_EMPTY`](crate::ErrorCode::VbdNotEmpty).
     ///
     /// Roles allowed: pool-admin, pool-operator, vm-power-admin, vm-admin, vm-operator.
     pub fn async_insert(&self, vbd: &VBDRef, vdi: &VDIRef) -> Call<AsyncTask<()>> {
@@ -22105,7 +22105,7 @@ impl VBDApi<'_> {
     ///
     /// Result: `void`.
     ///
-    /// Errors the datamodel lists: `VBD_NOT_REMOVABLE_MEDIA`, `VBD_IS_EMPTY`.
+    /// Errors the datamodel lists: [`VBD_NOT_REMOVABLE_MEDIA`](crate::ErrorCode::VbdNotRemovableMedia), [`VBD_IS_EMPTY`](crate::ErrorCode::VbdIsEmpty).
     ///
     /// Roles allowed: pool-admin, pool-operator, vm-power-admin, vm-admin, vm-operator.
     pub fn eject(&self, vbd: &VBDRef) -> Call<()> {
@@ -22119,7 +22119,7 @@ impl VBDApi<'_> {
     /// Returns at once with the task that carries the call out; [`AsyncTask::wait`](crate::AsyncTask::wait)
     /// yields its result, `void`.
     ///
-    /// Errors the datamodel lists: `VBD_NOT_REMOVABLE_MEDIA`, `VBD_IS_EMPTY`.
+    /// Errors the datamodel lists: [`VBD_NOT_REMOVABLE_MEDIA`](crate::ErrorCode::VbdNotRemovableMedia), [`VBD_IS_EMPTY`](crate::ErrorCode::VbdIsEmpty).
     ///
     /// Roles allowed: pool-admin, pool-operator, vm-power-admin, vm-admin, vm-operator.
     pub fn async_eject(&self, vbd: &VBDRef) -> Call<AsyncTask<()>> {
@@ -22921,7 +22921,7 @@ impl PBDApi<'_> {
     ///
     /// Result: `void`.
     ///
-    /// Errors the datamodel lists: `SR_UNKNOWN_DRIVER`.
+    /// Errors the datamodel lists: [`SR_UNKNOWN_DRIVER`](crate::ErrorCode::SrUnknownDriver).
     ///
     /// Roles allowed: pool-admin, pool-operator.
     pub fn plug(&self, self_: &PBDRef) -> Call<()> {
@@ -22935,7 +22935,7 @@ impl PBDApi<'_> {
     /// Returns at once with the task that carries the call out; [`AsyncTask::wait`](crate::AsyncTask::wait)
     /// yields its result, `void`.
     ///
-    /// Errors the datamodel lists: `SR_UNKNOWN_DRIVER`.
+    /// Errors the datamodel lists: [`SR_UNKNOWN_DRIVER`](crate::ErrorCode::SrUnknownDriver).
     ///
     /// Roles allowed: pool-admin, pool-operator.
     pub fn async_plug(&self, self_: &PBDRef) -> Call<AsyncTask<()>> {
@@ -24764,7 +24764,7 @@ impl TunnelApi<'_> {
     ///
     /// Result: `tunnel ref`.
     ///
-    /// Errors the datamodel lists: `OPENVSWITCH_NOT_ACTIVE`, `TRANSPORT_PIF_NOT_CONFIGURED`, `IS_TUNNEL_ACCESS_PIF`.
+    /// Errors the datamodel lists: [`OPENVSWITCH_NOT_ACTIVE`](crate::ErrorCode::OpenvswitchNotActive), [`TRANSPORT_PIF_NOT_CONFIGURED`](crate::ErrorCode::TransportPifNotConfigured), [`IS_TUNNEL_ACCESS_PIF`](crate::ErrorCode::IsTunnelAccessPif).
     ///
     /// Roles allowed: pool-admin, pool-operator.
     pub fn create(&self, transport_pif: &PIFRef, network: &NetworkRef, protocol: TunnelProtocol) -> Call<TunnelRef> {
@@ -24778,7 +24778,7 @@ impl TunnelApi<'_> {
     /// Returns at once with the task that carries the call out; [`AsyncTask::wait`](crate::AsyncTask::wait)
     /// yields its result, `tunnel ref`.
     ///
-    /// Errors the datamodel lists: `OPENVSWITCH_NOT_ACTIVE`, `TRANSPORT_PIF_NOT_CONFIGURED`, `IS_TUNNEL_ACCESS_PIF`.
+    /// Errors the datamodel lists: [`OPENVSWITCH_NOT_ACTIVE`](crate::ErrorCode::OpenvswitchNotActive), [`TRANSPORT_PIF_NOT_CONFIGURED`](crate::ErrorCode::TransportPifNotConfigured), [`IS_TUNNEL_ACCESS_PIF`](crate::ErrorCode::IsTunnelAccessPif).
     ///
     /// Roles allowed: pool-admin, pool-operator.
     pub fn async_create(&self, transport_pif: &PIFRef, network: &NetworkRef, protocol: TunnelProtocol) -> Call<AsyncTask<TunnelRef>> {
@@ -26953,7 +26953,7 @@ impl PVSSiteApi<'_> {
     ///
     /// Result: `void`.
     ///
-    /// Errors the datamodel lists: `PVS_SITE_CONTAINS_RUNNING_PROXIES`, `PVS_SITE_CONTAINS_SERVERS`.
+    /// Errors the datamodel lists: [`PVS_SITE_CONTAINS_RUNNING_PROXIES`](crate::ErrorCode::PvsSiteContainsRunningProxies), [`PVS_SITE_CONTAINS_SERVERS`](crate::ErrorCode::PvsSiteContainsServers).
     ///
     /// Roles allowed: pool-admin, pool-operator.
     pub fn forget(&self, self_: &PVSSiteRef) -> Call<()> {
@@ -26967,7 +26967,7 @@ impl PVSSiteApi<'_> {
     /// Returns at once with the task that carries the call out; [`AsyncTask::wait`](crate::AsyncTask::wait)
     /// yields its result, `void`.
     ///
-    /// Errors the datamodel lists: `PVS_SITE_CONTAINS_RUNNING_PROXIES`, `PVS_SITE_CONTAINS_SERVERS`.
+    /// Errors the datamodel lists: [`PVS_SITE_CONTAINS_RUNNING_PROXIES`](crate::ErrorCode::PvsSiteContainsRunningProxies), [`PVS_SITE_CONTAINS_SERVERS`](crate::ErrorCode::PvsSiteContainsServers).
     ///
     /// Roles allowed: pool-admin, pool-operator.
     pub fn async_forget(&self, self_: &PVSSiteRef) -> Call<AsyncTask<()>> {
@@ -29082,7 +29082,7 @@ impl ClusterApi<'_> {
     ///
     /// Result: `void`.
     ///
-    /// Errors the datamodel lists: `CLUSTER_STACK_IN_USE`, `CLUSTERING_DISABLED`, `CLUSTER_HOST_IS_LAST`.
+    /// Errors the datamodel lists: [`CLUSTER_STACK_IN_USE`](crate::ErrorCode::ClusterStackInUse), [`CLUSTERING_DISABLED`](crate::ErrorCode::ClusteringDisabled), [`CLUSTER_HOST_IS_LAST`](crate::ErrorCode::ClusterHostIsLast).
     ///
     /// Roles allowed: pool-admin, pool-operator.
     pub fn pool_destroy(&self, self_: &ClusterRef) -> Call<()> {
@@ -29096,7 +29096,7 @@ impl ClusterApi<'_> {
     /// Returns at once with the task that carries the call out; [`AsyncTask::wait`](crate::AsyncTask::wait)
     /// yields its result, `void`.
     ///
-    /// Errors the datamodel lists: `CLUSTER_STACK_IN_USE`, `CLUSTERING_DISABLED`, `CLUSTER_HOST_IS_LAST`.
+    /// Errors the datamodel lists: [`CLUSTER_STACK_IN_USE`](crate::ErrorCode::ClusterStackInUse), [`CLUSTERING_DISABLED`](crate::ErrorCode::ClusteringDisabled), [`CLUSTER_HOST_IS_LAST`](crate::ErrorCode::ClusterHostIsLast).
     ///
     /// Roles allowed: pool-admin, pool-operator.
     pub fn async_pool_destroy(&self, self_: &ClusterRef) -> Call<AsyncTask<()>> {
@@ -29109,7 +29109,7 @@ impl ClusterApi<'_> {
     ///
     /// Result: `void`.
     ///
-    /// Errors the datamodel lists: `CLUSTER_FORCE_DESTROY_FAILED`.
+    /// Errors the datamodel lists: [`CLUSTER_FORCE_DESTROY_FAILED`](crate::ErrorCode::ClusterForceDestroyFailed).
     ///
     /// Roles allowed: pool-admin, pool-operator.
     pub fn pool_force_destroy(&self, self_: &ClusterRef) -> Call<()> {
@@ -29123,7 +29123,7 @@ impl ClusterApi<'_> {
     /// Returns at once with the task that carries the call out; [`AsyncTask::wait`](crate::AsyncTask::wait)
     /// yields its result, `void`.
     ///
-    /// Errors the datamodel lists: `CLUSTER_FORCE_DESTROY_FAILED`.
+    /// Errors the datamodel lists: [`CLUSTER_FORCE_DESTROY_FAILED`](crate::ErrorCode::ClusterForceDestroyFailed).
     ///
     /// Roles allowed: pool-admin, pool-operator.
     pub fn async_pool_force_destroy(&self, self_: &ClusterRef) -> Call<AsyncTask<()>> {
@@ -29182,7 +29182,7 @@ impl ClusterApi<'_> {
     ///
     /// Result: `void`.
     ///
-    /// Errors the datamodel lists: `CLUSTER_DOES_NOT_HAVE_ONE_NODE`, `CLUSTER_STACK_IN_USE`.
+    /// Errors the datamodel lists: [`CLUSTER_DOES_NOT_HAVE_ONE_NODE`](crate::ErrorCode::ClusterDoesNotHaveOneNode), [`CLUSTER_STACK_IN_USE`](crate::ErrorCode::ClusterStackInUse).
     ///
     /// Roles allowed: pool-admin, pool-operator.
     pub fn destroy(&self, self_: &ClusterRef) -> Call<()> {
@@ -29196,7 +29196,7 @@ impl ClusterApi<'_> {
     /// Returns at once with the task that carries the call out; [`AsyncTask::wait`](crate::AsyncTask::wait)
     /// yields its result, `void`.
     ///
-    /// Errors the datamodel lists: `CLUSTER_DOES_NOT_HAVE_ONE_NODE`, `CLUSTER_STACK_IN_USE`.
+    /// Errors the datamodel lists: [`CLUSTER_DOES_NOT_HAVE_ONE_NODE`](crate::ErrorCode::ClusterDoesNotHaveOneNode), [`CLUSTER_STACK_IN_USE`](crate::ErrorCode::ClusterStackInUse).
     ///
     /// Roles allowed: pool-admin, pool-operator.
     pub fn async_destroy(&self, self_: &ClusterRef) -> Call<AsyncTask<()>> {
@@ -29209,7 +29209,7 @@ impl ClusterApi<'_> {
     ///
     /// Result: `Cluster ref`.
     ///
-    /// Errors the datamodel lists: `INVALID_CLUSTER_STACK`, `INVALID_VALUE`, `PIF_ALLOWS_UNPLUG`, `REQUIRED_PIF_IS_UNPLUGGED`.
+    /// Errors the datamodel lists: [`INVALID_CLUSTER_STACK`](crate::ErrorCode::InvalidClusterStack), [`INVALID_VALUE`](crate::ErrorCode::InvalidValue), [`PIF_ALLOWS_UNPLUG`](crate::ErrorCode::PifAllowsUnplug), [`REQUIRED_PIF_IS_UNPLUGGED`](crate::ErrorCode::RequiredPifIsUnplugged).
     ///
     /// Roles allowed: pool-admin, pool-operator.
     pub fn create(&self, pif: &PIFRef, cluster_stack: &str, pool_auto_join: bool, token_timeout: f64, token_timeout_coefficient: f64) -> Call<ClusterRef> {
@@ -29223,7 +29223,7 @@ impl ClusterApi<'_> {
     /// Returns at once with the task that carries the call out; [`AsyncTask::wait`](crate::AsyncTask::wait)
     /// yields its result, `Cluster ref`.
     ///
-    /// Errors the datamodel lists: `INVALID_CLUSTER_STACK`, `INVALID_VALUE`, `PIF_ALLOWS_UNPLUG`, `REQUIRED_PIF_IS_UNPLUGGED`.
+    /// Errors the datamodel lists: [`INVALID_CLUSTER_STACK`](crate::ErrorCode::InvalidClusterStack), [`INVALID_VALUE`](crate::ErrorCode::InvalidValue), [`PIF_ALLOWS_UNPLUG`](crate::ErrorCode::PifAllowsUnplug), [`REQUIRED_PIF_IS_UNPLUGGED`](crate::ErrorCode::RequiredPifIsUnplugged).
     ///
     /// Roles allowed: pool-admin, pool-operator.
     pub fn async_create(&self, pif: &PIFRef, cluster_stack: &str, pool_auto_join: bool, token_timeout: f64, token_timeout_coefficient: f64) -> Call<AsyncTask<ClusterRef>> {
@@ -29548,7 +29548,7 @@ impl ClusterHostApi<'_> {
     ///
     /// Result: `void`.
     ///
-    /// Errors the datamodel lists: `CLUSTER_STACK_IN_USE`.
+    /// Errors the datamodel lists: [`CLUSTER_STACK_IN_USE`](crate::ErrorCode::ClusterStackInUse).
     ///
     /// Roles allowed: pool-admin, pool-operator.
     pub fn disable(&self, self_: &ClusterHostRef) -> Call<()> {
@@ -29562,7 +29562,7 @@ impl ClusterHostApi<'_> {
     /// Returns at once with the task that carries the call out; [`AsyncTask::wait`](crate::AsyncTask::wait)
     /// yields its result, `void`.
     ///
-    /// Errors the datamodel lists: `CLUSTER_STACK_IN_USE`.
+    /// Errors the datamodel lists: [`CLUSTER_STACK_IN_USE`](crate::ErrorCode::ClusterStackInUse).
     ///
     /// Roles allowed: pool-admin, pool-operator.
     pub fn async_disable(&self, self_: &ClusterHostRef) -> Call<AsyncTask<()>> {
@@ -29575,7 +29575,7 @@ impl ClusterHostApi<'_> {
     ///
     /// Result: `void`.
     ///
-    /// Errors the datamodel lists: `CLUSTER_STACK_IN_USE`.
+    /// Errors the datamodel lists: [`CLUSTER_STACK_IN_USE`](crate::ErrorCode::ClusterStackInUse).
     ///
     /// Roles allowed: pool-admin, pool-operator.
     pub fn force_destroy(&self, self_: &ClusterHostRef) -> Call<()> {
@@ -29589,7 +29589,7 @@ impl ClusterHostApi<'_> {
     /// Returns at once with the task that carries the call out; [`AsyncTask::wait`](crate::AsyncTask::wait)
     /// yields its result, `void`.
     ///
-    /// Errors the datamodel lists: `CLUSTER_STACK_IN_USE`.
+    /// Errors the datamodel lists: [`CLUSTER_STACK_IN_USE`](crate::ErrorCode::ClusterStackInUse).
     ///
     /// Roles allowed: pool-admin, pool-operator.
     pub fn async_force_destroy(&self, self_: &ClusterHostRef) -> Call<AsyncTask<()>> {
@@ -29602,7 +29602,7 @@ impl ClusterHostApi<'_> {
     ///
     /// Result: `void`.
     ///
-    /// Errors the datamodel lists: `PIF_ALLOWS_UNPLUG`, `REQUIRED_PIF_IS_UNPLUGGED`.
+    /// Errors the datamodel lists: [`PIF_ALLOWS_UNPLUG`](crate::ErrorCode::PifAllowsUnplug), [`REQUIRED_PIF_IS_UNPLUGGED`](crate::ErrorCode::RequiredPifIsUnplugged).
     ///
     /// Roles allowed: pool-admin, pool-operator.
     pub fn enable(&self, self_: &ClusterHostRef) -> Call<()> {
@@ -29616,7 +29616,7 @@ impl ClusterHostApi<'_> {
     /// Returns at once with the task that carries the call out; [`AsyncTask::wait`](crate::AsyncTask::wait)
     /// yields its result, `void`.
     ///
-    /// Errors the datamodel lists: `PIF_ALLOWS_UNPLUG`, `REQUIRED_PIF_IS_UNPLUGGED`.
+    /// Errors the datamodel lists: [`PIF_ALLOWS_UNPLUG`](crate::ErrorCode::PifAllowsUnplug), [`REQUIRED_PIF_IS_UNPLUGGED`](crate::ErrorCode::RequiredPifIsUnplugged).
     ///
     /// Roles allowed: pool-admin, pool-operator.
     pub fn async_enable(&self, self_: &ClusterHostRef) -> Call<AsyncTask<()>> {
@@ -29629,7 +29629,7 @@ impl ClusterHostApi<'_> {
     ///
     /// Result: `void`.
     ///
-    /// Errors the datamodel lists: `CLUSTER_STACK_IN_USE`, `CLUSTERING_DISABLED`, `CLUSTER_HOST_IS_LAST`.
+    /// Errors the datamodel lists: [`CLUSTER_STACK_IN_USE`](crate::ErrorCode::ClusterStackInUse), [`CLUSTERING_DISABLED`](crate::ErrorCode::ClusteringDisabled), [`CLUSTER_HOST_IS_LAST`](crate::ErrorCode::ClusterHostIsLast).
     ///
     /// Roles allowed: pool-admin, pool-operator.
     pub fn destroy(&self, self_: &ClusterHostRef) -> Call<()> {
@@ -29643,7 +29643,7 @@ impl ClusterHostApi<'_> {
     /// Returns at once with the task that carries the call out; [`AsyncTask::wait`](crate::AsyncTask::wait)
     /// yields its result, `void`.
     ///
-    /// Errors the datamodel lists: `CLUSTER_STACK_IN_USE`, `CLUSTERING_DISABLED`, `CLUSTER_HOST_IS_LAST`.
+    /// Errors the datamodel lists: [`CLUSTER_STACK_IN_USE`](crate::ErrorCode::ClusterStackInUse), [`CLUSTERING_DISABLED`](crate::ErrorCode::ClusteringDisabled), [`CLUSTER_HOST_IS_LAST`](crate::ErrorCode::ClusterHostIsLast).
     ///
     /// Roles allowed: pool-admin, pool-operator.
     pub fn async_destroy(&self, self_: &ClusterHostRef) -> Call<AsyncTask<()>> {
@@ -29656,7 +29656,7 @@ impl ClusterHostApi<'_> {
     ///
     /// Result: `Cluster_host ref`.
     ///
-    /// Errors the datamodel lists: `PIF_NOT_ATTACHED_TO_HOST`, `NO_CLUSTER_HOSTS_REACHABLE`.
+    /// Errors the datamodel lists: [`PIF_NOT_ATTACHED_TO_HOST`](crate::ErrorCode::PifNotAttachedToHost), [`NO_CLUSTER_HOSTS_REACHABLE`](crate::ErrorCode::NoClusterHostsReachable).
     ///
     /// Roles allowed: pool-admin, pool-operator.
     pub fn create(&self, cluster: &ClusterRef, host: &HostRef, pif: &PIFRef) -> Call<ClusterHostRef> {
@@ -29670,7 +29670,7 @@ impl ClusterHostApi<'_> {
     /// Returns at once with the task that carries the call out; [`AsyncTask::wait`](crate::AsyncTask::wait)
     /// yields its result, `Cluster_host ref`.
     ///
-    /// Errors the datamodel lists: `PIF_NOT_ATTACHED_TO_HOST`, `NO_CLUSTER_HOSTS_REACHABLE`.
+    /// Errors the datamodel lists: [`PIF_NOT_ATTACHED_TO_HOST`](crate::ErrorCode::PifNotAttachedToHost), [`NO_CLUSTER_HOSTS_REACHABLE`](crate::ErrorCode::NoClusterHostsReachable).
     ///
     /// Roles allowed: pool-admin, pool-operator.
     pub fn async_create(&self, cluster: &ClusterRef, host: &HostRef, pif: &PIFRef) -> Call<AsyncTask<ClusterHostRef>> {
@@ -32233,7 +32233,7 @@ impl Client {
     ///
     /// Result: `session ref`.
     ///
-    /// Errors the datamodel lists: `SESSION_AUTHENTICATION_FAILED`, `HOST_IS_SLAVE`.
+    /// Errors the datamodel lists: [`SESSION_AUTHENTICATION_FAILED`](crate::ErrorCode::SessionAuthenticationFailed), [`HOST_IS_SLAVE`](crate::ErrorCode::HostIsSlave).
     ///
     /// Roles allowed: pool-admin, pool-operator, vm-power-admin, vm-admin, vm-operator, client-cert, read-only.
     pub fn login_with_password(&self, uname: &str, pwd: &str, version: &str, originator: &str) -> Call<SessionRef> {
