@@ -326,3 +326,55 @@ impl Session {
         all
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spawnable<T: Send + 'static>() {}
+
+    #[test]
+    fn calls_sessions_and_streams_can_be_spawned() {
+        spawnable::<Client>();
+        spawnable::<Session>();
+        spawnable::<Call<crate::VMRecord>>();
+        spawnable::<crate::EventStream>();
+        spawnable::<crate::AsyncTask<crate::VMRef>>();
+    }
+
+    #[test]
+    fn urls_are_checked_when_the_client_is_built() {
+        for bad in ["ftp://host/", "host:8080", "http://", "not a url"] {
+            let r = Client::builder(bad).build();
+            assert!(matches!(r, Err(Error::Url { .. })), "{bad}: {r:?}");
+        }
+        for good in ["http://127.0.0.1:8080", "http://[::1]:8080/RPC2", "http://host"] {
+            Client::builder(good).build().unwrap_or_else(|e| panic!("{good}: {e}"));
+        }
+        let c = Client::builder("https://10.0.0.1")
+            .accept_invalid_certs(true)
+            .wire(Wire::JsonRpc)
+            .build()
+            .unwrap();
+        assert_eq!(c.wire(), Wire::JsonRpc);
+        Client::unix("/var/lib/xcp/xapi").build().unwrap();
+        // Only the roots added are trusted, and none were.
+        let r = Client::builder("https://host").without_system_roots().build();
+        assert!(matches!(r, Err(Error::Tls(_))), "{r:?}");
+        let r = Client::builder("https://host")
+            .add_root_certificate_pem("not a certificate")
+            .build();
+        assert!(matches!(r, Err(Error::Tls(_))), "{r:?}");
+    }
+
+    #[tokio::test]
+    async fn a_server_that_is_not_there_is_a_connect_error() {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let c = Client::builder(format!("http://127.0.0.1:{port}")).build().unwrap();
+        let r = c.login_with_password("root", "", "2.21", "t").await;
+        assert!(matches!(r, Err(Error::Connect { .. })), "{r:?}");
+    }
+}
