@@ -6,6 +6,7 @@
 use super::{blocking, vm_power, Operation};
 use crate::error::ApiError;
 use crate::hypervisor::{BackendEvent, DomainState, ShutdownCode};
+use crate::schema::enums::VmPowerState;
 use crate::schema::{class_ids, fields};
 use crate::value::Value;
 use crate::Agent;
@@ -21,9 +22,7 @@ pub async fn at_start(agent: &Arc<Agent>) -> Result<(), ApiError> {
             continue;
         }
         let state = vm.get(fields::VM::power_state);
-        if state != &crate::schema::enums::VmPowerState::Running.value()
-            && state != &crate::schema::enums::VmPowerState::Paused.value()
-        {
+        if state != &VmPowerState::Running.value() && state != &VmPowerState::Paused.value() {
             continue;
         }
         let uuid = vm.uuid().unwrap_or("");
@@ -112,9 +111,7 @@ pub async fn vm(agent: &Arc<Agent>, vm: &str) -> Result<(), ApiError> {
         return Ok(());
     };
     let state = rec.get(fields::VM::power_state).clone();
-    if state != crate::schema::enums::VmPowerState::Running.value()
-        && state != crate::schema::enums::VmPowerState::Paused.value()
-    {
+    if state != VmPowerState::Running.value() && state != VmPowerState::Paused.value() {
         return Ok(());
     }
     let Some(domid) = rec.get(fields::VM::domid).as_int().filter(|d| *d >= 0) else {
@@ -150,21 +147,21 @@ pub async fn vm(agent: &Arc<Agent>, vm: &str) -> Result<(), ApiError> {
                 }
             }
         }
-        Some(DomainState::Running) if state != crate::schema::enums::VmPowerState::Running.value() => {
-            set_state(agent, vm, "Running").await
+        Some(DomainState::Running) if state != VmPowerState::Running.value() => {
+            set_state(agent, vm, VmPowerState::Running).await
         }
-        Some(DomainState::Paused) if state != crate::schema::enums::VmPowerState::Paused.value() => {
-            set_state(agent, vm, "Paused").await
+        Some(DomainState::Paused) if state != VmPowerState::Paused.value() => {
+            set_state(agent, vm, VmPowerState::Paused).await
         }
         Some(_) => Ok(()),
     }
 }
 
-async fn set_state(agent: &Arc<Agent>, vm: &str, s: &'static str) -> Result<(), ApiError> {
+async fn set_state(agent: &Arc<Agent>, vm: &str, s: VmPowerState) -> Result<(), ApiError> {
     agent
         .store
         .write(|tx| {
-            crate::objects::set_field(tx, class_ids::VM, vm, fields::VM::power_state, Value::Enum(s))?;
+            crate::objects::set_field(tx, class_ids::VM, vm, fields::VM::power_state, s.value())?;
             super::rules::refresh_vm_and_devices(tx, vm)
         })
         .await
