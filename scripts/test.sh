@@ -4,7 +4,7 @@
 # It installs what it needs itself (Debian packages, the pinned bindgen, the Python and Node
 # clients in a cache outside the repo), then runs, in order:
 #   1. formatting and lints         cargo fmt --check; cargo clippy -D warnings
-#   2. generated-code checks        vendor/xenapi/check.sh; xen-sys/scripts/check-bindings.sh
+#   2. generated-code checks        vendor/xenapi/check.sh; sdk/check.sh; xen-sys/scripts/check-bindings.sh
 #   3. Rust tests                   cargo test --workspace (units, auth walk), then the crash
 #                                   durability test with its report printed
 #   4. real clients against xapid   tests/clients/run.sh (XenAPI.py, Xen Orchestra's xen-api, Ansible)
@@ -38,6 +38,9 @@ cargo clippy --workspace --all-targets -- -D warnings
 
 step "vendored datamodel: regeneration is a no-op"
 bash vendor/xenapi/check.sh
+
+step "sdk: regenerating the typed client is a no-op"
+bash sdk/check.sh
 
 step "xen-sys: regenerating the bindings is a no-op"
 bash xen-sys/scripts/check-bindings.sh
