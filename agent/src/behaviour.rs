@@ -27,6 +27,8 @@ fn sources() -> Vec<Vec<Entry>> {
         crate::host::behaviour(),
         crate::secureboot::behaviour(),
         crate::metrics::behaviour(),
+        crate::rbac::behaviour(),
+        crate::auth::behaviour(),
     ]
 }
 

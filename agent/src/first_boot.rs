@@ -292,8 +292,10 @@ pub async fn ensure(store: &Store, facts: &HostFacts, state_dir: &Path) -> Resul
         .await
 }
 
-/// Recreates the in-memory objects (metrics) that persistent objects point at.
+/// Recreates the in-memory objects (metrics) that persistent objects point at, and the
+/// static roles.
 pub async fn rebuild_ephemeral(store: &Store, facts: &HostFacts, address: &str) -> Result<(), ApiError> {
+    crate::rbac::ensure_roles(store).await?;
     store
         .write(|tx| {
             for host in tx_all(tx, store, class_ids::host) {

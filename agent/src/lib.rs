@@ -2,6 +2,7 @@
 //! log, sessions, dispatch of calls, and the hypervisor backends.
 
 pub mod actors;
+pub mod auth;
 pub mod behaviour;
 pub mod call;
 pub mod coverage;
@@ -18,6 +19,7 @@ pub mod lifecycle;
 pub mod metrics;
 pub mod objects;
 pub mod query;
+pub mod rbac;
 pub mod schema;
 pub mod secureboot;
 pub mod sessions;

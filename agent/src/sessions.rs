@@ -1,21 +1,26 @@
-//! Sessions and the root password.
+//! Sessions and the root password, and who a session is: the local superuser, or a
+//! directory user with the permissions of their subjects' roles (`rbac`, `auth`).
 //!
 //! Sessions are `session` objects in the store (a class that is never written to disk). The
 //! root password lives only as an argon2 hash in the state dir.
 
+use crate::auth::ldap::{DirError, Directory};
 use crate::call::Entry;
 use crate::entry;
 use crate::error::ApiError;
-use crate::objects::{create, destroy, new_ref, new_uuid};
+use crate::objects::{create, destroy, new_ref, new_uuid, set_field};
+use crate::rbac::roles::{caller_for, grant_from_labels, lookup as role_lookup};
+use crate::rbac::Caller;
 use crate::schema::{class_ids, fields};
 use crate::store::Store;
-use crate::value::{default_object, now, Value};
+use crate::value::{default_object, now, Object, Value};
 use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use parking_lot::{Mutex, RwLock};
 use scratch_argon2::ScratchArgon2;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
 
 mod scratch_argon2;
 
@@ -38,8 +43,15 @@ pub fn behaviour() -> Vec<Entry> {
             agent.sessions.change_password(c.str_arg(0), c.str_arg(1))?;
             Ok(Value::None)
         }),
-        entry!(class_ids::session, "get_all_subject_identifiers", |_agent, _, _c| {
-            Ok(Value::set(Vec::new()))
+        entry!(class_ids::session, "get_all_subject_identifiers", |agent, _, _c| {
+            Ok(agent.sessions.all_subject_identifiers(&agent.store))
+        }),
+        entry!(class_ids::session, "logout_subject_identifier", |agent, _, c| {
+            agent
+                .sessions
+                .logout_subject_identifier(&agent.store, c.session_ref(), c.str_arg(0))
+                .await?;
+            Ok(Value::None)
         }),
     ]
 }
@@ -188,14 +200,45 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// A live session: its activity, who it is, and (for a directory user) the subject
+/// identifiers it logged in through (the user's and its groups').
+struct Live {
+    last_active: AtomicI64,
+    caller: Caller,
+    sids: Arc<[String]>,
+}
+
+impl Live {
+    fn new(t: i64, caller: Caller, sids: Vec<String>) -> Live {
+        Live {
+            last_active: AtomicI64::new(t),
+            caller,
+            sids: Arc::from(sids),
+        }
+    }
+}
+
+/// Tasks remembered beyond this many are pruned of those that are gone.
+const TASK_OWNERS_PRUNE_AT: usize = 4096;
+
+/// The file the directory service account's password is kept in (mode 0600).
+const DIRECTORY_PASSWORD_FILE: &str = "external-auth-password";
+
 /// Who may log in, and the live sessions' activity.
 pub struct Sessions {
     verifier: Verifier,
     hash_path: PathBuf,
+    state_dir: PathBuf,
     hash: RwLock<String>,
-    last_active: RwLock<HashMap<String, AtomicI64, crate::FastHash>>,
+    live: RwLock<HashMap<String, Live, crate::FastHash>>,
     login_lock: Mutex<()>,
     failures: Mutex<std::collections::VecDeque<std::time::Instant>>,
+    /// The directory in use, once built from the host's record.
+    directory: RwLock<Option<Arc<Directory>>>,
+    /// Enabling and disabling external authentication, one at a time.
+    pub(crate) auth_change: tokio::sync::Mutex<()>,
+    /// Who created each task made through the API (subject identifier; empty for root).
+    task_owners: Mutex<HashMap<String, Arc<str>, crate::FastHash>>,
 }
 
 fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> AuthError + 'a {
@@ -278,10 +321,14 @@ impl Sessions {
         Ok(Sessions {
             verifier: Verifier::start()?,
             hash_path,
+            state_dir: state_dir.to_path_buf(),
             hash: RwLock::new(hash),
-            last_active: RwLock::new(HashMap::default()),
+            live: RwLock::new(HashMap::default()),
             login_lock: Mutex::new(()),
             failures: Mutex::new(std::collections::VecDeque::new()),
+            directory: RwLock::new(None),
+            auth_change: tokio::sync::Mutex::new(()),
+            task_owners: Mutex::new(HashMap::default()),
         })
     }
 
@@ -294,7 +341,9 @@ impl Sessions {
     }
 
     /// Checks credentials and opens a session. `trusted_root` is a uid-0 peer on the unix
-    /// socket, which logs in as root whatever the password.
+    /// socket, which logs in as root whatever the password. With external authentication
+    /// enabled, a name other than root (or root with a password that is not root's) is a
+    /// directory user's.
     pub async fn login(
         &self,
         store: &Store,
@@ -305,31 +354,65 @@ impl Sessions {
         trusted_root: bool,
     ) -> Result<String, ApiError> {
         if !trusted_root {
-            let ok = user == "root" && {
+            let root_ok = user == "root" && {
                 let hash = self.hash.read().clone();
                 self.verifier.verify(hash, password.to_owned()).await
             };
-            if !ok {
-                let recent = self.note_failure();
-                tracing::warn!(user, originator, recent_failures = recent, "failed login");
-                if recent > FAILED_LOGINS_BEFORE_DELAY {
-                    // Slow down password guessing; the wait holds no thread.
-                    tokio::time::sleep(FAILED_LOGIN_DELAY).await;
+            if !root_ok {
+                let auth_type = host_auth_type(store, host);
+                if auth_type.is_empty() {
+                    return Err(self
+                        .refuse(user, originator, ApiError::SessionAuthenticationFailed {})
+                        .await);
                 }
-                return Err(ApiError::SessionAuthenticationFailed {});
+                return match self.login_external(store, host, user, password, originator).await {
+                    Ok(r) => Ok(r),
+                    Err(e) => Err(self.refuse(user, originator, e).await),
+                };
             }
         }
-        let reference = new_ref();
         let t = now();
+        let mut s = self.session_object(host, originator, t);
+        s.set(fields::session::is_local_superuser, Value::Bool(true));
+        s.set(fields::session::auth_user_name, Value::str("root"));
+        self.open_session(store, s, Live::new(t, Caller::superuser(), Vec::new()))
+            .await
+    }
+
+    /// Notes a refused login (slowing down guessing) and hands back its error.
+    async fn refuse(&self, user: &str, originator: &str, e: ApiError) -> ApiError {
+        let recent = self.note_failure();
+        tracing::warn!(
+            user,
+            originator,
+            recent_failures = recent,
+            code = e.code(),
+            "failed login"
+        );
+        if recent > FAILED_LOGINS_BEFORE_DELAY {
+            // Slow down password guessing; the wait holds no thread.
+            tokio::time::sleep(FAILED_LOGIN_DELAY).await;
+        }
+        e
+    }
+
+    /// A new session record of this host, not yet stored.
+    fn session_object(&self, host: &str, originator: &str, t: i64) -> Object {
+        let reference = new_ref();
         let mut s = default_object(class_ids::session, &reference);
         s.set(fields::session::uuid, Value::str(new_uuid()));
         s.set(fields::session::this_host, Value::reference(host));
         s.set(fields::session::this_user, Value::null_ref());
         s.set(fields::session::last_active, Value::DateTime(t));
         s.set(fields::session::validation_time, Value::DateTime(t));
-        s.set(fields::session::is_local_superuser, Value::Bool(true));
-        s.set(fields::session::auth_user_name, Value::str("root"));
         s.set(fields::session::originator, Value::str(originator));
+        s
+    }
+
+    /// Stores a new session (evicting its originator's oldest beyond the limit).
+    async fn open_session(&self, store: &Store, s: Object, live: Live) -> Result<String, ApiError> {
+        let reference = s.reference.clone();
+        let originator = s.str_field("originator").to_owned();
         let _serial = self.login_lock.lock();
         let mut mine: Vec<(i64, String)> = store
             .all(class_ids::session)
@@ -356,13 +439,92 @@ impl Sessions {
             })
             .await?;
         {
-            let mut la = self.last_active.write();
+            let mut la = self.live.write();
             for r in &evict {
                 la.remove(r);
             }
-            la.insert(reference.clone(), AtomicI64::new(t));
+            la.insert(reference.clone(), live);
         }
         Ok(reference)
+    }
+
+    /// A directory user's login: the password is the directory's to check; the user (or a
+    /// group they are in) must be a subject of the pool, and their subjects' roles must give
+    /// them some permission.
+    async fn login_external(
+        &self,
+        store: &Store,
+        host: &str,
+        user: &str,
+        password: &str,
+        originator: &str,
+    ) -> Result<String, ApiError> {
+        let authz = |msg: String| ApiError::SessionAuthorizationFailed {
+            username: user.to_owned(),
+            msg,
+        };
+        let dir = self.directory(store, host).map_err(|e| authz(e.to_string()))?;
+        let sid = match dir.authenticate(user, password).await {
+            Ok(sid) => sid,
+            Err(DirError::AuthFailure(why)) => {
+                tracing::info!(user, why, "directory login refused");
+                return Err(ApiError::SessionAuthenticationFailed {});
+            }
+            Err(DirError::NotFound) => return Err(ApiError::SessionAuthenticationFailed {}),
+            Err(e) => return Err(authz(e.to_string())),
+        };
+        let info = dir.subject_information(&sid).await.map_err(|e| authz(e.to_string()))?;
+        if suspended(&info) {
+            return Err(authz(format!(
+                "User {user} (subject_id {sid}) suspended in external directory"
+            )));
+        }
+        let groups = dir.group_membership(&sid).await.map_err(|e| match e {
+            DirError::NotFound => authz(format!(
+                "Failed to obtain the group membership closure for user {user} (subject_id {sid}): user not found in external directory"
+            )),
+            other => authz(other.to_string()),
+        })?;
+        let mut closure = vec![sid.clone()];
+        closure.extend(groups);
+        let subjects: Vec<Arc<Object>> = store
+            .all(class_ids::subject)
+            .into_iter()
+            .filter(|s| closure.iter().any(|id| id == s.str_field("subject_identifier")))
+            .collect();
+        let Some(first) = subjects.first() else {
+            return Err(authz(format!(
+                "Subject {user} (identifier {sid}) has no access rights in this pool"
+            )));
+        };
+        let held: Vec<_> = subjects
+            .iter()
+            .flat_map(|s| s.get(fields::subject::roles).as_set().to_vec())
+            .filter_map(|r| r.as_ref_str().and_then(role_lookup))
+            .collect();
+        let (caller, labels) = caller_for(&held, &sid);
+        if labels.is_empty() {
+            return Err(ApiError::RbacPermissionDenied {
+                permission: "session.login_with_password".into(),
+                message: format!("Subject {user} (identifier {sid}) has no roles in this pool"),
+            });
+        }
+        let name = info
+            .iter()
+            .find(|(k, _)| k == "subject-name")
+            .map_or(user, |(_, v)| v.as_str());
+        let t = now();
+        let mut s = self.session_object(host, originator, t);
+        s.set(fields::session::is_local_superuser, Value::Bool(false));
+        s.set(fields::session::subject, Value::reference(first.reference.as_str()));
+        s.set(fields::session::auth_user_sid, Value::str(sid.as_str()));
+        s.set(fields::session::auth_user_name, Value::str(name));
+        s.set(
+            fields::session::rbac_permissions,
+            Value::set(labels.into_iter().map(Value::str).collect()),
+        );
+        tracing::info!(user, sid, originator, "directory user logged in");
+        self.open_session(store, s, Live::new(t, caller, closure)).await
     }
 
     /// Records a failed login; returns how many happened within the window.
@@ -377,33 +539,60 @@ impl Sessions {
     }
 
     fn last_active_of(&self, o: &crate::value::Object) -> i64 {
-        self.last_active
+        self.live
             .read()
             .get(&o.reference)
-            .map(|a| a.load(Ordering::Relaxed))
+            .map(|a| a.last_active.load(Ordering::Relaxed))
             .unwrap_or(0)
     }
 
     /// Checks a session and notes its activity.
     pub fn validate(&self, store: &Store, session: &str) -> Result<(), ApiError> {
-        if store.get(class_ids::session, session).is_none() {
+        self.validate_caller(store, session).map(|_| ())
+    }
+
+    /// Checks a session, notes its activity, and says who it is.
+    pub fn validate_caller(&self, store: &Store, session: &str) -> Result<Caller, ApiError> {
+        let Some(obj) = store.get(class_ids::session, session) else {
             return Err(ApiError::SessionInvalid {
                 handle: session.to_owned(),
             });
+        };
+        if let Some(l) = self.live.read().get(session) {
+            l.last_active.store(now(), Ordering::Relaxed);
+            return Ok(l.caller.clone());
         }
-        if let Some(a) = self.last_active.read().get(session) {
-            a.store(now(), Ordering::Relaxed);
+        // A session this process did not open itself: who it is, from its record.
+        if obj.get(fields::session::is_local_superuser).as_bool() == Some(true) {
+            return Ok(Caller::superuser());
         }
-        Ok(())
+        let labels = obj.get(fields::session::rbac_permissions).as_set();
+        Ok(Caller {
+            superuser: false,
+            perms: grant_from_labels(labels.iter().filter_map(Value::as_str)),
+            sid: Arc::from(obj.str_field("auth_user_sid")),
+        })
     }
 
     /// Ends a session.
     pub async fn logout(&self, store: &Store, session: &str) -> Result<(), ApiError> {
-        self.last_active.write().remove(session);
+        self.end(store, &[session.to_owned()]).await
+    }
+
+    /// Ends sessions (those already gone are skipped).
+    async fn end(&self, store: &Store, sessions: &[String]) -> Result<(), ApiError> {
+        {
+            let mut live = self.live.write();
+            for s in sessions {
+                live.remove(s);
+            }
+        }
         store
             .write(|tx| {
-                if tx.get(class_ids::session, session).is_some() {
-                    destroy(tx, class_ids::session, session)?;
+                for s in sessions {
+                    if tx.get(class_ids::session, s).is_some() {
+                        destroy(tx, class_ids::session, s)?;
+                    }
                 }
                 Ok(())
             })
@@ -414,16 +603,201 @@ impl Sessions {
     pub async fn expire_idle(&self, store: &Store) -> usize {
         let cutoff = now() - SESSION_IDLE_TIMEOUT;
         let stale: Vec<String> = self
-            .last_active
+            .live
             .read()
             .iter()
-            .filter(|(_, a)| a.load(Ordering::Relaxed) < cutoff)
+            .filter(|(_, a)| a.last_active.load(Ordering::Relaxed) < cutoff)
             .map(|(r, _)| r.clone())
             .collect();
         for r in &stale {
             let _ = self.logout(store, r).await;
         }
         stale.len()
+    }
+
+    /// The directory users' sessions: `(ref, record)`.
+    fn external_sessions(store: &Store) -> Vec<Arc<Object>> {
+        store
+            .all(class_ids::session)
+            .into_iter()
+            .filter(|s| s.get(fields::session::is_local_superuser).as_bool() != Some(true))
+            .collect()
+    }
+
+    /// The subject identifier of a session's subject, if that subject still exists.
+    fn subject_identifier_of(store: &Store, session: &Object) -> Option<String> {
+        let subject = session.get(fields::session::subject).as_ref_str()?;
+        store
+            .get(class_ids::subject, subject)
+            .map(|s| s.str_field("subject_identifier").to_owned())
+    }
+
+    /// `session.get_all_subject_identifiers`: the subject identifiers of the directory
+    /// users logged in, and those of the subjects they logged in through.
+    pub fn all_subject_identifiers(&self, store: &Store) -> Value {
+        let mut ids: Vec<String> = Vec::new();
+        let sessions = Self::external_sessions(store);
+        for s in &sessions {
+            ids.push(s.str_field("auth_user_sid").to_owned());
+        }
+        for s in &sessions {
+            if let Some(id) = Self::subject_identifier_of(store, s).filter(|i| !i.is_empty()) {
+                ids.push(id);
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        ids.retain(|i| seen.insert(i.clone()));
+        Value::set(ids.into_iter().map(Value::str).collect())
+    }
+
+    /// `session.logout_subject_identifier`: ends every directory user's session that
+    /// authenticated as the subject or through it, but the caller's own.
+    pub async fn logout_subject_identifier(&self, store: &Store, current: &str, sid: &str) -> Result<(), ApiError> {
+        let doomed: Vec<String> = Self::external_sessions(store)
+            .iter()
+            .filter(|s| s.reference != current)
+            .filter(|s| {
+                s.str_field("auth_user_sid") == sid || Self::subject_identifier_of(store, s).as_deref() == Some(sid)
+            })
+            .map(|s| s.reference.clone())
+            .collect();
+        tracing::info!(sessions = doomed.len(), "logging out a subject identifier's sessions");
+        self.end(store, &doomed).await
+    }
+
+    /// Ends the directory users' sessions that no subject of the pool lets in any more (after
+    /// a subject is removed); those still let in through another subject now name it.
+    pub async fn end_unbacked(&self, store: &Store) -> Result<usize, ApiError> {
+        let subjects = store.all(class_ids::subject);
+        let mut doomed = Vec::new();
+        let mut renamed = Vec::new();
+        for s in Self::external_sessions(store) {
+            let sids: Vec<String> = match self.live.read().get(&s.reference) {
+                Some(l) => l.sids.to_vec(),
+                None => vec![s.str_field("auth_user_sid").to_owned()],
+            };
+            let backing = subjects
+                .iter()
+                .find(|subj| sids.iter().any(|id| id == subj.str_field("subject_identifier")));
+            match backing {
+                None => doomed.push(s.reference.clone()),
+                Some(b) if s.get(fields::session::subject).as_ref_str() != Some(b.reference.as_str()) => {
+                    renamed.push((s.reference.clone(), b.reference.clone()));
+                }
+                Some(_) => {}
+            }
+        }
+        if !renamed.is_empty() {
+            store
+                .write(|tx| {
+                    for (s, subj) in &renamed {
+                        if tx.get(class_ids::session, s).is_some() {
+                            set_field(
+                                tx,
+                                class_ids::session,
+                                s,
+                                fields::session::subject,
+                                Value::reference(subj.as_str()),
+                            )?;
+                        }
+                    }
+                    Ok(())
+                })
+                .await?;
+        }
+        self.end(store, &doomed).await?;
+        Ok(doomed.len())
+    }
+
+    /// Ends every directory user's session (external authentication was disabled).
+    pub async fn end_external(&self, store: &Store) -> Result<usize, ApiError> {
+        let doomed: Vec<String> = Self::external_sessions(store)
+            .iter()
+            .map(|s| s.reference.clone())
+            .collect();
+        self.end(store, &doomed).await?;
+        Ok(doomed.len())
+    }
+
+    /// The directory the host is configured for: `AUTH_IS_DISABLED` without one,
+    /// `AUTH_UNKNOWN_TYPE` for a type this daemon has no directory for.
+    pub(crate) fn directory(&self, store: &Store, host: &str) -> Result<Arc<Directory>, ApiError> {
+        let h = store
+            .get(class_ids::host, host)
+            .ok_or_else(|| ApiError::handle_invalid("host", host))?;
+        let auth_type = h.str_field("external_auth_type");
+        if auth_type.is_empty() {
+            return Err(ApiError::AuthIsDisabled {});
+        }
+        if auth_type != crate::auth::ldap::AUTH_TYPE {
+            return Err(ApiError::AuthUnknownType {
+                r#type: auth_type.to_owned(),
+            });
+        }
+        if let Some(d) = self.directory.read().as_ref() {
+            return Ok(d.clone());
+        }
+        let mut config: std::collections::BTreeMap<String, String> = h
+            .get(fields::host::external_auth_configuration)
+            .as_map()
+            .iter()
+            .map(|(k, v)| (k.key_text(), v.key_text()))
+            .collect();
+        if let Some(pw) = self.directory_password()? {
+            config.insert("pass".into(), pw);
+        }
+        let settings = crate::auth::ldap::Settings::parse(h.str_field("external_auth_service_name"), &config)
+            .map_err(|e| ApiError::AuthServiceError { message: e.to_string() })?;
+        let d = Arc::new(Directory::new(settings).map_err(crate::auth::service_error)?);
+        *self.directory.write() = Some(d.clone());
+        Ok(d)
+    }
+
+    /// Puts a directory in use (after enabling it) or none (after disabling), keeping or
+    /// removing the service account's password.
+    pub(crate) fn set_directory(&self, d: Option<(Arc<Directory>, String)>) -> Result<(), ApiError> {
+        let path = self.state_dir.join(DIRECTORY_PASSWORD_FILE);
+        match &d {
+            Some((_, pw)) if !pw.is_empty() => {
+                write_private(&path, &format!("{pw}\n")).map_err(ApiError::internal)?;
+            }
+            _ => match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(ApiError::internal(format!("removing {}: {e}", path.display()))),
+            },
+        }
+        *self.directory.write() = d.map(|(dir, _)| dir);
+        Ok(())
+    }
+
+    fn directory_password(&self) -> Result<Option<String>, ApiError> {
+        let path = self.state_dir.join(DIRECTORY_PASSWORD_FILE);
+        match std::fs::read_to_string(&path) {
+            Ok(t) => Ok(Some(t.strip_suffix('\n').unwrap_or(&t).to_owned())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(ApiError::internal(format!("reading {}: {e}", path.display()))),
+        }
+    }
+
+    /// Remembers who created a task made through the API.
+    pub fn note_task_owner(&self, store: &Store, task: &str, sid: &str) {
+        let mut owners = self.task_owners.lock();
+        if owners.len() >= TASK_OWNERS_PRUNE_AT {
+            owners.retain(|t, _| store.get(class_ids::task, t).is_some());
+        }
+        owners.insert(task.to_owned(), Arc::from(sid));
+    }
+
+    /// Who created a task (the subject identifier; empty for root), if it was made through
+    /// the API.
+    pub fn task_owner(&self, task: &str) -> Option<Arc<str>> {
+        self.task_owners.lock().get(task).cloned()
+    }
+
+    /// Forgets a destroyed task's owner.
+    pub fn forget_task(&self, task: &str) {
+        self.task_owners.lock().remove(task);
     }
 
     /// Changes the root password after checking the old one.
@@ -439,4 +813,29 @@ impl Sessions {
         *self.hash.write() = h;
         Ok(())
     }
+}
+
+/// The host's `external_auth_type` (empty: disabled).
+pub(crate) fn host_auth_type(store: &Store, host: &str) -> String {
+    store
+        .get(class_ids::host, host)
+        .map(|h| h.str_field("external_auth_type").to_owned())
+        .unwrap_or_default()
+}
+
+/// Whether a directory user's information says they may not log in: any suspension flag
+/// that is not explicitly false (a missing one counts as set, as in the reference).
+fn suspended(info: &[(String, String)]) -> bool {
+    [
+        "subject-account-disabled",
+        "subject-account-expired",
+        "subject-account-locked",
+        "subject-password-expired",
+    ]
+    .iter()
+    .any(|k| {
+        info.iter()
+            .find(|(key, _)| key == k)
+            .is_none_or(|(_, v)| !v.eq_ignore_ascii_case("false"))
+    })
 }

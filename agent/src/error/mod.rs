@@ -187,6 +187,71 @@ api_errors! {
     DeviceDetachRejected { class, device, reason } => "DEVICE_DETACH_REJECTED",
     /// The guest did not suspend in time.
     VmSuspendTimeout { vm, timeout } => "VM_SUSPEND_TIMEOUT",
+    /// The session's roles lack the permission the call needs: the permission, and which
+    /// roles have it.
+    RbacPermissionDenied { permission, message } => "RBAC_PERMISSION_DENIED",
+    /// The directory knows the user, but the pool does not let them in.
+    SessionAuthorizationFailed { username, msg } => "SESSION_AUTHORIZATION_FAILED",
+    /// A subject with this identifier is already in the pool.
+    SubjectAlreadyExists {} => "SUBJECT_ALREADY_EXISTS",
+    /// The directory has no subject with this name or identifier.
+    SubjectCannotBeResolved {} => "SUBJECT_CANNOT_BE_RESOLVED",
+    /// No such role, or the subject does not have it.
+    RoleNotFound {} => "ROLE_NOT_FOUND",
+    /// The subject already has the role.
+    RoleAlreadyExists {} => "ROLE_ALREADY_EXISTS",
+    /// External authentication is disabled.
+    AuthIsDisabled {} => "AUTH_IS_DISABLED",
+    /// No external authentication of this type.
+    AuthUnknownType { r#type } => "AUTH_UNKNOWN_TYPE",
+    /// External authentication is already enabled on the host.
+    AuthAlreadyEnabled { current_auth_type, current_service_name } => "AUTH_ALREADY_ENABLED",
+    /// The directory service failed.
+    AuthServiceError { message } => "AUTH_SERVICE_ERROR",
+    /// No secure connection to the directory could be set up.
+    AuthSetupTlsConnection { message } => "AUTH_SETUP_TLS_CONNECTION",
+    /// The directory's certificate is not trusted.
+    AuthInvalidTrustedCerts { message } => "AUTH_INVALID_TRUSTED_CERTS",
+    /// No trusted certificates for the directory.
+    AuthNoTrustedCerts { message } => "AUTH_NO_TRUSTED_CERTS",
+    /// Enabling external authentication on the host failed.
+    AuthEnableFailed { message } => "AUTH_ENABLE_FAILED",
+    /// The directory refused the service account's credentials.
+    AuthEnableFailedWrongCredentials { message } => "AUTH_ENABLE_FAILED_WRONG_CREDENTIALS",
+    /// The directory could not be reached.
+    AuthEnableFailedUnavailable { message } => "AUTH_ENABLE_FAILED_UNAVAILABLE",
+    /// The directory's address could not be resolved.
+    AuthEnableFailedDomainLookupFailed { message } => "AUTH_ENABLE_FAILED_DOMAIN_LOOKUP_FAILED",
+    /// The base of the directory tree to search does not exist.
+    AuthEnableFailedInvalidOu { message } => "AUTH_ENABLE_FAILED_INVALID_OU",
+    /// The service account may not read the directory.
+    AuthEnableFailedPermissionDenied { message } => "AUTH_ENABLE_FAILED_PERMISSION_DENIED",
+    /// The certificates given to trust are not valid, or the directory's is not among them.
+    AuthEnableFailedInvalidTrustedCerts { message } => "AUTH_ENABLE_FAILED_INVALID_TRUSTED_CERTS",
+    /// No certificates to trust.
+    AuthEnableFailedNoTrustedCerts { message } => "AUTH_ENABLE_FAILED_NO_TRUSTED_CERTS",
+    /// Disabling external authentication on the host failed.
+    AuthDisableFailed { message } => "AUTH_DISABLE_FAILED",
+    /// A host of the pool already has external authentication enabled.
+    PoolAuthAlreadyEnabled { host } => "POOL_AUTH_ALREADY_ENABLED",
+    /// Enabling external authentication failed on a host of the pool.
+    PoolAuthEnableFailed { host, message } => "POOL_AUTH_ENABLE_FAILED",
+    /// The directory refused the service account's credentials (pool form).
+    PoolAuthEnableFailedWrongCredentials { host, message } => "POOL_AUTH_ENABLE_FAILED_WRONG_CREDENTIALS",
+    /// The directory could not be reached (pool form).
+    PoolAuthEnableFailedUnavailable { host, message } => "POOL_AUTH_ENABLE_FAILED_UNAVAILABLE",
+    /// The directory's address could not be resolved (pool form).
+    PoolAuthEnableFailedDomainLookupFailed { host, message } => "POOL_AUTH_ENABLE_FAILED_DOMAIN_LOOKUP_FAILED",
+    /// The base of the directory tree does not exist (pool form).
+    PoolAuthEnableFailedInvalidOu { host, message } => "POOL_AUTH_ENABLE_FAILED_INVALID_OU",
+    /// The service account may not read the directory (pool form).
+    PoolAuthEnableFailedPermissionDenied { host, message } => "POOL_AUTH_ENABLE_FAILED_PERMISSION_DENIED",
+    /// Certificates not valid or not the directory's (pool form).
+    PoolAuthEnableFailedInvalidTrustedCerts { host, message } => "POOL_AUTH_ENABLE_FAILED_INVALID_TRUSTED_CERTS",
+    /// No certificates to trust (pool form).
+    PoolAuthEnableFailedNoTrustedCerts { host, message } => "POOL_AUTH_ENABLE_FAILED_NO_TRUSTED_CERTS",
+    /// Disabling external authentication failed on a host of the pool.
+    PoolAuthDisableFailed { host, message } => "POOL_AUTH_DISABLE_FAILED",
 }
 
 /// Codes the reference raises with more parameters than errors.json documents, and how many:
