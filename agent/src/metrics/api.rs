@@ -148,17 +148,27 @@ mod tests {
         let e = env().await;
         let host = e.agent.host.clone();
         let vm = crate::metrics::tests::running_vm(&e, "measured").await;
-        // Before any round: no databases.
-        assert!(e
-            .ok("host.get_data_sources", vec![json!(host)])
-            .await
-            .as_set()
-            .is_empty());
+        // A VM that does not run has no database.
+        let halted = e
+            .agent
+            .store
+            .all(class_ids::VM)
+            .into_iter()
+            .find(|v| v.str_field("name_label") == "Generic Linux PV")
+            .unwrap();
         let err = e
-            .call("VM.query_data_source", vec![json!(vm), json!("cpu0")])
+            .call(
+                "VM.query_data_source",
+                vec![json!(halted.reference.as_str()), json!("cpu0")],
+            )
             .await
             .unwrap_err();
         assert_eq!(err.code(), "INTERNAL_ERROR");
+        assert!(e
+            .ok("VM.get_data_sources", vec![json!(halted.reference.as_str())])
+            .await
+            .as_set()
+            .is_empty());
         for k in 0..4 {
             crate::metrics::round_shifted(&e.agent, 5.0 * f64::from(k)).await;
         }
@@ -248,7 +258,6 @@ mod tests {
                 .code(),
             "HANDLE_INVALID"
         );
-        let _ = class_ids::VM;
     }
 
     #[actix::test]

@@ -67,6 +67,10 @@ pub fn start(agent: &Arc<Agent>) {
     actix::spawn(async move {
         let mut last_save = std::time::Instant::now();
         let mut last_gc = std::time::Instant::now();
+        // A first round at once: the host's database exists (or is read back) from the start.
+        if let Some(agent) = weak.upgrade() {
+            round(&agent).await;
+        }
         loop {
             // Rounds a second past each multiple of five seconds: away from the PDP
             // boundaries, so that each round falls in its own PDP.

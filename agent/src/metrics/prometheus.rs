@@ -14,16 +14,16 @@ use std::fmt::Write;
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// A metric name made of `prefix` and a data source's name: characters Prometheus does not
-/// allow in names become `_`.
+/// allow in names become `_`, and a name ending in a suffix Prometheus keeps for counters,
+/// histograms and summaries (`pool_session_count`) gets `_value` after it.
 pub fn metric_name(prefix: &str, ds: &str) -> String {
-    let mut s = String::with_capacity(prefix.len() + ds.len());
+    let mut s = String::with_capacity(prefix.len() + ds.len() + 6);
     s.push_str(prefix);
     for c in ds.chars() {
-        s.push(if c.is_ascii_alphanumeric() || c == '_' || c == ':' {
-            c
-        } else {
-            '_'
-        });
+        s.push(if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' });
+    }
+    if ["_count", "_sum", "_bucket", "_total"].iter().any(|x| s.ends_with(x)) {
+        s.push_str("_value");
     }
     s
 }
