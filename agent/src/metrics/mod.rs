@@ -463,4 +463,54 @@ pub(crate) mod tests {
         e.ok("VM.start", vec![json!(vm), json!(false), json!(false)]).await;
         vm
     }
+
+    /// The databases outlive a restart: saved, read back at the next start and continued.
+    #[actix::test]
+    async fn databases_are_read_back_after_a_restart() {
+        use crate::hypervisor::{SimConfig, SimulatorBackend};
+        use crate::{Agent, AgentConfig};
+        use std::sync::Arc;
+        let dir = tempfile::tempdir().unwrap();
+        let start = || {
+            Agent::start(AgentConfig {
+                state_dir: dir.path().join("state"),
+                root_password_file: None,
+                hypervisor: Arc::new(SimulatorBackend::new(SimConfig::small_host())),
+                host_address: "127.0.0.1".into(),
+            })
+        };
+        let agent = start().await.unwrap();
+        for k in 0..4 {
+            super::round_shifted(&agent, 5.0 * f64::from(k)).await;
+        }
+        let before = agent.metrics.live.lock().host.as_ref().unwrap().rrd.clone();
+        assert!(before.last_updated > 0.0);
+        let mem = before.ds_index("memory_total_kib").unwrap();
+        let row = before.rras[0].data[mem].peek(0);
+        assert!(row > 0.0, "{row}");
+        super::save_all(&agent).await;
+        let host_uuid = super::host_uuid(&agent);
+        drop(agent);
+        // Wait for the first agent's background work to let go of the store.
+        let mut agent = None;
+        for _ in 0..100 {
+            match start().await {
+                Ok(a) => {
+                    agent = Some(a);
+                    break;
+                }
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+            }
+        }
+        let agent = agent.unwrap();
+        assert!(agent.state_dir.join("rrd").join(format!("{host_uuid}.gz")).exists());
+        super::round_shifted(&agent, 20.0).await;
+        let live = agent.metrics.live.lock();
+        let after = &live.host.as_ref().unwrap().rrd;
+        // The rows saved are there, behind the new ones.
+        let i = after.ds_index("memory_total_kib").unwrap();
+        let kept = (0..10).map(|k| after.rras[0].data[i].peek(k)).any(|v| v == row);
+        assert!(kept, "the saved rows were not read back");
+        assert!(after.last_updated > before.last_updated);
+    }
 }

@@ -105,3 +105,28 @@ pub(super) async fn vm_rrd(req: HttpRequest, agent: web::Data<Arc<Agent>>) -> Ht
 pub(super) async fn sr_rrd(req: HttpRequest, agent: web::Data<Arc<Agent>>) -> HttpResponse {
     owner_rrd(req, agent, true).await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::test::TestRequest;
+
+    #[test]
+    fn query_pairs_keep_repeats_and_order() {
+        let req = TestRequest::get()
+            .uri("/rrd_updates?start=-60&vm_uuid=a&host=true&vm_uuid=b%2Dc&json")
+            .to_http_request();
+        assert_eq!(
+            query_pairs(&req),
+            [
+                ("start".to_owned(), "-60".to_owned()),
+                ("vm_uuid".to_owned(), "a".to_owned()),
+                ("host".to_owned(), "true".to_owned()),
+                ("vm_uuid".to_owned(), "b-c".to_owned()),
+                ("json".to_owned(), String::new()),
+            ]
+        );
+        let bad = TestRequest::get().uri("/rrd_updates?%zz").to_http_request();
+        let _ = query_pairs(&bad);
+    }
+}
