@@ -464,27 +464,23 @@ impl Sessions {
             msg,
         };
         let dir = self.directory(store, host).map_err(|e| authz(e.to_string()))?;
-        let sid = match dir.authenticate(user, password).await {
-            Ok(sid) => sid,
+        let login = match dir.login(user, password).await {
+            Ok(l) => l,
             Err(DirError::AuthFailure(why)) => {
                 tracing::info!(user, why, "directory login refused");
                 return Err(ApiError::SessionAuthenticationFailed {});
             }
-            Err(DirError::NotFound) => return Err(ApiError::SessionAuthenticationFailed {}),
+            Err(DirError::NotFound) => {
+                return Err(authz(format!("user {user} not found in external directory")));
+            }
             Err(e) => return Err(authz(e.to_string())),
         };
-        let info = dir.subject_information(&sid).await.map_err(|e| authz(e.to_string()))?;
+        let (sid, info, groups) = (login.id, login.information, login.groups);
         if suspended(&info) {
             return Err(authz(format!(
                 "User {user} (subject_id {sid}) suspended in external directory"
             )));
         }
-        let groups = dir.group_membership(&sid).await.map_err(|e| match e {
-            DirError::NotFound => authz(format!(
-                "Failed to obtain the group membership closure for user {user} (subject_id {sid}): user not found in external directory"
-            )),
-            other => authz(other.to_string()),
-        })?;
         let mut closure = vec![sid.clone()];
         closure.extend(groups);
         let subjects: Vec<Arc<Object>> = store

@@ -261,11 +261,14 @@ fn classify(e: ldap3::LdapError) -> DirError {
 /// An open, secured connection.
 struct Conn {
     ldap: ldap3::Ldap,
+    /// Each operation's limit (the library's applies to one operation at a time).
+    timeout: Duration,
 }
 
 impl Conn {
     async fn bind(&mut self, dn: &str, password: &str) -> Result<(), DirError> {
         self.ldap
+            .with_timeout(self.timeout)
             .simple_bind(dn, password)
             .await
             .map_err(classify)?
@@ -283,6 +286,7 @@ impl Conn {
     ) -> Result<Vec<Found>, DirError> {
         let (entries, _) = self
             .ldap
+            .with_timeout(self.timeout)
             .search(base, scope, filter, attrs.to_vec())
             .await
             .map_err(classify)?
@@ -349,7 +353,7 @@ impl Directory {
         if let Some(cfg) = &self.tls {
             cs = cs.set_config(cfg.clone());
         }
-        let (conn, mut ldap) = tokio::time::timeout(s.timeout, ldap3::LdapConnAsync::with_settings(cs, &s.url))
+        let (conn, ldap) = tokio::time::timeout(s.timeout, ldap3::LdapConnAsync::with_settings(cs, &s.url))
             .await
             .map_err(|_| DirError::Unavailable(format!("{} did not answer in time", s.url)))?
             .map_err(classify)?;
@@ -358,8 +362,10 @@ impl Directory {
                 tracing::debug!(error = %e, "directory connection ended");
             }
         });
-        ldap.with_timeout(s.timeout);
-        let mut c = Conn { ldap };
+        let mut c = Conn {
+            ldap,
+            timeout: s.timeout,
+        };
         if !s.bind_dn.is_empty() {
             c.bind(&s.bind_dn, &s.bind_password).await?;
         }
@@ -428,33 +434,6 @@ impl Directory {
         }
     }
 
-    /// Checks a user's password; the user's subject identifier when it is right.
-    pub async fn authenticate(&self, user: &str, password: &str) -> Result<String, DirError> {
-        if user.is_empty() || password.is_empty() {
-            return Err(DirError::AuthFailure("empty user name or password".into()));
-        }
-        let mut c = self.connect().await?;
-        let entry = match self.find_user(&mut c, user).await {
-            Ok(e) => e,
-            Err(DirError::NotFound) => {
-                c.close().await;
-                return Err(DirError::AuthFailure(format!("no directory user {user}")));
-            }
-            Err(e) => {
-                c.close().await;
-                return Err(e);
-            }
-        };
-        let id = self.id_of(&entry);
-        let bound = c.bind(&entry.dn, password).await;
-        c.close().await;
-        match bound {
-            Ok(()) => id,
-            Err(DirError::Credentials(m)) => Err(DirError::AuthFailure(m)),
-            Err(e) => Err(e),
-        }
-    }
-
     /// The identifier of the user or group named `name`.
     pub async fn subject_identifier(&self, name: &str) -> Result<String, DirError> {
         let s = &self.settings;
@@ -506,14 +485,18 @@ impl Directory {
 
     /// What the directory says about a subject, under the reference's keys.
     pub async fn subject_information(&self, id: &str) -> Result<Vec<(String, String)>, DirError> {
+        let mut c = self.connect().await?;
+        let r = self.information_with(&mut c, id).await;
+        c.close().await;
+        r
+    }
+
+    async fn information_with(&self, c: &mut Conn, id: &str) -> Result<Vec<(String, String)>, DirError> {
         let s = &self.settings;
         let mut attrs: Vec<&str> = INFO_ATTRS.to_vec();
         attrs.push(&s.user_attribute);
         attrs.push(&s.group_attribute);
-        let mut c = self.connect().await?;
-        let r = self.find_by_id(&mut c, id, &attrs).await;
-        c.close().await;
-        let e = r?;
+        let e = self.find_by_id(c, id, &attrs).await?;
         let is_group = e.has_class(&s.group_object_class) && !e.has_class(&s.user_object_class);
         let name_attr = if is_group {
             &s.group_attribute
@@ -564,37 +547,87 @@ impl Directory {
     /// The identifiers of every group the subject belongs to, directly or through other
     /// groups (not the subject itself).
     pub async fn group_membership(&self, id: &str) -> Result<Vec<String>, DirError> {
-        let s = &self.settings;
         let mut c = self.connect().await?;
-        let r = async {
-            let me = self.find_by_id(&mut c, id, &["1.1"]).await?;
-            let mut seen: HashSet<String> = HashSet::new();
-            let mut frontier = vec![me.dn.clone()];
-            seen.insert(me.dn.to_ascii_lowercase());
-            let mut groups = Vec::new();
-            while let Some(dn) = frontier.pop() {
-                let filter = format!(
-                    "(&(objectClass={})({}={}))",
-                    ldap3::ldap_escape(s.group_object_class.as_str()),
-                    ldap3::ldap_escape(s.member_attribute.as_str()),
-                    ldap3::ldap_escape(dn.as_str())
-                );
-                let found = c
-                    .search(&s.base_dn, ldap3::Scope::Subtree, &filter, &[s.id_attribute.as_str()])
-                    .await?;
-                for g in found {
-                    if seen.insert(g.dn.to_ascii_lowercase()) {
-                        groups.push(self.id_of(&g)?);
-                        frontier.push(g.dn);
-                    }
+        let r = self.membership_with(&mut c, id).await;
+        c.close().await;
+        r
+    }
+
+    async fn membership_with(&self, c: &mut Conn, id: &str) -> Result<Vec<String>, DirError> {
+        let s = &self.settings;
+        let me = self.find_by_id(c, id, &["1.1"]).await?;
+        let mut seen: HashSet<String> = HashSet::new();
+        let mut frontier = vec![me.dn.clone()];
+        seen.insert(me.dn.to_ascii_lowercase());
+        let mut groups = Vec::new();
+        while let Some(dn) = frontier.pop() {
+            let filter = format!(
+                "(&(objectClass={})({}={}))",
+                ldap3::ldap_escape(s.group_object_class.as_str()),
+                ldap3::ldap_escape(s.member_attribute.as_str()),
+                ldap3::ldap_escape(dn.as_str())
+            );
+            let found = c
+                .search(&s.base_dn, ldap3::Scope::Subtree, &filter, &[s.id_attribute.as_str()])
+                .await?;
+            for g in found {
+                if seen.insert(g.dn.to_ascii_lowercase()) {
+                    groups.push(self.id_of(&g)?);
+                    frontier.push(g.dn);
                 }
             }
-            Ok(groups)
+        }
+        Ok(groups)
+    }
+
+    /// A user's login over one connection: checks the password (binding as the user), then,
+    /// as the service account again, reads what the directory says about the user and the
+    /// groups they are in.
+    pub async fn login(&self, user: &str, password: &str) -> Result<Login, DirError> {
+        if user.is_empty() || password.is_empty() {
+            return Err(DirError::AuthFailure("empty user name or password".into()));
+        }
+        let mut c = self.connect().await?;
+        let r = async {
+            let entry = match self.find_user(&mut c, user).await {
+                Err(DirError::NotFound) => return Err(DirError::AuthFailure(format!("no directory user {user}"))),
+                other => other?,
+            };
+            let id = self.id_of(&entry)?;
+            match c.bind(&entry.dn, password).await {
+                Ok(()) => {}
+                Err(DirError::Credentials(m)) => return Err(DirError::AuthFailure(m)),
+                Err(e) => return Err(e),
+            }
+            // Back to the service account (or anonymous) for the reads.
+            if self.settings.bind_dn.is_empty() {
+                c.bind("", "").await?;
+            } else {
+                c.bind(&self.settings.bind_dn, &self.settings.bind_password).await?;
+            }
+            let information = self.information_with(&mut c, &id).await?;
+            let groups = self.membership_with(&mut c, &id).await?;
+            Ok(Login {
+                id,
+                information,
+                groups,
+            })
         }
         .await;
         c.close().await;
         r
     }
+}
+
+/// What a successful login learns about the user.
+#[derive(Debug)]
+pub struct Login {
+    /// The user's subject identifier.
+    pub id: String,
+    /// What the directory says about the user (the reference's keys).
+    pub information: Vec<(String, String)>,
+    /// The identifiers of the groups the user is in, directly or through other groups.
+    pub groups: Vec<String>,
 }
 
 #[cfg(test)]
@@ -660,10 +693,7 @@ mod tests {
     async fn an_empty_password_never_reaches_the_directory() {
         // Nothing listens on this URL: the refusal comes before any connection.
         let d = Directory::new(Settings::parse("ldap://127.0.0.1:1", &cfg(&[("base_dn", "dc=x")])).unwrap()).unwrap();
-        assert!(matches!(
-            d.authenticate("alice", "").await,
-            Err(DirError::AuthFailure(_))
-        ));
+        assert!(matches!(d.login("alice", "").await, Err(DirError::AuthFailure(_))));
         assert!(matches!(d.check().await, Err(DirError::Unavailable(_))));
     }
 }
