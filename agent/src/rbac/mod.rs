@@ -17,5 +17,8 @@ pub mod doc;
 pub mod roles;
 pub mod table;
 
+#[cfg(test)]
+mod tests;
+
 pub use check::{authorize, Caller};
 pub use roles::{behaviour, ensure_roles};
