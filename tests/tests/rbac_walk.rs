@@ -99,18 +99,27 @@ fn ensure_slapd() {
         .arg("-c")
         .arg("echo 'slapd slapd/no_configuration boolean true' | debconf-set-selections")
         .status();
-    let install = Command::new("apt-get")
-        .args([
-            "install",
-            "-y",
-            "-q",
-            "--no-install-recommends",
-            "slapd",
-            "ldap-utils",
-            "openssl",
-        ])
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .status();
+    let apt = |args: &[&str]| {
+        Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+    };
+    let packages = [
+        "install",
+        "-y",
+        "-q",
+        "--no-install-recommends",
+        "slapd",
+        "ldap-utils",
+        "openssl",
+    ];
+    let mut install = apt(&packages);
+    if !install.as_ref().is_ok_and(|s| s.success()) {
+        // The package lists may never have been fetched on this machine.
+        let _ = apt(&["update", "-q"]);
+        install = apt(&packages);
+    }
     assert!(
         have("slapd") && have("slapadd") && have("openssl"),
         "this test needs OpenLDAP's slapd and openssl (Debian: apt-get install slapd ldap-utils openssl); \
