@@ -23,6 +23,8 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
 mod scratch_argon2;
+#[cfg(test)]
+mod tests;
 
 /// The `session` messages carried out here.
 pub fn behaviour() -> Vec<Entry> {
@@ -95,6 +97,11 @@ pub fn trackid(session: &str) -> String {
 pub const MAX_SESSIONS_PER_ORIGINATOR: usize = 500;
 /// Sessions idle this long (seconds) are destroyed.
 pub const SESSION_IDLE_TIMEOUT: i64 = 24 * 3600;
+/// A directory user's session is checked against the directory again this long (seconds)
+/// after its last check (the reference's 30 minutes)…
+pub const DIRECTORY_REVALIDATION: i64 = 30 * 60;
+/// …plus up to this long, drawn per session.
+pub const DIRECTORY_REVALIDATION_SPREAD: i64 = 10 * 60;
 
 /// Failed logins within [`FAILED_LOGIN_WINDOW`] before each further failure is delayed.
 pub const FAILED_LOGINS_BEFORE_DELAY: usize = 10;
@@ -595,8 +602,15 @@ impl Sessions {
             .await
     }
 
-    /// Destroys sessions idle for longer than the timeout; returns how many.
+    /// Destroys sessions idle for longer than the timeout, and the directory users' sessions
+    /// the directory no longer lets in (see [`Sessions::revalidate_directory_sessions`]);
+    /// returns how many.
     pub async fn expire_idle(&self, store: &Store) -> usize {
+        let revoked = self.revalidate_directory_sessions(store, now()).await;
+        revoked + self.expire_idle_only(store).await
+    }
+
+    async fn expire_idle_only(&self, store: &Store) -> usize {
         let cutoff = now() - SESSION_IDLE_TIMEOUT;
         let stale: Vec<String> = self
             .live
@@ -609,6 +623,143 @@ impl Sessions {
             let _ = self.logout(store, r).await;
         }
         stale.len()
+    }
+
+    /// Checks the directory users' sessions against the directory again once they are
+    /// [`DIRECTORY_REVALIDATION`] old (plus up to [`DIRECTORY_REVALIDATION_SPREAD`], so the
+    /// directory is not asked about every session at once), as the reference does: a user
+    /// the directory no longer knows, whose account is suspended, or whom no subject of the
+    /// pool lets in any more (removed from a group) loses the session; the others' are
+    /// revalidated (`validation_time`, and `subject` if another subject now lets them in).
+    /// With external authentication disabled every directory session ends. A directory that
+    /// cannot be asked leaves the sessions as they are, to be checked at the next round.
+    /// Returns how many sessions ended.
+    pub async fn revalidate_directory_sessions(&self, store: &Store, at: i64) -> usize {
+        use rand::Rng;
+        let external = Self::external_sessions(store);
+        if external.is_empty() {
+            return 0;
+        }
+        let Some(host) = store.all(class_ids::host).first().map(|h| h.reference.clone()) else {
+            return 0;
+        };
+        if host_auth_type(store, &host).is_empty() {
+            return self.end_external(store).await.unwrap_or(0);
+        }
+        let dir = match self.directory(store, &host) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot revalidate directory sessions");
+                return 0;
+            }
+        };
+        // One question to the directory per user, whatever their number of sessions.
+        let mut verdicts: HashMap<String, Option<(Vec<String>, String)>> = HashMap::new();
+        let mut doomed = Vec::new();
+        let mut renewed = Vec::new();
+        for s in external {
+            let validated = match s.get(fields::session::validation_time) {
+                Value::DateTime(t) => *t,
+                _ => 0,
+            };
+            let spread = rand::thread_rng().gen_range(0..DIRECTORY_REVALIDATION_SPREAD);
+            if at <= validated + DIRECTORY_REVALIDATION + spread {
+                continue;
+            }
+            let sid = s.str_field("auth_user_sid").to_owned();
+            let verdict = match verdicts.get(&sid) {
+                Some(v) => v.clone(),
+                None => match self.recheck(&dir, store, &sid).await {
+                    Ok(v) => {
+                        verdicts.insert(sid.clone(), v.clone());
+                        v
+                    }
+                    Err(e) => {
+                        tracing::warn!(sid, error = %e, "cannot revalidate a directory session");
+                        continue;
+                    }
+                },
+            };
+            match verdict {
+                None => doomed.push(s.reference.clone()),
+                Some((closure, subject)) => renewed.push((s.reference.clone(), closure, subject)),
+            }
+        }
+        if !renewed.is_empty() {
+            let written = store
+                .write(|tx| {
+                    for (s, _, subject) in &renewed {
+                        if tx.get(class_ids::session, s).is_some() {
+                            set_field(
+                                tx,
+                                class_ids::session,
+                                s,
+                                fields::session::validation_time,
+                                Value::DateTime(at),
+                            )?;
+                            set_field(
+                                tx,
+                                class_ids::session,
+                                s,
+                                fields::session::subject,
+                                Value::reference(subject.as_str()),
+                            )?;
+                        }
+                    }
+                    Ok(())
+                })
+                .await;
+            if let Err(e) = written {
+                tracing::warn!(error = %e, "could not record revalidated sessions");
+            }
+            let mut live = self.live.write();
+            for (s, closure, _) in renewed {
+                if let Some(l) = live.get_mut(&s) {
+                    l.sids = Arc::from(closure);
+                }
+            }
+        }
+        if !doomed.is_empty() {
+            tracing::info!(
+                sessions = doomed.len(),
+                "the directory no longer lets these sessions' users in"
+            );
+        }
+        match self.end(store, &doomed).await {
+            Ok(()) => doomed.len(),
+            Err(_) => 0,
+        }
+    }
+
+    /// What the directory says of a user now: `None` when they may not stay (unknown,
+    /// suspended, no subject lets them in), else their identifiers and the subject that
+    /// lets them in; an error when the directory could not be asked.
+    async fn recheck(
+        &self,
+        dir: &Directory,
+        store: &Store,
+        sid: &str,
+    ) -> Result<Option<(Vec<String>, String)>, DirError> {
+        let info = match dir.subject_information(sid).await {
+            Ok(i) => i,
+            Err(DirError::NotFound) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        if suspended(&info) {
+            return Ok(None);
+        }
+        let groups = match dir.group_membership(sid).await {
+            Ok(g) => g,
+            Err(DirError::NotFound) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let mut closure = vec![sid.to_owned()];
+        closure.extend(groups);
+        let subject = store
+            .all(class_ids::subject)
+            .into_iter()
+            .find(|s| closure.iter().any(|id| id == s.str_field("subject_identifier")));
+        Ok(subject.map(|s| (closure, s.reference.clone())))
     }
 
     /// The directory users' sessions: `(ref, record)`.
