@@ -5,7 +5,7 @@ use crate::reply::{self, Reply, Wire};
 use crate::{jsonrpc, xmlrpc};
 use actix_web::dev::Extensions;
 use actix_web::http::StatusCode;
-use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use actix_web::{web, App, HttpRequest, HttpResponse};
 use agent::value::Value;
 use agent::{Agent, CallCtx};
 use std::any::Any;
@@ -164,6 +164,7 @@ pub fn routes(cfg: &mut web::ServiceConfig, max_body: usize) {
         .route("/RPC2", web::post().to(xmlrpc_handler))
         .route("/xmlrpc", web::post().to(xmlrpc_handler))
         .route("/jsonrpc", web::post().to(jsonrpc_handler))
+        .route("/cli", web::post().to(crate::cli::not_first))
         .route("/", web::get().to(index));
     crate::data_paths::routes(cfg);
 }
@@ -176,8 +177,10 @@ const IDLE_KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(12 *
 pub async fn serve(agent: Arc<Agent>, cfg: ServerConfig) -> std::io::Result<()> {
     let max_body = cfg.max_body;
     let bench_noop = cfg.bench_noop;
+    let cli_agent = agent.clone();
     let data = web::Data::new(agent);
-    let mut server = HttpServer::new(move || {
+    // The front serves `POST /cli` connections (the thin CLI protocol) itself.
+    let mut server = crate::cli::Front::new(cli_agent, move || {
         App::new().app_data(data.clone()).configure(|c| {
             routes(c, max_body);
             if bench_noop {

@@ -1,0 +1,3 @@
+//! The thin CLI protocol shared by the `xe` client and the daemon's `/cli` server.
+
+pub mod protocol;
