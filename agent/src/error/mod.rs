@@ -187,6 +187,20 @@ api_errors! {
     DeviceDetachRejected { class, device, reason } => "DEVICE_DETACH_REJECTED",
     /// The guest did not suspend in time.
     VmSuspendTimeout { vm, timeout } => "VM_SUSPEND_TIMEOUT",
+    /// No plugin of this name in the host's plugin directory.
+    XenapiMissingPlugin { name } => "XENAPI_MISSING_PLUGIN",
+    /// A host plugin failed: how, and what it wrote on stdout and stderr.
+    XenapiPluginFailure { status, stdout, stderr } => "XENAPI_PLUGIN_FAILURE",
+    /// A host extension answered a failure that is not a list of strings (as JSON).
+    ExtensionProtocolFailure { failure } => "EXTENSION_PROTOCOL_FAILURE",
+    /// The message was removed from the API.
+    MessageRemoved {} => "MESSAGE_REMOVED",
+    /// The hostname is not acceptable.
+    HostNameInvalid { reason } => "HOST_NAME_INVALID",
+    /// The host has no such edition.
+    InvalidEdition { edition } => "INVALID_EDITION",
+    /// The host's certificate cannot be read.
+    CertificateLibraryCorrupt {} => "CERTIFICATE_LIBRARY_CORRUPT",
     /// The session's roles lack the permission the call needs: the permission, and which
     /// roles have it.
     RbacPermissionDenied { permission, message } => "RBAC_PERMISSION_DENIED",

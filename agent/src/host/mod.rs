@@ -1,15 +1,30 @@
 //! The host and the pool this daemon runs: the messages about them that have behaviour here.
+//!
+//! - `plugins`: `host.call_plugin`, `host.call_extension` (docs/plugins.md);
+//! - `admin`: logs, debug keys, syslog, the hostname, the server certificate;
+//! - `license`: the one edition;
+//! - `runner`: how helper programs run (bounded time and output, their own process group);
+//! - `xmlrpc`: what plugins and extensions read and print;
+//! - `settings`: the environment variables that configure all of this.
 
+pub mod admin;
+pub mod license;
 pub mod plugins;
+pub mod runner;
+pub mod settings;
+pub mod xmlrpc;
 
 use crate::call::Entry;
 use crate::entry;
 use crate::error::ApiError;
 use crate::schema::class_ids;
+use crate::Agent;
 
 /// The host and pool messages carried out here and in the submodules.
 pub fn behaviour() -> Vec<Entry> {
     let mut v = plugins::behaviour();
+    v.extend(admin::behaviour());
+    v.extend(license::behaviour());
     v.push(entry!(class_ids::host, "destroy", |_agent, _, _c| {
         Err(ApiError::not_allowed(
             "the host cannot be destroyed while this daemon runs it",
@@ -17,3 +32,15 @@ pub fn behaviour() -> Vec<Entry> {
     }));
     v
 }
+
+/// `HANDLE_INVALID [host, ref]` unless `host` names a host.
+pub(crate) fn this_host(agent: &Agent, host: &str) -> Result<(), ApiError> {
+    if agent.exists(class_ids::host, host) {
+        Ok(())
+    } else {
+        Err(ApiError::handle_invalid("host", host))
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,207 @@
+//! The host messages through the real dispatch, on an agent with the simulator backend.
+
+use crate::schema::{class_ids, fields};
+use crate::storage::tests::env;
+use crate::value::Value;
+use crate::ApiError;
+use serde_json::json;
+
+const NULL: &str = "OpaqueRef:NULL";
+
+#[actix::test]
+async fn every_host_message_here_checks_the_host() {
+    let e = env().await;
+    for (method, extra) in [
+        ("host.call_plugin", vec![json!("echo"), json!("main"), json!({})]),
+        ("host.call_extension", vec![json!("{}")]),
+        ("host.dmesg", vec![]),
+        ("host.send_debug_keys", vec![json!("q")]),
+        ("host.syslog_reconfigure", vec![]),
+        ("host.set_hostname_live", vec![json!("name")]),
+        ("host.get_server_certificate", vec![]),
+        ("host.get_system_status_capabilities", vec![]),
+        ("host.apply_edition", vec![json!("free/libre"), json!(false)]),
+        ("host.license_remove", vec![]),
+        ("host.license_apply", vec![json!("")]),
+    ] {
+        let mut params = vec![json!(NULL)];
+        params.extend(extra);
+        let err = e.call(method, params).await.unwrap_err();
+        assert_eq!(err, ApiError::handle_invalid("host", NULL), "{method}");
+    }
+}
+
+#[actix::test]
+async fn a_plugin_missing_from_the_default_directory() {
+    if std::env::var_os("XAPID_PLUGIN_DIR").is_some()
+        || std::path::Path::new(crate::host::settings::DEFAULT_PLUGIN_DIR).exists()
+    {
+        eprintln!("SKIPPED: this machine has a plugin directory");
+        return;
+    }
+    let e = env().await;
+    let host = e.agent.host.clone();
+    let err = e
+        .call(
+            "host.call_plugin",
+            vec![json!(host), json!("echo"), json!("main"), json!({"a": "b"})],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err, ApiError::XenapiMissingPlugin { name: "echo".into() });
+}
+
+#[actix::test]
+async fn set_hostname_live_checks_and_records_the_name() {
+    if crate::host::settings::set_system_hostname("simulator") {
+        // The setting would have the test rename this machine.
+        eprintln!("SKIPPED: XAPID_SET_SYSTEM_HOSTNAME is on");
+        return;
+    }
+    let e = env().await;
+    let host = e.agent.host.clone();
+    let before = nix::unistd::gethostname().unwrap();
+    let err = e
+        .call("host.set_hostname_live", vec![json!(host), json!("bad name")])
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err,
+        ApiError::HostNameInvalid {
+            reason: "hostname contains invalid characters".into()
+        }
+    );
+    e.ok(
+        "host.set_hostname_live",
+        vec![json!(host), json!("renamed-host.example")],
+    )
+    .await;
+    let h = e.agent.store.get(class_ids::host, &host).unwrap();
+    assert_eq!(h.str_field("hostname"), "renamed-host.example");
+    let dom0 = h.get(fields::host::control_domain).as_ref_str().unwrap().to_owned();
+    let vm = e.agent.store.get(class_ids::VM, &dom0).unwrap();
+    assert_eq!(
+        vm.str_field("name_label"),
+        "Control domain on host: renamed-host.example"
+    );
+    // A renamed control domain keeps its name.
+    e.ok("VM.set_name_label", vec![json!(dom0), json!("my dom0")]).await;
+    e.ok("host.set_hostname_live", vec![json!(host), json!("again")]).await;
+    assert_eq!(
+        e.agent.store.get(class_ids::VM, &dom0).unwrap().str_field("name_label"),
+        "my dom0"
+    );
+    assert_eq!(
+        nix::unistd::gethostname().unwrap(),
+        before,
+        "the machine's hostname changed"
+    );
+}
+
+#[actix::test]
+async fn the_one_edition() {
+    let e = env().await;
+    let host = e.agent.host.clone();
+    let err = e
+        .call(
+            "host.apply_edition",
+            vec![json!(host), json!("enterprise"), json!(false)],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err,
+        ApiError::InvalidEdition {
+            edition: "enterprise".into()
+        }
+    );
+    e.ok(
+        "host.apply_edition",
+        vec![json!(host), json!("free/libre"), json!(true)],
+    )
+    .await;
+    let h = e.agent.store.get(class_ids::host, &host).unwrap();
+    assert_eq!(h.str_field("edition"), "free/libre");
+    assert_eq!(h.get(fields::host::editions).as_set(), &[Value::str("free/libre")]);
+    assert_eq!(
+        h.get(fields::host::license_params)
+            .map_get("restrict_pooling")
+            .and_then(Value::as_str),
+        Some("false")
+    );
+    let pool = e.agent.store.get(class_ids::pool, &e.agent.pool).unwrap();
+    assert_eq!(
+        pool.get(fields::pool::restrictions),
+        h.get(fields::host::license_params)
+    );
+    e.ok("host.license_remove", vec![json!(host)]).await;
+    assert_eq!(
+        e.agent.store.get(class_ids::host, &host).unwrap().str_field("edition"),
+        "free/libre"
+    );
+    let err = e
+        .call("host.license_apply", vec![json!(host), json!("")])
+        .await
+        .unwrap_err();
+    assert_eq!(err, ApiError::MessageRemoved {});
+}
+
+#[actix::test]
+async fn host_logs_keys_and_reports_on_the_simulator() {
+    let e = env().await;
+    let host = e.agent.host.clone();
+    // The kernel's log of this machine, where it may be read.
+    match e.call("host.dmesg", vec![json!(host)]).await {
+        Ok(v) => assert!(v.as_str().is_some()),
+        Err(err) => assert!(err.to_string().contains("kernel log"), "{err}"),
+    }
+    let err = e
+        .call("host.send_debug_keys", vec![json!(host), json!("q")])
+        .await
+        .unwrap_err();
+    assert_eq!(err, ApiError::not_implemented("host.send_debug_keys"));
+    let caps = e.ok("host.get_system_status_capabilities", vec![json!(host)]).await;
+    assert_eq!(caps.as_str(), Some(crate::host::admin::NO_CAPABILITIES));
+    // Neither the answer nor get_log / dmesg_clear (NOT_IMPLEMENTED, as in the reference).
+    for m in ["host.get_log", "host.dmesg_clear"] {
+        let err = e.call(m, vec![json!(host)]).await.unwrap_err();
+        assert_eq!(err, ApiError::not_implemented(m));
+    }
+}
+
+#[actix::test]
+async fn the_server_certificate_from_the_state_dir() {
+    if std::env::var_os("XAPID_SERVER_CERT").is_some() {
+        eprintln!("SKIPPED: XAPID_SERVER_CERT is set");
+        return;
+    }
+    let e = env().await;
+    let host = e.agent.host.clone();
+    let err = e
+        .call("host.get_server_certificate", vec![json!(host)])
+        .await
+        .unwrap_err();
+    assert_eq!(err, ApiError::CertificateLibraryCorrupt {});
+    let tls = e.agent.state_dir.join("tls");
+    std::fs::create_dir_all(&tls).unwrap();
+    let pem = "-----BEGIN CERTIFICATE-----\nQUJD\n-----END CERTIFICATE-----\n";
+    std::fs::write(tls.join("xapid-cert.pem"), pem).unwrap();
+    let v = e.ok("host.get_server_certificate", vec![json!(host)]).await;
+    assert_eq!(v.as_str(), Some(pem));
+}
+
+#[actix::test]
+async fn syslog_reconfigure_needs_its_script() {
+    let script = crate::host::settings::syslog_reconfigure_script();
+    if script.exists() {
+        eprintln!(
+            "SKIPPED: {} exists and would reconfigure this machine",
+            script.display()
+        );
+        return;
+    }
+    let e = env().await;
+    let host = e.agent.host.clone();
+    let err = e.call("host.syslog_reconfigure", vec![json!(host)]).await.unwrap_err();
+    assert!(err.to_string().contains("no syslog reconfiguration script"), "{err}");
+}
