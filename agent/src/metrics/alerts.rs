@@ -6,7 +6,10 @@
 //! store's event log and compares each VM's new state with the last it saw. Which operation
 //! caused a change is read from the VM's `current_operations` around it (a shutdown the guest
 //! made itself raises nothing, as in the reference). Crashes are seen in the backend's events:
-//! the domain's state is read as soon as it changes, before the lifecycle destroys it.
+//! the domain's state is read as soon as it changes. A crashed domain the VM keeps
+//! (`actions_after_crash = preserve`) is always seen; one the lifecycle destroys or restarts
+//! at once may be gone before it is read, and then no message is raised (the lifecycle does
+//! not record why a domain stopped).
 
 use super::messages;
 use crate::hypervisor::{BackendEvent, DomainState, ShutdownCode};
@@ -235,6 +238,9 @@ pub fn start(agent: &Arc<Agent>) {
 }
 
 /// Raises `VM_CRASHED` when a guest's domain is seen crashed (or stopped by its watchdog).
+/// The backend's events are read on a thread of their own, which reads the domain's state
+/// at once (the lifecycle module, told of the same change through the VM's actor, destroys
+/// or restarts the domain soon after); the message is then made on the agent's runtime.
 fn follow_crashes(agent: &Arc<Agent>) {
     let rx = match agent.hypervisor.subscribe() {
         Ok(rx) => rx,
@@ -243,13 +249,11 @@ fn follow_crashes(agent: &Arc<Agent>) {
             return;
         }
     };
-    let Some(mut rx) = crate::hypervisor::forward_to_tokio(rx, 1024) else {
-        return;
-    };
+    let (tx, mut crashed) = tokio::sync::mpsc::unbounded_channel::<String>();
     let weak = Arc::downgrade(agent);
-    actix::spawn(async move {
+    let watcher = std::thread::Builder::new().name("crash-watch".into()).spawn(move || {
         let mut reported: HashSet<(String, u32)> = HashSet::new();
-        while let Some(ev) = rx.recv().await {
+        while let Ok(ev) = rx.recv() {
             let BackendEvent::DomainChanged(domid) = ev else {
                 continue;
             };
@@ -257,8 +261,7 @@ fn follow_crashes(agent: &Arc<Agent>) {
             let Some(vm) = agent.domids.lock().get(&domid).cloned() else {
                 continue;
             };
-            let hv = agent.hypervisor.clone();
-            let Ok(info) = crate::lifecycle::blocking(&agent, move || hv.domain_info(domid)).await else {
+            let Ok(info) = agent.hypervisor.domain_info(domid) else {
                 continue;
             };
             if !matches!(
@@ -270,9 +273,19 @@ fn follow_crashes(agent: &Arc<Agent>) {
             if reported.len() > 4096 {
                 reported.clear();
             }
-            if !reported.insert((vm.clone(), domid)) {
-                continue;
+            if reported.insert((vm.clone(), domid)) && tx.send(vm).is_err() {
+                break;
             }
+        }
+    });
+    if let Err(e) = watcher {
+        tracing::warn!(error = %e, "no crash watcher: guest crashes will raise no message");
+        return;
+    }
+    let weak = Arc::downgrade(agent);
+    actix::spawn(async move {
+        while let Some(vm) = crashed.recv().await {
+            let Some(agent) = weak.upgrade() else { break };
             let Some(rec) = agent.store.get(class_ids::VM, &vm) else {
                 continue;
             };
@@ -413,5 +426,45 @@ mod tests {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
         assert_eq!(names, ["VM_STARTED", "VM_PAUSED", "VM_UNPAUSED", "VM_SHUTDOWN"]);
+    }
+
+    #[actix::test]
+    async fn a_crashed_guest_raises_vm_crashed() {
+        use crate::storage::tests::env;
+        let e = env().await;
+        let vm = crate::metrics::tests::running_vm(&e, "crashing").await;
+        // Kept crashed, the domain's state stays readable; with `destroy` or `restart` the
+        // lifecycle may take the domain away before the watcher reads it (see the module's
+        // documentation).
+        e.ok(
+            "VM.set_actions_after_crash",
+            vec![serde_json::json!(vm), serde_json::json!("preserve")],
+        )
+        .await;
+        let rec = e.agent.store.get(class_ids::VM, &vm).unwrap();
+        let domid = rec.get(fields::VM::domid).as_int().unwrap() as u32;
+        let uuid = rec.uuid().unwrap().to_owned();
+        e.agent
+            .hypervisor
+            .guest_control()
+            .unwrap()
+            .guest_shutdown(domid, ShutdownCode::Crash)
+            .unwrap();
+        let mut found = None;
+        for _ in 0..200 {
+            found = e
+                .agent
+                .store
+                .all(class_ids::message)
+                .into_iter()
+                .find(|m| m.str_field("name") == "VM_CRASHED" && m.str_field("obj_uuid") == uuid);
+            if found.is_some() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let m = found.expect("no VM_CRASHED");
+        assert_eq!(m.get(fields::message::priority), &crate::value::Value::Int(2));
+        assert_eq!(m.str_field("body"), format!("VM 'crashing' (uuid: {uuid}) crashed"));
     }
 }
