@@ -329,9 +329,12 @@ pub fn method_names() -> impl Iterator<Item = (ClassId, &'static MessageDef)> {
         .flat_map(|(i, c)| c.messages.iter().map(move |m| (ClassId(i), m)))
 }
 
-/// The bound partner of a field, if the field is one end of a relation.
+/// The bound partner of a field, if the field is one end of a relation. A field listed as
+/// its own partner (`role.subroles`, `subject.roles` in the reference's relation list) is a
+/// plain set: the reference keeps it one-sided (pool-admin's subroles name permissions whose
+/// own subroles are empty).
 pub fn partner(class: ClassId, field: FieldId) -> Option<FieldRef> {
-    RELATIONS.iter().find_map(|(a, b)| {
+    RELATIONS.iter().filter(|(a, b)| a != b).find_map(|(a, b)| {
         if a.class == class && a.field == field {
             Some(*b)
         } else if b.class == class && b.field == field {

@@ -109,6 +109,10 @@ pub fn consistency_with_coverage(dm: &Datamodel, snap: &Snapshot) -> (Vec<String
         }
     }
     for ((ca, fa), (cb, fb)) in &dm.relations {
+        // A field listed as its own partner (`role.subroles`) is a plain, one-sided set.
+        if (ca, fa) == (cb, fb) {
+            continue;
+        }
         for ((c1, f1), (c2, f2)) in [((ca, fa), (cb, fb)), ((cb, fb), (ca, fa))] {
             if !snap.records.contains_key(c1.as_str()) || !snap.records.contains_key(c2.as_str()) {
                 continue;
