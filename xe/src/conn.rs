@@ -58,6 +58,29 @@ impl Write for Stream {
 }
 
 impl Stream {
+    /// Ends the stream's sending side (TLS close_notify, or a TCP half-close), then reads
+    /// what the peer still sends until it closes, so it has read everything sent before.
+    pub fn finish(mut self, limit: std::time::Duration) {
+        let _ = match &mut self {
+            Stream::Unix(s) => s.shutdown(std::net::Shutdown::Write),
+            Stream::Tcp(s) => s.shutdown(std::net::Shutdown::Write),
+            Stream::Tls(s) => {
+                s.conn.send_close_notify();
+                s.flush()
+            }
+        };
+        let sock_timeout = match &self {
+            Stream::Unix(s) => s.set_read_timeout(Some(limit)),
+            Stream::Tcp(s) => s.set_read_timeout(Some(limit)),
+            Stream::Tls(s) => s.sock.set_read_timeout(Some(limit)),
+        };
+        if sock_timeout.is_err() {
+            return;
+        }
+        let mut buf = [0u8; 4096];
+        while matches!(self.read(&mut buf), Ok(n) if n > 0) {}
+    }
+
     /// The socket underneath.
     pub fn raw_fd(&self) -> RawFd {
         match self {

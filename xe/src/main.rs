@@ -555,6 +555,8 @@ impl Client {
                     let copied = copy(&mut f, &mut up, s, heartbeats);
                     return match copied {
                         Ok(()) => {
+                            // The host reads all of it before the connection goes.
+                            up.finish(Duration::from_secs(600));
                             respond(s, Response::Ok)?;
                             Ok(None)
                         }

@@ -115,7 +115,14 @@ impl<S: AsyncRead + Unpin> AsyncRead for Sniffed<S> {
             }
             return Poll::Ready(Ok(()));
         }
-        Pin::new(&mut this.io).poll_read(cx, buf)
+        match Pin::new(&mut this.io).poll_read(cx, buf) {
+            // A TLS peer that closes without close_notify has ended its stream all the same:
+            // HTTP's own framing (Content-Length, chunks) tells a cut request from a whole
+            // one. Read as an error, it made the HTTP/1 dispatcher drop the request still
+            // being served (an upload whose last bytes had arrived).
+            Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => Poll::Ready(Ok(())),
+            other => other,
+        }
     }
 }
 
@@ -554,6 +561,24 @@ mod tests {
             rewrite_upload(b"PUT /cli/import_raw_vdi?a=b HTTP/1.0\r\nContent-length: 3\r\n\r\nabc"),
             b"PUT /import_raw_vdi?a=b HTTP/1.0\r\nContent-length: 3\r\n\r\nabc".to_vec()
         );
+    }
+
+    /// A stream whose reads fail as a TLS stream does when the peer closes without
+    /// close_notify.
+    struct Truncated;
+
+    impl AsyncRead for Truncated {
+        fn poll_read(self: Pin<&mut Self>, _: &mut Context<'_>, _: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()))
+        }
+    }
+
+    #[actix_web::test]
+    async fn a_peer_that_closes_without_close_notify_reads_as_the_end() {
+        let mut s = Sniffed::new(b"PUT".to_vec(), Truncated);
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await.unwrap();
+        assert_eq!(out, b"PUT");
     }
 
     #[actix_web::test]
