@@ -111,6 +111,34 @@ fn protocol_bytes_on_the_wire() {
         ]
     );
 
+    // The unix socket: a uid-0 client is root without a password, as on a XenServer host.
+    let sock = h.scratch.path().join("state").join("xapid.sock");
+    let mut u = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    u.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let body = "host-list\n--minimal\nusername=root\npassword=";
+    write!(u, "POST /cli HTTP/1.0\r\ncontent-length: {}\r\n\r\n{body}", body.len()).unwrap();
+    let mut hs = [0u8; protocol::HANDSHAKE_LEN];
+    u.read_exact(&mut hs).unwrap();
+    assert_eq!(protocol::parse_handshake(&hs), Ok((0, 2)));
+    u.write_all(&protocol::handshake()).unwrap();
+    let mut rest = Vec::new();
+    let _ = u.read_to_end(&mut rest);
+    let (first, used) = protocol::decode_frame(&rest).unwrap().unwrap();
+    let (last, _) = protocol::decode_frame(&rest[used..]).unwrap().unwrap();
+    // SAFETY: geteuid only reads the process's effective user id.
+    if unsafe { libc::geteuid() } == 0 {
+        assert!(
+            matches!(&first, Message::Command(Command::Print(l)) if is_uuid(l)),
+            "{first:?}"
+        );
+        assert_eq!(last, Message::Command(Command::Exit(0)));
+    } else {
+        assert_eq!(
+            first,
+            Message::Command(Command::PrintStderr("Authentication failed\n".into()))
+        );
+    }
+
     // A client of another major version is turned away without a frame.
     let (_, msgs) = raw_session(port, &["vm-list", &user, &pass], 1);
     assert!(msgs.is_empty(), "{msgs:?}");
