@@ -264,6 +264,13 @@ fn every_command() {
     let pool = h.ok(&["pool-list"]);
     assert!(pool.contains(&format!("      master ( RO): {host}\n")), "{pool}");
     let sr = h.one(&["sr-list", "name-label=Local storage", "params=uuid", "--minimal"]);
+    let host_name = h.one(&["host-param-get", &format!("uuid={host}"), "param-name=name-label"]);
+    assert_eq!(
+        h.ok(&["sr-list", &format!("uuid={sr}")]),
+        format!(
+            "uuid ( RO)                : {sr}\n          name-label ( RW): Local storage\n    name-description ( RW): \n                host ( RO): {host_name}\n                type ( RO): file\n        content-type ( RO): user\n\n\n"
+        )
+    );
     assert!(pool.contains(&format!("  default-SR ( RW): {sr}\n")), "{pool}");
     assert_eq!(
         h.one(&["pbd-list", &format!("sr-uuid={sr}"), "params=host-uuid", "--minimal"]),

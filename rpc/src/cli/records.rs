@@ -518,6 +518,9 @@ pub(crate) enum Source {
     Field(FieldId),
     /// The name of the object a reference field points to.
     RefName(FieldId, ClassId),
+    /// An SR's host, as the reference shows it: the name of the host its one PBD is on,
+    /// `<shared>` when it has several.
+    SrHost,
 }
 
 /// How a field filters and changes.
@@ -567,7 +570,7 @@ impl CliField {
     fn ty(&self, class: ClassId) -> &'static Ty {
         match self.source {
             Source::Field(f) => class.field(f).ty,
-            Source::RefName(..) => &Ty::String,
+            Source::RefName(..) | Source::SrHost => &Ty::String,
         }
     }
 }
@@ -637,6 +640,17 @@ fn build_fields(class: ClassId) -> Vec<CliField> {
                 ..base
             }),
             _ => out.push(base),
+        }
+        if class.name() == "SR" && f.name == "name_description" {
+            out.push(CliField {
+                name: "host".into(),
+                source: Source::SrHost,
+                shape: Shape::Normal,
+                api: "PBDs",
+                settable: false,
+                set_addable: false,
+                map_addable: false,
+            });
         }
     }
     out
@@ -733,6 +747,29 @@ pub(crate) async fn value(ctx: &Ctx<'_>, rec: &Rec, f: &CliField) -> String {
     let class = rec.obj.class;
     match f.source {
         Source::Field(id) => render(ctx, class, f.api, rec.obj.get(id), class.field(id).ty),
+        Source::SrHost => {
+            let pbds: Vec<String> = rec
+                .get("PBDs")
+                .as_set()
+                .iter()
+                .filter_map(|p| p.as_ref_str().map(str::to_owned))
+                .collect();
+            match pbds.as_slice() {
+                [pbd] => {
+                    let host = ctx.call("PBD.get_host", vec![json!(pbd)]).await;
+                    let name = match host {
+                        Ok(h) => ctx.call("host.get_name_label", vec![json!(h.as_str())]).await,
+                        Err(e) => Err(e),
+                    };
+                    name.map_or_else(
+                        |_| NOT_IN_DATABASE.to_owned(),
+                        |n| n.as_str().unwrap_or_default().to_owned(),
+                    )
+                }
+                [] => NOT_IN_DATABASE.to_owned(),
+                _ => "<shared>".to_owned(),
+            }
+        }
         Source::RefName(id, target) => {
             let Some(r) = rec.obj.get(id).as_ref_str() else {
                 return NOT_IN_DATABASE.to_owned();
