@@ -343,6 +343,16 @@ fn every_command() {
     h.ok(&["vm-resume", "vm=web"]);
     h.ok(&["vm-reboot", "vm=web"]);
     assert_eq!(h.one(&["vm-param-get", &vmu, "param-name=power-state"]), "running");
+    // Its text console through the console data path (HttpConnect); Ctrl-] leaves.
+    let r = h.xe_with_stdin(&["console", "vm=web"], "\u{1d}");
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stdout
+            .starts_with("Connecting to console on VM web. Press Ctrl + ']' to quit.\n"),
+        "{r:?}"
+    );
+    let r = h.xe(&["console", "vm=nothing-named-so"]);
+    assert_eq!((r.code, r.stderr.as_str()), (1, "No VM found\n"));
     // A running VM cannot start again: the API's error, refs as "uuid (name)".
     let p = h.api_error(&["vm-start", "vm=web"], "VM_BAD_POWER_STATE");
     assert_eq!(p, vec![format!("{vm} (web)"), "halted".into(), "running".into()]);

@@ -55,6 +55,7 @@ pub(crate) enum Op {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum B {
     VmInstall,
+    Console,
     VmStart,
     VmShutdown,
     VmReboot,
@@ -174,6 +175,17 @@ const BUILTINS: &[Row] = &[
         STD,
         B::VmInstall,
         "Install a new VM from a template (template=, a name or a uuid). Its disks are made on the SR named by sr-uuid or sr-name-label, else on the pool's default SR.",
+    ),
+    (
+        "console",
+        &[],
+        &[],
+        Flags {
+            standard: false,
+            ..VM_SEL
+        },
+        B::Console,
+        "Attach to the selected VM's text console (Ctrl-] leaves it).",
     ),
     ("vm-start", &[], &["force", "on", "paused"], VM_SEL, B::VmStart, "Start the selected VM(s); 'on' names the host to start on."),
     ("vm-shutdown", &[], &["force"], VM_SEL, B::VmShutdown, "Shut the selected VM(s) down; with --force, at once."),
@@ -1350,10 +1362,65 @@ async fn event_wait(ctx: &mut Ctx<'_>) -> Result<(), CliError> {
     }
 }
 
+/// `console`: the client joins its terminal to the VM's text console through the console
+/// data path (the console's location, in this session).
+async fn console(ctx: &mut Ctx<'_>) -> Result<(), CliError> {
+    let implied = vec![("is-a-template".to_owned(), "false".to_owned())];
+    let found = select(ctx, class_ids::VM, "vm", &["name_label"], implied, &[]).await?;
+    let vm = match found.as_slice() {
+        [one] => one.clone(),
+        [] => {
+            ctx.out.conn.send(Command::PrintStderr("No VM found\n".into())).await?;
+            return Err(CliError::Exit(1));
+        }
+        _ => {
+            ctx.out
+                .conn
+                .send(Command::PrintStderr(
+                    "Multiple VMs found: please narrow your request to one VM.\n".into(),
+                ))
+                .await?;
+            return Err(CliError::Exit(1));
+        }
+    };
+    let mut text_console = None;
+    for c in vm.get("consoles").as_set().iter().map(text) {
+        if text(&ctx.call("console.get_protocol", vec![json!(c)]).await?) == "vt100" {
+            text_console = Some(c);
+            break;
+        }
+    }
+    let Some(c) = text_console else {
+        ctx.out
+            .conn
+            .send(Command::PrintStderr("No text console available\n".into()))
+            .await?;
+        return Err(CliError::Exit(1));
+    };
+    ctx.out
+        .conn
+        .send(Command::Print(format!(
+            "Connecting to console on VM {}. Press Ctrl + ']' to quit.",
+            vm.str("name_label")
+        )))
+        .await?;
+    let location = text(&ctx.call("console.get_location", vec![json!(c)]).await?);
+    let uri = format!("{location}&session_id={}", ctx.session);
+    ctx.out.conn.send(Command::HttpConnect(uri)).await?;
+    loop {
+        match ctx.out.conn.recv().await? {
+            Message::Response(Response::Wait) => continue,
+            Message::Response(Response::Ok) => return Ok(()),
+            _ => return Err(CliError::fail("Failure")),
+        }
+    }
+}
+
 async fn builtin(ctx: &mut Ctx<'_>, b: B) -> Result<(), CliError> {
     let p = ctx.params.clone();
     match b {
         B::VmInstall => vm_install(ctx).await,
+        B::Console => console(ctx).await,
         B::VmStart => {
             let force = p.bool("force", false)?;
             let paused = p.bool("paused", false)?;
