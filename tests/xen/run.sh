@@ -313,7 +313,9 @@ XAPID_XEN_XL_PROBE=${XAPID_XEN_XL_PROBE:-}
 XAPID_XEN_EVENT_TIMEOUT=${XAPID_XEN_EVENT_TIMEOUT:-}
 EOF
 echo "XAPID_XEN_PARTS='$PARTS'" >>"$RUN/payload/env"
-truncate -s 256M "$RUN/payload.img"
+# Sized from what it holds (the debug test binary alone is over 150 MB), with room for ext4's own.
+payload_mib=$(( $(du -sm "$RUN/payload" | cut -f1) * 5 / 4 + 64 ))
+truncate -s "${payload_mib}M" "$RUN/payload.img"
 mkfs.ext4 -q -F -L payload -d "$RUN/payload" "$RUN/payload.img" || die "mkfs.ext4 of the payload failed"
 rm -rf "$RUN/payload"
 # Old runs keep their logs only.
