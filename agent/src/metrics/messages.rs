@@ -279,7 +279,10 @@ mod tests {
         assert_eq!(r.str_field("name"), "ALARM");
         assert_eq!(r.str_field("obj_uuid"), host_uuid);
         assert_eq!(*r.get(crate::schema::fields::message::priority), Value::Int(3));
-        assert_eq!(*r.get(crate::schema::fields::message::cls), Value::Enum("Host"));
+        assert_eq!(
+            *r.get(crate::schema::fields::message::cls),
+            crate::schema::enums::Cls::Host.value()
+        );
         let uuid = r.str_field("uuid").to_owned();
         assert_eq!(text(&e.ok("message.get_by_uuid", vec![json!(uuid)]).await), m);
         // An object that does not exist: UUID_INVALID [cls, uuid].

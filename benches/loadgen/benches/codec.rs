@@ -15,7 +15,7 @@ fn vm(i: usize) -> Object {
     o.set(f::uuid, Value::str(format!("11111111-2222-4333-8444-{i:012}")));
     o.set(f::name_label, Value::str(format!("bench-vm-{i}")));
     o.set(f::name_description, Value::str("Template for Debian Bookworm 12"));
-    o.set(f::power_state, Value::Enum("Running"));
+    o.set(f::power_state, agent::schema::enums::VmPowerState::Running.value());
     o.set(f::domid, Value::Int(i as i64 + 1));
     o.set(f::memory_static_max, Value::Int(1 << 30));
     o.set(f::memory_dynamic_max, Value::Int(1 << 30));
@@ -67,7 +67,7 @@ fn vm(i: usize) -> Object {
     );
     o.set(f::metrics, Value::Ref(format!("OpaqueRef:metrics-{i:012}").into()));
     o.set(f::resident_on, Value::Ref("OpaqueRef:host-000000000000".into()));
-    o.set(f::domain_type, Value::Enum("hvm"));
+    o.set(f::domain_type, agent::schema::enums::DomainType::hvm.value());
     o.set(f::recommendations, Value::str("<restrictions><restriction field=\"memory-static-max\" max=\"137438953472\"/><restriction field=\"vcpus-max\" max=\"32\"/></restrictions>"));
     o
 }
