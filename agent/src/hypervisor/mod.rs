@@ -63,6 +63,7 @@ pub mod simulator;
 mod types;
 pub mod xen;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use std::{fmt, io};
@@ -434,6 +435,25 @@ pub trait GuestControl: Send + Sync {
     /// [`Capabilities::reboot_in_place`]). Emits
     /// [`BackendEvent::DomainChanged`].
     fn guest_shutdown(&self, domid: DomId, code: ShutdownCode) -> Result<(), BackendError>;
+
+    /// Hands the guest's tools a static address configuration for its interface `devid`
+    /// (what a toolstack writes under `xenserver/device/vif/<devid>/static-ip-setting` for
+    /// real guest tools): addresses in CIDR form (`192.0.2.10/24`), which the guest applies
+    /// and reports from then on. Empty lists: the guest's own addresses again.
+    fn set_static_addresses(
+        &self,
+        domid: DomId,
+        devid: DevId,
+        ipv4: &[String],
+        ipv6: &[String],
+    ) -> Result<(), BackendError> {
+        let _ = (domid, devid, ipv4, ipv6);
+        Err(BackendError::Unsupported {
+            op: Op::Guest,
+            backend: "this",
+            what: "static guest addresses".into(),
+        })
+    }
 }
 
 /// A hypervisor backend. Object safe; shared as `Arc<dyn Hypervisor>`.
@@ -532,6 +552,16 @@ pub trait Hypervisor: Send + Sync {
     /// Subscribes to [`BackendEvent`]s from now on. Dropping the receiver
     /// unsubscribes.
     fn subscribe(&self) -> Result<EventReceiver, BackendError>;
+
+    /// What the guest's own agent has published about it: the nodes the guest tools write
+    /// under the domain's xenstore home (`data/…`, `attr/…`, `control/…`, `feature/…`,
+    /// `drivers/…`), as paths relative to that home with their values. Empty while the guest
+    /// runs no agent (or it has not written yet); a backend without guests' agents says so
+    /// with the default, empty.
+    fn guest_agent_keys(&self, domid: DomId) -> Result<BTreeMap<String, String>, BackendError> {
+        let _ = domid;
+        Ok(BTreeMap::new())
+    }
 
     /// Run-time fault injection, if the backend supports it.
     fn fault_injection(&self) -> Option<&dyn FaultInjection> {

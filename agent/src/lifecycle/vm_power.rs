@@ -383,6 +383,7 @@ fn mark_stopped_tx(tx: &mut Tx, agent: &Agent, vm: &str, state: VmPowerState, fr
             set_field(tx, class_ids::VM_metrics, &m, mf::last_updated, Value::DateTime(now()))?;
         }
     }
+    crate::metrics::guest::clear_tx(tx, &rec)?;
     devices::mark_attached(tx, &rec, false)?;
     note_host_memory(tx, agent, free)?;
     rules::refresh_vm_and_devices(tx, vm)

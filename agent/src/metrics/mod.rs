@@ -10,6 +10,7 @@
 pub mod alerts;
 pub mod api;
 pub mod fmt;
+pub mod guest;
 pub mod http;
 pub mod live;
 pub mod messages;
@@ -260,6 +261,7 @@ pub async fn round_shifted(agent: &Arc<Agent>, offset: f64) {
         v
     };
     let plan2 = plan.clone();
+    let guests = guest::plan(agent, &plan.vms);
     let work = move || {
         let loaded: Vec<(Owner, rrd::Rrd)> = to_load
             .into_iter()
@@ -267,10 +269,13 @@ pub async fn round_shifted(agent: &Arc<Agent>, offset: f64) {
             .collect();
         let mut st = state.lock();
         let stamped = move || sources::now() + offset;
-        let round = sources::collect(hv.as_ref(), &plan2, &mut st, &stamped);
-        (loaded, round)
+        let mut round = sources::collect(hv.as_ref(), &plan2, &mut st, &stamped);
+        drop(st);
+        let reports = guest::read(hv.as_ref(), &guests);
+        sources::add_guest_memory(&mut round, &plan2, &reports);
+        (loaded, round, reports)
     };
-    let (loaded, round) = match tokio::task::spawn_blocking(work).await {
+    let (loaded, round, reports) = match tokio::task::spawn_blocking(work).await {
         Ok(r) => r,
         Err(e) => {
             tracing::warn!(error = %e, "a metrics round did not finish");
@@ -320,6 +325,7 @@ pub async fn round_shifted(agent: &Arc<Agent>, offset: f64) {
         .await;
     }
     update_records(agent, &round).await;
+    guest::update(agent, &reports).await;
 }
 
 /// Keeps `host_metrics` (memory) and each resident VM's `VM_metrics` (memory, vCPU
@@ -433,6 +439,11 @@ pub(crate) mod tests {
     /// A running VM (a provisioned "Generic Linux PV" clone with a bootable disk) and its
     /// ref.
     pub(crate) async fn running_vm(e: &Env, name: &str) -> String {
+        running_vm_with(e, name, false).await
+    }
+
+    /// [`running_vm`], with a VIF (device 0) on the first network when `vif`.
+    pub(crate) async fn running_vm_with(e: &Env, name: &str, vif: bool) -> String {
         let tpl = e
             .agent
             .store
@@ -460,6 +471,17 @@ pub(crate) mod tests {
         let mut f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
         f.seek(SeekFrom::Start(510)).unwrap();
         f.write_all(&[0x55, 0xaa]).unwrap();
+        if vif {
+            let net = e.agent.store.all(class_ids::network)[0].reference.clone();
+            e.ok(
+                "VIF.create",
+                vec![json!({
+                    "VM": vm, "network": net, "device": "0", "MAC": "", "MTU": 1500,
+                    "other_config": {}, "qos_algorithm_type": "", "qos_algorithm_params": {}
+                })],
+            )
+            .await;
+        }
         e.ok("VM.start", vec![json!(vm), json!(false), json!(false)]).await;
         vm
     }

@@ -272,6 +272,35 @@ pub fn collect(hv: &dyn Hypervisor, plan: &Plan, state: &mut SamplerState, clock
     round
 }
 
+/// Adds each guest's free memory, as its agent reports it (`data/meminfo_free`, KiB), to the
+/// VM's readings as `memory_internal_free` (not while paused, as the other memory figures).
+pub fn add_guest_memory(round: &mut Round, plan: &Plan, reports: &[(String, u32, super::guest::GuestReport)]) {
+    for (vm, domid, report) in reports {
+        let Some(free) = report.memory.get("free").and_then(|v| v.trim().parse::<i64>().ok()) else {
+            continue;
+        };
+        let Some(p) = plan.vms.iter().find(|p| &p.reference == vm && p.domid == *domid) else {
+            continue;
+        };
+        if p.paused {
+            continue;
+        }
+        let owner = Owner::Vm(p.uuid.clone());
+        if let Some(o) = round.owners.iter_mut().find(|o| o.owner == owner) {
+            o.readings.push(reading(
+                DsDef::new(
+                    "memory_internal_free",
+                    "Memory used as reported by the guest agent",
+                    "KiB",
+                    DsType::Gauge,
+                )
+                .min(0.0),
+                Sample::Int(free),
+            ));
+        }
+    }
+}
+
 fn reading(def: DsDef, value: Sample) -> Reading {
     Reading { def, value }
 }

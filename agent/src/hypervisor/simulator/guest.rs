@@ -30,7 +30,7 @@ pub(super) fn prompt(name: &str) -> String {
 }
 
 /// A hostname derived from a VM name: lower-case letters, digits and dashes.
-fn hostname_of(name: &str) -> String {
+pub(super) fn hostname_of(name: &str) -> String {
     let h: String = name
         .chars()
         .map(|c| {

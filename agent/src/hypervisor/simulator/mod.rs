@@ -27,6 +27,7 @@ mod bootloader;
 mod console;
 mod faults;
 mod guest;
+mod guest_agent;
 mod host;
 mod image;
 #[cfg(test)]
@@ -224,6 +225,8 @@ struct Domain {
     behaviour: GuestBehaviour,
     blocks: BTreeMap<DevId, BlockDevice>,
     nets: BTreeMap<DevId, NetDevice>,
+    /// Addresses the toolstack configured per interface, which the guest's agent reports.
+    statics: BTreeMap<DevId, guest_agent::StaticAddresses>,
     console: Arc<SimConsole>,
 }
 
@@ -780,6 +783,7 @@ impl Inner {
                 behaviour: self.config.guest,
                 blocks: BTreeMap::new(),
                 nets: BTreeMap::new(),
+                statics: BTreeMap::new(),
                 console,
             },
         );
@@ -890,6 +894,7 @@ impl Hypervisor for SimulatorBackend {
                 behaviour: inner.config.guest,
                 blocks: BTreeMap::new(),
                 nets: BTreeMap::new(),
+                statics: BTreeMap::new(),
                 console: SimConsole::new(inner.config.console_ring_bytes),
             },
         );
@@ -1237,6 +1242,24 @@ impl Hypervisor for SimulatorBackend {
     fn guest_control(&self) -> Option<&dyn GuestControl> {
         Some(self)
     }
+
+    fn guest_agent_keys(&self, domid: DomId) -> Result<BTreeMap<String, String>, BackendError> {
+        let op = Op::DomainInfo;
+        self.inner.begin(op)?;
+        let st = self.inner.state.lock();
+        let d = st.guest(op, domid)?;
+        let alive = matches!(d.state, DomainState::Running | DomainState::Paused);
+        if !alive || !d.booted || d.uptime(Instant::now()) < guest_agent::AGENT_DELAY {
+            return Ok(BTreeMap::new());
+        }
+        Ok(guest_agent::keys(&guest_agent::AgentFacts {
+            hostname: &guest::hostname_of(&d.config.name),
+            memory_actual: d.memory_actual,
+            blocks: d.blocks.values().collect(),
+            nets: d.nets.values().collect(),
+            statics: &d.statics,
+        }))
+    }
 }
 
 impl SimulatorBackend {
@@ -1300,5 +1323,30 @@ impl FaultInjection for SimulatorBackend {
 impl GuestControl for SimulatorBackend {
     fn guest_shutdown(&self, domid: DomId, code: ShutdownCode) -> Result<(), BackendError> {
         self.inner.guest_shutdown(domid, code)
+    }
+
+    fn set_static_addresses(
+        &self,
+        domid: DomId,
+        devid: DevId,
+        ipv4: &[String],
+        ipv6: &[String],
+    ) -> Result<(), BackendError> {
+        let op = Op::Guest;
+        self.inner.begin(op)?;
+        let mut st = self.inner.state.lock();
+        let d = st.guest_mut(op, domid)?;
+        if ipv4.is_empty() && ipv6.is_empty() {
+            d.statics.remove(&devid);
+        } else {
+            d.statics.insert(
+                devid,
+                guest_agent::StaticAddresses {
+                    ipv4: ipv4.to_vec(),
+                    ipv6: ipv6.to_vec(),
+                },
+            );
+        }
+        Ok(())
     }
 }

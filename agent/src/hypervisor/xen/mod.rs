@@ -33,6 +33,7 @@
 pub mod bootloader;
 mod console;
 mod devices;
+mod guest_agent;
 mod host;
 mod layout;
 mod watcher;
@@ -815,6 +816,14 @@ impl Hypervisor for XenBackend {
         self.with_handles(op, |xc, xs| {
             let dom = self.find(op, xc, xs, domid)?;
             Ok(self.describe(xs, &dom))
+        })
+    }
+
+    fn guest_agent_keys(&self, domid: DomId) -> Result<std::collections::BTreeMap<String, String>, BackendError> {
+        let op = Op::DomainInfo;
+        self.with_handles(op, |xc, xs| {
+            self.guest(op, xc, xs, domid)?;
+            guest_agent::read(xs, domid).map_err(|e| xen_err(op, e))
         })
     }
 
