@@ -67,6 +67,15 @@ impl Shared {
             xml: std::sync::OnceLock::new(),
         }
     }
+    /// A value whose wire forms are given: for a reply the generic encoders cannot write
+    /// (a `dateTime` without a zone, as `host.get_server_localtime` answers).
+    pub fn with_forms(value: Value, json: String, xml: String) -> Shared {
+        Shared {
+            value,
+            json: std::sync::OnceLock::from(json),
+            xml: std::sync::OnceLock::from(xml),
+        }
+    }
     /// The value.
     pub fn value(&self) -> &Value {
         &self.value

@@ -29,7 +29,28 @@ pub fn entries() -> Vec<Entry> {
         }
         Ok(Value::DateTime(crate::value::now()))
     }));
+    v.push(entry!(class_ids::host, "get_server_localtime", |agent, _, c| {
+        let h = c.ref_arg(0)?;
+        if !agent.exists(class_ids::host, h) {
+            return Err(ApiError::handle_invalid("host", h));
+        }
+        Ok(local_time(chrono::Local::now().naive_local()))
+    }));
     v
+}
+
+/// A local wall-clock time as the reference sends it: a `dateTime` without a zone
+/// (`20260106T10:00:00`). The value inside reads the wall-clock time as if it were UTC.
+pub fn local_time(t: chrono::NaiveDateTime) -> Value {
+    let text = t.format("%Y%m%dT%H:%M:%S").to_string();
+    let json = format!("\"{text}\"");
+    let xml = format!("<value><dateTime.iso8601>{text}</dateTime.iso8601></value>");
+    let wall = t.and_utc().timestamp();
+    Value::Shared(std::sync::Arc::new(crate::value::Shared::with_forms(
+        Value::DateTime(wall),
+        json,
+        xml,
+    )))
 }
 
 fn entry_for(class: ClassId, message: &'static str) -> Entry {
@@ -270,6 +291,33 @@ mod tests {
         assert!(crate::value::format_datetime(t).ends_with('Z'));
         assert_eq!(
             e.call("host.get_servertime", vec![json!("OpaqueRef:nope")])
+                .await
+                .unwrap_err()
+                .code(),
+            "HANDLE_INVALID"
+        );
+    }
+
+    #[actix::test]
+    async fn server_localtime_is_zone_less_local_time() {
+        let e = env().await;
+        let t = e
+            .ok("host.get_server_localtime", vec![json!(e.agent.host.clone())])
+            .await;
+        let Value::Shared(s) = &t else { panic!("{t:?}") };
+        let xml = s.xml();
+        let text = xml
+            .strip_prefix("<value><dateTime.iso8601>")
+            .and_then(|x| x.strip_suffix("</dateTime.iso8601></value>"))
+            .unwrap();
+        let parsed = chrono::NaiveDateTime::parse_from_str(text, "%Y%m%dT%H:%M:%S").unwrap();
+        let local = chrono::Local::now().naive_local();
+        assert!((local - parsed).num_seconds().abs() <= 2, "{text} vs {local}");
+        assert_eq!(s.json(), format!("\"{text}\""));
+        let Value::DateTime(wall) = s.value() else { panic!() };
+        assert_eq!(*wall, parsed.and_utc().timestamp());
+        assert_eq!(
+            e.call("host.get_server_localtime", vec![json!("OpaqueRef:nope")])
                 .await
                 .unwrap_err()
                 .code(),

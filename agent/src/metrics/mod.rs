@@ -14,6 +14,8 @@ pub mod guest;
 pub mod http;
 pub mod live;
 pub mod messages;
+pub mod perfmon;
+pub mod perfmon_config;
 pub mod procfs;
 pub mod prometheus;
 pub mod rrd;
@@ -40,6 +42,8 @@ pub struct Metrics {
     live: Mutex<Live>,
     /// What the sampler keeps between rounds.
     sampler: Arc<Mutex<SamplerState>>,
+    /// The performance alarms' state.
+    perfmon: Mutex<perfmon::Perfmon>,
 }
 
 /// How often the databases are saved.
@@ -326,6 +330,7 @@ pub async fn round_shifted(agent: &Arc<Agent>, offset: f64) {
     }
     update_records(agent, &round).await;
     guest::update(agent, &reports).await;
+    perfmon::check(agent).await;
 }
 
 /// Keeps `host_metrics` (memory) and each resident VM's `VM_metrics` (memory, vCPU

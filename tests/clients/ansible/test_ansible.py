@@ -1,6 +1,6 @@
 """Ansible's community.general XenServer modules (pinned, unmodified) against a fresh xapid:
 xenserver_guest_info, xenserver_guest (create from the "Debian Bookworm 12" template with a
-disk and a NIC; present/poweredon; absent) and xenserver_guest_powerstate.
+disk and a NIC; present/poweredon; wait_for_ip_address; absent) and xenserver_guest_powerstate.
 
 The modules reach the daemon at `hostname: http://127.0.0.1:PORT` over plain HTTP
 (module_utils/_xenserver.py XAPI.connect(): a hostname with a scheme is used as is, one
@@ -8,8 +8,8 @@ without gets http://, the bare "localhost" means the local unix socket). Each pl
 registers every module result with ignore_errors and saves them as JSON, so one run reports
 every step; the tests then check those results and the VM through XenAPI.
 
-The tests of this module run in order: info -> create -> powerstate -> remove -> the
-"Generic Linux PV" guest.
+The tests of this module run in order: info -> create -> wait for the IP address ->
+powerstate -> remove -> the "Generic Linux PV" guest.
 """
 
 from __future__ import annotations
@@ -128,6 +128,33 @@ def test_create_from_template(playbooks, xapi):
     vifs = [xapi.VIF.get_record(v) for v in rec["VIFs"]]
     assert len(vifs) == 1 and vifs[0]["network"] == net_ref, vifs
     assert vifs[0]["currently_attached"] is True
+
+
+def simulated_ipv4(mac: str) -> str:
+    """The address the simulator's guest agent gives an interface by itself: 10.x.y.z from
+    the MAC's last three bytes (z = byte % 253 + 1)."""
+    b = [int(x, 16) for x in mac.split(":")]
+    return f"10.{b[3]}.{b[4]}.{b[5] % 253 + 1}"
+
+
+def test_wait_for_ip_address(playbooks, xapi):
+    """xenserver_guest with wait_for_ip_address on the running VM: the module polls the VM's
+    guest metrics until the simulated guest agent has reported, and returns the address."""
+    vm = the_vm(xapi)
+    assert xapi.VM.get_power_state(vm) == "Running", "test_create_from_template leaves it running"
+    res = playbooks.run("wait_ip", vm_name=VM_NAME)
+    errs = step_errors(res, "wait_ip", changed=False, state="poweredon")
+    assert not errs, "\n".join(errs)
+    nets = res["wait_ip"]["instance"]["networks"]
+    assert len(nets) == 1, nets
+    vif = xapi.VM.get_VIFs(vm)[0]
+    want = simulated_ipv4(xapi.VIF.get_MAC(vif))
+    assert nets[0]["ip"] == want, (nets[0], want)
+    assert len(nets[0]["ip6"]) == 1 and nets[0]["ip6"][0].startswith("fd00::"), nets[0]
+    gm = xapi.VM.get_guest_metrics(vm)
+    rec = xapi.VM_guest_metrics.get_record(gm)
+    assert rec["networks"]["0/ip"] == want and rec["networks"]["0/ipv4/0"] == want, rec["networks"]
+    assert rec["PV_drivers_detected"] is True
 
 
 def test_powerstate(playbooks, xapi):

@@ -249,6 +249,44 @@ def test_vm_messages_through_xenapi(daemon, xapi, model):
         discard_vm(xapi, vm)
 
 
+def test_guest_metrics_follow_the_guest(xapi, model):
+    """The simulated guest agent reports a few seconds after boot; the record is the
+    reference's (networks in both key forms, memory left empty); it goes when the VM stops."""
+    vm = install_vm(xapi, model, "xapid-guest-metrics")
+    try:
+        xapi.VM.start(vm, False, False)
+        gm = wait_for("the VM's guest metrics",
+                      lambda: (lambda r: r if r != "OpaqueRef:NULL" else None)(xapi.VM.get_guest_metrics(vm)),
+                      timeout=30)
+        rec = xapi.VM_guest_metrics.get_record(gm)
+        assert rec["uuid"] and xapi.VM_guest_metrics.get_by_uuid(rec["uuid"]) == gm
+        mac = [int(x, 16) for x in xapi.VIF.get_MAC(xapi.VM.get_VIFs(vm)[0]).split(":")]
+        ip = f"10.{mac[3]}.{mac[4]}.{mac[5] % 253 + 1}"
+        nets = rec["networks"]
+        assert nets["0/ip"] == ip and nets["0/ipv4/0"] == ip, nets
+        assert nets["0/ipv6/0"].startswith("fd00::"), nets
+        assert set(nets) == {"0/ip", "0/ipv4/0", "0/ipv6/0"}, nets
+        assert rec["os_version"]["uname"] == "6.1.0-xapid-sim", rec["os_version"]
+        assert {"name", "distro", "major", "minor"} <= set(rec["os_version"]), rec["os_version"]
+        assert rec["PV_drivers_version"] == {"major": "8", "minor": "4", "micro": "0", "build": "1"}
+        assert rec["PV_drivers_detected"] is True and rec["PV_drivers_up_to_date"] is True
+        assert rec["other"]["feature-static-ip-setting"] == "1", rec["other"]
+        assert rec["can_use_hotplug_vbd"] == "yes" and rec["can_use_hotplug_vif"] == "yes"
+        assert rec["memory"] == {} and rec["disks"] == {}
+        assert rec["live"] is True
+        assert isinstance(rec["last_updated"], xmlrpc.client.DateTime)
+        # The guest's free memory is a data source of the VM.
+        free = wait_for("memory_internal_free", lambda: [
+            v for v in [float(xapi.VM.query_data_source(vm, "memory_internal_free"))] if v > 0]
+            if "memory_internal_free" in [d["name_label"] for d in xapi.VM.get_data_sources(vm)] else None)
+        assert free[0] > 0
+        xapi.VM.clean_shutdown(vm)
+        assert xapi.VM.get_guest_metrics(vm) == "OpaqueRef:NULL"
+        assert failure(xapi.VM_guest_metrics.get_record, gm) == ["HANDLE_INVALID", "VM_guest_metrics", gm]
+    finally:
+        discard_vm(xapi, vm)
+
+
 def test_message_class(xapi):
     host = xapi.host.get_all()[0]
     h = xapi.host.get_uuid(host)

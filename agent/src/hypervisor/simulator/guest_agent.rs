@@ -81,7 +81,15 @@ pub(super) fn keys(f: &AgentFacts<'_>) -> BTreeMap<String, String> {
     put("attr/PVAddons/MinorVersion", "4".into());
     put("attr/PVAddons/MicroVersion", "0".into());
     put("attr/PVAddons/BuildVersion", "1".into());
-    for feature in ["balloon", "poweroff", "reboot", "suspend", "vcpu-hotplug"] {
+    // `static-ip-setting`: these tools apply the toolstack's static address settings.
+    for feature in [
+        "balloon",
+        "poweroff",
+        "reboot",
+        "static-ip-setting",
+        "suspend",
+        "vcpu-hotplug",
+    ] {
         put(&format!("control/feature-{feature}"), "1".into());
     }
     put("feature/hotplug/vbd", "1".into());
