@@ -364,3 +364,51 @@ def test_metrics_pass_promtool(daemon, running):
     body = wait_for("VM gauges", lambda: (lambda b: b if f'vm="{uuid}"' in b else None)(scrape(daemon)))
     r = subprocess.run([promtool, "check", "metrics"], input=body.encode(), capture_output=True, timeout=60)
     assert r.returncode == 0, (r.stdout.decode() + r.stderr.decode())[:4000]
+
+
+def test_server_localtime(xapi):
+    """The reference's form: the server's wall-clock time as a dateTime without a zone."""
+    host = xapi.host.get_all()[0]
+    t = xapi.host.get_server_localtime(host)
+    assert isinstance(t, xmlrpc.client.DateTime) and not t.value.endswith("Z"), t
+    local = datetime.datetime.strptime(t.value, "%Y%m%dT%H:%M:%S")
+    assert abs((local - datetime.datetime.now()).total_seconds()) < 5, (t.value, datetime.datetime.now())
+
+
+def test_perfmon_alarms(xapi, running):
+    """other_config:perfmon thresholds raise ALARM messages with the reference's body: a VM
+    whose CPU stays above its level (the simulated guest runs flat out), a host whose free
+    memory is below its level."""
+    vm, uuid = running
+    host = xapi.host.get_all()[0]
+    h = xapi.host.get_uuid(host)
+    vm_cfg = ('<config><variable><name value="cpu_usage"/><alarm_trigger_level value="0.5"/>'
+              '</variable></config>')
+    host_cfg = ('<config><variable><name value="memory_free_kib"/>'
+                '<alarm_trigger_level value="1e15"/><alarm_priority value="2"/></variable></config>')
+    epoch = xmlrpc.client.DateTime("19700101T00:00:00Z")
+    xapi.VM.add_to_other_config(vm, "perfmon", vm_cfg)
+    xapi.host.add_to_other_config(host, "perfmon", host_cfg)
+    try:
+        def alarms(cls, obj):
+            return [m for m in xapi.message.get(cls, obj, epoch).values() if m["name"] == "ALARM"] or None
+
+        # A one-minute row must be complete first.
+        vm_alarm = wait_for("the VM's ALARM", lambda: alarms("VM", uuid), timeout=150)
+        assert len(vm_alarm) == 1, vm_alarm
+        m = vm_alarm[0]
+        assert int(m["priority"]) == 3 and m["cls"] == "VM" and m["obj_uuid"] == uuid
+        value, config = m["body"].split("\nconfig:\n")
+        assert value.startswith("value: ") and float(value[len("value: "):]) > 0.5, m["body"]
+        assert len(value.split(".")[1]) == 6, value  # Python's %f
+        assert config == ('<variable>\n\t<name value="cpu_usage"/>\n'
+                          '\t<alarm_trigger_level value="0.5"/>\n</variable>\n'), config
+        host_alarm = wait_for("the host's ALARM", lambda: alarms("Host", h), timeout=90)
+        assert int(host_alarm[0]["priority"]) == 2 and host_alarm[0]["cls"] == "Host"
+        assert float(host_alarm[0]["body"].split("\n")[0][len("value: "):]) > 0
+        # Inhibited for an hour: no second alarm from the next rows.
+        time.sleep(6)
+        assert len(alarms("VM", uuid)) == 1
+    finally:
+        xapi.VM.remove_from_other_config(vm, "perfmon")
+        xapi.host.remove_from_other_config(host, "perfmon")
