@@ -2,7 +2,7 @@
 //! `xport` form) in XML or JSON, with the reference's choice of archive and its legend
 //! (`AVERAGE:vm:<uuid>:cpu0`).
 
-use super::fmt::{float, push_float};
+use super::fmt::push_float;
 use super::rrd::{get_times, Cf, Rrd, RrdError, XML_DECL};
 use super::xmltree;
 use std::fmt::Write;
@@ -159,24 +159,55 @@ impl Updates {
         out
     }
 
-    /// The JSON form: the same structure, every number a string.
+    /// The JSON form: the same structure, every number a string, keys in alphabetical order
+    /// (`{"data":[{"t":…,"values":[…]}…],"meta":{"columns":…,"end":…,"legend":[…],"rows":…,
+    /// "start":…,"step":…}}`). Written directly: a table of 1,000 VMs has some 10^6 values.
     pub fn to_json(&self) -> String {
-        let s = |x: String| serde_json::Value::String(x);
-        let doc = serde_json::json!({
-            "meta": {
-                "start": s(self.start.to_string()),
-                "step": s(self.step.to_string()),
-                "end": s(self.end.to_string()),
-                "rows": s(self.data.len().to_string()),
-                "columns": s(self.legend.len().to_string()),
-                "legend": self.legend,
-            },
-            "data": self.data.iter().map(|r| serde_json::json!({
-                "t": s(r.time.to_string()),
-                "values": r.values.iter().map(|v| s(float(*v))).collect::<Vec<_>>(),
-            })).collect::<Vec<_>>(),
-        });
-        doc.to_string()
+        use crate::value::write_json_str;
+        let mut out =
+            String::with_capacity(128 + self.legend.len() * 56 + self.data.len() * (32 + self.legend.len() * 22));
+        let num = |out: &mut String, n: i64| {
+            out.push('"');
+            let _ = write!(out, "{n}");
+            out.push('"');
+        };
+        out.push_str("{\"data\":[");
+        for (i, row) in self.data.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str("{\"t\":");
+            num(&mut out, row.time);
+            out.push_str(",\"values\":[");
+            for (k, v) in row.values.iter().enumerate() {
+                if k > 0 {
+                    out.push(',');
+                }
+                out.push('"');
+                push_float(*v, &mut out);
+                out.push('"');
+            }
+            out.push_str("]}");
+        }
+        out.push_str("],\"meta\":{\"columns\":");
+        num(&mut out, self.legend.len() as i64);
+        out.push_str(",\"end\":");
+        num(&mut out, self.end);
+        out.push_str(",\"legend\":[");
+        for (i, l) in self.legend.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            write_json_str(l, &mut out);
+        }
+        out.push_str("],\"rows\":");
+        num(&mut out, self.data.len() as i64);
+        out.push_str(",\"start\":");
+        num(&mut out, self.start);
+        out.push_str(",\"step\":");
+        num(&mut out, self.step);
+        out.push_str("}}");
+        out
     }
 
     /// Reads the XML form back.
@@ -230,7 +261,55 @@ impl Updates {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metrics::fmt::float;
     use crate::metrics::rrd::{Ds, DsType, Rra, Sample, Transform};
+
+    /// The JSON writer writes what serde_json writes for the same structure.
+    #[test]
+    fn json_is_serde_jsons_form() {
+        let s = |x: String| serde_json::Value::String(x);
+        let t = Updates {
+            start: 100,
+            step: 5,
+            end: 110,
+            legend: vec!["AVERAGE:vm:u:cpu0".into(), "AVERAGE:host:h:a\"b\\c".into()],
+            data: vec![
+                Row {
+                    time: 110,
+                    values: vec![0.5, f64::NAN],
+                },
+                Row {
+                    time: 105,
+                    values: vec![f64::INFINITY, 0.0],
+                },
+            ],
+        };
+        let reference = serde_json::json!({
+            "meta": {
+                "start": s(t.start.to_string()),
+                "step": s(t.step.to_string()),
+                "end": s(t.end.to_string()),
+                "rows": s(t.data.len().to_string()),
+                "columns": s(t.legend.len().to_string()),
+                "legend": t.legend,
+            },
+            "data": t.data.iter().map(|r| serde_json::json!({
+                "t": s(r.time.to_string()),
+                "values": r.values.iter().map(|v| s(float(*v))).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>(),
+        })
+        .to_string();
+        assert_eq!(t.to_json(), reference);
+        let empty = Updates {
+            legend: vec![],
+            data: vec![],
+            ..t
+        };
+        assert_eq!(
+            empty.to_json(),
+            r#"{"data":[],"meta":{"columns":"0","end":"110","legend":[],"rows":"0","start":"100","step":"5"}}"#
+        );
+    }
 
     fn rrd(names: &[&str], min_max: bool) -> Rrd {
         let mut rras = vec![Rra::spec(Cf::Average, 120, 1, 0.5)];
