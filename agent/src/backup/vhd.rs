@@ -487,52 +487,72 @@ pub async fn apply<S: Source, T: Target>(src: &mut S, dst: &mut T) -> Result<u64
     Ok(footer.current_size)
 }
 
+/// An in-memory source (tests, fuzzing).
+pub struct SliceSource<'a>(pub &'a [u8]);
+
+impl Source for SliceSource<'_> {
+    async fn read_exact(&mut self, buf: &mut [u8]) -> Result<(), BackupError> {
+        if self.0.len() < buf.len() {
+            return Err(BackupError::PrematureEof);
+        }
+        let (a, b) = self.0.split_at(buf.len());
+        buf.copy_from_slice(a);
+        self.0 = b;
+        Ok(())
+    }
+    async fn skip(&mut self, n: u64) -> Result<(), BackupError> {
+        let n = usize::try_from(n).unwrap_or(usize::MAX);
+        if self.0.len() < n {
+            return Err(BackupError::PrematureEof);
+        }
+        self.0 = self.0.get(n..).unwrap_or(&[]);
+        Ok(())
+    }
+}
+
+/// An in-memory disk (tests, fuzzing).
+pub struct MemTarget(pub Vec<u8>);
+
+impl Target for MemTarget {
+    fn capacity(&self) -> u64 {
+        self.0.len() as u64
+    }
+    async fn write_at(&mut self, at: u64, data: &[u8]) -> Result<(), BackupError> {
+        let at = usize::try_from(at).unwrap_or(usize::MAX);
+        let dst = self
+            .0
+            .get_mut(at..at.saturating_add(data.len()))
+            .ok_or_else(|| BackupError::Archive("write beyond the disk".into()))?;
+        dst.copy_from_slice(data);
+        Ok(())
+    }
+    async fn zero(&mut self, at: u64, len: u64) -> Result<(), BackupError> {
+        let at = usize::try_from(at).unwrap_or(usize::MAX);
+        let len = usize::try_from(len).unwrap_or(usize::MAX);
+        self.0
+            .get_mut(at..at.saturating_add(len))
+            .ok_or_else(|| BackupError::Archive("zeroing beyond the disk".into()))?
+            .fill(0);
+        Ok(())
+    }
+}
+
+/// Runs a future whose I/O never waits (in-memory sources and targets); `None` if it did.
+pub fn block_on_ready<F: std::future::Future>(f: F) -> Option<F::Output> {
+    let mut f = std::pin::pin!(f);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match f.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(v) => Some(v),
+        std::task::Poll::Pending => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    pub(crate) struct Slice<'a>(pub &'a [u8]);
-    impl Source for Slice<'_> {
-        async fn read_exact(&mut self, buf: &mut [u8]) -> Result<(), BackupError> {
-            if self.0.len() < buf.len() {
-                return Err(BackupError::PrematureEof);
-            }
-            let (a, b) = self.0.split_at(buf.len());
-            buf.copy_from_slice(a);
-            self.0 = b;
-            Ok(())
-        }
-        async fn skip(&mut self, n: u64) -> Result<(), BackupError> {
-            let n = usize::try_from(n).unwrap_or(usize::MAX);
-            if self.0.len() < n {
-                return Err(BackupError::PrematureEof);
-            }
-            self.0 = &self.0[n..];
-            Ok(())
-        }
-    }
-    pub(crate) struct Mem(pub Vec<u8>);
-    impl Target for Mem {
-        fn capacity(&self) -> u64 {
-            self.0.len() as u64
-        }
-        async fn write_at(&mut self, at: u64, data: &[u8]) -> Result<(), BackupError> {
-            self.0[at as usize..at as usize + data.len()].copy_from_slice(data);
-            Ok(())
-        }
-        async fn zero(&mut self, at: u64, len: u64) -> Result<(), BackupError> {
-            self.0[at as usize..(at + len) as usize].fill(0);
-            Ok(())
-        }
-    }
-
     fn block_on<F: std::future::Future>(f: F) -> F::Output {
-        let mut f = std::pin::pin!(f);
-        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        match f.as_mut().poll(&mut cx) {
-            std::task::Poll::Ready(v) => v,
-            std::task::Poll::Pending => unreachable!("in-memory I/O never waits"),
-        }
+        block_on_ready(f).unwrap()
     }
 
     fn image(disk: &[u8], blocks: Vec<u32>, parent: Option<([u8; 16], String)>) -> Vec<u8> {
@@ -558,15 +578,15 @@ mod tests {
         disk[4 * BLOCK_SIZE as usize + 77] = 9;
         disk[size - 1] = 3;
         let full = image(&disk, vec![0, 4, 5], None);
-        let mut out = Mem(vec![0xAA; size]);
-        assert_eq!(block_on(apply(&mut Slice(&full), &mut out)).unwrap(), size as u64);
+        let mut out = MemTarget(vec![0xAA; size]);
+        assert_eq!(block_on(apply(&mut SliceSource(&full), &mut out)).unwrap(), size as u64);
         assert!(out.0 == disk, "a dynamic VHD restores the disk, zeros included");
 
         let mut next = disk.clone();
         next[2 * BLOCK_SIZE as usize + 5] = 42;
         let delta = image(&next, vec![2], Some(([7; 16], "parent.vhd".into())));
-        let mut out2 = Mem(disk.clone());
-        block_on(apply(&mut Slice(&delta), &mut out2)).unwrap();
+        let mut out2 = MemTarget(disk.clone());
+        block_on(apply(&mut SliceSource(&delta), &mut out2)).unwrap();
         assert!(out2.0 == next, "a differencing VHD changes only its blocks");
         let h = Header::decode(&delta[512..1536]).unwrap();
         assert_eq!(h.parent_name, "parent.vhd");
@@ -578,17 +598,17 @@ mod tests {
         let disk = vec![1u8; BLOCK_SIZE as usize];
         let full = image(&disk, vec![0], None);
         for cut in [0, 100, 511, 600, 1536, 2000, full.len() - 600] {
-            let mut out = Mem(vec![0; disk.len()]);
-            assert!(block_on(apply(&mut Slice(&full[..cut]), &mut out)).is_err(), "cut at {cut}");
+            let mut out = MemTarget(vec![0; disk.len()]);
+            assert!(block_on(apply(&mut SliceSource(&full[..cut]), &mut out)).is_err(), "cut at {cut}");
         }
-        for at in [3usize, 70, 520, 1540] {
+        for at in [3usize, 70, 520, 1537] {
             let mut bad = full.clone();
             bad[at] ^= 0x10;
-            let mut out = Mem(vec![0; disk.len()]);
-            assert!(block_on(apply(&mut Slice(&bad), &mut out)).is_err(), "flip at {at}");
+            let mut out = MemTarget(vec![0; disk.len()]);
+            assert!(block_on(apply(&mut SliceSource(&bad), &mut out)).is_err(), "flip at {at}");
         }
-        let mut small = Mem(vec![0; 512]);
-        assert!(block_on(apply(&mut Slice(&full), &mut small)).is_err());
+        let mut small = MemTarget(vec![0; 512]);
+        assert!(block_on(apply(&mut SliceSource(&full), &mut small)).is_err());
     }
 
     #[test]
