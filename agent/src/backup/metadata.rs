@@ -272,7 +272,11 @@ const CLASSES: [ClassId; 9] = [
 ];
 
 /// The records of an export of `vms` and their archive names.
-pub fn objects(agent: &Agent, vms: &[String], opts: &ExportOptions) -> (Vec<(String, Object)>, HashMap<String, String>) {
+pub fn objects(
+    agent: &Agent,
+    vms: &[String],
+    opts: &ExportOptions,
+) -> (Vec<(String, Object)>, HashMap<String, String>) {
     let mut t = Table::default();
     for vm in vms {
         update_table(agent, &mut t, vm, opts.with_snapshot_metadata, opts);
@@ -293,7 +297,12 @@ pub fn ova_xml(agent: &Agent, objects: &[(String, Object)]) -> String {
     let host = agent.store.get(class_ids::host, &agent.host);
     let sv = |k: &str| -> String {
         host.as_ref()
-            .and_then(|h| h.get(fields::host::software_version).map_get(k).and_then(Value::as_str).map(str::to_owned))
+            .and_then(|h| {
+                h.get(fields::host::software_version)
+                    .map_get(k)
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+            })
             .unwrap_or_default()
     };
     let hostname = host
@@ -345,7 +354,8 @@ pub fn disks(agent: &Arc<Agent>, vm: &Object, ids: &HashMap<String, String>, opt
         let iso = one_ref(&vdi, fields::VDI::SR)
             .and_then(|sr| agent.store.get(class_ids::SR, &sr))
             .is_some_and(|sr| {
-                sr.get(fields::SR::content_type).as_str() == Some("iso") || sr.get(fields::SR::r#type).as_str() == Some("iso")
+                sr.get(fields::SR::content_type).as_str() == Some("iso")
+                    || sr.get(fields::SR::r#type).as_str() == Some("iso")
             });
         let Some(id) = ids.get(&v) else {
             continue;
@@ -374,7 +384,11 @@ pub fn all_vms(agent: &Agent, include_dom0: bool) -> Vec<String> {
         .filter(|vm| {
             let default_template = vm.get(f::is_default_template) == &Value::Bool(true)
                 || (vm.get(f::is_a_template) == &Value::Bool(true)
-                    && vm.get(f::other_config).map_get("default_template").and_then(Value::as_str) == Some("true"));
+                    && vm
+                        .get(f::other_config)
+                        .map_get("default_template")
+                        .and_then(Value::as_str)
+                        == Some("true"));
             let dom0 = vm.get(f::is_control_domain) == &Value::Bool(true);
             !default_template && (include_dom0 || !dom0)
         })

@@ -100,8 +100,8 @@ pub fn behaviour() -> Vec<Entry> {
     vec![entry!(class_ids::VM, "import", |agent, ctx, c| {
         let url = c.str_arg(0).to_owned();
         let sr = c.str_arg(1).to_owned();
-        let refs = xva_import::import_from_url(&agent, &ctx, c.session_ref(), &url, &sr, c.bool_arg(2), c.bool_arg(3))
-            .await?;
+        let refs =
+            xva_import::import_from_url(&agent, &ctx, c.session_ref(), &url, &sr, c.bool_arg(2), c.bool_arg(3)).await?;
         Ok(Value::set(refs.into_iter().map(Value::reference).collect()))
     })]
 }

@@ -282,7 +282,12 @@ mod tests {
 
     #[test]
     fn refuses_broken_files() {
-        for bad in ["", "<value><struct>", "<value><struct><member><name>objects</name><value>x</value></member></struct></value>", "<value><i4>x</i4></value>"] {
+        for bad in [
+            "",
+            "<value><struct>",
+            "<value><struct><member><name>objects</name><value>x</value></member></struct></value>",
+            "<value><i4>x</i4></value>",
+        ] {
             assert!(parse(bad).is_err(), "{bad}");
         }
     }

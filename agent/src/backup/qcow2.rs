@@ -121,7 +121,11 @@ impl Layout {
         }
         // L1 → L2 tables → data clusters.
         for (i, l1) in self.l2_tables.iter().enumerate() {
-            put64(&mut out, self.l1_offset() + l1 * 8, (self.l2_offset() + i as u64 * CLUSTER) | COPIED);
+            put64(
+                &mut out,
+                self.l1_offset() + l1 * 8,
+                (self.l2_offset() + i as u64 * CLUSTER) | COPIED,
+            );
         }
         let mut table = 0usize;
         for (i, c) in self.clusters.iter().enumerate() {

@@ -35,7 +35,9 @@ pub fn typed(class: ClassId, snapshot: &Json, reference: &str) -> Object {
             };
             match from_json(val, class.field(f).ty) {
                 Ok(v) => o.set(f, v),
-                Err(e) => tracing::debug!(class = class.name(), field = %name, error = ?e, "archive field left at its default"),
+                Err(e) => {
+                    tracing::debug!(class = class.name(), field = %name, error = ?e, "archive field left at its default")
+                }
             }
         }
     }
@@ -118,7 +120,12 @@ impl Planned {
 
 /// Plans the records of `ova`; `map` holds the archive names already resolved (VDIs, SRs,
 /// networks, hosts).
-pub fn plan(agent: &Agent, ova: &Ova, map: &HashMap<String, String>, opts: RestoreOptions) -> Result<Planned, BackupError> {
+pub fn plan(
+    agent: &Agent,
+    ova: &Ova,
+    map: &HashMap<String, String>,
+    opts: RestoreOptions,
+) -> Result<Planned, BackupError> {
     let mut map = map.clone();
     let mut vms: Vec<&OvaObject> = ova.objects.iter().filter(|o| o.class == "VM").collect();
     if vms.is_empty() {

@@ -244,7 +244,9 @@ impl Header {
         }
         let max_table_entries = be32(b, 28);
         if max_table_entries > MAX_BAT_ENTRIES {
-            return Err(BackupError::Archive(format!("VHD BAT of {max_table_entries} entries is too large")));
+            return Err(BackupError::Archive(format!(
+                "VHD BAT of {max_table_entries} entries is too large"
+            )));
         }
         let mut parent_uuid = [0u8; 16];
         parent_uuid.copy_from_slice(&b[40..56]);
@@ -293,7 +295,13 @@ pub struct Layout {
 impl Layout {
     /// Lays out a VHD of `size` bytes holding `blocks` (increasing block numbers); with a
     /// parent (its uuid and file name) it is a differencing VHD.
-    pub fn new(size: u64, blocks: Vec<u32>, uuid: [u8; 16], parent: Option<([u8; 16], String)>, timestamp: u64) -> Layout {
+    pub fn new(
+        size: u64,
+        blocks: Vec<u32>,
+        uuid: [u8; 16],
+        parent: Option<([u8; 16], String)>,
+        timestamp: u64,
+    ) -> Layout {
         let entries = size.div_ceil(u64::from(BLOCK_SIZE)) as u32;
         let table_offset = 512 + 1024;
         let mut data_start = table_offset + bat_size(entries);
@@ -396,7 +404,9 @@ pub async fn apply<S: Source, T: Target>(src: &mut S, dst: &mut T) -> Result<u64
     pos += 512;
     let footer = Footer::decode(&buf)?;
     if footer.disk_type == DiskType::Fixed {
-        return Err(BackupError::Archive("fixed VHDs are not accepted here: send raw data instead".into()));
+        return Err(BackupError::Archive(
+            "fixed VHDs are not accepted here: send raw data instead".into(),
+        ));
     }
     if footer.current_size > dst.capacity() {
         return Err(BackupError::Archive(format!(
@@ -443,7 +453,9 @@ pub async fn apply<S: Source, T: Target>(src: &mut S, dst: &mut T) -> Result<u64
     let mut seen = vec![false; needed as usize];
     for (at, block) in present {
         if at < pos {
-            return Err(BackupError::Archive(format!("VHD block {block} overlaps what precedes it")));
+            return Err(BackupError::Archive(format!(
+                "VHD block {block} overlaps what precedes it"
+            )));
         }
         src.skip(at - pos).await?;
         src.read_exact(&mut bitmap).await?;
@@ -599,13 +611,19 @@ mod tests {
         let full = image(&disk, vec![0], None);
         for cut in [0, 100, 511, 600, 1536, 2000, full.len() - 600] {
             let mut out = MemTarget(vec![0; disk.len()]);
-            assert!(block_on(apply(&mut SliceSource(&full[..cut]), &mut out)).is_err(), "cut at {cut}");
+            assert!(
+                block_on(apply(&mut SliceSource(&full[..cut]), &mut out)).is_err(),
+                "cut at {cut}"
+            );
         }
         for at in [3usize, 70, 520, 1537] {
             let mut bad = full.clone();
             bad[at] ^= 0x10;
             let mut out = MemTarget(vec![0; disk.len()]);
-            assert!(block_on(apply(&mut SliceSource(&bad), &mut out)).is_err(), "flip at {at}");
+            assert!(
+                block_on(apply(&mut SliceSource(&bad), &mut out)).is_err(),
+                "flip at {at}"
+            );
         }
         let mut small = MemTarget(vec![0; 512]);
         assert!(block_on(apply(&mut SliceSource(&full), &mut small)).is_err());

@@ -130,7 +130,9 @@ impl Import {
         let sr = target_sr(&self.agent, &self.opts.sr)?;
         for id in &needed {
             let Some(o) = object(ova, id) else {
-                return Err(BackupError::Archive(format!("a VBD names {id}, which the archive does not hold")));
+                return Err(BackupError::Archive(format!(
+                    "a VBD names {id}, which the archive does not hold"
+                )));
             };
             let rec = restore::typed(class_ids::VDI, &o.snapshot, "");
             let mut new = crate::value::default_object(class_ids::VDI, "");
@@ -180,19 +182,26 @@ impl Import {
             .map(|s| field_str(s, "uuid").to_owned());
         let by_location = self.agent.store.all(class_ids::VDI).iter().find_map(|v| {
             let sr = v.get(fields::VDI::SR).as_ref_str()?;
-            let same_sr = sr_uuid.as_deref().is_some_and(|u| self.agent.uuid_of(class_ids::SR, sr).as_deref() == Some(u));
-            (same_sr && !location.is_empty() && v.get(fields::VDI::location).as_str() == Some(location)).then(|| v.reference.clone())
+            let same_sr = sr_uuid
+                .as_deref()
+                .is_some_and(|u| self.agent.uuid_of(class_ids::SR, sr).as_deref() == Some(u));
+            (same_sr && !location.is_empty() && v.get(fields::VDI::location).as_str() == Some(location))
+                .then(|| v.reference.clone())
         });
         by_location.or_else(|| {
             let u = field_str(o, "uuid");
-            (!u.is_empty()).then(|| self.agent.store.ref_by_uuid(class_ids::VDI, u)).flatten()
+            (!u.is_empty())
+                .then(|| self.agent.store.ref_by_uuid(class_ids::VDI, u))
+                .flatten()
         })
     }
 
     async fn chunk(&mut self, prefix: &str, index: u64, data: &[u8]) -> Result<(), BackupError> {
         let chunk_len = *self.chunk_len.get_or_insert(data.len().max(1) as u64);
         let Some(d) = self.disks.get_mut(prefix) else {
-            return Err(BackupError::Archive(format!("chunk {prefix}/{index:08} belongs to no disk of the archive")));
+            return Err(BackupError::Archive(format!(
+                "chunk {prefix}/{index:08} belongs to no disk of the archive"
+            )));
         };
         if d.last_index.is_some_and(|l| index <= l) {
             return Err(BackupError::Archive(format!(
@@ -256,7 +265,12 @@ impl Import {
 }
 
 /// Runs an import of the archive `open` returns (called on a blocking thread).
-pub async fn import<F, R, P>(agent: &Arc<Agent>, open: F, opts: ImportOptions, progress: &mut P) -> Result<Vec<String>, ApiError>
+pub async fn import<F, R, P>(
+    agent: &Arc<Agent>,
+    open: F,
+    opts: ImportOptions,
+    progress: &mut P,
+) -> Result<Vec<String>, ApiError>
 where
     F: FnOnce() -> Result<R, BackupError> + Send + 'static,
     R: Read + Send + 'static,
@@ -301,7 +315,9 @@ async fn run<P: Progress>(
 ) -> Result<Vec<String>, BackupError> {
     let ova = match rx.recv().await {
         Some(Ok(Item::OvaXml(s))) => ova_xml::parse(&s)?,
-        Some(Ok(Item::Chunk { .. })) => return Err(BackupError::Archive("the archive does not begin with ova.xml".into())),
+        Some(Ok(Item::Chunk { .. })) => {
+            return Err(BackupError::Archive("the archive does not begin with ova.xml".into()))
+        }
         Some(Err(e)) => return Err(e),
         None => return Err(BackupError::PrematureEof),
     };

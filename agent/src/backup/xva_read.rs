@@ -54,12 +54,7 @@ fn chunk_name(path: &str) -> Option<(&str, u64)> {
 pub fn checksum(ext: &str, data: &[u8]) -> Option<String> {
     match ext {
         "xxhash" => Some(format!("{:016X}", xxhash_rust::xxh64::xxh64(data, 0))),
-        "checksum" => Some(
-            sha1::Sha1::digest(data)
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect(),
-        ),
+        "checksum" => Some(sha1::Sha1::digest(data).iter().map(|b| format!("{b:02x}")).collect()),
         _ => None,
     }
 }
@@ -105,7 +100,9 @@ pub fn read(input: impl Read + Send, force: bool, emit: &mut dyn FnMut(Item) -> 
                     .read_to_string(&mut text)
                     .map_err(BackupError::from_io)?;
                 let Some((prefix, index, data, name)) = pending.take().filter(|p| p.3 == base) else {
-                    return Err(BackupError::Archive(format!("checksum file {path} follows no chunk of that name")));
+                    return Err(BackupError::Archive(format!(
+                        "checksum file {path} follows no chunk of that name"
+                    )));
                 };
                 let actual = checksum(ext, &data).unwrap_or_default();
                 let expected = text.trim();
@@ -130,7 +127,9 @@ pub fn read(input: impl Read + Send, force: bool, emit: &mut dyn FnMut(Item) -> 
             return Err(BackupError::Archive(format!("unexpected file {path:?} in the archive")));
         };
         if size > MAX_CHUNK {
-            return Err(BackupError::Archive(format!("chunk {path} is too large ({size} bytes)")));
+            return Err(BackupError::Archive(format!(
+                "chunk {path} is too large ({size} bytes)"
+            )));
         }
         // A chunk with no checksum file after it (exports before checksums were inline).
         if let Some((p, i, d, _)) = pending.take() {

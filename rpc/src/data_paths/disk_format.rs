@@ -24,7 +24,10 @@ pub struct PayloadSource {
 impl PayloadSource {
     /// Reads `body`.
     pub fn new(body: web::Payload) -> PayloadSource {
-        PayloadSource { body, cur: Bytes::new() }
+        PayloadSource {
+            body,
+            cur: Bytes::new(),
+        }
     }
 
     async fn fill(&mut self) -> Result<(), BackupError> {

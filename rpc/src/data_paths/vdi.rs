@@ -158,7 +158,11 @@ async fn import_as(
     finish_import(task, &vdi, result).await
 }
 
-async fn finish_import(task: TransferTask, vdi: &str, result: Result<u64, ApiError>) -> Result<HttpResponse, DataPathError> {
+async fn finish_import(
+    task: TransferTask,
+    vdi: &str,
+    result: Result<u64, ApiError>,
+) -> Result<HttpResponse, DataPathError> {
     let task_ref = task.reference().to_owned();
     match result {
         Ok(n) => {

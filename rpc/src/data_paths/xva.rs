@@ -8,6 +8,7 @@
 //! a length (it declares 1 PiB and closes the connection once the archive is sent).
 
 use super::{authenticate, param, DataPathError};
+use actix_web::web::Bytes;
 use actix_web::{web, HttpRequest, HttpResponse};
 use agent::backup::metadata::{self, ExportOptions};
 use agent::backup::xva_import::{self, ImportOptions};
@@ -17,7 +18,6 @@ use agent::schema::class_ids;
 use agent::storage::transfer::TransferTask;
 use agent::value::Value;
 use agent::{Agent, ApiError};
-use actix_web::web::Bytes;
 use futures_util::StreamExt;
 use std::sync::Arc;
 
@@ -46,7 +46,9 @@ fn vm_of(agent: &Agent, req: &HttpRequest) -> Result<String, DataPathError> {
             })
         });
     }
-    Err(DataPathError::BadRequest(ApiError::internal("Missing ref or uuid query parameter")))
+    Err(DataPathError::BadRequest(ApiError::internal(
+        "Missing ref or uuid query parameter",
+    )))
 }
 
 /// `GET /export`.
@@ -97,7 +99,11 @@ async fn export_common(req: HttpRequest, agent: Arc<Agent>, metadata_only: bool)
         Ok(e) => e,
         Err(e) => return DataPathError::Failed(ApiError::internal(e)).response(),
     };
-    let label = if metadata_only { "VM.export_metadata" } else { "VM.export" };
+    let label = if metadata_only {
+        "VM.export_metadata"
+    } else {
+        "VM.export"
+    };
     let task = match TransferTask::begin(&agent, param(&req, "task_id").as_deref(), label).await {
         Ok(t) => t,
         Err(e) => return DataPathError::BadRequest(e).response(),
@@ -165,7 +171,9 @@ impl ExportState {
                 let t = task.reference().to_owned();
                 self.task = None;
                 return Some((
-                    Err(actix_web::error::ErrorInternalServerError(format!("task {t} cancelled"))),
+                    Err(actix_web::error::ErrorInternalServerError(format!(
+                        "task {t} cancelled"
+                    ))),
                     self,
                 ));
             }
@@ -232,7 +240,11 @@ pub(super) async fn import(req: HttpRequest, body: web::Payload, agent: web::Dat
 }
 
 /// `PUT /import_metadata`.
-pub(super) async fn import_metadata(req: HttpRequest, body: web::Payload, agent: web::Data<Arc<Agent>>) -> HttpResponse {
+pub(super) async fn import_metadata(
+    req: HttpRequest,
+    body: web::Payload,
+    agent: web::Data<Arc<Agent>>,
+) -> HttpResponse {
     import_common(req, body, agent.get_ref().clone(), true).await
 }
 
@@ -251,7 +263,12 @@ fn import_sr(agent: &Agent, req: &HttpRequest) -> Result<String, DataPathError> 
     }
 }
 
-async fn import_common(req: HttpRequest, mut body: web::Payload, agent: Arc<Agent>, metadata_only: bool) -> HttpResponse {
+async fn import_common(
+    req: HttpRequest,
+    mut body: web::Payload,
+    agent: Arc<Agent>,
+    metadata_only: bool,
+) -> HttpResponse {
     let auth = match authenticate(&agent, &req).await {
         Ok(a) => a,
         Err(e) => {
@@ -273,7 +290,11 @@ async fn import_common(req: HttpRequest, mut body: web::Payload, agent: Arc<Agen
         force: flag(&req, "force", false),
         metadata_only,
     };
-    let label = if metadata_only { "VM.import_metadata" } else { "VM.import" };
+    let label = if metadata_only {
+        "VM.import_metadata"
+    } else {
+        "VM.import"
+    };
     let task = match TransferTask::begin(&agent, param(&req, "task_id").as_deref(), label).await {
         Ok(t) => t,
         Err(e) => {

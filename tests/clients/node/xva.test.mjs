@@ -32,14 +32,14 @@ function diskImage(size, seed) {
 }
 
 // What the library reads of a disk: its size (a VHD footer's currentSize) and its bytes.
-const fakeVhd = img => ({ footer: { currentSize: img.length }, rawContent: async () => Readable.from([img]) })
+const fakeVhd = img => ({ footer: { currentSize: img.length }, rawContent: async () => Readable.from([img], { objectMode: false }) })
 
 const sha256 = buf => createHash('sha256').update(buf).digest('hex')
 
 describe(`@xen-orchestra/xva ${xvaVersion} → PUT /import`, () => {
   let xapi
   before(daemon.withLog(async () => {
-    xapi = createClient({ url: daemon.url, auth: { user: 'root', password: daemon.password }, allowUnauthorized: true, watchEvents: false })
+    xapi = createClient({ url: daemon.url, auth: { user: 'root', password: daemon.password }, allowUnauthorized: true, watchEvents: ['task'] })
     await xapi.connect()
   }))
   after(async () => { if (xapi !== undefined) await xapi.disconnect() })
@@ -70,8 +70,8 @@ describe(`@xen-orchestra/xva ${xvaVersion} → PUT /import`, () => {
     assert.match(vmRef, /^OpaqueRef:/)
     const rec = await xapi.call('VM.get_record', vmRef)
     assert.equal(rec.name_label, 'from-xo-xva')
-    assert.equal(rec.VCPUs_max, '2')
-    assert.equal(rec.memory_static_max, String(256 * MiB))
+    assert.equal(String(rec.VCPUs_max), '2')
+    assert.equal(String(rec.memory_static_max), String(256 * MiB))
     assert.equal(rec.HVM_boot_params.firmware, 'uefi')
     assert.equal(rec.power_state, 'Halted')
     assert.equal(rec.VIFs.length, 1)
@@ -83,7 +83,7 @@ describe(`@xen-orchestra/xva ${xvaVersion} → PUT /import`, () => {
     for (const [i, vbd] of vbds.entries()) {
       const vdi = await xapi.call('VDI.get_record', vbd.VDI)
       assert.equal(vdi.name_label, `xo-disk-${i}`)
-      assert.equal(vdi.virtual_size, String(images[i].length))
+      assert.equal(String(vdi.virtual_size), String(images[i].length))
       assert.equal(vdi.SR, srRef)
       const res = await fetch(`${daemon.url}/export_raw_vdi?vdi=${vbd.VDI}&format=raw&session_id=${xapi.sessionId}`)
       assert.equal(res.status, 200)
