@@ -239,7 +239,7 @@ impl Header {
             return Err(BackupError::Archive("VHD header checksum mismatch".into()));
         }
         let block_size = be32(b, 32);
-        if block_size == 0 || block_size % SECTOR as u32 != 0 || block_size > MAX_BLOCK_SIZE {
+        if block_size == 0 || !block_size.is_multiple_of(SECTOR as u32) || block_size > MAX_BLOCK_SIZE {
             return Err(BackupError::Archive(format!("VHD block size {block_size} unsupported")));
         }
         let max_table_entries = be32(b, 28);
