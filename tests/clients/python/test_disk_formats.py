@@ -66,10 +66,9 @@ def test_vhd_and_qcow2_exports_read_by_qemu_img(xapi, session, daemon, tmp_path)
                 assert chk.returncode == 0, chk.stdout + chk.stderr
             cmp = qemu("compare", "-f", qfmt, "-F", "raw", str(f), str(raw))
             assert cmp.returncode == 0, cmp.stdout + cmp.stderr
-        if VHDIINFO:
-            out = subprocess.run([VHDIINFO, str(tmp_path / "disk.vhd")], capture_output=True, text=True, timeout=60)
-            assert out.returncode == 0, out.stderr
-            assert "Dynamic" in out.stdout, out.stdout
+        out = subprocess.run([need(VHDIINFO, "libvhdi-utils"), str(tmp_path / "disk.vhd")], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        assert "Dynamic" in out.stdout, out.stdout
     finally:
         xapi.VDI.destroy(vdi)
 
@@ -112,12 +111,11 @@ def test_incremental_chain_restores_the_final_bytes(xapi, session, daemon, tmp_p
             assert status == 200, (f.name, body)
         got = http_get(daemon, session, f"/export_raw_vdi?vdi={target}&format=raw")
         assert hashlib.sha256(got).hexdigest() == final
-        if VHDIINFO:
-            out = subprocess.run([VHDIINFO, str(files[1])], capture_output=True, text=True, timeout=60)
-            assert out.returncode == 0, out.stderr
-            assert "Differential" in out.stdout, out.stdout
-            parent_uuid = xapi.VDI.get_uuid(made[1])
-            assert parent_uuid in out.stdout, out.stdout
+        out = subprocess.run([need(VHDIINFO, "libvhdi-utils"), str(files[1])], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        assert "Differential" in out.stdout, out.stdout
+        parent_uuid = xapi.VDI.get_uuid(made[1])
+        assert parent_uuid in out.stdout, out.stdout
     finally:
         for v in reversed(made):
             xapi.VDI.destroy(v)
