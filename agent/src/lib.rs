@@ -3,6 +3,7 @@
 
 pub mod actors;
 pub mod auth;
+pub mod backup;
 pub mod behaviour;
 pub mod call;
 pub mod coverage;

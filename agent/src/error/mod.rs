@@ -179,6 +179,8 @@ api_errors! {
     ImportErrorPrematureEof {} => "IMPORT_ERROR_PREMATURE_EOF",
     /// An upload could not be imported.
     ImportError { msg } => "IMPORT_ERROR",
+    /// No SR was named and the pool's default SR is not set or gone.
+    DefaultSrNotFound { sr } => "DEFAULT_SR_NOT_FOUND",
     /// Reading or writing the VDI's bytes failed.
     VdiIoError { message } => "VDI_IO_ERROR",
     /// The VM's bootloader failed.

@@ -5,6 +5,7 @@
 //! Entry points: [`behaviour`] for the behaviour table, [`vdi_path`] for the VM lifecycle,
 //! and [`transfer`] for the HTTP data paths.
 
+pub mod block_read;
 mod copy;
 pub mod features;
 mod fsops;

@@ -213,6 +213,40 @@ impl ImportSink {
         Ok(())
     }
 
+    /// Moves the write position to `to` (within the VDI): what is buffered is written where it
+    /// belongs first. Bytes skipped over are left as they are; [`ImportSink::zero`] clears a
+    /// range. For formats that carry only some of a disk's blocks (XVA chunks, VHD blocks).
+    pub async fn seek(&mut self, to: u64) -> Result<(), ApiError> {
+        if to > self.capacity {
+            return Err(self.too_large(to));
+        }
+        if let Some(b) = self.current.take() {
+            if !b.is_empty() {
+                self.submit(b).await?;
+            }
+        }
+        self.offset = to;
+        Ok(())
+    }
+
+    /// Makes `len` bytes from `at` read as zeros (a hole), without moving the write position.
+    pub async fn zero(&mut self, at: u64, len: u64) -> Result<(), ApiError> {
+        if at.saturating_add(len) > self.capacity {
+            return Err(self.too_large(at.saturating_add(len)));
+        }
+        if len == 0 {
+            return Ok(());
+        }
+        let c = IoEngine::global().punch_hole(&self.file, at, len);
+        self.writes.push_back(Pending::Hole(c));
+        while self.writes.len() >= IN_FLIGHT {
+            if let Some(w) = self.writes.pop_front() {
+                w.wait().await?;
+            }
+        }
+        Ok(())
+    }
+
     /// Queues one full (or final) buffer: zeros become a hole, anything else a write.
     async fn submit(&mut self, buf: IoBuf) -> Result<(), ApiError> {
         let engine = IoEngine::global();

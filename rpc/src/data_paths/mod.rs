@@ -8,10 +8,12 @@
 
 mod auth;
 mod console;
+mod disk_format;
 mod prometheus;
 mod rrd;
 mod vdi;
 mod websocket;
+mod xva;
 
 use actix_web::http::{Method, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -24,6 +26,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/import_raw_vdi", web::put().to(vdi::import))
         .route("/export_raw_vdi", web::get().to(vdi::export))
         .route("/export_raw_vdi", web::head().to(vdi::export))
+        .route("/export", web::get().to(xva::export))
+        .route("/export_metadata", web::get().to(xva::export_metadata))
+        .route("/import", web::put().to(xva::import))
+        .route("/import/", web::put().to(xva::import))
+        .route("/import_metadata", web::put().to(xva::import_metadata))
         .route("/console", web::method(Method::CONNECT).to(console::connect))
         .route("/console", web::get().to(console::connect))
         .route("/rrd_updates", web::get().to(rrd::rrd_updates))

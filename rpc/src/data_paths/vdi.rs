@@ -2,6 +2,7 @@
 //! Without `vdi`, an import may name `sr_id` (or `sr_uuid`) and send a Content-Length: a VDI
 //! of that size is created for it, as the reference does.
 
+use super::disk_format::PayloadSource;
 use super::{authenticate, param, Auth, DataPathError};
 use actix_web::{web, HttpRequest, HttpResponse};
 use agent::schema::class_ids;
@@ -18,9 +19,10 @@ fn vdi_of(agent: &Agent, v: &str) -> Result<String, DataPathError> {
         .ok_or_else(|| DataPathError::NotFound(ApiError::handle_invalid("VDI", v)))
 }
 
-fn raw_format(req: &HttpRequest) -> Result<(), DataPathError> {
+/// The `format` parameter, less the formats this path cannot do (`supported`).
+fn format_of(req: &HttpRequest, supported: &[Format]) -> Result<Format, DataPathError> {
     match Format::parse(param(req, "format").as_deref()) {
-        Ok(Format::Raw) => Ok(()),
+        Ok(f) if supported.contains(&f) => Ok(f),
         Ok(other) => Err(DataPathError::NotImplemented(other.name().to_owned())),
         Err(unknown) => Err(DataPathError::BadRequest(ApiError::internal(format!(
             "Unknown format {unknown}"
@@ -104,10 +106,10 @@ async fn import_as(
 ) -> Result<HttpResponse, DataPathError> {
     let task_id = param(req, "task_id");
     let early = async {
-        raw_format(req)?;
-        target_vdi(agent, req, auth).await
+        let f = format_of(req, &[Format::Raw, Format::Vhd])?;
+        target_vdi(agent, req, auth).await.map(|v| (f, v))
     };
-    let vdi = match early.await {
+    let (format, vdi) = match early.await {
         Ok(v) => v,
         Err(e) => {
             fail_named_task(agent, req, &e).await;
@@ -118,6 +120,11 @@ async fn import_as(
         .await
         .map_err(DataPathError::BadRequest)?;
     let expected = content_length(req);
+    if format == Format::Vhd {
+        let mut src = PayloadSource::new(body);
+        let r = agent::backup::disk_stream::import_vhd(agent, &vdi, &mut src).await;
+        return finish_import(task, &vdi, r).await;
+    }
     let result = async {
         let mut sink = ImportSink::open(agent, &vdi).await?;
         let total = expected.unwrap_or(sink.capacity());
@@ -148,18 +155,26 @@ async fn import_as(
         sink.finish().await
     }
     .await;
+    finish_import(task, &vdi, result).await
+}
+
+async fn finish_import(
+    task: TransferTask,
+    vdi: &str,
+    result: Result<u64, ApiError>,
+) -> Result<HttpResponse, DataPathError> {
     let task_ref = task.reference().to_owned();
     match result {
         Ok(n) => {
-            tracing::info!(vdi = %vdi, bytes = n, "imported a raw VDI");
-            task.succeed(&Value::reference(vdi.as_str())).await;
+            tracing::info!(vdi = %vdi, bytes = n, "imported a VDI");
+            task.succeed(&Value::reference(vdi)).await;
             Ok(HttpResponse::Ok()
                 .insert_header(("task-id", task_ref))
                 .content_type("text/plain")
                 .body(format!("{vdi}\n")))
         }
         Err(e) => {
-            tracing::warn!(vdi = %vdi, error = %e, "raw VDI import failed");
+            tracing::warn!(vdi = %vdi, error = %e, "VDI import failed");
             task.fail(&e).await;
             Err(DataPathError::Failed(e))
         }
@@ -178,11 +193,16 @@ pub(super) async fn export(req: HttpRequest, agent: web::Data<Arc<Agent>>) -> Ht
     };
     // The session is needed only to start: the body streams after the handler returns.
     auth.finish(&agent).await;
-    let vdi = match raw_format(&req).and_then(|()| {
+    let parsed = format_of(&req, &[Format::Raw, Format::Vhd, Format::Qcow2]).and_then(|f| {
         let v = param(&req, "vdi")
             .ok_or_else(|| DataPathError::BadRequest(ApiError::internal("Missing vdi query parameter")))?;
-        vdi_of(&agent, &v)
-    }) {
+        let base = match param(&req, "base").filter(|b| !b.is_empty() && f == Format::Vhd) {
+            Some(b) => Some(vdi_of(&agent, &b)?),
+            None => None,
+        };
+        Ok((f, vdi_of(&agent, &v)?, base))
+    });
+    let (format, vdi, base) = match parsed {
         Ok(v) => v,
         Err(e) => {
             fail_named_task(&agent, &req, &e).await;
@@ -193,6 +213,9 @@ pub(super) async fn export(req: HttpRequest, agent: web::Data<Arc<Agent>>) -> Ht
         Ok(t) => t,
         Err(e) => return DataPathError::BadRequest(e).response(),
     };
+    if format != Format::Raw {
+        return super::disk_format::export(&req, &agent, task, &vdi, format, base.as_deref()).await;
+    }
     let source = match ExportSource::open(&agent, &vdi).await {
         Ok(s) => s,
         Err(e) => {

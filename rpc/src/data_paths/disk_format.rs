@@ -1,0 +1,161 @@
+//! The disk formats of the raw-VDI paths beyond raw: `GET /export_raw_vdi?format=vhd` (with
+//! `base=` a differencing VHD), `format=qcow2`, and the upload side of
+//! `PUT /import_raw_vdi?format=vhd` (the body read as a [`vhd::Source`]).
+
+use super::DataPathError;
+use actix_web::web::{self, Bytes};
+use actix_web::{HttpRequest, HttpResponse};
+use agent::backup::disk_stream::DiskExport;
+use agent::backup::vhd;
+use agent::backup::BackupError;
+use agent::schema::class_ids;
+use agent::storage::transfer::{Format, TransferTask};
+use agent::value::Value;
+use agent::{Agent, ApiError};
+use futures_util::StreamExt;
+use std::sync::Arc;
+
+/// An upload read a few bytes at a time.
+pub struct PayloadSource {
+    body: web::Payload,
+    cur: Bytes,
+}
+
+impl PayloadSource {
+    /// Reads `body`.
+    pub fn new(body: web::Payload) -> PayloadSource {
+        PayloadSource {
+            body,
+            cur: Bytes::new(),
+        }
+    }
+
+    async fn fill(&mut self) -> Result<(), BackupError> {
+        while self.cur.is_empty() {
+            match self.body.next().await {
+                Some(Ok(b)) => self.cur = b,
+                Some(Err(e)) => {
+                    tracing::info!(error = %e, "upload ended early");
+                    return Err(BackupError::PrematureEof);
+                }
+                None => return Err(BackupError::PrematureEof),
+            }
+        }
+        Ok(())
+    }
+}
+
+impl vhd::Source for PayloadSource {
+    async fn read_exact(&mut self, buf: &mut [u8]) -> Result<(), BackupError> {
+        let mut done = 0;
+        while done < buf.len() {
+            self.fill().await?;
+            let n = (buf.len() - done).min(self.cur.len());
+            if let Some(dst) = buf.get_mut(done..done + n) {
+                dst.copy_from_slice(&self.cur.split_to(n));
+            }
+            done += n;
+        }
+        Ok(())
+    }
+
+    async fn skip(&mut self, mut n: u64) -> Result<(), BackupError> {
+        while n > 0 {
+            self.fill().await?;
+            let k = n.min(self.cur.len() as u64) as usize;
+            let _ = self.cur.split_to(k);
+            n -= k as u64;
+        }
+        Ok(())
+    }
+}
+
+/// Streams a VHD or qcow2 export of `vdi`.
+pub(super) async fn export(
+    req: &HttpRequest,
+    agent: &Arc<Agent>,
+    task: TransferTask,
+    vdi: &str,
+    format: Format,
+    base: Option<&str>,
+) -> HttpResponse {
+    let made = match format {
+        Format::Qcow2 => DiskExport::qcow2(agent, vdi).await,
+        _ => DiskExport::vhd(agent, vdi, base).await,
+    };
+    let source = match made {
+        Ok(s) => s,
+        Err(e) => {
+            task.fail(&e).await;
+            return DataPathError::Failed(e).response();
+        }
+    };
+    let uuid = agent.uuid_of(class_ids::VDI, vdi).unwrap_or_default();
+    let mut resp = HttpResponse::Ok();
+    resp.insert_header(("task-id", task.reference().to_owned()))
+        .content_type("application/octet-stream")
+        .insert_header((
+            "content-disposition",
+            format!("attachment; filename=\"{uuid}.{}\"", format.name()),
+        ))
+        .no_chunking(source.file_size());
+    if req.method() == actix_web::http::Method::HEAD {
+        task.succeed(&Value::None).await;
+        return resp.finish();
+    }
+    let state = State {
+        agent: agent.clone(),
+        source,
+        task: Some(task),
+    };
+    resp.streaming(futures_util::stream::unfold(state, State::next))
+}
+
+struct State {
+    agent: Arc<Agent>,
+    source: DiskExport,
+    task: Option<TransferTask>,
+}
+
+impl State {
+    async fn next(mut self) -> Option<(Result<Bytes, actix_web::Error>, State)> {
+        if let Some(t) = self.task.as_ref() {
+            if agent::backup::cancelled(&self.agent, t.reference()) {
+                self.task = None;
+                return Some((Err(actix_web::error::ErrorInternalServerError("task cancelled")), self));
+            }
+        }
+        match self.source.next_piece().await {
+            Some(Ok(b)) => {
+                let (done, total) = self.source.progress();
+                if let Some(t) = self.task.as_mut() {
+                    t.progress(done, total).await;
+                }
+                Some((Ok(b), self))
+            }
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "disk export failed");
+                if let Some(t) = self.task.take() {
+                    t.fail(&e).await;
+                }
+                Some((Err(actix_web::error::ErrorInternalServerError(e.to_string())), self))
+            }
+            None => {
+                if let Some(t) = self.task.take() {
+                    t.succeed(&Value::None).await;
+                }
+                None
+            }
+        }
+    }
+}
+
+impl Drop for State {
+    fn drop(&mut self) {
+        if let Some(t) = self.task.take() {
+            actix_web::rt::spawn(async move {
+                t.fail(&ApiError::internal("the client went away")).await;
+            });
+        }
+    }
+}
