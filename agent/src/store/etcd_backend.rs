@@ -32,6 +32,10 @@ pub struct EtcdConfig {
     /// The prefix of every key the pool writes.
     #[serde(default = "default_prefix")]
     pub prefix: String,
+    /// The etcd member this host runs itself, if any (its data dir, where relative, is under
+    /// the state dir); without one the endpoints name an existing cluster.
+    #[serde(default)]
+    pub member: Option<super::etcd_member::MemberConfig>,
 }
 
 fn default_prefix() -> String {
@@ -44,6 +48,7 @@ impl EtcdConfig {
         EtcdConfig {
             endpoints,
             prefix: default_prefix(),
+            member: None,
         }
     }
 

@@ -13,7 +13,7 @@ use std::time::Duration;
 pub const ETCD_PROGRAM: &str = "etcd";
 
 /// How one member is run.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct MemberConfig {
     /// The member's name in the cluster.
     pub name: String,
@@ -26,6 +26,7 @@ pub struct MemberConfig {
     /// Every member at start, `name=peer_url` joined by commas.
     pub initial_cluster: String,
     /// Whether it starts a new cluster (rather than joining one).
+    #[serde(default)]
     pub new_cluster: bool,
 }
 

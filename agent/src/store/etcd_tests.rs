@@ -273,3 +273,56 @@ fn a_missing_etcd_program_names_the_package() {
     let e = StoreError::EtcdMissing(super::etcd_member::ETCD_PROGRAM.into());
     assert!(e.to_string().contains("etcd-server"), "{e}");
 }
+
+/// A state dir with [`POOL_CONFIG`] naming a member: the store starts that member under the
+/// state dir and keeps the pool's objects in it; a second host whose config names only the
+/// endpoints sees them; a state dir without the file keeps the one-host redb store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_dir_names_its_store_and_the_member_it_runs() {
+    let first = tempfile::tempdir().unwrap();
+    let second = tempfile::tempdir().unwrap();
+    let alone = tempfile::tempdir().unwrap();
+    let client = format!("http://127.0.0.1:{}", free_port());
+    let peer = format!("http://127.0.0.1:{}", free_port());
+    let mut cfg = EtcdConfig::new(vec![client.clone()]);
+    cfg.member = Some(MemberConfig::single("h1", "etcd".into(), &client, &peer));
+    std::fs::write(first.path().join(POOL_CONFIG), serde_json::to_vec(&cfg).unwrap()).unwrap();
+    let members_cfg = EtcdConfig::new(vec![client.clone()]);
+    std::fs::write(
+        second.path().join(POOL_CONFIG),
+        serde_json::to_vec(&members_cfg).unwrap(),
+    )
+    .unwrap();
+
+    let a = Store::open_configured(first.path()).await.unwrap();
+    assert!(a.is_pooled());
+    assert_eq!(a.member().unwrap().client_url(), client);
+    assert!(first.path().join("etcd").join("member").is_dir());
+    a.write(|tx| {
+        tx.put(network("OpaqueRef:n1", "u1", "pooled"));
+        Ok(())
+    })
+    .await
+    .unwrap();
+    let b = Store::open_configured(second.path()).await.unwrap();
+    assert!(b.is_pooled() && b.member().is_none());
+    assert_eq!(
+        b.get(class_ids::network, "OpaqueRef:n1")
+            .unwrap()
+            .str_field("name_label"),
+        "pooled"
+    );
+    assert!(!second.path().join(super::redb_backend::FILE).exists());
+
+    let c = Store::open_configured(alone.path()).await.unwrap();
+    assert!(!c.is_pooled());
+    assert!(alone.path().join(super::redb_backend::FILE).exists());
+    assert!(c.get(class_ids::network, "OpaqueRef:n1").is_none());
+
+    // The member stops with the store that runs it.
+    let pid = a.member().unwrap().pid().unwrap();
+    drop(b);
+    drop(a);
+    // SAFETY: kill(2) with signal 0 only asks whether the process exists.
+    assert_ne!(unsafe { libc::kill(pid as i32, 0) }, 0, "etcd outlived its store");
+}

@@ -107,6 +107,8 @@ pub struct Store {
     view: Arc<View>,
     commit: Mutex<u64>,
     backend: Backend,
+    /// The etcd member this host runs for the pool, stopped with the store.
+    member: Option<etcd_member::LocalMember>,
 }
 
 /// Decodes a stored record whose key (without any prefix) is `class/ref`; `None` for a class
@@ -155,6 +157,7 @@ impl Store {
             view: Arc::new(view),
             commit: Mutex::new(0),
             backend,
+            member: None,
         })
     }
 
@@ -166,7 +169,37 @@ impl Store {
             view,
             commit: Mutex::new(0),
             backend: Backend::Etcd(etcd),
+            member: None,
         })
+    }
+
+    /// Starts the local etcd member `cfg` names (its relative data dir under `dir`), if any,
+    /// then opens the pool's store, waiting for the member to answer.
+    pub async fn open_pool(dir: &Path, cfg: &EtcdConfig) -> Result<Store, StoreError> {
+        let Some(member) = &cfg.member else {
+            return Store::open_etcd(cfg).await;
+        };
+        let mut member = member.clone();
+        if member.data_dir.is_relative() {
+            member.data_dir = dir.join(&member.data_dir);
+        }
+        let member = etcd_member::LocalMember::start(member)?;
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            match Store::open_etcd(cfg).await {
+                Ok(mut store) => {
+                    store.member = Some(member);
+                    return Ok(store);
+                }
+                Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+            }
+        }
+    }
+
+    /// The local etcd member this host runs, if any.
+    pub fn member(&self) -> Option<&etcd_member::LocalMember> {
+        self.member.as_ref()
     }
 
     /// The store a state dir names: the pool's etcd where the dir holds [`POOL_CONFIG`],
@@ -179,7 +212,7 @@ impl Store {
                     path: path.display().to_string(),
                     reason: e.to_string(),
                 })?;
-                Store::open_etcd(&cfg).await
+                Store::open_pool(dir, &cfg).await
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Store::open(Some(dir)),
             Err(e) => Err(StoreError::Config {
