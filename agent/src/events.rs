@@ -127,6 +127,11 @@ impl LoggedEvent {
         }
     }
 
+    /// Its id.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
     fn entry(&self) -> EventEntry {
         EventEntry {
             id: self.id,
@@ -141,7 +146,9 @@ impl LoggedEvent {
 
 /// A bounded log of recent changes.
 pub struct EventLog {
-    entries: Mutex<VecDeque<LoggedEvent>>,
+    /// The entries, and the newest id of those dropped (or forgotten): the log answers every
+    /// token from that one on.
+    entries: Mutex<(VecDeque<LoggedEvent>, u64)>,
     latest: watch::Sender<u64>,
     capacity: usize,
 }
@@ -151,7 +158,7 @@ impl EventLog {
     pub fn new(capacity: usize) -> Self {
         let (latest, _) = watch::channel(0);
         EventLog {
-            entries: Mutex::new(VecDeque::with_capacity(capacity.min(4096))),
+            entries: Mutex::new((VecDeque::with_capacity(capacity.min(4096)), 0)),
             latest,
             capacity,
         }
@@ -163,15 +170,40 @@ impl EventLog {
             return;
         };
         {
-            let mut q = self.entries.lock();
+            let mut guard = self.entries.lock();
+            let (q, dropped) = &mut *guard;
             for e in batch {
                 if q.len() >= self.capacity {
-                    q.pop_front();
+                    if let Some(old) = q.pop_front() {
+                        *dropped = old.id;
+                    }
                 }
                 q.push_back(e);
             }
         }
         self.latest.send_replace(last);
+    }
+
+    /// Moves the newest id on to `id` where it is behind (changes up to `id` are all logged,
+    /// some of them being of no object: the pool database's other keys).
+    pub fn advance(&self, id: u64) {
+        self.latest.send_if_modified(|latest| {
+            let moved = *latest < id;
+            if moved {
+                *latest = id;
+            }
+            moved
+        });
+    }
+
+    /// Forgets what happened up to `id` (the store was reloaded as of `id`): tokens older
+    /// than `id` are answered from the objects, as for a token the log no longer reaches.
+    pub fn forget_up_to(&self, id: u64) {
+        {
+            let mut guard = self.entries.lock();
+            guard.1 = guard.1.max(id);
+        }
+        self.advance(id);
     }
 
     /// The id of the newest entry.
@@ -187,11 +219,10 @@ impl EventLog {
     /// Entries with id greater than `since`, or `None` when the log no longer reaches back
     /// that far (the caller must resynchronise from the store).
     pub fn since(&self, since: u64) -> Option<Vec<EventEntry>> {
-        let q = self.entries.lock();
-        if let Some(first) = q.front() {
-            if first.id > since + 1 {
-                return None;
-            }
+        let guard = self.entries.lock();
+        let (q, dropped) = &*guard;
+        if since < *dropped {
+            return None;
         }
         let start = q.partition_point(|e| e.id <= since);
         Some(q.iter().skip(start).map(LoggedEvent::entry).collect())

@@ -40,7 +40,9 @@ pub async fn generic(agent: &Arc<Agent>, c: Call) -> Result<Value, ApiError> {
         MessageKind::Set(f) | MessageKind::ExplicitSet(f) => {
             let r = arg_ref(&c, 0)?.to_owned();
             let v = c.args.get(1).cloned().unwrap_or(Value::None);
-            store.write(|tx| objects::set_field(tx, class, &r, f, v)).await?;
+            store
+                .write(|tx| objects::set_field(tx, class, &r, f, v.clone()))
+                .await?;
             Ok(Value::None)
         }
         MessageKind::AddToSet(f) | MessageKind::RemoveFromSet(f) => {
@@ -55,7 +57,7 @@ pub async fn generic(agent: &Arc<Agent>, c: Call) -> Result<Value, ApiError> {
                         if items.contains(&item) {
                             return Ok(());
                         }
-                        items.push(item);
+                        items.push(item.clone());
                     } else {
                         items.retain(|x| x != &item);
                     }
@@ -82,7 +84,7 @@ pub async fn generic(agent: &Arc<Agent>, c: Call) -> Result<Value, ApiError> {
                             key: key.key_text(),
                         });
                     }
-                    pairs.push((key, val));
+                    pairs.push((key.clone(), val.clone()));
                     objects::set_field(tx, class, &r, f, Value::map(pairs))?;
                     crate::lifecycle::rules::refresh_allowed(tx, class, &r)
                 })
@@ -216,7 +218,7 @@ pub async fn create_from_record(
         .write(|tx| {
             let class = obj.class;
             (hooks.companions)(tx, &mut obj)?;
-            objects::create(tx, obj)?;
+            objects::create(tx, obj.clone())?;
             crate::lifecycle::rules::refresh_allowed(tx, class, &reference)?;
             (hooks.after)(tx, class, &reference)
         })

@@ -134,7 +134,7 @@ impl Agent {
     pub async fn start(cfg: AgentConfig) -> Result<Arc<Agent>, AgentError> {
         std::fs::create_dir_all(&cfg.state_dir)
             .map_err(|e| AgentError::StateDir(cfg.state_dir.display().to_string(), e))?;
-        let store = store::Store::open(Some(&cfg.state_dir))?;
+        let store = store::Store::open_configured(&cfg.state_dir).await?;
         let sessions = sessions::Sessions::open(&cfg.state_dir, cfg.root_password_file.as_deref())?;
         let facts = HostFacts::from_backend(cfg.hypervisor.as_ref()).map_err(AgentError::Backend)?;
         let (pool, host) = first_boot::ensure(&store, &facts, &cfg.state_dir)

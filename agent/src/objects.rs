@@ -247,7 +247,7 @@ mod tests {
         let store = Store::open(None).unwrap();
         let mut vif = default_object(class_ids::VIF, "OpaqueRef:vif");
         vif.set(fields::VIF::VM, Value::Ref("OpaqueRef:nope".into()));
-        let e = store.write(|tx| create(tx, vif)).await.unwrap_err();
+        let e = store.write(|tx| create(tx, vif.clone())).await.unwrap_err();
         assert_eq!(e.code(), "HANDLE_INVALID");
         assert_eq!(e.params(), vec!["VM", "OpaqueRef:nope"]);
     }

@@ -318,7 +318,7 @@ async fn set_contents(agent: &Agent, c: &Call) -> Result<Value, ApiError> {
     }
     agent
         .store
-        .write(|tx| store_contents(&agent.store, tx, &uuid, contents))
+        .write(|tx| store_contents(&agent.store, tx, &uuid, contents.clone()))
         .await?;
     Ok(Value::None)
 }
@@ -714,7 +714,7 @@ mod tests {
         let mut vm = default_object(class_ids::VM, &r);
         vm.set(fields::VM::uuid, Value::str(objects::new_uuid()));
         vm.set(fields::VM::name_label, Value::str("sb"));
-        e.agent.store.write(|tx| objects::create(tx, vm)).await.unwrap();
+        e.agent.store.write(|tx| objects::create(tx, vm.clone())).await.unwrap();
         r
     }
 
@@ -750,14 +750,14 @@ mod tests {
                     class_ids::pool,
                     &pool,
                     fields::pool::uefi_certificates,
-                    Value::str(uefi),
+                    Value::str(uefi.clone()),
                 )?;
                 objects::set_field(
                     tx,
                     class_ids::pool,
                     &pool,
                     fields::pool::custom_uefi_certificates,
-                    Value::str(custom),
+                    Value::str(custom.clone()),
                 )
             })
             .await
@@ -1054,7 +1054,11 @@ mod tests {
         let mut rec = default_object(class_ids::VTPM, &vtpm);
         rec.set(fields::VTPM::uuid, Value::str(uuid.as_str()));
         rec.set(fields::VTPM::VM, Value::reference(vm.as_str()));
-        e.agent.store.write(|tx| objects::create(tx, rec)).await.unwrap();
+        e.agent
+            .store
+            .write(|tx| objects::create(tx, rec.clone()))
+            .await
+            .unwrap();
         let secrets = |e: &Env| e.agent.store.all(class_ids::secret);
         let before = secrets(&e).len();
 

@@ -442,7 +442,7 @@ impl Sessions {
                 for r in &evict {
                     destroy(tx, class_ids::session, r)?;
                 }
-                create(tx, s)
+                create(tx, s.clone())
             })
             .await?;
         {

@@ -163,7 +163,7 @@ pub async fn create_task(
 ) -> Result<String, ApiError> {
     let task = new_ref();
     let t = pending_task(agent, &task, label, description);
-    agent.store.write(|tx| create(tx, t)).await?;
+    agent.store.write(|tx| create(tx, t.clone())).await?;
     Ok(task)
 }
 

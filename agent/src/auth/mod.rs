@@ -222,14 +222,14 @@ async fn host_enable(
                 class_ids::host,
                 &host_s,
                 f::external_auth_service_name,
-                Value::str(service),
+                Value::str(service.clone()),
             )?;
             set_field(
                 tx,
                 class_ids::host,
                 &host_s,
                 f::external_auth_configuration,
-                Value::string_map(kept),
+                Value::string_map(kept.clone()),
             )?;
             set_field(
                 tx,
@@ -401,7 +401,7 @@ async fn subject_create(agent: &Agent, c: &crate::call::Call) -> Result<Value, A
             {
                 return Err(ApiError::SubjectAlreadyExists {});
             }
-            create(tx, o)
+            create(tx, o.clone())
         })
         .await?;
     tracing::info!(subject = id, "subject added");

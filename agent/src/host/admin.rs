@@ -245,9 +245,15 @@ async fn record_hostname(agent: &Agent, host: &str, hostname: &str) -> Result<()
     agent
         .store
         .write(move |tx| {
-            set_field(tx, class_ids::host, &host, fields::host::hostname, Value::str(hostname))?;
-            if let Some((vm, name)) = rename {
-                set_field(tx, class_ids::VM, &vm, fields::VM::name_label, Value::str(name))?;
+            set_field(
+                tx,
+                class_ids::host,
+                &host,
+                fields::host::hostname,
+                Value::str(hostname.clone()),
+            )?;
+            if let Some((vm, name)) = &rename {
+                set_field(tx, class_ids::VM, vm, fields::VM::name_label, Value::str(name.clone()))?;
             }
             Ok(())
         })

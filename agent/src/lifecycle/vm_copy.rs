@@ -92,6 +92,7 @@ const NOT_COPIED: &[&str] = &[
     "is_control_domain",
 ];
 
+#[derive(Clone)]
 struct Planned {
     vm: Object,
     vbds: Vec<Object>,
@@ -228,7 +229,7 @@ async fn copy_vm(
         .get(class_ids::VM, vm)
         .ok_or_else(|| ApiError::handle_invalid("VM", vm))?;
     let planned = plan_copy(agent, &src, name, mode, sr.as_deref(), ignore).await?;
-    agent.store.write(|tx| commit_planned(tx, planned)).await
+    agent.store.write(|tx| commit_planned(tx, planned.clone())).await
 }
 
 fn suspend_file(agent: &Agent, uuid: &str) -> PathBuf {
@@ -376,11 +377,11 @@ async fn revert(agent: &Arc<Agent>, snapshot: &str) -> Result<(), ApiError> {
                 }
             }
             tx.put(next);
-            for mut v in planned.vbds {
+            for mut v in planned.vbds.clone() {
                 v.set(fields::VBD::VM, Value::reference(vm.as_str()));
                 create(tx, v)?;
             }
-            for mut v in planned.vifs {
+            for mut v in planned.vifs.clone() {
                 v.set(fields::VIF::VM, Value::reference(vm.as_str()));
                 create(tx, v)?;
             }
@@ -493,7 +494,7 @@ async fn provision(agent: &Arc<Agent>, vm: &str) -> Result<(), ApiError> {
         .write(|tx| {
             // A provisioned VM is no longer a template, as the reference does.
             set_field(tx, class_ids::VM, vm, fields::VM::is_a_template, Value::Bool(false))?;
-            for v in vbds {
+            for v in vbds.clone() {
                 create(tx, v)?;
             }
             rules::refresh_vm_and_devices(tx, vm)

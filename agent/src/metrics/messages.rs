@@ -188,7 +188,7 @@ pub async fn create(
     agent
         .store
         .write(|tx| {
-            tx.put(m);
+            tx.put(m.clone());
             Ok(())
         })
         .await?;

@@ -23,7 +23,11 @@ async fn session_with(e: &crate::storage::tests::Env, roles: &[&str], sid: &str)
         fields::session::rbac_permissions,
         Value::set(labels.into_iter().map(Value::str).collect()),
     );
-    e.agent.store.write(|tx| crate::objects::create(tx, s)).await.unwrap();
+    e.agent
+        .store
+        .write(|tx| crate::objects::create(tx, s.clone()))
+        .await
+        .unwrap();
     r
 }
 

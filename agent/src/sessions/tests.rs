@@ -18,7 +18,7 @@ async fn directory_session(e: &crate::storage::tests::Env, sid: &str, validated:
         fields::session::rbac_permissions,
         Value::set(vec![Value::str("read-only"), Value::str("pool.get_all")]),
     );
-    e.agent.store.write(|tx| create(tx, s)).await.unwrap();
+    e.agent.store.write(|tx| create(tx, s.clone())).await.unwrap();
     r
 }
 

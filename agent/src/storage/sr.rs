@@ -172,8 +172,8 @@ async fn create_sr(agent: &Arc<Agent>, c: &Call) -> Result<String, ApiError> {
     agent
         .store
         .write(|tx| {
-            create(tx, sr)?;
-            create(tx, pbd)
+            create(tx, sr.clone())?;
+            create(tx, pbd.clone())
         })
         .await?;
     scan(agent, &sr_ref).await?;
@@ -208,7 +208,7 @@ async fn introduce(agent: &Arc<Agent>, c: &Call) -> Result<String, ApiError> {
             if tx.uuid_taken(class_ids::SR, &uuid) {
                 return Err(ApiError::SrUuidExists { uuid: uuid.clone() });
             }
-            create(tx, sr)
+            create(tx, sr.clone())
         })
         .await?;
     Ok(r)

@@ -974,8 +974,20 @@ async fn an_old_store_gets_the_features_at_start() {
                 Value::set(vec![]),
             )?;
             destroy(tx, class_ids::SM, &iso_sm)?;
-            set_field(tx, class_ids::SR, &sr, fields::SR::allowed_operations, old_sr_ops)?;
-            set_field(tx, class_ids::VDI, &vdi, fields::VDI::allowed_operations, old_ops)
+            set_field(
+                tx,
+                class_ids::SR,
+                &sr,
+                fields::SR::allowed_operations,
+                old_sr_ops.clone(),
+            )?;
+            set_field(
+                tx,
+                class_ids::VDI,
+                &vdi,
+                fields::VDI::allowed_operations,
+                old_ops.clone(),
+            )
         })
         .await
         .unwrap();

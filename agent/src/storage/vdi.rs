@@ -205,7 +205,7 @@ pub async fn create_vdi(agent: &Arc<Agent>, rec: &Object) -> Result<String, ApiE
     let path = dir.join(vdi_file_name(kind, &uuid));
     let p2 = path.clone();
     blocking(move || fsops::create_sparse(&p2, size as u64)).await?;
-    if let Err(e) = agent.store.write(|tx| create(tx, obj)).await {
+    if let Err(e) = agent.store.write(|tx| create(tx, obj.clone())).await {
         let _ = blocking(move || fsops::remove(&path)).await;
         return Err(e);
     }
@@ -344,7 +344,7 @@ async fn new_copy(
     };
     tracing::debug!(src = %src.reference, ?how, "VDI bytes copied");
     let reference = obj.reference.clone();
-    if let Err(e) = agent.store.write(|tx| create(tx, obj)).await {
+    if let Err(e) = agent.store.write(|tx| create(tx, obj.clone())).await {
         let _ = blocking(move || fsops::remove(&dst_path)).await;
         return Err(e);
     }
@@ -503,7 +503,7 @@ async fn introduce(agent: &Arc<Agent>, c: &Call) -> Result<String, ApiError> {
         obj.set(f::snapshot_of, Value::reference(snap_of));
     }
     let reference = obj.reference.clone();
-    agent.store.write(|tx| create(tx, obj)).await?;
+    agent.store.write(|tx| create(tx, obj.clone())).await?;
     refresh_after(agent, &sr_ref, &[&reference]).await;
     Ok(reference)
 }

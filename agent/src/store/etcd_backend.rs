@@ -1,0 +1,397 @@
+//! The pool backend: etcd is the single source of truth. A write is one etcd transaction that
+//! compares the mod revision of every object the write read (optimistic concurrency: the store
+//! runs the write again on a conflict) and is acknowledged once etcd has committed it and this
+//! host's watch has brought it into memory. The watch feeds the in-memory view with every
+//! host's writes in etcd's one order; an object's generation, and so every event token, is its
+//! etcd mod revision.
+//!
+//! Keys: `<prefix>obj/<class>/<ref>` → the object's record as JSON (fields at their defaults
+//! left out, derived sets kept: another host has no other way to learn them).
+//!
+//! The client runs on a runtime of its own (one thread), so the store works the same from the
+//! actix arbiters, tests and plain threads.
+
+use super::{decode, StoreError, View};
+use crate::events::{EventOp, LoggedEvent};
+use crate::schema::ClassId;
+use crate::value::{now, write_stored_record_json, Object};
+use etcd_client::{Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Txn, TxnOp, WatchOptions};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+
+/// How long a commit, or this host's view catching up with it, may take before the write is
+/// refused (a host cut off from etcd answers in this time, never with a stale success).
+const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where the pool's database is.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct EtcdConfig {
+    /// Client URLs of etcd members (`http://127.0.0.1:2379`).
+    pub endpoints: Vec<String>,
+    /// The prefix of every key the pool writes.
+    #[serde(default = "default_prefix")]
+    pub prefix: String,
+    /// The etcd member this host runs itself, if any (its data dir, where relative, is under
+    /// the state dir); without one the endpoints name an existing cluster.
+    #[serde(default)]
+    pub member: Option<super::etcd_member::MemberConfig>,
+}
+
+fn default_prefix() -> String {
+    "/xapi/".to_owned()
+}
+
+impl EtcdConfig {
+    /// A pool database at `endpoints` under the default prefix.
+    pub fn new(endpoints: Vec<String>) -> EtcdConfig {
+        EtcdConfig {
+            endpoints,
+            prefix: default_prefix(),
+            member: None,
+        }
+    }
+
+    fn objects(&self) -> String {
+        format!("{}obj/", self.prefix)
+    }
+}
+
+/// What etcd made of a transaction.
+pub(super) enum Outcome {
+    /// Committed at this revision.
+    Committed(u64),
+    /// Something read had changed by this revision; nothing was written.
+    Conflict(u64),
+}
+
+/// The connection, its runtime and the watch that feeds the view.
+pub(super) struct Etcd {
+    client: Client,
+    objects: String,
+    runtime: Runtime,
+    applied: watch::Receiver<u64>,
+    progress: mpsc::UnboundedSender<()>,
+}
+
+/// The client's own runtime, stopped without waiting when dropped (dropping a runtime waits
+/// for its tasks, which is not allowed inside another runtime).
+struct Runtime(Option<tokio::runtime::Runtime>);
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl Runtime {
+    fn spawn<F>(&self, f: F) -> Result<tokio::task::JoinHandle<F::Output>, StoreError>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        let rt = self.0.as_ref().ok_or_else(|| etcd_err("the etcd client has stopped"))?;
+        Ok(rt.spawn(f))
+    }
+}
+
+fn etcd_err(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Etcd(e.to_string())
+}
+
+impl Etcd {
+    /// Connects, loads every object into `view`, and follows every later change.
+    pub(super) async fn connect(cfg: &EtcdConfig, view: Arc<View>) -> Result<Etcd, StoreError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("store-etcd")
+            .enable_all()
+            .build()
+            .map_err(etcd_err)?;
+        let runtime = Runtime(Some(runtime));
+        let objects = cfg.objects();
+        let endpoints = cfg.endpoints.clone();
+        let prefix = objects.clone();
+        let load_view = view.clone();
+        let loaded = runtime.spawn(async move {
+            let opts = ConnectOptions::new()
+                .with_connect_timeout(Duration::from_secs(5))
+                .with_keep_alive(Duration::from_secs(2), Duration::from_secs(5));
+            let mut client = Client::connect(&endpoints, Some(opts)).await.map_err(etcd_err)?;
+            let revision = load(&mut client, &prefix, &load_view).await?;
+            Ok::<_, StoreError>((client, revision))
+        })?;
+        let (client, revision) = tokio::time::timeout(COMMIT_TIMEOUT, loaded)
+            .await
+            .map_err(|_| StoreError::Etcd(format!("no answer from etcd at {:?}", cfg.endpoints)))?
+            .map_err(etcd_err)??;
+        let (applied_tx, applied) = watch::channel(revision);
+        let (progress, progress_rx) = mpsc::unbounded_channel();
+        runtime.spawn(follow(
+            client.clone(),
+            objects.clone(),
+            view,
+            revision,
+            applied_tx,
+            progress_rx,
+        ))?;
+        Ok(Etcd {
+            client,
+            objects,
+            runtime,
+            applied,
+            progress,
+        })
+    }
+
+    /// The key of an object.
+    pub(super) fn key(&self, class: ClassId, reference: &str) -> String {
+        format!("{}{}/{reference}", self.objects, class.name())
+    }
+
+    /// The value written for an object.
+    pub(super) fn value(obj: &Object) -> String {
+        let mut buf = String::with_capacity(1024);
+        write_stored_record_json(obj, &[], &mut buf);
+        buf
+    }
+
+    /// Commits `ops` if every key in `compares` still has the mod revision given (0: absent).
+    pub(super) async fn commit(&self, compares: Vec<(String, u64)>, ops: Vec<TxnOp>) -> Result<Outcome, StoreError> {
+        let compares: Vec<Compare> = compares
+            .into_iter()
+            .map(|(k, rev)| Compare::mod_revision(k, CompareOp::Equal, i64::try_from(rev).unwrap_or(i64::MAX)))
+            .collect();
+        let txn = Txn::new().when(compares).and_then(ops);
+        let mut kv = self.client.kv_client();
+        let call = self
+            .runtime
+            .spawn(async move { tokio::time::timeout(COMMIT_TIMEOUT, kv.txn(txn)).await })?;
+        let resp = call
+            .await
+            .map_err(etcd_err)?
+            .map_err(|_| StoreError::Etcd("etcd did not answer in time; the change may not have been made".into()))?
+            .map_err(etcd_err)?;
+        let revision = resp.header().map_or(0, |h| h.revision());
+        let revision = u64::try_from(revision).unwrap_or(0);
+        Ok(if resp.succeeded() {
+            Outcome::Committed(revision)
+        } else {
+            Outcome::Conflict(revision)
+        })
+    }
+
+    /// Waits until this host's view holds every change up to `revision`.
+    pub(super) async fn caught_up(&self, revision: u64) -> Result<(), StoreError> {
+        let mut rx = self.applied.clone();
+        let deadline = tokio::time::Instant::now() + COMMIT_TIMEOUT;
+        loop {
+            if *rx.borrow_and_update() >= revision {
+                return Ok(());
+            }
+            match tokio::time::timeout(Duration::from_millis(100), rx.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(etcd_err("the etcd watch has stopped")),
+                Err(_) => {
+                    // The last change may be one the watch does not report (another prefix's):
+                    // a progress report moves the view's revision on.
+                    let _ = self.progress.send(());
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(etcd_err(format!(
+                            "this host's view of the pool database did not reach revision {revision} in time"
+                        )));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Loads every object under `prefix` into `view`; the revision it was read at.
+async fn load(client: &mut Client, prefix: &str, view: &View) -> Result<u64, StoreError> {
+    let resp = client
+        .get(prefix, Some(GetOptions::new().with_prefix()))
+        .await
+        .map_err(etcd_err)?;
+    let revision = u64::try_from(resp.header().map_or(0, |h| h.revision())).unwrap_or(0);
+    let mut seen: Vec<std::collections::HashSet<String>> = vec![Default::default(); view.tables.len()];
+    let time = now();
+    let mut logged = Vec::new();
+    for kv in resp.kvs() {
+        let Ok(key) = kv.key_str() else { continue };
+        let Some(rest) = key.strip_prefix(prefix) else { continue };
+        let Some(mut obj) = decode(rest, kv.value())? else {
+            continue;
+        };
+        obj.generation = u64::try_from(kv.mod_revision()).unwrap_or(0);
+        seen[obj.class.0].insert(obj.reference.clone());
+        let mut table = view.tables[obj.class.0].write();
+        let old = table.get(&obj.reference);
+        if old.as_ref().is_some_and(|o| o.generation == obj.generation) {
+            continue;
+        }
+        let op = if old.is_some() { EventOp::Mod } else { EventOp::Add };
+        logged.push(LoggedEvent::new(
+            obj.generation,
+            obj.class,
+            &obj.reference,
+            obj.uuid().unwrap_or(""),
+            op,
+            time,
+        ));
+        table.insert(Arc::new(obj));
+    }
+    // What is in memory but no longer in etcd (a reload after the watch fell behind etcd's
+    // compaction) is gone.
+    for class in ClassId::all() {
+        let mut table = view.tables[class.0].write();
+        let gone: Vec<Arc<Object>> = table
+            .iter()
+            .filter(|o| !seen[class.0].contains(&o.reference))
+            .cloned()
+            .collect();
+        for o in gone {
+            table.remove(&o.reference);
+            logged.push(LoggedEvent::new(
+                revision,
+                class,
+                &o.reference,
+                o.uuid().unwrap_or(""),
+                EventOp::Del,
+                time,
+            ));
+        }
+    }
+    logged.sort_by_key(LoggedEvent::id);
+    view.events.append(logged);
+    // Tokens from before this revision are answered from the objects, not the log.
+    view.events.forget_up_to(revision);
+    Ok(revision)
+}
+
+/// Follows every change after `from` into `view`, announcing each revision applied.
+async fn follow(
+    mut client: Client,
+    prefix: String,
+    view: Arc<View>,
+    from: u64,
+    applied: watch::Sender<u64>,
+    mut progress: mpsc::UnboundedReceiver<()>,
+) {
+    let mut last = from;
+    loop {
+        let start = i64::try_from(last + 1).unwrap_or(i64::MAX);
+        let opts = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(start)
+            .with_progress_notify();
+        let mut stream = match client.watch(prefix.as_str(), Some(opts)).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "watching the pool database failed; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        loop {
+            tokio::select! {
+                m = stream.message() => match m {
+                    Ok(Some(resp)) => {
+                        if resp.canceled() {
+                            if resp.compact_revision() > 0 {
+                                tracing::warn!(compacted = resp.compact_revision(), "the pool database's history was compacted past this host's view; reloading");
+                                match load(&mut client, &prefix, &view).await {
+                                    Ok(rev) => {
+                                        last = rev;
+                                        applied.send_replace(rev);
+                                    }
+                                    Err(e) => tracing::warn!(error = %e, "reloading the pool database failed"),
+                                }
+                            }
+                            break;
+                        }
+                        let rev = apply(&view, &prefix, resp.events());
+                        let header = u64::try_from(resp.header().map_or(0, |h| h.revision())).unwrap_or(0);
+                        // A report of progress (no events, not the watch's creation) says every
+                        // change up to its header's revision has been sent.
+                        let reached = if resp.events().is_empty() && !resp.created() { header.max(rev) } else { rev };
+                        if reached > last {
+                            last = reached;
+                            view.events.advance(last);
+                            applied.send_replace(last);
+                        }
+                    }
+                    Ok(None) | Err(_) => {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        break;
+                    }
+                },
+                Some(()) = progress.recv() => {
+                    let _ = stream.request_progress().await;
+                }
+            }
+        }
+    }
+}
+
+/// Applies one batch of watched changes; the last revision among them (0 for none).
+fn apply(view: &View, prefix: &str, events: &[etcd_client::Event]) -> u64 {
+    let time = now();
+    let mut logged = Vec::with_capacity(events.len());
+    let mut last = 0;
+    for ev in events {
+        let Some(kv) = ev.kv() else { continue };
+        let revision = u64::try_from(kv.mod_revision()).unwrap_or(0);
+        last = last.max(revision);
+        let Ok(key) = kv.key_str() else { continue };
+        let Some(rest) = key.strip_prefix(prefix) else { continue };
+        match ev.event_type() {
+            EventType::Put => {
+                let mut obj = match decode(rest, kv.value()) {
+                    Ok(Some(o)) => o,
+                    Ok(None) => continue,
+                    Err(e) => {
+                        tracing::error!(error = %e, "an object in the pool database is unreadable; skipped");
+                        continue;
+                    }
+                };
+                obj.generation = revision;
+                let mut table = view.tables[obj.class.0].write();
+                let op = if table.get(&obj.reference).is_some() {
+                    EventOp::Mod
+                } else {
+                    EventOp::Add
+                };
+                logged.push(LoggedEvent::new(
+                    revision,
+                    obj.class,
+                    &obj.reference,
+                    obj.uuid().unwrap_or(""),
+                    op,
+                    time,
+                ));
+                table.insert(Arc::new(obj));
+            }
+            EventType::Delete => {
+                let Some((class, reference)) = rest.split_once('/') else {
+                    continue;
+                };
+                let Some(class) = ClassId::by_name(class) else { continue };
+                if let Some(o) = view.tables[class.0].write().remove(reference) {
+                    logged.push(LoggedEvent::new(
+                        revision,
+                        class,
+                        reference,
+                        o.uuid().unwrap_or(""),
+                        EventOp::Del,
+                        time,
+                    ));
+                }
+            }
+        }
+    }
+    view.events.append(logged);
+    last
+}

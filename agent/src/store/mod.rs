@@ -1,0 +1,511 @@
+//! The store: every object in memory for reads, behind one interface with two backends.
+//!
+//! Reads take a per-class read lock and clone `Arc`s. Writes run as transactions ([`Tx`]) and
+//! are answered only once durable:
+//! - one host (the default): a short critical section applies the change in memory, assigns
+//!   generations, appends to the event log and queues the durable write; the caller is answered
+//!   once the redb writer thread has committed it (group commit, [`redb_backend`]);
+//! - a pool: the change is one etcd transaction comparing the revisions of what it read, run
+//!   again on a conflict; the caller is answered once etcd has committed it and the watch has
+//!   brought it into memory, which every host's watch does in the same order
+//!   ([`etcd_backend`]).
+
+mod derived;
+mod etcd_backend;
+pub mod etcd_member;
+mod redb_backend;
+mod table;
+mod tx;
+
+#[cfg(test)]
+mod etcd_tests;
+#[cfg(test)]
+mod tests;
+
+pub use etcd_backend::EtcdConfig;
+pub use tx::Tx;
+
+use crate::error::ApiError;
+use crate::events::{EventLog, EventOp, LoggedEvent};
+#[cfg(test)]
+use crate::schema::derived_sets;
+use crate::schema::{ClassId, CLASSES};
+use crate::value::{now, record_from_json, Object};
+use derived::stored_fields_differ;
+use etcd_backend::{Etcd, Outcome};
+use parking_lot::{Mutex, RwLock};
+use redb_backend::{DiskOp, Writer};
+use std::path::Path;
+use std::sync::Arc;
+use table::Table;
+use tokio::sync::oneshot;
+
+/// A failure of the store itself.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database could not be opened or read.
+    #[error("opening the store at {path}")]
+    Open {
+        /// Where.
+        path: String,
+        /// Why.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A write did not reach the disk.
+    #[error("writing the store: {0}")]
+    Write(String),
+    /// A stored object could not be decoded.
+    #[error("stored object {key} is unreadable: {reason}")]
+    Corrupt {
+        /// Its key.
+        key: String,
+        /// Why.
+        reason: String,
+    },
+    /// The pool database (etcd) failed or could not be reached.
+    #[error("the pool database (etcd): {0}")]
+    Etcd(String),
+    /// The pool's configuration file is unreadable.
+    #[error("the pool configuration {path}: {reason}")]
+    Config {
+        /// Which file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// The `etcd` program is not installed.
+    #[error("the etcd program ({0}) is not installed; install the etcd-server package")]
+    EtcdMissing(String),
+}
+
+/// The file in a state dir that puts its host in a pool: the [`EtcdConfig`] as JSON.
+pub const POOL_CONFIG: &str = "pool-store.json";
+
+/// How many times a write whose reads changed under it is run again before it is refused.
+const MAX_ATTEMPTS: usize = 64;
+
+/// The objects in memory and their event log: what the backends' loading and the etcd watch
+/// fill.
+pub(crate) struct View {
+    tables: Vec<RwLock<Table>>,
+    events: EventLog,
+}
+
+/// Where writes go.
+enum Backend {
+    /// Nowhere: memory only (tests).
+    Memory,
+    /// The local redb file.
+    Redb(Writer),
+    /// The pool's etcd.
+    Etcd(Etcd),
+}
+
+/// The object store.
+pub struct Store {
+    view: Arc<View>,
+    commit: Mutex<u64>,
+    backend: Backend,
+    /// The etcd member this host runs for the pool, stopped with the store.
+    member: Option<etcd_member::LocalMember>,
+}
+
+/// Decodes a stored record whose key (without any prefix) is `class/ref`; `None` for a class
+/// this build does not know.
+pub(crate) fn decode(key: &str, bytes: &[u8]) -> Result<Option<Object>, StoreError> {
+    let corrupt = |reason: String| StoreError::Corrupt {
+        key: key.to_owned(),
+        reason,
+    };
+    let (class_name, reference) = key.split_once('/').ok_or_else(|| corrupt("bad key".into()))?;
+    let Some(class) = ClassId::by_name(class_name) else {
+        tracing::warn!(key, "stored object of a class this build does not know; skipped");
+        return Ok(None);
+    };
+    let json: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| corrupt(e.to_string()))?;
+    let obj = record_from_json(class, &json, reference).map_err(|e| corrupt(e.to_string()))?;
+    Ok(Some(obj))
+}
+
+fn empty_view() -> View {
+    View {
+        tables: CLASSES.iter().map(|_| RwLock::new(Table::default())).collect(),
+        events: EventLog::new(1 << 16),
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the one-host store in `dir`, loading every persistent object; `None`
+    /// keeps everything in memory (tests).
+    pub fn open(dir: Option<&Path>) -> Result<Store, StoreError> {
+        let mut view = empty_view();
+        let backend = match dir {
+            None => Backend::Memory,
+            Some(dir) => {
+                let writer = Writer::open(dir, |key, bytes| {
+                    if let Some(obj) = decode(key, bytes)? {
+                        view.tables[obj.class.0].get_mut().insert(Arc::new(obj));
+                    }
+                    Ok(())
+                })?;
+                derived::rebuild(&mut view.tables);
+                Backend::Redb(writer)
+            }
+        };
+        Ok(Store {
+            view: Arc::new(view),
+            commit: Mutex::new(0),
+            backend,
+            member: None,
+        })
+    }
+
+    /// Opens the pool's store in etcd: loads every object and follows every host's writes.
+    pub async fn open_etcd(cfg: &EtcdConfig) -> Result<Store, StoreError> {
+        let view = Arc::new(empty_view());
+        let etcd = Etcd::connect(cfg, view.clone()).await?;
+        Ok(Store {
+            view,
+            commit: Mutex::new(0),
+            backend: Backend::Etcd(etcd),
+            member: None,
+        })
+    }
+
+    /// Starts the local etcd member `cfg` names (its relative data dir under `dir`), if any,
+    /// then opens the pool's store, waiting for the member to answer.
+    pub async fn open_pool(dir: &Path, cfg: &EtcdConfig) -> Result<Store, StoreError> {
+        let Some(member) = &cfg.member else {
+            return Store::open_etcd(cfg).await;
+        };
+        let mut member = member.clone();
+        if member.data_dir.is_relative() {
+            member.data_dir = dir.join(&member.data_dir);
+        }
+        let member = etcd_member::LocalMember::start(member)?;
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            match Store::open_etcd(cfg).await {
+                Ok(mut store) => {
+                    store.member = Some(member);
+                    return Ok(store);
+                }
+                Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+            }
+        }
+    }
+
+    /// The local etcd member this host runs, if any.
+    pub fn member(&self) -> Option<&etcd_member::LocalMember> {
+        self.member.as_ref()
+    }
+
+    /// The store a state dir names: the pool's etcd where the dir holds [`POOL_CONFIG`],
+    /// otherwise the one-host redb store in it.
+    pub async fn open_configured(dir: &Path) -> Result<Store, StoreError> {
+        let path = dir.join(POOL_CONFIG);
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                let cfg: EtcdConfig = serde_json::from_slice(&bytes).map_err(|e| StoreError::Config {
+                    path: path.display().to_string(),
+                    reason: e.to_string(),
+                })?;
+                Store::open_pool(dir, &cfg).await
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Store::open(Some(dir)),
+            Err(e) => Err(StoreError::Config {
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    /// Whether the store is the pool's etcd.
+    pub fn is_pooled(&self) -> bool {
+        matches!(self.backend, Backend::Etcd(_))
+    }
+
+    /// Every derived set whose members differ from what its members' side says (as
+    /// multisets), as `Class.field of ref`: what a restart, which rebuilds them, would change.
+    #[cfg(test)]
+    pub(crate) fn derived_set_mismatches(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for class in ClassId::all() {
+            for &field in derived_sets(class) {
+                let Some(member) = crate::schema::partner(class, field) else {
+                    continue;
+                };
+                let members = self.all(member.class);
+                let mut expected = derived::members_by_owner(members.iter().map(|o| &**o), member.field);
+                for owner in self.all(class) {
+                    let mut want = expected.remove(&owner.reference).unwrap_or_default();
+                    let mut have: Vec<String> = owner
+                        .get(field)
+                        .as_set()
+                        .iter()
+                        .filter_map(|v| v.as_str().map(str::to_owned))
+                        .collect();
+                    want.sort();
+                    have.sort();
+                    if want != have {
+                        let name = class.field(field).name;
+                        out.push(format!(
+                            "{}.{name} of {}: {have:?}, members say {want:?}",
+                            class.name(),
+                            owner.reference
+                        ));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// The event log.
+    pub fn events(&self) -> &EventLog {
+        &self.view.events
+    }
+
+    /// Reads one object.
+    pub fn get(&self, class: ClassId, reference: &str) -> Option<Arc<Object>> {
+        self.view.tables.get(class.0)?.read().get(reference)
+    }
+
+    /// Every object of a class.
+    pub fn all(&self, class: ClassId) -> Vec<Arc<Object>> {
+        match self.view.tables.get(class.0) {
+            Some(t) => t.read().iter().cloned().collect(),
+            None => Vec::new(),
+        }
+    }
+
+    /// How many objects a class has.
+    pub fn count(&self, class: ClassId) -> usize {
+        self.view.tables.get(class.0).map_or(0, |t| t.read().objects.len())
+    }
+
+    /// The ref of the object with this uuid.
+    pub fn ref_by_uuid(&self, class: ClassId, uuid: &str) -> Option<String> {
+        self.view
+            .tables
+            .get(class.0)?
+            .read()
+            .uuids
+            .get(uuid)
+            .map(|o| o.0.reference.clone())
+    }
+
+    /// Runs `f` as one transaction and returns once its changes are durable. In a pool `f` runs
+    /// again when what it read changed under it before the commit, so it must not act outside
+    /// the transaction.
+    pub async fn write<T>(&self, f: impl FnMut(&mut Tx) -> Result<T, ApiError>) -> Result<T, ApiError> {
+        self.write_as(f, true).await
+    }
+
+    /// Runs `f` as one transaction in memory only: its changes are seen by readers and
+    /// events at once but are not written to disk by this call (a later durable write of
+    /// the same object carries them). For state that does not outlive the process, such
+    /// as the marks of operations in progress, which start-up clears. In a pool it is a
+    /// write like any other: the other hosts must see it.
+    pub async fn write_volatile<T>(&self, f: impl FnMut(&mut Tx) -> Result<T, ApiError>) -> Result<T, ApiError> {
+        self.write_as(f, false).await
+    }
+
+    async fn write_as<T>(
+        &self,
+        mut f: impl FnMut(&mut Tx) -> Result<T, ApiError>,
+        durable: bool,
+    ) -> Result<T, ApiError> {
+        if let Backend::Etcd(etcd) = &self.backend {
+            return self.write_etcd(etcd, f).await;
+        }
+        let (result, ack, undo) = {
+            let mut generation = self.commit.lock();
+            let mut tx = Tx::new(self, false);
+            let result = f(&mut tx)?;
+            let (ack, undo) = self.apply(&mut generation, tx, durable);
+            (result, ack, undo)
+        };
+        if let Some(ack) = ack {
+            let outcome = ack.await.unwrap_or_else(|_| Err("the store writer has stopped".into()));
+            if let Err(e) = outcome {
+                tracing::error!(error = %e, "a write did not reach the disk; undoing it in memory");
+                self.undo(undo);
+                return Err(ApiError::internal(format!("the change could not be saved: {e}")));
+            }
+        }
+        Ok(result)
+    }
+
+    /// A write in a pool: one etcd transaction comparing the revision of everything read or
+    /// written with the one this host's view had, run again while that changes under it.
+    async fn write_etcd<T>(
+        &self,
+        etcd: &Etcd,
+        mut f: impl FnMut(&mut Tx) -> Result<T, ApiError>,
+    ) -> Result<T, ApiError> {
+        let refused = |e: StoreError| ApiError::internal(format!("the change was not saved: {e}"));
+        for _ in 0..MAX_ATTEMPTS {
+            let (result, compares, ops) = {
+                let _serial = self.commit.lock();
+                let mut tx = Tx::new(self, true);
+                let result = f(&mut tx)?;
+                let Tx { entries, reads, .. } = tx;
+                let mut reads = reads.map(|r| r.into_inner()).unwrap_or_default();
+                let mut ops = Vec::with_capacity(entries.len());
+                for (class, reference, change) in entries {
+                    let base = reads
+                        .remove(&(class, reference.clone()))
+                        .unwrap_or_else(|| self.get(class, &reference).map_or(0, |o| o.generation));
+                    let key = etcd.key(class, &reference);
+                    match change {
+                        Some(obj) => {
+                            let mut obj = Arc::unwrap_or_clone(obj);
+                            obj.reference.clone_from(&reference);
+                            ops.push((key.clone(), Some(Etcd::value(&obj))));
+                        }
+                        // Deleting what is not there changes nothing.
+                        None if base == 0 => {}
+                        None => ops.push((key.clone(), None)),
+                    }
+                    reads.insert((class, reference), base);
+                }
+                let compares: Vec<(String, u64)> = reads
+                    .into_iter()
+                    .map(|((class, reference), rev)| (etcd.key(class, &reference), rev))
+                    .collect();
+                (result, compares, ops)
+            };
+            if ops.is_empty() {
+                return Ok(result);
+            }
+            let ops = ops
+                .into_iter()
+                .map(|(k, v)| match v {
+                    Some(v) => etcd_client::TxnOp::put(k, v, None),
+                    None => etcd_client::TxnOp::delete(k, None),
+                })
+                .collect();
+            match etcd.commit(compares, ops).await.map_err(refused)? {
+                Outcome::Committed(revision) => {
+                    etcd.caught_up(revision).await.map_err(refused)?;
+                    return Ok(result);
+                }
+                Outcome::Conflict(revision) => {
+                    // Run again once this host has seen what changed.
+                    etcd.caught_up(revision).await.map_err(refused)?;
+                }
+            }
+        }
+        Err(ApiError::internal(format!(
+            "the change was not saved: what it read kept changing ({MAX_ATTEMPTS} attempts)"
+        )))
+    }
+
+    /// Applies a transaction in memory, logs its events and queues its durable part.
+    fn apply(
+        &self,
+        generation: &mut u64,
+        tx: Tx,
+        durable: bool,
+    ) -> (Option<oneshot::Receiver<Result<(), String>>>, Vec<Undo>) {
+        let Tx { entries, .. } = tx;
+        let mut events = Vec::with_capacity(entries.len());
+        let mut disk = Vec::new();
+        let mut undo = Vec::with_capacity(entries.len());
+        let time = now();
+        for (class, reference, change) in entries {
+            let mut table = self.view.tables[class.0].write();
+            let old = table.get(&reference);
+            match change {
+                Some(obj) => {
+                    *generation += 1;
+                    let mut obj = Arc::unwrap_or_clone(obj);
+                    obj.generation = *generation;
+                    if obj.reference != reference {
+                        // The tables find an object by its own ref.
+                        obj.reference.clone_from(&reference);
+                    }
+                    let obj = Arc::new(obj);
+                    table.insert(obj.clone());
+                    // A change to derived sets alone (a host's `resident_VMs` when one of its VMs
+                    // starts) leaves the stored form as it was: nothing to write, nor to wait for.
+                    // (Compared only for writes bound for the disk.)
+                    if durable && class.def().persistent && old.as_deref().is_none_or(|o| stored_fields_differ(o, &obj))
+                    {
+                        disk.push(DiskOp::Put(format!("{}/{}", class.name(), reference), obj.clone()));
+                    }
+                    let op = if old.is_some() { EventOp::Mod } else { EventOp::Add };
+                    let uuid = obj.uuid().unwrap_or("");
+                    events.push(LoggedEvent::new(*generation, class, &reference, uuid, op, time));
+                    undo.push(Undo {
+                        class,
+                        reference,
+                        old,
+                        new: Some(obj),
+                    });
+                }
+                None => {
+                    let Some(o) = table.remove(&reference) else {
+                        continue;
+                    };
+                    *generation += 1;
+                    let uuid = o.uuid().unwrap_or("");
+                    if durable && class.def().persistent {
+                        disk.push(DiskOp::Delete(format!("{}/{}", class.name(), reference)));
+                    }
+                    events.push(LoggedEvent::new(
+                        *generation,
+                        class,
+                        &reference,
+                        uuid,
+                        EventOp::Del,
+                        time,
+                    ));
+                    undo.push(Undo {
+                        class,
+                        reference,
+                        old: Some(o),
+                        new: None,
+                    });
+                }
+            }
+        }
+        self.view.events.append(events);
+        let ack = match (&self.backend, disk.is_empty()) {
+            (Backend::Redb(w), false) => Some(w.submit(disk)),
+            _ => None,
+        };
+        (ack, undo)
+    }
+
+    /// Puts back what a failed transaction replaced, where nothing newer has replaced it since.
+    fn undo(&self, undo: Vec<Undo>) {
+        let _guard = self.commit.lock();
+        for u in undo.into_iter().rev() {
+            let mut table = self.view.tables[u.class.0].write();
+            let current = table.get(&u.reference);
+            let unchanged = match (&current, &u.new) {
+                (Some(c), Some(n)) => Arc::ptr_eq(c, n),
+                (None, None) => true,
+                _ => false,
+            };
+            if !unchanged {
+                continue;
+            }
+            table.remove(&u.reference);
+            if let Some(o) = u.old {
+                table.insert(o);
+            }
+        }
+    }
+}
+
+struct Undo {
+    class: ClassId,
+    reference: String,
+    old: Option<Arc<Object>>,
+    new: Option<Arc<Object>>,
+}
