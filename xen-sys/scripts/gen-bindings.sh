@@ -117,7 +117,8 @@ gen XenCtrl \
     xc_domain_pause xc_domain_unpause xc_domain_shutdown xc_domain_destroy \
     xc_domain_setmaxmem xc_domain_max_vcpus \
     xc_physinfo xc_version \
-    xc_evtchn_alloc_unbound
+    xc_evtchn_alloc_unbound \
+    xc_domain_set_memory_map xc_set_paging_mempool_size
 
 gen XenGuest \
     xc_dom_allocate xc_dom_release \

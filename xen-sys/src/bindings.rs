@@ -1145,6 +1145,11 @@ pub struct XenCtrl {
         max_domains: ::std::os::raw::c_uint,
         info: *mut xc_domaininfo_t,
     ) -> ::std::os::raw::c_int,
+    pub xc_set_paging_mempool_size: unsafe extern "C" fn(
+        xch: *mut xc_interface,
+        domid: u32,
+        size: u64,
+    ) -> ::std::os::raw::c_int,
     pub xc_evtchn_alloc_unbound: unsafe extern "C" fn(
         xch: *mut xc_interface,
         dom: u32,
@@ -1158,6 +1163,12 @@ pub struct XenCtrl {
         xch: *mut xc_interface,
         domid: u32,
         max_memkb: u64,
+    ) -> ::std::os::raw::c_int,
+    pub xc_domain_set_memory_map: unsafe extern "C" fn(
+        xch: *mut xc_interface,
+        domid: u32,
+        entries: *mut e820entry,
+        nr_entries: u32,
     ) -> ::std::os::raw::c_int,
     pub xc_version: unsafe extern "C" fn(
         xch: *mut xc_interface,
@@ -1188,11 +1199,17 @@ impl XenCtrl {
         let xc_domain_destroy = __library.get(b"xc_domain_destroy\0").map(|sym| *sym)?;
         let xc_domain_shutdown = __library.get(b"xc_domain_shutdown\0").map(|sym| *sym)?;
         let xc_domain_getinfolist = __library.get(b"xc_domain_getinfolist\0").map(|sym| *sym)?;
+        let xc_set_paging_mempool_size = __library
+            .get(b"xc_set_paging_mempool_size\0")
+            .map(|sym| *sym)?;
         let xc_evtchn_alloc_unbound = __library
             .get(b"xc_evtchn_alloc_unbound\0")
             .map(|sym| *sym)?;
         let xc_physinfo = __library.get(b"xc_physinfo\0").map(|sym| *sym)?;
         let xc_domain_setmaxmem = __library.get(b"xc_domain_setmaxmem\0").map(|sym| *sym)?;
+        let xc_domain_set_memory_map = __library
+            .get(b"xc_domain_set_memory_map\0")
+            .map(|sym| *sym)?;
         let xc_version = __library.get(b"xc_version\0").map(|sym| *sym)?;
         Ok(XenCtrl {
             __library,
@@ -1205,9 +1222,11 @@ impl XenCtrl {
             xc_domain_destroy,
             xc_domain_shutdown,
             xc_domain_getinfolist,
+            xc_set_paging_mempool_size,
             xc_evtchn_alloc_unbound,
             xc_physinfo,
             xc_domain_setmaxmem,
+            xc_domain_set_memory_map,
             xc_version,
         })
     }
@@ -1276,6 +1295,14 @@ impl XenCtrl {
     ) -> ::std::os::raw::c_int {
         (self.xc_domain_getinfolist)(xch, first_domain, max_domains, info)
     }
+    pub unsafe fn xc_set_paging_mempool_size(
+        &self,
+        xch: *mut xc_interface,
+        domid: u32,
+        size: u64,
+    ) -> ::std::os::raw::c_int {
+        (self.xc_set_paging_mempool_size)(xch, domid, size)
+    }
     pub unsafe fn xc_evtchn_alloc_unbound(
         &self,
         xch: *mut xc_interface,
@@ -1298,6 +1325,15 @@ impl XenCtrl {
         max_memkb: u64,
     ) -> ::std::os::raw::c_int {
         (self.xc_domain_setmaxmem)(xch, domid, max_memkb)
+    }
+    pub unsafe fn xc_domain_set_memory_map(
+        &self,
+        xch: *mut xc_interface,
+        domid: u32,
+        entries: *mut e820entry,
+        nr_entries: u32,
+    ) -> ::std::os::raw::c_int {
+        (self.xc_domain_set_memory_map)(xch, domid, entries, nr_entries)
     }
     pub unsafe fn xc_version(
         &self,

@@ -33,12 +33,13 @@ mod xs;
 #[cfg(test)]
 mod test_support;
 
-pub use dombuild::{PvBuildConfig, PvBuildResult};
+pub use dombuild::{pvh_memory_layout, pvh_paging_pool_bytes, PvBuildConfig, PvBuildResult};
 pub use error::{Result, XenctrlError};
 pub use libs::{CtrlLibraries, StoreLibrary};
 pub use logger::tracing_level;
 pub use types::{
-    CreateFlags, DomainCreateConfig, DomainFlags, DomainInfo, PhysInfo, ShutdownReason, XenVersion, PAGE_SIZE,
+    CreateFlags, DomainCreateConfig, DomainFlags, DomainInfo, GuestType, PhysInfo, ShutdownReason, XenVersion,
+    PAGE_SIZE,
 };
 pub use xc::XcHandle;
 pub use xs::{Transaction, WatchEvent, XsHandle, XsPermission};

@@ -511,6 +511,10 @@ impl Hypervisor for XenBackend {
                 what: "HVM domains".into(),
             });
         }
+        let container = match config.kind {
+            DomainKind::Pvh(_) => xenguest::Container::Pvh,
+            _ => xenguest::Container::Pv,
+        };
         let domid = self.with_handles(op, |xc, xs| {
             let _memory = self.memory_lock.lock();
             for d in xc.list_domains().map_err(|e| xen_err(op, e))? {
@@ -531,6 +535,7 @@ impl Hypervisor for XenBackend {
             }
             let domid = xc
                 .domain_create(&DomainCreateConfig {
+                    guest: container.guest_type(),
                     handle: *config.uuid.as_bytes(),
                     max_vcpus: config.vcpus_max,
                     ..DomainCreateConfig::default()
@@ -550,7 +555,7 @@ impl Hypervisor for XenBackend {
             }
             Ok(domid)
         })?;
-        tracing::info!(domid, name = %config.name, uuid = %config.uuid, "xen: domain created");
+        tracing::info!(domid, name = %config.name, uuid = %config.uuid, kind = config.kind.as_str(), "xen: domain created");
         self.publish(BackendEvent::DomainChanged(domid));
         Ok(domid)
     }
@@ -590,8 +595,13 @@ impl Hypervisor for XenBackend {
             let err = |e| xen_err(op, e);
             let store_port = xc.evtchn_alloc_unbound(domid, DOM0).map_err(err)?;
             let console_port = xc.evtchn_alloc_unbound(domid, DOM0).map_err(err)?;
+            let container = match record.config.kind {
+                DomainKind::Pvh(_) => xenguest::Container::Pvh,
+                _ => xenguest::Container::Pv,
+            };
             let request = xenguest::BuildRequest {
                 domid,
+                container,
                 kernel: kernel.clone(),
                 ramdisk: ramdisk.clone(),
                 cmdline,
@@ -609,7 +619,11 @@ impl Hypervisor for XenBackend {
                     op,
                     &f.call,
                     f.errno,
-                    format!(" (kernel {}, ramdisk {ramdisk:?}, {memory_mib} MiB)", kernel.display()),
+                    format!(
+                        " ({} kernel {}, ramdisk {ramdisk:?}, {memory_mib} MiB)",
+                        record.config.kind.as_str(),
+                        kernel.display()
+                    ),
                 )
             })?;
             let dom_p = dom_path(domid);
