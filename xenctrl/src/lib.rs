@@ -26,6 +26,7 @@ mod dombuild;
 mod error;
 mod libs;
 mod logger;
+mod saverestore;
 mod types;
 mod xc;
 mod xs;
@@ -37,6 +38,7 @@ pub use dombuild::{pvh_memory_layout, pvh_paging_pool_bytes, PvBuildConfig, PvBu
 pub use error::{Result, XenctrlError};
 pub use libs::{CtrlLibraries, StoreLibrary};
 pub use logger::tracing_level;
+pub use saverestore::RestoreResult;
 pub use types::{
     CreateFlags, DomainCreateConfig, DomainFlags, DomainInfo, GuestType, PhysInfo, ShutdownReason, XenVersion,
     PAGE_SIZE,

@@ -35,6 +35,7 @@ mod console;
 mod devices;
 mod host;
 mod layout;
+mod saverestore;
 mod watcher;
 pub mod xenguest;
 
@@ -120,6 +121,39 @@ fn unavailable(e: XenctrlError) -> BackendError {
         backend: "xen",
         reason: format!("{e}{hint}"),
     }
+}
+
+/// A built or restored domain's xenstore and console rings.
+struct Rings {
+    store_mfn: u64,
+    store_port: u32,
+    console_mfn: u64,
+    console_port: u32,
+}
+
+/// Publishes a built or restored domain's rings (for xenconsoled and the guest), marks the
+/// record built, and introduces the domain to xenstored.
+fn publish_rings(xs: &XsHandle, domid: DomId, rings: Rings) -> Result<(), BackendError> {
+    let dom_p = dom_path(domid);
+    let record_p = record_path(domid);
+    let err = |e| xen_err(Op::Build, e);
+    xs.with_transaction(|tx| {
+        for (key, value) in [
+            ("store/ring-ref", rings.store_mfn.to_string()),
+            ("store/port", rings.store_port.to_string()),
+            ("console/ring-ref", rings.console_mfn.to_string()),
+            ("console/port", rings.console_port.to_string()),
+            ("console/limit", "1048576".to_string()),
+            ("console/type", "xenconsoled".to_string()),
+            ("console/output", "pty".to_string()),
+        ] {
+            xs.write(tx, &format!("{dom_p}/{key}"), value.as_bytes())?;
+        }
+        xs.write(tx, &format!("{record_p}/built"), b"1")
+    })
+    .map_err(err)?;
+    xs.introduce_domain(domid, rings.store_mfn, rings.store_port)
+        .map_err(err)
 }
 
 /// Handles of one kind, opened on demand and reused.
@@ -467,7 +501,7 @@ impl Hypervisor for XenBackend {
         Capabilities {
             reboot_in_place: false,
             hvm: false,
-            suspend_resume: false,
+            suspend_resume: true,
         }
     }
 
@@ -626,25 +660,16 @@ impl Hypervisor for XenBackend {
                     ),
                 )
             })?;
-            let dom_p = dom_path(domid);
-            let record_p = record_path(domid);
-            xs.with_transaction(|tx| {
-                for (key, value) in [
-                    ("store/ring-ref", built.xenstore_mfn.to_string()),
-                    ("store/port", store_port.to_string()),
-                    ("console/ring-ref", built.console_mfn.to_string()),
-                    ("console/port", console_port.to_string()),
-                    ("console/limit", "1048576".to_string()),
-                    ("console/type", "xenconsoled".to_string()),
-                    ("console/output", "pty".to_string()),
-                ] {
-                    xs.write(tx, &format!("{dom_p}/{key}"), value.as_bytes())?;
-                }
-                xs.write(tx, &format!("{record_p}/built"), b"1")
-            })
-            .map_err(err)?;
-            xs.introduce_domain(domid, built.xenstore_mfn, store_port)
-                .map_err(err)?;
+            publish_rings(
+                xs,
+                domid,
+                Rings {
+                    store_mfn: built.xenstore_mfn,
+                    store_port,
+                    console_mfn: built.console_mfn,
+                    console_port,
+                },
+            )?;
             self.reservations.lock().remove(&domid);
             Ok(())
         })?;
@@ -730,24 +755,12 @@ impl Hypervisor for XenBackend {
         Ok(())
     }
 
-    fn suspend_to(&self, domid: DomId, _path: &Path) -> Result<(), BackendError> {
-        let op = Op::SuspendTo;
-        self.with_handles(op, |xc, xs| self.guest(op, xc, xs, domid).map(drop))?;
-        Err(BackendError::Unsupported {
-            op,
-            backend: "xen",
-            what: "suspend (xc_domain_save is not wrapped by xenctrl yet)".into(),
-        })
+    fn suspend_to(&self, domid: DomId, path: &Path) -> Result<(), BackendError> {
+        self.save_domain(domid, path)
     }
 
-    fn resume_from(&self, _path: &Path, config: &DomainConfig) -> Result<DomId, BackendError> {
-        let op = Op::ResumeFrom;
-        config.validate(op)?;
-        Err(BackendError::Unsupported {
-            op,
-            backend: "xen",
-            what: "resume (xc_domain_restore is not wrapped by xenctrl yet)".into(),
-        })
+    fn resume_from(&self, path: &Path, config: &DomainConfig) -> Result<DomId, BackendError> {
+        self.restore_domain(path, config)
     }
 
     fn set_memory_target(&self, domid: DomId, bytes: u64) -> Result<(), BackendError> {
