@@ -27,7 +27,7 @@ unsafe extern "C" fn suspend_trampoline(data: *mut c_void) -> c_int {
     // that nothing else uses while libxenguest runs this callback.
     let suspend = unsafe { &mut *data.cast::<&mut dyn FnMut() -> bool>() };
     // A panic must not unwind into C: it counts as a failed suspend.
-    match catch_unwind(AssertUnwindSafe(|| suspend())) {
+    match catch_unwind(AssertUnwindSafe(suspend)) {
         Ok(true) => 1,
         Ok(false) | Err(_) => 0,
     }
@@ -128,8 +128,8 @@ impl XcHandle {
             return Err(XenctrlError::last("xc_domain_restore"));
         }
         Ok(RestoreResult {
-            store_mfn: u64::from(store),
-            console_mfn: u64::from(console),
+            store_mfn: store,
+            console_mfn: console,
         })
     }
 

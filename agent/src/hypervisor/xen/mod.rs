@@ -35,7 +35,7 @@ mod console;
 mod devices;
 mod host;
 mod layout;
-mod saverestore;
+pub mod saverestore;
 mod watcher;
 pub mod xenguest;
 

@@ -48,7 +48,7 @@ const POLL: Duration = Duration::from_millis(50);
 
 /// What the toolstack keeps of a saved domain besides Xen's stream.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub(super) struct ImageHeader {
+pub struct ImageHeader {
     /// The domain's configuration.
     pub config: DomainConfig,
     /// Balloon target when saved, bytes.
@@ -59,7 +59,7 @@ pub(super) struct ImageHeader {
 
 impl ImageHeader {
     /// The header's bytes: the magic line and one JSON line.
-    pub(super) fn encode(&self) -> Result<Vec<u8>, serde_json::Error> {
+    pub fn encode(&self) -> Result<Vec<u8>, serde_json::Error> {
         let mut out = format!("{MAGIC}\n").into_bytes();
         out.extend(serde_json::to_vec(self)?);
         out.push(b'\n');
@@ -67,7 +67,7 @@ impl ImageHeader {
     }
 
     /// Parses the header at the start of `bytes`; returns it and its length.
-    pub(super) fn decode(bytes: &[u8]) -> Result<(ImageHeader, usize), String> {
+    pub fn decode(bytes: &[u8]) -> Result<(ImageHeader, usize), String> {
         let magic = MAGIC.as_bytes();
         if bytes.len() <= magic.len() || &bytes[..magic.len()] != magic || bytes[magic.len()] != b'\n' {
             return Err(format!("it does not start with '{MAGIC}'"));
