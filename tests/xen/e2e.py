@@ -10,7 +10,9 @@ Exit status 0 when every step passed, 1 otherwise.
 """
 
 import argparse
+import http.client
 import importlib.metadata
+import os
 import re
 import socket
 import ssl
@@ -117,6 +119,50 @@ class Console:
             pass
 
 
+def upload_raw(url: str, session_ref: str, vdi: str, path: str) -> None:
+    """PUT a disk image into a VDI through xapid's /import_raw_vdi, as users upload one."""
+    u = urllib.parse.urlsplit(url)
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    conn = http.client.HTTPSConnection(u.hostname, u.port, context=ctx, timeout=300)
+    size = os.path.getsize(path)
+    conn.putrequest("PUT", f"/import_raw_vdi?vdi={vdi}&session_id={session_ref}&format=raw")
+    conn.putheader("Content-Length", str(size))
+    conn.endheaders()
+    with open(path, "rb") as f:
+        while True:
+            chunk = f.read(1 << 20)
+            if not chunk:
+                break
+            conn.send(chunk)
+    resp = conn.getresponse()
+    body = resp.read()
+    conn.close()
+    check(resp.status == 200, f"PUT /import_raw_vdi of {os.path.basename(path)} ({size} bytes): HTTP {resp.status} {body[:200]!r}")
+
+
+def boot_guest(x, url: str, session_ref: str, vm: str, what: str, timeout: float) -> "Console":
+    """Starts `vm` paused, attaches its text console, unpauses it and waits for the test
+    guest's /init; prints the boot lines read through xapid. Returns the open console."""
+    x.VM.start(vm, True, False)
+    check(x.VM.get_power_state(vm) == "Paused", f"{what}: VM.start(start_paused=true): Paused")
+    location = next(
+        x.console.get_location(c) for c in x.VM.get_consoles(vm) if x.console.get_protocol(c) == "vt100"
+    )
+    console = Console(url, location, session_ref)
+    x.VM.unpause(vm)
+    check(x.VM.get_power_state(vm) == "Running", f"{what}: VM.unpause: Running (domid {x.VM.get_domid(vm)})")
+    text = console.wait_for("XAPID_GUEST up", timeout)
+    lines = [l.rstrip("\r") for l in text.splitlines() if l.strip()]
+    step(f"{what}: its boot through xapid's /console ({len(lines)} lines; the first 8, the Xen ones and the last 2):")
+    xen = [l for l in lines[8:-2] if re.search(r"Xen|Hypervisor|PVH|Command line", l)][:8]
+    for l in lines[:8] + ["..."] + xen + ["..."] + lines[-2:]:
+        print(f"console| {l}", flush=True)
+    check(any("Linux version" in l for l in lines), f"{what}: the guest kernel's own boot lines arrived on the console")
+    return console
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--url", required=True)
@@ -124,6 +170,7 @@ def main() -> int:
     ap.add_argument("--serial-log", required=True)
     ap.add_argument("--kernel", required=True, help="the guest kernel, a path in dom0")
     ap.add_argument("--ramdisk", required=True, help="the guest initramfs, a path in dom0")
+    ap.add_argument("--boot-disk", required=True, help="the guest's boot disk image (GRUB 2 menu), a path on this host")
     ap.add_argument("--connect-timeout", type=float, default=300)
     ap.add_argument("--boot-timeout", type=float, default=300)
     args = ap.parse_args()
@@ -256,6 +303,33 @@ def main() -> int:
         )
         step("ok: the guest runs on after unpause (new 'alive' lines on the console)")
 
+        # ---- suspend to the suspend VDI and resume: the guest's own uptime goes on
+        alive = re.compile(r"XAPID_GUEST alive (\d+) uptime=([\d.]+)")
+        before = alive.findall(console.text())
+        check(bool(before), "the guest prints its uptime before the suspend")
+        last_n, last_up = int(before[-1][0]), float(before[-1][1])
+        started = time.monotonic()
+        x.VM.suspend(vm)
+        check(x.VM.get_power_state(vm) == "Suspended",
+              f"VM.suspend: power_state Suspended ({time.monotonic() - started:.1f}s)")
+        suspend_vdi = x.VM.get_suspend_VDI(vm)
+        check(suspend_vdi != "OpaqueRef:NULL" and int(x.VDI.get_virtual_size(suspend_vdi)) > 64 * 1024 * 1024,
+              f"the VM has a suspend VDI holding its memory ({x.VDI.get_virtual_size(suspend_vdi)} bytes)")
+        console.close()
+        started = time.monotonic()
+        x.VM.resume(vm, False, False)
+        check(x.VM.get_power_state(vm) == "Running",
+              f"VM.resume: power_state Running, domid {x.VM.get_domid(vm)} ({time.monotonic() - started:.1f}s)")
+        check(x.VM.get_suspend_VDI(vm) == "OpaqueRef:NULL", "the suspend VDI is gone after the resume")
+        console = Console(args.url, location, session._session)
+        wait_for("two uptime lines from the resumed guest", 120, lambda: len(alive.findall(console.text())) >= 2)
+        after = alive.findall(console.text())
+        for l in [l for l in console.text().splitlines() if l.strip()][:6]:
+            print(f"console| {l.rstrip()}", flush=True)
+        n, up = int(after[0][0]), float(after[0][1])
+        check(n > last_n and up > last_up,
+              f"the resumed guest goes on: line {n} at uptime {up}s after line {last_n} at {last_up}s before the suspend")
+
         # ---- clean shutdown through the guest
         x.VM.clean_shutdown(vm)
         check(x.VM.get_power_state(vm) == "Halted", "VM.clean_shutdown: power_state Halted")
@@ -301,6 +375,62 @@ def main() -> int:
         vm = None
         for v in vdis:
             x.VDI.destroy(v)
+
+        # ---- the guest's own disk: uploaded into a VDI, booted through pygrub (PV, then PVH),
+        # and the same kernel booted directly as PVH.
+        boot_vdi = x.VDI.create({
+            "name_label": "xapid-e2e-boot-disk", "name_description": "GRUB 2 menu, kernel, initramfs",
+            "SR": sr, "virtual_size": str(os.path.getsize(args.boot_disk)), "type": "user",
+            "sharable": False, "read_only": False, "other_config": {},
+        })
+        upload_raw(args.url, session._session, boot_vdi, args.boot_disk)
+        guests = [
+            ("PV through pygrub", "pv", "pygrub", "", True),
+            ("PVH from a kernel in dom0", "pvh", "", args.kernel, False),
+            ("PVH through pygrub", "pvh", "pygrub", "", True),
+        ]
+        for what, domain_type, bootloader, kernel, from_disk in guests:
+            vm = x.VM.clone(template, f"xapid-e2e-{domain_type}-{'disk' if from_disk else 'kernel'}")
+            x.VM.set_is_a_template(vm, False)
+            x.VM.set_domain_type(vm, domain_type)
+            x.VM.set_PV_bootloader(vm, bootloader)
+            x.VM.set_PV_kernel(vm, kernel)
+            x.VM.set_PV_ramdisk(vm, args.ramdisk if kernel else "")
+            x.VM.set_PV_args(vm, "" if from_disk else "console=hvc0")
+            x.VM.set_memory_limits(vm, mib128, mib128, mib128, mib128)
+            x.VM.set_VCPUs_max(vm, "1")
+            x.VM.set_VCPUs_at_startup(vm, "1")
+            if from_disk:
+                x.VBD.create({
+                    "VM": vm, "VDI": boot_vdi, "userdevice": "0", "bootable": True, "mode": "RO",
+                    "type": "Disk", "empty": False, "other_config": {}, "qos_algorithm_type": "",
+                    "qos_algorithm_params": {},
+                })
+            step(f"created VM {x.VM.get_uuid(vm)} ({what}: domain_type {domain_type}, PV_bootloader "
+                 f"'{bootloader}', PV_kernel '{kernel}')")
+            console = boot_guest(x, args.url, session._session, vm, what, args.boot_timeout)
+            text = console.text()
+            check(
+                x.VM.get_domain_type(vm) == domain_type
+                and x.VM_metrics.get_current_domain_type(x.VM.get_metrics(vm)) == domain_type,
+                f"{what}: VM.domain_type and VM_metrics.current_domain_type are {domain_type}",
+            )
+            if from_disk:
+                check("xapid.booted_from=disk" in text,
+                      f"{what}: the kernel command line is the one in the disk's GRUB menu")
+            if domain_type == "pvh":
+                check(re.search(r"Hypervisor detected: Xen HVM|Xen PVH", text) is not None
+                      and "Hypervisor detected: Xen PV\n" not in text.replace("\r", ""),
+                      f"{what}: the kernel booted in a PVH container (Xen HVM/PVH lines, not Xen PV)")
+            else:
+                check("Hypervisor detected: Xen PV" in text, f"{what}: the kernel booted as a PV guest")
+            x.VM.hard_shutdown(vm)
+            check(x.VM.get_power_state(vm) == "Halted", f"{what}: VM.hard_shutdown: Halted")
+            console.close()
+            console = None
+            x.VM.destroy(vm)
+            vm = None
+        x.VDI.destroy(boot_vdi)
         step("ALL PASSED")
         return 0
     except (Failed, XenAPI.Failure) as e:

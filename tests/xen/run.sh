@@ -257,6 +257,29 @@ EOF
     echo "$GUEST_VERSION $KVER" >"$CACHE/guest.stamp"
 fi
 
+# The test guest's own boot disk, for the guests that boot through their
+# bootloader (pygrub, PV and PVH): an ext2 file system, no partition table,
+# holding the same kernel and initramfs and a GRUB 2 menu naming them.
+# e2e.py uploads it into a VDI with /import_raw_vdi. Its name is its cache key.
+DISK_VERSION=1
+DISK=$CACHE/guest-disk-v$DISK_VERSION-$KVER.img
+if [ ! -s "$DISK" ]; then
+    say "building the test guest's boot disk $DISK"
+    D=$(mktemp -d)
+    mkdir -p "$D/boot/grub"
+    cp "$CACHE/guest-vmlinuz" "$D/boot/vmlinuz"
+    cp "$CACHE/guest-initrd.gz" "$D/boot/initrd.gz"
+    printf '%s\n' 'set default=0' 'set timeout=0' \
+        "menuentry 'xapid test guest (from its disk)' {" \
+        '	linux /boot/vmlinuz console=hvc0 xapid.booted_from=disk' \
+        '	initrd /boot/initrd.gz' '}' >"$D/boot/grub/grub.cfg"
+    rm -f "$DISK.partial"
+    truncate -s 32M "$DISK.partial"
+    mkfs.ext2 -q -F -L guestboot -d "$D" "$DISK.partial" || die "mkfs.ext2 of the guest boot disk failed"
+    mv "$DISK.partial" "$DISK"
+    rm -rf "$D"
+fi
+
 say "dom0 rootfs and test guest ready, kernel $KVER"
 [ "$MODE" = prepare ] && exit 0
 
@@ -383,7 +406,8 @@ case " $PARTS " in
         set -o pipefail
         if "$PY_VENV/bin/python" -u "$REPO/tests/xen/e2e.py" --url "https://127.0.0.1:$PORT" \
             --password-file "$RUN/root-password" --serial-log "$S" \
-            --kernel /mnt/payload/guest-vmlinuz --ramdisk /mnt/payload/guest-initrd.gz 2>&1 9>&- |
+            --kernel /mnt/payload/guest-vmlinuz --ramdisk /mnt/payload/guest-initrd.gz \
+            --boot-disk "$DISK" 2>&1 9>&- |
             tee "$RUN/e2e.log"; then
             E2E=PASS
         else

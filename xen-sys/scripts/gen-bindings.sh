@@ -61,6 +61,7 @@ types=(
     xc_evtchn_port_or_error_t xen_pfn_t
     xs_permissions xs_watch_type
     xc_dom_image
+    save_callbacks restore_callbacks xc_stream_type_t
     va_list __va_list_tag FILE
 )
 vars=(
@@ -76,6 +77,7 @@ vars=(
     XC_PAGE_SHIFT XC_PAGE_SIZE
     'XS_PERM_.*' 'XS_OPEN_.*' XS_UNWATCH_FILTER XBT_NULL
     'XTL_STDIOSTREAM_.*'
+    'XCFLAGS_.*'
 )
 "$BINDGEN" "$here/wrapper.h" "${common[@]}" \
     --ignore-functions \
@@ -117,14 +119,16 @@ gen XenCtrl \
     xc_domain_pause xc_domain_unpause xc_domain_shutdown xc_domain_destroy \
     xc_domain_setmaxmem xc_domain_max_vcpus \
     xc_physinfo xc_version \
-    xc_evtchn_alloc_unbound
+    xc_evtchn_alloc_unbound \
+    xc_domain_set_memory_map xc_set_paging_mempool_size
 
 gen XenGuest \
     xc_dom_allocate xc_dom_release \
     xc_dom_kernel_file xc_dom_module_file \
     xc_dom_boot_xen_init xc_dom_parse_image xc_dom_mem_init \
     xc_dom_boot_mem_init xc_dom_build_image xc_dom_boot_image \
-    xc_dom_gnttab_init xc_dom_translated
+    xc_dom_gnttab_init xc_dom_translated \
+    xc_domain_save xc_domain_restore xc_domain_resume
 
 gen XenStore \
     xs_open xs_close \

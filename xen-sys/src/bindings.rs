@@ -133,6 +133,8 @@ pub const XTL_STDIOSTREAM_PROGRESS_USE_CR: u32 = 8;
 pub const XTL_STDIOSTREAM_PROGRESS_NO_CR: u32 = 16;
 pub const XC_PAGE_SHIFT: u32 = 12;
 pub const XC_PAGE_SIZE: u32 = 4096;
+pub const XCFLAGS_LIVE: u32 = 1;
+pub const XCFLAGS_DEBUG: u32 = 2;
 pub const XS_PERM_NONE: u32 = 0;
 pub const XS_PERM_READ: u32 = 1;
 pub const XS_PERM_WRITE: u32 = 2;
@@ -947,6 +949,149 @@ impl Default for xc_dom_arch {
         }
     }
 }
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone)]
+pub struct precopy_stats {
+    pub iteration: ::std::os::raw::c_uint,
+    pub total_written: ::std::os::raw::c_ulong,
+    pub dirty_count: ::std::os::raw::c_long,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of precopy_stats"][::std::mem::size_of::<precopy_stats>() - 24usize];
+    ["Alignment of precopy_stats"][::std::mem::align_of::<precopy_stats>() - 8usize];
+    ["Offset of field: precopy_stats::iteration"]
+        [::std::mem::offset_of!(precopy_stats, iteration) - 0usize];
+    ["Offset of field: precopy_stats::total_written"]
+        [::std::mem::offset_of!(precopy_stats, total_written) - 8usize];
+    ["Offset of field: precopy_stats::dirty_count"]
+        [::std::mem::offset_of!(precopy_stats, dirty_count) - 16usize];
+};
+pub type precopy_policy_t = ::std::option::Option<
+    unsafe extern "C" fn(
+        arg1: precopy_stats,
+        arg2: *mut ::std::os::raw::c_void,
+    ) -> ::std::os::raw::c_int,
+>;
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct save_callbacks {
+    pub suspend: ::std::option::Option<
+        unsafe extern "C" fn(data: *mut ::std::os::raw::c_void) -> ::std::os::raw::c_int,
+    >,
+    pub precopy_policy: precopy_policy_t,
+    pub postcopy: ::std::option::Option<
+        unsafe extern "C" fn(data: *mut ::std::os::raw::c_void) -> ::std::os::raw::c_int,
+    >,
+    pub checkpoint: ::std::option::Option<
+        unsafe extern "C" fn(data: *mut ::std::os::raw::c_void) -> ::std::os::raw::c_int,
+    >,
+    pub wait_checkpoint: ::std::option::Option<
+        unsafe extern "C" fn(data: *mut ::std::os::raw::c_void) -> ::std::os::raw::c_int,
+    >,
+    pub switch_qemu_logdirty: ::std::option::Option<
+        unsafe extern "C" fn(
+            domid: u32,
+            enable: ::std::os::raw::c_uint,
+            data: *mut ::std::os::raw::c_void,
+        ) -> ::std::os::raw::c_int,
+    >,
+    pub data: *mut ::std::os::raw::c_void,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of save_callbacks"][::std::mem::size_of::<save_callbacks>() - 56usize];
+    ["Alignment of save_callbacks"][::std::mem::align_of::<save_callbacks>() - 8usize];
+    ["Offset of field: save_callbacks::suspend"]
+        [::std::mem::offset_of!(save_callbacks, suspend) - 0usize];
+    ["Offset of field: save_callbacks::precopy_policy"]
+        [::std::mem::offset_of!(save_callbacks, precopy_policy) - 8usize];
+    ["Offset of field: save_callbacks::postcopy"]
+        [::std::mem::offset_of!(save_callbacks, postcopy) - 16usize];
+    ["Offset of field: save_callbacks::checkpoint"]
+        [::std::mem::offset_of!(save_callbacks, checkpoint) - 24usize];
+    ["Offset of field: save_callbacks::wait_checkpoint"]
+        [::std::mem::offset_of!(save_callbacks, wait_checkpoint) - 32usize];
+    ["Offset of field: save_callbacks::switch_qemu_logdirty"]
+        [::std::mem::offset_of!(save_callbacks, switch_qemu_logdirty) - 40usize];
+    ["Offset of field: save_callbacks::data"]
+        [::std::mem::offset_of!(save_callbacks, data) - 48usize];
+};
+impl Default for save_callbacks {
+    fn default() -> Self {
+        let mut s = ::std::mem::MaybeUninit::<Self>::uninit();
+        unsafe {
+            ::std::ptr::write_bytes(s.as_mut_ptr(), 0, 1);
+            s.assume_init()
+        }
+    }
+}
+pub mod xc_stream_type_t {
+    #[allow(unused_imports)]
+    use super::*;
+    pub type Type = ::std::os::raw::c_uint;
+    pub const XC_STREAM_PLAIN: Type = 0;
+    pub const XC_STREAM_REMUS: Type = 1;
+    pub const XC_STREAM_COLO: Type = 2;
+}
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct restore_callbacks {
+    pub static_data_done: ::std::option::Option<
+        unsafe extern "C" fn(
+            missing: ::std::os::raw::c_uint,
+            data: *mut ::std::os::raw::c_void,
+        ) -> ::std::os::raw::c_int,
+    >,
+    pub suspend: ::std::option::Option<
+        unsafe extern "C" fn(data: *mut ::std::os::raw::c_void) -> ::std::os::raw::c_int,
+    >,
+    pub postcopy: ::std::option::Option<
+        unsafe extern "C" fn(data: *mut ::std::os::raw::c_void) -> ::std::os::raw::c_int,
+    >,
+    pub checkpoint: ::std::option::Option<
+        unsafe extern "C" fn(data: *mut ::std::os::raw::c_void) -> ::std::os::raw::c_int,
+    >,
+    pub wait_checkpoint: ::std::option::Option<
+        unsafe extern "C" fn(data: *mut ::std::os::raw::c_void) -> ::std::os::raw::c_int,
+    >,
+    pub restore_results: ::std::option::Option<
+        unsafe extern "C" fn(
+            store_gfn: xen_pfn_t,
+            console_gfn: xen_pfn_t,
+            data: *mut ::std::os::raw::c_void,
+        ),
+    >,
+    pub data: *mut ::std::os::raw::c_void,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of restore_callbacks"][::std::mem::size_of::<restore_callbacks>() - 56usize];
+    ["Alignment of restore_callbacks"][::std::mem::align_of::<restore_callbacks>() - 8usize];
+    ["Offset of field: restore_callbacks::static_data_done"]
+        [::std::mem::offset_of!(restore_callbacks, static_data_done) - 0usize];
+    ["Offset of field: restore_callbacks::suspend"]
+        [::std::mem::offset_of!(restore_callbacks, suspend) - 8usize];
+    ["Offset of field: restore_callbacks::postcopy"]
+        [::std::mem::offset_of!(restore_callbacks, postcopy) - 16usize];
+    ["Offset of field: restore_callbacks::checkpoint"]
+        [::std::mem::offset_of!(restore_callbacks, checkpoint) - 24usize];
+    ["Offset of field: restore_callbacks::wait_checkpoint"]
+        [::std::mem::offset_of!(restore_callbacks, wait_checkpoint) - 32usize];
+    ["Offset of field: restore_callbacks::restore_results"]
+        [::std::mem::offset_of!(restore_callbacks, restore_results) - 40usize];
+    ["Offset of field: restore_callbacks::data"]
+        [::std::mem::offset_of!(restore_callbacks, data) - 48usize];
+};
+impl Default for restore_callbacks {
+    fn default() -> Self {
+        let mut s = ::std::mem::MaybeUninit::<Self>::uninit();
+        unsafe {
+            ::std::ptr::write_bytes(s.as_mut_ptr(), 0, 1);
+            s.assume_init()
+        }
+    }
+}
 pub mod xs_watch_type {
     #[allow(unused_imports)]
     use super::*;
@@ -1145,6 +1290,11 @@ pub struct XenCtrl {
         max_domains: ::std::os::raw::c_uint,
         info: *mut xc_domaininfo_t,
     ) -> ::std::os::raw::c_int,
+    pub xc_set_paging_mempool_size: unsafe extern "C" fn(
+        xch: *mut xc_interface,
+        domid: u32,
+        size: u64,
+    ) -> ::std::os::raw::c_int,
     pub xc_evtchn_alloc_unbound: unsafe extern "C" fn(
         xch: *mut xc_interface,
         dom: u32,
@@ -1158,6 +1308,12 @@ pub struct XenCtrl {
         xch: *mut xc_interface,
         domid: u32,
         max_memkb: u64,
+    ) -> ::std::os::raw::c_int,
+    pub xc_domain_set_memory_map: unsafe extern "C" fn(
+        xch: *mut xc_interface,
+        domid: u32,
+        entries: *mut e820entry,
+        nr_entries: u32,
     ) -> ::std::os::raw::c_int,
     pub xc_version: unsafe extern "C" fn(
         xch: *mut xc_interface,
@@ -1188,11 +1344,17 @@ impl XenCtrl {
         let xc_domain_destroy = __library.get(b"xc_domain_destroy\0").map(|sym| *sym)?;
         let xc_domain_shutdown = __library.get(b"xc_domain_shutdown\0").map(|sym| *sym)?;
         let xc_domain_getinfolist = __library.get(b"xc_domain_getinfolist\0").map(|sym| *sym)?;
+        let xc_set_paging_mempool_size = __library
+            .get(b"xc_set_paging_mempool_size\0")
+            .map(|sym| *sym)?;
         let xc_evtchn_alloc_unbound = __library
             .get(b"xc_evtchn_alloc_unbound\0")
             .map(|sym| *sym)?;
         let xc_physinfo = __library.get(b"xc_physinfo\0").map(|sym| *sym)?;
         let xc_domain_setmaxmem = __library.get(b"xc_domain_setmaxmem\0").map(|sym| *sym)?;
+        let xc_domain_set_memory_map = __library
+            .get(b"xc_domain_set_memory_map\0")
+            .map(|sym| *sym)?;
         let xc_version = __library.get(b"xc_version\0").map(|sym| *sym)?;
         Ok(XenCtrl {
             __library,
@@ -1205,9 +1367,11 @@ impl XenCtrl {
             xc_domain_destroy,
             xc_domain_shutdown,
             xc_domain_getinfolist,
+            xc_set_paging_mempool_size,
             xc_evtchn_alloc_unbound,
             xc_physinfo,
             xc_domain_setmaxmem,
+            xc_domain_set_memory_map,
             xc_version,
         })
     }
@@ -1276,6 +1440,14 @@ impl XenCtrl {
     ) -> ::std::os::raw::c_int {
         (self.xc_domain_getinfolist)(xch, first_domain, max_domains, info)
     }
+    pub unsafe fn xc_set_paging_mempool_size(
+        &self,
+        xch: *mut xc_interface,
+        domid: u32,
+        size: u64,
+    ) -> ::std::os::raw::c_int {
+        (self.xc_set_paging_mempool_size)(xch, domid, size)
+    }
     pub unsafe fn xc_evtchn_alloc_unbound(
         &self,
         xch: *mut xc_interface,
@@ -1298,6 +1470,15 @@ impl XenCtrl {
         max_memkb: u64,
     ) -> ::std::os::raw::c_int {
         (self.xc_domain_setmaxmem)(xch, domid, max_memkb)
+    }
+    pub unsafe fn xc_domain_set_memory_map(
+        &self,
+        xch: *mut xc_interface,
+        domid: u32,
+        entries: *mut e820entry,
+        nr_entries: u32,
+    ) -> ::std::os::raw::c_int {
+        (self.xc_domain_set_memory_map)(xch, domid, entries, nr_entries)
     }
     pub unsafe fn xc_version(
         &self,
@@ -1342,6 +1523,34 @@ pub struct XenGuest {
     pub xc_dom_boot_image: unsafe extern "C" fn(dom: *mut xc_dom_image) -> ::std::os::raw::c_int,
     pub xc_dom_gnttab_init: unsafe extern "C" fn(dom: *mut xc_dom_image) -> ::std::os::raw::c_int,
     pub xc_dom_translated: unsafe extern "C" fn(dom: *const xc_dom_image) -> bool,
+    pub xc_domain_save: unsafe extern "C" fn(
+        xch: *mut xc_interface,
+        io_fd: ::std::os::raw::c_int,
+        dom: u32,
+        flags: u32,
+        callbacks: *mut save_callbacks,
+        stream_type: xc_stream_type_t::Type,
+        recv_fd: ::std::os::raw::c_int,
+    ) -> ::std::os::raw::c_int,
+    pub xc_domain_restore: unsafe extern "C" fn(
+        xch: *mut xc_interface,
+        io_fd: ::std::os::raw::c_int,
+        dom: u32,
+        store_evtchn: ::std::os::raw::c_uint,
+        store_mfn: *mut ::std::os::raw::c_ulong,
+        store_domid: u32,
+        console_evtchn: ::std::os::raw::c_uint,
+        console_mfn: *mut ::std::os::raw::c_ulong,
+        console_domid: u32,
+        stream_type: xc_stream_type_t::Type,
+        callbacks: *mut restore_callbacks,
+        send_back_fd: ::std::os::raw::c_int,
+    ) -> ::std::os::raw::c_int,
+    pub xc_domain_resume: unsafe extern "C" fn(
+        xch: *mut xc_interface,
+        domid: u32,
+        fast: ::std::os::raw::c_int,
+    ) -> ::std::os::raw::c_int,
 }
 impl XenGuest {
     pub unsafe fn new<P>(path: P) -> Result<Self, ::libloading::Error>
@@ -1369,6 +1578,9 @@ impl XenGuest {
         let xc_dom_boot_image = __library.get(b"xc_dom_boot_image\0").map(|sym| *sym)?;
         let xc_dom_gnttab_init = __library.get(b"xc_dom_gnttab_init\0").map(|sym| *sym)?;
         let xc_dom_translated = __library.get(b"xc_dom_translated\0").map(|sym| *sym)?;
+        let xc_domain_save = __library.get(b"xc_domain_save\0").map(|sym| *sym)?;
+        let xc_domain_restore = __library.get(b"xc_domain_restore\0").map(|sym| *sym)?;
+        let xc_domain_resume = __library.get(b"xc_domain_resume\0").map(|sym| *sym)?;
         Ok(XenGuest {
             __library,
             xc_dom_allocate,
@@ -1383,6 +1595,9 @@ impl XenGuest {
             xc_dom_boot_image,
             xc_dom_gnttab_init,
             xc_dom_translated,
+            xc_domain_save,
+            xc_domain_restore,
+            xc_domain_resume,
         })
     }
     pub unsafe fn xc_dom_allocate(
@@ -1443,6 +1658,56 @@ impl XenGuest {
     }
     pub unsafe fn xc_dom_translated(&self, dom: *const xc_dom_image) -> bool {
         (self.xc_dom_translated)(dom)
+    }
+    pub unsafe fn xc_domain_save(
+        &self,
+        xch: *mut xc_interface,
+        io_fd: ::std::os::raw::c_int,
+        dom: u32,
+        flags: u32,
+        callbacks: *mut save_callbacks,
+        stream_type: xc_stream_type_t::Type,
+        recv_fd: ::std::os::raw::c_int,
+    ) -> ::std::os::raw::c_int {
+        (self.xc_domain_save)(xch, io_fd, dom, flags, callbacks, stream_type, recv_fd)
+    }
+    pub unsafe fn xc_domain_restore(
+        &self,
+        xch: *mut xc_interface,
+        io_fd: ::std::os::raw::c_int,
+        dom: u32,
+        store_evtchn: ::std::os::raw::c_uint,
+        store_mfn: *mut ::std::os::raw::c_ulong,
+        store_domid: u32,
+        console_evtchn: ::std::os::raw::c_uint,
+        console_mfn: *mut ::std::os::raw::c_ulong,
+        console_domid: u32,
+        stream_type: xc_stream_type_t::Type,
+        callbacks: *mut restore_callbacks,
+        send_back_fd: ::std::os::raw::c_int,
+    ) -> ::std::os::raw::c_int {
+        (self.xc_domain_restore)(
+            xch,
+            io_fd,
+            dom,
+            store_evtchn,
+            store_mfn,
+            store_domid,
+            console_evtchn,
+            console_mfn,
+            console_domid,
+            stream_type,
+            callbacks,
+            send_back_fd,
+        )
+    }
+    pub unsafe fn xc_domain_resume(
+        &self,
+        xch: *mut xc_interface,
+        domid: u32,
+        fast: ::std::os::raw::c_int,
+    ) -> ::std::os::raw::c_int {
+        (self.xc_domain_resume)(xch, domid, fast)
     }
 }
 /* automatically generated by rust-bindgen 0.73.2 */

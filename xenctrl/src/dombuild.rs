@@ -1,4 +1,12 @@
-//! Building a PV guest's memory image with libxenguest's `xc_dom_*` API.
+//! Building a PV or PVH guest's memory image with libxenguest's `xc_dom_*`
+//! API.
+//!
+//! PVH guests run in a hardware-virtualised container with no device model:
+//! the kernel is entered at its `XEN_ELFNOTE_PHYS32_ENTRY` point in 32-bit
+//! protected mode with an `hvm_start_info` (command line, modules, memory
+//! map), its console and xenstore rings are special pages at the top of the
+//! 4 GiB space, and no ACPI tables are built (the guest finds none and
+//! starts on its first vCPU).
 
 use std::ffi::{c_int, CString};
 use std::os::unix::ffi::OsStrExt;
@@ -8,9 +16,40 @@ use std::ptr::NonNull;
 use xen_sys as sys;
 
 use crate::error::{Result, XenctrlError};
+use crate::types::GuestType;
 use crate::xc::XcHandle;
 
-/// What to load into a freshly created PV domain.
+/// Where a PVH guest's MMIO hole starts: below the ACPI info page, the
+/// local APIC and the special pages (Xen's `ACPI_INFO_PHYSICAL_ADDRESS`,
+/// the lowest of the three).
+const PVH_MMIO_START: u64 = 0xfc00_0000;
+/// e820 type of RAM.
+const E820_RAM: u32 = 1;
+
+/// The memory layout of a PVH guest with `bytes` of RAM: RAM below the
+/// MMIO hole, the rest above 4 GiB. Returns `(lowmem_end, highmem_end, e820
+/// ranges)`, `highmem_end` 0 when everything fits below the hole.
+pub fn pvh_memory_layout(bytes: u64) -> (u64, u64, Vec<(u64, u64, u32)>) {
+    let four_gib = 1u64 << 32;
+    let lowmem_end = bytes.min(PVH_MMIO_START);
+    let mut map = vec![(0, lowmem_end, E820_RAM)];
+    let highmem_end = if bytes > PVH_MMIO_START {
+        let high = bytes - PVH_MMIO_START;
+        map.push((four_gib, high, E820_RAM));
+        four_gib + high
+    } else {
+        0
+    };
+    (lowmem_end, highmem_end, map)
+}
+
+/// The paging pool a PVH guest with `memory_mib` and `vcpus` needs, bytes:
+/// 1 MiB per vCPU plus 8 KiB per MiB of RAM (xl's default sizing).
+pub fn pvh_paging_pool_bytes(memory_mib: u32, vcpus: u32) -> u64 {
+    4096 * (256 * u64::from(vcpus) + 2 * u64::from(memory_mib))
+}
+
+/// What to load into a freshly created PV or PVH domain.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PvBuildConfig {
     /// Path of the guest kernel (ELF, possibly compressed).
@@ -115,6 +154,29 @@ impl XcHandle {
     /// and `xc_dom_gnttab_init`; the first failing step is named in the
     /// error. The image is released (`xc_dom_release`) on every path.
     pub fn build_pv(&self, domid: u32, config: &PvBuildConfig) -> Result<PvBuildResult> {
+        self.build_guest(domid, config, GuestType::Pv)
+    }
+
+    /// [`XcHandle::build_pv`] for a domain created as [`GuestType::Pvh`]:
+    /// the kernel must carry a PVH entry point (Linux with `CONFIG_PVH`).
+    /// Also sizes the domain's paging pool and sets its memory map
+    /// (`xc_set_paging_mempool_size`, `xc_domain_set_memory_map`).
+    pub fn build_pvh(&self, domid: u32, config: &PvBuildConfig) -> Result<PvBuildResult> {
+        self.build_guest(domid, config, GuestType::Pvh)
+    }
+
+    fn build_guest(&self, domid: u32, config: &PvBuildConfig, kind: GuestType) -> Result<PvBuildResult> {
+        let bytes = u64::from(config.memory_mib) << 20;
+        let (lowmem_end, highmem_end, map) = pvh_memory_layout(bytes);
+        // Declared before the image: libxenguest reads it through `e820` until released.
+        let mut e820: Vec<sys::e820entry> = map
+            .iter()
+            .map(|&(addr, size, type_)| sys::e820entry { addr, size, type_ })
+            .collect();
+        if kind == GuestType::Pvh {
+            self.set_paging_mempool_size(domid, pvh_paging_pool_bytes(config.memory_mib, config.max_vcpus))?;
+            self.domain_set_memory_map(domid, &map)?;
+        }
         let kernel = c_path("xc_dom_kernel_file", &config.kernel)?;
         let ramdisk = match &config.ramdisk {
             Some(path) => Some(c_path("xc_dom_module_file", path)?),
@@ -131,10 +193,27 @@ impl XcHandle {
         };
         let image = DomImage { dom, guest };
 
+        let e820_entries = u32::try_from(e820.len()).unwrap_or(0);
         // SAFETY: the image is valid and exclusively ours; the library does
-        // not touch it between calls.
+        // not touch it between calls. `e820` outlives the image and is not
+        // moved or resized while the image points at it.
         unsafe {
-            (*image.raw()).container_type = sys::xc_dom_image__bindgen_ty_1::XC_DOM_PV_CONTAINER;
+            let dom = &mut *image.raw();
+            match kind {
+                GuestType::Pv => dom.container_type = sys::xc_dom_image__bindgen_ty_1::XC_DOM_PV_CONTAINER,
+                GuestType::Pvh => {
+                    dom.container_type = sys::xc_dom_image__bindgen_ty_1::XC_DOM_HVM_CONTAINER;
+                    dom.target_pages = bytes >> 12;
+                    dom.mmio_start = PVH_MMIO_START;
+                    dom.mmio_size = (1u64 << 32) - PVH_MMIO_START;
+                    dom.lowmem_end = lowmem_end;
+                    dom.highmem_end = highmem_end;
+                    dom.vga_hole_size = 0;
+                    dom.device_model = false;
+                    dom.e820 = e820.as_mut_ptr();
+                    dom.e820_entries = e820_entries;
+                }
+            }
         }
 
         let d = image.raw();
@@ -239,6 +318,18 @@ mod tests {
             xenstore_evtchn: 2,
             xenstore_domid: 0,
         }
+    }
+
+    #[test]
+    fn pvh_layout_below_and_above_the_mmio_hole() {
+        let (low, high, map) = pvh_memory_layout(128 << 20);
+        assert_eq!((low, high), (128 << 20, 0));
+        assert_eq!(map, vec![(0, 128 << 20, E820_RAM)]);
+        let (low, high, map) = pvh_memory_layout(5 << 30);
+        assert_eq!(low, PVH_MMIO_START);
+        assert_eq!(high, (1 << 32) + (5 << 30) - PVH_MMIO_START);
+        assert_eq!(map[1], (1 << 32, (5 << 30) - PVH_MMIO_START, E820_RAM));
+        assert_eq!(pvh_paging_pool_bytes(128, 1), 2 << 20);
     }
 
     #[test]

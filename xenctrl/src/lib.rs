@@ -26,6 +26,7 @@ mod dombuild;
 mod error;
 mod libs;
 mod logger;
+mod saverestore;
 mod types;
 mod xc;
 mod xs;
@@ -33,12 +34,14 @@ mod xs;
 #[cfg(test)]
 mod test_support;
 
-pub use dombuild::{PvBuildConfig, PvBuildResult};
+pub use dombuild::{pvh_memory_layout, pvh_paging_pool_bytes, PvBuildConfig, PvBuildResult};
 pub use error::{Result, XenctrlError};
 pub use libs::{CtrlLibraries, StoreLibrary};
 pub use logger::tracing_level;
+pub use saverestore::RestoreResult;
 pub use types::{
-    CreateFlags, DomainCreateConfig, DomainFlags, DomainInfo, PhysInfo, ShutdownReason, XenVersion, PAGE_SIZE,
+    CreateFlags, DomainCreateConfig, DomainFlags, DomainInfo, GuestType, PhysInfo, ShutdownReason, XenVersion,
+    PAGE_SIZE,
 };
 pub use xc::XcHandle;
 pub use xs::{Transaction, WatchEvent, XsHandle, XsPermission};

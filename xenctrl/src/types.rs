@@ -251,9 +251,8 @@ impl fmt::Display for XenVersion {
     }
 }
 
-/// Creation flags for a PV domain (`XEN_DOMCTL_CDF_*`). HVM-only flags
-/// (`hvm`, `hap`, `nested_virt`) are not offered: this crate builds PV
-/// guests only.
+/// Creation flags (`XEN_DOMCTL_CDF_*`) besides those the guest type
+/// implies (`hvm`, `hap`: see [`GuestType`]); `nested_virt` is not offered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct CreateFlags {
     /// `XEN_DOMCTL_CDF_s3_integrity`: tboot verifies memory across S3.
@@ -287,9 +286,23 @@ impl CreateFlags {
     }
 }
 
-/// Parameters of `xc_domain_create` for a PV domain.
+/// The kind of domain `xc_domain_create` makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum GuestType {
+    /// Paravirtualised: no hardware virtualisation, no emulated devices.
+    #[default]
+    Pv,
+    /// PVH: a hardware-virtualised container (`XEN_DOMCTL_CDF_hvm` with
+    /// hardware-assisted paging, `XEN_DOMCTL_CDF_hap`) whose only emulated
+    /// device is the local APIC (`XEN_X86_EMU_LAPIC`); no device model.
+    Pvh,
+}
+
+/// Parameters of `xc_domain_create`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DomainCreateConfig {
+    /// PV or PVH.
+    pub guest: GuestType,
     /// Domain id to use; `None` lets Xen pick a free one.
     pub domid: Option<u32>,
     /// XSM security id (0 without XSM/FLASK policy).
@@ -317,6 +330,7 @@ impl Default for DomainCreateConfig {
     /// grant/maptrack frames, grant table v1, pool 0, Xen-chosen domid.
     fn default() -> Self {
         DomainCreateConfig {
+            guest: GuestType::Pv,
             domid: None,
             ssidref: 0,
             handle: [0; 16],
@@ -362,10 +376,18 @@ impl DomainCreateConfig {
                 Some(n) => i32::try_from(n).map_err(|_| invalid(format!("{name} {n} is too large"))),
             }
         };
+        let (guest_flags, emulation_flags) = match self.guest {
+            // PV: no emulated devices.
+            GuestType::Pv => (0, 0),
+            GuestType::Pvh => (
+                sys::XEN_DOMCTL_CDF_hvm | sys::XEN_DOMCTL_CDF_hap,
+                sys::XEN_X86_EMU_LAPIC,
+            ),
+        };
         Ok(sys::xen_domctl_createdomain {
             ssidref: self.ssidref,
             handle: self.handle,
-            flags: self.flags.to_raw(),
+            flags: self.flags.to_raw() | guest_flags,
             iommu_opts: 0,
             max_vcpus: self.max_vcpus,
             max_evtchn_port: self.max_evtchn_port,
@@ -374,8 +396,10 @@ impl DomainCreateConfig {
             grant_opts: u32::from(self.max_grant_version) & sys::XEN_DOMCTL_GRANT_version_mask,
             vmtrace_size: 0,
             cpupool_id: self.cpupool_id,
-            // PV: no emulated devices.
-            arch: sys::xen_arch_domainconfig::default(),
+            arch: sys::xen_arch_domainconfig {
+                emulation_flags,
+                ..Default::default()
+            },
         })
     }
 }

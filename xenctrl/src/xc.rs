@@ -175,7 +175,7 @@ impl XcHandle {
         Ok(XenVersion::from_raw(version as u32, &extra))
     }
 
-    /// Creates a (paused, empty) PV domain and returns its domid.
+    /// Creates a (paused, empty) PV or PVH domain and returns its domid.
     pub fn domain_create(&self, config: &DomainCreateConfig) -> Result<u32> {
         let mut raw = config.to_raw()?;
         // 0 asks Xen to pick a free domid.
@@ -232,6 +232,36 @@ impl XcHandle {
         // SAFETY: `xch` is open; plain integer arguments.
         let rc = unsafe { self.libs.ctrl.xc_domain_max_vcpus(self.raw(), domid, max) };
         check("xc_domain_max_vcpus", rc).map(drop)
+    }
+
+    /// Sets the size of a hardware-virtualised domain's paging pool (the
+    /// memory Xen keeps for its second-level page tables), in bytes, a
+    /// multiple of the page size.
+    pub fn set_paging_mempool_size(&self, domid: u32, bytes: u64) -> Result<()> {
+        // SAFETY: `xch` is open; plain integer arguments.
+        let rc = unsafe { self.libs.ctrl.xc_set_paging_mempool_size(self.raw(), domid, bytes) };
+        check("xc_set_paging_mempool_size", rc).map(drop)
+    }
+
+    /// Sets the memory map a domain reads with `XENMEM_memory_map`: `(start,
+    /// length, type)` ranges in bytes, types as in the e820 ABI (1 RAM, 2 reserved).
+    pub fn domain_set_memory_map(&self, domid: u32, map: &[(u64, u64, u32)]) -> Result<()> {
+        let mut entries: Vec<sys::e820entry> = map
+            .iter()
+            .map(|&(addr, size, type_)| sys::e820entry { addr, size, type_ })
+            .collect();
+        let count = u32::try_from(entries.len()).map_err(|_| XenctrlError::InvalidArgument {
+            call: "xc_domain_set_memory_map",
+            reason: format!("{} entries", entries.len()),
+        })?;
+        // SAFETY: `xch` is open; `entries` holds `count` initialised
+        // entries, which the call only reads, for its duration.
+        let rc = unsafe {
+            self.libs
+                .ctrl
+                .xc_domain_set_memory_map(self.raw(), domid, entries.as_mut_ptr(), count)
+        };
+        check("xc_domain_set_memory_map", rc).map(drop)
     }
 
     /// Allocates an unbound event channel in `domid` that `remote_domid`

@@ -194,16 +194,20 @@ pub enum PvBoot {
 pub enum DomainKind {
     /// Paravirtualised guest, booted from a kernel in dom0 or through its bootloader.
     Pv(PvBoot),
+    /// PVH guest: hardware-virtualised, no device model, booted like a PV guest (a kernel in
+    /// dom0 or one its bootloader finds on its disk); the kernel needs a PVH entry point.
+    Pvh(PvBoot),
     /// Hardware virtualised guest. Placeholder: no backend supports it yet
     /// and `create_domain` returns [`BackendError::Unsupported`].
     Hvm,
 }
 
 impl DomainKind {
-    /// Short lower-case name: `pv` or `hvm`.
+    /// Short lower-case name: `pv`, `pvh` or `hvm` (XenAPI `domain_type` values).
     pub fn as_str(&self) -> &'static str {
         match self {
             DomainKind::Pv(_) => "pv",
+            DomainKind::Pvh(_) => "pvh",
             DomainKind::Hvm => "hvm",
         }
     }
@@ -264,10 +268,10 @@ impl DomainConfig {
         }
     }
 
-    /// The PV boot parameters, if this is a PV domain.
+    /// The boot parameters of a PV or PVH domain.
     pub fn pv_boot(&self) -> Option<&PvBoot> {
         match &self.kind {
-            DomainKind::Pv(boot) => Some(boot),
+            DomainKind::Pv(boot) | DomainKind::Pvh(boot) => Some(boot),
             DomainKind::Hvm => None,
         }
     }
@@ -302,11 +306,15 @@ impl DomainConfig {
             ));
         }
         match &self.kind {
-            DomainKind::Pv(PvBoot::Kernel(k)) if k.kernel.as_os_str().is_empty() => {
-                return bad("PV domain without a kernel path".into());
+            DomainKind::Pv(PvBoot::Kernel(k)) | DomainKind::Pvh(PvBoot::Kernel(k))
+                if k.kernel.as_os_str().is_empty() =>
+            {
+                return bad(format!("{} domain without a kernel path", self.kind.as_str()));
             }
-            DomainKind::Pv(PvBoot::Bootloader(b)) if b.bootloader.trim().is_empty() => {
-                return bad("PV domain with an empty bootloader name".into());
+            DomainKind::Pv(PvBoot::Bootloader(b)) | DomainKind::Pvh(PvBoot::Bootloader(b))
+                if b.bootloader.trim().is_empty() =>
+            {
+                return bad(format!("{} domain with an empty bootloader name", self.kind.as_str()));
             }
             _ => {}
         }

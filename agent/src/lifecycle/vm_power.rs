@@ -65,9 +65,26 @@ async fn on_backend<T: Send + 'static>(
         .map_err(|e| ApiError::from_backend(e, vm))
 }
 
+/// Whether the VM record describes a PVH guest (`domain_type` `pvh`: booted like a PV guest,
+/// from its `PV_*` fields, whatever `HVM_boot_policy` says).
+fn is_pvh(vm: &Object) -> bool {
+    vm.get(fields::VM::domain_type) == &DomainType::pvh
+}
+
 /// Whether the VM record describes an HVM guest.
 fn is_hvm(vm: &Object) -> bool {
-    !vm.str_field("HVM_boot_policy").is_empty() || vm.get(fields::VM::domain_type) == &DomainType::hvm
+    !is_pvh(vm) && (!vm.str_field("HVM_boot_policy").is_empty() || vm.get(fields::VM::domain_type) == &DomainType::hvm)
+}
+
+/// The `domain_type` a VM's domain runs as.
+fn running_domain_type(vm: &Object) -> DomainType {
+    if is_pvh(vm) {
+        DomainType::pvh
+    } else if is_hvm(vm) {
+        DomainType::hvm
+    } else {
+        DomainType::pv
+    }
 }
 
 /// Words joined by single spaces, the empty ones left out.
@@ -99,22 +116,25 @@ pub fn domain_config(vm: &Object) -> Result<DomainConfig, ApiError> {
         });
     }
     let bootloader = vm.str_field("PV_bootloader").trim();
-    let kind = if is_hvm(vm) {
-        DomainKind::Hvm
-    } else if !bootloader.is_empty() {
-        DomainKind::Pv(PvBoot::Bootloader(PvBootloader {
+    let boot = if !bootloader.is_empty() {
+        PvBoot::Bootloader(PvBootloader {
             bootloader: bootloader.to_owned(),
             disk: None,
             bootloader_args: vm.str_field("PV_bootloader_args").to_owned(),
             extra_args: join_words(&[vm.str_field("PV_legacy_args"), vm.str_field("PV_args")]),
-        }))
+        })
     } else {
         let ramdisk = vm.str_field("PV_ramdisk");
-        DomainKind::Pv(PvBoot::Kernel(PvKernel {
+        PvBoot::Kernel(PvKernel {
             kernel: PathBuf::from(vm.str_field("PV_kernel")),
             ramdisk: (!ramdisk.is_empty()).then(|| PathBuf::from(ramdisk)),
             cmdline: vm.str_field("PV_args").to_owned(),
-        }))
+        })
+    };
+    let kind = match running_domain_type(vm) {
+        DomainType::hvm => DomainKind::Hvm,
+        DomainType::pvh => DomainKind::Pvh(boot),
+        _ => DomainKind::Pv(boot),
     };
     let uuid =
         uuid::Uuid::parse_str(vm.uuid().unwrap_or("")).map_err(|_| ApiError::internal("VM has no valid uuid"))?;
@@ -133,7 +153,7 @@ pub fn domain_config(vm: &Object) -> Result<DomainConfig, ApiError> {
 /// resolved to the VM's first bootable disk ([`boot_disk`]).
 pub fn start_config(agent: &Agent, vm: &Object) -> Result<DomainConfig, ApiError> {
     let mut cfg = domain_config(vm)?;
-    if let DomainKind::Pv(PvBoot::Bootloader(boot)) = &mut cfg.kind {
+    if let DomainKind::Pv(PvBoot::Bootloader(boot)) | DomainKind::Pvh(PvBoot::Bootloader(boot)) = &mut cfg.kind {
         boot.disk = boot_disk(agent, vm)?;
     }
     Ok(cfg)
@@ -293,7 +313,7 @@ fn mark_running_tx(tx: &mut Tx, agent: &Agent, vm: &str, paused: bool, facts: &R
     set_field(tx, class_ids::VM, vm, f::domid, Value::Int(i64::from(domid)))?;
     set_field(tx, class_ids::VM, vm, f::resident_on, Value::reference(host.as_str()))?;
     let rec = tx.must_get(class_ids::VM, vm)?;
-    let domain_type = if is_hvm(&rec) { DomainType::hvm } else { DomainType::pv };
+    let domain_type = running_domain_type(&rec);
     set_field(tx, class_ids::VM, vm, f::domain_type, domain_type.value())?;
     if let Some(m) = rec.get(f::metrics).as_ref_str().map(str::to_owned) {
         if tx.get(class_ids::VM_metrics, &m).is_some() {
@@ -1002,5 +1022,21 @@ mod tests {
         }
         vm.set(fields::VM::domain_type, crate::schema::enums::DomainType::hvm.value());
         assert_eq!(super::domain_config(&vm).unwrap().kind, DomainKind::Hvm);
+        // PVH boots from the PV fields, whatever HVM_boot_policy says.
+        vm.set(fields::VM::domain_type, crate::schema::enums::DomainType::pvh.value());
+        vm.set(fields::VM::HVM_boot_policy, Value::str("BIOS order"));
+        match super::domain_config(&vm).unwrap().kind {
+            DomainKind::Pvh(PvBoot::Bootloader(b)) => assert_eq!(b.bootloader, "pygrub"),
+            other => panic!("{other:?}"),
+        }
+        vm.set(fields::VM::PV_bootloader, Value::str(""));
+        vm.set(fields::VM::PV_kernel, Value::str("/boot/vmlinuz"));
+        match super::domain_config(&vm).unwrap().kind {
+            DomainKind::Pvh(PvBoot::Kernel(k)) => {
+                assert_eq!(k.kernel, std::path::PathBuf::from("/boot/vmlinuz"));
+                assert_eq!(k.cmdline, " console=hvc0 ");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -36,6 +36,7 @@ mod devices;
 mod guest_agent;
 mod host;
 mod layout;
+pub mod saverestore;
 mod watcher;
 pub mod xenguest;
 
@@ -121,6 +122,39 @@ fn unavailable(e: XenctrlError) -> BackendError {
         backend: "xen",
         reason: format!("{e}{hint}"),
     }
+}
+
+/// A built or restored domain's xenstore and console rings.
+struct Rings {
+    store_mfn: u64,
+    store_port: u32,
+    console_mfn: u64,
+    console_port: u32,
+}
+
+/// Publishes a built or restored domain's rings (for xenconsoled and the guest), marks the
+/// record built, and introduces the domain to xenstored.
+fn publish_rings(xs: &XsHandle, domid: DomId, rings: Rings) -> Result<(), BackendError> {
+    let dom_p = dom_path(domid);
+    let record_p = record_path(domid);
+    let err = |e| xen_err(Op::Build, e);
+    xs.with_transaction(|tx| {
+        for (key, value) in [
+            ("store/ring-ref", rings.store_mfn.to_string()),
+            ("store/port", rings.store_port.to_string()),
+            ("console/ring-ref", rings.console_mfn.to_string()),
+            ("console/port", rings.console_port.to_string()),
+            ("console/limit", "1048576".to_string()),
+            ("console/type", "xenconsoled".to_string()),
+            ("console/output", "pty".to_string()),
+        ] {
+            xs.write(tx, &format!("{dom_p}/{key}"), value.as_bytes())?;
+        }
+        xs.write(tx, &format!("{record_p}/built"), b"1")
+    })
+    .map_err(err)?;
+    xs.introduce_domain(domid, rings.store_mfn, rings.store_port)
+        .map_err(err)
 }
 
 /// Handles of one kind, opened on demand and reused.
@@ -468,7 +502,7 @@ impl Hypervisor for XenBackend {
         Capabilities {
             reboot_in_place: false,
             hvm: false,
-            suspend_resume: false,
+            suspend_resume: true,
         }
     }
 
@@ -512,6 +546,10 @@ impl Hypervisor for XenBackend {
                 what: "HVM domains".into(),
             });
         }
+        let container = match config.kind {
+            DomainKind::Pvh(_) => xenguest::Container::Pvh,
+            _ => xenguest::Container::Pv,
+        };
         let domid = self.with_handles(op, |xc, xs| {
             let _memory = self.memory_lock.lock();
             for d in xc.list_domains().map_err(|e| xen_err(op, e))? {
@@ -532,6 +570,7 @@ impl Hypervisor for XenBackend {
             }
             let domid = xc
                 .domain_create(&DomainCreateConfig {
+                    guest: container.guest_type(),
                     handle: *config.uuid.as_bytes(),
                     max_vcpus: config.vcpus_max,
                     ..DomainCreateConfig::default()
@@ -551,7 +590,7 @@ impl Hypervisor for XenBackend {
             }
             Ok(domid)
         })?;
-        tracing::info!(domid, name = %config.name, uuid = %config.uuid, "xen: domain created");
+        tracing::info!(domid, name = %config.name, uuid = %config.uuid, kind = config.kind.as_str(), "xen: domain created");
         self.publish(BackendEvent::DomainChanged(domid));
         Ok(domid)
     }
@@ -591,8 +630,13 @@ impl Hypervisor for XenBackend {
             let err = |e| xen_err(op, e);
             let store_port = xc.evtchn_alloc_unbound(domid, DOM0).map_err(err)?;
             let console_port = xc.evtchn_alloc_unbound(domid, DOM0).map_err(err)?;
+            let container = match record.config.kind {
+                DomainKind::Pvh(_) => xenguest::Container::Pvh,
+                _ => xenguest::Container::Pv,
+            };
             let request = xenguest::BuildRequest {
                 domid,
+                container,
                 kernel: kernel.clone(),
                 ramdisk: ramdisk.clone(),
                 cmdline,
@@ -610,28 +654,23 @@ impl Hypervisor for XenBackend {
                     op,
                     &f.call,
                     f.errno,
-                    format!(" (kernel {}, ramdisk {ramdisk:?}, {memory_mib} MiB)", kernel.display()),
+                    format!(
+                        " ({} kernel {}, ramdisk {ramdisk:?}, {memory_mib} MiB)",
+                        record.config.kind.as_str(),
+                        kernel.display()
+                    ),
                 )
             })?;
-            let dom_p = dom_path(domid);
-            let record_p = record_path(domid);
-            xs.with_transaction(|tx| {
-                for (key, value) in [
-                    ("store/ring-ref", built.xenstore_mfn.to_string()),
-                    ("store/port", store_port.to_string()),
-                    ("console/ring-ref", built.console_mfn.to_string()),
-                    ("console/port", console_port.to_string()),
-                    ("console/limit", "1048576".to_string()),
-                    ("console/type", "xenconsoled".to_string()),
-                    ("console/output", "pty".to_string()),
-                ] {
-                    xs.write(tx, &format!("{dom_p}/{key}"), value.as_bytes())?;
-                }
-                xs.write(tx, &format!("{record_p}/built"), b"1")
-            })
-            .map_err(err)?;
-            xs.introduce_domain(domid, built.xenstore_mfn, store_port)
-                .map_err(err)?;
+            publish_rings(
+                xs,
+                domid,
+                Rings {
+                    store_mfn: built.xenstore_mfn,
+                    store_port,
+                    console_mfn: built.console_mfn,
+                    console_port,
+                },
+            )?;
             self.reservations.lock().remove(&domid);
             Ok(())
         })?;
@@ -717,24 +756,12 @@ impl Hypervisor for XenBackend {
         Ok(())
     }
 
-    fn suspend_to(&self, domid: DomId, _path: &Path) -> Result<(), BackendError> {
-        let op = Op::SuspendTo;
-        self.with_handles(op, |xc, xs| self.guest(op, xc, xs, domid).map(drop))?;
-        Err(BackendError::Unsupported {
-            op,
-            backend: "xen",
-            what: "suspend (xc_domain_save is not wrapped by xenctrl yet)".into(),
-        })
+    fn suspend_to(&self, domid: DomId, path: &Path) -> Result<(), BackendError> {
+        self.save_domain(domid, path)
     }
 
-    fn resume_from(&self, _path: &Path, config: &DomainConfig) -> Result<DomId, BackendError> {
-        let op = Op::ResumeFrom;
-        config.validate(op)?;
-        Err(BackendError::Unsupported {
-            op,
-            backend: "xen",
-            what: "resume (xc_domain_restore is not wrapped by xenctrl yet)".into(),
-        })
+    fn resume_from(&self, path: &Path, config: &DomainConfig) -> Result<DomId, BackendError> {
+        self.restore_domain(path, config)
     }
 
     fn set_memory_target(&self, domid: DomId, bytes: u64) -> Result<(), BackendError> {

@@ -85,6 +85,7 @@ fn library_errors_keep_call_and_errno() {
 #[test]
 fn helper_protocol_round_trips() {
     let req = BuildRequest {
+        container: super::xenguest::Container::Pv,
         domid: 7,
         kernel: "/boot/vmlinuz".into(),
         ramdisk: Some("/boot/initrd".into()),
@@ -127,6 +128,7 @@ fn helper_reports_failures_with_call_and_errno() {
         return;
     };
     let req = BuildRequest {
+        container: super::xenguest::Container::Pv,
         domid: 1,
         kernel: "/nonexistent".into(),
         ramdisk: None,

@@ -1,4 +1,4 @@
-//! The PV domain builder in a helper process, `xapid-xenguest`.
+//! The PV and PVH domain builder in a helper process, `xapid-xenguest`.
 //!
 //! libxenguest's builder maps the new domain's memory into the calling
 //! process, decompresses and copies the kernel and ramdisk in, and unmaps
@@ -21,18 +21,42 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use serde::{Deserialize, Serialize};
-use xenctrl::{PvBuildConfig, PvBuildResult, XcHandle};
+use xenctrl::{GuestType, PvBuildConfig, PvBuildResult, XcHandle};
 
 use super::super::{BackendError, Errno, Op};
 
 /// The helper's file name.
 pub const HELPER_NAME: &str = "xapid-xenguest";
 
+/// Which builder a request runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Container {
+    /// A PV domain (`xc_dom_*` with the PV container).
+    #[default]
+    Pv,
+    /// A PVH domain (the HVM container, no device model).
+    Pvh,
+}
+
+impl Container {
+    /// The guest type `xc_domain_create` was given for this container.
+    pub fn guest_type(self) -> GuestType {
+        match self {
+            Container::Pv => GuestType::Pv,
+            Container::Pvh => GuestType::Pvh,
+        }
+    }
+}
+
 /// What to build.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BuildRequest {
     /// The (created, empty, paused) domain.
     pub domid: u32,
+    /// PV or PVH.
+    #[serde(default)]
+    pub container: Container,
     /// Guest kernel.
     pub kernel: PathBuf,
     /// Guest ramdisk.
@@ -127,7 +151,11 @@ pub(super) fn helper_path() -> Option<PathBuf> {
 
 /// Builds in this process.
 pub(super) fn build_in_process(xc: &XcHandle, req: &BuildRequest) -> Result<PvBuildResult, BuildFailure> {
-    xc.build_pv(req.domid, &req.config()).map_err(BuildFailure::from)
+    match req.container {
+        Container::Pv => xc.build_pv(req.domid, &req.config()),
+        Container::Pvh => xc.build_pvh(req.domid, &req.config()),
+    }
+    .map_err(BuildFailure::from)
 }
 
 /// Builds in a helper process.

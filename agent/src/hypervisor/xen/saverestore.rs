@@ -1,0 +1,317 @@
+//! `suspend_to` / `resume_from` on Xen: libxenguest's save/restore stream
+//! (`xc_domain_save` / `xc_domain_restore`) behind a short header of the
+//! toolstack's own.
+//!
+//! The image file is
+//!
+//! ```text
+//! XAPID-XEN-SUSPEND 1\n
+//! {"config": <DomainConfig>, "target": <bytes>, "vcpus": <n>}\n
+//! <Xen migration stream v2, as xc_domain_save writes it>
+//! ```
+//!
+//! Suspending asks the guest (`control/shutdown = suspend`) from inside
+//! `xc_domain_save`'s suspend callback and waits for Xen to report the domain
+//! shut down with reason `suspend`; the stream is then written, synced, and
+//! the domain destroyed. When the save fails after the guest suspended, the
+//! guest is resumed (`xc_domain_resume`, cooperative) and keeps running.
+//! Resuming creates a domain of the image's VM (same uuid, kind, memory
+//! target and vCPUs online), restores the stream into it, publishes its
+//! rings and introduces it to xenstored; it stays paused, its devices are
+//! plugged by the caller.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::fd::AsFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use xenctrl::Transaction;
+
+use super::super::{
+    BackendError, BackendEvent, DomId, DomainConfig, DomainKind, DomainState, Hypervisor, Op, ShutdownCode,
+    ShutdownReason,
+};
+use super::layout::{dom_path, mib_ceil, state_of};
+use super::{publish_rings, xen_err, Rings, XenBackend};
+
+/// First line of an image.
+const MAGIC: &str = "XAPID-XEN-SUSPEND 1";
+/// The largest header accepted.
+const MAX_HEADER: usize = 1 << 20;
+/// How long a guest may take to suspend once asked.
+const SUSPEND_WAIT: Duration = Duration::from_secs(180);
+/// How often the domain's state is polled while waiting.
+const POLL: Duration = Duration::from_millis(50);
+
+/// What the toolstack keeps of a saved domain besides Xen's stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImageHeader {
+    /// The domain's configuration.
+    pub config: DomainConfig,
+    /// Balloon target when saved, bytes.
+    pub target: u64,
+    /// vCPUs online when saved.
+    pub vcpus: u32,
+}
+
+impl ImageHeader {
+    /// The header's bytes: the magic line and one JSON line.
+    pub fn encode(&self) -> Result<Vec<u8>, serde_json::Error> {
+        let mut out = format!("{MAGIC}\n").into_bytes();
+        out.extend(serde_json::to_vec(self)?);
+        out.push(b'\n');
+        Ok(out)
+    }
+
+    /// Parses the header at the start of `bytes`; returns it and its length.
+    pub fn decode(bytes: &[u8]) -> Result<(ImageHeader, usize), String> {
+        let magic = MAGIC.as_bytes();
+        if bytes.len() <= magic.len() || &bytes[..magic.len()] != magic || bytes[magic.len()] != b'\n' {
+            return Err(format!("it does not start with '{MAGIC}'"));
+        }
+        let body = &bytes[magic.len() + 1..];
+        let end = body
+            .iter()
+            .position(|b| *b == b'\n')
+            .ok_or_else(|| "its header line is not terminated".to_string())?;
+        let header: ImageHeader =
+            serde_json::from_slice(&body[..end]).map_err(|e| format!("its header is not valid: {e}"))?;
+        Ok((header, magic.len() + 1 + end + 1))
+    }
+}
+
+impl XenBackend {
+    /// `suspend_to`: see the module documentation.
+    pub(super) fn save_domain(&self, domid: DomId, path: &Path) -> Result<(), BackendError> {
+        let op = Op::SuspendTo;
+        let record = self.with_handles(op, |xc, xs| {
+            let dom = self.guest(op, xc, xs, domid)?;
+            dom.ensure_alive(op)?;
+            if dom.info.flags.paused {
+                return Err(dom.invalid(op, "paused: only a running guest can suspend itself"));
+            }
+            match &dom.record {
+                Some(r) if r.built => Ok(r.clone()),
+                Some(_) => Err(dom.invalid(op, "not built yet")),
+                None => Err(dom.invalid(op, "not created by this toolstack")),
+            }
+        })?;
+        let io = |source| BackendError::Io {
+            op,
+            path: path.to_path_buf(),
+            source,
+        };
+        let header = ImageHeader {
+            config: record.config.clone(),
+            target: record.target,
+            vcpus: record.vcpus,
+        }
+        .encode()
+        .map_err(|e| BackendError::InvalidArgument {
+            op,
+            reason: format!("encoding the image header: {e}"),
+        })?;
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(io)?;
+        let started = Instant::now();
+        let mut suspended = false;
+        let mut gave_up = false;
+        let saved = file.write_all(&header).map_err(io).and_then(|()| {
+            self.xc.with(op, |xc| {
+                let mut ask = || {
+                    suspended = self.suspend_guest(domid);
+                    gave_up = !suspended;
+                    suspended
+                };
+                xc.domain_save(domid, file.as_fd(), &mut ask)
+                    .map_err(|e| xen_err(op, e))
+            })
+        });
+        let result = saved.and_then(|()| file.sync_all().map_err(io));
+        drop(file);
+        if let Err(e) = result {
+            let _ = std::fs::remove_file(path);
+            if suspended {
+                match self
+                    .xc
+                    .with(op, |xc| xc.domain_resume(domid).map_err(|e| xen_err(op, e)))
+                {
+                    Ok(()) => tracing::warn!(domid, error = %e, "xen: save failed; the guest was resumed"),
+                    Err(r) => {
+                        tracing::error!(domid, error = %e, resume = %r, "xen: save failed and resuming the guest failed")
+                    }
+                }
+                self.publish(BackendEvent::DomainChanged(domid));
+            }
+            if gave_up {
+                return Err(BackendError::Timeout {
+                    op,
+                    domid,
+                    waited: started.elapsed(),
+                });
+            }
+            return Err(e);
+        }
+        tracing::info!(domid, path = %path.display(), "xen: domain saved");
+        self.destroy(domid)
+    }
+
+    /// Asks the guest to suspend and waits until Xen reports it did; `false` when it does
+    /// something else or does not answer within [`SUSPEND_WAIT`]. Runs inside
+    /// `xc_domain_save`, so it uses handles of its own from the pools.
+    fn suspend_guest(&self, domid: DomId) -> bool {
+        let op = Op::SuspendTo;
+        let asked = self.xs.with(op, |xs| {
+            xs.write(
+                Transaction::NONE,
+                &format!("{}/control/shutdown", dom_path(domid)),
+                ShutdownReason::Suspend.as_xenstore_str().as_bytes(),
+            )
+            .map_err(|e| xen_err(op, e))
+        });
+        if let Err(e) = asked {
+            tracing::warn!(domid, error = %e, "xen: cannot ask the guest to suspend");
+            return false;
+        }
+        let deadline = Instant::now() + SUSPEND_WAIT;
+        loop {
+            let state = self.xc.with(op, |xc| {
+                xc.domain_info(domid)
+                    .map(|i| state_of(&i.flags, i.shutdown_reason))
+                    .map_err(|e| xen_err(op, e))
+            });
+            match state {
+                Ok(DomainState::Shutdown(ShutdownCode::Suspend)) => return true,
+                Ok(DomainState::Running | DomainState::Paused) if Instant::now() < deadline => std::thread::sleep(POLL),
+                Ok(other) => {
+                    tracing::warn!(domid, state = %other, "xen: the guest did not suspend");
+                    return false;
+                }
+                Err(e) => {
+                    tracing::warn!(domid, error = %e, "xen: reading the domain while it suspends");
+                    return false;
+                }
+            }
+        }
+    }
+
+    /// `resume_from`: see the module documentation.
+    pub(super) fn restore_domain(&self, path: &Path, config: &DomainConfig) -> Result<DomId, BackendError> {
+        let op = Op::ResumeFrom;
+        config.validate(op)?;
+        let io = |source| BackendError::Io {
+            op,
+            path: path.to_path_buf(),
+            source,
+        };
+        let invalid = |reason: String| BackendError::InvalidImage {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let mut file = File::open(path).map_err(io)?;
+        let mut head = Vec::new();
+        (&mut file).take(MAX_HEADER as u64).read_to_end(&mut head).map_err(io)?;
+        let (header, offset) = ImageHeader::decode(&head).map_err(invalid)?;
+        if header.config.uuid != config.uuid {
+            return Err(invalid(format!(
+                "it holds VM {}, not {}",
+                header.config.uuid, config.uuid
+            )));
+        }
+        if header.config.kind.as_str() != config.kind.as_str() {
+            return Err(invalid(format!(
+                "it holds a {} domain, the VM is {}",
+                header.config.kind.as_str(),
+                config.kind.as_str()
+            )));
+        }
+        if header.target > config.memory_max || header.vcpus > config.vcpus_max {
+            return Err(invalid(format!(
+                "its memory target {} or {} vCPUs exceed the VM's maximum ({} bytes, {} vCPUs)",
+                header.target, header.vcpus, config.memory_max, config.vcpus_max
+            )));
+        }
+        file.seek(SeekFrom::Start(offset as u64)).map_err(io)?;
+        let mut cfg = config.clone();
+        cfg.memory_target = header.target;
+        cfg.vcpus_at_start = header.vcpus.max(1);
+        let domid = self.create_domain(&cfg)?;
+        let restored = self.with_handles(op, |xc, xs| {
+            let err = |e| xen_err(op, e);
+            let store_port = xc.evtchn_alloc_unbound(domid, 0).map_err(err)?;
+            let console_port = xc.evtchn_alloc_unbound(domid, 0).map_err(err)?;
+            if let DomainKind::Pvh(_) = cfg.kind {
+                let mib = u32::try_from(mib_ceil(cfg.memory_target)).unwrap_or(u32::MAX);
+                xc.set_paging_mempool_size(domid, xenctrl::pvh_paging_pool_bytes(mib, cfg.vcpus_max))
+                    .map_err(err)?;
+            }
+            let rings = xc
+                .domain_restore(domid, file.as_fd(), store_port, console_port)
+                .map_err(err)?;
+            publish_rings(
+                xs,
+                domid,
+                Rings {
+                    store_mfn: rings.store_mfn,
+                    store_port,
+                    console_mfn: rings.console_mfn,
+                    console_port,
+                },
+            )?;
+            self.reservations.lock().remove(&domid);
+            Ok(())
+        });
+        if let Err(e) = restored {
+            if let Err(d) = self.destroy(domid) {
+                tracing::warn!(domid, error = %d, "xen: cleaning up after a failed restore");
+            }
+            return Err(e);
+        }
+        tracing::info!(domid, path = %path.display(), "xen: domain restored");
+        self.publish(BackendEvent::DomainChanged(domid));
+        Ok(domid)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header() -> ImageHeader {
+        ImageHeader {
+            config: DomainConfig::pv("saved", 128 << 20, 2, "/boot/vmlinuz"),
+            target: 64 << 20,
+            vcpus: 1,
+        }
+    }
+
+    #[test]
+    fn header_round_trips_and_says_where_the_stream_starts() {
+        let h = header();
+        let mut bytes = h.encode().unwrap();
+        let len = bytes.len();
+        bytes.extend_from_slice(b"XenSavedDomv2-stream");
+        let (back, offset) = ImageHeader::decode(&bytes).unwrap();
+        assert_eq!(back, h);
+        assert_eq!(offset, len);
+        assert_eq!(&bytes[offset..], b"XenSavedDomv2-stream");
+    }
+
+    #[test]
+    fn foreign_and_damaged_headers_are_refused() {
+        assert!(ImageHeader::decode(b"").is_err());
+        assert!(ImageHeader::decode(b"XAPIDSIM-SUSPEND 1 0 0\n{}").is_err());
+        assert!(ImageHeader::decode(b"XAPID-XEN-SUSPEND 1\n{\"config\":").is_err());
+        assert!(ImageHeader::decode(b"XAPID-XEN-SUSPEND 1\n{}\n").is_err());
+        let mut bytes = header().encode().unwrap();
+        bytes.truncate(bytes.len() - 1);
+        assert!(ImageHeader::decode(&bytes).is_err());
+    }
+}
