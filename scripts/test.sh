@@ -19,7 +19,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 step() { printf '\n=== %s\n' "$*"; }
 
 need=()
-for pkg in libxen-dev libclang-dev python3 python3-venv; do
+for pkg in libxen-dev libclang-dev python3 python3-venv libnbd-bin; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 command -v node >/dev/null 2>&1 || need+=(nodejs npm)

@@ -29,6 +29,7 @@ fn sources() -> Vec<Vec<Entry>> {
         crate::metrics::behaviour(),
         crate::rbac::behaviour(),
         crate::auth::behaviour(),
+        crate::network_purpose::behaviour(),
     ]
 }
 
