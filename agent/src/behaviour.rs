@@ -30,6 +30,7 @@ fn sources() -> Vec<Vec<Entry>> {
         crate::rbac::behaviour(),
         crate::auth::behaviour(),
         crate::backup::behaviour(),
+        crate::network_purpose::behaviour(),
     ]
 }
 

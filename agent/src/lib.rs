@@ -18,6 +18,7 @@ pub mod hypervisor;
 pub mod implicit;
 pub mod lifecycle;
 pub mod metrics;
+pub mod network_purpose;
 pub mod objects;
 pub mod query;
 pub mod rbac;

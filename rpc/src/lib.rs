@@ -4,6 +4,7 @@
 mod cli;
 pub mod data_paths;
 pub mod jsonrpc;
+pub mod nbd;
 pub mod reply;
 pub mod server;
 pub mod tls;

@@ -171,6 +171,14 @@ api_errors! {
     VdiLocationMissing { sr, location } => "VDI_LOCATION_MISSING",
     /// The VDI has no changed-block-tracking metadata.
     VdiNoCbtMetadata { vdi } => "VDI_NO_CBT_METADATA",
+    /// The VDI's type does not allow the operation: the VDI and its type.
+    VdiIncompatibleType { vdi, r#type } => "VDI_INCOMPATIBLE_TYPE",
+    /// Changed-block tracking is on for the VDI, which forbids the operation.
+    VdiCbtEnabled { vdi } => "VDI_CBT_ENABLED",
+    /// The network is not managed by the toolstack.
+    NetworkUnmanaged { network } => "NETWORK_UNMANAGED",
+    /// A network already has a purpose that excludes the new one.
+    NetworkIncompatiblePurposes { new_purpose, conflicting_purpose } => "NETWORK_INCOMPATIBLE_PURPOSES",
     /// Another VDI of the SR has this location.
     LocationNotUnique { sr, location } => "LOCATION_NOT_UNIQUE",
     /// The VDI's on_boot mode forbids the operation.

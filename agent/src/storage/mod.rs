@@ -13,6 +13,8 @@ pub mod io;
 mod layout;
 mod locks;
 mod measure;
+pub mod nbd_export;
+pub mod nbd_info;
 mod pbd;
 mod sr;
 pub mod transfer;
@@ -65,6 +67,7 @@ pub fn behaviour() -> Vec<crate::call::Entry> {
     let mut v = sr::behaviour();
     v.extend(vdi::behaviour());
     v.extend(pbd::behaviour());
+    v.extend(nbd_info::behaviour());
     v
 }
 

@@ -79,6 +79,13 @@ struct Args {
     /// measure the cost of an API call against bare HTTP.
     #[arg(long)]
     bench_noop: bool,
+    /// TCP address of the NBD server (repeatable) [default: 0.0.0.0:10809, as the reference].
+    /// It serves only while a network has purpose `nbd` (TLS required) or `insecure_nbd`.
+    #[arg(long = "nbd-listen")]
+    nbd_listen: Vec<SocketAddr>,
+    /// No NBD server.
+    #[arg(long)]
+    no_nbd: bool,
 }
 
 /// The config file's keys (all optional).
@@ -96,6 +103,7 @@ struct FileConfig {
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     max_connections: Option<usize>,
+    nbd_listen: Option<Vec<SocketAddr>>,
 }
 
 /// Merges the config file under the command line.
@@ -127,6 +135,14 @@ fn effective(mut args: Args) -> Result<Args, String> {
     }
     args.tls_cert = args.tls_cert.or(file.tls_cert);
     args.tls_key = args.tls_key.or(file.tls_key);
+    if args.nbd_listen.is_empty() && !args.no_nbd {
+        args.nbd_listen = file
+            .nbd_listen
+            .unwrap_or_else(|| vec![SocketAddr::from(([0, 0, 0, 0], agent::storage::nbd_info::DEFAULT_PORT))]);
+    }
+    if args.no_nbd {
+        args.nbd_listen.clear();
+    }
     args.max_connections = Some(args.max_connections.or(file.max_connections).unwrap_or(4096));
     if args.tls_cert.is_some() != args.tls_key.is_some() {
         return Err("--tls-cert and --tls-key go together".into());
@@ -213,6 +229,25 @@ fn main() -> ExitCode {
             }
         }
     };
+    // The NBD server offers TLS with the certificate HTTPS uses (made now if need be).
+    let nbd_tls = match (&tls, args.nbd_listen.is_empty()) {
+        (_, true) => None,
+        (Some(c), false) => Some(std::sync::Arc::new(c.clone())),
+        (None, false) => match tls_config(&args, &state_dir) {
+            Ok(c) => Some(std::sync::Arc::new(c)),
+            Err(e) => {
+                tracing::warn!(
+                    "NBD: no TLS (purpose nbd will refuse connections): {e}: {}",
+                    source_chain(&e)
+                );
+                None
+            }
+        },
+    };
+    let nbd_cfg = rpc::nbd::NbdConfig {
+        listen: args.nbd_listen.clone(),
+        tls: nbd_tls,
+    };
     let server_cfg = ServerConfig {
         tls_listen: args.tls_listen.clone(),
         tls,
@@ -228,6 +263,11 @@ fn main() -> ExitCode {
             .await
             .map_err(|e| format!("{e}: {}", source_chain(&e)))?;
         tracing::info!(state_dir = %state_dir.display(), "state loaded");
+        if !nbd_cfg.listen.is_empty() {
+            if let Err(e) = rpc::nbd::start(agent.clone(), nbd_cfg) {
+                tracing::warn!(error = %e, "NBD server not started");
+            }
+        }
         let sweeper = agent.clone();
         actix_web::rt::spawn(async move {
             let mut tick = tokio::time::interval(std::time::Duration::from_secs(300));

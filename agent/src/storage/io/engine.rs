@@ -227,6 +227,12 @@ impl IoEngine {
         self.pool.acquire().await
     }
 
+    /// A buffer from the pool if one is free now (for a caller that already holds some and
+    /// must not wait while holding them).
+    pub fn try_buffer(&self) -> Option<IoBuf> {
+        self.pool.try_acquire()
+    }
+
     fn send<T>(&self, make: impl FnOnce(Reply<T>) -> Request) -> Completion<T> {
         let (reply, rx) = oneshot::channel();
         if let Some(tx) = &self.tx {
