@@ -28,6 +28,7 @@ fn sources() -> Vec<Vec<Entry>> {
         crate::secureboot::behaviour(),
         crate::metrics::behaviour(),
         crate::rbac::behaviour(),
+        crate::network::behaviour(),
         crate::auth::behaviour(),
     ]
 }
