@@ -19,12 +19,9 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 step() { printf '\n=== %s\n' "$*"; }
 
 need=()
-<<<<<<< HEAD
 # etcd-server: the pool store's tests run a real etcd; protobuf-compiler: etcd-client's build.
-for pkg in libxen-dev libclang-dev python3 python3-venv qemu-utils libvhdi-utils etcd-server protobuf-compiler; do
-=======
-for pkg in libxen-dev libclang-dev python3 python3-venv libnbd-bin; do
->>>>>>> wt/nbd
+for pkg in libxen-dev libclang-dev python3 python3-venv qemu-utils libvhdi-utils etcd-server \
+    protobuf-compiler libnbd-bin; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 command -v node >/dev/null 2>&1 || need+=(nodejs npm)

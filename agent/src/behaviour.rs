@@ -28,9 +28,9 @@ fn sources() -> Vec<Vec<Entry>> {
         crate::secureboot::behaviour(),
         crate::metrics::behaviour(),
         crate::rbac::behaviour(),
+        crate::network::behaviour(),
         crate::auth::behaviour(),
         crate::backup::behaviour(),
-        crate::network_purpose::behaviour(),
     ]
 }
 

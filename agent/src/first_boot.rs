@@ -230,6 +230,7 @@ pub async fn ensure(store: &Store, facts: &HostFacts, state_dir: &Path) -> Resul
                 obj(class_ids::PIF, |o| {
                     use fields::PIF as f;
                     o.set(f::device, Value::str("eth0"));
+                    o.set(f::VLAN, Value::Int(-1));
                     o.set(f::network, r(&net_ref));
                     o.set(f::host, r(&h));
                     o.set(f::MAC, Value::str(crate::lifecycle::devices::random_mac()));

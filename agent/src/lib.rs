@@ -18,7 +18,7 @@ pub mod hypervisor;
 pub mod implicit;
 pub mod lifecycle;
 pub mod metrics;
-pub mod network_purpose;
+pub mod network;
 pub mod objects;
 pub mod query;
 pub mod rbac;
@@ -109,6 +109,8 @@ pub struct Agent {
     pub(crate) host_address: String,
     /// The metrics service (round-robin databases, alerts).
     pub(crate) metrics: metrics::Metrics,
+    /// The network backend and the management interface (`network/`).
+    pub(crate) network: network::Network,
 }
 
 impl Agent {
@@ -144,6 +146,8 @@ impl Agent {
         first_boot::rebuild_ephemeral(&store, &facts, &cfg.host_address)
             .await
             .map_err(AgentError::FirstBoot)?;
+        let network = network::Network::for_hypervisor(cfg.hypervisor.backend_name());
+        tracing::info!(backend = network.backend.name(), "network: {}", network.why);
         let agent = Arc::new(Agent {
             store,
             sessions,
@@ -158,6 +162,7 @@ impl Agent {
             event_batches: event_from::BatchCache::default(),
             host_address: cfg.host_address.clone(),
             metrics: metrics::Metrics::default(),
+            network,
         });
         lifecycle::reconcile::at_start(&agent)
             .await

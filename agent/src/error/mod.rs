@@ -3,9 +3,10 @@
 //! Every variant names its wire code and parameters, in wire order; a test checks each against
 //! `vendor/xenapi/errors.json`. The conversions from each lower layer's error live beside
 //! this file: `backend.rs` (the hypervisor backends), `storage.rs` (file systems and the I/O
-//! engine); [`ApiError::fault`] says whose fault a failure is, for the HTTP data paths.
+//! engine), `network.rs` (the network backends); [`ApiError::fault`] says whose fault a failure is, for the HTTP data paths.
 
 mod backend;
+mod network;
 mod storage;
 
 pub use storage::{sr_backend_failure, vdi_io_error};
@@ -175,10 +176,6 @@ api_errors! {
     VdiIncompatibleType { vdi, r#type } => "VDI_INCOMPATIBLE_TYPE",
     /// Changed-block tracking is on for the VDI, which forbids the operation.
     VdiCbtEnabled { vdi } => "VDI_CBT_ENABLED",
-    /// The network is not managed by the toolstack.
-    NetworkUnmanaged { network } => "NETWORK_UNMANAGED",
-    /// A network already has a purpose that excludes the new one.
-    NetworkIncompatiblePurposes { new_purpose, conflicting_purpose } => "NETWORK_INCOMPATIBLE_PURPOSES",
     /// Another VDI of the SR has this location.
     LocationNotUnique { sr, location } => "LOCATION_NOT_UNIQUE",
     /// The VDI's on_boot mode forbids the operation.
@@ -197,6 +194,94 @@ api_errors! {
     DeviceDetachRejected { class, device, reason } => "DEVICE_DETACH_REJECTED",
     /// The guest did not suspend in time.
     VmSuspendTimeout { vm, timeout } => "VM_SUSPEND_TIMEOUT",
+    /// A VLAN tag outside 0..=4094.
+    VlanTagInvalid { vlan } => "VLAN_TAG_INVALID",
+    /// The PIF is a VLAN's untagged PIF.
+    PifIsVlan { pif } => "PIF_IS_VLAN",
+    /// The PIF is in a bond, or is a bond's master.
+    PifAlreadyBonded { pif } => "PIF_ALREADY_BONDED",
+    /// The PIF carries the host's management interface.
+    PifIsManagementIface { pif } => "PIF_IS_MANAGEMENT_INTERFACE",
+    /// The PIF is physical (the reference sends no parameter from `PIF.destroy`).
+    PifIsPhysical { pif } => "PIF_IS_PHYSICAL",
+    /// The PIF is not managed by the toolstack.
+    PifUnmanaged { pif } => "PIF_UNMANAGED",
+    /// A VLAN with this tag already exists on the device (the reference names the device).
+    PifVlanExists { pif } => "PIF_VLAN_EXISTS",
+    /// A VLAN still uses the PIF.
+    PifVlanStillExists { pif } => "PIF_VLAN_STILL_EXISTS",
+    /// A tunnel still uses the PIF.
+    PifTunnelStillExists { pif } => "PIF_TUNNEL_STILL_EXISTS",
+    /// The kernel already has a VLAN with this tag on the device.
+    VlanInUse { device, vlan } => "VLAN_IN_USE",
+    /// The network is not managed by the toolstack.
+    NetworkUnmanaged { network } => "NETWORK_UNMANAGED",
+    /// The host already has a PIF on the network (the reference sends the host and the PIF).
+    NetworkAlreadyConnected { network, connected_pif } => "NETWORK_ALREADY_CONNECTED",
+    /// The network's purposes exclude each other.
+    NetworkIncompatiblePurposes { new_purpose, conflicting_purpose } => "NETWORK_INCOMPATIBLE_PURPOSES",
+    /// A VLAN cannot be made on a bond member.
+    CannotAddVlanToBondSlave { pif } => "CANNOT_ADD_VLAN_TO_BOND_SLAVE",
+    /// A tunnel cannot be made on a bond member.
+    CannotAddTunnelToBondSlave { pif } => "CANNOT_ADD_TUNNEL_TO_BOND_SLAVE",
+    /// The PIF is a tunnel's access PIF.
+    IsTunnelAccessPif { pif } => "IS_TUNNEL_ACCESS_PIF",
+    /// A tunnel's transport PIF has no IP configuration.
+    TransportPifNotConfigured { pif } => "TRANSPORT_PIF_NOT_CONFIGURED",
+    /// A bond member cannot be plugged on its own.
+    CannotPlugBondSlave { pif } => "CANNOT_PLUG_BOND_SLAVE",
+    /// A bond needs members.
+    PifBondNeedsMoreMembers {} => "PIF_BOND_NEEDS_MORE_MEMBERS",
+    /// A bond's members are on different hosts.
+    PifCannotBondCrossHost {} => "PIF_CANNOT_BOND_CROSS_HOST",
+    /// More than one bond member has an IP configuration.
+    PifBondMoreThanOneIp {} => "PIF_BOND_MORE_THAN_ONE_IP",
+    /// The bond members' properties differ.
+    IncompatiblePifProperties {} => "INCOMPATIBLE_PIF_PROPERTIES",
+    /// The members' primary address types differ.
+    PifIncompatiblePrimaryAddressType { pif } => "PIF_INCOMPATIBLE_PRIMARY_ADDRESS_TYPE",
+    /// The PIF has no IPv4 configuration.
+    PifHasNoNetworkConfiguration { pif } => "PIF_HAS_NO_NETWORK_CONFIGURATION",
+    /// The PIF has no IPv6 configuration.
+    PifHasNoV6NetworkConfiguration { pif } => "PIF_HAS_NO_V6_NETWORK_CONFIGURATION",
+    /// `disallow_unplug` is set on the PIF.
+    PifDoesNotAllowUnplug { pif } => "PIF_DOES_NOT_ALLOW_UNPLUG",
+    /// The PIF's properties cannot be changed (a VLAN, a tunnel, a bond member).
+    CannotChangePifProperties { pif } => "CANNOT_CHANGE_PIF_PROPERTIES",
+    /// The host has no PIF on the network.
+    PifNotPresent { host, network } => "PIF_NOT_PRESENT",
+    /// A running VM's VIF is on the network.
+    VifInUse { network, vif } => "VIF_IN_USE",
+    /// The host already has a PIF with this device.
+    DuplicatePifDeviceName { device } => "DUPLICATE_PIF_DEVICE_NAME",
+    /// The host has no NIC with this device name and MAC.
+    CouldNotFindNetworkInterfaceWithSpecifiedDeviceNameAndMacAddress { device, mac } => "COULD_NOT_FIND_NETWORK_INTERFACE_WITH_SPECIFIED_DEVICE_NAME_AND_MAC_ADDRESS",
+    /// Not a MAC address.
+    MacInvalid { mac } => "MAC_INVALID",
+    /// The network still has PIFs (their refs).
+    NetworkContainsPif { pifs } => "NETWORK_CONTAINS_PIF",
+    /// The network still has attached VIFs (their refs).
+    NetworkContainsVif { vifs } => "NETWORK_CONTAINS_VIF",
+    /// Another network has this bridge.
+    BridgeNameExists { bridge } => "BRIDGE_NAME_EXISTS",
+    /// The host cannot reach the network.
+    HostCannotAttachNetwork { host, network } => "HOST_CANNOT_ATTACH_NETWORK",
+    /// An address outside what the VIF's locking mode allows.
+    AddressViolatesLockingConstraint { address } => "ADDRESS_VIOLATES_LOCKING_CONSTRAINT",
+    /// The VM's guest agent does not set addresses.
+    VmLacksFeature { vm } => "VM_LACKS_FEATURE",
+    /// Not an IP address of the family asked for.
+    InvalidIpAddressSpecified { parameter } => "INVALID_IP_ADDRESS_SPECIFIED",
+    /// Not an address with a prefix length of the family asked for.
+    InvalidCidrAddressSpecified { parameter } => "INVALID_CIDR_ADDRESS_SPECIFIED",
+    /// The PIF is not this host's.
+    PifNotAttachedToHost { pif, host } => "PIF_NOT_ATTACHED_TO_HOST",
+    /// The host is not in emergency mode (`host.local_management_reconfigure`).
+    NotInEmergencyMode {} => "NOT_IN_EMERGENCY_MODE",
+    /// The host's networking could not be configured as the PIF asks.
+    PifConfigurationError { pif, msg } => "PIF_CONFIGURATION_ERROR",
+    /// An interface named for the management interface has no address.
+    InterfaceHasNoIp { interface } => "INTERFACE_HAS_NO_IP",
     /// No plugin of this name in the host's plugin directory.
     XenapiMissingPlugin { name } => "XENAPI_MISSING_PLUGIN",
     /// A host plugin failed: how, and what it wrote on stdout and stderr.
@@ -282,6 +367,13 @@ api_errors! {
 /// `VM_IS_TEMPLATE [vm, operation]` (xapi_vm_lifecycle.ml).
 pub const EXTRA_PARAMS: &[(&str, usize)] = &[("VM_IS_TEMPLATE", 2)];
 
+/// Codes the reference raises that errors.json leaves out (its datamodel declares them), with
+/// their parameters: `PIF.introduce` of a NIC the host does not have (xapi_pif.ml).
+pub const UNDOCUMENTED: &[(&str, &[&str])] = &[(
+    "COULD_NOT_FIND_NETWORK_INTERFACE_WITH_SPECIFIED_DEVICE_NAME_AND_MAC_ADDRESS",
+    &["device", "mac"],
+)];
+
 impl ApiError {
     /// Whose fault the failure is (the HTTP data paths answer 400 or 500 by it).
     pub fn fault(&self) -> Fault {
@@ -352,6 +444,12 @@ mod tests {
     #[test]
     fn every_raised_code_matches_errors_json() {
         for (code, params) in RAISED {
+            if let Some((_, names)) = UNDOCUMENTED.iter().find(|(c, _)| c == code) {
+                let ours: Vec<&str> = params.iter().map(|p| p.trim_start_matches("r#")).collect();
+                assert_eq!(ours.len(), names.len(), "{code}");
+                assert!(error_params(code).is_none(), "{code} is documented now");
+                continue;
+            }
             let documented = error_params(code).unwrap_or_else(|| panic!("{code} is not in errors.json"));
             if let Some(names) = documented {
                 let ours: Vec<&str> = params.iter().map(|p| p.trim_start_matches("r#")).collect();
