@@ -132,9 +132,12 @@ def main() -> None:
                    lambda i: rand[i % 16] if i % 10 == 0 else zero)
         xva = WORK / "vm.xva"
         res: dict[str, list[float]] = {}
+        curl("-o", str(xva), f"{base}/export?ref={vm}&session_id={sid}")
         for _ in range(RUNS):
-            res.setdefault("xva export", []).append(
-                curl("-o", str(xva), f"{base}/export?ref={vm}&session_id={sid}"))
+            res.setdefault("xva export (to /dev/null)", []).append(
+                curl("-o", "/dev/null", f"{base}/export?ref={vm}&session_id={sid}"))
+            res.setdefault("xva export, use_compression=zstd (to /dev/null)", []).append(
+                curl("-o", "/dev/null", f"{base}/export?ref={vm}&use_compression=zstd&session_id={sid}"))
             t = api("task.create", "bench import", "")
             secs = curl("-T", str(xva), "-o", "/dev/null", f"{base}/import?sr_id={sr}&task_id={t}&session_id={sid}")
             while api("task.get_status", t) == "pending":
@@ -147,8 +150,10 @@ def main() -> None:
                 api("VDI.destroy", api("VBD.get_VDI", b))
             api("VM.destroy", new)
             api("task.destroy", t)
-            res.setdefault("dd (4 GiB file, conv=fdatasync)", []).append(
-                timed(["dd", f"if={vdi_file(disk)}", f"of={WORK / 'dd.img'}", "bs=1M", "conv=fdatasync"]))
+            res.setdefault("dd if=<4 GiB VDI file> of=/dev/null bs=1M", []).append(
+                timed(["dd", f"if={vdi_file(disk)}", "of=/dev/null", "bs=1M"]))
+            res.setdefault("dd if=<4 GiB VDI file> of=file bs=1M conv=sparse,fdatasync", []).append(
+                timed(["dd", f"if={vdi_file(disk)}", f"of={WORK / 'dd.img'}", "bs=1M", "conv=sparse,fdatasync"]))
             res.setdefault("qemu-img convert -O vpc (4 GiB)", []).append(
                 timed(["qemu-img", "convert", "-f", "raw", "-O", "vpc", str(vdi_file(disk)), str(WORK / "q.vhd")]))
         print(f"xva archive: {xva.stat().st_size} bytes; disk {size} bytes, 10% data")
@@ -169,12 +174,16 @@ def main() -> None:
                    lambda i: rand[(i + 7) % 16] if i in ch else rand[i % 16])
         s1 = api("VDI.snapshot", d2, {})
         for _ in range(RUNS):
-            res.setdefault("vhd export, full (1 GiB)", []).append(
-                curl("-o", str(WORK / "full.vhd"), f"{base}/export_raw_vdi?vdi={s1}&format=vhd&session_id={sid}"))
-            res.setdefault("vhd export, base= (10% changed)", []).append(
-                curl("-o", str(WORK / "delta.vhd"), f"{base}/export_raw_vdi?vdi={s1}&format=vhd&base={s0}&session_id={sid}"))
+            res.setdefault("vhd export, full (1 GiB, to /dev/null)", []).append(
+                curl("-o", "/dev/null", f"{base}/export_raw_vdi?vdi={s1}&format=vhd&session_id={sid}"))
+            res.setdefault("vhd export, base= (10% changed, to /dev/null)", []).append(
+                curl("-o", "/dev/null", f"{base}/export_raw_vdi?vdi={s1}&format=vhd&base={s0}&session_id={sid}"))
+            res.setdefault("dd if=<1 GiB VDI file> of=/dev/null bs=1M", []).append(
+                timed(["dd", f"if={vdi_file(s1)}", "of=/dev/null", "bs=1M"]))
             res.setdefault("qemu-img convert -O vpc (1 GiB)", []).append(
                 timed(["qemu-img", "convert", "-f", "raw", "-O", "vpc", str(vdi_file(s1)), str(WORK / "q.vhd")]))
+        curl("-o", str(WORK / "full.vhd"), f"{base}/export_raw_vdi?vdi={s1}&format=vhd&session_id={sid}")
+        curl("-o", str(WORK / "delta.vhd"), f"{base}/export_raw_vdi?vdi={s1}&format=vhd&base={s0}&session_id={sid}")
         print(f"full vhd {(WORK / 'full.vhd').stat().st_size} bytes; delta vhd {(WORK / 'delta.vhd').stat().st_size} bytes")
         for f in ("full.vhd", "delta.vhd", "q.vhd"):
             (WORK / f).unlink(missing_ok=True)

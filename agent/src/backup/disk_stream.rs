@@ -228,3 +228,33 @@ pub async fn import_vhd<S: vhd::Source>(agent: &Arc<Agent>, vdi: &str, src: &mut
         }
     }
 }
+
+/// A new file to spool an upload into (under the state dir; the caller removes it).
+pub fn spool_path(agent: &Agent) -> Result<std::path::PathBuf, ApiError> {
+    let dir = agent.state_dir.join("spool");
+    std::fs::create_dir_all(&dir).map_err(|e| ApiError::internal(format!("creating {}: {e}", dir.display())))?;
+    Ok(dir.join(format!("upload-{}", uuid::Uuid::new_v4())))
+}
+
+/// Applies the qcow2 image spooled at `path` to `vdi` (a qcow2's tables may come after its
+/// data, so it is read whole first). The image's file is read directly; the VDI is written
+/// through the storage layer.
+pub async fn import_qcow2_file(agent: &Arc<Agent>, vdi: &str, path: &std::path::Path) -> Result<u64, ApiError> {
+    let file = std::fs::File::open(path).map_err(|e| ApiError::internal(format!("opening the spooled upload: {e}")))?;
+    let len = file
+        .metadata()
+        .map_err(|e| ApiError::internal(format!("the spooled upload: {e}")))?
+        .len();
+    let m = qcow2::map(&file, len)?;
+    let mut t = SinkTarget::open(agent, vdi).await?;
+    match qcow2::apply(&file, &m, &mut t).await {
+        Ok(n) => {
+            t.finish().await?;
+            Ok(n)
+        }
+        Err(e) => {
+            t.abandon().await;
+            Err(e.api_error())
+        }
+    }
+}

@@ -45,6 +45,12 @@ pub fn padding(len: u64) -> usize {
     ((512 - len % 512) % 512) as usize
 }
 
+/// Whether every byte is zero (an OR over all bytes, which the compiler vectorises: a
+/// short-circuiting scan of the bytes one by one is several times slower on 4 GiB).
+pub fn is_zero(data: &[u8]) -> bool {
+    data.iter().fold(0u8, |a, b| a | b) == 0
+}
+
 /// The end of a tar archive: two zero blocks.
 pub fn tar_end() -> Bytes {
     Bytes::from_static(&[0u8; 1024])
@@ -158,7 +164,7 @@ impl XvaWriter {
             let first_or_last = index == 0 || want as u64 == remaining;
             c.offset += want as u64;
             self.done += want as u64;
-            if !first_or_last && data.iter().all(|b| *b == 0) {
+            if !first_or_last && is_zero(&data) {
                 continue;
             }
             let name = format!("{}/{index:08}", c.disk.id);

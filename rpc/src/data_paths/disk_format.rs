@@ -70,6 +70,33 @@ impl vhd::Source for PayloadSource {
     }
 }
 
+/// `PUT /import_raw_vdi?format=qcow2`: the upload spooled to a file, applied, removed.
+pub(super) async fn import_qcow2(agent: &Arc<Agent>, vdi: &str, mut body: web::Payload) -> Result<u64, ApiError> {
+    use tokio::io::AsyncWriteExt;
+    let path = agent::backup::disk_stream::spool_path(agent)?;
+    let spooled = async {
+        let mut f = tokio::fs::File::create(&path)
+            .await
+            .map_err(|e| ApiError::internal(format!("spooling the upload: {e}")))?;
+        while let Some(chunk) = body.next().await {
+            let b = chunk.map_err(|_| ApiError::ImportErrorPrematureEof {})?;
+            f.write_all(&b)
+                .await
+                .map_err(|e| ApiError::internal(format!("spooling the upload: {e}")))?;
+        }
+        f.flush().await.map_err(|e| ApiError::internal(format!("spooling the upload: {e}")))
+    }
+    .await;
+    let r = match spooled {
+        Ok(()) => agent::backup::disk_stream::import_qcow2_file(agent, vdi, &path).await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = tokio::fs::remove_file(&path).await {
+        tracing::warn!(path = %path.display(), error = %e, "could not remove a spooled upload");
+    }
+    r
+}
+
 /// Streams a VHD or qcow2 export of `vdi`.
 pub(super) async fn export(
     req: &HttpRequest,

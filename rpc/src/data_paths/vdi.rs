@@ -106,7 +106,7 @@ async fn import_as(
 ) -> Result<HttpResponse, DataPathError> {
     let task_id = param(req, "task_id");
     let early = async {
-        let f = format_of(req, &[Format::Raw, Format::Vhd])?;
+        let f = format_of(req, &[Format::Raw, Format::Vhd, Format::Qcow2])?;
         target_vdi(agent, req, auth).await.map(|v| (f, v))
     };
     let (format, vdi) = match early.await {
@@ -123,6 +123,10 @@ async fn import_as(
     if format == Format::Vhd {
         let mut src = PayloadSource::new(body);
         let r = agent::backup::disk_stream::import_vhd(agent, &vdi, &mut src).await;
+        return finish_import(task, &vdi, r).await;
+    }
+    if format == Format::Qcow2 {
+        let r = super::disk_format::import_qcow2(agent, &vdi, body).await;
         return finish_import(task, &vdi, r).await;
     }
     let result = async {

@@ -69,6 +69,22 @@ def test_vhd_and_qcow2_exports_read_by_qemu_img(xapi, session, daemon, tmp_path)
         out = subprocess.run([need(VHDIINFO, "libvhdi-utils"), str(tmp_path / "disk.vhd")], capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, out.stderr
         assert "Dynamic" in out.stdout, out.stdout
+        # qcow2 in: qemu-img's own image (tables among the data) and xapid's export.
+        q = tmp_path / "qemu.qcow2"
+        conv = qemu("convert", "-f", "raw", "-O", "qcow2", str(raw), str(q))
+        assert conv.returncode == 0, conv.stderr
+        for src in (q, tmp_path / "disk.qcow2"):
+            target = new_vdi(xapi, size, "qcow2-in")
+            try:
+                status, body = http_put(daemon, session, f"/import_raw_vdi?vdi={target}&format=qcow2", src.read_bytes())
+                assert status == 200, body
+                assert http_get(daemon, session, f"/export_raw_vdi?vdi={target}&format=raw") == bytes(img)
+                # Cut short: refused.
+                status, body = http_put(daemon, session, f"/import_raw_vdi?vdi={target}&format=qcow2",
+                                        src.read_bytes()[:70000])
+                assert status != 200 and b"IMPORT_ERROR" in body, body
+            finally:
+                xapi.VDI.destroy(target)
     finally:
         xapi.VDI.destroy(vdi)
 
