@@ -99,7 +99,7 @@ enum Backend {
     /// The local redb file.
     Redb(Writer),
     /// The pool's etcd.
-    Etcd(Etcd),
+    Etcd(Box<Etcd>),
 }
 
 /// The object store.
@@ -168,7 +168,7 @@ impl Store {
         Ok(Store {
             view,
             commit: Mutex::new(0),
-            backend: Backend::Etcd(etcd),
+            backend: Backend::Etcd(Box::new(etcd)),
             member: None,
         })
     }
