@@ -424,6 +424,20 @@ def main() -> int:
                       f"{what}: the kernel booted in a PVH container (Xen HVM/PVH lines, not Xen PV)")
             else:
                 check("Hypervisor detected: Xen PV" in text, f"{what}: the kernel booted as a PV guest")
+            if domain_type == "pvh" and from_disk:
+                # hard_reboot: a new domain, the bootloader run again, the guest booted again.
+                old = int(x.VM.get_domid(vm))
+                console.close()
+                x.VM.hard_reboot(vm)
+                new = int(x.VM.get_domid(vm))
+                check(x.VM.get_power_state(vm) == "Running" and new not in (-1, old),
+                      f"{what}: VM.hard_reboot: Running in a new domain ({old} -> {new})")
+                location = next(
+                    x.console.get_location(c) for c in x.VM.get_consoles(vm) if x.console.get_protocol(c) == "vt100"
+                )
+                console = Console(args.url, location, session._session)
+                console.wait_for("XAPID_GUEST alive", args.boot_timeout)
+                step(f"{what}: the rebooted guest runs its /init again (read through a new console connection)")
             x.VM.hard_shutdown(vm)
             check(x.VM.get_power_state(vm) == "Halted", f"{what}: VM.hard_shutdown: Halted")
             console.close()

@@ -10,10 +10,10 @@
 //! <Xen migration stream v2, as xc_domain_save writes it>
 //! ```
 //!
-//! Suspending asks the guest (`control/shutdown = suspend`) from inside
-//! `xc_domain_save`'s suspend callback and waits for Xen to report the domain
-//! shut down with reason `suspend`; the stream is then written, synced, and
-//! the domain destroyed. When the save fails after the guest suspended, the
+//! Suspending asks the guest (`control/shutdown = suspend`) and waits for Xen
+//! to report the domain shut down with reason `suspend`; then
+//! `xc_domain_save` writes the stream (its suspend callback only checks that
+//! state), the file is synced, and the domain destroyed. When the save fails after the guest suspended, the
 //! guest is resumed (`xc_domain_resume`, cooperative) and keeps running.
 //! Resuming creates a domain of the image's VM (same uuid, kind, memory
 //! target and vCPUs online), restores the stream into it, publishes its
@@ -120,17 +120,24 @@ impl XenBackend {
             .mode(0o600)
             .open(path)
             .map_err(io)?;
+        // The guest suspends before the save starts: libxenguest reads a PV guest's p2m
+        // frame list from its shared info when it starts, which the guest kernel fills early
+        // in its boot, before it can act on a suspend request. The callback then only checks.
         let started = Instant::now();
-        let mut suspended = false;
-        let mut gave_up = false;
+        if !self.suspend_guest(domid) {
+            drop(file);
+            let _ = std::fs::remove_file(path);
+            return Err(BackendError::Timeout {
+                op,
+                domid,
+                waited: started.elapsed(),
+            });
+        }
+        let suspended = true;
         let saved = file.write_all(&header).map_err(io).and_then(|()| {
             self.xc.with(op, |xc| {
-                let mut ask = || {
-                    suspended = self.suspend_guest(domid);
-                    gave_up = !suspended;
-                    suspended
-                };
-                xc.domain_save(domid, file.as_fd(), &mut ask)
+                let mut check = || self.is_suspended(domid);
+                xc.domain_save(domid, file.as_fd(), &mut check)
                     .map_err(|e| xen_err(op, e))
             })
         });
@@ -150,22 +157,27 @@ impl XenBackend {
                 }
                 self.publish(BackendEvent::DomainChanged(domid));
             }
-            if gave_up {
-                return Err(BackendError::Timeout {
-                    op,
-                    domid,
-                    waited: started.elapsed(),
-                });
-            }
             return Err(e);
         }
         tracing::info!(domid, path = %path.display(), "xen: domain saved");
         self.destroy(domid)
     }
 
+    /// Whether Xen reports the domain shut down for a suspend (`xc_domain_save`'s callback;
+    /// it runs inside the save, so it uses a handle of its own from the pool).
+    fn is_suspended(&self, domid: DomId) -> bool {
+        let op = Op::SuspendTo;
+        self.xc
+            .with(op, |xc| {
+                xc.domain_info(domid)
+                    .map(|i| state_of(&i.flags, i.shutdown_reason))
+                    .map_err(|e| xen_err(op, e))
+            })
+            .is_ok_and(|s| s == DomainState::Shutdown(ShutdownCode::Suspend))
+    }
+
     /// Asks the guest to suspend and waits until Xen reports it did; `false` when it does
-    /// something else or does not answer within [`SUSPEND_WAIT`]. Runs inside
-    /// `xc_domain_save`, so it uses handles of its own from the pools.
+    /// something else or does not answer within [`SUSPEND_WAIT`].
     fn suspend_guest(&self, domid: DomId) -> bool {
         let op = Op::SuspendTo;
         let asked = self.xs.with(op, |xs| {
