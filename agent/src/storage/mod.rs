@@ -5,6 +5,8 @@
 //! Entry points: [`behaviour`] for the behaviour table, [`vdi_path`] for the VM lifecycle,
 //! and [`transfer`] for the HTTP data paths.
 
+pub mod cbt;
+mod cbt_ops;
 mod copy;
 pub mod features;
 mod fsops;
@@ -22,6 +24,7 @@ pub mod vdi;
 
 use std::path::PathBuf;
 
+pub use cbt_ops::load_at_start as load_cbt_logs;
 pub use features::at_start;
 pub use layout::{vdi_path, SrKind};
 
@@ -67,6 +70,7 @@ pub fn behaviour() -> Vec<crate::call::Entry> {
     v.extend(vdi::behaviour());
     v.extend(pbd::behaviour());
     v.extend(nbd_info::behaviour());
+    v.extend(cbt_ops::behaviour());
     v
 }
 
