@@ -140,6 +140,10 @@ impl Agent {
         let store = store::Store::open_configured(&cfg.state_dir).await?;
         let sessions = sessions::Sessions::open(&cfg.state_dir, cfg.root_password_file.as_deref())?;
         let facts = HostFacts::from_backend(cfg.hypervisor.as_ref()).map_err(AgentError::Backend)?;
+        // Changed-block tracking sees the writes this daemon makes; a Xen guest writes its
+        // disk through the kernel, unseen, so the file driver advertises it only on the
+        // simulator (docs/nbd-cbt.md).
+        storage::features::set_cbt_tracked(cfg.hypervisor.backend_name() == "simulator");
         let (pool, host) = first_boot::ensure(&store, &facts, &cfg.state_dir)
             .await
             .map_err(AgentError::FirstBoot)?;
@@ -164,6 +168,7 @@ impl Agent {
             metrics: metrics::Metrics::default(),
             network,
         });
+        storage::load_cbt_logs(&agent).await;
         lifecycle::reconcile::at_start(&agent)
             .await
             .map_err(AgentError::FirstBoot)?;

@@ -53,6 +53,8 @@ pub async fn copy_bytes(src: PathBuf, dst: PathBuf, size: u64, dst_fresh: bool) 
             break;
         }
         if how == CopyHow::CopyFileRange {
+            // The kernel copies these bytes, not the engine: the changed-block log is told here.
+            super::cbt::note_write(&d, start, end - start);
             let (s2, d2) = (s.clone(), d.clone());
             let done = blocking(move || {
                 fsops::copy_range(&s2, &d2, start, end - start).map_err(|source| StorageError::Fs {

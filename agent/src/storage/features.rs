@@ -117,6 +117,38 @@ const FILE_FEATURES: &[(Feature, i64)] = &[
     (F::VdiUpdate, 1),
 ];
 
+/// The `file` driver where every write to its VDIs is seen (the simulator backend): the
+/// same, with changed-block tracking.
+const FILE_FEATURES_CBT: &[(Feature, i64)] = &[
+    (F::SrAttach, 1),
+    (F::SrCreate, 1),
+    (F::SrDelete, 1),
+    (F::SrDetach, 1),
+    (F::SrProbe, 1),
+    (F::SrScan, 1),
+    (F::SrUpdate, 1),
+    (F::ThinProvisioning, 1),
+    (F::VdiAttach, 1),
+    (F::VdiClone, 1),
+    (F::VdiConfigCbt, 1),
+    (F::VdiCreate, 1),
+    (F::VdiDelete, 1),
+    (F::VdiDetach, 1),
+    (F::VdiIntroduce, 1),
+    (F::VdiResetOnBoot, 2),
+    (F::VdiResize, 1),
+    (F::VdiSnapshot, 1),
+    (F::VdiUpdate, 1),
+];
+
+static CBT_TRACKED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether every write to a `file` VDI passes through this daemon (set at start from the
+/// backend): only then does the `file` driver have `VDI_CONFIG_CBT`.
+pub fn set_cbt_tracked(tracked: bool) {
+    CBT_TRACKED.store(tracked, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// What the `iso` driver does: a read-only library, so no VDI is made, changed or deleted.
 const ISO_FEATURES: &[(Feature, i64)] = &[
     (F::SrAttach, 1),
@@ -134,6 +166,7 @@ const ISO_FEATURES: &[(Feature, i64)] = &[
 /// The features of a driver, with their versions.
 pub fn driver_features(kind: SrKind) -> &'static [(Feature, i64)] {
     match kind {
+        SrKind::File if CBT_TRACKED.load(std::sync::atomic::Ordering::Relaxed) => FILE_FEATURES_CBT,
         SrKind::File => FILE_FEATURES,
         SrKind::Iso => ISO_FEATURES,
     }

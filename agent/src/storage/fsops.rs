@@ -36,6 +36,27 @@ pub fn create_sparse(path: &Path, size: u64) -> Result<(), StorageError> {
     Ok(())
 }
 
+/// Reads up to `buf.len()` bytes at `offset` (fewer only at the end of the file).
+pub fn read_at_most(file: &File, buf: &mut [u8], offset: u64) -> Result<usize, StorageError> {
+    use std::os::unix::fs::FileExt;
+    let mut got = 0;
+    while got < buf.len() {
+        match file.read_at(&mut buf[got..], offset + got as u64) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(source) => {
+                return Err(StorageError::Fs {
+                    what: "reading",
+                    path: PathBuf::from("a VDI file"),
+                    source,
+                })
+            }
+        }
+    }
+    Ok(got)
+}
+
 /// Opens a VDI file for the I/O engine.
 pub fn open(path: &Path, write: bool) -> Result<File, StorageError> {
     OpenOptions::new()

@@ -6,6 +6,8 @@
 //! and [`transfer`] for the HTTP data paths.
 
 pub mod block_read;
+pub mod cbt;
+mod cbt_ops;
 mod copy;
 pub mod features;
 mod fsops;
@@ -23,6 +25,7 @@ pub mod vdi;
 
 use std::path::PathBuf;
 
+pub use cbt_ops::load_at_start as load_cbt_logs;
 pub use features::at_start;
 pub use layout::{vdi_path, SrKind};
 
@@ -68,6 +71,7 @@ pub fn behaviour() -> Vec<crate::call::Entry> {
     v.extend(vdi::behaviour());
     v.extend(pbd::behaviour());
     v.extend(nbd_info::behaviour());
+    v.extend(cbt_ops::behaviour());
     v
 }
 

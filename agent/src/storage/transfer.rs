@@ -144,6 +144,8 @@ pub struct ImportSink {
     offset: u64,
     current: Option<IoBuf>,
     writes: VecDeque<Pending>,
+    /// The VDI's uuid when its changed blocks are tracked.
+    tracked: Option<String>,
     _lock: OwnedRwLockWriteGuard<()>,
 }
 
@@ -160,7 +162,9 @@ impl ImportSink {
         }
         let capacity = vdi.get(fields::VDI::virtual_size).as_int().unwrap_or(0).max(0) as u64;
         let file = open_file(path, true).await?;
+        let tracked = super::cbt::tracked_uuid(&file);
         Ok(ImportSink {
+            tracked,
             agent: agent.clone(),
             vdi: vdi_ref.to_owned(),
             sr: sr.reference.clone(),
@@ -247,17 +251,41 @@ impl ImportSink {
         Ok(())
     }
 
-    /// Queues one full (or final) buffer: zeros become a hole, anything else a write.
+    /// Queues one full (or final) buffer: zeros become a hole, anything else a write. On a
+    /// VDI with changed-block tracking the bytes there are read first: only the 64 KiB blocks
+    /// that differ count as changed, and a buffer that changes nothing is not written.
     async fn submit(&mut self, buf: IoBuf) -> Result<(), ApiError> {
         let engine = IoEngine::global();
         let len = buf.len() as u64;
         let at = self.offset;
-        let pending = if buf.is_all_zero() {
-            drop(buf);
-            Pending::Hole(engine.punch_hole(&self.file, at, len))
-        } else {
-            Pending::Write(engine.write_at(&self.file, at, buf))
+        let tracked = match self.tracked.as_ref() {
+            Some(uuid) => {
+                let (file, n) = (self.file.clone(), buf.len());
+                let old = super::fsops::blocking(move || {
+                    let mut v = vec![0u8; n];
+                    let got = super::fsops::read_at_most(&file, &mut v, at)?;
+                    v.truncate(got);
+                    Ok(v)
+                })
+                .await?;
+                let changed = super::cbt::changed(&old, buf.as_slice());
+                if !changed.contains(&true) {
+                    self.offset += len;
+                    return Ok(());
+                }
+                Some((uuid.clone(), changed))
+            }
+            None => None,
         };
+        let pending = match (buf.is_all_zero(), &tracked) {
+            (true, None) => Pending::Hole(engine.punch_hole(&self.file, at, len)),
+            (true, Some(_)) => Pending::Hole(engine.punch_hole_untracked(&self.file, at, len)),
+            (false, None) => Pending::Write(engine.write_at(&self.file, at, buf)),
+            (false, Some(_)) => Pending::Write(engine.write_at_untracked(&self.file, at, buf)),
+        };
+        if let Some((uuid, changed)) = tracked {
+            super::cbt::mark_blocks(&uuid, at, &changed);
+        }
         self.writes.push_back(pending);
         self.offset += len;
         while self.writes.len() >= IN_FLIGHT {
@@ -280,6 +308,8 @@ impl ImportSink {
             w.wait().await?;
         }
         IoEngine::global().sync_data(&self.file).await.map_err(vdi_io_error)?;
+        // The blocks written are in the VDI's changed-block log: it reaches the disk too.
+        super::cbt::flush().await?;
         refresh_after(&self.agent, &self.sr, &[&self.vdi]).await;
         Ok(self.offset)
     }
@@ -290,6 +320,9 @@ impl ImportSink {
         self.current = None;
         while let Some(w) = self.writes.pop_front() {
             let _ = w.wait().await;
+        }
+        if let Err(e) = super::cbt::flush().await {
+            tracing::warn!(vdi = %self.vdi, error = %e, "changed-block log not written");
         }
         refresh_after(&self.agent, &self.sr, &[&self.vdi]).await;
     }

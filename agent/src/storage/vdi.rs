@@ -1,6 +1,7 @@
 //! VDI messages: create, destroy, resize, clone, snapshot, copy, set_on_boot, introduce,
-//! forget, data_destroy, update.
+//! forget, update (the changed-block-tracking ones are in `cbt_ops.rs`).
 
+use super::cbt_ops::refuse_cbt_metadata;
 use super::copy::copy_bytes;
 use super::features::{assert_sr_op, assert_vdi_op, vdi_allowed_operations};
 use super::fsops::{self, blocking};
@@ -48,17 +49,6 @@ pub(super) fn behaviour() -> Vec<Entry> {
         entry!(class_ids::VDI, "forget", |agent, _, c| forget(&agent, c.ref_arg(0)?)
             .await
             .map(|()| Value::None)),
-        entry!(class_ids::VDI, "data_destroy", |agent, _, c| {
-            data_destroy(&agent, c.ref_arg(0)?).await.map(|()| Value::None)
-        }),
-        // Changed-block tracking is a driver feature no SR type here has: the reference
-        // refuses it for such an SR before anything else.
-        entry!(class_ids::VDI, "enable_cbt", |agent, _, c| {
-            refuse_cbt(&agent, c.ref_arg(0)?, SrOp::vdi_enable_cbt, VdiOp::enable_cbt)
-        }),
-        entry!(class_ids::VDI, "disable_cbt", |agent, _, c| {
-            refuse_cbt(&agent, c.ref_arg(0)?, SrOp::vdi_disable_cbt, VdiOp::disable_cbt)
-        }),
         entry!(class_ids::VDI, "update", |agent, _, c| update(&agent, c.ref_arg(0)?)
             .await
             .map(|()| Value::None)),
@@ -222,6 +212,7 @@ pub async fn destroy_vdi(agent: &Arc<Agent>, vdi_ref: &str) -> Result<(), ApiErr
     assert_not_attached(agent, vdi_ref, "destroy")?;
     let (path, sr, _) = vdi_file(agent, &vdi)?;
     assert_vdi_op(&sr, VdiOp::destroy)?;
+    super::cbt_ops::before_destroy(&vdi).await?;
     blocking(move || {
         fsops::remove(&path)?;
         fsops::remove(&base_path(&path))
@@ -273,6 +264,7 @@ async fn resize(agent: &Arc<Agent>, vdi_ref: &str, size: i64, op: VdiOp) -> Resu
         assert_not_attached(agent, vdi_ref, op.name())?;
     }
     assert_vdi_op(&sr, op)?;
+    refuse_cbt_metadata(&vdi)?;
     let (path, sr, _) = vdi_file(agent, &vdi)?;
     if *vdi.get(fields::VDI::on_boot) == OnBoot::reset {
         return Err(ApiError::VdiOnBootModeIncompatibleWithOperation {});
@@ -287,6 +279,7 @@ async fn resize(agent: &Arc<Agent>, vdi_ref: &str, size: i64, op: VdiOp) -> Resu
         });
     }
     blocking(move || fsops::set_size(&path, size as u64)).await?;
+    super::cbt_ops::after_resize(&vdi, size);
     let r = vdi_ref.to_owned();
     agent
         .store
@@ -362,8 +355,13 @@ pub async fn duplicate(agent: &Arc<Agent>, vdi_ref: &str, snapshot: bool) -> Res
         assert_sr_op(&sr, SrOp::vdi_snapshot)?;
     }
     assert_vdi_op(&sr, if snapshot { VdiOp::snapshot } else { VdiOp::clone })?;
+    refuse_cbt_metadata(&vdi)?;
     let (path, sr, _) = vdi_file(agent, &vdi)?;
-    new_copy(agent, &vdi, path, &sr, snapshot).await
+    let made = new_copy(agent, &vdi, path, &sr, snapshot).await?;
+    if snapshot {
+        super::cbt_ops::after_snapshot(agent, &vdi, &made).await?;
+    }
+    Ok(made)
 }
 
 /// `VDI.copy`: into a new VDI of `sr`, or over `into_vdi` when that is given.
@@ -371,6 +369,7 @@ pub async fn duplicate(agent: &Arc<Agent>, vdi_ref: &str, snapshot: bool) -> Res
 pub async fn copy(agent: &Arc<Agent>, vdi_ref: &str, sr_ref: &str, into: &str) -> Result<String, ApiError> {
     let _guard = locks::read(vdi_ref).await;
     let vdi = vdi_obj(agent, vdi_ref)?;
+    refuse_cbt_metadata(&vdi)?;
     let (path, _, _) = vdi_file(agent, &vdi)?;
     let size = vdi.get(fields::VDI::virtual_size).as_int().unwrap_or(0).max(0);
     if into.is_empty() || into == NULL_REF {
@@ -411,6 +410,8 @@ async fn set_on_boot(agent: &Arc<Agent>, vdi_ref: &str, value: Value) -> Result<
     assert_sr_op(&sr, SrOp::vdi_set_on_boot)?;
     assert_not_attached(agent, vdi_ref, "set_on_boot")?;
     assert_vdi_op(&sr, VdiOp::set_on_boot)?;
+    refuse_cbt_metadata(&vdi)?;
+    super::cbt_ops::refuse_cbt_enabled(&vdi)?;
     let (path, _, _) = vdi_file(agent, &vdi)?;
     let reset = value == OnBoot::reset;
     let base = base_path(&path);
@@ -515,51 +516,6 @@ async fn forget(agent: &Arc<Agent>, vdi_ref: &str) -> Result<(), ApiError> {
     let r = vdi_ref.to_owned();
     agent.store.write(|tx| destroy(tx, class_ids::VDI, &r)).await?;
     refresh_after(agent, &sr_of(&vdi), &[]).await;
-    Ok(())
-}
-
-/// `VDI.data_destroy`: drops the data of a VDI whose changed-block metadata is kept. It needs
-/// `VDI_CONFIG_CBT`, which no driver of this build has, so it answers
-/// `SR_OPERATION_NOT_SUPPORTED [sr]` as the reference does for such a driver.
-/// `VDI.enable_cbt`/`disable_cbt`: checked against the SR's driver, which lacks the feature on
-/// every SR type this daemon has (`SR_OPERATION_NOT_SUPPORTED [sr]`); a driver that had it
-/// would need a real implementation here.
-fn refuse_cbt(agent: &Agent, vdi_ref: &str, sr_op: SrOp, vdi_op: VdiOp) -> Result<Value, ApiError> {
-    let vdi = vdi_obj(agent, vdi_ref)?;
-    let sr = sr_of_vdi(agent, &vdi)?;
-    assert_sr_op(&sr, sr_op)?;
-    assert_vdi_op(&sr, vdi_op)?;
-    Err(ApiError::not_implemented(&format!("VDI.{}", vdi_op.name())))
-}
-
-async fn data_destroy(agent: &Arc<Agent>, vdi_ref: &str) -> Result<(), ApiError> {
-    let _guard = locks::write(vdi_ref).await;
-    let vdi = vdi_obj(agent, vdi_ref)?;
-    let sr = sr_of_vdi(agent, &vdi)?;
-    assert_sr_op(&sr, SrOp::vdi_data_destroy)?;
-    assert_vdi_op(&sr, VdiOp::data_destroy)?;
-    let (path, sr, _) = vdi_file(agent, &vdi)?;
-    assert_not_attached(agent, vdi_ref, "data_destroy")?;
-    if vdi.get(fields::VDI::cbt_enabled) != &Value::Bool(true) {
-        return Err(ApiError::VdiNoCbtMetadata {
-            vdi: vdi_ref.to_owned(),
-        });
-    }
-    blocking(move || fsops::set_size(&path, 0)).await?;
-    let r = vdi_ref.to_owned();
-    agent
-        .store
-        .write(|tx| {
-            set_field(
-                tx,
-                class_ids::VDI,
-                &r,
-                fields::VDI::r#type,
-                VdiType::cbt_metadata.value(),
-            )
-        })
-        .await?;
-    refresh_after(agent, &sr.reference, &[vdi_ref]).await;
     Ok(())
 }
 

@@ -259,8 +259,10 @@ impl IoEngine {
         })
     }
 
-    /// Writes all of `buf`'s data at `offset`; gives the buffer back.
+    /// Writes all of `buf`'s data at `offset`; gives the buffer back. The blocks written are
+    /// marked in the file's changed-block log when its VDI is tracked (`storage/cbt.rs`).
     pub fn write_at(&self, file: &Arc<File>, offset: u64, buf: IoBuf) -> Completion<IoBuf> {
+        crate::storage::cbt::note_write(file, offset, buf.len() as u64);
         self.send(|reply| Request::Write {
             file: file.clone(),
             offset,
@@ -269,8 +271,31 @@ impl IoEngine {
         })
     }
 
-    /// Deallocates a range so it reads back as zeros, keeping the file size.
+    /// [`IoEngine::write_at`] for a writer that records the changed blocks itself (an
+    /// import that compares with what is there, `storage/transfer.rs`).
+    pub fn write_at_untracked(&self, file: &Arc<File>, offset: u64, buf: IoBuf) -> Completion<IoBuf> {
+        self.send(|reply| Request::Write {
+            file: file.clone(),
+            offset,
+            buf,
+            reply,
+        })
+    }
+
+    /// [`IoEngine::punch_hole`] for a writer that records the changed blocks itself.
+    pub fn punch_hole_untracked(&self, file: &Arc<File>, offset: u64, len: u64) -> Completion<()> {
+        self.send(|reply| Request::PunchHole {
+            file: file.clone(),
+            offset,
+            len,
+            reply,
+        })
+    }
+
+    /// Deallocates a range so it reads back as zeros, keeping the file size (a change the
+    /// file's changed-block log records, as for writes).
     pub fn punch_hole(&self, file: &Arc<File>, offset: u64, len: u64) -> Completion<()> {
+        crate::storage::cbt::note_write(file, offset, len);
         self.send(|reply| Request::PunchHole {
             file: file.clone(),
             offset,
