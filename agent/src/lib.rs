@@ -121,6 +121,12 @@ impl Agent {
         &self.store
     }
 
+    /// Follows the management interface (`host.management_reconfigure`, `management_disable`):
+    /// the HTTP server rebinds its listeners on each change.
+    pub fn management_changes(&self) -> tokio::sync::watch::Receiver<network::management::Management> {
+        self.network.management()
+    }
+
     /// Where a client connects to a console, in the reference's form
     /// `https://<host address>/console?ref=<console ref>`.
     pub fn console_location(&self, console: &str) -> String {

@@ -321,9 +321,13 @@ impl LinuxNet {
                 self.enslave(i, br, device).await?;
             }
         }
-        let i = self.must_index(&device).await?;
-        self.set(&device, LinkUnspec::new_with_index(i).mtu(plan.mtu).build())
-            .await?;
+        // A tunnel's MTU is the kernel's (the transport's less the encapsulation); the others
+        // take the network's.
+        if !matches!(plan.link, LinkPlan::Tunnel { .. }) {
+            let i = self.must_index(&device).await?;
+            self.set(&device, LinkUnspec::new_with_index(i).mtu(plan.mtu).build())
+                .await?;
+        }
         self.addresses(br, &plan.bridge, &plan.ip).await
     }
 

@@ -210,8 +210,18 @@ fn move_configuration(tx: &mut Tx, from: &str, to: &str) -> Result<(), ApiError>
 /// The VLANs on the members' networks move to PIFs over the master (and back): each VLAN's
 /// tagged PIF becomes `to`.
 fn move_vlans(tx: &mut Tx, vlans: &[String], to: &str) -> Result<(), ApiError> {
+    let device = tx.must_get(class_ids::PIF, to)?.get(fields::PIF::device).clone();
     for v in vlans {
         set_field(tx, class_ids::VLAN, v, fields::VLAN::tagged_PIF, Value::reference(to))?;
+        // The untagged PIF is named after the device it rides on.
+        let untagged = tx
+            .must_get(class_ids::VLAN, v)?
+            .get(fields::VLAN::untagged_PIF)
+            .as_ref_str()
+            .map(str::to_owned);
+        if let Some(u) = untagged.filter(|u| tx.get(class_ids::PIF, u).is_some()) {
+            set_field(tx, class_ids::PIF, &u, fields::PIF::device, device.clone())?;
+        }
     }
     Ok(())
 }
@@ -341,6 +351,11 @@ pub async fn create(
         .collect();
     let local = host == agent.host;
     let vlan_pifs = attached_untagged(agent, &vlans);
+    let was_attached: Vec<String> = pifs
+        .iter()
+        .filter(|p| p.get(f::currently_attached).as_bool() == Some(true))
+        .map(|p| p.reference.clone())
+        .collect();
     // The VLANs over the members and the members themselves leave their bridges before the
     // members join the bond.
     if local {
@@ -415,7 +430,24 @@ pub async fn create(
         })
         .await?;
     if local {
-        attach::bring_up(agent, &master).await?;
+        if let Err(e) = attach::bring_up(agent, &master).await {
+            // The host refused the bond: undo it (the members get their configuration and
+            // bridges back) and say why.
+            if let Ok(plan) = topology::get(agent, class_ids::PIF, &master).and_then(|m| topology::plan(agent, &m)) {
+                if let Err(u) = agent.network.backend.bring_down(&plan).await {
+                    tracing::warn!(bond, error = %u, "removing a bond that did not come up");
+                }
+            }
+            if let Err(u) = destroy(agent, &bond).await {
+                tracing::warn!(bond, error = %u, "undoing a bond that did not come up");
+            }
+            for p in &was_attached {
+                if let Err(u) = attach::bring_up(agent, p).await {
+                    tracing::warn!(pif = %p, error = %u, "plugging a member again");
+                }
+            }
+            return Err(e);
+        }
         // The VLANs that rode on the members now ride on the bond.
         for u in &vlan_pifs {
             attach::bring_up(agent, u).await?;

@@ -315,6 +315,15 @@ async fn a_bond_enslaves_its_members_and_gives_them_back() {
         .unwrap()
         .to_owned();
     assert_eq!(master_of(&e, &format!("{primary_dev}.20")).as_deref(), Some("xapi2"));
+    let untagged = field(&e, class_ids::VLAN, &vlan, fields::VLAN::untagged_PIF)
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        field(&e, class_ids::PIF, &untagged, fields::PIF::device).as_str(),
+        Some(primary_dev.as_str()),
+        "the VLAN's PIF is named after the device it rides on"
+    );
     assert_eq!(
         master_of(&e, "eth2").as_deref(),
         Some("xenbr2"),

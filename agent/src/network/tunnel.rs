@@ -119,7 +119,21 @@ pub async fn create(
             objects::create(tx, t)
         })
         .await?;
-    super::pif::plug(agent, &access).await?;
+    if let Err(e) = super::pif::plug(agent, &access).await {
+        // The host refused the device: forget the records rather than leave a tunnel that
+        // never came up.
+        let forgotten = agent
+            .store
+            .write(|tx| {
+                objects::destroy(tx, class_ids::tunnel, &tunnel)?;
+                objects::destroy(tx, class_ids::PIF, &access)
+            })
+            .await;
+        if let Err(f) = forgotten {
+            tracing::warn!(tunnel, error = %f, "forgetting a tunnel that did not come up");
+        }
+        return Err(e);
+    }
     if super::pif::on_this_host(agent, &*topology::get(agent, class_ids::PIF, &access)?) {
         let t = tunnel.clone();
         agent

@@ -219,9 +219,28 @@ pub async fn create(agent: &Agent, tagged: &str, tag: i64, network: &str) -> Res
         })
         .await?;
     if local {
-        attach::bring_up(agent, &untagged_ref).await?;
+        if let Err(e) = attach::bring_up(agent, &untagged_ref).await {
+            // The host refused the device: forget the records rather than leave a VLAN that
+            // never came up.
+            forget_records(agent, &vlan_ref, &untagged_ref).await;
+            return Err(e);
+        }
     }
     Ok(vlan_ref)
+}
+
+/// Forgets a VLAN and its untagged PIF (after the host refused to bring it up).
+async fn forget_records(agent: &Agent, vlan: &str, untagged: &str) {
+    let forgotten = agent
+        .store
+        .write(|tx| {
+            objects::destroy(tx, class_ids::VLAN, vlan)?;
+            objects::destroy(tx, class_ids::PIF, untagged)
+        })
+        .await;
+    if let Err(e) = forgotten {
+        tracing::warn!(vlan, error = %e, "forgetting a VLAN that did not come up");
+    }
 }
 
 /// `VLAN.destroy`: unplugs and forgets the untagged PIF, then the VLAN.

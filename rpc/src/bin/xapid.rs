@@ -32,7 +32,8 @@ enum Backend {
 #[command(name = "xapid", version)]
 struct Args {
     /// A TOML config file (keys: listen, socket, state_dir, backend, root_password_file,
-    /// max_body, workers); flags given on the command line win over it.
+    /// max_body, workers, tls_listen, tls_cert, tls_key, max_connections, network_backend,
+    /// plugin_dir); flags given on the command line win over it.
     #[arg(long)]
     config: Option<PathBuf>,
     /// TCP address to serve HTTP on (repeatable) [default: 127.0.0.1:8080]. Plain HTTP stays
@@ -71,6 +72,15 @@ struct Args {
     /// HTTP worker threads (0: one per core) [default: 0].
     #[arg(long)]
     workers: Option<usize>,
+    /// Which network backend drives the host's bridges, VLANs, bonds and tunnels: auto (Linux
+    /// on the Xen backend, else simulated), linux, or simulator [default: auto; the
+    /// XAPID_NETWORK_BACKEND variable when set].
+    #[arg(long)]
+    network_backend: Option<String>,
+    /// Where `host.call_plugin` finds plugins [default: /etc/xapi.d/plugins; the
+    /// XAPID_PLUGIN_DIR variable when set].
+    #[arg(long)]
+    plugin_dir: Option<PathBuf>,
     /// Simulator only: latency added to every backend operation, in milliseconds (to make
     /// timings realistic in tests and demos).
     #[arg(long, default_value_t = 0)]
@@ -79,7 +89,7 @@ struct Args {
     /// measure the cost of an API call against bare HTTP.
     #[arg(long)]
     bench_noop: bool,
-    /// TCP address of the NBD server (repeatable) [default: 0.0.0.0:10809, as the reference].
+    /// TCP address of the NBD server (repeatable) [default: each API listen address, port 10809].
     /// It serves only while a network has purpose `nbd` (TLS required) or `insecure_nbd`.
     #[arg(long = "nbd-listen")]
     nbd_listen: Vec<SocketAddr>,
@@ -104,6 +114,8 @@ struct FileConfig {
     tls_key: Option<PathBuf>,
     max_connections: Option<usize>,
     nbd_listen: Option<Vec<SocketAddr>>,
+    network_backend: Option<String>,
+    plugin_dir: Option<PathBuf>,
 }
 
 /// Merges the config file under the command line.
@@ -136,14 +148,29 @@ fn effective(mut args: Args) -> Result<Args, String> {
     args.tls_cert = args.tls_cert.or(file.tls_cert);
     args.tls_key = args.tls_key.or(file.tls_key);
     if args.nbd_listen.is_empty() && !args.no_nbd {
-        args.nbd_listen = file
-            .nbd_listen
-            .unwrap_or_else(|| vec![SocketAddr::from(([0, 0, 0, 0], agent::storage::nbd_info::DEFAULT_PORT))]);
+        // By default NBD listens on each address the API listens on (so hosts sharing a machine
+        // on different loopback addresses each get theirs), on the reference's port.
+        let port = agent::storage::nbd_info::DEFAULT_PORT;
+        let mut by_api: Vec<SocketAddr> = Vec::new();
+        for a in args.listen.iter().chain(&args.tls_listen) {
+            let nbd = SocketAddr::new(a.ip(), port);
+            if !by_api.contains(&nbd) {
+                by_api.push(nbd);
+            }
+        }
+        args.nbd_listen = file.nbd_listen.unwrap_or(by_api);
     }
     if args.no_nbd {
         args.nbd_listen.clear();
     }
     args.max_connections = Some(args.max_connections.or(file.max_connections).unwrap_or(4096));
+    args.network_backend = args.network_backend.or(file.network_backend);
+    if let Some(nb) = &args.network_backend {
+        if agent::network::backend::NetChoice::parse(nb).is_none() {
+            return Err(format!("--network-backend {nb:?}: expected auto, linux or simulator"));
+        }
+    }
+    args.plugin_dir = args.plugin_dir.or(file.plugin_dir);
     if args.tls_cert.is_some() != args.tls_key.is_some() {
         return Err("--tls-cert and --tls-key go together".into());
     }
@@ -188,6 +215,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // The agent reads these settings from the environment; no other thread runs yet.
+    if let Some(nb) = &args.network_backend {
+        std::env::set_var("XAPID_NETWORK_BACKEND", nb);
+    }
+    if let Some(dir) = &args.plugin_dir {
+        std::env::set_var("XAPID_PLUGIN_DIR", dir);
+    }
     let state_dir = args.state_dir.clone().unwrap_or_default();
     let choice = match args.backend.unwrap_or(Backend::Auto) {
         Backend::Auto => BackendChoice::Auto,
