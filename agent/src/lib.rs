@@ -2,6 +2,7 @@
 //! log, sessions, dispatch of calls, and the hypervisor backends.
 
 pub mod actors;
+pub mod audit;
 pub mod auth;
 pub mod behaviour;
 pub mod call;
@@ -60,6 +61,9 @@ pub enum AgentError {
     /// The backend could not describe the host.
     #[error("reading host facts from the backend")]
     Backend(#[source] hypervisor::BackendError),
+    /// The audit log could not be opened.
+    #[error(transparent)]
+    Audit(audit::AuditError),
     /// The first objects could not be created.
     #[error("creating the first objects: {0}")]
     FirstBoot(ApiError),
@@ -107,6 +111,8 @@ pub struct Agent {
     pub(crate) host_address: String,
     /// The metrics service (round-robin databases, alerts).
     pub(crate) metrics: metrics::Metrics,
+    /// The audit trail (`<state dir>/audit.log`).
+    pub(crate) audit: audit::AuditLog,
 }
 
 impl Agent {
@@ -135,6 +141,8 @@ impl Agent {
             .map_err(|e| AgentError::StateDir(cfg.state_dir.display().to_string(), e))?;
         let store = store::Store::open(Some(&cfg.state_dir))?;
         let sessions = sessions::Sessions::open(&cfg.state_dir, cfg.root_password_file.as_deref())?;
+        let audit = audit::AuditLog::open(&cfg.state_dir, audit::DEFAULT_MAX_BYTES, audit::DEFAULT_KEEP)
+            .map_err(AgentError::Audit)?;
         let facts = HostFacts::from_backend(cfg.hypervisor.as_ref()).map_err(AgentError::Backend)?;
         let (pool, host) = first_boot::ensure(&store, &facts, &cfg.state_dir)
             .await
@@ -156,6 +164,7 @@ impl Agent {
             event_batches: event_from::BatchCache::default(),
             host_address: cfg.host_address.clone(),
             metrics: metrics::Metrics::default(),
+            audit,
         });
         lifecycle::reconcile::at_start(&agent)
             .await
