@@ -32,7 +32,7 @@ enum Backend {
 #[command(name = "xapid", version)]
 struct Args {
     /// A TOML config file (keys: listen, socket, state_dir, backend, root_password_file,
-    /// max_body, workers); flags given on the command line win over it.
+    /// max_body, workers, confine_workers, …); flags given on the command line win over it.
     #[arg(long)]
     config: Option<PathBuf>,
     /// TCP address to serve HTTP on (repeatable) [default: 127.0.0.1:8080]. Plain HTTP stays
@@ -79,6 +79,11 @@ struct Args {
     /// measure the cost of an API call against bare HTTP.
     #[arg(long)]
     bench_noop: bool,
+    /// Install a seccomp filter on each HTTP worker thread (no exec, no Xen privcmd ioctls,
+    /// no raw sockets; docs/threat-model.md). Off by default: with the Xen backend, VM
+    /// operations still run on the workers.
+    #[arg(long)]
+    confine_workers: bool,
 }
 
 /// The config file's keys (all optional).
@@ -96,6 +101,7 @@ struct FileConfig {
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     max_connections: Option<usize>,
+    confine_workers: Option<bool>,
 }
 
 /// Merges the config file under the command line.
@@ -128,6 +134,7 @@ fn effective(mut args: Args) -> Result<Args, String> {
     args.tls_cert = args.tls_cert.or(file.tls_cert);
     args.tls_key = args.tls_key.or(file.tls_key);
     args.max_connections = Some(args.max_connections.or(file.max_connections).unwrap_or(4096));
+    args.confine_workers = args.confine_workers || file.confine_workers.unwrap_or(false);
     if args.tls_cert.is_some() != args.tls_key.is_some() {
         return Err("--tls-cert and --tls-key go together".into());
     }
@@ -222,6 +229,7 @@ fn main() -> ExitCode {
         max_body: args.max_body.unwrap_or(DEFAULT_MAX_BODY),
         workers: args.workers.unwrap_or(0),
         bench_noop: args.bench_noop,
+        confine_workers: args.confine_workers,
     };
     let result = actix_web::rt::System::new().block_on(async move {
         let agent = Agent::start(cfg)
