@@ -58,7 +58,7 @@ step "cargo test --workspace (unit tests; authentication walk, disk full)"
 # mount a tmpfs. Tests that need a running Xen are #[ignore]d: tests/xen/run.sh runs them.
 XENCTRL_REQUIRE_XEN_LIBS=1 XAPID_REQUIRE_NO_XEN=1 XAPID_REQUIRE_XENGUEST=1 \
   XAPID_XENGUEST="$(dirname "$XAPID_BIN")/xapid-xenguest" XAPID_REQUIRE_IO_URING=1 \
-  XAPID_REQUIRE_ROOT=1 cargo test --workspace -- --skip acknowledged_writes_survive_sigkill
+  XAPID_REQUIRE_ROOT=1 XAPID_REQUIRE_PLAIN_HOST=1 cargo test --workspace -- --skip acknowledged_writes_survive_sigkill
 
 step "crash durability: 10,000 writes, 24 SIGKILLs (its report printed: N acknowledged, N present, 0 lost)"
 cargo test -p xapid-tests --test crash_durability -- --exact acknowledged_writes_survive_sigkill --nocapture

@@ -5,11 +5,12 @@
 //! included, before its task exists), the session's permissions are checked
 //! (`rbac::check`, which carries no message out).
 
+use crate::audit;
 use crate::behaviour;
 use crate::call::{Call, CallCtx};
 use crate::error::ApiError;
 use crate::rbac::{self, Caller};
-use crate::schema::{self, ClassId, MessageKind};
+use crate::schema::{self, class_ids, ClassId, MessageKind};
 use crate::value::{from_json, Value};
 use crate::Agent;
 use serde_json::Value as Json;
@@ -135,23 +136,52 @@ pub async fn call(agent: &Arc<Agent>, ctx: &CallCtx, method: &str, params: &[Jso
                 method: method.to_owned(),
             });
         }
+        let pending = pending_record(agent, &c);
         if let Some(caller) = &caller {
-            rbac::authorize(agent, caller, &c)?;
+            if let Err(e) = rbac::authorize(agent, caller, &c) {
+                record(agent, pending, audit::Outcome::Denied);
+                return Err(e);
+            }
         }
         let Some(handler) = table.handler(c.id) else {
-            return Err(ApiError::not_implemented(&c.wire_name()));
+            let e = ApiError::not_implemented(&c.wire_name());
+            record(agent, pending, audit::Outcome::Error(&e));
+            return Err(e);
         };
-        let task = behaviour::spawn_async(agent, ctx, c, handler).await?;
+        let task = behaviour::spawn_async(agent, ctx, c, handler).await;
+        record_result(agent, pending, &task);
+        let task = task?;
         note_task_owner(agent, caller.as_ref(), &task);
         return Ok(task);
     }
     let (c, caller) = typed(agent, method, params)?;
+    let pending = pending_record(agent, &c);
     if let Some(caller) = &caller {
-        rbac::authorize(agent, caller, &c)?;
+        if let Err(e) = rbac::authorize(agent, caller, &c) {
+            record(agent, pending, audit::Outcome::Denied);
+            return Err(e);
+        }
     }
     let creates_task = rbac::check::creates_task(&c);
     let destroyed_task = rbac::check::destroys_task(&c).map(str::to_owned);
-    let out = run(agent, ctx, c).await?;
+    let login =
+        (c.class == class_ids::session && c.message.name == "login_with_password").then(|| c.str_arg(0).to_owned());
+    let logout = (c.class == class_ids::session && c.message.name == "logout")
+        .then(|| {
+            c.session
+                .as_deref()
+                .and_then(|s| agent.audit.pending_session_destroy(&agent.store, s))
+        })
+        .flatten();
+    let out = run(agent, ctx, c).await;
+    record_result(agent, pending, &out);
+    let out = out?;
+    if let (Some(uname), Some(s)) = (login, out.as_ref_str()) {
+        agent.audit.session_created(&agent.store, &agent.host, s, &uname);
+    }
+    if logout.is_some() {
+        record(agent, logout, audit::Outcome::Ok);
+    }
     if creates_task {
         note_task_owner(agent, caller.as_ref(), &out);
     }
@@ -159,6 +189,26 @@ pub async fn call(agent: &Arc<Agent>, ctx: &CallCtx, method: &str, params: &[Jso
         agent.sessions.forget_task(&t);
     }
     Ok(out)
+}
+
+/// The audit record a call by a session will leave, if its message is recorded.
+fn pending_record(agent: &Agent, c: &Call) -> Option<audit::Pending> {
+    let s = c.session.as_deref()?;
+    agent.audit.pending_call(&agent.store, s, c)
+}
+
+/// Writes a pending audit record with its outcome.
+fn record(agent: &Agent, p: Option<audit::Pending>, outcome: audit::Outcome<'_>) {
+    if let Some(p) = p {
+        agent.audit.finish(&agent.store, &agent.host, p, outcome);
+    }
+}
+
+fn record_result(agent: &Agent, p: Option<audit::Pending>, r: &Result<Value, ApiError>) {
+    match r {
+        Ok(_) => record(agent, p, audit::Outcome::Ok),
+        Err(e) => record(agent, p, audit::Outcome::Error(e)),
+    }
 }
 
 /// Remembers who created a task (operations on it by other subjects need

@@ -2,6 +2,7 @@
 //! log, sessions, dispatch of calls, and the hypervisor backends.
 
 pub mod actors;
+pub mod audit;
 pub mod auth;
 pub mod backup;
 pub mod behaviour;
@@ -62,6 +63,9 @@ pub enum AgentError {
     /// The backend could not describe the host.
     #[error("reading host facts from the backend")]
     Backend(#[source] hypervisor::BackendError),
+    /// The audit log could not be opened.
+    #[error(transparent)]
+    Audit(audit::AuditError),
     /// The first objects could not be created.
     #[error("creating the first objects: {0}")]
     FirstBoot(ApiError),
@@ -111,6 +115,8 @@ pub struct Agent {
     pub(crate) metrics: metrics::Metrics,
     /// The network backend and the management interface (`network/`).
     pub(crate) network: network::Network,
+    /// The audit trail (`<state dir>/audit.log`).
+    pub(crate) audit: audit::AuditLog,
 }
 
 impl Agent {
@@ -145,6 +151,8 @@ impl Agent {
             .map_err(|e| AgentError::StateDir(cfg.state_dir.display().to_string(), e))?;
         let store = store::Store::open_configured(&cfg.state_dir).await?;
         let sessions = sessions::Sessions::open(&cfg.state_dir, cfg.root_password_file.as_deref())?;
+        let audit = audit::AuditLog::open(&cfg.state_dir, audit::DEFAULT_MAX_BYTES, audit::DEFAULT_KEEP)
+            .map_err(AgentError::Audit)?;
         let facts = HostFacts::from_backend(cfg.hypervisor.as_ref()).map_err(AgentError::Backend)?;
         // Changed-block tracking sees the writes this daemon makes; a Xen guest writes its
         // disk through the kernel, unseen, so the file driver advertises it only on the
@@ -173,6 +181,7 @@ impl Agent {
             host_address: cfg.host_address.clone(),
             metrics: metrics::Metrics::default(),
             network,
+            audit,
         });
         storage::load_cbt_logs(&agent).await;
         lifecycle::reconcile::at_start(&agent)

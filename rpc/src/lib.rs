@@ -2,6 +2,7 @@
 //! hand-off of each call to the agent.
 
 mod cli;
+pub mod confine;
 pub mod data_paths;
 pub mod jsonrpc;
 pub mod nbd;

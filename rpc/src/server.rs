@@ -36,6 +36,8 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// Serve `POST /bench/noop` (an empty 200 on the same stack) for overhead benchmarks.
     pub bench_noop: bool,
+    /// Install the seccomp filter of `crate::confine` on every HTTP worker thread.
+    pub confine_workers: bool,
 }
 
 /// The uid of a unix-socket peer.
@@ -241,15 +243,28 @@ pub async fn serve(agent: Arc<Agent>, cfg: ServerConfig) -> std::io::Result<()> 
 fn build(agent: Arc<Agent>, cfg: &ServerConfig, m: &Management) -> std::io::Result<actix_server::Server> {
     let max_body = cfg.max_body;
     let bench_noop = cfg.bench_noop;
+    let filter = if cfg.confine_workers {
+        let prog = crate::confine::worker_filter().map_err(std::io::Error::other)?;
+        tracing::info!("HTTP workers run under their seccomp filter");
+        Some(Arc::new(prog))
+    } else {
+        None
+    };
     let cli_agent = agent.clone();
     let data = web::Data::new(agent);
     // The front serves `POST /cli` connections (the thin CLI protocol) itself.
     let mut server = crate::cli::Front::new(cli_agent, move || {
+        // The factory runs on each worker thread as it starts: the filter goes on there.
+        if let Some(prog) = &filter {
+            crate::confine::install_once(prog);
+        }
         App::new().app_data(data.clone()).configure(|c| {
             routes(c, max_body);
             if bench_noop {
                 c.route("/bench/noop", web::post().to(noop));
             }
+            #[cfg(test)]
+            c.route("/test/forbidden", web::get().to(crate::confine::tests::forbidden_hook));
         })
     })
     .on_connect(on_connect)

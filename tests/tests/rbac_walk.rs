@@ -1176,3 +1176,155 @@ fn changes(before: &check::Snapshot, after: &check::Snapshot) -> Vec<String> {
     }
     out
 }
+
+// ---------------------------------------------------------------------------------------
+// The audit trail
+
+/// `GET <path>` over a fresh connection: (status, body).
+fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map_or(String::new(), |(_, b)| b.to_owned());
+    (status, body)
+}
+
+/// Calls of a pool-admin and a read-only directory user land in the audit log with their
+/// outcome (allowed or denied, ok or the error), under their subject identifiers and names;
+/// no password or session ref is written; only a pool-admin (not the read-only user) may
+/// read the log.
+#[test]
+fn the_audit_trail_names_directory_users_and_no_secret() {
+    let scratch = tempfile::Builder::new().prefix("xapid-audit").tempdir().unwrap();
+    let slapd = Slapd::start(&scratch.path().join("ldap"));
+    let daemon = Daemon::start(
+        DaemonOpts {
+            state_dir: scratch.path().join("state"),
+            extra: vec![],
+            password: ROOT_PW.into(),
+        },
+        scratch.path(),
+    )
+    .unwrap();
+    let addr = daemon.addr;
+    let (mut rpc, root) = daemon.client("audit-root").unwrap();
+    let pool = refs(&rpc.ok("pool.get_all", &[json!(root)]).unwrap()).remove(0);
+    let config = json!({
+        "base_dn": BASE,
+        "user": READER_DN,
+        "pass": READER_PW,
+        "ca_cert_file": slapd.ca.display().to_string(),
+    });
+    rpc.ok(
+        "pool.enable_external_auth",
+        &[
+            json!(root),
+            json!(pool),
+            config.clone(),
+            json!(slapd.url()),
+            json!("LDAP"),
+        ],
+    )
+    .unwrap();
+    let mut sids = BTreeMap::new();
+    for (role, name) in [("pool-admin", "pat"), ("read-only", "auditors")] {
+        let sid = rpc
+            .ok("auth.get_subject_identifier", &[json!(root), json!(name)])
+            .unwrap();
+        let subj = rpc
+            .ok(
+                "subject.create",
+                &[json!(root), json!({"subject_identifier": sid, "other_config": {}})],
+            )
+            .unwrap();
+        let r = refs(&rpc.ok("role.get_by_name_label", &[json!(root), json!(role)]).unwrap()).remove(0);
+        rpc.ok("subject.add_to_roles", &[json!(root), subj, json!(r)]).unwrap();
+        sids.insert(name, sid.as_str().unwrap().to_owned());
+    }
+    let rita_sid = rpc
+        .ok("auth.get_subject_identifier", &[json!(root), json!("rita")])
+        .unwrap()
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let pat = login_ok(addr, "pat");
+    let rita = login_ok(addr, "rita");
+    let mut c = Rpc::new(addr, Wire::Xml);
+
+    // The pool-admin renames the pool (allowed, ok) and enables the directory again with its
+    // password (allowed, an error); the read-only user tries to rename it (denied).
+    c.ok("pool.set_name_label", &[json!(pat), json!(pool), json!("audited pool")])
+        .unwrap();
+    let again = c
+        .call(
+            "pool.enable_external_auth",
+            &[json!(pat), json!(pool), config, json!(slapd.url()), json!("LDAP")],
+        )
+        .unwrap();
+    assert_eq!(code(&again), Some("POOL_AUTH_ALREADY_ENABLED"));
+    let refused = c
+        .call("pool.set_name_label", &[json!(rita), json!(pool), json!("not mine")])
+        .unwrap();
+    assert_eq!(code(&refused), Some("RBAC_PERMISSION_DENIED"));
+    c.ok("session.logout", &[json!(rita)]).unwrap();
+    let rita = login_ok(addr, "rita");
+
+    // The read-only user may not read the log; the pool-admin may.
+    let (status, body) = http_get(addr, &format!("/audit_log?session_id={rita}"));
+    assert_eq!(status, 403, "{body}");
+    let (status, log) = http_get(addr, &format!("/audit_log?session_id={pat}"));
+    assert_eq!(status, 200, "{log}");
+    let pat_sid = &sids["pat"];
+    let has = |needle: &str| log.lines().any(|l| l.contains(needle));
+    assert!(
+        has(&format!("'{pat_sid}' 'pat' 'ALLOWED' 'OK' 'API' 'session.create' (('uname' 'pat' '' '') ('originator' 'rbac-walk' '' ''))")),
+        "{log}"
+    );
+    assert!(
+        has(&format!(
+            "'{pat_sid}' 'pat' 'ALLOWED' 'OK' 'API' 'pool.set_name_label' (('self' 'audited pool' "
+        )),
+        "{log}"
+    );
+    // `value` is no descriptive parameter: only the object is named (after the call).
+    assert!(!has("'value'"), "{log}");
+    assert!(
+        has(&format!(
+            "'{pat_sid}' 'pat' 'ALLOWED' 'ERROR:POOL_AUTH_ALREADY_ENABLED: [ "
+        )),
+        "{log}"
+    );
+    assert!(
+        has(&format!("'{rita_sid}' 'rita' 'DENIED' '' 'API' 'pool.set_name_label'")),
+        "{log}"
+    );
+    assert!(
+        has(&format!(
+            "'{rita_sid}' 'rita' 'ALLOWED' 'OK' 'API' 'session.destroy' (('originator' 'rbac-walk' '' ''))"
+        )),
+        "{log}"
+    );
+    assert!(
+        has(&format!("'{rita_sid}' 'rita' 'DENIED' '' 'HTTP' 'http/get_audit_log'")),
+        "{log}"
+    );
+    // Root's calls are the local superuser's; its login is not recorded (as in the reference).
+    assert!(
+        has("'LOCAL_SUPERUSER' 'root' 'ALLOWED' 'OK' 'API' 'subject.add_to_roles'"),
+        "{log}"
+    );
+    // Read-only calls are not recorded.
+    assert!(!has("'auth.get_subject_identifier'"), "{log}");
+    // No secret: no password, no session ref.
+    for secret in [READER_PW, ROOT_PW, "Pat-Pw-1", "Rita-Pw-1", &pat, &rita, &root] {
+        assert!(!log.contains(secret), "{secret} is in the audit log");
+    }
+    let on_disk = std::fs::read_to_string(scratch.path().join("state/audit.log")).unwrap();
+    assert_eq!(on_disk, log);
+}

@@ -8,6 +8,25 @@ use serde_json::json;
 
 const NULL: &str = "OpaqueRef:NULL";
 
+/// The switch that makes a host test's missing precondition a failure (docs/testing.md,
+/// "Skips"): this machine has no xapi plugin directory or syslog reconfiguration script, and
+/// the daemon's host settings (`XAPID_PLUGIN_DIR`, `XAPID_SET_SYSTEM_HOSTNAME`,
+/// `XAPID_SERVER_CERT`, `XAPID_SYSLOG_RECONFIGURE`) are not set.
+const REQUIRE_PLAIN_HOST: &str = "XAPID_REQUIRE_PLAIN_HOST";
+
+/// True (after saying so, or failing under [`REQUIRE_PLAIN_HOST`]) when `missing` says what
+/// of the plain host is not there.
+#[track_caller]
+fn skip_without_a_plain_host(missing: Option<String>) -> bool {
+    match missing {
+        Some(why) => {
+            crate::hypervisor::selection::test_env::skip_unless_required(REQUIRE_PLAIN_HOST, &why);
+            true
+        }
+        None => false,
+    }
+}
+
 #[actix::test]
 async fn every_host_message_here_checks_the_host() {
     let e = env().await;
@@ -33,10 +52,9 @@ async fn every_host_message_here_checks_the_host() {
 
 #[actix::test]
 async fn a_plugin_missing_from_the_default_directory() {
-    if std::env::var_os("XAPID_PLUGIN_DIR").is_some()
-        || std::path::Path::new(crate::host::settings::DEFAULT_PLUGIN_DIR).exists()
-    {
-        eprintln!("SKIPPED: this machine has a plugin directory");
+    let has_plugins = std::env::var_os("XAPID_PLUGIN_DIR").is_some()
+        || std::path::Path::new(crate::host::settings::DEFAULT_PLUGIN_DIR).exists();
+    if skip_without_a_plain_host(has_plugins.then(|| "this machine has a plugin directory".to_owned())) {
         return;
     }
     let e = env().await;
@@ -53,9 +71,9 @@ async fn a_plugin_missing_from_the_default_directory() {
 
 #[actix::test]
 async fn set_hostname_live_checks_and_records_the_name() {
-    if crate::host::settings::set_system_hostname("simulator") {
-        // The setting would have the test rename this machine.
-        eprintln!("SKIPPED: XAPID_SET_SYSTEM_HOSTNAME is on");
+    // The setting would have the test rename this machine.
+    let renames = crate::host::settings::set_system_hostname("simulator");
+    if skip_without_a_plain_host(renames.then(|| "XAPID_SET_SYSTEM_HOSTNAME is on".to_owned())) {
         return;
     }
     let e = env().await;
@@ -171,8 +189,8 @@ async fn host_logs_keys_and_reports_on_the_simulator() {
 
 #[actix::test]
 async fn the_server_certificate_from_the_state_dir() {
-    if std::env::var_os("XAPID_SERVER_CERT").is_some() {
-        eprintln!("SKIPPED: XAPID_SERVER_CERT is set");
+    let elsewhere = std::env::var_os("XAPID_SERVER_CERT").is_some();
+    if skip_without_a_plain_host(elsewhere.then(|| "XAPID_SERVER_CERT is set".to_owned())) {
         return;
     }
     let e = env().await;
@@ -193,11 +211,10 @@ async fn the_server_certificate_from_the_state_dir() {
 #[actix::test]
 async fn syslog_reconfigure_needs_its_script() {
     let script = crate::host::settings::syslog_reconfigure_script();
-    if script.exists() {
-        eprintln!(
-            "SKIPPED: {} exists and would reconfigure this machine",
-            script.display()
-        );
+    let exists = script.exists();
+    if skip_without_a_plain_host(
+        exists.then(|| format!("{} exists and would reconfigure this machine", script.display())),
+    ) {
         return;
     }
     let e = env().await;

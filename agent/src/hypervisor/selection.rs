@@ -122,7 +122,7 @@ fn select_with(
 /// precondition a failure instead of a skip (scripts/test.sh sets them all; docs/testing.md,
 /// "Skips").
 #[cfg(test)]
-pub(super) mod test_env {
+pub(crate) mod test_env {
     use std::io::Write as _;
     use std::path::Path;
 

@@ -33,7 +33,7 @@ enum Backend {
 struct Args {
     /// A TOML config file (keys: listen, socket, state_dir, backend, root_password_file,
     /// max_body, workers, tls_listen, tls_cert, tls_key, max_connections, network_backend,
-    /// plugin_dir); flags given on the command line win over it.
+    /// plugin_dir, nbd_listen, confine_workers); flags given on the command line win over it.
     #[arg(long)]
     config: Option<PathBuf>,
     /// TCP address to serve HTTP on (repeatable) [default: 127.0.0.1:8080]. Plain HTTP stays
@@ -96,6 +96,11 @@ struct Args {
     /// No NBD server.
     #[arg(long)]
     no_nbd: bool,
+    /// Install a seccomp filter on each HTTP worker thread (no exec, no Xen privcmd ioctls,
+    /// no raw sockets; docs/threat-model.md). Off by default: with the Xen backend, VM
+    /// operations still run on the workers.
+    #[arg(long)]
+    confine_workers: bool,
 }
 
 /// The config file's keys (all optional).
@@ -116,6 +121,7 @@ struct FileConfig {
     nbd_listen: Option<Vec<SocketAddr>>,
     network_backend: Option<String>,
     plugin_dir: Option<PathBuf>,
+    confine_workers: Option<bool>,
 }
 
 /// Merges the config file under the command line.
@@ -171,6 +177,7 @@ fn effective(mut args: Args) -> Result<Args, String> {
         }
     }
     args.plugin_dir = args.plugin_dir.or(file.plugin_dir);
+    args.confine_workers = args.confine_workers || file.confine_workers.unwrap_or(false);
     if args.tls_cert.is_some() != args.tls_key.is_some() {
         return Err("--tls-cert and --tls-key go together".into());
     }
@@ -291,6 +298,7 @@ fn main() -> ExitCode {
         max_body: args.max_body.unwrap_or(DEFAULT_MAX_BODY),
         workers: args.workers.unwrap_or(0),
         bench_noop: args.bench_noop,
+        confine_workers: args.confine_workers,
     };
     let result = actix_web::rt::System::new().block_on(async move {
         let agent = Agent::start(cfg)

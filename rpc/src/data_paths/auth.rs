@@ -1,9 +1,9 @@
 //! Who is calling a data path: a session (query parameter or cookie `session_id`) or HTTP
 //! Basic credentials, which open a session for the request and close it afterwards.
 
-use super::{param, DataPathError};
+use super::{param, request_params, DataPathError};
 use actix_web::HttpRequest;
-use agent::Agent;
+use agent::{Agent, ApiError};
 use std::sync::Arc;
 
 /// The session a data-path request runs as.
@@ -51,6 +51,30 @@ pub async fn authenticate(agent: &Arc<Agent>, req: &HttpRequest) -> Result<Auth,
         session,
         temporary: true,
     })
+}
+
+/// Checks the request's credentials and that its session may use the HTTP handler `action`
+/// (the datamodel's name of the HTTP action, e.g. `get_export_raw_vdi`): a refusal is
+/// `DataPathError::Forbidden` (HTTP 403). A session opened for the request is closed on
+/// refusal.
+pub async fn authorize(agent: &Arc<Agent>, req: &HttpRequest, action: &str) -> Result<Auth, DataPathError> {
+    let auth = authenticate(agent, req).await?;
+    match agent.authorize_http(&auth.session, action, &request_params(req)) {
+        Ok(()) => Ok(auth),
+        Err(e) => {
+            auth.finish(agent).await;
+            Err(refusal(e))
+        }
+    }
+}
+
+/// The data-path error for an error of the role check.
+pub(crate) fn refusal(e: ApiError) -> DataPathError {
+    match e {
+        ApiError::RbacPermissionDenied { .. } => DataPathError::Forbidden(e),
+        ApiError::SessionInvalid { .. } => DataPathError::Unauthorised,
+        other => DataPathError::Failed(other),
+    }
 }
 
 /// `Basic base64(user:password)` → (user, password).

@@ -5,7 +5,8 @@
 //! `GET /console` with `Upgrade: websocket` (as Xen Orchestra connects) carries the same bytes
 //! in binary WebSocket messages.
 
-use super::{authenticate, param, DataPathError};
+use super::auth::refusal;
+use super::{authorize, param, request_params, Auth, DataPathError};
 use actix_web::http::Method;
 use actix_web::{web, HttpRequest, HttpResponse};
 use agent::{Agent, ApiError};
@@ -16,7 +17,9 @@ use std::sync::Arc;
 use tokio::io::unix::AsyncFd;
 
 /// The console named by `ref` (a console, or a VM's first console) or `uuid`, and its domain.
-fn domid_of(agent: &Agent, req: &HttpRequest) -> Result<u32, DataPathError> {
+/// A control domain's console also needs the `…/host_console` permission of the action, as
+/// in the reference.
+fn domid_of(agent: &Agent, req: &HttpRequest, auth: &Auth, action: &str) -> Result<u32, DataPathError> {
     let (r, u) = (param(req, "ref"), param(req, "uuid"));
     if r.is_none() && u.is_none() {
         return Err(DataPathError::BadRequest(ApiError::internal(
@@ -26,18 +29,34 @@ fn domid_of(agent: &Agent, req: &HttpRequest) -> Result<u32, DataPathError> {
     let console = agent
         .text_console(r.as_deref(), u.as_deref())
         .map_err(DataPathError::NotFound)?;
+    if agent.console_of_control_domain(&console) {
+        let host_console = if action == CONSOLE_WS {
+            "connect_console_ws/host_console_ws"
+        } else {
+            "connect_console/host_console"
+        };
+        agent
+            .authorize_http(&auth.session, host_console, &request_params(req))
+            .map_err(refusal)?;
+    }
     agent.console_domain(&console).map_err(DataPathError::NotFound)
 }
+
+/// The HTTP actions of the two ways in.
+const CONSOLE: &str = "connect_console";
+const CONSOLE_WS: &str = "connect_console_ws";
 
 /// `CONNECT /console` (and `GET`, which needs a WebSocket upgrade this build lacks).
 pub(super) async fn connect(req: HttpRequest, body: web::Payload, agent: web::Data<Arc<Agent>>) -> HttpResponse {
     let agent = agent.get_ref().clone();
-    let auth = match authenticate(&agent, &req).await {
+    let websocket = req.method() != Method::CONNECT;
+    let action = if websocket { CONSOLE_WS } else { CONSOLE };
+    let auth = match authorize(&agent, &req, action).await {
         Ok(a) => a,
         Err(e) => return e.response(),
     };
+    let domid = domid_of(&agent, &req, &auth, action);
     auth.finish(&agent).await;
-    let websocket = req.method() != Method::CONNECT;
     if websocket {
         if let Err(e) = actix_http::ws::verify_handshake(req.head()) {
             return HttpResponse::BadRequest()
@@ -45,7 +64,7 @@ pub(super) async fn connect(req: HttpRequest, body: web::Payload, agent: web::Da
                 .body(format!("use CONNECT /console, or GET with a WebSocket upgrade: {e}\n"));
         }
     }
-    let domid = match domid_of(&agent, &req) {
+    let domid = match domid {
         Ok(d) => d,
         Err(e) => return e.response(),
     };

@@ -6,6 +6,7 @@
 //! The bodies stream: imports and exports move through the agent's io_uring engine a few
 //! megabytes at a time, and are not subject to the RPC routes' body cap.
 
+mod audit_log;
 mod auth;
 mod console;
 mod disk_format;
@@ -19,7 +20,7 @@ use actix_web::http::{Method, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
 use agent::ApiError;
 
-pub use auth::{authenticate, Auth};
+pub use auth::{authenticate, authorize, Auth};
 
 /// Adds the data-path routes.
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -37,7 +38,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/host_rrd", web::get().to(rrd::host_rrd))
         .route("/vm_rrd", web::get().to(rrd::vm_rrd))
         .route("/sr_rrd", web::get().to(rrd::sr_rrd))
-        .route("/metrics", web::get().to(prometheus::metrics));
+        .route("/metrics", web::get().to(prometheus::metrics))
+        .route("/audit_log", web::get().to(audit_log::get));
 }
 
 /// Failures of the data paths before or while moving bytes.
@@ -46,6 +48,9 @@ pub enum DataPathError {
     /// No or bad credentials.
     #[error("authentication failed")]
     Unauthorised,
+    /// The session's roles do not allow the handler (`RBAC_PERMISSION_DENIED`).
+    #[error("{0}")]
+    Forbidden(ApiError),
     /// The request is malformed or names nothing usable.
     #[error("{0}")]
     BadRequest(ApiError),
@@ -65,7 +70,10 @@ impl DataPathError {
     pub fn api_error(&self) -> ApiError {
         match self {
             DataPathError::Unauthorised => ApiError::SessionAuthenticationFailed {},
-            DataPathError::BadRequest(e) | DataPathError::NotFound(e) | DataPathError::Failed(e) => e.clone(),
+            DataPathError::Forbidden(e)
+            | DataPathError::BadRequest(e)
+            | DataPathError::NotFound(e)
+            | DataPathError::Failed(e) => e.clone(),
             DataPathError::NotImplemented(f) => ApiError::ImportError {
                 msg: format!("format {f} is not supported yet"),
             },
@@ -74,8 +82,17 @@ impl DataPathError {
 
     /// The HTTP answer.
     pub fn response(&self) -> HttpResponse {
+        if let DataPathError::Forbidden(e) = self {
+            tracing::debug!(error = %e, "data path refused by the role check");
+            // The reference's answer to a refused HTTP permission.
+            return HttpResponse::Forbidden()
+                .force_close()
+                .content_type("text/html")
+                .body(FORBIDDEN_BODY);
+        }
         let status = match self {
             DataPathError::Unauthorised => StatusCode::UNAUTHORIZED,
+            DataPathError::Forbidden(_) => StatusCode::FORBIDDEN,
             DataPathError::BadRequest(_) => StatusCode::BAD_REQUEST,
             DataPathError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             DataPathError::NotFound(_) => StatusCode::NOT_FOUND,
@@ -92,6 +109,19 @@ impl DataPathError {
         }
         b.content_type("text/plain").body(format!("{}\n", self.api_error()))
     }
+}
+
+/// The body of a 403 answer, as the reference words it.
+const FORBIDDEN_BODY: &str =
+    "<html><body><h1>HTTP 403 forbidden</h1>Access to the requested resource is forbidden.</body></html>";
+
+/// Every parameter of a request, query string then cookies, as the audit record lists them.
+pub(crate) fn request_params(req: &HttpRequest) -> Vec<(String, String)> {
+    let mut out = rrd::query_pairs(req);
+    if let Ok(cookies) = req.cookies() {
+        out.extend(cookies.iter().map(|c| (c.name().to_owned(), c.value().to_owned())));
+    }
+    out
 }
 
 /// A request parameter from the query string or, as the reference allows, a cookie.

@@ -2,7 +2,7 @@
 //! authenticated like the other data paths, answered with the agent's documents (XML or JSON,
 //! as the client's `Accept` header or a `json` parameter asks) and the reference's headers.
 
-use super::authenticate;
+use super::authorize;
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use agent::metrics::http::{client_prefers_json, StatsDoc, StatsError};
@@ -42,10 +42,10 @@ fn answer(r: Result<StatsDoc, StatsError>) -> HttpResponse {
     }
 }
 
-/// Authenticates (a session opened by Basic credentials is closed at once: the answer needs
-/// none).
-async fn check(agent: &Arc<Agent>, req: &HttpRequest) -> Result<(), HttpResponse> {
-    match authenticate(agent, req).await {
+/// Authenticates and checks the session's role for `action` (a session opened by Basic
+/// credentials is closed at once: the answer needs none).
+async fn check(agent: &Arc<Agent>, req: &HttpRequest, action: &str) -> Result<(), HttpResponse> {
+    match authorize(agent, req, action).await {
         Ok(a) => {
             a.finish(agent).await;
             Ok(())
@@ -61,7 +61,7 @@ fn wants_json(req: &HttpRequest, pairs: &[(String, String)]) -> bool {
 /// `GET /rrd_updates`.
 pub(super) async fn rrd_updates(req: HttpRequest, agent: web::Data<Arc<Agent>>) -> HttpResponse {
     let agent = agent.get_ref();
-    if let Err(r) = check(agent, &req).await {
+    if let Err(r) = check(agent, &req, "rrd_updates").await {
         return r;
     }
     answer(agent.rrd_updates(&query_pairs(&req), accept(&req)))
@@ -70,7 +70,7 @@ pub(super) async fn rrd_updates(req: HttpRequest, agent: web::Data<Arc<Agent>>) 
 /// `GET /host_rrd`.
 pub(super) async fn host_rrd(req: HttpRequest, agent: web::Data<Arc<Agent>>) -> HttpResponse {
     let agent = agent.get_ref();
-    if let Err(r) = check(agent, &req).await {
+    if let Err(r) = check(agent, &req, "host_rrd").await {
         return r;
     }
     answer(agent.host_rrd(wants_json(&req, &query_pairs(&req))))
@@ -78,7 +78,7 @@ pub(super) async fn host_rrd(req: HttpRequest, agent: web::Data<Arc<Agent>>) -> 
 
 async fn owner_rrd(req: HttpRequest, agent: web::Data<Arc<Agent>>, sr: bool) -> HttpResponse {
     let agent = agent.get_ref();
-    if let Err(r) = check(agent, &req).await {
+    if let Err(r) = check(agent, &req, if sr { "sr_rrd" } else { "vm_rrd" }).await {
         return r;
     }
     let pairs = query_pairs(&req);

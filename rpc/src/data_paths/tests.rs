@@ -587,3 +587,5 @@ async fn console_streams_boot_lines_and_echoes() {
     .await;
     assert_eq!(status, 404);
 }
+
+mod rbac;

@@ -3,7 +3,7 @@
 //! of that size is created for it, as the reference does.
 
 use super::disk_format::PayloadSource;
-use super::{authenticate, param, Auth, DataPathError};
+use super::{authorize, param, Auth, DataPathError};
 use actix_web::{web, HttpRequest, HttpResponse};
 use agent::schema::class_ids;
 use agent::storage::transfer::{ExportSource, Format, ImportSink, TransferTask};
@@ -47,7 +47,7 @@ fn content_length(req: &HttpRequest) -> Option<u64> {
 /// `PUT /import_raw_vdi`.
 pub(super) async fn import(req: HttpRequest, body: web::Payload, agent: web::Data<Arc<Agent>>) -> HttpResponse {
     let agent = agent.get_ref();
-    let auth = match authenticate(agent, &req).await {
+    let auth = match authorize(agent, &req, "put_import_raw_vdi").await {
         Ok(a) => a,
         Err(e) => {
             fail_named_task(agent, &req, &e).await;
@@ -188,7 +188,7 @@ async fn finish_import(
 /// `GET /export_raw_vdi`.
 pub(super) async fn export(req: HttpRequest, agent: web::Data<Arc<Agent>>) -> HttpResponse {
     let agent = agent.get_ref().clone();
-    let auth = match authenticate(&agent, &req).await {
+    let auth = match authorize(&agent, &req, "get_export_raw_vdi").await {
         Ok(a) => a,
         Err(e) => {
             fail_named_task(&agent, &req, &e).await;

@@ -7,7 +7,7 @@
 //! task: Xen Orchestra probes the path with an empty upload first, and sends a stream without
 //! a length (it declares 1 PiB and closes the connection once the archive is sent).
 
-use super::{authenticate, param, DataPathError};
+use super::{authorize, param, DataPathError};
 use actix_web::web::Bytes;
 use actix_web::{web, HttpRequest, HttpResponse};
 use agent::backup::metadata::{self, ExportOptions};
@@ -79,7 +79,8 @@ fn plan_export(agent: &Arc<Agent>, req: &HttpRequest, metadata_only: bool) -> Re
 }
 
 async fn export_common(req: HttpRequest, agent: Arc<Agent>, metadata_only: bool) -> HttpResponse {
-    let auth = match authenticate(&agent, &req).await {
+    let action = if metadata_only { "get_export_metadata" } else { "get_export" };
+    let auth = match authorize(&agent, &req, action).await {
         Ok(a) => a,
         Err(e) => {
             fail_named_task(&agent, &req, &e).await;
@@ -269,7 +270,8 @@ async fn import_common(
     agent: Arc<Agent>,
     metadata_only: bool,
 ) -> HttpResponse {
-    let auth = match authenticate(&agent, &req).await {
+    let action = if metadata_only { "put_import_metadata" } else { "put_import" };
+    let auth = match authorize(&agent, &req, action).await {
         Ok(a) => a,
         Err(e) => {
             fail_named_task(&agent, &req, &e).await;

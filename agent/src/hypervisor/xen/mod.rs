@@ -244,8 +244,8 @@ pub struct XenBackend {
     reservations: Mutex<HashMap<DomId, u64>>,
     stop: Arc<AtomicBool>,
     stop_path: String,
-    /// The `xapid-xenguest` helper that runs domain builds, if found.
-    helper: Option<std::path::PathBuf>,
+    /// Where domain builds run (the `xapid-xenguest` helper, unless in-process is chosen).
+    builds: xenguest::BuildMode,
 }
 
 impl std::fmt::Debug for XenBackend {
@@ -276,17 +276,23 @@ impl XenBackend {
             reservations: Mutex::new(HashMap::new()),
             stop: Arc::new(AtomicBool::new(false)),
             stop_path: format!("{STOP_ROOT}/{}", Uuid::new_v4()),
-            helper: xenguest::helper_path(),
+            builds: xenguest::build_mode().ok_or_else(|| BackendError::Unavailable {
+                backend: "xen",
+                reason: format!(
+                    "{} not found (XAPID_XENGUEST, next to the daemon, PATH); install it, or set \
+                     XAPID_XENGUEST={} to build domains inside the daemon",
+                    xenguest::HELPER_NAME,
+                    xenguest::IN_PROCESS
+                ),
+            })?,
         };
-        match &backend.helper {
-            Some(h) => {
+        match &backend.builds {
+            xenguest::BuildMode::Helper(h) => {
                 tracing::info!(helper = %h.display(), "xen: domain builds run in a helper process")
             }
-            None => tracing::warn!(
-                "xen: {} not found (XAPID_XENGUEST, next to the daemon, PATH): \
-                 domain builds run inside the daemon",
-                xenguest::HELPER_NAME
-            ),
+            xenguest::BuildMode::InProcess => {
+                tracing::warn!("xen: XAPID_XENGUEST=in-process: domain builds run inside the daemon")
+            }
         }
         match bootloader::pygrub_path() {
             Some(p) => tracing::info!(pygrub = %p.display(), "xen: PV guests with a bootloader boot through pygrub"),
@@ -645,9 +651,9 @@ impl Hypervisor for XenBackend {
                 console_evtchn: console_port,
                 xenstore_evtchn: store_port,
             };
-            let outcome = match &self.helper {
-                Some(helper) => xenguest::build_in_helper(helper, &request)?,
-                None => xenguest::build_in_process(xc, &request),
+            let outcome = match &self.builds {
+                xenguest::BuildMode::Helper(helper) => xenguest::build_in_helper(helper, &request)?,
+                xenguest::BuildMode::InProcess => xenguest::build_in_process(xc, &request),
             };
             let built = outcome.map_err(|f| {
                 call_err(

@@ -13,8 +13,9 @@
 //! stdin, writes one JSON [`BuildReply`] on stdout and exits 0; its stderr
 //! carries libxenctrl's log (one line per message), which the daemon
 //! re-logs. The daemon finds the helper in `$XAPID_XENGUEST`, next to its
-//! own executable, or on `$PATH`; without it, it builds in-process and
-//! says so in its log.
+//! own executable, or on `$PATH`; without it the Xen backend does not
+//! start. Building inside the daemon is an explicit setting:
+//! `XAPID_XENGUEST=in-process` (see [`BuildMode`]).
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -125,6 +126,33 @@ impl From<xenctrl::XenctrlError> for BuildFailure {
             errno: e.errno().unwrap_or(0),
             message: e.to_string(),
         }
+    }
+}
+
+/// The value of `XAPID_XENGUEST` that asks for builds inside the daemon.
+pub const IN_PROCESS: &str = "in-process";
+
+/// Where domain builds run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BuildMode {
+    /// In the helper process at this path (the default).
+    Helper(PathBuf),
+    /// Inside the daemon: only when `XAPID_XENGUEST=in-process` says so.
+    InProcess,
+}
+
+/// The build mode `XAPID_XENGUEST` and the installed files give: `in-process` is the
+/// explicit choice of building inside the daemon; otherwise the helper must be found, and
+/// `None` says it was not.
+pub fn build_mode() -> Option<BuildMode> {
+    let setting = std::env::var("XAPID_XENGUEST").ok();
+    mode_of(setting.as_deref(), helper_path)
+}
+
+fn mode_of(setting: Option<&str>, find: impl FnOnce() -> Option<PathBuf>) -> Option<BuildMode> {
+    match setting {
+        Some(IN_PROCESS) => Some(BuildMode::InProcess),
+        _ => find().map(BuildMode::Helper),
     }
 }
 
@@ -308,5 +336,23 @@ pub fn helper_main() -> i32 {
             eprintln!("{HELPER_NAME}: encoding the reply: {e}");
             1
         }
+    }
+}
+
+#[cfg(test)]
+mod mode_tests {
+    use super::*;
+
+    #[test]
+    fn in_process_only_when_asked() {
+        let found = || Some(PathBuf::from("/usr/local/bin/xapid-xenguest"));
+        assert_eq!(mode_of(Some("in-process"), found), Some(BuildMode::InProcess));
+        assert_eq!(
+            mode_of(None, found),
+            Some(BuildMode::Helper(PathBuf::from("/usr/local/bin/xapid-xenguest")))
+        );
+        // No helper and no explicit choice: no silent fallback.
+        assert_eq!(mode_of(None, || None), None);
+        assert_eq!(mode_of(Some("/nowhere/xapid-xenguest"), || None), None);
     }
 }
