@@ -92,7 +92,7 @@ pub fn behaviour() -> Vec<Entry> {
                         class_ids::network,
                         &r,
                         fields::network::purpose,
-                        Value::set(current),
+                        Value::set(current.clone()),
                     )
                 })
                 .await
@@ -117,7 +117,7 @@ pub fn behaviour() -> Vec<Entry> {
                         class_ids::network,
                         &r,
                         fields::network::purpose,
-                        Value::set(current),
+                        Value::set(current.clone()),
                     )
                 })
                 .await

@@ -188,9 +188,9 @@ async fn reconfigure_ip(agent: &Agent, c: &Call) -> Result<(), ApiError> {
         .store
         .write(|tx| {
             set_field(tx, class_ids::PIF, &r, f::ip_configuration_mode, mode.value())?;
-            set_field(tx, class_ids::PIF, &r, f::IP, Value::str(ip))?;
-            set_field(tx, class_ids::PIF, &r, f::netmask, Value::str(netmask))?;
-            set_field(tx, class_ids::PIF, &r, f::gateway, Value::str(gateway))?;
+            set_field(tx, class_ids::PIF, &r, f::IP, Value::str(ip.clone()))?;
+            set_field(tx, class_ids::PIF, &r, f::netmask, Value::str(netmask.clone()))?;
+            set_field(tx, class_ids::PIF, &r, f::gateway, Value::str(gateway.clone()))?;
             set_field(tx, class_ids::PIF, &r, f::DNS, Value::str(all_dns.join(",")))
         })
         .await?;
@@ -228,8 +228,14 @@ async fn reconfigure_ipv6(agent: &Agent, c: &Call) -> Result<(), ApiError> {
         .store
         .write(|tx| {
             set_field(tx, class_ids::PIF, &r, f::ipv6_configuration_mode, mode.value())?;
-            set_field(tx, class_ids::PIF, &r, f::ipv6_gateway, Value::str(gateway))?;
-            set_field(tx, class_ids::PIF, &r, f::IPv6, Value::set(vec![Value::str(ipv6)]))?;
+            set_field(tx, class_ids::PIF, &r, f::ipv6_gateway, Value::str(gateway.clone()))?;
+            set_field(
+                tx,
+                class_ids::PIF,
+                &r,
+                f::IPv6,
+                Value::set(vec![Value::str(ipv6.clone())]),
+            )?;
             set_field(tx, class_ids::PIF, &r, f::DNS, Value::str(all_dns.join(",")))
         })
         .await?;
@@ -518,6 +524,7 @@ async fn db_introduce(agent: &Agent, c: &Call) -> Result<String, ApiError> {
         .store
         .write(|tx| {
             let m = new_metrics(tx)?;
+            let mut p = p.clone();
             p.set(f::metrics, Value::reference(m));
             objects::create(tx, p)
         })

@@ -71,9 +71,9 @@ pub fn behaviour() -> Vec<Entry> {
                         class_ids::VIF,
                         &r,
                         f::ipv4_addresses,
-                        Value::set(vec![Value::str(address)]),
+                        Value::set(vec![Value::str(address.clone())]),
                     )?;
-                    set_field(tx, class_ids::VIF, &r, f::ipv4_gateway, Value::str(gateway))
+                    set_field(tx, class_ids::VIF, &r, f::ipv4_gateway, Value::str(gateway.clone()))
                 })
                 .await
                 .map(|()| Value::None)
@@ -103,9 +103,9 @@ pub fn behaviour() -> Vec<Entry> {
                         class_ids::VIF,
                         &r,
                         f::ipv6_addresses,
-                        Value::set(vec![Value::str(address)]),
+                        Value::set(vec![Value::str(address.clone())]),
                     )?;
-                    set_field(tx, class_ids::VIF, &r, f::ipv6_gateway, Value::str(gateway))
+                    set_field(tx, class_ids::VIF, &r, f::ipv6_gateway, Value::str(gateway.clone()))
                 })
                 .await
                 .map(|()| Value::None)
@@ -116,7 +116,7 @@ pub fn behaviour() -> Vec<Entry> {
 async fn write(agent: &Agent, vif: &str, f: FieldId, v: Value) -> Result<Value, ApiError> {
     agent
         .store
-        .write(|tx| set_field(tx, class_ids::VIF, vif, f, v))
+        .write(|tx| set_field(tx, class_ids::VIF, vif, f, v.clone()))
         .await
         .map(|()| Value::None)
 }

@@ -207,8 +207,8 @@ pub async fn create(agent: &Agent, tagged: &str, tag: i64, network: &str) -> Res
     agent
         .store
         .write(|tx| {
-            objects::create(tx, untagged)?;
-            objects::create(tx, vlan)?;
+            objects::create(tx, untagged.clone())?;
+            objects::create(tx, vlan.clone())?;
             objects::set_field(
                 tx,
                 class_ids::PIF,

@@ -55,7 +55,7 @@ fn probe() -> String {
                 "ok".to_owned()
             }
         };
-        (ioctl(IOCTL_PRIVCMD_HYPERCALL), ioctl(libc::TCGETS as u64))
+        (ioctl(IOCTL_PRIVCMD_HYPERCALL), ioctl(libc::TCGETS))
     });
     match null {
         Ok((privcmd, tty)) => {

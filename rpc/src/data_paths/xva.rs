@@ -79,7 +79,11 @@ fn plan_export(agent: &Arc<Agent>, req: &HttpRequest, metadata_only: bool) -> Re
 }
 
 async fn export_common(req: HttpRequest, agent: Arc<Agent>, metadata_only: bool) -> HttpResponse {
-    let action = if metadata_only { "get_export_metadata" } else { "get_export" };
+    let action = if metadata_only {
+        "get_export_metadata"
+    } else {
+        "get_export"
+    };
     let auth = match authorize(&agent, &req, action).await {
         Ok(a) => a,
         Err(e) => {
@@ -270,7 +274,11 @@ async fn import_common(
     agent: Arc<Agent>,
     metadata_only: bool,
 ) -> HttpResponse {
-    let action = if metadata_only { "put_import_metadata" } else { "put_import" };
+    let action = if metadata_only {
+        "put_import_metadata"
+    } else {
+        "put_import"
+    };
     let auth = match authorize(&agent, &req, action).await {
         Ok(a) => a,
         Err(e) => {

@@ -21,7 +21,7 @@ async fn session_with(e: &Env, roles: &[&str], sid: &str, name: &str) -> String 
         Value::set(labels.into_iter().map(Value::str).collect()),
     );
     let store = e.agent.store_for_tests();
-    store.write(|tx| agent::objects::create(tx, s)).await.unwrap();
+    store.write(|tx| agent::objects::create(tx, s.clone())).await.unwrap();
     r
 }
 
