@@ -249,7 +249,9 @@ pub fn map<R: ReadAt + ?Sized>(r: &R, file_len: u64) -> Result<Map, super::Backu
         r.read_at(72, &mut h[72..104])?;
         let incompatible = be64(&h, 72);
         if incompatible & !1 != 0 {
-            return Err(Archive(format!("qcow2 incompatible features {incompatible:#x} unsupported")));
+            return Err(Archive(format!(
+                "qcow2 incompatible features {incompatible:#x} unsupported"
+            )));
         }
     }
     let cluster = 1u64 << cluster_bits;
@@ -258,7 +260,9 @@ pub fn map<R: ReadAt + ?Sized>(r: &R, file_len: u64) -> Result<Map, super::Backu
     let l1_offset = be64(&h, 40);
     let needed = size.div_ceil(cluster).div_ceil(l2_entries);
     if l1_size < needed || l1_size > (1 << 25) {
-        return Err(Archive(format!("qcow2 L1 table of {l1_size} entries does not fit the disk")));
+        return Err(Archive(format!(
+            "qcow2 L1 table of {l1_size} entries does not fit the disk"
+        )));
     }
     if l1_offset.saturating_add(l1_size * 8) > file_len {
         return Err(super::BackupError::PrematureEof);

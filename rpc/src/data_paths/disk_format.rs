@@ -84,7 +84,9 @@ pub(super) async fn import_qcow2(agent: &Arc<Agent>, vdi: &str, mut body: web::P
                 .await
                 .map_err(|e| ApiError::internal(format!("spooling the upload: {e}")))?;
         }
-        f.flush().await.map_err(|e| ApiError::internal(format!("spooling the upload: {e}")))
+        f.flush()
+            .await
+            .map_err(|e| ApiError::internal(format!("spooling the upload: {e}")))
     }
     .await;
     let r = match spooled {
