@@ -375,17 +375,24 @@ async fn bad_uploads_fail_the_task_and_the_daemon_keeps_serving() {
         ("failure".into(), vec!["IMPORT_ERROR_PREMATURE_EOF".into()])
     );
 
-    // Formats that do not exist yet, and unknown ones.
+    // A VHD that is no VHD (docs/backups.md), formats not done, and unknown ones.
     let (s, v) = (session.clone(), vdi.clone());
     assert_eq!(
         blocking(move || put(addr, &format!("vdi={v}&session_id={s}&format=vhd"), b"x"))
+            .await
+            .0,
+        400
+    );
+    let (s, v) = (session.clone(), vdi.clone());
+    assert_eq!(
+        blocking(move || put(addr, &format!("vdi={v}&session_id={s}&format=tar"), b"x"))
             .await
             .0,
         501
     );
     let (s, v) = (session.clone(), vdi.clone());
     assert_eq!(
-        blocking(move || get(addr, &format!("vdi={v}&session_id={s}&format=qcow2")))
+        blocking(move || get(addr, &format!("vdi={v}&session_id={s}&format=tar")))
             .await
             .0,
         501

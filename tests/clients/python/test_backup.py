@@ -13,6 +13,8 @@ import tarfile
 import time
 import xmlrpc.client
 
+import XenAPI
+
 
 from helpers import install_vm, discard_vm
 
@@ -242,5 +244,41 @@ def test_damaged_archives_fail_cleanly(xapi, session, daemon, model):
         rec = import_xva(daemon, session, xapi, good, sr)
         assert rec["status"] == "success", rec["error_info"]
         print(f"{n} damaged archives: {errors}")
+    finally:
+        discard_vm(xapi, vm)
+
+
+def test_vm_import_fetches_the_archive_from_a_url(xapi, session, daemon, model, tmp_path):
+    """`VM.import(url, sr, full_restore, force)`: the daemon fetches the archive itself."""
+    import functools
+    import http.server
+    import threading
+
+    vm = install_vm(xapi, model, "url-src", disk_size=2 * MiB)
+    try:
+        vdi = disk_vdis(xapi, vm)[0]
+        write_pattern(daemon, session, vdi, 2 * MiB, seed=11)
+        (tmp_path / "vm.xva").write_bytes(http_get(daemon, session, f"/export?ref={vm}&use_compression=gzip"))
+        handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+        srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        try:
+            url = f"http://127.0.0.1:{srv.server_address[1]}/vm.xva"
+            made = xapi.VM.__getattr__("import")(url, xapi.VDI.get_SR(vdi), False, False)
+            assert len(made) == 1
+            new_vdis = disk_vdis(xapi, made[0])
+            assert [sha(daemon, session, v) for v in new_vdis] == [sha(daemon, session, vdi)]
+            for v in new_vdis:
+                xapi.VDI.destroy(v)
+            xapi.VM.destroy(made[0])
+            before = counts(xapi)
+            try:
+                xapi.VM.__getattr__("import")(url + ".missing", xapi.VDI.get_SR(vdi), False, False)
+                raise AssertionError("a missing archive imported")
+            except XenAPI.Failure as e:
+                assert e.details[0] == "IMPORT_ERROR", e.details
+            assert counts(xapi) == before
+        finally:
+            srv.shutdown()
     finally:
         discard_vm(xapi, vm)
