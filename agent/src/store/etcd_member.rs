@@ -61,6 +61,9 @@ impl MemberConfig {
             .arg(&self.initial_cluster)
             .arg("--initial-cluster-state")
             .arg(if self.new_cluster { "new" } else { "existing" })
+            // A first boot writes a few hundred objects in one transaction; etcd's defaults
+            // (128 operations, 1.5 MiB) refuse it.
+            .args(["--max-txn-ops", "65536", "--max-request-bytes", "67108864"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());

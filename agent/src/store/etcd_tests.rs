@@ -326,3 +326,23 @@ async fn a_state_dir_names_its_store_and_the_member_it_runs() {
     // SAFETY: kill(2) with signal 0 only asks whether the process exists.
     assert_ne!(unsafe { libc::kill(pid as i32, 0) }, 0, "etcd outlived its store");
 }
+
+/// One write of many objects (a first boot makes a few hundred) is one etcd transaction the
+/// member xapid runs accepts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_of_many_objects_is_one_transaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_member, cfg) = etcd(&dir);
+    let a = open(&cfg).await;
+    a.write(|tx| {
+        for i in 0..1000 {
+            tx.put(network(&format!("OpaqueRef:n{i}"), &format!("u{i}"), "many"));
+        }
+        Ok(())
+    })
+    .await
+    .unwrap();
+    assert_eq!(a.count(class_ids::network), 1000);
+    let generations: std::collections::HashSet<u64> = a.all(class_ids::network).iter().map(|o| o.generation).collect();
+    assert_eq!(generations.len(), 1, "one revision for the whole write");
+}
