@@ -127,8 +127,8 @@ impl Agent {
         &self.store
     }
 
-    /// Follows the management interface (`host.management_reconfigure`, `management_disable`):
-    /// the HTTP server rebinds its listeners on each change.
+    /// Follows the management interface (`host.management_reconfigure`, `management_disable`),
+    /// for the HTTP server to rebind its listeners (not done yet: docs/networking.md).
     pub fn management_changes(&self) -> tokio::sync::watch::Receiver<network::management::Management> {
         self.network.management()
     }

@@ -6,7 +6,6 @@ use crate::{jsonrpc, xmlrpc};
 use actix_web::dev::Extensions;
 use actix_web::http::StatusCode;
 use actix_web::{web, App, HttpRequest, HttpResponse};
-use agent::network::management::Management;
 use agent::value::Value;
 use agent::{Agent, CallCtx};
 use std::any::Any;
@@ -176,71 +175,8 @@ pub fn routes(cfg: &mut web::ServiceConfig, max_body: usize) {
 /// typically keeps idle connections: 12 hours).
 const IDLE_KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(12 * 3600);
 
-/// The addresses to listen on while the management interface is `m`: as configured; moved
-/// to the management address (loopback listeners stay, the others take the new address and
-/// keep their ports; with only loopback listeners the first port is also opened on the
-/// management address); or, with management disabled, the loopback ones only.
-pub fn listen_addresses(m: &Management, configured: &[SocketAddr]) -> Vec<SocketAddr> {
-    match m {
-        Management::AsStarted => configured.to_vec(),
-        Management::Disabled => configured.iter().filter(|a| a.ip().is_loopback()).copied().collect(),
-        Management::At(ip) => {
-            let mut out: Vec<SocketAddr> = configured.iter().filter(|a| a.ip().is_loopback()).copied().collect();
-            let moved: Vec<SocketAddr> = configured
-                .iter()
-                .filter(|a| !a.ip().is_loopback())
-                .map(|a| SocketAddr::new(*ip, a.port()))
-                .collect();
-            if moved.is_empty() {
-                out.extend(configured.first().map(|a| SocketAddr::new(*ip, a.port())));
-            } else {
-                out.extend(moved);
-            }
-            out.dedup();
-            out
-        }
-    }
-}
-
-/// Serves until the process is asked to stop. When the management interface moves
-/// (`host.management_reconfigure`, `host.management_disable`), the listeners are closed and
-/// opened again on the new addresses; sessions live in the agent and stay valid. If the new
-/// addresses cannot be bound, the configured ones are served instead.
+/// Serves until the process is asked to stop.
 pub async fn serve(agent: Arc<Agent>, cfg: ServerConfig) -> std::io::Result<()> {
-    let mut management = agent.management_changes();
-    let mut current = management.borrow_and_update().clone();
-    let mut first = true;
-    loop {
-        let built = build(agent.clone(), &cfg, &current);
-        let server = match built {
-            Ok(s) => s,
-            Err(e) if first => return Err(e),
-            Err(e) => {
-                tracing::error!(error = %e, management = ?current, "cannot listen for the management interface; serving the configured addresses");
-                build(agent.clone(), &cfg, &Management::AsStarted)?
-            }
-        };
-        first = false;
-        let handle = server.handle();
-        let mut server = Box::pin(server);
-        tokio::select! {
-            r = &mut server => return r,
-            changed = management.changed() => {
-                if changed.is_err() {
-                    // The agent is gone: serve on until stopped.
-                    return server.await;
-                }
-                current = management.borrow_and_update().clone();
-                tracing::info!(management = ?current, "management interface changed: rebinding the listeners");
-                handle.stop(true).await;
-                server.await?;
-            }
-        }
-    }
-}
-
-/// The server for the management interface `m`, bound and ready to run.
-fn build(agent: Arc<Agent>, cfg: &ServerConfig, m: &Management) -> std::io::Result<actix_server::Server> {
     let max_body = cfg.max_body;
     let bench_noop = cfg.bench_noop;
     let filter = if cfg.confine_workers {
@@ -284,12 +220,12 @@ fn build(agent: Arc<Agent>, cfg: &ServerConfig, m: &Management) -> std::io::Resu
     if cfg.workers > 0 {
         server = server.workers(cfg.workers);
     }
-    for addr in &listen_addresses(m, &cfg.listen) {
+    for addr in &cfg.listen {
         server = server.bind(addr)?;
         tracing::info!(%addr, "listening on TCP");
     }
     if let Some(tls) = &cfg.tls {
-        for addr in &listen_addresses(m, &cfg.tls_listen) {
+        for addr in &cfg.tls_listen {
             server = server.bind_rustls_0_23(addr, tls.clone())?;
             tracing::info!(%addr, "listening on HTTPS");
         }
@@ -308,27 +244,5 @@ fn build(agent: Arc<Agent>, cfg: &ServerConfig, m: &Management) -> std::io::Resu
         server = server.listen_uds(listener)?;
         tracing::info!(path = %path.display(), "listening on the unix socket");
     }
-    Ok(server.run())
-}
-
-#[cfg(test)]
-mod management_tests {
-    use super::*;
-
-    #[test]
-    fn listeners_follow_the_management_interface() {
-        let lo: SocketAddr = "127.0.0.1:80".parse().unwrap();
-        let any: SocketAddr = "10.0.0.1:443".parse().unwrap();
-        let ip = "192.0.2.7".parse().unwrap();
-        assert_eq!(listen_addresses(&Management::AsStarted, &[lo, any]), vec![lo, any]);
-        assert_eq!(listen_addresses(&Management::Disabled, &[lo, any]), vec![lo]);
-        assert_eq!(
-            listen_addresses(&Management::At(ip), &[lo, any]),
-            vec![lo, "192.0.2.7:443".parse().unwrap()]
-        );
-        assert_eq!(
-            listen_addresses(&Management::At(ip), &[lo]),
-            vec![lo, "192.0.2.7:80".parse().unwrap()]
-        );
-    }
+    server.run().await
 }

@@ -2,9 +2,9 @@
 //! it (`host.management_reconfigure`, `pool.management_reconfigure`), turning it off
 //! (`host.management_disable`).
 //!
-//! A change is published on [`super::Network::management`]: the HTTP server
-//! (`rpc/src/server.rs`) rebinds its TCP listeners to the new address; the store, and with it
-//! every session, stays as it is.
+//! A change is published on [`super::Network::management`] (`Agent::management_changes`) for
+//! the HTTP server to follow; `rpc/src/server.rs` does not rebind its listeners yet
+//! (docs/networking.md).
 
 use super::attach::{self, LOCK};
 use super::topology::{self, refs, text};

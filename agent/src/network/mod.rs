@@ -52,7 +52,7 @@ impl Network {
         }
     }
 
-    /// Follows the management interface's moves (the HTTP server rebinds on each).
+    /// Follows the management interface's moves.
     pub fn management(&self) -> tokio::sync::watch::Receiver<Management> {
         self.management.subscribe()
     }
