@@ -5,7 +5,7 @@ use super::*;
 use actix_web::HttpResponse;
 
 /// `IOCTL_PRIVCMD_HYPERCALL`: `_IOC(_IOC_NONE, 'P', 0, sizeof(privcmd_hypercall_t) = 40)`.
-const IOCTL_PRIVCMD_HYPERCALL: u64 = (40 << 16) | ((b'P' as u64) << 8);
+const IOCTL_PRIVCMD_HYPERCALL: libc::c_ulong = (40 << 16) | ((b'P' as libc::c_ulong) << 8);
 
 /// What the forbidden calls (and one allowed call of each kind) answer on this thread:
 /// `name=ok` or `name=<errno>`.
@@ -39,7 +39,7 @@ fn probe() -> String {
     sock("tcp", libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
     let null = std::fs::File::open("/dev/null").map(|f| {
         use std::os::fd::AsRawFd;
-        let ioctl = |req: u64| {
+        let ioctl = |req: libc::c_ulong| {
             // SAFETY: both requests are refused or unknown to /dev/null before any argument is
             // read; the null pointer is never dereferenced.
             let r = unsafe {

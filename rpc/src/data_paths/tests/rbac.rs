@@ -1,7 +1,7 @@
 //! The data paths' role checks (403 and a failed task, as the reference answers a refused
 //! HTTP permission) and the audit log's handler, with directory users' sessions made in the
-//! store as a login makes them (no directory needed; `tests/tests/audit_walk.rs` logs real
-//! directory users in).
+//! store as a login makes them (no directory needed; `tests/tests/rbac_walk.rs`'s
+//! `the_audit_trail_names_directory_users_and_no_secret` logs real directory users in).
 
 use super::*;
 use agent::rbac::table::{bit, role_index, table};
