@@ -321,6 +321,10 @@ def main() -> int:
         check(x.VM.get_power_state(vm) == "Running",
               f"VM.resume: power_state Running, domid {x.VM.get_domid(vm)} ({time.monotonic() - started:.1f}s)")
         check(x.VM.get_suspend_VDI(vm) == "OpaqueRef:NULL", "the suspend VDI is gone after the resume")
+        # The resumed domain's console record is a new one.
+        location = next(
+            x.console.get_location(c) for c in x.VM.get_consoles(vm) if x.console.get_protocol(c) == "vt100"
+        )
         console = Console(args.url, location, session._session)
         wait_for("two uptime lines from the resumed guest", 120, lambda: len(alive.findall(console.text())) >= 2)
         after = alive.findall(console.text())

@@ -633,41 +633,50 @@ fn every_command() {
     let status = h.one(&["task-list", &format!("uuid={task_uuid}"), "params=status", "--minimal"]);
     assert!(status == "cancelled" || status == "cancelling", "{status}");
 
-    // What this build does not carry out answers the API's own error.
-    let p = h.api_error(&["vm-export", "vm=web", "filename=web.xva"], "NOT_IMPLEMENTED");
-    assert_eq!(p, vec!["/export"]);
-    assert!(!h.work().join("web.xva").exists());
+    // vm-export writes the VM's archive through the client (HttpGet of /export); vm-import
+    // uploads it back (HttpPut to /import) and prints the new VM's uuid.
     assert_eq!(
-        h.api_error(&["vm-import", "filename=web.xva"], "NOT_IMPLEMENTED"),
-        vec!["VM.import"]
+        h.one(&["vm-list", "name-label=web", "params=power-state", "--minimal"]),
+        "halted"
+    );
+    h.ok(&["vm-export", "vm=web", "filename=web.xva"]);
+    let size = std::fs::metadata(h.work().join("web.xva"))
+        .map(|m| m.len())
+        .unwrap_or(0);
+    assert!(size > 1024, "web.xva holds {size} bytes");
+    // vm-import of a local file still goes through VM.import, which takes URLs only: the
+    // upload through HttpPut to /import is not wired yet (docs/xe.md).
+    assert_eq!(
+        h.api_error(&["vm-import", "filename=web.xva"], "IMPORT_ERROR"),
+        vec!["unsupported URL scheme in web.xva"]
     );
     assert_eq!(
         h.api_error(&["vm-migrate", "vm=web", &format!("host={host}")], "NOT_IMPLEMENTED"),
         vec!["VM.pool_migrate"]
     );
     let pif = h.one(&["pif-list", "device=eth0", "params=uuid", "--minimal"]);
+    // VLAN.create makes the VLAN and its untagged PIF: the command prints the PIF's uuid.
+    let vlan_pif = h.one(&[
+        "vlan-create",
+        &format!("pif-uuid={pif}"),
+        "vlan=5",
+        &format!("network-uuid={lan}"),
+    ]);
+    assert!(is_uuid(&vlan_pif), "{vlan_pif}");
     assert_eq!(
-        h.api_error(
-            &[
-                "vlan-create",
-                &format!("pif-uuid={pif}"),
-                "vlan=5",
-                &format!("network-uuid={lan}")
-            ],
-            "NOT_IMPLEMENTED"
-        ),
-        vec!["VLAN.create"]
+        h.one(&["pif-list", &format!("uuid={vlan_pif}"), "params=VLAN", "--minimal"]),
+        "5"
     );
-    assert_eq!(
-        h.api_error(
-            &[
-                "bond-create",
-                &format!("network-uuid={lan}"),
-                &format!("pif-uuids={pif}")
-            ],
-            "NOT_IMPLEMENTED"
-        ),
-        vec!["Bond.create"]
+    // A bond of the management PIF alone is refused by Bond.create itself.
+    let bond = h.xe(&[
+        "bond-create",
+        &format!("network-uuid={lan}"),
+        &format!("pif-uuids={pif}"),
+    ]);
+    assert_eq!(bond.code, 1, "{bond:?}");
+    assert!(
+        bond.stderr.starts_with("Error code: ") && !bond.stderr.contains("NOT_IMPLEMENTED"),
+        "{bond:?}"
     );
     assert_eq!(h.api_error(&["host-disable"], "NOT_IMPLEMENTED"), vec!["host.disable"]);
     assert_eq!(h.api_error(&["host-enable"], "NOT_IMPLEMENTED"), vec!["host.enable"]);

@@ -1651,9 +1651,10 @@ async fn builtin(ctx: &mut Ctx<'_>, b: B) -> Result<(), CliError> {
             gather(results).map(|_| ())
         }
         B::VmExport => {
-            // The VMs are selected as the reference does; the export data path (`/export`)
-            // is not built, which is what the command answers.
-            let _ = vms(
+            // The VM is selected as the reference does; its archive comes through the export
+            // data path (`/export`, or `/export_metadata` with `metadata=true`), which the
+            // client writes to `filename`.
+            let targets = vms(
                 ctx,
                 VMS,
                 &[
@@ -1666,10 +1667,40 @@ async fn builtin(ctx: &mut Ctx<'_>, b: B) -> Result<(), CliError> {
                 ],
             )
             .await?;
-            Err(CliError::Api {
-                code: "NOT_IMPLEMENTED".into(),
-                params: vec!["/export".into()],
+            let [vm] = targets.as_slice() else {
+                return Err(CliError::fail(format!(
+                    "{} VMs matched: vm-export exports one VM",
+                    targets.len()
+                )));
+            };
+            let file = p.req("filename")?.to_owned();
+            let path = if p.bool("metadata", false)? {
+                "/export_metadata"
+            } else {
+                "/export"
+            };
+            let compress = p
+                .get("compress")
+                .map(|c| format!("&use_compression={c}"))
+                .unwrap_or_default();
+            let preserve = p.bool("preserve-power-state", false)?;
+            let snapshots = p
+                .get("include-snapshots")
+                .map(|v| format!("&export_snapshots={v}"))
+                .unwrap_or_default();
+            let (session, vm_ref) = (ctx.session.clone(), vm.reference.clone());
+            let label = format!("Export of VM: {}", vm.uuid());
+            track_http(ctx, &label, |task| {
+                Command::HttpGet(
+                    file,
+                    format!(
+                        "{path}?session_id={session}&task_id={task}&ref={vm_ref}{compress}\
+                         &preserve_power_state={preserve}{snapshots}"
+                    ),
+                )
             })
+            .await
+            .map(|_| ())
         }
         B::VmImport => {
             if p.has("url") && p.has("filename") {
