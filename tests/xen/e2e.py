@@ -339,6 +339,10 @@ def main() -> int:
         check(x.VM.get_power_state(vm) == "Halted", "VM.clean_shutdown: power_state Halted")
         check(int(x.VM.get_domid(vm)) == -1, "a halted VM has domid -1")
         # The guest's kernel shut itself down (a destroyed domain would print nothing more).
+        # The console's last bytes may still be on their way when the call returns.
+        deadline = time.monotonic() + 20
+        while re.search(r"reboot: (Power down|System halted)", console.text()) is None and time.monotonic() < deadline:
+            time.sleep(0.5)
         check(
             re.search(r"reboot: (Power down|System halted)", console.text()) is not None,
             "the guest kernel shut itself down (its 'reboot:' line is on the console)",
