@@ -50,6 +50,7 @@ pub use error::{ApiError, Error, ErrorParam};
 pub use events::{EventBatch, EventStream, Snapshot};
 pub use reference::{Class, Ref, NULL_REF};
 pub use task::{parse_task_result, AsyncTask};
+pub use transport::AcceptAnyCertificate;
 
 /// The result of this crate's calls.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -228,9 +228,19 @@ pub(crate) fn tls_connector(opts: &TlsOptions) -> Result<tokio_rustls::TlsConnec
     Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
 }
 
-/// Accepts any certificate (self-signed lab hosts); handshake signatures are still checked.
+/// A certificate verifier that accepts any certificate the server shows (self-signed lab
+/// hosts); the handshake's signatures are still checked with it. Used by
+/// [`ClientBuilder::accept_invalid_certs`](crate::ClientBuilder::accept_invalid_certs) and by blocking clients
+/// (the `xe` binary) that build their own rustls configuration.
 #[derive(Debug)]
-struct AcceptAnyCertificate(Arc<CryptoProvider>);
+pub struct AcceptAnyCertificate(Arc<CryptoProvider>);
+
+impl AcceptAnyCertificate {
+    /// The verifier, checking signatures with `provider`'s algorithms.
+    pub fn new(provider: Arc<CryptoProvider>) -> AcceptAnyCertificate {
+        AcceptAnyCertificate(provider)
+    }
+}
 
 impl ServerCertVerifier for AcceptAnyCertificate {
     fn verify_server_cert(

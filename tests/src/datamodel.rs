@@ -116,7 +116,8 @@ fn field_of(f: &Json) -> Field {
     }
 }
 
-fn message_of(m: &Json) -> (String, Message) {
+/// A message's name and parameters from its JSON record in `vendor/xenapi/`.
+pub fn message_of(m: &Json) -> (String, Message) {
     let params = m["params"]
         .as_array()
         .map(|ps| {

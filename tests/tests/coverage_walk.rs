@@ -19,7 +19,7 @@ use serde_json::{json, Value as Json};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 use xapid_tests::daemon::{workspace_root, Daemon, DaemonOpts};
-use xapid_tests::datamodel::{Datamodel, Message, Ty};
+use xapid_tests::datamodel::{message_of, Datamodel, Message, Ty};
 use xapid_tests::http::HttpClient;
 use xapid_tests::rpc::{Reply, Rpc, Wire};
 
@@ -77,18 +77,8 @@ fn all_messages(dm: &Datamodel) -> BTreeMap<String, Message> {
     for group in additions["messages"].as_array().into_iter().flatten() {
         let class = group["class"].as_str().unwrap();
         for m in group["messages"].as_array().into_iter().flatten() {
-            let params = m["params"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|p| {
-                    (
-                        p["name"].as_str().unwrap().to_owned(),
-                        Ty::parse(p["type"].as_str().unwrap()),
-                    )
-                })
-                .collect();
-            out.insert(format!("{class}.{}", m["name"].as_str().unwrap()), Message { params });
+            let (name, msg) = message_of(m);
+            out.insert(format!("{class}.{name}"), msg);
         }
     }
     out

@@ -27,7 +27,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use xapid_tests::check;
 use xapid_tests::daemon::{free_port, Daemon, DaemonOpts};
-use xapid_tests::datamodel::{Datamodel, Ty};
+use xapid_tests::datamodel::{message_of, Datamodel, Ty};
 use xapid_tests::fixtures;
 use xapid_tests::rpc::{Reply, Rpc, Wire};
 
@@ -426,18 +426,9 @@ impl Messages {
         };
         let mut add = |class: &str, msgs: &Json| {
             for msg in msgs.as_array().into_iter().flatten() {
-                let name = format!("{class}.{}", msg["name"].as_str().unwrap());
-                let params = msg["params"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(|p| {
-                        (
-                            p["name"].as_str().unwrap().to_owned(),
-                            Ty::parse(p["type"].as_str().unwrap()),
-                        )
-                    })
-                    .collect();
+                let (name, parsed) = message_of(msg);
+                let name = format!("{class}.{name}");
+                let params = parsed.params;
                 let roles = msg["roles"]
                     .as_array()
                     .into_iter()
@@ -634,6 +625,21 @@ fn refs(v: &Json) -> Vec<String> {
         .collect()
 }
 
+/// A directory (slapd) and a daemon, both under `scratch`.
+fn directory_and_daemon(scratch: &Path) -> (Slapd, Daemon) {
+    let slapd = Slapd::start(&scratch.join("ldap"));
+    let daemon = Daemon::start(
+        DaemonOpts {
+            state_dir: scratch.join("state"),
+            extra: vec![],
+            password: ROOT_PW.into(),
+        },
+        scratch,
+    )
+    .unwrap();
+    (slapd, daemon)
+}
+
 fn code(r: &Reply) -> Option<&str> {
     r.code()
 }
@@ -643,16 +649,7 @@ fn code(r: &Reply) -> Option<&str> {
 #[test]
 fn every_role_may_call_exactly_its_messages() {
     let scratch = tempfile::Builder::new().prefix("xapid-rbac").tempdir().unwrap();
-    let slapd = Slapd::start(&scratch.path().join("ldap"));
-    let daemon = Daemon::start(
-        DaemonOpts {
-            state_dir: scratch.path().join("state"),
-            extra: vec![],
-            password: ROOT_PW.into(),
-        },
-        scratch.path(),
-    )
-    .unwrap();
+    let (slapd, daemon) = directory_and_daemon(scratch.path());
     let addr = daemon.addr;
     let dm = Datamodel::load().unwrap();
     let msgs = Messages::load();
@@ -1202,16 +1199,7 @@ fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
 #[test]
 fn the_audit_trail_names_directory_users_and_no_secret() {
     let scratch = tempfile::Builder::new().prefix("xapid-audit").tempdir().unwrap();
-    let slapd = Slapd::start(&scratch.path().join("ldap"));
-    let daemon = Daemon::start(
-        DaemonOpts {
-            state_dir: scratch.path().join("state"),
-            extra: vec![],
-            password: ROOT_PW.into(),
-        },
-        scratch.path(),
-    )
-    .unwrap();
+    let (slapd, daemon) = directory_and_daemon(scratch.path());
     let addr = daemon.addr;
     let (mut rpc, root) = daemon.client("audit-root").unwrap();
     let pool = refs(&rpc.ok("pool.get_all", &[json!(root)]).unwrap()).remove(0);

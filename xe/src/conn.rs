@@ -4,14 +4,14 @@
 //! authority (hosts sign their own); the TLS handshake's signatures are still verified, so
 //! the peer must hold the key of the certificate it shows.
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, SignatureScheme, StreamOwned};
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ClientConnection, StreamOwned};
 use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::os::unix::io::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
+use xapi_sdk::AcceptAnyCertificate;
 
 /// Where the reference's `xe` looks for the local host's socket.
 pub const UNIX_SOCKET: &str = "/var/lib/xcp/xapi";
@@ -138,7 +138,7 @@ pub fn tls(host: &str, port: u16) -> Result<Stream, ConnectError> {
         .with_safe_default_protocol_versions()
         .map_err(|e| ConnectError::Tls(e.to_string()))?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+        .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate::new(provider)))
         .with_no_client_auth();
     let name = ServerName::try_from(bare_host(host).to_owned()).map_err(|e| ConnectError::Tls(e.to_string()))?;
     let conn = ClientConnection::new(Arc::new(config), name).map_err(|e| ConnectError::Tls(e.to_string()))?;
@@ -155,43 +155,4 @@ pub fn tls(host: &str, port: u16) -> Result<Stream, ConnectError> {
 /// The local socket.
 pub fn unix(path: &str) -> io::Result<Stream> {
     UnixStream::connect(path).map(Stream::Unix)
-}
-
-/// Accepts the certificate the host shows; checks the handshake's signatures with it.
-#[derive(Debug)]
-struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
-
-impl ServerCertVerifier for AnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
 }

@@ -524,120 +524,101 @@ impl Client {
         Ok((code, headers, r))
     }
 
-    /// `HttpPut`: uploads the file; `Some(status)` when the client must stop.
-    fn http_put(&mut self, s: &mut Stream, file: &str, url: &str, heartbeats: bool) -> Result<Option<i32>, Failure> {
+    /// Sends `head` to `url`, following up to ten redirects: the successful answer's body, or
+    /// `None` (the reason logged under `what`).
+    fn request_following(&mut self, url: &str, head: &str, what: &str) -> Option<BufReader<Stream>> {
         let mut url = url.to_owned();
         for _ in 0..10 {
-            let meta = match std::fs::metadata(file) {
-                Ok(m) => m,
-                Err(_) => {
-                    respond(s, Response::Failed)?;
-                    eprintln!("Operation failed. Error: file '{file}' does not exist");
-                    return Ok(Some(1));
+            match self.request(&url, head) {
+                Ok((200, _, r)) => return Some(r),
+                Ok((302, headers, _)) => match headers.into_iter().find(|(k, _)| k == "location") {
+                    Some((_, l)) => url = l,
+                    None => return None,
+                },
+                Ok((code, _, _)) => {
+                    self.debug.log(&format!("{what} failure: HTTP {code}\n"));
+                    return None;
                 }
-            };
-            let length = if meta.is_file() {
-                format!("\r\nContent-length: {}", meta.len())
-            } else {
-                String::new()
-            };
-            let mut f = match File::open(file) {
-                Ok(f) => f,
+                Err(e) => {
+                    self.debug.log(&format!("{what} failure: {e}\n"));
+                    return None;
+                }
+            }
+        }
+        None
+    }
+
+    /// Tells the host how a transfer ended: failures are logged under `what`.
+    fn transfer_done(&mut self, s: &mut Stream, copied: io::Result<()>, what: &str) -> Result<Option<i32>, Failure> {
+        match copied {
+            Ok(()) => respond(s, Response::Ok)?,
+            Err(e) => {
+                self.debug.log(&format!("{what} failure: {e}\n"));
+                respond(s, Response::Failed)?;
+            }
+        }
+        Ok(None)
+    }
+
+    /// `HttpPut`: uploads the file; `Some(status)` when the client must stop.
+    fn http_put(&mut self, s: &mut Stream, file: &str, url: &str, heartbeats: bool) -> Result<Option<i32>, Failure> {
+        let opened = std::fs::metadata(file)
+            .map_err(|_| format!("file '{file}' does not exist"))
+            .and_then(|m| File::open(file).map(|f| (m, f)).map_err(|e| e.to_string()));
+        let (meta, mut f) = match opened {
+            Ok(v) => v,
+            Err(e) => {
+                respond(s, Response::Failed)?;
+                eprintln!("Operation failed. Error: {e}");
+                return Ok(Some(1));
+            }
+        };
+        let length = if meta.is_file() {
+            format!("\r\nContent-length: {}", meta.len())
+        } else {
+            String::new()
+        };
+        let head = format!("PUT {{path}} HTTP/1.0{length}\r\n\r\n");
+        let Some(r) = self.request_following(url, &head, "HttpPut") else {
+            respond(s, Response::Failed)?;
+            return Ok(None);
+        };
+        let mut up = r.into_inner();
+        let copied = copy(&mut f, &mut up, s, heartbeats);
+        if copied.is_ok() {
+            // The host reads all of it before the connection goes.
+            up.finish(Duration::from_secs(600));
+        }
+        self.transfer_done(s, copied, "HttpPut")
+    }
+
+    /// `HttpGet`: downloads into the file (standard output for an empty name).
+    fn http_get(&mut self, s: &mut Stream, file: &str, url: &str, heartbeats: bool) -> Result<Option<i32>, Failure> {
+        let Some(mut r) = self.request_following(url, "GET {path} HTTP/1.0\r\n\r\n", "HttpGet") else {
+            respond(s, Response::Failed)?;
+            return Ok(None);
+        };
+        let mut sink: Box<dyn Write> = if file.is_empty() {
+            Box::new(io::stdout())
+        } else {
+            assert_permitted(&self.permitted, file, true)?;
+            use std::os::unix::fs::OpenOptionsExt;
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(file)
+            {
+                Ok(f) => Box::new(f),
                 Err(e) => {
                     respond(s, Response::Failed)?;
                     eprintln!("Operation failed. Error: {e}");
                     return Ok(Some(1));
                 }
-            };
-            match self.request(&url, &format!("PUT {{path}} HTTP/1.0{length}\r\n\r\n")) {
-                Ok((200, _, r)) => {
-                    let mut up = r.into_inner();
-                    let copied = copy(&mut f, &mut up, s, heartbeats);
-                    return match copied {
-                        Ok(()) => {
-                            // The host reads all of it before the connection goes.
-                            up.finish(Duration::from_secs(600));
-                            respond(s, Response::Ok)?;
-                            Ok(None)
-                        }
-                        Err(e) => {
-                            self.debug.log(&format!("HttpPut failure: {e}\n"));
-                            respond(s, Response::Failed)?;
-                            Ok(None)
-                        }
-                    };
-                }
-                Ok((302, headers, _)) => match headers.into_iter().find(|(k, _)| k == "location") {
-                    Some((_, l)) => url = l,
-                    None => break,
-                },
-                Ok((code, _, _)) => {
-                    self.debug.log(&format!("HttpPut failure: HTTP {code}\n"));
-                    break;
-                }
-                Err(e) => {
-                    self.debug.log(&format!("HttpPut failure: {e}\n"));
-                    break;
-                }
             }
-        }
-        respond(s, Response::Failed)?;
-        Ok(None)
-    }
-
-    /// `HttpGet`: downloads into the file (standard output for an empty name).
-    fn http_get(&mut self, s: &mut Stream, file: &str, url: &str, heartbeats: bool) -> Result<Option<i32>, Failure> {
-        let mut url = url.to_owned();
-        for _ in 0..10 {
-            match self.request(&url, "GET {path} HTTP/1.0\r\n\r\n") {
-                Ok((200, _, mut r)) => {
-                    let mut sink: Box<dyn Write> = if file.is_empty() {
-                        Box::new(io::stdout())
-                    } else {
-                        assert_permitted(&self.permitted, file, true)?;
-                        use std::os::unix::fs::OpenOptionsExt;
-                        match std::fs::OpenOptions::new()
-                            .write(true)
-                            .create_new(true)
-                            .mode(0o600)
-                            .open(file)
-                        {
-                            Ok(f) => Box::new(f),
-                            Err(e) => {
-                                respond(s, Response::Failed)?;
-                                eprintln!("Operation failed. Error: {e}");
-                                return Ok(Some(1));
-                            }
-                        }
-                    };
-                    return match copy(&mut r, &mut sink, s, heartbeats) {
-                        Ok(()) => {
-                            respond(s, Response::Ok)?;
-                            Ok(None)
-                        }
-                        Err(e) => {
-                            self.debug.log(&format!("HttpGet failure: {e}\n"));
-                            respond(s, Response::Failed)?;
-                            Ok(None)
-                        }
-                    };
-                }
-                Ok((302, headers, _)) => match headers.into_iter().find(|(k, _)| k == "location") {
-                    Some((_, l)) => url = l,
-                    None => break,
-                },
-                Ok((code, _, _)) => {
-                    self.debug.log(&format!("HttpGet failure: HTTP {code}\n"));
-                    break;
-                }
-                Err(e) => {
-                    self.debug.log(&format!("HttpGet failure: {e}\n"));
-                    break;
-                }
-            }
-        }
-        respond(s, Response::Failed)?;
-        Ok(None)
+        };
+        let copied = copy(&mut r, &mut sink, s, heartbeats);
+        self.transfer_done(s, copied, "HttpGet")
     }
 
     /// `HttpConnect`: the terminal joined to a console until the user types Ctrl-].

@@ -175,67 +175,8 @@ fn every_command() {
     assert!(lines[3].starts_with("        description     : "));
     let names = h.one(&["help", "--minimal", "--all"]);
     let names: Vec<&str> = names.split(',').collect();
-    for c in [
-        "vm-list",
-        "vm-param-list",
-        "vm-param-get",
-        "vm-param-set",
-        "vm-param-add",
-        "vm-param-remove",
-        "vm-param-clear",
-        "sr-list",
-        "vdi-list",
-        "vbd-list",
-        "vif-list",
-        "pif-list",
-        "host-list",
-        "pool-list",
-        "network-list",
-        "task-list",
-        "vm-install",
-        "vm-start",
-        "vm-shutdown",
-        "vm-reboot",
-        "vm-suspend",
-        "vm-resume",
-        "vm-pause",
-        "vm-unpause",
-        "vm-clone",
-        "vm-copy",
-        "vm-snapshot",
-        "vm-checkpoint",
-        "snapshot-revert",
-        "vm-uninstall",
-        "vm-destroy",
-        "vm-vif-list",
-        "vm-disk-list",
-        "vm-cd-insert",
-        "vm-cd-eject",
-        "vbd-create",
-        "vbd-plug",
-        "vif-create",
-        "vdi-create",
-        "vdi-resize",
-        "vdi-import",
-        "vdi-export",
-        "sr-create",
-        "sr-scan",
-        "pbd-plug",
-        "network-create",
-        "task-cancel",
-        "event-wait",
-        "vm-export",
-        "vm-import",
-        "vm-migrate",
-        "vlan-create",
-        "bond-create",
-        "host-disable",
-        "host-enable",
-        "host-evacuate",
-        "pool-join",
-        "pool-eject",
-        "pool-designate-new-master",
-    ] {
+    let documented = include_str!("../../rpc/src/cli/documented_commands.txt");
+    for c in documented.lines().filter(|l| !l.is_empty() && !l.starts_with('#')) {
         assert!(names.contains(&c), "help --all lacks {c}");
     }
     let unknown = h.ok(&["help", "vm-frob"]);
@@ -644,12 +585,20 @@ fn every_command() {
         .map(|m| m.len())
         .unwrap_or(0);
     assert!(size > 1024, "web.xva holds {size} bytes");
-    // vm-import of a local file still goes through VM.import, which takes URLs only: the
-    // upload through HttpPut to /import is not wired yet (docs/xe.md).
+    let imported = h.one(&["vm-import", "filename=web.xva"]);
+    assert!(is_uuid(&imported), "vm-import printed {imported:?}");
     assert_eq!(
-        h.api_error(&["vm-import", "filename=web.xva"], "IMPORT_ERROR"),
-        vec!["unsupported URL scheme in web.xva"]
+        h.one(&["vm-param-get", &format!("uuid={imported}"), "param-name=name-label"]),
+        "web"
     );
+    assert_eq!(h.one(&["vm-list", "name-label=web", "--minimal"]).split(',').count(), 2);
+    h.ok(&["vm-destroy", &format!("uuid={imported}")]);
+    // A file that is not an archive: the import's own error, nothing left behind.
+    std::fs::write(h.work().join("junk.xva"), vec![7u8; 4096]).unwrap();
+    let r = h.xe(&["vm-import", "filename=junk.xva"]);
+    assert_ne!(r.code, 0, "{r:?}");
+    assert!(r.stderr.contains("IMPORT_ERROR"), "{r:?}");
+    assert_eq!(h.one(&["vm-list", "name-label=web", "--minimal"]).split(',').count(), 1);
     assert_eq!(
         h.api_error(&["vm-migrate", "vm=web", &format!("host={host}")], "NOT_IMPLEMENTED"),
         vec!["VM.pool_migrate"]

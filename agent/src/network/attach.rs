@@ -15,16 +15,28 @@ pub static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// Brings `pif` up on the host and marks it attached; a bond master's members are then
 /// carried by the bond and marked detached.
 pub async fn bring_up(agent: &Agent, pif: &str) -> Result<(), ApiError> {
+    apply(agent, pif, true).await
+}
+
+/// Takes `pif` down on the host and marks it detached.
+pub async fn bring_down(agent: &Agent, pif: &str) -> Result<(), ApiError> {
+    apply(agent, pif, false).await
+}
+
+/// Makes the host's devices for `pif` match `up`, then records `currently_attached` (a bond
+/// master brought up detaches its members' records).
+async fn apply(agent: &Agent, pif: &str, up: bool) -> Result<(), ApiError> {
     let p = topology::get(agent, class_ids::PIF, pif)?;
     let plan = topology::plan(agent, &p)?;
-    agent
-        .network
-        .backend
-        .bring_up(&plan)
-        .await
-        .map_err(|e| ApiError::pif_configuration(pif, &e))?;
+    let backend = &agent.network.backend;
+    let done = if up {
+        backend.bring_up(&plan).await
+    } else {
+        backend.bring_down(&plan).await
+    };
+    done.map_err(|e| ApiError::pif_configuration(pif, &e))?;
     let members = match kind(&p) {
-        PifKind::BondMaster(b) => agent
+        PifKind::BondMaster(b) if up => agent
             .store
             .get(class_ids::Bond, &b)
             .map(|b| topology::refs(&b, fields::Bond::slaves))
@@ -39,7 +51,7 @@ pub async fn bring_up(agent: &Agent, pif: &str) -> Result<(), ApiError> {
                 class_ids::PIF,
                 pif,
                 fields::PIF::currently_attached,
-                Value::Bool(true),
+                Value::Bool(up),
             )?;
             for m in &members {
                 set_field(
@@ -51,30 +63,6 @@ pub async fn bring_up(agent: &Agent, pif: &str) -> Result<(), ApiError> {
                 )?;
             }
             Ok(())
-        })
-        .await
-}
-
-/// Takes `pif` down on the host and marks it detached.
-pub async fn bring_down(agent: &Agent, pif: &str) -> Result<(), ApiError> {
-    let p = topology::get(agent, class_ids::PIF, pif)?;
-    let plan = topology::plan(agent, &p)?;
-    agent
-        .network
-        .backend
-        .bring_down(&plan)
-        .await
-        .map_err(|e| ApiError::pif_configuration(pif, &e))?;
-    agent
-        .store
-        .write(|tx| {
-            set_field(
-                tx,
-                class_ids::PIF,
-                pif,
-                fields::PIF::currently_attached,
-                Value::Bool(false),
-            )
         })
         .await
 }

@@ -84,19 +84,7 @@ pub fn behaviour() -> Vec<Entry> {
                 });
             }
             current.insert(0, new.value());
-            agent
-                .store
-                .write(|tx| {
-                    set_field(
-                        tx,
-                        class_ids::network,
-                        &r,
-                        fields::network::purpose,
-                        Value::set(current.clone()),
-                    )
-                })
-                .await
-                .map(|()| Value::None)
+            write_purposes(&agent, &r, current).await
         }),
         entry!(class_ids::network, "remove_purpose", |agent, _, c| {
             let r = c.ref_arg(0)?.to_owned();
@@ -109,21 +97,26 @@ pub fn behaviour() -> Vec<Entry> {
                 .filter(|p| p.as_str() != Some(old.as_str()))
                 .cloned()
                 .collect();
-            agent
-                .store
-                .write(|tx| {
-                    set_field(
-                        tx,
-                        class_ids::network,
-                        &r,
-                        fields::network::purpose,
-                        Value::set(current.clone()),
-                    )
-                })
-                .await
-                .map(|()| Value::None)
+            write_purposes(&agent, &r, current).await
         }),
     ]
+}
+
+/// Stores `purposes` as the network's `purpose` set.
+async fn write_purposes(agent: &Agent, network: &str, purposes: Vec<Value>) -> Result<Value, ApiError> {
+    agent
+        .store
+        .write(|tx| {
+            set_field(
+                tx,
+                class_ids::network,
+                network,
+                fields::network::purpose,
+                Value::set(purposes.clone()),
+            )
+        })
+        .await
+        .map(|()| Value::None)
 }
 
 const HOOKS: CreateHooks = CreateHooks {

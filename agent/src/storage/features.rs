@@ -96,30 +96,8 @@ impl Feature {
 use Feature as F;
 
 /// What the `file` driver does (feature, version), in the order of the names.
+/// `VDI_CONFIG_CBT` only where every write to its VDIs is seen (see [`set_cbt_tracked`]).
 const FILE_FEATURES: &[(Feature, i64)] = &[
-    (F::SrAttach, 1),
-    (F::SrCreate, 1),
-    (F::SrDelete, 1),
-    (F::SrDetach, 1),
-    (F::SrProbe, 1),
-    (F::SrScan, 1),
-    (F::SrUpdate, 1),
-    (F::ThinProvisioning, 1),
-    (F::VdiAttach, 1),
-    (F::VdiClone, 1),
-    (F::VdiCreate, 1),
-    (F::VdiDelete, 1),
-    (F::VdiDetach, 1),
-    (F::VdiIntroduce, 1),
-    (F::VdiResetOnBoot, 2),
-    (F::VdiResize, 1),
-    (F::VdiSnapshot, 1),
-    (F::VdiUpdate, 1),
-];
-
-/// The `file` driver where every write to its VDIs is seen (the simulator backend): the
-/// same, with changed-block tracking.
-const FILE_FEATURES_CBT: &[(Feature, i64)] = &[
     (F::SrAttach, 1),
     (F::SrCreate, 1),
     (F::SrDelete, 1),
@@ -164,12 +142,16 @@ const ISO_FEATURES: &[(Feature, i64)] = &[
 ];
 
 /// The features of a driver, with their versions.
-pub fn driver_features(kind: SrKind) -> &'static [(Feature, i64)] {
-    match kind {
-        SrKind::File if CBT_TRACKED.load(std::sync::atomic::Ordering::Relaxed) => FILE_FEATURES_CBT,
+pub fn driver_features(kind: SrKind) -> Vec<(Feature, i64)> {
+    let cbt = CBT_TRACKED.load(std::sync::atomic::Ordering::Relaxed);
+    let all = match kind {
         SrKind::File => FILE_FEATURES,
         SrKind::Iso => ISO_FEATURES,
-    }
+    };
+    all.iter()
+        .copied()
+        .filter(|(f, _)| cbt || *f != F::VdiConfigCbt)
+        .collect()
 }
 
 /// The SR operations that need a feature of the SR's driver. The reference's table, plus
@@ -227,11 +209,11 @@ const VDI_REPORTED: &[VdiOp] = &[
 pub const VDI_REFUSED_WHILE_ATTACHED: &[VdiOp] = &[VdiOp::destroy, VdiOp::forget, VdiOp::resize];
 
 /// The features of an SR's driver; none for a type without a driver.
-fn features_of_sr(sr: &Object) -> &'static [(Feature, i64)] {
+fn features_of_sr(sr: &Object) -> Vec<(Feature, i64)> {
     sr.get(fields::SR::r#type)
         .as_str()
         .and_then(SrKind::from_type)
-        .map_or(&[], driver_features)
+        .map_or_else(Vec::new, driver_features)
 }
 
 fn has(features: &[(Feature, i64)], f: Feature) -> bool {
@@ -254,7 +236,7 @@ fn vdi_op_supported(features: &[(Feature, i64)], op: VdiOp) -> bool {
 
 /// `SR_OPERATION_NOT_SUPPORTED [sr]` unless the SR's driver has what the SR operation needs.
 pub fn assert_sr_op(sr: &Object, op: SrOp) -> Result<(), ApiError> {
-    if sr_op_supported(features_of_sr(sr), op) {
+    if sr_op_supported(&features_of_sr(sr), op) {
         Ok(())
     } else {
         Err(ApiError::SrOperationNotSupported {
@@ -266,7 +248,7 @@ pub fn assert_sr_op(sr: &Object, op: SrOp) -> Result<(), ApiError> {
 /// `SR_OPERATION_NOT_SUPPORTED [sr]` unless the driver of the VDI's SR (`sr`) has what the
 /// VDI operation needs.
 pub fn assert_vdi_op(sr: &Object, op: VdiOp) -> Result<(), ApiError> {
-    if vdi_op_supported(features_of_sr(sr), op) {
+    if vdi_op_supported(&features_of_sr(sr), op) {
         Ok(())
     } else {
         Err(ApiError::SrOperationNotSupported {
@@ -281,7 +263,7 @@ pub fn sr_allowed_operations(kind: SrKind) -> Value {
     Value::set(
         SrOp::ALL
             .iter()
-            .filter(|op| sr_op_supported(features, **op))
+            .filter(|op| sr_op_supported(&features, **op))
             .map(|op| op.value())
             .collect(),
     )
@@ -294,7 +276,7 @@ pub fn vdi_allowed_operations(kind: SrKind, attached: bool) -> Value {
     Value::set(
         VDI_REPORTED
             .iter()
-            .filter(|op| vdi_op_supported(features, **op))
+            .filter(|op| vdi_op_supported(&features, **op))
             .filter(|op| !(attached && VDI_REFUSED_WHILE_ATTACHED.contains(op)))
             .map(|op| op.value())
             .collect(),

@@ -876,6 +876,20 @@ async fn track_http(ctx: &mut Ctx<'_>, label: &str, make: impl FnOnce(&str) -> C
     r
 }
 
+/// The references named in a task's result (an XML-RPC value as text).
+fn refs_in(result: &str) -> Vec<String> {
+    result
+        .split("OpaqueRef:")
+        .skip(1)
+        .map(|rest| {
+            let end = rest
+                .find(|c: char| !(c.is_ascii_hexdigit() || c == '-'))
+                .unwrap_or(rest.len());
+            format!("OpaqueRef:{}", &rest[..end])
+        })
+        .collect()
+}
+
 /// Asks the client for a local file's contents; `None` when it could not send it.
 async fn load_file(ctx: &mut Ctx<'_>, name: &str) -> Result<Option<Vec<u8>>, CliError> {
     ctx.out.conn.send(Command::Load(name.to_owned())).await?;
@@ -1726,20 +1740,35 @@ async fn builtin(ctx: &mut Ctx<'_>, b: B) -> Result<(), CliError> {
             };
             let full_restore = p.bool("preserve", false)?;
             let force = p.bool("force", false)?;
-            // Importing goes through VM.import (the URL form; a local file is read by the
-            // daemon from the same place): it answers what it answers here.
-            let source = p
-                .get("url")
-                .or_else(|| p.get("filename"))
-                .unwrap_or_default()
-                .to_owned();
-            let imported = ctx
-                .call(
-                    "VM.import",
-                    vec![json!(source), json!(sr), json!(full_restore), json!(force)],
-                )
-                .await?;
-            let refs: Vec<String> = imported.as_set().iter().map(text).collect();
+            let refs: Vec<String> = match (p.get("url"), p.get("filename")) {
+                // A URL is fetched by the host (VM.import).
+                (Some(url), _) => {
+                    let imported = ctx
+                        .call(
+                            "VM.import",
+                            vec![json!(url), json!(sr), json!(full_restore), json!(force)],
+                        )
+                        .await?;
+                    imported.as_set().iter().map(text).collect()
+                }
+                // A local file is uploaded by the client to /import (HttpPut); the task's
+                // result lists the new VMs.
+                (None, Some(file)) => {
+                    let file = file.to_owned();
+                    let session = ctx.session.clone();
+                    let result = track_http(ctx, "VM import", |task| {
+                        Command::HttpPut(
+                            file,
+                            format!(
+                                "/cli/import?session_id={session}&task_id={task}&sr_id={sr}&restore={full_restore}&force={force}"
+                            ),
+                        )
+                    })
+                    .await?;
+                    refs_in(&result)
+                }
+                (None, None) => return Err(CliError::fail("Required parameter not found: filename")),
+            };
             print_uuids(ctx, class_ids::VM, &refs).await
         }
         B::VmMigrate => {
@@ -2193,71 +2222,16 @@ fn random_mac() -> String {
 mod tests {
     use super::*;
 
+    /// The names in `documented_commands.txt`.
+    fn documented_commands() -> impl Iterator<Item = &'static str> {
+        include_str!("documented_commands.txt")
+            .lines()
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    }
+
     #[test]
     fn the_table_has_the_commands_the_cli_documents() {
-        for name in [
-            "vm-list",
-            "vm-param-list",
-            "vm-param-get",
-            "vm-param-set",
-            "vm-param-add",
-            "vm-param-remove",
-            "vm-param-clear",
-            "sr-list",
-            "vdi-list",
-            "vbd-list",
-            "vif-list",
-            "pif-list",
-            "host-list",
-            "pool-list",
-            "network-list",
-            "task-list",
-            "template-list",
-            "snapshot-list",
-            "vm-install",
-            "vm-start",
-            "vm-shutdown",
-            "vm-reboot",
-            "vm-suspend",
-            "vm-resume",
-            "vm-pause",
-            "vm-unpause",
-            "vm-clone",
-            "vm-copy",
-            "vm-snapshot",
-            "vm-checkpoint",
-            "snapshot-revert",
-            "vm-uninstall",
-            "vm-destroy",
-            "vm-vif-list",
-            "vm-disk-list",
-            "vm-cd-insert",
-            "vm-cd-eject",
-            "vbd-create",
-            "vbd-plug",
-            "vif-create",
-            "vdi-create",
-            "vdi-resize",
-            "vdi-import",
-            "vdi-export",
-            "sr-create",
-            "sr-scan",
-            "pbd-plug",
-            "network-create",
-            "task-cancel",
-            "event-wait",
-            "vm-export",
-            "vm-import",
-            "vm-migrate",
-            "vlan-create",
-            "bond-create",
-            "host-disable",
-            "host-enable",
-            "host-evacuate",
-            "pool-join",
-            "pool-eject",
-            "pool-designate-new-master",
-        ] {
+        for name in documented_commands() {
             assert!(find(name).is_some(), "{name} missing");
         }
         assert!(find("vm-frobnicate").is_none());

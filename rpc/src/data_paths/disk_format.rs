@@ -2,6 +2,7 @@
 //! `base=` a differencing VHD), `format=qcow2`, and the upload side of
 //! `PUT /import_raw_vdi?format=vhd` (the body read as a [`vhd::Source`]).
 
+use super::task_stream::{respond, Pieces};
 use super::DataPathError;
 use actix_web::web::{self, Bytes};
 use actix_web::{HttpRequest, HttpResponse};
@@ -132,59 +133,15 @@ pub(super) async fn export(
         task.succeed(&Value::None).await;
         return resp.finish();
     }
-    let state = State {
-        agent: agent.clone(),
-        source,
-        task: Some(task),
-    };
-    resp.streaming(futures_util::stream::unfold(state, State::next))
+    respond(resp, agent, source, task, "disk export")
 }
 
-struct State {
-    agent: Arc<Agent>,
-    source: DiskExport,
-    task: Option<TransferTask>,
-}
-
-impl State {
-    async fn next(mut self) -> Option<(Result<Bytes, actix_web::Error>, State)> {
-        if let Some(t) = self.task.as_ref() {
-            if agent::backup::cancelled(&self.agent, t.reference()) {
-                self.task = None;
-                return Some((Err(actix_web::error::ErrorInternalServerError("task cancelled")), self));
-            }
-        }
-        match self.source.next_piece().await {
-            Some(Ok(b)) => {
-                let (done, total) = self.source.progress();
-                if let Some(t) = self.task.as_mut() {
-                    t.progress(done, total).await;
-                }
-                Some((Ok(b), self))
-            }
-            Some(Err(e)) => {
-                tracing::warn!(error = %e, "disk export failed");
-                if let Some(t) = self.task.take() {
-                    t.fail(&e).await;
-                }
-                Some((Err(actix_web::error::ErrorInternalServerError(e.to_string())), self))
-            }
-            None => {
-                if let Some(t) = self.task.take() {
-                    t.succeed(&Value::None).await;
-                }
-                None
-            }
-        }
+impl Pieces for DiskExport {
+    async fn next_piece(&mut self) -> Option<Result<Bytes, ApiError>> {
+        DiskExport::next_piece(self).await
     }
-}
 
-impl Drop for State {
-    fn drop(&mut self) {
-        if let Some(t) = self.task.take() {
-            actix_web::rt::spawn(async move {
-                t.fail(&ApiError::internal("the client went away")).await;
-            });
-        }
+    fn progress(&self) -> (u64, u64) {
+        DiskExport::progress(self)
     }
 }

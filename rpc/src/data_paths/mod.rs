@@ -12,6 +12,7 @@ mod console;
 mod disk_format;
 mod prometheus;
 mod rrd;
+mod task_stream;
 mod vdi;
 mod websocket;
 mod xva;

@@ -3,6 +3,7 @@
 //! of that size is created for it, as the reference does.
 
 use super::disk_format::PayloadSource;
+use super::task_stream::{respond, Pieces};
 use super::{authorize, param, Auth, DataPathError};
 use actix_web::{web, HttpRequest, HttpResponse};
 use agent::schema::class_ids;
@@ -239,58 +240,27 @@ pub(super) async fn export(req: HttpRequest, agent: web::Data<Arc<Agent>>) -> Ht
         task.succeed(&Value::None).await;
         return resp.finish();
     }
-    let state = ExportState {
-        source,
-        task: Some(task),
-        sent: 0,
-        size,
-    };
-    resp.streaming(futures_util::stream::unfold(state, ExportState::next))
+    let source = RawExport { source, sent: 0, size };
+    respond(resp, &agent, source, task, "raw VDI export")
 }
 
-/// An export in progress; a client that goes away fails the task (see `Drop`).
-struct ExportState {
+/// A raw export counting what it has sent.
+struct RawExport {
     source: ExportSource,
-    task: Option<TransferTask>,
     sent: u64,
     size: u64,
 }
 
-impl ExportState {
-    async fn next(mut self) -> Option<(Result<web::Bytes, actix_web::Error>, ExportState)> {
-        match self.source.next_chunk().await {
-            Some(Ok(b)) => {
-                self.sent += b.len() as u64;
-                if let Some(t) = self.task.as_mut() {
-                    t.progress(self.sent, self.size).await;
-                }
-                Some((Ok(b), self))
-            }
-            Some(Err(e)) => {
-                tracing::warn!(error = %e, "raw VDI export failed");
-                if let Some(t) = self.task.take() {
-                    t.fail(&e).await;
-                }
-                Some((Err(actix_web::error::ErrorInternalServerError(e.to_string())), self))
-            }
-            None => {
-                if let Some(t) = self.task.take() {
-                    t.succeed(&Value::None).await;
-                }
-                None
-            }
+impl Pieces for RawExport {
+    async fn next_piece(&mut self) -> Option<Result<web::Bytes, ApiError>> {
+        let piece = self.source.next_chunk().await;
+        if let Some(Ok(b)) = &piece {
+            self.sent += b.len() as u64;
         }
+        piece
     }
-}
 
-impl Drop for ExportState {
-    fn drop(&mut self) {
-        if let Some(t) = self.task.take() {
-            let sent = self.sent;
-            actix_web::rt::spawn(async move {
-                t.fail(&ApiError::internal(format!("the client went away after {sent} bytes")))
-                    .await;
-            });
-        }
+    fn progress(&self) -> (u64, u64) {
+        (self.sent, self.size)
     }
 }
