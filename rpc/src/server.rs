@@ -149,6 +149,31 @@ async fn jsonrpc_handler(req: HttpRequest, body: web::Bytes, agent: web::Data<Ar
     }
 }
 
+/// An HTTP/1.0 client cannot read chunked transfer encoding (the reference `xe` speaks
+/// HTTP/1.0 and copies an export's body to its file as it comes): a streamed reply to one is
+/// sent as it is, its end marked by the connection closing.
+fn http10_without_chunks<S>(
+    req: actix_web::dev::ServiceRequest,
+    srv: &S,
+) -> impl std::future::Future<Output = Result<actix_web::dev::ServiceResponse, actix_web::Error>>
+where
+    S: actix_web::dev::Service<
+        actix_web::dev::ServiceRequest,
+        Response = actix_web::dev::ServiceResponse,
+        Error = actix_web::Error,
+    >,
+{
+    let old = req.version() < actix_web::http::Version::HTTP_11;
+    let reply = srv.call(req);
+    async move {
+        let mut res = reply.await?;
+        if old {
+            res.response_mut().head_mut().no_chunking(true);
+        }
+        Ok(res)
+    }
+}
+
 async fn noop(_body: web::Bytes) -> HttpResponse {
     HttpResponse::Ok().content_type("text/xml").finish()
 }
@@ -194,14 +219,17 @@ pub async fn serve(agent: Arc<Agent>, cfg: ServerConfig) -> std::io::Result<()> 
         if let Some(prog) = &filter {
             crate::confine::install_once(prog);
         }
-        App::new().app_data(data.clone()).configure(|c| {
-            routes(c, max_body);
-            if bench_noop {
-                c.route("/bench/noop", web::post().to(noop));
-            }
-            #[cfg(test)]
-            c.route("/test/forbidden", web::get().to(crate::confine::tests::forbidden_hook));
-        })
+        App::new()
+            .app_data(data.clone())
+            .wrap_fn(http10_without_chunks)
+            .configure(|c| {
+                routes(c, max_body);
+                if bench_noop {
+                    c.route("/bench/noop", web::post().to(noop));
+                }
+                #[cfg(test)]
+                c.route("/test/forbidden", web::get().to(crate::confine::tests::forbidden_hook));
+            })
     })
     .on_connect(on_connect)
     // A client gets 10 s to send its request head and 5 s to close: a slow client holds a

@@ -74,6 +74,7 @@ fn the_documented_session_runs_as_written() {
         "xe vm-start",
         "xe vm-snapshot",
         "xe vm-export",
+        "xe vm-import",
         "xe vm-uninstall",
         "xe vm-list",
     ] {
