@@ -296,7 +296,7 @@ async fn a_state_dir_names_its_store_and_the_member_it_runs() {
 
     let a = Store::open_configured(first.path()).await.unwrap();
     assert!(a.is_pooled());
-    assert_eq!(a.member().unwrap().client_url(), client);
+    assert_eq!(a.member_client_url().unwrap(), client);
     assert!(first.path().join("etcd").join("member").is_dir());
     a.write(|tx| {
         tx.put(network("OpaqueRef:n1", "u1", "pooled"));
@@ -305,7 +305,7 @@ async fn a_state_dir_names_its_store_and_the_member_it_runs() {
     .await
     .unwrap();
     let b = Store::open_configured(second.path()).await.unwrap();
-    assert!(b.is_pooled() && b.member().is_none());
+    assert!(b.is_pooled() && b.member_client_url().is_none());
     assert_eq!(
         b.get(class_ids::network, "OpaqueRef:n1")
             .unwrap()
@@ -320,7 +320,7 @@ async fn a_state_dir_names_its_store_and_the_member_it_runs() {
     assert!(c.get(class_ids::network, "OpaqueRef:n1").is_none());
 
     // The member stops with the store that runs it.
-    let pid = a.member().unwrap().pid().unwrap();
+    let pid = a.member_pid().unwrap();
     drop(b);
     drop(a);
     // SAFETY: kill(2) with signal 0 only asks whether the process exists.
