@@ -53,6 +53,19 @@ macro_rules! api_errors {
             }
         }
 
+        impl ApiError {
+            /// The error a wire code and its parameters name, where this build raises that
+            /// code (a reply forwarded from another host of the pool).
+            pub fn from_wire(code: &str, params: &[String]) -> Option<Self> {
+                let mut it = params.iter().cloned();
+                let _ = &mut it;
+                match code {
+                    $( $code => Some(ApiError::$variant { $( $field: it.next().unwrap_or_default() ),* }), )*
+                    _ => None,
+                }
+            }
+        }
+
         /// Every code this daemon raises with its parameter names (checked against errors.json).
         pub const RAISED: &[(&str, &[&str])] = &[ $( ($code, &[$(stringify!($field)),*]), )* ];
     };

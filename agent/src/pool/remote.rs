@@ -36,23 +36,9 @@ impl RemoteError {
 
 /// A XenAPI failure read off the wire, as this build's error where it knows the code.
 pub fn from_wire(d: &[String]) -> ApiError {
-    let p = |i: usize| d.get(i).cloned().unwrap_or_default();
-    match d.first().map(String::as_str) {
-        Some("SESSION_AUTHENTICATION_FAILED") => ApiError::SessionAuthenticationFailed {},
-        Some("HOST_IS_SLAVE") => ApiError::HostIsSlave { master_address: p(1) },
-        Some("SESSION_INVALID") => ApiError::SessionInvalid { handle: p(1) },
-        Some("HANDLE_INVALID") => ApiError::HandleInvalid {
-            class: p(1),
-            handle: p(2),
-        },
-        Some("HOST_NOT_ENOUGH_FREE_MEMORY") => ApiError::HostNotEnoughFreeMemory {
-            needed: p(1),
-            available: p(2),
-        },
-        Some("NOT_IMPLEMENTED") => ApiError::not_implemented(&p(1)),
-        Some("INTERNAL_ERROR") => ApiError::internal(p(1)),
-        _ => ApiError::internal(format!("the other host answered {}", d.join(" "))),
-    }
+    let (code, params) = d.split_first().map_or(("", &[][..]), |(c, p)| (c.as_str(), p));
+    ApiError::from_wire(code, params)
+        .unwrap_or_else(|| ApiError::internal(format!("the other host answered {}", d.join(" "))))
 }
 
 /// Another host's XenAPI.

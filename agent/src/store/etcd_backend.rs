@@ -203,6 +203,19 @@ impl Etcd {
         })
     }
 
+    /// etcd's current revision (every change committed so far, by any host).
+    pub(super) async fn current_revision(&self) -> Result<u64, StoreError> {
+        let key = format!("{}meta/offset", self.objects.trim_end_matches("obj/"));
+        self.with_client(|mut c| async move {
+            let resp = c
+                .get(key, Some(GetOptions::new().with_count_only()))
+                .await
+                .map_err(etcd_err)?;
+            Ok(u64::try_from(resp.header().map_or(0, |h| h.revision())).unwrap_or(0))
+        })
+        .await
+    }
+
     /// Waits until this host's view holds every change up to `revision`.
     pub(super) async fn caught_up(&self, revision: u64) -> Result<(), StoreError> {
         let mut rx = self.applied.clone();
@@ -429,7 +442,19 @@ async fn read_offset(client: &mut Client, key: &str) -> Result<u64, StoreError> 
         .unwrap_or(0))
 }
 
-/// Connects to `cfg`'s cluster, waiting up to 30 s for it to answer.
+/// Waits (up to 30 s) until the etcd at `client_url` answers: a local member just started.
+pub(super) async fn wait_for(client_url: &str) -> Result<(), StoreError> {
+    let endpoints = vec![client_url.to_owned()];
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(etcd_err)?;
+    tokio::task::spawn_blocking(move || rt.block_on(connect_waiting(&endpoints)).map(drop))
+        .await
+        .map_err(etcd_err)?
+}
+
+/// Connects to `endpoints`, waiting up to 30 s for them to answer.
 async fn connect_waiting(endpoints: &[String]) -> Result<Client, StoreError> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {

@@ -201,6 +201,9 @@ impl Store {
     /// then opens the pool's store, waiting for the member to answer.
     pub async fn open_pool(dir: &Path, cfg: &EtcdConfig) -> Result<Store, StoreError> {
         let member = start_member(dir, cfg, false)?;
+        if let Some(m) = &cfg.member {
+            etcd_backend::wait_for(&m.client_url).await?;
+        }
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
         loop {
             match Store::open_etcd(cfg).await {
@@ -235,6 +238,9 @@ impl Store {
     pub async fn switch_to_pool(&self, dir: &Path, cfg: &EtcdConfig, carry: bool) -> Result<(), StoreError> {
         let _exclusive = self.switching.write().await;
         let member = start_member(dir, cfg, true)?;
+        if let Some(m) = &cfg.member {
+            etcd_backend::wait_for(&m.client_url).await?;
+        }
         if carry {
             let mut objects = Vec::new();
             let mut top = *self.commit.lock();
@@ -485,11 +491,25 @@ impl Store {
         mut f: impl FnMut(&mut Tx) -> Result<T, ApiError>,
     ) -> Result<T, ApiError> {
         let refused = |e: StoreError| ApiError::internal(format!("the change was not saved: {e}"));
+        let mut caught_up = false;
         for _ in 0..MAX_ATTEMPTS {
             let (result, compares, ops) = {
                 let _serial = self.commit.lock();
                 let mut tx = Tx::new(self, true);
-                let result = f(&mut tx)?;
+                let result = match f(&mut tx) {
+                    Ok(r) => r,
+                    // An object another host has just made may not be in this host's view
+                    // yet: look again once the view has every committed change.
+                    Err(ApiError::HandleInvalid { .. }) if !caught_up => {
+                        caught_up = true;
+                        drop(tx);
+                        drop(_serial);
+                        let rev = etcd.current_revision().await.map_err(refused)?;
+                        etcd.caught_up(rev).await.map_err(refused)?;
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
                 let Tx { entries, reads, .. } = tx;
                 let mut reads = reads.map(|r| r.into_inner()).unwrap_or_default();
                 let mut ops = Vec::with_capacity(entries.len());
