@@ -40,14 +40,14 @@ class Host:
     def url(self) -> str:
         return f"http://{self.address}"
 
-    def start(self) -> None:
+    def start(self, env: dict | None = None) -> None:
         cmd = [os.environ["XAPID_BIN"], "--listen", f"{self.address}:80",
                "--socket", os.path.join(self.dir, "xapi.sock"),
                "--state-dir", self.state, "--backend", "simulator",
                "--root-password-file", self.pwfile]
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                         start_new_session=True)
+                                         start_new_session=True, env=env)
         deadline = time.time() + 60
         while time.time() < deadline:
             if self.proc.poll() is not None:
@@ -150,6 +150,21 @@ def test_refusals_before_any_join(hosts):
     m = master.session().xenapi
     assert len(m.host.get_all()) == 1
     assert not os.path.exists(os.path.join(master.state, "pool-store.json"))
+
+
+def test_a_joiner_without_etcd_is_told_the_package(hosts):
+    base = os.path.dirname(hosts[0].dir)
+    lone = Host(N, base)
+    empty = os.path.join(base, "empty-path")
+    os.makedirs(empty)
+    lone.start(env={**os.environ, "PATH": empty})
+    try:
+        d = failure(lone.session().xenapi.pool.join, hosts[0].address, "root", PASSWORD)
+        assert d[0] == "INTERNAL_ERROR" and "etcd-server" in d[1], d
+    finally:
+        lone.stop()
+    m = hosts[0].session().xenapi
+    assert len(m.host.get_all()) == 1
 
 
 def test_join_every_host(hosts):
@@ -298,6 +313,24 @@ def test_event_latency_member_write_to_master_listener(hosts):
     lat.sort()
     print(f"event latency member write -> master listener: p50 {lat[len(lat) // 2] * 1000:.1f} ms, "
           f"max {lat[-1] * 1000:.1f} ms")
+
+
+def test_designate_new_master(hosts):
+    old, new = hosts[0], hosts[1]
+    m = old.session().xenapi
+    by_addr = {r["address"]: ref for ref, r in m.host.get_all_records().items()}
+    pool = m.pool.get_all()[0]
+    m.pool.designate_new_master(by_addr[new.address])
+    # Clients following HOST_IS_SLAVE reach the new master, from the old one too.
+    d = failure(XenAPI.Session(old.url).xenapi.login_with_password, "root", PASSWORD, "1.0", "t")
+    assert d == ["HOST_IS_SLAVE", new.address]
+    n = login_following_slave(old.url).xenapi
+    assert n.pool.get_master(pool) == by_addr[new.address]
+    assert len(n.host.get_all()) == N
+    assert failure(m.pool.designate_new_master, by_addr[old.address])[0] == "HOST_IS_SLAVE"
+    # And back, through the new master.
+    n.pool.designate_new_master(by_addr[old.address])
+    assert len(old.session().xenapi.host.get_all()) == N
 
 
 def test_eject_and_rejoin(hosts):

@@ -32,7 +32,59 @@ pub fn behaviour() -> Vec<Entry> {
         )
         .await),
         entry!(class_ids::pool, "eject", |agent, _ctx, c| join::eject(&agent, &c).await),
+        entry!(class_ids::pool, "designate_new_master", |agent, _ctx, c| {
+            require_master(&agent)?;
+            let host = c.ref_arg(0)?.to_owned();
+            set_master(&agent, &host).await
+        }),
+        entry!(class_ids::pool, "emergency_transition_to_master", |agent, _ctx, _c| {
+            let me = agent.host.clone();
+            set_master(&agent, &me).await
+        }),
+        entry!(class_ids::pool, "emergency_reset_master", |agent, _ctx, c| {
+            let address = c.str_arg(0);
+            let host = agent
+                .store
+                .all(class_ids::host)
+                .into_iter()
+                .find(|h| h.get(fields::host::address).as_str() == Some(address))
+                .ok_or_else(|| ApiError::invalid_value("master_address", address))?;
+            set_master(&agent, &host.reference).await
+        }),
+        entry!(class_ids::pool, "recover_slaves", |agent, _ctx, _c| {
+            require_master(&agent)?;
+            // Every member follows the pool database, which names this host the master:
+            // each is recovered as soon as it reads it.
+            let others = agent
+                .store
+                .all(class_ids::host)
+                .into_iter()
+                .filter(|h| h.reference != agent.host)
+                .map(|h| Value::reference(h.reference.as_str()))
+                .collect();
+            Ok(Value::set(others))
+        }),
+        entry!(class_ids::pool, "sync_database", |agent, _ctx, _c| {
+            // Every write is committed by the etcd members' majority before it is
+            // acknowledged: there is nothing left to push to the members.
+            let _ = &agent;
+            Ok(Value::None)
+        }),
     ]
+}
+
+/// Names `host` the pool's master in the pool database: every host reads its role from there,
+/// so password logins go to `host` from now on (`HOST_IS_SLAVE` elsewhere names it).
+async fn set_master(agent: &Agent, host: &str) -> Result<Value, ApiError> {
+    if agent.store.get(class_ids::host, host).is_none() {
+        return Err(ApiError::handle_invalid("host", host));
+    }
+    let pool = agent.pool_ref();
+    agent
+        .store
+        .write(|tx| crate::objects::set_field(tx, class_ids::pool, &pool, fields::pool::master, Value::reference(host)))
+        .await?;
+    Ok(Value::None)
 }
 
 /// The pool's master: its host ref.
