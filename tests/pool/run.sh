@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Pools of xapid hosts (issue 19), driven by XenAPI.py: N standalone daemons with the simulator,
 # each on its own loopback address (127.0.0.2, 127.0.0.3, …) port 80 with its own state dir,
-# joined into one pool, then members, events, eject and rejoin checked (tests/pool/test_pool.py).
+# joined into one pool, then members, events, forwarding, placement, a new master, eject and
+# rejoin checked (tests/pool/test_pool.py), and Xen Orchestra's xen-api client pointed at a member
+# (tests/pool/xo_pool.mjs).
 #
 #   tests/pool/run.sh            # a pool of 4
 #   XAPID_POOL_HOSTS=2 tests/pool/run.sh
@@ -29,6 +31,11 @@ export XAPID_BIN
 # The Python client, installed (or found in its cache) as the client tests do.
 VENV="$(bash "$REPO/tests/clients/run.sh" --python-venv | tail -n 1)"
 [ -x "$VENV/bin/python" ] || die "no Python venv for XenAPI.py at '$VENV'"
+
+# Xen Orchestra's xen-api client, likewise.
+XAPID_NODE_PREFIX="$(bash "$REPO/tests/clients/run.sh" --node-prefix | tail -n 1)"
+[ -d "$XAPID_NODE_PREFIX/node_modules/xen-api" ] || die "no xen-api client at '$XAPID_NODE_PREFIX'"
+export XAPID_NODE_PREFIX
 
 cd "$HERE"
 exec "$VENV/bin/python" -m pytest -p no:cacheprovider -v test_pool.py

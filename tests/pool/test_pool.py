@@ -282,6 +282,28 @@ def test_calls_about_another_host_run_there(hosts):
     assert m.VM.get_possible_hosts(disk) == [by_addr[hosts[0].address]]
 
 
+def test_xen_orchestra_client_follows_host_is_slave_and_sees_the_pool(hosts):
+    """Xen Orchestra's xen-api client, pointed at a member: it must end up on the master, see
+    every host and VM, and get the event of a write made through another member."""
+    prefix = os.environ.get("XAPID_NODE_PREFIX")
+    assert prefix, "XAPID_NODE_PREFIX is not set (tests/pool/run.sh sets it)"
+    writer = hosts[-1].local_session().xenapi
+    vm = writer.VM.get_by_name_label(f"vm-on-host{N - 1}")[0]
+    here = os.path.dirname(os.path.abspath(__file__))
+    p = subprocess.Popen(["node", os.path.join(here, "xo_pool.mjs"), hosts[1].address, hosts[0].address,
+                          str(N), PASSWORD, vm], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = p.stdout.readline().strip()
+        assert line == "ready", (line, p.stderr.read() if p.poll() is not None else "")
+        writer.VM.set_name_label(vm, "renamed-through-a-member")
+        out, err = p.communicate(timeout=60)
+        assert p.returncode == 0 and out.strip() == "seen", (p.returncode, out, err)
+    finally:
+        if p.poll() is None:
+            p.kill()
+        writer.VM.set_name_label(vm, f"vm-on-host{N - 1}")
+
+
 def test_event_latency_member_write_to_master_listener(hosts):
     """A write through a member, an event.from listener on the master: how long between."""
     m = hosts[0].session().xenapi
