@@ -7,7 +7,8 @@
 #   2. generated-code checks        vendor/xenapi/check.sh; sdk/check.sh; xen-sys/scripts/check-bindings.sh
 #   3. Rust tests                   cargo test --workspace (units, auth walk), then the crash
 #                                   durability test with its report printed
-#   4. real clients against xapid   tests/clients/run.sh (XenAPI.py, Xen Orchestra's xen-api, Ansible)
+#   4. real clients against xapid   tests/clients/run.sh (XenAPI.py, Xen Orchestra's xen-api, Ansible),
+#                                   then a pool of 4 daemons: tests/pool/run.sh (XenAPI.py)
 #   5. fuzzing                      fuzz/run.sh 60 (regression inputs replayed, then 60 s per target)
 #   6. real Xen                     tests/xen/run.sh (Xen 4.17 + dom0 under QEMU: the backend
 #                                   conformance suite in dom0, then xapid installed there with its
@@ -67,6 +68,9 @@ cargo test -p xapid-tests --test crash_durability -- --exact acknowledged_writes
 export XAPID_REQUIRE_ROOT=1
 step "real clients against the daemon (XenAPI.py, Xen Orchestra's xen-api, Ansible)"
 bash tests/clients/run.sh
+
+step "a pool of 4 hosts on 127.0.0.2-5 (XenAPI.py): join, HOST_IS_SLAVE, forwarding, placement, eject, rejoin"
+bash tests/pool/run.sh
 
 step "fuzzing the decoders and parsers (fuzz/run.sh 60)"
 bash fuzz/run.sh 60

@@ -31,6 +31,7 @@ fn sources() -> Vec<Vec<Entry>> {
         crate::network::behaviour(),
         crate::auth::behaviour(),
         crate::backup::behaviour(),
+        crate::pool::behaviour(),
     ]
 }
 

@@ -128,6 +128,10 @@ fn require_constructor_fields(class: ClassId, record: &Json) -> Result<(), ApiEr
 
 /// Runs a wire call.
 pub async fn call(agent: &Arc<Agent>, ctx: &CallCtx, method: &str, params: &[Json]) -> Result<Value, ApiError> {
+    // Host-to-host steps of the pool that are no XenAPI message (`xapid.pool.*`).
+    if let Some(out) = crate::pool::private_call(agent, ctx, method, params).await {
+        return out;
+    }
     let table = behaviour::table();
     if let Some(inner) = method.strip_prefix("Async.") {
         let (c, caller) = typed(agent, inner, params)?;
@@ -142,6 +146,11 @@ pub async fn call(agent: &Arc<Agent>, ctx: &CallCtx, method: &str, params: &[Jso
                 record(agent, pending, audit::Outcome::Denied);
                 return Err(e);
             }
+        }
+        if let Some(host) = crate::pool::forward::target(agent, &c) {
+            let out = crate::pool::forward::forward(agent, &host, &c, method, params).await;
+            record_result(agent, pending, &out);
+            return out;
         }
         let Some(handler) = table.handler(c.id) else {
             let e = ApiError::not_implemented(&c.wire_name());
@@ -161,6 +170,12 @@ pub async fn call(agent: &Arc<Agent>, ctx: &CallCtx, method: &str, params: &[Jso
             record(agent, pending, audit::Outcome::Denied);
             return Err(e);
         }
+    }
+    // A call that must run on another host of the pool is sent there (`pool::forward`).
+    if let Some(host) = crate::pool::forward::target(agent, &c) {
+        let out = crate::pool::forward::forward(agent, &host, &c, method, params).await;
+        record_result(agent, pending, &out);
+        return out;
     }
     let creates_task = rbac::check::creates_task(&c);
     let destroyed_task = rbac::check::destroys_task(&c).map(str::to_owned);

@@ -101,12 +101,18 @@ fn r(s: &str) -> Value {
 /// store that has them, brings the storage drivers' SM records and the SRs' and VDIs'
 /// `allowed_operations` up to this build's tables.
 pub async fn ensure(store: &Store, facts: &HostFacts, state_dir: &Path) -> Result<(String, String), ApiError> {
-    if let (Some(pool), Some(host)) = (
-        store.all(class_ids::pool).first().map(|o| o.reference.clone()),
-        store.all(class_ids::host).first().map(|o| o.reference.clone()),
-    ) {
+    let pool = store.all(class_ids::pool).first().map(|o| o.reference.clone());
+    if let (Some(pool), Some(host)) = (pool, own_host(store, state_dir)) {
+        remember_host(store, state_dir, &host);
         crate::storage::at_start(store).await?;
         return Ok((pool, host));
+    }
+    if store.is_pooled() && !store.all(class_ids::host).is_empty() {
+        // A pool's database without this host's record: never make a second pool in it.
+        return Err(ApiError::internal(format!(
+            "the pool database names no host whose uuid is in {}",
+            state_dir.join(HOST_UUID_FILE).display()
+        )));
     }
     let sr_dir = state_dir.join("sr");
     std::fs::create_dir_all(&sr_dir).map_err(ApiError::internal)?;
@@ -276,9 +282,7 @@ pub async fn ensure(store: &Store, facts: &HostFacts, state_dir: &Path) -> Resul
                 fields::host::resident_VMs,
                 Value::set(vec![r(&dom0_ref)]),
             )?;
-            for t in TEMPLATES {
-                create(tx, template(t))?;
-            }
+            create_templates(tx)?;
             let pool = obj(class_ids::pool, |o| {
                 use fields::pool as f;
                 o.set(f::master, r(&h));
@@ -291,15 +295,61 @@ pub async fn ensure(store: &Store, facts: &HostFacts, state_dir: &Path) -> Resul
             Ok((p, h))
         })
         .await
+        .inspect(|(_, h)| remember_host(store, state_dir, h))
+}
+
+/// Creates the templates a fresh database starts with.
+pub fn create_templates(tx: &mut Tx) -> Result<(), ApiError> {
+    for t in TEMPLATES {
+        create(tx, template(t))?;
+    }
+    Ok(())
+}
+
+/// The file in the state dir that names this host (its uuid): in a pool's database, which of
+/// the hosts is this one.
+pub const HOST_UUID_FILE: &str = "host-uuid";
+
+/// This host's ref: the host whose uuid the state dir names, else (a state dir from before the
+/// file, one host) the only host.
+pub fn own_host(store: &Store, state_dir: &Path) -> Option<String> {
+    if let Ok(uuid) = std::fs::read_to_string(state_dir.join(HOST_UUID_FILE)) {
+        if let Some(r) = store.ref_by_uuid(class_ids::host, uuid.trim()) {
+            return Some(r);
+        }
+    }
+    let hosts = store.all(class_ids::host);
+    match hosts.as_slice() {
+        [only] => Some(only.reference.clone()),
+        _ => None,
+    }
+}
+
+/// Writes this host's uuid into the state dir (see [`HOST_UUID_FILE`]).
+pub fn remember_host(store: &Store, state_dir: &Path, host: &str) {
+    let Some(uuid) = store
+        .get(class_ids::host, host)
+        .and_then(|h| h.uuid().map(str::to_owned))
+    else {
+        return;
+    };
+    if let Err(e) = std::fs::write(state_dir.join(HOST_UUID_FILE), uuid) {
+        tracing::warn!(error = %e, "could not write the host's uuid into the state dir");
+    }
 }
 
 /// Recreates the in-memory objects (metrics) that persistent objects point at, and the
 /// static roles.
-pub async fn rebuild_ephemeral(store: &Store, facts: &HostFacts, address: &str) -> Result<(), ApiError> {
+pub async fn rebuild_ephemeral(store: &Store, facts: &HostFacts, address: &str, me: &str) -> Result<(), ApiError> {
     crate::rbac::ensure_roles(store).await?;
+    // In a pool, another host's facts and objects are that host's to refresh.
+    let pooled = store.is_pooled();
     store
         .write(|tx| {
             for host in tx_all(tx, store, class_ids::host) {
+                if host.reference != me {
+                    continue;
+                }
                 // What the backend says now wins over what first boot recorded (the hypervisor
                 // may have been upgraded, or the backend changed).
                 let count = facts.cpus.len().to_string();
@@ -335,6 +385,9 @@ pub async fn rebuild_ephemeral(store: &Store, facts: &HostFacts, address: &str) 
                 })?;
             }
             for vm in tx_all(tx, store, class_ids::VM) {
+                if pooled && vm.get(fields::VM::resident_on).as_ref_str().is_some_and(|h| h != me) {
+                    continue;
+                }
                 let m = vm.get(fields::VM::metrics).clone();
                 let mem = vm.get(fields::VM::memory_target).as_int().unwrap_or(0);
                 let vcpus = vm.get(fields::VM::VCPUs_at_startup).as_int().unwrap_or(1);
@@ -356,6 +409,9 @@ pub async fn rebuild_ephemeral(store: &Store, facts: &HostFacts, address: &str) 
                 })?;
             }
             for pif in tx_all(tx, store, class_ids::PIF) {
+                if pooled && pif.get(fields::PIF::host).as_ref_str() != Some(me) {
+                    continue;
+                }
                 let m = pif.get(fields::PIF::metrics).clone();
                 ensure_metrics(tx, class_ids::PIF, &pif.reference, fields::PIF::metrics, &m, |o| {
                     o.set(fields::PIF_metrics::carrier, Value::Bool(true));

@@ -15,8 +15,8 @@ impl Agent {
     }
 
     /// The pool's ref.
-    pub fn pool_ref(&self) -> &str {
-        &self.pool
+    pub fn pool_ref(&self) -> String {
+        self.pool.read().clone()
     }
 
     /// Checks a session (and notes its activity).

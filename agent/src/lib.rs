@@ -21,6 +21,7 @@ pub mod lifecycle;
 pub mod metrics;
 pub mod network;
 pub mod objects;
+pub mod pool;
 pub mod query;
 pub mod rbac;
 pub mod schema;
@@ -93,8 +94,8 @@ pub struct Agent {
     pub(crate) sessions: sessions::Sessions,
     /// This host's ref.
     pub(crate) host: String,
-    /// The pool's ref.
-    pub(crate) pool: String,
+    /// The pool's ref (another pool's once this host joins one).
+    pub(crate) pool: parking_lot::RwLock<String>,
     /// The hypervisor backend.
     pub(crate) hypervisor: Arc<dyn hypervisor::Hypervisor>,
     /// Async calls still running, by task ref.
@@ -161,7 +162,7 @@ impl Agent {
         let (pool, host) = first_boot::ensure(&store, &facts, &cfg.state_dir)
             .await
             .map_err(AgentError::FirstBoot)?;
-        first_boot::rebuild_ephemeral(&store, &facts, &cfg.host_address)
+        first_boot::rebuild_ephemeral(&store, &facts, &cfg.host_address, &host)
             .await
             .map_err(AgentError::FirstBoot)?;
         let network = network::Network::for_hypervisor(cfg.hypervisor.backend_name());
@@ -170,7 +171,7 @@ impl Agent {
             store,
             sessions,
             host,
-            pool,
+            pool: parking_lot::RwLock::new(pool),
             hypervisor: cfg.hypervisor,
             running_tasks: Mutex::new(HashMap::new()),
             actors: actors::Actors::new(2),

@@ -136,6 +136,17 @@ pub fn destroy(tx: &mut Tx, class: ClassId, reference: &str) -> Result<(), ApiEr
     Ok(())
 }
 
+/// Links an object already put into the transaction into the objects its bound fields name,
+/// as `create` does but without its checks: for objects brought whole from another database.
+pub fn link(tx: &mut Tx, class: ClassId, reference: &str) -> Result<(), ApiError> {
+    let cur = tx.must_get(class, reference)?;
+    for &f in bound_fields(class) {
+        let v = cur.get(f).clone();
+        relink(tx, class, reference, f, &empty_like(&v), &v)?;
+    }
+    Ok(())
+}
+
 fn empty_like(v: &Value) -> Value {
     match v {
         Value::Set(_) => Value::set(Vec::new()),

@@ -249,7 +249,7 @@ fn user_mode_keys(agent: &Agent) -> Result<&'static str, ApiError> {
 /// `custom_uefi_certificates` when set, else `uefi_certificates` (a base64 tar archive). An
 /// unreadable archive holds none, as the reference's directory then stays empty.
 fn pool_auth_files(agent: &Agent) -> Vec<String> {
-    let Some(pool) = agent.store.get(class_ids::pool, &agent.pool) else {
+    let Some(pool) = agent.store.get(class_ids::pool, &agent.pool_ref()) else {
         return Vec::new();
     };
     let text = |f| pool.get(f).as_str().unwrap_or("").to_owned();
@@ -741,7 +741,7 @@ mod tests {
     }
 
     async fn set_pool_certs(e: &Env, uefi: &str, custom: &str) {
-        let (pool, uefi, custom) = (e.agent.pool.clone(), uefi.to_owned(), custom.to_owned());
+        let (pool, uefi, custom) = (e.agent.pool_ref(), uefi.to_owned(), custom.to_owned());
         e.agent
             .store
             .write(|tx| {
@@ -1022,7 +1022,7 @@ mod tests {
     #[actix::test]
     async fn pool_readiness_follows_the_active_certificates() {
         let e = env().await;
-        let pool = e.agent.pool.clone();
+        let pool = e.agent.pool_ref();
         let ask = |r: String| {
             let e = &e;
             async move { e.ok("pool.get_guest_secureboot_readiness", vec![json!(r)]).await }

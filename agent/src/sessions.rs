@@ -59,6 +59,11 @@ pub fn behaviour() -> Vec<Entry> {
 }
 
 async fn login(agent: &crate::Agent, ctx: &crate::call::CallCtx, c: &crate::call::Call) -> Result<Value, ApiError> {
+    // A password login on a pool member is the master's to answer (XenAPI clients follow
+    // `HOST_IS_SLAVE` to it); `slave_local_login_with_password` is this host's.
+    if c.message.name == "login_with_password" {
+        crate::pool::require_master(agent)?;
+    }
     // `slave_local_login_with_password` has no version or originator.
     let originator = c.str_arg(3);
     let r = agent

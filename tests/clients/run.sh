@@ -5,6 +5,8 @@
 #   tests/clients/run.sh python       # one suite
 #   tests/clients/run.sh node python  # several, in that order
 #   tests/clients/run.sh --python-venv  # only install the Python client; print its venv's path
+#   tests/clients/run.sh --node-prefix  # only install Xen Orchestra's client; print its prefix
+#                                       # (tests/pool/run.sh drives a pool with both)
 #                                       # (tests/xen/run.sh drives a dom0's xapid with it)
 #
 # Environment:
@@ -203,6 +205,11 @@ run_ansible() {
 }
 
 # --------------------------------------------------------------------------
+if [ "${1:-}" = --node-prefix ]; then
+  setup_node
+  printf '%s\n' "$NODE_PREFIX"
+  exit 0
+fi
 if [ "${1:-}" = --python-venv ]; then
   setup_python
   printf '%s\n' "$PY_VENV"

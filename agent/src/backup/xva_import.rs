@@ -69,7 +69,7 @@ fn target_sr(agent: &Agent, sr: &str) -> Result<String, ApiError> {
     }
     let pool = agent
         .store
-        .get(class_ids::pool, &agent.pool)
+        .get(class_ids::pool, &agent.pool_ref())
         .and_then(|p| p.get(fields::pool::default_SR).as_ref_str().map(str::to_owned))
         .unwrap_or_else(|| NULL_REF.to_owned());
     if agent.store.get(class_ids::SR, &pool).is_none() {

@@ -53,6 +53,19 @@ macro_rules! api_errors {
             }
         }
 
+        impl ApiError {
+            /// The error a wire code and its parameters name, where this build raises that
+            /// code (a reply forwarded from another host of the pool).
+            pub fn from_wire(code: &str, params: &[String]) -> Option<Self> {
+                let mut it = params.iter().cloned();
+                let _ = &mut it;
+                match code {
+                    $( $code => Some(ApiError::$variant { $( $field: it.next().unwrap_or_default() ),* }), )*
+                    _ => None,
+                }
+            }
+        }
+
         /// Every code this daemon raises with its parameter names (checked against errors.json).
         pub const RAISED: &[(&str, &[&str])] = &[ $( ($code, &[$(stringify!($field)),*]), )* ];
     };
@@ -361,6 +374,30 @@ api_errors! {
     PoolAuthEnableFailedNoTrustedCerts { host, message } => "POOL_AUTH_ENABLE_FAILED_NO_TRUSTED_CERTS",
     /// Disabling external authentication failed on a host of the pool.
     PoolAuthDisableFailed { host, message } => "POOL_AUTH_DISABLE_FAILED",
+    /// A password login on a pool member: log in to the master, at this address.
+    HostIsSlave { master_address } => "HOST_IS_SLAVE",
+    /// `pool.join`: the master could not be reached.
+    JoiningHostConnectionFailed {} => "JOINING_HOST_CONNECTION_FAILED",
+    /// `pool.join`: the master answered with an HTTP error.
+    JoiningHostServiceFailed {} => "JOINING_HOST_SERVICE_FAILED",
+    /// `pool.join`: the joining host already has other hosts in its pool.
+    JoiningHostCannotBeMasterOfOtherHosts {} => "JOINING_HOST_CANNOT_BE_MASTER_OF_OTHER_HOSTS",
+    /// `pool.join`: the joining host runs VMs.
+    JoiningHostCannotHaveRunningVms {} => "JOINING_HOST_CANNOT_HAVE_RUNNING_VMS",
+    /// `pool.join`: a VM of the joining host has an operation in progress.
+    JoiningHostCannotHaveVmsWithCurrentOperations {} => "JOINING_HOST_CANNOT_HAVE_VMS_WITH_CURRENT_OPERATIONS",
+    /// `pool.join`: the joining host has a shared SR.
+    JoiningHostCannotContainSharedSrs {} => "JOINING_HOST_CANNOT_CONTAIN_SHARED_SRS",
+    /// `pool.join`: the two hosts run different product versions.
+    PoolJoiningHostMustHaveSameProductVersion {} => "POOL_JOINING_HOST_MUST_HAVE_SAME_PRODUCT_VERSION",
+    /// `pool.join` of a host to itself.
+    HostItsOwnSlave {} => "HOST_ITS_OWN_SLAVE",
+    /// Another host of the pool could not be reached.
+    CannotContactHost { host } => "CANNOT_CONTACT_HOST",
+    /// The host is not live.
+    HostOffline { host } => "HOST_OFFLINE",
+    /// The VM has a disk on an SR the host cannot see.
+    VmRequiresSr { vm, sr } => "VM_REQUIRES_SR",
 }
 
 /// Codes the reference raises with more parameters than errors.json documents, and how many:

@@ -111,7 +111,7 @@ pub fn behaviour() -> Vec<Entry> {
 /// Records the edition and its parameters on the host, and the pool's restrictions (one host:
 /// the same parameters).
 async fn record_edition(agent: &Agent, host: &str) -> Result<(), ApiError> {
-    let (host, pool) = (host.to_owned(), agent.pool.clone());
+    let (host, pool) = (host.to_owned(), agent.pool_ref());
     agent
         .store
         .write(move |tx| {

@@ -147,7 +147,7 @@ async fn the_one_edition() {
             .and_then(Value::as_str),
         Some("false")
     );
-    let pool = e.agent.store.get(class_ids::pool, &e.agent.pool).unwrap();
+    let pool = e.agent.store.get(class_ids::pool, &e.agent.pool_ref()).unwrap();
     assert_eq!(
         pool.get(fields::pool::restrictions),
         h.get(fields::host::license_params)

@@ -17,8 +17,16 @@ use std::sync::Arc;
 pub async fn at_start(agent: &Arc<Agent>) -> Result<(), ApiError> {
     let hv = agent.hypervisor.clone();
     let domains = blocking(agent, move || hv.list_domains()).await?;
+    // In a pool, a VM resident on another host is that host's to reconcile.
+    let pooled = agent.store.is_pooled();
+    let elsewhere = |o: &crate::value::Object| {
+        pooled
+            && o.get(fields::VM::resident_on)
+                .as_ref_str()
+                .is_some_and(|h| h != agent.host && h != crate::value::NULL_REF)
+    };
     for vm in agent.store.all(class_ids::VM) {
-        if vm.get(fields::VM::is_control_domain) == &Value::Bool(true) {
+        if vm.get(fields::VM::is_control_domain) == &Value::Bool(true) || elsewhere(&vm) {
             continue;
         }
         let state = vm.get(fields::VM::power_state);
@@ -42,6 +50,7 @@ pub async fn at_start(agent: &Arc<Agent>) -> Result<(), ApiError> {
         .store
         .all(class_ids::VM)
         .iter()
+        .filter(|v| !elsewhere(v))
         .map(|v| v.reference.clone())
         .collect();
     let mut marked = Vec::new();
@@ -49,7 +58,14 @@ pub async fn at_start(agent: &Arc<Agent>) -> Result<(), ApiError> {
         let Some(f) = class.field_by_name("current_operations") else {
             continue;
         };
+        // In a pool only this host's VMs: the others' operations may be running.
+        if pooled && class != class_ids::VM {
+            continue;
+        }
         for o in agent.store.all(class) {
+            if pooled && (elsewhere(&o) || o.get(fields::VM::resident_on).as_ref_str() != Some(agent.host.as_str())) {
+                continue;
+            }
             if !o.get(f).as_map().is_empty() {
                 marked.push((class, f, o.reference.clone()));
             }

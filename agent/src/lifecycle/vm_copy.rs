@@ -458,7 +458,7 @@ async fn provision(agent: &Arc<Agent>, vm: &str) -> Result<(), ApiError> {
     );
     let default_sr = agent
         .store
-        .get(class_ids::pool, &agent.pool)
+        .get(class_ids::pool, &agent.pool_ref())
         .and_then(|p| p.get(fields::pool::default_SR).as_ref_str().map(str::to_owned))
         .unwrap_or_else(|| NULL_REF.to_owned());
     let mut vbds = Vec::new();

@@ -578,7 +578,7 @@ impl SuspendVdi {
         let size = std::fs::metadata(path).map(|m| m.len() as i64).unwrap_or(0);
         let sr = agent
             .store
-            .get(class_ids::pool, &agent.pool)
+            .get(class_ids::pool, &agent.pool_ref())
             .and_then(|p| p.get(fields::pool::suspend_image_SR).as_ref_str().map(str::to_owned))
             .unwrap_or_else(|| NULL_REF.to_owned());
         SuspendVdi {
@@ -769,10 +769,20 @@ pub async fn query(agent: &Arc<Agent>, vm: &str, message: &str, args: &[Value]) 
             assert_can_boot_here(agent, &rec, host).await?;
             Ok(Value::None)
         }
-        "get_possible_hosts" => Ok(Value::set(match assert_can_boot_here(agent, &rec, &agent.host).await {
-            Ok(()) => vec![Value::reference(agent.host.as_str())],
-            Err(_) => vec![],
-        })),
+        "get_possible_hosts" => {
+            let mut hosts = Vec::new();
+            for h in agent.store.all(class_ids::host) {
+                let ok = if h.reference == agent.host {
+                    assert_can_boot_here(agent, &rec, &agent.host).await.is_ok()
+                } else {
+                    crate::pool::placement::check(agent, &rec, &h.reference, true).is_ok()
+                };
+                if ok {
+                    hosts.push(Value::reference(h.reference.as_str()));
+                }
+            }
+            Ok(Value::set(hosts))
+        }
         "get_boot_record" => Ok(Value::Record(rec)),
         other => Err(ApiError::not_implemented(&format!("VM.{other}"))),
     }
@@ -780,7 +790,11 @@ pub async fn query(agent: &Arc<Agent>, vm: &str, message: &str, args: &[Value]) 
 
 async fn assert_can_boot_here(agent: &Arc<Agent>, vm: &Object, host: &str) -> Result<(), ApiError> {
     if host != agent.host {
-        return Err(ApiError::handle_invalid("host", host));
+        // Another host of the pool (the call is forwarded there when it is reachable).
+        return crate::pool::placement::check(agent, vm, host, true);
+    }
+    if agent.store.is_pooled() {
+        crate::pool::placement::check(agent, vm, host, false)?;
     }
     let cfg = domain_config(vm)?;
     let hv = agent.hypervisor.clone();

@@ -215,7 +215,7 @@ fn plan(agent: &Agent) -> Plan {
 /// Whether new VM and SR databases get MIN and MAX archives (the pool's
 /// `other_config:create_min_max_in_new_VM_RRDs`).
 fn vm_min_max(agent: &Agent) -> bool {
-    agent.store.get(class_ids::pool, &agent.pool).is_some_and(|p| {
+    agent.store.get(class_ids::pool, &agent.pool_ref()).is_some_and(|p| {
         p.get(fields::pool::other_config)
             .as_map()
             .iter()

@@ -245,7 +245,7 @@ async fn drop_records(agent: &Agent, sr: &Object) -> Result<(), ApiError> {
     let sr_ref = sr.reference.clone();
     let pbds = refs(sr.get(fields::SR::PBDs));
     let vdis = refs(sr.get(fields::SR::VDIs));
-    let pool = agent.pool.clone();
+    let pool = agent.pool_ref();
     agent
         .store
         .write(|tx| {

@@ -996,7 +996,7 @@ async fn an_old_store_gets_the_features_at_start() {
     let (pool, host) = crate::first_boot::ensure(&e.agent.store, &facts, &state_dir)
         .await
         .unwrap();
-    assert_eq!((pool, host), (e.agent.pool.clone(), e.agent.host.clone()));
+    assert_eq!((pool, host), (e.agent.pool_ref(), e.agent.host.clone()));
     let table = |kind| -> Vec<(String, i64)> {
         super::features::driver_features(kind)
             .iter()

@@ -55,6 +55,10 @@ impl EtcdConfig {
     fn objects(&self) -> String {
         format!("{}obj/", self.prefix)
     }
+
+    fn offset_key(&self) -> String {
+        format!("{}meta/offset", self.prefix)
+    }
 }
 
 /// What etcd made of a transaction.
@@ -69,6 +73,9 @@ pub(super) enum Outcome {
 pub(super) struct Etcd {
     client: Client,
     objects: String,
+    /// Added to every etcd revision to make a generation or event id: a database moved from
+    /// one host's redb keeps its event tokens growing (the key `<prefix>meta/offset`).
+    offset: u64,
     runtime: Runtime,
     applied: watch::Receiver<u64>,
     progress: mpsc::UnboundedSender<()>,
@@ -114,16 +121,18 @@ impl Etcd {
         let objects = cfg.objects();
         let endpoints = cfg.endpoints.clone();
         let prefix = objects.clone();
+        let offset_key = cfg.offset_key();
         let load_view = view.clone();
         let loaded = runtime.spawn(async move {
             let opts = ConnectOptions::new()
                 .with_connect_timeout(Duration::from_secs(5))
                 .with_keep_alive(Duration::from_secs(2), Duration::from_secs(5));
             let mut client = Client::connect(&endpoints, Some(opts)).await.map_err(etcd_err)?;
-            let revision = load(&mut client, &prefix, &load_view).await?;
-            Ok::<_, StoreError>((client, revision))
+            let offset = read_offset(&mut client, &offset_key).await?;
+            let revision = load(&mut client, &prefix, &load_view, offset).await?;
+            Ok::<_, StoreError>((client, revision, offset))
         })?;
-        let (client, revision) = tokio::time::timeout(COMMIT_TIMEOUT, loaded)
+        let (client, revision, offset) = tokio::time::timeout(COMMIT_TIMEOUT, loaded)
             .await
             .map_err(|_| StoreError::Etcd(format!("no answer from etcd at {:?}", cfg.endpoints)))?
             .map_err(etcd_err)??;
@@ -134,12 +143,14 @@ impl Etcd {
             objects.clone(),
             view,
             revision,
+            offset,
             applied_tx,
             progress_rx,
         ))?;
         Ok(Etcd {
             client,
             objects,
+            offset,
             runtime,
             applied,
             progress,
@@ -160,9 +171,18 @@ impl Etcd {
 
     /// Commits `ops` if every key in `compares` still has the mod revision given (0: absent).
     pub(super) async fn commit(&self, compares: Vec<(String, u64)>, ops: Vec<TxnOp>) -> Result<Outcome, StoreError> {
+        let offset = self.offset;
         let compares: Vec<Compare> = compares
             .into_iter()
-            .map(|(k, rev)| Compare::mod_revision(k, CompareOp::Equal, i64::try_from(rev).unwrap_or(i64::MAX)))
+            .map(|(k, generation)| {
+                // 0 is "absent"; any other generation is a mod revision plus the offset.
+                let rev = if generation == 0 {
+                    0
+                } else {
+                    generation.saturating_sub(offset)
+                };
+                Compare::mod_revision(k, CompareOp::Equal, i64::try_from(rev).unwrap_or(i64::MAX))
+            })
             .collect();
         let txn = Txn::new().when(compares).and_then(ops);
         let mut kv = self.client.kv_client();
@@ -181,6 +201,19 @@ impl Etcd {
         } else {
             Outcome::Conflict(revision)
         })
+    }
+
+    /// etcd's current revision (every change committed so far, by any host).
+    pub(super) async fn current_revision(&self) -> Result<u64, StoreError> {
+        let key = format!("{}meta/offset", self.objects.trim_end_matches("obj/"));
+        self.with_client(|mut c| async move {
+            let resp = c
+                .get(key, Some(GetOptions::new().with_count_only()))
+                .await
+                .map_err(etcd_err)?;
+            Ok(u64::try_from(resp.header().map_or(0, |h| h.revision())).unwrap_or(0))
+        })
+        .await
     }
 
     /// Waits until this host's view holds every change up to `revision`.
@@ -210,7 +243,7 @@ impl Etcd {
 }
 
 /// Loads every object under `prefix` into `view`; the revision it was read at.
-async fn load(client: &mut Client, prefix: &str, view: &View) -> Result<u64, StoreError> {
+async fn load(client: &mut Client, prefix: &str, view: &View, offset: u64) -> Result<u64, StoreError> {
     let resp = client
         .get(prefix, Some(GetOptions::new().with_prefix()))
         .await
@@ -225,7 +258,7 @@ async fn load(client: &mut Client, prefix: &str, view: &View) -> Result<u64, Sto
         let Some(mut obj) = decode(rest, kv.value())? else {
             continue;
         };
-        obj.generation = u64::try_from(kv.mod_revision()).unwrap_or(0);
+        obj.generation = u64::try_from(kv.mod_revision()).unwrap_or(0) + offset;
         seen[obj.class.0].insert(obj.reference.clone());
         let mut table = view.tables[obj.class.0].write();
         let old = table.get(&obj.reference);
@@ -255,7 +288,7 @@ async fn load(client: &mut Client, prefix: &str, view: &View) -> Result<u64, Sto
         for o in gone {
             table.remove(&o.reference);
             logged.push(LoggedEvent::new(
-                revision,
+                revision + offset,
                 class,
                 &o.reference,
                 o.uuid().unwrap_or(""),
@@ -267,7 +300,7 @@ async fn load(client: &mut Client, prefix: &str, view: &View) -> Result<u64, Sto
     logged.sort_by_key(LoggedEvent::id);
     view.events.append(logged);
     // Tokens from before this revision are answered from the objects, not the log.
-    view.events.forget_up_to(revision);
+    view.events.forget_up_to(revision + offset);
     Ok(revision)
 }
 
@@ -277,6 +310,7 @@ async fn follow(
     prefix: String,
     view: Arc<View>,
     from: u64,
+    offset: u64,
     applied: watch::Sender<u64>,
     mut progress: mpsc::UnboundedReceiver<()>,
 ) {
@@ -302,7 +336,7 @@ async fn follow(
                         if resp.canceled() {
                             if resp.compact_revision() > 0 {
                                 tracing::warn!(compacted = resp.compact_revision(), "the pool database's history was compacted past this host's view; reloading");
-                                match load(&mut client, &prefix, &view).await {
+                                match load(&mut client, &prefix, &view, offset).await {
                                     Ok(rev) => {
                                         last = rev;
                                         applied.send_replace(rev);
@@ -312,14 +346,14 @@ async fn follow(
                             }
                             break;
                         }
-                        let rev = apply(&view, &prefix, resp.events());
+                        let rev = apply(&view, &prefix, resp.events(), offset);
                         let header = u64::try_from(resp.header().map_or(0, |h| h.revision())).unwrap_or(0);
                         // A report of progress (no events, not the watch's creation) says every
                         // change up to its header's revision has been sent.
                         let reached = if resp.events().is_empty() && !resp.created() { header.max(rev) } else { rev };
                         if reached > last {
                             last = reached;
-                            view.events.advance(last);
+                            view.events.advance(last + offset);
                             applied.send_replace(last);
                         }
                     }
@@ -337,14 +371,15 @@ async fn follow(
 }
 
 /// Applies one batch of watched changes; the last revision among them (0 for none).
-fn apply(view: &View, prefix: &str, events: &[etcd_client::Event]) -> u64 {
+fn apply(view: &View, prefix: &str, events: &[etcd_client::Event], offset: u64) -> u64 {
     let time = now();
     let mut logged = Vec::with_capacity(events.len());
     let mut last = 0;
     for ev in events {
         let Some(kv) = ev.kv() else { continue };
-        let revision = u64::try_from(kv.mod_revision()).unwrap_or(0);
-        last = last.max(revision);
+        let raw = u64::try_from(kv.mod_revision()).unwrap_or(0);
+        last = last.max(raw);
+        let revision = raw + offset;
         let Ok(key) = kv.key_str() else { continue };
         let Some(rest) = key.strip_prefix(prefix) else { continue };
         match ev.event_type() {
@@ -394,4 +429,140 @@ fn apply(view: &View, prefix: &str, events: &[etcd_client::Event]) -> u64 {
     }
     view.events.append(logged);
     last
+}
+
+/// The offset of generations over etcd revisions the pool database records (0 for none).
+async fn read_offset(client: &mut Client, key: &str) -> Result<u64, StoreError> {
+    let resp = client.get(key, None).await.map_err(etcd_err)?;
+    Ok(resp
+        .kvs()
+        .first()
+        .and_then(|kv| kv.value_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0))
+}
+
+/// Waits (up to 30 s) until the etcd at `client_url` answers: a local member just started.
+pub(super) async fn wait_for(client_url: &str) -> Result<(), StoreError> {
+    let endpoints = vec![client_url.to_owned()];
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(etcd_err)?;
+    tokio::task::spawn_blocking(move || rt.block_on(connect_waiting(&endpoints)).map(drop))
+        .await
+        .map_err(etcd_err)?
+}
+
+/// Connects to `endpoints`, waiting up to 30 s for them to answer.
+async fn connect_waiting(endpoints: &[String]) -> Result<Client, StoreError> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let opts = ConnectOptions::new().with_connect_timeout(Duration::from_secs(2));
+        let tried = match Client::connect(endpoints, Some(opts)).await {
+            Ok(mut c) => match c.status().await {
+                Ok(_) => return Ok(c),
+                Err(e) => e.to_string(),
+            },
+            Err(e) => e.to_string(),
+        };
+        if tokio::time::Instant::now() >= deadline {
+            return Err(StoreError::Etcd(format!(
+                "no answer from etcd at {endpoints:?}: {tried}"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Writes `objects` (`class/ref` → record) and the generation offset into a new pool
+/// database, in transactions of at most 1,000 operations.
+/// Blocks: run it off the async workers.
+pub(super) fn copy_in(cfg: &EtcdConfig, objects: Vec<(String, String)>, offset: u64) -> Result<(), StoreError> {
+    let (endpoints, prefix, offset_key) = (cfg.endpoints.clone(), cfg.objects(), cfg.offset_key());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(etcd_err)?;
+    let job = async move {
+        let mut client = connect_waiting(&endpoints).await?;
+        client
+            .put(offset_key, offset.to_string(), None)
+            .await
+            .map_err(etcd_err)?;
+        let mut ops = objects
+            .into_iter()
+            .map(|(k, v)| TxnOp::put(format!("{prefix}{k}"), v, None))
+            .peekable();
+        while ops.peek().is_some() {
+            let chunk: Vec<TxnOp> = ops.by_ref().take(1000).collect();
+            client.txn(Txn::new().and_then(chunk)).await.map_err(etcd_err)?;
+        }
+        Ok::<_, StoreError>(())
+    };
+    rt.block_on(job)
+}
+
+/// One member of the pool's etcd cluster.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct MemberInfo {
+    /// Its id.
+    pub id: u64,
+    /// Its name (empty until it has started).
+    pub name: String,
+    /// Where the other members reach it.
+    pub peer_urls: Vec<String>,
+    /// Where clients reach it.
+    pub client_urls: Vec<String>,
+}
+
+impl Etcd {
+    /// Runs `f` with a client on the client's runtime.
+    async fn with_client<T: Send + 'static, F>(&self, f: impl FnOnce(Client) -> F) -> Result<T, StoreError>
+    where
+        F: std::future::Future<Output = Result<T, StoreError>> + Send + 'static,
+    {
+        let fut = f(self.client.clone());
+        self.runtime
+            .spawn(async move { tokio::time::timeout(COMMIT_TIMEOUT, fut).await })?
+            .await
+            .map_err(etcd_err)?
+            .map_err(|_| etcd_err("etcd did not answer in time"))?
+    }
+
+    /// The cluster's members.
+    pub(super) async fn members(&self) -> Result<Vec<MemberInfo>, StoreError> {
+        self.with_client(|mut c| async move {
+            let resp = c.member_list().await.map_err(etcd_err)?;
+            Ok(resp.members().iter().map(member_info).collect())
+        })
+        .await
+    }
+
+    /// Adds a voting member at `peer_url`; the members after the change.
+    pub(super) async fn add_member(&self, peer_url: String) -> Result<Vec<MemberInfo>, StoreError> {
+        self.with_client(|mut c| async move {
+            let resp = c.member_add([peer_url], None).await.map_err(etcd_err)?;
+            Ok(resp.member_list().iter().map(member_info).collect())
+        })
+        .await
+    }
+
+    /// Removes a member.
+    pub(super) async fn remove_member(&self, id: u64) -> Result<(), StoreError> {
+        self.with_client(|mut c| async move {
+            c.member_remove(id).await.map_err(etcd_err)?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+fn member_info(m: &etcd_client::Member) -> MemberInfo {
+    MemberInfo {
+        id: m.id(),
+        name: m.name().to_owned(),
+        peer_urls: m.peer_urls().to_vec(),
+        client_urls: m.client_urls().to_vec(),
+    }
 }

@@ -3,6 +3,7 @@
 
 use super::StoreError;
 use parking_lot::Mutex;
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -64,9 +65,22 @@ impl MemberConfig {
             // A first boot writes a few hundred objects in one transaction; etcd's defaults
             // (128 operations, 1.5 MiB) refuse it.
             .args(["--max-txn-ops", "65536", "--max-request-bytes", "67108864"])
+            // A pool grows one host at a time: the second member is added to a cluster of
+            // one, which the strict check refuses (the new quorum of two is not started yet).
+            .arg("--strict-reconfig-check=false")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
+        // SAFETY: the closure runs in the forked child before exec and calls only prctl,
+        // which is async-signal-safe; it allocates nothing and takes no lock.
+        unsafe {
+            c.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
         c
     }
 
@@ -89,16 +103,35 @@ pub struct LocalMember {
 
 impl LocalMember {
     /// Starts the member; it is restarted whenever it exits until this is dropped.
+    /// The supervisor thread starts every process of the member: each is asked to end when
+    /// the thread that started it does (`PR_SET_PDEATHSIG`), so a member never outlives its
+    /// xapid, however that ends.
     pub fn start(config: MemberConfig) -> Result<LocalMember, StoreError> {
-        let child = Arc::new(Mutex::new(Some(config.spawn()?)));
+        let child = Arc::new(Mutex::new(None));
         let stop = Arc::new(AtomicBool::new(false));
+        let (started_tx, started) = std::sync::mpsc::channel();
         let supervisor = {
             let (child, stop, config) = (child.clone(), stop.clone(), config.clone());
             std::thread::Builder::new()
                 .name("etcd-member".into())
-                .spawn(move || supervise(&config, &child, &stop))
+                .spawn(move || {
+                    match config.spawn() {
+                        Ok(c) => {
+                            *child.lock() = Some(c);
+                            let _ = started_tx.send(Ok(()));
+                        }
+                        Err(e) => {
+                            let _ = started_tx.send(Err(e));
+                            return;
+                        }
+                    }
+                    supervise(&config, &child, &stop)
+                })
                 .map_err(|e| StoreError::Etcd(e.to_string()))?
         };
+        started
+            .recv()
+            .unwrap_or_else(|_| Err(StoreError::Etcd("the etcd supervisor stopped".into())))?;
         Ok(LocalMember {
             config,
             child,

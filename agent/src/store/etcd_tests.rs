@@ -65,6 +65,9 @@ async fn every_host_sees_every_write_in_one_order_with_revisions_as_tokens() {
     let n1 = a.get(class_ids::network, "OpaqueRef:n1").unwrap();
     assert_eq!(n1.str_field("name_label"), "from a");
     assert!(n1.generation > start);
+    // b's view follows a's write through its watch: a write on b reading n1 before then would
+    // find no n1 (HANDLE_INVALID), not a conflict.
+    wait_for(&b, |s| s.get(class_ids::network, "OpaqueRef:n1").is_some()).await;
     b.write(|tx| {
         tx.put(network("OpaqueRef:n2", "u2", "from b"));
         tx.modify(class_ids::network, "OpaqueRef:n1", |o| {
@@ -296,7 +299,7 @@ async fn a_state_dir_names_its_store_and_the_member_it_runs() {
 
     let a = Store::open_configured(first.path()).await.unwrap();
     assert!(a.is_pooled());
-    assert_eq!(a.member().unwrap().client_url(), client);
+    assert_eq!(a.member_client_url().unwrap(), client);
     assert!(first.path().join("etcd").join("member").is_dir());
     a.write(|tx| {
         tx.put(network("OpaqueRef:n1", "u1", "pooled"));
@@ -305,7 +308,7 @@ async fn a_state_dir_names_its_store_and_the_member_it_runs() {
     .await
     .unwrap();
     let b = Store::open_configured(second.path()).await.unwrap();
-    assert!(b.is_pooled() && b.member().is_none());
+    assert!(b.is_pooled() && b.member_client_url().is_none());
     assert_eq!(
         b.get(class_ids::network, "OpaqueRef:n1")
             .unwrap()
@@ -320,7 +323,7 @@ async fn a_state_dir_names_its_store_and_the_member_it_runs() {
     assert!(c.get(class_ids::network, "OpaqueRef:n1").is_none());
 
     // The member stops with the store that runs it.
-    let pid = a.member().unwrap().pid().unwrap();
+    let pid = a.member_pid().unwrap();
     drop(b);
     drop(a);
     // SAFETY: kill(2) with signal 0 only asks whether the process exists.
@@ -345,4 +348,63 @@ async fn a_write_of_many_objects_is_one_transaction() {
     assert_eq!(a.count(class_ids::network), 1000);
     let generations: std::collections::HashSet<u64> = a.all(class_ids::network).iter().map(|o| o.generation).collect();
     assert_eq!(generations.len(), 1, "one revision for the whole write");
+}
+
+/// A standalone host becoming a pool's master: its redb database moves into a new etcd in
+/// place, nothing lost, event tokens still growing; another store adopts the pool database
+/// (a joiner: what it had is gone); a state dir named by `pool-store.json` reopens on etcd.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standalone_store_moves_into_etcd_in_place_and_a_joiner_adopts_it() {
+    let master_dir = tempfile::tempdir().unwrap();
+    let joiner_dir = tempfile::tempdir().unwrap();
+    let a = Store::open(Some(master_dir.path())).unwrap();
+    for i in 0..50 {
+        a.write(|tx| {
+            tx.put(network(&format!("OpaqueRef:m{i}"), &format!("um{i}"), "master's"));
+            Ok(())
+        })
+        .await
+        .unwrap();
+    }
+    let token = a.events().latest();
+    let client = format!("http://127.0.0.1:{}", free_port());
+    let peer = format!("http://127.0.0.1:{}", free_port());
+    let mut cfg = EtcdConfig::new(vec![client.clone()]);
+    cfg.member = Some(MemberConfig::single("h1", POOL_MEMBER_DIR.into(), &client, &peer));
+    a.switch_to_pool(master_dir.path(), &cfg, true).await.unwrap();
+    assert!(a.is_pooled());
+    assert!(master_dir.path().join(POOL_CONFIG).is_file());
+    assert_eq!(a.count(class_ids::network), 50);
+    assert!(a.events().latest() > token, "event tokens went backwards");
+    a.write(|tx| {
+        tx.modify(class_ids::network, "OpaqueRef:m7", |o| {
+            o.set(fields::network::name_label, Value::str("renamed in the pool"))
+        })
+    })
+    .await
+    .unwrap();
+
+    let j = Store::open(Some(joiner_dir.path())).unwrap();
+    j.write(|tx| {
+        tx.put(network("OpaqueRef:j1", "uj1", "joiner's own"));
+        Ok(())
+    })
+    .await
+    .unwrap();
+    j.switch_to_pool(joiner_dir.path(), &EtcdConfig::new(vec![client.clone()]), false)
+        .await
+        .unwrap();
+    assert!(j.get(class_ids::network, "OpaqueRef:j1").is_none());
+    assert_eq!(j.count(class_ids::network), 50);
+    assert_eq!(
+        j.get(class_ids::network, "OpaqueRef:m7")
+            .unwrap()
+            .str_field("name_label"),
+        "renamed in the pool"
+    );
+    drop(j);
+    drop(a);
+    let again = Store::open_configured(master_dir.path()).await.unwrap();
+    assert!(again.is_pooled());
+    assert_eq!(again.count(class_ids::network), 50);
 }

@@ -22,7 +22,7 @@ mod etcd_tests;
 #[cfg(test)]
 mod tests;
 
-pub use etcd_backend::EtcdConfig;
+pub use etcd_backend::{EtcdConfig, MemberInfo};
 pub use tx::Tx;
 
 use crate::error::ApiError;
@@ -82,6 +82,25 @@ pub enum StoreError {
 /// The file in a state dir that puts its host in a pool: the [`EtcdConfig`] as JSON.
 pub const POOL_CONFIG: &str = "pool-store.json";
 
+/// The local etcd member's data dir under the state dir.
+pub const POOL_MEMBER_DIR: &str = "etcd";
+
+/// Starts the local member `cfg` names, if any (a relative data dir is under `dir`); `fresh`
+/// empties its data dir first (a member joining or starting a cluster).
+fn start_member(dir: &Path, cfg: &EtcdConfig, fresh: bool) -> Result<Option<etcd_member::LocalMember>, StoreError> {
+    let Some(member) = &cfg.member else {
+        return Ok(None);
+    };
+    let mut member = member.clone();
+    if member.data_dir.is_relative() {
+        member.data_dir = dir.join(&member.data_dir);
+    }
+    if fresh {
+        let _ = std::fs::remove_dir_all(&member.data_dir);
+    }
+    etcd_member::LocalMember::start(member).map(Some)
+}
+
 /// How many times a write whose reads changed under it is run again before it is refused.
 const MAX_ATTEMPTS: usize = 64;
 
@@ -106,9 +125,12 @@ enum Backend {
 pub struct Store {
     view: Arc<View>,
     commit: Mutex<u64>,
-    backend: Backend,
+    /// Where writes go; replaced when a host moves into a pool ([`Store::switch_to_pool`]).
+    backend: RwLock<Arc<Backend>>,
+    /// Held shared by every write, exclusively by a switch of backend.
+    switching: tokio::sync::RwLock<()>,
     /// The etcd member this host runs for the pool, stopped with the store.
-    member: Option<etcd_member::LocalMember>,
+    member: Mutex<Option<etcd_member::LocalMember>>,
 }
 
 /// Decodes a stored record whose key (without any prefix) is `class/ref`; `None` for a class
@@ -156,8 +178,9 @@ impl Store {
         Ok(Store {
             view: Arc::new(view),
             commit: Mutex::new(0),
-            backend,
-            member: None,
+            backend: RwLock::new(Arc::new(backend)),
+            switching: tokio::sync::RwLock::new(()),
+            member: Mutex::new(None),
         })
     }
 
@@ -168,27 +191,24 @@ impl Store {
         Ok(Store {
             view,
             commit: Mutex::new(0),
-            backend: Backend::Etcd(Box::new(etcd)),
-            member: None,
+            backend: RwLock::new(Arc::new(Backend::Etcd(Box::new(etcd)))),
+            switching: tokio::sync::RwLock::new(()),
+            member: Mutex::new(None),
         })
     }
 
     /// Starts the local etcd member `cfg` names (its relative data dir under `dir`), if any,
     /// then opens the pool's store, waiting for the member to answer.
     pub async fn open_pool(dir: &Path, cfg: &EtcdConfig) -> Result<Store, StoreError> {
-        let Some(member) = &cfg.member else {
-            return Store::open_etcd(cfg).await;
-        };
-        let mut member = member.clone();
-        if member.data_dir.is_relative() {
-            member.data_dir = dir.join(&member.data_dir);
+        let member = start_member(dir, cfg, false)?;
+        if let Some(m) = &cfg.member {
+            etcd_backend::wait_for(&m.client_url).await?;
         }
-        let member = etcd_member::LocalMember::start(member)?;
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
         loop {
             match Store::open_etcd(cfg).await {
-                Ok(mut store) => {
-                    store.member = Some(member);
+                Ok(store) => {
+                    *store.member.lock() = member;
                     return Ok(store);
                 }
                 Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
@@ -197,9 +217,131 @@ impl Store {
         }
     }
 
-    /// The local etcd member this host runs, if any.
-    pub fn member(&self) -> Option<&etcd_member::LocalMember> {
-        self.member.as_ref()
+    /// Where the local etcd member this host runs answers clients, if it runs one.
+    pub fn member_client_url(&self) -> Option<String> {
+        self.member.lock().as_ref().map(|m| m.client_url().to_owned())
+    }
+
+    /// The process id of the local etcd member this host runs, if it runs one.
+    pub fn member_pid(&self) -> Option<u32> {
+        self.member.lock().as_ref().and_then(etcd_member::LocalMember::pid)
+    }
+
+    /// Moves this host into the pool database `cfg` names, in place: starts the local member
+    /// it names (a fresh data dir under `dir`), then
+    /// - with `carry`, copies every object this host has into it first (a standalone host
+    ///   becoming a pool's master: nothing is lost, event tokens keep growing);
+    /// - without, adopts what the pool database holds (a host joining a pool: what it had is
+    ///   gone from memory, as its redb file is no longer read).
+    ///
+    /// Writes wait while the store switches; `pool-store.json` is written once it has.
+    pub async fn switch_to_pool(&self, dir: &Path, cfg: &EtcdConfig, carry: bool) -> Result<(), StoreError> {
+        let _exclusive = self.switching.write().await;
+        let member = start_member(dir, cfg, true)?;
+        if let Some(m) = &cfg.member {
+            etcd_backend::wait_for(&m.client_url).await?;
+        }
+        if carry {
+            let mut objects = Vec::new();
+            let mut top = *self.commit.lock();
+            for class in ClassId::all() {
+                for o in self.all(class) {
+                    top = top.max(o.generation);
+                    objects.push((format!("{}/{}", class.name(), o.reference), Etcd::value(&o)));
+                }
+            }
+            let offset = top.max(self.view.events.latest()) + 1;
+            let copy_cfg = cfg.clone();
+            tokio::task::spawn_blocking(move || etcd_backend::copy_in(&copy_cfg, objects, offset))
+                .await
+                .map_err(|e| StoreError::Etcd(e.to_string()))??;
+        }
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+        let etcd = loop {
+            match Etcd::connect(cfg, self.view.clone()).await {
+                Ok(e) => break e,
+                Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
+            }
+        };
+        let path = dir.join(POOL_CONFIG);
+        let json = serde_json::to_vec_pretty(cfg).map_err(|e| StoreError::Etcd(e.to_string()))?;
+        std::fs::write(&path, json).map_err(|e| StoreError::Config {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        let old = std::mem::replace(&mut *self.backend.write(), Arc::new(Backend::Etcd(Box::new(etcd))));
+        let old_member = std::mem::replace(&mut *self.member.lock(), member);
+        drop(old_member);
+        // The redb writer thread stops once no write holds it (none can: writes wait above).
+        drop(old);
+        Ok(())
+    }
+
+    /// Leaves the pool database: stops the local member and the etcd client, removes
+    /// `pool-store.json` and the member's data, and starts a fresh one-host redb store in `dir`
+    /// (empty: the caller creates the first objects again).
+    pub async fn switch_to_standalone(&self, dir: &Path) -> Result<(), StoreError> {
+        let _exclusive = self.switching.write().await;
+        let old = std::mem::replace(&mut *self.backend.write(), Arc::new(Backend::Memory));
+        drop(old);
+        drop(self.member.lock().take());
+        let _ = std::fs::remove_file(dir.join(POOL_CONFIG));
+        let _ = std::fs::remove_dir_all(dir.join(POOL_MEMBER_DIR));
+        let _ = std::fs::remove_file(dir.join(redb_backend::FILE));
+        let writer = Writer::open(dir, |_, _| Ok(()))?;
+        {
+            let _serial = self.commit.lock();
+            let mut logged = Vec::new();
+            let time = now();
+            let top = self.view.events.latest() + 1;
+            for class in ClassId::all() {
+                let mut table = self.view.tables[class.0].write();
+                let all: Vec<Arc<Object>> = table.iter().cloned().collect();
+                for o in all {
+                    table.remove(&o.reference);
+                    logged.push(LoggedEvent::new(
+                        top,
+                        class,
+                        &o.reference,
+                        o.uuid().unwrap_or(""),
+                        EventOp::Del,
+                        time,
+                    ));
+                }
+            }
+            self.view.events.append(logged);
+        }
+        *self.commit.lock() = self.view.events.latest() + 1;
+        *self.backend.write() = Arc::new(Backend::Redb(writer));
+        Ok(())
+    }
+
+    /// The pool database's members (empty on one host).
+    pub async fn pool_members(&self) -> Result<Vec<MemberInfo>, StoreError> {
+        let backend = self.backend.read().clone();
+        match &*backend {
+            Backend::Etcd(etcd) => etcd.members().await,
+            _ => Ok(Vec::new()),
+        }
+    }
+
+    /// Adds a voting member to the pool database; the members after the change.
+    pub async fn add_pool_member(&self, peer_url: String) -> Result<Vec<MemberInfo>, StoreError> {
+        let backend = self.backend.read().clone();
+        match &*backend {
+            Backend::Etcd(etcd) => etcd.add_member(peer_url).await,
+            _ => Err(StoreError::Etcd("this host's database is not in etcd".into())),
+        }
+    }
+
+    /// Removes a member of the pool database.
+    pub async fn remove_pool_member(&self, id: u64) -> Result<(), StoreError> {
+        let backend = self.backend.read().clone();
+        match &*backend {
+            Backend::Etcd(etcd) => etcd.remove_member(id).await,
+            _ => Ok(()),
+        }
     }
 
     /// The store a state dir names: the pool's etcd where the dir holds [`POOL_CONFIG`],
@@ -224,7 +366,7 @@ impl Store {
 
     /// Whether the store is the pool's etcd.
     pub fn is_pooled(&self) -> bool {
-        matches!(self.backend, Backend::Etcd(_))
+        matches!(**self.backend.read(), Backend::Etcd(_))
     }
 
     /// Every derived set whose members differ from what its members' side says (as
@@ -318,14 +460,16 @@ impl Store {
         mut f: impl FnMut(&mut Tx) -> Result<T, ApiError>,
         durable: bool,
     ) -> Result<T, ApiError> {
-        if let Backend::Etcd(etcd) = &self.backend {
+        let _shared = self.switching.read().await;
+        let backend = self.backend.read().clone();
+        if let Backend::Etcd(etcd) = &*backend {
             return self.write_etcd(etcd, f).await;
         }
         let (result, ack, undo) = {
             let mut generation = self.commit.lock();
             let mut tx = Tx::new(self, false);
             let result = f(&mut tx)?;
-            let (ack, undo) = self.apply(&mut generation, tx, durable);
+            let (ack, undo) = self.apply(&backend, &mut generation, tx, durable);
             (result, ack, undo)
         };
         if let Some(ack) = ack {
@@ -347,11 +491,25 @@ impl Store {
         mut f: impl FnMut(&mut Tx) -> Result<T, ApiError>,
     ) -> Result<T, ApiError> {
         let refused = |e: StoreError| ApiError::internal(format!("the change was not saved: {e}"));
+        let mut caught_up = false;
         for _ in 0..MAX_ATTEMPTS {
             let (result, compares, ops) = {
                 let _serial = self.commit.lock();
                 let mut tx = Tx::new(self, true);
-                let result = f(&mut tx)?;
+                let result = match f(&mut tx) {
+                    Ok(r) => r,
+                    // An object another host has just made may not be in this host's view
+                    // yet: look again once the view has every committed change.
+                    Err(ApiError::HandleInvalid { .. }) if !caught_up => {
+                        caught_up = true;
+                        drop(tx);
+                        drop(_serial);
+                        let rev = etcd.current_revision().await.map_err(refused)?;
+                        etcd.caught_up(rev).await.map_err(refused)?;
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
                 let Tx { entries, reads, .. } = tx;
                 let mut reads = reads.map(|r| r.into_inner()).unwrap_or_default();
                 let mut ops = Vec::with_capacity(entries.len());
@@ -407,6 +565,7 @@ impl Store {
     /// Applies a transaction in memory, logs its events and queues its durable part.
     fn apply(
         &self,
+        backend: &Backend,
         generation: &mut u64,
         tx: Tx,
         durable: bool,
@@ -474,7 +633,7 @@ impl Store {
             }
         }
         self.view.events.append(events);
-        let ack = match (&self.backend, disk.is_empty()) {
+        let ack = match (backend, disk.is_empty()) {
             (Backend::Redb(w), false) => Some(w.submit(disk)),
             _ => None,
         };

@@ -174,8 +174,9 @@ async fn changes_to_derived_sets_alone_are_not_written() {
         let queued = |store: &Store, change: Object| {
             let mut tx = Tx::new(store, false);
             tx.put(change);
+            let backend = store.backend.read().clone();
             let mut generation = store.commit.lock();
-            store.apply(&mut generation, tx, true).0.is_some()
+            store.apply(&backend, &mut generation, tx, true).0.is_some()
         };
         assert!(
             !queued(&store, grown.clone()),
@@ -286,11 +287,11 @@ fn undo_puts_back_refs_and_uuids() {
     let mut generation = 0;
     let mut tx = Tx::new(&store, false);
     tx.put(network("OpaqueRef:n1", "u1", "one"));
-    let (_, undo) = store.apply(&mut generation, tx, false);
+    let (_, undo) = store.apply(&Backend::Memory, &mut generation, tx, false);
     let mut tx = Tx::new(&store, false);
     tx.put(network("OpaqueRef:n1", "u9", "changed"));
     tx.put(network("OpaqueRef:n2", "u2", "two"));
-    let (_, undo2) = store.apply(&mut generation, tx, false);
+    let (_, undo2) = store.apply(&Backend::Memory, &mut generation, tx, false);
     assert_eq!(
         store.ref_by_uuid(class_ids::network, "u9").as_deref(),
         Some("OpaqueRef:n1")

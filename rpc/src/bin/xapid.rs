@@ -383,6 +383,11 @@ fn advertised_address<'a>(addrs: impl Iterator<Item = &'a SocketAddr> + Clone) -
             return local.ip();
         }
     }
+    // A loopback address of its own (127.0.0.2, …): hosts of a pool on one machine each have
+    // their own `host.address`.
+    if let Some(a) = addrs.map(|a| a.ip()).find(|ip| !ip.is_unspecified()) {
+        return a;
+    }
     IpAddr::from([127, 0, 0, 1])
 }
 
@@ -402,6 +407,10 @@ mod tests {
         assert_eq!(
             advertised_address(addrs(&["127.0.0.1:8080", "0.0.0.0:443", "10.1.2.3:443"]).iter()),
             IpAddr::from([10, 1, 2, 3])
+        );
+        assert_eq!(
+            advertised_address(addrs(&["127.0.0.3:80"]).iter()),
+            IpAddr::from([127, 0, 0, 3])
         );
         // Every address: the routed source address, or loopback without a route; never 0.0.0.0.
         assert!(!advertised_address(addrs(&["0.0.0.0:443"]).iter()).is_unspecified());

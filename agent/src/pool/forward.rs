@@ -1,0 +1,127 @@
+//! Forwarding: a call that must run on another host of the pool is carried out by that host's
+//! xapid. One table says, per message, which host must run it ([`RULES`]); dispatch asks
+//! [`target`] before running any call and, for another host, sends it there ([`forward`]) with
+//! the caller's session (sessions are in the pool database, valid on every host).
+
+use super::remote::Remote;
+use crate::call::Call;
+use crate::error::ApiError;
+use crate::schema::{class_ids, fields, ClassId, Ty};
+use crate::value::{from_json, Value};
+use crate::Agent;
+use serde_json::Value as Json;
+
+/// Which host must run a message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Runs {
+    /// The host the VM in this argument (after the session) is resident on.
+    ResidentOf(usize),
+    /// The host in this argument.
+    Host(usize),
+    /// The host placement picks for the VM in this argument ([`super::placement::pick`]).
+    Placement(usize),
+}
+
+/// The messages that run on a particular host. `host.*` messages whose first argument is a
+/// host run on that host (see [`rule`]), except those [`HOST_LOCAL`] lists.
+pub const RULES: &[(ClassId, &str, Runs)] = &[
+    (class_ids::VM, "start", Runs::Placement(0)),
+    (class_ids::VM, "start_on", Runs::Host(1)),
+    (class_ids::VM, "resume", Runs::Placement(0)),
+    (class_ids::VM, "resume_on", Runs::Host(1)),
+    (class_ids::VM, "clean_shutdown", Runs::ResidentOf(0)),
+    (class_ids::VM, "hard_shutdown", Runs::ResidentOf(0)),
+    (class_ids::VM, "shutdown", Runs::ResidentOf(0)),
+    (class_ids::VM, "clean_reboot", Runs::ResidentOf(0)),
+    (class_ids::VM, "hard_reboot", Runs::ResidentOf(0)),
+    (class_ids::VM, "suspend", Runs::ResidentOf(0)),
+    (class_ids::VM, "pause", Runs::ResidentOf(0)),
+    (class_ids::VM, "unpause", Runs::ResidentOf(0)),
+    (class_ids::VM, "send_sysrq", Runs::ResidentOf(0)),
+    (class_ids::VM, "send_trigger", Runs::ResidentOf(0)),
+    (class_ids::VM, "set_VCPUs_number_live", Runs::ResidentOf(0)),
+    (class_ids::VM, "set_memory_dynamic_range", Runs::ResidentOf(0)),
+    (class_ids::VM, "set_memory_target_live", Runs::ResidentOf(0)),
+    (class_ids::VM, "assert_can_boot_here", Runs::Host(1)),
+];
+
+/// `host.*` messages about a host that the host receiving them carries out (records kept in
+/// the pool database, or a host that may be down).
+pub const HOST_LOCAL: &[&str] = &["destroy", "declare_dead", "power_on", "get_record", "get_by_uuid"];
+
+/// The rule for a message, if it runs on a particular host.
+pub fn rule(class: ClassId, message: &crate::schema::MessageDef) -> Option<Runs> {
+    if let Some((_, _, r)) = RULES.iter().find(|(c, m, _)| *c == class && *m == message.name) {
+        return Some(*r);
+    }
+    if class != class_ids::host || message.implicit || HOST_LOCAL.contains(&message.name) {
+        return None;
+    }
+    let first = message.params.get(usize::from(message.takes_session()))?;
+    matches!(first.ty, Ty::Ref(c) if *c == class_ids::host).then_some(Runs::Host(0))
+}
+
+/// The other host that must run `c`, if any (never this one; none on a host alone).
+pub fn target(agent: &Agent, c: &Call) -> Option<String> {
+    if !agent.store.is_pooled() {
+        return None;
+    }
+    let arg_ref = |i: usize| c.args.get(i).and_then(|v| v.as_ref_str().map(str::to_owned));
+    let host = match rule(c.class, c.message)? {
+        Runs::Host(i) => arg_ref(i),
+        Runs::ResidentOf(i) => arg_ref(i)
+            .and_then(|vm| agent.store.get(class_ids::VM, &vm))
+            .and_then(|vm| vm.get(fields::VM::resident_on).as_ref_str().map(str::to_owned)),
+        Runs::Placement(i) => arg_ref(i)
+            .and_then(|vm| agent.store.get(class_ids::VM, &vm))
+            .and_then(|vm| super::placement::pick(agent, &vm)),
+    }?;
+    (host != agent.host && agent.store.get(class_ids::host, &host).is_some()).then_some(host)
+}
+
+/// Sends `method` with the caller's own `params` to `host` and answers with its reply.
+pub async fn forward(agent: &Agent, host: &str, c: &Call, method: &str, params: &[Json]) -> Result<Value, ApiError> {
+    let address = agent
+        .store
+        .get(class_ids::host, host)
+        .and_then(|h| h.get(fields::host::address).as_str().map(str::to_owned))
+        .unwrap_or_default();
+    tracing::debug!(method, host, %address, "forwarding to the host that must run it");
+    let reply = Remote::new(&address)?.call(method, params).await.map_err(|e| match e {
+        super::remote::RemoteError::Connect(..) | super::remote::RemoteError::Http(..) => {
+            ApiError::CannotContactHost { host: host.to_owned() }
+        }
+        other => other.into_api(),
+    })?;
+    let json = reply.to_json();
+    if method.starts_with("Async.") {
+        return Ok(json.as_str().map(Value::reference).unwrap_or(Value::None));
+    }
+    Ok(from_json(&json, c.message.result).unwrap_or(Value::None))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::method;
+
+    #[test]
+    fn the_table_names_messages_that_exist() {
+        for (class, name, _) in RULES {
+            assert!(class.message_by_name(name).is_some(), "{}.{name}", class.name());
+        }
+    }
+
+    #[test]
+    fn host_messages_about_a_host_run_on_it() {
+        let m = |n: &str| method(n).unwrap();
+        assert_eq!(rule(class_ids::host, m("host.reboot").message), Some(Runs::Host(0)));
+        assert_eq!(rule(class_ids::host, m("host.get_name_label").message), None);
+        assert_eq!(rule(class_ids::host, m("host.destroy").message), None);
+        assert_eq!(
+            rule(class_ids::VM, m("VM.hard_shutdown").message),
+            Some(Runs::ResidentOf(0))
+        );
+        assert_eq!(rule(class_ids::VM, m("VM.get_power_state").message), None);
+    }
+}

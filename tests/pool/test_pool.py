@@ -1,0 +1,405 @@
+"""A pool of xapid hosts driven by XenAPI.py, as a user would build one.
+
+N standalone daemons (XAPID_POOL_HOSTS, default 4) with the simulator, each on 127.0.0.<i+2>:80
+with its own state dir; the first becomes the master. The tests run in file order and share
+the hosts: refusals first, then the joins, what the master and the members see, events from
+writes on every host, HOST_IS_SLAVE, eject and rejoin.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+
+import pytest
+import XenAPI
+
+N = int(os.environ.get("XAPID_POOL_HOSTS", "4"))
+PASSWORD = "pool-test-pw"
+
+
+class Host:
+    def __init__(self, index: int, base: str):
+        self.address = f"127.0.0.{index + 2}"
+        self.dir = os.path.join(base, f"host{index}")
+        os.makedirs(self.dir)
+        self.state = os.path.join(self.dir, "state")
+        self.pwfile = os.path.join(self.dir, "root-password")
+        with open(self.pwfile, "w") as f:
+            f.write(PASSWORD + "\n")
+        os.chmod(self.pwfile, 0o600)
+        self.log = os.path.join(self.dir, "xapid.log")
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.address}"
+
+    def start(self, env: dict | None = None) -> None:
+        cmd = [os.environ["XAPID_BIN"], "--listen", f"{self.address}:80",
+               "--socket", os.path.join(self.dir, "xapi.sock"),
+               "--state-dir", self.state, "--backend", "simulator",
+               "--root-password-file", self.pwfile]
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                         start_new_session=True, env=env)
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"xapid on {self.address} exited: {self.tail()}")
+            try:
+                with socket.create_connection((self.address, 80), timeout=0.5):
+                    return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError(f"xapid on {self.address} did not listen: {self.tail()}")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def tail(self, n: int = 40) -> str:
+        try:
+            with open(self.log, errors="replace") as f:
+                return "".join(f.readlines()[-n:])
+        except OSError:
+            return "(no log)"
+
+    def session(self) -> XenAPI.Session:
+        """A password login as XenAPI.py users make it (fails with HOST_IS_SLAVE on a member)."""
+        s = XenAPI.Session(self.url)
+        s.login_with_password("root", PASSWORD, "1.0", "pool-test")
+        return s
+
+    def local_session(self) -> XenAPI.Session:
+        s = XenAPI.Session(self.url)
+        s.slave_local_login_with_password("root", PASSWORD)
+        return s
+
+
+def login_following_slave(url: str) -> XenAPI.Session:
+    """What a XenAPI.py user does on HOST_IS_SLAVE: log in to the master it names."""
+    s = XenAPI.Session(url)
+    try:
+        s.xenapi.login_with_password("root", PASSWORD, "1.0", "pool-test")
+        return s
+    except XenAPI.Failure as e:
+        if e.details[0] != "HOST_IS_SLAVE":
+            raise
+        s = XenAPI.Session(f"http://{e.details[1]}")
+        s.xenapi.login_with_password("root", PASSWORD, "1.0", "pool-test")
+        return s
+
+
+@pytest.fixture(scope="module")
+def hosts():
+    assert shutil.which("etcd"), "the etcd program is missing (etcd-server)"
+    base = tempfile.mkdtemp(prefix="xapid-pool-")
+    hs = [Host(i, base) for i in range(N)]
+    try:
+        for h in hs:
+            h.start()
+        yield hs
+    finally:
+        for h in hs:
+            h.stop()
+        if os.environ.get("XAPID_KEEP") == "1":
+            print(f"kept {base}")
+        else:
+            shutil.rmtree(base, ignore_errors=True)
+
+
+def failure(f, *args) -> list:
+    with pytest.raises(XenAPI.Failure) as e:
+        f(*args)
+    return e.value.details
+
+
+def vm_on(xapi, name: str) -> str:
+    """A small VM without disks, made and started through this session's host."""
+    t = xapi.VM.get_by_name_label("Debian Bookworm 12")[0]
+    vm = xapi.VM.clone(t, name)
+    xapi.VM.remove_from_other_config(vm, "disks")
+    xapi.VM.set_is_a_template(vm, False)
+    xapi.VM.set_memory_limits(vm, 128 << 20, 128 << 20, 128 << 20, 128 << 20)
+    xapi.VM.start(vm, False, False)
+    return vm
+
+
+def test_refusals_before_any_join(hosts):
+    master, joiner = hosts[0], hosts[1]
+    s = joiner.session()
+    x = s.xenapi
+    assert failure(x.pool.join, master.address, "root", "wrong") == ["SESSION_AUTHENTICATION_FAILED"]
+    assert failure(x.pool.join, "127.0.0.250", "root", PASSWORD) == ["JOINING_HOST_CONNECTION_FAILED"]
+    assert failure(x.pool.join, joiner.address, "root", PASSWORD) == ["HOST_ITS_OWN_SLAVE"]
+    vm = vm_on(x, "running-on-joiner")
+    assert failure(x.pool.join, master.address, "root", PASSWORD) == ["JOINING_HOST_CANNOT_HAVE_RUNNING_VMS"]
+    x.VM.hard_shutdown(vm)
+    # Nothing of the master changed: it is still alone and on its own database.
+    m = master.session().xenapi
+    assert len(m.host.get_all()) == 1
+    assert not os.path.exists(os.path.join(master.state, "pool-store.json"))
+
+
+def test_a_joiner_without_etcd_is_told_the_package(hosts):
+    base = os.path.dirname(hosts[0].dir)
+    lone = Host(N, base)
+    empty = os.path.join(base, "empty-path")
+    os.makedirs(empty)
+    lone.start(env={**os.environ, "PATH": empty})
+    try:
+        d = failure(lone.session().xenapi.pool.join, hosts[0].address, "root", PASSWORD)
+        assert d[0] == "INTERNAL_ERROR" and "etcd-server" in d[1], d
+    finally:
+        lone.stop()
+    m = hosts[0].session().xenapi
+    assert len(m.host.get_all()) == 1
+
+
+def test_join_every_host(hosts):
+    master = hosts[0]
+    m = master.session().xenapi
+    master_vm = vm_on(m, "made-before-the-pool")
+    t0 = time.time()
+    for h in hosts[1:]:
+        s = h.session()
+        own = s.xenapi.host.get_all()
+        assert len(own) == 1
+        s.xenapi.pool.join(master.address, "root", PASSWORD)
+        assert os.path.exists(os.path.join(h.state, "pool-store.json"))
+    print(f"joined {N - 1} hosts in {time.time() - t0:.2f} s")
+    assert os.path.exists(os.path.join(master.state, "pool-store.json"))
+    # The master's database moved into etcd without losing anything.
+    assert m.VM.get_power_state(master_vm) == "Running"
+
+
+def test_master_sees_every_host(hosts):
+    m = hosts[0].session().xenapi
+    recs = m.host.get_all_records()
+    assert sorted(r["address"] for r in recs.values()) == sorted(h.address for h in hosts)
+    pool = m.pool.get_all()
+    assert len(pool) == 1
+    master = m.pool.get_master(pool[0])
+    assert recs[master]["address"] == hosts[0].address
+    for ref, r in recs.items():
+        # Each host kept its own metrics, control domain and PIFs.
+        assert m.host_metrics.get_live(r["metrics"]) is True
+        dom0 = r["control_domain"]
+        assert m.VM.get_is_control_domain(dom0) is True
+        assert m.VM.get_resident_on(dom0) == ref
+        assert r["PIFs"], f"host {r['address']} has no PIF"
+    # The joiners' templates and VMs were dropped: one set of templates in the pool.
+    names = [v["name_label"] for v in m.VM.get_all_records().values() if v["is_a_template"]]
+    assert names.count("Debian Bookworm 12") == 1
+    assert "running-on-joiner" not in [v["name_label"] for v in m.VM.get_all_records().values()]
+
+
+def test_member_login_is_host_is_slave(hosts):
+    for h in hosts[1:]:
+        s = XenAPI.Session(h.url)
+        d = failure(s.xenapi.login_with_password, "root", PASSWORD, "1.0", "pool-test")
+        assert d == ["HOST_IS_SLAVE", hosts[0].address]
+        followed = login_following_slave(h.url)
+        assert len(followed.xenapi.host.get_all()) == N
+        local = h.local_session().xenapi
+        assert len(local.host.get_all()) == N
+
+
+def test_vms_on_every_host_and_events_on_the_master(hosts):
+    m = hosts[0].session().xenapi
+    token = m.event_from(["VM"], "", 0.0)["token"]
+    made = {}
+    for i, h in enumerate(hosts):
+        x = (h.session() if i == 0 else h.local_session()).xenapi
+        made[vm_on(x, f"vm-on-host{i}")] = h.address
+    seen = set()
+    deadline = time.time() + 30
+    while time.time() < deadline and not set(made) <= seen:
+        ev = m.event_from(["VM"], token, 5.0)
+        token = ev["token"]
+        seen |= {e["ref"] for e in ev["events"]}
+    assert set(made) <= seen, f"events from {len(seen & set(made))} of {len(made)} VMs"
+    hosts_by_addr = {r["address"]: ref for ref, r in m.host.get_all_records().items()}
+    for vm, addr in made.items():
+        assert m.VM.get_power_state(vm) == "Running"
+        assert m.VM.get_resident_on(vm) == hosts_by_addr[addr]
+        resident = m.host.get_resident_VMs(hosts_by_addr[addr])
+        assert vm in resident
+
+
+def test_calls_about_another_host_run_there(hosts):
+    """Forwarding and placement, seen from a client of the master."""
+    m = hosts[0].session().xenapi
+    by_addr = {r["address"]: ref for ref, r in m.host.get_all_records().items()}
+    member = by_addr[hosts[1].address]
+    vm = m.VM.get_by_name_label("vm-on-host1")[0]
+    assert m.VM.get_resident_on(vm) == member
+    # A lifecycle call about a VM on a member, made on the master, is carried out there.
+    m.VM.hard_shutdown(vm)
+    assert m.VM.get_power_state(vm) == "Halted"
+    assert set(m.VM.get_possible_hosts(vm)) == set(by_addr.values())
+    target = by_addr[hosts[-1].address]
+    m.VM.start_on(vm, target, False, False)
+    assert (m.VM.get_power_state(vm), m.VM.get_resident_on(vm)) == ("Running", target)
+    m.VM.hard_shutdown(vm)
+    # VM.start honours affinity: the VM lands on the host it names.
+    m.VM.set_affinity(vm, member)
+    m.VM.start(vm, False, False)
+    assert (m.VM.get_power_state(vm), m.VM.get_resident_on(vm)) == ("Running", member)
+    # A member's host call, made on the master, runs on the member.
+    assert m.host.get_servertime(member)
+    # The reference's refusals.
+    big = m.VM.clone(m.VM.get_by_name_label("Debian Bookworm 12")[0], "too-big")
+    m.VM.remove_from_other_config(big, "disks")
+    m.VM.set_is_a_template(big, False)
+    huge = str(1 << 42)  # XenAPI carries int64 as text; XML-RPC's <int> stops at 2^31
+    m.VM.set_memory_limits(big, huge, huge, huge, huge)
+    d = failure(m.VM.assert_can_boot_here, big, member)
+    assert d[0] == "HOST_NOT_ENOUGH_FREE_MEMORY" and d[1] == huge, d
+    assert m.VM.get_possible_hosts(big) == []
+    m.VM.destroy(big)
+    disk = m.VM.clone(m.VM.get_by_name_label("Debian Bookworm 12")[0], "disk-on-master")
+    disks = m.VM.get_other_config(disk)["disks"]
+    import re
+    m.VM.remove_from_other_config(disk, "disks")
+    m.VM.add_to_other_config(disk, "disks", re.sub(r'size="\d+"', 'size="16777216"', disks))
+    m.VM.provision(disk)
+    m.VM.set_is_a_template(disk, False)
+    m.VM.set_memory_limits(disk, 128 << 20, 128 << 20, 128 << 20, 128 << 20)
+    sr = m.VDI.get_SR(m.VBD.get_VDI([b for b in m.VM.get_VBDs(disk) if m.VBD.get_type(b) == "Disk"][0]))
+    assert failure(m.VM.assert_can_boot_here, disk, member) == ["VM_REQUIRES_SR", disk, sr]
+    assert m.VM.get_possible_hosts(disk) == [by_addr[hosts[0].address]]
+
+
+def test_xen_orchestra_client_follows_host_is_slave_and_sees_the_pool(hosts):
+    """Xen Orchestra's xen-api client, pointed at a member: it must end up on the master, see
+    every host and VM, and get the event of a write made through another member."""
+    prefix = os.environ.get("XAPID_NODE_PREFIX")
+    assert prefix, "XAPID_NODE_PREFIX is not set (tests/pool/run.sh sets it)"
+    writer = hosts[-1].local_session().xenapi
+    vm = writer.VM.get_by_name_label(f"vm-on-host{N - 1}")[0]
+    here = os.path.dirname(os.path.abspath(__file__))
+    p = subprocess.Popen(["node", os.path.join(here, "xo_pool.mjs"), hosts[1].address, hosts[0].address,
+                          str(N), PASSWORD, vm], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = p.stdout.readline().strip()
+        assert line == "ready", (line, p.stderr.read() if p.poll() is not None else "")
+        writer.VM.set_name_label(vm, "renamed-through-a-member")
+        out, err = p.communicate(timeout=60)
+        assert p.returncode == 0 and out.strip() == "seen", (p.returncode, out, err)
+    finally:
+        if p.poll() is None:
+            p.kill()
+        writer.VM.set_name_label(vm, f"vm-on-host{N - 1}")
+
+
+def test_event_latency_member_write_to_master_listener(hosts):
+    """A write through a member, an event.from listener on the master: how long between."""
+    m = hosts[0].session().xenapi
+    member = hosts[-1].local_session().xenapi
+    vm = member.VM.get_by_name_label(f"vm-on-host{N - 1}")[0]
+    lat = []
+    for i in range(20):
+        token = m.event_from(["VM"], "", 0.0)["token"]
+        got = {}
+
+        def listen():
+            tok, refs = token, []
+            deadline = time.time() + 10
+            while vm not in refs and time.time() < deadline:
+                ev = m.event_from(["VM"], tok, 10.0)
+                tok = ev["token"]
+                refs = [e["ref"] for e in ev["events"]]
+            got["t"] = time.time()
+            got["refs"] = refs
+
+        t = threading.Thread(target=listen)
+        t.start()
+        time.sleep(0.05)
+        t0 = time.time()
+        member.VM.set_name_description(vm, f"write {i}")
+        t.join()
+        assert vm in got["refs"]
+        lat.append(got["t"] - t0)
+    lat.sort()
+    print(f"event latency member write -> master listener: p50 {lat[len(lat) // 2] * 1000:.1f} ms, "
+          f"max {lat[-1] * 1000:.1f} ms")
+
+
+def test_designate_new_master(hosts):
+    old, new = hosts[0], hosts[1]
+    m = old.session().xenapi
+    by_addr = {r["address"]: ref for ref, r in m.host.get_all_records().items()}
+    pool = m.pool.get_all()[0]
+    m.pool.designate_new_master(by_addr[new.address])
+    # Clients following HOST_IS_SLAVE reach the new master, from the old one too.
+    d = failure(XenAPI.Session(old.url).xenapi.login_with_password, "root", PASSWORD, "1.0", "t")
+    assert d == ["HOST_IS_SLAVE", new.address]
+    n = login_following_slave(old.url).xenapi
+    assert n.pool.get_master(pool) == by_addr[new.address]
+    assert len(n.host.get_all()) == N
+    assert failure(m.pool.designate_new_master, by_addr[old.address])[0] == "HOST_IS_SLAVE"
+    # And back, through the new master.
+    n.pool.designate_new_master(by_addr[old.address])
+    assert len(old.session().xenapi.host.get_all()) == N
+
+
+def test_eject_and_rejoin(hosts):
+    master, last = hosts[0], hosts[-1]
+    m = master.session().xenapi
+    ref = [r for r, v in m.host.get_all_records().items() if v["address"] == last.address][0]
+    assert failure(m.pool.eject, m.pool.get_master(m.pool.get_all()[0]))[0] == "INTERNAL_ERROR"
+    assert failure(m.pool.eject, ref) == ["OPERATION_NOT_ALLOWED", "VM resident on host"]
+    local = last.local_session().xenapi
+    vm = local.VM.get_by_name_label(f"vm-on-host{N - 1}")[0]
+    local.VM.hard_shutdown(vm)
+    m.pool.eject(ref)
+    assert len(m.host.get_all()) == N - 1
+    # The ejected host is alone again: a password login works, it sees only itself.
+    deadline = time.time() + 30
+    while True:
+        try:
+            alone = last.session().xenapi
+            if len(alone.host.get_all()) == 1:
+                break
+        except (XenAPI.Failure, OSError):
+            pass
+        assert time.time() < deadline, last.tail()
+        time.sleep(0.2)
+    assert alone.host.get_address(alone.host.get_all()[0]) == last.address
+    assert not os.path.exists(os.path.join(last.state, "pool-store.json"))
+    # And it joins again.
+    alone.pool.join(master.address, "root", PASSWORD)
+    assert len(m.host.get_all()) == N
+    d = failure(XenAPI.Session(last.url).xenapi.login_with_password, "root", PASSWORD, "1.0", "t")
+    assert d == ["HOST_IS_SLAVE", master.address]
+
+
+def test_a_member_restarted_is_still_in_the_pool(hosts):
+    h = hosts[1]
+    m = hosts[0].session().xenapi
+    on_master = m.VM.get_by_name_label("vm-on-host0")[0]
+    assert m.VM.get_power_state(on_master) == "Running"
+    h.stop()
+    h.start()
+    d = failure(XenAPI.Session(h.url).xenapi.login_with_password, "root", PASSWORD, "1.0", "t")
+    assert d == ["HOST_IS_SLAVE", hosts[0].address]
+    local = h.local_session().xenapi
+    assert len(local.host.get_all()) == N
+    # The simulator's domains end with its process: the restarted host marks its own VM
+    # Halted, and leaves the master's alone.
+    mine = m.VM.get_by_name_label("vm-on-host1")[0]
+    assert m.VM.get_power_state(mine) == "Halted"
+    assert m.VM.get_power_state(on_master) == "Running"
+    assert m.VM.get_resident_on(on_master) == m.pool.get_master(m.pool.get_all()[0])
