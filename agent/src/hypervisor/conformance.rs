@@ -734,7 +734,7 @@ pub fn check_config_validation(hv: &dyn Hypervisor, opts: &ConformanceOptions) -
     )?;
     if !hv.capabilities().hvm {
         let mut c = scope.config();
-        c.kind = DomainKind::Hvm;
+        c.kind = DomainKind::Hvm(Default::default());
         expect_err(hv.create_domain(&c), "HVM create", |e| {
             matches!(e, BackendError::Unsupported { .. })
         })?;

@@ -58,6 +58,7 @@
 pub mod conformance;
 mod console;
 mod events;
+pub mod hvm;
 pub mod selection;
 pub mod simulator;
 mod types;
@@ -73,6 +74,7 @@ use uuid::Uuid;
 
 pub use console::ConsoleStream;
 pub use events::{forward_to_tokio, BackendEvent, EventBus, EventReceiver, DEFAULT_EVENT_QUEUE};
+pub use hvm::HvmBoot;
 pub use selection::{select_backend, BackendChoice};
 pub use simulator::{GuestBehaviour, Latency, SimConfig, SimulatorBackend};
 pub use types::*;
