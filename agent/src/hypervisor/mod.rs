@@ -551,6 +551,18 @@ pub trait Hypervisor: Send + Sync {
     /// domain went away.
     fn console_stream(&self, domid: DomId) -> Result<ConsoleStream, BackendError>;
 
+    /// Connects to an HVM domain's graphical console: a byte stream speaking RFB (VNC) from
+    /// the server's first byte. Backends without one say so with
+    /// [`BackendError::Unsupported`] (the default).
+    fn vnc_stream(&self, domid: DomId) -> Result<ConsoleStream, BackendError> {
+        let _ = domid;
+        Err(BackendError::Unsupported {
+            op: Op::ConsoleStream,
+            backend: self.backend_name(),
+            what: "graphical (RFB) consoles".into(),
+        })
+    }
+
     /// Subscribes to [`BackendEvent`]s from now on. Dropping the receiver
     /// unsubscribes.
     fn subscribe(&self) -> Result<EventReceiver, BackendError>;

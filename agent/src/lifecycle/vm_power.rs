@@ -375,13 +375,20 @@ fn mark_running_tx(tx: &mut Tx, agent: &Agent, vm: &str, paused: bool, facts: &R
         }
     }
     if rec.get(f::consoles).as_set().is_empty() {
-        let c = new_ref();
-        let mut con = default_object(class_ids::console, &c);
-        con.set(fields::console::uuid, Value::str(new_uuid()));
-        con.set(fields::console::protocol, ConsoleProtocol::vt100.value());
-        con.set(fields::console::location, Value::str(agent.console_location(&c)));
-        con.set(fields::console::VM, Value::reference(vm));
-        create(tx, con)?;
+        // Every guest's text console; an HVM guest's graphical one too (its device model's VNC).
+        let mut protocols = vec![ConsoleProtocol::vt100];
+        if domain_type == DomainType::hvm {
+            protocols.push(ConsoleProtocol::rfb);
+        }
+        for protocol in protocols {
+            let c = new_ref();
+            let mut con = default_object(class_ids::console, &c);
+            con.set(fields::console::uuid, Value::str(new_uuid()));
+            con.set(fields::console::protocol, protocol.value());
+            con.set(fields::console::location, Value::str(agent.console_location(&c)));
+            con.set(fields::console::VM, Value::reference(vm));
+            create(tx, con)?;
+        }
     }
     devices::mark_attached(tx, &rec, true)?;
     note_host_memory(tx, agent, free)?;

@@ -1076,6 +1076,24 @@ impl Hypervisor for XenBackend {
         console::open_pty(Path::new(&tty))
     }
 
+    fn vnc_stream(&self, domid: DomId) -> Result<ConsoleStream, BackendError> {
+        let op = Op::ConsoleStream;
+        let socket = self.with_handles(op, |xc, xs| {
+            self.find(op, xc, xs, domid)?;
+            self.dms
+                .lock()
+                .get(&domid)
+                .map(devicemodel::DeviceModel::vnc_path)
+                .ok_or_else(|| BackendError::Unsupported {
+                    op,
+                    backend: "xen",
+                    what: format!("a graphical console for domain {domid}, which has no device model"),
+                })
+        })?;
+        let stream = std::os::unix::net::UnixStream::connect(&socket).map_err(|e| BackendError::io(op, &socket, e))?;
+        Ok(ConsoleStream::from_owned_fd(std::os::fd::OwnedFd::from(stream)))
+    }
+
     fn subscribe(&self) -> Result<EventReceiver, BackendError> {
         Ok(self.bus.subscribe())
     }
