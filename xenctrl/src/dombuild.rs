@@ -42,11 +42,22 @@ const E820_RAM: u32 = 1;
 /// MMIO hole, the rest above 4 GiB. Returns `(lowmem_end, highmem_end, e820
 /// ranges)`, `highmem_end` 0 when everything fits below the hole.
 pub fn pvh_memory_layout(bytes: u64) -> (u64, u64, Vec<(u64, u64, u32)>) {
+    memory_layout(bytes, PVH_MMIO_START)
+}
+
+/// [`pvh_memory_layout`] for an HVM guest, whose MMIO hole (for the device
+/// model's PCI devices) is larger. hvmloader reads this map from Xen
+/// (`XENMEM_memory_map`) and builds the guest's e820 from it.
+pub fn hvm_memory_layout(bytes: u64) -> (u64, u64, Vec<(u64, u64, u32)>) {
+    memory_layout(bytes, HVM_MMIO_START)
+}
+
+fn memory_layout(bytes: u64, mmio_start: u64) -> (u64, u64, Vec<(u64, u64, u32)>) {
     let four_gib = 1u64 << 32;
-    let lowmem_end = bytes.min(PVH_MMIO_START);
+    let lowmem_end = bytes.min(mmio_start);
     let mut map = vec![(0, lowmem_end, E820_RAM)];
-    let highmem_end = if bytes > PVH_MMIO_START {
-        let high = bytes - PVH_MMIO_START;
+    let highmem_end = if bytes > mmio_start {
+        let high = bytes - mmio_start;
         map.push((four_gib, high, E820_RAM));
         four_gib + high
     } else {
@@ -201,7 +212,10 @@ impl XcHandle {
         firmware: Option<&[u8]>,
     ) -> Result<PvBuildResult> {
         let bytes = u64::from(config.memory_mib) << 20;
-        let (lowmem_end, highmem_end, map) = pvh_memory_layout(bytes);
+        let (lowmem_end, highmem_end, map) = match kind {
+            GuestType::Hvm => hvm_memory_layout(bytes),
+            _ => pvh_memory_layout(bytes),
+        };
         // Declared before the image: libxenguest reads it through `e820` until released.
         let mut e820: Vec<sys::e820entry> = map
             .iter()
@@ -210,7 +224,7 @@ impl XcHandle {
         if kind != GuestType::Pv {
             self.set_paging_mempool_size(domid, pvh_paging_pool_bytes(config.memory_mib, config.max_vcpus))?;
         }
-        if kind == GuestType::Pvh {
+        if kind != GuestType::Pv {
             self.domain_set_memory_map(domid, &map)?;
         }
         let kernel = c_path("xc_dom_kernel_file", &config.kernel)?;
@@ -250,18 +264,13 @@ impl XcHandle {
                     dom.e820_entries = e820_entries;
                 }
                 GuestType::Hvm => {
-                    // hvmloader builds the guest's memory map itself.
-                    let lowmem = bytes.min(HVM_MMIO_START);
+                    // hvmloader builds the guest's e820 itself, from the map set above.
                     dom.container_type = sys::xc_dom_image__bindgen_ty_1::XC_DOM_HVM_CONTAINER;
                     dom.target_pages = bytes >> 12;
                     dom.mmio_start = HVM_MMIO_START;
                     dom.mmio_size = (1u64 << 32) - HVM_MMIO_START;
-                    dom.lowmem_end = lowmem;
-                    dom.highmem_end = if bytes > HVM_MMIO_START {
-                        (1u64 << 32) + bytes - HVM_MMIO_START
-                    } else {
-                        0
-                    };
+                    dom.lowmem_end = lowmem_end;
+                    dom.highmem_end = highmem_end;
                     dom.vga_hole_size = HVM_VGA_HOLE_PAGES;
                     dom.device_model = true;
                     if let Some(fw) = firmware {
