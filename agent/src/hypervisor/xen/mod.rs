@@ -893,6 +893,11 @@ impl Hypervisor for XenBackend {
         let op = Op::Destroy;
         let devices = self.with_handles(op, |xc, xs| {
             let dom = self.guest(op, xc, xs, domid)?;
+            // An HVM domain's device model goes first (expected to exit: not a crash).
+            let dm = self.dms.lock().remove(&domid);
+            if let Some(dm) = dm {
+                dm.stop();
+            }
             match xc.domain_destroy(domid) {
                 Ok(()) => {}
                 Err(e) if e.errno() == Some(libc::ESRCH) => return Err(BackendError::NoSuchDomain { op, domid }),
