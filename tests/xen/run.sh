@@ -9,7 +9,11 @@
 #      driven from this host with XenAPI.py through QEMU's port forwarding
 #      (tests/xen/e2e.py): host facts, a PV guest from a kernel and
 #      initramfs, its boot lines read through /console, pause/unpause,
-#      clean and hard shutdown, and a guest powering itself off.
+#      clean and hard shutdown, and a guest powering itself off; a PV guest
+#      through pygrub; an HVM guest (qemu-system-xen + SeaBIOS in dom0)
+#      booting an isolinux ISO from an `iso` SR, its serial line read
+#      through /console and its VNC console through the same path (a real
+#      RFB handshake and one framebuffer update).
 #
 #   tests/xen/run.sh              build what is missing, boot, run, report
 #   tests/xen/run.sh --prepare    only install tools and build the cached image
@@ -22,6 +26,7 @@
 #                  installed (QEMU runs it with -snapshot; deleted after the run)
 #   xen.elf vmlinuz initrd.img    what QEMU boots (Xen, dom0 kernel + initrd)
 #   guest-vmlinuz guest-initrd.gz the PV test guest: Debian kernel + busybox initramfs
+#   guest-v<N>-<kernel>.iso  the HVM test guest: the same on a BIOS-bootable ISO (isolinux)
 #   runs/<time>/   per-run payload disk, serial.log, qemu.log
 #
 # The run: the agent's test binary and the domain-build helper
@@ -48,7 +53,8 @@
 # max,-smap,-xsave: see docs/hypervisor.md, "Testing on real Xen"),
 # XAPID_XEN_FILTER (run only the conformance checks whose name contains
 # this), XAPID_XEN_PARTS (default "conformance e2e"; either alone for a
-# quicker run while developing), XAPID_XEN_LOG=debug (libxenguest's detailed domain builder log in
+# quicker run while developing), XAPID_XEN_E2E_ONLY=hvm (the end-to-end part
+# runs only the HVM guest; the report says so), XAPID_XEN_LOG=debug (libxenguest's detailed domain builder log in
 # the serial log), XAPID_XEN_XL_PROBE=N (first build a guest N times with
 # xl while another runs, as a reference), XAPID_XEN_EVENT_TIMEOUT (seconds
 # the suite waits for guests, default 180).
