@@ -47,7 +47,7 @@
 # harness could not run them (tools, image, build, boot, client).
 #
 # Environment: XAPID_XEN_CACHE (see above), XAPID_XEN_TIMEOUT (seconds
-# QEMU may run, default 1200), XAPID_XEN_GUEST_MIB (test guest memory,
+# QEMU may run, default 1380: the Xen part stays under 25 minutes), XAPID_XEN_GUEST_MIB (test guest memory,
 # default 128: the Debian kernel's image alone takes ~58 MiB),
 # XAPID_XEN_SMP (QEMU CPUs, default 2), XAPID_XEN_CPU (QEMU -cpu, default
 # max,-smap,-xsave: see docs/hypervisor.md, "Testing on real Xen"),
@@ -62,7 +62,7 @@ set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
 CACHE=${XAPID_XEN_CACHE:-$HOME/.cache/xapid-xen}
-TIMEOUT=${XAPID_XEN_TIMEOUT:-1200}
+TIMEOUT=${XAPID_XEN_TIMEOUT:-1380}
 SMP=${XAPID_XEN_SMP:-2}
 CPU=${XAPID_XEN_CPU:-max,-smap,-xsave}
 GUEST_MIB=${XAPID_XEN_GUEST_MIB:-128}
