@@ -8,6 +8,10 @@ use crate::schema::{class_ids, enums, fields, ClassId};
 use crate::value::Value;
 use crate::Agent;
 
+/// Set in a console handle ([`Agent::console_domain`]) that names a domain's graphical (RFB)
+/// console rather than its text console. Domain ids stay below 2^15, so it never clashes.
+pub const RFB_CONSOLE: u32 = 1 << 31;
+
 impl Agent {
     /// This host's ref.
     pub fn host_ref(&self) -> &str {
@@ -89,8 +93,10 @@ impl Agent {
             .ok_or_else(|| missing(&r))
     }
 
-    /// The domain behind a console: its VM must have one (running or paused: a client may
-    /// attach before it unpauses a VM started paused, and so see the whole boot).
+    /// The console handle behind a console, for [`Self::console_stream`]: its domain's id for a
+    /// text console, that id with [`RFB_CONSOLE`] set for a graphical (`rfb`) one. Its VM must
+    /// have a domain (running or paused: a client may attach before it unpauses a VM started
+    /// paused, and so see the whole boot).
     pub fn console_domain(&self, console: &str) -> Result<u32, ApiError> {
         let c = self
             .store
@@ -111,13 +117,29 @@ impl Agent {
                 actual: state.key_text().to_ascii_lowercase(),
             });
         }
-        u32::try_from(domid).map_err(|_| ApiError::invalid_value("domid", domid))
+        let domid = u32::try_from(domid)
+            .ok()
+            .filter(|d| d & RFB_CONSOLE == 0)
+            .ok_or_else(|| ApiError::invalid_value("domid", domid))?;
+        let rfb = c.get(fields::console::protocol) == &enums::ConsoleProtocol::rfb;
+        Ok(if rfb { domid | RFB_CONSOLE } else { domid })
     }
 
-    /// The console byte stream of a domain, from the backend (on a blocking thread).
-    pub async fn console_stream(&self, domid: u32) -> Result<ConsoleStream, ApiError> {
+    /// The console byte stream behind a console handle ([`Self::console_domain`]), from the
+    /// backend (on a blocking thread): the domain's text console, or the RFB stream of its
+    /// graphical console.
+    pub async fn console_stream(&self, handle: u32) -> Result<ConsoleStream, ApiError> {
         let hv = self.hypervisor.clone();
-        match tokio::task::spawn_blocking(move || hv.console_stream(domid)).await {
+        let domid = handle & !RFB_CONSOLE;
+        let rfb = handle & RFB_CONSOLE != 0;
+        let open = move || {
+            if rfb {
+                hv.vnc_stream(domid)
+            } else {
+                hv.console_stream(domid)
+            }
+        };
+        match tokio::task::spawn_blocking(open).await {
             Ok(r) => r.map_err(|e| ApiError::internal(format!("console of domain {domid}: {e}"))),
             Err(e) => Err(ApiError::internal(e)),
         }

@@ -12,7 +12,7 @@ step() { echo "XAPID_STEP $(cut -d' ' -f1 /proc/uptime)s $*"; }
 step "dom0 $(uname -r), $(nproc) vcpus, $(awk '/MemTotal/{print int($2/1024)}' /proc/meminfo) MiB"
 # What the backend needs in dom0: the backend drivers, loop devices, the
 # bridge the conformance suite plugs its VIF into, and the Xen daemons.
-for m in xen-blkback xen-netback loop bridge; do
+for m in xen-blkback xen-netback loop bridge tun; do
     modprobe "$m" || echo "XAPID_WARN modprobe $m failed"
 done
 ip link add xenbr0 type bridge 2>/dev/null

@@ -9,7 +9,11 @@
 #      driven from this host with XenAPI.py through QEMU's port forwarding
 #      (tests/xen/e2e.py): host facts, a PV guest from a kernel and
 #      initramfs, its boot lines read through /console, pause/unpause,
-#      clean and hard shutdown, and a guest powering itself off.
+#      clean and hard shutdown, and a guest powering itself off; a PV guest
+#      through pygrub; an HVM guest (qemu-system-xen + SeaBIOS in dom0)
+#      booting an isolinux ISO from an `iso` SR, its serial line read
+#      through /console and its VNC console through the same path (a real
+#      RFB handshake and one framebuffer update).
 #
 #   tests/xen/run.sh              build what is missing, boot, run, report
 #   tests/xen/run.sh --prepare    only install tools and build the cached image
@@ -22,6 +26,7 @@
 #                  installed (QEMU runs it with -snapshot; deleted after the run)
 #   xen.elf vmlinuz initrd.img    what QEMU boots (Xen, dom0 kernel + initrd)
 #   guest-vmlinuz guest-initrd.gz the PV test guest: Debian kernel + busybox initramfs
+#   guest-v<N>-<kernel>.iso  the HVM test guest: the same on a BIOS-bootable ISO (isolinux)
 #   runs/<time>/   per-run payload disk, serial.log, qemu.log
 #
 # The run: the agent's test binary and the domain-build helper
@@ -42,13 +47,14 @@
 # harness could not run them (tools, image, build, boot, client).
 #
 # Environment: XAPID_XEN_CACHE (see above), XAPID_XEN_TIMEOUT (seconds
-# QEMU may run, default 1200), XAPID_XEN_GUEST_MIB (test guest memory,
+# QEMU may run, default 1380: the Xen part stays under 25 minutes), XAPID_XEN_GUEST_MIB (test guest memory,
 # default 128: the Debian kernel's image alone takes ~58 MiB),
 # XAPID_XEN_SMP (QEMU CPUs, default 2), XAPID_XEN_CPU (QEMU -cpu, default
 # max,-smap,-xsave: see docs/hypervisor.md, "Testing on real Xen"),
 # XAPID_XEN_FILTER (run only the conformance checks whose name contains
 # this), XAPID_XEN_PARTS (default "conformance e2e"; either alone for a
-# quicker run while developing), XAPID_XEN_LOG=debug (libxenguest's detailed domain builder log in
+# quicker run while developing), XAPID_XEN_E2E_ONLY=hvm (the end-to-end part
+# runs only the HVM guest; the report says so), XAPID_XEN_LOG=debug (libxenguest's detailed domain builder log in
 # the serial log), XAPID_XEN_XL_PROBE=N (first build a guest N times with
 # xl while another runs, as a reference), XAPID_XEN_EVENT_TIMEOUT (seconds
 # the suite waits for guests, default 180).
@@ -56,13 +62,13 @@ set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
 CACHE=${XAPID_XEN_CACHE:-$HOME/.cache/xapid-xen}
-TIMEOUT=${XAPID_XEN_TIMEOUT:-1200}
+TIMEOUT=${XAPID_XEN_TIMEOUT:-1380}
 SMP=${XAPID_XEN_SMP:-2}
 CPU=${XAPID_XEN_CPU:-max,-smap,-xsave}
 GUEST_MIB=${XAPID_XEN_GUEST_MIB:-128}
 FILTER=${XAPID_XEN_FILTER:-}
 # Bump when the dom0 customisation below changes (not a new debootstrap).
-IMAGE_VERSION=4
+IMAGE_VERSION=5
 # Bump when the test guest below changes.
 GUEST_VERSION=4
 PARTS=${XAPID_XEN_PARTS:-conformance e2e}
@@ -105,6 +111,10 @@ need_tools() {
     command -v cpio >/dev/null || missing+=(cpio)
     command -v mkfs.ext4 >/dev/null || missing+=(e2fsprogs)
     command -v xz >/dev/null || missing+=(xz-utils)
+    # The HVM test guest's ISO (isolinux, BIOS boot).
+    command -v xorriso >/dev/null || missing+=(xorriso)
+    [ -f /usr/lib/ISOLINUX/isolinux.bin ] || missing+=(isolinux)
+    [ -f /usr/lib/syslinux/modules/bios/ldlinux.c32 ] || missing+=(syslinux-common)
     echo "${missing[@]:-}"
 }
 file_is_static() { ! ldd "$1" >/dev/null 2>&1; }
@@ -149,6 +159,16 @@ KVER=$(ls "$R/lib/modules" | sort -V | tail -1)
 
 if [ "$(cat "$CACHE/image.stamp" 2>/dev/null)" != "$IMAGE_VERSION $KVER" ]; then
     say "customising the dom0 rootfs"
+    # HVM guests: Debian's device model and BIOS (hvmloader comes with Xen's own package).
+    if [ ! -x "$R/usr/libexec/xen-qemu-system-i386" ] || [ ! -f "$R/usr/share/seabios/bios-256k.bin" ]; then
+        say "installing qemu-system-xen and seabios into the dom0 rootfs"
+        DEBIAN_FRONTEND=noninteractive chroot "$R" apt-get update -qq >"$CACHE/dom0-apt.log" 2>&1 ||
+            die "apt-get update in the dom0 rootfs failed (log: $CACHE/dom0-apt.log)"
+        DEBIAN_FRONTEND=noninteractive chroot "$R" apt-get install -y -qq --no-install-recommends \
+            -o DPkg::Lock::Timeout=300 qemu-system-xen seabios >>"$CACHE/dom0-apt.log" 2>&1 ||
+            die "apt-get install qemu-system-xen seabios in the dom0 rootfs failed (log: $CACHE/dom0-apt.log)"
+        rm -f "$R"/var/cache/apt/archives/*.deb
+    fi
     echo xapid-xen-dom0 >"$R/etc/hostname"
     echo '/dev/vda / ext4 rw 0 1' >"$R/etc/fstab"
     grep -q '^XENCONSOLED_ARGS=' "$R/etc/default/xen" 2>/dev/null ||
@@ -280,6 +300,28 @@ if [ ! -s "$DISK" ]; then
     rm -rf "$D"
 fi
 
+# The HVM test guest's install medium: a BIOS-bootable ISO (isolinux) holding the same
+# kernel and initramfs, console on the first serial line. e2e.py boots it from an `iso` SR
+# whose directory is on the payload disk.
+ISO_VERSION=1
+ISO=$CACHE/guest-v$ISO_VERSION-$KVER.iso
+if [ ! -s "$ISO" ]; then
+    say "building the HVM test guest's ISO $ISO"
+    D=$(mktemp -d)
+    cp /usr/lib/ISOLINUX/isolinux.bin /usr/lib/syslinux/modules/bios/ldlinux.c32 "$D/"
+    cp "$CACHE/guest-vmlinuz" "$D/vmlinuz"
+    cp "$CACHE/guest-initrd.gz" "$D/initrd.gz"
+    printf '%s\n' 'SERIAL 0 115200' 'DEFAULT xapid' 'PROMPT 0' 'TIMEOUT 1' 'LABEL xapid' \
+        '  KERNEL /vmlinuz' '  INITRD /initrd.gz' \
+        '  APPEND console=ttyS0,115200 xapid.booted_from=iso' >"$D/isolinux.cfg"
+    rm -f "$ISO.partial"
+    xorriso -as mkisofs -quiet -o "$ISO.partial" -V XAPID_TEST -b isolinux.bin -c boot.cat \
+        -no-emul-boot -boot-load-size 4 -boot-info-table "$D" >"$CACHE/iso.log" 2>&1 ||
+        die "xorriso failed (log: $CACHE/iso.log)"
+    mv "$ISO.partial" "$ISO"
+    rm -rf "$D"
+fi
+
 say "dom0 rootfs and test guest ready, kernel $KVER"
 [ "$MODE" = prepare ] && exit 0
 
@@ -327,6 +369,8 @@ cp "$HELPER" "$RUN/payload/xapid-xenguest"
 cp "$REPO/tests/xen/dom0-run.sh" "$RUN/payload/dom0-run.sh"
 chmod +x "$RUN/payload/dom0-run.sh"
 cp "$CACHE/guest-vmlinuz" "$CACHE/guest-initrd.gz" "$RUN/payload/"
+mkdir -p "$RUN/payload/iso"
+cp "$ISO" "$RUN/payload/iso/xapid-test.iso"
 (cd "$RUN/payload" && sha256sum xapid-xenguest guest-vmlinuz guest-initrd.gz >SHA256SUMS)
 cat >"$RUN/payload/env" <<EOF
 XAPID_XEN_GUEST_MIB=$GUEST_MIB
@@ -407,7 +451,7 @@ case " $PARTS " in
         if "$PY_VENV/bin/python" -u "$REPO/tests/xen/e2e.py" --url "https://127.0.0.1:$PORT" \
             --password-file "$RUN/root-password" --serial-log "$S" \
             --kernel /mnt/payload/guest-vmlinuz --ramdisk /mnt/payload/guest-initrd.gz \
-            --boot-disk "$DISK" 2>&1 9>&- |
+            --boot-disk "$DISK" --iso-dir /mnt/payload/iso --iso xapid-test.iso 2>&1 9>&- |
             tee "$RUN/e2e.log"; then
             E2E=PASS
         else

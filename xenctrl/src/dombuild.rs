@@ -1,5 +1,11 @@
-//! Building a PV or PVH guest's memory image with libxenguest's `xc_dom_*`
-//! API.
+//! Building a PV, PVH or HVM guest's memory image with libxenguest's
+//! `xc_dom_*` API.
+//!
+//! HVM guests are built the same way with Xen's `hvmloader` as the
+//! "kernel" and the BIOS image (SeaBIOS) as the system firmware module:
+//! hvmloader, entered in 32-bit mode, sets up the PCI devices of the device
+//! model, builds the ACPI and SMBIOS tables, copies the BIOS into place and
+//! jumps to it. The device model itself is started by the caller.
 //!
 //! PVH guests run in a hardware-virtualised container with no device model:
 //! the kernel is entered at its `XEN_ELFNOTE_PHYS32_ENTRY` point in 32-bit
@@ -23,6 +29,12 @@ use crate::xc::XcHandle;
 /// local APIC and the special pages (Xen's `ACPI_INFO_PHYSICAL_ADDRESS`,
 /// the lowest of the three).
 const PVH_MMIO_START: u64 = 0xfc00_0000;
+/// Where an HVM guest's MMIO hole starts (256 MiB below 4 GiB, the
+/// default hole of Xen's toolstacks).
+const HVM_MMIO_START: u64 = 0xf000_0000;
+/// Pages of the legacy VGA hole (0xa0000-0xbffff) an HVM guest with a
+/// device model leaves to it.
+const HVM_VGA_HOLE_PAGES: u64 = 0x20;
 /// e820 type of RAM.
 const E820_RAM: u32 = 1;
 
@@ -30,11 +42,22 @@ const E820_RAM: u32 = 1;
 /// MMIO hole, the rest above 4 GiB. Returns `(lowmem_end, highmem_end, e820
 /// ranges)`, `highmem_end` 0 when everything fits below the hole.
 pub fn pvh_memory_layout(bytes: u64) -> (u64, u64, Vec<(u64, u64, u32)>) {
+    memory_layout(bytes, PVH_MMIO_START)
+}
+
+/// [`pvh_memory_layout`] for an HVM guest, whose MMIO hole (for the device
+/// model's PCI devices) is larger. hvmloader reads this map from Xen
+/// (`XENMEM_memory_map`) and builds the guest's e820 from it.
+pub fn hvm_memory_layout(bytes: u64) -> (u64, u64, Vec<(u64, u64, u32)>) {
+    memory_layout(bytes, HVM_MMIO_START)
+}
+
+fn memory_layout(bytes: u64, mmio_start: u64) -> (u64, u64, Vec<(u64, u64, u32)>) {
     let four_gib = 1u64 << 32;
-    let lowmem_end = bytes.min(PVH_MMIO_START);
+    let lowmem_end = bytes.min(mmio_start);
     let mut map = vec![(0, lowmem_end, E820_RAM)];
-    let highmem_end = if bytes > PVH_MMIO_START {
-        let high = bytes - PVH_MMIO_START;
+    let highmem_end = if bytes > mmio_start {
+        let high = bytes - mmio_start;
         map.push((four_gib, high, E820_RAM));
         four_gib + high
     } else {
@@ -154,7 +177,7 @@ impl XcHandle {
     /// and `xc_dom_gnttab_init`; the first failing step is named in the
     /// error. The image is released (`xc_dom_release`) on every path.
     pub fn build_pv(&self, domid: u32, config: &PvBuildConfig) -> Result<PvBuildResult> {
-        self.build_guest(domid, config, GuestType::Pv)
+        self.build_guest(domid, config, GuestType::Pv, None)
     }
 
     /// [`XcHandle::build_pv`] for a domain created as [`GuestType::Pvh`]:
@@ -162,19 +185,46 @@ impl XcHandle {
     /// Also sizes the domain's paging pool and sets its memory map
     /// (`xc_set_paging_mempool_size`, `xc_domain_set_memory_map`).
     pub fn build_pvh(&self, domid: u32, config: &PvBuildConfig) -> Result<PvBuildResult> {
-        self.build_guest(domid, config, GuestType::Pvh)
+        self.build_guest(domid, config, GuestType::Pvh, None)
     }
 
-    fn build_guest(&self, domid: u32, config: &PvBuildConfig, kind: GuestType) -> Result<PvBuildResult> {
+    /// Builds an HVM domain created as [`GuestType::Hvm`]: `config.kernel`
+    /// is hvmloader (no ramdisk, the command line is ignored), `firmware`
+    /// the BIOS image hvmloader starts (SeaBIOS's `bios-256k.bin`, whose
+    /// name hvmloader also reads from xenstore, `hvmloader/bios`). Leaves
+    /// room for a device model (VGA hole, ioreq pages). Sizes the paging
+    /// pool like [`XcHandle::build_pvh`].
+    pub fn build_hvm(&self, domid: u32, config: &PvBuildConfig, firmware: &[u8]) -> Result<PvBuildResult> {
+        if firmware.is_empty() || u32::try_from(firmware.len()).is_err() {
+            return Err(XenctrlError::InvalidArgument {
+                call: "xc_dom_allocate",
+                reason: format!("the HVM system firmware is {} bytes", firmware.len()),
+            });
+        }
+        self.build_guest(domid, config, GuestType::Hvm, Some(firmware))
+    }
+
+    fn build_guest(
+        &self,
+        domid: u32,
+        config: &PvBuildConfig,
+        kind: GuestType,
+        firmware: Option<&[u8]>,
+    ) -> Result<PvBuildResult> {
         let bytes = u64::from(config.memory_mib) << 20;
-        let (lowmem_end, highmem_end, map) = pvh_memory_layout(bytes);
+        let (lowmem_end, highmem_end, map) = match kind {
+            GuestType::Hvm => hvm_memory_layout(bytes),
+            _ => pvh_memory_layout(bytes),
+        };
         // Declared before the image: libxenguest reads it through `e820` until released.
         let mut e820: Vec<sys::e820entry> = map
             .iter()
             .map(|&(addr, size, type_)| sys::e820entry { addr, size, type_ })
             .collect();
-        if kind == GuestType::Pvh {
+        if kind != GuestType::Pv {
             self.set_paging_mempool_size(domid, pvh_paging_pool_bytes(config.memory_mib, config.max_vcpus))?;
+        }
+        if kind != GuestType::Pv {
             self.domain_set_memory_map(domid, &map)?;
         }
         let kernel = c_path("xc_dom_kernel_file", &config.kernel)?;
@@ -212,6 +262,23 @@ impl XcHandle {
                     dom.device_model = false;
                     dom.e820 = e820.as_mut_ptr();
                     dom.e820_entries = e820_entries;
+                }
+                GuestType::Hvm => {
+                    // hvmloader builds the guest's e820 itself, from the map set above.
+                    dom.container_type = sys::xc_dom_image__bindgen_ty_1::XC_DOM_HVM_CONTAINER;
+                    dom.target_pages = bytes >> 12;
+                    dom.mmio_start = HVM_MMIO_START;
+                    dom.mmio_size = (1u64 << 32) - HVM_MMIO_START;
+                    dom.lowmem_end = lowmem_end;
+                    dom.highmem_end = highmem_end;
+                    dom.vga_hole_size = HVM_VGA_HOLE_PAGES;
+                    dom.device_model = true;
+                    if let Some(fw) = firmware {
+                        // libxenguest copies the module into the guest
+                        // (xc_dom_build_image); `firmware` outlives the image.
+                        dom.system_firmware_module.data = fw.as_ptr().cast_mut();
+                        dom.system_firmware_module.length = u32::try_from(fw.len()).unwrap_or(u32::MAX);
+                    }
                 }
             }
         }

@@ -296,12 +296,16 @@ pub enum GuestType {
     /// hardware-assisted paging, `XEN_DOMCTL_CDF_hap`) whose only emulated
     /// device is the local APIC (`XEN_X86_EMU_LAPIC`); no device model.
     Pvh,
+    /// HVM: the same container with every emulated device Xen offers a
+    /// guest (`XEN_X86_EMU_ALL` but vPCI, which is for a PVH dom0); a device
+    /// model in dom0 emulates the rest (PCI bus, disks, NICs, VGA).
+    Hvm,
 }
 
 /// Parameters of `xc_domain_create`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DomainCreateConfig {
-    /// PV or PVH.
+    /// PV, PVH or HVM.
     pub guest: GuestType,
     /// Domain id to use; `None` lets Xen pick a free one.
     pub domid: Option<u32>,
@@ -382,6 +386,10 @@ impl DomainCreateConfig {
             GuestType::Pvh => (
                 sys::XEN_DOMCTL_CDF_hvm | sys::XEN_DOMCTL_CDF_hap,
                 sys::XEN_X86_EMU_LAPIC,
+            ),
+            GuestType::Hvm => (
+                sys::XEN_DOMCTL_CDF_hvm | sys::XEN_DOMCTL_CDF_hap,
+                sys::XEN_X86_EMU_ALL & !sys::XEN_X86_EMU_VPCI,
             ),
         };
         Ok(sys::xen_domctl_createdomain {

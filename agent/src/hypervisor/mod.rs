@@ -58,6 +58,7 @@
 pub mod conformance;
 mod console;
 mod events;
+pub mod hvm;
 pub mod selection;
 pub mod simulator;
 mod types;
@@ -73,6 +74,7 @@ use uuid::Uuid;
 
 pub use console::ConsoleStream;
 pub use events::{forward_to_tokio, BackendEvent, EventBus, EventReceiver, DEFAULT_EVENT_QUEUE};
+pub use hvm::HvmBoot;
 pub use selection::{select_backend, BackendChoice};
 pub use simulator::{GuestBehaviour, Latency, SimConfig, SimulatorBackend};
 pub use types::*;
@@ -548,6 +550,18 @@ pub trait Hypervisor: Send + Sync {
     /// backend keeps it); writes are keyboard input. End of stream means the
     /// domain went away.
     fn console_stream(&self, domid: DomId) -> Result<ConsoleStream, BackendError>;
+
+    /// Connects to an HVM domain's graphical console: a byte stream speaking RFB (VNC) from
+    /// the server's first byte. Backends without one say so with
+    /// [`BackendError::Unsupported`] (the default).
+    fn vnc_stream(&self, domid: DomId) -> Result<ConsoleStream, BackendError> {
+        let _ = domid;
+        Err(BackendError::Unsupported {
+            op: Op::ConsoleStream,
+            backend: self.backend_name(),
+            what: "graphical (RFB) consoles".into(),
+        })
+    }
 
     /// Subscribes to [`BackendEvent`]s from now on. Dropping the receiver
     /// unsubscribes.

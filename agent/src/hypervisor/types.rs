@@ -197,9 +197,10 @@ pub enum DomainKind {
     /// PVH guest: hardware-virtualised, no device model, booted like a PV guest (a kernel in
     /// dom0 or one its bootloader finds on its disk); the kernel needs a PVH entry point.
     Pvh(PvBoot),
-    /// Hardware virtualised guest. Placeholder: no backend supports it yet
-    /// and `create_domain` returns [`BackendError::Unsupported`].
-    Hvm,
+    /// Hardware virtualised guest with a device model (BIOS boot from its emulated disks,
+    /// CD drive or network). Backends without HVM support refuse it with
+    /// [`BackendError::Unsupported`].
+    Hvm(super::HvmBoot),
 }
 
 impl DomainKind {
@@ -208,7 +209,7 @@ impl DomainKind {
         match self {
             DomainKind::Pv(_) => "pv",
             DomainKind::Pvh(_) => "pvh",
-            DomainKind::Hvm => "hvm",
+            DomainKind::Hvm(_) => "hvm",
         }
     }
 }
@@ -272,7 +273,7 @@ impl DomainConfig {
     pub fn pv_boot(&self) -> Option<&PvBoot> {
         match &self.kind {
             DomainKind::Pv(boot) | DomainKind::Pvh(boot) => Some(boot),
-            DomainKind::Hvm => None,
+            DomainKind::Hvm(_) => None,
         }
     }
 

@@ -5,7 +5,7 @@
 use super::{blocking, devices, note_host_memory, rules, vm_copy};
 use crate::error::ApiError;
 use crate::hypervisor::{
-    BackendError, DomId, DomainConfig, DomainKind, DomainState, PvBoot, PvBootloader, PvKernel, ShutdownReason,
+    BackendError, DomId, DomainConfig, DomainKind, DomainState, HvmBoot, PvBoot, PvBootloader, PvKernel, ShutdownReason,
 };
 use crate::objects::{create, destroy, new_ref, new_uuid, set_field};
 use crate::schema::enums::{ConsoleProtocol, DomainType, VbdType, VdiType, VmPowerState};
@@ -132,7 +132,7 @@ pub fn domain_config(vm: &Object) -> Result<DomainConfig, ApiError> {
         })
     };
     let kind = match running_domain_type(vm) {
-        DomainType::hvm => DomainKind::Hvm,
+        DomainType::hvm => DomainKind::Hvm(hvm_boot(vm)),
         DomainType::pvh => DomainKind::Pvh(boot),
         _ => DomainKind::Pv(boot),
     };
@@ -149,12 +149,42 @@ pub fn domain_config(vm: &Object) -> Result<DomainConfig, ApiError> {
     })
 }
 
+/// The string pairs of a map field.
+fn string_map(v: &Value) -> std::collections::BTreeMap<String, String> {
+    v.as_map()
+        .iter()
+        .filter_map(|(k, v)| Some((k.as_str()?.to_owned(), v.as_str()?.to_owned())))
+        .collect()
+}
+
+/// An HVM VM's boot parameters from its record (`HVM_boot_params`, `platform`); its
+/// emulated devices are filled in by [`start_config`].
+fn hvm_boot(vm: &Object) -> HvmBoot {
+    let params = string_map(vm.get(fields::VM::HVM_boot_params));
+    HvmBoot {
+        boot_order: params.get("order").cloned().unwrap_or_default(),
+        firmware: params.get("firmware").cloned().unwrap_or_default(),
+        platform: string_map(vm.get(fields::VM::platform)),
+        disks: Vec::new(),
+        nics: Vec::new(),
+    }
+}
+
 /// The domain to start for a VM: [`domain_config`], with the disk a bootloader boot reads
-/// resolved to the VM's first bootable disk ([`boot_disk`]).
+/// resolved to the VM's first bootable disk ([`boot_disk`]), and an HVM guest's emulated
+/// disks, CD drives and NICs (its VBDs and VIFs).
 pub fn start_config(agent: &Agent, vm: &Object) -> Result<DomainConfig, ApiError> {
     let mut cfg = domain_config(vm)?;
-    if let DomainKind::Pv(PvBoot::Bootloader(boot)) | DomainKind::Pvh(PvBoot::Bootloader(boot)) = &mut cfg.kind {
-        boot.disk = boot_disk(agent, vm)?;
+    match &mut cfg.kind {
+        DomainKind::Pv(PvBoot::Bootloader(boot)) | DomainKind::Pvh(PvBoot::Bootloader(boot)) => {
+            boot.disk = boot_disk(agent, vm)?;
+        }
+        DomainKind::Hvm(hvm) => {
+            let (disks, nics) = devices::emulated(agent, vm)?;
+            hvm.disks = disks;
+            hvm.nics = nics;
+        }
+        _ => {}
     }
     Ok(cfg)
 }
@@ -345,13 +375,20 @@ fn mark_running_tx(tx: &mut Tx, agent: &Agent, vm: &str, paused: bool, facts: &R
         }
     }
     if rec.get(f::consoles).as_set().is_empty() {
-        let c = new_ref();
-        let mut con = default_object(class_ids::console, &c);
-        con.set(fields::console::uuid, Value::str(new_uuid()));
-        con.set(fields::console::protocol, ConsoleProtocol::vt100.value());
-        con.set(fields::console::location, Value::str(agent.console_location(&c)));
-        con.set(fields::console::VM, Value::reference(vm));
-        create(tx, con)?;
+        // Every guest's text console; an HVM guest's graphical one too (its device model's VNC).
+        let mut protocols = vec![ConsoleProtocol::vt100];
+        if domain_type == DomainType::hvm {
+            protocols.push(ConsoleProtocol::rfb);
+        }
+        for protocol in protocols {
+            let c = new_ref();
+            let mut con = default_object(class_ids::console, &c);
+            con.set(fields::console::uuid, Value::str(new_uuid()));
+            con.set(fields::console::protocol, protocol.value());
+            con.set(fields::console::location, Value::str(agent.console_location(&c)));
+            con.set(fields::console::VM, Value::reference(vm));
+            create(tx, con)?;
+        }
     }
     devices::mark_attached(tx, &rec, true)?;
     note_host_memory(tx, agent, free)?;
@@ -1035,7 +1072,7 @@ mod tests {
             other => panic!("{other:?}"),
         }
         vm.set(fields::VM::domain_type, crate::schema::enums::DomainType::hvm.value());
-        assert_eq!(super::domain_config(&vm).unwrap().kind, DomainKind::Hvm);
+        assert!(matches!(super::domain_config(&vm).unwrap().kind, DomainKind::Hvm(_)));
         // PVH boots from the PV fields, whatever HVM_boot_policy says.
         vm.set(fields::VM::domain_type, crate::schema::enums::DomainType::pvh.value());
         vm.set(fields::VM::HVM_boot_policy, Value::str("BIOS order"));

@@ -240,7 +240,7 @@ fn hvm_guests_are_simulated() {
     let s = sim();
     assert!(s.capabilities().hvm);
     let mut c = cfg("hvm", 64);
-    c.kind = DomainKind::Hvm;
+    c.kind = DomainKind::Hvm(Default::default());
     let d = s.create_domain(&c).unwrap();
     s.build(d).unwrap();
     s.unpause(d).unwrap();

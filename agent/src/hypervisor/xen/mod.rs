@@ -20,9 +20,9 @@
 //! * Events ([`watcher`]): a thread watching `@introduceDomain`,
 //!   `@releaseDomain` and the backend directories.
 //!
-//! Not supported yet: `suspend_to`/`resume_from` (`xenctrl` has no
-//! `xc_domain_save`/`xc_domain_restore` wrappers) and HVM. Both return
-//! [`BackendError::Unsupported`] and [`Capabilities`] says so.
+//! * HVM ([`devicemodel`]): hvmloader and SeaBIOS loaded by libxenguest, then one
+//!   `qemu-system-xen` per domain, supervised: a device model that dies takes its domain
+//!   with it. Saving HVM domains is not supported yet ([`BackendError::Unsupported`]).
 //!
 //! Thread safety: libxenctrl and libxenstore handles are not `Sync`;
 //! the backend keeps a small pool of each and every call borrows one, so
@@ -32,6 +32,7 @@
 
 pub mod bootloader;
 mod console;
+pub mod devicemodel;
 mod devices;
 mod guest_agent;
 mod host;
@@ -57,7 +58,7 @@ use xenctrl::{
 
 use super::{
     BackendError, BackendEvent, BlockDevice, Capabilities, ConsoleStream, DevId, DeviceInfo, DeviceKind, DomId,
-    DomainConfig, DomainInfo, DomainKind, DomainState, Errno, EventBus, EventReceiver, HostInfo, Hypervisor,
+    DomainConfig, DomainInfo, DomainKind, DomainState, Errno, EventBus, EventReceiver, HostInfo, HvmBoot, Hypervisor,
     HypervisorVersion, NetDevice, Op, PvBoot, ShutdownReason, UnplugMode, DOM0, DOMID_FIRST_RESERVED,
 };
 use layout::{
@@ -68,6 +69,8 @@ use layout::{
 /// Extra KiB above `memory_max` given to `xc_domain_setmaxmem`, for the
 /// pages Xen and the builder add beyond the guest's RAM.
 const MAXMEM_SLACK_KIB: u64 = 1024;
+/// Further KiB an HVM domain may populate: its device model's video RAM and option ROMs.
+const HVM_DM_SLACK_KIB: u64 = 32 * 1024;
 /// Idle handles kept per pool.
 const POOL_IDLE: usize = 8;
 /// How long `destroy` waits for Xen to forget the domain.
@@ -241,7 +244,9 @@ pub struct XenBackend {
     /// Serialises device plugging (read-write sharing check).
     device_lock: Mutex<()>,
     /// Memory reserved for created but not yet built domains, bytes.
-    reservations: Mutex<HashMap<DomId, u64>>,
+    reservations: Arc<Mutex<HashMap<DomId, u64>>>,
+    /// The device models of HVM domains.
+    dms: devicemodel::DeviceModels,
     stop: Arc<AtomicBool>,
     stop_path: String,
     /// Where domain builds run (the `xapid-xenguest` helper, unless in-process is chosen).
@@ -273,7 +278,8 @@ impl XenBackend {
             bus: Arc::new(EventBus::default()),
             memory_lock: Mutex::new(()),
             device_lock: Mutex::new(()),
-            reservations: Mutex::new(HashMap::new()),
+            reservations: Arc::new(Mutex::new(HashMap::new())),
+            dms: Arc::default(),
             stop: Arc::new(AtomicBool::new(false)),
             stop_path: format!("{STOP_ROOT}/{}", Uuid::new_v4()),
             builds: xenguest::build_mode().ok_or_else(|| BackendError::Unavailable {
@@ -450,38 +456,183 @@ impl XenBackend {
     /// Removes everything a destroyed (or half-created) domain left in
     /// xenstore and in dom0; returns the devices it had. Best effort.
     fn clean_up(&self, xc: &XcHandle, xs: &XsHandle, domid: DomId, uuid: Uuid) -> Vec<(DeviceKind, DevId)> {
-        let devices = devices::teardown_all(xs, domid);
-        if let Err(e) = xs.release_domain(domid) {
-            tracing::debug!(domid, error = %e, "xs_release_domain");
+        let dm = self.dms.lock().remove(&domid);
+        if let Some(dm) = dm {
+            dm.stop();
         }
-        let vm = vm_path(&uuid);
-        let removed = xs.with_transaction(|tx| {
-            rm_quiet(xs, tx, &dom_path(domid))?;
-            rm_quiet(xs, tx, &record_path(domid))?;
-            rm_quiet(xs, tx, &format!("{vm}/domains/{domid}"))?;
-            if layout::list_opt(xs, tx, &format!("{vm}/domains"))?.is_empty() {
-                rm_quiet(xs, tx, &vm)?;
-            }
-            Ok(())
-        });
-        if let Err(e) = removed {
-            tracing::warn!(domid, error = %e, "removing a destroyed domain from xenstore failed");
-        }
-        self.reservations.lock().remove(&domid);
-        // Wait (bounded) until Xen has released the domain, so that its
-        // memory is free and its domid unused when we return.
-        let deadline = Instant::now() + DESTROY_WAIT;
-        while Instant::now() < deadline {
-            match xc.domain_info(domid) {
-                Err(_) => break,
-                Ok(_) => std::thread::sleep(Duration::from_millis(20)),
-            }
-        }
-        devices
+        clean_up_domain(xc, xs, domid, uuid, &self.reservations)
     }
 
     fn publish(&self, event: BackendEvent) {
         self.bus.publish(event);
+    }
+}
+
+/// What [`XenBackend::clean_up`] does once the device model (if any) is gone.
+fn clean_up_domain(
+    xc: &XcHandle,
+    xs: &XsHandle,
+    domid: DomId,
+    uuid: Uuid,
+    reservations: &Mutex<HashMap<DomId, u64>>,
+) -> Vec<(DeviceKind, DevId)> {
+    let devices = devices::teardown_all(xs, domid);
+    if let Err(e) = xs.release_domain(domid) {
+        tracing::debug!(domid, error = %e, "xs_release_domain");
+    }
+    let vm = vm_path(&uuid);
+    let removed = xs.with_transaction(|tx| {
+        rm_quiet(xs, tx, &dom_path(domid))?;
+        rm_quiet(xs, tx, &record_path(domid))?;
+        rm_quiet(xs, tx, &format!("/local/domain/0/device-model/{domid}"))?;
+        rm_quiet(xs, tx, &format!("{vm}/domains/{domid}"))?;
+        if layout::list_opt(xs, tx, &format!("{vm}/domains"))?.is_empty() {
+            rm_quiet(xs, tx, &vm)?;
+        }
+        Ok(())
+    });
+    if let Err(e) = removed {
+        tracing::warn!(domid, error = %e, "removing a destroyed domain from xenstore failed");
+    }
+    reservations.lock().remove(&domid);
+    // Wait (bounded) until Xen has released the domain, so that its
+    // memory is free and its domid unused when we return.
+    let deadline = Instant::now() + DESTROY_WAIT;
+    while Instant::now() < deadline {
+        match xc.domain_info(domid) {
+            Err(_) => break,
+            Ok(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+    devices
+}
+
+/// A device model exited on its own: its domain cannot run without it. Destroys the domain
+/// (the VM becomes Halted when the agent sees it gone) and says so in the log.
+fn device_model_died(
+    domid: DomId,
+    uuid: Uuid,
+    status: std::process::ExitStatus,
+    bus: &EventBus,
+    dms: &devicemodel::DeviceModels,
+    reservations: &Mutex<HashMap<DomId, u64>>,
+) {
+    tracing::error!(domid, %uuid, %status, "xen: the device model of domain {domid} exited: destroying the domain");
+    dms.lock().remove(&domid);
+    let cleaned = XcHandle::open().and_then(|xc| {
+        let xs = XsHandle::open()?;
+        match xc.domain_destroy(domid) {
+            Err(e) if e.errno() != Some(libc::ESRCH) => return Err(e),
+            _ => {}
+        }
+        Ok(clean_up_domain(&xc, &xs, domid, uuid, reservations))
+    });
+    match cleaned {
+        Ok(devices) => {
+            for (kind, devid) in devices {
+                bus.publish(BackendEvent::DeviceChanged { domid, kind, devid });
+            }
+        }
+        Err(e) => tracing::error!(domid, error = %e, "xen: destroying the domain of a dead device model failed"),
+    }
+    bus.publish(BackendEvent::DomainChanged(domid));
+}
+
+/// The builder a domain kind needs.
+fn container_of(kind: &DomainKind) -> xenguest::Container {
+    match kind {
+        DomainKind::Pv(_) => xenguest::Container::Pv,
+        DomainKind::Pvh(_) => xenguest::Container::Pvh,
+        DomainKind::Hvm(_) => xenguest::Container::Hvm,
+    }
+}
+
+/// hvmloader and the BIOS image an HVM domain boots, checked to be there.
+fn hvm_firmware(op: Op, hvm: &HvmBoot) -> Result<(std::path::PathBuf, std::path::PathBuf), BackendError> {
+    if hvm.uefi() {
+        return Err(BackendError::Unsupported {
+            op,
+            backend: "xen",
+            what: "UEFI firmware for HVM guests (HVM_boot_params firmware=uefi)".into(),
+        });
+    }
+    let missing = |what: String| BackendError::Os {
+        op,
+        errno: Errno::ENOENT,
+        detail: what,
+    };
+    let loader = devicemodel::hvmloader_path().ok_or_else(|| {
+        missing(format!(
+            "hvmloader not found (/usr/lib/xen-*/boot/hvmloader, {})",
+            devicemodel::HVMLOADER_ENV
+        ))
+    })?;
+    let bios = devicemodel::bios_path();
+    if !bios.is_file() {
+        return Err(missing(format!(
+            "the BIOS image {} is missing (Debian package seabios, or {})",
+            bios.display(),
+            devicemodel::BIOS_ENV
+        )));
+    }
+    let qemu = devicemodel::qemu_path();
+    if !qemu.is_file() {
+        return Err(missing(format!(
+            "the device model {} is missing (Debian package qemu-system-xen, or {})",
+            qemu.display(),
+            devicemodel::QEMU_ENV
+        )));
+    }
+    Ok((loader, bios))
+}
+
+/// What hvmloader reads from the domain's xenstore home: which BIOS it was given, and that
+/// it must not relocate RAM (QEMU could not follow).
+fn write_hvmloader_keys(xs: &XsHandle, domid: DomId) -> xenctrl::Result<()> {
+    let home = dom_path(domid);
+    xs.with_transaction(|tx| {
+        xs.write(tx, &format!("{home}/hvmloader/bios"), b"seabios")?;
+        xs.write(tx, &format!("{home}/hvmloader/allow-memory-relocate"), b"0")
+    })
+}
+
+impl XenBackend {
+    /// Starts and records an HVM domain's device model (see [`devicemodel`]).
+    fn start_device_model(
+        &self,
+        xs: &XsHandle,
+        domid: DomId,
+        config: &DomainConfig,
+        hvm: &HvmBoot,
+    ) -> Result<(), BackendError> {
+        let state_key = format!("/local/domain/0/device-model/{domid}/state");
+        let ready = || matches!(read_opt(xs, Transaction::NONE, &state_key), Ok(Some(s)) if s.trim() == "running");
+        let (bus, dms, reservations, uuid) = (
+            Arc::clone(&self.bus),
+            Arc::clone(&self.dms),
+            Arc::clone(&self.reservations),
+            config.uuid,
+        );
+        let on_exit = move |status| device_model_died(domid, uuid, status, &bus, &dms, &reservations);
+        let dm = devicemodel::start(domid, config, hvm, ready, on_exit)?;
+        self.dms.lock().insert(domid, dm);
+        Ok(())
+    }
+
+    /// Tells an HVM domain's device model to stop or go on (`stop`/`cont`) with the domain.
+    fn device_model_run(&self, domid: DomId, run: bool) {
+        let command = if run { "cont" } else { "stop" };
+        let dms = self.dms.lock();
+        if let Some(dm) = dms.get(&domid) {
+            if let Err(e) = dm.qmp(command) {
+                tracing::warn!(domid, error = %e, "xen: device model {command} failed");
+            }
+        }
+    }
+
+    /// The serial pty of an HVM domain's device model.
+    fn serial_pty(&self, domid: DomId) -> Option<std::path::PathBuf> {
+        self.dms.lock().get(&domid).and_then(|dm| dm.serial.clone())
     }
 }
 
@@ -507,7 +658,7 @@ impl Hypervisor for XenBackend {
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             reboot_in_place: false,
-            hvm: false,
+            hvm: true,
             suspend_resume: true,
         }
     }
@@ -545,16 +696,11 @@ impl Hypervisor for XenBackend {
     fn create_domain(&self, config: &DomainConfig) -> Result<DomId, BackendError> {
         let op = Op::CreateDomain;
         config.validate(op)?;
-        if let DomainKind::Hvm = config.kind {
-            return Err(BackendError::Unsupported {
-                op,
-                backend: "xen",
-                what: "HVM domains".into(),
-            });
-        }
-        let container = match config.kind {
-            DomainKind::Pvh(_) => xenguest::Container::Pvh,
-            _ => xenguest::Container::Pv,
+        let container = container_of(&config.kind);
+        let slack = if container == xenguest::Container::Hvm {
+            MAXMEM_SLACK_KIB + HVM_DM_SLACK_KIB
+        } else {
+            MAXMEM_SLACK_KIB
         };
         let domid = self.with_handles(op, |xc, xs| {
             let _memory = self.memory_lock.lock();
@@ -585,7 +731,7 @@ impl Hypervisor for XenBackend {
             self.reservations.lock().insert(domid, config.memory_target);
             let setup = xc
                 .domain_max_vcpus(domid, config.vcpus_max)
-                .and_then(|()| xc.domain_set_max_mem(domid, kib(config.memory_max) + MAXMEM_SLACK_KIB))
+                .and_then(|()| xc.domain_set_max_mem(domid, kib(config.memory_max) + slack))
                 .and_then(|()| xs.with_transaction(|tx| write_domain_skeleton(xs, tx, domid, config)));
             if let Err(e) = setup {
                 if let Err(d) = xc.domain_destroy(domid) {
@@ -612,37 +758,37 @@ impl Hypervisor for XenBackend {
             if record.built {
                 return Err(dom.invalid(op, "already built"));
             }
-            let Some(boot) = record.config.pv_boot() else {
-                return Err(BackendError::Unsupported {
-                    op,
-                    backend: "xen",
-                    what: "HVM domains".into(),
-                });
-            };
             let memory_mib = u32::try_from(mib_ceil(record.target)).map_err(|_| BackendError::InvalidArgument {
                 op,
                 reason: format!("memory target {} too large", record.target),
             })?;
             // A bootloader's files live until the build has loaded them (`_extracted` drops
             // them at the end of this closure, whatever happens).
-            let (kernel, ramdisk, cmdline, _extracted) = match boot {
-                PvBoot::Kernel(k) => (k.kernel.clone(), k.ramdisk.clone(), k.cmdline.clone(), None),
-                PvBoot::Bootloader(b) => {
+            let mut firmware = None;
+            let (kernel, ramdisk, cmdline, _extracted) = match &record.config.kind {
+                DomainKind::Pv(PvBoot::Kernel(k)) | DomainKind::Pvh(PvBoot::Kernel(k)) => {
+                    (k.kernel.clone(), k.ramdisk.clone(), k.cmdline.clone(), None)
+                }
+                DomainKind::Pv(PvBoot::Bootloader(b)) | DomainKind::Pvh(PvBoot::Bootloader(b)) => {
                     let x = bootloader::extract(b)?;
                     tracing::info!(domid, kernel = %x.kernel.display(), args = %x.args, "xen: the bootloader extracted a kernel");
                     (x.kernel.clone(), x.ramdisk.clone(), b.cmdline(&x.args), Some(x))
+                }
+                DomainKind::Hvm(hvm) => {
+                    let (loader, bios) = hvm_firmware(op, hvm)?;
+                    write_hvmloader_keys(xs, domid).map_err(|e| xen_err(op, e))?;
+                    firmware = Some(bios);
+                    (loader, None, String::new(), None)
                 }
             };
             let err = |e| xen_err(op, e);
             let store_port = xc.evtchn_alloc_unbound(domid, DOM0).map_err(err)?;
             let console_port = xc.evtchn_alloc_unbound(domid, DOM0).map_err(err)?;
-            let container = match record.config.kind {
-                DomainKind::Pvh(_) => xenguest::Container::Pvh,
-                _ => xenguest::Container::Pv,
-            };
+            let container = container_of(&record.config.kind);
             let request = xenguest::BuildRequest {
                 domid,
                 container,
+                firmware,
                 kernel: kernel.clone(),
                 ramdisk: ramdisk.clone(),
                 cmdline,
@@ -678,6 +824,9 @@ impl Hypervisor for XenBackend {
                 },
             )?;
             self.reservations.lock().remove(&domid);
+            if let DomainKind::Hvm(hvm) = &record.config.kind {
+                self.start_device_model(xs, domid, &record.config, hvm)?;
+            }
             Ok(())
         })?;
         tracing::info!(domid, "xen: domain built");
@@ -696,6 +845,7 @@ impl Hypervisor for XenBackend {
             if !dom.info.flags.paused {
                 return Ok(false);
             }
+            self.device_model_run(domid, true);
             xc.domain_unpause(domid).map_err(|e| xen_err(op, e))?;
             Ok(true)
         })?;
@@ -714,6 +864,7 @@ impl Hypervisor for XenBackend {
                 return Ok(false);
             }
             xc.domain_pause(domid).map_err(|e| xen_err(op, e))?;
+            self.device_model_run(domid, false);
             Ok(true)
         })?;
         if changed {
@@ -742,6 +893,11 @@ impl Hypervisor for XenBackend {
         let op = Op::Destroy;
         let devices = self.with_handles(op, |xc, xs| {
             let dom = self.guest(op, xc, xs, domid)?;
+            // An HVM domain's device model goes first (expected to exit: not a crash).
+            let dm = self.dms.lock().remove(&domid);
+            if let Some(dm) = dm {
+                dm.stop();
+            }
             match xc.domain_destroy(domid) {
                 Ok(()) => {}
                 Err(e) if e.errno() == Some(libc::ESRCH) => return Err(BackendError::NoSuchDomain { op, domid }),
@@ -916,9 +1072,31 @@ impl Hypervisor for XenBackend {
             if !dom.built() {
                 return Err(dom.invalid(op, "not built yet: no console"));
             }
+            // An HVM guest's text console is its first serial line, on the device model.
+            if let Some(pty) = self.serial_pty(domid) {
+                return Ok(pty.to_string_lossy().into_owned());
+            }
             console::wait_tty(xs, domid)
         })?;
         console::open_pty(Path::new(&tty))
+    }
+
+    fn vnc_stream(&self, domid: DomId) -> Result<ConsoleStream, BackendError> {
+        let op = Op::ConsoleStream;
+        let socket = self.with_handles(op, |xc, xs| {
+            self.find(op, xc, xs, domid)?;
+            self.dms
+                .lock()
+                .get(&domid)
+                .map(devicemodel::DeviceModel::vnc_path)
+                .ok_or_else(|| BackendError::Unsupported {
+                    op,
+                    backend: "xen",
+                    what: format!("a graphical console for domain {domid}, which has no device model"),
+                })
+        })?;
+        let stream = std::os::unix::net::UnixStream::connect(&socket).map_err(|e| BackendError::io(op, &socket, e))?;
+        Ok(ConsoleStream::from_owned_fd(std::os::fd::OwnedFd::from(stream)))
     }
 
     fn subscribe(&self) -> Result<EventReceiver, BackendError> {

@@ -94,6 +94,11 @@ impl XenBackend {
                 return Err(dom.invalid(op, "paused: only a running guest can suspend itself"));
             }
             match &dom.record {
+                Some(r) if matches!(r.config.kind, DomainKind::Hvm(_)) => Err(BackendError::Unsupported {
+                    op,
+                    backend: "xen",
+                    what: "saving HVM domains (the device model's state is not saved yet)".into(),
+                }),
                 Some(r) if r.built => Ok(r.clone()),
                 Some(_) => Err(dom.invalid(op, "not built yet")),
                 None => Err(dom.invalid(op, "not created by this toolstack")),
@@ -218,6 +223,13 @@ impl XenBackend {
     pub(super) fn restore_domain(&self, path: &Path, config: &DomainConfig) -> Result<DomId, BackendError> {
         let op = Op::ResumeFrom;
         config.validate(op)?;
+        if let DomainKind::Hvm(_) = config.kind {
+            return Err(BackendError::Unsupported {
+                op,
+                backend: "xen",
+                what: "restoring HVM domains".into(),
+            });
+        }
         let io = |source| BackendError::Io {
             op,
             path: path.to_path_buf(),

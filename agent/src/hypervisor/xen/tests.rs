@@ -15,13 +15,73 @@ use super::super::selection::test_env::{
     required, skip_on_a_xen_control_domain, skip_unless_required, REQUIRE_XENGUEST, REQUIRE_XEN_LIBS,
 };
 use super::super::{
-    vbd_vdev, BackendError, BackendEvent, DeviceKind, DomainConfig, DomainState, Hypervisor, ShutdownCode, MIB,
+    vbd_vdev, BackendError, BackendEvent, DeviceKind, DomainConfig, DomainKind, DomainState, HvmBoot, Hypervisor,
+    ShutdownCode, MIB,
 };
 use super::host::parse_cpuinfo;
 use super::layout::{dev_major_minor, kib, mib_ceil, physical_device, read_only, state_of, vdev_devid, Record};
 use super::watcher::{changed_domains, device_event};
 use super::xenguest::{log_level_from_env, BuildReply, BuildRequest, StderrLog};
 use super::XenBackend;
+
+/// The process whose command line holds `-xen-domid <domid>`: that domain's device model.
+fn device_model_pid(domid: u32) -> Option<i32> {
+    let needle = format!("-xen-domid\0{domid}\0");
+    std::fs::read_dir("/proc").ok()?.filter_map(|e| e.ok()).find_map(|e| {
+        let pid = e.file_name().to_str()?.parse::<i32>().ok()?;
+        let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+        String::from_utf8_lossy(&cmdline).contains(&needle).then_some(pid)
+    })
+}
+
+/// Xen only: an HVM domain's device model killed under it takes the domain down (no
+/// domain left running without its emulator), and the backend says so with an event.
+fn check_device_model_death(
+    hv: &dyn Hypervisor,
+    opts: &ConformanceOptions,
+) -> Result<conformance::Verdict, conformance::CheckFailure> {
+    use conformance::CheckFailure;
+    let backend = |step: &str| {
+        let step = step.to_string();
+        move |source| CheckFailure::Backend { step, source }
+    };
+    let mut config = DomainConfig::pv(format!("{}dm-death", opts.name_prefix), opts.guest_memory, 1, "");
+    config.kind = DomainKind::Hvm(HvmBoot::default());
+    let rx = hv.subscribe().map_err(backend("subscribe"))?;
+    let domid = hv.create_domain(&config).map_err(backend("create_domain"))?;
+    let outcome = (|| {
+        hv.build(domid).map_err(backend("build"))?;
+        hv.unpause(domid).map_err(backend("unpause"))?;
+        let pid = device_model_pid(domid)
+            .ok_or_else(|| CheckFailure::Expectation(format!("no device model process for domain {domid}")))?;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL)
+            .map_err(|e| CheckFailure::Expectation(format!("kill -9 {pid}: {e}")))?;
+        let deadline = std::time::Instant::now() + opts.event_timeout;
+        loop {
+            match hv.domain_info(domid) {
+                Err(BackendError::NoSuchDomain { .. }) => break,
+                _ if std::time::Instant::now() > deadline => {
+                    return Err(CheckFailure::Expectation(format!(
+                        "domain {domid} still there {:?} after its device model (pid {pid}) was killed",
+                        opts.event_timeout
+                    )))
+                }
+                _ => std::thread::sleep(Duration::from_millis(200)),
+            }
+        }
+        let announced = rx.try_iter().any(|e| e == BackendEvent::DomainChanged(domid));
+        if !announced {
+            return Err(CheckFailure::Expectation(format!(
+                "no DomainChanged({domid}) event after the device model died"
+            )));
+        }
+        Ok(conformance::Verdict::Passed)
+    })();
+    if outcome.is_err() {
+        let _ = hv.destroy(domid);
+    }
+    outcome
+}
 
 #[test]
 fn open_without_xen_names_the_failing_call_and_errno() {
@@ -88,6 +148,7 @@ fn helper_protocol_round_trips() {
         container: super::xenguest::Container::Pv,
         domid: 7,
         kernel: "/boot/vmlinuz".into(),
+        firmware: None,
         ramdisk: Some("/boot/initrd".into()),
         cmdline: "console=hvc0".into(),
         memory_mib: 128,
@@ -131,6 +192,7 @@ fn helper_reports_failures_with_call_and_errno() {
         container: super::xenguest::Container::Pv,
         domid: 1,
         kernel: "/nonexistent".into(),
+        firmware: None,
         ramdisk: None,
         cmdline: String::new(),
         memory_mib: 64,
@@ -342,8 +404,11 @@ fn conformance_on_real_xen() {
         host.memory_total / MIB,
         host.memory_free / MIB
     );
+    // The suite's checks, then the Xen backend's own.
+    let xen_checks: [(&str, conformance::CheckFn); 1] = [("hvm_device_model_death", check_device_model_death)];
     let results = conformance::CHECKS
         .iter()
+        .chain(xen_checks.iter())
         .filter(|(name, _)| name.contains(filter.as_str()))
         .map(|(name, check)| {
             eprintln!("XAPID_CHECK_START {name}");

@@ -38,6 +38,9 @@ pub enum Container {
     Pv,
     /// A PVH domain (the HVM container, no device model).
     Pvh,
+    /// An HVM domain: hvmloader as the kernel, the BIOS as its firmware module, room for a
+    /// device model.
+    Hvm,
 }
 
 impl Container {
@@ -46,6 +49,7 @@ impl Container {
         match self {
             Container::Pv => GuestType::Pv,
             Container::Pvh => GuestType::Pvh,
+            Container::Hvm => GuestType::Hvm,
         }
     }
 }
@@ -58,8 +62,11 @@ pub struct BuildRequest {
     /// PV or PVH.
     #[serde(default)]
     pub container: Container,
-    /// Guest kernel.
+    /// Guest kernel (hvmloader for [`Container::Hvm`]).
     pub kernel: PathBuf,
+    /// The system firmware an HVM domain's hvmloader starts (the BIOS image).
+    #[serde(default)]
+    pub firmware: Option<PathBuf>,
     /// Guest ramdisk.
     pub ramdisk: Option<PathBuf>,
     /// Kernel command line.
@@ -182,6 +189,21 @@ pub(super) fn build_in_process(xc: &XcHandle, req: &BuildRequest) -> Result<PvBu
     match req.container {
         Container::Pv => xc.build_pv(req.domid, &req.config()),
         Container::Pvh => xc.build_pvh(req.domid, &req.config()),
+        Container::Hvm => {
+            let Some(path) = &req.firmware else {
+                return Err(BuildFailure {
+                    call: "xc_dom_allocate".into(),
+                    errno: libc::EINVAL,
+                    message: "an HVM build needs its system firmware".into(),
+                });
+            };
+            let firmware = std::fs::read(path).map_err(|e| BuildFailure {
+                call: "open".into(),
+                errno: e.raw_os_error().unwrap_or(libc::EIO),
+                message: format!("reading the HVM firmware {}: {e}", path.display()),
+            })?;
+            xc.build_hvm(req.domid, &req.config(), &firmware)
+        }
     }
     .map_err(BuildFailure::from)
 }
