@@ -8,9 +8,15 @@ use crate::schema::{class_ids, enums, fields, ClassId};
 use crate::value::Value;
 use crate::Agent;
 
-/// Set in a console handle ([`Agent::console_domain`]) that names a domain's graphical (RFB)
-/// console rather than its text console. Domain ids stay below 2^15, so it never clashes.
-pub const RFB_CONSOLE: u32 = 1 << 31;
+/// What a console record leads to ([`Agent::console_domain`]): a domain and which of its
+/// consoles.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConsoleHandle {
+    /// The domain.
+    pub domid: u32,
+    /// Its graphical (`rfb`) console rather than its text one.
+    pub rfb: bool,
+}
 
 impl Agent {
     /// This host's ref.
@@ -93,11 +99,10 @@ impl Agent {
             .ok_or_else(|| missing(&r))
     }
 
-    /// The console handle behind a console, for [`Self::console_stream`]: its domain's id for a
-    /// text console, that id with [`RFB_CONSOLE`] set for a graphical (`rfb`) one. Its VM must
-    /// have a domain (running or paused: a client may attach before it unpauses a VM started
+    /// The console handle behind a console, for [`Self::console_stream`]: its domain and
+    /// whether it is the graphical (`rfb`) console. Its VM must have a domain (running or paused: a client may attach before it unpauses a VM started
     /// paused, and so see the whole boot).
-    pub fn console_domain(&self, console: &str) -> Result<u32, ApiError> {
+    pub fn console_domain(&self, console: &str) -> Result<ConsoleHandle, ApiError> {
         let c = self
             .store
             .get(class_ids::console, console)
@@ -117,21 +122,17 @@ impl Agent {
                 actual: state.key_text().to_ascii_lowercase(),
             });
         }
-        let domid = u32::try_from(domid)
-            .ok()
-            .filter(|d| d & RFB_CONSOLE == 0)
-            .ok_or_else(|| ApiError::invalid_value("domid", domid))?;
+        let domid = u32::try_from(domid).map_err(|_| ApiError::invalid_value("domid", domid))?;
         let rfb = c.get(fields::console::protocol) == &enums::ConsoleProtocol::rfb;
-        Ok(if rfb { domid | RFB_CONSOLE } else { domid })
+        Ok(ConsoleHandle { domid, rfb })
     }
 
     /// The console byte stream behind a console handle ([`Self::console_domain`]), from the
     /// backend (on a blocking thread): the domain's text console, or the RFB stream of its
     /// graphical console.
-    pub async fn console_stream(&self, handle: u32) -> Result<ConsoleStream, ApiError> {
+    pub async fn console_stream(&self, handle: ConsoleHandle) -> Result<ConsoleStream, ApiError> {
         let hv = self.hypervisor.clone();
-        let domid = handle & !RFB_CONSOLE;
-        let rfb = handle & RFB_CONSOLE != 0;
+        let ConsoleHandle { domid, rfb } = handle;
         let open = move || {
             if rfb {
                 hv.vnc_stream(domid)

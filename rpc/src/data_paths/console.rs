@@ -19,7 +19,12 @@ use tokio::io::unix::AsyncFd;
 /// The console named by `ref` (a console, or a VM's first console) or `uuid`, and its domain.
 /// A control domain's console also needs the `…/host_console` permission of the action, as
 /// in the reference.
-fn domid_of(agent: &Agent, req: &HttpRequest, auth: &Auth, action: &str) -> Result<u32, DataPathError> {
+fn domid_of(
+    agent: &Agent,
+    req: &HttpRequest,
+    auth: &Auth,
+    action: &str,
+) -> Result<agent::ConsoleHandle, DataPathError> {
     let (r, u) = (param(req, "ref"), param(req, "uuid"));
     if r.is_none() && u.is_none() {
         return Err(DataPathError::BadRequest(ApiError::internal(
@@ -83,7 +88,7 @@ pub(super) async fn connect(req: HttpRequest, body: web::Payload, agent: web::Da
         Ok(fd) => Arc::new(fd),
         Err(e) => return DataPathError::Failed(ApiError::internal(e)).response(),
     };
-    tracing::info!(domid, websocket, "console connected");
+    tracing::info!(domid = domid.domid, rfb = domid.rfb, websocket, "console connected");
     if websocket {
         return super::websocket::serve(&req, body, fd);
     }
