@@ -62,31 +62,36 @@ def xl_info(serial_log: str) -> dict:
     return facts
 
 
+def open_connect(url: str, location: str, session_ref: str, timeout: int):
+    """Opens a console location with HTTP CONNECT over TLS: (socket, status line, bytes read
+    past the reply head)."""
+    u = urllib.parse.urlsplit(url)
+    loc = urllib.parse.urlsplit(location)
+    # The location names the host as dom0 sees it; the path and query are what matter.
+    target = f"{loc.path}?{loc.query}&session_id={session_ref}"
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    raw = socket.create_connection((u.hostname, u.port), timeout=timeout)
+    sock = ctx.wrap_socket(raw, server_hostname=u.hostname)
+    sock.sendall(f"CONNECT {target} HTTP/1.0\r\n\r\n".encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = sock.recv(4096)
+        if not chunk:
+            raise Failed(f"connection to {target} closed during the reply head: {head!r}")
+        head += chunk
+    head, rest = head.split(b"\r\n\r\n", 1)
+    return sock, head.split(b"\r\n", 1)[0].decode("latin-1"), rest
+
+
 class Console:
     """A guest's text console through xapid: HTTP CONNECT over TLS."""
 
     def __init__(self, url: str, location: str, session_ref: str):
-        u = urllib.parse.urlsplit(url)
-        loc = urllib.parse.urlsplit(location)
-        # The location names the host as dom0 sees it; the path and query are what matter.
-        target = f"{loc.path}?{loc.query}&session_id={session_ref}"
-        ctx = ssl.create_default_context()
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-        raw = socket.create_connection((u.hostname, u.port), timeout=30)
-        self.sock = ctx.wrap_socket(raw, server_hostname=u.hostname)
-        self.sock.sendall(f"CONNECT {target} HTTP/1.0\r\n\r\n".encode())
-        head = b""
-        while b"\r\n\r\n" not in head:
-            chunk = self.sock.recv(4096)
-            if not chunk:
-                raise Failed(f"console connection closed during the reply head: {head!r}")
-            head += chunk
-        head, rest = head.split(b"\r\n\r\n", 1)
-        status = head.split(b"\r\n", 1)[0].decode("latin-1")
-        if " 200" not in status:
-            raise Failed(f"CONNECT {target}: {status}")
-        self.status = status
+        self.sock, self.status, rest = open_connect(url, location, session_ref, 30)
+        if " 200" not in self.status:
+            raise Failed(f"CONNECT {location}: {self.status}")
         self.buf = bytearray(rest)
         self.lock = threading.Lock()
         self.closed = False
@@ -123,23 +128,7 @@ class RawConnect:
     """A console location opened with HTTP CONNECT over TLS, read and written as raw bytes."""
 
     def __init__(self, url: str, location: str, session_ref: str):
-        u = urllib.parse.urlsplit(url)
-        loc = urllib.parse.urlsplit(location)
-        target = f"{loc.path}?{loc.query}&session_id={session_ref}"
-        ctx = ssl.create_default_context()
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-        raw = socket.create_connection((u.hostname, u.port), timeout=60)
-        self.sock = ctx.wrap_socket(raw, server_hostname=u.hostname)
-        self.sock.sendall(f"CONNECT {target} HTTP/1.0\r\n\r\n".encode())
-        head = b""
-        while b"\r\n\r\n" not in head:
-            chunk = self.sock.recv(4096)
-            if not chunk:
-                raise Failed(f"connection closed during the reply head: {head!r}")
-            head += chunk
-        head, self.buf = head.split(b"\r\n\r\n", 1)
-        self.status = head.split(b"\r\n", 1)[0].decode("latin-1")
+        self.sock, self.status, self.buf = open_connect(url, location, session_ref, 60)
         if " 200" not in self.status:
             raise Failed(f"CONNECT {target}: {self.status}")
 

@@ -76,8 +76,8 @@ fn net_device(agent: &Agent, vif: &Object) -> Result<NetDevice, ApiError> {
     })
 }
 
-/// The VBDs and VIFs of a VM as devices, in position order (an HVM guest's device model
-/// emulates them).
+/// The VBDs and VIFs of a VM as devices, in position order (what a PV guest's backends serve
+/// and an HVM guest's device model emulates).
 pub fn emulated(agent: &Agent, vm: &Object) -> Result<(Vec<BlockDevice>, Vec<NetDevice>), ApiError> {
     let mut blocks = Vec::new();
     for r in vm.get(fields::VM::VBDs).as_set() {
@@ -98,18 +98,7 @@ pub fn emulated(agent: &Agent, vm: &Object) -> Result<(Vec<BlockDevice>, Vec<Net
 
 /// Plugs every VBD and VIF of a VM into its new domain; on failure unplugs what it plugged.
 pub async fn attach_all(agent: &Arc<Agent>, vm: &Object, domid: DomId) -> Result<(), ApiError> {
-    let mut blocks = Vec::new();
-    for r in vm.get(fields::VM::VBDs).as_set() {
-        if let Some(vbd) = r.as_ref_str().and_then(|r| agent.store.get(class_ids::VBD, r)) {
-            blocks.push(block_device(agent, &vbd)?);
-        }
-    }
-    let mut nets = Vec::new();
-    for r in vm.get(fields::VM::VIFs).as_set() {
-        if let Some(vif) = r.as_ref_str().and_then(|r| agent.store.get(class_ids::VIF, r)) {
-            nets.push(net_device(agent, &vif)?);
-        }
-    }
+    let (blocks, nets) = emulated(agent, vm)?;
     let hv = agent.hypervisor.clone();
     blocking_for(agent, &vm.reference, move || {
         for b in &blocks {
