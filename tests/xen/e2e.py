@@ -130,7 +130,7 @@ class RawConnect:
     def __init__(self, url: str, location: str, session_ref: str):
         self.sock, self.status, self.buf = open_connect(url, location, session_ref, 60)
         if " 200" not in self.status:
-            raise Failed(f"CONNECT {target}: {self.status}")
+            raise Failed(f"CONNECT {location}: {self.status}")
 
     def read(self, n: int) -> bytes:
         while len(self.buf) < n:
