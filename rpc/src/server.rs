@@ -163,7 +163,8 @@ where
         Error = actix_web::Error,
     >,
 {
-    let old = req.version() < actix_web::http::Version::HTTP_11;
+    // A CONNECT tunnel (the console) is left as actix frames it.
+    let old = req.version() < actix_web::http::Version::HTTP_11 && req.method() != actix_web::http::Method::CONNECT;
     let reply = srv.call(req);
     async move {
         let mut res = reply.await?;

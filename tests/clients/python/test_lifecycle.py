@@ -98,18 +98,19 @@ def check_vm(xapi, vm: str, state: str) -> dict:
         assert isinstance(m["start_time"], xmlrpc_datetime), m["start_time"]
         assert not is_epoch(m["start_time"]), f"{where}: start_time {m['start_time']}"
 
-    # consoles: one vt100 console while the domain exists
-    consoles = [xapi.console.get_record(c) for c in rec["consoles"]]
+    # consoles while the domain exists: one vt100 console, and for an HVM guest one rfb
+    # console (its device model's VNC) too, as the reference has them
+    consoles = {c: xapi.console.get_record(c) for c in rec["consoles"]}
     if live:
-        assert len(consoles) == 1, f"{where}: consoles {consoles}"
-        c = consoles[0]
-        assert c["protocol"] == "vt100", c
-        assert c["VM"] == vm, c
-        # The reference's form: https://<host address>/console?ref=<console ref>.
+        want = ["rfb", "vt100"] if rec["domain_type"] == "hvm" else ["vt100"]
+        assert sorted(c["protocol"] for c in consoles.values()) == want, f"{where}: consoles {consoles}"
         host_address = xapi.host.get_address(xapi.VM.get_resident_on(vm))
-        assert c["location"] == f"https://{host_address}/console?ref={rec['consoles'][0]}", c["location"]
+        for ref, c in consoles.items():
+            assert c["VM"] == vm, c
+            # The reference's form: https://<host address>/console?ref=<console ref>.
+            assert c["location"] == f"https://{host_address}/console?ref={ref}", c["location"]
     else:
-        assert consoles == [], f"{where}: consoles {consoles}"
+        assert consoles == {}, f"{where}: consoles {consoles}"
 
     # devices
     for vif in rec["VIFs"]:
