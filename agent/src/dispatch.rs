@@ -140,18 +140,10 @@ pub async fn call(agent: &Arc<Agent>, ctx: &CallCtx, method: &str, params: &[Jso
                 method: method.to_owned(),
             });
         }
-        let pending = pending_record(agent, &c);
-        if let Some(caller) = &caller {
-            if let Err(e) = rbac::authorize(agent, caller, &c) {
-                record(agent, pending, audit::Outcome::Denied);
-                return Err(e);
-            }
-        }
-        if let Some(host) = crate::pool::forward::target(agent, &c) {
-            let out = crate::pool::forward::forward(agent, &host, &c, method, params).await;
-            record_result(agent, pending, &out);
-            return out;
-        }
+        let pending = match admit(agent, caller.as_ref(), &c, method, params).await {
+            Ok(p) => p,
+            Err(answer) => return answer,
+        };
         let Some(handler) = table.handler(c.id) else {
             let e = ApiError::not_implemented(&c.wire_name());
             record(agent, pending, audit::Outcome::Error(&e));
@@ -164,19 +156,10 @@ pub async fn call(agent: &Arc<Agent>, ctx: &CallCtx, method: &str, params: &[Jso
         return Ok(task);
     }
     let (c, caller) = typed(agent, method, params)?;
-    let pending = pending_record(agent, &c);
-    if let Some(caller) = &caller {
-        if let Err(e) = rbac::authorize(agent, caller, &c) {
-            record(agent, pending, audit::Outcome::Denied);
-            return Err(e);
-        }
-    }
-    // A call that must run on another host of the pool is sent there (`pool::forward`).
-    if let Some(host) = crate::pool::forward::target(agent, &c) {
-        let out = crate::pool::forward::forward(agent, &host, &c, method, params).await;
-        record_result(agent, pending, &out);
-        return out;
-    }
+    let pending = match admit(agent, caller.as_ref(), &c, method, params).await {
+        Ok(p) => p,
+        Err(answer) => return answer,
+    };
     let creates_task = rbac::check::creates_task(&c);
     let destroyed_task = rbac::check::destroys_task(&c).map(str::to_owned);
     let login =
@@ -207,6 +190,32 @@ pub async fn call(agent: &Arc<Agent>, ctx: &CallCtx, method: &str, params: &[Jso
 }
 
 /// The audit record a call by a session will leave, if its message is recorded.
+/// What every call (plain or `Async.`) passes before it runs on this host: its audit record is
+/// opened, the caller's roles are checked, and a call that must run on another host of the
+/// pool is sent there (`pool::forward`). `Err` is the call's whole answer (the refusal, or the
+/// other host's reply), already in the audit trail; `Ok` hands back the open audit record.
+async fn admit(
+    agent: &Arc<Agent>,
+    caller: Option<&Caller>,
+    c: &Call,
+    method: &str,
+    params: &[Json],
+) -> Result<Option<audit::Pending>, Result<Value, ApiError>> {
+    let pending = pending_record(agent, c);
+    if let Some(caller) = caller {
+        if let Err(e) = rbac::authorize(agent, caller, c) {
+            record(agent, pending, audit::Outcome::Denied);
+            return Err(Err(e));
+        }
+    }
+    if let Some(host) = crate::pool::forward::target(agent, c) {
+        let out = crate::pool::forward::forward(agent, &host, c, method, params).await;
+        record_result(agent, pending, &out);
+        return Err(out);
+    }
+    Ok(pending)
+}
+
 fn pending_record(agent: &Agent, c: &Call) -> Option<audit::Pending> {
     let s = c.session.as_deref()?;
     agent.audit.pending_call(&agent.store, s, c)
