@@ -19,6 +19,9 @@ pub struct CallCtx {
     pub trusted_root: bool,
     /// The task this call runs under, for `Async.*` calls.
     pub task: Option<String>,
+    /// The pool secret a call forwarded by another host of the pool carries (the
+    /// `x-xapid-pool-secret` header), if any.
+    pub pool_secret: Option<String>,
 }
 
 /// A call after checking: the message, its typed arguments (session first, where it has one).

@@ -140,7 +140,7 @@ pub async fn call(agent: &Arc<Agent>, ctx: &CallCtx, method: &str, params: &[Jso
                 method: method.to_owned(),
             });
         }
-        let pending = match admit(agent, caller.as_ref(), &c, method, params).await {
+        let pending = match admit(agent, ctx, caller.as_ref(), &c, method, params).await {
             Ok(p) => p,
             Err(answer) => return answer,
         };
@@ -156,7 +156,7 @@ pub async fn call(agent: &Arc<Agent>, ctx: &CallCtx, method: &str, params: &[Jso
         return Ok(task);
     }
     let (c, caller) = typed(agent, method, params)?;
-    let pending = match admit(agent, caller.as_ref(), &c, method, params).await {
+    let pending = match admit(agent, ctx, caller.as_ref(), &c, method, params).await {
         Ok(p) => p,
         Err(answer) => return answer,
     };
@@ -196,6 +196,7 @@ pub async fn call(agent: &Arc<Agent>, ctx: &CallCtx, method: &str, params: &[Jso
 /// other host's reply), already in the audit trail; `Ok` hands back the open audit record.
 async fn admit(
     agent: &Arc<Agent>,
+    ctx: &CallCtx,
     caller: Option<&Caller>,
     c: &Call,
     method: &str,
@@ -208,7 +209,18 @@ async fn admit(
             return Err(Err(e));
         }
     }
-    if let Some(host) = crate::pool::forward::target(agent, c) {
+    // A call another host of the pool forwarded here runs here (it is never sent on), once
+    // its pool secret is good.
+    let forwarded = match ctx.pool_secret.as_deref() {
+        None => false,
+        Some(secret) if crate::pool::secret::accepts(&agent.state_dir, secret) => true,
+        Some(_) => {
+            let e = ApiError::SessionAuthenticationFailed {};
+            record(agent, pending, audit::Outcome::Error(&e));
+            return Err(Err(e));
+        }
+    };
+    if let Some(host) = crate::pool::forward::target(agent, c).filter(|_| !forwarded) {
         let out = crate::pool::forward::forward(agent, &host, c, method, params).await;
         record_result(agent, pending, &out);
         return Err(out);

@@ -40,6 +40,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 pub use call::CallCtx;
+/// The HTTP header a call forwarded by another host of the pool carries the pool secret in.
+pub use pool::secret::HEADER as POOL_SECRET_HEADER;
+/// The port the hosts of a pool call each other's HTTPS on.
+pub use host::certificates::POOL_HTTPS_PORT;
 pub use dispatch::{call, method_list};
 
 /// The hasher of the daemon's lookups by text on hot paths (refs, uuids, field and message
@@ -121,6 +125,15 @@ pub struct Agent {
     pub(crate) audit: audit::AuditLog,
 }
 
+/// Installs rustls' process-wide crypto provider (ring, as everywhere in this daemon), which
+/// reqwest's clients need; done once, a second install being refused harmlessly.
+pub fn ensure_tls_provider() {
+    static PROVIDER: std::sync::Once = std::sync::Once::new();
+    PROVIDER.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
 impl Agent {
     /// The store, for tests outside this crate that set up states no API call makes (a
     /// domain the backend runs but no VM started). Not for the transport.
@@ -133,6 +146,12 @@ impl Agent {
     /// for the HTTP server to rebind its listeners (not done yet: docs/networking.md).
     pub fn management_changes(&self) -> tokio::sync::watch::Receiver<network::management::Management> {
         self.network.management()
+    }
+
+    /// Publishes the certificate this host serves HTTPS with on the pool's port (443) as its
+    /// `Certificate` record, which the other hosts of a pool pin; `None`: it serves none there.
+    pub async fn publish_https_certificate(&self, pem_file: Option<&std::path::Path>) -> Result<(), ApiError> {
+        host::certificates::publish(self, pem_file).await
     }
 
     /// Where a client connects to a console, in the reference's form
@@ -191,6 +210,7 @@ impl Agent {
             .map_err(AgentError::FirstBoot)?;
         lifecycle::reconcile::follow_backend(&agent).map_err(AgentError::FirstBoot)?;
         metrics::start(&agent);
+        pool::liveness::start(&agent);
         Ok(agent)
     }
 }

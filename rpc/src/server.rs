@@ -63,6 +63,11 @@ fn ctx_of(req: &HttpRequest) -> CallCtx {
     CallCtx {
         trusted_root: req.conn_data::<PeerUid>().is_some_and(|p| p.0 == 0),
         task: None,
+        pool_secret: req
+            .headers()
+            .get(agent::POOL_SECRET_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
     }
 }
 

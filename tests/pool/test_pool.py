@@ -1,9 +1,10 @@
 """A pool of xapid hosts driven by XenAPI.py, as a user would build one.
 
-N standalone daemons (XAPID_POOL_HOSTS, default 4) with the simulator, each on 127.0.0.<i+2>:80
-with its own state dir; the first becomes the master. The tests run in file order and share
-the hosts: refusals first, then the joins, what the master and the members see, events from
-writes on every host, HOST_IS_SLAVE, eject and rejoin.
+N standalone daemons (XAPID_POOL_HOSTS, default 4) with the simulator, each on 127.0.0.<i+2>
+(HTTP on 80, HTTPS on 443) with its own state dir; the first becomes the master. The tests run
+in file order and share the hosts: refusals first, then the joins, what the master and the
+members see, events from writes on every host, HOST_IS_SLAVE, eject and rejoin, host-to-host
+HTTPS and the pool secret with its rotation, and last a dead member destroyed.
 """
 from __future__ import annotations
 
@@ -15,6 +16,11 @@ import subprocess
 import tempfile
 import threading
 import time
+
+import hashlib
+import ssl
+import urllib.request
+import xmlrpc.client
 
 import pytest
 import XenAPI
@@ -42,6 +48,7 @@ class Host:
 
     def start(self, env: dict | None = None) -> None:
         cmd = [os.environ["XAPID_BIN"], "--listen", f"{self.address}:80",
+               "--tls-listen", f"{self.address}:443",
                "--socket", os.path.join(self.dir, "xapi.sock"),
                "--state-dir", self.state, "--backend", "simulator",
                "--root-password-file", self.pwfile]
@@ -80,6 +87,10 @@ class Host:
         s = XenAPI.Session(self.url)
         s.login_with_password("root", PASSWORD, "1.0", "pool-test")
         return s
+
+    def secret(self) -> str:
+        with open(os.path.join(self.state, "pool-secret")) as f:
+            return f.read().strip()
 
     def local_session(self) -> XenAPI.Session:
         s = XenAPI.Session(self.url)
@@ -282,6 +293,61 @@ def test_calls_about_another_host_run_there(hosts):
     assert m.VM.get_possible_hosts(disk) == [by_addr[hosts[0].address]]
 
 
+def test_a_disabled_host_takes_no_new_vm(hosts):
+    m = hosts[0].session().xenapi
+    by_addr = {r["address"]: ref for ref, r in m.host.get_all_records().items()}
+    member = by_addr[hosts[2].address]
+    vm = m.VM.get_by_name_label("vm-on-host1")[0]
+    m.VM.hard_shutdown(vm)
+    m.VM.set_affinity(vm, member)
+    m.host.disable(member)
+    try:
+        assert m.host.get_enabled(member) is False
+        assert failure(m.VM.assert_can_boot_here, vm, member) == ["HOST_DISABLED", member]
+        assert failure(m.VM.start_on, vm, member, False, False) == ["HOST_DISABLED", member]
+        assert member not in m.VM.get_possible_hosts(vm)
+        # VM.start passes over it, affinity or not.
+        m.VM.start(vm, False, False)
+        assert m.VM.get_resident_on(vm) not in ("OpaqueRef:NULL", member)
+        m.VM.hard_shutdown(vm)
+    finally:
+        m.host.enable(member)
+    assert m.host.get_enabled(member) is True
+    m.VM.start(vm, False, False)
+    assert m.VM.get_resident_on(vm) == member
+    m.VM.hard_shutdown(vm)
+    m.VM.set_affinity(vm, by_addr[hosts[1].address])
+    m.VM.start(vm, False, False)
+    assert m.VM.get_resident_on(vm) == by_addr[hosts[1].address]
+
+
+def test_a_shared_sr_is_seen_by_every_host(hosts):
+    m = hosts[0].session().xenapi
+    by_addr = {r["address"]: ref for ref, r in m.host.get_all_records().items()}
+    where = os.path.join(os.path.dirname(hosts[0].dir), "shared-sr")
+    # Made through the master, named for a member: the member runs it.
+    sr = m.SR.create(by_addr[hosts[1].address], {"location": where}, "0", "shared-sr", "", "file", "user",
+                     True, {})
+    assert m.SR.get_shared(sr) is True
+    pbds = [m.PBD.get_record(p) for p in m.SR.get_PBDs(sr)]
+    assert sorted(p["host"] for p in pbds) == sorted(by_addr.values())
+    assert all(p["currently_attached"] and p["device_config"] == {"location": where} for p in pbds)
+    # A VM whose disk is on it can start on any host.
+    vdi = m.VDI.create({"name_label": "on-shared", "name_description": "", "SR": sr, "virtual_size": str(4 << 20),
+                        "type": "user", "sharable": False, "read_only": False, "other_config": {}})
+    t = m.VM.get_by_name_label("Debian Bookworm 12")[0]
+    vm = m.VM.clone(t, "disk-on-shared")
+    m.VM.remove_from_other_config(vm, "disks")
+    m.VM.set_is_a_template(vm, False)
+    m.VM.set_memory_limits(vm, 128 << 20, 128 << 20, 128 << 20, 128 << 20)
+    m.VBD.create({"VM": vm, "VDI": vdi, "userdevice": "0", "bootable": True, "mode": "RW", "type": "Disk",
+                  "empty": False, "other_config": {}, "qos_algorithm_type": "", "qos_algorithm_params": {}})
+    assert set(m.VM.get_possible_hosts(vm)) == set(by_addr.values())
+    m.VM.start_on(vm, by_addr[hosts[2].address], False, False)
+    assert m.VM.get_resident_on(vm) == by_addr[hosts[2].address]
+    m.VM.hard_shutdown(vm)
+
+
 def test_xen_orchestra_client_follows_host_is_slave_and_sees_the_pool(hosts):
     """Xen Orchestra's xen-api client, pointed at a member: it must end up on the master, see
     every host and VM, and get the event of a write made through another member."""
@@ -379,9 +445,15 @@ def test_eject_and_rejoin(hosts):
         time.sleep(0.2)
     assert alone.host.get_address(alone.host.get_all()[0]) == last.address
     assert not os.path.exists(os.path.join(last.state, "pool-store.json"))
-    # And it joins again.
+    sr = m.SR.get_by_name_label("shared-sr")[0]
+    assert len(m.SR.get_PBDs(sr)) == N - 1, "the ejected host's PBD of the shared SR went with it"
+    # And it joins again, and sees the pool's shared SR.
     alone.pool.join(master.address, "root", PASSWORD)
     assert len(m.host.get_all()) == N
+    rejoined = [r for r, v in m.host.get_all_records().items() if v["address"] == last.address][0]
+    pbds = [m.PBD.get_record(p) for p in m.SR.get_PBDs(sr)]
+    assert sorted(p["host"] for p in pbds) == sorted(m.host.get_all())
+    assert [p["currently_attached"] for p in pbds if p["host"] == rejoined] == [True]
     d = failure(XenAPI.Session(last.url).xenapi.login_with_password, "root", PASSWORD, "1.0", "t")
     assert d == ["HOST_IS_SLAVE", master.address]
 
@@ -403,3 +475,120 @@ def test_a_member_restarted_is_still_in_the_pool(hosts):
     assert m.VM.get_power_state(mine) == "Halted"
     assert m.VM.get_power_state(on_master) == "Running"
     assert m.VM.get_resident_on(on_master) == m.pool.get_master(m.pool.get_all()[0])
+
+
+def call_with_secret(h: Host, secret: str, method: str, *params):
+    """A call as another host of the pool forwards it: the pool secret in its header."""
+    body = xmlrpc.client.dumps(params, method).encode()
+    req = urllib.request.Request(h.url + "/", data=body, method="POST",
+                                 headers={"content-type": "text/xml", "x-xapid-pool-secret": secret})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return xmlrpc.client.loads(r.read())[0][0]
+
+
+def test_hosts_call_each_other_over_pinned_https(hosts):
+    """Each host's HTTPS certificate is in the pool database; hosts call each other over HTTPS
+    trusting exactly that certificate, and prove themselves with the pool secret."""
+    m = hosts[0].session().xenapi
+    by_addr = {r["address"]: ref for ref, r in m.host.get_all_records().items()}
+    certs = m.Certificate.get_all_records()
+    for h in hosts:
+        pem = ssl.get_server_certificate((h.address, 443))
+        fp = hashlib.sha256(ssl.PEM_cert_to_DER_cert(pem)).hexdigest().upper()
+        fp = ":".join(fp[i:i + 2] for i in range(0, len(fp), 2))
+        mine = [c for c in certs.values() if c["host"] == by_addr[h.address] and c["type"] == "host"]
+        assert [c["fingerprint"] for c in mine] == [fp], (h.address, mine)
+        assert m.host.get_certificates(by_addr[h.address]) == [r for r, c in certs.items() if c in mine]
+    secrets = {h.secret() for h in hosts}
+    assert len(secrets) == 1 and len(secrets.pop()) == 64
+    for h in hosts:
+        assert os.stat(os.path.join(h.state, "pool-secret")).st_mode & 0o777 == 0o600
+    # The calls forwarded so far went over HTTPS: the master logged its first contact with each.
+    with open(hosts[0].log, errors="replace") as f:
+        log = f.read()
+    assert "go over HTTPS, its certificate pinned" in log
+    # A call claiming to come from a host of the pool with a wrong secret is refused; the right
+    # secret is accepted.
+    s = hosts[0].session()
+    r = call_with_secret(hosts[1], "0" * 64, "host.get_servertime", s._session, by_addr[hosts[1].address])
+    assert r["Status"] == "Failure" and r["ErrorDescription"] == ["SESSION_AUTHENTICATION_FAILED"], r
+    r = call_with_secret(hosts[1], hosts[1].secret(), "host.get_servertime", s._session, by_addr[hosts[1].address])
+    assert r["Status"] == "Success", r
+
+
+def test_rotate_secret(hosts):
+    m = hosts[0].session()
+    x = m.xenapi
+    pool = x.pool.get_all()[0]
+    old = hosts[0].secret()
+    x.pool.rotate_secret()
+    new = {h.secret() for h in hosts}
+    assert len(new) == 1 and old not in new, "every host has the one new secret"
+    new = new.pop()
+    for h in hosts:
+        assert not os.path.exists(os.path.join(h.state, "pool-secret.also-accepted"))
+    assert x.pool.get_is_psr_pending(pool) is False
+    by_addr = {r["address"]: ref for ref, r in x.host.get_all_records().items()}
+    member = by_addr[hosts[1].address]
+    r = call_with_secret(hosts[1], old, "host.get_servertime", m._session, member)
+    assert r["ErrorDescription"] == ["SESSION_AUTHENTICATION_FAILED"], r
+    r = call_with_secret(hosts[1], new, "host.get_servertime", m._session, member)
+    assert r["Status"] == "Success", r
+    # Forwarding works with the new secret.
+    vm = x.VM.get_by_name_label("vm-on-host2")[0]
+    assert x.VM.get_resident_on(vm) == by_addr[hosts[2].address]
+    x.VM.hard_shutdown(vm)
+    x.VM.start_on(vm, by_addr[hosts[2].address], False, False)
+    assert x.VM.get_power_state(vm) == "Running"
+
+
+def test_a_rotation_cut_short_is_finished_by_the_next(hosts):
+    last = hosts[-1]
+    x = hosts[0].session().xenapi
+    pool = x.pool.get_all()[0]
+    ref = [r for r, v in x.host.get_all_records().items() if v["address"] == last.address][0]
+    before = hosts[0].secret()
+    last.stop()
+    try:
+        assert failure(x.pool.rotate_secret) == ["CANNOT_CONTACT_HOST", ref]
+        assert x.pool.get_is_psr_pending(pool) is True
+        assert failure(x.pool.eject, ref) == ["POOL_SECRET_ROTATION_PENDING"]
+    finally:
+        last.start()
+    x.pool.rotate_secret()
+    assert x.pool.get_is_psr_pending(pool) is False
+    secrets = {h.secret() for h in hosts}
+    assert len(secrets) == 1 and before not in secrets
+
+
+def test_destroy_a_dead_member(hosts):
+    master, last = hosts[0], hosts[-1]
+    x = master.session().xenapi
+    by_addr = {r["address"]: ref for ref, r in x.host.get_all_records().items()}
+    dead = by_addr[last.address]
+    assert failure(x.host.destroy, by_addr[master.address]) == ["HOST_IS_LIVE", by_addr[master.address]]
+    assert failure(x.host.destroy, dead) == ["HOST_IS_LIVE", dead]
+    vm = x.VM.get_by_name_label(f"vm-on-host{N - 1}")[0]
+    if x.VM.get_power_state(vm) != "Running":
+        x.VM.start_on(vm, dead, False, False)
+    assert x.VM.get_resident_on(vm) == dead
+    pifs = x.host.get_PIFs(dead)
+    last.proc.kill()
+    last.proc.wait()
+    # Its etcd lease lapses: the master marks it not live, and placement refuses it.
+    metrics = x.host.get_metrics(dead)
+    t0 = time.time()
+    while x.host_metrics.get_live(metrics):
+        assert time.time() - t0 < 30, "the killed host is still marked live after 30 s"
+        time.sleep(0.5)
+    print(f"a killed host was marked not live {time.time() - t0:.1f} s after SIGKILL")
+    other = x.VM.get_by_name_label("vm-on-host0")[0]
+    assert failure(x.VM.assert_can_boot_here, other, dead) == ["HOST_OFFLINE", dead]
+    assert dead not in x.VM.get_possible_hosts(other)
+    assert failure(x.host.destroy, dead) == ["HOST_HAS_RESIDENT_VMS", dead]
+    x.VM.power_state_reset(vm)
+    assert x.VM.get_power_state(vm) == "Halted"
+    x.host.destroy(dead)
+    assert dead not in x.host.get_all() and len(x.host.get_all()) == N - 1
+    assert not set(pifs) & set(x.PIF.get_all())
+    assert failure(x.host.get_address, dead)[0] == "HANDLE_INVALID"

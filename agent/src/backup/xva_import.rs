@@ -420,6 +420,7 @@ pub async fn import_from_url(
         });
     }
     let url = url.to_owned();
+    crate::ensure_tls_provider();
     let open = move || -> Result<reqwest::blocking::Response, BackupError> {
         let resp = reqwest::blocking::Client::builder()
             .timeout(None)

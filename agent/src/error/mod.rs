@@ -396,6 +396,16 @@ api_errors! {
     CannotContactHost { host } => "CANNOT_CONTACT_HOST",
     /// The host is not live.
     HostOffline { host } => "HOST_OFFLINE",
+    /// The host is disabled (`host.disable`): it takes no new VMs.
+    HostDisabled { host } => "HOST_DISABLED",
+    /// `host.destroy`/`declare_dead` of a host that answers (or of this host).
+    HostIsLive { host } => "HOST_IS_LIVE",
+    /// The host still has VMs resident on it.
+    HostHasResidentVms { host } => "HOST_HAS_RESIDENT_VMS",
+    /// Refused while high availability is on.
+    HaIsEnabled {} => "HA_IS_ENABLED",
+    /// A pool secret rotation has not finished: `pool.rotate_secret` again completes it.
+    PoolSecretRotationPending {} => "POOL_SECRET_ROTATION_PENDING",
     /// The VM has a disk on an SR the host cannot see.
     VmRequiresSr { vm, sr } => "VM_REQUIRES_SR",
 }

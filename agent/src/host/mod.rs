@@ -1,6 +1,7 @@
 //! The host and the pool this daemon runs: the messages about them that have behaviour here.
 //!
 //! - `plugins`: `host.call_plugin`, `host.call_extension` (docs/plugins.md);
+//! - `certificates`: this host's `Certificate` record (the HTTPS certificate the pool pins);
 //! - `admin`: logs, debug keys, syslog, the hostname, the server certificate;
 //! - `license`: the one edition;
 //! - `runner`: how helper programs run (bounded time and output, their own process group);
@@ -8,6 +9,7 @@
 //! - `settings`: the environment variables that configure all of this.
 
 pub mod admin;
+pub mod certificates;
 pub mod license;
 pub mod plugins;
 pub mod runner;
@@ -15,7 +17,6 @@ pub mod settings;
 pub mod xmlrpc;
 
 use crate::call::Entry;
-use crate::entry;
 use crate::error::ApiError;
 use crate::schema::class_ids;
 use crate::Agent;
@@ -25,11 +26,6 @@ pub fn behaviour() -> Vec<Entry> {
     let mut v = plugins::behaviour();
     v.extend(admin::behaviour());
     v.extend(license::behaviour());
-    v.push(entry!(class_ids::host, "destroy", |_agent, _, _c| {
-        Err(ApiError::not_allowed(
-            "the host cannot be destroyed while this daemon runs it",
-        ))
-    }));
     v
 }
 

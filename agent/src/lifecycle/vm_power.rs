@@ -220,12 +220,18 @@ pub fn boot_disk(agent: &Agent, vm: &Object) -> Result<Option<PathBuf>, ApiError
 /// Carries out a VM operation (in the VM's actor).
 pub async fn perform(agent: &Arc<Agent>, vm: &str, message: &str, args: &[Value]) -> Result<Value, ApiError> {
     match message {
-        "start" => start(agent, vm, bool_arg(args, 0)).await.map(|_| Value::None),
+        "start" => {
+            refuse_if_disabled(agent)?;
+            start(agent, vm, bool_arg(args, 0)).await.map(|_| Value::None)
+        }
         "start_on" => {
             let host = args.first().and_then(Value::as_str).unwrap_or("");
             if host != agent.host {
+                // Not forwarded: that host is not live (or not there); placement says why.
+                crate::pool::placement::check(agent, &vm_of(agent, vm)?, host, true)?;
                 return Err(ApiError::handle_invalid("host", host));
             }
+            refuse_if_disabled(agent)?;
             start(agent, vm, bool_arg(args, 1)).await.map(|_| Value::None)
         }
         "pause" => pause(agent, vm, true).await,
@@ -825,6 +831,17 @@ pub async fn query(agent: &Arc<Agent>, vm: &str, message: &str, args: &[Value]) 
     }
 }
 
+/// `HOST_DISABLED [this host]` while `host.disable` holds it.
+fn refuse_if_disabled(agent: &Agent) -> Result<(), ApiError> {
+    if crate::pool::maintenance::is_enabled(agent, &agent.host) {
+        Ok(())
+    } else {
+        Err(ApiError::HostDisabled {
+            host: agent.host.clone(),
+        })
+    }
+}
+
 async fn assert_can_boot_here(agent: &Arc<Agent>, vm: &Object, host: &str) -> Result<(), ApiError> {
     if host != agent.host {
         // Another host of the pool (the call is forwarded there when it is reachable).
@@ -833,6 +850,7 @@ async fn assert_can_boot_here(agent: &Arc<Agent>, vm: &Object, host: &str) -> Re
     if agent.store.is_pooled() {
         crate::pool::placement::check(agent, vm, host, false)?;
     }
+    refuse_if_disabled(agent)?;
     let cfg = domain_config(vm)?;
     let hv = agent.hypervisor.clone();
     let free = blocking(agent, move || hv.memory_free()).await?;

@@ -1,5 +1,5 @@
 //! What a host takes with it from one database into another (joining a pool, or leaving one):
-//! its host record and what is its own alone (metrics, CPUs, PIFs, local SRs with their PBDs
+//! its host record and what is its own alone (metrics, CPUs, certificates, PIFs, local SRs with their PBDs
 //! and VDIs, its control domain), as xapi keeps them on a join. Its other VMs, templates and
 //! objects are left behind.
 
@@ -35,6 +35,12 @@ pub fn collect(store: &Store, me: &str) -> Vec<Arc<Object>> {
     for cpu in store.all(class_ids::host_cpu) {
         if cpu.get(fields::host_cpu::host).as_ref_str() == Some(me) {
             push(Some(cpu));
+        }
+    }
+    // Its HTTPS certificate, which the other hosts pin.
+    for cert in store.all(class_ids::Certificate) {
+        if cert.get(fields::Certificate::host).as_ref_str() == Some(me) {
+            push(Some(cert));
         }
     }
     for pif in store.all(class_ids::PIF) {

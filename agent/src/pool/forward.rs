@@ -1,7 +1,9 @@
 //! Forwarding: a call that must run on another host of the pool is carried out by that host's
 //! xapid. One table says, per message, which host must run it ([`RULES`]); dispatch asks
 //! [`target`] before running any call and, for another host, sends it there ([`forward`]) with
-//! the caller's session (sessions are in the pool database, valid on every host).
+//! the caller's session (sessions are in the pool database, valid on every host), over HTTPS
+//! to that host's pinned certificate with the pool secret, which tells the host to run the
+//! call itself rather than send it on (or over HTTP where the host serves no HTTPS).
 
 use super::remote::Remote;
 use crate::call::Call;
@@ -43,6 +45,7 @@ pub const RULES: &[(ClassId, &str, Runs)] = &[
     (class_ids::VM, "set_memory_dynamic_range", Runs::ResidentOf(0)),
     (class_ids::VM, "set_memory_target_live", Runs::ResidentOf(0)),
     (class_ids::VM, "assert_can_boot_here", Runs::Host(1)),
+    (class_ids::SR, "create", Runs::Host(0)),
 ];
 
 /// `host.*` messages about a host that the host receiving them carries out (records kept in
@@ -68,6 +71,8 @@ pub fn target(agent: &Agent, c: &Call) -> Option<String> {
     }
     let arg_ref = |i: usize| c.args.get(i).and_then(|v| v.as_ref_str().map(str::to_owned));
     let host = match rule(c.class, c.message)? {
+        // A VM call naming a host that is not live runs here: its checks answer HOST_OFFLINE.
+        Runs::Host(i) if c.class == class_ids::VM => arg_ref(i).filter(|h| super::placement::is_live(agent, h)),
         Runs::Host(i) => arg_ref(i),
         Runs::ResidentOf(i) => arg_ref(i)
             .and_then(|vm| agent.store.get(class_ids::VM, &vm))
@@ -81,13 +86,9 @@ pub fn target(agent: &Agent, c: &Call) -> Option<String> {
 
 /// Sends `method` with the caller's own `params` to `host` and answers with its reply.
 pub async fn forward(agent: &Agent, host: &str, c: &Call, method: &str, params: &[Json]) -> Result<Value, ApiError> {
-    let address = agent
-        .store
-        .get(class_ids::host, host)
-        .and_then(|h| h.get(fields::host::address).as_str().map(str::to_owned))
-        .unwrap_or_default();
-    tracing::debug!(method, host, %address, "forwarding to the host that must run it");
-    let reply = Remote::new(&address)?.call(method, params).await.map_err(|e| match e {
+    let remote = Remote::to_host(agent, host)?;
+    tracing::debug!(method, host, tls = remote.is_tls(), "forwarding to the host that must run it");
+    let reply = remote.call(method, params).await.map_err(|e| match e {
         super::remote::RemoteError::Connect(..) | super::remote::RemoteError::Http(..) => {
             ApiError::CannotContactHost { host: host.to_owned() }
         }

@@ -64,6 +64,7 @@ fn join_error(e: RemoteError) -> ApiError {
 
 /// `pool.join` / `pool.join_force` on the joining host.
 pub async fn join(agent: &Arc<Agent>, c: &Call, force: bool) -> Result<Value, ApiError> {
+    super::rotate::refuse_while_pending(agent)?;
     let (address, user, password) = (c.str_arg(0).to_owned(), c.str_arg(1), c.str_arg(2));
     let remote = Remote::new(&address)?;
     let session = remote
@@ -140,7 +141,7 @@ async fn join_with(
         )
         .await
         .map_err(join_error)?;
-    let cfg: EtcdConfig = serde_json::from_str(&cfg)
+    let Grant { etcd: cfg, secret } = serde_json::from_str(&cfg)
         .map_err(|e| ApiError::internal(format!("the master's pool database settings are unreadable: {e}")))?;
     let carried = carry::collect(&agent.store, &agent.host);
     tracing::info!(master = %address, objects = carried.len(), "joining the pool: adopting its database");
@@ -149,8 +150,21 @@ async fn join_with(
         .switch_to_pool(&agent.state_dir, &cfg, false)
         .await
         .map_err(store_error)?;
+    super::secret::install(&agent.state_dir, &secret).map_err(ApiError::internal)?;
     let store = &agent.store;
     store.write(|tx| carry::write(tx, store, &carried)).await?;
+    // The pool's shared SRs: a PBD of each for this host.
+    let shared = crate::storage::pbds_for_new_host(agent, &agent.host);
+    if !shared.is_empty() {
+        store
+            .write(|tx| {
+                for pbd in &shared {
+                    crate::objects::create(tx, pbd.clone())?;
+                }
+                Ok(())
+            })
+            .await?;
+    }
     let pool_ref = store
         .all(class_ids::pool)
         .first()
@@ -201,6 +215,7 @@ fn pre_join_checks(agent: &Agent, master_uuid: &str) -> Result<(), ApiError> {
 /// database into etcd if it is not there yet and adding the joiner as a member.
 pub async fn prepare_join(agent: &Arc<Agent>, joiner: &str, address: &str) -> Result<Value, ApiError> {
     require_master(agent)?;
+    super::rotate::refuse_while_pending(agent)?;
     if joiner.is_empty() || address.is_empty() {
         return Err(ApiError::invalid_value("address", address));
     }
@@ -251,14 +266,23 @@ pub async fn prepare_join(agent: &Arc<Agent>, joiner: &str, address: &str) -> Re
             new_cluster: false,
         });
     }
-    let json = serde_json::to_string(&cfg).map_err(ApiError::internal)?;
+    let secret = super::secret::ensure(&agent.state_dir).map_err(ApiError::internal)?;
+    let json = serde_json::to_string(&Grant { etcd: cfg, secret }).map_err(ApiError::internal)?;
     Ok(Value::str(json))
+}
+
+/// What the master hands a joining host: the pool database's settings and the pool secret.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Grant {
+    etcd: EtcdConfig,
+    secret: String,
 }
 
 /// `pool.eject(host)` on the master: the host leaves (its own database from now on, fresh),
 /// and its records leave the pool database.
 pub async fn eject(agent: &Arc<Agent>, c: &Call) -> Result<Value, ApiError> {
     require_master(agent)?;
+    super::rotate::refuse_while_pending(agent)?;
     let host = c.ref_arg(0)?.to_owned();
     let record = agent
         .store
@@ -279,24 +303,49 @@ pub async fn eject(agent: &Arc<Agent>, c: &Call) -> Result<Value, ApiError> {
     }
     let address = record.get(fields::host::address).as_str().unwrap_or("").to_owned();
     let name = record.uuid().unwrap_or("").to_owned();
-    let remote = Remote::new(&address)?;
-    let left = remote
-        .call(&format!("{}leave", super::PRIVATE_PREFIX), &[json!(c.session_ref())])
-        .await;
+    let left = match Remote::to_host(agent, &host) {
+        Ok(remote) => remote.private("leave", c.session_ref(), &[]).await.map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
     if let Err(e) = left {
         tracing::warn!(error = %e, host = %host, "the ejected host did not answer; removing its records anyway");
     }
-    // Its etcd member, if it still is one.
+    remove_etcd_member(agent, &name, &address).await?;
+    remove_own_records(agent, &host).await?;
+    Ok(Value::None)
+}
+
+/// Removes the etcd member of the host named `name` at `address`, if it still is one.
+pub(super) async fn remove_etcd_member(agent: &Agent, name: &str, address: &str) -> Result<(), ApiError> {
     if let Ok(members) = agent.store.pool_members().await {
-        let peer = url(&address, PEER_PORT);
+        let peer = url(address, PEER_PORT);
         for m in members.iter().filter(|m| m.name == name || m.peer_urls.contains(&peer)) {
             agent.store.remove_pool_member(m.id).await.map_err(store_error)?;
         }
     }
-    let own = carry::collect(&agent.store, &host);
+    Ok(())
+}
+
+/// Removes a host's own records (those it would carry away) from the pool database; the
+/// networks stay, being the pool's.
+pub(super) async fn remove_own_records(agent: &Agent, host: &str) -> Result<(), ApiError> {
+    let own = carry::collect(&agent.store, host);
+    // Its PBDs of the pool's shared SRs (the SRs stay with the pool).
+    let shared_pbds: Vec<String> = agent
+        .store
+        .all(class_ids::PBD)
+        .into_iter()
+        .filter(|p| p.get(fields::PBD::host).as_ref_str() == Some(host))
+        .map(|p| p.reference.clone())
+        .collect();
     agent
         .store
         .write(|tx| {
+            for p in &shared_pbds {
+                if tx.get(class_ids::PBD, p).is_some() {
+                    crate::objects::destroy(tx, class_ids::PBD, p)?;
+                }
+            }
             // Networks are the pool's: other hosts' PIFs are on them too.
             for o in own.iter().rev().filter(|o| o.class != class_ids::network) {
                 if tx.get(o.class, &o.reference).is_some() {
@@ -305,8 +354,7 @@ pub async fn eject(agent: &Arc<Agent>, c: &Call) -> Result<Value, ApiError> {
             }
             Ok(())
         })
-        .await?;
-    Ok(Value::None)
+        .await
 }
 
 /// `xapid.pool.leave(session)` on the host being ejected: it takes its own objects into a
@@ -366,6 +414,9 @@ async fn become_standalone(agent: &Arc<Agent>, carried: &[Arc<crate::value::Obje
         })
         .await?;
     *agent.pool.write() = pool;
+    if let Err(e) = super::secret::forget(&agent.state_dir) {
+        tracing::warn!(error = %e, "the pool secret of the pool left could not be removed");
+    }
     crate::rbac::ensure_roles(store).await?;
     tracing::info!("left the pool: this host is alone again, on a fresh database");
     Ok(())

@@ -4,14 +4,21 @@
 //! calls ([`remote`]).
 //!
 //! Host-to-host steps that are no XenAPI message travel as private XML-RPC methods named
-//! `xapid.pool.*` (never listed by `system.listMethods`), with a session of the host they
-//! are sent to: [`private_call`].
+//! `xapid.pool.*` (never listed by `system.listMethods`), proven by the pool secret
+//! ([`secret`]) over HTTPS to the pinned certificate of the host they are sent to, or by a
+//! session where that host serves no HTTPS: [`private_call`].
 
 mod carry;
+mod dead_host;
 pub mod forward;
 mod join;
+pub mod liveness;
+pub mod maintenance;
+mod pinned_tls;
 pub mod placement;
 pub mod remote;
+mod rotate;
+pub mod secret;
 
 use crate::call::{CallCtx, Entry};
 use crate::entry;
@@ -24,7 +31,8 @@ use std::sync::Arc;
 
 /// The `pool` messages carried out here.
 pub fn behaviour() -> Vec<Entry> {
-    vec![
+    let mut v = maintenance::behaviour();
+    v.extend([
         entry!(class_ids::pool, "join", |agent, _ctx, c| join::join(&agent, &c, false)
             .await),
         entry!(class_ids::pool, "join_force", |agent, _ctx, c| join::join(
@@ -64,13 +72,16 @@ pub fn behaviour() -> Vec<Entry> {
                 .collect();
             Ok(Value::set(others))
         }),
+        entry!(class_ids::pool, "rotate_secret", |agent, _ctx, c| rotate::rotate_secret(&agent, &c).await),
+        entry!(class_ids::host, "destroy", |agent, _ctx, c| dead_host::destroy(&agent, &c).await),
         entry!(class_ids::pool, "sync_database", |agent, _ctx, _c| {
             // Every write is committed by the etcd members' majority before it is
             // acknowledged: there is nothing left to push to the members.
             let _ = &agent;
             Ok(Value::None)
         }),
-    ]
+    ]);
+    v
 }
 
 /// Names `host` the pool's master in the pool database: every host reads its role from there,
@@ -116,6 +127,9 @@ pub fn require_master(agent: &Agent) -> Result<(), ApiError> {
 pub const PRIVATE_PREFIX: &str = "xapid.pool.";
 
 /// Runs a private host-to-host method (`xapid.pool.*`); `None` for any other method name.
+/// Its first parameter proves the caller is of the pool: the pool secret (current, or the one
+/// a rotation is bringing in), or a session of the pool database (`prepare_join` is called by
+/// the joining host with a session it opened on the master with the user's credentials).
 pub async fn private_call(
     agent: &Arc<Agent>,
     _ctx: &CallCtx,
@@ -123,14 +137,20 @@ pub async fn private_call(
     params: &[Json],
 ) -> Option<Result<Value, ApiError>> {
     let name = method.strip_prefix(PRIVATE_PREFIX)?;
-    let session = params.first().and_then(Json::as_str).unwrap_or("");
-    if let Err(e) = agent.sessions.validate(&agent.store, session) {
-        return Some(Err(e));
+    let credential = params.first().and_then(Json::as_str).unwrap_or("");
+    if !secret::accepts(&agent.state_dir, credential) {
+        if let Err(e) = agent.sessions.validate(&agent.store, credential) {
+            return Some(Err(e));
+        }
     }
     let arg = |i: usize| params.get(i).and_then(Json::as_str).unwrap_or("").to_owned();
+    if let Some(out) = rotate::on_member(agent, name, &arg(1)) {
+        return Some(out);
+    }
     Some(match name {
         "prepare_join" => join::prepare_join(agent, &arg(1), &arg(2)).await,
         "leave" => join::leave(agent).await,
+        "ping" => Ok(Value::None),
         _ => Err(ApiError::MessageMethodUnknown {
             method: method.to_owned(),
         }),

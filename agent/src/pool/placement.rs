@@ -51,6 +51,11 @@ fn sees(agent: &Agent, host: &str, sr: &str) -> bool {
     })
 }
 
+/// Whether `host`'s metrics say it is live (`pool/liveness.rs` keeps them so).
+pub fn is_live(agent: &Agent, host: &str) -> bool {
+    metrics(agent, host).is_some_and(|m| m.get(fields::host_metrics::live) == &Value::Bool(true))
+}
+
 /// The reference's refusals for booting `vm` on `host` that the pool database answers:
 /// `HOST_OFFLINE`, `VM_REQUIRES_SR`, and (from the host's metrics, for a host other than the
 /// one asking, which asks its backend) `HOST_NOT_ENOUGH_FREE_MEMORY`.
@@ -58,12 +63,13 @@ pub fn check(agent: &Agent, vm: &Object, host: &str, memory_from_metrics: bool) 
     if agent.store.get(class_ids::host, host).is_none() {
         return Err(ApiError::handle_invalid("host", host));
     }
-    let m = metrics(agent, host);
-    if m.as_ref()
-        .is_none_or(|m| m.get(fields::host_metrics::live) != &Value::Bool(true))
-    {
+    if !is_live(agent, host) {
         return Err(ApiError::HostOffline { host: host.to_owned() });
     }
+    if !super::maintenance::is_enabled(agent, host) {
+        return Err(ApiError::HostDisabled { host: host.to_owned() });
+    }
+    let m = metrics(agent, host);
     for sr in srs_of(agent, vm) {
         if !sees(agent, host, &sr) {
             return Err(ApiError::VmRequiresSr {

@@ -1,7 +1,12 @@
-//! XenAPI calls to another host of the pool (or to the master a host joins): XML-RPC over HTTP
-//! to `http://<address>/`, read as XenAPI answers (`Status`, `Value`, `ErrorDescription`).
+//! XenAPI calls to another host of the pool (or to the master a host joins): XML-RPC read as
+//! XenAPI answers (`Status`, `Value`, `ErrorDescription`). A host of the pool whose HTTPS
+//! certificate the pool database records is reached at `https://<address>:443/`, trusting that
+//! certificate alone, and the call carries the pool secret ([`super::secret::HEADER`]); other
+//! hosts, and the master a host joins, at `http://<address>/`.
 
 use crate::error::ApiError;
+use crate::schema::{class_ids, fields};
+use crate::Agent;
 use crate::host::xmlrpc::{extension_call, parse_method_response, MethodResponse, XmlRpcValue};
 use serde_json::Value as Json;
 use std::time::Duration;
@@ -46,35 +51,87 @@ pub struct Remote {
     address: String,
     url: String,
     client: reqwest::Client,
+    /// The pool secret sent with each call (over HTTPS only).
+    secret: Option<String>,
+}
+
+/// `address` as the host part of a URL.
+fn url_host(address: &str) -> String {
+    if address.contains(':') && !address.contains('[') && address.parse::<std::net::Ipv6Addr>().is_ok() {
+        format!("[{address}]")
+    } else {
+        address.to_owned()
+    }
+}
+
+/// The hosts this process has called over HTTPS (each is logged once).
+static FIRST_CONTACT: std::sync::LazyLock<parking_lot::Mutex<std::collections::HashSet<String>>> =
+    std::sync::LazyLock::new(Default::default);
+
+fn builder() -> reqwest::ClientBuilder {
+    crate::ensure_tls_provider();
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(120))
 }
 
 impl Remote {
-    /// The XenAPI at `address` (an IP address or name, optionally with `:port`).
+    /// The XenAPI at `address` (an IP address or name, optionally with `:port`), over HTTP.
     pub fn new(address: &str) -> Result<Remote, ApiError> {
-        let host = if address.contains(':') && !address.contains('[') && address.parse::<std::net::Ipv6Addr>().is_ok() {
-            format!("[{address}]")
-        } else {
-            address.to_owned()
-        };
-        let client = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(120))
-            .build()
-            .map_err(ApiError::internal)?;
+        let client = builder().build().map_err(ApiError::internal)?;
         Ok(Remote {
             address: address.to_owned(),
-            url: format!("http://{host}/"),
+            url: format!("http://{}/", url_host(address)),
             client,
+            secret: None,
         })
+    }
+
+    /// The XenAPI of `host`, a host of this pool: over HTTPS with its pinned certificate and
+    /// the pool secret where the pool database records its certificate, else over HTTP.
+    pub fn to_host(agent: &Agent, host: &str) -> Result<Remote, ApiError> {
+        let address = agent
+            .store
+            .get(class_ids::host, host)
+            .and_then(|h| h.get(fields::host::address).as_str().map(str::to_owned))
+            .ok_or_else(|| ApiError::handle_invalid("host", host))?;
+        let Some(fingerprint) = crate::host::certificates::pinned(agent, host) else {
+            return Remote::new(&address);
+        };
+        let tls = super::pinned_tls::client_config(&fingerprint).map_err(ApiError::internal)?;
+        let client = builder()
+            .use_preconfigured_tls(tls)
+            .build()
+            .map_err(ApiError::internal)?;
+        let secret = super::secret::current(&agent.state_dir).map_err(ApiError::internal)?;
+        if FIRST_CONTACT.lock().insert(host.to_owned()) {
+            tracing::info!(host, %address, %fingerprint, "calls to this host of the pool go over HTTPS, its certificate pinned");
+        }
+        Ok(Remote {
+            url: format!(
+                "https://{}:{}/",
+                url_host(&address),
+                crate::host::certificates::POOL_HTTPS_PORT
+            ),
+            address,
+            client,
+            secret,
+        })
+    }
+
+    /// Whether calls go over HTTPS to a pinned certificate.
+    pub fn is_tls(&self) -> bool {
+        self.url.starts_with("https:")
     }
 
     /// Calls `method` with `params`; the `Value` of a success.
     pub async fn call(&self, method: &str, params: &[Json]) -> Result<XmlRpcValue, RemoteError> {
         let body = extension_call(method, params);
-        let resp = self
-            .client
-            .post(&self.url)
-            .header("content-type", "text/xml")
+        let mut req = self.client.post(&self.url).header("content-type", "text/xml");
+        if let Some(secret) = self.secret.as_deref().filter(|_| self.is_tls()) {
+            req = req.header(super::secret::HEADER, secret);
+        }
+        let resp = req
             .body(body)
             .send()
             .await
@@ -110,6 +167,19 @@ impl Remote {
             }
             None => Err(unreadable("no Status".into())),
         }
+    }
+
+    /// Calls the private host-to-host step `xapid.pool.<name>`: its first parameter proves the
+    /// caller is of the pool — the pool secret over HTTPS, else `session` (a session of the
+    /// pool database, which every host checks).
+    pub async fn private(&self, name: &str, session: &str, args: &[Json]) -> Result<XmlRpcValue, RemoteError> {
+        let credential = match self.secret.as_deref().filter(|_| self.is_tls()) {
+            Some(secret) => secret.to_owned(),
+            None => session.to_owned(),
+        };
+        let mut params = vec![Json::String(credential)];
+        params.extend_from_slice(args);
+        self.call(&format!("{}{name}", super::PRIVATE_PREFIX), &params).await
     }
 
     /// Calls `method` and reads a string answer.

@@ -19,6 +19,7 @@ pub mod nbd_export;
 pub mod nbd_info;
 mod pbd;
 mod sr;
+pub(crate) use sr::pbds_for_new_host;
 pub mod transfer;
 
 pub mod vdi;

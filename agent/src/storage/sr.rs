@@ -163,22 +163,66 @@ async fn create_sr(agent: &Arc<Agent>, c: &Call) -> Result<String, ApiError> {
         sm_config,
     );
     let sr_ref = sr.reference.clone();
-    let mut pbd = default_object(class_ids::PBD, &new_ref());
-    pbd.set(fields::PBD::uuid, Value::str(new_uuid()));
-    pbd.set(fields::PBD::host, Value::reference(host));
-    pbd.set(fields::PBD::SR, Value::reference(sr_ref.as_str()));
-    pbd.set(fields::PBD::device_config, device_config);
-    pbd.set(fields::PBD::currently_attached, Value::Bool(true));
+    // A shared SR is seen by every host of the pool: a PBD for each (its directory is one all
+    // hosts reach); a local one by its host alone.
+    let hosts: Vec<String> = if shared {
+        let mut all: Vec<String> = agent.store.all(class_ids::host).iter().map(|h| h.reference.clone()).collect();
+        all.sort_by_key(|h| *h != host);
+        all
+    } else {
+        vec![host.clone()]
+    };
+    let pbds: Vec<Object> = hosts
+        .iter()
+        .map(|h| shared_pbd(h, &sr_ref, device_config.clone(), true))
+        .collect();
     agent
         .store
         .write(|tx| {
             create(tx, sr.clone())?;
-            create(tx, pbd.clone())
+            for pbd in &pbds {
+                create(tx, pbd.clone())?;
+            }
+            Ok(())
         })
         .await?;
     scan(agent, &sr_ref).await?;
     tracing::info!(sr = %sr_ref, r#type = kind.name(), location = %location.display(), "SR created");
     Ok(sr_ref)
+}
+
+/// A PBD of `sr` for `host`.
+fn shared_pbd(host: &str, sr: &str, device_config: Value, attached: bool) -> Object {
+    let mut pbd = default_object(class_ids::PBD, &new_ref());
+    pbd.set(fields::PBD::uuid, Value::str(new_uuid()));
+    pbd.set(fields::PBD::host, Value::reference(host));
+    pbd.set(fields::PBD::SR, Value::reference(sr));
+    pbd.set(fields::PBD::device_config, device_config);
+    pbd.set(fields::PBD::currently_attached, Value::Bool(attached));
+    pbd
+}
+
+/// The PBDs a host joining a pool gets: one for each shared SR of the pool it has none of,
+/// with the device configuration the SR's other PBDs have, plugged when its directory is
+/// there on this host.
+pub fn pbds_for_new_host(agent: &Agent, host: &str) -> Vec<Object> {
+    let mut out = Vec::new();
+    for sr in agent.store.all(class_ids::SR) {
+        if sr.get(fields::SR::shared) != &Value::Bool(true) {
+            continue;
+        }
+        let pbds: Vec<_> = refs(sr.get(fields::SR::PBDs))
+            .iter()
+            .filter_map(|p| agent.store.get(class_ids::PBD, p))
+            .collect();
+        if pbds.iter().any(|p| p.get(fields::PBD::host).as_ref_str() == Some(host)) {
+            continue;
+        }
+        let Some(model) = pbds.first() else { continue };
+        let attached = pbd_location(model).is_some_and(|l| l.is_dir());
+        out.push(shared_pbd(host, &sr.reference, model.get(fields::PBD::device_config).clone(), attached));
+    }
+    out
 }
 
 /// `SR.introduce`: a record for an SR that exists elsewhere; PBDs come later.

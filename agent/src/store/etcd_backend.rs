@@ -104,7 +104,7 @@ impl Runtime {
     }
 }
 
-fn etcd_err(e: impl std::fmt::Display) -> StoreError {
+pub(super) fn etcd_err(e: impl std::fmt::Display) -> StoreError {
     StoreError::Etcd(e.to_string())
 }
 
@@ -517,8 +517,13 @@ pub struct MemberInfo {
 }
 
 impl Etcd {
+    /// The pool database's key prefix (`<prefix>`, before `obj/`).
+    pub(super) fn root(&self) -> &str {
+        self.objects.strip_suffix("obj/").unwrap_or(&self.objects)
+    }
+
     /// Runs `f` with a client on the client's runtime.
-    async fn with_client<T: Send + 'static, F>(&self, f: impl FnOnce(Client) -> F) -> Result<T, StoreError>
+    pub(super) async fn with_client<T: Send + 'static, F>(&self, f: impl FnOnce(Client) -> F) -> Result<T, StoreError>
     where
         F: std::future::Future<Output = Result<T, StoreError>> + Send + 'static,
     {

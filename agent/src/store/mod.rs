@@ -12,6 +12,7 @@
 
 mod derived;
 mod etcd_backend;
+mod etcd_lease;
 pub mod etcd_member;
 mod redb_backend;
 mod table;
@@ -323,6 +324,26 @@ impl Store {
         match &*backend {
             Backend::Etcd(etcd) => etcd.members().await,
             _ => Ok(Vec::new()),
+        }
+    }
+
+    /// Renews this host's liveness lease in the pool database (`etcd_lease.rs`); `Ok(None)`
+    /// on a host alone.
+    pub async fn liveness_beat(&self, lease: Option<i64>, name: &str, ttl: i64) -> Result<Option<i64>, StoreError> {
+        let backend = self.backend.read().clone();
+        match &*backend {
+            Backend::Etcd(etcd) => etcd.beat(lease, name, ttl).await.map(Some),
+            _ => Ok(None),
+        }
+    }
+
+    /// The hosts (by the names they beat with) whose liveness lease is held; `None` on a host
+    /// alone.
+    pub async fn live_hosts(&self) -> Result<Option<Vec<String>>, StoreError> {
+        let backend = self.backend.read().clone();
+        match &*backend {
+            Backend::Etcd(etcd) => etcd.live().await.map(Some),
+            _ => Ok(None),
         }
     }
 

@@ -289,6 +289,7 @@ fn main() -> ExitCode {
         listen: args.nbd_listen.clone(),
         tls: nbd_tls,
     };
+    let tls_ready = tls.is_some();
     let server_cfg = ServerConfig {
         tls_listen: args.tls_listen.clone(),
         tls,
@@ -300,11 +301,24 @@ fn main() -> ExitCode {
         bench_noop: args.bench_noop,
         confine_workers: args.confine_workers,
     };
+    let pool_https = tls_ready && args.tls_listen.iter().any(|a| a.port() == agent::POOL_HTTPS_PORT);
+    let https_cert = args
+        .tls_cert
+        .clone()
+        .unwrap_or_else(|| TlsFiles::in_state_dir(&state_dir).cert);
     let result = actix_web::rt::System::new().block_on(async move {
         let agent = Agent::start(cfg)
             .await
             .map_err(|e| format!("{e}: {}", source_chain(&e)))?;
         tracing::info!(state_dir = %state_dir.display(), "state loaded");
+        // The certificate other hosts of a pool pin when they call this one on HTTPS port 443.
+        let pool_port = agent::POOL_HTTPS_PORT;
+        let pinned_cert = pool_https.then(|| https_cert.clone());
+        if let Err(e) = agent.publish_https_certificate(pinned_cert.as_deref()).await {
+            tracing::warn!(error = %e, "the HTTPS certificate is not recorded: pool hosts will call this one over HTTP");
+        } else if pinned_cert.is_none() {
+            tracing::info!("no HTTPS on port {pool_port}: other hosts of a pool call this one over HTTP");
+        }
         if !nbd_cfg.listen.is_empty() {
             if let Err(e) = rpc::nbd::start(agent.clone(), nbd_cfg) {
                 tracing::warn!(error = %e, "NBD server not started");

@@ -292,7 +292,7 @@ async fn exec(
     let password = cmd.params.get("password").unwrap_or("").to_owned();
     let call_ctx = CallCtx {
         trusted_root: peer.trusted_root,
-        task: None,
+        ..CallCtx::default()
     };
     let (session, logout) = match session {
         Some(s) => (s, false),

@@ -1,0 +1,62 @@
+//! `host.destroy` of a member that is gone for good: the reference's refusals (`HOST_IS_LIVE`
+//! when it still answers or is this host, `HA_IS_ENABLED`, `HOST_HAS_RESIDENT_VMS`), then its
+//! etcd member and its own records leave the pool.
+
+use super::remote::{Remote, RemoteError};
+use crate::call::Call;
+use crate::error::ApiError;
+use crate::schema::{class_ids, enums::VmPowerState, fields};
+use crate::value::Value;
+use crate::Agent;
+use std::sync::Arc;
+
+/// Whether `host` is alive: marked live in its metrics and answering a call (any XenAPI
+/// answer counts, a failure included); a host its metrics mark dead is not asked.
+pub async fn is_alive(agent: &Agent, host: &str, session: &str) -> bool {
+    let marked_live = agent
+        .store
+        .get(class_ids::host, host)
+        .and_then(|h| h.get(fields::host::metrics).as_ref_str().map(str::to_owned))
+        .and_then(|m| agent.store.get(class_ids::host_metrics, &m))
+        .is_none_or(|m| m.get(fields::host_metrics::live) != &Value::Bool(false));
+    if !marked_live {
+        return false;
+    }
+    let Ok(remote) = Remote::to_host(agent, host) else {
+        return false;
+    };
+    match remote.private("ping", session, &[]).await {
+        Ok(_) | Err(RemoteError::Failure(_)) | Err(RemoteError::Http(..)) => true,
+        Err(e) => {
+            tracing::info!(host, error = %e, "the host does not answer: taken as dead");
+            false
+        }
+    }
+}
+
+/// `host.destroy(host)`.
+pub async fn destroy(agent: &Arc<Agent>, c: &Call) -> Result<Value, ApiError> {
+    let host = c.ref_arg(0)?.to_owned();
+    let record = agent
+        .store
+        .get(class_ids::host, &host)
+        .ok_or_else(|| ApiError::handle_invalid("host", &host))?;
+    if host == agent.host || is_alive(agent, &host, c.session_ref()).await {
+        return Err(ApiError::HostIsLive { host });
+    }
+    super::rotate::refuse_with_ha(agent)?;
+    let resident = agent.store.all(class_ids::VM).iter().any(|v| {
+        v.get(fields::VM::resident_on).as_ref_str() == Some(host.as_str())
+            && v.get(fields::VM::is_control_domain) != &Value::Bool(true)
+            && v.get(fields::VM::power_state) != &VmPowerState::Halted.value()
+    });
+    if resident {
+        return Err(ApiError::HostHasResidentVms { host });
+    }
+    let address = record.get(fields::host::address).as_str().unwrap_or("").to_owned();
+    let name = record.uuid().unwrap_or("").to_owned();
+    super::join::remove_etcd_member(agent, &name, &address).await?;
+    super::join::remove_own_records(agent, &host).await?;
+    tracing::info!(host = %host, %address, "a dead host's records left the pool (host.destroy)");
+    Ok(Value::None)
+}

@@ -1,0 +1,106 @@
+//! Which hosts of the pool are alive, from etcd leases (`store/etcd_lease.rs`): every host
+//! renews its lease every [`BEAT`]; the master reads which leases are held and writes each
+//! host's `host_metrics.live` (and `last_updated` when it changes), so placement answers
+//! `HOST_OFFLINE [host]` for a host that stopped, and `host.destroy` takes it as dead without
+//! asking it. A host whose lease lapses is marked dead once its key has been missing for
+//! [`TTL`] more seconds (a host that has just joined gets that long to take its first lease),
+//! within about 2 × [`TTL`] + [`BEAT`] of its end.
+
+use crate::schema::{class_ids, fields};
+use crate::value::Value;
+use crate::Agent;
+use std::collections::{HashMap, HashSet};
+use std::time::Instant;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+/// The lease's time to live, seconds.
+pub const TTL: i64 = 6;
+/// How often a host renews its lease and the master reads them.
+pub const BEAT: Duration = Duration::from_secs(2);
+
+/// Starts the liveness loop of this host (it idles while the host is alone).
+pub fn start(agent: &Arc<Agent>) {
+    let weak = Arc::downgrade(agent);
+    tokio::spawn(run(weak));
+}
+
+async fn run(weak: Weak<Agent>) {
+    let mut lease = None;
+    let mut missing: HashMap<String, Instant> = HashMap::new();
+    let mut tick = tokio::time::interval(BEAT);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(agent) = weak.upgrade() else { return };
+        if !agent.store.is_pooled() {
+            lease = None;
+            continue;
+        }
+        let Some(me) = agent
+            .store
+            .get(class_ids::host, &agent.host)
+            .and_then(|h| h.uuid().map(str::to_owned))
+        else {
+            continue;
+        };
+        match agent.store.liveness_beat(lease, &me, TTL).await {
+            Ok(l) => lease = l,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot renew this host's liveness lease");
+                lease = None;
+            }
+        }
+        if super::is_master(&agent) {
+            if let Err(e) = mark(&agent, &mut missing).await {
+                tracing::warn!(error = %e, "cannot record which hosts are live");
+            }
+        }
+    }
+}
+
+/// On the master: `host_metrics.live` of every host made to say whether its lease is held.
+async fn mark(agent: &Agent, missing: &mut HashMap<String, Instant>) -> Result<(), crate::error::ApiError> {
+    let Some(live) = agent.store.live_hosts().await.map_err(crate::error::ApiError::internal)? else {
+        return Ok(());
+    };
+    let live: HashSet<String> = live.into_iter().collect();
+    let mut changes = Vec::new();
+    for h in agent.store.all(class_ids::host) {
+        let Some(metrics) = h.get(fields::host::metrics).as_ref_str().map(str::to_owned) else {
+            continue;
+        };
+        let held = h.uuid().is_some_and(|u| live.contains(u));
+        let now_live = if held {
+            missing.remove(&h.reference);
+            true
+        } else {
+            let since = *missing.entry(h.reference.clone()).or_insert_with(Instant::now);
+            since.elapsed() < Duration::from_secs(TTL.unsigned_abs())
+        };
+        let recorded = agent
+            .store
+            .get(class_ids::host_metrics, &metrics)
+            .map(|m| m.get(fields::host_metrics::live) == &Value::Bool(true));
+        if recorded.is_some_and(|r| r != now_live) {
+            tracing::info!(host = %h.reference, live = now_live, "host liveness changed (its etcd lease)");
+            changes.push((metrics, now_live));
+        }
+    }
+    if changes.is_empty() {
+        return Ok(());
+    }
+    let now = chrono::Utc::now().timestamp();
+    agent
+        .store
+        .write(|tx| {
+            for (m, live) in &changes {
+                if tx.get(class_ids::host_metrics, m).is_some() {
+                    crate::objects::set_field(tx, class_ids::host_metrics, m, fields::host_metrics::live, Value::Bool(*live))?;
+                    crate::objects::set_field(tx, class_ids::host_metrics, m, fields::host_metrics::last_updated, Value::DateTime(now))?;
+                }
+            }
+            Ok(())
+        })
+        .await
+}
