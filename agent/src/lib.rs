@@ -40,11 +40,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 pub use call::CallCtx;
-/// The HTTP header a call forwarded by another host of the pool carries the pool secret in.
-pub use pool::secret::HEADER as POOL_SECRET_HEADER;
+pub use dispatch::{call, method_list};
 /// The port the hosts of a pool call each other's HTTPS on.
 pub use host::certificates::POOL_HTTPS_PORT;
-pub use dispatch::{call, method_list};
+/// The HTTP header a call forwarded by another host of the pool carries the pool secret in.
+pub use pool::secret::HEADER as POOL_SECRET_HEADER;
 
 /// The hasher of the daemon's lookups by text on hot paths (refs, uuids, field and message
 /// names, session refs): foldhash, seeded per process like the standard SipHash, which showed

@@ -120,7 +120,10 @@ mod tests {
         let f = facts(cert.cert.pem().as_bytes()).unwrap();
         assert_eq!(f.fingerprint, fingerprint_sha256(cert.cert.der()));
         assert_eq!(f.fingerprint.len(), 32 * 3 - 1);
-        assert!(f.fingerprint.chars().all(|c| c == ':' || c.is_ascii_hexdigit() && !c.is_ascii_lowercase()));
+        assert!(f
+            .fingerprint
+            .chars()
+            .all(|c| c == ':' || c.is_ascii_hexdigit() && !c.is_ascii_lowercase()));
         assert!(f.not_before < f.not_after);
         assert!(facts(b"not a certificate").is_err());
     }

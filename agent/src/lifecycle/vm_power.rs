@@ -228,7 +228,7 @@ pub async fn perform(agent: &Arc<Agent>, vm: &str, message: &str, args: &[Value]
             let host = args.first().and_then(Value::as_str).unwrap_or("");
             if host != agent.host {
                 // Not forwarded: that host is not live (or not there); placement says why.
-                crate::pool::placement::check(agent, &vm_of(agent, vm)?, host, true)?;
+                crate::pool::placement::check(agent, &*vm_of(agent, vm)?, host, true)?;
                 return Err(ApiError::handle_invalid("host", host));
             }
             refuse_if_disabled(agent)?;

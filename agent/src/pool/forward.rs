@@ -87,7 +87,12 @@ pub fn target(agent: &Agent, c: &Call) -> Option<String> {
 /// Sends `method` with the caller's own `params` to `host` and answers with its reply.
 pub async fn forward(agent: &Agent, host: &str, c: &Call, method: &str, params: &[Json]) -> Result<Value, ApiError> {
     let remote = Remote::to_host(agent, host)?;
-    tracing::debug!(method, host, tls = remote.is_tls(), "forwarding to the host that must run it");
+    tracing::debug!(
+        method,
+        host,
+        tls = remote.is_tls(),
+        "forwarding to the host that must run it"
+    );
     let reply = remote.call(method, params).await.map_err(|e| match e {
         super::remote::RemoteError::Connect(..) | super::remote::RemoteError::Http(..) => {
             ApiError::CannotContactHost { host: host.to_owned() }

@@ -304,7 +304,10 @@ pub async fn eject(agent: &Arc<Agent>, c: &Call) -> Result<Value, ApiError> {
     let address = record.get(fields::host::address).as_str().unwrap_or("").to_owned();
     let name = record.uuid().unwrap_or("").to_owned();
     let left = match Remote::to_host(agent, &host) {
-        Ok(remote) => remote.private("leave", c.session_ref(), &[]).await.map_err(|e| e.to_string()),
+        Ok(remote) => remote
+            .private("leave", c.session_ref(), &[])
+            .await
+            .map_err(|e| e.to_string()),
         Err(e) => Err(e.to_string()),
     };
     if let Err(e) = left {

@@ -10,9 +10,9 @@ use crate::schema::{class_ids, fields};
 use crate::value::Value;
 use crate::Agent;
 use std::collections::{HashMap, HashSet};
-use std::time::Instant;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
+use std::time::Instant;
 
 /// The lease's time to live, seconds.
 pub const TTL: i64 = 6;
@@ -61,7 +61,12 @@ async fn run(weak: Weak<Agent>) {
 
 /// On the master: `host_metrics.live` of every host made to say whether its lease is held.
 async fn mark(agent: &Agent, missing: &mut HashMap<String, Instant>) -> Result<(), crate::error::ApiError> {
-    let Some(live) = agent.store.live_hosts().await.map_err(crate::error::ApiError::internal)? else {
+    let Some(live) = agent
+        .store
+        .live_hosts()
+        .await
+        .map_err(crate::error::ApiError::internal)?
+    else {
         return Ok(());
     };
     let live: HashSet<String> = live.into_iter().collect();
@@ -96,8 +101,20 @@ async fn mark(agent: &Agent, missing: &mut HashMap<String, Instant>) -> Result<(
         .write(|tx| {
             for (m, live) in &changes {
                 if tx.get(class_ids::host_metrics, m).is_some() {
-                    crate::objects::set_field(tx, class_ids::host_metrics, m, fields::host_metrics::live, Value::Bool(*live))?;
-                    crate::objects::set_field(tx, class_ids::host_metrics, m, fields::host_metrics::last_updated, Value::DateTime(now))?;
+                    crate::objects::set_field(
+                        tx,
+                        class_ids::host_metrics,
+                        m,
+                        fields::host_metrics::live,
+                        Value::Bool(*live),
+                    )?;
+                    crate::objects::set_field(
+                        tx,
+                        class_ids::host_metrics,
+                        m,
+                        fields::host_metrics::last_updated,
+                        Value::DateTime(now),
+                    )?;
                 }
             }
             Ok(())

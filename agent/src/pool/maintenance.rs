@@ -12,8 +12,14 @@ use crate::Agent;
 /// The messages carried out here.
 pub fn behaviour() -> Vec<Entry> {
     vec![
-        entry!(class_ids::host, "disable", |agent, _ctx, c| set_enabled(&agent, &c, false).await),
-        entry!(class_ids::host, "enable", |agent, _ctx, c| set_enabled(&agent, &c, true).await),
+        entry!(class_ids::host, "disable", |agent, _ctx, c| set_enabled(
+            &agent, &c, false
+        )
+        .await),
+        entry!(class_ids::host, "enable", |agent, _ctx, c| set_enabled(
+            &agent, &c, true
+        )
+        .await),
     ]
 }
 

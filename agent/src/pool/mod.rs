@@ -72,8 +72,13 @@ pub fn behaviour() -> Vec<Entry> {
                 .collect();
             Ok(Value::set(others))
         }),
-        entry!(class_ids::pool, "rotate_secret", |agent, _ctx, c| rotate::rotate_secret(&agent, &c).await),
-        entry!(class_ids::host, "destroy", |agent, _ctx, c| dead_host::destroy(&agent, &c).await),
+        entry!(class_ids::pool, "rotate_secret", |agent, _ctx, c| {
+            rotate::rotate_secret(&agent, &c).await
+        }),
+        entry!(class_ids::host, "destroy", |agent, _ctx, c| dead_host::destroy(
+            &agent, &c
+        )
+        .await),
         entry!(class_ids::pool, "sync_database", |agent, _ctx, _c| {
             // Every write is committed by the etcd members' majority before it is
             // acknowledged: there is nothing left to push to the members.

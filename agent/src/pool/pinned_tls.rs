@@ -90,7 +90,9 @@ mod tests {
         assert!(check(ours.cert.der()).is_ok());
         assert!(matches!(
             check(other.cert.der()),
-            Err(rustls::Error::InvalidCertificate(CertificateError::ApplicationVerificationFailure))
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::ApplicationVerificationFailure
+            ))
         ));
         assert!(client_config(&fingerprint_sha256(ours.cert.der())).is_ok());
     }

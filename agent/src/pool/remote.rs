@@ -5,9 +5,9 @@
 //! hosts, and the master a host joins, at `http://<address>/`.
 
 use crate::error::ApiError;
+use crate::host::xmlrpc::{extension_call, parse_method_response, MethodResponse, XmlRpcValue};
 use crate::schema::{class_ids, fields};
 use crate::Agent;
-use crate::host::xmlrpc::{extension_call, parse_method_response, MethodResponse, XmlRpcValue};
 use serde_json::Value as Json;
 use std::time::Duration;
 

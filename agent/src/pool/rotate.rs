@@ -48,7 +48,15 @@ async fn set_pending(agent: &Agent, value: bool) -> Result<(), ApiError> {
     let pool = agent.pool_ref();
     agent
         .store
-        .write(|tx| crate::objects::set_field(tx, class_ids::pool, &pool, fields::pool::is_psr_pending, Value::Bool(value)))
+        .write(|tx| {
+            crate::objects::set_field(
+                tx,
+                class_ids::pool,
+                &pool,
+                fields::pool::is_psr_pending,
+                Value::Bool(value),
+            )
+        })
         .await
 }
 

@@ -197,7 +197,11 @@ mod tests {
         for _ in 0..2 {
             stage(d, &new).unwrap();
             assert!(accepts(d, &old) && accepts(d, &new));
-            assert_eq!(current(d).unwrap().as_deref(), Some(old.as_str()), "accepted, not sent yet");
+            assert_eq!(
+                current(d).unwrap().as_deref(),
+                Some(old.as_str()),
+                "accepted, not sent yet"
+            );
         }
         for _ in 0..2 {
             send_new(d, &new).unwrap();

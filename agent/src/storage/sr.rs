@@ -166,7 +166,12 @@ async fn create_sr(agent: &Arc<Agent>, c: &Call) -> Result<String, ApiError> {
     // A shared SR is seen by every host of the pool: a PBD for each (its directory is one all
     // hosts reach); a local one by its host alone.
     let hosts: Vec<String> = if shared {
-        let mut all: Vec<String> = agent.store.all(class_ids::host).iter().map(|h| h.reference.clone()).collect();
+        let mut all: Vec<String> = agent
+            .store
+            .all(class_ids::host)
+            .iter()
+            .map(|h| h.reference.clone())
+            .collect();
         all.sort_by_key(|h| *h != host);
         all
     } else {
@@ -220,7 +225,12 @@ pub fn pbds_for_new_host(agent: &Agent, host: &str) -> Vec<Object> {
         }
         let Some(model) = pbds.first() else { continue };
         let attached = pbd_location(model).is_some_and(|l| l.is_dir());
-        out.push(shared_pbd(host, &sr.reference, model.get(fields::PBD::device_config).clone(), attached));
+        out.push(shared_pbd(
+            host,
+            &sr.reference,
+            model.get(fields::PBD::device_config).clone(),
+            attached,
+        ));
     }
     out
 }
