@@ -539,13 +539,6 @@ impl Store {
             if ops.is_empty() {
                 return Ok(result);
             }
-            let ops = ops
-                .into_iter()
-                .map(|(k, v)| match v {
-                    Some(v) => etcd_client::TxnOp::put(k, v, None),
-                    None => etcd_client::TxnOp::delete(k, None),
-                })
-                .collect();
             match etcd.commit(compares, ops).await.map_err(refused)? {
                 Outcome::Committed(revision) => {
                     etcd.caught_up(revision).await.map_err(refused)?;
