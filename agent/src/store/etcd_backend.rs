@@ -275,8 +275,7 @@ impl Etcd {
                 Err(_) => last = "no answer".into(),
             }
             // Whether that try was committed, from what etcd holds now.
-            loop {
-                let Some(left) = remaining(deadline) else { break };
+            while let Some(left) = remaining(deadline) {
                 match self.resolve(&compares, &ops, left).await {
                     Ok(Resolved::Applied(rev)) => return Ok(Outcome::Committed(rev)),
                     Ok(Resolved::Changed(rev)) => return Ok(Outcome::Conflict(rev)),
