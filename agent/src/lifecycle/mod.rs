@@ -301,9 +301,33 @@ async fn begin(
         .await
 }
 
-/// Clears an operation's mark (the object may be gone).
+/// Clears an operation's mark (the object may be gone). In a pool the database may be out of
+/// reach for a while (no etcd quorum): the clearing is then tried again in the background,
+/// or the object would stay marked busy for good.
 async fn end(agent: &Arc<Agent>, class: ClassId, reference: &str, op_id: &str) {
-    let r = agent
+    let Err(e) = clear_mark(agent, class, reference, op_id).await else {
+        return;
+    };
+    if !agent.store.is_pooled() {
+        tracing::error!(class = class.name(), reference, error = %e, "could not clear an operation");
+        return;
+    }
+    tracing::warn!(class = class.name(), reference, error = %e, "could not clear an operation yet; trying again");
+    let (agent, reference, op_id) = (agent.clone(), reference.to_owned(), op_id.to_owned());
+    actix::spawn(async move {
+        // Ten minutes, a try every two seconds (each may wait for the store's commit timeout).
+        for _ in 0..300 {
+            tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+            if clear_mark(&agent, class, &reference, &op_id).await.is_ok() {
+                return;
+            }
+        }
+        tracing::error!(class = class.name(), %reference, "could not clear an operation");
+    });
+}
+
+async fn clear_mark(agent: &Arc<Agent>, class: ClassId, reference: &str, op_id: &str) -> Result<(), ApiError> {
+    agent
         .store
         .write_volatile(|tx| {
             let Some(obj) = tx.get(class, reference) else {
@@ -317,10 +341,7 @@ async fn end(agent: &Arc<Agent>, class: ClassId, reference: &str, op_id: &str) {
             set_field(tx, class, reference, f, Value::map(cur))?;
             rules::refresh_allowed(tx, class, reference)
         })
-        .await;
-    if let Err(e) = r {
-        tracing::error!(class = class.name(), reference, error = %e, "could not clear an operation");
-    }
+        .await
 }
 
 /// What an actor runs for an operation on its object.

@@ -25,6 +25,15 @@ pub async fn at_start(agent: &Arc<Agent>) -> Result<(), ApiError> {
                 .as_ref_str()
                 .is_some_and(|h| h != agent.host && h != crate::value::NULL_REF)
     };
+    // The VMs resident here before any is marked Halted below (which clears `resident_on`):
+    // in a pool, their marks are this host's to clear.
+    let resident_here: std::collections::HashSet<String> = agent
+        .store
+        .all(class_ids::VM)
+        .iter()
+        .filter(|v| v.get(fields::VM::resident_on).as_ref_str() == Some(agent.host.as_str()))
+        .map(|v| v.reference.clone())
+        .collect();
     for vm in agent.store.all(class_ids::VM) {
         if vm.get(fields::VM::is_control_domain) == &Value::Bool(true) || elsewhere(&vm) {
             continue;
@@ -63,7 +72,7 @@ pub async fn at_start(agent: &Arc<Agent>) -> Result<(), ApiError> {
             continue;
         }
         for o in agent.store.all(class) {
-            if pooled && (elsewhere(&o) || o.get(fields::VM::resident_on).as_ref_str() != Some(agent.host.as_str())) {
+            if pooled && !resident_here.contains(&o.reference) {
                 continue;
             }
             if !o.get(f).as_map().is_empty() {

@@ -304,7 +304,14 @@ pub async fn start(agent: &Arc<Agent>, vm: &str, paused: bool) -> Result<DomId, 
             return Err(e);
         }
     }
-    mark_running(agent, vm, domid, paused).await?;
+    if let Err(e) = mark_running(agent, vm, domid, paused).await {
+        // Not committed (in a pool: no etcd quorum): the domain goes too, so that the database
+        // and the host still agree (the VM stays Halted).
+        agent.domids.lock().remove(&domid);
+        let hv = agent.hypervisor.clone();
+        let _ = blocking(agent, move || hv.destroy(domid)).await;
+        return Err(e);
+    }
     Ok(domid)
 }
 

@@ -69,6 +69,40 @@ pub(super) enum Outcome {
     Conflict(u64),
 }
 
+/// What etcd holds after a transaction whose answer was lost.
+enum Resolved {
+    /// It was committed, at this revision.
+    Applied(u64),
+    /// Nothing it compared has changed: it was not committed.
+    NotApplied,
+    /// Something changed, not (only) by it: a conflict, seen at this revision.
+    Changed(u64),
+}
+
+/// The time left before `deadline`, if any.
+fn remaining(deadline: tokio::time::Instant) -> Option<Duration> {
+    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+    (!left.is_zero()).then_some(left)
+}
+
+/// Whether an etcd failure may pass (no leader, no quorum, a member gone, the connection
+/// lost) rather than say the request itself is wrong.
+fn transient(e: &etcd_client::Error) -> bool {
+    match e {
+        // gRPC codes that say the request is wrong (tonic's `Code` as its wire number):
+        // INVALID_ARGUMENT 3 (too many operations, a request too large), NOT_FOUND 5,
+        // ALREADY_EXISTS 6, PERMISSION_DENIED 7, FAILED_PRECONDITION 9, OUT_OF_RANGE 11,
+        // UNIMPLEMENTED 12, UNAUTHENTICATED 16. The others (UNAVAILABLE: no leader, no quorum;
+        // DEADLINE_EXCEEDED; UNKNOWN: a connection reset) may pass.
+        etcd_client::Error::GRpcStatus(s) => {
+            let code: i32 = s.code().into();
+            !matches!(code, 3 | 5 | 6 | 7 | 9 | 11 | 12 | 16)
+        }
+        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
+        _ => false,
+    }
+}
+
 /// The connection, its runtime and the watch that feeds the view.
 pub(super) struct Etcd {
     client: Client,
@@ -169,37 +203,140 @@ impl Etcd {
         buf
     }
 
-    /// Commits `ops` if every key in `compares` still has the mod revision given (0: absent).
-    pub(super) async fn commit(&self, compares: Vec<(String, u64)>, ops: Vec<TxnOp>) -> Result<Outcome, StoreError> {
+    /// Commits `ops` (key → new value, `None` to delete) if every key in `compares` still has
+    /// the mod revision given (0: absent).
+    ///
+    /// etcd unreachable, without a leader or without quorum (a member killed, a leader being
+    /// elected, this host cut off) is tried again until [`COMMIT_TIMEOUT`] has passed since the
+    /// call. When a try ends without an answer the change may or may not have been committed:
+    /// what etcd holds says which (every key written holds what was written, at one new
+    /// revision: committed; every key compared unchanged: not committed, try again; else a
+    /// conflict). Past the deadline the write is refused, never acknowledged.
+    pub(super) async fn commit(
+        &self,
+        compares: Vec<(String, u64)>,
+        ops: Vec<(String, Option<String>)>,
+    ) -> Result<Outcome, StoreError> {
         let offset = self.offset;
-        let compares: Vec<Compare> = compares
+        // 0 is "absent"; any other generation is a mod revision plus the offset.
+        let compares: Vec<(String, i64)> = compares
             .into_iter()
             .map(|(k, generation)| {
-                // 0 is "absent"; any other generation is a mod revision plus the offset.
                 let rev = if generation == 0 {
                     0
                 } else {
                     generation.saturating_sub(offset)
                 };
-                Compare::mod_revision(k, CompareOp::Equal, i64::try_from(rev).unwrap_or(i64::MAX))
+                (k, i64::try_from(rev).unwrap_or(i64::MAX))
             })
             .collect();
-        let txn = Txn::new().when(compares).and_then(ops);
+        let deadline = tokio::time::Instant::now() + COMMIT_TIMEOUT;
+        let mut last = String::from("no answer");
+        loop {
+            let Some(left) = remaining(deadline) else {
+                return Err(StoreError::Etcd(format!(
+                    "no quorum of the pool's etcd members answered within {} s ({last}); the change \
+                     was not acknowledged",
+                    COMMIT_TIMEOUT.as_secs()
+                )));
+            };
+            let txn = Txn::new()
+                .when(
+                    compares
+                        .iter()
+                        .map(|(k, rev)| Compare::mod_revision(k.as_str(), CompareOp::Equal, *rev))
+                        .collect::<Vec<_>>(),
+                )
+                .and_then(
+                    ops.iter()
+                        .map(|(k, v)| match v {
+                            Some(v) => TxnOp::put(k.as_str(), v.as_str(), None),
+                            None => TxnOp::delete(k.as_str(), None),
+                        })
+                        .collect::<Vec<_>>(),
+                );
+            let mut kv = self.client.kv_client();
+            let tried = self
+                .runtime
+                .spawn(async move { tokio::time::timeout(left, kv.txn(txn)).await })?
+                .await
+                .map_err(etcd_err)?;
+            match tried {
+                Ok(Ok(resp)) => {
+                    let revision = u64::try_from(resp.header().map_or(0, |h| h.revision())).unwrap_or(0);
+                    return Ok(if resp.succeeded() {
+                        Outcome::Committed(revision)
+                    } else {
+                        Outcome::Conflict(revision)
+                    });
+                }
+                Ok(Err(e)) if !transient(&e) => return Err(etcd_err(e)),
+                Ok(Err(e)) => last = e.to_string(),
+                Err(_) => last = "no answer".into(),
+            }
+            // Whether that try was committed, from what etcd holds now.
+            while let Some(left) = remaining(deadline) {
+                match self.resolve(&compares, &ops, left).await {
+                    Ok(Resolved::Applied(rev)) => return Ok(Outcome::Committed(rev)),
+                    Ok(Resolved::Changed(rev)) => return Ok(Outcome::Conflict(rev)),
+                    Ok(Resolved::NotApplied) => break,
+                    Err(e) => {
+                        last = e.to_string();
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// What etcd holds of the keys of a transaction whose answer was lost.
+    async fn resolve(
+        &self,
+        compares: &[(String, i64)],
+        ops: &[(String, Option<String>)],
+        left: Duration,
+    ) -> Result<Resolved, StoreError> {
+        let gets: Vec<TxnOp> = compares.iter().map(|(k, _)| TxnOp::get(k.as_str(), None)).collect();
         let mut kv = self.client.kv_client();
-        let call = self
+        let resp = self
             .runtime
-            .spawn(async move { tokio::time::timeout(COMMIT_TIMEOUT, kv.txn(txn)).await })?;
-        let resp = call
+            .spawn(async move { tokio::time::timeout(left, kv.txn(Txn::new().and_then(gets))).await })?
             .await
             .map_err(etcd_err)?
-            .map_err(|_| StoreError::Etcd("etcd did not answer in time; the change may not have been made".into()))?
+            .map_err(|_| etcd_err("no answer"))?
             .map_err(etcd_err)?;
-        let revision = resp.header().map_or(0, |h| h.revision());
-        let revision = u64::try_from(revision).unwrap_or(0);
-        Ok(if resp.succeeded() {
-            Outcome::Committed(revision)
-        } else {
-            Outcome::Conflict(revision)
+        let header = u64::try_from(resp.header().map_or(0, |h| h.revision())).unwrap_or(0);
+        // key → (mod revision, value) now.
+        let mut now = std::collections::HashMap::new();
+        for r in resp.op_responses() {
+            if let etcd_client::TxnOpResponse::Get(g) = r {
+                for kv in g.kvs() {
+                    now.insert(kv.key().to_vec(), (kv.mod_revision(), kv.value().to_vec()));
+                }
+            }
+        }
+        let unchanged = compares
+            .iter()
+            .all(|(k, rev)| now.get(k.as_bytes()).map_or(0, |(r, _)| *r) == *rev);
+        if unchanged {
+            return Ok(Resolved::NotApplied);
+        }
+        // Committed: every put holds its value, all at one revision newer than compared, and
+        // every delete is gone.
+        let noted: std::collections::HashMap<&str, i64> = compares.iter().map(|(k, r)| (k.as_str(), *r)).collect();
+        let mut at = None;
+        let applied = ops.iter().all(|(k, v)| match (v, now.get(k.as_bytes())) {
+            (None, None) => true,
+            (Some(v), Some((rev, have))) if have == v.as_bytes() && Some(rev) > noted.get(k.as_str()) => {
+                *at.get_or_insert(*rev) == *rev
+            }
+            _ => false,
+        });
+        Ok(match (applied, at) {
+            (true, Some(rev)) => Resolved::Applied(u64::try_from(rev).unwrap_or(0)),
+            (true, None) => Resolved::Applied(header),
+            (false, _) => Resolved::Changed(header),
         })
     }
 

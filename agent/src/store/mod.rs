@@ -513,6 +513,7 @@ impl Store {
     ) -> Result<T, ApiError> {
         let refused = |e: StoreError| ApiError::internal(format!("the change was not saved: {e}"));
         let mut caught_up = false;
+        let mut conflicts = 0u32;
         for _ in 0..MAX_ATTEMPTS {
             let (result, compares, ops) = {
                 let _serial = self.commit.lock();
@@ -560,21 +561,26 @@ impl Store {
             if ops.is_empty() {
                 return Ok(result);
             }
-            let ops = ops
-                .into_iter()
-                .map(|(k, v)| match v {
-                    Some(v) => etcd_client::TxnOp::put(k, v, None),
-                    None => etcd_client::TxnOp::delete(k, None),
-                })
-                .collect();
             match etcd.commit(compares, ops).await.map_err(refused)? {
                 Outcome::Committed(revision) => {
                     etcd.caught_up(revision).await.map_err(refused)?;
                     return Ok(result);
                 }
                 Outcome::Conflict(revision) => {
-                    // Run again once this host has seen what changed.
+                    // Run again once this host has seen what changed. After a few conflicts
+                    // (many hosts writing one object: a template cloned from every host marks
+                    // it each time) wait a random while first, up to 64 ms, so that each try
+                    // is not lost to the same race again.
                     etcd.caught_up(revision).await.map_err(refused)?;
+                    conflicts += 1;
+                    if conflicts > 2 {
+                        let most = 1u32 << conflicts.min(6);
+                        let nanos = std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map_or(0, |d| d.subsec_nanos());
+                        let wait = std::time::Duration::from_micros(u64::from(nanos % (most * 1000)));
+                        tokio::time::sleep(wait).await;
+                    }
                 }
             }
         }
