@@ -69,7 +69,7 @@ export XAPID_REQUIRE_ROOT=1
 step "real clients against the daemon (XenAPI.py, Xen Orchestra's xen-api, Ansible)"
 bash tests/clients/run.sh
 
-step "a pool of 4 hosts on 127.0.0.2-5 (XenAPI.py): join, HOST_IS_SLAVE, forwarding, placement, eject, rejoin"
+step "a pool of 4 hosts on 127.0.0.2-5 (XenAPI.py): join, HOST_IS_SLAVE, forwarding, placement, HTTPS + pool secret, eject, rejoin; then the pool fault runs (kill -9, a host cut off)"
 bash tests/pool/run.sh
 
 step "fuzzing the decoders and parsers (fuzz/run.sh 60)"

@@ -457,19 +457,15 @@ def test_faults_during_a_mixed_write_load(pool):
     assert not lost, lost[:10]
     assert t.acked["create"] > 20 and t.acked["lifecycle"] > 10, t.acked
     # Marks of operations that ended while etcd was out of reach are cleared (in the
-    # background, every 2 s). Some are not (docs/pool.md, "Not built yet"): marks that appear
-    # during the cut and stay, most likely those of calls whose first write (the mark itself)
-    # was refused after 10 s but committed when the stopped members resumed (the request
-    # waited in a stopped member): nobody is left to clear them.
-    deadline = time.time() + 20
+    # background, every 2 s), and so are the marks of calls whose first write (the mark
+    # itself) was refused after 10 s but committed when the stopped members resumed (the
+    # request waited in a stopped member): the host that made the call watches for them.
+    deadline = time.time() + 40
     while any(m.VM.get_current_operations(vm) for vm in vms.values()) and time.time() < deadline:
         time.sleep(0.5)
     left = {m.VM.get_name_label(vm): m.VM.get_current_operations(vm) for vm in vms.values()}
     left = {k: v for k, v in left.items() if v}
-    if left:
-        print(f"KNOWN GAP (not handled yet): marks left after the cut (most likely of calls refused "
-              f"then committed late): {left}; those VMs take no lifecycle call below")
-        vms = {i: vm for i, vm in vms.items() if not m.VM.get_current_operations(vm)}
+    assert not left, f"marks left {time.time() - deadline + 40:.0f} s after the cut ended: {left}"
     # The VMs are really where the database says: each running one answers a lifecycle call on
     # its host, each halted one starts there (a domain the database did not know of would make
     # the start fail).

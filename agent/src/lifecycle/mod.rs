@@ -235,7 +235,14 @@ pub async fn dispatch(agent: &Arc<Agent>, ctx: &CallCtx, c: Call) -> Result<Valu
     };
     // For `revert` the object that changes is the snapshot's VM; the snapshot is the ref.
     let op_id = ctx.task.clone().unwrap_or_else(new_ref);
-    begin(agent, class, &reference, op, &op_id).await?;
+    if let Err(e) = begin(agent, class, &reference, op, &op_id).await {
+        // A mark refused by the store, not by the rules (a pool without etcd quorum), may
+        // still be committed when the quorum is back, with nobody left to clear it.
+        if agent.store.is_pooled() && matches!(e, ApiError::InternalError { .. }) {
+            clear_late_mark(agent, class, &reference, &op_id);
+        }
+        return Err(e);
+    }
     let result = if reads_source_only(op) {
         // Nothing that changes the source can start while this one is marked: the rules
         // let only other copies (and, on a running source, a forced stop, which
@@ -323,6 +330,43 @@ async fn end(agent: &Arc<Agent>, class: ClassId, reference: &str, op_id: &str) {
             }
         }
         tracing::error!(class = class.name(), %reference, "could not clear an operation");
+    });
+}
+
+/// Watches for a mark whose write was refused but may commit later (the request waited in an
+/// etcd member that was stopped): once the store answers again, the mark is removed if it
+/// appeared, or the watch ends after it has stayed absent for ten seconds of answers.
+fn clear_late_mark(agent: &Arc<Agent>, class: ClassId, reference: &str, op_id: &str) {
+    let (agent, reference, op_id) = (agent.clone(), reference.to_owned(), op_id.to_owned());
+    actix::spawn(async move {
+        let mut absent = 0;
+        for _ in 0..300 {
+            tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+            let Some(f) = class.field_by_name("current_operations") else {
+                return;
+            };
+            let marked = agent.store.get(class, &reference).is_some_and(|o| {
+                o.get(f)
+                    .as_map()
+                    .iter()
+                    .any(|(k, _)| k.as_str() == Some(op_id.as_str()))
+            });
+            if !marked {
+                // Absent in this host's view, which follows etcd: counted only while the
+                // store answers (a committed write would have reached the view by then).
+                if agent.store.caught_up().await.is_ok() {
+                    absent += 1;
+                    if absent >= 5 {
+                        return;
+                    }
+                }
+                continue;
+            }
+            if clear_mark(&agent, class, &reference, &op_id).await.is_ok() {
+                tracing::info!(class = class.name(), %reference, "cleared the mark of a call the pool database first refused");
+                return;
+            }
+        }
     });
 }
 

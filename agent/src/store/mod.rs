@@ -327,6 +327,19 @@ impl Store {
         }
     }
 
+    /// Waits until this host's view holds every change the pool database has committed (a
+    /// linearizable read: fails while etcd has no quorum). At once on a host alone.
+    pub async fn caught_up(&self) -> Result<(), StoreError> {
+        let backend = self.backend.read().clone();
+        match &*backend {
+            Backend::Etcd(etcd) => {
+                let rev = etcd.current_revision().await?;
+                etcd.caught_up(rev).await
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Renews this host's liveness lease in the pool database (`etcd_lease.rs`); `Ok(None)`
     /// on a host alone.
     pub async fn liveness_beat(&self, lease: Option<i64>, name: &str, ttl: i64) -> Result<Option<i64>, StoreError> {
