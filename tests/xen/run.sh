@@ -367,7 +367,8 @@ mkdir -p "$RUN/payload"
 cp "$BIN" "$RUN/payload/agent-tests"
 cp "$HELPER" "$RUN/payload/xapid-xenguest"
 cp "$REPO/tests/xen/dom0-run.sh" "$RUN/payload/dom0-run.sh"
-chmod +x "$RUN/payload/dom0-run.sh"
+cp "$REPO/tests/xen/dm-watch.sh" "$RUN/payload/dm-watch.sh"
+chmod +x "$RUN/payload/dom0-run.sh" "$RUN/payload/dm-watch.sh"
 cp "$CACHE/guest-vmlinuz" "$CACHE/guest-initrd.gz" "$RUN/payload/"
 mkdir -p "$RUN/payload/iso"
 cp "$ISO" "$RUN/payload/iso/xapid-test.iso"
@@ -411,6 +412,7 @@ printf '%s\n' "$PASSWORD" >"$RUN/root-password"
 # Harness only: start xapid once the conformance run is over (both drive
 # Xen), and copy its log to the serial console.
 printf '%s\n' '[Unit]' 'After=xapid-test.service' '[Service]' 'Environment=RUST_LOG=info' \
+    'Environment=XAPID_DM_SERIAL_LOG=1' \
     'StandardOutput=journal+console' 'StandardError=journal+console' \
     >"$R/etc/systemd/system/xapid.service.d/harness.conf"
 rm -rf "$R/var/lib/xapid"
@@ -435,7 +437,7 @@ QPID=$!
 # Progress: echo the harness's marker lines, and xapid's warnings, as they
 # appear (tail stops when QEMU does).
 tail -n +1 -F --pid=$QPID "$RUN/serial.log" 2>/dev/null 9>&- | grep --line-buffered -a -E \
-    '^(XAPID_(STEP|CHECK|HOST|WARN|XEN|DOM0|XLPROBE)|conformance of|  [a-z_0-9]+ +(ok|FAILED|skipped) )|checks passed|\(XEN\) Xen version|panic| (WARN|ERROR) ' 9>&- &
+    '^(XAPID_(STEP|CHECK|HOST|WARN|XEN|DOM0|XLPROBE|HVM[A-Z]+)|conformance of|  [a-z_0-9]+ +(ok|FAILED|skipped) )|checks passed|\(XEN\) Xen version|panic| (WARN|ERROR) ' 9>&- &
 S=$RUN/serial.log
 # dom0's part ends with XAPID_DOM0_DONE (then, for the end-to-end part,
 # systemd starts xapid).

@@ -35,6 +35,9 @@ const HVM_MMIO_START: u64 = 0xf000_0000;
 /// Pages of the legacy VGA hole (0xa0000-0xbffff) an HVM guest with a
 /// device model leaves to it.
 const HVM_VGA_HOLE_PAGES: u64 = 0x20;
+/// Where the RAM an HVM guest's memory map names starts (hvmloader owns
+/// what is below).
+const HVM_LOW_RAM_START: u64 = 0x10_0000;
 /// e820 type of RAM.
 const E820_RAM: u32 = 1;
 
@@ -47,9 +50,17 @@ pub fn pvh_memory_layout(bytes: u64) -> (u64, u64, Vec<(u64, u64, u32)>) {
 
 /// [`pvh_memory_layout`] for an HVM guest, whose MMIO hole (for the device
 /// model's PCI devices) is larger. hvmloader reads this map from Xen
-/// (`XENMEM_memory_map`) and builds the guest's e820 from it.
+/// (`XENMEM_memory_map`) and builds the guest's e820 from it, adding the
+/// first MiB (low RAM, BIOS) itself: the map's RAM starts at 1 MiB, as
+/// libxl's does, or hvmloader's table has overlapping RAM ranges.
 pub fn hvm_memory_layout(bytes: u64) -> (u64, u64, Vec<(u64, u64, u32)>) {
-    memory_layout(bytes, HVM_MMIO_START)
+    let (low, high, mut map) = memory_layout(bytes, HVM_MMIO_START);
+    if let Some(first) = map.first_mut() {
+        if first.1 > HVM_LOW_RAM_START {
+            *first = (HVM_LOW_RAM_START, first.1 - HVM_LOW_RAM_START, E820_RAM);
+        }
+    }
+    (low, high, map)
 }
 
 fn memory_layout(bytes: u64, mmio_start: u64) -> (u64, u64, Vec<(u64, u64, u32)>) {
