@@ -596,8 +596,7 @@ def main() -> int:
                     x.VM.set_PV_bootloader(vm, bootloader)
                     x.VM.set_PV_kernel(vm, kernel)
                     x.VM.set_PV_ramdisk(vm, args.ramdisk if kernel else "")
-                    # earlyprintk=xen: a PVH kernel's first lines also go to Xen's debug port (the serial log).
-                    x.VM.set_PV_args(vm, "" if from_disk else "console=hvc0" + (" earlyprintk=xen" if domain_type == "pvh" else ""))
+                    x.VM.set_PV_args(vm, "" if from_disk else "console=hvc0")
                     x.VM.set_memory_limits(vm, mib128, mib128, mib128, mib128)
                     x.VM.set_VCPUs_max(vm, "1")
                     x.VM.set_VCPUs_at_startup(vm, "1")
