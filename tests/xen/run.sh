@@ -455,7 +455,9 @@ case " $PARTS " in
     if kill -0 $QPID 2>/dev/null; then
         say "end to end: XenAPI.py on this host -> https://127.0.0.1:$PORT -> xapid in dom0 (log: $RUN/e2e.log)"
         set -o pipefail
-        if "$PY_VENV/bin/python" -u "$REPO/tests/xen/e2e.py" --url "https://127.0.0.1:$PORT" \
+        # The client gives up when QEMU's time is up (a console wait would outlive it).
+        if timeout --foreground $((TIMEOUT - ($(date +%s) - T_BOOT) + 10)) \
+            "$PY_VENV/bin/python" -u "$REPO/tests/xen/e2e.py" --url "https://127.0.0.1:$PORT" \
             --password-file "$RUN/root-password" --serial-log "$S" \
             --kernel /mnt/payload/guest-vmlinuz --ramdisk /mnt/payload/guest-initrd.gz \
             --boot-disk "$DISK" --iso-dir /mnt/payload/iso --iso xapid-test.iso 2>&1 9>&- |
