@@ -10,7 +10,7 @@
 #      (tests/xen/e2e.py): host facts, a PV guest from a kernel and
 #      initramfs, its boot lines read through /console, pause/unpause,
 #      clean and hard shutdown, and a guest powering itself off; a PV guest
-#      through pygrub; an HVM guest (qemu-system-xen + SeaBIOS in dom0)
+#      through pygrub; a PVH guest from a kernel; an HVM guest (qemu-system-xen + SeaBIOS in dom0)
 #      booting an isolinux ISO from an `iso` SR, its serial line read
 #      through /console and its VNC console through the same path (a real
 #      RFB handshake and one framebuffer update).
@@ -53,8 +53,9 @@
 # max,-smap,-xsave: see docs/hypervisor.md, "Testing on real Xen"),
 # XAPID_XEN_FILTER (run only the conformance checks whose name contains
 # this), XAPID_XEN_PARTS (default "conformance e2e"; either alone for a
-# quicker run while developing), XAPID_XEN_E2E_ONLY=hvm (the end-to-end part
-# runs only the HVM guest; the report says so), XAPID_XEN_LOG=debug (libxenguest's detailed domain builder log in
+# quicker run while developing), XAPID_XEN_E2E_ONLY=pv,disk,hvm (the end-to-end
+# part runs only those of its parts; the report says so), XAPID_XEN_E2E_PVH_DISK=1 (also
+# the PVH guest through pygrub, not run by default: see docs/hypervisor.md), XAPID_XEN_LOG=debug (libxenguest's detailed domain builder log in
 # the serial log), XAPID_XEN_XL_PROBE=N (first build a guest N times with
 # xl while another runs, as a reference), XAPID_XEN_EVENT_TIMEOUT (seconds
 # the suite waits for guests, default 180).

@@ -411,6 +411,24 @@ mod tests {
     }
 
     #[test]
+    fn hvm_layout_leaves_the_first_mib_to_hvmloader() {
+        let (low, high, map) = hvm_memory_layout(128 << 20);
+        assert_eq!((low, high), (128 << 20, 0));
+        assert_eq!(
+            map,
+            vec![(HVM_LOW_RAM_START, (128 << 20) - HVM_LOW_RAM_START, E820_RAM)]
+        );
+        let (low, high, map) = hvm_memory_layout(5 << 30);
+        assert_eq!(low, HVM_MMIO_START);
+        assert_eq!(high, (1 << 32) + (5 << 30) - HVM_MMIO_START);
+        assert_eq!(
+            map[0],
+            (HVM_LOW_RAM_START, HVM_MMIO_START - HVM_LOW_RAM_START, E820_RAM)
+        );
+        assert_eq!(map[1], (1 << 32, (5 << 30) - HVM_MMIO_START, E820_RAM));
+    }
+
+    #[test]
     fn missing_kernel_names_step_and_errno() {
         let Some(xc) = dummy() else { return };
         let err = xc.build_pv(1, &config("/nonexistent/vmlinuz", None)).unwrap_err();
