@@ -246,7 +246,10 @@ def boot_guest(x, url: str, session_ref: str, vm: str, what: str, timeout: float
     x.VM.unpause(vm)
     check(x.VM.get_power_state(vm) == "Running", f"{what}: VM.unpause: Running (domid {x.VM.get_domid(vm)})")
     try:
-        text = console.wait_for("XAPID_GUEST up", timeout)
+        console.wait_for("XAPID_GUEST up", timeout)
+        # The whole line: on an emulated UART it arrives a few characters at a time.
+        text = wait_for("the rest of the guest's 'XAPID_GUEST up' line", 120,
+                        lambda: re.search(r"XAPID_GUEST up:[^\n]*\n", console.text()) and console.text(), 0.5)
     except Failed:
         got = console.text()
         step(f"{what}: the console gave {len(got)} bytes before the timeout; the last 30 lines:")
