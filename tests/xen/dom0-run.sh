@@ -90,6 +90,8 @@ case " $PARTS " in
 *" conformance "*) ;;
 *)
     step "conformance suite not requested (parts: $PARTS)"
+    systemd-run --unit=xapid-dm-watch --collect -q $P/dm-watch.sh ||
+        echo "XAPID_WARN cannot start dm-watch.sh"
     echo "XAPID_DOM0_DONE"
     exit 0
     ;;
@@ -124,6 +126,13 @@ if [ $RC = 0 ]; then echo "XAPID_XEN_RESULT=PASS"; else echo "XAPID_XEN_RESULT=F
 for d in $(xl list 2>/dev/null | awk 'NR > 2 {print $2}'); do
     xl destroy "$d" 2>/dev/null
 done
+case " $PARTS " in
+*" e2e "*)
+    # HVM guests' serial lines and whereabouts on the serial log (diagnostics).
+    systemd-run --unit=xapid-dm-watch --collect -q $P/dm-watch.sh ||
+        echo "XAPID_WARN cannot start dm-watch.sh"
+    ;;
+esac
 echo "XAPID_DOM0_DONE"
 case " $PARTS " in
 *" e2e "*) ;;

@@ -245,7 +245,18 @@ def boot_guest(x, url: str, session_ref: str, vm: str, what: str, timeout: float
     console = Console(url, location, session_ref)
     x.VM.unpause(vm)
     check(x.VM.get_power_state(vm) == "Running", f"{what}: VM.unpause: Running (domid {x.VM.get_domid(vm)})")
-    text = console.wait_for("XAPID_GUEST up", timeout)
+    try:
+        console.wait_for("XAPID_GUEST up", timeout)
+        # The whole line: on an emulated UART it arrives a few characters at a time.
+        text = wait_for("the rest of the guest's 'XAPID_GUEST up' line", 120,
+                        lambda: re.search(r"XAPID_GUEST up:[^\n]*\n", console.text()) and console.text(), 0.5)
+    except Failed:
+        got = console.text()
+        step(f"{what}: the console gave {len(got)} bytes before the timeout; the last 30 lines:")
+        for l in got.splitlines()[-30:]:
+            print(f"console| {l.rstrip()}", flush=True)
+        console.close()
+        raise
     lines = [l.rstrip("\r") for l in text.splitlines() if l.strip()]
     step(f"{what}: its boot through xapid's /console ({len(lines)} lines; the first 8, the Xen ones and the last 2):")
     xen = [l for l in lines[8:-2] if re.search(r"Xen|Hypervisor|PVH|Command line", l)][:8]
@@ -253,6 +264,17 @@ def boot_guest(x, url: str, session_ref: str, vm: str, what: str, timeout: float
         print(f"console| {l}", flush=True)
     check(any("Linux version" in l for l in lines), f"{what}: the guest kernel's own boot lines arrived on the console")
     return console
+
+
+def native_tsc(x, vm: str) -> None:
+    """platform:tsc_mode=2 (RDTSC/RDTSCP not intercepted) for a hardware-virtualised guest on
+    the harness's Xen: under QEMU TCG's nested SVM an intercepted RDTSCP reaches Xen as an
+    RDTSC exit, Xen's instruction-length check then fails ("Insn mismatch: Expected opcode
+    0xf0031 ... SVM Insn len emulation failed") and the guest gets #GP and crashes as soon
+    as its kernel reads the clock with RDTSCP. Real hardware needs no such setting."""
+    platform = x.VM.get_platform(vm)
+    platform["tsc_mode"] = "2"
+    x.VM.set_platform(vm, platform)
 
 
 def hvm_from_iso(x, args, session_ref: str, host: str, network: str) -> None:
@@ -273,6 +295,7 @@ def hvm_from_iso(x, args, session_ref: str, host: str, network: str) -> None:
         x.VM.set_VCPUs_max(vm, "1")
         x.VM.set_VCPUs_at_startup(vm, "1")
         x.VM.set_HVM_boot_params(vm, {"order": "dc"})
+        native_tsc(x, vm)
         x.VBD.create({
             "VM": vm, "VDI": isos[args.iso], "userdevice": "3", "bootable": True, "mode": "RO",
             "type": "CD", "empty": False, "other_config": {}, "qos_algorithm_type": "",
@@ -388,248 +411,280 @@ def main() -> int:
         )
 
         network = next(n for n in x.network.get_all() if x.network.get_bridge(n) == "xenbr0")
-        # XAPID_XEN_E2E_ONLY=hvm: only the HVM guest (while working on it).
-        if os.environ.get("XAPID_XEN_E2E_ONLY") == "hvm":
-            hvm_from_iso(x, args, session._session, host, network)
-            step("ALL PASSED (HVM only: XAPID_XEN_E2E_ONLY=hvm)")
-            return 0
-
-        # ---- a PV VM from the test guest's kernel and initramfs
+        # XAPID_XEN_E2E_ONLY=<parts>: only some parts, comma-separated, among "pv" (the PV guest
+        # from a kernel: console, pause, suspend/resume, shutdowns), "disk" (the guests booting
+        # from their own disk, and PVH from a kernel) and "hvm" (the HVM guest from an ISO).
+        only = {p for p in os.environ.get("XAPID_XEN_E2E_ONLY", "").split(",") if p}
+        want = (lambda part: not only or part in only)
         template = x.VM.get_by_name_label("Generic Linux PV")[0]
-        vm = x.VM.clone(template, "xapid-e2e-guest")
-        x.VM.set_is_a_template(vm, False)
-        x.VM.set_PV_bootloader(vm, "")
-        x.VM.set_PV_kernel(vm, args.kernel)
-        x.VM.set_PV_ramdisk(vm, args.ramdisk)
-        x.VM.set_PV_args(vm, "console=hvc0")
         mib128 = str(128 * 1024 * 1024)
-        x.VM.set_memory_limits(vm, mib128, mib128, mib128, mib128)
-        x.VM.set_VCPUs_max(vm, "1")
-        x.VM.set_VCPUs_at_startup(vm, "1")
-        # A 16 MiB disk on the default SR and a NIC on the pool's network (bridge xenbr0).
         pool = x.pool.get_all()[0]
         sr = x.pool.get_default_SR(pool)
-        vdi = x.VDI.create({
-            "name_label": "xapid-e2e-disk", "name_description": "", "SR": sr,
-            "virtual_size": str(16 * 1024 * 1024), "type": "user", "sharable": False,
-            "read_only": False, "other_config": {},
-        })
-        x.VBD.create({
-            "VM": vm, "VDI": vdi, "userdevice": "0", "bootable": False, "mode": "RW", "type": "Disk",
-            "empty": False, "other_config": {}, "qos_algorithm_type": "", "qos_algorithm_params": {},
-        })
-        network = next(n for n in x.network.get_all() if x.network.get_bridge(n) == "xenbr0")
-        x.VIF.create({
-            "device": "0", "network": network, "VM": vm, "MAC": "", "MTU": "1500", "other_config": {},
-            "qos_algorithm_type": "", "qos_algorithm_params": {},
-        })
-        step(f"created VM {x.VM.get_uuid(vm)} (PV, 128 MiB, 1 vCPU, kernel {args.kernel}, "
-             f"a 16 MiB disk on SR '{x.SR.get_name_label(sr)}', a NIC on xenbr0)")
-
-        # ---- start paused, attach the console, unpause: the whole boot is on the console
-        x.VM.start(vm, True, False)
-        check(x.VM.get_power_state(vm) == "Paused", "VM.start(start_paused=true): power_state Paused")
-        domid = int(x.VM.get_domid(vm))
-        check(domid > 0, f"the VM has a real domid ({domid})")
-        cons = x.VM.get_consoles(vm)
-        location = next(
-            x.console.get_location(c) for c in cons if x.console.get_protocol(c) == "vt100"
-        )
-        console = Console(args.url, location, session._session)
-        step(f"console: CONNECT {location} -> {console.status}")
-        x.VM.unpause(vm)
-        check(x.VM.get_power_state(vm) == "Running", "VM.unpause: power_state Running")
-        text = console.wait_for("XAPID_GUEST up", args.boot_timeout)
-        lines = [l.rstrip("\r") for l in text.splitlines() if l.strip()]
-        step(f"the guest's boot through xapid's /console ({len(lines)} lines; the first 12 and the last 3):")
-        for l in lines[:12] + ["..."] + lines[-3:]:
-            print(f"console| {l}", flush=True)
-        check(any("Linux version" in l for l in lines), "the guest kernel's own boot lines arrived on the console")
-        text = console.wait_for("XAPID_GUEST nics:", 120)
-        disks = re.search(r"XAPID_GUEST disks: (.*)", text)
-        nics = re.search(r"XAPID_GUEST nics: (.*)", text)
-        step(f"the guest sees disks: {disks and disks.group(1).strip()}; nics: {nics and nics.group(1).strip()}")
-        check(bool(disks) and "xvda(16384 KiB)" in disks.group(1), "the guest has the 16 MiB disk as xvda")
-        check(bool(nics) and "eth0" in nics.group(1).split(), "the guest has the NIC as eth0")
-        check(
-            all(x.VBD.get_currently_attached(b) for b in x.VM.get_VBDs(vm))
-            and all(x.VIF.get_currently_attached(v) for v in x.VM.get_VIFs(vm)),
-            "the VM's VBD and VIF are currently_attached",
-        )
-
-        # ---- pause / unpause
-        x.VM.pause(vm)
-        check(x.VM.get_power_state(vm) == "Paused", "VM.pause: power_state Paused")
-        alive = len(re.findall(r"XAPID_GUEST alive", console.text()))
-        x.VM.unpause(vm)
-        check(x.VM.get_power_state(vm) == "Running", "VM.unpause: power_state Running")
-        wait_for(
-            "the guest to keep running after unpause",
-            120,
-            lambda: len(re.findall(r"XAPID_GUEST alive", console.text())) > alive + 1,
-        )
-        step("ok: the guest runs on after unpause (new 'alive' lines on the console)")
-
-        # ---- suspend to the suspend VDI and resume: the guest's own uptime goes on
-        alive = re.compile(r"XAPID_GUEST alive (\d+) uptime=([\d.]+)")
-        before = alive.findall(console.text())
-        check(bool(before), "the guest prints its uptime before the suspend")
-        last_n, last_up = int(before[-1][0]), float(before[-1][1])
-        started = time.monotonic()
-        x.VM.suspend(vm)
-        check(x.VM.get_power_state(vm) == "Suspended",
-              f"VM.suspend: power_state Suspended ({time.monotonic() - started:.1f}s)")
-        suspend_vdi = x.VM.get_suspend_VDI(vm)
-        check(suspend_vdi != "OpaqueRef:NULL" and int(x.VDI.get_virtual_size(suspend_vdi)) > 64 * 1024 * 1024,
-              f"the VM has a suspend VDI holding its memory ({x.VDI.get_virtual_size(suspend_vdi)} bytes)")
-        console.close()
-        started = time.monotonic()
-        x.VM.resume(vm, False, False)
-        check(x.VM.get_power_state(vm) == "Running",
-              f"VM.resume: power_state Running, domid {x.VM.get_domid(vm)} ({time.monotonic() - started:.1f}s)")
-        check(x.VM.get_suspend_VDI(vm) == "OpaqueRef:NULL", "the suspend VDI is gone after the resume")
-        # The resumed domain's console record is a new one.
-        location = next(
-            x.console.get_location(c) for c in x.VM.get_consoles(vm) if x.console.get_protocol(c) == "vt100"
-        )
-        console = Console(args.url, location, session._session)
-        wait_for("two uptime lines from the resumed guest", 120, lambda: len(alive.findall(console.text())) >= 2)
-        after = alive.findall(console.text())
-        for l in [l for l in console.text().splitlines() if l.strip()][:6]:
-            print(f"console| {l.rstrip()}", flush=True)
-        n, up = int(after[0][0]), float(after[0][1])
-        check(n > last_n and up > last_up,
-              f"the resumed guest goes on: line {n} at uptime {up}s after line {last_n} at {last_up}s before the suspend")
-
-        # ---- clean shutdown through the guest
-        x.VM.clean_shutdown(vm)
-        check(x.VM.get_power_state(vm) == "Halted", "VM.clean_shutdown: power_state Halted")
-        check(int(x.VM.get_domid(vm)) == -1, "a halted VM has domid -1")
-        # The guest's kernel shut itself down (a destroyed domain would print nothing more).
-        # The console's last bytes may still be on their way when the call returns.
-        deadline = time.monotonic() + 20
-        while re.search(r"reboot: (Power down|System halted)", console.text()) is None and time.monotonic() < deadline:
-            time.sleep(0.5)
-        check(
-            re.search(r"reboot: (Power down|System halted)", console.text()) is not None,
-            "the guest kernel shut itself down (its 'reboot:' line is on the console)",
-        )
-        console.close()
-        console = None
-
-        # ---- start again, hard shutdown
-        x.VM.start(vm, False, False)
-        check(x.VM.get_power_state(vm) == "Running", "VM.start again: power_state Running")
-        domid2 = int(x.VM.get_domid(vm))
-        check(domid2 > 0 and domid2 != domid, f"a new domain ({domid2})")
-        x.VM.hard_shutdown(vm)
-        check(x.VM.get_power_state(vm) == "Halted", "VM.hard_shutdown: power_state Halted")
-
-        # ---- a guest that powers itself off becomes Halted, seen through event.from
-        x.VM.set_PV_args(vm, "console=hvc0 quiet xapid.poweroff_after=3")
-        token = getattr(x.event, "from")(["vm"], "", 0.0)["token"]
-        x.VM.start(vm, False, False)
-        check(x.VM.get_power_state(vm) == "Running", "VM.start (guest set to power itself off)")
-        started = time.monotonic()
-        halted = None
-        while halted is None and time.monotonic() - started < args.boot_timeout:
-            # `from` is a Python keyword: XenAPI.py users call it through getattr.
-            batch = getattr(x.event, "from")(["vm"], token, 30.0)
-            token = batch["token"]
-            for ev in batch["events"]:
-                snap = ev.get("snapshot") or {}
-                if ev["ref"] == vm and snap.get("power_state") == "Halted":
-                    halted = ev
-        check(halted is not None, "event.from delivered the VM's change to Halted after the guest powered off")
-        step(f"event: {halted['class']} {halted['operation']} power_state={halted['snapshot']['power_state']} "
-             f"{time.monotonic() - started:.1f}s after VM.start")
-        check(x.VM.get_power_state(vm) == "Halted", "VM.get_power_state agrees: Halted")
-
-        vdis = [x.VBD.get_VDI(b) for b in x.VM.get_VBDs(vm)]
-        x.VM.destroy(vm)
-        vm = None
-        for v in vdis:
-            x.VDI.destroy(v)
-
-        # ---- the guest's own disk: uploaded into a VDI, booted through pygrub (PV, then PVH),
-        # and the same kernel booted directly as PVH.
-        boot_vdi = x.VDI.create({
-            "name_label": "xapid-e2e-boot-disk", "name_description": "GRUB 2 menu, kernel, initramfs",
-            "SR": sr, "virtual_size": str(os.path.getsize(args.boot_disk)), "type": "user",
-            "sharable": False, "read_only": False, "other_config": {},
-        })
-        upload_raw(args.url, session._session, boot_vdi, args.boot_disk)
-        # PVH guests (a kernel in dom0, or through pygrub) are built by the backend but have not
-        # yet been seen booting on the harness's Xen (docs/hypervisor.md): not checked here yet.
-        guests = [
-            ("PV through pygrub", "pv", "pygrub", "", True),
-        ]
-        for what, domain_type, bootloader, kernel, from_disk in guests:
-            vm = x.VM.clone(template, f"xapid-e2e-{domain_type}-{'disk' if from_disk else 'kernel'}")
+        if want("pv"):
+            # ---- a PV VM from the test guest's kernel and initramfs
+            vm = x.VM.clone(template, "xapid-e2e-guest")
             x.VM.set_is_a_template(vm, False)
-            x.VM.set_domain_type(vm, domain_type)
-            x.VM.set_PV_bootloader(vm, bootloader)
-            x.VM.set_PV_kernel(vm, kernel)
-            x.VM.set_PV_ramdisk(vm, args.ramdisk if kernel else "")
-            x.VM.set_PV_args(vm, "" if from_disk else "console=hvc0")
+            x.VM.set_PV_bootloader(vm, "")
+            x.VM.set_PV_kernel(vm, args.kernel)
+            x.VM.set_PV_ramdisk(vm, args.ramdisk)
+            x.VM.set_PV_args(vm, "console=hvc0")
             x.VM.set_memory_limits(vm, mib128, mib128, mib128, mib128)
             x.VM.set_VCPUs_max(vm, "1")
             x.VM.set_VCPUs_at_startup(vm, "1")
-            if from_disk:
-                x.VBD.create({
-                    "VM": vm, "VDI": boot_vdi, "userdevice": "0", "bootable": True, "mode": "RO",
-                    "type": "Disk", "empty": False, "other_config": {}, "qos_algorithm_type": "",
-                    "qos_algorithm_params": {},
-                })
-            step(f"created VM {x.VM.get_uuid(vm)} ({what}: domain_type {domain_type}, PV_bootloader "
-                 f"'{bootloader}', PV_kernel '{kernel}')")
-            console = boot_guest(x, args.url, session._session, vm, what, args.boot_timeout)
-            text = console.text()
-            check(
-                x.VM.get_domain_type(vm) == domain_type
-                and x.VM_metrics.get_current_domain_type(x.VM.get_metrics(vm)) == domain_type,
-                f"{what}: VM.domain_type and VM_metrics.current_domain_type are {domain_type}",
+            # A 16 MiB disk on the default SR and a NIC on the pool's network (bridge xenbr0).
+            vdi = x.VDI.create({
+                "name_label": "xapid-e2e-disk", "name_description": "", "SR": sr,
+                "virtual_size": str(16 * 1024 * 1024), "type": "user", "sharable": False,
+                "read_only": False, "other_config": {},
+            })
+            x.VBD.create({
+                "VM": vm, "VDI": vdi, "userdevice": "0", "bootable": False, "mode": "RW", "type": "Disk",
+                "empty": False, "other_config": {}, "qos_algorithm_type": "", "qos_algorithm_params": {},
+            })
+            network = next(n for n in x.network.get_all() if x.network.get_bridge(n) == "xenbr0")
+            x.VIF.create({
+                "device": "0", "network": network, "VM": vm, "MAC": "", "MTU": "1500", "other_config": {},
+                "qos_algorithm_type": "", "qos_algorithm_params": {},
+            })
+            step(f"created VM {x.VM.get_uuid(vm)} (PV, 128 MiB, 1 vCPU, kernel {args.kernel}, "
+                 f"a 16 MiB disk on SR '{x.SR.get_name_label(sr)}', a NIC on xenbr0)")
+
+            # ---- start paused, attach the console, unpause: the whole boot is on the console
+            x.VM.start(vm, True, False)
+            check(x.VM.get_power_state(vm) == "Paused", "VM.start(start_paused=true): power_state Paused")
+            domid = int(x.VM.get_domid(vm))
+            check(domid > 0, f"the VM has a real domid ({domid})")
+            cons = x.VM.get_consoles(vm)
+            location = next(
+                x.console.get_location(c) for c in cons if x.console.get_protocol(c) == "vt100"
             )
-            if from_disk:
-                check("xapid.booted_from=disk" in text,
-                      f"{what}: the kernel command line is the one in the disk's GRUB menu")
-            if domain_type == "pvh":
-                check(re.search(r"Hypervisor detected: Xen HVM|Xen PVH", text) is not None
-                      and "Hypervisor detected: Xen PV\n" not in text.replace("\r", ""),
-                      f"{what}: the kernel booted in a PVH container (Xen HVM/PVH lines, not Xen PV)")
-            else:
-                check("Hypervisor detected: Xen PV" in text, f"{what}: the kernel booted as a PV guest")
-            if domain_type == "pvh" and from_disk:
-                # hard_reboot: a new domain, the bootloader run again, the guest booted again.
-                old = int(x.VM.get_domid(vm))
-                console.close()
-                x.VM.hard_reboot(vm)
-                new = int(x.VM.get_domid(vm))
-                check(x.VM.get_power_state(vm) == "Running" and new not in (-1, old),
-                      f"{what}: VM.hard_reboot: Running in a new domain ({old} -> {new})")
-                location = next(
-                    x.console.get_location(c) for c in x.VM.get_consoles(vm) if x.console.get_protocol(c) == "vt100"
-                )
-                console = Console(args.url, location, session._session)
-                console.wait_for("XAPID_GUEST alive", args.boot_timeout)
-                step(f"{what}: the rebooted guest runs its /init again (read through a new console connection)")
-            x.VM.hard_shutdown(vm)
-            check(x.VM.get_power_state(vm) == "Halted", f"{what}: VM.hard_shutdown: Halted")
+            console = Console(args.url, location, session._session)
+            step(f"console: CONNECT {location} -> {console.status}")
+            x.VM.unpause(vm)
+            check(x.VM.get_power_state(vm) == "Running", "VM.unpause: power_state Running")
+            text = console.wait_for("XAPID_GUEST up", args.boot_timeout)
+            lines = [l.rstrip("\r") for l in text.splitlines() if l.strip()]
+            step(f"the guest's boot through xapid's /console ({len(lines)} lines; the first 12 and the last 3):")
+            for l in lines[:12] + ["..."] + lines[-3:]:
+                print(f"console| {l}", flush=True)
+            check(any("Linux version" in l for l in lines), "the guest kernel's own boot lines arrived on the console")
+            text = console.wait_for("XAPID_GUEST nics:", 120)
+            disks = re.search(r"XAPID_GUEST disks: (.*)", text)
+            nics = re.search(r"XAPID_GUEST nics: (.*)", text)
+            step(f"the guest sees disks: {disks and disks.group(1).strip()}; nics: {nics and nics.group(1).strip()}")
+            check(bool(disks) and "xvda(16384 KiB)" in disks.group(1), "the guest has the 16 MiB disk as xvda")
+            check(bool(nics) and "eth0" in nics.group(1).split(), "the guest has the NIC as eth0")
+            check(
+                all(x.VBD.get_currently_attached(b) for b in x.VM.get_VBDs(vm))
+                and all(x.VIF.get_currently_attached(v) for v in x.VM.get_VIFs(vm)),
+                "the VM's VBD and VIF are currently_attached",
+            )
+
+            # ---- pause / unpause
+            x.VM.pause(vm)
+            check(x.VM.get_power_state(vm) == "Paused", "VM.pause: power_state Paused")
+            alive = len(re.findall(r"XAPID_GUEST alive", console.text()))
+            x.VM.unpause(vm)
+            check(x.VM.get_power_state(vm) == "Running", "VM.unpause: power_state Running")
+            wait_for(
+                "the guest to keep running after unpause",
+                120,
+                lambda: len(re.findall(r"XAPID_GUEST alive", console.text())) > alive + 1,
+            )
+            step("ok: the guest runs on after unpause (new 'alive' lines on the console)")
+
+            # ---- suspend to the suspend VDI and resume: the guest's own uptime goes on
+            alive = re.compile(r"XAPID_GUEST alive (\d+) uptime=([\d.]+)")
+            before = alive.findall(console.text())
+            check(bool(before), "the guest prints its uptime before the suspend")
+            last_n, last_up = int(before[-1][0]), float(before[-1][1])
+            started = time.monotonic()
+            x.VM.suspend(vm)
+            check(x.VM.get_power_state(vm) == "Suspended",
+                  f"VM.suspend: power_state Suspended ({time.monotonic() - started:.1f}s)")
+            suspend_vdi = x.VM.get_suspend_VDI(vm)
+            check(suspend_vdi != "OpaqueRef:NULL" and int(x.VDI.get_virtual_size(suspend_vdi)) > 64 * 1024 * 1024,
+                  f"the VM has a suspend VDI holding its memory ({x.VDI.get_virtual_size(suspend_vdi)} bytes)")
+            console.close()
+            started = time.monotonic()
+            x.VM.resume(vm, False, False)
+            check(x.VM.get_power_state(vm) == "Running",
+                  f"VM.resume: power_state Running, domid {x.VM.get_domid(vm)} ({time.monotonic() - started:.1f}s)")
+            check(x.VM.get_suspend_VDI(vm) == "OpaqueRef:NULL", "the suspend VDI is gone after the resume")
+            # The resumed domain's console record is a new one.
+            location = next(
+                x.console.get_location(c) for c in x.VM.get_consoles(vm) if x.console.get_protocol(c) == "vt100"
+            )
+            console = Console(args.url, location, session._session)
+            wait_for("two uptime lines from the resumed guest", 120, lambda: len(alive.findall(console.text())) >= 2)
+            after = alive.findall(console.text())
+            for l in [l for l in console.text().splitlines() if l.strip()][:6]:
+                print(f"console| {l.rstrip()}", flush=True)
+            n, up = int(after[0][0]), float(after[0][1])
+            check(n > last_n and up > last_up,
+                  f"the resumed guest goes on: line {n} at uptime {up}s after line {last_n} at {last_up}s before the suspend")
+
+            # ---- clean shutdown through the guest
+            x.VM.clean_shutdown(vm)
+            check(x.VM.get_power_state(vm) == "Halted", "VM.clean_shutdown: power_state Halted")
+            check(int(x.VM.get_domid(vm)) == -1, "a halted VM has domid -1")
+            # The guest's kernel shut itself down (a destroyed domain would print nothing more).
+            # The console's last bytes may still be on their way when the call returns.
+            deadline = time.monotonic() + 20
+            while re.search(r"reboot: (Power down|System halted)", console.text()) is None and time.monotonic() < deadline:
+                time.sleep(0.5)
+            check(
+                re.search(r"reboot: (Power down|System halted)", console.text()) is not None,
+                "the guest kernel shut itself down (its 'reboot:' line is on the console)",
+            )
             console.close()
             console = None
+
+            # ---- start again, hard shutdown
+            x.VM.start(vm, False, False)
+            check(x.VM.get_power_state(vm) == "Running", "VM.start again: power_state Running")
+            domid2 = int(x.VM.get_domid(vm))
+            check(domid2 > 0 and domid2 != domid, f"a new domain ({domid2})")
+            x.VM.hard_shutdown(vm)
+            check(x.VM.get_power_state(vm) == "Halted", "VM.hard_shutdown: power_state Halted")
+
+            # ---- a guest that powers itself off becomes Halted, seen through event.from
+            x.VM.set_PV_args(vm, "console=hvc0 quiet xapid.poweroff_after=3")
+            token = getattr(x.event, "from")(["vm"], "", 0.0)["token"]
+            x.VM.start(vm, False, False)
+            check(x.VM.get_power_state(vm) == "Running", "VM.start (guest set to power itself off)")
+            started = time.monotonic()
+            halted = None
+            while halted is None and time.monotonic() - started < args.boot_timeout:
+                # `from` is a Python keyword: XenAPI.py users call it through getattr.
+                batch = getattr(x.event, "from")(["vm"], token, 30.0)
+                token = batch["token"]
+                for ev in batch["events"]:
+                    snap = ev.get("snapshot") or {}
+                    if ev["ref"] == vm and snap.get("power_state") == "Halted":
+                        halted = ev
+            check(halted is not None, "event.from delivered the VM's change to Halted after the guest powered off")
+            step(f"event: {halted['class']} {halted['operation']} power_state={halted['snapshot']['power_state']} "
+                 f"{time.monotonic() - started:.1f}s after VM.start")
+            check(x.VM.get_power_state(vm) == "Halted", "VM.get_power_state agrees: Halted")
+
+            vdis = [x.VBD.get_VDI(b) for b in x.VM.get_VBDs(vm)]
             x.VM.destroy(vm)
             vm = None
-        x.VDI.destroy(boot_vdi)
+            for v in vdis:
+                x.VDI.destroy(v)
 
-        # ---- an HVM guest booting an ISO: only with XAPID_XEN_E2E_HVM=1 until it is seen
-        # booting within the harness's time (its SeaBIOS reached "Booting from DVD/CD" but no
-        # serial line arrived within 300 s in the one run so far); otherwise said not run.
-        if os.environ.get("XAPID_XEN_E2E_HVM", "0") != "1":
-            step("NOT RUN: the HVM guest from an ISO and its RFB console (set XAPID_XEN_E2E_HVM=1 to run it)")
-            step("ALL PASSED (the HVM part NOT RUN)")
-            return 0
-        hvm_from_iso(x, args, session._session, host, network)
-        step("ALL PASSED")
+        # ---- the guest's own disk: uploaded into a VDI, booted through pygrub (PV, then PVH),
+        # and the same kernel booted directly as PVH.
+        # A part that fails is reported and the next one still runs (each boot costs minutes);
+        # the verdict is FAILED if any did.
+        failed = []
+        not_run = []
+        if want("disk"):
+            try:
+                boot_vdi = x.VDI.create({
+                    "name_label": "xapid-e2e-boot-disk", "name_description": "GRUB 2 menu, kernel, initramfs",
+                    "SR": sr, "virtual_size": str(os.path.getsize(args.boot_disk)), "type": "user",
+                    "sharable": False, "read_only": False, "other_config": {},
+                })
+                upload_raw(args.url, session._session, boot_vdi, args.boot_disk)
+                guests = [
+                    ("PV through pygrub", "pv", "pygrub", "", True),
+                    ("PVH from a kernel in dom0", "pvh", "", args.kernel, False),
+                ]
+                # PVH through pygrub boots (its kernel's lines, command line and PVH container
+                # all check out), but once its blkfront attaches the disk the guest's /init
+                # prints nothing more, so the check after hard_reboot (its /init's 'alive'
+                # lines) fails: see docs/hypervisor.md. Run it with XAPID_XEN_E2E_PVH_DISK=1.
+                if os.environ.get("XAPID_XEN_E2E_PVH_DISK") == "1":
+                    guests.append(("PVH through pygrub", "pvh", "pygrub", "", True))
+                else:
+                    not_run.append("PVH through pygrub (XAPID_XEN_E2E_PVH_DISK=1 runs it)")
+                    step("NOT RUN: PVH through pygrub: its /init stalls once blkfront attaches its disk "
+                         "(docs/hypervisor.md); XAPID_XEN_E2E_PVH_DISK=1 runs it")
+                for what, domain_type, bootloader, kernel, from_disk in guests:
+                    vm = x.VM.clone(template, f"xapid-e2e-{domain_type}-{'disk' if from_disk else 'kernel'}")
+                    x.VM.set_is_a_template(vm, False)
+                    x.VM.set_domain_type(vm, domain_type)
+                    x.VM.set_PV_bootloader(vm, bootloader)
+                    x.VM.set_PV_kernel(vm, kernel)
+                    x.VM.set_PV_ramdisk(vm, args.ramdisk if kernel else "")
+                    x.VM.set_PV_args(vm, "" if from_disk else "console=hvc0")
+                    x.VM.set_memory_limits(vm, mib128, mib128, mib128, mib128)
+                    x.VM.set_VCPUs_max(vm, "1")
+                    x.VM.set_VCPUs_at_startup(vm, "1")
+                    if domain_type == "pvh":
+                        native_tsc(x, vm)
+                    if from_disk:
+                        x.VBD.create({
+                            "VM": vm, "VDI": boot_vdi, "userdevice": "0", "bootable": True, "mode": "RO",
+                            "type": "Disk", "empty": False, "other_config": {}, "qos_algorithm_type": "",
+                            "qos_algorithm_params": {},
+                        })
+                    step(f"created VM {x.VM.get_uuid(vm)} ({what}: domain_type {domain_type}, PV_bootloader "
+                         f"'{bootloader}', PV_kernel '{kernel}')")
+                    console = boot_guest(x, args.url, session._session, vm, what, args.boot_timeout)
+                    text = console.text()
+                    check(
+                        x.VM.get_domain_type(vm) == domain_type
+                        and x.VM_metrics.get_current_domain_type(x.VM.get_metrics(vm)) == domain_type,
+                        f"{what}: VM.domain_type and VM_metrics.current_domain_type are {domain_type}",
+                    )
+                    if from_disk:
+                        check("xapid.booted_from=disk" in text,
+                              f"{what}: the kernel command line is the one in the disk's GRUB menu")
+                    if domain_type == "pvh":
+                        check(re.search(r"Hypervisor detected: Xen HVM|Xen PVH", text) is not None
+                              and "Hypervisor detected: Xen PV\n" not in text.replace("\r", ""),
+                              f"{what}: the kernel booted in a PVH container (Xen HVM/PVH lines, not Xen PV)")
+                    else:
+                        check("Hypervisor detected: Xen PV" in text, f"{what}: the kernel booted as a PV guest")
+                    if domain_type == "pvh" and from_disk:
+                        # hard_reboot: a new domain, the bootloader run again, the guest booted again.
+                        old = int(x.VM.get_domid(vm))
+                        console.close()
+                        x.VM.hard_reboot(vm)
+                        new = int(x.VM.get_domid(vm))
+                        check(x.VM.get_power_state(vm) == "Running" and new not in (-1, old),
+                              f"{what}: VM.hard_reboot: Running in a new domain ({old} -> {new})")
+                        location = next(
+                            x.console.get_location(c) for c in x.VM.get_consoles(vm) if x.console.get_protocol(c) == "vt100"
+                        )
+                        console = Console(args.url, location, session._session)
+                        console.wait_for("XAPID_GUEST alive", args.boot_timeout)
+                        step(f"{what}: the rebooted guest runs its /init again (read through a new console connection)")
+                    x.VM.hard_shutdown(vm)
+                    check(x.VM.get_power_state(vm) == "Halted", f"{what}: VM.hard_shutdown: Halted")
+                    console.close()
+                    console = None
+                    x.VM.destroy(vm)
+                    vm = None
+                x.VDI.destroy(boot_vdi)
+            except (Failed, XenAPI.Failure) as e:
+                failed.append(f"guests from their own disk / PVH: {e}")
+                step(f"FAILED: {e}")
+                if console is not None:
+                    for l in console.text().splitlines()[-20:]:
+                        print(f"console| {l.rstrip()}", flush=True)
+                    console.close()
+                    console = None
+                if vm is not None:
+                    if x.VM.get_power_state(vm) != "Halted":
+                        x.VM.hard_shutdown(vm)
+                    x.VM.destroy(vm)
+                    vm = None
+
+        # ---- an HVM guest booting an ISO, its serial line and its VNC console
+        if want("hvm"):
+            try:
+                hvm_from_iso(x, args, session._session, host, network)
+            except (Failed, XenAPI.Failure) as e:
+                failed.append(f"HVM from an ISO: {e}")
+                step(f"FAILED: {e}")
+        if failed:
+            raise Failed(f"{len(failed)} part(s) failed: " + "; ".join(failed))
+        step(f"ALL PASSED{f' (only {sorted(only)}: XAPID_XEN_E2E_ONLY)' if only else ''}"
+             f"{f'; NOT RUN: {not_run}' if not_run else ''}")
         return 0
     except (Failed, XenAPI.Failure) as e:
         step(f"FAILED: {e}")

@@ -120,7 +120,8 @@ gen XenCtrl \
     xc_domain_setmaxmem xc_domain_max_vcpus \
     xc_physinfo xc_version \
     xc_evtchn_alloc_unbound \
-    xc_domain_set_memory_map xc_set_paging_mempool_size
+    xc_domain_set_memory_map xc_set_paging_mempool_size \
+    xc_domain_set_tsc_info
 
 gen XenGuest \
     xc_dom_allocate xc_dom_release \

@@ -1315,6 +1315,14 @@ pub struct XenCtrl {
         entries: *mut e820entry,
         nr_entries: u32,
     ) -> ::std::os::raw::c_int,
+    pub xc_domain_set_tsc_info: unsafe extern "C" fn(
+        xch: *mut xc_interface,
+        domid: u32,
+        tsc_mode: u32,
+        elapsed_nsec: u64,
+        gtsc_khz: u32,
+        incarnation: u32,
+    ) -> ::std::os::raw::c_int,
     pub xc_version: unsafe extern "C" fn(
         xch: *mut xc_interface,
         cmd: ::std::os::raw::c_int,
@@ -1355,6 +1363,7 @@ impl XenCtrl {
         let xc_domain_set_memory_map = __library
             .get(b"xc_domain_set_memory_map\0")
             .map(|sym| *sym)?;
+        let xc_domain_set_tsc_info = __library.get(b"xc_domain_set_tsc_info\0").map(|sym| *sym)?;
         let xc_version = __library.get(b"xc_version\0").map(|sym| *sym)?;
         Ok(XenCtrl {
             __library,
@@ -1372,6 +1381,7 @@ impl XenCtrl {
             xc_physinfo,
             xc_domain_setmaxmem,
             xc_domain_set_memory_map,
+            xc_domain_set_tsc_info,
             xc_version,
         })
     }
@@ -1479,6 +1489,17 @@ impl XenCtrl {
         nr_entries: u32,
     ) -> ::std::os::raw::c_int {
         (self.xc_domain_set_memory_map)(xch, domid, entries, nr_entries)
+    }
+    pub unsafe fn xc_domain_set_tsc_info(
+        &self,
+        xch: *mut xc_interface,
+        domid: u32,
+        tsc_mode: u32,
+        elapsed_nsec: u64,
+        gtsc_khz: u32,
+        incarnation: u32,
+    ) -> ::std::os::raw::c_int {
+        (self.xc_domain_set_tsc_info)(xch, domid, tsc_mode, elapsed_nsec, gtsc_khz, incarnation)
     }
     pub unsafe fn xc_version(
         &self,

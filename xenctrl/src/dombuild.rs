@@ -35,6 +35,9 @@ const HVM_MMIO_START: u64 = 0xf000_0000;
 /// Pages of the legacy VGA hole (0xa0000-0xbffff) an HVM guest with a
 /// device model leaves to it.
 const HVM_VGA_HOLE_PAGES: u64 = 0x20;
+/// Where the RAM an HVM guest's memory map names starts (hvmloader owns
+/// what is below).
+const HVM_LOW_RAM_START: u64 = 0x10_0000;
 /// e820 type of RAM.
 const E820_RAM: u32 = 1;
 
@@ -47,9 +50,17 @@ pub fn pvh_memory_layout(bytes: u64) -> (u64, u64, Vec<(u64, u64, u32)>) {
 
 /// [`pvh_memory_layout`] for an HVM guest, whose MMIO hole (for the device
 /// model's PCI devices) is larger. hvmloader reads this map from Xen
-/// (`XENMEM_memory_map`) and builds the guest's e820 from it.
+/// (`XENMEM_memory_map`) and builds the guest's e820 from it, adding the
+/// first MiB (low RAM, BIOS) itself: the map's RAM starts at 1 MiB, as
+/// libxl's does, or hvmloader's table has overlapping RAM ranges.
 pub fn hvm_memory_layout(bytes: u64) -> (u64, u64, Vec<(u64, u64, u32)>) {
-    memory_layout(bytes, HVM_MMIO_START)
+    let (low, high, mut map) = memory_layout(bytes, HVM_MMIO_START);
+    if let Some(first) = map.first_mut() {
+        if first.1 > HVM_LOW_RAM_START {
+            *first = (HVM_LOW_RAM_START, first.1 - HVM_LOW_RAM_START, E820_RAM);
+        }
+    }
+    (low, high, map)
 }
 
 fn memory_layout(bytes: u64, mmio_start: u64) -> (u64, u64, Vec<(u64, u64, u32)>) {
@@ -397,6 +408,24 @@ mod tests {
         assert_eq!(high, (1 << 32) + (5 << 30) - PVH_MMIO_START);
         assert_eq!(map[1], (1 << 32, (5 << 30) - PVH_MMIO_START, E820_RAM));
         assert_eq!(pvh_paging_pool_bytes(128, 1), 2 << 20);
+    }
+
+    #[test]
+    fn hvm_layout_leaves_the_first_mib_to_hvmloader() {
+        let (low, high, map) = hvm_memory_layout(128 << 20);
+        assert_eq!((low, high), (128 << 20, 0));
+        assert_eq!(
+            map,
+            vec![(HVM_LOW_RAM_START, (128 << 20) - HVM_LOW_RAM_START, E820_RAM)]
+        );
+        let (low, high, map) = hvm_memory_layout(5 << 30);
+        assert_eq!(low, HVM_MMIO_START);
+        assert_eq!(high, (1 << 32) + (5 << 30) - HVM_MMIO_START);
+        assert_eq!(
+            map[0],
+            (HVM_LOW_RAM_START, HVM_MMIO_START - HVM_LOW_RAM_START, E820_RAM)
+        );
+        assert_eq!(map[1], (1 << 32, (5 << 30) - HVM_MMIO_START, E820_RAM));
     }
 
     #[test]

@@ -234,6 +234,23 @@ impl XcHandle {
         check("xc_domain_max_vcpus", rc).map(drop)
     }
 
+    /// Sets how a domain's time stamp counter is virtualised
+    /// (`xc_domain_set_tsc_info`): 0 Xen's default (emulated when the host's
+    /// TSC is not safe to expose), 1 always emulated, 2 never emulated
+    /// (RDTSC/RDTSCP run natively). Elapsed time, frequency and incarnation
+    /// are left for Xen to choose (0).
+    pub fn domain_set_tsc_mode(&self, domid: u32, mode: u32) -> Result<()> {
+        if mode > 2 {
+            return Err(XenctrlError::InvalidArgument {
+                call: "xc_domain_set_tsc_info",
+                reason: format!("TSC mode {mode} (Xen 4.17 knows 0, 1 and 2)"),
+            });
+        }
+        // SAFETY: `xch` is open; plain integer arguments.
+        let rc = unsafe { self.libs.ctrl.xc_domain_set_tsc_info(self.raw(), domid, mode, 0, 0, 0) };
+        check("xc_domain_set_tsc_info", rc).map(drop)
+    }
+
     /// Sets the size of a hardware-virtualised domain's paging pool (the
     /// memory Xen keeps for its second-level page tables), in bytes, a
     /// multiple of the page size.

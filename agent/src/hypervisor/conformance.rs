@@ -109,6 +109,7 @@ impl ConformanceOptions {
                 ramdisk: self.ramdisk.clone(),
                 cmdline: self.cmdline.clone(),
             })),
+            tsc_mode: None,
         }
     }
 }

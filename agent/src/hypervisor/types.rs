@@ -231,6 +231,10 @@ pub struct DomainConfig {
     pub vcpus_at_start: u32,
     /// Virtualisation mode and boot parameters.
     pub kind: DomainKind,
+    /// How the guest's time stamp counter is virtualised (the VM's `platform:tsc_mode`):
+    /// `None` leaves the hypervisor's default; on Xen 0 default, 1 always emulated, 2 native.
+    #[serde(default)]
+    pub tsc_mode: Option<u32>,
 }
 
 /// Largest vCPU count accepted by [`DomainConfig::validate`].
@@ -252,6 +256,7 @@ impl DomainConfig {
                 ramdisk: None,
                 cmdline: "console=hvc0 root=/dev/xvda1 ro".to_string(),
             })),
+            tsc_mode: None,
         }
     }
 

@@ -146,7 +146,21 @@ pub fn domain_config(vm: &Object) -> Result<DomainConfig, ApiError> {
         vcpus_max: vcpus_max as u32,
         vcpus_at_start: vcpus_start as u32,
         kind,
+        tsc_mode: tsc_mode(vm)?,
     })
+}
+
+/// The VM's `platform:tsc_mode` (Xen's TSC modes by number or name: `0`/`default`,
+/// `1`/`always_emulate`, `2`/`native`); absent or empty leaves the hypervisor's default.
+fn tsc_mode(vm: &Object) -> Result<Option<u32>, ApiError> {
+    let platform = string_map(vm.get(fields::VM::platform));
+    match platform.get("tsc_mode").map(|s| s.trim()) {
+        None | Some("") => Ok(None),
+        Some("0" | "default") => Ok(Some(0)),
+        Some("1" | "always_emulate") => Ok(Some(1)),
+        Some("2" | "native") => Ok(Some(2)),
+        Some(other) => Err(ApiError::invalid_value("platform:tsc_mode", other)),
+    }
 }
 
 /// The string pairs of a map field.

@@ -41,6 +41,10 @@ const ROM_DIR: &str = "/usr/share/seabios";
 pub const RUN_DIR_ENV: &str = "XAPID_DM_DIR";
 /// Default directory of the device models' sockets.
 pub const RUN_DIR_DEFAULT: &str = "/run/xapid/dm";
+/// Environment variable: `1` makes each device model also copy its guest's serial output to
+/// `<run dir>/<domid>/serial.log` (a diagnostic: what the guest wrote whether or not a console
+/// client had the pty open; the file lives as long as the device model).
+pub const SERIAL_LOG_ENV: &str = "XAPID_DM_SERIAL_LOG";
 /// How long a device model may take to say it runs (it is slow under emulation).
 const START_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long `quit` may take before the process is killed.
@@ -114,6 +118,17 @@ fn drive_arg(d: &BlockDevice) -> String {
     arg
 }
 
+/// The guest's first serial line: a pty (the HVM `vt100` console), with a copy in a log file
+/// when [`SERIAL_LOG_ENV`] asks for one.
+fn serial_chardev(dir: &Path) -> String {
+    let mut arg = "pty,id=serial0".to_string();
+    if std::env::var(SERIAL_LOG_ENV).is_ok_and(|v| v == "1") {
+        let log = dir.join("serial.log").to_string_lossy().replace(',', ",,");
+        arg.push_str(&format!(",logfile={log},logappend=on"));
+    }
+    arg
+}
+
 /// The device model's command line for domain `domid` (without the binary).
 pub fn qemu_args(domid: DomId, config: &DomainConfig, hvm: &HvmBoot, dir: &Path) -> Vec<String> {
     let mib = config.memory_max.div_ceil(1 << 20);
@@ -145,8 +160,10 @@ pub fn qemu_args(domid: DomId, config: &DomainConfig, hvm: &HvmBoot, dir: &Path)
         vga,
         "-vnc",
         &format!("unix:{}", dir.join("vnc").display()),
+        "-chardev",
+        &serial_chardev(dir),
         "-serial",
-        "pty",
+        "chardev:serial0",
         "-L",
         ROM_DIR,
     ]
@@ -499,7 +516,10 @@ mod tests {
             a.contains("-machine xenfv -m 128 -smp 1,maxcpus=2 -boot order=dc -vga cirrus"),
             "{a}"
         );
-        assert!(a.contains("-vnc unix:/run/dm/7/vnc -serial pty"), "{a}");
+        assert!(
+            a.contains("-vnc unix:/run/dm/7/vnc -chardev pty,id=serial0") && a.contains("-serial chardev:serial0"),
+            "{a}"
+        );
         assert!(a.contains("path=/run/dm/7/qmp,server=on,wait=off"), "{a}");
         assert!(
             a.contains("-drive file=/srv/a.img,if=ide,index=0,media=disk,format=raw,cache=writeback"),

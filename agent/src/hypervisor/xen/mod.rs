@@ -731,6 +731,10 @@ impl Hypervisor for XenBackend {
             self.reservations.lock().insert(domid, config.memory_target);
             let setup = xc
                 .domain_max_vcpus(domid, config.vcpus_max)
+                .and_then(|()| match config.tsc_mode {
+                    Some(mode) => xc.domain_set_tsc_mode(domid, mode),
+                    None => Ok(()),
+                })
                 .and_then(|()| xc.domain_set_max_mem(domid, kib(config.memory_max) + slack))
                 .and_then(|()| xs.with_transaction(|tx| write_domain_skeleton(xs, tx, domid, config)));
             if let Err(e) = setup {

@@ -1,0 +1,39 @@
+#!/bin/bash
+# Harness diagnostics for HVM guests, run in dom0 (as a transient systemd
+# unit, started by dom0-run.sh before xapid) for the end-to-end part. Every
+# few seconds it copies to /dev/hvc0 (the serial log):
+#   XAPID_HVMSERIAL d<domid>| ...   new bytes of each device model's serial
+#       log (xapid runs with XAPID_DM_SERIAL_LOG=1 here): what the guest wrote
+#       on its first serial line, whether or not a console client read it;
+#   XAPID_HVMCTX ...  every 30 s, each HVM domain's state, CPU time and
+#       instruction pointer (xenctx): where a guest that prints nothing is.
+exec >/dev/hvc0 2>&1
+XENCTX=/usr/lib/xen-4.17/bin/xenctx
+declare -A off
+n=0
+while :; do
+    for f in /run/xapid/dm/*/serial.log; do
+        [ -f "$f" ] || continue
+        d=$(basename "$(dirname "$f")")
+        size=$(stat -c %s "$f" 2>/dev/null || echo 0)
+        o=${off[$f]:-0}
+        [ "$size" -lt "$o" ] && o=0
+        if [ "$size" -gt "$o" ]; then
+            tail -c +$((o + 1)) "$f" | head -c $((size - o)) | tr -d '\r' |
+                sed "s/^/XAPID_HVMSERIAL $(cut -d' ' -f1 /proc/uptime)s d$d| /"
+            echo
+            off[$f]=$size
+        fi
+    done
+    n=$((n + 1))
+    if [ $((n % 6)) = 0 ]; then
+        for dir in /run/xapid/dm/*/; do
+            [ -d "$dir" ] || continue
+            d=$(basename "$dir")
+            echo "XAPID_HVMCTX $(cut -d' ' -f1 /proc/uptime)s d$d: $(xl list "$d" 2>/dev/null |
+                awk 'NR == 2 {print "state " $5 " cpu " $6 "s"}') $($XENCTX "$d" 2>&1 |
+                grep -E -i 'ip:|cr0' | head -3 | tr -s ' \n' ' ')"
+        done
+    fi
+    sleep 5
+done
