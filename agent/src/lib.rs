@@ -14,6 +14,7 @@ pub mod event_from;
 pub mod events;
 pub mod first_boot;
 mod front;
+mod fsutil;
 pub use front::ConsoleHandle;
 pub mod host;
 pub mod hypervisor;

@@ -278,19 +278,7 @@ fn hash_password(pw: &str) -> Result<String, AuthError> {
 }
 
 fn write_private(path: &Path, contents: &str) -> Result<(), AuthError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(io_err("writing", &tmp))?;
-    f.write_all(contents.as_bytes()).map_err(io_err("writing", &tmp))?;
-    f.sync_all().map_err(io_err("syncing", &tmp))?;
-    std::fs::rename(&tmp, path).map_err(io_err("renaming", path))
+    crate::fsutil::write_private(path, contents.as_bytes()).map_err(io_err("writing", path))
 }
 
 impl Sessions {

@@ -18,30 +18,28 @@ fn internal(e: secret::SecretError) -> ApiError {
     ApiError::internal(e)
 }
 
-/// `HA_IS_ENABLED` when the pool runs high availability.
-pub fn refuse_with_ha(agent: &Agent) -> Result<(), ApiError> {
-    let ha = agent
+/// Whether a boolean field of the pool is true.
+fn pool_flag(agent: &Agent, field: crate::schema::FieldId) -> bool {
+    agent
         .store
         .get(class_ids::pool, &agent.pool_ref())
-        .is_some_and(|p| p.get(fields::pool::ha_enabled) == &Value::Bool(true));
-    if ha {
-        Err(ApiError::HaIsEnabled {})
-    } else {
-        Ok(())
+        .is_some_and(|p| p.get(field) == &Value::Bool(true))
+}
+
+/// `HA_IS_ENABLED` when the pool runs high availability.
+pub fn refuse_with_ha(agent: &Agent) -> Result<(), ApiError> {
+    if pool_flag(agent, fields::pool::ha_enabled) {
+        return Err(ApiError::HaIsEnabled {});
     }
+    Ok(())
 }
 
 /// `POOL_SECRET_ROTATION_PENDING` while a rotation is unfinished (membership waits for it).
 pub fn refuse_while_pending(agent: &Agent) -> Result<(), ApiError> {
-    let pending = agent
-        .store
-        .get(class_ids::pool, &agent.pool_ref())
-        .is_some_and(|p| p.get(fields::pool::is_psr_pending) == &Value::Bool(true));
-    if pending {
-        Err(ApiError::PoolSecretRotationPending {})
-    } else {
-        Ok(())
+    if pool_flag(agent, fields::pool::is_psr_pending) {
+        return Err(ApiError::PoolSecretRotationPending {});
     }
+    Ok(())
 }
 
 async fn set_pending(agent: &Agent, value: bool) -> Result<(), ApiError> {

@@ -9,8 +9,6 @@
 //! finished by the next `pool.rotate_secret`).
 
 use rand::RngCore;
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 /// The file holding the secret this host sends and accepts.
@@ -41,28 +39,10 @@ fn read(p: &Path) -> Result<Option<String>, SecretError> {
     }
 }
 
-/// Writes `secret` to `name` under `dir` (0600, fsynced, renamed into place).
+/// Writes `secret` to `name` under `dir` (0600, durably).
 fn write(dir: &Path, name: &str, secret: &str) -> Result<(), SecretError> {
     let target = path(dir, name);
-    let tmp = path(dir, &format!("{name}.tmp"));
-    let err = |p: &Path| {
-        let p = p.to_owned();
-        move |e| SecretError::Io(p, e)
-    };
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(err(&tmp))?;
-    f.write_all(secret.as_bytes()).map_err(err(&tmp))?;
-    f.sync_all().map_err(err(&tmp))?;
-    std::fs::rename(&tmp, &target).map_err(err(&target))?;
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
+    crate::fsutil::write_private(&target, secret.as_bytes()).map_err(|e| SecretError::Io(target, e))
 }
 
 fn remove(dir: &Path, name: &str) -> Result<(), SecretError> {
