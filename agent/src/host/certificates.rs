@@ -46,16 +46,23 @@ pub fn facts(pem: &[u8]) -> Result<CertFacts, String> {
     })
 }
 
-/// The fingerprint the pool database holds for `host`'s HTTPS certificate, if it serves one.
-pub fn pinned(agent: &Agent, host: &str) -> Option<String> {
+/// `host`'s `Certificate` records of type `host` (its HTTPS certificate; one, or none).
+fn host_certificates(agent: &Agent, host: &str) -> Vec<std::sync::Arc<crate::value::Object>> {
     agent
         .store
         .all(class_ids::Certificate)
         .into_iter()
-        .find(|c| {
+        .filter(|c| {
             c.get(fields::Certificate::host).as_ref_str() == Some(host)
                 && c.get(fields::Certificate::r#type).as_str() == Some(CertificateType::host.name())
         })
+        .collect()
+}
+
+/// The fingerprint the pool database holds for `host`'s HTTPS certificate, if it serves one.
+pub fn pinned(agent: &Agent, host: &str) -> Option<String> {
+    host_certificates(agent, host)
+        .first()
         .and_then(|c| c.get(fields::Certificate::fingerprint).as_str().map(str::to_owned))
 }
 
@@ -70,15 +77,7 @@ pub async fn publish(agent: &Agent, pem_file: Option<&Path>) -> Result<(), ApiEr
         None => None,
     };
     let host = agent.host.clone();
-    let mine: Vec<_> = agent
-        .store
-        .all(class_ids::Certificate)
-        .into_iter()
-        .filter(|c| {
-            c.get(fields::Certificate::host).as_ref_str() == Some(host.as_str())
-                && c.get(fields::Certificate::r#type).as_str() == Some(CertificateType::host.name())
-        })
-        .collect();
+    let mine = host_certificates(agent, &host);
     agent
         .store
         .write(|tx| {
