@@ -220,6 +220,13 @@ async fn admit(
             return Err(Err(e));
         }
     };
+    if !forwarded && crate::pool::forward::depends_on_view(agent, c) {
+        if let Err(e) = agent.store.caught_up().await {
+            let e = ApiError::internal(format!("this host's view of the pool database is not current: {e}"));
+            record(agent, pending, audit::Outcome::Error(&e));
+            return Err(Err(e));
+        }
+    }
     if let Some(host) = crate::pool::forward::target(agent, c).filter(|_| !forwarded) {
         let out = crate::pool::forward::forward(agent, &host, c, method, params).await;
         record_result(agent, pending, &out);

@@ -5,16 +5,21 @@
 #   XAPID_HVMSERIAL d<domid>| ...   new bytes of each device model's serial
 #       log (xapid runs with XAPID_DM_SERIAL_LOG=1 here): what the guest wrote
 #       on its first serial line, whether or not a console client read it;
-#   XAPID_HVMCTX ...  every 30 s, each HVM domain's state, CPU time and
+#       likewise for every guest's xenconsoled log (xenconsoled runs with
+#       --log=guest): what a PV guest wrote on its console;
+#   XAPID_HVMCTX ...  every 30 s, each guest domain's state, CPU time and
 #       instruction pointer (xenctx): where a guest that prints nothing is.
 exec >/dev/hvc0 2>&1
 XENCTX=/usr/lib/xen-4.17/bin/xenctx
 declare -A off
 n=0
 while :; do
-    for f in /run/xapid/dm/*/serial.log; do
+    for f in /run/xapid/dm/*/serial.log /var/log/xen/console/guest-*.log; do
         [ -f "$f" ] || continue
-        d=$(basename "$(dirname "$f")")
+        case $f in
+        /run/*) d=$(basename "$(dirname "$f")") ;;
+        *) d=$(basename "$f" .log) ;;
+        esac
         size=$(stat -c %s "$f" 2>/dev/null || echo 0)
         o=${off[$f]:-0}
         [ "$size" -lt "$o" ] && o=0
@@ -27,9 +32,7 @@ while :; do
     done
     n=$((n + 1))
     if [ $((n % 6)) = 0 ]; then
-        for dir in /run/xapid/dm/*/; do
-            [ -d "$dir" ] || continue
-            d=$(basename "$dir")
+        for d in $(xl list 2>/dev/null | awk 'NR > 2 {print $2}'); do
             echo "XAPID_HVMCTX $(cut -d' ' -f1 /proc/uptime)s d$d: $(xl list "$d" 2>/dev/null |
                 awk 'NR == 2 {print "state " $5 " cpu " $6 "s"}') $($XENCTX "$d" 2>&1 |
                 grep -E -i 'ip:|cr0' | head -3 | tr -s ' \n' ' ')"

@@ -8,6 +8,7 @@
 //! function (`vm_power::start`, …) → the mark is cleared and `allowed_operations` refreshed.
 
 pub mod devices;
+pub mod inflight;
 pub mod reconcile;
 pub mod rules;
 pub mod vm_copy;
@@ -235,13 +236,28 @@ pub async fn dispatch(agent: &Arc<Agent>, ctx: &CallCtx, c: Call) -> Result<Valu
     };
     // For `revert` the object that changes is the snapshot's VM; the snapshot is the ref.
     let op_id = ctx.task.clone().unwrap_or_else(new_ref);
+    // In a pool this host notes the marks it makes: if it is killed, its next start clears them
+    // (`reconcile::at_start`); the database does not say which host made a mark.
+    let pooled = agent.store.is_pooled();
+    if pooled {
+        inflight::note(&agent.state_dir, class, &reference, &op_id);
+    }
     if let Err(e) = begin(agent, class, &reference, op, &op_id).await {
         // A mark refused by the store, not by the rules (a pool without etcd quorum), may
         // still be committed when the quorum is back, with nobody left to clear it.
-        if agent.store.is_pooled() && matches!(e, ApiError::InternalError { .. }) {
+        if pooled && matches!(e, ApiError::InternalError { .. }) {
             clear_late_mark(agent, class, &reference, &op_id);
+        } else if pooled {
+            inflight::forget(&agent.state_dir, &op_id);
         }
         return Err(e);
+    }
+    if let Some(host) = crate::pool::forward::resident_elsewhere(agent, &c) {
+        end(agent, class, &reference, &op_id).await;
+        return Err(ApiError::internal(format!(
+            "{}.{message} was not run: the VM is resident on host {host} now; call again",
+            class.name()
+        )));
     }
     let result = if reads_source_only(op) {
         // Nothing that changes the source can start while this one is marked: the rules
@@ -313,6 +329,9 @@ async fn begin(
 /// or the object would stay marked busy for good.
 async fn end(agent: &Arc<Agent>, class: ClassId, reference: &str, op_id: &str) {
     let Err(e) = clear_mark(agent, class, reference, op_id).await else {
+        if agent.store.is_pooled() {
+            inflight::forget(&agent.state_dir, op_id);
+        }
         return;
     };
     if !agent.store.is_pooled() {
@@ -326,6 +345,7 @@ async fn end(agent: &Arc<Agent>, class: ClassId, reference: &str, op_id: &str) {
         for _ in 0..300 {
             tokio::time::sleep(std::time::Duration::from_secs(2)).await;
             if clear_mark(&agent, class, &reference, &op_id).await.is_ok() {
+                inflight::forget(&agent.state_dir, &op_id);
                 return;
             }
         }
@@ -357,6 +377,7 @@ fn clear_late_mark(agent: &Arc<Agent>, class: ClassId, reference: &str, op_id: &
                 if agent.store.caught_up().await.is_ok() {
                     absent += 1;
                     if absent >= 5 {
+                        inflight::forget(&agent.state_dir, &op_id);
                         return;
                     }
                 }
@@ -364,13 +385,19 @@ fn clear_late_mark(agent: &Arc<Agent>, class: ClassId, reference: &str, op_id: &
             }
             if clear_mark(&agent, class, &reference, &op_id).await.is_ok() {
                 tracing::info!(class = class.name(), %reference, "cleared the mark of a call the pool database first refused");
+                inflight::forget(&agent.state_dir, &op_id);
                 return;
             }
         }
     });
 }
 
-async fn clear_mark(agent: &Arc<Agent>, class: ClassId, reference: &str, op_id: &str) -> Result<(), ApiError> {
+pub(crate) async fn clear_mark(
+    agent: &Arc<Agent>,
+    class: ClassId,
+    reference: &str,
+    op_id: &str,
+) -> Result<(), ApiError> {
     agent
         .store
         .write_volatile(|tx| {

@@ -80,6 +80,26 @@ pub async fn at_start(agent: &Arc<Agent>) -> Result<(), ApiError> {
             }
         }
     }
+    // In a pool, also the marks this host noted and did not clear before it stopped, on
+    // objects resident nowhere now (or elsewhere): only this host knows they are its own.
+    if pooled {
+        for left in super::inflight::leftovers(&agent.state_dir) {
+            match super::clear_mark(agent, left.class, &left.reference, &left.op_id).await {
+                Ok(()) => {
+                    tracing::info!(class = left.class.name(), reference = %left.reference, op = %left.op_id, "cleared the mark of an operation cut short by this host's stop");
+                    super::inflight::forget(&agent.state_dir, &left.op_id);
+                }
+                Err(e) => {
+                    tracing::warn!(reference = %left.reference, error = %e, "cannot clear the mark of an operation cut short by this host's stop")
+                }
+            }
+        }
+    } else {
+        // A host alone clears every mark below; notes from its time in a pool are moot.
+        for left in super::inflight::leftovers(&agent.state_dir) {
+            super::inflight::forget(&agent.state_dir, &left.op_id);
+        }
+    }
     agent
         .store
         .write(|tx| {

@@ -84,6 +84,25 @@ pub fn target(agent: &Agent, c: &Call) -> Option<String> {
     (host != agent.host && agent.store.get(class_ids::host, &host).is_some()).then_some(host)
 }
 
+/// Whether which host runs `c` depends on this host's view of the pool database (the VM's
+/// `resident_on`, or placement): dispatch then waits for the view to hold every committed
+/// change before choosing ([`target`]), or a view left behind (its etcd watch broken for a
+/// while) would run a VM's call on a host that no longer has its domain.
+pub fn depends_on_view(agent: &Agent, c: &Call) -> bool {
+    agent.store.is_pooled() && matches!(rule(c.class, c.message), Some(Runs::ResidentOf(_) | Runs::Placement(_)))
+}
+
+/// The host other than this one the VM of a `ResidentOf` call is resident on, by this host's
+/// view. Asked again once the call's mark is committed (the mark's write compares the VM's
+/// record, so the view then holds its latest version): a call that came here while the VM was
+/// still elsewhere must not touch this host's domains.
+pub fn resident_elsewhere(agent: &Agent, c: &Call) -> Option<String> {
+    match rule(c.class, c.message)? {
+        Runs::ResidentOf(_) => target(agent, c),
+        _ => None,
+    }
+}
+
 /// Sends `method` with the caller's own `params` to `host` and answers with its reply.
 pub async fn forward(agent: &Agent, host: &str, c: &Call, method: &str, params: &[Json]) -> Result<Value, ApiError> {
     let remote = Remote::to_host(agent, host)?;

@@ -18,7 +18,7 @@ use crate::value::{now, write_stored_record_json, Object};
 use etcd_client::{Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Txn, TxnOp, WatchOptions};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 /// How long a commit, or this host's view catching up with it, may take before the write is
 /// refused (a host cut off from etcd answers in this time, never with a stale success).
@@ -112,7 +112,6 @@ pub(super) struct Etcd {
     offset: u64,
     runtime: Runtime,
     applied: watch::Receiver<u64>,
-    progress: mpsc::UnboundedSender<()>,
 }
 
 /// The client's own runtime, stopped without waiting when dropped (dropping a runtime waits
@@ -171,15 +170,14 @@ impl Etcd {
             .map_err(|_| StoreError::Etcd(format!("no answer from etcd at {:?}", cfg.endpoints)))?
             .map_err(etcd_err)??;
         let (applied_tx, applied) = watch::channel(revision);
-        let (progress, progress_rx) = mpsc::unbounded_channel();
         runtime.spawn(follow(
             client.clone(),
+            cfg.prefix.clone(),
             objects.clone(),
             view,
             revision,
             offset,
             applied_tx,
-            progress_rx,
         ))?;
         Ok(Etcd {
             client,
@@ -187,7 +185,6 @@ impl Etcd {
             offset,
             runtime,
             applied,
-            progress,
         })
     }
 
@@ -361,18 +358,15 @@ impl Etcd {
             if *rx.borrow_and_update() >= revision {
                 return Ok(());
             }
-            match tokio::time::timeout(Duration::from_millis(100), rx.changed()).await {
+            // Every revision of the pool's keys reaches the view as an event (the watch covers
+            // the whole prefix), so waiting for events is enough.
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
                 Ok(Ok(())) => {}
                 Ok(Err(_)) => return Err(etcd_err("the etcd watch has stopped")),
                 Err(_) => {
-                    // The last change may be one the watch does not report (another prefix's):
-                    // a progress report moves the view's revision on.
-                    let _ = self.progress.send(());
-                    if tokio::time::Instant::now() >= deadline {
-                        return Err(etcd_err(format!(
-                            "this host's view of the pool database did not reach revision {revision} in time"
-                        )));
-                    }
+                    return Err(etcd_err(format!(
+                        "this host's view of the pool database did not reach revision {revision} in time"
+                    )))
                 }
             }
         }
@@ -442,23 +436,29 @@ async fn load(client: &mut Client, prefix: &str, view: &View, offset: u64) -> Re
 }
 
 /// Follows every change after `from` into `view`, announcing each revision applied.
+///
+/// The watch covers the pool's whole prefix (`root`), not only its objects: every revision of
+/// the pool database is then some event this host receives (an object, the offset, a host's
+/// liveness key written or expired), so the revision announced is exact. It never moves on
+/// from etcd's progress reports: etcd 3.4 before 3.4.24 (Debian's is 3.4.23) may send one for
+/// a watch still replaying older changes, with the current revision in its header, and a view
+/// trusting it would answer reads as current while changes it has not applied are on their way
+/// (a fault run met it: a host ran `VM.hard_shutdown` on a record without the domain just
+/// started).
 async fn follow(
     mut client: Client,
+    root: String,
     prefix: String,
     view: Arc<View>,
     from: u64,
     offset: u64,
     applied: watch::Sender<u64>,
-    mut progress: mpsc::UnboundedReceiver<()>,
 ) {
     let mut last = from;
     loop {
         let start = i64::try_from(last + 1).unwrap_or(i64::MAX);
-        let opts = WatchOptions::new()
-            .with_prefix()
-            .with_start_revision(start)
-            .with_progress_notify();
-        let mut stream = match client.watch(prefix.as_str(), Some(opts)).await {
+        let opts = WatchOptions::new().with_prefix().with_start_revision(start);
+        let mut stream = match client.watch(root.as_str(), Some(opts)).await {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(error = %e, "watching the pool database failed; retrying");
@@ -467,47 +467,42 @@ async fn follow(
             }
         };
         loop {
-            tokio::select! {
-                m = stream.message() => match m {
-                    Ok(Some(resp)) => {
-                        if resp.canceled() {
-                            if resp.compact_revision() > 0 {
-                                tracing::warn!(compacted = resp.compact_revision(), "the pool database's history was compacted past this host's view; reloading");
-                                match load(&mut client, &prefix, &view, offset).await {
-                                    Ok(rev) => {
-                                        last = rev;
-                                        applied.send_replace(rev);
-                                    }
-                                    Err(e) => tracing::warn!(error = %e, "reloading the pool database failed"),
+            match stream.message().await {
+                Ok(Some(resp)) => {
+                    if resp.canceled() {
+                        if resp.compact_revision() > 0 {
+                            tracing::warn!(
+                                compacted = resp.compact_revision(),
+                                "the pool database's history was compacted past this host's view; reloading"
+                            );
+                            match load(&mut client, &prefix, &view, offset).await {
+                                Ok(rev) => {
+                                    last = rev;
+                                    applied.send_replace(rev);
                                 }
+                                Err(e) => tracing::warn!(error = %e, "reloading the pool database failed"),
                             }
-                            break;
                         }
-                        let rev = apply(&view, &prefix, resp.events(), offset);
-                        let header = u64::try_from(resp.header().map_or(0, |h| h.revision())).unwrap_or(0);
-                        // A report of progress (no events, not the watch's creation) says every
-                        // change up to its header's revision has been sent.
-                        let reached = if resp.events().is_empty() && !resp.created() { header.max(rev) } else { rev };
-                        if reached > last {
-                            last = reached;
-                            view.events.advance(last + offset);
-                            applied.send_replace(last);
-                        }
-                    }
-                    Ok(None) | Err(_) => {
-                        tokio::time::sleep(Duration::from_millis(200)).await;
                         break;
                     }
-                },
-                Some(()) = progress.recv() => {
-                    let _ = stream.request_progress().await;
+                    let reached = apply(&view, &prefix, resp.events(), offset);
+                    if reached > last {
+                        last = reached;
+                        view.events.advance(last + offset);
+                        applied.send_replace(last);
+                    }
+                }
+                Ok(None) | Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    break;
                 }
             }
         }
     }
 }
 
-/// Applies one batch of watched changes; the last revision among them (0 for none).
+/// Applies one batch of watched changes (keys outside `prefix`, the objects, only count for
+/// their revision); the last revision among them (0 for none).
 fn apply(view: &View, prefix: &str, events: &[etcd_client::Event], offset: u64) -> u64 {
     let time = now();
     let mut logged = Vec::with_capacity(events.len());

@@ -576,7 +576,13 @@ impl Store {
             }
             match etcd.commit(compares, ops).await.map_err(refused)? {
                 Outcome::Committed(revision) => {
-                    etcd.caught_up(revision).await.map_err(refused)?;
+                    // Committed is acknowledged: a view slow to follow (its watch being
+                    // re-established) does not undo a durable change. What reads it next
+                    // either waits for the view (writes compare what they read) or asks
+                    // etcd first (`caught_up`).
+                    if let Err(e) = etcd.caught_up(revision).await {
+                        tracing::warn!(revision, error = %e, "a committed change has not reached this host's view yet");
+                    }
                     return Ok(result);
                 }
                 Outcome::Conflict(revision) => {
