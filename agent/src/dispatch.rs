@@ -229,6 +229,11 @@ async fn admit(
     }
     if let Some(host) = crate::pool::forward::target(agent, c).filter(|_| !forwarded) {
         let out = crate::pool::forward::forward(agent, &host, c, method, params).await;
+        // The caller reads next from this host: its view first takes in what the other host
+        // committed (a `VM.start` sent on, then `VM.get_resident_on` here, sees the new host).
+        if let Err(e) = agent.store.caught_up().await {
+            tracing::warn!(method, error = %e, "this host's view may lag behind a call it forwarded");
+        }
         record_result(agent, pending, &out);
         return Err(out);
     }
