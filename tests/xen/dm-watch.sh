@@ -7,8 +7,8 @@
 #       on its first serial line, whether or not a console client read it;
 #       likewise for every guest's xenconsoled log (xenconsoled runs with
 #       --log=guest): what a PV guest wrote on its console;
-#   XAPID_HVMCTX ...  every 30 s, each guest domain's state and CPU time:
-#       whether a guest that prints nothing runs.
+#   XAPID_HVMCTX ...  every 30 s, each guest domain's state, CPU time and
+#       console pty: whether a guest that prints nothing runs.
 exec >/dev/hvc0 2>&1
 declare -A off
 n=0
@@ -35,7 +35,7 @@ while :; do
         # reads it: the pause/unpause checks would see a third party's pause).
         for d in $(xl list 2>/dev/null | awk 'NR > 2 {print $2}'); do
             echo "XAPID_HVMCTX $(cut -d' ' -f1 /proc/uptime)s d$d: $(xl list "$d" 2>/dev/null |
-                awk 'NR == 2 {print "state " $5 " cpu " $6 "s"}')"
+                awk 'NR == 2 {print "state " $5 " cpu " $6 "s"}') tty $(xenstore-read "/local/domain/$d/console/tty" 2>&1)"
         done
     fi
     sleep 5

@@ -117,6 +117,12 @@ class Console:
     def wait_for(self, needle: str, timeout: float) -> str:
         return wait_for(f"{needle!r} on the console", timeout, lambda: needle in self.text() and self.text(), 0.5)
 
+    def state(self) -> str:
+        """How much arrived and whether xapid ended the stream (for failure messages)."""
+        with self.lock:
+            n = len(self.buf)
+        return f"{n} bytes so far, connection {'closed by xapid' if self.closed else 'still open'}"
+
     def close(self) -> None:
         try:
             self.sock.close()
@@ -516,7 +522,11 @@ def main() -> int:
                 x.console.get_location(c) for c in x.VM.get_consoles(vm) if x.console.get_protocol(c) == "vt100"
             )
             console = Console(args.url, location, session._session)
-            wait_for("two uptime lines from the resumed guest", 120, lambda: len(alive.findall(console.text())) >= 2)
+            try:
+                wait_for("two uptime lines from the resumed guest", 120,
+                         lambda: len(alive.findall(console.text())) >= 2)
+            except Failed as e:
+                raise Failed(f"{e} ({console.state()})") from None
             after = alive.findall(console.text())
             for l in [l for l in console.text().splitlines() if l.strip()][:6]:
                 print(f"console| {l.rstrip()}", flush=True)
@@ -535,7 +545,7 @@ def main() -> int:
                 time.sleep(0.5)
             check(
                 re.search(r"reboot: (Power down|System halted)", console.text()) is not None,
-                "the guest kernel shut itself down (its 'reboot:' line is on the console)",
+                f"the guest kernel shut itself down (its 'reboot:' line is on the console; {console.state()})",
             )
             console.close()
             console = None
