@@ -127,6 +127,12 @@ impl Agent {
         Ok(ConsoleHandle { domid, rfb })
     }
 
+    /// A reader of a domain's text console, for as long as it is held: a domain that shut down
+    /// is destroyed once what it wrote last has reached its readers (`console_watch.rs`).
+    pub fn console_watch(&self, handle: ConsoleHandle) -> crate::console_watch::ConsoleWatch {
+        self.console_watches.watch(handle.domid)
+    }
+
     /// The console byte stream behind a console handle ([`Self::console_domain`]), from the
     /// backend (on a blocking thread): the domain's text console, or the RFB stream of its
     /// graphical console.

@@ -7,6 +7,7 @@ pub mod auth;
 pub mod backup;
 pub mod behaviour;
 pub mod call;
+pub mod console_watch;
 pub mod coverage;
 pub mod dispatch;
 pub mod error;
@@ -110,6 +111,8 @@ pub struct Agent {
     pub(crate) actors: actors::Actors,
     /// Which VM each live domain belongs to.
     pub(crate) domids: Mutex<HashMap<u32, String>>,
+    /// Readers of each domain's text console (`console_watch.rs`).
+    pub(crate) console_watches: Arc<console_watch::ConsoleWatches>,
     /// The state dir.
     pub(crate) state_dir: PathBuf,
     /// Legacy event subscriptions.
@@ -197,6 +200,7 @@ impl Agent {
             running_tasks: Mutex::new(HashMap::new()),
             actors: actors::Actors::new(2),
             domids: Mutex::new(HashMap::new()),
+            console_watches: Arc::default(),
             state_dir: cfg.state_dir.clone(),
             registrations: event_from::Registrations::default(),
             event_batches: event_from::BatchCache::default(),

@@ -178,6 +178,10 @@ pub async fn vm(agent: &Arc<Agent>, vm: &str) -> Result<(), ApiError> {
         Some(DomainState::Shutdown(code)) => {
             let action = rec.get(action_field(code)).as_str().unwrap_or("destroy");
             tracing::info!(vm, domid, ?code, action, "the guest shut down");
+            if action != "preserve" {
+                // Its last console lines reach an open console before the domain goes.
+                agent.console_watches.settle(domid).await;
+            }
             match action {
                 "preserve" => Ok(()),
                 "restart" | "rename_restart" | "coredump_and_restart" => {

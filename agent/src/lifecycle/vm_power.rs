@@ -549,7 +549,9 @@ async fn ask_and_wait(
 }
 
 async fn clean_stop(agent: &Arc<Agent>, vm: &str, reason: ShutdownReason) -> Result<Value, ApiError> {
-    ask_and_wait(agent, vm, reason).await?;
+    let (d, _, _) = ask_and_wait(agent, vm, reason).await?;
+    // Its last console lines reach an open console before the domain (and its pty) goes.
+    agent.console_watches.settle(d).await;
     stop_domain(agent, vm).await?;
     mark_halted(agent, vm).await?;
     Ok(Value::None)
@@ -562,6 +564,7 @@ async fn clean_reboot(agent: &Arc<Agent>, vm: &str) -> Result<Value, ApiError> {
         mark_running(agent, vm, d, state == DomainState::Paused).await?;
         return Ok(Value::None);
     }
+    agent.console_watches.settle(d).await;
     stop_domain(agent, vm).await?;
     start(agent, vm, false).await?;
     Ok(Value::None)

@@ -89,11 +89,23 @@ pub(super) async fn connect(req: HttpRequest, body: web::Payload, agent: web::Da
         Err(e) => return DataPathError::Failed(ApiError::internal(e)).response(),
     };
     tracing::info!(domid = domid.domid, rfb = domid.rfb, websocket, "console connected");
+    // A text console's reader is counted, so that a domain that shut down is destroyed once its
+    // last lines have reached it.
+    let tap = Tap {
+        fd: fd.clone(),
+        watch: (!domid.rfb).then(|| agent.console_watch(domid)),
+    };
     if websocket {
-        return super::websocket::serve(&req, body, fd);
+        return super::websocket::serve(&req, body, tap);
     }
-    actix_web::rt::spawn(keyboard(body, fd.clone()));
-    HttpResponse::Ok().streaming(futures_util::stream::unfold(fd, screen))
+    actix_web::rt::spawn(keyboard(body, fd));
+    HttpResponse::Ok().streaming(futures_util::stream::unfold(tap, screen))
+}
+
+/// A console being read: its descriptor and, for a text console, the note of its reader.
+pub(super) struct Tap {
+    pub(super) fd: Arc<AsyncFd<File>>,
+    watch: Option<agent::console_watch::ConsoleWatch>,
 }
 
 /// Writes all of `bytes` to the console; false once the console is gone.
@@ -122,23 +134,26 @@ async fn keyboard(mut body: web::Payload, fd: Arc<AsyncFd<File>>) {
 }
 
 /// The next output of the console; ends when the guest's console closes.
-pub(super) async fn screen(fd: Arc<AsyncFd<File>>) -> Option<(Result<web::Bytes, std::io::Error>, Arc<AsyncFd<File>>)> {
+pub(super) async fn screen(tap: Tap) -> Option<(Result<web::Bytes, std::io::Error>, Tap)> {
     let mut buf = vec![0u8; 16 * 1024];
     loop {
-        let mut guard = match fd.readable().await {
-            Ok(g) => g,
-            Err(e) => return Some((Err(e), fd)),
+        let read = match tap.fd.readable().await {
+            Ok(mut guard) => guard.try_io(|f| f.get_ref().read(&mut buf)),
+            Err(e) => return Some((Err(e), tap)),
         };
-        match guard.try_io(|f| f.get_ref().read(&mut buf)) {
+        match read {
             Ok(Ok(0)) => return None,
             Ok(Ok(n)) => {
                 buf.truncate(n);
-                return Some((Ok(web::Bytes::from(buf)), fd));
+                if let Some(w) = &tap.watch {
+                    w.output();
+                }
+                return Some((Ok(web::Bytes::from(buf)), tap));
             }
             // A pty whose other end closed (xenconsoled, once the domain is gone) reads EIO:
             // that is the end of the console, not a failure.
             Ok(Err(e)) if e.raw_os_error() == Some(libc::EIO) => return None,
-            Ok(Err(e)) => return Some((Err(e), fd)),
+            Ok(Err(e)) => return Some((Err(e), tap)),
             Err(_would_block) => continue,
         }
     }

@@ -2,7 +2,7 @@
 //! out as binary messages; text or binary messages from the client are typed in; pings are
 //! answered; a close ends it.
 
-use super::console::{screen, type_in};
+use super::console::{screen, type_in, Tap};
 use actix_codec::{Decoder, Encoder};
 use actix_http::ws::{hash_key, Codec, Frame, Message};
 use actix_web::http::StatusCode;
@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 const MAX_FRAME: usize = 64 * 1024;
 
 /// Answers the upgrade and runs the console over it.
-pub(super) fn serve(req: &HttpRequest, body: web::Payload, fd: Arc<AsyncFd<File>>) -> HttpResponse {
+pub(super) fn serve(req: &HttpRequest, body: web::Payload, tap: Tap) -> HttpResponse {
     let key = req
         .headers()
         .get("sec-websocket-key")
@@ -26,8 +26,8 @@ pub(super) fn serve(req: &HttpRequest, body: web::Payload, fd: Arc<AsyncFd<File>
         .unwrap_or_default();
     let accept = hash_key(&key);
     let (out_tx, out_rx) = mpsc::channel::<Message>(64);
-    actix_web::rt::spawn(client_side(body, fd.clone(), out_tx.clone()));
-    actix_web::rt::spawn(guest_side(fd, out_tx));
+    actix_web::rt::spawn(client_side(body, tap.fd.clone(), out_tx.clone()));
+    actix_web::rt::spawn(guest_side(tap, out_tx));
     let frames = futures_util::stream::unfold((out_rx, Codec::new()), |(mut rx, mut codec)| async move {
         let msg = rx.recv().await?;
         let last = matches!(msg, Message::Close(_));
@@ -48,15 +48,15 @@ pub(super) fn serve(req: &HttpRequest, body: web::Payload, fd: Arc<AsyncFd<File>
 }
 
 /// Guest output → binary messages; a close when the console ends.
-async fn guest_side(fd: Arc<AsyncFd<File>>, out: mpsc::Sender<Message>) {
-    let mut fd = fd;
+async fn guest_side(tap: Tap, out: mpsc::Sender<Message>) {
+    let mut tap = tap;
     loop {
-        match screen(fd).await {
+        match screen(tap).await {
             Some((Ok(bytes), next)) => {
                 if out.send(Message::Binary(bytes)).await.is_err() {
                     return;
                 }
-                fd = next;
+                tap = next;
             }
             _ => {
                 let _ = out.send(Message::Close(None)).await;
