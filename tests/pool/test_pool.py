@@ -586,8 +586,17 @@ def test_destroy_a_dead_member(hosts):
     assert failure(x.VM.assert_can_boot_here, other, dead) == ["HOST_OFFLINE", dead]
     assert dead not in x.VM.get_possible_hosts(other)
     assert failure(x.host.destroy, dead) == ["HOST_HAS_RESIDENT_VMS", dead]
-    x.VM.power_state_reset(vm)
+    # host.declare_dead: its VMs Halted in the database (their domains died with it), resident
+    # nowhere, startable elsewhere; the host disabled.
+    assert failure(x.host.declare_dead, by_addr[master.address]) == ["HOST_IS_LIVE", by_addr[master.address]]
+    x.host.declare_dead(dead)
     assert x.VM.get_power_state(vm) == "Halted"
+    assert x.VM.get_resident_on(vm) == "OpaqueRef:NULL"
+    assert x.VM.get_current_operations(vm) == {}
+    assert x.host.get_enabled(dead) is False
+    x.VM.start(vm, False, False)
+    assert x.VM.get_resident_on(vm) not in (dead, "OpaqueRef:NULL")
+    x.VM.hard_shutdown(vm)
     x.host.destroy(dead)
     assert dead not in x.host.get_all() and len(x.host.get_all()) == N - 1
     assert not set(pifs) & set(x.PIF.get_all())

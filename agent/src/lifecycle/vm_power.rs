@@ -269,7 +269,14 @@ pub async fn perform(agent: &Arc<Agent>, vm: &str, message: &str, args: &[Value]
         "resume" => resume(agent, vm, bool_arg(args, 0)).await,
         "resume_on" => resume(agent, vm, bool_arg(args, 1)).await,
         "power_state_reset" => {
-            if let Some(d) = domid_of(&*vm_of(agent, vm)?) {
+            // A domain only on this host's backend: the VM's domid names nothing here when
+            // it is resident on another host (or on a dead one).
+            let rec = vm_of(agent, vm)?;
+            let here = rec
+                .get(fields::VM::resident_on)
+                .as_ref_str()
+                .is_none_or(|h| h == agent.host || h == crate::value::NULL_REF);
+            if let Some(d) = domid_of(&rec).filter(|_| here) {
                 let hv = agent.hypervisor.clone();
                 let _ = blocking(agent, move || hv.destroy(d)).await;
             }
@@ -444,6 +451,30 @@ async fn stopped_facts(agent: &Arc<Agent>, vm: &str) -> u64 {
 }
 
 fn mark_stopped_tx(tx: &mut Tx, agent: &Agent, vm: &str, state: VmPowerState, free: u64) -> Result<(), ApiError> {
+    stopped_tx(tx, vm, state)?;
+    note_host_memory(tx, agent, free)?;
+    rules::refresh_vm_and_devices(tx, vm)
+}
+
+/// Resets a VM to Halted in the database alone, as `VM.power_state_reset` does (no domain,
+/// resident nowhere, devices detached, no operation in progress): for the VMs of a host declared
+/// dead, whose domains are gone with it.
+pub(crate) fn reset_halted_tx(tx: &mut Tx, vm: &str) -> Result<(), ApiError> {
+    stopped_tx(tx, vm, VmPowerState::Halted)?;
+    if tx.get(class_ids::VM, vm).is_some() {
+        set_field(
+            tx,
+            class_ids::VM,
+            vm,
+            fields::VM::current_operations,
+            Value::map(Vec::new()),
+        )?;
+    }
+    rules::refresh_vm_and_devices(tx, vm)
+}
+
+/// The record side of a stop: state, domid, residence, consoles, metrics, devices.
+fn stopped_tx(tx: &mut Tx, vm: &str, state: VmPowerState) -> Result<(), ApiError> {
     use fields::VM as f;
     let Some(rec) = tx.get(class_ids::VM, vm) else {
         return Ok(());
@@ -468,9 +499,7 @@ fn mark_stopped_tx(tx: &mut Tx, agent: &Agent, vm: &str, state: VmPowerState, fr
         }
     }
     crate::metrics::guest::clear_tx(tx, &rec)?;
-    devices::mark_attached(tx, &rec, false)?;
-    note_host_memory(tx, agent, free)?;
-    rules::refresh_vm_and_devices(tx, vm)
+    devices::mark_attached(tx, &rec, false)
 }
 
 /// Destroys the VM's domain (if any) without committing a power state.

@@ -1,6 +1,7 @@
-//! `host.destroy` of a member that is gone for good: the reference's refusals (`HOST_IS_LIVE`
-//! when it still answers or is this host, `HA_IS_ENABLED`, `HOST_HAS_RESIDENT_VMS`), then its
-//! etcd member and its own records leave the pool.
+//! A member that is gone: `host.declare_dead` (its VMs reset to Halted, the host disabled; it may
+//! come back) and `host.destroy` (gone for good). Both refuse a host that is this one or still
+//! answers (`HOST_IS_LIVE`); `destroy` also `HA_IS_ENABLED` and `HOST_HAS_RESIDENT_VMS`, then
+//! its etcd member and its own records leave the pool.
 
 use super::remote::{Remote, RemoteError};
 use crate::call::Call;
@@ -58,5 +59,41 @@ pub async fn destroy(agent: &Arc<Agent>, c: &Call) -> Result<Value, ApiError> {
     super::join::remove_etcd_member(agent, &name, &address).await?;
     super::join::remove_own_records(agent, &host).await?;
     tracing::info!(host = %host, %address, "a dead host's records left the pool (host.destroy)");
+    Ok(Value::None)
+}
+
+/// `host.declare_dead(host)`: the administrator says the host is gone (`HOST_IS_LIVE` if it is
+/// this host or answers). Every VM the database has resident on it is reset to Halted, as
+/// `VM.power_state_reset` would (its domains are gone with the host; the marks of operations it
+/// was running go too), and the host is disabled, so that placement passes it over. Its records
+/// stay: started again, it finds its VMs Halted and is enabled again with `host.enable`.
+pub async fn declare_dead(agent: &Arc<Agent>, c: &Call) -> Result<Value, ApiError> {
+    let host = c.ref_arg(0)?.to_owned();
+    if agent.store.get(class_ids::host, &host).is_none() {
+        return Err(ApiError::handle_invalid("host", &host));
+    }
+    if host == agent.host || is_alive(agent, &host, c.session_ref()).await {
+        return Err(ApiError::HostIsLive { host });
+    }
+    let vms: Vec<String> = agent
+        .store
+        .all(class_ids::VM)
+        .iter()
+        .filter(|v| {
+            v.get(fields::VM::resident_on).as_ref_str() == Some(host.as_str())
+                && v.get(fields::VM::is_control_domain) != &Value::Bool(true)
+        })
+        .map(|v| v.reference.clone())
+        .collect();
+    agent
+        .store
+        .write(|tx| {
+            for vm in &vms {
+                crate::lifecycle::vm_power::reset_halted_tx(tx, vm)?;
+            }
+            crate::objects::set_field(tx, class_ids::host, &host, fields::host::enabled, Value::Bool(false))
+        })
+        .await?;
+    tracing::info!(host = %host, vms = vms.len(), "host declared dead: its VMs are Halted, the host disabled");
     Ok(Value::None)
 }

@@ -79,6 +79,9 @@ pub fn behaviour() -> Vec<Entry> {
             &agent, &c
         )
         .await),
+        entry!(class_ids::host, "declare_dead", |agent, _ctx, c| {
+            dead_host::declare_dead(&agent, &c).await
+        }),
         entry!(class_ids::pool, "sync_database", |agent, _ctx, _c| {
             // Every write is committed by the etcd members' majority before it is
             // acknowledged: there is nothing left to push to the members.
