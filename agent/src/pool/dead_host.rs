@@ -35,8 +35,9 @@ pub async fn is_alive(agent: &Agent, host: &str, session: &str) -> bool {
     }
 }
 
-/// `host.destroy(host)`.
-pub async fn destroy(agent: &Arc<Agent>, c: &Call) -> Result<Value, ApiError> {
+/// The call's host argument, once it is known to be neither this host nor a host that answers
+/// (`HOST_IS_LIVE`), with its record.
+async fn dead_host_arg(agent: &Agent, c: &Call) -> Result<(String, Arc<crate::value::Object>), ApiError> {
     let host = c.ref_arg(0)?.to_owned();
     let record = agent
         .store
@@ -45,12 +46,29 @@ pub async fn destroy(agent: &Arc<Agent>, c: &Call) -> Result<Value, ApiError> {
     if host == agent.host || is_alive(agent, &host, c.session_ref()).await {
         return Err(ApiError::HostIsLive { host });
     }
+    Ok((host, record))
+}
+
+/// The VMs other than control domains the database has resident on `host`.
+fn guests_on(agent: &Agent, host: &str) -> Vec<Arc<crate::value::Object>> {
+    agent
+        .store
+        .all(class_ids::VM)
+        .into_iter()
+        .filter(|v| {
+            v.get(fields::VM::resident_on).as_ref_str() == Some(host)
+                && v.get(fields::VM::is_control_domain) != &Value::Bool(true)
+        })
+        .collect()
+}
+
+/// `host.destroy(host)`.
+pub async fn destroy(agent: &Arc<Agent>, c: &Call) -> Result<Value, ApiError> {
+    let (host, record) = dead_host_arg(agent, c).await?;
     super::rotate::refuse_with_ha(agent)?;
-    let resident = agent.store.all(class_ids::VM).iter().any(|v| {
-        v.get(fields::VM::resident_on).as_ref_str() == Some(host.as_str())
-            && v.get(fields::VM::is_control_domain) != &Value::Bool(true)
-            && v.get(fields::VM::power_state) != &VmPowerState::Halted.value()
-    });
+    let resident = guests_on(agent, &host)
+        .iter()
+        .any(|v| v.get(fields::VM::power_state) != &VmPowerState::Halted.value());
     if resident {
         return Err(ApiError::HostHasResidentVms { host });
     }
@@ -68,23 +86,8 @@ pub async fn destroy(agent: &Arc<Agent>, c: &Call) -> Result<Value, ApiError> {
 /// was running go too), and the host is disabled, so that placement passes it over. Its records
 /// stay: started again, it finds its VMs Halted and is enabled again with `host.enable`.
 pub async fn declare_dead(agent: &Arc<Agent>, c: &Call) -> Result<Value, ApiError> {
-    let host = c.ref_arg(0)?.to_owned();
-    if agent.store.get(class_ids::host, &host).is_none() {
-        return Err(ApiError::handle_invalid("host", &host));
-    }
-    if host == agent.host || is_alive(agent, &host, c.session_ref()).await {
-        return Err(ApiError::HostIsLive { host });
-    }
-    let vms: Vec<String> = agent
-        .store
-        .all(class_ids::VM)
-        .iter()
-        .filter(|v| {
-            v.get(fields::VM::resident_on).as_ref_str() == Some(host.as_str())
-                && v.get(fields::VM::is_control_domain) != &Value::Bool(true)
-        })
-        .map(|v| v.reference.clone())
-        .collect();
+    let (host, _) = dead_host_arg(agent, c).await?;
+    let vms: Vec<String> = guests_on(agent, &host).iter().map(|v| v.reference.clone()).collect();
     agent
         .store
         .write(|tx| {
