@@ -220,7 +220,11 @@ async fn admit(
             return Err(Err(e));
         }
     };
-    if !forwarded && crate::pool::forward::depends_on_view(agent, c) {
+    // Before choosing where a call runs, and before running a call another host chose to send
+    // here, this host's view takes in every change etcd has committed: the sender's view had
+    // them (a `VM.hard_shutdown` just carried out on a third host, whose mark this host must
+    // not still see when a `VM.start` is sent here).
+    if forwarded || crate::pool::forward::depends_on_view(agent, c) {
         if let Err(e) = agent.store.caught_up().await {
             let e = ApiError::internal(format!("this host's view of the pool database is not current: {e}"));
             record(agent, pending, audit::Outcome::Error(&e));
