@@ -86,31 +86,73 @@ def open_connect(url: str, location: str, session_ref: str, timeout: int):
 
 
 class Console:
-    """A guest's text console through xapid: HTTP CONNECT over TLS."""
+    """A guest's text console through xapid: HTTP CONNECT over TLS.
+
+    A connection that gives no byte for STALL_S seconds while xapid keeps it open is replaced
+    by a new one (at most MAX_REOPEN times), and the run says so: some runs saw a console
+    connection stop delivering while the guest kept printing (xenconsoled's or QEMU's log had
+    the lines), not yet explained (docs/hypervisor.md). The guest's output then still has to
+    arrive through xapid, on the new connection."""
+
+    STALL_S = 60.0
+    MAX_REOPEN = 10
+    reopened_total = 0
 
     def __init__(self, url: str, location: str, session_ref: str):
-        self.sock, self.status, rest = open_connect(url, location, session_ref, 30)
-        if " 200" not in self.status:
-            raise Failed(f"CONNECT {location}: {self.status}")
-        self.buf = bytearray(rest)
+        self.url, self.location, self.session_ref = url, location, session_ref
+        self.buf = bytearray()
         self.lock = threading.Lock()
-        self.closed = False
-        self.sock.settimeout(None)
-        threading.Thread(target=self._pump, daemon=True).start()
+        self.reopened = 0
+        self._open()
 
-    def _pump(self) -> None:
+    def _open(self) -> None:
+        sock, status, rest = open_connect(self.url, self.location, self.session_ref, 30)
+        if " 200" not in status:
+            raise Failed(f"CONNECT {self.location}: {status}")
+        self.sock, self.status = sock, status
+        with self.lock:
+            self.buf += rest
+        self.closed = False
+        self.last_byte = time.monotonic()
+        self.sock.settimeout(None)
+        threading.Thread(target=self._pump, args=(sock,), daemon=True).start()
+
+    def _pump(self, sock) -> None:
         try:
             while True:
-                chunk = self.sock.recv(65536)
+                chunk = sock.recv(65536)
                 if not chunk:
                     break
                 with self.lock:
                     self.buf += chunk
+                    self.last_byte = time.monotonic()
         except OSError:
             pass
-        self.closed = True
+        if sock is self.sock:
+            self.closed = True
+
+    def _reopen_if_stalled(self) -> None:
+        quiet = time.monotonic() - self.last_byte
+        if self.closed or quiet < self.STALL_S or self.reopened >= self.MAX_REOPEN:
+            return
+        self.reopened += 1
+        Console.reopened_total += 1
+        step(f"WARN: no console byte for {quiet:.0f}s on this connection ({self.state()}); "
+             f"opening a new one ({self.reopened} of at most {self.MAX_REOPEN})")
+        old = self.sock
+        try:
+            self._open()
+        except (Failed, OSError) as e:
+            step(f"WARN: the new console connection failed: {e}")
+            self.last_byte = time.monotonic()
+            return
+        try:
+            old.close()
+        except OSError:
+            pass
 
     def text(self) -> str:
+        self._reopen_if_stalled()
         with self.lock:
             return self.buf.decode("utf-8", "replace")
 
@@ -121,7 +163,8 @@ class Console:
         """How much arrived and whether xapid ended the stream (for failure messages)."""
         with self.lock:
             n = len(self.buf)
-        return f"{n} bytes so far, connection {'closed by xapid' if self.closed else 'still open'}"
+        return (f"{n} bytes so far, connection {'closed by xapid' if self.closed else 'still open'}, "
+                f"reopened {self.reopened} times")
 
     def close(self) -> None:
         try:
@@ -691,6 +734,9 @@ def main() -> int:
             except (Failed, XenAPI.Failure) as e:
                 failed.append(f"HVM from an ISO: {e}")
                 step(f"FAILED: {e}")
+        if Console.reopened_total:
+            step(f"WARN: {Console.reopened_total} console connection(s) gave nothing for "
+                 f"{Console.STALL_S:.0f}s and were replaced (docs/hypervisor.md)")
         if failed:
             raise Failed(f"{len(failed)} part(s) failed: " + "; ".join(failed))
         step(f"ALL PASSED{f' (only {sorted(only)}: XAPID_XEN_E2E_ONLY)' if only else ''}"
