@@ -49,6 +49,15 @@ pub fn forget(state_dir: &Path, op_id: &str) {
     }
 }
 
+/// Forgets every note (a host alone clears every mark at start-up).
+pub fn forget_all(state_dir: &Path) {
+    match std::fs::remove_dir_all(dir(state_dir)) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => tracing::warn!(error = %e, "cannot remove the operation mark notes"),
+    }
+}
+
 /// A mark a previous run of this host noted and did not clear.
 pub struct Leftover {
     pub class: ClassId,
@@ -110,5 +119,8 @@ mod tests {
         std::fs::write(dir.path().join("operations").join("junk"), "nonsense").unwrap();
         assert_eq!(leftovers(state).len(), 1);
         assert!(!dir.path().join("operations").join("junk").exists());
+        forget_all(state);
+        assert!(leftovers(state).is_empty());
+        forget_all(state);
     }
 }

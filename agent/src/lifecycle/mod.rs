@@ -329,9 +329,6 @@ async fn begin(
 /// or the object would stay marked busy for good.
 async fn end(agent: &Arc<Agent>, class: ClassId, reference: &str, op_id: &str) {
     let Err(e) = clear_mark(agent, class, reference, op_id).await else {
-        if agent.store.is_pooled() {
-            inflight::forget(&agent.state_dir, op_id);
-        }
         return;
     };
     if !agent.store.is_pooled() {
@@ -345,7 +342,6 @@ async fn end(agent: &Arc<Agent>, class: ClassId, reference: &str, op_id: &str) {
         for _ in 0..300 {
             tokio::time::sleep(std::time::Duration::from_secs(2)).await;
             if clear_mark(&agent, class, &reference, &op_id).await.is_ok() {
-                inflight::forget(&agent.state_dir, &op_id);
                 return;
             }
         }
@@ -385,13 +381,21 @@ fn clear_late_mark(agent: &Arc<Agent>, class: ClassId, reference: &str, op_id: &
             }
             if clear_mark(&agent, class, &reference, &op_id).await.is_ok() {
                 tracing::info!(class = class.name(), %reference, "cleared the mark of a call the pool database first refused");
-                inflight::forget(&agent.state_dir, &op_id);
                 return;
             }
         }
     });
 }
 
+/// Whether the database has `vm` resident on a host other than this one (its domain, if any,
+/// is that host's).
+pub(crate) fn resident_on_other_host(agent: &Agent, vm: &crate::value::Object) -> bool {
+    vm.get(fields::VM::resident_on)
+        .as_ref_str()
+        .is_some_and(|h| h != agent.host && h != NULL_REF)
+}
+
+/// Removes an operation's mark and, in a pool, this host's note of it (`inflight.rs`).
 pub(crate) async fn clear_mark(
     agent: &Arc<Agent>,
     class: ClassId,
@@ -412,7 +416,11 @@ pub(crate) async fn clear_mark(
             set_field(tx, class, reference, f, Value::map(cur))?;
             rules::refresh_allowed(tx, class, reference)
         })
-        .await
+        .await?;
+    if agent.store.is_pooled() {
+        inflight::forget(&agent.state_dir, op_id);
+    }
+    Ok(())
 }
 
 /// What an actor runs for an operation on its object.

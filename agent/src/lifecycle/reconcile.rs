@@ -19,12 +19,7 @@ pub async fn at_start(agent: &Arc<Agent>) -> Result<(), ApiError> {
     let domains = blocking(agent, move || hv.list_domains()).await?;
     // In a pool, a VM resident on another host is that host's to reconcile.
     let pooled = agent.store.is_pooled();
-    let elsewhere = |o: &crate::value::Object| {
-        pooled
-            && o.get(fields::VM::resident_on)
-                .as_ref_str()
-                .is_some_and(|h| h != agent.host && h != crate::value::NULL_REF)
-    };
+    let elsewhere = |o: &crate::value::Object| pooled && super::resident_on_other_host(agent, o);
     // The VMs resident here before any is marked Halted below (which clears `resident_on`):
     // in a pool, their marks are this host's to clear.
     let resident_here: std::collections::HashSet<String> = agent
@@ -87,7 +82,6 @@ pub async fn at_start(agent: &Arc<Agent>) -> Result<(), ApiError> {
             match super::clear_mark(agent, left.class, &left.reference, &left.op_id).await {
                 Ok(()) => {
                     tracing::info!(class = left.class.name(), reference = %left.reference, op = %left.op_id, "cleared the mark of an operation cut short by this host's stop");
-                    super::inflight::forget(&agent.state_dir, &left.op_id);
                 }
                 Err(e) => {
                     tracing::warn!(reference = %left.reference, error = %e, "cannot clear the mark of an operation cut short by this host's stop")
@@ -96,9 +90,7 @@ pub async fn at_start(agent: &Arc<Agent>) -> Result<(), ApiError> {
         }
     } else {
         // A host alone clears every mark below; notes from its time in a pool are moot.
-        for left in super::inflight::leftovers(&agent.state_dir) {
-            super::inflight::forget(&agent.state_dir, &left.op_id);
-        }
+        super::inflight::forget_all(&agent.state_dir);
     }
     agent
         .store

@@ -272,11 +272,7 @@ pub async fn perform(agent: &Arc<Agent>, vm: &str, message: &str, args: &[Value]
             // A domain only on this host's backend: the VM's domid names nothing here when
             // it is resident on another host (or on a dead one).
             let rec = vm_of(agent, vm)?;
-            let here = rec
-                .get(fields::VM::resident_on)
-                .as_ref_str()
-                .is_none_or(|h| h == agent.host || h == crate::value::NULL_REF);
-            if let Some(d) = domid_of(&rec).filter(|_| here) {
+            if let Some(d) = domid_of(&rec).filter(|_| !super::resident_on_other_host(agent, &rec)) {
                 let hv = agent.hypervisor.clone();
                 let _ = blocking(agent, move || hv.destroy(d)).await;
             }
