@@ -334,7 +334,9 @@ say "dom0 rootfs and test guest ready, kernel $KVER"
 # ---------------------------------------------------------------- host build
 say "building the agent test binary on the host"
 TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target}
-BIN=$(cd "$REPO" && cargo test -p agent --lib --no-run --message-format=json 2>"$CACHE/cargo.log" |
+# --workspace: the same features as `cargo test --workspace` (scripts/test.sh), so after that
+# step nothing is rebuilt; `-p agent` alone would build every dependency a second time.
+BIN=$(cd "$REPO" && cargo test --workspace --lib --no-run --message-format=json 2>"$CACHE/cargo.log" |
     python3 -c '
 import json, sys
 for line in sys.stdin:
@@ -347,19 +349,16 @@ for line in sys.stdin:
 ') || true
 [ -n "$BIN" ] && [ -x "$BIN" ] || {
     tail -30 "$CACHE/cargo.log" >&2
-    die "cargo test -p agent --no-run failed (log: $CACHE/cargo.log)"
+    die "cargo test --workspace --lib --no-run failed (log: $CACHE/cargo.log)"
 }
 say "test binary: $BIN"
-(cd "$REPO" && cargo build -p agent --bin xapid-xenguest 2>>"$CACHE/cargo.log") ||
-    die "cargo build -p agent --bin xapid-xenguest failed (log: $CACHE/cargo.log)"
-HELPER=$(dirname "$(dirname "$BIN")")/xapid-xenguest
-[ -x "$HELPER" ] || die "no $HELPER after the build"
 if [ -z "${XAPID_BIN:-}" ]; then
     say "building the release daemon (xapid, xapid-xenguest)"
     (cd "$REPO" && cargo build --release --bin xapid --bin xapid-xenguest 2>>"$CACHE/cargo.log") ||
         die "cargo build --release --bin xapid --bin xapid-xenguest failed (log: $CACHE/cargo.log)"
     XAPID_BIN=$TARGET_DIR/release/xapid
 fi
+# The conformance suite in dom0 and the daemon share the release domain-build helper.
 REL_HELPER=$(dirname "$XAPID_BIN")/xapid-xenguest
 [ -x "$XAPID_BIN" ] && [ -x "$REL_HELPER" ] || die "no $XAPID_BIN or $REL_HELPER (build both with cargo build --release)"
 case " $PARTS " in
@@ -371,7 +370,7 @@ esac
 RUN=$CACHE/runs/$(date -u +%Y%m%dT%H%M%S)
 mkdir -p "$RUN/payload"
 cp "$BIN" "$RUN/payload/agent-tests"
-cp "$HELPER" "$RUN/payload/xapid-xenguest"
+cp "$REL_HELPER" "$RUN/payload/xapid-xenguest"
 cp "$REPO/tests/xen/dom0-run.sh" "$RUN/payload/dom0-run.sh"
 cp "$REPO/tests/xen/dm-watch.sh" "$RUN/payload/dm-watch.sh"
 chmod +x "$RUN/payload/dom0-run.sh" "$RUN/payload/dm-watch.sh"

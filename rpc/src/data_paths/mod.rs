@@ -9,6 +9,7 @@
 mod audit_log;
 mod auth;
 mod console;
+mod console_pump;
 mod disk_format;
 mod prometheus;
 mod rrd;

@@ -2,16 +2,14 @@
 //! out as binary messages; text or binary messages from the client are typed in; pings are
 //! answered; a close ends it.
 
-use super::console::{screen, type_in, Tap};
+use super::console::{screen, Tap};
+use super::console_pump::Keys;
 use actix_codec::{Decoder, Encoder};
 use actix_http::ws::{hash_key, Codec, Frame, Message};
 use actix_web::http::StatusCode;
 use actix_web::web::BytesMut;
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
-use std::fs::File;
-use std::sync::Arc;
-use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc;
 
 /// Largest frame accepted from the client.
@@ -26,7 +24,7 @@ pub(super) fn serve(req: &HttpRequest, body: web::Payload, tap: Tap) -> HttpResp
         .unwrap_or_default();
     let accept = hash_key(&key);
     let (out_tx, out_rx) = mpsc::channel::<Message>(64);
-    actix_web::rt::spawn(client_side(body, tap.fd.clone(), out_tx.clone()));
+    actix_web::rt::spawn(client_side(body, tap.keys.clone(), out_tx.clone()));
     actix_web::rt::spawn(guest_side(tap, out_tx));
     let frames = futures_util::stream::unfold((out_rx, Codec::new()), |(mut rx, mut codec)| async move {
         let msg = rx.recv().await?;
@@ -67,7 +65,7 @@ async fn guest_side(tap: Tap, out: mpsc::Sender<Message>) {
 }
 
 /// Client frames → console input; pings answered, close honoured.
-async fn client_side(mut body: web::Payload, fd: Arc<AsyncFd<File>>, out: mpsc::Sender<Message>) {
+async fn client_side(mut body: web::Payload, keys: Keys, out: mpsc::Sender<Message>) {
     let mut codec = Codec::new().max_size(MAX_FRAME);
     let mut buf = BytesMut::new();
     while let Some(Ok(chunk)) = body.next().await {
@@ -75,7 +73,7 @@ async fn client_side(mut body: web::Payload, fd: Arc<AsyncFd<File>>, out: mpsc::
         loop {
             match codec.decode(&mut buf) {
                 Ok(Some(Frame::Binary(b))) | Ok(Some(Frame::Text(b))) => {
-                    if !type_in(&fd, &b).await {
+                    if !keys.type_in(b) {
                         return;
                     }
                 }

@@ -1,0 +1,217 @@
+//! One thread per console connection owns the console's descriptor (a pty slave on Xen, a
+//! socket in the simulator). It waits with `poll(2)`, level-triggered, for guest output, for
+//! room to write keystrokes, or for an eventfd that says keystrokes are queued; guest output
+//! goes to the HTTP side through a bounded channel, so a slow client holds the guest back
+//! instead of losing bytes.
+//!
+//! Why a thread and not an edge-triggered reactor registration: on the harness's Xen a console
+//! connection read through the reactor sometimes stopped delivering while the pty had output
+//! (docs/hypervisor.md). A level-triggered wait asks the kernel afresh each time.
+//!
+//! The thread ends when the console reads end of file or EIO (the other end closed: the
+//! domain is gone), on any other error (sent to the reader first), or when the HTTP side has
+//! dropped its receiver; it checks for that before every read, so a connection that has gone
+//! does not take output meant for the next one.
+
+use actix_web::web::Bytes;
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::eventfd::{EfdFlags, EventFd};
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::AsFd;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+
+/// Chunks of guest output waiting for the client, at most.
+const QUEUED_CHUNKS: usize = 16;
+/// Largest read from the console.
+const CHUNK: usize = 16 * 1024;
+/// How often the thread looks whether the HTTP side is still there while the console is quiet.
+const IDLE_CHECK_MS: u16 = 250;
+
+/// Guest output for the HTTP side; `None` from `recv` once the console has ended.
+pub(super) type Screen = mpsc::Receiver<std::io::Result<Bytes>>;
+
+/// The keyboard side of a console: queues bytes for the thread to write.
+#[derive(Clone)]
+pub(super) struct Keys {
+    queue: Sender<Bytes>,
+    wake: Arc<EventFd>,
+}
+
+impl Keys {
+    /// Queues `bytes` to be typed in; false once the console is gone.
+    pub(super) fn type_in(&self, bytes: Bytes) -> bool {
+        if self.queue.send(bytes).is_err() {
+            return false;
+        }
+        self.wake.write(1).is_ok()
+    }
+}
+
+/// Starts the thread that owns `console` (already non-blocking).
+pub(super) fn start(console: File, name: String) -> std::io::Result<(Screen, Keys)> {
+    let wake = Arc::new(EventFd::from_value_and_flags(
+        0,
+        EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK,
+    )?);
+    let (out_tx, out_rx) = mpsc::channel(QUEUED_CHUNKS);
+    let (key_tx, key_rx) = crossbeam_channel::unbounded();
+    let thread_wake = wake.clone();
+    std::thread::Builder::new()
+        .name(name)
+        .spawn(move || run(console, &thread_wake, &key_rx, &out_tx))?;
+    Ok((out_rx, Keys { queue: key_tx, wake }))
+}
+
+/// The thread's loop: see the module comment.
+fn run(mut console: File, wake: &EventFd, keys: &Receiver<Bytes>, out: &mpsc::Sender<std::io::Result<Bytes>>) {
+    let mut typed: Vec<u8> = Vec::new();
+    let mut keyboard_open = true;
+    loop {
+        if out.is_closed() {
+            return;
+        }
+        while keyboard_open {
+            match keys.try_recv() {
+                Ok(b) => typed.extend_from_slice(&b),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => keyboard_open = false,
+            }
+        }
+        let mut wanted = PollFlags::POLLIN;
+        if !typed.is_empty() {
+            wanted |= PollFlags::POLLOUT;
+        }
+        let (console_ready, woken) = {
+            let mut fds = [
+                PollFd::new(console.as_fd(), wanted),
+                PollFd::new(wake.as_fd(), PollFlags::POLLIN),
+            ];
+            match poll(&mut fds, PollTimeout::from(IDLE_CHECK_MS)) {
+                Ok(_) => (fds[0].revents().unwrap_or(PollFlags::empty()), fds[1].revents()),
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => {
+                    let _ = out.blocking_send(Err(e.into()));
+                    return;
+                }
+            }
+        };
+        if woken.is_some_and(|r| r.contains(PollFlags::POLLIN)) {
+            // Resets the counter; the queued bytes are taken at the top of the loop.
+            let _ = wake.read();
+        }
+        if console_ready.contains(PollFlags::POLLOUT) && !typed.is_empty() {
+            match console.write(&typed) {
+                Ok(n) => {
+                    typed.drain(..n);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                // The console is going away: what it still has to say is read below.
+                Err(_) => typed.clear(),
+            }
+        }
+        let readable = PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR;
+        if console_ready.intersects(readable) && !out.is_closed() {
+            let mut buf = vec![0u8; CHUNK];
+            match console.read(&mut buf) {
+                Ok(0) => return,
+                Ok(n) => {
+                    buf.truncate(n);
+                    if out.blocking_send(Ok(Bytes::from(buf))).is_err() {
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                // A pty whose other end closed (xenconsoled, once the domain is gone) reads EIO:
+                // that is the end of the console, not a failure.
+                Err(e) if e.raw_os_error() == Some(libc::EIO) => return,
+                Err(e) => {
+                    let _ = out.blocking_send(Err(e));
+                    return;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::pty::openpty;
+    use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, SetArg};
+    use std::time::Duration;
+
+    /// A raw pty pair: (master, the slave opened non-blocking as a console is).
+    fn pty() -> (File, File) {
+        let p = openpty(None, None).unwrap();
+        let slave = File::from(p.slave);
+        let mut attrs = tcgetattr(&slave).unwrap();
+        cfmakeraw(&mut attrs);
+        tcsetattr(&slave, SetArg::TCSANOW, &attrs).unwrap();
+        nonblocking(&slave);
+        (File::from(p.master), slave)
+    }
+
+    fn nonblocking(f: &File) {
+        use nix::fcntl::{fcntl, FcntlArg, OFlag};
+        use std::os::fd::AsRawFd;
+        let flags = OFlag::from_bits_truncate(fcntl(f.as_raw_fd(), FcntlArg::F_GETFL).unwrap());
+        fcntl(f.as_raw_fd(), FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK)).unwrap();
+    }
+
+    fn read_until(screen: &mut Screen, needle: &str) -> String {
+        let mut seen = String::new();
+        while !seen.contains(needle) {
+            match screen.blocking_recv() {
+                Some(Ok(b)) => seen.push_str(&String::from_utf8_lossy(&b)),
+                other => panic!("console ended before {needle:?} ({other:?}); had {seen:?}"),
+            }
+        }
+        seen
+    }
+
+    #[test]
+    fn guest_output_in_keys_out_and_end_when_the_other_side_closes() {
+        let (mut master, slave) = pty();
+        let (mut screen, keys) = start(slave, "console-test".into()).unwrap();
+        // Output written long after the thread started waiting still arrives (the wait is
+        // asked again each time, not armed once).
+        for i in 0..5 {
+            std::thread::sleep(Duration::from_millis(300));
+            master.write_all(format!("line {i}\n").as_bytes()).unwrap();
+            read_until(&mut screen, &format!("line {i}"));
+        }
+        assert!(keys.type_in(Bytes::from_static(b"typed")));
+        let mut got = Vec::new();
+        let mut buf = [0u8; 64];
+        while got.len() < 5 {
+            let n = master.read(&mut buf).unwrap();
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(got, b"typed");
+        drop(master);
+        // The pty's other end is gone: the slave reads EIO, the console ends without an error.
+        assert!(screen.blocking_recv().is_none());
+        assert!(
+            !keys.type_in(Bytes::from_static(b"late")),
+            "keys accepted after the end"
+        );
+    }
+
+    #[test]
+    fn a_dropped_reader_leaves_later_output_for_the_next_one() {
+        let (mut master, slave) = pty();
+        let second = slave.try_clone().unwrap();
+        let (screen, _keys) = start(slave, "console-test-1".into()).unwrap();
+        drop(screen);
+        // The first thread sees its reader gone within its idle check, before this output.
+        std::thread::sleep(Duration::from_millis(u64::from(IDLE_CHECK_MS) * 3));
+        master.write_all(b"for the second reader\n").unwrap();
+        let (mut screen2, _keys2) = start(second, "console-test-2".into()).unwrap();
+        let seen = read_until(&mut screen2, "for the second reader");
+        assert!(seen.starts_with("for the second reader"), "{seen:?}");
+    }
+}
