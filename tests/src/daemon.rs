@@ -169,6 +169,23 @@ impl Daemon {
         }
     }
 
+    /// Waits up to `timeout` for the process to exit by itself; its status if it did (and it
+    /// is then reaped).
+    pub fn exited_within(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        let c = self.child.as_mut()?;
+        loop {
+            if let Ok(Some(status)) = c.try_wait() {
+                self.child = None;
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// SIGKILL, and reap it.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {

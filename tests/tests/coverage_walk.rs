@@ -45,10 +45,10 @@ const LAST: &[&str] = &[
     "host.emergency_reenable_tls_verification",
     "host.emergency_reset_server_certificate",
     "host.emergency_clear_mandatory_guidance",
-    "host.restart_agent",
-    "host.shutdown_agent",
     "host.reboot",
     "host.shutdown",
+    "host.restart_agent",
+    "host.shutdown_agent",
 ];
 
 /// Every message of the vendored datamodel as `Class.message`, with its parameters; also each
@@ -159,6 +159,29 @@ impl Walker<'_> {
         self.relogins += 1;
     }
 
+    /// After `host.restart_agent` answered: the daemon stops answering (a second later), then
+    /// answers again as the same process (it ran itself again, not a new child), on a new
+    /// session.
+    fn restarted_itself(&mut self) {
+        let pid = self.daemon.pid();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut probe = Rpc::new(self.daemon.addr, Wire::Json);
+        probe.http = HttpClient::new(self.daemon.addr, Duration::from_secs(2));
+        while probe.call("pool.get_all", &[json!("")]).is_ok() {
+            assert!(
+                Instant::now() < deadline,
+                "host.restart_agent answered but the daemon never stopped"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.daemon
+            .wait_ready(Duration::from_secs(60))
+            .unwrap_or_else(|e| panic!("after host.restart_agent: {e}"));
+        assert!(self.daemon.alive(), "after host.restart_agent the process is gone");
+        assert_eq!(self.daemon.pid(), pid);
+        self.connect();
+    }
+
     fn call_once(&mut self, method: &str, m: &Message) -> Outcome {
         let args = arguments(self.dm, method, m, &self.session);
         match self.rpc.call(method, &args) {
@@ -238,8 +261,14 @@ fn exactly_the_documented_messages_answer_not_implemented() {
     let mut unreachable = Vec::new();
     let mut slow = Vec::new();
     let mut wrong_function = Vec::new();
+    let mut shutdown_agent = None;
     for method in order {
         let m = &messages[method];
+        if method == "host.shutdown_agent" {
+            // Stops the daemon: called once the rest is checked, below.
+            shutdown_agent = Some(m);
+            continue;
+        }
         let t0 = Instant::now();
         let outcome = w.call(method, m);
         let took = t0.elapsed();
@@ -330,4 +359,33 @@ fn exactly_the_documented_messages_answer_not_implemented() {
         problems.push(format!("the daemon died during: {:?}", w.restarts));
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
+
+    // host.restart_agent with this host (the walk's placeholder named none): it answers, then
+    // the daemon runs again with its state.
+    let host = match w.rpc.call("host.get_all", &[json!(w.session)]) {
+        Ok(Reply::Success(Json::Array(hosts))) => hosts[0].clone(),
+        other => panic!("host.get_all: {other:?}"),
+    };
+    let reply = w.rpc.call("host.restart_agent", &[json!(w.session), host]);
+    assert!(matches!(reply, Ok(Reply::Success(_))), "host.restart_agent: {reply:?}");
+    w.restarted_itself();
+    let s = Rpc::new(addr, Wire::Json).login(PASSWORD, "coverage-walk-check");
+    assert!(
+        s.is_ok(),
+        "the root password no longer works after host.restart_agent: {s:?}"
+    );
+
+    // Last: host.shutdown_agent answers, then the daemon exits with status 0.
+    let m = shutdown_agent.expect("host.shutdown_agent is in the datamodel");
+    let outcome = w.call("host.shutdown_agent", m);
+    assert!(
+        matches!(outcome, Outcome::Answer(Reply::Success(_))),
+        "host.shutdown_agent: {outcome:?}"
+    );
+    let status = w.daemon.exited_within(Duration::from_secs(20));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "after host.shutdown_agent the daemon did not exit with status 0 within 20 s: {status:?}; log:\n{}",
+        w.daemon.log_tail()
+    );
 }

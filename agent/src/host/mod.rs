@@ -4,11 +4,13 @@
 //! - `certificates`: this host's `Certificate` record (the HTTPS certificate the pool pins);
 //! - `admin`: logs, debug keys, syslog, the hostname, the server certificate;
 //! - `license`: the one edition;
+//! - `agent_process`: `host.restart_agent`, `host.shutdown_agent` (the daemon's own process);
 //! - `runner`: how helper programs run (bounded time and output, their own process group);
 //! - `xmlrpc`: what plugins and extensions read and print;
 //! - `settings`: the environment variables that configure all of this.
 
 pub mod admin;
+pub mod agent_process;
 pub mod certificates;
 pub mod license;
 pub mod plugins;
@@ -26,6 +28,7 @@ pub fn behaviour() -> Vec<Entry> {
     let mut v = plugins::behaviour();
     v.extend(admin::behaviour());
     v.extend(license::behaviour());
+    v.extend(agent_process::behaviour());
     v
 }
 

@@ -1,5 +1,6 @@
 //! `xapid`: the XenAPI toolstack daemon.
 
+use agent::host::agent_process::AfterStop;
 use agent::hypervisor::{select_backend, BackendChoice, Latency, SimConfig};
 use agent::{Agent, AgentConfig};
 use clap::{Parser, ValueEnum};
@@ -338,12 +339,41 @@ fn main() -> ExitCode {
         serve(agent, server_cfg).await.map_err(|e| format!("serving: {e}"))
     });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => match agent::host::agent_process::after_stop() {
+            Some(AfterStop::Restart) => restart(),
+            Some(AfterStop::Exit) | None => ExitCode::SUCCESS,
+        },
         Err(e) => {
             tracing::error!("{e}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// `host.restart_agent`: the same program with the same arguments, in this process. Every
+/// descriptor the daemon opened is close-on-exec, so the listeners and the database are free
+/// for the new image. A binary replaced since the start (an upgrade) is the one run.
+fn restart() -> ExitCode {
+    use std::os::unix::process::CommandExt;
+    let exe = match std::env::current_exe() {
+        Ok(p) => {
+            let s = p.to_string_lossy();
+            match s.strip_suffix(" (deleted)") {
+                Some(path) => std::path::PathBuf::from(path),
+                None => p,
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "host.restart_agent: cannot find this program to run it again");
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::warn!(exe = %exe.display(), "host.restart_agent: starting again");
+    let e = std::process::Command::new(&exe)
+        .args(std::env::args_os().skip(1))
+        .exec();
+    tracing::error!(error = %e, exe = %exe.display(), "host.restart_agent: could not start again");
+    ExitCode::FAILURE
 }
 
 fn tls_config(args: &Args, state_dir: &std::path::Path) -> Result<rustls::ServerConfig, TlsError> {
