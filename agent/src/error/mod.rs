@@ -408,6 +408,8 @@ api_errors! {
     PoolSecretRotationPending {} => "POOL_SECRET_ROTATION_PENDING",
     /// The VM has a disk on an SR the host cannot see.
     VmRequiresSr { vm, sr } => "VM_REQUIRES_SR",
+    /// `VM.pool_migrate` failed after it began; the VM runs on the source again.
+    VmMigrateFailed { vm, source, destination, msg } => "VM_MIGRATE_FAILED",
 }
 
 /// Codes the reference raises with more parameters than errors.json documents, and how many:

@@ -9,6 +9,7 @@
 
 pub mod devices;
 pub mod inflight;
+pub mod migrate;
 pub mod reconcile;
 pub mod rules;
 pub mod vm_copy;
@@ -81,6 +82,7 @@ pub const VM_MESSAGES: &[(&str, VmOperations)] = &[
     ("suspend", VmOperations::suspend),
     ("resume", VmOperations::resume),
     ("resume_on", VmOperations::resume_on),
+    ("pool_migrate", VmOperations::pool_migrate),
     ("power_state_reset", VmOperations::power_state_reset),
     ("clone", VmOperations::clone),
     ("copy", VmOperations::copy),

@@ -151,6 +151,11 @@ pub async fn vm(agent: &Arc<Agent>, vm: &str) -> Result<(), ApiError> {
     if state != VmPowerState::Running.value() && state != VmPowerState::Paused.value() {
         return Ok(());
     }
+    // A VM that runs on another host now (`VM.pool_migrate` moved it while this event waited)
+    // has no domain here to look at: its domid names one of that host's domains.
+    if super::resident_on_other_host(agent, &rec) {
+        return Ok(());
+    }
     let Some(domid) = rec.get(fields::VM::domid).as_int().filter(|d| *d >= 0) else {
         return Ok(());
     };

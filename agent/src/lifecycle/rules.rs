@@ -27,6 +27,7 @@ const VM_CANDIDATES: &[&str] = &[
     "suspend",
     "resume",
     "resume_on",
+    "pool_migrate",
     "clone",
     "copy",
     "snapshot",

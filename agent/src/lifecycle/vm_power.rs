@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 /// How long a clean shutdown or reboot waits for the guest.
 pub const CLEAN_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(300);
 
-fn vm_of(agent: &Agent, vm: &str) -> Result<Arc<Object>, ApiError> {
+pub(super) fn vm_of(agent: &Agent, vm: &str) -> Result<Arc<Object>, ApiError> {
     agent
         .store
         .get(class_ids::VM, vm)
@@ -55,7 +55,7 @@ pub fn check_memory(vm: &Object) -> Result<(), ApiError> {
 /// Runs a backend call on the blocking pool (see [`blocking`]) for an operation on the VM
 /// `vm`: a failure reaches the client as [`crate::error::ApiError::from_backend`] maps it,
 /// with the VM's reference where the error code names the VM (`BOOTLOADER_FAILED`, …).
-async fn on_backend<T: Send + 'static>(
+pub(super) async fn on_backend<T: Send + 'static>(
     agent: &Agent,
     vm: &str,
     f: impl FnOnce() -> Result<T, BackendError> + Send + 'static,
@@ -268,6 +268,7 @@ pub async fn perform(agent: &Arc<Agent>, vm: &str, message: &str, args: &[Value]
         "suspend" => suspend(agent, vm).await,
         "resume" => resume(agent, vm, bool_arg(args, 0)).await,
         "resume_on" => resume(agent, vm, bool_arg(args, 1)).await,
+        "pool_migrate" => super::migrate::pool_migrate(agent, vm, args).await,
         "power_state_reset" => {
             // A domain only on this host's backend: the VM's domid names nothing here when
             // it is resident on another host (or on a dead one).
@@ -287,7 +288,7 @@ pub async fn perform(agent: &Arc<Agent>, vm: &str, message: &str, args: &[Value]
     }
 }
 
-fn domid_of(vm: &Object) -> Option<DomId> {
+pub(super) fn domid_of(vm: &Object) -> Option<DomId> {
     let d = vm.get(fields::VM::domid).as_int()?;
     (d >= 0 && vm.get(fields::VM::power_state) != &VmPowerState::Halted).then_some(d as DomId)
 }
@@ -351,7 +352,7 @@ async fn running_facts(agent: &Arc<Agent>, domid: DomId) -> RunningFacts {
 }
 
 /// Commits a VM as running (or paused) on this host in `domid`.
-async fn mark_running(agent: &Arc<Agent>, vm: &str, domid: DomId, paused: bool) -> Result<(), ApiError> {
+pub(super) async fn mark_running(agent: &Arc<Agent>, vm: &str, domid: DomId, paused: bool) -> Result<(), ApiError> {
     let facts = running_facts(agent, domid).await;
     agent.domids.lock().insert(domid, vm.to_owned());
     agent
@@ -418,6 +419,14 @@ fn mark_running_tx(tx: &mut Tx, agent: &Agent, vm: &str, paused: bool, facts: &R
             con.set(fields::console::location, Value::str(agent.console_location(&c)));
             con.set(fields::console::VM, Value::reference(vm));
             create(tx, con)?;
+        }
+    } else {
+        // Consoles kept through a move to this host (`VM.pool_migrate`) are reached here now.
+        for c in rec.get(f::consoles).as_set().iter().filter_map(Value::as_ref_str) {
+            if tx.get(class_ids::console, c).is_some() {
+                let here = Value::str(agent.console_location(c));
+                set_field(tx, class_ids::console, c, fields::console::location, here)?;
+            }
         }
     }
     devices::mark_attached(tx, &rec, true)?;
@@ -716,19 +725,7 @@ fn drop_suspend_vdi_tx(tx: &mut Tx, vm: &str, vdi: Option<&str>) -> Result<(), A
 
 async fn resume(agent: &Arc<Agent>, vm: &str, paused: bool) -> Result<Value, ApiError> {
     let rec = vm_of(agent, vm)?;
-    let cfg = domain_config(&rec)?;
-    let path = suspend_path(agent, &rec);
-    let hv = agent.hypervisor.clone();
-    let domid = on_backend(agent, vm, move || hv.resume_from(&path, &cfg)).await?;
-    if let Err(e) = devices::attach_all(agent, &rec, domid).await {
-        let hv = agent.hypervisor.clone();
-        let _ = blocking(agent, move || hv.destroy(domid)).await;
-        return Err(e);
-    }
-    if !paused {
-        let hv = agent.hypervisor.clone();
-        on_backend(agent, vm, move || hv.unpause(domid)).await?;
-    }
+    let domid = restore(agent, vm, &rec, suspend_path(agent, &rec), paused).await?;
     // The image goes and the VM runs again in one commit.
     let vdi = remove_suspend_image(agent, &rec);
     let facts = running_facts(agent, domid).await;
@@ -741,6 +738,30 @@ async fn resume(agent: &Arc<Agent>, vm: &str, paused: bool) -> Result<Value, Api
         })
         .await?;
     Ok(Value::None)
+}
+
+/// A domain restored from the image at `path` with the VM's devices attached, unpaused unless
+/// `paused` (a resume, or the arriving end of a migration); nothing is committed here.
+pub(super) async fn restore(
+    agent: &Arc<Agent>,
+    vm: &str,
+    rec: &Object,
+    path: PathBuf,
+    paused: bool,
+) -> Result<DomId, ApiError> {
+    let cfg = domain_config(rec)?;
+    let hv = agent.hypervisor.clone();
+    let domid = on_backend(agent, vm, move || hv.resume_from(&path, &cfg)).await?;
+    if let Err(e) = devices::attach_all(agent, rec, domid).await {
+        let hv = agent.hypervisor.clone();
+        let _ = blocking(agent, move || hv.destroy(domid)).await;
+        return Err(e);
+    }
+    if !paused {
+        let hv = agent.hypervisor.clone();
+        on_backend(agent, vm, move || hv.unpause(domid)).await?;
+    }
+    Ok(domid)
 }
 
 /// Memory and vCPU setters (the power state was checked when the operation was marked).

@@ -37,6 +37,7 @@ pub const RULES: &[(ClassId, &str, Runs)] = &[
     (class_ids::VM, "clean_reboot", Runs::ResidentOf(0)),
     (class_ids::VM, "hard_reboot", Runs::ResidentOf(0)),
     (class_ids::VM, "suspend", Runs::ResidentOf(0)),
+    (class_ids::VM, "pool_migrate", Runs::ResidentOf(0)),
     (class_ids::VM, "pause", Runs::ResidentOf(0)),
     (class_ids::VM, "unpause", Runs::ResidentOf(0)),
     (class_ids::VM, "send_sysrq", Runs::ResidentOf(0)),

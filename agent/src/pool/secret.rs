@@ -138,6 +138,11 @@ pub fn forget(dir: &Path) -> Result<(), SecretError> {
     remove(dir, CURRENT)
 }
 
+/// Whether `presented` is this host's pool secret (current or staged).
+pub fn accepted_by(agent: &crate::Agent, presented: &str) -> bool {
+    accepts(&agent.state_dir, presented)
+}
+
 /// Whether `presented` is the current or the staged secret (compared in constant time).
 pub fn accepts(dir: &Path, presented: &str) -> bool {
     if presented.is_empty() {

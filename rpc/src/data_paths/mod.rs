@@ -11,6 +11,7 @@ mod auth;
 mod console;
 mod console_pump;
 mod disk_format;
+mod migrate;
 mod prometheus;
 mod rrd;
 mod task_stream;
@@ -34,6 +35,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/import", web::put().to(xva::import))
         .route("/import/", web::put().to(xva::import))
         .route("/import_metadata", web::put().to(xva::import_metadata))
+        .route(agent::lifecycle::migrate::RECEIVE_PATH, web::put().to(migrate::receive))
         .route("/console", web::method(Method::CONNECT).to(console::connect))
         .route("/console", web::get().to(console::connect))
         .route("/rrd_updates", web::get().to(rrd::rrd_updates))
