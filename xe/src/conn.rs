@@ -61,14 +61,14 @@ impl Stream {
     /// Ends the stream's sending side (TLS close_notify, or a TCP half-close), then reads
     /// what the peer still sends until it closes, so it has read everything sent before.
     pub fn finish(mut self, limit: std::time::Duration) {
-        let _ = match &mut self {
-            Stream::Unix(s) => s.shutdown(std::net::Shutdown::Write),
-            Stream::Tcp(s) => s.shutdown(std::net::Shutdown::Write),
-            Stream::Tls(s) => {
-                s.conn.send_close_notify();
-                s.flush()
-            }
-        };
+        self.end_sending();
+        self.drain(limit);
+    }
+
+    /// Reads what the peer still sends until it closes (or `limit` passes without a byte),
+    /// the sending side left open: for a body whose length the request head gave, the host
+    /// knows where it ends, and a half-close could make it drop bytes it had not read yet.
+    pub fn drain(mut self, limit: std::time::Duration) {
         let sock_timeout = match &self {
             Stream::Unix(s) => s.set_read_timeout(Some(limit)),
             Stream::Tcp(s) => s.set_read_timeout(Some(limit)),
@@ -79,6 +79,17 @@ impl Stream {
         }
         let mut buf = [0u8; 4096];
         while matches!(self.read(&mut buf), Ok(n) if n > 0) {}
+    }
+
+    fn end_sending(&mut self) {
+        let _ = match self {
+            Stream::Unix(s) => s.shutdown(std::net::Shutdown::Write),
+            Stream::Tcp(s) => s.shutdown(std::net::Shutdown::Write),
+            Stream::Tls(s) => {
+                s.conn.send_close_notify();
+                s.flush()
+            }
+        };
     }
 
     /// The socket underneath.

@@ -586,8 +586,16 @@ impl Client {
         let mut up = r.into_inner();
         let copied = copy(&mut f, &mut up, s, heartbeats);
         if copied.is_ok() {
-            // The host reads all of it before the connection goes.
-            up.finish(Duration::from_secs(600));
+            // The host reads all of it before the connection goes. A body of known length is
+            // not followed by a half-close: the host's HTTP stack (actix-http) took a
+            // half-close while it still held unread body bytes for an early end
+            // (IMPORT_ERROR_PREMATURE_EOF, intermittently); without a length, the half-close
+            // is where the body ends.
+            if length.is_empty() {
+                up.finish(Duration::from_secs(600));
+            } else {
+                up.drain(Duration::from_secs(600));
+            }
         }
         self.transfer_done(s, copied, "HttpPut")
     }
