@@ -89,12 +89,32 @@ pub struct Sniffed<S> {
     head: Vec<u8>,
     pos: usize,
     io: S,
+    /// For an upload of known length: the bytes (head included) still to come before the
+    /// request is whole; once they have come, an end of stream is held back (see
+    /// [`Sniffed::whole_after`]).
+    until_whole: Option<u64>,
 }
 
 impl<S> Sniffed<S> {
     /// `head` is read again before anything else from `io`.
     pub fn new(head: Vec<u8>, io: S) -> Self {
-        Sniffed { head, pos: 0, io }
+        Sniffed {
+            head,
+            pos: 0,
+            io,
+            until_whole: None,
+        }
+    }
+
+    /// The request is whole after `n` bytes (its head and a body of the length the head
+    /// gives): an end of stream after them is not passed on, as the client's half-close (or
+    /// close) after its last byte made actix-http end a body it had not read yet with
+    /// "incomplete" (its dispatcher errors the payload as soon as it sees the end of stream,
+    /// even with body bytes still in its buffer). The response ends the connection instead.
+    /// An end before `n` bytes is passed on: the upload was cut.
+    pub fn whole_after(mut self, n: u64) -> Self {
+        self.until_whole = Some(n);
+        self
     }
     /// The stream underneath.
     pub fn get_ref(&self) -> &S {
@@ -113,17 +133,63 @@ impl<S: AsyncRead + Unpin> AsyncRead for Sniffed<S> {
                 this.head = Vec::new();
                 this.pos = 0;
             }
+            this.counted(n);
             return Poll::Ready(Ok(()));
         }
-        match Pin::new(&mut this.io).poll_read(cx, buf) {
+        let before = buf.filled().len();
+        let read = match Pin::new(&mut this.io).poll_read(cx, buf) {
             // A TLS peer that closes without close_notify has ended its stream all the same:
             // HTTP's own framing (Content-Length, chunks) tells a cut request from a whole
             // one. Read as an error, it made the HTTP/1 dispatcher drop the request still
             // being served (an upload whose last bytes had arrived).
             Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => Poll::Ready(Ok(())),
             other => other,
+        };
+        if let Poll::Ready(Ok(())) = read {
+            let n = buf.filled().len() - before;
+            if n == 0 && this.until_whole == Some(0) {
+                return Poll::Pending;
+            }
+            this.counted(n);
+        }
+        read
+    }
+}
+
+impl<S> Sniffed<S> {
+    fn counted(&mut self, n: usize) {
+        if let Some(left) = self.until_whole.as_mut() {
+            *left = left.saturating_sub(n as u64);
         }
     }
+}
+
+/// The length of a request whose head is `head` (up to and with its blank line) and whose body
+/// is as long as its `Content-Length` says; `None` without one.
+fn whole_length(head: &[u8]) -> Option<u64> {
+    let text = std::str::from_utf8(head).ok()?;
+    let body = text.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim()
+            .eq_ignore_ascii_case("content-length")
+            .then(|| v.trim().parse::<u64>().ok())?
+    })?;
+    body.checked_add(head.len() as u64)
+}
+
+/// Reads the rest of a request head (to its blank line) after `head`, within `limit`.
+async fn read_head<S: AsyncRead + Unpin>(io: &mut S, mut head: Vec<u8>, limit: Duration) -> Option<Vec<u8>> {
+    let read = async {
+        let mut byte = [0u8; 1];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            if head.len() >= SNIFF_LIMIT || io.read(&mut byte).await.ok()? == 0 {
+                return None;
+            }
+            head.push(byte[0]);
+        }
+        Some(head)
+    };
+    tokio::time::timeout(limit, read).await.ok().flatten()
 }
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for Sniffed<S> {
@@ -467,13 +533,21 @@ where
                 .await
         }
         Kind::Upload => {
-            // The client waits for this before it sends the body.
+            // The client sends its whole head, then waits for this before it sends the body.
+            let Some(head) = read_head(&mut io, head, ends.limit).await else {
+                return Ok(());
+            };
             if io.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await.is_err() {
                 return Ok(());
             }
             let _ = io.flush().await;
-            http.call((Sniffed::new(rewrite_upload(&head), io), Protocol::Http1, ends.peer_addr))
-                .await
+            let head = rewrite_upload(&head);
+            let whole = whole_length(&head);
+            let mut stream = Sniffed::new(head, io);
+            if let Some(n) = whole {
+                stream = stream.whole_after(n);
+            }
+            http.call((stream, Protocol::Http1, ends.peer_addr)).await
         }
         Kind::Cli => {
             let session = super::session::serve(ends.agent, Box::new(Sniffed::new(head, io)), ends.peer);
@@ -579,6 +653,39 @@ mod tests {
         let mut out = Vec::new();
         s.read_to_end(&mut out).await.unwrap();
         assert_eq!(out, b"PUT");
+    }
+
+    #[actix_web::test]
+    async fn a_whole_upload_holds_back_the_end_of_stream_and_a_cut_one_does_not() {
+        use std::future::Future;
+        let head = b"PUT /import HTTP/1.0\r\nContent-Length: 3\r\n\r\n".to_vec();
+        assert_eq!(whole_length(&head), Some(head.len() as u64 + 3));
+        assert_eq!(whole_length(b"PUT /import HTTP/1.0\r\n\r\n"), None);
+        // Head and body, then the client's half-close: everything is read, then no end.
+        let (mut a, b) = tokio::io::duplex(64);
+        a.write_all(b"abc").await.unwrap();
+        drop(a);
+        let n = whole_length(&head).unwrap();
+        let mut s = Sniffed::new(head.clone(), b).whole_after(n);
+        let mut got = vec![0u8; n as usize];
+        s.read_exact(&mut got).await.unwrap();
+        assert!(got.ends_with(b"abc"));
+        let mut more = [0u8; 8];
+        let mut read = std::pin::pin!(s.read(&mut more));
+        let waker = std::task::Waker::noop();
+        let pending = read.as_mut().poll(&mut Context::from_waker(waker));
+        assert!(
+            pending.is_pending(),
+            "the end of stream after a whole upload was passed on"
+        );
+        // A body cut short: the end is passed on.
+        let (mut a, b) = tokio::io::duplex(64);
+        a.write_all(b"a").await.unwrap();
+        drop(a);
+        let mut s = Sniffed::new(head, b).whole_after(n);
+        let mut all = Vec::new();
+        s.read_to_end(&mut all).await.unwrap();
+        assert_eq!(all.len() as u64, n - 2);
     }
 
     #[actix_web::test]
