@@ -57,6 +57,12 @@ pub async fn pool_migrate(agent: &Arc<Agent>, vm: &str, args: &[Value]) -> Resul
     };
     let outcome = match sent {
         Ok(()) => Ok(Value::None),
+        // The destination committed the VM as its own but its answer did not come back (the
+        // connection cut after the commit): the VM runs there, and must not run here too.
+        Err(reason) if arrived(agent, vm, &dest).await => {
+            tracing::warn!(vm, destination = %dest, %reason, "pool_migrate: no answer, but the VM runs on the destination");
+            Ok(Value::None)
+        }
         Err(reason) => {
             tracing::warn!(vm, destination = %dest, %reason, "pool_migrate failed: restoring the VM here");
             if let Err(e) = restore_here(agent, vm, &image).await {
@@ -72,6 +78,21 @@ pub async fn pool_migrate(agent: &Arc<Agent>, vm: &str, args: &[Value]) -> Resul
     };
     let _ = std::fs::remove_file(&image);
     outcome
+}
+
+/// Whether the pool database, read when it holds every committed change, has the VM running on
+/// `dest` (another host).
+async fn arrived(agent: &Agent, vm: &str, dest: &str) -> bool {
+    if dest == agent.host {
+        return false;
+    }
+    if let Err(e) = agent.store.caught_up().await {
+        tracing::warn!(vm, error = %e, "pool_migrate: could not bring the view up to date");
+    }
+    agent.store.get(crate::schema::class_ids::VM, vm).is_some_and(|r| {
+        r.get(crate::schema::fields::VM::resident_on).as_ref_str() == Some(dest)
+            && r.get(crate::schema::fields::VM::power_state) == &crate::schema::enums::VmPowerState::Running.value()
+    })
 }
 
 /// The source's domain back from its image after a failed move.
