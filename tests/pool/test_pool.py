@@ -549,6 +549,62 @@ def test_a_member_restarted_is_still_in_the_pool(hosts):
     assert m.VM.get_resident_on(on_master) == m.pool.get_master(m.pool.get_all()[0])
 
 
+def etcd_members_of(h: Host) -> list[int]:
+    """The pids of etcd processes whose data dir is under this host's state dir."""
+    pids = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                args = f.read().split(b"\0")
+        except OSError:
+            continue
+        if args and os.path.basename(args[0]) == b"etcd" and any(h.state.encode() in a for a in args):
+            pids.append(int(pid))
+    return pids
+
+
+def test_restart_agent_of_a_member(hosts):
+    """host.restart_agent through the master: the member's xapid runs itself again (same
+    process), with one etcd member, still in the pool and answering forwarded calls."""
+    h = hosts[1]
+    m = hosts[0].session().xenapi
+    member = {r["address"]: ref for ref, r in m.host.get_all_records().items()}[h.address]
+    pid = h.proc.pid
+    assert len(etcd_members_of(h)) == 1
+    t0 = time.time()
+    m.host.restart_agent(member)
+    # It stops answering a second later, then answers again.
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        try:
+            with socket.create_connection((h.address, 80), timeout=0.2):
+                pass
+            time.sleep(0.05)
+        except OSError:
+            break
+    else:
+        pytest.fail("the member never stopped after host.restart_agent")
+    deadline = time.time() + 60
+    while True:
+        try:
+            h.local_session()
+            break
+        except (OSError, XenAPI.Failure, xmlrpc.client.ProtocolError):
+            assert time.time() < deadline, f"the member did not come back: {h.tail()}"
+            time.sleep(0.1)
+    back = time.time() - t0
+    assert h.proc.poll() is None and h.proc.pid == pid
+    deadline = time.time() + 20
+    while len(etcd_members_of(h)) != 1 and time.time() < deadline:
+        time.sleep(0.2)
+    assert len(etcd_members_of(h)) == 1, etcd_members_of(h)
+    assert m.host.get_servertime(member)
+    assert len(h.local_session().xenapi.host.get_all()) == N
+    print(f"host.restart_agent of a member: answering again {back:.2f} s after the call")
+
+
 def call_with_secret(h: Host, secret: str, method: str, *params):
     """A call as another host of the pool forwards it: the pool secret in its header."""
     body = xmlrpc.client.dumps(params, method).encode()
