@@ -420,6 +420,59 @@ def test_pool_migrate_moves_a_running_vm(hosts):
     assert (m.VM.get_power_state(vm), m.VM.get_resident_on(vm)) == ("Running", src)
 
 
+def test_evacuate_a_host(hosts):
+    """host.evacuate moves every VM off a host (placed by memory on the other enabled hosts);
+    its assertions say why it cannot when it cannot."""
+    m = hosts[0].session().xenapi
+    by_addr = {r["address"]: ref for ref, r in m.host.get_all_records().items()}
+    src = by_addr[hosts[2].address]
+    others = [by_addr[h.address] for h in hosts if h is not hosts[2]]
+    t = m.VM.get_by_name_label("Debian Bookworm 12")[0]
+    extra = []
+    for i in range(3):
+        vm = m.VM.clone(t, f"to-evacuate-{i}")
+        m.VM.remove_from_other_config(vm, "disks")
+        m.VM.set_is_a_template(vm, False)
+        m.VM.set_memory_limits(vm, 128 << 20, 128 << 20, 128 << 20, 128 << 20)
+        m.VM.start_on(vm, src, False, False)
+        extra.append(vm)
+    moving = extra + [m.VM.get_by_name_label("vm-on-host2")[0]]
+    assert all(m.VM.get_resident_on(vm) == src for vm in moving)
+    # With every other host disabled nothing can go.
+    for h in others:
+        m.host.disable(h)
+    try:
+        prevent = m.host.get_vms_which_prevent_evacuation(src)
+        assert prevent == {vm: ["NO_HOSTS_AVAILABLE", vm] for vm in moving}, prevent
+        d = failure(m.host.assert_can_evacuate, src)
+        assert d[0] == "CANNOT_EVACUATE_HOST" and len(d) == 2, d
+        assert sorted(d[1].split("|")) == sorted(f"NO_HOSTS_AVAILABLE,{vm}" for vm in moving), d
+        assert failure(m.host.evacuate, src, "OpaqueRef:NULL", "0") == ["NO_HOSTS_AVAILABLE"]
+    finally:
+        for h in others:
+            m.host.enable(h)
+    assert m.host.get_vms_which_prevent_evacuation(src) == {}
+    m.host.assert_can_evacuate(src)
+    m.host.disable(src)
+    try:
+        t0 = time.time()
+        m.host.evacuate(src, "OpaqueRef:NULL", "2")
+        took = time.time() - t0
+        for vm in moving:
+            assert m.VM.get_power_state(vm) == "Running"
+            assert m.VM.get_resident_on(vm) in others
+        assert [vm for vm in m.host.get_resident_VMs(src) if not m.VM.get_is_control_domain(vm)] == []
+        print(f"host.evacuate of {len(moving)} VMs, 2 at a time: {took * 1000:.0f} ms")
+    finally:
+        m.host.enable(src)
+    for vm in extra:
+        m.VM.hard_shutdown(vm)
+        m.VM.destroy(vm)
+    back = m.VM.get_by_name_label("vm-on-host2")[0]
+    m.VM.pool_migrate(back, src, {})
+    assert m.VM.get_resident_on(back) == src
+
+
 def test_xen_orchestra_client_follows_host_is_slave_and_sees_the_pool(hosts):
     """Xen Orchestra's xen-api client, pointed at a member: it must end up on the master, see
     every host and VM, and get the event of a write made through another member."""

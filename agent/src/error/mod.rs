@@ -408,6 +408,10 @@ api_errors! {
     PoolSecretRotationPending {} => "POOL_SECRET_ROTATION_PENDING",
     /// The VM has a disk on an SR the host cannot see.
     VmRequiresSr { vm, sr } => "VM_REQUIRES_SR",
+    /// No other host can take the VMs (`host.evacuate`).
+    NoHostsAvailable {} => "NO_HOSTS_AVAILABLE",
+    /// `host.assert_can_evacuate`: each VM that cannot move, as `code,params`, joined by `|`.
+    CannotEvacuateHost { errors } => "CANNOT_EVACUATE_HOST",
     /// `VM.pool_migrate` failed after it began; the VM runs on the source again.
     VmMigrateFailed { vm, source, destination, msg } => "VM_MIGRATE_FAILED",
 }

@@ -136,7 +136,8 @@ enum Refusal<'a> {
     Dom0(&'static str),
 }
 
-fn check_vm(vm: &Object, op: &str) -> Result<(), ApiError> {
+/// Checks that the VM operation `op` may start on `vm` now (what [`check`] asks of a VM).
+pub fn check_vm(vm: &Object, op: &str) -> Result<(), ApiError> {
     let Some(why) = vm_refusal(vm, op) else {
         return Ok(());
     };

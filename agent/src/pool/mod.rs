@@ -10,6 +10,7 @@
 
 mod carry;
 mod dead_host;
+mod evacuate;
 pub mod forward;
 mod join;
 pub mod liveness;
@@ -32,6 +33,7 @@ use std::sync::Arc;
 /// The `pool` messages carried out here.
 pub fn behaviour() -> Vec<Entry> {
     let mut v = maintenance::behaviour();
+    v.extend(evacuate::behaviour());
     v.extend([
         entry!(class_ids::pool, "join", |agent, _ctx, c| join::join(&agent, &c, false)
             .await),
