@@ -134,6 +134,16 @@ fn xml_err(e: impl std::fmt::Display) -> ConfigError {
     ConfigError::Xml(e.to_string())
 }
 
+/// An element's name; an element without one (`<\r/>`, which the XML reader lets through)
+/// is refused: written back it would not read again.
+fn element_name(s: &quick_xml::events::BytesStart<'_>) -> Result<String, ConfigError> {
+    let name = String::from_utf8_lossy(s.name().as_ref()).into_owned();
+    if name.is_empty() {
+        return Err(ConfigError::Xml("an element without a name".into()));
+    }
+    Ok(name)
+}
+
 /// Parses a document into its root element.
 pub fn parse_document(text: &str) -> Result<Node, ConfigError> {
     let mut reader = Reader::from_str(text);
@@ -175,11 +185,11 @@ pub fn parse_document(text: &str) -> Result<Node, ConfigError> {
                 if root.is_some() {
                     return Err(ConfigError::Xml("content after the root element".into()));
                 }
-                let name = String::from_utf8_lossy(s.name().as_ref()).into_owned();
+                let name = element_name(&s)?;
                 stack.push(Node::Element(name, attrs(&s)?, Vec::new()));
             }
             Event::Empty(s) => {
-                let name = String::from_utf8_lossy(s.name().as_ref()).into_owned();
+                let name = element_name(&s)?;
                 let e = Node::Element(name, attrs(&s)?, Vec::new());
                 if stack.is_empty() {
                     if root.is_some() {
@@ -538,6 +548,15 @@ mod tests {
         assert_eq!(py_int("1_000"), Some(1000));
         assert_eq!(py_int("1__0"), None);
         assert_eq!(py_float(" 1e3 "), Some(1000.0));
+    }
+
+    #[test]
+    fn an_element_without_a_name_is_refused() {
+        // Found by the perfmon_xml fuzz target: it read, and its pretty form (`</>`) did not.
+        for doc in ["<\r\r/>", "< a=\"1\"/>", "<\t></\t>"] {
+            assert!(parse_document(doc).is_err(), "{doc:?} read");
+        }
+        assert!(parse_document("<config/>").is_ok());
     }
 
     #[test]
