@@ -26,6 +26,8 @@ import xmlrpc.client
 import pytest
 import XenAPI
 
+from procs import etcd_pids
+
 N = int(os.environ.get("XAPID_POOL_HOSTS", "4"))
 PASSWORD = "pool-test-pw"
 
@@ -604,18 +606,7 @@ def test_a_member_restarted_is_still_in_the_pool(hosts):
 
 def etcd_members_of(h: Host) -> list[int]:
     """The pids of etcd processes whose data dir is under this host's state dir."""
-    pids = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                args = f.read().split(b"\0")
-        except OSError:
-            continue
-        if args and os.path.basename(args[0]) == b"etcd" and any(h.state.encode() in a for a in args):
-            pids.append(int(pid))
-    return pids
+    return etcd_pids(h.state)
 
 
 def test_restart_agent_of_a_member(hosts):

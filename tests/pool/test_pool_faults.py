@@ -36,6 +36,7 @@ import urllib.request
 import pytest
 import XenAPI
 
+from procs import etcd_pids
 from test_pool import PASSWORD, Host, vm_on
 
 N = int(os.environ.get("XAPID_POOL_HOSTS", "4"))
@@ -202,18 +203,10 @@ class Load:
 
 def etcd_pid(address: str) -> int:
     """The etcd member serving clients on `address` (started by that host's xapid)."""
-    want = f"http://{address}:2379"
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                args = f.read().split(b"\0")
-        except OSError:
-            continue
-        if args and os.path.basename(args[0]) == b"etcd" and want.encode() in args:
-            return int(pid)
-    raise AssertionError(f"no etcd member on {address}")
+    pids = etcd_pids(f"http://{address}:2379")
+    if not pids:
+        raise AssertionError(f"no etcd member on {address}")
+    return pids[0]
 
 
 def etcd_range(address: str, prefix: str) -> dict[str, dict]:

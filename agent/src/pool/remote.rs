@@ -126,16 +126,8 @@ impl Remote {
 
     /// Calls `method` with `params`; the `Value` of a success.
     pub async fn call(&self, method: &str, params: &[Json]) -> Result<XmlRpcValue, RemoteError> {
-        let body = extension_call(method, params);
-        let mut req = self.client.post(&self.url).header("content-type", "text/xml");
-        if let Some(secret) = self.secret.as_deref().filter(|_| self.is_tls()) {
-            req = req.header(super::secret::HEADER, secret);
-        }
-        let resp = req
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| RemoteError::Connect(self.address.clone(), crate::error::error_chain(&e)))?;
+        let req = self.client.post(&self.url).header("content-type", "text/xml");
+        let resp = self.send(req, extension_call(method, params).into_bytes()).await?;
         let status = resp.status();
         if !status.is_success() {
             return Err(RemoteError::Http(self.address.clone(), status.as_u16()));
@@ -169,19 +161,23 @@ impl Remote {
         }
     }
 
+    /// Sends `req` with `body` and the pool secret (over HTTPS only).
+    async fn send(&self, mut req: reqwest::RequestBuilder, body: Vec<u8>) -> Result<reqwest::Response, RemoteError> {
+        if let Some(secret) = self.secret.as_deref().filter(|_| self.is_tls()) {
+            req = req.header(super::secret::HEADER, secret);
+        }
+        req.body(body)
+            .send()
+            .await
+            .map_err(|e| RemoteError::Connect(self.address.clone(), crate::error::error_chain(&e)))
+    }
+
     /// Sends `body` with `PUT` to `path_and_query` on this host, with the pool secret (HTTPS
     /// only). A refusal's body is the XenAPI error description as a JSON array of strings.
     pub async fn put(&self, path_and_query: &str, body: Vec<u8>) -> Result<(), RemoteError> {
         let url = format!("{}{}", self.url.trim_end_matches('/'), path_and_query);
-        let mut req = self.client.put(&url).header("content-type", "application/octet-stream");
-        if let Some(secret) = self.secret.as_deref().filter(|_| self.is_tls()) {
-            req = req.header(super::secret::HEADER, secret);
-        }
-        let resp = req
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| RemoteError::Connect(self.address.clone(), crate::error::error_chain(&e)))?;
+        let req = self.client.put(&url).header("content-type", "application/octet-stream");
+        let resp = self.send(req, body).await?;
         let status = resp.status();
         if status.is_success() {
             return Ok(());
