@@ -15,9 +15,10 @@
 #                    later runs on the same machine build incrementally and start from what
 #                    earlier runs found (default: ~/.cache/xapid-fuzz)
 #   FUZZ_ARGS        extra libFuzzer flags for every target
-#   FUZZ_DROP_BUILD  1: remove the build (FUZZ_CACHE/target-*) when the run ends, keeping the
-#                    corpora; scripts/test.sh sets it so that the Xen stage after it has the
-#                    disk (a kept build grows with every run's changed sources)
+#   FUZZ_DROP_BUILD  1: build from scratch and remove the build (FUZZ_CACHE/target-*) when the
+#                    run ends, keeping the corpora; scripts/test.sh sets it so that the Xen
+#                    stage after it has the disk (a kept build grows with every run's changed
+#                    sources: 10 GB on this machine before the switch)
 #
 # cargo-fuzz passes nightly-only -Z flags to rustc; the machine has a stable toolchain only, so
 # the build runs with RUSTC_BOOTSTRAP=1 (see docs/testing.md, "Fuzzing").
@@ -35,6 +36,8 @@ parallel="${FUZZ_PARALLEL:-$((cores >= 2 ? 2 : 1))}"
 cache="${FUZZ_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/xapid-fuzz}"
 target_dir="$cache/target-$sanitizer"
 if [ "${FUZZ_DROP_BUILD:-0}" = 1 ]; then
+  # A build kept by an earlier run without the switch goes first: it is not reused.
+  rm -rf "$target_dir"
   trap 'rm -rf "$target_dir"; echo "fuzz build removed ($target_dir, FUZZ_DROP_BUILD=1)"' EXIT
 fi
 export RUSTC_BOOTSTRAP=1
