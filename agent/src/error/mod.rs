@@ -54,6 +54,13 @@ macro_rules! api_errors {
         }
 
         impl ApiError {
+            /// The error as `ErrorDescription` carries it: the code, then the parameters.
+            pub fn description(&self) -> Vec<String> {
+                let mut d = vec![self.code().to_owned()];
+                d.extend(self.params());
+                d
+            }
+
             /// The error a wire code and its parameters name, where this build raises that
             /// code (a reply forwarded from another host of the pool).
             pub fn from_wire(code: &str, params: &[String]) -> Option<Self> {

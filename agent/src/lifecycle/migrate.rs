@@ -120,9 +120,7 @@ async fn send(agent: &Agent, vm: &str, dest: &str, image: &Path) -> Result<(), S
 
 /// An error as one line: its code and parameters.
 fn describe(e: &ApiError) -> String {
-    let mut parts = vec![e.code().to_owned()];
-    parts.extend(e.params());
-    parts.join(" ")
+    e.description().join(" ")
 }
 
 /// The destination's end: restores the VM from `image` on this host and commits it as running

@@ -90,22 +90,6 @@ fn memory(vm: &Object) -> i64 {
     vm.get(fields::VM::memory_static_max).as_int().unwrap_or(0).max(0)
 }
 
-fn free_memory(agent: &Agent, host: &str) -> i64 {
-    agent
-        .store
-        .get(class_ids::host, host)
-        .and_then(|h| h.get(fields::host::metrics).as_ref_str().map(str::to_owned))
-        .and_then(|m| agent.store.get(class_ids::host_metrics, &m))
-        .and_then(|m| m.get(fields::host_metrics::memory_free).as_int())
-        .unwrap_or(0)
-}
-
-fn wire(e: &ApiError) -> Vec<String> {
-    let mut d = vec![e.code().to_owned()];
-    d.extend(e.params());
-    d
-}
-
 /// The plan for every VM resident on `host` but its control domain, in reference order.
 fn plan(agent: &Agent, host: &str) -> Vec<(String, Plan)> {
     let mut targets: Vec<String> = agent
@@ -116,15 +100,7 @@ fn plan(agent: &Agent, host: &str) -> Vec<(String, Plan)> {
         .filter(|h| h != host && super::maintenance::is_enabled(agent, h))
         .collect();
     targets.sort();
-    let mut vms: Vec<Arc<Object>> = agent
-        .store
-        .all(class_ids::VM)
-        .into_iter()
-        .filter(|vm| {
-            vm.get(fields::VM::resident_on).as_ref_str() == Some(host)
-                && vm.get(fields::VM::is_control_domain) != &Value::Bool(true)
-        })
-        .collect();
+    let mut vms = super::dead_host::guests_on(agent, host);
     vms.sort_by(|a, b| a.reference.cmp(&b.reference));
     if targets.is_empty() {
         return vms
@@ -141,13 +117,16 @@ fn plan(agent: &Agent, host: &str) -> Vec<(String, Plan)> {
         let boots_everywhere = targets.iter().try_for_each(|t| placement::check(agent, vm, t, false));
         let state = crate::lifecycle::rules::check_vm(vm, "pool_migrate");
         match (boots_everywhere, state) {
-            (_, Err(e)) | (Err(e), Ok(())) => out.push((vm.reference.clone(), Plan::Error(wire(&e)))),
+            (_, Err(e)) | (Err(e), Ok(())) => out.push((vm.reference.clone(), Plan::Error(e.description()))),
             (Ok(()), Ok(())) => movable.push(vm.clone()),
         }
     }
     // Largest first, each where the most memory is left.
     movable.sort_by_key(|vm| std::cmp::Reverse(memory(vm)));
-    let mut free: Vec<(String, i64)> = targets.iter().map(|t| (t.clone(), free_memory(agent, t))).collect();
+    let mut free: Vec<(String, i64)> = targets
+        .iter()
+        .map(|t| (t.clone(), placement::memory_free(agent, t)))
+        .collect();
     for vm in movable {
         let need = memory(&vm);
         let best = free.iter_mut().filter(|(_, f)| *f >= need).max_by_key(|(_, f)| *f);
@@ -177,7 +156,7 @@ fn refusal(agent: &Agent, host: &str, d: &[String]) -> ApiError {
                 .all(class_ids::host)
                 .iter()
                 .filter(|h| h.reference != host && super::maintenance::is_enabled(agent, &h.reference))
-                .map(|h| free_memory(agent, &h.reference))
+                .map(|h| placement::memory_free(agent, &h.reference))
                 .max()
                 .unwrap_or(0);
             ApiError::HostNotEnoughFreeMemory {
@@ -242,15 +221,7 @@ async fn evacuate(agent: &Arc<Agent>, ctx: &CallCtx, c: &Call) -> Result<Value, 
             }
         }
     }
-    let left = agent
-        .store
-        .all(class_ids::VM)
-        .iter()
-        .filter(|vm| {
-            vm.get(fields::VM::resident_on).as_ref_str() == Some(host.as_str())
-                && vm.get(fields::VM::is_control_domain) != &Value::Bool(true)
-        })
-        .count();
+    let left = super::dead_host::guests_on(agent, &host).len();
     if left > 0 {
         return Err(ApiError::internal(format!(
             "evacuate: {left} VMs are still resident on {host}"

@@ -51,6 +51,13 @@ fn sees(agent: &Agent, host: &str, sr: &str) -> bool {
     })
 }
 
+/// `host`'s free memory by its `host_metrics` (0 without them).
+pub fn memory_free(agent: &Agent, host: &str) -> i64 {
+    metrics(agent, host)
+        .and_then(|m| m.get(fields::host_metrics::memory_free).as_int())
+        .unwrap_or(0)
+}
+
 /// Whether `host`'s metrics say it is live (`pool/liveness.rs` keeps them so).
 pub fn is_live(agent: &Agent, host: &str) -> bool {
     metrics(agent, host).is_some_and(|m| m.get(fields::host_metrics::live) == &Value::Bool(true))
@@ -69,7 +76,6 @@ pub fn check(agent: &Agent, vm: &Object, host: &str, memory_from_metrics: bool) 
     if !super::maintenance::is_enabled(agent, host) {
         return Err(ApiError::HostDisabled { host: host.to_owned() });
     }
-    let m = metrics(agent, host);
     for sr in srs_of(agent, vm) {
         if !sees(agent, host, &sr) {
             return Err(ApiError::VmRequiresSr {
@@ -80,9 +86,7 @@ pub fn check(agent: &Agent, vm: &Object, host: &str, memory_from_metrics: bool) 
     }
     if memory_from_metrics {
         let needed = vm.get(fields::VM::memory_static_max).as_int().unwrap_or(0).max(0);
-        let free = m
-            .and_then(|m| m.get(fields::host_metrics::memory_free).as_int())
-            .unwrap_or(0);
+        let free = memory_free(agent, host);
         if needed > free {
             return Err(ApiError::HostNotEnoughFreeMemory {
                 needed: needed.to_string(),

@@ -14,11 +14,9 @@ use std::sync::Arc;
 
 /// The error description as the sending host reads it.
 fn refused(status: StatusCode, e: &ApiError) -> HttpResponse {
-    let mut d = vec![e.code().to_owned()];
-    d.extend(e.params());
     HttpResponse::build(status)
         .content_type("application/json")
-        .body(serde_json::Value::from(d).to_string())
+        .body(serde_json::Value::from(e.description()).to_string())
 }
 
 pub(super) async fn receive(req: HttpRequest, mut body: web::Payload, agent: web::Data<Arc<Agent>>) -> HttpResponse {
