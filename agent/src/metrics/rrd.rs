@@ -310,6 +310,13 @@ fn cf_init_value(cf: Cf, ds: &Ds) -> f64 {
     ocaml_min(ds.max, ocaml_max(ds.min, default))
 }
 
+/// The latest time a database read from XML may carry (2^40 s, some 34,000 years after
+/// 1970): far enough for any clock, near enough that PDP arithmetic on it cannot overflow.
+const MAX_TIME: f64 = (1u64 << 40) as f64;
+
+/// The largest step and PDPs per row a database read from XML may have.
+const MAX_COUNT: i64 = u32::MAX as i64;
+
 /// The start of the PDP `time` falls in, and how far into it `time` is.
 pub fn get_times(time: f64, timestep: i64) -> (i64, f64) {
     let step = timestep.max(1);
@@ -462,7 +469,7 @@ impl Rrd {
         let timestep = self.timestep;
         let (proc_pdp_st, _) = get_times(last_updated, timestep);
         let (occu_pdp_st, occu_pdp_age) = get_times(timestamp, timestep);
-        let elapsed_pdp_st = (occu_pdp_st - proc_pdp_st) / timestep;
+        let elapsed_pdp_st = occu_pdp_st.saturating_sub(proc_pdp_st) / timestep;
         let (pre_int, post_int) = if elapsed_pdp_st > 0 {
             (interval - occu_pdp_age, occu_pdp_age)
         } else {
@@ -806,10 +813,18 @@ impl Rrd {
                 .map_err(|_| RrdError::Parse(format!("<{name}>{t}</{name}> is not an integer")))
         };
         let timestep = int(&root, "step")?;
-        if timestep <= 0 {
-            return Err(bad("the step is not positive"));
+        if timestep <= 0 || timestep > MAX_COUNT {
+            return Err(bad("the step is not a positive number of seconds below 2^32"));
         }
-        let last_update = num(&root, "lastupdate")?;
+        let time = |e: &Element, name: &str| -> Result<f64, RrdError> {
+            let t = num(e, name)?;
+            if (0.0..=MAX_TIME).contains(&t) {
+                Ok(t)
+            } else {
+                Err(RrdError::Parse(format!("<{name}>{t}</{name}> is not a time since 1970 before 2^40 s")))
+            }
+        };
+        let last_update = time(&root, "lastupdate")?;
         let mut dss = Vec::new();
         for d in root.children_named("ds") {
             let ty = DsType::parse(&text_of(d, "type")?).ok_or_else(|| bad("unknown data source type"))?;
@@ -822,24 +837,32 @@ impl Rrd {
                 last: Sample::Unknown,
                 value: num(d, "value")?,
                 unknown_sec: num(d, "unknown_sec")?,
-                last_updated: num(d, "last_updated").unwrap_or(last_update),
+                last_updated: match d.child("last_updated") {
+                    Some(_) => time(d, "last_updated")?,
+                    None => last_update,
+                },
             });
         }
         let mut rras = Vec::new();
         for r in root.children_named("rra") {
             let cf = Cf::parse(&text_of(r, "cf")?).ok_or_else(|| bad("unknown consolidation function"))?;
-            let pdp_cnt = usize::try_from(int(r, "pdp_per_row")?).map_err(|_| bad("negative pdp_per_row"))?;
-            if pdp_cnt == 0 {
-                return Err(bad("pdp_per_row is zero"));
+            let pdp_per_row = int(r, "pdp_per_row")?;
+            if pdp_per_row <= 0 || pdp_per_row > MAX_COUNT {
+                return Err(bad("pdp_per_row is not a positive count below 2^32"));
             }
+            let pdp_cnt = pdp_per_row as usize;
             let params = r.child("params").ok_or_else(|| bad("<rra> lacks <params>"))?;
             let xff = num(params, "xff")?;
             let prep = r.child("cdp_prep").ok_or_else(|| bad("<rra> lacks <cdp_prep>"))?;
             let mut cdps = Vec::new();
             for c in prep.children_named("ds") {
+                let unknown_pdps = int(c, "unknown_datapoints")?;
+                if !(0..=pdp_per_row).contains(&unknown_pdps) {
+                    return Err(bad("unknown_datapoints is not between 0 and pdp_per_row"));
+                }
                 cdps.push(Cdp {
                     value: num(c, "value")?,
-                    unknown_pdps: int(c, "unknown_datapoints")?,
+                    unknown_pdps,
                 });
             }
             let db = r.child("database").ok_or_else(|| bad("<rra> lacks <database>"))?;
@@ -1184,6 +1207,32 @@ mod tests {
         feed(&mut rrd, 1005.0, Sample::Float(1.0));
         let xml = rrd.to_xml(true).replacen("<row><v>", "<row><v>1</v><v>", 1);
         assert!(Rrd::from_xml(&xml).is_err());
+    }
+
+    #[test]
+    fn times_and_counts_beyond_their_range_are_refused_and_updates_cannot_overflow() {
+        let mut rrd = one_ds(DsType::Derive, vec![Rra::spec(Cf::Average, 2, 12, 0.5)]);
+        feed(&mut rrd, 1005.0, Sample::Int(1));
+        let xml = rrd.to_xml(true);
+        assert!(Rrd::from_xml(&xml).is_ok());
+        for (from, to) in [
+            ("<lastupdate>1005</lastupdate>", "<lastupdate>6666660000000000000000000000</lastupdate>"),
+            ("<lastupdate>1005</lastupdate>", "<lastupdate>-1</lastupdate>"),
+            ("<last_updated>1005</last_updated>", "<last_updated>-035</last_updated>"),
+            ("<last_updated>1005</last_updated>", "<last_updated>NaN</last_updated>"),
+            ("<step>5</step>", "<step>99999999999</step>"),
+            ("<pdp_per_row>12</pdp_per_row>", "<pdp_per_row>9223372036854775807</pdp_per_row>"),
+            ("<unknown_datapoints>9</unknown_datapoints>", "<unknown_datapoints>-9223372036854775807</unknown_datapoints>"),
+            ("<unknown_datapoints>9</unknown_datapoints>", "<unknown_datapoints>13</unknown_datapoints>"),
+        ] {
+            assert!(xml.contains(from), "{from} not in {xml}");
+            let bad = xml.replace(from, to);
+            assert!(Rrd::from_xml(&bad).is_err(), "{to}");
+        }
+        // Updates at the extremes of what the clock can say saturate rather than overflow.
+        feed(&mut rrd, f64::MAX, Sample::Int(2));
+        feed(&mut rrd, -f64::MAX, Sample::Int(3));
+        feed(&mut rrd, 1e300, Sample::Int(4));
     }
 
     #[test]
