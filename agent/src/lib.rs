@@ -214,6 +214,7 @@ impl Agent {
             .await
             .map_err(AgentError::FirstBoot)?;
         lifecycle::reconcile::follow_backend(&agent).map_err(AgentError::FirstBoot)?;
+        host::power::at_start(&agent).await.map_err(AgentError::FirstBoot)?;
         metrics::start(&agent);
         pool::liveness::start(&agent);
         Ok(agent)

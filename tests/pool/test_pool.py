@@ -49,12 +49,18 @@ class Host:
     def url(self) -> str:
         return f"http://{self.address}"
 
+    def command(self) -> list[str]:
+        return [os.environ["XAPID_BIN"], "--listen", f"{self.address}:80",
+                "--tls-listen", f"{self.address}:443",
+                "--socket", os.path.join(self.dir, "xapi.sock"),
+                "--state-dir", self.state, "--backend", "simulator",
+                "--root-password-file", self.pwfile]
+
     def start(self, env: dict | None = None) -> None:
-        cmd = [os.environ["XAPID_BIN"], "--listen", f"{self.address}:80",
-               "--tls-listen", f"{self.address}:443",
-               "--socket", os.path.join(self.dir, "xapi.sock"),
-               "--state-dir", self.state, "--backend", "simulator",
-               "--root-password-file", self.pwfile]
+        cmd = self.command()
+        if env is None:
+            # Every host finds host plugins (the power-on one) in the pool's plugin directory.
+            env = dict(os.environ, XAPID_PLUGIN_DIR=os.path.join(os.path.dirname(self.dir), "plugins"))
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                          start_new_session=True, env=env)
@@ -647,6 +653,173 @@ def test_restart_agent_of_a_member(hosts):
     assert m.host.get_servertime(member)
     assert len(h.local_session().xenapi.host.get_all()) == N
     print(f"host.restart_agent of a member: answering again {back:.2f} s after the call")
+
+
+class Adopted:
+    """A host's xapid started by another program (the power-on plugin below): what the
+    fixture's teardown and the tests ask of a Popen, by pid."""
+
+    def __init__(self, pid: int):
+        self.pid = pid
+
+    def poll(self):
+        try:
+            with open(f"/proc/{self.pid}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            return 0
+        return 0 if state in ("Z", "X") else None
+
+    def send_signal(self, sig) -> None:
+        try:
+            os.kill(self.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = time.time() + (timeout if timeout is not None else 3600)
+        while self.poll() is None:
+            if time.time() > deadline:
+                raise subprocess.TimeoutExpired(str(self.pid), timeout)
+            time.sleep(0.1)
+        return 0
+
+
+XMLRPC_TRUE = ("<?xml version='1.0'?><methodResponse><params><param><value><struct>"
+               "<member><name>Status</name><value>Success</value></member>"
+               "<member><name>Value</name><value>True</value></member>"
+               "</struct></value></param></params></methodResponse>")
+
+
+def install_power_on_plugin(hosts, h: Host) -> str:
+    """The pool's `power-on-host` plugin: a stand-in for a machine's management controller
+    that starts `h`'s xapid (the simulated machine) again, waits for it to listen, and answers
+    True as the reference's plugin does once the host is up. Returns the file its pid goes to."""
+    plugins = os.path.join(os.path.dirname(h.dir), "plugins")
+    os.makedirs(plugins, exist_ok=True)
+    pidfile = os.path.join(h.dir, "powered-on.pid")
+    cmd = " ".join(f"'{a}'" for a in h.command())
+    script = f"""#!/bin/bash
+# Called as: power-on-host <methodCall main(session, {{remote_host_uuid}})>
+case "$1" in *{h.uuid}*) ;; *) echo "not the host this stand-in wakes" >&2; exit 1 ;; esac
+setsid {cmd} >>'{h.log}' 2>&1 </dev/null &
+echo $! > '{pidfile}'
+for i in $(seq 600); do
+  if (exec 3<>/dev/tcp/{h.address}/80) 2>/dev/null; then
+    printf '%s' "{XMLRPC_TRUE}"
+    exit 0
+  fi
+  sleep 0.1
+done
+echo "the host did not come up" >&2
+exit 1
+"""
+    path = os.path.join(plugins, "power-on-host")
+    with open(path, "w") as f:
+        f.write(script)
+    os.chmod(path, 0o755)
+    return pidfile
+
+
+def wait_down(h: Host, what: str, timeout: float = 15) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with socket.create_connection((h.address, 80), timeout=0.2):
+                pass
+            time.sleep(0.05)
+        except OSError:
+            return
+    pytest.fail(f"the member never stopped after {what}")
+
+
+def wait_up(h: Host, what: str, timeout: float = 60) -> None:
+    deadline = time.time() + timeout
+    while True:
+        try:
+            h.local_session()
+            return
+        except (OSError, XenAPI.Failure, xmlrpc.client.ProtocolError):
+            assert time.time() < deadline, f"the member did not come back after {what}: {h.tail()}"
+            time.sleep(0.1)
+
+
+def wait_live(x, host: str, live: bool, timeout: float = 30) -> float:
+    metrics = x.host.get_metrics(host)
+    t0 = time.time()
+    while x.host_metrics.get_live(metrics) != live:
+        assert time.time() - t0 < timeout, f"host_metrics.live is not {live} after {timeout} s"
+        time.sleep(0.2)
+    return time.time() - t0
+
+
+def test_reboot_shutdown_and_power_on_a_member(hosts):
+    """host.reboot and host.shutdown with the reference's preconditions (disabled first, no
+    guest running), then host.power_on through the power-on plugin: the simulated machine is
+    the member's xapid process."""
+    h = hosts[2]
+    m = hosts[0].session().xenapi
+    member = {r["address"]: ref for ref, r in m.host.get_all_records().items()}[h.address]
+    h.uuid = m.host.get_uuid(member)
+    assert failure(m.host.reboot, member) == ["HOST_NOT_DISABLED"]
+    assert failure(m.host.shutdown, member) == ["HOST_NOT_DISABLED"]
+    vm = m.VM.get_by_name_label("vm-on-host2")[0]
+    if m.VM.get_power_state(vm) == "Halted":
+        m.VM.start_on(vm, member, False, False)
+    elif m.VM.get_resident_on(vm) != member:
+        m.VM.pool_migrate(vm, member, {})
+    running = [v for v in m.host.get_resident_VMs(member)
+               if not m.VM.get_is_control_domain(v) and m.VM.get_power_state(v) == "Running"]
+    assert running
+    m.host.disable(member)
+    d = failure(m.host.reboot, member)
+    assert d[:3] == ["HOST_IN_USE", member, "vm"] and d[3] in running, d
+    for v in running:
+        m.VM.hard_shutdown(v)
+    # reboot: the same process runs itself again and the host comes back enabled.
+    pid = h.proc.pid
+    t0 = time.time()
+    m.host.reboot(member)
+    wait_down(h, "host.reboot")
+    wait_up(h, "host.reboot")
+    print(f"host.reboot of a member: answering again {time.time() - t0:.2f} s after the call")
+    assert h.proc.poll() is None and h.proc.pid == pid
+    deadline = time.time() + 20
+    while not m.host.get_enabled(member):
+        assert time.time() < deadline, "the rebooted host was not enabled again"
+        time.sleep(0.2)
+    # shutdown: the process exits with status 0; the master sees the host go.
+    m.host.disable(member)
+    m.host.shutdown(member)
+    assert h.proc.wait(30) == 0
+    gone = wait_live(m, member, False)
+    print(f"host.shutdown of a member: not live {gone:.1f} s after its process exited")
+    assert m.host.get_enabled(member) is False
+    # power_on: refused without a power-on mode, then carried out by the plugin.
+    assert failure(m.host.power_on, member) == ["HOST_POWER_ON_MODE_DISABLED"]
+    m.host.set_power_on_mode(member, "custom-bmc", {"power_on_ip": h.address})
+    assert m.host.get_power_on_mode(member) == "custom-bmc"
+    assert m.host.get_power_on_config(member) == {"power_on_ip": h.address}
+    assert failure(m.host.power_on, member) == ["XENAPI_MISSING_PLUGIN", "power-on-host"]
+    pidfile = install_power_on_plugin(hosts, h)
+    t0 = time.time()
+    m.host.power_on(member)
+    with open(pidfile) as f:
+        h.proc = Adopted(int(f.read().strip()))
+    up = wait_live(m, member, True)
+    print(f"host.power_on of a member: live {time.time() - t0:.1f} s after the call")
+    assert up < 30
+    assert failure(m.host.power_on, member) == ["HOST_IS_LIVE", member]
+    deadline = time.time() + 20
+    while not m.host.get_enabled(member):
+        assert time.time() < deadline, "the powered-on host was not enabled"
+        time.sleep(0.2)
+    assert m.host.get_servertime(member)
+    m.VM.start_on(vm, member, False, False)
+    assert m.VM.get_resident_on(vm) == member
 
 
 def call_with_secret(h: Host, secret: str, method: str, *params):

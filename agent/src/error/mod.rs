@@ -421,6 +421,14 @@ api_errors! {
     CannotEvacuateHost { errors } => "CANNOT_EVACUATE_HOST",
     /// `VM.pool_migrate` failed after it began; the VM runs on the source again.
     VmMigrateFailed { vm, source, destination, msg } => "VM_MIGRATE_FAILED",
+    /// `host.shutdown`/`reboot` of a host that is still enabled.
+    HostNotDisabled {} => "HOST_NOT_DISABLED",
+    /// `host.shutdown`/`reboot` of a host something still runs on (`kind` is `vm`).
+    HostInUse { host, kind, object } => "HOST_IN_USE",
+    /// `host.power_on` of a host whose `power_on_mode` is empty.
+    HostPowerOnModeDisabled {} => "HOST_POWER_ON_MODE_DISABLED",
+    /// `host.enable` of a host shut down or rebooting: it comes back enabled after its boot.
+    HostDisabledUntilReboot { host } => "HOST_DISABLED_UNTIL_REBOOT",
 }
 
 /// Codes the reference raises with more parameters than errors.json documents, and how many:

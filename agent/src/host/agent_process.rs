@@ -28,7 +28,7 @@ pub enum AfterStop {
 }
 
 /// How long after its answer the daemon stops (the reference waits one second too).
-const DELAY: Duration = Duration::from_secs(1);
+pub(crate) const DELAY: Duration = Duration::from_secs(1);
 
 static REQUESTED: Mutex<Option<AfterStop>> = Mutex::new(None);
 
@@ -39,7 +39,7 @@ pub fn after_stop() -> Option<AfterStop> {
 
 /// Notes `what` and stops the server a second from now (a restart asked for after a shutdown,
 /// or the other way round, does what was asked last).
-fn request(what: AfterStop) {
+pub(crate) fn request(what: AfterStop) {
     if let Ok(mut g) = REQUESTED.lock() {
         *g = Some(what);
     }

@@ -5,6 +5,7 @@
 //! - `admin`: logs, debug keys, syslog, the hostname, the server certificate;
 //! - `license`: the one edition;
 //! - `agent_process`: `host.restart_agent`, `host.shutdown_agent` (the daemon's own process);
+//! - `power`: `host.shutdown`, `host.reboot`, `host.power_on`, `host.set_power_on_mode`;
 //! - `runner`: how helper programs run (bounded time and output, their own process group);
 //! - `xmlrpc`: what plugins and extensions read and print;
 //! - `settings`: the environment variables that configure all of this.
@@ -14,6 +15,7 @@ pub mod agent_process;
 pub mod certificates;
 pub mod license;
 pub mod plugins;
+pub mod power;
 pub mod runner;
 pub mod settings;
 pub mod xmlrpc;
@@ -29,6 +31,7 @@ pub fn behaviour() -> Vec<Entry> {
     v.extend(admin::behaviour());
     v.extend(license::behaviour());
     v.extend(agent_process::behaviour());
+    v.extend(power::behaviour());
     v
 }
 

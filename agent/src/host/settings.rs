@@ -9,6 +9,8 @@
 //! | `XAPID_PLUGIN_PASS_ENV` | (none) | names of the daemon's variables a plugin also gets |
 //! | `XAPID_SYSLOG_RECONFIGURE` | `/opt/xensource/libexec/xe-syslog-reconfigure` | the script `host.syslog_reconfigure` runs |
 //! | `XAPID_SET_SYSTEM_HOSTNAME` | `1` on the Xen backend, else `0` | whether `host.set_hostname_live` also sets this machine's hostname |
+//! | `XAPID_SHUTDOWN_COMMAND` | `/sbin/shutdown -h now` | what `host.shutdown` runs on Xen (`power.rs`) |
+//! | `XAPID_REBOOT_COMMAND` | `/sbin/shutdown -r now` | what `host.reboot` runs on Xen |
 //! | `XAPID_SERVER_CERT` | `<state dir>/tls/xapid-cert.pem` | the PEM file `host.get_server_certificate` reads |
 
 use std::ffi::OsString;

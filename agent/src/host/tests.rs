@@ -222,3 +222,97 @@ async fn syslog_reconfigure_needs_its_script() {
     let err = e.call("host.syslog_reconfigure", vec![json!(host)]).await.unwrap_err();
     assert!(err.to_string().contains("no syslog reconfiguration script"), "{err}");
 }
+
+/// `host.shutdown`/`reboot`/`power_on`/`set_power_on_mode` up to the point where the machine
+/// would go down (a test cannot let the daemon it runs in stop): the reference's refusals, the
+/// power-on settings, and at start the host enabled again unless it is disabled until reboot.
+#[actix::test]
+async fn host_power_refusals_and_the_enabled_state_at_start() {
+    let e = env().await;
+    let host = e.agent.host.clone();
+    for m in ["host.shutdown", "host.reboot"] {
+        assert_eq!(
+            e.call(m, vec![json!(host)]).await.unwrap_err(),
+            ApiError::HostNotDisabled {},
+            "{m}"
+        );
+    }
+    e.ok("host.disable", vec![json!(host)]).await;
+    // A guest running here: HOST_IN_USE names it.
+    let tpl = e
+        .agent
+        .store
+        .all(class_ids::VM)
+        .into_iter()
+        .find(|v| v.str_field("name_label") == "Generic Linux PV")
+        .unwrap();
+    let vm = e
+        .new_ref("VM.clone", vec![json!(tpl.reference.as_str()), json!("busy")])
+        .await;
+    let (h, v) = (host.clone(), vm.clone());
+    e.agent
+        .store
+        .write(move |tx| {
+            crate::objects::set_field(tx, class_ids::VM, &v, fields::VM::is_a_template, Value::Bool(false))?;
+            crate::objects::set_field(tx, class_ids::VM, &v, fields::VM::power_state, Value::str("Running"))?;
+            crate::objects::set_field(
+                tx,
+                class_ids::VM,
+                &v,
+                fields::VM::resident_on,
+                Value::Ref(h.as_str().into()),
+            )
+        })
+        .await
+        .unwrap();
+    for m in ["host.shutdown", "host.reboot"] {
+        assert_eq!(
+            e.call(m, vec![json!(host)]).await.unwrap_err(),
+            ApiError::HostInUse {
+                host: host.clone(),
+                kind: "vm".into(),
+                object: vm.clone()
+            },
+            "{m}"
+        );
+    }
+    // power_on: this host is live; another host record would need its mode first.
+    assert_eq!(
+        e.call("host.power_on", vec![json!(host)]).await.unwrap_err(),
+        ApiError::HostIsLive { host: host.clone() }
+    );
+    assert_eq!(
+        e.call("host.power_on", vec![json!(NULL)]).await.unwrap_err(),
+        ApiError::handle_invalid("host", NULL)
+    );
+    e.ok(
+        "host.set_power_on_mode",
+        vec![json!(host), json!("wake-on-lan"), json!({"k": "v"})],
+    )
+    .await;
+    let rec = e.agent.store.get(class_ids::host, &host).unwrap();
+    assert_eq!(rec.str_field("power_on_mode"), "wake-on-lan");
+    assert_eq!(rec.get(fields::host::power_on_config).as_map().len(), 1);
+    // At start: a disabled host is enabled again (a disable lasts until the daemon restarts)...
+    crate::host::power::at_start(&e.agent).await.unwrap();
+    assert!(crate::pool::maintenance::is_enabled(&e.agent, &host));
+    // ...unless it was shut down during this boot: then it stays disabled, and host.enable
+    // says why.
+    e.ok("host.disable", vec![json!(host)]).await;
+    let note = e.agent.state_dir.join("host-disabled-until-reboot");
+    std::fs::write(&note, "another boot").unwrap();
+    crate::host::power::at_start(&e.agent).await.unwrap();
+    assert!(crate::pool::maintenance::is_enabled(&e.agent, &host));
+    assert!(!note.exists(), "the note of an earlier boot is removed");
+    e.ok("host.disable", vec![json!(host)]).await;
+    // The simulator's boot is the process's: the id power.rs notes for it.
+    assert!(!crate::host::power::disabled_until_reboot(&e.agent));
+    crate::host::power::note_for_tests(&e.agent);
+    assert!(crate::host::power::disabled_until_reboot(&e.agent));
+    crate::host::power::at_start(&e.agent).await.unwrap();
+    assert!(!crate::pool::maintenance::is_enabled(&e.agent, &host));
+    assert_eq!(
+        e.call("host.enable", vec![json!(host)]).await.unwrap_err(),
+        ApiError::HostDisabledUntilReboot { host: host.clone() }
+    );
+}

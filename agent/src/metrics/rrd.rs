@@ -821,7 +821,9 @@ impl Rrd {
             if (0.0..=MAX_TIME).contains(&t) {
                 Ok(t)
             } else {
-                Err(RrdError::Parse(format!("<{name}>{t}</{name}> is not a time since 1970 before 2^40 s")))
+                Err(RrdError::Parse(format!(
+                    "<{name}>{t}</{name}> is not a time since 1970 before 2^40 s"
+                )))
             }
         };
         let last_update = time(&root, "lastupdate")?;
@@ -1216,14 +1218,26 @@ mod tests {
         let xml = rrd.to_xml(true);
         assert!(Rrd::from_xml(&xml).is_ok());
         for (from, to) in [
-            ("<lastupdate>1005</lastupdate>", "<lastupdate>6666660000000000000000000000</lastupdate>"),
+            (
+                "<lastupdate>1005</lastupdate>",
+                "<lastupdate>6666660000000000000000000000</lastupdate>",
+            ),
             ("<lastupdate>1005</lastupdate>", "<lastupdate>-1</lastupdate>"),
             ("<last_updated>1005</last_updated>", "<last_updated>-035</last_updated>"),
             ("<last_updated>1005</last_updated>", "<last_updated>NaN</last_updated>"),
             ("<step>5</step>", "<step>99999999999</step>"),
-            ("<pdp_per_row>12</pdp_per_row>", "<pdp_per_row>9223372036854775807</pdp_per_row>"),
-            ("<unknown_datapoints>9</unknown_datapoints>", "<unknown_datapoints>-9223372036854775807</unknown_datapoints>"),
-            ("<unknown_datapoints>9</unknown_datapoints>", "<unknown_datapoints>13</unknown_datapoints>"),
+            (
+                "<pdp_per_row>12</pdp_per_row>",
+                "<pdp_per_row>9223372036854775807</pdp_per_row>",
+            ),
+            (
+                "<unknown_datapoints>9</unknown_datapoints>",
+                "<unknown_datapoints>-9223372036854775807</unknown_datapoints>",
+            ),
+            (
+                "<unknown_datapoints>9</unknown_datapoints>",
+                "<unknown_datapoints>13</unknown_datapoints>",
+            ),
         ] {
             assert!(xml.contains(from), "{from} not in {xml}");
             let bad = xml.replace(from, to);

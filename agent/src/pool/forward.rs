@@ -51,7 +51,14 @@ pub const RULES: &[(ClassId, &str, Runs)] = &[
 
 /// `host.*` messages about a host that the host receiving them carries out (records kept in
 /// the pool database, or a host that may be down).
-pub const HOST_LOCAL: &[&str] = &["destroy", "declare_dead", "power_on", "get_record", "get_by_uuid"];
+pub const HOST_LOCAL: &[&str] = &[
+    "destroy",
+    "declare_dead",
+    "power_on",
+    "set_power_on_mode",
+    "get_record",
+    "get_by_uuid",
+];
 
 /// The rule for a message, if it runs on a particular host.
 pub fn rule(class: ClassId, message: &crate::schema::MessageDef) -> Option<Runs> {

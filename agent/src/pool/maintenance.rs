@@ -36,6 +36,9 @@ async fn set_enabled(agent: &Agent, c: &Call, enabled: bool) -> Result<Value, Ap
     if agent.store.get(class_ids::host, &host).is_none() {
         return Err(ApiError::handle_invalid("host", &host));
     }
+    if enabled && host == agent.host && crate::host::power::disabled_until_reboot(agent) {
+        return Err(ApiError::HostDisabledUntilReboot { host });
+    }
     if !enabled {
         // The reference keeps the master of an HA pool enabled.
         if host == super::master(agent).unwrap_or_else(|| agent.host.clone()) {
