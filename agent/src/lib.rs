@@ -91,6 +91,9 @@ pub struct AgentConfig {
     /// The address clients reach this host on: `host.address`, and the host part of every
     /// console's `location` (`https://<address>/console?ref=…`).
     pub host_address: String,
+    /// The certificate the HTTPS listeners serve, which `host.install_server_certificate`
+    /// replaces; none without HTTPS.
+    pub server_identity: Option<Arc<host::server_identity::ServerIdentity>>,
 }
 
 /// The running object model.
@@ -127,6 +130,8 @@ pub struct Agent {
     pub(crate) network: network::Network,
     /// The audit trail (`<state dir>/audit.log`).
     pub(crate) audit: audit::AuditLog,
+    /// The certificate HTTPS serves (`host/server_identity.rs`).
+    pub(crate) server_identity: Option<Arc<host::server_identity::ServerIdentity>>,
 }
 
 /// Installs rustls' process-wide crypto provider (ring, as everywhere in this daemon), which
@@ -208,6 +213,7 @@ impl Agent {
             metrics: metrics::Metrics::default(),
             network,
             audit,
+            server_identity: cfg.server_identity.clone(),
         });
         storage::load_cbt_logs(&agent).await;
         lifecycle::reconcile::at_start(&agent)

@@ -1,8 +1,9 @@
 //! HTTPS: a configured certificate and key, or a self-signed pair generated on first start
 //! and kept in the state dir (as a XenServer host does for its own certificate).
 
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use agent::host::server_identity::ServerIdentity;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Why TLS could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -86,25 +87,28 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), TlsError> {
     f.write_all(bytes).map_err(io("writing", path))
 }
 
+/// The certificate and key in PEM files, as the listeners serve them: the agent replaces them
+/// in place (`host.install_server_certificate`), and each handshake asks for the current ones.
+pub fn identity(files: &TlsFiles) -> Result<Arc<ServerIdentity>, TlsError> {
+    ServerIdentity::load(files.cert.clone(), files.key.clone())
+        .map(Arc::new)
+        .map_err(TlsError::Pem)
+}
+
+/// A rustls server configuration serving `identity`.
+pub fn serving(identity: Arc<ServerIdentity>) -> Result<rustls::ServerConfig, TlsError> {
+    Ok(
+        rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TlsError::Config(e.to_string()))?
+            .with_no_client_auth()
+            .with_cert_resolver(identity),
+    )
+}
+
 /// A rustls server configuration from PEM files.
 pub fn server_config(files: &TlsFiles) -> Result<rustls::ServerConfig, TlsError> {
-    let cert_pem = std::fs::read(&files.cert).map_err(io("reading", &files.cert))?;
-    let key_pem = std::fs::read(&files.key).map_err(io("reading", &files.key))?;
-    let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut cert_pem.as_slice())
-        .collect::<Result<_, _>>()
-        .map_err(|e| TlsError::Pem(format!("{}: {e}", files.cert.display())))?;
-    if certs.is_empty() {
-        return Err(TlsError::Pem(format!("{}: no certificate", files.cert.display())));
-    }
-    let key: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut key_pem.as_slice())
-        .map_err(|e| TlsError::Pem(format!("{}: {e}", files.key.display())))?
-        .ok_or_else(|| TlsError::Pem(format!("{}: no private key", files.key.display())))?;
-    rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| TlsError::Config(e.to_string()))?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| TlsError::Config(e.to_string()))
+    serving(identity(files)?)
 }
 
 #[cfg(test)]

@@ -634,6 +634,40 @@ fn every_command() {
     let en = h.xe(&["host-enable"]);
     assert_eq!(en.code, 0, "{en:?}");
     assert_eq!(enabled(), "true");
+    // host-shutdown/host-reboot of an enabled host: refused (host-disable first); the power-on
+    // mode set and read back; host-power-on of a host that answers: refused.
+    for cmd in ["host-shutdown", "host-reboot"] {
+        let r = h.xe(&[cmd, &format!("host={host}")]);
+        assert!(
+            r.code == 1 && r.stderr.starts_with("Error code: HOST_NOT_DISABLED"),
+            "{cmd}: {r:?}"
+        );
+    }
+    h.ok(&[
+        "host-set-power-on-mode",
+        &format!("host={host}"),
+        "power-on-mode=wake-on-lan",
+        "power-on-config:mac=00:16:3e:00:00:01",
+    ]);
+    assert_eq!(
+        h.one(&["host-param-get", &format!("uuid={host}"), "param-name=power-on-mode"]),
+        "wake-on-lan"
+    );
+    assert_eq!(
+        h.one(&[
+            "host-param-get",
+            &format!("uuid={host}"),
+            "param-name=power-on-config",
+            "param-key=mac"
+        ]),
+        "00:16:3e:00:00:01"
+    );
+    let on = h.xe(&["host-power-on", &format!("host={host}")]);
+    assert!(
+        on.code == 1 && on.stderr.starts_with("Error code: HOST_IS_LIVE"),
+        "{on:?}"
+    );
+    h.ok(&["host-set-power-on-mode", &format!("host={host}"), "power-on-mode="]);
     // host-evacuate on a host alone: nowhere to go for a running VM, nothing to do without one.
     let running = h.one(&[
         "vm-list",

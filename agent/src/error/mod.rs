@@ -429,6 +429,24 @@ api_errors! {
     HostPowerOnModeDisabled {} => "HOST_POWER_ON_MODE_DISABLED",
     /// `host.enable` of a host shut down or rebooting: it comes back enabled after its boot.
     HostDisabledUntilReboot { host } => "HOST_DISABLED_UNTIL_REBOOT",
+    /// `host.install_server_certificate`: the private key does not read.
+    ServerCertificateKeyInvalid {} => "SERVER_CERTIFICATE_KEY_INVALID",
+    /// `host.install_server_certificate`: the key is not RSA (`rsa`, `p256`, `ed25519`, …).
+    ServerCertificateKeyAlgorithmNotSupported { algorithm_oid } => "SERVER_CERTIFICATE_KEY_ALGORITHM_NOT_SUPPORTED",
+    /// `host.install_server_certificate`: an RSA key outside 2048–4096 bits.
+    ServerCertificateKeyRsaLengthNotSupported { length } => "SERVER_CERTIFICATE_KEY_RSA_LENGTH_NOT_SUPPORTED",
+    /// `host.install_server_certificate`: the certificate does not read.
+    ServerCertificateInvalid {} => "SERVER_CERTIFICATE_INVALID",
+    /// `host.install_server_certificate`: the certificate's validity has not begun.
+    ServerCertificateNotValidYet { now, not_before } => "SERVER_CERTIFICATE_NOT_VALID_YET",
+    /// `host.install_server_certificate`: the certificate's validity has ended.
+    ServerCertificateExpired { now, not_after } => "SERVER_CERTIFICATE_EXPIRED",
+    /// `host.install_server_certificate`: the key is not the certificate's.
+    ServerCertificateKeyMismatch {} => "SERVER_CERTIFICATE_KEY_MISMATCH",
+    /// `host.install_server_certificate`: signed with a hash other than SHA-256 or SHA-512.
+    ServerCertificateSignatureNotSupported {} => "SERVER_CERTIFICATE_SIGNATURE_NOT_SUPPORTED",
+    /// `host.install_server_certificate`: the chain given holds no readable certificate.
+    ServerCertificateChainInvalid {} => "SERVER_CERTIFICATE_CHAIN_INVALID",
 }
 
 /// Codes the reference raises with more parameters than errors.json documents, and how many:

@@ -73,9 +73,12 @@ pub fn behaviour() -> Vec<Entry> {
         }),
         entry!(class_ids::host, "get_server_certificate", |agent, _, c| {
             super::this_host(&agent, c.ref_arg(0)?)?;
-            server_certificate(&settings::server_certificate(&agent.state_dir))
-                .await
-                .map(Value::str)
+            // The file HTTPS serves from, when this host serves HTTPS.
+            let path = match &agent.server_identity {
+                Some(identity) if std::env::var_os("XAPID_SERVER_CERT").is_none() => identity.cert_file().to_path_buf(),
+                _ => settings::server_certificate(&agent.state_dir),
+            };
+            server_certificate(&path).await.map(Value::str)
         }),
         entry!(class_ids::host, "get_system_status_capabilities", |agent, _, c| {
             super::this_host(&agent, c.ref_arg(0)?)?;

@@ -5,6 +5,7 @@
 //! - `admin`: logs, debug keys, syslog, the hostname, the server certificate;
 //! - `license`: the one edition;
 //! - `agent_process`: `host.restart_agent`, `host.shutdown_agent` (the daemon's own process);
+//! - `server_identity`: the certificate HTTPS serves, `host.install_server_certificate` and the resets;
 //! - `power`: `host.shutdown`, `host.reboot`, `host.power_on`, `host.set_power_on_mode`;
 //! - `runner`: how helper programs run (bounded time and output, their own process group);
 //! - `xmlrpc`: what plugins and extensions read and print;
@@ -17,6 +18,7 @@ pub mod license;
 pub mod plugins;
 pub mod power;
 pub mod runner;
+pub mod server_identity;
 pub mod settings;
 pub mod xmlrpc;
 
@@ -32,6 +34,7 @@ pub fn behaviour() -> Vec<Entry> {
     v.extend(license::behaviour());
     v.extend(agent_process::behaviour());
     v.extend(power::behaviour());
+    v.extend(server_identity::behaviour());
     v
 }
 

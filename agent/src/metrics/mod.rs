@@ -504,6 +504,7 @@ pub(crate) mod tests {
                 root_password_file: None,
                 hypervisor: Arc::new(SimulatorBackend::new(SimConfig::small_host())),
                 host_address: "127.0.0.1".into(),
+                server_identity: None,
             })
         };
         let agent = start().await.unwrap();

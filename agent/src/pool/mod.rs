@@ -18,7 +18,7 @@ pub mod maintenance;
 mod pinned_tls;
 pub mod placement;
 pub mod remote;
-mod rotate;
+pub(crate) mod rotate;
 pub mod secret;
 
 use crate::call::{CallCtx, Entry};

@@ -7,7 +7,7 @@
 
 pub mod block_read;
 pub mod cbt;
-mod cbt_ops;
+pub(crate) mod cbt_ops;
 mod copy;
 pub mod features;
 mod fsops;

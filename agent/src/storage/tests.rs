@@ -22,6 +22,7 @@ pub(crate) async fn env() -> Env {
         root_password_file: None,
         hypervisor: Arc::new(SimulatorBackend::new(SimConfig::small_host())),
         host_address: "127.0.0.1".into(),
+        server_identity: None,
     })
     .await
     .unwrap();

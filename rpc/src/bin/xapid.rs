@@ -5,7 +5,7 @@ use agent::hypervisor::{select_backend, BackendChoice, Latency, SimConfig};
 use agent::{Agent, AgentConfig};
 use clap::{Parser, ValueEnum};
 use rpc::server::{serve, ServerConfig, DEFAULT_MAX_BODY};
-use rpc::tls::{ensure_self_signed, server_config, TlsError, TlsFiles};
+use rpc::tls::{ensure_self_signed, TlsError, TlsFiles};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -254,17 +254,38 @@ fn main() -> ExitCode {
     let socket = args.socket.clone().unwrap_or_else(|| state_dir.join("xapid.sock"));
     let host_address = advertised_address(args.listen.iter().chain(&args.tls_listen));
     tracing::info!(address = %host_address, "host address (host.address, console locations)");
+    // The certificate HTTPS and NBD serve: one in memory, which host.install_server_certificate
+    // replaces for the next handshake.
+    let identity = if args.tls_listen.is_empty() && args.nbd_listen.is_empty() {
+        None
+    } else {
+        match tls_identity(&args, &state_dir) {
+            Ok(i) => Some(i),
+            Err(e) if args.tls_listen.is_empty() => {
+                tracing::warn!(
+                    "NBD: no TLS (purpose nbd will refuse connections): {e}: {}",
+                    source_chain(&e)
+                );
+                None
+            }
+            Err(e) => {
+                tracing::error!("HTTPS: {e}: {}", source_chain(&e));
+                return ExitCode::from(2);
+            }
+        }
+    };
     let cfg = AgentConfig {
         state_dir: state_dir.clone(),
         root_password_file: args.root_password_file.clone(),
         hypervisor,
         host_address: host_address.to_string(),
+        server_identity: identity.clone(),
     };
     let tls = if args.tls_listen.is_empty() {
         None
     } else {
-        match tls_config(&args, &state_dir) {
-            Ok(c) => Some(c),
+        match identity.clone().map(rpc::tls::serving).transpose() {
+            Ok(c) => c,
             Err(e) => {
                 tracing::error!("HTTPS: {e}: {}", source_chain(&e));
                 return ExitCode::from(2);
@@ -275,8 +296,9 @@ fn main() -> ExitCode {
     let nbd_tls = match (&tls, args.nbd_listen.is_empty()) {
         (_, true) => None,
         (Some(c), false) => Some(std::sync::Arc::new(c.clone())),
-        (None, false) => match tls_config(&args, &state_dir) {
-            Ok(c) => Some(std::sync::Arc::new(c)),
+        (None, false) => match identity.clone().map(rpc::tls::serving).transpose() {
+            Ok(Some(c)) => Some(std::sync::Arc::new(c)),
+            Ok(None) => None,
             Err(e) => {
                 tracing::warn!(
                     "NBD: no TLS (purpose nbd will refuse connections): {e}: {}",
@@ -376,7 +398,10 @@ fn restart() -> ExitCode {
     ExitCode::FAILURE
 }
 
-fn tls_config(args: &Args, state_dir: &std::path::Path) -> Result<rustls::ServerConfig, TlsError> {
+fn tls_identity(
+    args: &Args,
+    state_dir: &std::path::Path,
+) -> Result<std::sync::Arc<agent::host::server_identity::ServerIdentity>, TlsError> {
     let files = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => TlsFiles {
             cert: cert.clone(),
@@ -394,7 +419,7 @@ fn tls_config(args: &Args, state_dir: &std::path::Path) -> Result<rustls::Server
             files
         }
     };
-    server_config(&files)
+    rpc::tls::identity(&files)
 }
 
 fn source_chain(e: &dyn std::error::Error) -> String {

@@ -111,6 +111,10 @@ pub(crate) enum B {
     HostDisable,
     HostEnable,
     HostEvacuate,
+    HostReboot,
+    HostShutdown,
+    HostPowerOn,
+    HostSetPowerOnMode,
     PoolJoin,
     PoolEject,
     PoolDesignateNewMaster,
@@ -375,6 +379,17 @@ const BUILTINS: &[Row] = &[
     ("host-disable", &[], &["auto-enable"], HOST_SEL, B::HostDisable, "Stop new VMs from starting on the selected host(s)."),
     ("host-enable", &[], &[], HOST_SEL, B::HostEnable, "Let VMs start on the selected host(s) again."),
     ("host-evacuate", &[], &["network-uuid", "batch-size"], HOST_SEL, B::HostEvacuate, "Migrate every running VM off the selected host."),
+    ("host-reboot", &[], &[], HOST_SEL, B::HostReboot, "Reboot the selected host(s): disabled first, with no VM running."),
+    ("host-shutdown", &[], &[], HOST_SEL, B::HostShutdown, "Power off the selected host(s): disabled first, with no VM running."),
+    ("host-power-on", &[], &[], HOST_SEL, B::HostPowerOn, "Power on the selected host(s) by their power-on mode."),
+    (
+        "host-set-power-on-mode",
+        &["power-on-mode"],
+        &["power-on-config:"],
+        HOST_SEL,
+        B::HostSetPowerOnMode,
+        "Set how the selected host(s) are powered on (empty: not at all).",
+    ),
     (
         "pool-join",
         &["master-address", "master-username", "master-password"],
@@ -790,6 +805,20 @@ async fn hosts(ctx: &Ctx<'_>, multiple: bool, ignore: &[&str]) -> Result<Vec<Rec
             "Multiple matching hosts found. --multiple required to complete the operation",
         )),
     }
+}
+
+/// `method(host, args…)` on each selected host (`--multiple` for more than one), as the
+/// reference's host commands do; `ignore` are the command's own parameters.
+async fn each_host(ctx: &Ctx<'_>, method: &str, args: Vec<serde_json::Value>, ignore: &[&str]) -> Result<(), CliError> {
+    let targets = hosts(ctx, true, ignore).await?;
+    let mut results = Vec::new();
+    for h in &targets {
+        let mut params = vec![json!(h.reference)];
+        params.extend(args.iter().cloned());
+        let r = ctx.call(method, params).await.map(|_| ());
+        results.push((h.uuid(), r));
+    }
+    gather(results).map(|_| ())
 }
 
 /// Polls a task until it leaves `pending`; its status.
@@ -2167,6 +2196,24 @@ async fn builtin(ctx: &mut Ctx<'_>, b: B) -> Result<(), CliError> {
                 results.push((h.uuid(), r));
             }
             gather(results).map(|_| ())
+        }
+        B::HostReboot => each_host(ctx, "host.reboot", vec![], &[]).await,
+        B::HostShutdown => each_host(ctx, "host.shutdown", vec![], &[]).await,
+        B::HostPowerOn => each_host(ctx, "host.power_on", vec![], &[]).await,
+        B::HostSetPowerOnMode => {
+            let mode = p.get("power-on-mode").unwrap_or_default().to_owned();
+            let config: serde_json::Map<String, serde_json::Value> = p
+                .map("power-on-config")
+                .into_iter()
+                .map(|(k, v)| (k, json!(v)))
+                .collect();
+            each_host(
+                ctx,
+                "host.set_power_on_mode",
+                vec![json!(mode), serde_json::Value::Object(config)],
+                &["power-on-mode", "power-on-config"],
+            )
+            .await
         }
         B::PoolJoin => {
             let m = if p.bool("force", false)? {

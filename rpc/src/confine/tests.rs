@@ -134,6 +134,7 @@ async fn serve_probe(confine: bool) -> (String, u16) {
         root_password_file: None,
         hypervisor: std::sync::Arc::new(SimulatorBackend::new(SimConfig::small_host())),
         host_address: "127.0.0.1".into(),
+        server_identity: None,
     })
     .await
     .unwrap();

@@ -29,6 +29,7 @@ async fn start() -> Env {
         root_password_file: None,
         hypervisor: sim.clone(),
         host_address: "127.0.0.1".into(),
+        server_identity: None,
     })
     .await
     .unwrap();
