@@ -56,8 +56,8 @@ class Host:
                 "--state-dir", self.state, "--backend", "simulator",
                 "--root-password-file", self.pwfile]
 
-    def start(self, env: dict | None = None) -> None:
-        cmd = self.command()
+    def start(self, env: dict | None = None, extra: list[str] | None = None) -> None:
+        cmd = self.command() + (extra or [])
         if env is None:
             # Every host finds host plugins (the power-on one) in the pool's plugin directory.
             env = dict(os.environ, XAPID_PLUGIN_DIR=os.path.join(os.path.dirname(self.dir), "plugins"))
@@ -626,24 +626,8 @@ def test_restart_agent_of_a_member(hosts):
     t0 = time.time()
     m.host.restart_agent(member)
     # It stops answering a second later, then answers again.
-    deadline = time.time() + 10
-    while time.time() < deadline:
-        try:
-            with socket.create_connection((h.address, 80), timeout=0.2):
-                pass
-            time.sleep(0.05)
-        except OSError:
-            break
-    else:
-        pytest.fail("the member never stopped after host.restart_agent")
-    deadline = time.time() + 60
-    while True:
-        try:
-            h.local_session()
-            break
-        except (OSError, XenAPI.Failure, xmlrpc.client.ProtocolError):
-            assert time.time() < deadline, f"the member did not come back: {h.tail()}"
-            time.sleep(0.1)
+    wait_down(h, "host.restart_agent", timeout=10)
+    wait_up(h, "host.restart_agent")
     back = time.time() - t0
     assert h.proc.poll() is None and h.proc.pid == pid
     deadline = time.time() + 20
@@ -904,6 +888,33 @@ def test_a_rotation_cut_short_is_finished_by_the_next(hosts):
     assert x.pool.get_is_psr_pending(pool) is False
     secrets = {h.secret() for h in hosts}
     assert len(secrets) == 1 and before not in secrets
+
+
+def test_a_failed_migration_leaves_the_vm_running_on_its_source(hosts):
+    """VM.pool_migrate to a host that fails to restore the guest (its simulator started with
+    `--sim-fault resume_from:EIO:1`): VM_MIGRATE_FAILED [vm, source, destination, msg], the VM
+    running on its source again with no mark left; the next try moves it."""
+    src, dst = hosts[1], hosts[-1]
+    m = hosts[0].session().xenapi
+    by_addr = {r["address"]: ref for ref, r in m.host.get_all_records().items()}
+    s_ref, d_ref = by_addr[src.address], by_addr[dst.address]
+    dst.stop()
+    dst.start(extra=["--sim-fault", "resume_from:EIO:1"])
+    wait_live(m, d_ref, True)
+    vm = m.VM.get_by_name_label("vm-on-host1")[0]
+    if m.VM.get_power_state(vm) == "Halted":
+        m.VM.start_on(vm, s_ref, False, False)
+    elif m.VM.get_resident_on(vm) != s_ref:
+        m.VM.pool_migrate(vm, s_ref, {})
+    d = failure(m.VM.pool_migrate, vm, d_ref, {})
+    assert d[:4] == ["VM_MIGRATE_FAILED", vm, s_ref, d_ref] and len(d) == 5, d
+    print(f"a migration whose destination failed: {d[4]!r}")
+    assert m.VM.get_power_state(vm) == "Running"
+    assert m.VM.get_resident_on(vm) == s_ref
+    assert m.VM.get_current_operations(vm) == {}
+    assert "pool_migrate" in m.VM.get_allowed_operations(vm)
+    m.VM.pool_migrate(vm, d_ref, {})
+    assert m.VM.get_resident_on(vm) == d_ref and m.VM.get_power_state(vm) == "Running"
 
 
 def test_destroy_a_dead_member(hosts):

@@ -419,6 +419,38 @@ pub enum Fault {
     },
 }
 
+impl std::str::FromStr for Fault {
+    type Err = String;
+
+    /// `<op>:<ERRNO>` (every call fails) or `<op>:<ERRNO>:<count>` (the next `count` calls),
+    /// with the operation as [`Op::name`] spells it and the errno by its name: the form of
+    /// `xapid --sim-fault resume_from:EIO:1`.
+    fn from_str(s: &str) -> Result<Fault, String> {
+        let mut parts = s.split(':');
+        let (op, errno, count) = (parts.next(), parts.next(), parts.next());
+        if parts.next().is_some() {
+            return Err(format!("{s}: more than <op>:<ERRNO>[:<count>]"));
+        }
+        let op = op.unwrap_or_default();
+        let op = Op::ALL
+            .into_iter()
+            .find(|o| o.name() == op)
+            .ok_or_else(|| format!("{s}: no backend operation is called '{op}'"))?;
+        let name = errno.unwrap_or_default();
+        let errno = (1..4096)
+            .map(Errno::from_raw)
+            .find(|e| format!("{e:?}") == name)
+            .ok_or_else(|| format!("{s}: '{name}' is not an errno name (EIO, ENOMEM, …)"))?;
+        match count {
+            None => Ok(Fault::FailAlways { op, errno }),
+            Some(c) => match c.parse::<u32>() {
+                Ok(count) if count > 0 => Ok(Fault::FailNext { op, count, errno }),
+                _ => Err(format!("{s}: '{c}' is not a positive count")),
+            },
+        }
+    }
+}
+
 /// Optional capability: run-time fault injection (the simulator has it,
 /// a production Xen backend does not).
 pub trait FaultInjection: Send + Sync {

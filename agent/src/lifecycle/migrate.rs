@@ -56,7 +56,15 @@ pub async fn pool_migrate(agent: &Arc<Agent>, vm: &str, args: &[Value]) -> Resul
         send(agent, vm, &dest, &image).await
     };
     let outcome = match sent {
-        Ok(()) => Ok(Value::None),
+        Ok(()) => {
+            // The destination's commit into this host's view before the VM's actor goes on:
+            // the event of the domain that left is reconciled next, and must find the VM
+            // resident on the destination, not here with its domain gone.
+            if let Err(e) = agent.store.caught_up().await {
+                tracing::warn!(vm, error = %e, "pool_migrate: could not bring the view up to date");
+            }
+            Ok(Value::None)
+        }
         // The destination committed the VM as its own but its answer did not come back (the
         // connection cut after the commit): the VM runs there, and must not run here too.
         Err(reason) if arrived(agent, vm, &dest).await => {

@@ -207,6 +207,18 @@ async fn set_state(agent: &Arc<Agent>, vm: &str, s: VmPowerState) -> Result<(), 
     agent
         .store
         .write(|tx| {
+            // Only a VM still running or paused here, by the latest record (a write in a pool
+            // that read an older one is run again): never a VM that has stopped or moved
+            // meanwhile, which would be left Running with no host.
+            let Some(rec) = tx.get(class_ids::VM, vm) else {
+                return Ok(());
+            };
+            let now = rec.get(fields::VM::power_state);
+            if super::resident_on_other_host(agent, &rec)
+                || (now != &VmPowerState::Running.value() && now != &VmPowerState::Paused.value())
+            {
+                return Ok(());
+            }
             crate::objects::set_field(tx, class_ids::VM, vm, fields::VM::power_state, s.value())?;
             super::rules::refresh_vm_and_devices(tx, vm)
         })

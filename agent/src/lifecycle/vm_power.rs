@@ -456,6 +456,16 @@ async fn stopped_facts(agent: &Arc<Agent>, vm: &str) -> u64 {
 }
 
 fn mark_stopped_tx(tx: &mut Tx, agent: &Agent, vm: &str, state: VmPowerState, free: u64) -> Result<(), ApiError> {
+    // A VM the database has on another host is that host's: this host's view was behind (a
+    // `VM.pool_migrate` moved it while its old domain's event waited here). In a pool a write
+    // that read an older record is run again on the newer one, so this looks at the latest.
+    if tx
+        .get(class_ids::VM, vm)
+        .is_some_and(|rec| super::resident_on_other_host(agent, &rec))
+    {
+        tracing::info!(vm, "not marking the VM stopped: it runs on another host now");
+        return note_host_memory(tx, agent, free);
+    }
     stopped_tx(tx, vm, state)?;
     note_host_memory(tx, agent, free)?;
     rules::refresh_vm_and_devices(tx, vm)
@@ -1006,6 +1016,56 @@ mod tests {
         e.call("VM.start", vec![json!(vm), json!(false), json!(false)])
             .await
             .expect_err("VM.start should fail")
+    }
+
+    /// A VM the database has running on another host is left alone by this host's stop marks
+    /// (a `VM.pool_migrate` moved it while the event of its old domain waited here).
+    #[actix::test]
+    async fn a_vm_resident_on_another_host_is_not_marked_stopped_here() {
+        let e = env().await;
+        let vm = generic_linux_pv(&e, "moved away", false).await;
+        let other = crate::objects::new_ref();
+        let (v, o) = (vm.clone(), other.clone());
+        e.agent
+            .store
+            .write(move |tx| {
+                let mut h = crate::value::default_object(class_ids::host, &o);
+                h.set(fields::host::uuid, Value::str(crate::objects::new_uuid()));
+                crate::objects::create(tx, h)?;
+                crate::objects::set_field(tx, class_ids::VM, &v, fields::VM::power_state, Value::str("Running"))?;
+                crate::objects::set_field(tx, class_ids::VM, &v, fields::VM::domid, Value::Int(7))?;
+                crate::objects::set_field(
+                    tx,
+                    class_ids::VM,
+                    &v,
+                    fields::VM::resident_on,
+                    Value::reference(o.as_str()),
+                )
+            })
+            .await
+            .unwrap();
+        super::mark_halted(&e.agent, &vm).await.unwrap();
+        let rec = e.agent.store.get(class_ids::VM, &vm).unwrap();
+        assert_eq!(power_state(&e, &vm), "Running");
+        assert_eq!(rec.get(fields::VM::resident_on).as_ref_str(), Some(other.as_str()));
+        assert_eq!(rec.get(fields::VM::domid).as_int(), Some(7));
+        // Resident here, the same mark stops it.
+        let (v, h) = (vm.clone(), e.agent.host.clone());
+        e.agent
+            .store
+            .write(move |tx| {
+                crate::objects::set_field(
+                    tx,
+                    class_ids::VM,
+                    &v,
+                    fields::VM::resident_on,
+                    Value::reference(h.as_str()),
+                )
+            })
+            .await
+            .unwrap();
+        super::mark_halted(&e.agent, &vm).await.unwrap();
+        assert_eq!(power_state(&e, &vm), "Halted");
     }
 
     #[actix::test]

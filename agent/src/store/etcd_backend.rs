@@ -24,6 +24,9 @@ use tokio::sync::watch;
 /// refused (a host cut off from etcd answers in this time, never with a stale success).
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The pause before a failed read of etcd's revision is sent again.
+const READ_RETRY_PAUSE: Duration = Duration::from_millis(200);
+
 /// Where the pool's database is.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct EtcdConfig {
@@ -339,15 +342,30 @@ impl Etcd {
 
     /// etcd's current revision (every change committed so far, by any host).
     pub(super) async fn current_revision(&self) -> Result<u64, StoreError> {
-        let key = format!("{}meta/offset", self.objects.trim_end_matches("obj/"));
-        self.with_client(|mut c| async move {
-            let resp = c
-                .get(key, Some(GetOptions::new().with_count_only()))
-                .await
-                .map_err(etcd_err)?;
-            Ok(u64::try_from(resp.header().map_or(0, |h| h.revision())).unwrap_or(0))
-        })
-        .await
+        // A read, so safe to send again: a request that failed at once (the connection to a
+        // member that has just restarted closed under it) goes again, to whichever member
+        // answers, until the commit timeout; a member that does not answer in time ends it.
+        let deadline = tokio::time::Instant::now() + COMMIT_TIMEOUT;
+        loop {
+            let key = format!("{}meta/offset", self.objects.trim_end_matches("obj/"));
+            let once = self
+                .with_client(|mut c| async move {
+                    let resp = c
+                        .get(key, Some(GetOptions::new().with_count_only()))
+                        .await
+                        .map_err(etcd_err)?;
+                    Ok(u64::try_from(resp.header().map_or(0, |h| h.revision())).unwrap_or(0))
+                })
+                .await;
+            match once {
+                Ok(rev) => return Ok(rev),
+                Err(e) if tokio::time::Instant::now() + READ_RETRY_PAUSE < deadline => {
+                    tracing::warn!(error = %e, "reading etcd's revision failed; trying again");
+                    tokio::time::sleep(READ_RETRY_PAUSE).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Waits until this host's view holds every change up to `revision`.

@@ -86,6 +86,11 @@ struct Args {
     /// timings realistic in tests and demos).
     #[arg(long, default_value_t = 0)]
     sim_latency_ms: u64,
+    /// Simulator only: a backend operation that fails, as `<op>:<ERRNO>` (every call) or
+    /// `<op>:<ERRNO>:<count>` (the next calls), e.g. `resume_from:EIO:1` (repeatable; for
+    /// tests of failure paths, such as a migration whose destination fails).
+    #[arg(long = "sim-fault")]
+    sim_fault: Vec<agent::hypervisor::Fault>,
     /// Also serve `POST /bench/noop`, an empty 200 on the same HTTP stack, so benchmarks can
     /// measure the cost of an API call against bare HTTP.
     #[arg(long)]
@@ -246,6 +251,19 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if !args.sim_fault.is_empty() {
+        let Some(faults) = hypervisor.fault_injection() else {
+            tracing::error!(
+                "--sim-fault: the {} backend takes no injected faults",
+                hypervisor.backend_name()
+            );
+            return ExitCode::from(2);
+        };
+        for f in &args.sim_fault {
+            tracing::warn!(fault = ?f, "simulator: injected fault armed (--sim-fault)");
+            faults.inject(*f);
+        }
+    }
     if hypervisor.backend_name() == "simulator" {
         tracing::warn!("running on the SIMULATOR backend: a simulated host, no real guests ({why})");
     } else {

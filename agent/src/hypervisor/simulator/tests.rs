@@ -772,3 +772,34 @@ fn dropping_the_simulator_hangs_up_consoles() {
     let mut buf = [0u8; 16];
     assert_eq!(std::io::Read::read(&mut con, &mut buf).unwrap(), 0);
 }
+
+#[test]
+fn faults_read_from_the_command_line_form() {
+    use crate::hypervisor::{Errno, Fault, Op};
+    assert_eq!(
+        "resume_from:EIO:1".parse::<Fault>().unwrap(),
+        Fault::FailNext {
+            op: Op::ResumeFrom,
+            count: 1,
+            errno: Errno::EIO
+        }
+    );
+    assert_eq!(
+        "create_domain:ENOMEM".parse::<Fault>().unwrap(),
+        Fault::FailAlways {
+            op: Op::CreateDomain,
+            errno: Errno::ENOMEM
+        }
+    );
+    for bad in [
+        "",
+        "resume_from",
+        "nope:EIO",
+        "resume_from:EWHAT",
+        "resume_from:EIO:0",
+        "resume_from:EIO:x",
+        "a:b:c:d",
+    ] {
+        assert!(bad.parse::<Fault>().is_err(), "{bad}");
+    }
+}
