@@ -133,6 +133,21 @@ impl Agent {
         self.console_watches.watch(handle.domid)
     }
 
+    /// The text console of `domid` opened again, if the domain still runs or is paused
+    /// (`None` otherwise). Blocks: for a console reader's own thread, whose pty ended under a
+    /// running domain.
+    pub fn reopen_text_console(&self, domid: u32) -> Result<Option<ConsoleStream>, ApiError> {
+        use crate::hypervisor::DomainState;
+        match self.hypervisor.domain_info(domid) {
+            Ok(i) if matches!(i.state, DomainState::Running | DomainState::Paused) => {}
+            _ => return Ok(None),
+        }
+        self.hypervisor
+            .console_stream(domid)
+            .map(Some)
+            .map_err(|e| ApiError::internal(format!("console of domain {domid}: {e}")))
+    }
+
     /// The console byte stream behind a console handle ([`Self::console_domain`]), from the
     /// backend (on a blocking thread): the domain's text console, or the RFB stream of its
     /// graphical console.

@@ -81,7 +81,9 @@ pub(super) async fn connect(req: HttpRequest, body: web::Payload, agent: web::Da
         return DataPathError::Failed(ApiError::internal(e)).response();
     }
     let file = File::from(stream.into_owned_fd());
-    let (screen_rx, keys) = match console_pump::start(file, format!("console-{}", domid.domid)) {
+    // A text console whose pty ends under a domain that still runs is opened again.
+    let reopen = (!domid.rfb).then(|| reopen_text_console(agent.clone(), domid.domid));
+    let (screen_rx, keys) = match console_pump::start(file, format!("console-{}", domid.domid), reopen) {
         Ok(pair) => pair,
         Err(e) => return DataPathError::Failed(ApiError::internal(e)).response(),
     };
@@ -98,6 +100,31 @@ pub(super) async fn connect(req: HttpRequest, body: web::Payload, agent: web::Da
     }
     actix_web::rt::spawn(keyboard(body, keys));
     HttpResponse::Ok().streaming(futures_util::stream::unfold(tap, screen))
+}
+
+/// How many times a connection opens its text console again, and the pause before each.
+const REOPENS: u32 = 10;
+const REOPEN_PAUSE: std::time::Duration = std::time::Duration::from_millis(300);
+
+/// Opens `domid`'s text console again while the domain runs (on the pump's thread).
+fn reopen_text_console(agent: Arc<Agent>, domid: u32) -> console_pump::Reopen {
+    let mut left = REOPENS;
+    Box::new(move || {
+        while left > 0 {
+            left -= 1;
+            std::thread::sleep(REOPEN_PAUSE);
+            match agent.reopen_text_console(domid) {
+                Ok(Some(stream)) if stream.set_nonblocking(true).is_ok() => {
+                    tracing::info!(domid, "console reopened: its pty ended while the domain runs");
+                    return Some(File::from(stream.into_owned_fd()));
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => return None,
+                Err(e) => tracing::warn!(domid, error = %e, "console: opening it again failed"),
+            }
+        }
+        None
+    })
 }
 
 /// A console being read: its output, its keyboard and, for a text console, the note of its

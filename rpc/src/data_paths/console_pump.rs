@@ -8,10 +8,14 @@
 //! connection read through the reactor sometimes stopped delivering while the pty had output
 //! (docs/hypervisor.md). A level-triggered wait asks the kernel afresh each time.
 //!
-//! The thread ends when the console reads end of file or EIO (the other end closed: the
-//! domain is gone), on any other error (sent to the reader first), or when the HTTP side has
-//! dropped its receiver; it checks for that before every read, so a connection that has gone
-//! does not take output meant for the next one.
+//! When the console reads end of file or EIO (the other end closed), the thread asks its
+//! `reopen` for the console again: on Xen, xenconsoled can replace a domain's pty under a
+//! running guest (seen right after a resume: the connection ended at once while the guest
+//! went on printing), and a reader should not lose the guest for it. `reopen` answers `None`
+//! once the domain no longer runs, and the console ends. The thread also ends on any other
+//! error (sent to the reader first), or when the HTTP side has dropped its receiver; it checks
+//! for that before every read, so a connection that has gone does not take output meant for
+//! the next one.
 
 use actix_web::web::Bytes;
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
@@ -50,8 +54,12 @@ impl Keys {
     }
 }
 
+/// Opens the console again after its end (on the pump's thread, which may block); `None`: the
+/// console has ended for good.
+pub(super) type Reopen = Box<dyn FnMut() -> Option<File> + Send>;
+
 /// Starts the thread that owns `console` (already non-blocking).
-pub(super) fn start(console: File, name: String) -> std::io::Result<(Screen, Keys)> {
+pub(super) fn start(console: File, name: String, reopen: Option<Reopen>) -> std::io::Result<(Screen, Keys)> {
     let wake = Arc::new(EventFd::from_value_and_flags(
         0,
         EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK,
@@ -61,12 +69,18 @@ pub(super) fn start(console: File, name: String) -> std::io::Result<(Screen, Key
     let thread_wake = wake.clone();
     std::thread::Builder::new()
         .name(name)
-        .spawn(move || run(console, &thread_wake, &key_rx, &out_tx))?;
+        .spawn(move || run(console, reopen, &thread_wake, &key_rx, &out_tx))?;
     Ok((out_rx, Keys { queue: key_tx, wake }))
 }
 
 /// The thread's loop: see the module comment.
-fn run(mut console: File, wake: &EventFd, keys: &Receiver<Bytes>, out: &mpsc::Sender<std::io::Result<Bytes>>) {
+fn run(
+    mut console: File,
+    mut reopen: Option<Reopen>,
+    wake: &EventFd,
+    keys: &Receiver<Bytes>,
+    out: &mpsc::Sender<std::io::Result<Bytes>>,
+) {
     let mut typed: Vec<u8> = Vec::new();
     let mut keyboard_open = true;
     loop {
@@ -115,22 +129,29 @@ fn run(mut console: File, wake: &EventFd, keys: &Receiver<Bytes>, out: &mpsc::Se
         let readable = PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR;
         if console_ready.intersects(readable) && !out.is_closed() {
             let mut buf = vec![0u8; CHUNK];
-            match console.read(&mut buf) {
-                Ok(0) => return,
+            let ended = match console.read(&mut buf) {
+                Ok(0) => true,
                 Ok(n) => {
                     buf.truncate(n);
                     if out.blocking_send(Ok(Bytes::from(buf))).is_err() {
                         return;
                     }
+                    false
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                // A pty whose other end closed (xenconsoled, once the domain is gone) reads EIO:
-                // that is the end of the console, not a failure.
-                Err(e) if e.raw_os_error() == Some(libc::EIO) => return,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => false,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => false,
+                // A pty whose other end closed (xenconsoled) reads EIO: the end of this pty,
+                // not a failure.
+                Err(e) if e.raw_os_error() == Some(libc::EIO) => true,
                 Err(e) => {
                     let _ = out.blocking_send(Err(e));
                     return;
+                }
+            };
+            if ended {
+                match reopen.as_mut().and_then(|r| r()) {
+                    Some(again) => console = again,
+                    None => return,
                 }
             }
         }
@@ -176,7 +197,7 @@ mod tests {
     #[test]
     fn guest_output_in_keys_out_and_end_when_the_other_side_closes() {
         let (mut master, slave) = pty();
-        let (mut screen, keys) = start(slave, "console-test".into()).unwrap();
+        let (mut screen, keys) = start(slave, "console-test".into(), None).unwrap();
         // Output written long after the thread started waiting still arrives (the wait is
         // asked again each time, not armed once).
         for i in 0..5 {
@@ -205,13 +226,40 @@ mod tests {
     fn a_dropped_reader_leaves_later_output_for_the_next_one() {
         let (mut master, slave) = pty();
         let second = slave.try_clone().unwrap();
-        let (screen, _keys) = start(slave, "console-test-1".into()).unwrap();
+        let (screen, _keys) = start(slave, "console-test-1".into(), None).unwrap();
         drop(screen);
         // The first thread sees its reader gone within its idle check, before this output.
         std::thread::sleep(Duration::from_millis(u64::from(IDLE_CHECK_MS) * 3));
         master.write_all(b"for the second reader\n").unwrap();
-        let (mut screen2, _keys2) = start(second, "console-test-2".into()).unwrap();
+        let (mut screen2, _keys2) = start(second, "console-test-2".into(), None).unwrap();
         let seen = read_until(&mut screen2, "for the second reader");
         assert!(seen.starts_with("for the second reader"), "{seen:?}");
+    }
+
+    #[test]
+    fn a_console_whose_pty_is_replaced_under_a_running_guest_goes_on() {
+        let (mut master, slave) = pty();
+        let (mut master2, slave2) = pty();
+        let mut spare = Some(slave2);
+        let mut asked = 0;
+        let reopen: Reopen = Box::new(move || {
+            asked += 1;
+            spare.take()
+        });
+        let (mut screen, keys) = start(slave, "console-test-reopen".into(), Some(reopen)).unwrap();
+        master.write_all(b"before\n").unwrap();
+        read_until(&mut screen, "before");
+        // The first pty's other end goes (xenconsoled replacing it): the reader is not told;
+        // the thread opens the console again and what the new pty says arrives.
+        drop(master);
+        std::thread::sleep(Duration::from_millis(100));
+        master2.write_all(b"after\n").unwrap();
+        read_until(&mut screen, "after");
+        assert!(keys.type_in(Bytes::from_static(b"k")));
+        let mut buf = [0u8; 8];
+        assert_eq!(master2.read(&mut buf).unwrap(), 1);
+        // Once the console cannot be opened again, it ends.
+        drop(master2);
+        assert!(screen.blocking_recv().is_none());
     }
 }
