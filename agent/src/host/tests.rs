@@ -239,16 +239,7 @@ async fn host_power_refusals_and_the_enabled_state_at_start() {
     }
     e.ok("host.disable", vec![json!(host)]).await;
     // A guest running here: HOST_IN_USE names it.
-    let tpl = e
-        .agent
-        .store
-        .all(class_ids::VM)
-        .into_iter()
-        .find(|v| v.str_field("name_label") == "Generic Linux PV")
-        .unwrap();
-    let vm = e
-        .new_ref("VM.clone", vec![json!(tpl.reference.as_str()), json!("busy")])
-        .await;
+    let vm = e.clone_template("Generic Linux PV", "busy").await;
     let (h, v) = (host.clone(), vm.clone());
     e.agent
         .store

@@ -48,6 +48,18 @@ impl Env {
     pub async fn new_ref(&self, method: &str, params: Vec<Json>) -> String {
         self.ok(method, params).await.as_str().unwrap().to_owned()
     }
+    /// A clone named `name` of the shipped template labelled `template`.
+    pub async fn clone_template(&self, template: &str, name: &str) -> String {
+        let tpl = self
+            .agent
+            .store
+            .all(class_ids::VM)
+            .into_iter()
+            .find(|v| v.str_field("name_label") == template)
+            .unwrap_or_else(|| panic!("no template {template:?}"));
+        self.new_ref("VM.clone", vec![json!(tpl.reference.as_str()), json!(name)])
+            .await
+    }
     pub fn default_sr(&self) -> String {
         self.agent
             .store
