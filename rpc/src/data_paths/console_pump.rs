@@ -241,11 +241,7 @@ mod tests {
         let (mut master, slave) = pty();
         let (mut master2, slave2) = pty();
         let mut spare = Some(slave2);
-        let mut asked = 0;
-        let reopen: Reopen = Box::new(move || {
-            asked += 1;
-            spare.take()
-        });
+        let reopen: Reopen = Box::new(move || spare.take());
         let (mut screen, keys) = start(slave, "console-test-reopen".into(), Some(reopen)).unwrap();
         master.write_all(b"before\n").unwrap();
         read_until(&mut screen, "before");
