@@ -301,7 +301,8 @@ def boot_guest(x, url: str, session_ref: str, vm: str, what: str, timeout: float
                         lambda: re.search(r"XAPID_GUEST up:[^\n]*\n", console.text()) and console.text(), 0.5)
     except Failed:
         got = console.text()
-        step(f"{what}: the console gave {len(got)} bytes before the timeout; the last 30 lines:")
+        step(f"{what}: the console gave {len(got)} bytes before the timeout ({console.state()}); "
+             "the last 30 lines:")
         for l in got.splitlines()[-30:]:
             print(f"console| {l.rstrip()}", flush=True)
         console.close()

@@ -107,6 +107,7 @@ fn run(
                 Ok(_) => (fds[0].revents().unwrap_or(PollFlags::empty()), fds[1].revents()),
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(e) => {
+                    tracing::warn!(console = std::thread::current().name().unwrap_or(""), error = %e, "console: waiting on it failed; the connection ends");
                     let _ = out.blocking_send(Err(e.into()));
                     return;
                 }
@@ -144,6 +145,7 @@ fn run(
                 // not a failure.
                 Err(e) if e.raw_os_error() == Some(libc::EIO) => true,
                 Err(e) => {
+                    tracing::warn!(console = std::thread::current().name().unwrap_or(""), error = %e, "console: reading it failed; the connection ends");
                     let _ = out.blocking_send(Err(e));
                     return;
                 }
@@ -151,7 +153,13 @@ fn run(
             if ended {
                 match reopen.as_mut().and_then(|r| r()) {
                     Some(again) => console = again,
-                    None => return,
+                    None => {
+                        tracing::info!(
+                            console = std::thread::current().name().unwrap_or(""),
+                            "console: it ended (end of file or EIO, not opened again)"
+                        );
+                        return;
+                    }
                 }
             }
         }
