@@ -88,13 +88,15 @@ def open_connect(url: str, location: str, session_ref: str, timeout: int):
 class Console:
     """A guest's text console through xapid: HTTP CONNECT over TLS.
 
-    A connection that gives no byte for STALL_S seconds while xapid keeps it open is replaced
-    by a new one (at most MAX_REOPEN times), and the run says so: some runs saw a console
+    A connection that gives no byte for STALL_S seconds while xapid keeps it open, or that
+    xapid ended CLOSED_S seconds ago, is replaced by a new one (at most MAX_REOPEN times), and
+    the run says so: some runs saw a console
     connection stop delivering while the guest kept printing (xenconsoled's or QEMU's log had
     the lines), not yet explained (docs/hypervisor.md). The guest's output then still has to
     arrive through xapid, on the new connection."""
 
     STALL_S = 60.0
+    CLOSED_S = 10.0
     MAX_REOPEN = 10
     reopened_total = 0
 
@@ -133,7 +135,11 @@ class Console:
 
     def _reopen_if_stalled(self) -> None:
         quiet = time.monotonic() - self.last_byte
-        if self.closed or quiet < self.STALL_S or self.reopened >= self.MAX_REOPEN:
+        # A connection xapid ended is replaced too, as a console client reconnects; a guest
+        # that has gone refuses the new one (a WARN line, no more).
+        if (not self.closed and quiet < self.STALL_S) or self.reopened >= self.MAX_REOPEN:
+            return
+        if self.closed and quiet < self.CLOSED_S:
             return
         self.reopened += 1
         Console.reopened_total += 1
