@@ -25,6 +25,7 @@ use super::settings::PluginSettings;
 use crate::call::{Call, Entry};
 use crate::entry;
 use crate::error::ApiError;
+use crate::schema::enums::VmPowerState;
 use crate::schema::{class_ids, fields};
 use crate::value::Value;
 use crate::Agent;
@@ -161,18 +162,10 @@ pub async fn at_start(agent: &Agent) -> Result<(), ApiError> {
 
 /// The first guest running or paused on `host`, if any.
 fn resident_guest(agent: &Agent, host: &str) -> Option<String> {
-    agent
-        .store
-        .all(class_ids::VM)
+    let live = [VmPowerState::Running.value(), VmPowerState::Paused.value()];
+    crate::pool::dead_host::guests_on(agent, host)
         .into_iter()
-        .filter(|v| v.get(fields::VM::is_control_domain) != &Value::Bool(true))
-        .filter(|v| v.get(fields::VM::resident_on).as_ref_str() == Some(host))
-        .find(|v| {
-            matches!(
-                v.get(fields::VM::power_state).as_str(),
-                Some("Running" | "Paused" | "running" | "paused")
-            )
-        })
+        .find(|v| live.contains(v.get(fields::VM::power_state)))
         .map(|v| v.reference.clone())
 }
 

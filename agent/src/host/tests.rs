@@ -245,7 +245,13 @@ async fn host_power_refusals_and_the_enabled_state_at_start() {
         .store
         .write(move |tx| {
             crate::objects::set_field(tx, class_ids::VM, &v, fields::VM::is_a_template, Value::Bool(false))?;
-            crate::objects::set_field(tx, class_ids::VM, &v, fields::VM::power_state, Value::str("Running"))?;
+            crate::objects::set_field(
+                tx,
+                class_ids::VM,
+                &v,
+                fields::VM::power_state,
+                crate::schema::enums::VmPowerState::Running.value(),
+            )?;
             crate::objects::set_field(
                 tx,
                 class_ids::VM,

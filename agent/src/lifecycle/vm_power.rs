@@ -1032,7 +1032,13 @@ mod tests {
                 let mut h = crate::value::default_object(class_ids::host, &o);
                 h.set(fields::host::uuid, Value::str(crate::objects::new_uuid()));
                 crate::objects::create(tx, h)?;
-                crate::objects::set_field(tx, class_ids::VM, &v, fields::VM::power_state, Value::str("Running"))?;
+                crate::objects::set_field(
+                    tx,
+                    class_ids::VM,
+                    &v,
+                    fields::VM::power_state,
+                    crate::schema::enums::VmPowerState::Running.value(),
+                )?;
                 crate::objects::set_field(tx, class_ids::VM, &v, fields::VM::domid, Value::Int(7))?;
                 crate::objects::set_field(
                     tx,

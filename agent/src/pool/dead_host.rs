@@ -50,7 +50,7 @@ async fn dead_host_arg(agent: &Agent, c: &Call) -> Result<(String, Arc<crate::va
 }
 
 /// The VMs other than control domains the database has resident on `host`.
-pub(super) fn guests_on(agent: &Agent, host: &str) -> Vec<Arc<crate::value::Object>> {
+pub(crate) fn guests_on(agent: &Agent, host: &str) -> Vec<Arc<crate::value::Object>> {
     agent
         .store
         .all(class_ids::VM)

@@ -9,7 +9,7 @@
 //! session where that host serves no HTTPS: [`private_call`].
 
 mod carry;
-mod dead_host;
+pub(crate) mod dead_host;
 mod evacuate;
 pub mod forward;
 mod join;
