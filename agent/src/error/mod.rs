@@ -411,6 +411,25 @@ api_errors! {
     HostHasResidentVms { host } => "HOST_HAS_RESIDENT_VMS",
     /// Refused while high availability is on.
     HaIsEnabled {} => "HA_IS_ENABLED",
+    /// `pool.disable_ha` (and what needs HA) while high availability is off.
+    HaNotEnabled {} => "HA_NOT_ENABLED",
+    /// The change would leave too few resources to restart the protected VMs after the
+    /// number of host failures the pool is planned for.
+    HaOperationWouldBreakFailoverPlan {} => "HA_OPERATION_WOULD_BREAK_FAILOVER_PLAN",
+    /// A protected VM has a disk on an SR not every enabled host sees.
+    HaConstraintViolationSrNotShared { sr } => "HA_CONSTRAINT_VIOLATION_SR_NOT_SHARED",
+    /// A protected VM has a VIF on a network not every enabled host has a PIF on.
+    HaConstraintViolationNetworkNotShared { network } => "HA_CONSTRAINT_VIOLATION_NETWORK_NOT_SHARED",
+    /// This host lost its liveness lease while HA is on: it is fenced and writes nothing.
+    HaShouldBeFenced { host } => "HA_SHOULD_BE_FENCED",
+    /// `pool.enable_ha` on a host alone: HA needs a pool.
+    HaTooFewHosts {} => "HA_TOO_FEW_HOSTS",
+    /// `pool.enable_ha`: no SR can hold the HA state file.
+    CannotCreateStateFile {} => "CANNOT_CREATE_STATE_FILE",
+    /// The VM has a virtual GPU (it cannot move between hosts).
+    VmHasVgpu { vm } => "VM_HAS_VGPU",
+    /// The VM has a passed-through USB device (it cannot move between hosts).
+    VmHasVusbs { vm } => "VM_HAS_VUSBS",
     /// A pool secret rotation has not finished: `pool.rotate_secret` again completes it.
     PoolSecretRotationPending {} => "POOL_SECRET_ROTATION_PENDING",
     /// The VM has a disk on an SR the host cannot see.

@@ -44,7 +44,7 @@ pub async fn at_start(agent: &Arc<Agent>) -> Result<(), ApiError> {
             }
             None => {
                 tracing::info!(vm = %vm.reference, "no domain for this VM any more: marking it Halted");
-                vm_power::mark_halted(agent, &vm.reference).await?;
+                vm_power::mark_lost(agent, &vm.reference).await?;
             }
         }
     }
@@ -170,7 +170,7 @@ pub async fn vm(agent: &Arc<Agent>, vm: &str) -> Result<(), ApiError> {
     match info.map(|i| i.state) {
         None | Some(DomainState::Dying) => {
             tracing::info!(vm, domid, "the domain is gone: VM halted");
-            vm_power::mark_halted(agent, vm).await
+            vm_power::mark_lost(agent, vm).await
         }
         Some(DomainState::Shutdown(code)) => {
             let action = rec.get(action_field(code)).as_str().unwrap_or("destroy");

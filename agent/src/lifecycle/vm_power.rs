@@ -376,6 +376,11 @@ fn mark_running_tx(tx: &mut Tx, agent: &Agent, vm: &str, paused: bool, facts: &R
     let rec = tx.must_get(class_ids::VM, vm)?;
     let domain_type = running_domain_type(&rec);
     set_field(tx, class_ids::VM, vm, f::domain_type, domain_type.value())?;
+    // Running with restart priority `restart`, the VM is protected by HA (pool/ha/mod.rs).
+    let protect = Value::Bool(rec.get(f::ha_restart_priority).as_str() == Some(crate::pool::ha::RESTART));
+    if rec.get(f::ha_always_run) != &protect {
+        set_field(tx, class_ids::VM, vm, f::ha_always_run, protect)?;
+    }
     if let Some(m) = rec.get(f::metrics).as_ref_str().map(str::to_owned) {
         if tx.get(class_ids::VM_metrics, &m).is_some() {
             use fields::VM_metrics as mf;
@@ -439,6 +444,17 @@ pub async fn mark_halted(agent: &Arc<Agent>, vm: &str) -> Result<(), ApiError> {
     mark_stopped(agent, vm, VmPowerState::Halted).await
 }
 
+/// Commits a VM as halted whose domain went without being asked to (its host's daemon
+/// restarted, or the domain vanished): unlike a stop, it stays protected by HA, which then
+/// restarts it.
+pub async fn mark_lost(agent: &Arc<Agent>, vm: &str) -> Result<(), ApiError> {
+    let free = stopped_facts(agent, vm).await;
+    agent
+        .store
+        .write(|tx| mark_stopped_as_tx(tx, agent, vm, VmPowerState::Halted, free, false))
+        .await
+}
+
 async fn mark_stopped(agent: &Arc<Agent>, vm: &str, state: VmPowerState) -> Result<(), ApiError> {
     let free = stopped_facts(agent, vm).await;
     agent
@@ -455,7 +471,19 @@ async fn stopped_facts(agent: &Arc<Agent>, vm: &str) -> u64 {
     free
 }
 
+/// A stop asked for (by a call or by the guest): the VM is no longer protected by HA.
 fn mark_stopped_tx(tx: &mut Tx, agent: &Agent, vm: &str, state: VmPowerState, free: u64) -> Result<(), ApiError> {
+    mark_stopped_as_tx(tx, agent, vm, state, free, true)
+}
+
+fn mark_stopped_as_tx(
+    tx: &mut Tx,
+    agent: &Agent,
+    vm: &str,
+    state: VmPowerState,
+    free: u64,
+    unprotect: bool,
+) -> Result<(), ApiError> {
     // A VM the database has on another host is that host's: this host's view was behind (a
     // `VM.pool_migrate` moved it while its old domain's event waited here). In a pool a write
     // that read an older record is run again on the newer one, so this looks at the latest.
@@ -467,6 +495,9 @@ fn mark_stopped_tx(tx: &mut Tx, agent: &Agent, vm: &str, state: VmPowerState, fr
         return note_host_memory(tx, agent, free);
     }
     stopped_tx(tx, vm, state)?;
+    if unprotect && tx.get(class_ids::VM, vm).is_some() {
+        set_field(tx, class_ids::VM, vm, fields::VM::ha_always_run, Value::Bool(false))?;
+    }
     note_host_memory(tx, agent, free)?;
     rules::refresh_vm_and_devices(tx, vm)
 }

@@ -16,7 +16,7 @@
 //! refuses with the first error, else migrates each VM to its planned host with
 //! `VM.pool_migrate` (`evacuate_batch_size` at a time, default 10), then checks that no VM is
 //! left (`INTERNAL_ERROR` if one is). A VM that stopped meanwhile (`VM_BAD_POWER_STATE`) is
-//! not an error. HA's protected/unprotected split is not applied: HA is not built.
+//! not an error. HA's protected/unprotected split is not applied (docs/pool.md, "Not built yet").
 
 use super::placement;
 use crate::call::{Call, CallCtx, Entry};

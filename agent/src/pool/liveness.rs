@@ -6,6 +6,7 @@
 //! [`TTL`] more seconds (a host that has just joined gets that long to take its first lease),
 //! within about 2 × [`TTL`] + [`BEAT`] of its end.
 
+use super::ha::runtime::Beat;
 use crate::schema::{class_ids, fields};
 use crate::value::Value;
 use crate::Agent;
@@ -27,6 +28,7 @@ pub fn start(agent: &Arc<Agent>) {
 
 async fn run(weak: Weak<Agent>) {
     let mut lease = None;
+    let mut ha = super::ha::runtime::Watch::default();
     let mut missing: HashMap<String, Instant> = HashMap::new();
     let mut tick = tokio::time::interval(BEAT);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -44,30 +46,47 @@ async fn run(weak: Weak<Agent>) {
         else {
             continue;
         };
-        match agent.store.liveness_beat(lease, &me, TTL).await {
-            Ok(l) => lease = l,
+        let beat = match agent.store.liveness_beat(lease, &me, TTL).await {
+            Ok(held) => {
+                let lapsed = held.is_some_and(|(_, lapsed)| lapsed);
+                if lapsed {
+                    tracing::warn!("this host's liveness lease had lapsed: a new one is taken");
+                }
+                lease = held.map(|(id, _)| id);
+                if lapsed {
+                    Beat::Lapsed
+                } else {
+                    Beat::Renewed
+                }
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot renew this host's liveness lease");
                 lease = None;
+                Beat::Failed
             }
+        };
+        if !ha.after_beat(&agent, beat, lease).await {
+            return;
         }
         if super::is_master(&agent) {
-            if let Err(e) = mark(&agent, &mut missing).await {
-                tracing::warn!(error = %e, "cannot record which hosts are live");
+            match mark(&agent, &mut missing).await {
+                Ok(dead) => ha.on_master_beat(&agent, &dead).await,
+                Err(e) => tracing::warn!(error = %e, "cannot record which hosts are live"),
             }
         }
     }
 }
 
-/// On the master: `host_metrics.live` of every host made to say whether its lease is held.
-async fn mark(agent: &Agent, missing: &mut HashMap<String, Instant>) -> Result<(), crate::error::ApiError> {
+/// On the master: `host_metrics.live` of every host made to say whether its lease is held;
+/// the hosts that have just been found dead.
+async fn mark(agent: &Agent, missing: &mut HashMap<String, Instant>) -> Result<Vec<String>, crate::error::ApiError> {
     let Some(live) = agent
         .store
         .live_hosts()
         .await
         .map_err(crate::error::ApiError::internal)?
     else {
-        return Ok(());
+        return Ok(Vec::new());
     };
     let live: HashSet<String> = live.into_iter().collect();
     let mut changes = Vec::new();
@@ -89,17 +108,17 @@ async fn mark(agent: &Agent, missing: &mut HashMap<String, Instant>) -> Result<(
             .map(|m| m.get(fields::host_metrics::live) == &Value::Bool(true));
         if recorded.is_some_and(|r| r != now_live) {
             tracing::info!(host = %h.reference, live = now_live, "host liveness changed (its etcd lease)");
-            changes.push((metrics, now_live));
+            changes.push((metrics, now_live, h.reference.clone()));
         }
     }
     if changes.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
     let now = chrono::Utc::now().timestamp();
     agent
         .store
         .write(|tx| {
-            for (m, live) in &changes {
+            for (m, live, _) in &changes {
                 if tx.get(class_ids::host_metrics, m).is_some() {
                     crate::objects::set_field(
                         tx,
@@ -119,5 +138,10 @@ async fn mark(agent: &Agent, missing: &mut HashMap<String, Instant>) -> Result<(
             }
             Ok(())
         })
-        .await
+        .await?;
+    Ok(changes
+        .into_iter()
+        .filter(|(_, live, _)| !live)
+        .map(|(_, _, host)| host)
+        .collect())
 }

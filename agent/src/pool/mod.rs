@@ -12,6 +12,7 @@ mod carry;
 pub(crate) mod dead_host;
 mod evacuate;
 pub mod forward;
+pub mod ha;
 mod join;
 pub mod liveness;
 pub mod maintenance;
@@ -34,6 +35,7 @@ use std::sync::Arc;
 pub fn behaviour() -> Vec<Entry> {
     let mut v = maintenance::behaviour();
     v.extend(evacuate::behaviour());
+    v.extend(ha::behaviour());
     v.extend([
         entry!(class_ids::pool, "join", |agent, _ctx, c| join::join(&agent, &c, false)
             .await),
@@ -44,6 +46,8 @@ pub fn behaviour() -> Vec<Entry> {
         entry!(class_ids::pool, "eject", |agent, _ctx, c| join::eject(&agent, &c).await),
         entry!(class_ids::pool, "designate_new_master", |agent, _ctx, c| {
             require_master(&agent)?;
+            // With HA on, the master is whoever leads the election (pool/ha/runtime.rs).
+            rotate::refuse_with_ha(&agent)?;
             let host = c.ref_arg(0)?.to_owned();
             set_master(&agent, &host).await
         }),

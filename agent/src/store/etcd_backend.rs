@@ -685,6 +685,18 @@ impl Etcd {
             .map_err(|_| etcd_err("etcd did not answer in time"))?
     }
 
+    /// Runs `f` with a client on the client's runtime with no time limit (an election
+    /// campaign waits as long as another host leads); the task, to await or abort.
+    pub(super) fn spawn_with_client<T: Send + 'static, F>(
+        &self,
+        f: impl FnOnce(Client) -> F,
+    ) -> Result<tokio::task::JoinHandle<Result<T, StoreError>>, StoreError>
+    where
+        F: std::future::Future<Output = Result<T, StoreError>> + Send + 'static,
+    {
+        self.runtime.spawn(f(self.client.clone()))
+    }
+
     /// The cluster's members.
     pub(super) async fn members(&self) -> Result<Vec<MemberInfo>, StoreError> {
         self.with_client(|mut c| async move {

@@ -24,6 +24,8 @@ mod etcd_tests;
 mod tests;
 
 pub use etcd_backend::{EtcdConfig, MemberInfo};
+pub use etcd_client::LeaderKey;
+pub use etcd_lease::Campaign;
 pub use tx::Tx;
 
 use crate::error::ApiError;
@@ -132,6 +134,8 @@ pub struct Store {
     switching: tokio::sync::RwLock<()>,
     /// The etcd member this host runs for the pool, stopped with the store.
     member: Mutex<Option<etcd_member::LocalMember>>,
+    /// Set when HA fences this host (its ref): every write is refused from then on.
+    fenced: Mutex<Option<String>>,
 }
 
 /// Decodes a stored record whose key (without any prefix) is `class/ref`; `None` for a class
@@ -182,6 +186,7 @@ impl Store {
             backend: RwLock::new(Arc::new(backend)),
             switching: tokio::sync::RwLock::new(()),
             member: Mutex::new(None),
+            fenced: Mutex::new(None),
         })
     }
 
@@ -195,6 +200,7 @@ impl Store {
             backend: RwLock::new(Arc::new(Backend::Etcd(Box::new(etcd)))),
             switching: tokio::sync::RwLock::new(()),
             member: Mutex::new(None),
+            fenced: Mutex::new(None),
         })
     }
 
@@ -340,9 +346,14 @@ impl Store {
         }
     }
 
-    /// Renews this host's liveness lease in the pool database (`etcd_lease.rs`); `Ok(None)`
-    /// on a host alone.
-    pub async fn liveness_beat(&self, lease: Option<i64>, name: &str, ttl: i64) -> Result<Option<i64>, StoreError> {
+    /// Renews this host's liveness lease in the pool database (`etcd_lease.rs`): the lease
+    /// held, and whether etcd said the one renewed had lapsed; `Ok(None)` on a host alone.
+    pub async fn liveness_beat(
+        &self,
+        lease: Option<i64>,
+        name: &str,
+        ttl: i64,
+    ) -> Result<Option<(i64, bool)>, StoreError> {
         let backend = self.backend.read().clone();
         match &*backend {
             Backend::Etcd(etcd) => etcd.beat(lease, name, ttl).await.map(Some),
@@ -357,6 +368,32 @@ impl Store {
         match &*backend {
             Backend::Etcd(etcd) => etcd.live().await.map(Some),
             _ => Ok(None),
+        }
+    }
+
+    /// Fences this host (HA): every later write is refused with `HA_SHOULD_BE_FENCED [host]`.
+    pub fn fence(&self, host: &str) {
+        *self.fenced.lock() = Some(host.to_owned());
+    }
+
+    /// Campaigns in the pool database's election `name` with `value`, bound to `lease`: the
+    /// task ends once this candidate leads, with its leader key. Aborting the task before
+    /// then withdraws the candidacy (etcd resigns a campaign whose call is cancelled). `None`
+    /// on a host alone.
+    pub fn campaign(&self, name: &str, value: String, lease: i64) -> Option<Result<Campaign, StoreError>> {
+        let backend = self.backend.read().clone();
+        match &*backend {
+            Backend::Etcd(etcd) => Some(etcd.campaign(name, value, lease)),
+            _ => None,
+        }
+    }
+
+    /// Gives up the leadership a won campaign gave.
+    pub async fn resign(&self, leader: LeaderKey) -> Result<(), StoreError> {
+        let backend = self.backend.read().clone();
+        match &*backend {
+            Backend::Etcd(etcd) => etcd.resign(leader).await,
+            _ => Ok(()),
         }
     }
 
@@ -494,6 +531,9 @@ impl Store {
         mut f: impl FnMut(&mut Tx) -> Result<T, ApiError>,
         durable: bool,
     ) -> Result<T, ApiError> {
+        if let Some(host) = self.fenced.lock().clone() {
+            return Err(ApiError::HaShouldBeFenced { host });
+        }
         let _shared = self.switching.read().await;
         let backend = self.backend.read().clone();
         if let Backend::Etcd(etcd) = &*backend {
