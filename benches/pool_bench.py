@@ -3,6 +3,8 @@
   pool_bench.py lifecycle --hosts 1|4 --clients 16 --vms 400   # ops/s, daemon CPU per op
   pool_bench.py events --hosts 4 --samples 200                  # event.from latency across hosts
   pool_bench.py scale --hosts 16 --vms 10000                    # VM.get_all_records, RSS per xapid
+  pool_bench.py migrate                                         # live VM.pool_migrate: time, downtime
+  pool_bench.py ha --vms 10                                     # SIGKILL of a host -> its VMs running
 
 Each command starts its own hosts exactly as tests/pool/test_pool.py does (xapid with the
 simulator on 127.0.0.<i+2>:80, its own state dir; one host alone stays on redb, more are joined
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import statistics
 import sys
@@ -248,6 +251,100 @@ def scale(args) -> dict:
         return out
 
 
+def live_moves(h) -> list[dict]:
+    """Every live move the host logged (agent/src/lifecycle/migrate.rs)."""
+    with open(h.log, errors="replace") as f:
+        return [{k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", line)}
+                for line in f if "pool_migrate: done (live)" in line]
+
+
+def migrate(args) -> dict:
+    """VM.pool_migrate of one simulated guest between two hosts, for each memory size and dirty
+    rate: wall time of the call, and from the source's log the rounds, MiB sent while the guest
+    ran and the downtime (pause to the destination's commit). Medians over --reps moves (one
+    move for 4 GiB and more)."""
+    sizes = [int(x) for x in args.sizes.split(",")]
+    rates = [int(x) for x in args.rates.split(",")]
+    rows = []
+    with Pool(2) as pool:
+        x = pool.session(0)
+        refs = {r["address"]: ref for ref, r in x.host.get_all_records().items()}
+        a, b = pool.hosts
+        t = x.VM.get_by_name_label("Debian Bookworm 12")[0]
+        vm = x.VM.clone(t, "bench-mover")
+        x.VM.remove_from_other_config(vm, "disks")
+        x.VM.set_is_a_template(vm, False)
+        for mib in sizes:
+            x.VM.set_memory_limits(vm, mib << 20, mib << 20, mib << 20, mib << 20)
+            x.VM.start_on(vm, refs[a.address], False, False)
+            for rate in rates:
+                x.VM.remove_from_other_config(vm, "simulator-dirty-rate")
+                x.VM.add_to_other_config(vm, "simulator-dirty-rate", str(rate))
+                reps = args.reps if mib < 4096 else 1
+                walls, downs, rounds, sent = [], [], [], []
+                for _ in range(reps):
+                    here = x.VM.get_resident_on(vm)
+                    src, dst = (a, b) if here == refs[a.address] else (b, a)
+                    t0 = time.time()
+                    x.VM.pool_migrate(vm, refs[dst.address], {"live": "true"})
+                    walls.append((time.time() - t0) * 1000)
+                    m = live_moves(src)[-1]
+                    downs.append(m["downtime_ms"])
+                    rounds.append(m["rounds"])
+                    sent.append(m["live_mib"])
+                row = {"memory_mib": mib, "dirty_mib_s": rate, "moves": reps,
+                       "time_ms": round(statistics.median(walls)), "downtime_ms": round(statistics.median(downs)),
+                       "rounds": statistics.median(rounds), "live_mib": statistics.median(sent)}
+                print(json.dumps(row), file=sys.stderr)
+                rows.append(row)
+            x.VM.hard_shutdown(vm)
+    return {"rows": rows}
+
+
+def ha(args) -> dict:
+    """A pool of 3 with HA on; --vms protected VMs (128 MiB, disk on a shared SR) on one member,
+    whose xapid is then killed with SIGKILL: seconds until every one runs on a survivor."""
+    with Pool(3) as pool:
+        x = pool.session(0)
+        refs = {r["address"]: ref for ref, r in x.host.get_all_records().items()}
+        victim = pool.hosts[2]
+        sr = x.SR.create(refs[pool.hosts[0].address], {"location": os.path.join(pool.base, "shared")}, "0",
+                         "bench-shared", "", "file", "user", True, {})
+        t = x.VM.get_by_name_label("Debian Bookworm 12")[0]
+        vms = []
+        for i in range(args.vms):
+            vm = x.VM.clone(t, f"bench-protected-{i}")
+            x.VM.remove_from_other_config(vm, "disks")
+            x.VM.set_is_a_template(vm, False)
+            x.VM.set_memory_limits(vm, 128 << 20, 128 << 20, 128 << 20, 128 << 20)
+            vdi = x.VDI.create({"name_label": f"d{i}", "name_description": "", "SR": sr, "virtual_size": str(1 << 20),
+                                "type": "user", "sharable": False, "read_only": False, "other_config": {}})
+            x.VBD.create({"VM": vm, "VDI": vdi, "userdevice": "0", "bootable": True, "mode": "RW", "type": "Disk",
+                          "empty": False, "other_config": {}, "qos_algorithm_type": "", "qos_algorithm_params": {}})
+            x.VM.set_ha_restart_priority(vm, "restart")
+            x.VM.start_on(vm, refs[victim.address], False, False)
+            vms.append(vm)
+        x.pool.enable_ha([sr], {})
+        time.sleep(3)
+        victim.proc.kill()
+        victim.proc.wait()
+        t0 = time.time()
+        first = None
+        while True:
+            running = [v for v in vms if x.VM.get_power_state(v) == "Running"
+                       and x.VM.get_resident_on(v) != refs[victim.address]]
+            if running and first is None:
+                first = time.time() - t0
+            if len(running) == len(vms):
+                break
+            if time.time() - t0 > 120:
+                raise RuntimeError(f"{len(running)} of {len(vms)} restarted after 120 s")
+            time.sleep(0.1)
+        total = time.time() - t0
+        x.pool.disable_ha()
+    return {"protected_vms": args.vms, "first_running_s": round(first, 2), "all_running_s": round(total, 2)}
+
+
 def raw_call(address: str, session: str, method: str) -> int:
     """One XML-RPC call as XenAPI.py sends it, timed on the wire: the response is read to its
     last byte, not parsed (Python's XML-RPC parser would be most of the time). Its size."""
@@ -266,7 +363,9 @@ def raw_call(address: str, session: str, method: str) -> int:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=["lifecycle", "events", "scale"])
+    ap.add_argument("what", choices=["lifecycle", "events", "scale", "migrate", "ha"])
+    ap.add_argument("--sizes", default="64,1024,4096,16384", help="migrate: memory sizes, MiB")
+    ap.add_argument("--rates", default="0,64,512", help="migrate: dirty rates, MiB/s")
     ap.add_argument("--hosts", type=int, default=4)
     ap.add_argument("--clients", type=int, default=16)
     ap.add_argument("--vms", type=int, default=400)
@@ -274,7 +373,7 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--json")
     args = ap.parse_args()
-    result = {"lifecycle": lifecycle, "events": events, "scale": scale}[args.what](args)
+    result = {"lifecycle": lifecycle, "events": events, "scale": scale, "migrate": migrate, "ha": ha}[args.what](args)
     result["what"] = args.what
     text = json.dumps(result, indent=1)
     print(text)

@@ -11,12 +11,16 @@
 //! before that commit, the source restores the domain from its copy of the image and answers
 //! `VM_MIGRATE_FAILED [vm, source, destination, reason]`: the VM runs where it ran.
 //!
-//! A migration to the host the VM is on already saves and restores it there.
+//! On the simulator the move is live: before the save, the guest's memory crosses in rounds
+//! while it runs (`lifecycle/precopy.rs`, each round a `PUT /xapid/pool_migrate_memory` the
+//! destination checks page by page), and the stop carries the last dirty pages and the saved
+//! state. A failure during the rounds leaves the guest running where it was. On Xen the guest
+//! stops at the save and runs again once the destination unpauses it.
 //!
-//! Not built yet: the move is not live. The guest stops at the save and runs again once the
-//! destination unpauses it, so its downtime is the whole move; no memory is sent while it
-//! runs (no rounds of dirty pages). The image travels in one request body held in memory.
+//! A migration to the host the VM is on already saves and restores it there. The saved image
+//! travels in one request body held in memory.
 
+use super::precopy;
 use super::vm_power::{domid_of, mark_running, on_backend, restore, vm_of};
 use crate::error::ApiError;
 use crate::value::Value;
@@ -26,6 +30,8 @@ use std::sync::Arc;
 
 /// The path of the destination's receiving end (`rpc/src/data_paths/migrate.rs`).
 pub const RECEIVE_PATH: &str = "/xapid/pool_migrate_image";
+/// The path where the destination takes the pre-copy rounds.
+pub const MEMORY_PATH: &str = "/xapid/pool_migrate_memory";
 
 /// Where migration images are kept while they are in flight.
 pub fn image_dir(agent: &Agent) -> PathBuf {
@@ -45,6 +51,27 @@ pub async fn pool_migrate(agent: &Arc<Agent>, vm: &str, args: &[Value]) -> Resul
     let rec = vm_of(agent, vm)?;
     crate::pool::placement::check(agent, &rec, &dest, dest != agent.host)?;
     let domid = domid_of(&rec).ok_or_else(|| ApiError::internal("the VM has no domain"))?;
+    let failed = |reason: String| ApiError::VmMigrateFailed {
+        vm: vm.to_owned(),
+        source: agent.host.clone(),
+        destination: dest.clone(),
+        msg: reason,
+    };
+    // The live part: the guest runs while its memory crosses.
+    let model = precopy_model(agent, &rec).filter(|_| dest != agent.host);
+    let live = match model {
+        Some(model) => {
+            let report = precopy::run(model, |round, pages| send_round(agent, vm, &dest, round, pages, model.pages))
+                .await
+                .map_err(|reason| {
+                    tracing::warn!(vm, destination = %dest, %reason, "pool_migrate: a pre-copy round failed; the VM runs here still");
+                    failed(reason)
+                })?;
+            Some((model, report))
+        }
+        None => None,
+    };
+    let paused = std::time::Instant::now();
     let image = image_path(agent, vm, "out")?;
     let (hv, saved) = (agent.hypervisor.clone(), image.clone());
     on_backend(agent, vm, move || hv.suspend_to(domid, &saved)).await?;
@@ -53,8 +80,35 @@ pub async fn pool_migrate(agent: &Arc<Agent>, vm: &str, args: &[Value]) -> Resul
     let sent = if dest == agent.host {
         receive(agent, vm, &image).await.map_err(|e| describe(&e))
     } else {
-        send(agent, vm, &dest, &image).await
+        let last = match &live {
+            Some((model, r)) => send_round(agent, vm, &dest, r.rounds, r.final_pages, model.pages).await,
+            None => Ok(()),
+        };
+        match last {
+            Ok(()) => send(agent, vm, &dest, &image).await,
+            Err(e) => Err(e),
+        }
     };
+    if sent.is_ok() {
+        let downtime = paused.elapsed();
+        match &live {
+            Some((model, r)) => tracing::info!(
+                vm,
+                destination = %dest,
+                memory_mib = (model.pages * precopy::PAGE) >> 20,
+                dirty_mib_s = model.dirty_per_s >> 20,
+                rounds = r.rounds,
+                live_mib = (r.live_pages * precopy::PAGE) >> 20,
+                live_ms = r.live.as_millis() as u64,
+                final_kib = (r.final_pages * precopy::PAGE) >> 10,
+                downtime_ms = downtime.as_millis() as u64,
+                "pool_migrate: done (live)"
+            ),
+            None => {
+                tracing::info!(vm, destination = %dest, downtime_ms = downtime.as_millis() as u64, "pool_migrate: done")
+            }
+        }
+    }
     let outcome = match sent {
         Ok(()) => {
             // The destination's commit into this host's view before the VM's actor goes on:
@@ -76,12 +130,7 @@ pub async fn pool_migrate(agent: &Arc<Agent>, vm: &str, args: &[Value]) -> Resul
             if let Err(e) = restore_here(agent, vm, &image).await {
                 tracing::error!(vm, error = %e, "pool_migrate: the VM could not be restored on its source");
             }
-            Err(ApiError::VmMigrateFailed {
-                vm: vm.to_owned(),
-                source: agent.host.clone(),
-                destination: dest,
-                msg: reason,
-            })
+            Err(failed(reason))
         }
     };
     let _ = std::fs::remove_file(&image);
@@ -126,6 +175,45 @@ async fn send(agent: &Agent, vm: &str, dest: &str, image: &Path) -> Result<(), S
         .map_err(|e| describe(&e.into_api()))
 }
 
+/// The memory model of a VM whose move can be live (the simulator's guests), from its record.
+fn precopy_model(agent: &Agent, rec: &crate::value::Object) -> Option<precopy::Model> {
+    if agent.hypervisor.backend_name() != "simulator" {
+        return None;
+    }
+    let memory = rec
+        .get(crate::schema::fields::VM::memory_dynamic_max)
+        .as_int()
+        .unwrap_or(0)
+        .max(0) as u64;
+    let rate = rec
+        .get(crate::schema::fields::VM::other_config)
+        .map_get(precopy::DIRTY_RATE_KEY)
+        .and_then(Value::as_str)
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(precopy::DEFAULT_DIRTY_MIB_S);
+    Some(precopy::Model::new(memory, rate))
+}
+
+/// Sends one round of `pages` pages (of a VM of `total`) to the destination, which checks it.
+async fn send_round(agent: &Agent, vm: &str, dest: &str, round: u32, pages: u64, total: u64) -> Result<(), String> {
+    let remote = crate::pool::remote::Remote::to_host(agent, dest).map_err(|e| describe(&e))?;
+    if !remote.is_tls() {
+        return Err(format!(
+            "host {dest} serves no HTTPS: the migration stream goes over HTTPS only"
+        ));
+    }
+    let chunks = precopy::round_chunks(round, pages, total).map(Ok::<_, std::io::Error>);
+    let body = reqwest::Body::wrap_stream(futures_util::stream::iter(chunks));
+    remote
+        .put_stream(
+            &format!("{MEMORY_PATH}?vm={vm}&round={round}&pages={pages}&total={total}"),
+            body,
+            pages * precopy::PAGE,
+        )
+        .await
+        .map_err(|e| describe(&e.into_api()))
+}
+
 /// An error as one line: its code and parameters.
 fn describe(e: &ApiError) -> String {
     e.description().join(" ")
@@ -144,6 +232,11 @@ pub async fn receive(agent: &Arc<Agent>, vm: &str, image: &Path) -> Result<(), A
     }
     tracing::info!(vm, domid, "pool_migrate: the VM runs here now");
     Ok(())
+}
+
+/// `HANDLE_INVALID` unless `vm` is a VM of the pool.
+pub fn known_vm(agent: &Agent, vm: &str) -> Result<(), ApiError> {
+    vm_of(agent, vm).map(drop)
 }
 
 /// Where the destination writes an arriving image of `vm`.

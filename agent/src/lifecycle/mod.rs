@@ -10,6 +10,7 @@
 pub mod devices;
 pub mod inflight;
 pub mod migrate;
+pub mod precopy;
 pub mod reconcile;
 pub mod rules;
 pub mod vm_copy;

@@ -189,6 +189,34 @@ impl Remote {
         }
     }
 
+    /// Sends `body` (a stream of `len` bytes) with `PUT` to `path_and_query` on this host, as
+    /// [`Remote::put`] does.
+    pub async fn put_stream(&self, path_and_query: &str, body: reqwest::Body, len: u64) -> Result<(), RemoteError> {
+        let url = format!("{}{}", self.url.trim_end_matches('/'), path_and_query);
+        let mut req = self
+            .client
+            .put(&url)
+            .header("content-type", "application/octet-stream")
+            .header("content-length", len);
+        if let Some(secret) = self.secret.as_deref().filter(|_| self.is_tls()) {
+            req = req.header(super::secret::HEADER, secret);
+        }
+        let resp = req
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| RemoteError::Connect(self.address.clone(), crate::error::error_chain(&e)))?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let text = resp.text().await.unwrap_or_default();
+        match serde_json::from_str::<Vec<String>>(&text) {
+            Ok(d) if !d.is_empty() => Err(RemoteError::Failure(d)),
+            _ => Err(RemoteError::Http(self.address.clone(), status.as_u16())),
+        }
+    }
+
     /// Calls the private host-to-host step `xapid.pool.<name>`: its first parameter proves the
     /// caller is of the pool — the pool secret over HTTPS, else `session` (a session of the
     /// pool database, which every host checks).

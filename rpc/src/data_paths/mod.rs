@@ -36,6 +36,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/import/", web::put().to(xva::import))
         .route("/import_metadata", web::put().to(xva::import_metadata))
         .route(agent::lifecycle::migrate::RECEIVE_PATH, web::put().to(migrate::receive))
+        .route(
+            agent::lifecycle::migrate::MEMORY_PATH,
+            web::put().to(migrate::receive_memory),
+        )
         .route("/console", web::method(Method::CONNECT).to(console::connect))
         .route("/console", web::get().to(console::connect))
         .route("/rrd_updates", web::get().to(rrd::rrd_updates))
