@@ -275,7 +275,8 @@ def migrate(args) -> dict:
         x.VM.remove_from_other_config(vm, "disks")
         x.VM.set_is_a_template(vm, False)
         for mib in sizes:
-            x.VM.set_memory_limits(vm, mib << 20, mib << 20, mib << 20, mib << 20)
+            size = str(mib << 20)
+            x.VM.set_memory_limits(vm, size, size, size, size)
             x.VM.start_on(vm, refs[a.address], False, False)
             for rate in rates:
                 x.VM.remove_from_other_config(vm, "simulator-dirty-rate")

@@ -127,8 +127,15 @@ def test_enable_ha_planning_and_refusals(pool):
     plan = x.pool.ha_compute_vm_failover_plan([hs[1].ref], [vm, pinned])
     assert plan[vm]["host"] not in (hs[1].ref, "")
     assert plan[pinned] == {"error_code": "HA_CONSTRAINT_VIOLATION_SR_NOT_SHARED"}
+    # Planned for N-1 failures, the pool needs every host able to take the VM.
+    x.pool.set_ha_host_failures_to_tolerate(p, str(N - 1))
+    assert int(x.pool.get_ha_plan_exists_for(p)) == N - 1
+    assert failure(x.host.disable, hs[2].ref) == ["HA_OPERATION_WOULD_BREAK_FAILOVER_PLAN"]
+    assert failure(x.host.disable, hs[0].ref) == ["HA_IS_ENABLED"]
     x.pool.set_ha_host_failures_to_tolerate(p, "1")
     assert int(x.pool.get_ha_plan_exists_for(p)) == 1 and x.pool.get_ha_overcommitted(p) is False
+    x.host.disable(hs[2].ref)
+    x.host.enable(hs[2].ref)
     assert failure(x.pool.set_ha_host_failures_to_tolerate, p, "-1")[0] == "INVALID_VALUE"
     # Stopped on purpose, a protected VM is no longer to be kept running.
     x.VM.hard_shutdown(vm)

@@ -117,6 +117,7 @@ pub async fn pool_migrate(agent: &Arc<Agent>, vm: &str, args: &[Value]) -> Resul
             if let Err(e) = agent.store.caught_up().await {
                 tracing::warn!(vm, error = %e, "pool_migrate: could not bring the view up to date");
             }
+            note_memory_freed(agent).await;
             Ok(Value::None)
         }
         // The destination committed the VM as its own but its answer did not come back (the
@@ -135,6 +136,18 @@ pub async fn pool_migrate(agent: &Arc<Agent>, vm: &str, args: &[Value]) -> Resul
     };
     let _ = std::fs::remove_file(&image);
     outcome
+}
+
+/// The source's free memory, now that the guest left, in its `host_metrics` at once (placement
+/// reads it: a move back must not wait for the next metrics pass).
+async fn note_memory_freed(agent: &Arc<Agent>) {
+    let hv = agent.hypervisor.clone();
+    let Ok(free) = super::blocking(agent, move || hv.memory_free()).await else {
+        return;
+    };
+    if let Err(e) = agent.store.write(|tx| super::note_host_memory(tx, agent, free)).await {
+        tracing::warn!(error = %e, "pool_migrate: could not record the memory freed");
+    }
 }
 
 /// Whether the pool database, read when it holds every committed change, has the VM running on

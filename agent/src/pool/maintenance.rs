@@ -44,6 +44,7 @@ async fn set_enabled(agent: &Agent, c: &Call, enabled: bool) -> Result<Value, Ap
         if host == super::master(agent).unwrap_or_else(|| agent.host.clone()) {
             super::rotate::refuse_with_ha(agent)?;
         }
+        super::ha::assert_host_disable_keeps_plan(agent, &host)?;
     }
     agent
         .store

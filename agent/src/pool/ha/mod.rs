@@ -308,6 +308,21 @@ pub async fn record_status(agent: &Agent, max: Option<usize>) -> Result<(), ApiE
 /// plan exists for the planned number of failures now and would not with `vms` protected and
 /// `n` failures to plan for.
 fn assert_plan_kept(agent: &Agent, vms: &[Arc<Object>], n: Option<usize>) -> Result<(), ApiError> {
+    assert_change_keeps_plan(agent, vms, n, None)
+}
+
+/// `host.disable(host)` with HA on: `HA_OPERATION_WOULD_BREAK_FAILOVER_PLAN` when the planned
+/// failures could no longer be survived with the host taking no VMs.
+pub fn assert_host_disable_keeps_plan(agent: &Agent, host: &str) -> Result<(), ApiError> {
+    assert_change_keeps_plan(agent, &[], None, Some(host))
+}
+
+fn assert_change_keeps_plan(
+    agent: &Agent,
+    vms: &[Arc<Object>],
+    n: Option<usize>,
+    disabled: Option<&str>,
+) -> Result<(), ApiError> {
     let Some(p) = pool(agent) else {
         return Ok(());
     };
@@ -324,7 +339,10 @@ fn assert_plan_kept(agent: &Agent, vms: &[Arc<Object>], n: Option<usize>) -> Res
     }
     let mut after = now;
     after.extend(vms.iter().cloned());
-    let (hosts, guests) = inputs(agent, &after);
+    let (mut hosts, guests) = inputs(agent, &after);
+    for h in hosts.iter_mut().filter(|h| Some(h.id.as_str()) == disabled) {
+        h.enabled = false;
+    }
     if plan::for_failures(&hosts, &guests, n.unwrap_or(planned)) == Outcome::All {
         Ok(())
     } else {
