@@ -2,7 +2,8 @@
 # Issue 20's figures (BENCHMARKS.md, "Live migration and HA"), one run:
 #   1. live VM.pool_migrate of a simulated guest between two hosts, memory 64 MiB to 16 GiB,
 #      dirty rate 0, 64, 512 MiB/s: time of the call, downtime, rounds, MiB sent while it ran;
-#   2. HA: SIGKILL of the xapid of a host with 10 protected VMs, until all run elsewhere.
+#   2. HA: SIGKILL of the xapid of a host with 10 protected VMs, until all run elsewhere;
+#   3. host.evacuate of a host with 20, then 100 VMs (128 MiB each, live moves, 10 at a time).
 #
 #   bash benches/migrate.sh        # ~6 min on 2 cores after the build
 #   OUT=dir REPS=3 SIZES=64,1024 RATES=0,64 HA_VMS=10 bash benches/migrate.sh
@@ -35,5 +36,6 @@ PY="$VENV/bin/python"
 "$PY" benches/pool_bench.py migrate --reps "${REPS:-3}" --sizes "${SIZES:-64,1024,4096,16384}" \
     --rates "${RATES:-0,64,512}" --json "$OUT/migrate.json"
 "$PY" benches/pool_bench.py ha --vms "${HA_VMS:-10}" --json "$OUT/ha.json"
+"$PY" benches/pool_bench.py evacuate --sizes "${EVACUATE:-20,100}" --json "$OUT/evacuate.json"
 echo "finished: $(date -u +%FT%TZ), loadavg $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$OUT/machine.txt" >&2
 echo "results in $OUT" >&2

@@ -5,6 +5,7 @@
   pool_bench.py scale --hosts 16 --vms 10000                    # VM.get_all_records, RSS per xapid
   pool_bench.py migrate                                         # live VM.pool_migrate: time, downtime
   pool_bench.py ha --vms 10                                     # SIGKILL of a host -> its VMs running
+  pool_bench.py evacuate --sizes 20,100                         # host.evacuate of 20 and 100 VMs
 
 Each command starts its own hosts exactly as tests/pool/test_pool.py does (xapid with the
 simulator on 127.0.0.<i+2>:80, its own state dir; one host alone stays on redb, more are joined
@@ -302,6 +303,33 @@ def migrate(args) -> dict:
     return {"rows": rows}
 
 
+def evacuate(args) -> dict:
+    """host.evacuate of a member running --vms VMs (128 MiB each, live moves) onto the two other
+    hosts of a pool of 3, the reference's default batch (10 at a time): seconds, per size."""
+    out = {}
+    for n in [int(v) for v in args.sizes.split(",")]:
+        with Pool(3) as pool:
+            x = pool.session(0)
+            refs = {r["address"]: ref for ref, r in x.host.get_all_records().items()}
+            src = refs[pool.hosts[1].address]
+            t = x.VM.get_by_name_label("Debian Bookworm 12")[0]
+            for i in range(n):
+                vm = x.VM.clone(t, f"bench-evacuee-{i}")
+                x.VM.remove_from_other_config(vm, "disks")
+                x.VM.set_is_a_template(vm, False)
+                x.VM.set_memory_limits(vm, 128 << 20, 128 << 20, 128 << 20, 128 << 20)
+                x.VM.start_on(vm, src, False, False)
+            x.host.disable(src)
+            t0 = time.time()
+            x.host.evacuate(src, "OpaqueRef:NULL", "0")
+            took = time.time() - t0
+            left = [v for v in x.host.get_resident_VMs(src) if not x.VM.get_is_control_domain(v)]
+            assert not left, left
+            out[str(n)] = round(took, 2)
+            print(json.dumps({"vms": n, "evacuate_s": out[str(n)]}), file=sys.stderr)
+    return {"evacuate_s": out}
+
+
 def ha(args) -> dict:
     """A pool of 3 with HA on; --vms protected VMs (128 MiB, disk on a shared SR) on one member,
     whose xapid is then killed with SIGKILL: seconds until every one runs on a survivor."""
@@ -364,7 +392,7 @@ def raw_call(address: str, session: str, method: str) -> int:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=["lifecycle", "events", "scale", "migrate", "ha"])
+    ap.add_argument("what", choices=["lifecycle", "events", "scale", "migrate", "ha", "evacuate"])
     ap.add_argument("--sizes", default="64,1024,4096,16384", help="migrate: memory sizes, MiB")
     ap.add_argument("--rates", default="0,64,512", help="migrate: dirty rates, MiB/s")
     ap.add_argument("--hosts", type=int, default=4)
@@ -374,7 +402,8 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--json")
     args = ap.parse_args()
-    result = {"lifecycle": lifecycle, "events": events, "scale": scale, "migrate": migrate, "ha": ha}[args.what](args)
+    result = {"lifecycle": lifecycle, "events": events, "scale": scale, "migrate": migrate, "ha": ha,
+              "evacuate": evacuate}[args.what](args)
     result["what"] = args.what
     text = json.dumps(result, indent=1)
     print(text)

@@ -20,7 +20,8 @@ use std::time::{Duration, Instant};
 /// How long a clean shutdown or reboot waits for the guest.
 pub const CLEAN_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(300);
 
-pub(super) fn vm_of(agent: &Agent, vm: &str) -> Result<Arc<Object>, ApiError> {
+/// The VM's record, or `HANDLE_INVALID [VM, ref]`.
+pub(crate) fn vm_of(agent: &Agent, vm: &str) -> Result<Arc<Object>, ApiError> {
     agent
         .store
         .get(class_ids::VM, vm)

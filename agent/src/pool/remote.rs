@@ -178,6 +178,11 @@ impl Remote {
         let url = format!("{}{}", self.url.trim_end_matches('/'), path_and_query);
         let req = self.client.put(&url).header("content-type", "application/octet-stream");
         let resp = self.send(req, body).await?;
+        self.put_answer(resp).await
+    }
+
+    /// A `PUT`'s answer: success, or the XenAPI error its body describes.
+    async fn put_answer(&self, resp: reqwest::Response) -> Result<(), RemoteError> {
         let status = resp.status();
         if status.is_success() {
             return Ok(());
@@ -206,15 +211,7 @@ impl Remote {
             .send()
             .await
             .map_err(|e| RemoteError::Connect(self.address.clone(), crate::error::error_chain(&e)))?;
-        let status = resp.status();
-        if status.is_success() {
-            return Ok(());
-        }
-        let text = resp.text().await.unwrap_or_default();
-        match serde_json::from_str::<Vec<String>>(&text) {
-            Ok(d) if !d.is_empty() => Err(RemoteError::Failure(d)),
-            _ => Err(RemoteError::Http(self.address.clone(), status.as_u16())),
-        }
+        self.put_answer(resp).await
     }
 
     /// Calls the private host-to-host step `xapid.pool.<name>`: its first parameter proves the

@@ -21,6 +21,7 @@ pub mod runtime;
 use crate::call::{Call, Entry};
 use crate::entry;
 use crate::error::ApiError;
+use crate::lifecycle::vm_power::vm_of;
 use crate::objects::set_field;
 use crate::schema::{class_ids, enums::VdiType, fields};
 use crate::value::{default_object, Object, Value};
@@ -67,10 +68,7 @@ pub fn behaviour() -> Vec<Entry> {
                     let priority = priority.as_str().unwrap_or("");
                     valid_priority(priority)?;
                     let vm = vm.as_ref_str().unwrap_or("");
-                    let rec = agent
-                        .store
-                        .get(class_ids::VM, vm)
-                        .ok_or_else(|| ApiError::handle_invalid("VM", vm))?;
+                    let rec = vm_of(&agent, vm)?;
                     if priority == RESTART {
                         vms.push(rec);
                     }
@@ -114,11 +112,7 @@ pub fn behaviour() -> Vec<Entry> {
             Ok(Value::None)
         }),
         entry!(class_ids::VM, "assert_agile", |agent, _ctx, c| {
-            let vm = c.ref_arg(0)?;
-            let rec = agent
-                .store
-                .get(class_ids::VM, vm)
-                .ok_or_else(|| ApiError::handle_invalid("VM", vm))?;
+            let rec = vm_of(&agent, c.ref_arg(0)?)?;
             agility::assert_agile(&agent, &rec)?;
             Ok(Value::None)
         }),
@@ -214,13 +208,7 @@ fn failover_plan(agent: &Agent, c: &Call) -> Result<Value, ApiError> {
         .collect();
     let mut vms = Vec::new();
     for v in c.arg(1).as_set() {
-        let r = v.as_ref_str().unwrap_or("");
-        vms.push(
-            agent
-                .store
-                .get(class_ids::VM, r)
-                .ok_or_else(|| ApiError::handle_invalid("VM", r))?,
-        );
+        vms.push(vm_of(agent, v.as_ref_str().unwrap_or(""))?);
     }
     let (hosts, _) = inputs(agent, &[]);
     let survivors: Vec<&Host> = hosts.iter().filter(|h| !failed_hosts.contains(&h.id)).collect();
@@ -286,22 +274,30 @@ pub async fn record_status(agent: &Agent, max: Option<usize>) -> Result<(), ApiE
     agent
         .store
         .write(|tx| {
-            set_field(
+            set_fields(
                 tx,
                 class_ids::pool,
                 &r,
-                fields::pool::ha_plan_exists_for,
-                Value::Int(plan_for),
-            )?;
-            set_field(
-                tx,
-                class_ids::pool,
-                &r,
-                fields::pool::ha_overcommitted,
-                Value::Bool(overcommitted),
+                &[
+                    (fields::pool::ha_plan_exists_for, Value::Int(plan_for)),
+                    (fields::pool::ha_overcommitted, Value::Bool(overcommitted)),
+                ],
             )
         })
         .await
+}
+
+/// Sets each of `values` on one object.
+fn set_fields(
+    tx: &mut crate::store::Tx,
+    class: crate::schema::ClassId,
+    reference: &str,
+    values: &[(crate::schema::FieldId, Value)],
+) -> Result<(), ApiError> {
+    for (f, v) in values {
+        set_field(tx, class, reference, *f, v.clone())?;
+    }
+    Ok(())
 }
 
 /// `HA_OPERATION_WOULD_BREAK_FAILOVER_PLAN` when HA is on, overcommitting is not allowed, a
@@ -381,10 +377,7 @@ async fn set_failures_to_tolerate(agent: &Agent, value: i64) -> Result<Value, Ap
 
 async fn set_restart_priority(agent: &Agent, vm: &str, value: &str) -> Result<Value, ApiError> {
     valid_priority(value)?;
-    let rec = agent
-        .store
-        .get(class_ids::VM, vm)
-        .ok_or_else(|| ApiError::handle_invalid("VM", vm))?;
+    let rec = vm_of(agent, vm)?;
     let current = rec
         .get(fields::VM::ha_restart_priority)
         .as_str()
@@ -513,49 +506,36 @@ async fn enable(agent: &Arc<Agent>, c: &Call) -> Result<Value, ApiError> {
         .store
         .write(|tx| {
             use fields::pool as f;
-            set_field(
+            set_fields(
                 tx,
                 class_ids::pool,
                 &pool_ref,
-                f::ha_statefiles,
-                Value::set(vec![Value::str(statefile.as_str())]),
+                &[
+                    (f::ha_statefiles, Value::set(vec![Value::str(statefile.as_str())])),
+                    (f::ha_configuration, configuration.clone()),
+                    (f::ha_cluster_stack, Value::str(CLUSTER_STACK)),
+                    (f::ha_plan_exists_for, Value::Int(0)),
+                    (f::ha_overcommitted, Value::Bool(false)),
+                    (f::ha_enabled, Value::Bool(true)),
+                ],
             )?;
-            set_field(
-                tx,
-                class_ids::pool,
-                &pool_ref,
-                f::ha_configuration,
-                configuration.clone(),
-            )?;
-            set_field(
-                tx,
-                class_ids::pool,
-                &pool_ref,
-                f::ha_cluster_stack,
-                Value::str(CLUSTER_STACK),
-            )?;
-            set_field(tx, class_ids::pool, &pool_ref, f::ha_plan_exists_for, Value::Int(0))?;
-            set_field(tx, class_ids::pool, &pool_ref, f::ha_overcommitted, Value::Bool(false))?;
-            set_field(tx, class_ids::pool, &pool_ref, f::ha_enabled, Value::Bool(true))?;
             for (h, _) in &host_uuids {
                 let peers = host_uuids
                     .iter()
                     .filter(|(o, _)| o != h)
                     .map(|(_, u)| Value::str(u.as_str()))
                     .collect();
-                set_field(
+                set_fields(
                     tx,
                     class_ids::host,
                     h,
-                    fields::host::ha_statefiles,
-                    Value::set(vec![Value::str(statefile.as_str())]),
-                )?;
-                set_field(
-                    tx,
-                    class_ids::host,
-                    h,
-                    fields::host::ha_network_peers,
-                    Value::set(peers),
+                    &[
+                        (
+                            fields::host::ha_statefiles,
+                            Value::set(vec![Value::str(statefile.as_str())]),
+                        ),
+                        (fields::host::ha_network_peers, Value::set(peers)),
+                    ],
                 )?;
             }
             Ok(())
@@ -584,25 +564,28 @@ async fn disable(agent: &Arc<Agent>) -> Result<Value, ApiError> {
         .store
         .write(|tx| {
             use fields::pool as f;
-            set_field(tx, class_ids::pool, &pool_ref, f::ha_enabled, Value::Bool(false))?;
-            set_field(tx, class_ids::pool, &pool_ref, f::ha_statefiles, Value::set(Vec::new()))?;
-            set_field(tx, class_ids::pool, &pool_ref, f::ha_plan_exists_for, Value::Int(0))?;
-            set_field(tx, class_ids::pool, &pool_ref, f::ha_overcommitted, Value::Bool(false))?;
-            set_field(tx, class_ids::pool, &pool_ref, f::ha_cluster_stack, Value::str(""))?;
+            set_fields(
+                tx,
+                class_ids::pool,
+                &pool_ref,
+                &[
+                    (f::ha_enabled, Value::Bool(false)),
+                    (f::ha_statefiles, Value::set(Vec::new())),
+                    (f::ha_plan_exists_for, Value::Int(0)),
+                    (f::ha_overcommitted, Value::Bool(false)),
+                    (f::ha_cluster_stack, Value::str("")),
+                ],
+            )?;
             for h in &hosts {
-                set_field(
+                let empty = Value::set(Vec::new());
+                set_fields(
                     tx,
                     class_ids::host,
                     h,
-                    fields::host::ha_statefiles,
-                    Value::set(Vec::new()),
-                )?;
-                set_field(
-                    tx,
-                    class_ids::host,
-                    h,
-                    fields::host::ha_network_peers,
-                    Value::set(Vec::new()),
+                    &[
+                        (fields::host::ha_statefiles, empty.clone()),
+                        (fields::host::ha_network_peers, empty),
+                    ],
                 )?;
             }
             Ok(())
