@@ -160,6 +160,10 @@ def test_protected_vms_of_a_killed_member_run_again_on_the_survivors(pool):
           "SIGKILL of their host's xapid")
     assert x.VM.get_power_state(unprotected) == "Halted"
     assert x.VM.get_resident_on(unprotected) == "OpaqueRef:NULL"
+    # The reference's message about the failed host, for clients' alert lists.
+    failed = [m for m in x.message.get_all_records().values() if m["name"] == "HA_HOST_FAILED"]
+    assert [m["obj_uuid"] for m in failed] == [x.host.get_uuid(victim.ref)], failed
+    assert failed[0]["cls"] == "Host" and failed[0]["priority"] == "3"
     assert x.host_metrics.get_live(x.host.get_metrics(victim.ref)) is False
     # Started again, the host is a member like before and runs none of them.
     victim.start()
@@ -190,6 +194,13 @@ def test_a_member_that_lost_its_lease_fences_itself(pool):
     wait_live(x, frozen.ref, True, timeout=60)
     assert "the daemon restarts" in frozen.tail(400)
     assert x.VM.get_resident_on(vm) != frozen.ref and x.VM.get_power_state(vm) == "Running"
+    # Back, it says it was fenced.
+    uuid = x.host.get_uuid(frozen.ref)
+    deadline = time.time() + 20
+    while not [m for m in x.message.get_all_records().values()
+               if m["name"] == "HA_HOST_WAS_FENCED" and m["obj_uuid"] == uuid]:
+        assert time.time() < deadline, "no HA_HOST_WAS_FENCED message from the fenced host"
+        time.sleep(0.5)
 
 
 def test_a_killed_master_is_replaced_through_the_election(pool):

@@ -23,7 +23,11 @@ use crate::entry;
 use crate::error::ApiError;
 use crate::lifecycle::vm_power::vm_of;
 use crate::objects::set_field;
-use crate::schema::{class_ids, enums::VdiType, fields};
+use crate::schema::{
+    class_ids,
+    enums::{Cls, VdiType},
+    fields,
+};
 use crate::value::{default_object, Object, Value};
 use crate::Agent;
 use plan::{Guest, Host, Outcome};
@@ -263,12 +267,26 @@ pub async fn record_status(agent: &Agent, max: Option<usize>) -> Result<(), ApiE
     if !changed {
         return Ok(());
     }
-    if overcommitted {
-        tracing::warn!(
-            max,
-            to_tolerate,
-            "HA_POOL_OVERCOMMITTED: the pool can no longer restart its protected VMs after {to_tolerate} host failures"
+    let pool_uuid = p.uuid().unwrap_or("").to_owned();
+    let name = p.get(fields::pool::name_label).as_str().unwrap_or("").to_owned();
+    if overcommitted && p.get(fields::pool::ha_overcommitted) != &Value::Bool(true) {
+        tracing::warn!(max, to_tolerate, "HA_POOL_OVERCOMMITTED");
+        let body = format!(
+            "The failover tolerance for pool '{name}' has dropped and the initially specified number of host failures to tolerate can no longer be guaranteed"
         );
+        message(agent, "HA_POOL_OVERCOMMITTED", 3, Cls::Pool, &pool_uuid, &body).await;
+    }
+    let was = p.get(fields::pool::ha_plan_exists_for).as_int().unwrap_or(0);
+    if max < was {
+        message(
+            agent,
+            "HA_POOL_DROP_IN_PLAN_EXISTS_FOR",
+            3,
+            Cls::Pool,
+            &pool_uuid,
+            &max.to_string(),
+        )
+        .await;
     }
     let r = p.reference.clone();
     agent
@@ -285,6 +303,14 @@ pub async fn record_status(agent: &Agent, max: Option<usize>) -> Result<(), ApiE
             )
         })
         .await
+}
+
+/// Creates one of the reference's HA messages (`message` objects clients list and Xen
+/// Orchestra shows); a failure is logged, not raised: the HA work goes on.
+pub async fn message(agent: &Agent, name: &str, priority: i64, cls: Cls, obj_uuid: &str, body: &str) {
+    if let Err(e) = crate::metrics::messages::create(agent, name, priority, cls, obj_uuid, body).await {
+        tracing::warn!(name, error = %e, "HA: cannot create the message");
+    }
 }
 
 /// Sets each of `values` on one object.

@@ -21,13 +21,17 @@
 use super::{is_protected, BEST_EFFORT};
 use crate::call::CallCtx;
 use crate::pool::liveness::TTL;
-use crate::schema::{class_ids, enums::VmPowerState, fields};
+use crate::schema::{
+    class_ids,
+    enums::{Cls, VmPowerState},
+    fields,
+};
 use crate::store::{Campaign, LeaderKey};
 use crate::value::Value;
 use crate::Agent;
 use parking_lot::Mutex;
 use serde_json::Value as Json;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -83,8 +87,10 @@ pub struct Watch {
     candidacy: Option<Candidacy>,
     master_missing_since: Option<Instant>,
     tried: HashMap<String, Instant>,
+    failed: HashSet<String>,
     best_effort: Vec<String>,
     beats_since_plan: u32,
+    checked_fence_note: bool,
 }
 
 impl Watch {
@@ -107,6 +113,10 @@ impl Watch {
             self.withdraw(agent).await;
             fence(agent, if silent { "could not renew" } else { "found lapsed" }).await;
             return false;
+        }
+        if !self.checked_fence_note && beat != Beat::Failed {
+            self.checked_fence_note = true;
+            fenced_before(agent).await;
         }
         if let Some(lease) = lease {
             self.elect(agent, lease).await;
@@ -162,6 +172,11 @@ impl Watch {
             ),
             Err(e) => tracing::error!(host, error = %e, "HA: cannot reset the VMs of a failed host"),
         }
+        if let Some(h) = agent.store.get(class_ids::host, host) {
+            let name = h.get(fields::host::name_label).as_str().unwrap_or("");
+            let body = format!("Server '{name}' has failed");
+            super::message(agent, "HA_HOST_FAILED", 3, Cls::Host, h.uuid().unwrap_or(""), &body).await;
+        }
     }
 
     /// Starts every protected VM that is not running, then the failed hosts' best-effort VMs;
@@ -198,12 +213,19 @@ impl Watch {
         let placed = place(agent, &protected);
         for vm in &protected {
             self.tried.insert(vm.reference.clone(), now);
-            match placed.get(&vm.reference) {
+            let started = match placed.get(&vm.reference) {
                 Some(host) => start_on(agent, &session, &vm.reference, host).await,
-                None => tracing::warn!(
-                    vm = %vm.reference,
-                    "HA_PROTECTED_VM_RESTART_FAILED: no live host has room for the protected VM"
-                ),
+                None => {
+                    tracing::warn!(vm = %vm.reference, "HA: no live host has room for the protected VM");
+                    false
+                }
+            };
+            // The reference says it once per VM, until a restart succeeds.
+            if started {
+                self.failed.remove(&vm.reference);
+            } else if self.failed.insert(vm.reference.clone()) {
+                let uuid = vm.uuid().unwrap_or("");
+                super::message(agent, "HA_PROTECTED_VM_RESTART_FAILED", 2, Cls::VM, uuid, "").await;
             }
         }
         let best: Vec<_> = std::mem::take(&mut self.best_effort)
@@ -213,7 +235,9 @@ impl Watch {
         let placed = place(agent, &best);
         for vm in &best {
             match placed.get(&vm.reference) {
-                Some(host) => start_on(agent, &session, &vm.reference, host).await,
+                Some(host) => {
+                    start_on(agent, &session, &vm.reference, host).await;
+                }
                 None => tracing::info!(vm = %vm.reference, "HA: no room left for a best-effort VM"),
             }
         }
@@ -353,8 +377,9 @@ fn place(agent: &Agent, vms: &[Arc<crate::value::Object>]) -> HashMap<String, St
         .collect()
 }
 
-/// `VM.start_on(vm, host, false, false)` as a call of its own (forwarded to `host`).
-async fn start_on(agent: &Arc<Agent>, session: &str, vm: &str, host: &str) {
+/// `VM.start_on(vm, host, false, false)` as a call of its own (forwarded to `host`); whether
+/// it started.
+async fn start_on(agent: &Arc<Agent>, session: &str, vm: &str, host: &str) -> bool {
     let ctx = CallCtx {
         trusted_root: true,
         task: None,
@@ -369,8 +394,14 @@ async fn start_on(agent: &Arc<Agent>, session: &str, vm: &str, host: &str) {
     ];
     let t = Instant::now();
     match crate::dispatch::call(agent, &ctx, "VM.start_on", &params).await {
-        Ok(_) => tracing::info!(vm, host, ms = t.elapsed().as_millis() as u64, "HA: VM restarted"),
-        Err(e) => tracing::warn!(vm, host, error = %e, "HA_PROTECTED_VM_RESTART_FAILED"),
+        Ok(_) => {
+            tracing::info!(vm, host, ms = t.elapsed().as_millis() as u64, "HA: VM restarted");
+            true
+        }
+        Err(e) => {
+            tracing::warn!(vm, host, error = %e, "HA: a restart failed");
+            false
+        }
     }
 }
 
@@ -426,6 +457,31 @@ async fn fence(agent: &Arc<Agent>, why: &str) {
         }
     }
     tokio::time::sleep(FENCE_HOLD).await;
+    if let Err(e) = crate::fsutil::write_private(&fence_note(agent), b"fenced\n") {
+        tracing::warn!(error = %e, "HA: cannot note the fence for the next start");
+    }
     tracing::warn!("HA: fenced; the daemon restarts");
     crate::host::agent_process::request(crate::host::agent_process::AfterStop::Restart);
+}
+
+/// The note a fenced host leaves for its next start.
+fn fence_note(agent: &Agent) -> std::path::PathBuf {
+    agent.state_dir.join("ha-fenced")
+}
+
+/// At the first beat after a start: a host that was fenced says so (`HA_HOST_WAS_FENCED`,
+/// as the reference's host does after the reboot its watchdog forced).
+async fn fenced_before(agent: &Agent) {
+    let note = fence_note(agent);
+    if !note.exists() {
+        return;
+    }
+    if let Some(h) = agent.store.get(class_ids::host, &agent.host) {
+        let name = h.get(fields::host::name_label).as_str().unwrap_or("");
+        let body = format!("Server '{name}' was fenced: it lost its liveness lease while HA was on");
+        super::message(agent, "HA_HOST_WAS_FENCED", 4, Cls::Host, h.uuid().unwrap_or(""), &body).await;
+    }
+    if let Err(e) = std::fs::remove_file(&note) {
+        tracing::warn!(error = %e, "HA: cannot remove the fence note");
+    }
 }
