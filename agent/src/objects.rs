@@ -125,6 +125,14 @@ pub fn set_field(tx: &mut Tx, class: ClassId, reference: &str, f: FieldId, v: Va
     Ok(())
 }
 
+/// Sets each of `values` on one object, in order, as [`set_field`] does.
+pub fn set_fields(tx: &mut Tx, class: ClassId, reference: &str, values: &[(FieldId, Value)]) -> Result<(), ApiError> {
+    for (f, v) in values {
+        set_field(tx, class, reference, *f, v.clone())?;
+    }
+    Ok(())
+}
+
 /// Removes an object, unlinking it from every object its bound fields name.
 pub fn destroy(tx: &mut Tx, class: ClassId, reference: &str) -> Result<(), ApiError> {
     let cur = tx.must_get(class, reference)?;

@@ -23,6 +23,7 @@
 use super::precopy;
 use super::vm_power::{domid_of, mark_running, on_backend, restore, vm_of};
 use crate::error::ApiError;
+use crate::pool::remote::Remote;
 use crate::value::Value;
 use crate::Agent;
 use std::path::{Path, PathBuf};
@@ -57,11 +58,14 @@ pub async fn pool_migrate(agent: &Arc<Agent>, vm: &str, args: &[Value]) -> Resul
         destination: dest.clone(),
         msg: reason,
     };
+    // One connection to the destination for every round and the image (its failure, such as a
+    // destination serving no HTTPS, answers where the first of them is sent).
+    let remote = (dest != agent.host).then(|| migration_remote(agent, &dest));
     // The live part: the guest runs while its memory crosses.
     let model = precopy_model(agent, &rec).filter(|_| dest != agent.host);
-    let live = match model {
-        Some(model) => {
-            let report = precopy::run(model, |round, pages| send_round(agent, vm, &dest, round, pages, model.pages))
+    let live = match (model, &remote) {
+        (Some(model), Some(remote)) => {
+            let report = precopy::run(model, |round, pages| send_round(remote, vm, round, pages, model.pages))
                 .await
                 .map_err(|reason| {
                     tracing::warn!(vm, destination = %dest, %reason, "pool_migrate: a pre-copy round failed; the VM runs here still");
@@ -69,7 +73,7 @@ pub async fn pool_migrate(agent: &Arc<Agent>, vm: &str, args: &[Value]) -> Resul
                 })?;
             Some((model, report))
         }
-        None => None,
+        _ => None,
     };
     let paused = std::time::Instant::now();
     let image = image_path(agent, vm, "out")?;
@@ -77,16 +81,17 @@ pub async fn pool_migrate(agent: &Arc<Agent>, vm: &str, args: &[Value]) -> Resul
     on_backend(agent, vm, move || hv.suspend_to(domid, &saved)).await?;
     agent.domids.lock().remove(&domid);
     tracing::info!(vm, destination = %dest, "pool_migrate: domain saved, sending it");
-    let sent = if dest == agent.host {
-        receive(agent, vm, &image).await.map_err(|e| describe(&e))
-    } else {
-        let last = match &live {
-            Some((model, r)) => send_round(agent, vm, &dest, r.rounds, r.final_pages, model.pages).await,
-            None => Ok(()),
-        };
-        match last {
-            Ok(()) => send(agent, vm, &dest, &image).await,
-            Err(e) => Err(e),
+    let sent = match &remote {
+        None => receive(agent, vm, &image).await.map_err(|e| describe(&e)),
+        Some(remote) => {
+            let last = match &live {
+                Some((model, r)) => send_round(remote, vm, r.rounds, r.final_pages, model.pages).await,
+                None => Ok(()),
+            };
+            match last {
+                Ok(()) => send(remote, vm, &image).await,
+                Err(e) => Err(e),
+            }
         }
     };
     if sent.is_ok() {
@@ -173,19 +178,25 @@ async fn restore_here(agent: &Arc<Agent>, vm: &str, image: &Path) -> Result<(), 
 }
 
 /// Sends the image to the destination's receiving end; the reason of a failure.
-async fn send(agent: &Agent, vm: &str, dest: &str, image: &Path) -> Result<(), String> {
-    let remote = crate::pool::remote::Remote::to_host(agent, dest).map_err(|e| describe(&e))?;
+async fn send(remote: &Result<Remote, String>, vm: &str, image: &Path) -> Result<(), String> {
+    let remote = remote.as_ref().map_err(String::clone)?;
+    let bytes = std::fs::read(image).map_err(|e| format!("reading the saved image: {e}"))?;
+    remote
+        .put(&format!("{RECEIVE_PATH}?vm={vm}"), bytes)
+        .await
+        .map_err(|e| describe(&e.into_api()))
+}
+
+/// The destination's end of the migration stream: HTTPS to its pinned certificate, or why not.
+fn migration_remote(agent: &Agent, dest: &str) -> Result<Remote, String> {
+    let remote = Remote::to_host(agent, dest).map_err(|e| describe(&e))?;
     if !remote.is_tls() {
         return Err(format!(
             "host {dest} serves no HTTPS on port {}: the migration stream goes over HTTPS only",
             crate::host::certificates::POOL_HTTPS_PORT
         ));
     }
-    let bytes = std::fs::read(image).map_err(|e| format!("reading the saved image: {e}"))?;
-    remote
-        .put(&format!("{RECEIVE_PATH}?vm={vm}"), bytes)
-        .await
-        .map_err(|e| describe(&e.into_api()))
+    Ok(remote)
 }
 
 /// The memory model of a VM whose move can be live (the simulator's guests), from its record.
@@ -208,13 +219,14 @@ fn precopy_model(agent: &Agent, rec: &crate::value::Object) -> Option<precopy::M
 }
 
 /// Sends one round of `pages` pages (of a VM of `total`) to the destination, which checks it.
-async fn send_round(agent: &Agent, vm: &str, dest: &str, round: u32, pages: u64, total: u64) -> Result<(), String> {
-    let remote = crate::pool::remote::Remote::to_host(agent, dest).map_err(|e| describe(&e))?;
-    if !remote.is_tls() {
-        return Err(format!(
-            "host {dest} serves no HTTPS: the migration stream goes over HTTPS only"
-        ));
-    }
+async fn send_round(
+    remote: &Result<Remote, String>,
+    vm: &str,
+    round: u32,
+    pages: u64,
+    total: u64,
+) -> Result<(), String> {
+    let remote = remote.as_ref().map_err(String::clone)?;
     let chunks = precopy::round_chunks(round, pages, total).map(Ok::<_, std::io::Error>);
     let body = reqwest::Body::wrap_stream(futures_util::stream::iter(chunks));
     remote

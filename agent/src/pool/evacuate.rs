@@ -22,7 +22,7 @@ use super::placement;
 use crate::call::{Call, CallCtx, Entry};
 use crate::entry;
 use crate::error::ApiError;
-use crate::schema::{class_ids, fields};
+use crate::schema::class_ids;
 use crate::value::{Object, Value};
 use crate::Agent;
 use std::sync::Arc;
@@ -86,10 +86,6 @@ fn this_host(agent: &Agent, c: &Call) -> Result<String, ApiError> {
     Ok(host)
 }
 
-fn memory(vm: &Object) -> i64 {
-    vm.get(fields::VM::memory_static_max).as_int().unwrap_or(0).max(0)
-}
-
 /// The plan for every VM resident on `host` but its control domain, in reference order.
 fn plan(agent: &Agent, host: &str) -> Vec<(String, Plan)> {
     let mut targets: Vec<String> = agent
@@ -122,13 +118,13 @@ fn plan(agent: &Agent, host: &str) -> Vec<(String, Plan)> {
         }
     }
     // Largest first, each where the most memory is left.
-    movable.sort_by_key(|vm| std::cmp::Reverse(memory(vm)));
+    movable.sort_by_key(|vm| std::cmp::Reverse(placement::memory_needed(vm)));
     let mut free: Vec<(String, i64)> = targets
         .iter()
         .map(|t| (t.clone(), placement::memory_free(agent, t)))
         .collect();
     for vm in movable {
-        let need = memory(&vm);
+        let need = placement::memory_needed(&vm);
         let best = free.iter_mut().filter(|(_, f)| *f >= need).max_by_key(|(_, f)| *f);
         let p = match best {
             Some((t, f)) => {
@@ -160,7 +156,7 @@ fn refusal(agent: &Agent, host: &str, d: &[String]) -> ApiError {
                 .max()
                 .unwrap_or(0);
             ApiError::HostNotEnoughFreeMemory {
-                needed: vm.map_or(0, |v| memory(&v)).to_string(),
+                needed: vm.map_or(0, |v| placement::memory_needed(&v)).to_string(),
                 available: most.to_string(),
             }
         }

@@ -51,6 +51,12 @@ fn sees(agent: &Agent, host: &str, sr: &str) -> bool {
     })
 }
 
+/// The memory a VM needs on a host to start there (`memory_static_max`), as placement,
+/// evacuation and HA's planner count it.
+pub fn memory_needed(vm: &Object) -> i64 {
+    vm.get(fields::VM::memory_static_max).as_int().unwrap_or(0).max(0)
+}
+
 /// `host`'s free memory by its `host_metrics` (0 without them).
 pub fn memory_free(agent: &Agent, host: &str) -> i64 {
     metrics(agent, host)
@@ -85,7 +91,7 @@ pub fn check(agent: &Agent, vm: &Object, host: &str, memory_from_metrics: bool) 
         }
     }
     if memory_from_metrics {
-        let needed = vm.get(fields::VM::memory_static_max).as_int().unwrap_or(0).max(0);
+        let needed = memory_needed(vm);
         let free = memory_free(agent, host);
         if needed > free {
             return Err(ApiError::HostNotEnoughFreeMemory {

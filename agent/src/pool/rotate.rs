@@ -28,7 +28,7 @@ fn pool_flag(agent: &Agent, field: crate::schema::FieldId) -> bool {
 
 /// `HA_IS_ENABLED` when the pool runs high availability.
 pub fn refuse_with_ha(agent: &Agent) -> Result<(), ApiError> {
-    if pool_flag(agent, fields::pool::ha_enabled) {
+    if super::ha::enabled(agent) {
         return Err(ApiError::HaIsEnabled {});
     }
     Ok(())

@@ -22,7 +22,7 @@ use crate::call::{Call, Entry};
 use crate::entry;
 use crate::error::ApiError;
 use crate::lifecycle::vm_power::vm_of;
-use crate::objects::set_field;
+use crate::objects::{set_field, set_fields};
 use crate::schema::{
     class_ids,
     enums::{Cls, VdiType},
@@ -161,10 +161,6 @@ pub fn protected(agent: &Agent) -> Vec<Arc<Object>> {
         .collect()
 }
 
-fn memory(vm: &Object) -> i64 {
-    vm.get(fields::VM::memory_static_max).as_int().unwrap_or(0).max(0)
-}
-
 /// The planner's view of the live hosts and of `vms` (a VM resident on a host that is not
 /// live counts as not running: it must be placed).
 pub fn inputs(agent: &Agent, vms: &[Arc<Object>]) -> (Vec<Host>, Vec<Guest>) {
@@ -184,7 +180,7 @@ pub fn inputs(agent: &Agent, vms: &[Arc<Object>]) -> (Vec<Host>, Vec<Guest>) {
         .iter()
         .map(|vm| Guest {
             id: vm.reference.clone(),
-            memory: memory(vm),
+            memory: super::placement::memory_needed(vm),
             on: vm
                 .get(fields::VM::resident_on)
                 .as_ref_str()
@@ -222,7 +218,7 @@ fn failover_plan(agent: &Agent, c: &Call) -> Result<Value, ApiError> {
         match agility::assert_agile(agent, vm) {
             Ok(()) => agile.push(Guest {
                 id: vm.reference.clone(),
-                memory: memory(vm),
+                memory: super::placement::memory_needed(vm),
                 on: None,
                 agile: true,
             }),
@@ -311,19 +307,6 @@ pub async fn message(agent: &Agent, name: &str, priority: i64, cls: Cls, obj_uui
     if let Err(e) = crate::metrics::messages::create(agent, name, priority, cls, obj_uuid, body).await {
         tracing::warn!(name, error = %e, "HA: cannot create the message");
     }
-}
-
-/// Sets each of `values` on one object.
-fn set_fields(
-    tx: &mut crate::store::Tx,
-    class: crate::schema::ClassId,
-    reference: &str,
-    values: &[(crate::schema::FieldId, Value)],
-) -> Result<(), ApiError> {
-    for (f, v) in values {
-        set_field(tx, class, reference, *f, v.clone())?;
-    }
-    Ok(())
 }
 
 /// `HA_OPERATION_WOULD_BREAK_FAILOVER_PLAN` when HA is on, overcommitting is not allowed, a
