@@ -379,6 +379,43 @@ impl Sessions {
             .await
     }
 
+    /// Opens a new session for the same user as `session` (its subject, roles and identity),
+    /// without a password: `host.migrate_receive` hands one to the migrating host, as the
+    /// reference does.
+    pub async fn login_like(
+        &self,
+        store: &Store,
+        host: &str,
+        session: &str,
+        originator: &str,
+    ) -> Result<String, ApiError> {
+        let caller = self.validate_caller(store, session)?;
+        let Some(old) = store.get(class_ids::session, session) else {
+            return Err(ApiError::SessionInvalid {
+                handle: session.to_owned(),
+            });
+        };
+        let sids = self
+            .live
+            .read()
+            .get(session)
+            .map(|l| l.sids.to_vec())
+            .unwrap_or_default();
+        let t = now();
+        let mut s = self.session_object(host, originator, t);
+        use fields::session as f;
+        for field in [
+            f::is_local_superuser,
+            f::subject,
+            f::auth_user_sid,
+            f::auth_user_name,
+            f::rbac_permissions,
+        ] {
+            s.set(field, old.get(field).clone());
+        }
+        self.open_session(store, s, Live::new(t, caller, sids)).await
+    }
+
     /// Notes a refused login (slowing down guessing) and hands back its error.
     async fn refuse(&self, user: &str, originator: &str, e: ApiError) -> ApiError {
         let recent = self.note_failure();

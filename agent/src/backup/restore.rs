@@ -49,6 +49,16 @@ pub fn field_str<'a>(o: &'a OvaObject, field: &str) -> &'a str {
     o.snapshot.get(field).and_then(Json::as_str).unwrap_or("")
 }
 
+/// The counterpart a migration names for an archive object in its `other_config:maps_to`.
+pub fn maps_to(o: &OvaObject) -> Option<String> {
+    o.snapshot
+        .get("other_config")
+        .and_then(|m| m.get(crate::lifecycle::migrate_send::MAPS_TO))
+        .and_then(Json::as_str)
+        .filter(|r| !r.is_empty() && *r != NULL_REF)
+        .map(str::to_owned)
+}
+
 /// The local object of `class` with the archive object's uuid.
 fn local_by_uuid(agent: &Agent, class: ClassId, o: &OvaObject) -> Option<String> {
     let u = field_str(o, "uuid");
@@ -221,6 +231,18 @@ pub fn plan(
         let r = map.get(&o.id).cloned().unwrap_or_default();
         let mut v = typed(class_ids::VIF, &o.snapshot, &r);
         remap(&mut v, &map);
+        // A migration to this pool names the VIF's network here (`other_config:maps_to`).
+        if let Some(net) = maps_to(o).filter(|n| agent.store.get(class_ids::network, n).is_some()) {
+            v.set(f::network, Value::reference(net.as_str()));
+        }
+        let oc: Vec<(Value, Value)> = v
+            .get(f::other_config)
+            .as_map()
+            .iter()
+            .filter(|(k, _)| k.as_str() != Some(crate::lifecycle::migrate_send::MAPS_TO))
+            .cloned()
+            .collect();
+        v.set(f::other_config, Value::map(oc));
         if v.get(f::VM).as_ref_str().is_none_or(|x| x == NULL_REF) {
             continue;
         }

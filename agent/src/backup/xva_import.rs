@@ -173,6 +173,10 @@ impl Import {
     }
 
     fn find_vdi(&self, ova: &Ova, o: &OvaObject) -> Option<String> {
+        // A migration to this pool names the disk's copy here (`other_config:maps_to`).
+        if let Some(r) = restore::maps_to(o).filter(|r| self.agent.store.get(class_ids::VDI, r).is_some()) {
+            return Some(r);
+        }
         let location = field_str(o, "location");
         let sr_uuid = o
             .snapshot

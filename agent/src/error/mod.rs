@@ -440,6 +440,18 @@ api_errors! {
     CannotEvacuateHost { errors } => "CANNOT_EVACUATE_HOST",
     /// `VM.pool_migrate` failed after it began; the VM runs on the source again.
     VmMigrateFailed { vm, source, destination, msg } => "VM_MIGRATE_FAILED",
+    /// `VM.migrate_send`: a VDI of the VM that the VDI map does not name (and no rule places).
+    VdiNotInMap { vdi } => "VDI_NOT_IN_MAP",
+    /// `VM.migrate_send` to another pool: a VIF the VIF map neither names nor lets be inferred.
+    VifNotInMap { vif } => "VIF_NOT_IN_MAP",
+    /// The host has no management interface with an address.
+    HostHasNoManagementIp {} => "HOST_HAS_NO_MANAGEMENT_IP",
+    /// `VDI.pool_migrate` of a VDI no VBD of its VM holds.
+    VbdMissing {} => "VBD_MISSING",
+    /// `VDI.pool_migrate` of a VDI that no running VM has attached.
+    VdiNeedsVmForMigrate { vdi } => "VDI_NEEDS_VM_FOR_MIGRATE",
+    /// A disk's copy to its destination SR failed during a storage migration.
+    MirrorFailed { vdi } => "MIRROR_FAILED",
     /// `host.shutdown`/`reboot` of a host that is still enabled.
     HostNotDisabled {} => "HOST_NOT_DISABLED",
     /// `host.shutdown`/`reboot` of a host something still runs on (`kind` is `vm`).

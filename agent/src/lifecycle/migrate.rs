@@ -46,29 +46,74 @@ fn image_path(agent: &Agent, vm: &str, end: &str) -> Result<PathBuf, ApiError> {
     Ok(dir.join(format!("{}.{end}", rec.uuid().unwrap_or("unknown"))))
 }
 
+/// Where a running VM's domain goes.
+pub struct Destination {
+    /// The destination host (a ref of the destination's database).
+    pub host: String,
+    /// The VM's ref in the destination's database.
+    pub vm: String,
+    /// The destination's receiving end; `None` when it is this host.
+    pub remote: Option<Result<Remote, String>>,
+    /// A session of the destination's pool, for a destination in another pool (which takes
+    /// the stream on that session, not on this pool's secret).
+    pub session: Option<String>,
+}
+
+impl Destination {
+    /// `host`, a host of this pool.
+    pub fn in_pool(agent: &Agent, vm: &str, host: &str) -> Destination {
+        Destination {
+            host: host.to_owned(),
+            vm: vm.to_owned(),
+            remote: (host != agent.host).then(|| migration_remote(agent, host)),
+            session: None,
+        }
+    }
+
+    /// The query parameters that prove the sender at the destination.
+    fn proof(&self) -> String {
+        self.session
+            .as_deref()
+            .map(|s| format!("&session_id={s}"))
+            .unwrap_or_default()
+    }
+}
+
 /// Carries out `VM.pool_migrate` on the source host (in the VM's actor, under its mark).
 pub async fn pool_migrate(agent: &Arc<Agent>, vm: &str, args: &[Value]) -> Result<Value, ApiError> {
     let dest = args.first().and_then(Value::as_ref_str).unwrap_or("").to_owned();
     let rec = vm_of(agent, vm)?;
     crate::pool::placement::check(agent, &rec, &dest, dest != agent.host)?;
+    move_domain(agent, vm, &Destination::in_pool(agent, vm, &dest), None).await?;
+    Ok(Value::None)
+}
+
+/// Moves the running VM's domain to `d`: the live rounds where the backend has them, the
+/// save, `motion`'s step at the stop (its disks switched to their copies), the image, and the
+/// destination's commit. On a failure the domain runs here again (and `motion`'s step is
+/// undone) and the error is `VM_MIGRATE_FAILED`.
+pub async fn move_domain(
+    agent: &Arc<Agent>,
+    vm: &str,
+    d: &Destination,
+    mut motion: Option<&mut super::storage_motion::Motion>,
+) -> Result<(), ApiError> {
+    let rec = vm_of(agent, vm)?;
     let domid = domid_of(&rec).ok_or_else(|| ApiError::internal("the VM has no domain"))?;
     let failed = |reason: String| ApiError::VmMigrateFailed {
         vm: vm.to_owned(),
         source: agent.host.clone(),
-        destination: dest.clone(),
+        destination: d.host.clone(),
         msg: reason,
     };
-    // One connection to the destination for every round and the image (its failure, such as a
-    // destination serving no HTTPS, answers where the first of them is sent).
-    let remote = (dest != agent.host).then(|| migration_remote(agent, &dest));
     // The live part: the guest runs while its memory crosses.
-    let model = precopy_model(agent, &rec).filter(|_| dest != agent.host);
-    let live = match (model, &remote) {
+    let model = precopy_model(agent, &rec);
+    let live = match (model, &d.remote) {
         (Some(model), Some(remote)) => {
-            let report = precopy::run(model, |round, pages| send_round(remote, vm, round, pages, model.pages))
+            let report = precopy::run(model, |round, pages| send_round(remote, d, round, pages, model.pages))
                 .await
                 .map_err(|reason| {
-                    tracing::warn!(vm, destination = %dest, %reason, "pool_migrate: a pre-copy round failed; the VM runs here still");
+                    tracing::warn!(vm, destination = %d.host, %reason, "migration: a pre-copy round failed; the VM runs here still");
                     failed(reason)
                 })?;
             Some((model, report))
@@ -80,16 +125,21 @@ pub async fn pool_migrate(agent: &Arc<Agent>, vm: &str, args: &[Value]) -> Resul
     let (hv, saved) = (agent.hypervisor.clone(), image.clone());
     on_backend(agent, vm, move || hv.suspend_to(domid, &saved)).await?;
     agent.domids.lock().remove(&domid);
-    tracing::info!(vm, destination = %dest, "pool_migrate: domain saved, sending it");
-    let sent = match &remote {
-        None => receive(agent, vm, &image).await.map_err(|e| describe(&e)),
-        Some(remote) => {
+    tracing::info!(vm, destination = %d.host, "migration: domain saved, sending it");
+    let at_stop = match motion.as_deref_mut() {
+        Some(m) => m.at_stop(agent).await.map_err(|e| describe(&e)),
+        None => Ok(()),
+    };
+    let sent = match (&at_stop, &d.remote) {
+        (Err(e), _) => Err(e.clone()),
+        (Ok(()), None) => receive(agent, vm, &image).await.map_err(|e| describe(&e)),
+        (Ok(()), Some(remote)) => {
             let last = match &live {
-                Some((model, r)) => send_round(remote, vm, r.rounds, r.final_pages, model.pages).await,
+                Some((model, r)) => send_round(remote, d, r.rounds, r.final_pages, model.pages).await,
                 None => Ok(()),
             };
             match last {
-                Ok(()) => send(remote, vm, &image).await,
+                Ok(()) => send(remote, d, &image).await,
                 Err(e) => Err(e),
             }
         }
@@ -99,7 +149,7 @@ pub async fn pool_migrate(agent: &Arc<Agent>, vm: &str, args: &[Value]) -> Resul
         match &live {
             Some((model, r)) => tracing::info!(
                 vm,
-                destination = %dest,
+                destination = %d.host,
                 memory_mib = (model.pages * precopy::PAGE) >> 20,
                 dirty_mib_s = model.dirty_per_s >> 20,
                 rounds = r.rounds,
@@ -110,7 +160,7 @@ pub async fn pool_migrate(agent: &Arc<Agent>, vm: &str, args: &[Value]) -> Resul
                 "pool_migrate: done (live)"
             ),
             None => {
-                tracing::info!(vm, destination = %dest, downtime_ms = downtime.as_millis() as u64, "pool_migrate: done")
+                tracing::info!(vm, destination = %d.host, downtime_ms = downtime.as_millis() as u64, "pool_migrate: done")
             }
         }
     }
@@ -123,16 +173,19 @@ pub async fn pool_migrate(agent: &Arc<Agent>, vm: &str, args: &[Value]) -> Resul
                 tracing::warn!(vm, error = %e, "pool_migrate: could not bring the view up to date");
             }
             note_memory_freed(agent).await;
-            Ok(Value::None)
+            Ok(())
         }
         // The destination committed the VM as its own but its answer did not come back (the
         // connection cut after the commit): the VM runs there, and must not run here too.
-        Err(reason) if arrived(agent, vm, &dest).await => {
-            tracing::warn!(vm, destination = %dest, %reason, "pool_migrate: no answer, but the VM runs on the destination");
-            Ok(Value::None)
+        Err(reason) if arrived(agent, d).await => {
+            tracing::warn!(vm, destination = %d.host, %reason, "pool_migrate: no answer, but the VM runs on the destination");
+            Ok(())
         }
         Err(reason) => {
-            tracing::warn!(vm, destination = %dest, %reason, "pool_migrate failed: restoring the VM here");
+            tracing::warn!(vm, destination = %d.host, %reason, "migration failed: restoring the VM here");
+            if let (Some(m), Ok(())) = (motion, &at_stop) {
+                m.undo_stop(agent).await;
+            }
             if let Err(e) = restore_here(agent, vm, &image).await {
                 tracing::error!(vm, error = %e, "pool_migrate: the VM could not be restored on its source");
             }
@@ -155,17 +208,23 @@ async fn note_memory_freed(agent: &Arc<Agent>) {
     }
 }
 
-/// Whether the pool database, read when it holds every committed change, has the VM running on
-/// `dest` (another host).
-async fn arrived(agent: &Agent, vm: &str, dest: &str) -> bool {
-    if dest == agent.host {
+/// Whether the destination, asked again, has the VM running there (this pool's database read
+/// when it holds every committed change, or the other pool's answer).
+async fn arrived(agent: &Agent, d: &Destination) -> bool {
+    let Some(Ok(remote)) = &d.remote else {
         return false;
+    };
+    if let Some(session) = &d.session {
+        let state = remote
+            .call_str("VM.get_power_state", &[session.as_str().into(), d.vm.as_str().into()])
+            .await;
+        return state.is_ok_and(|s| s == "Running");
     }
     if let Err(e) = agent.store.caught_up().await {
-        tracing::warn!(vm, error = %e, "pool_migrate: could not bring the view up to date");
+        tracing::warn!(vm = %d.vm, error = %e, "pool_migrate: could not bring the view up to date");
     }
-    agent.store.get(crate::schema::class_ids::VM, vm).is_some_and(|r| {
-        r.get(crate::schema::fields::VM::resident_on).as_ref_str() == Some(dest)
+    agent.store.get(crate::schema::class_ids::VM, &d.vm).is_some_and(|r| {
+        r.get(crate::schema::fields::VM::resident_on).as_ref_str() == Some(d.host.as_str())
             && r.get(crate::schema::fields::VM::power_state) == &crate::schema::enums::VmPowerState::Running.value()
     })
 }
@@ -178,11 +237,11 @@ async fn restore_here(agent: &Arc<Agent>, vm: &str, image: &Path) -> Result<(), 
 }
 
 /// Sends the image to the destination's receiving end; the reason of a failure.
-async fn send(remote: &Result<Remote, String>, vm: &str, image: &Path) -> Result<(), String> {
+async fn send(remote: &Result<Remote, String>, d: &Destination, image: &Path) -> Result<(), String> {
     let remote = remote.as_ref().map_err(String::clone)?;
     let bytes = std::fs::read(image).map_err(|e| format!("reading the saved image: {e}"))?;
     remote
-        .put(&format!("{RECEIVE_PATH}?vm={vm}"), bytes)
+        .put(&format!("{RECEIVE_PATH}?vm={}{}", d.vm, d.proof()), bytes)
         .await
         .map_err(|e| describe(&e.into_api()))
 }
@@ -221,7 +280,7 @@ fn precopy_model(agent: &Agent, rec: &crate::value::Object) -> Option<precopy::M
 /// Sends one round of `pages` pages (of a VM of `total`) to the destination, which checks it.
 async fn send_round(
     remote: &Result<Remote, String>,
-    vm: &str,
+    d: &Destination,
     round: u32,
     pages: u64,
     total: u64,
@@ -231,7 +290,11 @@ async fn send_round(
     let body = reqwest::Body::wrap_stream(futures_util::stream::iter(chunks));
     remote
         .put_stream(
-            &format!("{MEMORY_PATH}?vm={vm}&round={round}&pages={pages}&total={total}"),
+            &format!(
+                "{MEMORY_PATH}?vm={}&round={round}&pages={pages}&total={total}{}",
+                d.vm,
+                d.proof()
+            ),
             body,
             pages * precopy::PAGE,
         )

@@ -10,9 +10,11 @@
 pub mod devices;
 pub mod inflight;
 pub mod migrate;
+pub mod migrate_send;
 pub mod precopy;
 pub mod reconcile;
 pub mod rules;
+pub mod storage_motion;
 pub mod vm_copy;
 pub mod vm_power;
 
@@ -84,6 +86,7 @@ pub const VM_MESSAGES: &[(&str, VmOperations)] = &[
     ("resume", VmOperations::resume),
     ("resume_on", VmOperations::resume_on),
     ("pool_migrate", VmOperations::pool_migrate),
+    ("migrate_send", VmOperations::migrate_send),
     ("power_state_reset", VmOperations::power_state_reset),
     ("clone", VmOperations::clone),
     ("copy", VmOperations::copy),
@@ -172,6 +175,7 @@ pub fn behaviour() -> Vec<Entry> {
             implicit::generic(&agent, c).await
         }),
     ]);
+    v.extend(migrate_send::behaviour());
     v
 }
 

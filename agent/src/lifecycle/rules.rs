@@ -28,6 +28,7 @@ const VM_CANDIDATES: &[&str] = &[
     "resume",
     "resume_on",
     "pool_migrate",
+    "migrate_send",
     "clone",
     "copy",
     "snapshot",
@@ -74,7 +75,7 @@ pub fn allowed_power_states(vm: &Object, op: &str) -> &'static [&'static str] {
         | "send_trigger"
         | "pool_migrate"
         | "call_plugin" => &[RUNNING],
-        "changing_dynamic_range" => &[HALTED, RUNNING],
+        "changing_dynamic_range" | "migrate_send" => &[HALTED, RUNNING],
         "clone" | "copy" => {
             if snapshot {
                 &[HALTED, SUSPENDED]

@@ -270,6 +270,7 @@ pub async fn perform(agent: &Arc<Agent>, vm: &str, message: &str, args: &[Value]
         "resume" => resume(agent, vm, bool_arg(args, 0)).await,
         "resume_on" => resume(agent, vm, bool_arg(args, 1)).await,
         "pool_migrate" => super::migrate::pool_migrate(agent, vm, args).await,
+        "migrate_send" => super::migrate_send::migrate_send(agent, vm, args).await,
         "power_state_reset" => {
             // A domain only on this host's backend: the VM's domid names nothing here when
             // it is resident on another host (or on a dead one).

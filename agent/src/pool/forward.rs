@@ -22,6 +22,9 @@ pub enum Runs {
     Host(usize),
     /// The host placement picks for the VM in this argument ([`super::placement::pick`]).
     Placement(usize),
+    /// A host that has the SR of the VDI in this argument plugged (this one if it has): the
+    /// argument is a VDI, or a VDI record naming its `SR` (`VDI.create`).
+    SrOf(usize),
 }
 
 /// The messages that run on a particular host. `host.*` messages whose first argument is a
@@ -46,7 +49,10 @@ pub const RULES: &[(ClassId, &str, Runs)] = &[
     (class_ids::VM, "set_memory_dynamic_range", Runs::ResidentOf(0)),
     (class_ids::VM, "set_memory_target_live", Runs::ResidentOf(0)),
     (class_ids::VM, "assert_can_boot_here", Runs::Host(1)),
+    (class_ids::VM, "migrate_send", Runs::ResidentOf(0)),
     (class_ids::SR, "create", Runs::Host(0)),
+    (class_ids::VDI, "create", Runs::SrOf(0)),
+    (class_ids::VDI, "destroy", Runs::SrOf(0)),
 ];
 
 /// `host.*` messages about a host that the host receiving them carries out (records kept in
@@ -88,8 +94,36 @@ pub fn target(agent: &Agent, c: &Call) -> Option<String> {
         Runs::Placement(i) => arg_ref(i)
             .and_then(|vm| agent.store.get(class_ids::VM, &vm))
             .and_then(|vm| super::placement::pick(agent, &vm)),
+        Runs::SrOf(i) => {
+            let sr = match c.args.get(i) {
+                Some(Value::Record(r)) => r.get(fields::VDI::SR).as_ref_str().map(str::to_owned),
+                Some(v) => v
+                    .as_ref_str()
+                    .and_then(|vdi| agent.store.get(class_ids::VDI, vdi))
+                    .and_then(|vdi| vdi.get(fields::VDI::SR).as_ref_str().map(str::to_owned)),
+                None => None,
+            }?;
+            host_with_sr(agent, &sr)
+        }
     }?;
     (host != agent.host && agent.store.get(class_ids::host, &host).is_some()).then_some(host)
+}
+
+/// A live host on which `sr` is plugged: this host when it is one of them, else the first
+/// other (`None` when none is: the call runs here and says why).
+pub fn host_with_sr(agent: &Agent, sr: &str) -> Option<String> {
+    let hosts: Vec<String> = agent
+        .store
+        .all(class_ids::PBD)
+        .iter()
+        .filter(|p| p.get(fields::PBD::SR).as_ref_str() == Some(sr))
+        .filter(|p| p.get(fields::PBD::currently_attached) == &Value::Bool(true))
+        .filter_map(|p| p.get(fields::PBD::host).as_ref_str().map(str::to_owned))
+        .collect();
+    if hosts.iter().any(|h| *h == agent.host) {
+        return Some(agent.host.clone());
+    }
+    hosts.into_iter().find(|h| super::placement::is_live(agent, h))
 }
 
 /// Whether which host runs `c` depends on this host's view of the pool database (the VM's

@@ -128,13 +128,16 @@ pub fn require_master(agent: &Agent) -> Result<(), ApiError> {
     if is_master(agent) {
         return Ok(());
     }
-    let address = master(agent)
+    Err(ApiError::HostIsSlave {
+        master_address: master_address(agent).unwrap_or_default(),
+    })
+}
+
+/// The address of the pool's master.
+pub fn master_address(agent: &Agent) -> Option<String> {
+    master(agent)
         .and_then(|m| agent.store.get(class_ids::host, &m))
         .and_then(|h| h.get(fields::host::address).as_str().map(str::to_owned))
-        .unwrap_or_default();
-    Err(ApiError::HostIsSlave {
-        master_address: address,
-    })
 }
 
 /// The prefix of the private host-to-host methods.

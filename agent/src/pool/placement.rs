@@ -13,7 +13,7 @@ fn metrics(agent: &Agent, host: &str) -> Option<std::sync::Arc<Object>> {
 }
 
 /// The SRs of the VM's disks (empty CD drives and disks without a VDI left out).
-fn srs_of(agent: &Agent, vm: &Object) -> Vec<String> {
+fn srs_of(agent: &Agent, vm: &Object, moved: &[(String, String)]) -> Vec<String> {
     let mut out = Vec::new();
     for vbd in vm.get(fields::VM::VBDs).as_set().iter().filter_map(Value::as_ref_str) {
         let Some(vbd) = agent.store.get(class_ids::VBD, vbd) else {
@@ -26,7 +26,11 @@ fn srs_of(agent: &Agent, vm: &Object) -> Vec<String> {
         else {
             continue;
         };
-        if let Some(sr) = vdi.get(fields::VDI::SR).as_ref_str() {
+        let to = moved
+            .iter()
+            .find(|(v, _)| *v == vdi.reference)
+            .map(|(_, sr)| sr.as_str());
+        if let Some(sr) = to.or_else(|| vdi.get(fields::VDI::SR).as_ref_str()) {
             if !out.iter().any(|s| s == sr) {
                 out.push(sr.to_owned());
             }
@@ -73,6 +77,17 @@ pub fn is_live(agent: &Agent, host: &str) -> bool {
 /// `HOST_OFFLINE`, `VM_REQUIRES_SR`, and (from the host's metrics, for a host other than the
 /// one asking, which asks its backend) `HOST_NOT_ENOUGH_FREE_MEMORY`.
 pub fn check(agent: &Agent, vm: &Object, host: &str, memory_from_metrics: bool) -> Result<(), ApiError> {
+    check_moving(agent, vm, host, memory_from_metrics, &[])
+}
+
+/// [`check`] for a VM whose disks `moved` (VDI, SR) go to other SRs on the way.
+pub fn check_moving(
+    agent: &Agent,
+    vm: &Object,
+    host: &str,
+    memory_from_metrics: bool,
+    moved: &[(String, String)],
+) -> Result<(), ApiError> {
     if agent.store.get(class_ids::host, host).is_none() {
         return Err(ApiError::handle_invalid("host", host));
     }
@@ -82,7 +97,7 @@ pub fn check(agent: &Agent, vm: &Object, host: &str, memory_from_metrics: bool) 
     if !super::maintenance::is_enabled(agent, host) {
         return Err(ApiError::HostDisabled { host: host.to_owned() });
     }
-    for sr in srs_of(agent, vm) {
+    for sr in srs_of(agent, vm, moved) {
         if !sees(agent, host, &sr) {
             return Err(ApiError::VmRequiresSr {
                 vm: vm.reference.clone(),

@@ -46,6 +46,9 @@ pub fn from_wire(d: &[String]) -> ApiError {
         .unwrap_or_else(|| ApiError::internal(format!("the other host answered {}", d.join(" "))))
 }
 
+/// How long a streamed transfer (a disk, a round of memory) may take.
+const STREAM_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
 /// Another host's XenAPI.
 pub struct Remote {
     address: String,
@@ -181,16 +184,39 @@ impl Remote {
         self.put_answer(resp).await
     }
 
+    /// [`Remote::put`] that reads the answer's body as text.
+    pub async fn put_text(&self, path_and_query: &str, body: Vec<u8>) -> Result<String, RemoteError> {
+        let url = format!("{}{}", self.url.trim_end_matches('/'), path_and_query);
+        let req = self
+            .client
+            .put(&url)
+            .timeout(STREAM_TIMEOUT)
+            .header("content-type", "application/octet-stream");
+        let resp = self.send(req, body).await?;
+        if !resp.status().is_success() {
+            return Err(self.refusal(resp).await);
+        }
+        resp.text()
+            .await
+            .map_err(|e| RemoteError::Connect(self.address.clone(), e.to_string()))
+    }
+
     /// A `PUT`'s answer: success, or the XenAPI error its body describes.
     async fn put_answer(&self, resp: reqwest::Response) -> Result<(), RemoteError> {
-        let status = resp.status();
-        if status.is_success() {
+        if resp.status().is_success() {
             return Ok(());
         }
+        Err(self.refusal(resp).await)
+    }
+
+    /// The error an unsuccessful answer describes: the XenAPI error of its body (a JSON array
+    /// of strings), else its HTTP status.
+    async fn refusal(&self, resp: reqwest::Response) -> RemoteError {
+        let status = resp.status();
         let text = resp.text().await.unwrap_or_default();
         match serde_json::from_str::<Vec<String>>(&text) {
-            Ok(d) if !d.is_empty() => Err(RemoteError::Failure(d)),
-            _ => Err(RemoteError::Http(self.address.clone(), status.as_u16())),
+            Ok(d) if !d.is_empty() => RemoteError::Failure(d),
+            _ => RemoteError::Http(self.address.clone(), status.as_u16()),
         }
     }
 
@@ -201,6 +227,7 @@ impl Remote {
         let mut req = self
             .client
             .put(&url)
+            .timeout(STREAM_TIMEOUT)
             .header("content-type", "application/octet-stream")
             .header("content-length", len);
         if let Some(secret) = self.secret.as_deref().filter(|_| self.is_tls()) {
@@ -212,6 +239,30 @@ impl Remote {
             .await
             .map_err(|e| RemoteError::Connect(self.address.clone(), crate::error::error_chain(&e)))?;
         self.put_answer(resp).await
+    }
+
+    /// `GET path_and_query` on this host (a data path: the body streams, with no overall
+    /// time limit), with the pool secret over HTTPS; the response once its status says
+    /// success, else the XenAPI error its body describes.
+    pub async fn get_stream(&self, path_and_query: &str) -> Result<reqwest::Response, RemoteError> {
+        let url = format!("{}{}", self.url.trim_end_matches('/'), path_and_query);
+        let mut req = self.client.get(&url).timeout(STREAM_TIMEOUT);
+        if let Some(secret) = self.secret.as_deref().filter(|_| self.is_tls()) {
+            req = req.header(super::secret::HEADER, secret);
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| RemoteError::Connect(self.address.clone(), crate::error::error_chain(&e)))?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        Err(self.refusal(resp).await)
+    }
+
+    /// The address this host is reached at.
+    pub fn address(&self) -> &str {
+        &self.address
     }
 
     /// Calls the private host-to-host step `xapid.pool.<name>`: its first parameter proves the

@@ -1,7 +1,9 @@
-//! `PUT /xapid/pool_migrate_image?vm=<ref>`: the arriving end of `VM.pool_migrate`
-//! (`agent/src/lifecycle/migrate.rs`). Only another host of the pool calls it: the request
-//! carries the pool secret in the `x-xapid-pool-secret` header (the sending host uses HTTPS to
-//! this host's pinned certificate). The body is the domain's saved image; it is written under
+//! `PUT /xapid/pool_migrate_image?vm=<ref>`: the arriving end of `VM.pool_migrate` and
+//! `VM.migrate_send` (`agent/src/lifecycle/migrate.rs`). Another host of the pool proves
+//! itself with the pool secret in the `x-xapid-pool-secret` header (it uses HTTPS to this
+//! host's pinned certificate); a host of another pool with the `session_id` this host's
+//! `host.migrate_receive` gave out, whose user must hold `http/put_services_xenops` (the
+//! reference's permission for its migration stream). The body is the domain's saved image; it is written under
 //! the state dir, the VM is restored and committed as running on this host, and then the
 //! answer goes: `200`, or the XenAPI error as a JSON array of strings (code, then parameters).
 //!
@@ -23,14 +25,22 @@ fn refused(status: StatusCode, e: &ApiError) -> HttpResponse {
         .body(serde_json::Value::from(e.description()).to_string())
 }
 
-/// The sending host's proof: the pool secret.
+/// Whether the sending host proved itself: the pool secret, or a session allowed to send a
+/// migration stream.
 fn from_the_pool(req: &HttpRequest, agent: &Agent) -> bool {
     let presented = req
         .headers()
         .get(agent::pool::secret::HEADER)
         .and_then(|h| h.to_str().ok())
         .unwrap_or("");
-    !presented.is_empty() && agent::pool::secret::accepted_by(agent, presented)
+    if !presented.is_empty() && agent::pool::secret::accepted_by(agent, presented) {
+        return true;
+    }
+    param(req, "session_id").is_some_and(|s| {
+        agent
+            .authorize_http(&s, "put_services_xenops", &super::request_params(req))
+            .is_ok()
+    })
 }
 
 pub(super) async fn receive_memory(
@@ -43,7 +53,7 @@ pub(super) async fn receive_memory(
     if !from_the_pool(&req, &agent) {
         return refused(
             StatusCode::FORBIDDEN,
-            &ApiError::internal("migration rounds come from a host of this pool, with the pool secret"),
+            &ApiError::internal("migration rounds come from a host of this pool with the pool secret, or with a session of host.migrate_receive"),
         );
     }
     let number = |name: &str| param(&req, name).and_then(|v| v.parse::<u64>().ok());
@@ -88,7 +98,7 @@ pub(super) async fn receive(req: HttpRequest, mut body: web::Payload, agent: web
     if !from_the_pool(&req, &agent) {
         return refused(
             StatusCode::FORBIDDEN,
-            &ApiError::internal("a migration image comes from a host of this pool, with the pool secret"),
+            &ApiError::internal("a migration image comes from a host of this pool with the pool secret, or with a session of host.migrate_receive"),
         );
     }
     let Some(vm) = param(&req, "vm") else {
