@@ -3,7 +3,9 @@
 # each on its own loopback address (127.0.0.2, 127.0.0.3, …) port 80 with its own state dir,
 # joined into one pool, then members, events, forwarding, placement, a new master, eject and
 # rejoin checked (tests/pool/test_pool.py), and Xen Orchestra's xen-api client pointed at a member
-# (tests/pool/xo_pool.mjs). Then HA (tests/pool/test_ha.py, a fresh pool): planning, a member killed
+# (tests/pool/xo_pool.mjs). Then storage motion (tests/pool/test_migrate_send.py, a pool of two and
+# a lone host of its own): VM.migrate_send inside the pool and to another pool, VDI.pool_migrate.
+# Then HA (tests/pool/test_ha.py, a fresh pool): planning, a member killed
 # and one frozen past its lease (its VMs restarted elsewhere, the frozen one fencing itself), the
 # master killed and a new one elected. Then the fault runs (tests/pool/test_pool_faults.py, a fresh pool):
 # kill -9 of a member's xapid and of an etcd member during a mixed write load, a member cut off
@@ -46,7 +48,7 @@ cd "$HERE"
 if [ -n "${XAPID_POOL_TESTS:-}" ]; then
   TESTS=($XAPID_POOL_TESTS)
 elif [ "${XAPID_POOL_HOSTS:-4}" -ge 3 ]; then
-  TESTS=(test_pool.py test_ha.py test_pool_faults.py)
+  TESTS=(test_pool.py test_migrate_send.py test_ha.py test_pool_faults.py)
 else
   echo "pool/run.sh: NOT RUN: test_pool_faults.py (needs XAPID_POOL_HOSTS >= 3 for 3 etcd members)" >&2
   TESTS=(test_pool.py)

@@ -120,7 +120,7 @@ pub fn host_with_sr(agent: &Agent, sr: &str) -> Option<String> {
         .filter(|p| p.get(fields::PBD::currently_attached) == &Value::Bool(true))
         .filter_map(|p| p.get(fields::PBD::host).as_ref_str().map(str::to_owned))
         .collect();
-    if hosts.iter().any(|h| *h == agent.host) {
+    if hosts.contains(&agent.host) {
         return Some(agent.host.clone());
     }
     hosts.into_iter().find(|h| super::placement::is_live(agent, h))
