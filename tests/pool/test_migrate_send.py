@@ -10,13 +10,15 @@ has it after, so every move is judged by what arrived, not by what the daemon sa
   whose disk moves to the member's SR (the VM runs there, its VBD names the copy, the original
   is gone), `VDI.pool_migrate` of that disk to a second SR of the member.
 - To the lone host: a running VM with a VIF (`VIF_NOT_IN_MAP` first), then a halted VM with a
-  snapshot; each arrives with its disks and leaves nothing behind in the pool.
+  snapshot; each arrives with its disks and leaves nothing behind in the pool. Last, Xen
+  Orchestra's xen-api client makes such a move as Xen Orchestra does (`xo_migrate.mjs`).
 """
 from __future__ import annotations
 
 import hashlib
 import os
 import shutil
+import subprocess
 import tempfile
 import time
 import urllib.request
@@ -248,4 +250,37 @@ def test_a_halted_vm_with_a_snapshot_moves_to_another_pool(hosts):
     # It starts there.
     lone.VM.start(there, False, False)
     assert lone.VM.get_power_state(there) == "Running"
+    lone.VM.hard_shutdown(there)
+
+
+def test_xen_orchestra_client_moves_a_vm_to_another_pool(hosts):
+    """What Xen Orchestra's migration calls, through its own xen-api client: the destination's
+    `host.migrate_receive`, then `Async.VM.migrate_send` read as a task by the client."""
+    prefix = os.environ.get("XAPID_NODE_PREFIX")
+    assert prefix, "XAPID_NODE_PREFIX is not set (tests/pool/run.sh sets it)"
+    s = hosts[0].session()
+    x = s.xenapi
+    master = host_ref(x, hosts[0])
+    sr_a = next(r for r in x.SR.get_by_name_label("sr-a"))
+    vm, vdi = vm_with_disk(x, s._session, "moved-by-xen-orchestra", sr_a, hosts[0])
+    vif = x.VIF.create({"VM": vm, "network": management_network(x, master), "device": "0", "MAC": "",
+                        "MTU": "1500", "other_config": {}, "qos_algorithm_type": "",
+                        "qos_algorithm_params": {}})
+    x.VM.start_on(vm, master, False, False)
+    uuid = x.VM.get_uuid(vm)
+    lone_s = hosts[2].session()
+    lone = lone_s.xenapi
+    lone_host = lone.host.get_all()[0]
+    lone_sr = next(r for r in lone.SR.get_by_name_label("sr-lone"))
+    lone_net = management_network(lone, lone_host)
+    here = os.path.dirname(os.path.abspath(__file__))
+    p = subprocess.run(["node", os.path.join(here, "xo_migrate.mjs"), hosts[0].address, hosts[2].address,
+                        PASSWORD, vm, vdi, lone_sr, vif, lone_net],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, (p.returncode, p.stdout, p.stderr)
+    there = p.stdout.strip().splitlines()[-1]
+    assert lone.VM.get_uuid(there) == uuid
+    assert (lone.VM.get_power_state(there), lone.VM.get_resident_on(there)) == ("Running", lone_host)
+    assert read_disk(hosts[2], lone_s._session, disk_of(lone, there)) == pattern()
+    assert failure(x.VM.get_by_uuid, uuid)[0] == "UUID_INVALID"
     lone.VM.hard_shutdown(there)
