@@ -104,6 +104,19 @@ def vm_with_disk(x, session: str, name: str, sr: str, h: Host) -> tuple[str, str
     return vm, vdi
 
 
+def running_vm_with_vif(x, session: str, name: str, h: Host) -> tuple[str, str, str]:
+    """vm_with_disk() on the master's `sr-a` with a VIF on its management network, started on
+    the master (`h`); (VM, VDI, VIF)."""
+    master = host_ref(x, h)
+    sr_a = next(r for r in x.SR.get_by_name_label("sr-a"))
+    vm, vdi = vm_with_disk(x, session, name, sr_a, h)
+    vif = x.VIF.create({"VM": vm, "network": management_network(x, master), "device": "0", "MAC": "",
+                        "MTU": "1500", "other_config": {}, "qos_algorithm_type": "",
+                        "qos_algorithm_params": {}})
+    x.VM.start_on(vm, master, False, False)
+    return vm, vdi, vif
+
+
 def disk_of(x, vm: str) -> str:
     vbd = next(b for b in x.VM.get_VBDs(vm) if x.VBD.get_type(b) == "Disk")
     return x.VBD.get_VDI(vbd)
@@ -181,13 +194,7 @@ def test_storage_motion_inside_the_pool(hosts):
 def test_a_running_vm_moves_to_another_pool(hosts):
     s = hosts[0].session()
     x = s.xenapi
-    master = host_ref(x, hosts[0])
-    sr_a = next(r for r in x.SR.get_by_name_label("sr-a"))
-    vm, vdi = vm_with_disk(x, s._session, "leaves-the-pool", sr_a, hosts[0])
-    vif = x.VIF.create({"VM": vm, "network": management_network(x, master), "device": "0", "MAC": "",
-                        "MTU": "1500", "other_config": {}, "qos_algorithm_type": "",
-                        "qos_algorithm_params": {}})
-    x.VM.start_on(vm, master, False, False)
+    vm, vdi, vif = running_vm_with_vif(x, s._session, "leaves-the-pool", hosts[0])
     uuid = x.VM.get_uuid(vm)
 
     lone_s = hosts[2].session()
@@ -260,13 +267,7 @@ def test_xen_orchestra_client_moves_a_vm_to_another_pool(hosts):
     assert prefix, "XAPID_NODE_PREFIX is not set (tests/pool/run.sh sets it)"
     s = hosts[0].session()
     x = s.xenapi
-    master = host_ref(x, hosts[0])
-    sr_a = next(r for r in x.SR.get_by_name_label("sr-a"))
-    vm, vdi = vm_with_disk(x, s._session, "moved-by-xen-orchestra", sr_a, hosts[0])
-    vif = x.VIF.create({"VM": vm, "network": management_network(x, master), "device": "0", "MAC": "",
-                        "MTU": "1500", "other_config": {}, "qos_algorithm_type": "",
-                        "qos_algorithm_params": {}})
-    x.VM.start_on(vm, master, False, False)
+    vm, vdi, vif = running_vm_with_vif(x, s._session, "moved-by-xen-orchestra", hosts[0])
     uuid = x.VM.get_uuid(vm)
     lone_s = hosts[2].session()
     lone = lone_s.xenapi
