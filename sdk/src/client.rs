@@ -172,6 +172,11 @@ impl Client {
         }
     }
 
+    /// The connections to the server.
+    pub(crate) fn transport(&self) -> &Transport {
+        &self.inner.transport
+    }
+
     /// The wire form of this client's calls.
     pub fn wire(&self) -> Wire {
         self.inner.wire

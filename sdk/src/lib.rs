@@ -6,6 +6,7 @@ mod macros;
 
 mod client;
 mod codec;
+mod data_path;
 mod datetime;
 mod error;
 mod events;
@@ -44,6 +45,7 @@ mod samples;
 pub use classes::class;
 pub use classes::*;
 pub use client::{Call, Client, ClientBuilder, Session, Wire};
+pub use data_path::DiskFormat;
 pub use datetime::DateTime;
 pub use enums::ErrorCode;
 pub use error::{ApiError, Error, ErrorParam};

@@ -115,6 +115,16 @@ impl Transport {
     }
 
     async fn connect(&self) -> Result<Sender, Error> {
+        self.connect_for().await
+    }
+
+    /// A new connection whose requests carry bodies of type `B`.
+    async fn connect_for<B>(&self) -> Result<SendRequest<B>, Error>
+    where
+        B: hyper::body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let connect_error = |source| Error::Connect {
             endpoint: self.describe(),
             source,
@@ -179,6 +189,48 @@ impl Transport {
         }
     }
 }
+
+impl Transport {
+    /// Sends one request whose body streams (a data path's upload, or none), on a connection
+    /// of its own, and returns the response once its head has arrived (HTTP 200 only; any
+    /// other status is [`Error::Status`] with the start of its body). `len` is the body's
+    /// Content-Length.
+    pub(crate) async fn stream(
+        &self,
+        method: hyper::Method,
+        path: &str,
+        body: StreamingBody,
+        len: Option<u64>,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, Error> {
+        let mut sender = self.connect_for::<StreamingBody>().await?;
+        sender.ready().await.map_err(http_error)?;
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(HOST, self.authority.as_str())
+            .header(USER_AGENT, concat!("xapi-sdk/", env!("CARGO_PKG_VERSION")));
+        if let Some(n) = len {
+            req = req
+                .header(hyper::header::CONTENT_LENGTH, n)
+                .header(CONTENT_TYPE, "application/octet-stream");
+        }
+        let req = req.body(body).map_err(http_error)?;
+        let resp = sender.send_request(req).await.map_err(http_error)?;
+        let status = resp.status();
+        if status != StatusCode::OK {
+            let bytes = resp.into_body().collect().await.map_err(http_error)?.to_bytes();
+            let text = String::from_utf8_lossy(&bytes[..bytes.len().min(512)]).into_owned();
+            return Err(Error::Status {
+                status: status.as_u16(),
+                body: text,
+            });
+        }
+        Ok(resp)
+    }
+}
+
+/// A request body that streams.
+pub(crate) type StreamingBody = http_body_util::combinators::UnsyncBoxBody<Bytes, std::io::Error>;
 
 /// TLS settings.
 #[derive(Clone, Debug, Default)]

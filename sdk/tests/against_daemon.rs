@@ -9,10 +9,10 @@
 
 use futures_util::StreamExt;
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
-use xapi_sdk::enums::{EventOperation, VmPowerState};
-use xapi_sdk::{AnyRecord, Client, Error, ErrorCode, Session, VMRef, Wire};
+use xapi_sdk::enums::{EventOperation, VbdType, VdiType, VmPowerState};
+use xapi_sdk::{AnyRecord, Client, DiskFormat, Error, ErrorCode, Session, VDIRecord, VMRef, Wire};
 use xapid_tests::daemon::{free_port, Daemon, DaemonOpts};
 
 // README session: begin
@@ -40,6 +40,93 @@ async fn session(client: &Client, password: &str) -> Result<(), xapi_sdk::Error>
     session.logout().await
 }
 // README session: end
+
+// README xe session: begin
+/// `docs/xe.md`'s session in Rust: install a VM from a template, start it, snapshot it, move a
+/// scratch disk's bytes in and out, export the VM to a file, import it back, list and destroy.
+async fn xe_session(session: &Session, dir: &Path) -> Result<(), xapi_sdk::Error> {
+    // xe vm-install template="Debian Bookworm 12" new-name-label=web
+    let template = session.vm().get_by_name_label("Debian Bookworm 12").await?;
+    let vm = session.vm().clone(&template[0], "web").await?;
+    session.vm().provision(&vm).await?;
+    session.vm().set_is_a_template(&vm, false).await?;
+    // xe vm-start uuid=$VM
+    session.vm().start(&vm, false, false).await?;
+    println!("web is {}", session.vm().get_power_state(&vm).await?);
+    // xe vm-snapshot uuid=$VM new-name-label=web-before-upgrade
+    let snapshot = session.vm().snapshot(&vm, "web-before-upgrade", &[]).await?;
+    println!("snapshot: {}", session.vm().get_name_label(&snapshot).await?);
+
+    // xe vdi-create, vdi-import, vdi-export: a scratch disk's bytes in and out.
+    let sr = session
+        .sr()
+        .get_all_records()
+        .await?
+        .into_iter()
+        .find(|(_, r)| r.r#type == "file")
+        .map(|(sr, _)| sr)
+        .ok_or_else(|| xapi_sdk::Error::Protocol("no file SR".into()))?;
+    let scratch = session
+        .vdi()
+        .create(&VDIRecord {
+            name_label: "scratch".into(),
+            sr,
+            virtual_size: 1 << 20,
+            r#type: VdiType::User,
+            ..Default::default()
+        })
+        .await?;
+    let bytes: Vec<u8> = (0..1u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    tokio::fs::write(dir.join("scratch.raw"), &bytes)
+        .await
+        .map_err(|e| xapi_sdk::Error::Http(Box::new(e)))?;
+    session
+        .import_raw_vdi(&scratch, DiskFormat::Raw, &dir.join("scratch.raw"))
+        .await?;
+    session
+        .export_raw_vdi(&scratch, DiskFormat::Raw, &dir.join("scratch-copy.raw"))
+        .await?;
+    let back = tokio::fs::read(dir.join("scratch-copy.raw"))
+        .await
+        .map_err(|e| xapi_sdk::Error::Http(Box::new(e)))?;
+    println!(
+        "the disk came back {}",
+        if back == bytes { "unchanged" } else { "CHANGED" }
+    );
+
+    // xe vm-shutdown, vm-export, vm-import
+    session.vm().clean_shutdown(&vm).await?;
+    let size = session.export_vm(&vm, &dir.join("web.xva")).await?;
+    println!("the archive is written: {size} bytes");
+    let copies = session.import_vm(&dir.join("web.xva"), None).await?;
+    println!("imported: {}", session.vm().get_name_label(&copies[0]).await?);
+
+    // xe vm-uninstall --force, for each VM named web: it, its snapshots and their disks.
+    for vm in session.vm().get_by_name_label("web").await? {
+        for v in [session.vm().get_snapshots(&vm).await?, vec![vm]].concat() {
+            let mut disks = Vec::new();
+            for vbd in session.vm().get_vbds(&v).await? {
+                let rec = session.vbd().get_record(&vbd).await?;
+                if rec.r#type == VbdType::Disk && !rec.empty {
+                    disks.push(rec.vdi);
+                }
+            }
+            session.vm().destroy(&v).await?;
+            for vdi in disks {
+                session.vdi().destroy(&vdi).await?;
+            }
+        }
+    }
+    session.vdi().destroy(&scratch).await?;
+    println!(
+        "VMs named web left: {}",
+        session.vm().get_by_name_label("web").await?.len()
+    );
+    Ok(())
+}
+// README xe session: end
 
 const PASSWORD: &str = "sdk test password";
 const TEMPLATE: &str = "Debian Bookworm 12";
@@ -422,17 +509,53 @@ fn the_event_stream_yields_current_objects_then_changes() {
     });
 }
 
-/// The README's session is the one these tests run.
+/// The README's sessions are the ones these tests run.
 #[test]
-fn the_readme_holds_the_tested_session() {
-    let begin = concat!("// README session", ": begin");
-    let end = concat!("// README session", ": end");
-    let between = |text: &str| -> Vec<String> {
-        let start = text.find(begin).expect("begin marker");
-        let stop = text.find(end).expect("end marker");
-        text[start..stop].lines().map(|l| l.trim().to_owned()).collect()
-    };
+fn the_readme_holds_the_tested_sessions() {
     let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).expect("README");
     let here = include_str!("against_daemon.rs");
-    assert_eq!(between(&readme), between(here));
+    for name in ["README session", "README xe session"] {
+        let (begin, end) = (format!("// {name}: begin"), format!("// {name}: end"));
+        let between = |text: &str| -> Vec<String> {
+            let start = text.find(&begin).expect("begin marker");
+            let stop = text.find(&end).expect("end marker");
+            text[start..stop].lines().map(|l| l.trim().to_owned()).collect()
+        };
+        assert_eq!(between(&readme), between(here), "{name}");
+    }
+}
+
+/// `docs/xe.md`'s session in Rust, as the README gives it, over XML-RPC, JSON-RPC and the unix
+/// socket: what it leaves and what it wrote are checked.
+#[test]
+fn readme_xe_session_installs_exports_imports_and_destroys() {
+    let lab = Lab::start(false);
+    let clients = [
+        lab.client(Wire::XmlRpc),
+        lab.client(Wire::JsonRpc),
+        Client::unix(lab.socket()).build().expect("unix client"),
+    ];
+    runtime().block_on(async {
+        for client in &clients {
+            let s = login(client).await;
+            let before = s.vm().get_all_records().await.unwrap().len();
+            let vdis = s.vdi().get_all().await.unwrap().len();
+            let dir = tempfile::tempdir().unwrap();
+            xe_session(&s, dir.path()).await.expect("the README's xe session");
+            // The scratch disk came back byte for byte; the archive holds the VM.
+            let sent = std::fs::read(dir.path().join("scratch.raw")).unwrap();
+            assert_eq!(std::fs::read(dir.path().join("scratch-copy.raw")).unwrap(), sent);
+            let xva = std::fs::read(dir.path().join("web.xva")).unwrap();
+            assert!(
+                xva.len() > 1024 && xva.windows(7).any(|w| w == b"ova.xml"),
+                "{} bytes",
+                xva.len()
+            );
+            // Everything it made is gone again.
+            assert!(s.vm().get_by_name_label("web").await.unwrap().is_empty());
+            assert_eq!(s.vm().get_all_records().await.unwrap().len(), before);
+            assert_eq!(s.vdi().get_all().await.unwrap().len(), vdis);
+            s.logout().await.unwrap();
+        }
+    });
 }
