@@ -544,7 +544,11 @@ fn readme_xe_session_installs_exports_imports_and_destroys() {
         let disks = other_config.get("disks").expect("the template names its disks");
         admin.vm().remove_from_other_config(&template, "disks").await.unwrap();
         let small = with_disk_size(disks, 64 << 20);
-        admin.vm().add_to_other_config(&template, "disks", &small).await.unwrap();
+        admin
+            .vm()
+            .add_to_other_config(&template, "disks", &small)
+            .await
+            .unwrap();
         for client in &clients {
             let s = login(client).await;
             let before = s.vm().get_all_records().await.unwrap().len();
