@@ -6,7 +6,7 @@
 
 use super::metadata::ExportDisk;
 use crate::error::ApiError;
-use crate::storage::transfer::ExportSource;
+use crate::storage::transfer::{ExportSource, Span};
 use crate::Agent;
 use bytes::{Bytes, BytesMut};
 use std::collections::VecDeque;
@@ -66,7 +66,7 @@ struct Current {
     disk: ExportDisk,
     source: ExportSource,
     offset: u64,
-    carry: Bytes,
+    carry: Span,
 }
 
 /// The archive as a sequence of byte pieces.
@@ -103,13 +103,15 @@ impl XvaWriter {
         (self.done, self.total)
     }
 
-    /// Fills `want` bytes of the current disk from its source.
-    async fn read_chunk(c: &mut Current, want: usize) -> Result<BytesMut, ApiError> {
-        let mut buf = BytesMut::with_capacity(want);
-        while buf.len() < want {
+    /// Fills `want` bytes of the current disk from its source; `None` when every one of them
+    /// lies in a hole (nothing was read, nothing needs scanning).
+    async fn read_chunk(c: &mut Current, want: usize) -> Result<Option<BytesMut>, ApiError> {
+        let mut buf: Option<BytesMut> = None;
+        let mut filled = 0;
+        while filled < want {
             if c.carry.is_empty() {
-                match c.source.next_chunk().await {
-                    Some(Ok(b)) => c.carry = b,
+                match c.source.next_span().await {
+                    Some(Ok(s)) => c.carry = s,
                     Some(Err(e)) => return Err(e),
                     None => {
                         return Err(ApiError::VdiIoError {
@@ -118,8 +120,24 @@ impl XvaWriter {
                     }
                 }
             }
-            let n = (want - buf.len()).min(c.carry.len());
-            buf.extend_from_slice(&c.carry.split_to(n));
+            let n = (want - filled).min(c.carry.len());
+            match &mut c.carry {
+                Span::Hole(left) => {
+                    *left -= n;
+                    if let Some(b) = buf.as_mut() {
+                        b.resize(b.len() + n, 0);
+                    }
+                }
+                Span::Data(bytes) => {
+                    let b = buf.get_or_insert_with(|| {
+                        let mut b = BytesMut::with_capacity(want);
+                        b.resize(filled, 0);
+                        b
+                    });
+                    b.extend_from_slice(&bytes.split_to(n));
+                }
+            }
+            filled += n;
         }
         Ok(buf)
     }
@@ -146,7 +164,7 @@ impl XvaWriter {
                     disk,
                     source,
                     offset: 0,
-                    carry: Bytes::new(),
+                    carry: Span::Hole(0),
                 });
             }
             let Some(c) = self.current.as_mut() else { continue };
@@ -164,9 +182,13 @@ impl XvaWriter {
             let first_or_last = index == 0 || want as u64 == remaining;
             c.offset += want as u64;
             self.done += want as u64;
-            if !first_or_last && is_zero(&data) {
-                continue;
-            }
+            // Blank chunks are left out (but the first and the last, which give the disk its
+            // extent); a hole is blank without a look at it.
+            let data = match data {
+                Some(d) if first_or_last || !is_zero(&d) => d,
+                None if first_or_last => BytesMut::zeroed(want),
+                _ => continue,
+            };
             let name = format!("{}/{index:08}", c.disk.id);
             let sum = super::xva_read::checksum("xxhash", &data).unwrap_or_default();
             let mut out = BytesMut::with_capacity(data.len() + 2048);

@@ -349,6 +349,38 @@ enum Piece {
     Read(Completion<IoBuf>, usize, u64),
 }
 
+/// A stretch of an exported disk.
+#[derive(Debug)]
+pub enum Span {
+    /// Bytes read from the disk.
+    Data(Bytes),
+    /// This many bytes of a hole (zeros, not read).
+    Hole(usize),
+}
+
+impl Span {
+    /// Its bytes (a hole's zeros shared, not allocated).
+    pub fn into_bytes(self) -> Bytes {
+        match self {
+            Span::Data(b) => b,
+            Span::Hole(n) => Bytes::from_static(&ZEROS[..n]),
+        }
+    }
+
+    /// Its length.
+    pub fn len(&self) -> usize {
+        match self {
+            Span::Data(b) => b.len(),
+            Span::Hole(n) => *n,
+        }
+    }
+
+    /// Whether it is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// The reading end of an export: the VDI's bytes in order, holes sent as zeros without
 /// reading them, several reads in flight. Holds the VDI's shared lock until dropped.
 pub struct ExportSource {
@@ -440,12 +472,18 @@ impl ExportSource {
 
     /// The next chunk, or `None` at the end.
     pub async fn next_chunk(&mut self) -> Option<Result<Bytes, ApiError>> {
+        self.next_span().await.map(|r| r.map(Span::into_bytes))
+    }
+
+    /// The next span: bytes read, or a hole's length (none of it read: what skips blank
+    /// chunks needs no scan of it). `None` at the end.
+    pub async fn next_span(&mut self) -> Option<Result<Span, ApiError>> {
         if let Err(e) = self.plan().await {
             return Some(Err(e));
         }
         let piece = self.pieces.pop_front()?;
         Some(match piece {
-            Piece::Zeros(n) => Ok(Bytes::from_static(&ZEROS[..n])),
+            Piece::Zeros(n) => Ok(Span::Hole(n)),
             Piece::Read(c, n, pos) => match c.await {
                 // A file system that took O_DIRECT at open but refuses it on read: go buffered.
                 Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
@@ -454,19 +492,19 @@ impl ExportSource {
                     let engine = IoEngine::global();
                     let buf = engine.buffer().await;
                     match engine.read_at(&self.file, pos, n, buf).await {
-                        Ok(buf) if buf.len() == n => Ok(Bytes::from_owner(buf)),
+                        Ok(buf) if buf.len() == n => Ok(Span::Data(Bytes::from_owner(buf))),
                         Ok(_) => Err(ApiError::VdiIoError {
                             message: "Device I/O errors: short read".into(),
                         }),
                         Err(e) => Err(vdi_io_error(e)),
                     }
                 }
-                Ok(buf) if buf.len() == n => Ok(Bytes::from_owner(buf)),
+                Ok(buf) if buf.len() == n => Ok(Span::Data(Bytes::from_owner(buf))),
                 // A file shorter than its VDI (it should not be) reads as zeros past its end.
                 Ok(buf) => {
                     let mut v = buf.as_slice().to_vec();
                     v.resize(n, 0);
-                    Ok(Bytes::from(v))
+                    Ok(Span::Data(Bytes::from(v)))
                 }
                 Err(e) => Err(vdi_io_error(e)),
             },
