@@ -322,6 +322,36 @@ def boot_guest(x, url: str, session_ref: str, vm: str, what: str, timeout: float
     return console
 
 
+def migrate_here(x, url: str, session_ref: str, vm: str, what: str, console: "Console") -> "Console":
+    """VM.pool_migrate of a running guest to the host it runs on, as `xl migrate localhost`
+    does: its domain saved and restored into a new one. The guest's own uptime goes on, read
+    through a new console connection; the connection to use next is returned."""
+    alive = re.compile(r"XAPID_GUEST alive (\d+) uptime=([\d.]+)")
+    wait_for(f"{what}: an uptime line before the migration", 120, lambda: alive.findall(console.text()))
+    before = alive.findall(console.text())
+    last_n, last_up = int(before[-1][0]), float(before[-1][1])
+    host, old = x.VM.get_resident_on(vm), int(x.VM.get_domid(vm))
+    console.close()
+    started = time.monotonic()
+    x.VM.pool_migrate(vm, host, {"live": "true"})
+    new = int(x.VM.get_domid(vm))
+    check(x.VM.get_power_state(vm) == "Running" and x.VM.get_resident_on(vm) == host and new not in (-1, old),
+          f"{what}: VM.pool_migrate to its own host: Running in a new domain ({old} -> {new}, "
+          f"{time.monotonic() - started:.1f}s)")
+    location = next(x.console.get_location(c) for c in x.VM.get_consoles(vm) if x.console.get_protocol(c) == "vt100")
+    console = Console(url, location, session_ref)
+    try:
+        wait_for(f"{what}: two uptime lines from the migrated guest", 120,
+                 lambda: len(alive.findall(console.text())) >= 2)
+    except Failed as e:
+        raise Failed(f"{e} ({console.state()})") from None
+    after = alive.findall(console.text())
+    n, up = int(after[0][0]), float(after[0][1])
+    check(n > last_n and up > last_up,
+          f"{what}: the migrated guest goes on: line {n} at uptime {up}s after line {last_n} at {last_up}s before")
+    return console
+
+
 def native_tsc(x, vm: str) -> None:
     """platform:tsc_mode=2 (RDTSC/RDTSCP not intercepted) for a hardware-virtualised guest on
     the harness's Xen: under QEMU TCG's nested SVM an intercepted RDTSCP reaches Xen as an
@@ -584,6 +614,9 @@ def main() -> int:
             check(n > last_n and up > last_up,
                   f"the resumed guest goes on: line {n} at uptime {up}s after line {last_n} at {last_up}s before the suspend")
 
+            # ---- localhost migration: the guest saved and restored into a new domain, its console alive
+            console = migrate_here(x, args.url, session._session, vm, "PV from a kernel", console)
+
             # ---- clean shutdown through the guest
             x.VM.clean_shutdown(vm)
             check(x.VM.get_power_state(vm) == "Halted", "VM.clean_shutdown: power_state Halted")
@@ -699,6 +732,8 @@ def main() -> int:
                               f"{what}: the kernel booted in a PVH container (Xen HVM/PVH lines, not Xen PV)")
                     else:
                         check("Hypervisor detected: Xen PV" in text, f"{what}: the kernel booted as a PV guest")
+                    if domain_type == "pvh" and not from_disk:
+                        console = migrate_here(x, args.url, session._session, vm, what, console)
                     if domain_type == "pvh" and from_disk:
                         # hard_reboot: a new domain, the bootloader run again, the guest booted again.
                         old = int(x.VM.get_domid(vm))
