@@ -1,10 +1,6 @@
-//! Migration with storage motion, inside the pool and to another pool: `host.migrate_receive`
-//! (the destination hands out where and on which session to send), `VM.assert_can_migrate`,
-//! `VM.migrate_send` and `VDI.pool_migrate`.
-//!
-//! `host.migrate_receive(host, network, options)` runs on `host` and answers the reference's
-//! map: `SM`, `xenops` (URLs at the host's address on `network`, carrying a new session of the
-//! caller's user), `host`, `session_id` and `master` (the URL of its pool's master).
+//! `VM.assert_can_migrate` and `VM.migrate_send`: migration with storage motion, inside the
+//! pool and to another pool, to the destination a `host.migrate_receive` named
+//! (`lifecycle/migrate_receive.rs`).
 //!
 //! `VM.migrate_send(vm, dest, live, vdi_map, vif_map, options, vgpu_map)` runs on the host the
 //! VM is resident on (or, for a halted VM, where it is received). Inside the pool (the `host`
@@ -18,15 +14,12 @@
 //! destination host on the session `dest` carries, and then the VM, its snapshots and its disks
 //! are removed here (the `copy` option keeps them, for a halted VM). The answer is the VM's
 //! ref at the destination.
-//!
-//! `VDI.pool_migrate(vdi, sr, options)` moves one disk of a running VM to another SR of the
-//! pool: a `VM.migrate_send` to the host the VM runs on, the other disks staying where they
-//! are; the answer is the copy.
 
 use super::migrate::{move_domain, Destination};
+use super::migrate_receive::Dest;
 use super::storage_motion::{Disk, Motion, Target};
 use super::vm_power::vm_of;
-use crate::call::{Call, CallCtx, Entry};
+use crate::call::Entry;
 use crate::entry;
 use crate::error::ApiError;
 use crate::pool::remote::Remote;
@@ -40,165 +33,15 @@ use std::sync::Arc;
 /// The `other_config` key naming a VDI's or VIF's counterpart in the other pool.
 pub const MAPS_TO: &str = "maps_to";
 
-/// Keys of `host.migrate_receive`'s map.
-const SM: &str = "SM";
-const XENOPS: &str = "xenops";
-const HOST: &str = "host";
-const SESSION_ID: &str = "session_id";
-const MASTER: &str = "master";
-
-/// The messages of this module (`VM.migrate_send` itself runs in the VM's actor:
-/// `lifecycle/mod.rs` and [`migrate_send`]).
+/// The message of this module that is not an actor's operation (`VM.migrate_send` runs in
+/// the VM's actor: `lifecycle/mod.rs` and [`migrate_send`]).
 pub fn behaviour() -> Vec<Entry> {
-    vec![
-        entry!(class_ids::host, "migrate_receive", |agent, _ctx, c| migrate_receive(
-            &agent, &c
-        )
-        .await),
-        entry!(class_ids::VM, "assert_can_migrate", |agent, _ctx, c| {
-            let vm = c.ref_arg(0)?.to_owned();
-            let rec = vm_of(&agent, &vm)?;
-            super::rules::check_vm(&rec, "migrate_send")?;
-            Plan::make(&agent, &rec, &c.args[1..]).await.map(|_| Value::None)
-        }),
-        entry!(class_ids::VDI, "pool_migrate", |agent, ctx, c| vdi_pool_migrate(
-            &agent, &ctx, &c
-        )
-        .await),
-    ]
-}
-
-/// `address` as the host part of a URL.
-fn url_host(address: &str) -> String {
-    if address.parse::<std::net::Ipv6Addr>().is_ok() {
-        format!("[{address}]")
-    } else {
-        address.to_owned()
-    }
-}
-
-/// `host.migrate_receive`.
-async fn migrate_receive(agent: &Arc<Agent>, c: &Call) -> Result<Value, ApiError> {
-    use fields::PIF as f;
-    let host = c.ref_arg(0)?.to_owned();
-    let network = c.ref_arg(1)?.to_owned();
-    let host_rec = agent
-        .store
-        .get(class_ids::host, &host)
-        .ok_or_else(|| ApiError::handle_invalid("host", &host))?;
-    if agent.store.get(class_ids::network, &network).is_none() {
-        return Err(ApiError::handle_invalid("network", &network));
-    }
-    let pif = agent
-        .store
-        .all(class_ids::PIF)
-        .into_iter()
-        .find(|p| {
-            p.get(f::network).as_ref_str() == Some(network.as_str())
-                && p.get(f::host).as_ref_str() == Some(host.as_str())
-        })
-        .ok_or_else(|| ApiError::HostCannotAttachNetwork {
-            host: host.clone(),
-            network: network.clone(),
-        })?;
-    let v6 = pif.get(f::primary_address_type).key_text() == "IPv6";
-    let (ip, mode) = if v6 {
-        let ip = pif
-            .get(f::IPv6)
-            .as_set()
-            .iter()
-            .filter_map(Value::as_str)
-            .map(|a| a.split('/').next().unwrap_or(a))
-            .find(|a| !a.to_ascii_lowercase().starts_with("fe80"))
-            .unwrap_or("")
-            .to_owned();
-        (ip, pif.get(f::ipv6_configuration_mode).key_text())
-    } else {
-        (pif.get(f::IP).key_text(), pif.get(f::ip_configuration_mode).key_text())
-    };
-    // The management interface's address is the host's `address` (where this daemon listens).
-    let ip = if pif.get(f::management).as_bool() == Some(true) {
-        host_rec.get(fields::host::address).key_text()
-    } else {
-        ip
-    };
-    if ip.is_empty() {
-        return Err(if mode == "None" {
-            ApiError::PifHasNoNetworkConfiguration {
-                pif: pif.reference.clone(),
-            }
-        } else {
-            ApiError::InterfaceHasNoIp {
-                interface: pif.reference.clone(),
-            }
-        });
-    }
-    let session = agent
-        .sessions
-        .login_like(&agent.store, &host, c.session_ref(), "")
-        .await?;
-    let master = crate::pool::master_address(agent).unwrap_or_else(|| ip.clone());
-    let at = url_host(&ip);
-    Ok(Value::string_map([
-        (SM, format!("http://{at}/services/SM?session_id={session}")),
-        (HOST, host.clone()),
-        (XENOPS, format!("http://{at}/services/xenops?session_id={session}")),
-        (SESSION_ID, session.clone()),
-        (MASTER, format!("http://{}/", url_host(&master))),
-    ]))
-}
-
-/// The host part of a URL (`http://host[:port]/…`).
-fn url_address(url: &str) -> Option<String> {
-    let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    let authority = rest.split(['/', '?']).next().unwrap_or("");
-    if let Some(v6) = authority.strip_prefix('[') {
-        return v6.split_once(']').map(|(a, _)| a.to_owned());
-    }
-    let host = authority.split(':').next().unwrap_or("");
-    (!host.is_empty()).then(|| host.to_owned())
-}
-
-/// What `dest` (the map `host.migrate_receive` answered) says.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Dest {
-    /// The destination host (a ref of its pool's database).
-    pub host: String,
-    /// The session to use there.
-    pub session: String,
-    /// The destination host's address.
-    pub address: String,
-    /// Its pool master's address.
-    pub master: String,
-}
-
-impl Dest {
-    /// Reads `dest`; a key missing or unreadable is `INVALID_VALUE`.
-    pub fn parse(dest: &Value) -> Result<Dest, ApiError> {
-        let get = |k: &str| -> Result<String, ApiError> {
-            dest.map_get(k)
-                .and_then(Value::as_str)
-                .map(str::to_owned)
-                .ok_or_else(|| ApiError::InvalidValue {
-                    field: "dest".into(),
-                    value: format!("no {k} key"),
-                })
-        };
-        let address = url_address(&get(XENOPS)?).ok_or_else(|| ApiError::InvalidValue {
-            field: "dest".into(),
-            value: "xenops".into(),
-        })?;
-        let master = url_address(&get(MASTER)?).ok_or_else(|| ApiError::InvalidValue {
-            field: "dest".into(),
-            value: "master".into(),
-        })?;
-        Ok(Dest {
-            host: get(HOST)?,
-            session: get(SESSION_ID)?,
-            address,
-            master,
-        })
-    }
+    vec![entry!(class_ids::VM, "assert_can_migrate", |agent, _ctx, c| {
+        let vm = c.ref_arg(0)?.to_owned();
+        let rec = vm_of(&agent, &vm)?;
+        super::rules::check_vm(&rec, "migrate_send")?;
+        Plan::make(&agent, &rec, &c.args[1..]).await.map(|_| Value::None)
+    })]
 }
 
 /// `true`/`on`/`1` of an option.
@@ -210,7 +53,7 @@ fn option_set(options: &Value, key: &str) -> bool {
 }
 
 /// The VDIs of a VM's disk VBDs (neither empty nor CD).
-fn disk_vdis(agent: &Agent, vm: &Object) -> Vec<String> {
+pub(super) fn disk_vdis(agent: &Agent, vm: &Object) -> Vec<String> {
     let mut out = Vec::new();
     for vbd in vm.get(fields::VM::VBDs).as_set().iter().filter_map(Value::as_ref_str) {
         let Some(b) = agent.store.get(class_ids::VBD, vbd) else {
@@ -229,7 +72,7 @@ fn disk_vdis(agent: &Agent, vm: &Object) -> Vec<String> {
 }
 
 /// The SR a VDI is on.
-fn sr_of(agent: &Agent, vdi: &str) -> Option<String> {
+pub(super) fn sr_of(agent: &Agent, vdi: &str) -> Option<String> {
     agent
         .store
         .get(class_ids::VDI, vdi)
@@ -698,146 +541,5 @@ async fn remove_here(agent: &Arc<Agent>, vm: &str, rec: &Object) {
         if let Err(e) = super::vm_copy::destroy_vm(agent, r).await {
             tracing::warn!(vm = r, error = %e, "migrate_send: could not remove the VM here");
         }
-    }
-}
-
-/// `VDI.pool_migrate`: one disk of a running VM to another SR of the pool.
-async fn vdi_pool_migrate(agent: &Arc<Agent>, ctx: &CallCtx, c: &Call) -> Result<Value, ApiError> {
-    let vdi = c.ref_arg(0)?.to_owned();
-    let sr = c.ref_arg(1)?.to_owned();
-    let rec = agent
-        .store
-        .get(class_ids::VDI, &vdi)
-        .ok_or_else(|| ApiError::handle_invalid("VDI", &vdi))?;
-    if agent.store.get(class_ids::SR, &sr).is_none() {
-        return Err(ApiError::handle_invalid("SR", &sr));
-    }
-    if rec.get(fields::VDI::r#type).key_text() == "cbt_metadata" {
-        return Err(ApiError::VdiIncompatibleType {
-            vdi: vdi.clone(),
-            r#type: "cbt_metadata".into(),
-        });
-    }
-    if rec.get(fields::VDI::cbt_enabled) == &Value::Bool(true) {
-        return Err(ApiError::VdiCbtEnabled { vdi: vdi.clone() });
-    }
-    // The VM that has it attached, as the reference's forwarding finds it.
-    let vm = rec
-        .get(fields::VDI::VBDs)
-        .as_set()
-        .iter()
-        .filter_map(|b| b.as_ref_str().and_then(|b| agent.store.get(class_ids::VBD, b)))
-        .find(|b| b.get(fields::VBD::currently_attached) == &Value::Bool(true))
-        .and_then(|b| b.get(fields::VBD::VM).as_ref_str().map(str::to_owned))
-        .ok_or_else(|| ApiError::VdiNeedsVmForMigrate { vdi: vdi.clone() })?;
-    let vm_rec = vm_of(agent, &vm)?;
-    let vbd = vm_rec
-        .get(fields::VM::VBDs)
-        .as_set()
-        .iter()
-        .filter_map(Value::as_ref_str)
-        .find(|b| {
-            agent
-                .store
-                .get(class_ids::VBD, b)
-                .is_some_and(|b| b.get(fields::VBD::VDI).as_ref_str() == Some(vdi.as_str()))
-        })
-        .map(str::to_owned)
-        .ok_or(ApiError::VbdMissing {})?;
-    let host = vm_rec.get(fields::VM::resident_on).key_text();
-    let mut vdi_map = vec![(Json::String(vdi.clone()), Json::String(sr.clone()))];
-    for other in disk_vdis(agent, &vm_rec).into_iter().filter(|v| *v != vdi) {
-        let at = sr_of(agent, &other).unwrap_or_default();
-        vdi_map.push((Json::String(other), Json::String(at)));
-    }
-    let vdi_map: serde_json::Map<String, Json> = vdi_map
-        .into_iter()
-        .filter_map(|(k, v)| k.as_str().map(|k| (k.to_owned(), v)))
-        .collect();
-    let session = Json::String(c.session_ref().to_owned());
-    // The destination: the host the VM runs on, on its management network.
-    let network = crate::network::management::management_pif(
-        agent,
-        &*agent
-            .store
-            .get(class_ids::host, &host)
-            .ok_or_else(|| ApiError::handle_invalid("host", &host))?,
-    )
-    .and_then(|p| p.get(fields::PIF::network).as_ref_str().map(str::to_owned))
-    .ok_or(ApiError::HostHasNoManagementIp {})?;
-    let dest = crate::dispatch::call(
-        agent,
-        ctx,
-        "host.migrate_receive",
-        &[
-            session.clone(),
-            Json::String(host),
-            Json::String(network),
-            Json::Object(Default::default()),
-        ],
-    )
-    .await?;
-    let dest = Json::Object(
-        dest.as_map()
-            .iter()
-            .map(|(k, v)| (k.key_text(), Json::String(v.key_text())))
-            .collect(),
-    );
-    crate::dispatch::call(
-        agent,
-        ctx,
-        "VM.migrate_send",
-        &[
-            session,
-            Json::String(vm.clone()),
-            dest,
-            Json::Bool(true),
-            Json::Object(vdi_map),
-            Json::Object(Default::default()),
-            Json::Object(Default::default()),
-            Json::Object(Default::default()),
-        ],
-    )
-    .await?;
-    // The copy is what the VM's VBD names now.
-    agent
-        .store
-        .get(class_ids::VBD, &vbd)
-        .and_then(|b| b.get(fields::VBD::VDI).as_ref_str().map(Value::reference))
-        .ok_or(ApiError::VbdMissing {})
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dest_maps_are_read_as_the_reference_writes_them() {
-        let dest = Value::string_map([
-            (SM, "http://127.0.0.5/services/SM?session_id=OpaqueRef:s"),
-            (HOST, "OpaqueRef:h"),
-            (XENOPS, "http://127.0.0.5/services/xenops?session_id=OpaqueRef:s"),
-            (SESSION_ID, "OpaqueRef:s"),
-            (MASTER, "http://127.0.0.4/"),
-        ]);
-        assert_eq!(
-            Dest::parse(&dest).unwrap(),
-            Dest {
-                host: "OpaqueRef:h".into(),
-                session: "OpaqueRef:s".into(),
-                address: "127.0.0.5".into(),
-                master: "127.0.0.4".into(),
-            }
-        );
-        let v6 = Value::string_map([
-            (HOST, "OpaqueRef:h"),
-            (XENOPS, "http://[fd00::1]:80/services/xenops"),
-            (SESSION_ID, "OpaqueRef:s"),
-            (MASTER, "https://[fd00::2]/"),
-        ]);
-        let d = Dest::parse(&v6).unwrap();
-        assert_eq!((d.address.as_str(), d.master.as_str()), ("fd00::1", "fd00::2"));
-        let missing = Value::string_map([(HOST, "OpaqueRef:h")]);
-        assert!(matches!(Dest::parse(&missing), Err(ApiError::InvalidValue { .. })));
     }
 }

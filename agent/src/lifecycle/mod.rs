@@ -10,11 +10,13 @@
 pub mod devices;
 pub mod inflight;
 pub mod migrate;
+pub mod migrate_receive;
 pub mod migrate_send;
 pub mod precopy;
 pub mod reconcile;
 pub mod rules;
 pub mod storage_motion;
+pub mod vdi_migrate;
 pub mod vm_copy;
 pub mod vm_power;
 
@@ -176,6 +178,8 @@ pub fn behaviour() -> Vec<Entry> {
         }),
     ]);
     v.extend(migrate_send::behaviour());
+    v.extend(migrate_receive::behaviour());
+    v.extend(vdi_migrate::behaviour());
     v
 }
 
