@@ -98,14 +98,28 @@ class Console:
     STALL_S = 60.0
     CLOSED_S = 10.0
     MAX_REOPEN = 10
+    OPEN_TRIES = 3
     reopened_total = 0
+    open_retries_total = 0
 
     def __init__(self, url: str, location: str, session_ref: str):
         self.url, self.location, self.session_ref = url, location, session_ref
         self.buf = bytearray()
         self.lock = threading.Lock()
         self.reopened = 0
-        self._open()
+        # A first connection that fails below HTTP (seen once after a resume: a TLS record
+        # that was not one) is tried again, as a console client reconnects; counted and
+        # reported in a WARN line like the replaced connections.
+        for attempt in range(1, self.OPEN_TRIES + 1):
+            try:
+                self._open()
+                break
+            except OSError as e:
+                if attempt == self.OPEN_TRIES:
+                    raise Failed(f"CONNECT {location}: {e!r} on each of {attempt} tries") from None
+                Console.open_retries_total += 1
+                step(f"WARN: opening the console failed ({e!r}); trying again ({attempt} of {self.OPEN_TRIES})")
+                time.sleep(1.0)
 
     def _open(self) -> None:
         sock, status, rest = open_connect(self.url, self.location, self.session_ref, 30)
@@ -776,6 +790,9 @@ def main() -> int:
             except (Failed, XenAPI.Failure) as e:
                 failed.append(f"HVM from an ISO: {e}")
                 step(f"FAILED: {e}")
+        if Console.open_retries_total:
+            step(f"WARN: {Console.open_retries_total} console connection(s) failed below HTTP at their "
+                 f"opening and were tried again (docs/hypervisor.md)")
         if Console.reopened_total:
             step(f"WARN: {Console.reopened_total} console connection(s) gave nothing for "
                  f"{Console.STALL_S:.0f}s and were replaced (docs/hypervisor.md)")
