@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import subprocess
-import tempfile
 import time
 import urllib.request
 import xmlrpc.client
@@ -27,7 +25,7 @@ import xmlrpc.client
 import pytest
 import XenAPI
 
-from test_pool import PASSWORD, Host, failure
+from test_pool import PASSWORD, Host, failure, started_hosts
 
 MiB = 1 << 20
 SIZE = 8 * MiB
@@ -35,21 +33,9 @@ SIZE = 8 * MiB
 
 @pytest.fixture(scope="module")
 def hosts():
-    assert shutil.which("etcd"), "the etcd program is missing (etcd-server)"
-    base = tempfile.mkdtemp(prefix="xapid-migrate-")
-    hs = [Host(i, base) for i in range(3)]
-    try:
-        for h in hs:
-            h.start()
+    with started_hosts(3, "xapid-migrate-") as hs:
         hs[1].session().xenapi.pool.join(hs[0].address, "root", PASSWORD)
         yield hs
-    finally:
-        for h in hs:
-            h.stop()
-        if os.environ.get("XAPID_KEEP") == "1":
-            print(f"kept {base}")
-        else:
-            shutil.rmtree(base, ignore_errors=True)
 
 
 def host_ref(x, h: Host) -> str:

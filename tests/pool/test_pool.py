@@ -8,6 +8,7 @@ HTTPS and the pool secret with its rotation, and last a dead member destroyed.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -123,11 +124,13 @@ def login_following_slave(url: str) -> XenAPI.Session:
         return s
 
 
-@pytest.fixture(scope="module")
-def hosts():
+@contextlib.contextmanager
+def started_hosts(count: int, prefix: str):
+    """`count` standalone hosts (127.0.0.2, …) started in a new temporary directory named
+    `prefix…`; stopped at the end, the directory removed (kept with XAPID_KEEP=1)."""
     assert shutil.which("etcd"), "the etcd program is missing (etcd-server)"
-    base = tempfile.mkdtemp(prefix="xapid-pool-")
-    hs = [Host(i, base) for i in range(N)]
+    base = tempfile.mkdtemp(prefix=prefix)
+    hs = [Host(i, base) for i in range(count)]
     try:
         for h in hs:
             h.start()
@@ -139,6 +142,12 @@ def hosts():
             print(f"kept {base}")
         else:
             shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def hosts():
+    with started_hosts(N, "xapid-pool-") as hs:
+        yield hs
 
 
 def failure(f, *args) -> list:
