@@ -703,6 +703,10 @@ def main() -> int:
                 # all check out), but once its blkfront attaches the disk the guest's /init
                 # prints nothing more, so the check after hard_reboot (its /init's 'alive'
                 # lines) fails: see docs/hypervisor.md. Run it with XAPID_XEN_E2E_PVH_DISK=1.
+                # Localhost migration of the PVH guest is not checked: its /init stops printing
+                # once its front-end drivers load (the stall above), so no uptime line shows
+                # that it goes on after the move (the PV guest's migration is checked above).
+                not_run.append("localhost migration of a PVH guest (its /init prints no uptime lines to follow)")
                 if os.environ.get("XAPID_XEN_E2E_PVH_DISK") == "1":
                     guests.append(("PVH through pygrub", "pvh", "pygrub", "", True))
                 else:
@@ -746,8 +750,6 @@ def main() -> int:
                               f"{what}: the kernel booted in a PVH container (Xen HVM/PVH lines, not Xen PV)")
                     else:
                         check("Hypervisor detected: Xen PV" in text, f"{what}: the kernel booted as a PV guest")
-                    if domain_type == "pvh" and not from_disk:
-                        console = migrate_here(x, args.url, session._session, vm, what, console)
                     if domain_type == "pvh" and from_disk:
                         # hard_reboot: a new domain, the bootloader run again, the guest booted again.
                         old = int(x.VM.get_domid(vm))
