@@ -366,7 +366,7 @@ async fn carry_out(agent: &Arc<Agent>, vm: &str, rec: &Object, plan: Plan, sessi
     let Some(master) = plan.master.as_ref() else {
         return Err(ApiError::internal("no master of the other pool"));
     };
-    let remote_vm = match send_metadata(agent, vm, rec, &plan, &motion, master).await {
+    let remote_vm = match send_metadata(agent, vm, rec, &plan, &motion, master, session).await {
         Ok(r) => r,
         Err(e) => {
             motion.abandon(agent).await;
@@ -403,6 +403,7 @@ async fn send_metadata(
     plan: &Plan,
     motion: &Motion,
     master: &Remote,
+    session: &str,
 ) -> Result<String, ApiError> {
     let copies = motion.copies();
     let mark = |on: bool| {
@@ -420,25 +421,22 @@ async fn send_metadata(
     agent.store.write(mark(true)).await?;
     let sent = async {
         let here = Remote::to_host(agent, &agent.host)?;
-        let session = own_session(agent).await?;
         let metadata = here
             .get_stream(&format!(
                 "/export_metadata?ref={vm}&export_snapshots=true&session_id={session}"
             ))
             .await
-            .map_err(|e| e.into_api());
-        let metadata = match metadata {
-            Ok(resp) => resp.bytes().await.map_err(ApiError::internal),
-            Err(e) => Err(e),
-        };
-        let _ = agent.sessions.logout(&agent.store, &session).await;
+            .map_err(|e| e.into_api())?
+            .bytes()
+            .await
+            .map_err(ApiError::internal)?;
         let answer = master
             .put_text(
                 &format!(
                     "/import_metadata?restore={}&session_id={}",
                     !plan.copy, plan.dest.session
                 ),
-                metadata?.to_vec(),
+                metadata.to_vec(),
             )
             .await
             .map_err(|e| e.into_api())?;

@@ -82,11 +82,6 @@ impl Motion {
         }
     }
 
-    /// Whether anything moves.
-    pub fn is_empty(&self) -> bool {
-        self.disks.is_empty()
-    }
-
     /// (original, copy) for each disk copied.
     pub fn copies(&self) -> Vec<(String, String)> {
         self.disks

@@ -65,15 +65,12 @@ async fn vdi_pool_migrate(agent: &Arc<Agent>, ctx: &CallCtx, c: &Call) -> Result
         .map(str::to_owned)
         .ok_or(ApiError::VbdMissing {})?;
     let host = vm_rec.get(fields::VM::resident_on).key_text();
-    let mut vdi_map = vec![(Json::String(vdi.clone()), Json::String(sr.clone()))];
+    let mut vdi_map = serde_json::Map::new();
+    vdi_map.insert(vdi.clone(), Json::String(sr.clone()));
     for other in disk_vdis(agent, &vm_rec).into_iter().filter(|v| *v != vdi) {
         let at = sr_of(agent, &other).unwrap_or_default();
-        vdi_map.push((Json::String(other), Json::String(at)));
+        vdi_map.insert(other, Json::String(at));
     }
-    let vdi_map: serde_json::Map<String, Json> = vdi_map
-        .into_iter()
-        .filter_map(|(k, v)| k.as_str().map(|k| (k.to_owned(), v)))
-        .collect();
     let session = Json::String(c.session_ref().to_owned());
     // The destination: the host the VM runs on, on its management network.
     let network = crate::network::management::management_pif(
