@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod network;
 pub mod objects;
 pub mod pool;
+pub mod privileged;
 pub mod query;
 pub mod rbac;
 pub mod schema;

@@ -11,10 +11,11 @@
 //! is refused rather than killed: a worker that meets it answers the request with an error
 //! and keeps serving.
 //!
-//! Today the agent's handlers run on the workers (and their blocking pools), so the Xen
-//! backend's calls and helper programs (`xapid-xenguest`, host plugins) would be refused
-//! too: confinement is off by default and suits the simulator backend until those move to
-//! threads created before the workers (see `docs/threat-model.md`).
+//! The agent's handlers run on the workers, but what they do that the filter refuses — the
+//! Xen backend's calls and the programs it starts, host plugins, power commands, an etcd
+//! member — runs on the privileged threads (`agent::privileged`), which `serve` makes
+//! before the workers. Confinement is on by default (`--no-confine-workers` turns it off;
+//! see `docs/threat-model.md`).
 
 use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule,

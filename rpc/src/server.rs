@@ -212,6 +212,8 @@ pub async fn serve(agent: Arc<Agent>, cfg: ServerConfig) -> std::io::Result<()> 
     let bench_noop = cfg.bench_noop;
     let filter = if cfg.confine_workers {
         let prog = crate::confine::worker_filter().map_err(std::io::Error::other)?;
+        // The threads that do what the filter refuses exist before the first worker does.
+        agent::privileged::start().map_err(std::io::Error::other)?;
         tracing::info!("HTTP workers run under their seccomp filter");
         Some(Arc::new(prog))
     } else {

@@ -215,13 +215,20 @@ async fn power_off(agent: &std::sync::Arc<Agent>, c: &Call, op: PowerOp) -> Resu
             .unwrap_or_else(|| default.to_owned());
         tokio::spawn(async move {
             tokio::time::sleep(super::agent_process::DELAY).await;
-            // The machine's shutdown stops this daemon as any service (SIGTERM).
-            match tokio::process::Command::new("/bin/sh")
-                .arg("-c")
-                .arg(&command)
-                .status()
-                .await
-            {
+            // The machine's shutdown stops this daemon as any service (SIGTERM). The command
+            // starts from a privileged thread (a confined HTTP worker may not start programs).
+            let shell = command.clone();
+            let ran = crate::privileged::run_async(move || async move {
+                tokio::process::Command::new("/bin/sh")
+                    .arg("-c")
+                    .arg(&shell)
+                    .status()
+                    .await
+            })
+            .await
+            .map_err(std::io::Error::other)
+            .and_then(|r| r);
+            match ran {
                 Ok(status) if status.success() => {}
                 Ok(status) => tracing::error!(%command, %status, "the power command failed"),
                 Err(e) => tracing::error!(%command, error = %e, "cannot run the power command"),

@@ -158,8 +158,18 @@ fn ended_of(status: ExitStatus) -> Ended {
     }
 }
 
-/// Runs `spec` to its end. Fails only when the program cannot be started.
+/// Runs `spec` to its end, on a privileged thread (a confined HTTP worker may not start a
+/// program; [`crate::privileged`]). Fails only when the program cannot be started. Dropping
+/// the future kills the program's group, as on timeout.
 pub async fn run(spec: &Spec) -> std::io::Result<Finished> {
+    let spec = spec.clone();
+    crate::privileged::run_async(move || async move { run_here(&spec).await })
+        .await
+        .map_err(std::io::Error::other)?
+}
+
+/// [`run`] on the calling thread.
+async fn run_here(spec: &Spec) -> std::io::Result<Finished> {
     let mut command = tokio::process::Command::new(&spec.program);
     command
         .args(&spec.args)

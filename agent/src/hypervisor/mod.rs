@@ -59,6 +59,7 @@ pub mod conformance;
 mod console;
 mod events;
 pub mod hvm;
+pub mod privileged_calls;
 pub mod selection;
 pub mod simulator;
 mod types;

@@ -9,12 +9,16 @@
 //!   but the backend cannot be opened) the simulator is used, with the
 //!   reason in the explanation.
 //! * `Simulator` always gives the simulator.
+//!
+//! The Xen backend is served through [`PrivilegedCalls`]: with the HTTP workers confined its
+//! calls run on the privileged threads ([`crate::privileged`]).
 
 use std::fmt;
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
 
+use super::privileged_calls::PrivilegedCalls;
 use super::simulator::{SimConfig, SimulatorBackend};
 use super::xen::XenBackend;
 use super::{BackendError, Hypervisor};
@@ -94,10 +98,13 @@ fn select_with(
         |why: String| -> (Arc<dyn Hypervisor>, String) { (Arc::new(SimulatorBackend::new(sim_config.clone())), why) };
     let chosen: (Arc<dyn Hypervisor>, String) = match choice {
         BackendChoice::Simulator => simulator("the simulator backend was requested".into()),
-        BackendChoice::Xen => (Arc::new(open_xen()?), "the Xen backend was requested".into()),
+        BackendChoice::Xen => (
+            Arc::new(PrivilegedCalls::new(open_xen()?)),
+            "the Xen backend was requested".into(),
+        ),
         BackendChoice::Auto if privcmd.exists() => match open_xen() {
             Ok(xen) => (
-                Arc::new(xen),
+                Arc::new(PrivilegedCalls::new(xen)),
                 format!(
                     "{} is present (this is a Xen control domain): using the Xen backend",
                     privcmd.display()

@@ -101,7 +101,11 @@ fn start_member(dir: &Path, cfg: &EtcdConfig, fresh: bool) -> Result<Option<etcd
     if fresh {
         let _ = std::fs::remove_dir_all(&member.data_dir);
     }
-    etcd_member::LocalMember::start(member).map(Some)
+    // The member's supervisor thread starts etcd: it is made on a privileged thread, never
+    // on a confined HTTP worker (a host joining a pool starts its member from a call).
+    crate::privileged::run_blocking(move || etcd_member::LocalMember::start(member))
+        .map_err(|e| StoreError::Etcd(e.to_string()))?
+        .map(Some)
 }
 
 /// How many times a write whose reads changed under it is run again before it is refused.

@@ -103,10 +103,12 @@ struct Args {
     #[arg(long)]
     no_nbd: bool,
     /// Install a seccomp filter on each HTTP worker thread (no exec, no Xen privcmd ioctls,
-    /// no raw sockets; docs/threat-model.md). Off by default: with the Xen backend, VM
-    /// operations still run on the workers.
-    #[arg(long)]
+    /// no raw sockets; docs/threat-model.md): the default.
+    #[arg(long, overrides_with = "no_confine_workers")]
     confine_workers: bool,
+    /// HTTP workers without their seccomp filter.
+    #[arg(long, overrides_with = "confine_workers")]
+    no_confine_workers: bool,
 }
 
 /// The config file's keys (all optional).
@@ -183,7 +185,14 @@ fn effective(mut args: Args) -> Result<Args, String> {
         }
     }
     args.plugin_dir = args.plugin_dir.or(file.plugin_dir);
-    args.confine_workers = args.confine_workers || file.confine_workers.unwrap_or(false);
+    // The command line wins over the file; confinement is on unless one of them turns it off.
+    args.confine_workers = if args.confine_workers {
+        true
+    } else if args.no_confine_workers {
+        false
+    } else {
+        file.confine_workers.unwrap_or(true)
+    };
     if args.tls_cert.is_some() != args.tls_key.is_some() {
         return Err("--tls-cert and --tls-key go together".into());
     }

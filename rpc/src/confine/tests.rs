@@ -70,7 +70,15 @@ fn probe() -> String {
 /// The test hook `serve` routes at `GET /test/forbidden` (compiled only in tests): the
 /// probe, run on the worker thread that serves the request.
 pub(crate) async fn forbidden_hook() -> HttpResponse {
-    HttpResponse::Ok().content_type("text/plain").body(probe())
+    let mut p = probe();
+    // A program started through the privileged threads, as the agent starts plugins.
+    let privileged =
+        agent::privileged::run_async(|| async { tokio::process::Command::new("/bin/true").status().await }).await;
+    p.push_str(match privileged {
+        Ok(Ok(s)) if s.success() => " privileged_exec=ok",
+        _ => " privileged_exec=refused",
+    });
+    HttpResponse::Ok().content_type("text/plain").body(p)
 }
 
 fn field<'a>(probe: &'a str, name: &str) -> &'a str {
@@ -175,6 +183,8 @@ async fn serve_probe(confine: bool) -> (String, u16) {
 async fn serve_confines_its_workers_when_asked() {
     let (confined, after) = serve_probe(true).await;
     assert_confined(&confined);
+    // What a confined worker hands to the privileged threads still runs.
+    assert_eq!(field(&confined, "privileged_exec"), "ok", "{confined}");
     assert_eq!(after, 200);
     let (free, _) = serve_probe(false).await;
     assert_eq!(field(&free, "exec"), "ok", "{free}");
