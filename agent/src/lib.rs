@@ -153,7 +153,7 @@ impl Agent {
     }
 
     /// Follows the management interface (`host.management_reconfigure`, `management_disable`),
-    /// for the HTTP server to rebind its listeners (not done yet: docs/networking.md).
+    /// for the HTTP server to move its listeners (docs/networking.md).
     pub fn management_changes(&self) -> tokio::sync::watch::Receiver<network::management::Management> {
         self.network.management()
     }

@@ -5,6 +5,7 @@ mod cli;
 pub mod confine;
 pub mod data_paths;
 pub mod jsonrpc;
+pub mod listeners;
 pub mod nbd;
 pub mod reply;
 pub mod server;

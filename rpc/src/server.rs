@@ -13,6 +13,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use crate::listeners::Listener;
+
 /// Largest request body accepted (bytes), unless configured otherwise.
 pub const DEFAULT_MAX_BODY: usize = 16 * 1024 * 1024;
 
@@ -207,6 +209,10 @@ pub fn routes(cfg: &mut web::ServiceConfig, max_body: usize) {
 const IDLE_KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(12 * 3600);
 
 /// Serves until the process is asked to stop.
+///
+/// Two servers share the application: one for the listeners that stay (loopback, the unix
+/// socket), one for those that follow the management interface (`crate::listeners`), made
+/// again on each move: the new one is bound before the old one is stopped.
 pub async fn serve(agent: Arc<Agent>, cfg: ServerConfig) -> std::io::Result<()> {
     let max_body = cfg.max_body;
     let bench_noop = cfg.bench_noop;
@@ -219,10 +225,8 @@ pub async fn serve(agent: Arc<Agent>, cfg: ServerConfig) -> std::io::Result<()> 
     } else {
         None
     };
-    let cli_agent = agent.clone();
-    let data = web::Data::new(agent);
-    // The front serves `POST /cli` connections (the thin CLI protocol) itself.
-    let mut server = crate::cli::Front::new(cli_agent, move || {
+    let data = web::Data::new(agent.clone());
+    let app = move || {
         // The factory runs on each worker thread as it starts: the filter goes on there.
         if let Some(prog) = &filter {
             crate::confine::install_once(prog);
@@ -238,34 +242,53 @@ pub async fn serve(agent: Arc<Agent>, cfg: ServerConfig) -> std::io::Result<()> 
                 #[cfg(test)]
                 c.route("/test/forbidden", web::get().to(crate::confine::tests::forbidden_hook));
             })
-    })
-    .on_connect(on_connect)
-    // A client gets 10 s to send its request head and 5 s to close: a slow client holds a
-    // connection slot, never a worker thread.
-    .client_request_timeout(std::time::Duration::from_secs(10))
-    .client_disconnect_timeout(std::time::Duration::from_secs(5))
-    // An idle keep-alive connection stays open for hours, not actix's 5 s: over HTTPS an
-    // XenAPI.py session that idled longer failed its next call (the closed connection reads
-    // as an unclean TLS EOF, which Python's xmlrpc does not retry). Idle connections cost no
-    // worker and count against max_connections.
-    .keep_alive(IDLE_KEEP_ALIVE)
-    // Replies go out as soon as they are written: a streamed reply's last small chunk must not
-    // wait for the client's delayed ACK (Nagle's algorithm), nor may a small reply.
-    .tcp_nodelay(true)
-    .max_connections(cfg.max_connections.max(1));
-    if cfg.workers > 0 {
-        server = server.workers(cfg.workers);
-    }
-    for addr in &cfg.listen {
-        server = server.bind(addr)?;
-        tracing::info!(%addr, "listening on TCP");
-    }
-    if let Some(tls) = &cfg.tls {
-        for addr in &cfg.tls_listen {
-            server = server.bind_rustls_0_23(addr, tls.clone())?;
-            tracing::info!(%addr, "listening on HTTPS");
+    };
+    // The front serves `POST /cli` connections (the thin CLI protocol) itself.
+    let (workers, max_connections) = (cfg.workers, cfg.max_connections.max(1));
+    let cli_agent = agent.clone();
+    let front = move || {
+        let f = crate::cli::Front::new(cli_agent.clone(), app.clone())
+            .on_connect(on_connect)
+            // A client gets 10 s to send its request head and 5 s to close: a slow client
+            // holds a connection slot, never a worker thread.
+            .client_request_timeout(std::time::Duration::from_secs(10))
+            .client_disconnect_timeout(std::time::Duration::from_secs(5))
+            // An idle keep-alive connection stays open for hours, not actix's 5 s: over HTTPS
+            // an XenAPI.py session that idled longer failed its next call (the closed
+            // connection reads as an unclean TLS EOF, which Python's xmlrpc does not retry).
+            // Idle connections cost no worker and count against max_connections.
+            .keep_alive(IDLE_KEEP_ALIVE)
+            // Replies go out as soon as they are written: a streamed reply's last small chunk
+            // must not wait for the client's delayed ACK (Nagle's algorithm), nor may a small
+            // reply.
+            .tcp_nodelay(true)
+            .max_connections(max_connections);
+        if workers > 0 {
+            f.workers(workers)
+        } else {
+            f
         }
-    }
+    };
+    let bind = |mut server, listeners: &[Listener]| -> std::io::Result<_> {
+        for l in listeners {
+            server = if l.tls {
+                let tls = cfg
+                    .tls
+                    .clone()
+                    .ok_or_else(|| std::io::Error::other(format!("HTTPS on {} without a certificate", l.addr)))?;
+                let s = crate::cli::Front::bind_rustls_0_23(server, &l.addr, tls)?;
+                tracing::info!(addr = %l.addr, "listening on HTTPS");
+                s
+            } else {
+                let s = crate::cli::Front::bind(server, &l.addr)?;
+                tracing::info!(addr = %l.addr, "listening on TCP");
+                s
+            };
+        }
+        Ok(server)
+    };
+    let (fixed, movable) = crate::listeners::split(&cfg.listen, &cfg.tls_listen);
+    let mut main = bind(front(), &fixed)?;
     if let Some(path) = &cfg.socket {
         if path.exists() {
             std::fs::remove_file(path)?;
@@ -277,8 +300,62 @@ pub async fn serve(agent: Arc<Agent>, cfg: ServerConfig) -> std::io::Result<()> 
         let listener = std::os::unix::net::UnixListener::bind(path)?;
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-        server = server.listen_uds(listener)?;
+        main = main.listen_uds(listener)?;
         tracing::info!(path = %path.display(), "listening on the unix socket");
     }
-    server.run().await
+    if fixed.is_empty() && cfg.socket.is_none() {
+        // Nothing would stay reachable while the management listeners move: they stay.
+        tracing::warn!("no loopback or unix-socket listener: the listeners do not follow the management interface");
+        return bind(main, &movable)?.run().await;
+    }
+    let mut changes = agent.management_changes();
+    let mut placed = crate::listeners::for_management(&fixed, &movable, &changes.borrow_and_update());
+    // A server runs while its future is polled: each management server runs as a task, kept
+    // by its handle.
+    let start = |server: crate::cli::Front<_, _, _, _>| {
+        let running = server.run();
+        let handle = running.handle();
+        actix_web::rt::spawn(running);
+        handle
+    };
+    let mut moving = if placed.is_empty() {
+        None
+    } else {
+        Some(start(bind(front(), &placed)?))
+    };
+    let main = main.run();
+    let follow = async move {
+        while changes.changed().await.is_ok() {
+            let wanted = crate::listeners::for_management(&fixed, &movable, &changes.borrow_and_update());
+            if wanted == placed {
+                continue;
+            }
+            let next = if wanted.is_empty() {
+                Ok(None)
+            } else {
+                bind(front(), &wanted).map(|s| Some(start(s)))
+            };
+            match next {
+                Ok(next) => {
+                    if let Some(old) = std::mem::replace(&mut moving, next) {
+                        // Its connections end now; the server's own task finishes the stop.
+                        actix_web::rt::spawn(old.stop(false));
+                    }
+                    tracing::info!(listeners = ?wanted, "the API listeners follow the management interface");
+                    placed = wanted;
+                }
+                Err(e) => tracing::error!(
+                    listeners = ?wanted,
+                    error = %e,
+                    "the API listeners cannot follow the management interface; they stay where they were"
+                ),
+            }
+        }
+        // The agent is gone: keep whatever runs until the main server stops.
+        std::future::pending::<()>().await;
+    };
+    tokio::select! {
+        r = main => r,
+        () = follow => Ok(()),
+    }
 }

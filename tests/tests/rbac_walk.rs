@@ -555,9 +555,9 @@ struct Walked {
 }
 
 /// One role's walk over every method.
-fn walk(addr: SocketAddr, dm: &Datamodel, msgs: &Messages, methods: &[String], role: &str) -> Walked {
+fn walk(addr: SocketAddr, wire: Wire, dm: &Datamodel, msgs: &Messages, methods: &[String], role: &str) -> Walked {
     let user = user_of_role(role);
-    let mut rpc = Rpc::new(addr, Wire::Json);
+    let mut rpc = Rpc::new(addr, wire);
     let session = login_ok(addr, user);
     let mut w = Walked {
         calls: 0,
@@ -588,8 +588,8 @@ fn walk(addr: SocketAddr, dm: &Datamodel, msgs: &Messages, methods: &[String], r
         let reply = match reply {
             Ok(r) => r,
             Err(e) => {
-                w.offenders.push(format!("{role} {method}: transport: {e}"));
-                rpc = Rpc::new(addr, Wire::Json);
+                w.offenders.push(format!("{role} {method} ({wire:?}): transport: {e}"));
+                rpc = Rpc::new(addr, wire);
                 continue;
             }
         };
@@ -606,10 +606,12 @@ fn walk(addr: SocketAddr, dm: &Datamodel, msgs: &Messages, methods: &[String], r
             (Some(want), Reply::Failure(got)) if got == want => w.denied += 1,
             (Some(want), _) => w
                 .offenders
-                .push(format!("{role} {method}: expected {want:?}, got {reply:?}")),
-            (None, Reply::Failure(got)) if got.first().map(String::as_str) == Some("RBAC_PERMISSION_DENIED") => w
-                .offenders
-                .push(format!("{role} {method}: allowed by the datamodel, but {got:?}")),
+                .push(format!("{role} {method} ({wire:?}): expected {want:?}, got {reply:?}")),
+            (None, Reply::Failure(got)) if got.first().map(String::as_str) == Some("RBAC_PERMISSION_DENIED") => {
+                w.offenders.push(format!(
+                    "{role} {method} ({wire:?}): allowed by the datamodel, but {got:?}"
+                ))
+            }
             (None, _) => w.allowed += 1,
         }
     }
@@ -924,18 +926,21 @@ fn every_role_may_call_exactly_its_messages() {
     let mut offenders = Vec::new();
     let order: Vec<&str> = ROLES.iter().rev().copied().collect();
     for role in order {
-        let t = Instant::now();
-        let w = walk(addr, &dm, &msgs, &methods, role);
-        println!(
-            "rbac walk {role}: {} calls ({} methods, {asyncs} of them Async), {} past the check, {} refused, {:.1}s",
-            w.calls,
-            methods.len(),
-            w.allowed,
-            w.denied,
-            t.elapsed().as_secs_f64()
-        );
-        assert!(w.allowed > 0 && w.denied > 0, "{role} walked nothing");
-        offenders.extend(w.offenders);
+        // Each role walks over both wire protocols: the check sits behind both parsers.
+        for wire in [Wire::Json, Wire::Xml] {
+            let t = Instant::now();
+            let w = walk(addr, wire, &dm, &msgs, &methods, role);
+            println!(
+                "rbac walk {role} ({wire:?}): {} calls ({} methods, {asyncs} of them Async), {} past the check, {} refused, {:.1}s",
+                w.calls,
+                methods.len(),
+                w.allowed,
+                w.denied,
+                t.elapsed().as_secs_f64()
+            );
+            assert!(w.allowed > 0 && w.denied > 0, "{role} walked nothing over {wire:?}");
+            offenders.extend(w.offenders);
+        }
         if role == "read-only" {
             let after = check::snapshot(&mut rpc, &root, &dm, None).unwrap();
             let changed = changes(&before, &after);

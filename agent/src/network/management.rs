@@ -3,8 +3,7 @@
 //! (`host.management_disable`).
 //!
 //! A change is published on [`super::Network::management`] (`Agent::management_changes`) for
-//! the HTTP server to follow; `rpc/src/server.rs` does not rebind its listeners yet
-//! (docs/networking.md).
+//! the HTTP server's listeners to follow (`rpc/src/listeners.rs`, docs/networking.md).
 
 use super::attach::{self, LOCK};
 use super::topology::{self, refs, text};

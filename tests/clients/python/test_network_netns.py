@@ -18,6 +18,7 @@ import secrets
 import shutil
 import socket
 import subprocess
+import sys
 import time
 
 import pytest
@@ -300,3 +301,44 @@ def test_management_reconfigure_moves_the_interface_and_keeps_the_session(ns, ne
     assert links["eth3"]["master"] == "xenbr3"
     assert "10.79.0.1/24" in ns.addresses("xenbr3")
     assert failure(xapi.PIF.unplug, eth3) == ["PIF_IS_MANAGEMENT_INTERFACE", eth3]
+
+    # The API listens on the new management address (the daemon's port), reached from the
+    # other namespace as a remote client would, with the session made over the unix socket.
+    ip("-n", ns.b, "addr", "add", "10.79.0.2/24", "dev", "peer3")
+    local = XenAPI.Session(netd.uds_url, transport=XenAPI.UDSTransport())
+    local.xenapi.login_with_password("root", netd.password, "2.0", "xapid-netns-tests")
+    ref = local._session
+    url = f"http://10.79.0.1:{PORT}/"
+    served = remote_call(ns.b, url, "session.get_this_host", ref, ref, until=lambda o: o[0] != "Refused")
+    assert served == ["Success", host]
+    # Turned off, it no longer listens there; the unix socket still serves the session.
+    xapi.host.management_disable()
+    refused = remote_call(ns.b, url, "session.get_this_host", ref, ref, until=lambda o: o[0] == "Refused")
+    assert refused == ["Refused"]
+    assert local.xenapi.session.get_this_host(ref) == host
+    local.xenapi.session.logout()
+
+
+def remote_call(netns: str, url: str, method: str, *args: str, until, wait: float = 10.0) -> list:
+    """`method(*args)` over XML-RPC at `url` from namespace `netns`: ["Success", value],
+    ["Failure", code], or ["Refused"] when nothing listens there. The listeners move just
+    after the call that moves them returns: asked again until `until(answer)` holds or
+    `wait` seconds have passed; the last answer is returned."""
+    script = (
+        "import json, sys, xmlrpc.client\n"
+        "try:\n"
+        "    r = getattr(xmlrpc.client.ServerProxy(sys.argv[1]), sys.argv[2])(*sys.argv[3:])\n"
+        "    out = ['Success', r['Value']] if r['Status'] == 'Success' else ['Failure', r['ErrorDescription'][0]]\n"
+        "except ConnectionRefusedError:\n"
+        "    out = ['Refused']\n"
+        "print(json.dumps(out))\n"
+    )
+    deadline = time.monotonic() + wait
+    while True:
+        r = subprocess.run(["ip", "netns", "exec", netns, sys.executable, "-c", script, url, method, *args],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        out = json.loads(r.stdout)
+        if until(out) or time.monotonic() > deadline:
+            return out
+        time.sleep(0.2)
