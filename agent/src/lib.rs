@@ -217,6 +217,8 @@ impl Agent {
             server_identity: cfg.server_identity.clone(),
         });
         storage::load_cbt_logs(&agent).await;
+        // The host's networks before its VMs: a running guest's VIFs join their bridges.
+        network::attach::at_start(&agent).await;
         lifecycle::reconcile::at_start(&agent)
             .await
             .map_err(AgentError::FirstBoot)?;

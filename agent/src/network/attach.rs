@@ -78,3 +78,76 @@ pub async fn refresh(agent: &Agent, pif: &str) -> Result<(), ApiError> {
     }
     Ok(())
 }
+
+/// At start-up, makes the host's devices match the records again, as the reference's start
+/// of day does: after a reboot (or on a new network backend) every bridge, VLAN, bond and
+/// tunnel and every address is gone while this host's PIFs say they are attached. Each PIF
+/// recorded attached is brought up again — NICs first, then bonds, VLANs and tunnels, which
+/// sit on them. One that cannot be is logged and recorded detached, as it is.
+///
+/// A management PIF configured by DHCP is left as the host has it: its address comes from
+/// the host's own DHCP client (the daemon runs none), and moving its NIC into a bridge would
+/// take that address away and cut the host off (the first start records the host's first
+/// NIC so, before anything was configured through the API).
+pub async fn at_start(agent: &Agent) {
+    use crate::schema::enums::IpConfigurationMode;
+    let hosts_own = |p: &crate::value::Object| {
+        p.get(fields::PIF::management).as_bool() == Some(true)
+            && IpConfigurationMode::parse(topology::text(p, fields::PIF::ip_configuration_mode))
+                == Some(IpConfigurationMode::DHCP)
+    };
+    let mut attached: Vec<_> = agent
+        .store
+        .get(class_ids::host, &agent.host)
+        .map(|h| topology::refs(&h, fields::host::PIFs))
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|p| agent.store.get(class_ids::PIF, p))
+        .filter(|p| p.get(fields::PIF::currently_attached).as_bool() == Some(true) && !hosts_own(p))
+        .collect();
+    let layer = |p: &crate::value::Object| match kind(p) {
+        PifKind::Physical => 0,
+        PifKind::BondMaster(_) => 1,
+        PifKind::VlanUntagged(_) => 2,
+        PifKind::TunnelAccess(_) => 3,
+        PifKind::Other => 4,
+    };
+    attached.sort_by_key(|p| layer(p));
+    let backend = &agent.network.backend;
+    let mut up = 0usize;
+    for p in &attached {
+        let done = match topology::plan(agent, p) {
+            Ok(plan) => backend.bring_up(&plan).await.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match done {
+            Ok(()) => up += 1,
+            Err(e) => {
+                tracing::warn!(pif = %p.reference, error = %e, "a PIF recorded attached cannot be brought up at start: recorded detached");
+                let detached = agent
+                    .store
+                    .write(|tx| {
+                        set_field(
+                            tx,
+                            class_ids::PIF,
+                            &p.reference,
+                            fields::PIF::currently_attached,
+                            Value::Bool(false),
+                        )
+                    })
+                    .await;
+                if let Err(e) = detached {
+                    tracing::warn!(pif = %p.reference, error = %e, "recording the PIF detached failed");
+                }
+            }
+        }
+    }
+    if !attached.is_empty() {
+        tracing::info!(
+            backend = backend.name(),
+            attached = attached.len(),
+            up,
+            "the host's attached PIFs brought up again"
+        );
+    }
+}

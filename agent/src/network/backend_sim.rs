@@ -63,6 +63,12 @@ impl SimNet {
         self.links.lock().clone()
     }
 
+    /// The host as after a reboot: its NICs only, down, every device the daemon made gone.
+    #[cfg(test)]
+    pub fn reboot(&self) {
+        *self.links.lock() = SimNet::default().links.into_inner();
+    }
+
     fn new_link(kind: &'static str, mtu: u32) -> SimLink {
         SimLink {
             kind,

@@ -668,3 +668,58 @@ async fn vif_addresses_locking_and_move() {
     assert!(matches!(err, ApiError::PifIsManagementIface { .. }));
     e.ok("VM.hard_shutdown", vec![json!(vm)]).await;
 }
+
+#[actix::test]
+async fn at_start_the_attached_pifs_come_back_and_the_hosts_dhcp_nic_stays_as_it_is() {
+    let e = scanned().await;
+    let eth1 = pif_by_device(&e, "eth1");
+    e.ok("PIF.plug", vec![json!(eth1)]).await;
+    e.ok(
+        "PIF.reconfigure_ip",
+        vec![
+            json!(eth1),
+            json!("Static"),
+            json!("10.9.0.1"),
+            json!("255.255.255.0"),
+            json!(""),
+            json!(""),
+        ],
+    )
+    .await;
+    // A PIF recorded attached whose device the host does not have.
+    let ghost = pif_by_device(&e, "eth2");
+    e.agent
+        .store
+        .write(|tx| {
+            crate::objects::set_field(tx, class_ids::PIF, &ghost, fields::PIF::device, Value::str("eth9"))?;
+            crate::objects::set_field(
+                tx,
+                class_ids::PIF,
+                &ghost,
+                fields::PIF::currently_attached,
+                Value::Bool(true),
+            )
+        })
+        .await
+        .unwrap();
+    let sim = e.agent.network.backend.as_sim().unwrap();
+    sim.reboot();
+    assert!(!devices(&e).contains_key("xenbr1"));
+    super::attach::at_start(&e.agent).await;
+    let after = devices(&e);
+    assert_eq!(after.get("xenbr1").map(|l| l.kind), Some("bridge"), "{after:?}");
+    assert_eq!(master_of(&e, "eth1").as_deref(), Some("xenbr1"));
+    assert!(after["xenbr1"].addresses.contains(&("10.9.0.1".parse().unwrap(), 24)));
+    // The first start's management PIF (eth0, DHCP) is the host's own: not bridged.
+    assert!(!after.contains_key("xenbr0"), "{after:?}");
+    assert_eq!(master_of(&e, "eth0"), None);
+    // What cannot come back is recorded detached.
+    assert_eq!(
+        field(&e, class_ids::PIF, &ghost, fields::PIF::currently_attached),
+        Value::Bool(false)
+    );
+    assert_eq!(
+        field(&e, class_ids::PIF, &eth1, fields::PIF::currently_attached),
+        Value::Bool(true)
+    );
+}

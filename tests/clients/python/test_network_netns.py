@@ -342,3 +342,28 @@ def remote_call(netns: str, url: str, method: str, *args: str, until, wait: floa
         if until(out) or time.monotonic() > deadline:
             return out
         time.sleep(0.2)
+
+
+def test_a_restarted_daemon_brings_back_the_attached_pifs(ns, netd):
+    """After a reboot the bridges and addresses are gone while the records say attached: the
+    daemon's start brings them back (eth3 carries the management address of the test above,
+    eth1 a static address plugged here)."""
+    local = XenAPI.Session(netd.uds_url, transport=XenAPI.UDSTransport())
+    local.xenapi.login_with_password("root", netd.password, "2.0", "xapid-netns-tests")
+    x = local.xenapi
+    eth1 = pif_of(x, "eth1")
+    x.PIF.plug(eth1)
+    x.PIF.reconfigure_ip(eth1, "Static", "10.77.0.5", "255.255.255.0", "", "")
+    assert "10.77.0.5/24" in ns.addresses("xenbr1")
+    local.xenapi.session.logout()
+    netd.stop()
+    # The host as after a reboot: what the daemon made is gone.
+    for bridge in ("xenbr1", "xenbr3"):
+        ip("-n", ns.a, "link", "del", bridge)
+    assert not {"xenbr1", "xenbr3"} & set(ns.links())
+    netd.start()
+    links = ns.links()
+    assert kind(links["xenbr1"]) == "bridge" and links["eth1"]["master"] == "xenbr1"
+    assert "10.77.0.5/24" in ns.addresses("xenbr1")
+    assert kind(links["xenbr3"]) == "bridge" and links["eth3"]["master"] == "xenbr3"
+    assert "10.79.0.1/24" in ns.addresses("xenbr3")
