@@ -20,9 +20,10 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 step() { printf '\n=== %s\n' "$*"; }
 
 need=()
-# etcd-server: the pool store's tests run a real etcd; protobuf-compiler: etcd-client's build.
+# etcd-server: the pool store's tests run a real etcd; protobuf-compiler: etcd-client's build;
+# isc-dhcp-client and busybox (udhcpd): the DHCP test of the network namespaces.
 for pkg in libxen-dev libclang-dev python3 python3-venv qemu-utils libvhdi-utils etcd-server \
-    protobuf-compiler libnbd-bin; do
+    protobuf-compiler libnbd-bin isc-dhcp-client busybox; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 command -v node >/dev/null 2>&1 || need+=(nodejs npm)

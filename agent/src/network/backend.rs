@@ -118,9 +118,11 @@ pub struct IpPlan {
     pub addresses: Vec<(IpAddr, u8)>,
     /// Default gateways.
     pub gateways: Vec<IpAddr>,
-    /// DHCP or autoconf is asked for: the addresses come from the host's DHCP client, which
-    /// this daemon does not run; the backend leaves the bridge's addresses alone.
+    /// DHCP or autoconf is asked for: the addresses come from a DHCP client or the kernel's
+    /// autoconfiguration; the backend leaves the bridge's addresses to them.
     pub dynamic: bool,
+    /// IPv4 by DHCP: on a real host the backend runs the bridge's DHCP client.
+    pub dhcp_v4: bool,
 }
 
 /// Everything a backend needs to bring one PIF up or down.

@@ -26,6 +26,8 @@ pub const BOND_MIIMON_MS: u32 = 100;
 /// The host's networking through rtnetlink.
 pub struct LinuxNet {
     handle: Handle,
+    /// The DHCP clients of the bridges configured by DHCP.
+    dhcp: super::dhcp::DhcpClients,
 }
 
 fn nl(op: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetError {
@@ -99,7 +101,10 @@ impl LinuxNet {
             .recv()
             .map_err(|e| NetError::Socket(std::io::Error::other(e)))?
             .map_err(NetError::Socket)?;
-        Ok(LinuxNet { handle })
+        Ok(LinuxNet {
+            handle,
+            dhcp: super::dhcp::DhcpClients::new(),
+        })
     }
 
     async fn link(&self, name: &str) -> Result<Option<LinkMessage>, NetError> {
@@ -334,6 +339,11 @@ impl LinuxNet {
     /// Makes the bridge's addresses the plan's (leaving IPv6 link-local ones), and adds the
     /// default routes through its gateways.
     async fn addresses(&self, index: u32, bridge: &str, ip: &IpPlan) -> Result<(), NetError> {
+        if ip.dhcp_v4 {
+            self.dhcp.ensure(bridge).await?;
+        } else {
+            self.dhcp.stop(bridge);
+        }
         if ip.dynamic {
             return Ok(());
         }
@@ -400,6 +410,7 @@ impl LinuxNet {
     }
 
     async fn down(&self, plan: &PifPlan) -> Result<(), NetError> {
+        self.dhcp.stop(&plan.bridge);
         match &plan.link {
             LinkPlan::Physical { device } => {
                 if let Some(i) = self.index(device).await? {

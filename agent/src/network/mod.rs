@@ -14,6 +14,7 @@ pub mod backend;
 pub mod backend_netlink;
 pub mod backend_sim;
 pub mod bond;
+pub mod dhcp;
 pub mod management;
 pub mod networks;
 pub mod pif;

@@ -201,6 +201,7 @@ pub fn ip_plan(pif: &Object) -> IpPlan {
             plan.gateways.push(gw);
         }
     }
+    plan.dhcp_v4 = v4 == Some(IpConfigurationMode::DHCP);
     plan.dynamic = v4 == Some(IpConfigurationMode::DHCP)
         || matches!(v6, Some(Ipv6ConfigurationMode::DHCP | Ipv6ConfigurationMode::Autoconf));
     plan

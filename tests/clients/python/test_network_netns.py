@@ -290,6 +290,48 @@ def test_gre_tunnel(ns, xapi):
     xapi.network.destroy(net)
 
 
+def dhclient() -> str | None:
+    return shutil.which("dhclient") or next(
+        (p for p in ("/sbin/dhclient", "/usr/sbin/dhclient") if os.path.exists(p)), None)
+
+
+@pytest.mark.skipif(shutil.which("busybox") is None, reason="needs busybox's udhcpd as the DHCP server")
+def test_dhcp_gets_the_bridge_an_address_from_the_network(ns, xapi, tmp_path):
+    """eth2 configured by DHCP: the daemon runs the bridge's DHCP client, which gets an
+    address from a DHCP server on the other side (busybox's udhcpd in the peer namespace);
+    configured otherwise, the client stops and its address goes."""
+    if dhclient() is None:
+        pytest.fail("dhclient (isc-dhcp-client) is missing: the test command installs it")
+    ip("-n", ns.b, "addr", "add", "10.80.0.1/24", "dev", "peer2")
+    conf = tmp_path / "udhcpd.conf"
+    conf.write_text("start 10.80.0.100\nend 10.80.0.120\ninterface peer2\n"
+                    f"lease_file {tmp_path}/udhcpd.leases\npidfile {tmp_path}/udhcpd.pid\n"
+                    "opt subnet 255.255.255.0\nopt lease 600\n")
+    (tmp_path / "udhcpd.leases").touch()
+    server = subprocess.Popen(["ip", "netns", "exec", ns.b, "busybox", "udhcpd", "-f", str(conf)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        eth2 = pif_of(xapi, "eth2")
+        xapi.PIF.plug(eth2)
+        xapi.PIF.reconfigure_ip(eth2, "DHCP", "", "", "", "")
+        leased = []
+        deadline = time.monotonic() + 60
+        while not leased and time.monotonic() < deadline:
+            leased = [a for a in ns.addresses("xenbr2") if a.startswith("10.80.0.")]
+            time.sleep(0.5)
+        assert leased and 100 <= int(leased[0].split("/")[0].split(".")[-1]) <= 120, ns.addresses("xenbr2")
+        assert leased[0].endswith("/24")
+        xapi.PIF.reconfigure_ip(eth2, "None", "", "", "", "")
+        assert not [a for a in ns.addresses("xenbr2") if a.startswith("10.80.0.")]
+        running = subprocess.run(["pgrep", "-f", "dhclient.*xenbr2"], capture_output=True, text=True)
+        assert running.stdout.strip() == "", f"a DHCP client still runs: {running.stdout}"
+        xapi.PIF.unplug(eth2)
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+        ip("-n", ns.b, "addr", "del", "10.80.0.1/24", "dev", "peer2", check=False)
+
+
 def test_management_reconfigure_moves_the_interface_and_keeps_the_session(ns, netd, xapi):
     host = xapi.host.get_all()[0]
     eth3 = pif_of(xapi, "eth3")
