@@ -83,10 +83,13 @@ pub(super) async fn connect(req: HttpRequest, body: web::Payload, agent: web::Da
     let file = File::from(stream.into_owned_fd());
     // A text console whose pty ends under a domain that still runs is opened again.
     let reopen = (!domid.rfb).then(|| reopen_text_console(agent.clone(), domid.domid));
-    let (screen_rx, keys) = match console_pump::start(file, format!("console-{}", domid.domid), reopen) {
-        Ok(pair) => pair,
+    let (screen_rx, keys, seat) = match console_pump::start(file, format!("console-{}", domid.domid), reopen) {
+        Ok(started) => started,
         Err(e) => return DataPathError::Failed(ApiError::internal(e)).response(),
     };
+    if !domid.rfb {
+        take_seat(domid.domid, seat);
+    }
     tracing::info!(domid = domid.domid, rfb = domid.rfb, websocket, "console connected");
     // A text console's reader is counted, so that a domain that shut down is destroyed once its
     // last lines have reached it.
@@ -100,6 +103,24 @@ pub(super) async fn connect(req: HttpRequest, body: web::Payload, agent: web::Da
     }
     actix_web::rt::spawn(keyboard(body, keys));
     HttpResponse::Ok().streaming(futures_util::stream::unfold(tap, screen))
+}
+
+/// The connection reading each domain's text console, by domid. A pty gives each byte to
+/// one reader: with two connections each would get part of the guest's output, so a newer
+/// connection takes the console over and the older one ends (a client that opens a second
+/// connection has given up on the first).
+static TEXT_READERS: parking_lot::Mutex<std::collections::BTreeMap<u32, console_pump::Seat>> =
+    parking_lot::Mutex::new(std::collections::BTreeMap::new());
+
+fn take_seat(domid: u32, seat: console_pump::Seat) {
+    let mut readers = TEXT_READERS.lock();
+    readers.retain(|_, s| !s.ended());
+    if let Some(older) = readers.insert(domid, seat) {
+        if !older.ended() {
+            older.take_over();
+            tracing::info!(domid, "console: a newer connection takes the text console over");
+        }
+    }
 }
 
 /// How many times a connection opens its text console again, and the pause before each.

@@ -15,7 +15,8 @@
 //! once the domain no longer runs, and the console ends. The thread also ends on any other
 //! error (sent to the reader first), or when the HTTP side has dropped its receiver; it checks
 //! for that before every read, so a connection that has gone does not take output meant for
-//! the next one.
+//! the next one. It also ends when its [`Seat`] is taken over: two threads reading one pty
+//! would each get part of its bytes.
 
 use actix_web::web::Bytes;
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
@@ -24,6 +25,7 @@ use nix::sys::eventfd::{EfdFlags, EventFd};
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
@@ -54,23 +56,60 @@ impl Keys {
     }
 }
 
+/// A console thread's place: another connection can take it over (the thread ends at once),
+/// and it says when the thread has ended.
+#[derive(Clone)]
+pub(super) struct Seat {
+    taken: Arc<AtomicBool>,
+    ended: Arc<AtomicBool>,
+    wake: Arc<EventFd>,
+}
+
+impl Seat {
+    /// Ends the thread: it reads nothing more.
+    pub(super) fn take_over(&self) {
+        self.taken.store(true, Ordering::SeqCst);
+        let _ = self.wake.write(1);
+    }
+
+    /// Whether the thread has ended.
+    pub(super) fn ended(&self) -> bool {
+        self.ended.load(Ordering::SeqCst)
+    }
+}
+
+/// Marks the seat's thread ended when the thread's loop returns, however it returns.
+struct EndsSeat(Arc<AtomicBool>);
+
+impl Drop for EndsSeat {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
 /// Opens the console again after its end (on the pump's thread, which may block); `None`: the
 /// console has ended for good.
 pub(super) type Reopen = Box<dyn FnMut() -> Option<File> + Send>;
 
 /// Starts the thread that owns `console` (already non-blocking).
-pub(super) fn start(console: File, name: String, reopen: Option<Reopen>) -> std::io::Result<(Screen, Keys)> {
+pub(super) fn start(console: File, name: String, reopen: Option<Reopen>) -> std::io::Result<(Screen, Keys, Seat)> {
     let wake = Arc::new(EventFd::from_value_and_flags(
         0,
         EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK,
     )?);
     let (out_tx, out_rx) = mpsc::channel(QUEUED_CHUNKS);
     let (key_tx, key_rx) = crossbeam_channel::unbounded();
-    let thread_wake = wake.clone();
-    std::thread::Builder::new()
-        .name(name)
-        .spawn(move || run(console, reopen, &thread_wake, &key_rx, &out_tx))?;
-    Ok((out_rx, Keys { queue: key_tx, wake }))
+    let seat = Seat {
+        taken: Arc::new(AtomicBool::new(false)),
+        ended: Arc::new(AtomicBool::new(false)),
+        wake: wake.clone(),
+    };
+    let (thread_wake, taken, ends) = (wake.clone(), seat.taken.clone(), EndsSeat(seat.ended.clone()));
+    std::thread::Builder::new().name(name).spawn(move || {
+        let _ends = ends;
+        run(console, reopen, &thread_wake, &key_rx, &out_tx, &taken);
+    })?;
+    Ok((out_rx, Keys { queue: key_tx, wake }, seat))
 }
 
 /// The thread's loop: see the module comment.
@@ -80,11 +119,19 @@ fn run(
     wake: &EventFd,
     keys: &Receiver<Bytes>,
     out: &mpsc::Sender<std::io::Result<Bytes>>,
+    taken: &AtomicBool,
 ) {
     let mut typed: Vec<u8> = Vec::new();
     let mut keyboard_open = true;
+    let gone = || out.is_closed() || taken.load(Ordering::SeqCst);
     loop {
-        if out.is_closed() {
+        if gone() {
+            if taken.load(Ordering::SeqCst) {
+                tracing::info!(
+                    console = std::thread::current().name().unwrap_or(""),
+                    "console: a newer connection took it over; this one ends"
+                );
+            }
             return;
         }
         while keyboard_open {
@@ -128,7 +175,7 @@ fn run(
             }
         }
         let readable = PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR;
-        if console_ready.intersects(readable) && !out.is_closed() {
+        if console_ready.intersects(readable) && !gone() {
             let mut buf = vec![0u8; CHUNK];
             let ended = match console.read(&mut buf) {
                 Ok(0) => true,
@@ -205,7 +252,7 @@ mod tests {
     #[test]
     fn guest_output_in_keys_out_and_end_when_the_other_side_closes() {
         let (mut master, slave) = pty();
-        let (mut screen, keys) = start(slave, "console-test".into(), None).unwrap();
+        let (mut screen, keys, _seat) = start(slave, "console-test".into(), None).unwrap();
         // Output written long after the thread started waiting still arrives (the wait is
         // asked again each time, not armed once).
         for i in 0..5 {
@@ -234,12 +281,12 @@ mod tests {
     fn a_dropped_reader_leaves_later_output_for_the_next_one() {
         let (mut master, slave) = pty();
         let second = slave.try_clone().unwrap();
-        let (screen, _keys) = start(slave, "console-test-1".into(), None).unwrap();
+        let (screen, _keys, _seat) = start(slave, "console-test-1".into(), None).unwrap();
         drop(screen);
         // The first thread sees its reader gone within its idle check, before this output.
         std::thread::sleep(Duration::from_millis(u64::from(IDLE_CHECK_MS) * 3));
         master.write_all(b"for the second reader\n").unwrap();
-        let (mut screen2, _keys2) = start(second, "console-test-2".into(), None).unwrap();
+        let (mut screen2, _keys2, _seat2) = start(second, "console-test-2".into(), None).unwrap();
         let seen = read_until(&mut screen2, "for the second reader");
         assert!(seen.starts_with("for the second reader"), "{seen:?}");
     }
@@ -250,7 +297,7 @@ mod tests {
         let (mut master2, slave2) = pty();
         let mut spare = Some(slave2);
         let reopen: Reopen = Box::new(move || spare.take());
-        let (mut screen, keys) = start(slave, "console-test-reopen".into(), Some(reopen)).unwrap();
+        let (mut screen, keys, _seat) = start(slave, "console-test-reopen".into(), Some(reopen)).unwrap();
         master.write_all(b"before\n").unwrap();
         read_until(&mut screen, "before");
         // The first pty's other end goes (xenconsoled replacing it): the reader is not told;
@@ -265,5 +312,32 @@ mod tests {
         // Once the console cannot be opened again, it ends.
         drop(master2);
         assert!(screen.blocking_recv().is_none());
+    }
+
+    #[test]
+    fn a_console_taken_over_ends_and_leaves_every_byte_to_the_newer_reader() {
+        let (mut master, slave) = pty();
+        let second = slave.try_clone().unwrap();
+        let (mut first, _keys, seat) = start(slave, "console-test-old".into(), None).unwrap();
+        master.write_all(b"to the first\n").unwrap();
+        read_until(&mut first, "to the first");
+        // The first connection stays open (its reader still holds the screen), as a client
+        // that opened a second connection without closing the first.
+        seat.take_over();
+        let (mut newer, _keys2, _seat2) = start(second, "console-test-new".into(), None).unwrap();
+        // The old thread ends at once: its screen ends without another byte.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !seat.ended() {
+            assert!(std::time::Instant::now() < deadline, "the old reader still reads");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(matches!(
+            first.try_recv(),
+            Err(tokio::sync::mpsc::error::TryRecvError::Disconnected)
+        ));
+        let text: String = (0..200).map(|i| format!("line {i:03} ")).collect();
+        master.write_all(text.as_bytes()).unwrap();
+        let seen = read_until(&mut newer, "line 199");
+        assert_eq!(seen.trim_end(), text.trim_end(), "bytes went elsewhere");
     }
 }
