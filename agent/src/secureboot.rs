@@ -512,53 +512,15 @@ impl VarStore {
 // ---------------------------------------------------------------------------------------------
 // base64 and tar
 
-const BASE64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-fn sextet(c: u8) -> Option<u32> {
-    BASE64.iter().position(|&b| b == c).map(|i| i as u32)
-}
-
 /// Standard base64 with padding; `None` for anything else.
 fn base64_decode(text: &str) -> Option<Vec<u8>> {
-    let b = text.as_bytes();
-    if !b.len().is_multiple_of(4) {
-        return None;
-    }
-    let groups = b.len() / 4;
-    let mut out = Vec::with_capacity(groups * 3);
-    for (i, group) in b.chunks(4).enumerate() {
-        let pad = group.iter().rev().take_while(|&&c| c == b'=').count();
-        if pad > 2 || (pad > 0 && i + 1 != groups) {
-            return None;
-        }
-        let mut n = 0u32;
-        for &c in group.iter().take(4 - pad) {
-            n = (n << 6) | sextet(c)?;
-        }
-        n <<= 6 * pad as u32;
-        let bytes = n.to_be_bytes();
-        out.extend(bytes.iter().skip(1).take(3 - pad));
-    }
-    Some(out)
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.decode(text).ok()
 }
 
 fn base64_encode(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for group in bytes.chunks(3) {
-        let mut n = 0u32;
-        for (i, &b) in group.iter().enumerate() {
-            n |= u32::from(b) << (16 - 8 * i);
-        }
-        for i in 0..4 {
-            if i <= group.len() {
-                let s = (n >> (18 - 6 * i)) & 0x3f;
-                out.push(char::from(BASE64[s as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
 /// An octal number field of a tar header (NUL- or space-terminated).

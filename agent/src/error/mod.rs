@@ -314,6 +314,8 @@ api_errors! {
     HostNameInvalid { reason } => "HOST_NAME_INVALID",
     /// The host has no such edition.
     InvalidEdition { edition } => "INVALID_EDITION",
+    /// A license file could not be read (`host.license_add` of what is not base64).
+    LicenseProcessingError {} => "LICENSE_PROCESSING_ERROR",
     /// The host's certificate cannot be read.
     CertificateLibraryCorrupt {} => "CERTIFICATE_LIBRARY_CORRUPT",
     /// The session's roles lack the permission the call needs: the permission, and which

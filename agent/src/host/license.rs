@@ -5,6 +5,12 @@
 //!   (`edition`, `editions`, `license_params`) and the pool's `restrictions`; any other
 //!   edition is `INVALID_EDITION [edition]`.
 //! - `host.license_remove(host)` leaves the host in that edition, as removing a license does.
+//! - `host.license_add(host, contents)`: the base64 of a license file
+//!   (`LICENSE_PROCESSING_ERROR` when it is not); with no licensing daemon to read it, the
+//!   host stays in that edition, as the reference's free edition answers.
+//! - `pool.apply_edition(pool, edition)` applies it on every host through
+//!   `host.apply_edition`, putting the hosts done back to their edition when one refuses;
+//!   `pool.get_license_state(pool)`: the pool's lowest edition and its expiry (`never`).
 //! - `host.license_apply` was removed from the API: `MESSAGE_REMOVED`, as the reference
 //!   answers.
 
@@ -101,11 +107,66 @@ pub fn behaviour() -> Vec<Entry> {
             super::this_host(&agent, host)?;
             record_edition(&agent, host).await.map(|()| Value::None)
         }),
+        entry!(class_ids::host, "license_add", |agent, _, c| {
+            let host = c.ref_arg(0)?;
+            super::this_host(&agent, host)?;
+            use base64::Engine as _;
+            base64::engine::general_purpose::STANDARD
+                .decode(c.str_arg(1).trim())
+                .map_err(|_| ApiError::LicenseProcessingError {})?;
+            record_edition(&agent, host).await.map(|()| Value::None)
+        }),
+        entry!(class_ids::pool, "apply_edition", |agent, ctx, c| {
+            let edition = c.str_arg(1).to_owned();
+            pool_apply_edition(&agent, &ctx, c.session_ref(), &edition)
+                .await
+                .map(|()| Value::None)
+        }),
+        entry!(class_ids::pool, "get_license_state", |_agent, _, _c| {
+            // Every host runs the one edition: the lowest is it, and it never expires.
+            Ok(Value::string_map([("edition", EDITION), ("expiry", "never")]))
+        }),
         entry!(class_ids::host, "license_apply", |agent, _, c| {
             super::this_host(&agent, c.ref_arg(0)?)?;
             Err(ApiError::MessageRemoved {})
         }),
     ]
+}
+
+/// `pool.apply_edition`: `host.apply_edition(host, edition, false)` on each host (each runs
+/// on its host); when one refuses, the hosts already done get their edition back and the
+/// refusal is the answer.
+async fn pool_apply_edition(
+    agent: &std::sync::Arc<Agent>,
+    ctx: &crate::CallCtx,
+    session: &str,
+    edition: &str,
+) -> Result<(), ApiError> {
+    use serde_json::Value as Json;
+    let apply = |host: String, edition: String| {
+        let args = [
+            Json::String(session.to_owned()),
+            Json::String(host),
+            Json::String(edition),
+            Json::Bool(false),
+        ];
+        async move { crate::dispatch::call(agent, ctx, "host.apply_edition", &args).await }
+    };
+    let hosts = agent.store.all(class_ids::host);
+    let mut done: Vec<(String, String)> = Vec::new();
+    for h in &hosts {
+        let before = h.str_field("edition").to_owned();
+        if let Err(e) = apply(h.reference.clone(), edition.to_owned()).await {
+            for (host, previous) in done {
+                if let Err(undo) = apply(host.clone(), previous).await {
+                    tracing::warn!(%host, error = %undo, "pool.apply_edition: putting the host's edition back failed");
+                }
+            }
+            return Err(e);
+        }
+        done.push((h.reference.clone(), before));
+    }
+    Ok(())
 }
 
 /// Records the edition and its parameters on the host, and the pool's restrictions (one host:

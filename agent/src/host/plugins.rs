@@ -37,6 +37,26 @@ pub fn behaviour() -> Vec<Entry> {
                 .await
                 .map(Value::str)
         }),
+        entry!(class_ids::host, "has_extension", |agent, _, c| {
+            super::this_host(&agent, c.ref_arg(0)?)?;
+            let settings = PluginSettings::from_env();
+            Ok(Value::Bool(find(&settings.extension_dir, c.str_arg(1)).await.is_some()))
+        }),
+        entry!(class_ids::pool, "has_extension", |agent, ctx, c| {
+            // Every host must have it (each host answers for itself).
+            let name = c.str_arg(1);
+            for h in agent.store.all(class_ids::host) {
+                let args = [
+                    serde_json::Value::String(c.session_ref().to_owned()),
+                    serde_json::Value::String(h.reference.clone()),
+                    serde_json::Value::String(name.to_owned()),
+                ];
+                if crate::dispatch::call(&agent, &ctx, "host.has_extension", &args).await? != Value::Bool(true) {
+                    return Ok(Value::Bool(false));
+                }
+            }
+            Ok(Value::Bool(true))
+        }),
         entry!(class_ids::host, "call_extension", |agent, _, c| {
             super::this_host(&agent, c.ref_arg(0)?)?;
             let settings = PluginSettings::from_env();

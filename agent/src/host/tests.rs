@@ -42,6 +42,8 @@ async fn every_host_message_here_checks_the_host() {
         ("host.apply_edition", vec![json!("free/libre"), json!(false)]),
         ("host.license_remove", vec![]),
         ("host.license_apply", vec![json!("")]),
+        ("host.license_add", vec![json!("")]),
+        ("host.has_extension", vec![json!("x")]),
     ] {
         let mut params = vec![json!(NULL)];
         params.extend(extra);
@@ -162,6 +164,33 @@ async fn the_one_edition() {
         .await
         .unwrap_err();
     assert_eq!(err, ApiError::MessageRemoved {});
+    // A license file: base64, or the reference's processing error; read or not, the host
+    // stays in the one edition.
+    let err = e
+        .call("host.license_add", vec![json!(host), json!("not base64!")])
+        .await
+        .unwrap_err();
+    assert_eq!(err, ApiError::LicenseProcessingError {});
+    e.ok("host.license_add", vec![json!(host), json!("bGljZW5zZQ==")]).await;
+    // The pool: every host, or none changed.
+    let pool_ref = e.agent.pool_ref();
+    let err = e
+        .call("pool.apply_edition", vec![json!(pool_ref), json!("enterprise")])
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err,
+        ApiError::InvalidEdition {
+            edition: "enterprise".into()
+        }
+    );
+    e.ok("pool.apply_edition", vec![json!(pool_ref), json!("free/libre")])
+        .await;
+    let state = e.ok("pool.get_license_state", vec![json!(pool_ref)]).await;
+    assert_eq!(
+        state,
+        Value::string_map([("edition", "free/libre"), ("expiry", "never")])
+    );
 }
 
 #[actix::test]

@@ -177,20 +177,8 @@ async fn list_changed_blocks(agent: &Arc<Agent>, from_ref: &str, to_ref: &str) -
 
 /// Standard base64 with padding.
 pub fn base64(b: &[u8]) -> String {
-    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut s = String::with_capacity(b.len().div_ceil(3) * 4);
-    for c in b.chunks(3) {
-        let n =
-            (u32::from(c[0]) << 16) | (u32::from(*c.get(1).unwrap_or(&0)) << 8) | u32::from(*c.get(2).unwrap_or(&0));
-        for (i, shift) in [18u32, 12, 6, 0].into_iter().enumerate() {
-            if i <= c.len() {
-                s.push(char::from(A[((n >> shift) & 63) as usize]));
-            } else {
-                s.push('=');
-            }
-        }
-    }
-    s
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(b)
 }
 
 async fn data_destroy(agent: &Arc<Agent>, vdi_ref: &str) -> Result<(), ApiError> {

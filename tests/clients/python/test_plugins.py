@@ -30,8 +30,13 @@ def daemon():
     plugins.mkdir()
     for p in (HERE / "plugins").iterdir():
         shutil.copy2(p, plugins / p.name)
+    extensions = d.workdir / "extensions"
+    extensions.mkdir()
+    (extensions / "Test.hello").write_text("#!/bin/sh\nexit 0\n")
+    (extensions / "Test.hello").chmod(0o755)
     env = {
         "XAPID_PLUGIN_DIR": str(plugins),
+        "XAPID_EXTENSION_DIR": str(extensions),
         "XAPID_PLUGIN_TIMEOUT": str(TIMEOUT),
         # A plugin gets only PATH unless the daemon is told to pass more on: here the
         # client's python first on PATH (it has XenAPI), the helper module, and the socket
@@ -118,3 +123,13 @@ def test_a_plugin_past_the_timeout_is_stopped(xapi, host):
     assert time.monotonic() - start < TIMEOUT * 5
     # The daemon still answers plugin calls.
     assert xapi.host.call_plugin(host, "echo", "main", {}) == "args were: {}"
+
+
+def test_has_extension_says_what_the_extension_directory_holds(xapi, host):
+    pool = xapi.pool.get_all()[0]
+    assert xapi.host.has_extension(host, "Test.hello") is True
+    assert xapi.pool.has_extension(pool, "Test.hello") is True
+    assert xapi.host.has_extension(host, "Test.absent") is False
+    assert xapi.pool.has_extension(pool, "Test.absent") is False
+    # A name that leaves the directory names nothing in it.
+    assert xapi.host.has_extension(host, "../plugins/echo") is False
