@@ -7,9 +7,12 @@
 //! - `ioctl`s of the Xen privcmd device (request type `'P'`: hypercalls, foreign mappings);
 //! - packet sockets (`AF_PACKET`) and raw IP sockets (`AF_INET`/`AF_INET6` with `SOCK_RAW`).
 //!
-//! A filter is per thread and inherited by the threads and processes the thread creates. It
-//! is refused rather than killed: a worker that meets it answers the request with an error
-//! and keeps serving.
+//! A filter is per thread and inherited by the threads and processes the thread creates.
+//! What happens to a forbidden call is the [`Action`]: by default it is refused (`EPERM`): a
+//! worker that meets it answers the request with an error and keeps serving; with `kill`
+//! (`--confine-action kill`) the kernel kills the whole daemon with `SIGSYS` at the first
+//! forbidden call, and systemd starts it again (`Restart=on-failure`). A thread alone is never
+//! killed: one killed inside the HTTP server could die holding a lock the others wait on.
 //!
 //! The agent's handlers run on the workers, but what they do that the filter refuses — the
 //! Xen backend's calls and the programs it starts, host plugins, power commands, an etcd
@@ -33,6 +36,28 @@ pub enum ConfineError {
     Install(String),
 }
 
+/// What the filter does to a forbidden call.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Action {
+    /// The call fails with `EPERM`; the worker goes on.
+    #[default]
+    Refuse,
+    /// The kernel kills the process with `SIGSYS`.
+    Kill,
+}
+
+impl std::str::FromStr for Action {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Action, String> {
+        match s {
+            "refuse" => Ok(Action::Refuse),
+            "kill" => Ok(Action::Kill),
+            other => Err(format!("{other:?}: expected refuse or kill")),
+        }
+    }
+}
+
 /// The privcmd ioctls' type byte (`_IOC_TYPE` = `'P'`), in the request's bits 8-15.
 const PRIVCMD_TYPE: u64 = (b'P' as u64) << 8;
 const IOC_TYPE_MASK: u64 = 0xff00;
@@ -47,8 +72,9 @@ fn rule(conds: Vec<SeccompCondition>) -> Result<SeccompRule, ConfineError> {
     SeccompRule::new(conds).map_err(|e| ConfineError::Build(e.to_string()))
 }
 
-/// The workers' filter, compiled for this machine's architecture.
-pub fn worker_filter() -> Result<BpfProgram, ConfineError> {
+/// The workers' filter, compiled for this machine's architecture, doing `action` to a
+/// forbidden call.
+pub fn worker_filter(action: Action) -> Result<BpfProgram, ConfineError> {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
     // An empty rule list matches every call of the syscall.
     rules.insert(libc::SYS_execve, vec![]);
@@ -82,7 +108,10 @@ pub fn worker_filter() -> Result<BpfProgram, ConfineError> {
     let filter = SeccompFilter::new(
         rules,
         SeccompAction::Allow,
-        SeccompAction::Errno(libc::EPERM as u32),
+        match action {
+            Action::Refuse => SeccompAction::Errno(libc::EPERM as u32),
+            Action::Kill => SeccompAction::KillProcess,
+        },
         arch,
     )
     .map_err(|e| ConfineError::Build(e.to_string()))?;

@@ -39,6 +39,8 @@ pub struct ServerConfig {
     pub bench_noop: bool,
     /// Install the seccomp filter of `crate::confine` on every HTTP worker thread.
     pub confine_workers: bool,
+    /// What that filter does to a forbidden call.
+    pub confine_action: crate::confine::Action,
 }
 
 /// The uid of a unix-socket peer.
@@ -217,10 +219,10 @@ pub async fn serve(agent: Arc<Agent>, cfg: ServerConfig) -> std::io::Result<()> 
     let max_body = cfg.max_body;
     let bench_noop = cfg.bench_noop;
     let filter = if cfg.confine_workers {
-        let prog = crate::confine::worker_filter().map_err(std::io::Error::other)?;
+        let prog = crate::confine::worker_filter(cfg.confine_action).map_err(std::io::Error::other)?;
         // The threads that do what the filter refuses exist before the first worker does.
         agent::privileged::start().map_err(std::io::Error::other)?;
-        tracing::info!("HTTP workers run under their seccomp filter");
+        tracing::info!(action = ?cfg.confine_action, "HTTP workers run under their seccomp filter");
         Some(Arc::new(prog))
     } else {
         None

@@ -34,7 +34,8 @@ enum Backend {
 struct Args {
     /// A TOML config file (keys: listen, socket, state_dir, backend, root_password_file,
     /// max_body, workers, tls_listen, tls_cert, tls_key, max_connections, network_backend,
-    /// plugin_dir, nbd_listen, confine_workers); flags given on the command line win over it.
+    /// plugin_dir, nbd_listen, confine_workers, confine_action); flags given on the command line
+    /// win over it.
     #[arg(long)]
     config: Option<PathBuf>,
     /// TCP address to serve HTTP on (repeatable) [default: 127.0.0.1:8080]. Plain HTTP stays
@@ -109,6 +110,10 @@ struct Args {
     /// HTTP workers without their seccomp filter.
     #[arg(long, overrides_with = "confine_workers")]
     no_confine_workers: bool,
+    /// What the workers' filter does to a forbidden call: `refuse` (EPERM, the default) or
+    /// `kill` (the daemon is killed with SIGSYS; systemd starts it again).
+    #[arg(long)]
+    confine_action: Option<rpc::confine::Action>,
 }
 
 /// The config file's keys (all optional).
@@ -130,6 +135,7 @@ struct FileConfig {
     network_backend: Option<String>,
     plugin_dir: Option<PathBuf>,
     confine_workers: Option<bool>,
+    confine_action: Option<String>,
 }
 
 /// Merges the config file under the command line.
@@ -193,6 +199,12 @@ fn effective(mut args: Args) -> Result<Args, String> {
     } else {
         file.confine_workers.unwrap_or(true)
     };
+    if args.confine_action.is_none() {
+        args.confine_action = match &file.confine_action {
+            Some(a) => Some(a.parse().map_err(|e| format!("confine_action {e}"))?),
+            None => Some(rpc::confine::Action::Refuse),
+        };
+    }
     if args.tls_cert.is_some() != args.tls_key.is_some() {
         return Err("--tls-cert and --tls-key go together".into());
     }
@@ -350,6 +362,7 @@ fn main() -> ExitCode {
         workers: args.workers.unwrap_or(0),
         bench_noop: args.bench_noop,
         confine_workers: args.confine_workers,
+        confine_action: args.confine_action.unwrap_or_default(),
     };
     let pool_https = tls_ready && args.tls_listen.iter().any(|a| a.port() == agent::POOL_HTTPS_PORT);
     let https_cert = args

@@ -100,7 +100,7 @@ fn assert_confined(p: &str) {
 
 #[test]
 fn the_filter_refuses_exec_raw_sockets_and_privcmd_on_its_thread_only() {
-    let prog = worker_filter().unwrap();
+    let prog = worker_filter(Action::Refuse).unwrap();
     let confined = std::thread::spawn(move || {
         install(&prog).unwrap();
         // A thread the confined thread creates inherits the filter.
@@ -116,6 +116,36 @@ fn the_filter_refuses_exec_raw_sockets_and_privcmd_on_its_thread_only() {
     let free = probe();
     assert_eq!(field(&free, "exec"), "ok", "{free}");
     assert_eq!(field(&free, "privcmd"), libc::ENOTTY.to_string(), "{free}");
+}
+
+#[test]
+fn under_the_kill_action_a_forbidden_call_kills_the_process() {
+    let prog = worker_filter(Action::Kill).unwrap();
+    let (path, arg) = (c"/bin/true", [c"/bin/true".as_ptr(), std::ptr::null()]);
+    let env = [std::ptr::null()];
+    // SAFETY: the child calls only async-signal-safe functions (prctl and seccomp through
+    // `install`, which allocates nothing, then execve and _exit) before it ends.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork failed");
+    if pid == 0 {
+        // SAFETY: see above; every pointer refers to memory made before the fork.
+        unsafe {
+            if install(&prog).is_err() {
+                libc::_exit(3);
+            }
+            libc::execve(path.as_ptr(), arg.as_ptr(), env.as_ptr());
+            // Not killed: the filter let it through (or it failed otherwise).
+            libc::_exit(4);
+        }
+    }
+    let mut status = 0;
+    // SAFETY: waits for the child made above; `status` is a valid out-pointer.
+    let waited = unsafe { libc::waitpid(pid, &mut status, 0) };
+    assert_eq!(waited, pid);
+    assert!(
+        libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGSYS,
+        "the child was not killed by SIGSYS: status {status:#x}"
+    );
 }
 
 /// `GET path` on `addr`: (status, body).
@@ -162,6 +192,7 @@ async fn serve_probe(confine: bool) -> (String, u16) {
         max_connections: 16,
         bench_noop: false,
         confine_workers: confine,
+        confine_action: Action::Refuse,
     };
     let server = actix_web::rt::spawn(crate::server::serve(agent, cfg));
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
