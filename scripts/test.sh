@@ -11,8 +11,9 @@
 #                                   then a pool of 4 daemons: tests/pool/run.sh (XenAPI.py)
 #   5. fuzzing                      fuzz/run.sh 60 (regression inputs replayed, then 60 s per target)
 #   6. real Xen                     tests/xen/run.sh (Xen 4.17 + dom0 under QEMU: the backend
-#                                   conformance suite in dom0, then xapid installed there with its
-#                                   systemd unit, driven from this host by XenAPI.py)
+#                                   conformance suite in dom0, the network namespace tests in
+#                                   dom0's kernel, then xapid installed there with its systemd
+#                                   unit, driven from this host by XenAPI.py)
 # Any failure stops the run with a non-zero exit.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -76,7 +77,7 @@ bash tests/pool/run.sh
 step "fuzzing the decoders and parsers (fuzz/run.sh 60)"
 FUZZ_DROP_BUILD=1 bash fuzz/run.sh 60
 
-step "real Xen 4.17 under QEMU: conformance in dom0, then xapid end to end (tests/xen/run.sh)"
+step "real Xen 4.17 under QEMU: conformance and network tests in dom0, then xapid end to end (tests/xen/run.sh)"
 bash tests/xen/run.sh
 
 step "all tests passed"

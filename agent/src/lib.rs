@@ -159,9 +159,13 @@ impl Agent {
     }
 
     /// Publishes the certificate this host serves HTTPS with on the pool's port (443) as its
-    /// `Certificate` record, which the other hosts of a pool pin; `None`: it serves none there.
+    /// `Certificate` record (type `host`), with its pool-internal one (type `host_internal`),
+    /// which the other hosts of a pool pin; `None`: it serves none there (both records go).
     pub async fn publish_https_certificate(&self, pem_file: Option<&std::path::Path>) -> Result<(), ApiError> {
-        host::certificates::publish(self, pem_file).await
+        use schema::enums::CertificateType;
+        host::certificates::publish(self, CertificateType::host, pem_file).await?;
+        let internal = pem_file.and(self.server_identity.as_deref().and_then(|i| i.internal_cert_file()));
+        host::certificates::publish(self, CertificateType::host_internal, internal).await
     }
 
     /// Where a client connects to a console, in the reference's form

@@ -55,6 +55,15 @@ impl TlsFiles {
             key: state_dir.join("tls").join("xapid-key.pem"),
         }
     }
+
+    /// The pool-internal pair kept in the state dir (made at the first start,
+    /// `agent::host::server_identity`).
+    pub fn internal_in_state_dir(state_dir: &Path) -> TlsFiles {
+        TlsFiles {
+            cert: state_dir.join("tls").join("xapid-pool-cert.pem"),
+            key: state_dir.join("tls").join("xapid-pool-key.pem"),
+        }
+    }
 }
 
 /// Creates a self-signed certificate for `hostname` (and localhost) at `files` unless both
@@ -91,6 +100,19 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), TlsError> {
 /// in place (`host.install_server_certificate`), and each handshake asks for the current ones.
 pub fn identity(files: &TlsFiles) -> Result<Arc<ServerIdentity>, TlsError> {
     ServerIdentity::load(files.cert.clone(), files.key.clone())
+        .map(Arc::new)
+        .map_err(TlsError::Pem)
+}
+
+/// [`identity`] with the host's pool-internal certificate in `internal` (made there, for
+/// `names`, when absent), served to clients asking for the server name `pool`.
+pub fn identity_with_internal(
+    files: &TlsFiles,
+    internal: &TlsFiles,
+    names: &[String],
+) -> Result<Arc<ServerIdentity>, TlsError> {
+    ServerIdentity::load(files.cert.clone(), files.key.clone())
+        .and_then(|i| i.with_internal(internal.cert.clone(), internal.key.clone(), names))
         .map(Arc::new)
         .map_err(TlsError::Pem)
 }

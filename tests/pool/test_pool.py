@@ -884,19 +884,38 @@ def call_with_secret(h: Host, secret: str, method: str, *params):
         return xmlrpc.client.loads(r.read())[0][0]
 
 
+def served_fingerprint(address: str, server_name: str | None = None) -> str:
+    """The SHA-256 fingerprint (the reference's spelling) of the certificate a host serves on
+    port 443 to a client asking for `server_name` (SNI; none when None)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    with socket.create_connection((address, 443), timeout=10) as raw:
+        with ctx.wrap_socket(raw, server_hostname=server_name) as t:
+            der = t.getpeercert(binary_form=True)
+    fp = hashlib.sha256(der).hexdigest().upper()
+    return ":".join(fp[i:i + 2] for i in range(0, len(fp), 2))
+
+
+def host_certificates(m, host: str) -> dict[str, dict]:
+    """The host's Certificate records by type."""
+    return {c["type"]: dict(c, ref=r) for r, c in m.Certificate.get_all_records().items() if c["host"] == host}
+
+
 def test_hosts_call_each_other_over_pinned_https(hosts):
-    """Each host's HTTPS certificate is in the pool database; hosts call each other over HTTPS
-    trusting exactly that certificate, and prove themselves with the pool secret."""
+    """Each host's certificates are in the pool database: the one it serves clients (type
+    `host`) and its pool-internal one (type `host_internal`, served to a client asking for the
+    server name `pool`); hosts call each other over HTTPS trusting exactly the internal one,
+    and prove themselves with the pool secret."""
     m = hosts[0].session().xenapi
     by_addr = {r["address"]: ref for ref, r in m.host.get_all_records().items()}
-    certs = m.Certificate.get_all_records()
     for h in hosts:
-        pem = ssl.get_server_certificate((h.address, 443))
-        fp = hashlib.sha256(ssl.PEM_cert_to_DER_cert(pem)).hexdigest().upper()
-        fp = ":".join(fp[i:i + 2] for i in range(0, len(fp), 2))
-        mine = [c for c in certs.values() if c["host"] == by_addr[h.address] and c["type"] == "host"]
-        assert [c["fingerprint"] for c in mine] == [fp], (h.address, mine)
-        assert m.host.get_certificates(by_addr[h.address]) == [r for r, c in certs.items() if c in mine]
+        mine = host_certificates(m, by_addr[h.address])
+        assert set(mine) == {"host", "host_internal"}, (h.address, mine)
+        assert mine["host"]["fingerprint"] == served_fingerprint(h.address), (h.address, mine)
+        assert mine["host_internal"]["fingerprint"] == served_fingerprint(h.address, "pool"), (h.address, mine)
+        assert mine["host"]["fingerprint"] != mine["host_internal"]["fingerprint"]
+        assert sorted(m.host.get_certificates(by_addr[h.address])) == sorted(c["ref"] for c in mine.values())
     secrets = {h.secret() for h in hosts}
     assert len(secrets) == 1 and len(secrets.pop()) == 64
     for h in hosts:
@@ -912,6 +931,29 @@ def test_hosts_call_each_other_over_pinned_https(hosts):
     assert r["Status"] == "Failure" and r["ErrorDescription"] == ["SESSION_AUTHENTICATION_FAILED"], r
     r = call_with_secret(hosts[1], hosts[1].secret(), "host.get_servertime", s._session, by_addr[hosts[1].address])
     assert r["Status"] == "Success", r
+
+
+def test_refresh_server_certificate_renews_the_internal_one(hosts):
+    """host.refresh_server_certificate: the host named gets a new pool-internal certificate,
+    served from the next handshake asking for it and recorded in place of the old one; the
+    certificate clients see stays; the other hosts go on calling it (pinning the new one)."""
+    m = hosts[0].session().xenapi
+    by_addr = {r["address"]: ref for ref, r in m.host.get_all_records().items()}
+    for h in (hosts[1], hosts[0]):
+        ref = by_addr[h.address]
+        before = host_certificates(m, ref)
+        m.host.refresh_server_certificate(ref)
+        after = host_certificates(m, ref)
+        assert after["host"] == before["host"], "the certificate clients see is not touched"
+        assert after["host_internal"]["ref"] != before["host_internal"]["ref"]
+        assert after["host_internal"]["fingerprint"] != before["host_internal"]["fingerprint"]
+        assert served_fingerprint(h.address, "pool") == after["host_internal"]["fingerprint"]
+        assert served_fingerprint(h.address) == after["host"]["fingerprint"]
+        assert failure(m.Certificate.get_record, before["host_internal"]["ref"])[0] == "HANDLE_INVALID"
+    # Calls the master forwards to the member reach it over the renewed certificate.
+    member = by_addr[hosts[1].address]
+    assert m.host.get_servertime(member)
+    assert m.host.get_server_localtime(member)
 
 
 def test_rotate_secret(hosts):

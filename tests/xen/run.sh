@@ -1,9 +1,13 @@
 #!/bin/bash
 # Tests xapid on real Xen 4.17, booted with a Debian bookworm dom0 under
-# QEMU TCG on this machine, in two parts:
+# QEMU TCG on this machine, in three parts:
 #   1. the hypervisor backend conformance suite against the real Xen backend
 #      (agent/src/hypervisor/xen/), run inside dom0;
-#   2. end to end: xapid installed in dom0 as a user installs it (the
+#   2. the network part: the python suite's namespace tests of the Linux
+#      network backend (tests/clients/python/test_network_netns.py), run in
+#      dom0, whose Debian kernel has the 8021q, bonding, vxlan and gre drivers
+#      (a missing one fails the part there);
+#   3. end to end: xapid installed in dom0 as a user installs it (the
 #      project's systemd unit dist/xapid.service, /etc/xapid/xapid.toml,
 #      backend "xen", HTTPS on port 443), started at boot by systemd, and
 #      driven from this host with XenAPI.py through QEMU's port forwarding
@@ -43,7 +47,7 @@
 # harness-only drop-in orders it after xapid-test.service and copies its
 # log to the serial console). Then tests/xen/e2e.py runs on this host.
 #
-# Exit status: 0 both parts passed; 1 a part ran and failed; 2 the
+# Exit status: 0 every part passed; 1 a part ran and failed; 2 the
 # harness could not run them (tools, image, build, boot, client).
 #
 # Environment: XAPID_XEN_CACHE (see above), XAPID_XEN_TIMEOUT (seconds
@@ -52,8 +56,8 @@
 # XAPID_XEN_SMP (QEMU CPUs, default 2), XAPID_XEN_CPU (QEMU -cpu, default
 # max,-smap,-xsave: see docs/hypervisor.md, "Testing on real Xen"),
 # XAPID_XEN_FILTER (run only the conformance checks whose name contains
-# this), XAPID_XEN_PARTS (default "conformance e2e"; either alone for a
-# quicker run while developing), XAPID_XEN_E2E_ONLY=pv,disk,hvm (the end-to-end
+# this), XAPID_XEN_PARTS (default "conformance network e2e"; any of them
+# alone for a quicker run while developing), XAPID_XEN_E2E_ONLY=pv,disk,hvm (the end-to-end
 # part runs only those of its parts; the report says so), XAPID_XEN_E2E_PVH_DISK=1 (also
 # the PVH guest through pygrub, not run by default: see docs/hypervisor.md), XAPID_XEN_LOG=debug (libxenguest's detailed domain builder log in
 # the serial log), XAPID_XEN_XL_PROBE=N (first build a guest N times with
@@ -72,7 +76,7 @@ FILTER=${XAPID_XEN_FILTER:-}
 IMAGE_VERSION=5
 # Bump when the test guest below changes.
 GUEST_VERSION=5
-PARTS=${XAPID_XEN_PARTS:-conformance e2e}
+PARTS=${XAPID_XEN_PARTS:-conformance network e2e}
 PACKAGES=linux-image-amd64,xen-hypervisor-4.17-amd64,xen-utils-4.17,xen-utils-common,systemd-sysv,udev,kmod,iproute2,procps,initramfs-tools,util-linux,e2fsprogs
 
 T0=$(date +%s)
@@ -362,7 +366,7 @@ fi
 REL_HELPER=$(dirname "$XAPID_BIN")/xapid-xenguest
 [ -x "$XAPID_BIN" ] && [ -x "$REL_HELPER" ] || die "no $XAPID_BIN or $REL_HELPER (build both with cargo build --release)"
 case " $PARTS " in
-*" e2e "*)
+*" e2e "* | *" network "*)
     PY_VENV=$(bash "$REPO/tests/clients/run.sh" --python-venv) || die "cannot install XenAPI.py (tests/clients/run.sh --python-venv)"
     ;;
 esac
@@ -386,6 +390,23 @@ XAPID_XEN_XL_PROBE=${XAPID_XEN_XL_PROBE:-}
 XAPID_XEN_EVENT_TIMEOUT=${XAPID_XEN_EVENT_TIMEOUT:-}
 EOF
 echo "XAPID_XEN_PARTS='$PARTS'" >>"$RUN/payload/env"
+# The network part runs the python suite's namespace tests in dom0 (dom0-run.sh): the test
+# files, and XenAPI.py with pytest from the client venv (pure Python, read by dom0's python3).
+case " $PARTS " in
+*" network "*)
+    mkdir -p "$RUN/payload/pylib" "$RUN/payload/py"
+    SITE=$("$PY_VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+    for d in "$SITE"/*; do
+        case ${d##*/} in
+        pip | pip-* | setuptools* | _distutils_hack | distutils-precedence.pth | __pycache__) ;;
+        *) cp -r "$d" "$RUN/payload/pylib/" ;;
+        esac
+    done
+    for f in conftest.py pytest.ini xapid_harness.py xapi_model.py test_network_netns.py; do
+        cp "$REPO/tests/clients/python/$f" "$RUN/payload/py/"
+    done
+    ;;
+esac
 # Sized from what it holds (the debug test binary alone is over 150 MB), with room for ext4's own.
 payload_mib=$(( $(du -sm "$RUN/payload" | cut -f1) * 5 / 4 + 64 ))
 truncate -s "${payload_mib}M" "$RUN/payload.img"
@@ -442,7 +463,7 @@ QPID=$!
 # Progress: echo the harness's marker lines, and xapid's warnings, as they
 # appear (tail stops when QEMU does).
 tail -n +1 -F --pid=$QPID "$RUN/serial.log" 2>/dev/null 9>&- | grep --line-buffered -a -E \
-    '^(XAPID_(STEP|CHECK|HOST|WARN|XEN|DOM0|XLPROBE|HVM[A-Z]+)|conformance of|  [a-z_0-9]+ +(ok|FAILED|skipped) )|checks passed|\(XEN\) Xen version|panic| (WARN|ERROR) ' 9>&- &
+    '^(XAPID_(STEP|CHECK|HOST|WARN|XEN|DOM0|XLPROBE|NET|HVM[A-Z]+)|conformance of|  [a-z_0-9]+ +(ok|FAILED|skipped) )|checks passed|\(XEN\) Xen version|panic| (WARN|ERROR) ' 9>&- &
 S=$RUN/serial.log
 # dom0's part ends with XAPID_DOM0_DONE (then, for the end-to-end part,
 # systemd starts xapid).
@@ -496,11 +517,20 @@ case " $PARTS " in
     CONF=$(grep -a -o 'XAPID_XEN_RESULT=[A-Z]*' "$S" | tail -1 | cut -d= -f2)
     ;;
 esac
+NET=not-run
+case " $PARTS " in
+*" network "*)
+    echo "=== network part in dom0 (from $S) ==="
+    sed -n 's/^XAPID_NET //p' "$S" | tr -d '\r' || true
+    NET=$(grep -a -o 'XAPID_NET_RESULT=[A-Z]*' "$S" | tail -1 | cut -d= -f2)
+    ;;
+esac
 echo "=== timings: boot to dom0 test start $(grep -a -o 'XAPID_DOM0_UP uptime=[0-9.]*s' "$S" | head -1 | cut -d= -f2), total QEMU $((T_END - T_BOOT))s, harness $((T_END - T0))s ==="
-echo "=== conformance in dom0: ${CONF:-no result}; end to end with XenAPI.py: $E2E ==="
+echo "=== conformance in dom0: ${CONF:-no result}; network in dom0: ${NET:-no result}; end to end with XenAPI.py: $E2E ==="
 for part in $PARTS; do
     case $part in
     conformance) r=$CONF ;;
+    network) r=$NET ;;
     e2e) r=$E2E ;;
     *) die "unknown part $part in XAPID_XEN_PARTS" ;;
     esac

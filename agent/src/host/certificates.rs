@@ -1,7 +1,10 @@
-//! This host's `Certificate` record: the certificate it serves HTTPS with on the reference's port
-//! (443), as the reference lists it (`type` `host`, validity, SHA-256 fingerprint). Other hosts
-//! of the pool pin it: their calls to this host go over HTTPS and accept exactly the
-//! certificate whose fingerprint the pool database holds ([`crate::pool::remote`]).
+//! This host's `Certificate` records, as the reference lists them (`type`, validity, SHA-256
+//! fingerprint): the certificate it serves HTTPS with on the reference's port (443), type
+//! `host`, and its pool-internal one, type `host_internal` (served to a client asking for the
+//! server name `pool`, [`crate::host::server_identity`]). Other hosts of the pool pin the
+//! internal one (or, for a host that has none recorded, the served one): their calls to this
+//! host go over HTTPS and accept exactly the certificate whose fingerprint the pool database
+//! holds ([`crate::pool::remote`]).
 
 use crate::error::ApiError;
 use crate::schema::{class_ids, enums::CertificateType, fields};
@@ -46,29 +49,56 @@ pub fn facts(pem: &[u8]) -> Result<CertFacts, String> {
     })
 }
 
-/// `host`'s `Certificate` records of type `host` (its HTTPS certificate; one, or none).
-fn host_certificates(agent: &Agent, host: &str) -> Vec<std::sync::Arc<crate::value::Object>> {
+/// `host`'s `Certificate` records of type `kind` (one, or none).
+fn host_certificates(agent: &Agent, host: &str, kind: CertificateType) -> Vec<std::sync::Arc<crate::value::Object>> {
     agent
         .store
         .all(class_ids::Certificate)
         .into_iter()
         .filter(|c| {
             c.get(fields::Certificate::host).as_ref_str() == Some(host)
-                && c.get(fields::Certificate::r#type).as_str() == Some(CertificateType::host.name())
+                && c.get(fields::Certificate::r#type).as_str() == Some(kind.name())
         })
         .collect()
 }
 
-/// The fingerprint the pool database holds for `host`'s HTTPS certificate, if it serves one.
-pub fn pinned(agent: &Agent, host: &str) -> Option<String> {
-    host_certificates(agent, host)
-        .first()
-        .and_then(|c| c.get(fields::Certificate::fingerprint).as_str().map(str::to_owned))
+/// Whether `host` has a certificate of type `kind` recorded.
+pub fn recorded(agent: &Agent, host: &str, kind: CertificateType) -> bool {
+    !host_certificates(agent, host, kind).is_empty()
 }
 
-/// Records the certificate in `pem_file` as this host's (replacing an older one), or, with
-/// `None`, removes this host's record (it serves no HTTPS on the pool's port).
-pub async fn publish(agent: &Agent, pem_file: Option<&Path>) -> Result<(), ApiError> {
+/// The certificate another host pins when it calls `host`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pin {
+    /// Its SHA-256 fingerprint.
+    pub fingerprint: String,
+    /// Whether it is the pool-internal one (asked for with the server name `pool`).
+    pub internal: bool,
+}
+
+/// What the other hosts pin when they call `host`: its pool-internal certificate, else its
+/// served one; `None` when it has neither recorded (it serves no HTTPS on the pool's port).
+pub fn pinned(agent: &Agent, host: &str) -> Option<Pin> {
+    let fingerprint = |kind| {
+        host_certificates(agent, host, kind)
+            .first()
+            .and_then(|c| c.get(fields::Certificate::fingerprint).as_str().map(str::to_owned))
+    };
+    if let Some(fingerprint) = fingerprint(CertificateType::host_internal) {
+        return Some(Pin {
+            fingerprint,
+            internal: true,
+        });
+    }
+    fingerprint(CertificateType::host).map(|fingerprint| Pin {
+        fingerprint,
+        internal: false,
+    })
+}
+
+/// Records the certificate in `pem_file` as this host's of type `kind` (replacing an older
+/// one), or, with `None`, removes this host's record of that type.
+pub async fn publish(agent: &Agent, kind: CertificateType, pem_file: Option<&Path>) -> Result<(), ApiError> {
     let facts = match pem_file {
         Some(p) => {
             let pem = std::fs::read(p).map_err(|e| ApiError::internal(format!("{}: {e}", p.display())))?;
@@ -77,7 +107,7 @@ pub async fn publish(agent: &Agent, pem_file: Option<&Path>) -> Result<(), ApiEr
         None => None,
     };
     let host = agent.host.clone();
-    let mine = host_certificates(agent, &host);
+    let mine = host_certificates(agent, &host, kind);
     agent
         .store
         .write(|tx| {
@@ -97,7 +127,7 @@ pub async fn publish(agent: &Agent, pem_file: Option<&Path>) -> Result<(), ApiEr
             if let Some(f) = &facts {
                 let mut c = crate::value::default_object(class_ids::Certificate, &crate::objects::new_ref());
                 c.set(fields::Certificate::uuid, Value::str(crate::objects::new_uuid()));
-                c.set(fields::Certificate::r#type, CertificateType::host.value());
+                c.set(fields::Certificate::r#type, kind.value());
                 c.set(fields::Certificate::host, Value::reference(host.as_str()));
                 c.set(fields::Certificate::not_before, Value::DateTime(f.not_before));
                 c.set(fields::Certificate::not_after, Value::DateTime(f.not_after));

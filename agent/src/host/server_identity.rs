@@ -1,6 +1,14 @@
 //! The certificate this host serves HTTPS (and NBD over TLS) with, and the messages that
 //! replace it: `host.install_server_certificate`, `host.reset_server_certificate` and
-//! `host.emergency_reset_server_certificate`.
+//! `host.emergency_reset_server_certificate`; and the host's pool-internal certificate,
+//! renewed by `host.refresh_server_certificate`.
+//!
+//! As in the reference, a host has two: the one clients see (`Certificate` type `host`, which
+//! an admin may replace with one signed by their authority), and a self-signed one the hosts
+//! of a pool use between themselves (type `host_internal`), served to a TLS client that asks
+//! for the server name `pool` (SNI) and pinned by the other hosts (`pool/remote.rs`). It is
+//! made at the first start, kept in the state dir, and only ever replaced by a new self-signed
+//! one.
 //!
 //! [`ServerIdentity`] holds the certificate chain and key in memory; the listeners' TLS
 //! configurations ask it for them at every handshake (it is their certificate resolver), so a
@@ -24,6 +32,7 @@ use crate::call::Entry;
 use crate::entry;
 use crate::error::ApiError;
 use crate::schema::class_ids;
+use crate::schema::enums::CertificateType;
 use crate::value::Value;
 use crate::Agent;
 use parking_lot::RwLock;
@@ -33,25 +42,62 @@ use rustls::sign::CertifiedKey;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// The certificate and key served, and the files they live in.
-pub struct ServerIdentity {
+/// The server name (SNI) under which the hosts of a pool ask each other for their
+/// pool-internal certificate.
+pub const POOL_SERVER_NAME: &str = "pool";
+
+/// A certificate chain and key served, and the files they live in.
+struct Served {
     cert_file: PathBuf,
     key_file: PathBuf,
     current: RwLock<Arc<CertifiedKey>>,
 }
 
+impl Served {
+    fn load(cert_file: PathBuf, key_file: PathBuf) -> Result<Served, String> {
+        let read = |p: &Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
+        let ck = certified(&read(&cert_file)?, &read(&key_file)?)
+            .map_err(|e| format!("{} with {}: {e}", cert_file.display(), key_file.display()))?;
+        Ok(Served {
+            cert_file,
+            key_file,
+            current: RwLock::new(Arc::new(ck)),
+        })
+    }
+
+    /// Writes the new chain and key to the files, then serves them from the next handshake.
+    fn replace(&self, cert_pem: &[u8], key_pem: &[u8]) -> Result<(), String> {
+        let ck = certified(cert_pem, key_pem)?;
+        crate::fsutil::write_private(&self.key_file, key_pem)
+            .map_err(|e| format!("{}: {e}", self.key_file.display()))?;
+        crate::fsutil::write_private(&self.cert_file, cert_pem)
+            .map_err(|e| format!("{}: {e}", self.cert_file.display()))?;
+        *self.current.write() = Arc::new(ck);
+        Ok(())
+    }
+}
+
+/// The certificates this host serves: the one clients see, and the pool-internal one.
+pub struct ServerIdentity {
+    served: Served,
+    internal: Option<Served>,
+}
+
 impl std::fmt::Debug for ServerIdentity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ServerIdentity")
-            .field("cert_file", &self.cert_file)
-            .field("key_file", &self.key_file)
+            .field("cert_file", &self.served.cert_file)
+            .field("internal_cert_file", &self.internal.as_ref().map(|i| &i.cert_file))
             .finish_non_exhaustive()
     }
 }
 
 impl ResolvesServerCert for ServerIdentity {
-    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.current.read().clone())
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        match (&self.internal, hello.server_name()) {
+            (Some(internal), Some(POOL_SERVER_NAME)) => Some(internal.current.read().clone()),
+            _ => Some(self.served.current.read().clone()),
+        }
     }
 }
 
@@ -81,32 +127,45 @@ fn certified(cert_pem: &[u8], key_pem: &[u8]) -> Result<CertifiedKey, String> {
 }
 
 impl ServerIdentity {
-    /// The chain and key in these PEM files.
+    /// The chain and key in these PEM files (no pool-internal certificate).
     pub fn load(cert_file: PathBuf, key_file: PathBuf) -> Result<ServerIdentity, String> {
-        let read = |p: &Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
-        let ck = certified(&read(&cert_file)?, &read(&key_file)?)
-            .map_err(|e| format!("{} with {}: {e}", cert_file.display(), key_file.display()))?;
         Ok(ServerIdentity {
-            cert_file,
-            key_file,
-            current: RwLock::new(Arc::new(ck)),
+            served: Served::load(cert_file, key_file)?,
+            internal: None,
         })
     }
 
-    /// The PEM file of the chain served.
+    /// Adds the pool-internal certificate kept in these files, made (self-signed, for
+    /// `names`) when they are not both there.
+    pub fn with_internal(mut self, cert_file: PathBuf, key_file: PathBuf, names: &[String]) -> Result<Self, String> {
+        if !(cert_file.exists() && key_file.exists()) {
+            let made = rcgen::generate_simple_self_signed(names.to_vec()).map_err(|e| e.to_string())?;
+            if let Some(dir) = cert_file.parent() {
+                std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            }
+            crate::fsutil::write_private(&key_file, made.signing_key.serialize_pem().as_bytes())
+                .map_err(|e| format!("{}: {e}", key_file.display()))?;
+            crate::fsutil::write_private(&cert_file, made.cert.pem().as_bytes())
+                .map_err(|e| format!("{}: {e}", cert_file.display()))?;
+            tracing::info!(cert = %cert_file.display(), "made this host's pool-internal certificate");
+        }
+        self.internal = Some(Served::load(cert_file, key_file)?);
+        Ok(self)
+    }
+
+    /// The PEM file of the chain served to clients.
     pub fn cert_file(&self) -> &Path {
-        &self.cert_file
+        &self.served.cert_file
+    }
+
+    /// The PEM file of the pool-internal certificate, if this host has one.
+    pub fn internal_cert_file(&self) -> Option<&Path> {
+        self.internal.as_ref().map(|i| i.cert_file.as_path())
     }
 
     /// Writes the new chain and key to the files, then serves them from the next handshake.
     fn replace(&self, cert_pem: &[u8], key_pem: &[u8]) -> Result<(), String> {
-        let ck = certified(cert_pem, key_pem)?;
-        crate::fsutil::write_private(&self.key_file, key_pem)
-            .map_err(|e| format!("{}: {e}", self.key_file.display()))?;
-        crate::fsutil::write_private(&self.cert_file, cert_pem)
-            .map_err(|e| format!("{}: {e}", self.cert_file.display()))?;
-        *self.current.write() = Arc::new(ck);
-        Ok(())
+        self.served.replace(cert_pem, key_pem)
     }
 }
 
@@ -128,7 +187,31 @@ pub fn behaviour() -> Vec<Entry> {
             let (cert, key) = self_signed(&agent)?;
             put_in_place(&agent, cert.as_bytes(), key.as_bytes()).await
         }),
+        entry!(class_ids::host, "refresh_server_certificate", |agent, _, c| {
+            super::this_host(&agent, c.ref_arg(0)?)?;
+            refresh_internal(&agent).await
+        }),
     ]
+}
+
+/// `host.refresh_server_certificate` (run on the host named): a new self-signed pool-internal
+/// certificate, served from the next handshake that asks for it and recorded (type
+/// `host_internal`) for the other hosts to pin, the old record removed.
+async fn refresh_internal(agent: &Agent) -> Result<Value, ApiError> {
+    let internal = serving(agent)?
+        .internal
+        .as_ref()
+        .ok_or_else(|| ApiError::internal("this host has no pool-internal certificate (it serves no HTTPS)"))?;
+    let (cert, key) = self_signed(agent)?;
+    internal.replace(cert.as_bytes(), key.as_bytes()).map_err(|e| {
+        tracing::error!(error = %e, "the new pool-internal certificate could not be put in place");
+        ApiError::internal(format!(
+            "the new pool-internal certificate could not be put in place: {e}"
+        ))
+    })?;
+    tracing::warn!(cert = %internal.cert_file.display(), "the pool-internal certificate was renewed");
+    crate::host::certificates::publish(agent, CertificateType::host_internal, Some(&internal.cert_file)).await?;
+    Ok(Value::None)
 }
 
 fn serving(agent: &Agent) -> Result<&ServerIdentity, ApiError> {
@@ -145,11 +228,11 @@ async fn put_in_place(agent: &Agent, cert_pem: &[u8], key_pem: &[u8]) -> Result<
         tracing::error!(error = %e, "the new server certificate could not be put in place");
         ApiError::internal(format!("the new server certificate could not be put in place: {e}"))
     })?;
-    tracing::warn!(cert = %identity.cert_file.display(), "the server certificate was replaced");
-    // A host that serves HTTPS on the pool's port has its certificate recorded for the others
-    // to pin (certificates.rs): the record follows the replacement.
-    if crate::host::certificates::pinned(agent, &agent.host).is_some() {
-        crate::host::certificates::publish(agent, Some(identity.cert_file())).await?;
+    tracing::warn!(cert = %identity.cert_file().display(), "the server certificate was replaced");
+    // A host that serves HTTPS on the pool's port has its certificate recorded (certificates.rs):
+    // the record follows the replacement.
+    if crate::host::certificates::recorded(agent, &agent.host, CertificateType::host) {
+        crate::host::certificates::publish(agent, CertificateType::host, Some(identity.cert_file())).await?;
     }
     Ok(Value::None)
 }
@@ -402,18 +485,48 @@ mod tests {
         std::fs::write(&cf, first.cert.pem()).unwrap();
         std::fs::write(&kf, first.signing_key.serialize_pem()).unwrap();
         let id = ServerIdentity::load(cf.clone(), kf.clone()).unwrap();
-        assert_eq!(id.current.read().cert[0].as_ref(), first.cert.der().as_ref());
+        assert_eq!(id.served.current.read().cert[0].as_ref(), first.cert.der().as_ref());
         // A key that is not the certificate's changes nothing.
         assert!(id
             .replace(cert.as_bytes(), first.signing_key.serialize_pem().as_bytes())
             .is_err());
         assert_eq!(std::fs::read_to_string(&cf).unwrap(), first.cert.pem());
         id.replace(cert.as_bytes(), key.as_bytes()).unwrap();
-        assert_eq!(id.current.read().cert, pem_certs(cert.as_bytes()).unwrap());
+        assert_eq!(id.served.current.read().cert, pem_certs(cert.as_bytes()).unwrap());
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(std::fs::metadata(&kf).unwrap().permissions().mode() & 0o777, 0o600);
         // What a restart loads is what was put in place.
         let again = ServerIdentity::load(cf, kf).unwrap();
-        assert_eq!(again.current.read().cert, pem_certs(cert.as_bytes()).unwrap());
+        assert_eq!(again.served.current.read().cert, pem_certs(cert.as_bytes()).unwrap());
+    }
+
+    #[test]
+    fn the_internal_certificate_is_made_once_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cf, kf) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+        let served = rcgen::generate_simple_self_signed(vec!["served".into()]).unwrap();
+        std::fs::write(&cf, served.cert.pem()).unwrap();
+        std::fs::write(&kf, served.signing_key.serialize_pem()).unwrap();
+        let (icf, ikf) = (
+            dir.path().join("tls/pool-cert.pem"),
+            dir.path().join("tls/pool-key.pem"),
+        );
+        let names = ["h".to_owned()];
+        let id = ServerIdentity::load(cf.clone(), kf.clone())
+            .unwrap()
+            .with_internal(icf.clone(), ikf.clone(), &names)
+            .unwrap();
+        let made = id.internal.as_ref().unwrap().current.read().cert.clone();
+        assert_ne!(made, id.served.current.read().cert);
+        assert_eq!(made, pem_certs(&std::fs::read(&icf).unwrap()).unwrap());
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&ikf).unwrap().permissions().mode() & 0o777, 0o600);
+        // A restart keeps it.
+        let again = ServerIdentity::load(cf, kf)
+            .unwrap()
+            .with_internal(icf, ikf, &names)
+            .unwrap();
+        assert_eq!(again.internal.as_ref().unwrap().current.read().cert, made);
+        assert_eq!(again.internal_cert_file(), id.internal_cert_file());
     }
 }

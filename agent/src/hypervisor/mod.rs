@@ -610,6 +610,26 @@ pub trait Hypervisor: Send + Sync {
         Ok(BTreeMap::new())
     }
 
+    /// Hands the tools of the guest in `domid` the address settings of its interface
+    /// `devid` (MAC `mac`): on Xen the nodes under
+    /// `xenserver/device/vif/<devid>/static-ip-setting` that XenServer's guest tools watch
+    /// and apply, answering in `error-code`/`error-msg` there. Called when the interface
+    /// is plugged and when `VIF.configure_ipv4`/`configure_ipv6` change a plugged one.
+    fn set_vif_ip_setting(
+        &self,
+        domid: DomId,
+        devid: DevId,
+        mac: &MacAddr,
+        setting: &VifIpSetting,
+    ) -> Result<(), BackendError> {
+        let _ = (domid, devid, mac, setting);
+        Err(BackendError::Unsupported {
+            op: Op::Guest,
+            backend: self.backend_name(),
+            what: "address settings for guest tools".into(),
+        })
+    }
+
     /// Run-time fault injection, if the backend supports it.
     fn fault_injection(&self) -> Option<&dyn FaultInjection> {
         None

@@ -12,7 +12,8 @@ use std::sync::Arc;
 
 use super::{
     BackendError, BlockDevice, Capabilities, ConsoleStream, DevId, DeviceInfo, DomId, DomainConfig, DomainInfo,
-    EventReceiver, FaultInjection, GuestControl, HostInfo, Hypervisor, NetDevice, ShutdownReason, UnplugMode,
+    EventReceiver, FaultInjection, GuestControl, HostInfo, Hypervisor, MacAddr, NetDevice, ShutdownReason, UnplugMode,
+    VifIpSetting,
 };
 use crate::privileged;
 
@@ -152,6 +153,17 @@ impl<H: Hypervisor + 'static> Hypervisor for PrivilegedCalls<H> {
 
     fn guest_agent_keys(&self, domid: DomId) -> Result<BTreeMap<String, String>, BackendError> {
         self.run(move |h| h.guest_agent_keys(domid))
+    }
+
+    fn set_vif_ip_setting(
+        &self,
+        domid: DomId,
+        devid: DevId,
+        mac: &MacAddr,
+        setting: &VifIpSetting,
+    ) -> Result<(), BackendError> {
+        let (mac, setting) = (*mac, setting.clone());
+        self.run(move |h| h.set_vif_ip_setting(domid, devid, &mac, &setting))
     }
 
     fn fault_injection(&self) -> Option<&dyn FaultInjection> {

@@ -612,6 +612,43 @@ pub struct NetDevice {
     pub bridge: String,
 }
 
+/// One address family's setting for an interface, handed to the guest's tools
+/// (`VIF.configure_ipv4`/`configure_ipv6`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum IpSetting {
+    /// The guest configures the interface itself (mode `None`).
+    #[default]
+    Unspecified,
+    /// A static address in CIDR form (`192.0.2.10/24`) and the gateway, if one is given.
+    Static {
+        /// The address with its prefix length.
+        address: String,
+        /// The default gateway.
+        gateway: Option<String>,
+    },
+}
+
+/// The address settings of one interface, both families: what a toolstack publishes for
+/// guest tools that apply them (`feature-static-ip-setting`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VifIpSetting {
+    /// IPv4.
+    pub v4: IpSetting,
+    /// IPv6.
+    pub v6: IpSetting,
+}
+
+impl VifIpSetting {
+    /// The static addresses, IPv4 then IPv6 (empty lists where the guest chooses).
+    pub fn addresses(&self) -> (Vec<String>, Vec<String>) {
+        let list = |s: &IpSetting| match s {
+            IpSetting::Static { address, .. } => vec![address.clone()],
+            IpSetting::Unspecified => Vec::new(),
+        };
+        (list(&self.v4), list(&self.v6))
+    }
+}
+
 /// How to unplug a device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum UnplugMode {

@@ -3,7 +3,9 @@
 
 use super::{blocking, blocking_for, rules};
 use crate::error::ApiError;
-use crate::hypervisor::{BlockDevice, BlockMode, DevId, DomId, MacAddr, NetDevice, UnplugMode};
+use crate::hypervisor::{
+    BackendError, BlockDevice, BlockMode, DevId, DomId, Hypervisor, MacAddr, NetDevice, UnplugMode, VifIpSetting,
+};
 use crate::objects::set_field;
 use crate::schema::{class_ids, fields};
 use crate::store::Tx;
@@ -96,9 +98,11 @@ pub fn emulated(agent: &Agent, vm: &Object) -> Result<(Vec<BlockDevice>, Vec<Net
     Ok((blocks, nets))
 }
 
-/// Plugs every VBD and VIF of a VM into its new domain; on failure unplugs what it plugged.
+/// Plugs every VBD and VIF of a VM into its new domain (each VIF with its address settings
+/// for the guest's tools); on failure unplugs what it plugged.
 pub async fn attach_all(agent: &Arc<Agent>, vm: &Object, domid: DomId) -> Result<(), ApiError> {
     let (blocks, nets) = emulated(agent, vm)?;
+    let settings = ip_settings(agent, vm);
     let hv = agent.hypervisor.clone();
     blocking_for(agent, &vm.reference, move || {
         for b in &blocks {
@@ -106,10 +110,60 @@ pub async fn attach_all(agent: &Arc<Agent>, vm: &Object, domid: DomId) -> Result
         }
         for n in &nets {
             hv.plug_net(domid, n)?;
+            if let Some(setting) = settings.get(&n.devid) {
+                hand_over(hv.as_ref(), domid, n, setting)?;
+            }
         }
         Ok(())
     })
     .await
+}
+
+/// The address settings of a VM's VIFs that ask the guest's tools for static addresses, by
+/// position (the others need nothing written: the tools' default is the guest's own choice).
+fn ip_settings(agent: &Agent, vm: &Object) -> std::collections::BTreeMap<DevId, VifIpSetting> {
+    vm.get(fields::VM::VIFs)
+        .as_set()
+        .iter()
+        .filter_map(|r| r.as_ref_str().and_then(|r| agent.store.get(class_ids::VIF, r)))
+        .filter_map(|vif| {
+            let setting = crate::network::vif::ip_setting(&vif);
+            let id = devid(vif.str_field("device")).ok()?;
+            (setting != VifIpSetting::default()).then_some((id, setting))
+        })
+        .collect()
+}
+
+/// Hands a plugged interface's address settings to the guest's tools; a backend with no
+/// way to reach them is passed over.
+fn hand_over(hv: &dyn Hypervisor, domid: DomId, n: &NetDevice, setting: &VifIpSetting) -> Result<(), BackendError> {
+    match hv.set_vif_ip_setting(domid, n.devid, &n.mac, setting) {
+        Err(BackendError::Unsupported { what, .. }) => {
+            tracing::debug!(domid, devid = n.devid, %what, "no address settings for guest tools here");
+            Ok(())
+        }
+        other => other,
+    }
+}
+
+/// `VIF.configure_ipv4`/`configure_ipv6` on a plugged VIF: its new settings go to the guest's
+/// tools at once (an unplugged VIF gets them when it is plugged).
+pub async fn publish_ip_setting(agent: &Arc<Agent>, vif_ref: &str) -> Result<(), ApiError> {
+    let vif = agent
+        .store
+        .get(class_ids::VIF, vif_ref)
+        .ok_or_else(|| ApiError::handle_invalid("VIF", vif_ref))?;
+    if vif.get(fields::VIF::currently_attached).as_bool() != Some(true) {
+        return Ok(());
+    }
+    let vm = vif.get(fields::VIF::VM).key_text();
+    let Ok(domid) = running_domid(agent, &vm) else {
+        return Ok(());
+    };
+    let n = net_device(agent, &vif)?;
+    let setting = crate::network::vif::ip_setting(&vif);
+    let hv = agent.hypervisor.clone();
+    blocking_for(agent, &vm, move || hand_over(hv.as_ref(), domid, &n, &setting)).await
 }
 
 /// Sets `currently_attached` on every device of a VM (in a transaction).
@@ -263,7 +317,12 @@ pub async fn vif(agent: &Arc<Agent>, r: &str, op: &str, _args: &[Value]) -> Resu
         "plug" => {
             let dev = net_device(agent, &vif)?;
             let hv = agent.hypervisor.clone();
-            blocking_for(agent, &vm, move || hv.plug_net(d, &dev)).await?;
+            let setting = crate::network::vif::ip_setting(&vif);
+            blocking_for(agent, &vm, move || {
+                hv.plug_net(d, &dev)?;
+                hand_over(hv.as_ref(), d, &dev, &setting)
+            })
+            .await?;
             set_attached(agent, class_ids::VIF, r, &vm, true).await
         }
         "unplug" | "unplug_force" => {

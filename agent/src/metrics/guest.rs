@@ -19,7 +19,7 @@ use std::sync::Arc;
 use crate::error::ApiError;
 use crate::hypervisor::{DevId, DomId, Hypervisor};
 use crate::objects::{create, destroy, new_ref, new_uuid, set_field};
-use crate::schema::enums::{TristateType, VifIpv4ConfigurationMode, VifIpv6ConfigurationMode, VmPowerState};
+use crate::schema::enums::{TristateType, VmPowerState};
 use crate::schema::{class_ids, fields};
 use crate::store::Tx;
 use crate::value::{Object, Value};
@@ -220,23 +220,7 @@ pub struct GuestPlan {
 
 /// A VIF's static addresses (empty lists where its mode is not `Static`).
 fn vif_statics(vif: &Object) -> (Vec<String>, Vec<String>) {
-    let list = |mode_static: bool, f| -> Vec<String> {
-        if !mode_static {
-            return Vec::new();
-        }
-        vif.get(f)
-            .as_set()
-            .iter()
-            .filter_map(|a| a.as_str().map(str::to_owned))
-            .filter(|a| !a.is_empty())
-            .collect()
-    };
-    let v4 = vif.get(fields::VIF::ipv4_configuration_mode) == &VifIpv4ConfigurationMode::Static.value();
-    let v6 = vif.get(fields::VIF::ipv6_configuration_mode) == &VifIpv6ConfigurationMode::Static.value();
-    (
-        list(v4, fields::VIF::ipv4_addresses),
-        list(v6, fields::VIF::ipv6_addresses),
-    )
+    crate::network::vif::ip_setting(vif).addresses()
 }
 
 /// The guests to read: every resident VM but the control domain.
@@ -409,6 +393,7 @@ pub fn clear_tx(tx: &mut Tx, vm: &Object) -> Result<(), ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::schema::enums::VifIpv4ConfigurationMode;
 
     fn keys(pairs: &[(&str, &str)]) -> StrMap {
         pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()

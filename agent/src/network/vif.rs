@@ -7,6 +7,7 @@ use super::topology::{self, refs, text};
 use crate::call::Entry;
 use crate::entry;
 use crate::error::ApiError;
+use crate::hypervisor::{IpSetting, VifIpSetting};
 use crate::objects::set_field;
 use crate::schema::enums::{VifIpv4ConfigurationMode, VifIpv6ConfigurationMode, VifLockingMode};
 use crate::schema::{class_ids, fields, FieldId};
@@ -75,6 +76,8 @@ pub fn behaviour() -> Vec<Entry> {
                     )?;
                     set_field(tx, class_ids::VIF, &r, f::ipv4_gateway, Value::str(gateway.clone()))
                 })
+                .await?;
+            crate::lifecycle::devices::publish_ip_setting(&agent, &r)
                 .await
                 .map(|()| Value::None)
         }),
@@ -107,6 +110,8 @@ pub fn behaviour() -> Vec<Entry> {
                     )?;
                     set_field(tx, class_ids::VIF, &r, f::ipv6_gateway, Value::str(gateway.clone()))
                 })
+                .await?;
+            crate::lifecycle::devices::publish_ip_setting(&agent, &r)
                 .await
                 .map(|()| Value::None)
         }),
@@ -259,4 +264,39 @@ async fn move_vif(agent: &Agent, vif: &str, network: &str) -> Result<(), ApiErro
             .map_err(|e| ApiError::internal(format!("moving {port} to {bridge}: {e}")))?;
     }
     Ok(())
+}
+
+/// The address settings a VIF's record asks of the guest's tools: per family, static with the
+/// first address of `ipv4_addresses`/`ipv6_addresses` and the gateway when the mode is
+/// `Static`, the guest's own choice otherwise.
+pub fn ip_setting(vif: &Object) -> VifIpSetting {
+    use fields::VIF as f;
+    let family = |is_static: bool, addresses: FieldId, gateway: FieldId| {
+        let address = vif
+            .get(addresses)
+            .as_set()
+            .iter()
+            .filter_map(Value::as_str)
+            .find(|a| !a.is_empty())
+            .map(str::to_owned);
+        match address {
+            Some(address) if is_static => IpSetting::Static {
+                address,
+                gateway: vif.get(gateway).as_str().filter(|g| !g.is_empty()).map(str::to_owned),
+            },
+            _ => IpSetting::Unspecified,
+        }
+    };
+    VifIpSetting {
+        v4: family(
+            vif.get(f::ipv4_configuration_mode) == &VifIpv4ConfigurationMode::Static.value(),
+            f::ipv4_addresses,
+            f::ipv4_gateway,
+        ),
+        v6: family(
+            vif.get(f::ipv6_configuration_mode) == &VifIpv6ConfigurationMode::Static.value(),
+            f::ipv6_addresses,
+            f::ipv6_gateway,
+        ),
+    }
 }

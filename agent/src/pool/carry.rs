@@ -37,7 +37,8 @@ pub fn collect(store: &Store, me: &str) -> Vec<Arc<Object>> {
             push(Some(cpu));
         }
     }
-    // Its HTTPS certificate, which the other hosts pin.
+    // Its certificates (the one it serves clients and its pool-internal one, which the other
+    // hosts pin).
     for cert in store.all(class_ids::Certificate) {
         if cert.get(fields::Certificate::host).as_ref_str() == Some(me) {
             push(Some(cert));

@@ -1,7 +1,8 @@
 //! XenAPI calls to another host of the pool (or to the master a host joins): XML-RPC read as
-//! XenAPI answers (`Status`, `Value`, `ErrorDescription`). A host of the pool whose HTTPS
-//! certificate the pool database records is reached at `https://<address>:443/`, trusting that
-//! certificate alone, and the call carries the pool secret ([`super::secret::HEADER`]); other
+//! XenAPI answers (`Status`, `Value`, `ErrorDescription`). A host of the pool whose certificate
+//! the pool database records is reached on HTTPS port 443 at its address, trusting that
+//! certificate alone: its pool-internal one, asked for with the server name `pool`, else the
+//! one it serves clients; the call carries the pool secret ([`super::secret::HEADER`]). Other
 //! hosts, and the master a host joins, at `http://<address>/`.
 
 use crate::error::ApiError;
@@ -71,6 +72,24 @@ fn url_host(address: &str) -> String {
 static FIRST_CONTACT: std::sync::LazyLock<parking_lot::Mutex<std::collections::HashSet<String>>> =
     std::sync::LazyLock::new(Default::default);
 
+/// The socket addresses of `address` (an IP address, or a name looked up) at `port`.
+fn socket_addrs(address: &str, port: u16) -> Result<Vec<std::net::SocketAddr>, ApiError> {
+    if let Ok(ip) = address.trim_matches(['[', ']']).parse::<std::net::IpAddr>() {
+        return Ok(vec![std::net::SocketAddr::new(ip, port)]);
+    }
+    use std::net::ToSocketAddrs;
+    let found: Vec<_> = (address, port)
+        .to_socket_addrs()
+        .map_err(|e| ApiError::internal(format!("cannot resolve host address {address}: {e}")))?
+        .collect();
+    if found.is_empty() {
+        return Err(ApiError::internal(format!(
+            "host address {address} resolves to nothing"
+        )));
+    }
+    Ok(found)
+}
+
 fn builder() -> reqwest::ClientBuilder {
     crate::ensure_tls_provider();
     reqwest::Client::builder()
@@ -98,24 +117,29 @@ impl Remote {
             .get(class_ids::host, host)
             .and_then(|h| h.get(fields::host::address).as_str().map(str::to_owned))
             .ok_or_else(|| ApiError::handle_invalid("host", host))?;
-        let Some(fingerprint) = crate::host::certificates::pinned(agent, host) else {
+        let Some(pin) = crate::host::certificates::pinned(agent, host) else {
             return Remote::new(&address);
         };
-        let tls = super::pinned_tls::client_config(&fingerprint).map_err(ApiError::internal)?;
-        let client = builder()
-            .use_preconfigured_tls(tls)
-            .build()
-            .map_err(ApiError::internal)?;
+        let port = crate::host::certificates::POOL_HTTPS_PORT;
+        let tls = super::pinned_tls::client_config(&pin.fingerprint).map_err(ApiError::internal)?;
+        let mut b = builder().use_preconfigured_tls(tls);
+        // The pool-internal certificate is asked for by the server name `pool`: the URL names
+        // it (so TLS sends it), and the name resolves to the host's address.
+        let authority = if pin.internal {
+            let name = crate::host::server_identity::POOL_SERVER_NAME;
+            b = b.resolve_to_addrs(name, &socket_addrs(&address, port)?);
+            name.to_owned()
+        } else {
+            url_host(&address)
+        };
+        let client = b.build().map_err(ApiError::internal)?;
         let secret = super::secret::current(&agent.state_dir).map_err(ApiError::internal)?;
         if FIRST_CONTACT.lock().insert(host.to_owned()) {
-            tracing::info!(host, %address, %fingerprint, "calls to this host of the pool go over HTTPS, its certificate pinned");
+            tracing::info!(host, %address, fingerprint = %pin.fingerprint, internal = pin.internal,
+                "calls to this host of the pool go over HTTPS, its certificate pinned");
         }
         Ok(Remote {
-            url: format!(
-                "https://{}:{}/",
-                url_host(&address),
-                crate::host::certificates::POOL_HTTPS_PORT
-            ),
+            url: format!("https://{authority}:{port}/"),
             address,
             client,
             secret,

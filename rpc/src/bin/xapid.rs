@@ -459,7 +459,14 @@ fn tls_identity(
             files
         }
     };
-    rpc::tls::identity(&files)
+    // The pool-internal certificate, always the daemon's own, kept in the state dir.
+    let internal = TlsFiles::internal_in_state_dir(state_dir);
+    let host = nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "localhost".into());
+    let names = [host, agent::host::server_identity::POOL_SERVER_NAME.to_owned()];
+    rpc::tls::identity_with_internal(&files, &internal, &names)
 }
 
 fn source_chain(e: &dyn std::error::Error) -> String {

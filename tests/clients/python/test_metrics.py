@@ -275,6 +275,20 @@ def test_guest_metrics_follow_the_guest(xapi, model):
         assert rec["memory"] == {} and rec["disks"] == {}
         assert rec["live"] is True
         assert isinstance(rec["last_updated"], xmlrpc.client.DateTime)
+        # VIF.configure_ipv4 on the running VM: its tools (which say feature-static-ip-setting)
+        # take the address, as the guest metrics then show; mode None gives the guest its own
+        # address back.
+        vif = xapi.VM.get_VIFs(vm)[0]
+        xapi.VIF.configure_ipv4(vif, "Static", "192.0.2.50/24", "192.0.2.1")
+        vrec = xapi.VIF.get_record(vif)
+        assert vrec["ipv4_configuration_mode"] == "Static", vrec
+        assert vrec["ipv4_addresses"] == ["192.0.2.50/24"] and vrec["ipv4_gateway"] == "192.0.2.1", vrec
+        wait_for("the static address in the guest metrics",
+                 lambda: xapi.VM_guest_metrics.get_networks(gm).get("0/ipv4/0") == "192.0.2.50" or None,
+                 timeout=30)
+        xapi.VIF.configure_ipv4(vif, "None", "", "")
+        wait_for("the guest's own address again",
+                 lambda: xapi.VM_guest_metrics.get_networks(gm).get("0/ipv4/0") == ip or None, timeout=30)
         # The guest's free memory is a data source of the VM.
         free = wait_for("memory_internal_free", lambda: [
             v for v in [float(xapi.VM.query_data_source(vm, "memory_internal_free"))] if v > 0]

@@ -48,8 +48,8 @@ pub use self::faults::Latency;
 use super::{
     vbd_vdev, BackendError, BackendEvent, BlockDevice, BlockMode, Capabilities, ConsoleStream, CpuInfo, DevId,
     DeviceInfo, DeviceKind, DomId, DomainConfig, DomainInfo, DomainState, Errno, EventBus, EventReceiver, Fault,
-    FaultInjection, GuestControl, HostInfo, Hypervisor, HypervisorVersion, NetDevice, Op, PvBoot, ShutdownCode,
-    ShutdownReason, UnplugMode, DEFAULT_EVENT_QUEUE, DOMID_FIRST_RESERVED, MIB,
+    FaultInjection, GuestControl, HostInfo, Hypervisor, HypervisorVersion, MacAddr, NetDevice, Op, PvBoot,
+    ShutdownCode, ShutdownReason, UnplugMode, VifIpSetting, DEFAULT_EVENT_QUEUE, DOMID_FIRST_RESERVED, MIB,
 };
 
 const BACKEND: &str = "simulator";
@@ -1241,6 +1241,19 @@ impl Hypervisor for SimulatorBackend {
 
     fn guest_control(&self) -> Option<&dyn GuestControl> {
         Some(self)
+    }
+
+    /// The simulated guest's tools take the static addresses at once (as real tools
+    /// watching their nodes do).
+    fn set_vif_ip_setting(
+        &self,
+        domid: DomId,
+        devid: DevId,
+        _mac: &MacAddr,
+        setting: &VifIpSetting,
+    ) -> Result<(), BackendError> {
+        let (v4, v6) = setting.addresses();
+        self.set_static_addresses(domid, devid, &v4, &v6)
     }
 
     fn guest_agent_keys(&self, domid: DomId) -> Result<BTreeMap<String, String>, BackendError> {

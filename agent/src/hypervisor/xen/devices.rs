@@ -508,7 +508,12 @@ pub(super) fn teardown(xs: &XsHandle, kind: DeviceKind, domid: DomId, id: u32) {
     };
     let removed = xs.with_transaction(|tx| {
         super::layout::rm_quiet(xs, tx, &be)?;
-        super::layout::rm_quiet(xs, tx, &fe)
+        super::layout::rm_quiet(xs, tx, &fe)?;
+        match kind {
+            // The interface's settings for the guest's tools go with it.
+            DeviceKind::Net => super::layout::rm_quiet(xs, tx, &super::guest_agent::vif_tools_path(domid, id)),
+            DeviceKind::Block => Ok(()),
+        }
     });
     if let Err(e) = removed {
         tracing::warn!(domid, path = %be, error = %e, "removing a device from xenstore failed");

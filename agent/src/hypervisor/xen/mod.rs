@@ -59,7 +59,8 @@ use xenctrl::{
 use super::{
     BackendError, BackendEvent, BlockDevice, Capabilities, ConsoleStream, DevId, DeviceInfo, DeviceKind, DomId,
     DomainConfig, DomainInfo, DomainKind, DomainState, Errno, EventBus, EventReceiver, HostInfo, HvmBoot, Hypervisor,
-    HypervisorVersion, NetDevice, Op, PvBoot, ShutdownReason, UnplugMode, DOM0, DOMID_FIRST_RESERVED,
+    HypervisorVersion, MacAddr, NetDevice, Op, PvBoot, ShutdownReason, UnplugMode, VifIpSetting, DOM0,
+    DOMID_FIRST_RESERVED,
 };
 use layout::{
     dom_path, kib, mib_ceil, read_opt, read_record, record_path, rm_quiet, state_of, vm_path, write_domain_skeleton,
@@ -1009,6 +1010,20 @@ impl Hypervisor for XenBackend {
         self.with_handles(op, |xc, xs| {
             let dom = self.find(op, xc, xs, domid)?;
             Ok(self.describe(xs, &dom))
+        })
+    }
+
+    fn set_vif_ip_setting(
+        &self,
+        domid: DomId,
+        devid: DevId,
+        mac: &MacAddr,
+        setting: &VifIpSetting,
+    ) -> Result<(), BackendError> {
+        let op = Op::Guest;
+        self.with_handles(op, |xc, xs| {
+            self.guest(op, xc, xs, domid)?;
+            guest_agent::write_ip_setting(xs, domid, devid, mac, setting).map_err(|e| xen_err(op, e))
         })
     }
 

@@ -24,6 +24,102 @@ use super::watcher::{changed_domains, device_event};
 use super::xenguest::{log_level_from_env, BuildReply, BuildRequest, StderrLog};
 use super::XenBackend;
 
+/// Xen only: a VIF's address settings land where XenServer's guest tools read them,
+/// `xenserver/device/vif/<devid>/static-ip-setting` under the domain's home, owned by the
+/// guest; a new setting replaces the family's keys (a gateway no longer given is removed)
+/// and leaves the tools' answer (`error-code`) be; the domain's end takes them away.
+fn check_static_ip_setting(
+    hv: &dyn Hypervisor,
+    opts: &ConformanceOptions,
+) -> Result<conformance::Verdict, conformance::CheckFailure> {
+    use super::super::{IpSetting, MacAddr, VifIpSetting};
+    use conformance::CheckFailure;
+    let backend = |step: &str| {
+        let step = step.to_string();
+        move |source| CheckFailure::Backend { step, source }
+    };
+    let fail = |m: String| CheckFailure::Expectation(m);
+    let config = DomainConfig::pv(format!("{}static-ip", opts.name_prefix), opts.guest_memory, 1, "");
+    let domid = hv.create_domain(&config).map_err(backend("create_domain"))?;
+    let base = format!("/local/domain/{domid}/xenserver/device/vif/1/static-ip-setting");
+    let outcome = (|| {
+        let xs = xenctrl::XsHandle::open().map_err(|e| fail(format!("opening xenstore: {e}")))?;
+        let read = |key: &str| super::layout::read_opt(&xs, xenctrl::Transaction::NONE, &format!("{base}/{key}"));
+        let read = |key: &str| read(key).map_err(|e| fail(format!("reading {base}/{key}: {e}")));
+        let mac = MacAddr([0x02, 0x16, 0x3e, 0x00, 0x00, 0x07]);
+        let first = VifIpSetting {
+            v4: IpSetting::Static {
+                address: "192.0.2.10/24".into(),
+                gateway: Some("192.0.2.1".into()),
+            },
+            v6: IpSetting::Unspecified,
+        };
+        hv.set_vif_ip_setting(domid, 1, &mac, &first)
+            .map_err(backend("set_vif_ip_setting"))?;
+        for (key, want) in [
+            ("mac", Some("02:16:3e:00:00:07")),
+            ("error-code", Some("0")),
+            ("error-msg", Some("")),
+            ("enabled", Some("1")),
+            ("address", Some("192.0.2.10/24")),
+            ("gateway", Some("192.0.2.1")),
+            ("enabled6", Some("0")),
+            ("address6", None),
+        ] {
+            let got = read(key)?;
+            if got.as_deref() != want {
+                return Err(fail(format!("{base}/{key} is {got:?}, wanted {want:?}")));
+            }
+        }
+        let dir = format!("/local/domain/{domid}/xenserver/device/vif/1");
+        let perms = xs
+            .get_permissions(xenctrl::Transaction::NONE, &dir)
+            .map_err(|e| fail(format!("permissions of {dir}: {e}")))?;
+        if perms.first().map(|p| p.domid) != Some(domid) {
+            return Err(fail(format!("{dir} is not owned by the guest: {perms:?}")));
+        }
+        // The guest's tools answer; the next setting leaves the answer be.
+        xs.write(xenctrl::Transaction::NONE, &format!("{base}/error-code"), b"1")
+            .map_err(|e| fail(format!("writing error-code: {e}")))?;
+        let second = VifIpSetting {
+            v4: IpSetting::Static {
+                address: "192.0.2.11/24".into(),
+                gateway: None,
+            },
+            v6: IpSetting::Static {
+                address: "2001:db8::11/64".into(),
+                gateway: Some("2001:db8::1".into()),
+            },
+        };
+        hv.set_vif_ip_setting(domid, 1, &mac, &second)
+            .map_err(backend("set_vif_ip_setting again"))?;
+        for (key, want) in [
+            ("error-code", Some("1")),
+            ("address", Some("192.0.2.11/24")),
+            ("gateway", None),
+            ("enabled6", Some("1")),
+            ("address6", Some("2001:db8::11/64")),
+            ("gateway6", Some("2001:db8::1")),
+        ] {
+            let got = read(key)?;
+            if got.as_deref() != want {
+                return Err(fail(format!(
+                    "after the second setting {base}/{key} is {got:?}, wanted {want:?}"
+                )));
+            }
+        }
+        hv.destroy(domid).map_err(backend("destroy"))?;
+        if xs.read(xenctrl::Transaction::NONE, &base).is_ok() {
+            return Err(fail(format!("{base} outlived the domain")));
+        }
+        Ok(conformance::Verdict::Passed)
+    })();
+    if outcome.is_err() {
+        let _ = hv.destroy(domid);
+    }
+    outcome
+}
+
 /// The process whose command line holds `-xen-domid <domid>`: that domain's device model.
 fn device_model_pid(domid: u32) -> Option<i32> {
     let needle = format!("-xen-domid\0{domid}\0");
@@ -405,7 +501,10 @@ fn conformance_on_real_xen() {
         host.memory_free / MIB
     );
     // The suite's checks, then the Xen backend's own.
-    let xen_checks: [(&str, conformance::CheckFn); 1] = [("hvm_device_model_death", check_device_model_death)];
+    let xen_checks: [(&str, conformance::CheckFn); 2] = [
+        ("hvm_device_model_death", check_device_model_death),
+        ("vif_static_ip_setting", check_static_ip_setting),
+    ];
     let results = conformance::CHECKS
         .iter()
         .chain(xen_checks.iter())
