@@ -22,15 +22,17 @@ step() { printf '\n=== %s\n' "$*"; }
 
 need=()
 # etcd-server: the pool store's tests run a real etcd; protobuf-compiler: etcd-client's build;
-# isc-dhcp-client and busybox (udhcpd): the DHCP test of the network namespaces.
+# isc-dhcp-client and busybox (udhcpd): the DHCP test of the network namespaces; slapd,
+# ldap-utils and openssl: the RBAC walk's directory (tests/tests/rbac_walk.rs), unconfigured.
 for pkg in libxen-dev libclang-dev python3 python3-venv qemu-utils libvhdi-utils etcd-server \
-    protobuf-compiler libnbd-bin isc-dhcp-client busybox; do
+    protobuf-compiler libnbd-bin isc-dhcp-client busybox slapd ldap-utils openssl; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 command -v node >/dev/null 2>&1 || need+=(nodejs npm)
 if [ ${#need[@]} -gt 0 ]; then
   step "installing Debian packages: ${need[*]}"
   sudo=(); [ "$(id -u)" -eq 0 ] || sudo=(sudo)
+  echo 'slapd slapd/no_configuration boolean true' | "${sudo[@]}" debconf-set-selections
   "${sudo[@]}" apt-get update -q
   DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -q "${need[@]}"
 fi

@@ -91,6 +91,10 @@ fn have(cmd: &str) -> bool {
 
 /// Makes sure slapd, slapadd and openssl are there, installing Debian's packages if not.
 fn ensure_slapd() {
+    // The tests of this file run in parallel: one installs, the others wait for it (two
+    // apt-gets at once fail on dpkg's lock).
+    static INSTALLING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = INSTALLING.lock().unwrap_or_else(|e| e.into_inner());
     if have("slapd") && have("slapadd") && have("openssl") {
         return;
     }
