@@ -353,7 +353,8 @@ def ha(args) -> dict:
             x.VM.set_ha_restart_priority(vm, "restart")
             x.VM.start_on(vm, refs[victim.address], False, False)
             vms.append(vm)
-        x.pool.enable_ha([sr], {})
+        # The reference's smallest HA timeout (its default, 60 s, would make the run minutes long).
+        x.pool.enable_ha([sr], {"timeout": "10"})
         time.sleep(3)
         victim.proc.kill()
         victim.proc.wait()

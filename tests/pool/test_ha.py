@@ -21,9 +21,12 @@ import XenAPI
 from test_pool import Host, PASSWORD, failure, login_following_slave, wait_live, wait_up
 
 N = int(os.environ.get("XAPID_POOL_HOSTS", "4"))
-# A host killed is counted dead 2 TTLs (6 s each) and a beat (2 s) after its last renewal at
-# most; its VMs are then started in well under a second each.
-RESTART_BOUND = 40.0
+# The HA timeout the tests enable HA with (the reference's smallest; its default is 60 s):
+# while HA is on, each host's lease lives this long.
+HA_TIMEOUT = 10
+# A host killed is counted dead 2 timeouts and a beat (2 s) after its last renewal at most;
+# its VMs are then started in well under a second each.
+RESTART_BOUND = 2 * HA_TIMEOUT + 2 + 20.0
 
 
 @pytest.fixture(scope="module")
@@ -101,13 +104,22 @@ def test_enable_ha_planning_and_refusals(pool):
     pinned = make_vm(x, "ha-pinned", local)
     assert failure(x.VM.assert_agile, pinned) == ["HA_CONSTRAINT_VIOLATION_SR_NOT_SHARED", local]
 
-    x.pool.enable_ha([shared], {"timeout": "30"})
+    # The reference's refusals of a timeout under 10 s or not a number (INTERNAL_ERROR).
+    for bad in ("5", "soon"):
+        assert failure(x.pool.enable_ha, [shared], {"timeout": bad})[0] == "INTERNAL_ERROR"
+        assert x.pool.get_ha_enabled(p) is False
+    x.pool.enable_ha([shared], {"timeout": str(HA_TIMEOUT)})
     assert x.pool.get_ha_enabled(p) is True
+    # Every host's lease now lives the HA timeout (each takes a new one, and says so).
+    deadline = time.time() + 15
+    while not all(f"to={HA_TIMEOUT}" in h.tail(400) for h in hs):
+        assert time.time() < deadline, [h.tail(40) for h in hs if f"to={HA_TIMEOUT}" not in h.tail(400)]
+        time.sleep(0.5)
     assert failure(x.pool.enable_ha, [shared], {}) == ["HA_IS_ENABLED"]
     statefiles = x.pool.get_ha_statefiles(p)
     assert len(statefiles) == 1 and x.VDI.get_type(statefiles[0]) == "ha_statefile"
     assert x.VDI.get_SR(statefiles[0]) == shared
-    assert x.pool.get_ha_configuration(p) == {"timeout": "30"}
+    assert x.pool.get_ha_configuration(p) == {"timeout": str(HA_TIMEOUT)}
     assert x.host.get_ha_statefiles(hs[1].ref) == statefiles
     assert len(x.host.get_ha_network_peers(hs[1].ref)) == N - 1
     assert failure(x.pool.designate_new_master, hs[1].ref) == ["HA_IS_ENABLED"]

@@ -2,9 +2,10 @@
 //! renews its lease every [`BEAT`]; the master reads which leases are held and writes each
 //! host's `host_metrics.live` (and `last_updated` when it changes), so placement answers
 //! `HOST_OFFLINE [host]` for a host that stopped, and `host.destroy` takes it as dead without
-//! asking it. A host whose lease lapses is marked dead once its key has been missing for
-//! [`TTL`] more seconds (a host that has just joined gets that long to take its first lease),
-//! within about 2 × [`TTL`] + [`BEAT`] of its end.
+//! asking it. A lease lives [`ttl`] seconds: [`TTL`], or the pool's HA timeout while HA is on
+//! (a host takes a new lease when that changes). A host whose lease lapses is marked dead
+//! once its key has been missing for that long again (a host that has just joined gets that
+//! long to take its first lease), within about 2 × ttl + [`BEAT`] of its end.
 
 use super::ha::runtime::Beat;
 use crate::schema::{class_ids, fields};
@@ -15,8 +16,14 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 use std::time::Instant;
 
-/// The lease's time to live, seconds.
+/// The lease's time to live while HA is off, seconds.
 pub const TTL: i64 = 6;
+
+/// How long the hosts' leases live now, seconds: the pool's HA timeout while HA is on, else
+/// [`TTL`].
+pub fn ttl(agent: &Agent) -> i64 {
+    super::ha::timeout(agent).unwrap_or(TTL)
+}
 /// How often a host renews its lease and the master reads them.
 pub const BEAT: Duration = Duration::from_secs(2);
 
@@ -28,6 +35,7 @@ pub fn start(agent: &Arc<Agent>) {
 
 async fn run(weak: Weak<Agent>) {
     let mut lease = None;
+    let mut lease_ttl = TTL;
     let mut ha = super::ha::runtime::Watch::default();
     let mut missing: HashMap<String, Instant> = HashMap::new();
     let mut tick = tokio::time::interval(BEAT);
@@ -46,7 +54,17 @@ async fn run(weak: Weak<Agent>) {
         else {
             continue;
         };
-        let beat = match agent.store.liveness_beat(lease, &me, TTL).await {
+        let want = ttl(&agent);
+        if want != lease_ttl {
+            tracing::info!(
+                from = lease_ttl,
+                to = want,
+                "liveness leases now live this many seconds: a new lease"
+            );
+            lease = None;
+            lease_ttl = want;
+        }
+        let beat = match agent.store.liveness_beat(lease, &me, lease_ttl).await {
             Ok(held) => {
                 let lapsed = held.is_some_and(|(_, lapsed)| lapsed);
                 if lapsed {
@@ -100,7 +118,7 @@ async fn mark(agent: &Agent, missing: &mut HashMap<String, Instant>) -> Result<V
             true
         } else {
             let since = *missing.entry(h.reference.clone()).or_insert_with(Instant::now);
-            since.elapsed() < Duration::from_secs(TTL.unsigned_abs())
+            since.elapsed() < Duration::from_secs(ttl(agent).unsigned_abs())
         };
         let recorded = agent
             .store

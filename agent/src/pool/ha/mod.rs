@@ -132,6 +132,45 @@ pub fn enabled(agent: &Agent) -> bool {
     pool(agent).is_some_and(|p| p.get(fields::pool::ha_enabled) == &Value::Bool(true))
 }
 
+/// HA's timeout when neither the pool's `ha_configuration:timeout` nor its
+/// `other_config:default_ha_timeout` sets one, seconds (the reference's default).
+pub const DEFAULT_TIMEOUT: i64 = 60;
+/// The shortest HA timeout the reference accepts, seconds.
+pub const MIN_TIMEOUT: i64 = 10;
+
+/// The HA timeout `configuration` (`pool.enable_ha`'s) and the pool's `other_config` give, in
+/// the reference's order; a value that is not a number of seconds, or under [`MIN_TIMEOUT`],
+/// is refused as the reference refuses it (`INTERNAL_ERROR`).
+fn timeout_of(configuration: &Value, other_config: &Value) -> Result<i64, ApiError> {
+    let given = configuration
+        .map_get("timeout")
+        .or_else(|| other_config.map_get("default_ha_timeout"))
+        .and_then(Value::as_str);
+    let Some(text) = given else {
+        return Ok(DEFAULT_TIMEOUT);
+    };
+    let t: i64 = text
+        .trim()
+        .parse()
+        .map_err(|_| ApiError::internal(format!("HA timeout {text:?} is not a number of seconds")))?;
+    if t < MIN_TIMEOUT {
+        return Err(ApiError::internal(format!(
+            "constraint violation: HA timeout {t} s, not >= {MIN_TIMEOUT}"
+        )));
+    }
+    Ok(t)
+}
+
+/// The pool's HA timeout, seconds, while HA is on: how long a host's lease lives, so how long
+/// a host that stops renewing it has before it fences itself and the others count it dead
+/// (`pool/ha/runtime.rs`). `None` while HA is off.
+pub fn timeout(agent: &Agent) -> Option<i64> {
+    let p = pool(agent).filter(|p| p.get(fields::pool::ha_enabled) == &Value::Bool(true))?;
+    Some(
+        timeout_of(p.get(fields::pool::ha_configuration), p.get(fields::pool::other_config)).unwrap_or(DEFAULT_TIMEOUT),
+    )
+}
+
 fn valid_priority(p: &str) -> Result<(), ApiError> {
     if [RESTART, BEST_EFFORT, ""].contains(&p) {
         Ok(())
@@ -502,6 +541,8 @@ async fn enable(agent: &Arc<Agent>, c: &Call) -> Result<Value, ApiError> {
         });
     }
     let sr = heartbeat_sr(agent, c.arg(0).as_set())?;
+    let timeout = timeout_of(&c.arg(1), p.get(fields::pool::other_config))?;
+    tracing::info!(timeout, "HA: enabling, hosts' leases live this long");
     // Made (or found) as the reference makes them; nothing is written to them here.
     let statefile = find_or_make_vdi(agent, &sr, "Statefile for HA", VdiType::ha_statefile, STATEFILE_SIZE).await?;
     find_or_make_vdi(agent, &sr, "Metadata for HA", VdiType::redo_log, METADATA_SIZE).await?;
@@ -602,4 +643,30 @@ async fn disable(agent: &Arc<Agent>) -> Result<Value, ApiError> {
         .await?;
     tracing::info!("HA disabled");
     Ok(Value::None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> Value {
+        Value::string_map(pairs.iter().copied())
+    }
+
+    #[test]
+    fn the_timeout_comes_from_the_configuration_then_other_config_then_sixty_seconds() {
+        let none = map(&[]);
+        assert_eq!(timeout_of(&none, &none), Ok(DEFAULT_TIMEOUT));
+        assert_eq!(timeout_of(&map(&[("timeout", "30")]), &none), Ok(30));
+        assert_eq!(timeout_of(&none, &map(&[("default_ha_timeout", "45")])), Ok(45));
+        assert_eq!(
+            timeout_of(&map(&[("timeout", "12")]), &map(&[("default_ha_timeout", "45")])),
+            Ok(12)
+        );
+        assert_eq!(timeout_of(&map(&[("timeout", "10")]), &none), Ok(MIN_TIMEOUT));
+        for bad in ["9", "0", "-5", "soon", ""] {
+            let e = timeout_of(&map(&[("timeout", bad)]), &none).unwrap_err();
+            assert!(matches!(e, ApiError::InternalError { .. }), "{bad:?}: {e:?}");
+        }
+    }
 }

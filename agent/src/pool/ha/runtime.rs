@@ -1,26 +1,30 @@
 //! What runs while HA is on, driven by every host's liveness beat (`pool/liveness.rs`):
 //!
+//! Every time here is counted in the pool's HA timeout T (`ha_configuration:timeout`, else
+//! `other_config:default_ha_timeout`, else 60 s; at least 10: [`super::timeout`]), which is
+//! also how long each host's lease lives while HA is on (`pool/liveness.rs`).
+//!
 //! - **Fencing.** A host whose own lease lapsed (a renewal found it gone) or that could not
-//!   renew it for [`TTL`] seconds may already be counted dead by the others, who will restart
+//!   renew it for T seconds may already be counted dead by the others, who will restart
 //!   its protected VMs: it fences itself at once, as the reference's watchdog does. Its store
 //!   refuses every write (`HA_SHOULD_BE_FENCED`), it destroys its guests' domains, and once
-//!   the others have had time to take its VMs over ([`FENCE_HOLD`]) the daemon restarts and
+//!   the others have had time to take its VMs over ([`fence_hold`]) the daemon restarts and
 //!   comes back as a member like after a reboot.
-//! - **Restarts**, on the master. A host the master finds dead (its lease gone for [`TTL`]
-//!   more seconds: at least two TTLs after its last renewal, so after it fenced itself) has its
+//! - **Restarts**, on the master. A host the master finds dead (its lease gone for T
+//!   more seconds: at least 2 T after its last renewal, so after it fenced itself) has its
 //!   VMs reset to Halted; every protected VM not running is then started, in `order`, on the
 //!   host the planner packs it onto (`VM.start_on`, forwarded like a user's call), then the
 //!   failed host's `best-effort` VMs where room is left. A start that fails is tried again
 //!   [`RETRY`] later. `pool.ha_prevent_restarts_for` holds restarts back.
 //! - **Election.** The master campaigns in etcd's election `master` bound to its lease; a
-//!   member campaigns once the master's lease has been gone for [`TTL`] seconds. Its
+//!   member campaigns once the master's lease has been gone for T seconds. Its
 //!   campaign ends when every earlier candidate's key is gone: the winner names itself
 //!   `pool.master` (if that is still the host whose lease went), and from then on every host
 //!   answers `HOST_IS_SLAVE` with its address.
 
 use super::{is_protected, BEST_EFFORT};
 use crate::call::CallCtx;
-use crate::pool::liveness::TTL;
+use crate::pool::liveness::ttl;
 use crate::schema::{
     class_ids,
     enums::{Cls, VmPowerState},
@@ -37,9 +41,12 @@ use std::time::{Duration, Instant};
 
 /// How long a failed restart waits before it is tried again.
 pub const RETRY: Duration = Duration::from_secs(20);
-/// How long a fenced host waits before its daemon restarts: time for the master to count it
-/// dead (two TTLs and a beat) and for a new master to be elected if it was the master.
-pub const FENCE_HOLD: Duration = Duration::from_secs(3 * TTL.unsigned_abs() + 2);
+/// How long a fenced host waits before its daemon restarts, its leases living `ttl` seconds:
+/// time for the master to count it dead (two of them and a beat) and for a new master to be
+/// elected if it was the master.
+pub fn fence_hold(ttl: i64) -> Duration {
+    Duration::from_secs(3 * ttl.unsigned_abs() + 2)
+}
 /// The master writes the pool's plan fields again every this many beats (and after a failure
 /// or a restart).
 const PLAN_EVERY: u32 = 10;
@@ -108,7 +115,7 @@ impl Watch {
         }
         let silent = self
             .last_ok
-            .is_some_and(|t| t.elapsed() >= Duration::from_secs(TTL.unsigned_abs()));
+            .is_some_and(|t| t.elapsed() >= Duration::from_secs(ttl(agent).unsigned_abs()));
         if beat == Beat::Lapsed || silent {
             self.withdraw(agent).await;
             fence(agent, if silent { "could not renew" } else { "found lapsed" }).await;
@@ -280,7 +287,7 @@ impl Watch {
             return;
         }
         let since = *self.master_missing_since.get_or_insert_with(Instant::now);
-        if since.elapsed() < Duration::from_secs(TTL.unsigned_abs()) {
+        if since.elapsed() < Duration::from_secs(ttl(agent).unsigned_abs()) {
             return;
         }
         self.stand(agent, lease);
@@ -456,7 +463,7 @@ async fn fence(agent: &Arc<Agent>, why: &str) {
             tracing::error!(domid, error = %e, "HA: cannot destroy a domain while fencing");
         }
     }
-    tokio::time::sleep(FENCE_HOLD).await;
+    tokio::time::sleep(fence_hold(ttl(agent))).await;
     if let Err(e) = crate::fsutil::write_private(&fence_note(agent), b"fenced\n") {
         tracing::warn!(error = %e, "HA: cannot note the fence for the next start");
     }
