@@ -508,23 +508,21 @@ grep -a -q XAPID_DOM0_UP "$S" || die "dom0 did not reach the test service (see $
 [ $QRC = 124 ] && say "QEMU was killed by the ${TIMEOUT}s timeout"
 rm -f "$RUN/dom0.img"
 
+# A dom0 part's report and result: prints the lines the sed script picks, then the value
+# of the part's last RESULT marker (PASS, FAIL), or not-run when the part was not asked for.
+dom0_part() { # part title sed-script marker
+    case " $PARTS " in
+    *" $1 "*)
+        echo "=== $2 (from $S) ===" >&2
+        sed -n "$3" "$S" | tr -d '\r' >&2 || true
+        { grep -a -o "$4=[A-Z]*" "$S" || true; } | tail -1 | cut -d= -f2
+        ;;
+    *) echo not-run ;;
+    esac
+}
 echo
-CONF=not-run
-case " $PARTS " in
-*" conformance "*)
-    echo "=== conformance report (from $S) ==="
-    sed -n '/^conformance of the /,/checks passed/p' "$S" | tr -d '\r' || true
-    CONF=$(grep -a -o 'XAPID_XEN_RESULT=[A-Z]*' "$S" | tail -1 | cut -d= -f2)
-    ;;
-esac
-NET=not-run
-case " $PARTS " in
-*" network "*)
-    echo "=== network part in dom0 (from $S) ==="
-    sed -n 's/^XAPID_NET //p' "$S" | tr -d '\r' || true
-    NET=$(grep -a -o 'XAPID_NET_RESULT=[A-Z]*' "$S" | tail -1 | cut -d= -f2)
-    ;;
-esac
+CONF=$(dom0_part conformance "conformance report" '/^conformance of the /,/checks passed/p' XAPID_XEN_RESULT)
+NET=$(dom0_part network "network part in dom0" 's/^XAPID_NET //p' XAPID_NET_RESULT)
 echo "=== timings: boot to dom0 test start $(grep -a -o 'XAPID_DOM0_UP uptime=[0-9.]*s' "$S" | head -1 | cut -d= -f2), total QEMU $((T_END - T_BOOT))s, harness $((T_END - T0))s ==="
 echo "=== conformance in dom0: ${CONF:-no result}; network in dom0: ${NET:-no result}; end to end with XenAPI.py: $E2E ==="
 for part in $PARTS; do

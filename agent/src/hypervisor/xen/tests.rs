@@ -24,6 +24,12 @@ use super::watcher::{changed_domains, device_event};
 use super::xenguest::{log_level_from_env, BuildReply, BuildRequest, StderrLog};
 use super::XenBackend;
 
+/// The failure of a backend call made at `step` of a check.
+fn failed_at(step: &str) -> impl FnOnce(BackendError) -> conformance::CheckFailure {
+    let step = step.to_string();
+    move |source| conformance::CheckFailure::Backend { step, source }
+}
+
 /// Xen only: a VIF's address settings land where XenServer's guest tools read them,
 /// `xenserver/device/vif/<devid>/static-ip-setting` under the domain's home, owned by the
 /// guest; a new setting replaces the family's keys (a gateway no longer given is removed)
@@ -34,10 +40,7 @@ fn check_static_ip_setting(
 ) -> Result<conformance::Verdict, conformance::CheckFailure> {
     use super::super::{IpSetting, MacAddr, VifIpSetting};
     use conformance::CheckFailure;
-    let backend = |step: &str| {
-        let step = step.to_string();
-        move |source| CheckFailure::Backend { step, source }
-    };
+    let backend = failed_at;
     let fail = |m: String| CheckFailure::Expectation(m);
     let config = DomainConfig::pv(format!("{}static-ip", opts.name_prefix), opts.guest_memory, 1, "");
     let domid = hv.create_domain(&config).map_err(backend("create_domain"))?;
@@ -137,10 +140,7 @@ fn check_device_model_death(
     opts: &ConformanceOptions,
 ) -> Result<conformance::Verdict, conformance::CheckFailure> {
     use conformance::CheckFailure;
-    let backend = |step: &str| {
-        let step = step.to_string();
-        move |source| CheckFailure::Backend { step, source }
-    };
+    let backend = failed_at;
     let mut config = DomainConfig::pv(format!("{}dm-death", opts.name_prefix), opts.guest_memory, 1, "");
     config.kind = DomainKind::Hvm(HvmBoot::default());
     let rx = hv.subscribe().map_err(backend("subscribe"))?;
