@@ -221,6 +221,7 @@ def test_a_halted_vm_with_a_snapshot_moves_to_another_pool(hosts):
     vm, vdi = vm_with_disk(x, s._session, "halted-leaves", sr_a, hosts[0])
     snap = x.VM.snapshot(vm, "before-the-move")
     snap_vdi = disk_of(x, snap)
+    snap_time = x.VDI.get_snapshot_time(snap_vdi)
     uuid, snap_uuid = x.VM.get_uuid(vm), x.VM.get_uuid(snap)
 
     lone_s = hosts[2].session()
@@ -236,6 +237,12 @@ def test_a_halted_vm_with_a_snapshot_moves_to_another_pool(hosts):
         d = disk_of(lone, v)
         assert lone.VDI.get_SR(d) == lone_sr
         assert read_disk(hosts[2], lone_s._session, d) == pattern()
+    # The snapshot's disk arrives as a snapshot of the VM's disk there, taken when it was here.
+    disk, snap_disk = disk_of(lone, there), disk_of(lone, snaps[0])
+    assert lone.VDI.get_is_a_snapshot(snap_disk) is True and lone.VDI.get_is_a_snapshot(disk) is False
+    assert lone.VDI.get_snapshot_of(snap_disk) == disk
+    assert lone.VDI.get_snapshots(disk) == [snap_disk]
+    assert lone.VDI.get_snapshot_time(snap_disk) == snap_time
     assert failure(x.VM.get_by_uuid, uuid)[0] == "UUID_INVALID"
     assert failure(x.VM.get_by_uuid, snap_uuid)[0] == "UUID_INVALID"
     for gone in (vdi, snap_vdi):

@@ -103,10 +103,14 @@ impl Import {
         restore::map_existing(&self.agent, ova, &mut map);
         let needed = disk_ids(ova);
         if self.opts.metadata_only {
+            let mut copies = Vec::new();
             for id in &needed {
                 let Some(o) = object(ova, id) else { continue };
                 match self.find_vdi(ova, o) {
                     Some(r) => {
+                        if restore::maps_to(o).as_deref() == Some(r.as_str()) {
+                            copies.push((id.clone(), r.clone()));
+                        }
                         map.insert(id.clone(), r);
                     }
                     None if self.opts.force => tracing::warn!(vdi = %id, "disk not found here: ignored (force)"),
@@ -125,6 +129,7 @@ impl Import {
                     }
                 }
             }
+            self.mark_snapshot_copies(ova, &copies, &map).await?;
             return Ok(map);
         }
         let sr = target_sr(&self.agent, &self.opts.sr)?;
@@ -170,6 +175,47 @@ impl Import {
             );
         }
         Ok(map)
+    }
+
+    /// A migration's copies of snapshot disks (named by `maps_to`, made plain by `VDI.create`)
+    /// become snapshots again as the archive says: `is_a_snapshot`, `snapshot_time`, and
+    /// `snapshot_of` the copy of the disk they were taken from.
+    async fn mark_snapshot_copies(
+        &self,
+        ova: &Ova,
+        copies: &[(String, String)],
+        map: &HashMap<String, String>,
+    ) -> Result<(), BackupError> {
+        use fields::VDI as f;
+        let mut marks = Vec::new();
+        for (id, copy) in copies {
+            let Some(o) = object(ova, id) else { continue };
+            let rec = restore::typed(class_ids::VDI, &o.snapshot, "");
+            if rec.get(f::is_a_snapshot) != &Value::Bool(true) {
+                continue;
+            }
+            let of = rec
+                .get(f::snapshot_of)
+                .as_ref_str()
+                .and_then(|a| map.get(a))
+                .map_or_else(Value::null_ref, |r| Value::reference(r.as_str()));
+            marks.push((copy.clone(), rec.get(f::snapshot_time).clone(), of));
+        }
+        if marks.is_empty() {
+            return Ok(());
+        }
+        self.agent
+            .store
+            .write(|tx| {
+                for (copy, time, of) in &marks {
+                    set_field(tx, class_ids::VDI, copy, f::is_a_snapshot, Value::Bool(true))?;
+                    set_field(tx, class_ids::VDI, copy, f::snapshot_time, time.clone())?;
+                    set_field(tx, class_ids::VDI, copy, f::snapshot_of, of.clone())?;
+                }
+                Ok(())
+            })
+            .await
+            .map_err(BackupError::Api)
     }
 
     fn find_vdi(&self, ova: &Ova, o: &OvaObject) -> Option<String> {
