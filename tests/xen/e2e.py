@@ -444,6 +444,60 @@ def hvm_from_iso(x, args, session_ref: str, host: str, network: str) -> None:
             step(f"SR.forget of the iso SR: {e}")
 
 
+def hvm_uefi(x, args, session_ref: str) -> None:
+    """An HVM guest on UEFI firmware: a VM from "Other install media" with
+    HVM_boot_params:firmware=uefi and nothing to boot (no disk, CD or NIC: OVMF would wait on
+    network boot). hvmloader starts Debian's OVMF, whose boot manager finds nothing bootable and
+    opens the UEFI shell; its banner arrives on the serial line, read through xapid's console."""
+    template = x.VM.get_by_name_label("Other install media")[0]
+    vm = x.VM.clone(template, "xapid-e2e-hvm-uefi")
+    console = None
+    try:
+        x.VM.set_is_a_template(vm, False)
+        mib = str(128 * 1024 * 1024)
+        x.VM.set_memory_limits(vm, mib, mib, mib, mib)
+        x.VM.set_VCPUs_max(vm, "1")
+        x.VM.set_VCPUs_at_startup(vm, "1")
+        x.VM.set_HVM_boot_params(vm, {"order": "dc", "firmware": "uefi"})
+        native_tsc(x, vm)
+        for vbd in x.VM.get_VBDs(vm):
+            x.VBD.destroy(vbd)
+        step(f"created VM {x.VM.get_uuid(vm)} (HVM from 'Other install media', firmware=uefi, no devices)")
+        started = time.monotonic()
+        x.VM.start(vm, True, False)
+        location = next(
+            x.console.get_location(c) for c in x.VM.get_consoles(vm) if x.console.get_protocol(c) == "vt100"
+        )
+        console = Console(args.url, location, session_ref)
+        x.VM.unpause(vm)
+        check(x.VM.get_power_state(vm) == "Running", f"UEFI: VM.unpause: Running (domid {x.VM.get_domid(vm)})")
+        try:
+            console.wait_for("UEFI", max(args.boot_timeout, 900))
+            text = wait_for("OVMF's shell banner", 300,
+                            lambda: re.search(r"UEFI Interactive Shell|Shell>", console.text()) and console.text(),
+                            1.0)
+        except Failed:
+            got = console.text()
+            step(f"UEFI: the console gave {len(got)} bytes ({console.state()}); the last 30 lines:")
+            for l in got.splitlines()[-30:]:
+                print(f"console| {l.rstrip()}", flush=True)
+            raise
+        lines = [l.rstrip("\r") for l in text.splitlines() if l.strip()]
+        step(f"UEFI: the firmware's lines through xapid's /console ({len(lines)} lines; the last 12):")
+        for l in lines[-12:]:
+            print(f"console| {l}", flush=True)
+        check(any("UEFI" in l for l in lines) and any("Shell" in l for l in lines),
+              f"UEFI: OVMF ran and opened its shell ({time.monotonic() - started:.0f}s from VM.start)")
+        x.VM.hard_shutdown(vm)
+        check(x.VM.get_power_state(vm) == "Halted", "UEFI: VM.hard_shutdown: Halted")
+    finally:
+        if console is not None:
+            console.close()
+        if x.VM.get_power_state(vm) != "Halted":
+            x.VM.hard_shutdown(vm)
+        x.VM.destroy(vm)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--url", required=True)
@@ -513,7 +567,8 @@ def main() -> int:
         network = next(n for n in x.network.get_all() if x.network.get_bridge(n) == "xenbr0")
         # XAPID_XEN_E2E_ONLY=<parts>: only some parts, comma-separated, among "pv" (the PV guest
         # from a kernel: console, pause, suspend/resume, shutdowns), "disk" (the guests booting
-        # from their own disk, and PVH from a kernel) and "hvm" (the HVM guest from an ISO).
+        # from their own disk, and PVH from a kernel), "hvm" (the HVM guest from an ISO) and
+        # "uefi" (an HVM guest on OVMF).
         only = {p for p in os.environ.get("XAPID_XEN_E2E_ONLY", "").split(",") if p}
         want = (lambda part: not only or part in only)
         template = x.VM.get_by_name_label("Generic Linux PV")[0]
@@ -791,6 +846,13 @@ def main() -> int:
                 hvm_from_iso(x, args, session._session, host, network)
             except (Failed, XenAPI.Failure) as e:
                 failed.append(f"HVM from an ISO: {e}")
+                step(f"FAILED: {e}")
+        # ---- an HVM guest on UEFI firmware (OVMF)
+        if want("uefi"):
+            try:
+                hvm_uefi(x, args, session._session)
+            except (Failed, XenAPI.Failure) as e:
+                failed.append(f"HVM on UEFI: {e}")
                 step(f"FAILED: {e}")
         if Console.open_retries_total:
             step(f"WARN: {Console.open_retries_total} console connection(s) failed below HTTP at their "

@@ -17,7 +17,8 @@
 #      through pygrub; a PVH guest from a kernel; an HVM guest (qemu-system-xen + SeaBIOS in dom0)
 #      booting an isolinux ISO from an `iso` SR, its serial line read
 #      through /console and its VNC console through the same path (a real
-#      RFB handshake and one framebuffer update).
+#      RFB handshake and one framebuffer update); an HVM guest on UEFI
+#      (Debian's OVMF) reaching the UEFI shell on its serial line.
 #
 #   tests/xen/run.sh              build what is missing, boot, run, report
 #   tests/xen/run.sh --prepare    only install tools and build the cached image
@@ -73,7 +74,7 @@ CPU=${XAPID_XEN_CPU:-max,-smap,-xsave}
 GUEST_MIB=${XAPID_XEN_GUEST_MIB:-128}
 FILTER=${XAPID_XEN_FILTER:-}
 # Bump when the dom0 customisation below changes (not a new debootstrap).
-IMAGE_VERSION=5
+IMAGE_VERSION=6
 # Bump when the test guest below changes.
 GUEST_VERSION=5
 PARTS=${XAPID_XEN_PARTS:-conformance network e2e}
@@ -164,14 +165,16 @@ KVER=$(ls "$R/lib/modules" | sort -V | tail -1)
 
 if [ "$(cat "$CACHE/image.stamp" 2>/dev/null)" != "$IMAGE_VERSION $KVER" ]; then
     say "customising the dom0 rootfs"
-    # HVM guests: Debian's device model and BIOS (hvmloader comes with Xen's own package).
-    if [ ! -x "$R/usr/libexec/xen-qemu-system-i386" ] || [ ! -f "$R/usr/share/seabios/bios-256k.bin" ]; then
-        say "installing qemu-system-xen and seabios into the dom0 rootfs"
+    # HVM guests: Debian's device model, BIOS and UEFI firmware (hvmloader comes with Xen's
+    # own package).
+    if [ ! -x "$R/usr/libexec/xen-qemu-system-i386" ] || [ ! -f "$R/usr/share/seabios/bios-256k.bin" ] ||
+        [ ! -f "$R/usr/share/ovmf/OVMF.fd" ]; then
+        say "installing qemu-system-xen, seabios and ovmf into the dom0 rootfs"
         DEBIAN_FRONTEND=noninteractive chroot "$R" apt-get update -qq >"$CACHE/dom0-apt.log" 2>&1 ||
             die "apt-get update in the dom0 rootfs failed (log: $CACHE/dom0-apt.log)"
         DEBIAN_FRONTEND=noninteractive chroot "$R" apt-get install -y -qq --no-install-recommends \
-            -o DPkg::Lock::Timeout=300 qemu-system-xen seabios >>"$CACHE/dom0-apt.log" 2>&1 ||
-            die "apt-get install qemu-system-xen seabios in the dom0 rootfs failed (log: $CACHE/dom0-apt.log)"
+            -o DPkg::Lock::Timeout=300 qemu-system-xen seabios ovmf >>"$CACHE/dom0-apt.log" 2>&1 ||
+            die "apt-get install qemu-system-xen seabios ovmf in the dom0 rootfs failed (log: $CACHE/dom0-apt.log)"
         rm -f "$R"/var/cache/apt/archives/*.deb
     fi
     echo xapid-xen-dom0 >"$R/etc/hostname"

@@ -35,6 +35,10 @@ pub const HVMLOADER_ENV: &str = "XAPID_HVMLOADER";
 pub const BIOS_ENV: &str = "XAPID_HVM_BIOS";
 /// Debian's SeaBIOS (package `seabios`), the image hvmloader starts.
 pub const BIOS_DEFAULT: &str = "/usr/share/seabios/bios-256k.bin";
+/// Environment variable naming the UEFI firmware image (default [`OVMF_DEFAULT`]).
+pub const OVMF_ENV: &str = "XAPID_HVM_OVMF";
+/// Debian's OVMF (package `ovmf`), the UEFI image hvmloader starts for `firmware=uefi`.
+pub const OVMF_DEFAULT: &str = "/usr/share/ovmf/OVMF.fd";
 /// Where the option ROMs (VGA BIOS) of Debian's SeaBIOS package are.
 const ROM_DIR: &str = "/usr/share/seabios";
 /// Environment variable naming the directory of the device models' sockets.
@@ -84,6 +88,14 @@ pub fn bios_path() -> PathBuf {
         .filter(|p| !p.is_empty())
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(BIOS_DEFAULT))
+}
+
+/// The UEFI image: `$XAPID_HVM_OVMF`, else Debian's OVMF.
+pub fn ovmf_path() -> PathBuf {
+    std::env::var_os(OVMF_ENV)
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(OVMF_DEFAULT))
 }
 
 /// The directory holding domain `domid`'s sockets.

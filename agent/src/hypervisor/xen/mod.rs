@@ -548,15 +548,27 @@ fn container_of(kind: &DomainKind) -> xenguest::Container {
     }
 }
 
-/// hvmloader and the BIOS image an HVM domain boots, checked to be there.
-fn hvm_firmware(op: Op, hvm: &HvmBoot) -> Result<(std::path::PathBuf, std::path::PathBuf), BackendError> {
-    if hvm.uefi() {
-        return Err(BackendError::Unsupported {
-            op,
-            backend: "xen",
-            what: "UEFI firmware for HVM guests (HVM_boot_params firmware=uefi)".into(),
-        });
+/// The system firmware hvmloader starts, as its xenstore key `hvmloader/bios` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Firmware {
+    /// SeaBIOS: BIOS boot.
+    Seabios,
+    /// OVMF: UEFI boot (`HVM_boot_params:firmware=uefi`).
+    Ovmf,
+}
+
+impl Firmware {
+    fn key(self) -> &'static str {
+        match self {
+            Firmware::Seabios => "seabios",
+            Firmware::Ovmf => "ovmf",
+        }
     }
+}
+
+/// hvmloader and the firmware image an HVM domain boots (SeaBIOS, or OVMF for UEFI), checked
+/// to be there.
+fn hvm_firmware(op: Op, hvm: &HvmBoot) -> Result<(std::path::PathBuf, std::path::PathBuf, Firmware), BackendError> {
     let missing = |what: String| BackendError::Os {
         op,
         errno: Errno::ENOENT,
@@ -568,14 +580,27 @@ fn hvm_firmware(op: Op, hvm: &HvmBoot) -> Result<(std::path::PathBuf, std::path:
             devicemodel::HVMLOADER_ENV
         ))
     })?;
-    let bios = devicemodel::bios_path();
-    if !bios.is_file() {
-        return Err(missing(format!(
-            "the BIOS image {} is missing (Debian package seabios, or {})",
-            bios.display(),
-            devicemodel::BIOS_ENV
-        )));
-    }
+    let (image, kind) = if hvm.uefi() {
+        let ovmf = devicemodel::ovmf_path();
+        if !ovmf.is_file() {
+            return Err(missing(format!(
+                "the UEFI image {} is missing (Debian package ovmf, or {})",
+                ovmf.display(),
+                devicemodel::OVMF_ENV
+            )));
+        }
+        (ovmf, Firmware::Ovmf)
+    } else {
+        let bios = devicemodel::bios_path();
+        if !bios.is_file() {
+            return Err(missing(format!(
+                "the BIOS image {} is missing (Debian package seabios, or {})",
+                bios.display(),
+                devicemodel::BIOS_ENV
+            )));
+        }
+        (bios, Firmware::Seabios)
+    };
     let qemu = devicemodel::qemu_path();
     if !qemu.is_file() {
         return Err(missing(format!(
@@ -584,15 +609,15 @@ fn hvm_firmware(op: Op, hvm: &HvmBoot) -> Result<(std::path::PathBuf, std::path:
             devicemodel::QEMU_ENV
         )));
     }
-    Ok((loader, bios))
+    Ok((loader, image, kind))
 }
 
-/// What hvmloader reads from the domain's xenstore home: which BIOS it was given, and that
-/// it must not relocate RAM (QEMU could not follow).
-fn write_hvmloader_keys(xs: &XsHandle, domid: DomId) -> xenctrl::Result<()> {
+/// What hvmloader reads from the domain's xenstore home: which firmware it was given, and
+/// that it must not relocate RAM (QEMU could not follow).
+fn write_hvmloader_keys(xs: &XsHandle, domid: DomId, firmware: Firmware) -> xenctrl::Result<()> {
     let home = dom_path(domid);
     xs.with_transaction(|tx| {
-        xs.write(tx, &format!("{home}/hvmloader/bios"), b"seabios")?;
+        xs.write(tx, &format!("{home}/hvmloader/bios"), firmware.key().as_bytes())?;
         xs.write(tx, &format!("{home}/hvmloader/allow-memory-relocate"), b"0")
     })
 }
@@ -780,9 +805,10 @@ impl Hypervisor for XenBackend {
                     (x.kernel.clone(), x.ramdisk.clone(), b.cmdline(&x.args), Some(x))
                 }
                 DomainKind::Hvm(hvm) => {
-                    let (loader, bios) = hvm_firmware(op, hvm)?;
-                    write_hvmloader_keys(xs, domid).map_err(|e| xen_err(op, e))?;
-                    firmware = Some(bios);
+                    let (loader, image, kind) = hvm_firmware(op, hvm)?;
+                    write_hvmloader_keys(xs, domid, kind).map_err(|e| xen_err(op, e))?;
+                    tracing::info!(domid, firmware = kind.key(), image = %image.display(), "xen: HVM firmware");
+                    firmware = Some(image);
                     (loader, None, String::new(), None)
                 }
             };
