@@ -847,13 +847,17 @@ def main() -> int:
             except (Failed, XenAPI.Failure) as e:
                 failed.append(f"HVM from an ISO: {e}")
                 step(f"FAILED: {e}")
-        # ---- an HVM guest on UEFI firmware (OVMF)
-        if want("uefi"):
+        # ---- an HVM guest on UEFI firmware (OVMF): only when asked for (XAPID_XEN_E2E_UEFI=1 or
+        # XAPID_XEN_E2E_ONLY=uefi): the QEMU 7.2 TCG this harness runs Xen in aborts
+        # (tcg_handle_interrupt: assertion failed) as soon as OVMF starts (docs/hypervisor.md).
+        if (os.environ.get("XAPID_XEN_E2E_UEFI") == "1" or "uefi" in only) and want("uefi"):
             try:
                 hvm_uefi(x, args, session._session)
             except (Failed, XenAPI.Failure) as e:
                 failed.append(f"HVM on UEFI: {e}")
                 step(f"FAILED: {e}")
+        elif want("uefi"):
+            not_run.append("HVM on UEFI (XAPID_XEN_E2E_UEFI=1 runs it: QEMU TCG aborts under OVMF here)")
         if Console.open_retries_total:
             step(f"WARN: {Console.open_retries_total} console connection(s) failed below HTTP at their "
                  f"opening and were tried again (docs/hypervisor.md)")

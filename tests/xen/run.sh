@@ -55,7 +55,8 @@
 # QEMU may run, default 1380: the Xen part stays under 25 minutes), XAPID_XEN_GUEST_MIB (test guest memory,
 # default 128: the Debian kernel's image alone takes ~58 MiB),
 # XAPID_XEN_SMP (QEMU CPUs, default 2), XAPID_XEN_CPU (QEMU -cpu, default
-# max,-smap,-xsave: see docs/hypervisor.md, "Testing on real Xen"),
+# max,-smap,-xsave: see docs/hypervisor.md, "Testing on real Xen"), XAPID_XEN_ACCEL (QEMU
+# -accel, default tcg; tcg,thread=single runs the vCPUs on one thread),
 # XAPID_XEN_FILTER (run only the conformance checks whose name contains
 # this), XAPID_XEN_PARTS (default "conformance network e2e"; any of them
 # alone for a quicker run while developing), XAPID_XEN_E2E_ONLY=pv,disk,hvm (the end-to-end
@@ -71,6 +72,7 @@ CACHE=${XAPID_XEN_CACHE:-$HOME/.cache/xapid-xen}
 TIMEOUT=${XAPID_XEN_TIMEOUT:-1380}
 SMP=${XAPID_XEN_SMP:-2}
 CPU=${XAPID_XEN_CPU:-max,-smap,-xsave}
+ACCEL=${XAPID_XEN_ACCEL:-tcg}
 GUEST_MIB=${XAPID_XEN_GUEST_MIB:-128}
 FILTER=${XAPID_XEN_FILTER:-}
 # Bump when the dom0 customisation below changes (not a new debootstrap).
@@ -453,7 +455,7 @@ PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0));
 say "booting Xen + dom0 under QEMU TCG (-smp $SMP, timeout ${TIMEOUT}s); serial log: $RUN/serial.log"
 T_BOOT=$(date +%s)
 set +e
-timeout --foreground "$TIMEOUT" qemu-system-x86_64 -accel tcg -cpu "$CPU" -m 2048 -smp "$SMP" -machine q35 \
+timeout --foreground "$TIMEOUT" qemu-system-x86_64 -accel "$ACCEL" -cpu "$CPU" -m 2048 -smp "$SMP" -machine q35 \
     -display none -monitor none -no-reboot -snapshot -serial "file:$RUN/serial.log" \
     -kernel "$CACHE/xen.elf" \
     -append "console=com1 com1=115200,8n1 dom0_mem=768M,max:768M dom0_max_vcpus=$SMP loglvl=all guest_loglvl=all" \

@@ -96,7 +96,7 @@ impl ConformanceOptions {
         }
     }
 
-    fn config(&self, name: String) -> DomainConfig {
+    pub(crate) fn config(&self, name: String) -> DomainConfig {
         DomainConfig {
             name,
             uuid: uuid::Uuid::new_v4(),

@@ -166,13 +166,13 @@ impl LinuxNet {
         Ok(())
     }
 
-    /// Joins `port` to `controller` (a bridge or bond) and brings it up.
+    /// Joins `port` to `controller` (a bridge or bond), then brings it up: two requests, as
+    /// the kernel applies a request's flags before its controller, and the bonding driver
+    /// refuses a member that is up (`EPERM`, "Device can not be enslaved while up").
     async fn enslave(&self, port: u32, controller: u32, what: &str) -> Result<(), NetError> {
-        self.set(
-            what,
-            LinkUnspec::new_with_index(port).controller(controller).up().build(),
-        )
-        .await
+        self.set(what, LinkUnspec::new_with_index(port).controller(controller).build())
+            .await?;
+        self.set(what, LinkUnspec::new_with_index(port).up().build()).await
     }
 
     async fn ensure_bridge(&self, name: &str, mtu: u32) -> Result<u32, NetError> {

@@ -42,7 +42,7 @@ fn check_static_ip_setting(
     use conformance::CheckFailure;
     let backend = failed_at;
     let fail = |m: String| CheckFailure::Expectation(m);
-    let config = DomainConfig::pv(format!("{}static-ip", opts.name_prefix), opts.guest_memory, 1, "");
+    let config = opts.config(format!("{}static-ip", opts.name_prefix));
     let domid = hv.create_domain(&config).map_err(backend("create_domain"))?;
     let base = format!("/local/domain/{domid}/xenserver/device/vif/1/static-ip-setting");
     let outcome = (|| {
