@@ -23,9 +23,10 @@ step() { printf '\n=== %s\n' "$*"; }
 need=()
 # etcd-server: the pool store's tests run a real etcd; protobuf-compiler: etcd-client's build;
 # isc-dhcp-client and busybox (udhcpd): the DHCP test of the network namespaces; slapd,
-# ldap-utils and openssl: the RBAC walk's directory (tests/tests/rbac_walk.rs), unconfigured.
+# ldap-utils and openssl: the RBAC walk's directory (tests/tests/rbac_walk.rs), unconfigured;
+# prometheus: its promtool judges the metrics endpoint (test_metrics.py).
 for pkg in libxen-dev libclang-dev python3 python3-venv qemu-utils libvhdi-utils etcd-server \
-    protobuf-compiler libnbd-bin isc-dhcp-client busybox slapd ldap-utils openssl; do
+    protobuf-compiler libnbd-bin isc-dhcp-client busybox slapd ldap-utils openssl prometheus; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 command -v node >/dev/null 2>&1 || need+=(nodejs npm)
