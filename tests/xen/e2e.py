@@ -377,6 +377,25 @@ def native_tsc(x, vm: str) -> None:
     x.VM.set_platform(vm, platform)
 
 
+def hvm_vm(x, name: str, boot_params: dict) -> str:
+    """A VM cloned from the "Other install media" template, not a template itself: 128 MiB,
+    1 vCPU, these HVM boot parameters and a native TSC (destroyed again if a step fails)."""
+    template = x.VM.get_by_name_label("Other install media")[0]
+    vm = x.VM.clone(template, name)
+    try:
+        x.VM.set_is_a_template(vm, False)
+        mib = str(128 * 1024 * 1024)
+        x.VM.set_memory_limits(vm, mib, mib, mib, mib)
+        x.VM.set_VCPUs_max(vm, "1")
+        x.VM.set_VCPUs_at_startup(vm, "1")
+        x.VM.set_HVM_boot_params(vm, boot_params)
+        native_tsc(x, vm)
+    except XenAPI.Failure:
+        x.VM.destroy(vm)
+        raise
+    return vm
+
+
 def hvm_from_iso(x, args, session_ref: str, host: str, network: str) -> None:
     """An HVM guest installed the XenServer way: a VM from the "Other install media" template
     with a CD drive holding an ISO from an `iso` SR, booted by SeaBIOS from the CD (boot order
@@ -386,16 +405,8 @@ def hvm_from_iso(x, args, session_ref: str, host: str, network: str) -> None:
     x.SR.scan(sr)
     isos = {x.VDI.get_name_label(v): v for v in x.SR.get_VDIs(sr)}
     check(args.iso in isos, f"SR.scan of the iso SR found {args.iso} (VDIs: {sorted(isos)})")
-    template = x.VM.get_by_name_label("Other install media")[0]
-    vm = x.VM.clone(template, "xapid-e2e-hvm-iso")
+    vm = hvm_vm(x, "xapid-e2e-hvm-iso", {"order": "dc"})
     try:
-        x.VM.set_is_a_template(vm, False)
-        mib = str(128 * 1024 * 1024)
-        x.VM.set_memory_limits(vm, mib, mib, mib, mib)
-        x.VM.set_VCPUs_max(vm, "1")
-        x.VM.set_VCPUs_at_startup(vm, "1")
-        x.VM.set_HVM_boot_params(vm, {"order": "dc"})
-        native_tsc(x, vm)
         x.VBD.create({
             "VM": vm, "VDI": isos[args.iso], "userdevice": "3", "bootable": True, "mode": "RO",
             "type": "CD", "empty": False, "other_config": {}, "qos_algorithm_type": "",
@@ -449,17 +460,9 @@ def hvm_uefi(x, args, session_ref: str) -> None:
     HVM_boot_params:firmware=uefi and nothing to boot (no disk, CD or NIC: OVMF would wait on
     network boot). hvmloader starts Debian's OVMF, whose boot manager finds nothing bootable and
     opens the UEFI shell; its banner arrives on the serial line, read through xapid's console."""
-    template = x.VM.get_by_name_label("Other install media")[0]
-    vm = x.VM.clone(template, "xapid-e2e-hvm-uefi")
+    vm = hvm_vm(x, "xapid-e2e-hvm-uefi", {"order": "dc", "firmware": "uefi"})
     console = None
     try:
-        x.VM.set_is_a_template(vm, False)
-        mib = str(128 * 1024 * 1024)
-        x.VM.set_memory_limits(vm, mib, mib, mib, mib)
-        x.VM.set_VCPUs_max(vm, "1")
-        x.VM.set_VCPUs_at_startup(vm, "1")
-        x.VM.set_HVM_boot_params(vm, {"order": "dc", "firmware": "uefi"})
-        native_tsc(x, vm)
         for vbd in x.VM.get_VBDs(vm):
             x.VBD.destroy(vbd)
         step(f"created VM {x.VM.get_uuid(vm)} (HVM from 'Other install media', firmware=uefi, no devices)")
