@@ -470,25 +470,6 @@ pub trait GuestControl: Send + Sync {
     /// [`Capabilities::reboot_in_place`]). Emits
     /// [`BackendEvent::DomainChanged`].
     fn guest_shutdown(&self, domid: DomId, code: ShutdownCode) -> Result<(), BackendError>;
-
-    /// Hands the guest's tools a static address configuration for its interface `devid`
-    /// (what a toolstack writes under `xenserver/device/vif/<devid>/static-ip-setting` for
-    /// real guest tools): addresses in CIDR form (`192.0.2.10/24`), which the guest applies
-    /// and reports from then on. Empty lists: the guest's own addresses again.
-    fn set_static_addresses(
-        &self,
-        domid: DomId,
-        devid: DevId,
-        ipv4: &[String],
-        ipv6: &[String],
-    ) -> Result<(), BackendError> {
-        let _ = (domid, devid, ipv4, ipv6);
-        Err(BackendError::Unsupported {
-            op: Op::Guest,
-            backend: "this",
-            what: "static guest addresses".into(),
-        })
-    }
 }
 
 /// A hypervisor backend. Object safe; shared as `Arc<dyn Hypervisor>`.

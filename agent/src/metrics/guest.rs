@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::error::ApiError;
-use crate::hypervisor::{DevId, DomId, Hypervisor};
+use crate::hypervisor::{DomId, Hypervisor};
 use crate::objects::{create, destroy, new_ref, new_uuid, set_field};
 use crate::schema::enums::{TristateType, VmPowerState};
 use crate::schema::{class_ids, fields};
@@ -214,56 +214,26 @@ pub struct GuestPlan {
     pub vm: String,
     /// Its domain.
     pub domid: DomId,
-    /// Its VIFs' static address settings, for a simulated guest: (device, IPv4, IPv6), CIDR.
-    pub statics: Vec<(DevId, Vec<String>, Vec<String>)>,
-}
-
-/// A VIF's static addresses (empty lists where its mode is not `Static`).
-fn vif_statics(vif: &Object) -> (Vec<String>, Vec<String>) {
-    crate::network::vif::ip_setting(vif).addresses()
 }
 
 /// The guests to read: every resident VM but the control domain.
-pub fn plan(agent: &Agent, vms: &[super::sources::VmPlan]) -> Vec<GuestPlan> {
-    let simulated = agent.hypervisor.guest_control().is_some();
+///
+/// (A VIF's static address settings reach the guest's tools when it is plugged and when
+/// `VIF.configure_ipv4`/`configure_ipv6` change them: `lifecycle/devices.rs`.)
+pub fn plan(vms: &[super::sources::VmPlan]) -> Vec<GuestPlan> {
     vms.iter()
         .filter(|v| !v.control_domain)
-        .map(|v| {
-            let mut statics = Vec::new();
-            if simulated {
-                let vm = agent.store.get(class_ids::VM, &v.reference);
-                for r in vm.iter().flat_map(|vm| vm.get(fields::VM::VIFs).as_set()) {
-                    let Some(vif) = r.as_ref_str().and_then(|r| agent.store.get(class_ids::VIF, r)) else {
-                        continue;
-                    };
-                    let Ok(devid) = vif.str_field("device").parse::<DevId>() else {
-                        continue;
-                    };
-                    let (v4, v6) = vif_statics(&vif);
-                    statics.push((devid, v4, v6));
-                }
-            }
-            GuestPlan {
-                vm: v.reference.clone(),
-                domid: v.domid,
-                statics,
-            }
+        .map(|v| GuestPlan {
+            vm: v.reference.clone(),
+            domid: v.domid,
         })
         .collect()
 }
 
-/// Reads the guests' nodes (on a blocking thread), first handing simulated guests their
-/// static address settings. Guests with nothing to say are left out.
+/// Reads the guests' nodes (on a blocking thread). Guests with nothing to say are left out.
 pub fn read(hv: &dyn Hypervisor, plans: &[GuestPlan]) -> Vec<(String, DomId, GuestReport)> {
     let mut out = Vec::new();
     for p in plans {
-        if let Some(gc) = hv.guest_control() {
-            for (devid, v4, v6) in &p.statics {
-                if let Err(e) = gc.set_static_addresses(p.domid, *devid, v4, v6) {
-                    tracing::debug!(vm = p.vm, error = %e, "handing the guest its addresses");
-                }
-            }
-        }
         match hv.guest_agent_keys(p.domid) {
             Ok(keys) if keys.is_empty() => {}
             Ok(keys) => out.push((p.vm.clone(), p.domid, parse(&keys))),
@@ -393,7 +363,6 @@ pub fn clear_tx(tx: &mut Tx, vm: &Object) -> Result<(), ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::schema::enums::VifIpv4ConfigurationMode;
 
     fn keys(pairs: &[(&str, &str)]) -> StrMap {
         pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
@@ -529,7 +498,8 @@ mod tests {
         crate::metrics::round(&e.agent).await;
         let again = e.agent.store.get(class_ids::VM_guest_metrics, &gm).unwrap();
         assert_eq!(again.get(f::last_updated), &stamp);
-        // A static setting on the VIF: the guest reports it from the next round.
+        // A static setting on the VIF (its tools say feature-static-ip-setting): the guest
+        // takes it and reports it from the next round.
         let vif = e
             .agent
             .store
@@ -540,26 +510,11 @@ mod tests {
             .as_ref_str()
             .unwrap()
             .to_owned();
-        e.agent
-            .store
-            .write(|tx| {
-                set_field(
-                    tx,
-                    class_ids::VIF,
-                    &vif,
-                    fields::VIF::ipv4_configuration_mode,
-                    VifIpv4ConfigurationMode::Static.value(),
-                )?;
-                set_field(
-                    tx,
-                    class_ids::VIF,
-                    &vif,
-                    fields::VIF::ipv4_addresses,
-                    Value::set(vec![Value::str("192.0.2.44/24")]),
-                )
-            })
-            .await
-            .unwrap();
+        e.ok(
+            "VIF.configure_ipv4",
+            vec![json!(vif), json!("Static"), json!("192.0.2.44/24"), json!("")],
+        )
+        .await;
         crate::metrics::round(&e.agent).await;
         let rec = e.agent.store.get(class_ids::VM_guest_metrics, &gm).unwrap();
         assert_eq!(

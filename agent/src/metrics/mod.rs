@@ -265,7 +265,7 @@ pub async fn round_shifted(agent: &Arc<Agent>, offset: f64) {
         v
     };
     let plan2 = plan.clone();
-    let guests = guest::plan(agent, &plan.vms);
+    let guests = guest::plan(&plan.vms);
     let work = move || {
         let loaded: Vec<(Owner, rrd::Rrd)> = to_load
             .into_iter()

@@ -1252,8 +1252,17 @@ impl Hypervisor for SimulatorBackend {
         _mac: &MacAddr,
         setting: &VifIpSetting,
     ) -> Result<(), BackendError> {
-        let (v4, v6) = setting.addresses();
-        self.set_static_addresses(domid, devid, &v4, &v6)
+        let (ipv4, ipv6) = setting.addresses();
+        let op = Op::Guest;
+        self.inner.begin(op)?;
+        let mut st = self.inner.state.lock();
+        let d = st.guest_mut(op, domid)?;
+        if ipv4.is_empty() && ipv6.is_empty() {
+            d.statics.remove(&devid);
+        } else {
+            d.statics.insert(devid, guest_agent::StaticAddresses { ipv4, ipv6 });
+        }
+        Ok(())
     }
 
     fn guest_agent_keys(&self, domid: DomId) -> Result<BTreeMap<String, String>, BackendError> {
@@ -1336,30 +1345,5 @@ impl FaultInjection for SimulatorBackend {
 impl GuestControl for SimulatorBackend {
     fn guest_shutdown(&self, domid: DomId, code: ShutdownCode) -> Result<(), BackendError> {
         self.inner.guest_shutdown(domid, code)
-    }
-
-    fn set_static_addresses(
-        &self,
-        domid: DomId,
-        devid: DevId,
-        ipv4: &[String],
-        ipv6: &[String],
-    ) -> Result<(), BackendError> {
-        let op = Op::Guest;
-        self.inner.begin(op)?;
-        let mut st = self.inner.state.lock();
-        let d = st.guest_mut(op, domid)?;
-        if ipv4.is_empty() && ipv6.is_empty() {
-            d.statics.remove(&devid);
-        } else {
-            d.statics.insert(
-                devid,
-                guest_agent::StaticAddresses {
-                    ipv4: ipv4.to_vec(),
-                    ipv6: ipv6.to_vec(),
-                },
-            );
-        }
-        Ok(())
     }
 }
