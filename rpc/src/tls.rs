@@ -104,15 +104,11 @@ pub fn identity(files: &TlsFiles) -> Result<Arc<ServerIdentity>, TlsError> {
         .map_err(TlsError::Pem)
 }
 
-/// [`identity`] with the host's pool-internal certificate in `internal` (made there, for
-/// `names`, when absent), served to clients asking for the server name `pool`.
-pub fn identity_with_internal(
-    files: &TlsFiles,
-    internal: &TlsFiles,
-    names: &[String],
-) -> Result<Arc<ServerIdentity>, TlsError> {
+/// [`identity`] with the host's pool-internal certificate in `internal` (made by
+/// [`ensure_self_signed`]), served to clients asking for the server name `pool`.
+pub fn identity_with_internal(files: &TlsFiles, internal: &TlsFiles) -> Result<Arc<ServerIdentity>, TlsError> {
     ServerIdentity::load(files.cert.clone(), files.key.clone())
-        .and_then(|i| i.with_internal(internal.cert.clone(), internal.key.clone(), names))
+        .and_then(|i| i.with_internal(internal.cert.clone(), internal.key.clone()))
         .map(Arc::new)
         .map_err(TlsError::Pem)
 }

@@ -135,20 +135,8 @@ impl ServerIdentity {
         })
     }
 
-    /// Adds the pool-internal certificate kept in these files, made (self-signed, for
-    /// `names`) when they are not both there.
-    pub fn with_internal(mut self, cert_file: PathBuf, key_file: PathBuf, names: &[String]) -> Result<Self, String> {
-        if !(cert_file.exists() && key_file.exists()) {
-            let made = rcgen::generate_simple_self_signed(names.to_vec()).map_err(|e| e.to_string())?;
-            if let Some(dir) = cert_file.parent() {
-                std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-            }
-            crate::fsutil::write_private(&key_file, made.signing_key.serialize_pem().as_bytes())
-                .map_err(|e| format!("{}: {e}", key_file.display()))?;
-            crate::fsutil::write_private(&cert_file, made.cert.pem().as_bytes())
-                .map_err(|e| format!("{}: {e}", cert_file.display()))?;
-            tracing::info!(cert = %cert_file.display(), "made this host's pool-internal certificate");
-        }
+    /// Adds the pool-internal certificate kept in these files.
+    pub fn with_internal(mut self, cert_file: PathBuf, key_file: PathBuf) -> Result<Self, String> {
         self.internal = Some(Served::load(cert_file, key_file)?);
         Ok(self)
     }
@@ -501,32 +489,39 @@ mod tests {
     }
 
     #[test]
-    fn the_internal_certificate_is_made_once_and_kept() {
+    fn the_internal_certificate_is_served_apart_and_renewed_in_place() {
         let dir = tempfile::tempdir().unwrap();
-        let (cf, kf) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
-        let served = rcgen::generate_simple_self_signed(vec!["served".into()]).unwrap();
-        std::fs::write(&cf, served.cert.pem()).unwrap();
-        std::fs::write(&kf, served.signing_key.serialize_pem()).unwrap();
-        let (icf, ikf) = (
-            dir.path().join("tls/pool-cert.pem"),
-            dir.path().join("tls/pool-key.pem"),
-        );
-        let names = ["h".to_owned()];
-        let id = ServerIdentity::load(cf.clone(), kf.clone())
+        let write = |name: &str, who: &str| {
+            let made = rcgen::generate_simple_self_signed(vec![who.into()]).unwrap();
+            let (c, k) = (
+                dir.path().join(format!("{name}-c.pem")),
+                dir.path().join(format!("{name}-k.pem")),
+            );
+            std::fs::write(&c, made.cert.pem()).unwrap();
+            std::fs::write(&k, made.signing_key.serialize_pem()).unwrap();
+            (c, k)
+        };
+        let (cf, kf) = write("served", "served");
+        let (icf, ikf) = write("internal", "pool");
+        let id = ServerIdentity::load(cf, kf)
             .unwrap()
-            .with_internal(icf.clone(), ikf.clone(), &names)
+            .with_internal(icf.clone(), ikf.clone())
             .unwrap();
-        let made = id.internal.as_ref().unwrap().current.read().cert.clone();
+        let internal = id.internal.as_ref().unwrap();
+        let made = internal.current.read().cert.clone();
         assert_ne!(made, id.served.current.read().cert);
         assert_eq!(made, pem_certs(&std::fs::read(&icf).unwrap()).unwrap());
+        assert_eq!(id.internal_cert_file(), Some(icf.as_path()));
+        // A renewal is written to the internal files and served; the served pair stays.
+        let served = id.served.current.read().cert.clone();
+        let next = rcgen::generate_simple_self_signed(vec!["pool".into()]).unwrap();
+        internal
+            .replace(next.cert.pem().as_bytes(), next.signing_key.serialize_pem().as_bytes())
+            .unwrap();
+        assert_eq!(internal.current.read().cert[0].as_ref(), next.cert.der().as_ref());
+        assert_eq!(std::fs::read_to_string(&icf).unwrap(), next.cert.pem());
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(std::fs::metadata(&ikf).unwrap().permissions().mode() & 0o777, 0o600);
-        // A restart keeps it.
-        let again = ServerIdentity::load(cf, kf)
-            .unwrap()
-            .with_internal(icf, ikf, &names)
-            .unwrap();
-        assert_eq!(again.internal.as_ref().unwrap().current.read().cert, made);
-        assert_eq!(again.internal_cert_file(), id.internal_cert_file());
+        assert_eq!(id.served.current.read().cert, served);
     }
 }

@@ -442,6 +442,10 @@ fn tls_identity(
     args: &Args,
     state_dir: &std::path::Path,
 ) -> Result<std::sync::Arc<agent::host::server_identity::ServerIdentity>, TlsError> {
+    let host = nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "localhost".into());
     let files = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => TlsFiles {
             cert: cert.clone(),
@@ -449,10 +453,6 @@ fn tls_identity(
         },
         _ => {
             let files = TlsFiles::in_state_dir(state_dir);
-            let host = nix::unistd::gethostname()
-                .ok()
-                .and_then(|h| h.into_string().ok())
-                .unwrap_or_else(|| "localhost".into());
             if ensure_self_signed(&files, &host)? {
                 tracing::info!(cert = %files.cert.display(), "generated a self-signed certificate");
             }
@@ -461,12 +461,10 @@ fn tls_identity(
     };
     // The pool-internal certificate, always the daemon's own, kept in the state dir.
     let internal = TlsFiles::internal_in_state_dir(state_dir);
-    let host = nix::unistd::gethostname()
-        .ok()
-        .and_then(|h| h.into_string().ok())
-        .unwrap_or_else(|| "localhost".into());
-    let names = [host, agent::host::server_identity::POOL_SERVER_NAME.to_owned()];
-    rpc::tls::identity_with_internal(&files, &internal, &names)
+    if ensure_self_signed(&internal, &host)? {
+        tracing::info!(cert = %internal.cert.display(), "made this host's pool-internal certificate");
+    }
+    rpc::tls::identity_with_internal(&files, &internal)
 }
 
 fn source_chain(e: &dyn std::error::Error) -> String {
