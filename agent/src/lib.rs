@@ -185,6 +185,8 @@ impl Agent {
         std::fs::create_dir_all(&cfg.state_dir)
             .map_err(|e| AgentError::StateDir(cfg.state_dir.display().to_string(), e))?;
         let store = store::Store::open_configured(&cfg.state_dir).await?;
+        // A database backup restored before the last stop (`PUT /pool/xmldbdump`).
+        backup::xmldb::apply_staged(&store, &cfg.state_dir).await;
         let sessions = sessions::Sessions::open(&cfg.state_dir, cfg.root_password_file.as_deref())?;
         let audit = audit::AuditLog::open(&cfg.state_dir, audit::DEFAULT_MAX_BYTES, audit::DEFAULT_KEEP)
             .map_err(AgentError::Audit)?;

@@ -1,5 +1,6 @@
-//! The XVA reader: any bytes as an uploaded archive (plain, gzip or zstd by magic), and the
-//! ova.xml parser on whatever the archive's first member holds. Must never panic.
+//! The XVA reader: any bytes as an uploaded archive (plain, gzip or zstd by magic), and as a
+//! disk's tar stream (`/import_raw_vdi?format=tar`: chunks alone), and the ova.xml parser on
+//! whatever the archive's first member holds. Must never panic.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 
@@ -11,6 +12,11 @@ fuzz_target!(|data: &[u8]| {
         }
         items += 1;
         items < 4096
+    });
+    let mut chunks = 0usize;
+    let _ = agent::backup::xva_read::read_chunks(data, false, &mut |_| {
+        chunks += 1;
+        chunks < 4096
     });
     if let Ok(s) = std::str::from_utf8(data) {
         let _ = agent::backup::ova_xml::parse(s);

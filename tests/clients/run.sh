@@ -29,6 +29,7 @@ CACHE="${XAPID_TEST_CACHE:-$HOME/.cache/xapid-tests}"
 # Pinned client versions.
 XENAPI_VERSION="26.21.1"   # newest on PyPI when pinned (`pip index versions xenapi`)
 PYTEST_VERSION="9.2.0"
+XXHASH_VERSION="3.5.0"     # the python tests check XVA chunk checksums (.xxhash) with it
 XEN_API_VERSION="4.7.6"    # Xen Orchestra's client; exact tree pinned by node/package-lock.json
 # Ansible: the community.general collection comes from the PyPI `ansible` package, which
 # bundles it (Ansible Galaxy is not reachable from the dev/CI machines; PyPI is). ansible 14.5.0
@@ -73,16 +74,16 @@ setup_python() {
   local py pyver key venv
   py="$(pick_python)"
   pyver="$("$py" -c 'import sys; print("%d.%d.%d" % sys.version_info[:3])')"
-  key="$(printf '%s %s %s' "$pyver" "$XENAPI_VERSION" "$PYTEST_VERSION" | sha256sum | cut -c1-12)"
+  key="$(printf '%s %s %s %s' "$pyver" "$XENAPI_VERSION" "$PYTEST_VERSION" "$XXHASH_VERSION" | sha256sum | cut -c1-12)"
   venv="$CACHE/py-$pyver-$key"
   if [ ! -f "$venv/.installed" ]; then
-    log "installing xenapi==$XENAPI_VERSION pytest==$PYTEST_VERSION into $venv (python $pyver: $py)"
+    log "installing xenapi==$XENAPI_VERSION pytest==$PYTEST_VERSION xxhash==$XXHASH_VERSION into $venv (python $pyver: $py)"
     rm -rf "$venv"
     mkdir -p "$CACHE"
     "$py" -m venv "$venv" || die "cannot create a venv with $py"
     "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
-        "xenapi==$XENAPI_VERSION" "pytest==$PYTEST_VERSION" \
-      || die "cannot install xenapi==$XENAPI_VERSION / pytest==$PYTEST_VERSION from PyPI"
+        "xenapi==$XENAPI_VERSION" "pytest==$PYTEST_VERSION" "xxhash==$XXHASH_VERSION" \
+      || die "cannot install xenapi==$XENAPI_VERSION / pytest==$PYTEST_VERSION / xxhash==$XXHASH_VERSION from PyPI"
     touch "$venv/.installed"
   fi
   "$venv/bin/python" - "$XENAPI_VERSION" <<'EOF' || die "installed xenapi client is unusable"

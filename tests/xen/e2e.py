@@ -336,6 +336,43 @@ def boot_guest(x, url: str, session_ref: str, vm: str, what: str, timeout: float
     return console
 
 
+def suspend_resume(x, url: str, session_ref: str, vm: str, what: str, console: "Console") -> "Console":
+    """VM.suspend to the VM's suspend VDI and VM.resume into a new domain: the guest's own
+    uptime goes on, read through the resumed domain's new console; that console is returned."""
+    alive = re.compile(r"XAPID_GUEST alive (\d+) uptime=([\d.]+)")
+    wait_for(f"{what}: an uptime line before the suspend", 120, lambda: alive.findall(console.text()))
+    before = alive.findall(console.text())
+    last_n, last_up = int(before[-1][0]), float(before[-1][1])
+    started = time.monotonic()
+    x.VM.suspend(vm)
+    check(x.VM.get_power_state(vm) == "Suspended",
+          f"{what}: VM.suspend: power_state Suspended ({time.monotonic() - started:.1f}s)")
+    suspend_vdi = x.VM.get_suspend_VDI(vm)
+    check(suspend_vdi != "OpaqueRef:NULL" and int(x.VDI.get_virtual_size(suspend_vdi)) > 64 * 1024 * 1024,
+          f"{what}: the VM has a suspend VDI holding its memory ({x.VDI.get_virtual_size(suspend_vdi)} bytes)")
+    console.close()
+    started = time.monotonic()
+    x.VM.resume(vm, False, False)
+    check(x.VM.get_power_state(vm) == "Running",
+          f"{what}: VM.resume: power_state Running, domid {x.VM.get_domid(vm)} ({time.monotonic() - started:.1f}s)")
+    check(x.VM.get_suspend_VDI(vm) == "OpaqueRef:NULL", f"{what}: the suspend VDI is gone after the resume")
+    # The resumed domain's console record is a new one.
+    location = next(x.console.get_location(c) for c in x.VM.get_consoles(vm) if x.console.get_protocol(c) == "vt100")
+    console = Console(url, location, session_ref)
+    try:
+        wait_for(f"{what}: two uptime lines from the resumed guest", 120,
+                 lambda: len(alive.findall(console.text())) >= 2)
+    except Failed as e:
+        raise Failed(f"{e} ({console.state()})") from None
+    after = alive.findall(console.text())
+    for l in [l for l in console.text().splitlines() if l.strip()][:6]:
+        print(f"console| {l.rstrip()}", flush=True)
+    n, up = int(after[0][0]), float(after[0][1])
+    check(n > last_n and up > last_up,
+          f"{what}: the resumed guest goes on: line {n} at uptime {up}s after line {last_n} at {last_up}s before the suspend")
+    return console
+
+
 def migrate_here(x, url: str, session_ref: str, vm: str, what: str, console: "Console") -> "Console":
     """VM.pool_migrate of a running guest to the host it runs on, as `xl migrate localhost`
     does: its domain saved and restored into a new one. The guest's own uptime goes on, read
@@ -442,6 +479,11 @@ def hvm_from_iso(x, args, session_ref: str, host: str, network: str) -> None:
         wait_for("the HVM guest to go on after unpause", 120,
                  lambda: len(re.findall(r"XAPID_GUEST alive", console.text())) > alive + 1)
         step("ok: HVM from an ISO: the guest runs on after unpause")
+        # Saved with its device model's state (QMP xen-save-devices-state) and restored into
+        # a new domain whose device model takes that state as its incoming migration.
+        console = suspend_resume(x, args.url, session_ref, vm, "HVM from an ISO", console)
+        # The same save and restore, host to itself, as VM.pool_migrate does it.
+        console = migrate_here(x, args.url, session_ref, vm, "HVM from an ISO", console)
         x.VM.hard_shutdown(vm)
         check(x.VM.get_power_state(vm) == "Halted", "HVM from an ISO: VM.hard_shutdown: Halted")
         console.close()
@@ -652,39 +694,7 @@ def main() -> int:
             step("ok: the guest runs on after unpause (new 'alive' lines on the console)")
 
             # ---- suspend to the suspend VDI and resume: the guest's own uptime goes on
-            alive = re.compile(r"XAPID_GUEST alive (\d+) uptime=([\d.]+)")
-            before = alive.findall(console.text())
-            check(bool(before), "the guest prints its uptime before the suspend")
-            last_n, last_up = int(before[-1][0]), float(before[-1][1])
-            started = time.monotonic()
-            x.VM.suspend(vm)
-            check(x.VM.get_power_state(vm) == "Suspended",
-                  f"VM.suspend: power_state Suspended ({time.monotonic() - started:.1f}s)")
-            suspend_vdi = x.VM.get_suspend_VDI(vm)
-            check(suspend_vdi != "OpaqueRef:NULL" and int(x.VDI.get_virtual_size(suspend_vdi)) > 64 * 1024 * 1024,
-                  f"the VM has a suspend VDI holding its memory ({x.VDI.get_virtual_size(suspend_vdi)} bytes)")
-            console.close()
-            started = time.monotonic()
-            x.VM.resume(vm, False, False)
-            check(x.VM.get_power_state(vm) == "Running",
-                  f"VM.resume: power_state Running, domid {x.VM.get_domid(vm)} ({time.monotonic() - started:.1f}s)")
-            check(x.VM.get_suspend_VDI(vm) == "OpaqueRef:NULL", "the suspend VDI is gone after the resume")
-            # The resumed domain's console record is a new one.
-            location = next(
-                x.console.get_location(c) for c in x.VM.get_consoles(vm) if x.console.get_protocol(c) == "vt100"
-            )
-            console = Console(args.url, location, session._session)
-            try:
-                wait_for("two uptime lines from the resumed guest", 120,
-                         lambda: len(alive.findall(console.text())) >= 2)
-            except Failed as e:
-                raise Failed(f"{e} ({console.state()})") from None
-            after = alive.findall(console.text())
-            for l in [l for l in console.text().splitlines() if l.strip()][:6]:
-                print(f"console| {l.rstrip()}", flush=True)
-            n, up = int(after[0][0]), float(after[0][1])
-            check(n > last_n and up > last_up,
-                  f"the resumed guest goes on: line {n} at uptime {up}s after line {last_n} at {last_up}s before the suspend")
+            console = suspend_resume(x, args.url, session._session, vm, "PV from a kernel", console)
 
             # ---- localhost migration: the guest saved and restored into a new domain, its console alive
             console = migrate_here(x, args.url, session._session, vm, "PV from a kernel", console)

@@ -593,6 +593,27 @@ fn every_command() {
     );
     assert_eq!(h.one(&["vm-list", "name-label=web", "--minimal"]).split(',').count(), 2);
     h.ok(&["vm-destroy", &format!("uuid={imported}")]);
+    // pool-dump-database writes the database backup through the client (HttpGet of
+    // /pool/xmldbdump); pool-restore-database uploads it (HttpPut) to check it, and refuses a
+    // real restore without --force, as the reference's CLI does.
+    h.ok(&["pool-dump-database", "file-name=pool.xml"]);
+    let dump = std::fs::read_to_string(h.work().join("pool.xml")).unwrap_or_default();
+    assert!(
+        dump.starts_with("<?xml") && dump.contains("<table name=\"VM\">") && dump.contains("name__label=\"web\""),
+        "{}",
+        &dump[..dump.len().min(300)]
+    );
+    assert_eq!(
+        h.ok(&["pool-restore-database", "file-name=pool.xml", "dry-run=true"]),
+        "Dry-run backup restore successful\n"
+    );
+    let r = h.xe(&["pool-restore-database", "file-name=pool.xml"]);
+    assert_ne!(r.code, 0, "{r:?}");
+    assert!(r.stderr.contains("must be forced"), "{r:?}");
+    std::fs::write(h.work().join("bad.xml"), b"<database><manifest/></database>").unwrap();
+    let r = h.xe(&["pool-restore-database", "file-name=bad.xml", "dry-run=true"]);
+    assert_ne!(r.code, 0, "{r:?}");
+    assert!(r.stderr.contains("not valid"), "{r:?}");
     // A file that is not an archive: the import's own error, nothing left behind.
     std::fs::write(h.work().join("junk.xva"), vec![7u8; 4096]).unwrap();
     let r = h.xe(&["vm-import", "filename=junk.xva"]);

@@ -21,15 +21,32 @@ pub struct RestoreResult {
     pub console_mfn: u64,
 }
 
-/// The `suspend` callback: `data` is a `&mut &mut dyn FnMut() -> bool`.
+/// The toolstack's side of a save, reached from libxenguest's callbacks through `data`.
+struct SaveHooks<'a> {
+    suspend: &'a mut dyn FnMut() -> bool,
+    logdirty: &'a mut dyn FnMut(bool) -> bool,
+}
+
+/// The `suspend` callback: `data` is a `&mut SaveHooks`.
 unsafe extern "C" fn suspend_trampoline(data: *mut c_void) -> c_int {
-    // SAFETY: `domain_save` passes a pointer to a live `&mut dyn FnMut() -> bool`
-    // that nothing else uses while libxenguest runs this callback.
-    let suspend = unsafe { &mut *data.cast::<&mut dyn FnMut() -> bool>() };
+    // SAFETY: `domain_save` passes a pointer to a live `SaveHooks` that nothing else uses
+    // while libxenguest runs this callback (on the saving thread).
+    let hooks = unsafe { &mut *data.cast::<SaveHooks>() };
     // A panic must not unwind into C: it counts as a failed suspend.
-    match catch_unwind(AssertUnwindSafe(suspend)) {
+    match catch_unwind(AssertUnwindSafe(|| (hooks.suspend)())) {
         Ok(true) => 1,
         Ok(false) | Err(_) => 0,
+    }
+}
+
+/// The `switch_qemu_logdirty` callback, which libxenguest calls for every HVM save (to have
+/// the device model report the guest pages it writes): `data` is a `&mut SaveHooks`.
+unsafe extern "C" fn switch_qemu_logdirty(_domid: u32, enable: c_uint, data: *mut c_void) -> c_int {
+    // SAFETY: as for `suspend_trampoline`.
+    let hooks = unsafe { &mut *data.cast::<SaveHooks>() };
+    match catch_unwind(AssertUnwindSafe(|| (hooks.logdirty)(enable != 0))) {
+        Ok(true) => 0,
+        Ok(false) | Err(_) => -1,
     }
 }
 
@@ -56,20 +73,29 @@ impl XcHandle {
     /// Writes domain `domid`'s state to `fd` (not live: the guest is
     /// suspended first, by `suspend`, which must ask the guest to suspend
     /// and return `true` once Xen reports it shut down with reason
-    /// `suspend`, or `false` to give up).
+    /// `suspend`, or `false` to give up). For an HVM domain libxenguest
+    /// also calls `logdirty(enable)` to switch the device model's tracking
+    /// of the guest pages it writes on and off (`true`: done).
     ///
-    /// `suspend` runs on this thread, inside `xc_domain_save`: it must not
+    /// The hooks run on this thread, inside `xc_domain_save`: they must not
     /// use this handle.
-    pub fn domain_save(&self, domid: u32, fd: BorrowedFd<'_>, suspend: &mut dyn FnMut() -> bool) -> Result<()> {
-        let mut suspend: &mut dyn FnMut() -> bool = suspend;
+    pub fn domain_save(
+        &self,
+        domid: u32,
+        fd: BorrowedFd<'_>,
+        suspend: &mut dyn FnMut() -> bool,
+        logdirty: &mut dyn FnMut(bool) -> bool,
+    ) -> Result<()> {
+        let mut hooks = SaveHooks { suspend, logdirty };
         let mut callbacks = sys::save_callbacks {
             suspend: Some(suspend_trampoline),
-            data: std::ptr::from_mut(&mut suspend).cast(),
+            switch_qemu_logdirty: Some(switch_qemu_logdirty),
+            data: std::ptr::from_mut(&mut hooks).cast(),
             ..Default::default()
         };
         // SAFETY: `xch` is open; `fd` stays open for the call; `callbacks`
-        // and the closure it points to outlive the call, which invokes the
-        // callback only on this thread.
+        // and the hooks it points to outlive the call, which invokes the
+        // callbacks only on this thread.
         let rc = unsafe {
             self.libs().guest.xc_domain_save(
                 self.raw(),

@@ -10,11 +10,14 @@
 //! and `qcow2` (the disk formats), `disk_stream` (their exports and imports through the engine).
 
 pub mod disk_stream;
+pub mod disk_tar;
 pub mod metadata;
 pub mod ova_xml;
 pub mod qcow2;
 pub mod restore;
 pub mod vhd;
+pub mod xmldb;
+pub mod xmldb_format;
 pub mod xva_import;
 pub mod xva_read;
 pub mod xva_write;

@@ -62,9 +62,29 @@ pub fn checksum(ext: &str, data: &[u8]) -> Option<String> {
 /// Reads the whole archive, handing each item to `emit` (which answers false when nobody
 /// listens any more: reading stops). `force` forgives checksum mismatches.
 pub fn read(input: impl Read + Send, force: bool, emit: &mut dyn FnMut(Item) -> bool) -> Result<(), BackupError> {
+    read_entries(input, force, true, emit)
+}
+
+/// Reads a disk's chunks alone, as `/export_raw_vdi?format=tar` writes them (no `ova.xml`;
+/// the chunks' prefix is `vdi`; every chunk followed by its checksum file), handing each to
+/// `emit`.
+pub fn read_chunks(
+    input: impl Read + Send,
+    force: bool,
+    emit: &mut dyn FnMut(Item) -> bool,
+) -> Result<(), BackupError> {
+    read_entries(input, force, false, emit)
+}
+
+fn read_entries(
+    input: impl Read + Send,
+    force: bool,
+    ova_first: bool,
+    emit: &mut dyn FnMut(Item) -> bool,
+) -> Result<(), BackupError> {
     let mut ar = tar::Archive::new(decompressed(input)?);
     let entries = ar.entries().map_err(BackupError::from_io)?;
-    let mut seen_ova = false;
+    let mut seen_ova = !ova_first;
     let mut pending: Option<(String, u64, Vec<u8>, String)> = None;
     for entry in entries {
         let mut entry = entry.map_err(BackupError::from_io)?;
@@ -131,8 +151,12 @@ pub fn read(input: impl Read + Send, force: bool, emit: &mut dyn FnMut(Item) -> 
                 "chunk {path} is too large ({size} bytes)"
             )));
         }
-        // A chunk with no checksum file after it (exports before checksums were inline).
-        if let Some((p, i, d, _)) = pending.take() {
+        // A chunk with no checksum file after it (exports before checksums were inline; a
+        // disk's tar stream always has them).
+        if let Some((p, i, d, name)) = pending.take() {
+            if !ova_first {
+                return Err(BackupError::Archive(format!("chunk {name} has no checksum file")));
+            }
             if !emit(Item::Chunk {
                 prefix: p,
                 index: i,
@@ -149,6 +173,10 @@ pub fn read(input: impl Read + Send, force: bool, emit: &mut dyn FnMut(Item) -> 
         pending = Some((prefix.to_owned(), index, data, path.clone()));
     }
     if let Some((prefix, index, data, _)) = pending.take() {
+        if !ova_first {
+            // Its checksum file never came: the stream was cut short.
+            return Err(BackupError::PrematureEof);
+        }
         emit(Item::Chunk { prefix, index, data });
     }
     if !seen_ova {

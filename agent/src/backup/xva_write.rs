@@ -98,6 +98,20 @@ impl XvaWriter {
         })
     }
 
+    /// The chunks of `disks` alone, without `ova.xml` (a disk's tar stream).
+    pub fn disks_only(agent: &Arc<Agent>, disks: Vec<ExportDisk>) -> XvaWriter {
+        XvaWriter {
+            agent: agent.clone(),
+            head: None,
+            total: disks.iter().map(|d| d.size).sum(),
+            disks: disks.into(),
+            current: None,
+            ended: false,
+            done: 0,
+            mtime: now(),
+        }
+    }
+
     /// Disk bytes read so far, and in all.
     pub fn progress(&self) -> (u64, u64) {
         (self.done, self.total)

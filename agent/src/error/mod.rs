@@ -290,6 +290,12 @@ api_errors! {
     AddressViolatesLockingConstraint { address } => "ADDRESS_VIOLATES_LOCKING_CONSTRAINT",
     /// The VM's guest agent does not set addresses.
     VmLacksFeature { vm } => "VM_LACKS_FEATURE",
+    /// A database backup of another schema version.
+    RestoreIncompatibleVersion {} => "RESTORE_INCOMPATIBLE_VERSION",
+    /// A physical interface of the backup's master has no device of its name on this host.
+    RestoreTargetMissingDevice { device } => "RESTORE_TARGET_MISSING_DEVICE",
+    /// This host's management interface is not in the backup.
+    RestoreTargetMgmtIfNotInBackup {} => "RESTORE_TARGET_MGMT_IF_NOT_IN_BACKUP",
     /// Not an IP address of the family asked for.
     InvalidIpAddressSpecified { parameter } => "INVALID_IP_ADDRESS_SPECIFIED",
     /// Not an address with a prefix length of the family asked for.

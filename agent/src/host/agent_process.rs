@@ -28,7 +28,7 @@ pub enum AfterStop {
 }
 
 /// How long after its answer the daemon stops (the reference waits one second too).
-pub(crate) const DELAY: Duration = Duration::from_secs(1);
+pub const DELAY: Duration = Duration::from_secs(1);
 
 static REQUESTED: Mutex<Option<AfterStop>> = Mutex::new(None);
 

@@ -118,6 +118,8 @@ pub(crate) enum B {
     PoolJoin,
     PoolEject,
     PoolDesignateNewMaster,
+    PoolDumpDatabase,
+    PoolRestoreDatabase,
 }
 
 /// One command.
@@ -342,6 +344,22 @@ const BUILTINS: &[Row] = &[
         PLAIN,
         B::VdiExport,
         "Read a virtual disk into a local file.",
+    ),
+    (
+        "pool-dump-database",
+        &["file-name"],
+        &[],
+        PLAIN,
+        B::PoolDumpDatabase,
+        "Download a dump of the pool database.",
+    ),
+    (
+        "pool-restore-database",
+        &["file-name"],
+        &["dry-run", "force"],
+        PLAIN,
+        B::PoolRestoreDatabase,
+        "Restore a dump of the pool database to the server.",
     ),
     (
         "sr-create",
@@ -2010,6 +2028,45 @@ async fn builtin(ctx: &mut Ctx<'_>, b: B) -> Result<(), CliError> {
             })
             .await
             .map(|_| ())
+        }
+        B::PoolDumpDatabase => {
+            // The dump comes through the data path (`GET /pool/xmldbdump`), written by the
+            // client to `file-name`.
+            let file = p.req("file-name")?.to_owned();
+            let session = ctx.session.clone();
+            track_http(ctx, "dump database", |task| {
+                Command::HttpGet(file, format!("/pool/xmldbdump?session_id={session}&task_id={task}"))
+            })
+            .await
+            .map(|_| ())
+        }
+        B::PoolRestoreDatabase => {
+            // As the reference: `dry-run` (any value) only checks; a real restore must be
+            // forced, since the other hosts are forgotten.
+            let dry_run = p.has("dry-run");
+            if !dry_run && !p.has("force") {
+                return Err(CliError::fail(
+                    "This operation will restore the database backup to this host, making it the master. \
+                     All slave hosts are assumed dead and they will be forgotten. This operation must be \
+                     forced (use --force).",
+                ));
+            }
+            let file = p.req("file-name")?.to_owned();
+            let session = ctx.session.clone();
+            track_http(ctx, "restore database", |task| {
+                Command::HttpPut(
+                    file,
+                    format!("/cli/pool/xmldbdump?session_id={session}&task_id={task}&dry_run={dry_run}"),
+                )
+            })
+            .await?;
+            let said = if dry_run {
+                "Dry-run backup restore successful".to_owned()
+            } else {
+                let secs = agent::host::agent_process::DELAY.as_secs();
+                format!("Host will reboot with restored database in {secs}. seconds...")
+            };
+            ctx.out.conn.send(Command::Print(said)).await
         }
         B::SrCreate => {
             let shared = p.bool("shared", false)?;

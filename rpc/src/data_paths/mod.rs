@@ -17,6 +17,7 @@ mod rrd;
 mod task_stream;
 mod vdi;
 mod websocket;
+mod xmldb;
 mod xva;
 
 use actix_web::http::{Method, StatusCode};
@@ -35,6 +36,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/import", web::put().to(xva::import))
         .route("/import/", web::put().to(xva::import))
         .route("/import_metadata", web::put().to(xva::import_metadata))
+        .route("/pool/xmldbdump", web::get().to(xmldb::dump))
+        .route("/pool/xmldbdump", web::put().to(xmldb::restore))
         .route(agent::lifecycle::migrate::RECEIVE_PATH, web::put().to(migrate::receive))
         .route(
             agent::lifecycle::migrate::MEMORY_PATH,

@@ -107,7 +107,7 @@ async fn import_as(
 ) -> Result<HttpResponse, DataPathError> {
     let task_id = param(req, "task_id");
     let early = async {
-        let f = format_of(req, &[Format::Raw, Format::Vhd, Format::Qcow2])?;
+        let f = format_of(req, &[Format::Raw, Format::Vhd, Format::Qcow2, Format::Tar])?;
         target_vdi(agent, req, auth).await.map(|v| (f, v))
     };
     let (format, vdi) = match early.await {
@@ -128,6 +128,21 @@ async fn import_as(
     }
     if format == Format::Qcow2 {
         let r = super::disk_format::import_qcow2(agent, &vdi, body).await;
+        return finish_import(task, &vdi, r).await;
+    }
+    if format == Format::Tar {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<web::Bytes, std::io::Error>>(16);
+        actix_web::rt::spawn(async move {
+            while let Some(chunk) = body.next().await {
+                let item = chunk.map_err(|e| std::io::Error::new(std::io::ErrorKind::UnexpectedEof, e.to_string()));
+                let stop = item.is_err();
+                if tx.send(item).await.is_err() || stop {
+                    break;
+                }
+            }
+        });
+        let open = move || Ok(agent::backup::xva_read::ChannelReader::new(rx));
+        let r = agent::backup::disk_tar::import(agent, &vdi, open, &mut task).await;
         return finish_import(task, &vdi, r).await;
     }
     let result = async {
@@ -198,7 +213,7 @@ pub(super) async fn export(req: HttpRequest, agent: web::Data<Arc<Agent>>) -> Ht
     };
     // The session is needed only to start: the body streams after the handler returns.
     auth.finish(&agent).await;
-    let parsed = format_of(&req, &[Format::Raw, Format::Vhd, Format::Qcow2]).and_then(|f| {
+    let parsed = format_of(&req, &[Format::Raw, Format::Vhd, Format::Qcow2, Format::Tar]).and_then(|f| {
         let v = param(&req, "vdi")
             .ok_or_else(|| DataPathError::BadRequest(ApiError::internal("Missing vdi query parameter")))?;
         let base = match param(&req, "base").filter(|b| !b.is_empty() && f == Format::Vhd) {
@@ -218,6 +233,9 @@ pub(super) async fn export(req: HttpRequest, agent: web::Data<Arc<Agent>>) -> Ht
         Ok(t) => t,
         Err(e) => return DataPathError::BadRequest(e).response(),
     };
+    if format == Format::Tar {
+        return tar_export(&req, &agent, task, &vdi).await;
+    }
     if format != Format::Raw {
         return super::disk_format::export(&req, &agent, task, &vdi, format, base.as_deref()).await;
     }
@@ -242,6 +260,41 @@ pub(super) async fn export(req: HttpRequest, agent: web::Data<Arc<Agent>>) -> Ht
     }
     let source = RawExport { source, sent: 0, size };
     respond(resp, &agent, source, task, "raw VDI export")
+}
+
+/// `format=tar`: the disk's checksummed chunks (`agent::backup::disk_tar`), streamed without a
+/// length (blank chunks are left out).
+async fn tar_export(req: &HttpRequest, agent: &Arc<Agent>, task: TransferTask, vdi: &str) -> HttpResponse {
+    let writer = match agent::backup::disk_tar::export(agent, vdi) {
+        Ok(w) => TarExport(w),
+        Err(e) => {
+            task.fail(&e).await;
+            return DataPathError::NotFound(e).response();
+        }
+    };
+    let uuid = agent.uuid_of(class_ids::VDI, vdi).unwrap_or_default();
+    let mut resp = HttpResponse::Ok();
+    resp.insert_header(("task-id", task.reference().to_owned()))
+        .content_type("application/x-tar")
+        .insert_header(("content-disposition", format!("attachment; filename=\"{uuid}.tar\"")));
+    if req.method() == actix_web::http::Method::HEAD {
+        task.succeed(&Value::None).await;
+        return resp.finish();
+    }
+    respond(resp, agent, writer, task, "tar VDI export")
+}
+
+/// A disk's tar stream.
+struct TarExport(agent::backup::xva_write::XvaWriter);
+
+impl Pieces for TarExport {
+    async fn next_piece(&mut self) -> Option<Result<web::Bytes, ApiError>> {
+        self.0.next_piece().await
+    }
+
+    fn progress(&self) -> (u64, u64) {
+        self.0.progress()
+    }
 }
 
 /// A raw export counting what it has sent.

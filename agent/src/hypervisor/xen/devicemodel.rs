@@ -7,14 +7,20 @@
 //!   per VIF on a tap interface (`tap<domid>.<devid>`) that xapid adds to the VIF's bridge,
 //!   the guest's first serial line on a pty (the HVM `vt100` console), VNC on a Unix socket.
 //! * Its QMP socket (`<run dir>/<domid>/qmp`) is used for its life: `query-chardev` (the
-//!   serial pty), `stop`/`cont` with pause/unpause, `quit` when the domain is destroyed.
+//!   serial pty), `stop`/`cont` with pause/unpause, `xen-save-devices-state` when the domain
+//!   is saved ([`DeviceModel::save_state`]), `quit` when the domain is destroyed.
+//! * A restored domain's device model starts with the saved state as its incoming migration
+//!   (`-incoming fd:N`, the state file open on that descriptor), so that QEMU neither
+//!   allocates the guest's video memory again (the stream restored it) nor resets its devices.
 //! * A supervisor thread waits for the process: a device model that exits while its domain
 //!   is meant to run calls the exit handler, which destroys the domain (the VM then becomes
 //!   Halted) and logs why. QEMU's own output is re-logged line by line.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -51,6 +57,11 @@ pub const RUN_DIR_DEFAULT: &str = "/run/xapid/dm";
 pub const SERIAL_LOG_ENV: &str = "XAPID_DM_SERIAL_LOG";
 /// How long a device model may take to say it runs (it is slow under emulation).
 const START_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long saving the devices' state may take.
+const SAVE_TIMEOUT: Duration = Duration::from_secs(60);
+/// The largest device state accepted from QEMU (its devices' registers and buffers; the
+/// guest's memory, video memory included, is in Xen's stream).
+pub const MAX_STATE: u64 = 64 << 20;
 /// How long `quit` may take before the process is killed.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Timeout of one QMP exchange.
@@ -239,12 +250,15 @@ fn os_err(op: Op, detail: String) -> BackendError {
 }
 
 /// Starts domain `domid`'s device model, waits until it runs (`ready` says so, polled), puts
-/// its taps on their bridges and finds its serial pty. `on_exit` runs on the supervisor
-/// thread if the process exits without [`DeviceModel::stop`] having been called.
+/// its taps on their bridges and finds its serial pty. `incoming` is the devices' state
+/// saved with the domain ([`DeviceModel::save_state`]) when the domain was restored. `on_exit`
+/// runs on the supervisor thread if the process exits without [`DeviceModel::stop`] having
+/// been called.
 pub fn start(
     domid: DomId,
     config: &DomainConfig,
     hvm: &HvmBoot,
+    incoming: Option<&[u8]>,
     ready: impl Fn() -> bool,
     on_exit: impl FnOnce(ExitStatus) + Send + 'static,
 ) -> Result<DeviceModel, BackendError> {
@@ -253,15 +267,45 @@ pub fn start(
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).map_err(|e| BackendError::io(op, &dir, e))?;
     let qemu = qemu_path();
-    let args = qemu_args(domid, config, hvm, &dir);
+    let mut args = qemu_args(domid, config, hvm, &dir);
+    // The saved state, open for QEMU to read as its incoming migration; the file is removed
+    // once QEMU has it open.
+    let state = match incoming {
+        Some(bytes) => {
+            let path = dir.join("incoming");
+            std::fs::write(&path, bytes).map_err(|e| BackendError::io(op, &path, e))?;
+            let file = std::fs::File::open(&path).map_err(|e| BackendError::io(op, &path, e));
+            let _ = std::fs::remove_file(&path);
+            let file = file?;
+            args.push("-incoming".into());
+            args.push(format!("fd:{}", file.as_raw_fd()));
+            Some(file)
+        }
+        None => None,
+    };
     tracing::info!(domid, qemu = %qemu.display(), args = %args.join(" "), "xen: starting the device model");
-    let mut child: Child = Command::new(&qemu)
+    let mut command = Command::new(&qemu);
+    command
         .args(&args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| BackendError::io(op, &qemu, e))?;
+        .stderr(Stdio::piped());
+    if let Some(file) = &state {
+        let fd = file.as_raw_fd();
+        // SAFETY: the closure runs in the forked child before exec and only calls fcntl(2),
+        // which is async-signal-safe; `fd` is open in the child (inherited from this
+        // process, where `state` keeps it open until after the spawn).
+        unsafe {
+            command.pre_exec(move || {
+                // The state's descriptor survives the exec (std opens files close-on-exec).
+                nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()))
+                    .map(drop)
+                    .map_err(std::io::Error::from)
+            });
+        }
+    }
+    let mut child: Child = command.spawn().map_err(|e| BackendError::io(op, &qemu, e))?;
+    drop(state);
     let pid = child.id();
     for out in [
         child
@@ -400,7 +444,39 @@ impl DeviceModel {
 
     /// Runs one QMP command and returns its `return` value.
     pub fn qmp(&self, command: &str) -> Result<serde_json::Value, BackendError> {
-        qmp(&self.qmp_path(), command)
+        qmp(&self.qmp_path(), command, None)
+    }
+
+    /// Runs one QMP command with arguments and returns its `return` value.
+    pub fn qmp_with(&self, command: &str, arguments: serde_json::Value) -> Result<serde_json::Value, BackendError> {
+        qmp(&self.qmp_path(), command, Some(arguments))
+    }
+
+    /// Stops the emulated devices (`stop`) and returns their state
+    /// (`xen-save-devices-state`, not live: the domain is suspended and goes away after the
+    /// save), read from a file in the device model's directory that is removed again.
+    /// [`start`] takes it back as `incoming`.
+    pub fn save_state(&self) -> Result<Vec<u8>, BackendError> {
+        let op = Op::SuspendTo;
+        let path = self.dir.join("saved-state");
+        let _ = std::fs::remove_file(&path);
+        self.qmp("stop")?;
+        let args = serde_json::json!({ "filename": path.to_string_lossy(), "live": false });
+        let saved = qmp_timeout(&self.qmp_path(), "xen-save-devices-state", Some(args), SAVE_TIMEOUT);
+        let read = saved.and_then(|_| {
+            let len = std::fs::metadata(&path)
+                .map_err(|e| BackendError::io(op, &path, e))?
+                .len();
+            if len == 0 || len > MAX_STATE {
+                return Err(os_err(
+                    op,
+                    format!("the device model saved {len} bytes of device state (at most {MAX_STATE} expected)"),
+                ));
+            }
+            std::fs::read(&path).map_err(|e| BackendError::io(op, &path, e))
+        });
+        let _ = std::fs::remove_file(&path);
+        read
     }
 
     /// Stops the device model: `quit` through QMP, then SIGKILL if it is still there after
@@ -435,16 +511,29 @@ impl DeviceModel {
     }
 }
 
-/// One QMP exchange on `socket`: greeting, `qmp_capabilities`, `command`; its `return`.
-pub fn qmp(socket: &Path, command: &str) -> Result<serde_json::Value, BackendError> {
+/// One QMP exchange on `socket`: greeting, `qmp_capabilities`, `command` with its
+/// `arguments`; its `return`.
+pub fn qmp(
+    socket: &Path,
+    command: &str,
+    arguments: Option<serde_json::Value>,
+) -> Result<serde_json::Value, BackendError> {
+    qmp_timeout(socket, command, arguments, QMP_TIMEOUT)
+}
+
+/// [`qmp`] waiting up to `timeout` for each reply.
+fn qmp_timeout(
+    socket: &Path,
+    command: &str,
+    arguments: Option<serde_json::Value>,
+    timeout: Duration,
+) -> Result<serde_json::Value, BackendError> {
     let op = Op::DomainInfo;
     let err = |what: &str, e: std::io::Error| {
         BackendError::io(op, socket, std::io::Error::new(e.kind(), format!("{what}: {e}")))
     };
     let stream = UnixStream::connect(socket).map_err(|e| err("connect", e))?;
-    stream
-        .set_read_timeout(Some(QMP_TIMEOUT))
-        .map_err(|e| err("timeout", e))?;
+    stream.set_read_timeout(Some(timeout)).map_err(|e| err("timeout", e))?;
     stream
         .set_write_timeout(Some(QMP_TIMEOUT))
         .map_err(|e| err("timeout", e))?;
@@ -466,7 +555,11 @@ pub fn qmp(socket: &Path, command: &str) -> Result<serde_json::Value, BackendErr
     };
     next(false)?;
     for cmd in ["qmp_capabilities", command] {
-        writeln!(writer, "{}", serde_json::json!({ "execute": cmd })).map_err(|e| err("write", e))?;
+        let mut request = serde_json::json!({ "execute": cmd });
+        if let (true, Some(args)) = (cmd == command, &arguments) {
+            request["arguments"] = args.clone();
+        }
+        writeln!(writer, "{request}").map_err(|e| err("write", e))?;
         let reply = next(true)?;
         if let Some(e) = reply.get("error") {
             return Err(os_err(op, format!("QMP {cmd}: {e}")));

@@ -623,13 +623,15 @@ fn write_hvmloader_keys(xs: &XsHandle, domid: DomId, firmware: Firmware) -> xenc
 }
 
 impl XenBackend {
-    /// Starts and records an HVM domain's device model (see [`devicemodel`]).
+    /// Starts and records an HVM domain's device model (see [`devicemodel`]); `incoming` is
+    /// the devices' state of a restored domain.
     fn start_device_model(
         &self,
         xs: &XsHandle,
         domid: DomId,
         config: &DomainConfig,
         hvm: &HvmBoot,
+        incoming: Option<&[u8]>,
     ) -> Result<(), BackendError> {
         let state_key = format!("/local/domain/0/device-model/{domid}/state");
         let ready = || matches!(read_opt(xs, Transaction::NONE, &state_key), Ok(Some(s)) if s.trim() == "running");
@@ -640,7 +642,7 @@ impl XenBackend {
             config.uuid,
         );
         let on_exit = move |status| device_model_died(domid, uuid, status, &bus, &dms, &reservations);
-        let dm = devicemodel::start(domid, config, hvm, ready, on_exit)?;
+        let dm = devicemodel::start(domid, config, hvm, incoming, ready, on_exit)?;
         self.dms.lock().insert(domid, dm);
         Ok(())
     }
@@ -856,7 +858,7 @@ impl Hypervisor for XenBackend {
             )?;
             self.reservations.lock().remove(&domid);
             if let DomainKind::Hvm(hvm) = &record.config.kind {
-                self.start_device_model(xs, domid, &record.config, hvm)?;
+                self.start_device_model(xs, domid, &record.config, hvm, None)?;
             }
             Ok(())
         })?;

@@ -6,19 +6,24 @@
 //!
 //! ```text
 //! XAPID-XEN-SUSPEND 1\n
-//! {"config": <DomainConfig>, "target": <bytes>, "vcpus": <n>}\n
+//! {"config": <DomainConfig>, "target": <bytes>, "vcpus": <n>, "device_model_state": <bytes>}\n
+//! <the HVM device model's state: device_model_state bytes (none for PV and PVH)>
 //! <Xen migration stream v2, as xc_domain_save writes it>
 //! ```
 //!
 //! Suspending asks the guest (`control/shutdown = suspend`) and waits for Xen
-//! to report the domain shut down with reason `suspend`; then
-//! `xc_domain_save` writes the stream (its suspend callback only checks that
-//! state), the file is synced, and the domain destroyed. When the save fails after the guest suspended, the
-//! guest is resumed (`xc_domain_resume`, cooperative) and keeps running.
+//! to report the domain shut down with reason `suspend`; for HVM the device
+//! model is then stopped and its devices' state taken through QMP
+//! (`xen-save-devices-state`); then `xc_domain_save` writes the stream (its
+//! suspend callback only checks that state), the file is synced, and the
+//! domain destroyed. When the save fails after the guest suspended, the
+//! guest is resumed (`xc_domain_resume`, cooperative; the device model told
+//! to go on) and keeps running.
 //! Resuming creates a domain of the image's VM (same uuid, kind, memory
 //! target and vCPUs online), restores the stream into it, publishes its
-//! rings and introduces it to xenstored; it stays paused, its devices are
-//! plugged by the caller.
+//! rings and introduces it to xenstored; for HVM it then starts the device
+//! model with the saved state as its incoming migration. The domain stays
+//! paused; its PV devices are plugged by the caller.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -35,7 +40,7 @@ use super::super::{
     ShutdownReason,
 };
 use super::layout::{dom_path, mib_ceil, state_of};
-use super::{publish_rings, xen_err, Rings, XenBackend};
+use super::{devicemodel, publish_rings, xen_err, Rings, XenBackend};
 
 /// First line of an image.
 const MAGIC: &str = "XAPID-XEN-SUSPEND 1";
@@ -55,6 +60,13 @@ pub struct ImageHeader {
     pub target: u64,
     /// vCPUs online when saved.
     pub vcpus: u32,
+    /// Length of the HVM device model's state that follows the header, bytes (0: none).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub device_model_state: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl ImageHeader {
@@ -94,11 +106,6 @@ impl XenBackend {
                 return Err(dom.invalid(op, "paused: only a running guest can suspend itself"));
             }
             match &dom.record {
-                Some(r) if matches!(r.config.kind, DomainKind::Hvm(_)) => Err(BackendError::Unsupported {
-                    op,
-                    backend: "xen",
-                    what: "saving HVM domains (the device model's state is not saved yet)".into(),
-                }),
                 Some(r) if r.built => Ok(r.clone()),
                 Some(_) => Err(dom.invalid(op, "not built yet")),
                 None => Err(dom.invalid(op, "not created by this toolstack")),
@@ -109,16 +116,7 @@ impl XenBackend {
             path: path.to_path_buf(),
             source,
         };
-        let header = ImageHeader {
-            config: record.config.clone(),
-            target: record.target,
-            vcpus: record.vcpus,
-        }
-        .encode()
-        .map_err(|e| BackendError::InvalidArgument {
-            op,
-            reason: format!("encoding the image header: {e}"),
-        })?;
+        let hvm = matches!(record.config.kind, DomainKind::Hvm(_));
         let mut file = OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -139,13 +137,36 @@ impl XenBackend {
             });
         }
         let suspended = true;
-        let saved = file.write_all(&header).map_err(io).and_then(|()| {
-            self.xc.with(op, |xc| {
-                let mut check = || self.is_suspended(domid);
-                xc.domain_save(domid, file.as_fd(), &mut check)
-                    .map_err(|e| xen_err(op, e))
-            })
+        let device_state = if hvm {
+            self.device_model_state(domid)
+        } else {
+            Ok(Vec::new())
+        };
+        let header = device_state.and_then(|state| {
+            let mut bytes = ImageHeader {
+                config: record.config.clone(),
+                target: record.target,
+                vcpus: record.vcpus,
+                device_model_state: state.len() as u64,
+            }
+            .encode()
+            .map_err(|e| BackendError::InvalidArgument {
+                op,
+                reason: format!("encoding the image header: {e}"),
+            })?;
+            bytes.extend_from_slice(&state);
+            Ok(bytes)
         });
+        let saved = header
+            .and_then(|header| file.write_all(&header).map_err(io))
+            .and_then(|()| {
+                self.xc.with(op, |xc| {
+                    let mut check = || self.is_suspended(domid);
+                    let mut logdirty = |enable| self.device_model_logdirty(domid, enable);
+                    xc.domain_save(domid, file.as_fd(), &mut check, &mut logdirty)
+                        .map_err(|e| xen_err(op, e))
+                })
+            });
         let result = saved.and_then(|()| file.sync_all().map_err(io));
         drop(file);
         if let Err(e) = result {
@@ -155,7 +176,12 @@ impl XenBackend {
                     .xc
                     .with(op, |xc| xc.domain_resume(domid).map_err(|e| xen_err(op, e)))
                 {
-                    Ok(()) => tracing::warn!(domid, error = %e, "xen: save failed; the guest was resumed"),
+                    Ok(()) => {
+                        if hvm {
+                            self.device_model_run(domid, true);
+                        }
+                        tracing::warn!(domid, error = %e, "xen: save failed; the guest was resumed")
+                    }
                     Err(r) => {
                         tracing::error!(domid, error = %e, resume = %r, "xen: save failed and resuming the guest failed")
                     }
@@ -166,6 +192,35 @@ impl XenBackend {
         }
         tracing::info!(domid, path = %path.display(), "xen: domain saved");
         self.destroy(domid)
+    }
+
+    /// The state of a suspended HVM domain's emulated devices, from its device model.
+    fn device_model_state(&self, domid: DomId) -> Result<Vec<u8>, BackendError> {
+        let dms = self.dms.lock();
+        let dm = dms.get(&domid).ok_or_else(|| BackendError::InvalidArgument {
+            op: Op::SuspendTo,
+            reason: format!("HVM domain {domid} has no device model"),
+        })?;
+        let state = dm.save_state()?;
+        tracing::info!(domid, bytes = state.len(), "xen: device model state saved");
+        Ok(state)
+    }
+
+    /// Switches an HVM domain's device model's tracking of the guest pages it writes
+    /// (`xen-set-global-dirty-log`), as libxenguest asks during a save; `true` when done (or
+    /// when the domain has no device model).
+    fn device_model_logdirty(&self, domid: DomId, enable: bool) -> bool {
+        let dms = self.dms.lock();
+        let Some(dm) = dms.get(&domid) else {
+            return true;
+        };
+        match dm.qmp_with("xen-set-global-dirty-log", serde_json::json!({ "enable": enable })) {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::warn!(domid, enable, error = %e, "xen: switching the device model's dirty log failed");
+                false
+            }
+        }
     }
 
     /// Whether Xen reports the domain shut down for a suspend (`xc_domain_save`'s callback;
@@ -223,13 +278,6 @@ impl XenBackend {
     pub(super) fn restore_domain(&self, path: &Path, config: &DomainConfig) -> Result<DomId, BackendError> {
         let op = Op::ResumeFrom;
         config.validate(op)?;
-        if let DomainKind::Hvm(_) = config.kind {
-            return Err(BackendError::Unsupported {
-                op,
-                backend: "xen",
-                what: "restoring HVM domains".into(),
-            });
-        }
         let io = |source| BackendError::Io {
             op,
             path: path.to_path_buf(),
@@ -262,7 +310,30 @@ impl XenBackend {
                 header.target, header.vcpus, config.memory_max, config.vcpus_max
             )));
         }
+        let hvm = match &config.kind {
+            DomainKind::Hvm(hvm) => Some(hvm),
+            _ => None,
+        };
+        if hvm.is_some() != (header.device_model_state > 0) || header.device_model_state > devicemodel::MAX_STATE {
+            return Err(invalid(format!(
+                "it holds {} bytes of device model state for a {} domain",
+                header.device_model_state,
+                config.kind.as_str()
+            )));
+        }
         file.seek(SeekFrom::Start(offset as u64)).map_err(io)?;
+        let mut device_state = Vec::new();
+        (&mut file)
+            .take(header.device_model_state)
+            .read_to_end(&mut device_state)
+            .map_err(io)?;
+        if device_state.len() as u64 != header.device_model_state {
+            return Err(invalid(format!(
+                "it ends inside the device model state ({} of {} bytes)",
+                device_state.len(),
+                header.device_model_state
+            )));
+        }
         let mut cfg = config.clone();
         cfg.memory_target = header.target;
         cfg.vcpus_at_start = header.vcpus.max(1);
@@ -271,7 +342,7 @@ impl XenBackend {
             let err = |e| xen_err(op, e);
             let store_port = xc.evtchn_alloc_unbound(domid, 0).map_err(err)?;
             let console_port = xc.evtchn_alloc_unbound(domid, 0).map_err(err)?;
-            if let DomainKind::Pvh(_) = cfg.kind {
+            if let DomainKind::Pvh(_) | DomainKind::Hvm(_) = cfg.kind {
                 let mib = u32::try_from(mib_ceil(cfg.memory_target)).unwrap_or(u32::MAX);
                 xc.set_paging_mempool_size(domid, xenctrl::pvh_paging_pool_bytes(mib, cfg.vcpus_max))
                     .map_err(err)?;
@@ -290,6 +361,9 @@ impl XenBackend {
                 },
             )?;
             self.reservations.lock().remove(&domid);
+            if let Some(hvm) = hvm {
+                self.start_device_model(xs, domid, &cfg, hvm, Some(&device_state))?;
+            }
             Ok(())
         });
         if let Err(e) = restored {
@@ -313,6 +387,7 @@ mod tests {
             config: DomainConfig::pv("saved", 128 << 20, 2, "/boot/vmlinuz"),
             target: 64 << 20,
             vcpus: 1,
+            device_model_state: 0,
         }
     }
 
@@ -326,6 +401,18 @@ mod tests {
         assert_eq!(back, h);
         assert_eq!(offset, len);
         assert_eq!(&bytes[offset..], b"XenSavedDomv2-stream");
+    }
+
+    #[test]
+    fn an_hvm_header_says_how_much_device_state_follows_and_older_ones_have_none() {
+        let mut h = header();
+        h.device_model_state = 4242;
+        let bytes = h.encode().unwrap();
+        assert!(String::from_utf8_lossy(&bytes).contains("\"device_model_state\":4242"));
+        assert_eq!(ImageHeader::decode(&bytes).unwrap().0.device_model_state, 4242);
+        let plain = header().encode().unwrap();
+        assert!(!String::from_utf8_lossy(&plain).contains("device_model_state"));
+        assert_eq!(ImageHeader::decode(&plain).unwrap().0.device_model_state, 0);
     }
 
     #[test]
