@@ -58,9 +58,9 @@ use xenctrl::{
 
 use super::{
     BackendError, BackendEvent, BlockDevice, Capabilities, ConsoleStream, DevId, DeviceInfo, DeviceKind, DomId,
-    DomainConfig, DomainInfo, DomainKind, DomainState, Errno, EventBus, EventReceiver, HostInfo, HvmBoot, Hypervisor,
-    HypervisorVersion, MacAddr, NetDevice, Op, PvBoot, ShutdownReason, UnplugMode, VifIpSetting, DOM0,
-    DOMID_FIRST_RESERVED,
+    DomainConfig, DomainInfo, DomainKind, DomainState, Errno, EventBus, EventReceiver, GuestControl, HostInfo, HvmBoot,
+    Hypervisor, HypervisorVersion, MacAddr, NetDevice, Op, PvBoot, ShutdownCode, ShutdownReason, UnplugMode,
+    VifIpSetting, DOM0, DOMID_FIRST_RESERVED,
 };
 use layout::{
     dom_path, kib, mib_ceil, read_opt, read_record, record_path, rm_quiet, state_of, vm_path, write_domain_skeleton,
@@ -678,9 +678,40 @@ impl Drop for XenBackend {
     }
 }
 
+/// Guests acting on their own, for the conformance suite: Xen's remote shutdown
+/// (`xc_domain_shutdown`, `SCHEDOP_remote_shutdown`) puts the domain in the state its own
+/// `SCHEDOP_shutdown` would, with the same code, and Xen announces it the same way
+/// (`VIRQ_DOM_EXC`, `@releaseDomain`); what the toolstack sees is what a guest powering off,
+/// crashing or rebooting by itself makes it see. (A real guest's own poweroff is the
+/// end-to-end run's.)
+impl GuestControl for XenBackend {
+    fn guest_shutdown(&self, domid: DomId, code: ShutdownCode) -> Result<(), BackendError> {
+        let op = Op::Guest;
+        let reason = match code {
+            ShutdownCode::PowerOff => xenctrl::ShutdownReason::Poweroff,
+            ShutdownCode::Reboot => xenctrl::ShutdownReason::Reboot,
+            ShutdownCode::Suspend => xenctrl::ShutdownReason::Suspend,
+            ShutdownCode::Crash => xenctrl::ShutdownReason::Crash,
+            ShutdownCode::Watchdog => xenctrl::ShutdownReason::Watchdog,
+        };
+        self.with_handles(op, |xc, xs| {
+            let dom = self.guest(op, xc, xs, domid)?;
+            dom.ensure_alive(op)?;
+            xc.domain_shutdown(domid, reason).map_err(|e| xen_err(op, e))
+        })?;
+        tracing::info!(domid, code = %code, "xen: the domain shut down as its guest would");
+        self.publish(BackendEvent::DomainChanged(domid));
+        Ok(())
+    }
+}
+
 impl Hypervisor for XenBackend {
     fn backend_name(&self) -> &'static str {
         "xen"
+    }
+
+    fn guest_control(&self) -> Option<&dyn GuestControl> {
+        Some(self)
     }
 
     fn capabilities(&self) -> Capabilities {
