@@ -336,13 +336,39 @@ def boot_guest(x, url: str, session_ref: str, vm: str, what: str, timeout: float
     return console
 
 
+ALIVE = re.compile(r"XAPID_GUEST alive (\d+) uptime=([\d.]+)")
+
+
+def last_uptime(console: "Console", what: str, before: str) -> tuple[int, float]:
+    """The test guest's last `alive` line on `console`: its number and the guest's uptime."""
+    wait_for(f"{what}: an uptime line before the {before}", 120, lambda: ALIVE.findall(console.text()))
+    n, up = ALIVE.findall(console.text())[-1]
+    return int(n), float(up)
+
+
+def goes_on(x, url: str, session_ref: str, vm: str, what: str, since: tuple[int, float], after: str) -> "Console":
+    """Opens the VM's (new) text console and checks that the guest's own uptime goes on from
+    `since`, the last line seen before the domain changed; returns the console."""
+    location = next(x.console.get_location(c) for c in x.VM.get_consoles(vm) if x.console.get_protocol(c) == "vt100")
+    console = Console(url, location, session_ref)
+    try:
+        wait_for(f"{what}: two uptime lines from the {after} guest", 120,
+                 lambda: len(ALIVE.findall(console.text())) >= 2)
+    except Failed as e:
+        raise Failed(f"{e} ({console.state()})") from None
+    for l in [l for l in console.text().splitlines() if l.strip()][:6]:
+        print(f"console| {l.rstrip()}", flush=True)
+    n, up = ALIVE.findall(console.text())[0]
+    n, up = int(n), float(up)
+    check(n > since[0] and up > since[1],
+          f"{what}: the {after} guest goes on: line {n} at uptime {up}s after line {since[0]} at {since[1]}s before")
+    return console
+
+
 def suspend_resume(x, url: str, session_ref: str, vm: str, what: str, console: "Console") -> "Console":
     """VM.suspend to the VM's suspend VDI and VM.resume into a new domain: the guest's own
     uptime goes on, read through the resumed domain's new console; that console is returned."""
-    alive = re.compile(r"XAPID_GUEST alive (\d+) uptime=([\d.]+)")
-    wait_for(f"{what}: an uptime line before the suspend", 120, lambda: alive.findall(console.text()))
-    before = alive.findall(console.text())
-    last_n, last_up = int(before[-1][0]), float(before[-1][1])
+    since = last_uptime(console, what, "suspend")
     started = time.monotonic()
     x.VM.suspend(vm)
     check(x.VM.get_power_state(vm) == "Suspended",
@@ -357,30 +383,14 @@ def suspend_resume(x, url: str, session_ref: str, vm: str, what: str, console: "
           f"{what}: VM.resume: power_state Running, domid {x.VM.get_domid(vm)} ({time.monotonic() - started:.1f}s)")
     check(x.VM.get_suspend_VDI(vm) == "OpaqueRef:NULL", f"{what}: the suspend VDI is gone after the resume")
     # The resumed domain's console record is a new one.
-    location = next(x.console.get_location(c) for c in x.VM.get_consoles(vm) if x.console.get_protocol(c) == "vt100")
-    console = Console(url, location, session_ref)
-    try:
-        wait_for(f"{what}: two uptime lines from the resumed guest", 120,
-                 lambda: len(alive.findall(console.text())) >= 2)
-    except Failed as e:
-        raise Failed(f"{e} ({console.state()})") from None
-    after = alive.findall(console.text())
-    for l in [l for l in console.text().splitlines() if l.strip()][:6]:
-        print(f"console| {l.rstrip()}", flush=True)
-    n, up = int(after[0][0]), float(after[0][1])
-    check(n > last_n and up > last_up,
-          f"{what}: the resumed guest goes on: line {n} at uptime {up}s after line {last_n} at {last_up}s before the suspend")
-    return console
+    return goes_on(x, url, session_ref, vm, what, since, "resumed")
 
 
 def migrate_here(x, url: str, session_ref: str, vm: str, what: str, console: "Console") -> "Console":
     """VM.pool_migrate of a running guest to the host it runs on, as `xl migrate localhost`
     does: its domain saved and restored into a new one. The guest's own uptime goes on, read
     through a new console connection; the connection to use next is returned."""
-    alive = re.compile(r"XAPID_GUEST alive (\d+) uptime=([\d.]+)")
-    wait_for(f"{what}: an uptime line before the migration", 120, lambda: alive.findall(console.text()))
-    before = alive.findall(console.text())
-    last_n, last_up = int(before[-1][0]), float(before[-1][1])
+    since = last_uptime(console, what, "migration")
     host, old = x.VM.get_resident_on(vm), int(x.VM.get_domid(vm))
     console.close()
     started = time.monotonic()
@@ -389,18 +399,7 @@ def migrate_here(x, url: str, session_ref: str, vm: str, what: str, console: "Co
     check(x.VM.get_power_state(vm) == "Running" and x.VM.get_resident_on(vm) == host and new not in (-1, old),
           f"{what}: VM.pool_migrate to its own host: Running in a new domain ({old} -> {new}, "
           f"{time.monotonic() - started:.1f}s)")
-    location = next(x.console.get_location(c) for c in x.VM.get_consoles(vm) if x.console.get_protocol(c) == "vt100")
-    console = Console(url, location, session_ref)
-    try:
-        wait_for(f"{what}: two uptime lines from the migrated guest", 120,
-                 lambda: len(alive.findall(console.text())) >= 2)
-    except Failed as e:
-        raise Failed(f"{e} ({console.state()})") from None
-    after = alive.findall(console.text())
-    n, up = int(after[0][0]), float(after[0][1])
-    check(n > last_n and up > last_up,
-          f"{what}: the migrated guest goes on: line {n} at uptime {up}s after line {last_n} at {last_up}s before")
-    return console
+    return goes_on(x, url, session_ref, vm, what, since, "migrated")
 
 
 def native_tsc(x, vm: str) -> None:

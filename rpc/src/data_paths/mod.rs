@@ -135,6 +135,23 @@ pub(crate) fn request_params(req: &HttpRequest) -> Vec<(String, String)> {
     out
 }
 
+/// An upload's bytes as a channel for a blocking reader (`agent::backup::xva_read::ChannelReader`):
+/// a task copies the body in; a body that fails ends the channel with an `UnexpectedEof` error.
+pub(crate) fn body_channel(mut body: web::Payload) -> tokio::sync::mpsc::Receiver<Result<web::Bytes, std::io::Error>> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<web::Bytes, std::io::Error>>(16);
+    actix_web::rt::spawn(async move {
+        use futures_util::StreamExt;
+        while let Some(chunk) = body.next().await {
+            let item = chunk.map_err(|e| std::io::Error::new(std::io::ErrorKind::UnexpectedEof, e.to_string()));
+            let stop = item.is_err();
+            if tx.send(item).await.is_err() || stop {
+                break;
+            }
+        }
+    });
+    rx
+}
+
 /// A request parameter from the query string or, as the reference allows, a cookie.
 pub(crate) fn param(req: &HttpRequest, name: &str) -> Option<String> {
     let q = web::Query::<std::collections::HashMap<String, String>>::from_query(req.query_string()).ok();

@@ -131,16 +131,7 @@ async fn import_as(
         return finish_import(task, &vdi, r).await;
     }
     if format == Format::Tar {
-        let (tx, rx) = tokio::sync::mpsc::channel::<Result<web::Bytes, std::io::Error>>(16);
-        actix_web::rt::spawn(async move {
-            while let Some(chunk) = body.next().await {
-                let item = chunk.map_err(|e| std::io::Error::new(std::io::ErrorKind::UnexpectedEof, e.to_string()));
-                let stop = item.is_err();
-                if tx.send(item).await.is_err() || stop {
-                    break;
-                }
-            }
-        });
+        let rx = super::body_channel(body);
         let open = move || Ok(agent::backup::xva_read::ChannelReader::new(rx));
         let r = agent::backup::disk_tar::import(agent, &vdi, open, &mut task).await;
         return finish_import(task, &vdi, r).await;

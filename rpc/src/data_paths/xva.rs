@@ -18,7 +18,6 @@ use agent::schema::class_ids;
 use agent::storage::transfer::TransferTask;
 use agent::value::Value;
 use agent::{Agent, ApiError};
-use futures_util::StreamExt;
 use std::sync::Arc;
 
 fn flag(req: &HttpRequest, name: &str, default: bool) -> bool {
@@ -268,12 +267,7 @@ fn import_sr(agent: &Agent, req: &HttpRequest) -> Result<String, DataPathError> 
     }
 }
 
-async fn import_common(
-    req: HttpRequest,
-    mut body: web::Payload,
-    agent: Arc<Agent>,
-    metadata_only: bool,
-) -> HttpResponse {
+async fn import_common(req: HttpRequest, body: web::Payload, agent: Arc<Agent>, metadata_only: bool) -> HttpResponse {
     let action = if metadata_only {
         "put_import_metadata"
     } else {
@@ -313,17 +307,8 @@ async fn import_common(
         }
     };
     let task_ref = task.reference().to_owned();
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(16);
     // The upload, into the archive reader's channel.
-    actix_web::rt::spawn(async move {
-        while let Some(chunk) = body.next().await {
-            let item = chunk.map_err(|e| std::io::Error::new(std::io::ErrorKind::UnexpectedEof, e.to_string()));
-            let stop = item.is_err();
-            if tx.send(item).await.is_err() || stop {
-                break;
-            }
-        }
-    });
+    let rx = super::body_channel(body);
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<Result<Vec<String>, ApiError>>();
     let agent2 = agent.clone();
     actix_web::rt::spawn(async move {
