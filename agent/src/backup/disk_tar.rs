@@ -51,15 +51,7 @@ where
     F: FnOnce() -> Result<R, BackupError> + Send + 'static,
     R: Read + Send + 'static,
 {
-    let (tx, mut rx) = mpsc::channel::<Result<Item, BackupError>>(4);
-    let reader = tokio::task::spawn_blocking(move || {
-        let tx2 = tx.clone();
-        let r = open()
-            .and_then(|input| xva_read::read_chunks(input, false, &mut |item| tx2.blocking_send(Ok(item)).is_ok()));
-        if let Err(e) = r {
-            let _ = tx.blocking_send(Err(e));
-        }
-    });
+    let (reader, mut rx) = xva_read::spawn(open, xva_read::Stream::DiskChunks, false);
     let mut sink = ImportSink::open(agent, vdi).await?;
     let r = write_chunks(&mut sink, &mut rx, task).await;
     drop(rx);

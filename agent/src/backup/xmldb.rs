@@ -18,7 +18,7 @@
 
 use super::xmldb_format::{self as format, Database, Row, Table, SCHEMA};
 use crate::schema::{class_ids, derived_sets, fields, partner, ClassId, FieldId};
-use crate::store::Store;
+use crate::store::{members_by_owner, Store};
 use crate::value::{default_object, Object, Value};
 use crate::{Agent, ApiError};
 use std::collections::{HashMap, HashSet};
@@ -154,29 +154,20 @@ pub fn objects_of(db: &Database) -> Result<Vec<Object>, ApiError> {
     Ok(out)
 }
 
-/// Computes every derived set of `objects` from its members' side, members in ref order.
+/// Computes every derived set of `objects` from its members' side, members in ref order, as
+/// the store does when it loads.
 fn fill_derived_sets(objects: &mut [Object]) {
-    let mut members: HashMap<(ClassId, FieldId, String), Vec<String>> = HashMap::new();
-    for o in objects.iter() {
-        for (i, v) in o.fields.iter().enumerate() {
-            let f = FieldId(i);
-            let Some(p) = partner(o.class, f) else { continue };
-            if !derived_sets(p.class).contains(&p.field) || derived_sets(o.class).contains(&f) {
+    for class in ClassId::all() {
+        for &field in derived_sets(class) {
+            let Some(member) = partner(class, field) else {
                 continue;
+            };
+            let mut members = members_by_owner(objects.iter().filter(|o| o.class == member.class), member.field);
+            for o in objects.iter_mut().filter(|o| o.class == class) {
+                let mut refs = members.remove(&o.reference).unwrap_or_default();
+                refs.sort();
+                o.set(field, Value::set(refs.into_iter().map(Value::reference).collect()));
             }
-            if let Some(owner) = v.as_ref_str().filter(|r| *r != crate::value::NULL_REF && !r.is_empty()) {
-                members
-                    .entry((p.class, p.field, owner.to_owned()))
-                    .or_default()
-                    .push(o.reference.clone());
-            }
-        }
-    }
-    for o in objects.iter_mut() {
-        for &f in derived_sets(o.class) {
-            let mut refs = members.remove(&(o.class, f, o.reference.clone())).unwrap_or_default();
-            refs.sort();
-            o.set(f, Value::set(refs.into_iter().map(Value::reference).collect()));
         }
     }
 }

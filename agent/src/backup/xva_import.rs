@@ -326,15 +326,7 @@ where
     R: Read + Send + 'static,
     P: Progress,
 {
-    let (tx, mut rx) = mpsc::channel::<Result<Item, BackupError>>(4);
-    let force = opts.force;
-    let reader = tokio::task::spawn_blocking(move || {
-        let tx2 = tx.clone();
-        let r = open().and_then(|input| xva_read::read(input, force, &mut |item| tx2.blocking_send(Ok(item)).is_ok()));
-        if let Err(e) = r {
-            let _ = tx.blocking_send(Err(e));
-        }
-    });
+    let (reader, mut rx) = xva_read::spawn(open, xva_read::Stream::Archive, opts.force);
     let mut imp = Import {
         agent: agent.clone(),
         opts,

@@ -185,6 +185,45 @@ fn read_entries(
     Ok(())
 }
 
+/// What [`spawn`] reads: a whole XVA ([`read`]) or a disk's chunks alone ([`read_chunks`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stream {
+    /// `ova.xml`, then the disks' chunks.
+    Archive,
+    /// A disk's checksummed chunks, no `ova.xml`.
+    DiskChunks,
+}
+
+/// Reads the stream `open` returns on a blocking thread, handing each item (or the error that
+/// ended the reading) to the channel returned; the reading stops when the channel's receiver
+/// is dropped. `force` forgives checksum mismatches.
+pub fn spawn<F, R>(
+    open: F,
+    stream: Stream,
+    force: bool,
+) -> (
+    tokio::task::JoinHandle<()>,
+    tokio::sync::mpsc::Receiver<Result<Item, BackupError>>,
+)
+where
+    F: FnOnce() -> Result<R, BackupError> + Send + 'static,
+    R: Read + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Item, BackupError>>(4);
+    let reader = tokio::task::spawn_blocking(move || {
+        let tx2 = tx.clone();
+        let r = open().and_then(|input| {
+            read_entries(input, force, stream == Stream::Archive, &mut |item| {
+                tx2.blocking_send(Ok(item)).is_ok()
+            })
+        });
+        if let Err(e) = r {
+            let _ = tx.blocking_send(Err(e));
+        }
+    });
+    (reader, rx)
+}
+
 /// A blocking reader over byte chunks sent from async code (an HTTP body): the end of the
 /// channel is the end of the input; an error item ends it with that error.
 pub struct ChannelReader {

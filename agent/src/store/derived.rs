@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 /// The refs of `objects`, grouped by the (non-null) ref each holds in `field`: a derived set's
 /// members by owner, read from the members' side.
-pub(super) fn members_by_owner<'a>(
+pub(crate) fn members_by_owner<'a>(
     objects: impl Iterator<Item = &'a Object>,
     field: FieldId,
 ) -> HashMap<String, Vec<String>> {

@@ -23,6 +23,7 @@ mod etcd_tests;
 #[cfg(test)]
 mod tests;
 
+pub(crate) use derived::members_by_owner;
 pub use etcd_backend::{EtcdConfig, MemberInfo};
 pub use etcd_client::LeaderKey;
 pub use etcd_lease::Campaign;

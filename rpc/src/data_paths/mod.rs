@@ -152,6 +152,14 @@ pub(crate) fn body_channel(mut body: web::Payload) -> tokio::sync::mpsc::Receive
     rx
 }
 
+/// The request's `Content-Length`, when it names one.
+pub(crate) fn content_length(req: &HttpRequest) -> Option<u64> {
+    req.headers()
+        .get(actix_web::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+}
+
 /// A request parameter from the query string or, as the reference allows, a cookie.
 pub(crate) fn param(req: &HttpRequest, name: &str) -> Option<String> {
     let q = web::Query::<std::collections::HashMap<String, String>>::from_query(req.query_string()).ok();

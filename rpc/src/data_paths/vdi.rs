@@ -4,7 +4,7 @@
 
 use super::disk_format::PayloadSource;
 use super::task_stream::{respond, Pieces};
-use super::{authorize, param, Auth, DataPathError};
+use super::{authorize, content_length, param, Auth, DataPathError};
 use actix_web::{web, HttpRequest, HttpResponse};
 use agent::schema::class_ids;
 use agent::storage::transfer::{ExportSource, Format, ImportSink, TransferTask};
@@ -36,13 +36,6 @@ async fn fail_named_task(agent: &Agent, req: &HttpRequest, e: &DataPathError) {
     if let Some(t) = param(req, "task_id") {
         agent::storage::transfer::fail_task(agent, &t, &e.api_error()).await;
     }
-}
-
-fn content_length(req: &HttpRequest) -> Option<u64> {
-    req.headers()
-        .get(actix_web::http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse().ok())
 }
 
 /// `PUT /import_raw_vdi`.

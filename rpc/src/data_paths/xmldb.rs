@@ -6,7 +6,7 @@
 //! task's (the body says it too): Xen Orchestra's client probes the path with an empty upload
 //! first and takes any other status as a failure.
 
-use super::{authorize, param, DataPathError};
+use super::{authorize, content_length, param, DataPathError};
 use actix_web::{web, HttpRequest, HttpResponse};
 use agent::backup::xmldb;
 use agent::storage::transfer::TransferTask;
@@ -56,12 +56,7 @@ pub(super) async fn restore(req: HttpRequest, mut body: web::Payload, agent: web
     };
     auth.finish(&agent).await;
     // As the reference: a restore names its length.
-    let length = req
-        .headers()
-        .get(actix_web::http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
-    let Some(length) = length else {
+    let Some(length) = content_length(&req) else {
         return DataPathError::BadRequest(ApiError::internal("a database restore needs a Content-Length")).response();
     };
     if length > MAX_BACKUP {
