@@ -149,6 +149,21 @@ def test_enable_ha_planning_and_refusals(pool):
     x.host.disable(hs[2].ref)
     x.host.enable(hs[2].ref)
     assert failure(x.pool.set_ha_host_failures_to_tolerate, p, "-1")[0] == "INVALID_VALUE"
+    # Evacuating a host with HA on moves only what HA protects: a VM it does not protect is to
+    # be stopped first (as the reference plans it), and nothing moves until it is.
+    loose = make_vm(x, "ha-loose", shared)
+    x.VM.start_on(loose, hs[1].ref, False, False)
+    assert x.host.get_vms_which_prevent_evacuation(hs[1].ref) == {
+        loose: ["HOST_EVACUATE_VM_NOT_HA_PROTECTED", loose]}
+    assert failure(x.host.assert_can_evacuate, hs[1].ref) == [
+        "CANNOT_EVACUATE_HOST", f"HOST_EVACUATE_VM_NOT_HA_PROTECTED,{loose}"]
+    assert failure(x.host.evacuate, hs[1].ref) == ["HOST_EVACUATE_VM_NOT_HA_PROTECTED", loose]
+    assert x.VM.get_resident_on(vm) == hs[1].ref and x.VM.get_resident_on(loose) == hs[1].ref
+    x.VM.hard_shutdown(loose)
+    assert x.host.get_vms_which_prevent_evacuation(hs[1].ref) == {}
+    x.host.evacuate(hs[1].ref)
+    assert x.VM.get_power_state(vm) == "Running" and x.VM.get_resident_on(vm) not in (hs[1].ref, "OpaqueRef:NULL")
+    x.VM.destroy(loose)
     # Stopped on purpose, a protected VM is no longer to be kept running.
     x.VM.hard_shutdown(vm)
     assert x.VM.get_ha_always_run(vm) is False

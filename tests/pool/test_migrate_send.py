@@ -25,7 +25,7 @@ import xmlrpc.client
 import pytest
 import XenAPI
 
-from test_pool import PASSWORD, Host, failure, started_hosts
+from test_pool import PASSWORD, Host, failure, started_hosts, vm_rrd_rows, wait_rrd_rows
 
 MiB = 1 << 20
 SIZE = 8 * MiB
@@ -195,6 +195,10 @@ def test_a_running_vm_moves_to_another_pool(hosts):
     d = failure(x.VM.assert_can_migrate, vm, dest, True, {vdi: lone_sr}, {vif: lone_net}, {"copy": "true"}, {})
     assert d == ["VM_BAD_POWER_STATE", vm, "halted", "running"], d
     x.VM.assert_can_migrate(vm, dest, True, {vdi: lone_sr}, {vif: lone_net}, {}, {})
+    # What goes with the VM besides its records: a message about it, and its statistics.
+    note = x.message.create("XAPID_TEST_NOTE", 3, "VM", uuid, "made before the move <&>")
+    note_rec = x.message.get_record(note)
+    history = wait_rrd_rows(hosts[0].address, uuid, s._session, 2)
     t0 = time.time()
     there = x.VM.migrate_send(vm, dest, True, {vdi: lone_sr}, {vif: lone_net}, {}, {})
     took = time.time() - t0
@@ -207,6 +211,17 @@ def test_a_running_vm_moves_to_another_pool(hosts):
     vifs = lone.VM.get_VIFs(there)
     assert len(vifs) == 1 and lone.VIF.get_network(vifs[0]) == lone_net
     assert "maps_to" not in lone.VIF.get_other_config(vifs[0])
+    # Its message is there with its uuid, time and text, and gone here.
+    arrived = lone.message.get("VM", uuid, xmlrpc.client.DateTime("19700101T00:00:00Z"))
+    mine = [m for m in arrived.values() if m["uuid"] == note_rec["uuid"]]
+    assert len(mine) == 1, arrived
+    assert {k: str(mine[0][k]) for k in ("name", "priority", "body", "timestamp", "obj_uuid")} == {
+        k: str(note_rec[k]) for k in ("name", "priority", "body", "timestamp", "obj_uuid")}
+    assert not [m for m in x.message.get_all_records().values() if m["obj_uuid"] == uuid]
+    # Its statistics are served there (the rows the source had), and no longer here.
+    moved = vm_rrd_rows(hosts[2].address, uuid, lone_s._session) or {}
+    assert all(moved.get(t) == v for t, v in history.items()), (history, moved)
+    assert vm_rrd_rows(hosts[0].address, uuid, s._session) is None
     # Nothing of it is left in the pool.
     assert failure(x.VM.get_by_uuid, uuid)[0] == "UUID_INVALID"
     assert failure(x.VDI.get_uuid, vdi)[0] == "HANDLE_INVALID"

@@ -25,6 +25,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import xmlrpc.client
+import xml.etree.ElementTree as ET
 
 import pytest
 import XenAPI
@@ -386,6 +387,41 @@ def console_text(location: str, session_ref: str, until: str, timeout: float = 2
         sock.close()
 
 
+def vm_rrd_rows(address: str, uuid: str, session_ref: str) -> dict | None:
+    """The VM's 5-second averages as the host at `address` serves them (`GET /vm_rrd`, read by
+    Python's XML parser): row time -> values, rows holding a value only; None when the host has
+    no database of the VM (404)."""
+    url = f"http://{address}/vm_rrd?uuid={uuid}&session_id={session_ref}"
+    try:
+        with urllib.request.urlopen(url, timeout=10) as r:
+            root = ET.fromstring(r.read())
+    except urllib.error.HTTPError as e:
+        if e.code == 404:
+            return None
+        raise
+    step = int(root.findtext("step"))
+    last = int(root.findtext("lastupdate")) // step * step
+    for rra in root.findall("rra"):
+        if rra.findtext("cf") == "AVERAGE" and rra.findtext("pdp_per_row") == "1":
+            rows = rra.find("database").findall("row")
+            return {
+                last - (len(rows) - 1 - i) * step: [v.text for v in row.findall("v")]
+                for i, row in enumerate(rows)
+                if any(v.text.lower() != "nan" for v in row.findall("v"))
+            }
+    raise AssertionError("no 5-second AVERAGE archive")
+
+
+def wait_rrd_rows(address: str, uuid: str, session_ref: str, n: int, timeout: float = 30) -> dict:
+    deadline = time.time() + timeout
+    while True:
+        rows = vm_rrd_rows(address, uuid, session_ref) or {}
+        if len(rows) >= n:
+            return rows
+        assert time.time() < deadline, f"fewer than {n} rows in the VM's RRD after {timeout} s: {rows}"
+        time.sleep(1)
+
+
 def test_pool_migrate_moves_a_running_vm(hosts):
     """VM.pool_migrate: the VM's domain is saved on its host, its image goes to the destination
     over HTTPS with the pool secret, and it runs there with its console history."""
@@ -400,6 +436,8 @@ def test_pool_migrate_moves_a_running_vm(hosts):
     before = console_text(m.console.get_location(console), s._session, "booting domain")
     assert "booting domain" in before, before
     domid = m.VM.get_domid(vm)
+    uuid = m.VM.get_uuid(vm)
+    history = wait_rrd_rows(hosts[2].address, uuid, s._session, 2)
     token = m.event_from(["VM"], "", 0.0)["token"]
     t0 = time.time()
     m.VM.pool_migrate(vm, dst, {"live": "true"})
@@ -423,6 +461,11 @@ def test_pool_migrate_moves_a_running_vm(hosts):
     after = console_text(location, s._session, "restored by the xapid simulator")
     assert "booting domain" in after and "restored by the xapid simulator" in after, after
     print(f"pool_migrate of a 128 MiB simulated VM: {took * 1000:.0f} ms (domid {domid} -> {rec['domid']})")
+    # Its statistics went with it: the destination serves the rows the source had (same
+    # times, same values), and the source has no database of it left.
+    moved = vm_rrd_rows(hosts[3].address, uuid, s._session) or {}
+    assert all(moved.get(t) == v for t, v in history.items()), (history, moved)
+    assert vm_rrd_rows(hosts[2].address, uuid, s._session) is None
     # The reference's refusals; the VM stays where it is.
     m.host.disable(src)
     try:

@@ -85,6 +85,70 @@ EOF2
     xl destroy xlprobe-a >/dev/null 2>&1
 fi
 
+if [ -n "${XAPID_XEN_XL_PVH:-}" ]; then
+    # Reference experiment with Xen's own toolstack (docs/hypervisor.md, the PVH stall): the
+    # test guest as PVH guests started by xl, with `tsc_mode="native"` as the harness's PVH
+    # VMs have it: a with a NIC on xenbr0 and a 16 MiB disk, b with neither, c as a with its
+    # vCPU pinned to CPU 0. Their consoles (xenconsoled's logs) are followed for
+    # XAPID_XEN_XL_PVH seconds; a guest whose `alive` count stops is shown with Xen's timer
+    # queues and vCPU state (debug keys a and q).
+    truncate -s 16M /var/tmp/xlpvh-disk.img
+    for g in a b c; do
+        {
+            echo "name=\"xlpvh-$g\""
+            echo 'type="pvh"'
+            echo "kernel=\"$XAPID_XEN_KERNEL\""
+            echo "ramdisk=\"$XAPID_XEN_RAMDISK\""
+            echo 'extra="console=hvc0"'
+            echo 'memory=128'
+            echo 'vcpus=1'
+            echo 'tsc_mode="native"'
+            case $g in
+            a | c)
+                echo "vif=['bridge=xenbr0']"
+                echo "disk=['file:/var/tmp/xlpvh-disk.img,xvda,r']"
+                ;;
+            esac
+            [ $g = c ] && echo 'cpus="0"'
+        } >/tmp/xlpvh-$g.cfg
+        if xl create /tmp/xlpvh-$g.cfg >/tmp/xlpvh-$g.log 2>&1; then
+            step "xl pvh: guest $g created (domid $(xl domid xlpvh-$g))"
+        else
+            sed "s/^/XAPID_XLPVH $g create failed: /" /tmp/xlpvh-$g.log | tail -5
+        fi
+    done
+    declare -A seen stuck
+    t0=$(date +%s)
+    while [ $(($(date +%s) - t0)) -lt "$XAPID_XEN_XL_PVH" ]; do
+        sleep 20
+        for g in a b c; do
+            d=$(xl domid xlpvh-$g 2>/dev/null) || continue
+            f=/var/log/xen/console/guest-xlpvh-$g.log
+            n=$(grep -c 'XAPID_GUEST alive' "$f" 2>/dev/null)
+            echo "XAPID_XLPVH $(($(date +%s) - t0))s $g d$d alive=${n:-0}" \
+                "$(xl list "$d" 2>/dev/null | awk 'NR == 2 {print "state " $5 " cpu " $6 "s"}')" \
+                "last: $(grep -a 'XAPID_GUEST' "$f" 2>/dev/null | tail -1 | tr -d '\r')"
+            if [ "${n:-0}" = "${seen[$g]:-x}" ] && grep -q 'XAPID_GUEST loaded' "$f" 2>/dev/null &&
+                [ -z "${stuck[$g]:-}" ]; then
+                stuck[$g]=1
+                echo "XAPID_XLPVH $g stopped: its console's last lines:"
+                tail -8 "$f" | tr -d '\r' | sed "s/^/XAPID_XLPVH $g| /"
+                xl dmesg -c >/dev/null
+                xl debug-keys a
+                xl debug-keys q
+                xl dmesg | grep -E -A3 "singleshot|\(d$d\)|d${d}v0|d$d:|VCPU0|upcall|pending" |
+                    head -80 | sed "s/^/XAPID_XLPVH $g xen| /"
+            fi
+            seen[$g]=${n:-0}
+        done
+    done
+    for g in a b c; do
+        sed -n 's/\r//; /XAPID_GUEST\|Xen\|blkfront\|clocksource\|tsc/p' \
+            /var/log/xen/console/guest-xlpvh-$g.log 2>/dev/null | head -30 | sed "s/^/XAPID_XLPVH $g console| /"
+        xl destroy xlpvh-$g >/dev/null 2>&1
+    done
+fi
+
 PARTS=${XAPID_XEN_PARTS:-conformance network e2e}
 
 # The network part: the Linux network backend's namespace tests (the same file the python

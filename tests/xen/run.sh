@@ -63,7 +63,8 @@
 # part runs only those of its parts; the report says so), XAPID_XEN_E2E_PVH_DISK=1 (also
 # the PVH guest through pygrub, not run by default: see docs/hypervisor.md), XAPID_XEN_LOG=debug (libxenguest's detailed domain builder log in
 # the serial log), XAPID_XEN_XL_PROBE=N (first build a guest N times with
-# xl while another runs, as a reference), XAPID_XEN_EVENT_TIMEOUT (seconds
+# xl while another runs, as a reference), XAPID_XEN_XL_PVH=S (first start the test guest
+# as PVH guests with xl and follow them S seconds: docs/hypervisor.md), XAPID_XEN_EVENT_TIMEOUT (seconds
 # the suite waits for guests, default 180).
 set -euo pipefail
 
@@ -392,6 +393,7 @@ XAPID_XEN_GUEST_MIB=$GUEST_MIB
 XAPID_XEN_FILTER=$FILTER
 XAPID_XEN_LOG=${XAPID_XEN_LOG:-}
 XAPID_XEN_XL_PROBE=${XAPID_XEN_XL_PROBE:-}
+XAPID_XEN_XL_PVH=${XAPID_XEN_XL_PVH:-}
 XAPID_XEN_EVENT_TIMEOUT=${XAPID_XEN_EVENT_TIMEOUT:-}
 EOF
 echo "XAPID_XEN_PARTS='$PARTS'" >>"$RUN/payload/env"

@@ -78,6 +78,8 @@ vars=(
     'XS_PERM_.*' 'XS_OPEN_.*' XS_UNWATCH_FILTER XBT_NULL
     'XTL_STDIOSTREAM_.*'
     'XCFLAGS_.*'
+    HVM_PARAM_TIMER_MODE 'HVMPTM_.*'
+    X86_HVM_NR_SPECIAL_PAGES X86_HVM_END_SPECIAL_REGION
 )
 "$BINDGEN" "$here/wrapper.h" "${common[@]}" \
     --ignore-functions \
@@ -121,7 +123,7 @@ gen XenCtrl \
     xc_physinfo xc_version \
     xc_evtchn_alloc_unbound \
     xc_domain_set_memory_map xc_set_paging_mempool_size \
-    xc_domain_set_tsc_info
+    xc_domain_set_tsc_info xc_hvm_param_set
 
 gen XenGuest \
     xc_dom_allocate xc_dom_release \

@@ -40,12 +40,22 @@ const HVM_VGA_HOLE_PAGES: u64 = 0x20;
 const HVM_LOW_RAM_START: u64 = 0x10_0000;
 /// e820 type of RAM.
 const E820_RAM: u32 = 1;
+/// e820 type of reserved memory.
+const E820_RESERVED: u32 = 2;
+/// e820 type of ACPI non-volatile storage (where a PVH guest's ACPI tables are).
+const E820_NVS: u32 = 4;
 
 /// The memory layout of a PVH guest with `bytes` of RAM: RAM below the
 /// MMIO hole, the rest above 4 GiB. Returns `(lowmem_end, highmem_end, e820
 /// ranges)`, `highmem_end` 0 when everything fits below the hole.
 pub fn pvh_memory_layout(bytes: u64) -> (u64, u64, Vec<(u64, u64, u32)>) {
-    memory_layout(bytes, PVH_MMIO_START)
+    let (low, high, mut map) = memory_layout(bytes, PVH_MMIO_START);
+    // The special pages below 4 GiB (console and xenstore rings, ioreq pages…) are reserved,
+    // as libxl marks them: a guest must not take their frames for anything of its own.
+    let pages = u64::from(sys::X86_HVM_NR_SPECIAL_PAGES);
+    let start = (u64::from(sys::X86_HVM_END_SPECIAL_REGION) - pages) << 12;
+    map.insert(1, (start, pages << 12, E820_RESERVED));
+    (low, high, map)
 }
 
 /// [`pvh_memory_layout`] for an HVM guest, whose MMIO hole (for the device
@@ -223,10 +233,17 @@ impl XcHandle {
         firmware: Option<&[u8]>,
     ) -> Result<PvBuildResult> {
         let bytes = u64::from(config.memory_mib) << 20;
-        let (lowmem_end, highmem_end, map) = match kind {
+        let (lowmem_end, highmem_end, mut map) = match kind {
             GuestType::Hvm => hvm_memory_layout(bytes),
             _ => pvh_memory_layout(bytes),
         };
+        // A PVH guest's ACPI tables, in ACPI NVS ranges of its memory map (as libxl has them).
+        // Declared before the image: libxenguest copies them in while it builds.
+        let acpi = (kind == GuestType::Pvh).then(|| crate::acpi::pvh_tables(config.max_vcpus));
+        if let Some(acpi) = &acpi {
+            map.extend(acpi.ranges().iter().map(|&(start, len)| (start, len, E820_NVS)));
+            map.sort_by_key(|&(start, _, _)| start);
+        }
         // Declared before the image: libxenguest reads it through `e820` until released.
         let mut e820: Vec<sys::e820entry> = map
             .iter()
@@ -256,8 +273,8 @@ impl XcHandle {
 
         let e820_entries = u32::try_from(e820.len()).unwrap_or(0);
         // SAFETY: the image is valid and exclusively ours; the library does
-        // not touch it between calls. `e820` outlives the image and is not
-        // moved or resized while the image points at it.
+        // not touch it between calls. `e820` and `acpi` outlive the image and
+        // are not moved or resized while the image points at them.
         unsafe {
             let dom = &mut *image.raw();
             match kind {
@@ -273,6 +290,18 @@ impl XcHandle {
                     dom.device_model = false;
                     dom.e820 = e820.as_mut_ptr();
                     dom.e820_entries = e820_entries;
+                    if let Some(acpi) = &acpi {
+                        // libxenguest loads the modules in order and gives the first one's
+                        // address to the guest as `rsdp_paddr`; it only reads them.
+                        for (module, (bytes, at)) in dom.acpi_modules.iter_mut().zip([
+                            (&acpi.rsdp, acpi.rsdp_addr),
+                            (&acpi.tables, crate::acpi::ACPI_BASE),
+                        ]) {
+                            module.data = bytes.as_ptr().cast_mut();
+                            module.length = u32::try_from(bytes.len()).unwrap_or(0);
+                            module.guest_addr_out = at;
+                        }
+                    }
                 }
                 GuestType::Hvm => {
                     // hvmloader builds the guest's e820 itself, from the map set above.
@@ -402,11 +431,14 @@ mod tests {
     fn pvh_layout_below_and_above_the_mmio_hole() {
         let (low, high, map) = pvh_memory_layout(128 << 20);
         assert_eq!((low, high), (128 << 20, 0));
-        assert_eq!(map, vec![(0, 128 << 20, E820_RAM)]);
+        // The special pages (0xfeff8000, 8 pages below 0xff000000) are reserved, as libxl has them.
+        let special = (0xfeff_8000, 8 << 12, E820_RESERVED);
+        assert_eq!(map, vec![(0, 128 << 20, E820_RAM), special]);
         let (low, high, map) = pvh_memory_layout(5 << 30);
         assert_eq!(low, PVH_MMIO_START);
         assert_eq!(high, (1 << 32) + (5 << 30) - PVH_MMIO_START);
-        assert_eq!(map[1], (1 << 32, (5 << 30) - PVH_MMIO_START, E820_RAM));
+        assert_eq!(map[1], special);
+        assert_eq!(map[2], (1 << 32, (5 << 30) - PVH_MMIO_START, E820_RAM));
         assert_eq!(pvh_paging_pool_bytes(128, 1), 2 << 20);
     }
 

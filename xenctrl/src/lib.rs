@@ -22,6 +22,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod acpi;
 mod dombuild;
 mod error;
 mod libs;
@@ -40,8 +41,8 @@ pub use libs::{CtrlLibraries, StoreLibrary};
 pub use logger::tracing_level;
 pub use saverestore::RestoreResult;
 pub use types::{
-    CreateFlags, DomainCreateConfig, DomainFlags, DomainInfo, GuestType, PhysInfo, ShutdownReason, XenVersion,
-    PAGE_SIZE,
+    CreateFlags, DomainCreateConfig, DomainFlags, DomainInfo, GuestType, PhysInfo, ShutdownReason, TimerMode,
+    XenVersion, PAGE_SIZE,
 };
 pub use xc::XcHandle;
 pub use xs::{Transaction, WatchEvent, XsHandle, XsPermission};

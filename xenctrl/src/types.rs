@@ -286,6 +286,34 @@ impl CreateFlags {
     }
 }
 
+/// How a hardware-virtualised domain's emulated platform timers treat the ticks they missed
+/// while the domain was not running (`HVM_PARAM_TIMER_MODE`, `HVMPTM_*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimerMode {
+    /// Guest time stops while the domain is descheduled; missed ticks are delivered late
+    /// (Xen's default).
+    DelayForMissedTicks,
+    /// Guest time runs on; missed ticks are delivered at once (libxl's default for PVH and
+    /// HVM guests).
+    NoDelayForMissedTicks,
+    /// Missed ticks are dropped.
+    NoMissedTicksPending,
+    /// One missed tick is delivered, the rest dropped.
+    OneMissedTickPending,
+}
+
+impl TimerMode {
+    /// The `HVMPTM_*` value.
+    pub fn as_raw(self) -> u64 {
+        u64::from(match self {
+            TimerMode::DelayForMissedTicks => sys::HVMPTM_delay_for_missed_ticks,
+            TimerMode::NoDelayForMissedTicks => sys::HVMPTM_no_delay_for_missed_ticks,
+            TimerMode::NoMissedTicksPending => sys::HVMPTM_no_missed_ticks_pending,
+            TimerMode::OneMissedTickPending => sys::HVMPTM_one_missed_tick_pending,
+        })
+    }
+}
+
 /// The kind of domain `xc_domain_create` makes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum GuestType {

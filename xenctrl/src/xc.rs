@@ -9,7 +9,7 @@ use xen_sys as sys;
 use crate::error::{last_errno, Result, XenctrlError};
 use crate::libs::CtrlLibraries;
 use crate::logger::LoggerBox;
-use crate::types::{DomainCreateConfig, DomainInfo, PhysInfo, ShutdownReason, XenVersion};
+use crate::types::{DomainCreateConfig, DomainInfo, PhysInfo, ShutdownReason, TimerMode, XenVersion};
 
 /// Domains fetched per `xc_domain_getinfolist` call by
 /// [`XcHandle::list_domains`].
@@ -249,6 +249,18 @@ impl XcHandle {
         // SAFETY: `xch` is open; plain integer arguments.
         let rc = unsafe { self.libs.ctrl.xc_domain_set_tsc_info(self.raw(), domid, mode, 0, 0, 0) };
         check("xc_domain_set_tsc_info", rc).map(drop)
+    }
+
+    /// Sets a hardware-virtualised domain's timer mode (`HVM_PARAM_TIMER_MODE`, through
+    /// `xc_hvm_param_set`), before it first runs.
+    pub fn domain_set_timer_mode(&self, domid: u32, mode: TimerMode) -> Result<()> {
+        // SAFETY: `xch` is open; plain integer arguments.
+        let rc = unsafe {
+            self.libs
+                .ctrl
+                .xc_hvm_param_set(self.raw(), domid, sys::HVM_PARAM_TIMER_MODE, mode.as_raw())
+        };
+        check("xc_hvm_param_set", rc).map(drop)
     }
 
     /// Sets the size of a hardware-virtualised domain's paging pool (the

@@ -446,6 +446,8 @@ api_errors! {
     NoHostsAvailable {} => "NO_HOSTS_AVAILABLE",
     /// `host.assert_can_evacuate`: each VM that cannot move, as `code,params`, joined by `|`.
     CannotEvacuateHost { errors } => "CANNOT_EVACUATE_HOST",
+    /// `host.evacuate` with HA on: a resident VM HA does not protect is to be stopped first.
+    HostEvacuateVmNotHaProtected { vm } => "HOST_EVACUATE_VM_NOT_HA_PROTECTED",
     /// `VM.pool_migrate` failed after it began; the VM runs on the source again.
     VmMigrateFailed { vm, source, destination, msg } => "VM_MIGRATE_FAILED",
     /// `VM.migrate_send`: a VDI of the VM that the VDI map does not name (and no rule places).

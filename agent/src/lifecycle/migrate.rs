@@ -193,6 +193,10 @@ pub async fn move_domain(
         }
     };
     let _ = std::fs::remove_file(&image);
+    // The VM's history goes with it to the host it runs on now.
+    if let (Ok(()), Some(Ok(remote)), Some(uuid)) = (&outcome, &d.remote, rec.uuid()) {
+        crate::metrics::carry::send_vm_rrd(agent, uuid, remote, &d.proof()).await;
+    }
     outcome
 }
 

@@ -387,6 +387,10 @@ async fn carry_out(agent: &Arc<Agent>, vm: &str, rec: &Object, plan: Plan, sessi
         }
     }
     if !plan.copy {
+        // The VM's messages go with it (its database went with its domain).
+        if let Some(uuid) = rec.uuid() {
+            crate::metrics::carry::send_vm_messages(agent, uuid, master, &plan.dest.session).await;
+        }
         remove_here(agent, vm, rec).await;
         motion.finish(agent).await;
     }

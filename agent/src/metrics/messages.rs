@@ -135,7 +135,8 @@ fn class_of(cls: Cls) -> Option<ClassId> {
     ClassId::by_name(name)
 }
 
-fn object_exists(agent: &Agent, cls: Cls, uuid: &str) -> bool {
+/// Whether the object of class `cls` with uuid `uuid` exists.
+pub(crate) fn object_exists(agent: &Agent, cls: Cls, uuid: &str) -> bool {
     class_of(cls).is_some_and(|c| agent.store.ref_by_uuid(c, uuid).is_some())
 }
 

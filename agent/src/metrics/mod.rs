@@ -9,6 +9,7 @@
 
 pub mod alerts;
 pub mod api;
+pub mod carry;
 pub mod fmt;
 pub mod guest;
 pub mod http;
@@ -295,6 +296,12 @@ pub async fn round_shifted(agent: &Arc<Agent>, offset: f64) {
         }
         let missing_at = sources::now() + offset;
         for r in &round.owners {
+            // A VM that left while the readings were taken: its database went with it.
+            if let Owner::Vm(u) = &r.owner {
+                if !still_measured_here(agent, u) {
+                    continue;
+                }
+            }
             let info = live.take(&r.owner);
             let mm = matches!(r.owner, Owner::Host) || min_max;
             live.put(r.owner.clone(), RrdInfo::apply(info, r, mm, missing_at));
@@ -399,6 +406,18 @@ async fn update_records(agent: &Agent, round: &Round) {
     if let Err(e) = r {
         tracing::warn!(error = %e, "updating the metrics records");
     }
+}
+
+/// Whether the VM `uuid` is still one this host measures (resident here, or a control domain).
+fn still_measured_here(agent: &Agent, uuid: &str) -> bool {
+    agent
+        .store
+        .ref_by_uuid(class_ids::VM, uuid)
+        .and_then(|r| agent.store.get(class_ids::VM, &r))
+        .is_some_and(|v| {
+            v.get(fields::VM::resident_on).as_ref_str() == Some(agent.host.as_str())
+                || v.get(fields::VM::is_control_domain) == &Value::Bool(true)
+        })
 }
 
 /// Saves every database in memory (blocking thread).

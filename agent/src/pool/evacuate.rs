@@ -4,9 +4,12 @@
 //!
 //! - the targets are the other enabled hosts; with none, every VM resident on the host (the
 //!   control domain aside) gets `NO_HOSTS_AVAILABLE [vm]`;
-//! - a VM that could not start on one of the targets (`placement::check` without the memory
-//!   test: `HOST_OFFLINE`, `VM_REQUIRES_SR`, …) gets that error; a VM whose state forbids
-//!   `pool_migrate` gets that refusal (`VM_BAD_POWER_STATE`, `OTHER_OPERATION_IN_PROGRESS`);
+//! - a VM whose state forbids `pool_migrate` gets that refusal (`VM_BAD_POWER_STATE`,
+//!   `OTHER_OPERATION_IN_PROGRESS`); with HA on, a VM HA does not protect (restart priority
+//!   `restart` and `ha_always_run`) gets `HOST_EVACUATE_VM_NOT_HA_PROTECTED [vm]`: it is to be
+//!   stopped or suspended first, so that an evacuated host leaves the pool as its failure
+//!   would; a VM that could not start on one of the targets (`placement::check` without the
+//!   memory test: `HOST_OFFLINE`, `VM_REQUIRES_SR`, …) gets that error;
 //! - the rest are packed by memory (`memory_static_max`, largest first, each on the target
 //!   with the most free memory left by its `host_metrics`); one that fits nowhere gets
 //!   `HOST_NOT_ENOUGH_FREE_MEMORY [vm]`.
@@ -16,7 +19,7 @@
 //! refuses with the first error, else migrates each VM to its planned host with
 //! `VM.pool_migrate` (`evacuate_batch_size` at a time, default 10), then checks that no VM is
 //! left (`INTERNAL_ERROR` if one is). A VM that stopped meanwhile (`VM_BAD_POWER_STATE`) is
-//! not an error. HA's protected/unprotected split is not applied (docs/pool.md, "Not built yet").
+//! not an error.
 
 use super::placement;
 use crate::call::{Call, CallCtx, Entry};
@@ -109,12 +112,23 @@ fn plan(agent: &Agent, host: &str) -> Vec<(String, Plan)> {
     }
     let mut out: Vec<(String, Plan)> = Vec::new();
     let mut movable: Vec<Arc<Object>> = Vec::new();
+    // With HA on, only protected VMs move: the others must be stopped or suspended first, so
+    // that evacuating the host leaves the pool as a failure of the host would.
+    let ha = super::ha::enabled(agent);
     for vm in &vms {
-        let boots_everywhere = targets.iter().try_for_each(|t| placement::check(agent, vm, t, false));
         let state = crate::lifecycle::rules::check_vm(vm, "pool_migrate");
-        match (boots_everywhere, state) {
-            (_, Err(e)) | (Err(e), Ok(())) => out.push((vm.reference.clone(), Plan::Error(e.description()))),
-            (Ok(()), Ok(())) => movable.push(vm.clone()),
+        if let Err(e) = state {
+            out.push((vm.reference.clone(), Plan::Error(e.description())));
+            continue;
+        }
+        if ha && !super::ha::is_protected(vm) {
+            let d = vec!["HOST_EVACUATE_VM_NOT_HA_PROTECTED".to_owned(), vm.reference.clone()];
+            out.push((vm.reference.clone(), Plan::Error(d)));
+            continue;
+        }
+        match targets.iter().try_for_each(|t| placement::check(agent, vm, t, false)) {
+            Err(e) => out.push((vm.reference.clone(), Plan::Error(e.description()))),
+            Ok(()) => movable.push(vm.clone()),
         }
     }
     // Largest first, each where the most memory is left.

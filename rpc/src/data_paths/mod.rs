@@ -8,6 +8,7 @@
 
 mod audit_log;
 mod auth;
+mod carry;
 mod console;
 mod console_pump;
 mod disk_format;
@@ -49,6 +50,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/host_rrd", web::get().to(rrd::host_rrd))
         .route("/vm_rrd", web::get().to(rrd::vm_rrd))
         .route("/sr_rrd", web::get().to(rrd::sr_rrd))
+        .route("/rrd", web::put().to(carry::put_rrd))
+        .route("/messages", web::put().to(carry::put_messages))
         .route("/metrics", web::get().to(prometheus::metrics))
         .route("/audit_log", web::get().to(audit_log::get));
 }

@@ -795,6 +795,14 @@ impl Hypervisor for XenBackend {
                     None => Ok(()),
                 })
                 .and_then(|()| xc.domain_set_max_mem(domid, kib(config.memory_max) + slack))
+                // As libxl sets it for PVH guests: their platform timers do not hold back
+                // guest time while the domain waits for a CPU.
+                .and_then(|()| match container {
+                    xenguest::Container::Pvh => {
+                        xc.domain_set_timer_mode(domid, xenctrl::TimerMode::NoDelayForMissedTicks)
+                    }
+                    _ => Ok(()),
+                })
                 .and_then(|()| xs.with_transaction(|tx| write_domain_skeleton(xs, tx, domid, config)));
             if let Err(e) = setup {
                 if let Err(d) = xc.domain_destroy(domid) {
