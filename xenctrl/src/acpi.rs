@@ -51,8 +51,9 @@ fn align16(blob: &mut Vec<u8>) {
     blob.resize(blob.len().next_multiple_of(16), 0);
 }
 
-/// The tables of a PVH guest with `vcpus` vCPUs (at most [`MAX_VCPUS`] are described).
-pub fn pvh_tables(vcpus: u32) -> PvhAcpi {
+/// The tables of a PVH guest with `vcpus` vCPUs, the first `online` of them enabled and the
+/// others offered for hot-plug (`online` 0: all enabled; at most [`MAX_VCPUS`] are described).
+pub fn pvh_tables(vcpus: u32, online: u32) -> PvhAcpi {
     let mut blob: Vec<u8> = Vec::new();
     let at = |blob: &Vec<u8>| ACPI_BASE + blob.len() as u64;
 
@@ -73,7 +74,12 @@ pub fn pvh_tables(vcpus: u32) -> PvhAcpi {
     for cpu in 0..vcpus.clamp(1, MAX_VCPUS) {
         let uid = u8::try_from(cpu).unwrap_or(u8::MAX);
         let apic_id = u8::try_from(cpu * 2).unwrap_or(u8::MAX);
-        madt.add_structure(ProcessorLocalApic::new(uid, apic_id, EnabledStatus::Enabled));
+        let status = if online == 0 || cpu < online {
+            EnabledStatus::Enabled
+        } else {
+            EnabledStatus::DisabledOnlineCapable
+        };
+        madt.add_structure(ProcessorLocalApic::new(uid, apic_id, status));
     }
     madt.to_aml_bytes(&mut blob);
     align16(&mut blob);
@@ -124,7 +130,7 @@ mod tests {
 
     #[test]
     fn the_rsdp_leads_to_a_madt_with_every_vcpu_and_a_hardware_reduced_fadt() {
-        let acpi = pvh_tables(3);
+        let acpi = pvh_tables(4, 3);
         // The RSDP: signature, revision 2, both checksums, on the page after the tables.
         let r = &acpi.rsdp;
         assert_eq!(&r[..8], b"RSD PTR ");
@@ -142,7 +148,7 @@ mod tests {
         table(&acpi, u64_at(fadt, 140), b"DSDT");
         let madt = table(&acpi, entries[1], b"APIC");
         assert_eq!(u32_at(madt, 36), LAPIC_BASE);
-        // One enabled local APIC per vCPU, APIC id twice the vCPU number.
+        // One local APIC per vCPU, APIC id twice the vCPU number, enabled if online at start.
         let lapics: Vec<(u8, u8, u32)> = madt[44..]
             .chunks(8)
             .map(|e| {
@@ -150,7 +156,8 @@ mod tests {
                 (e[2], e[3], u32_at(e, 4))
             })
             .collect();
-        assert_eq!(lapics, vec![(0, 0, 1), (1, 2, 1), (2, 4, 1)]);
+        // The vCPU beyond those online at start is offered for hot-plug (online capable).
+        assert_eq!(lapics, vec![(0, 0, 1), (1, 2, 1), (2, 4, 1), (3, 6, 2)]);
         assert_eq!(acpi.ranges()[0], (ACPI_BASE, PAGE));
         assert_eq!(acpi.ranges()[1], (acpi.rsdp_addr, PAGE));
     }
@@ -158,7 +165,7 @@ mod tests {
     #[test]
     fn vcpus_are_described_up_to_the_limit() {
         let madt_entries = |n| {
-            let acpi = pvh_tables(n);
+            let acpi = pvh_tables(n, 0);
             let xsdt = table(&acpi, u64_at(&acpi.rsdp, 24), b"XSDT");
             let madt = table(&acpi, u64_at(xsdt, 44), b"APIC");
             (madt.len() - 44) / 8

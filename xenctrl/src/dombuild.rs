@@ -106,6 +106,9 @@ pub struct PvBuildConfig {
     pub memory_mib: u32,
     /// vCPUs the domain was created with.
     pub max_vcpus: u32,
+    /// vCPUs online when it starts (a PVH guest's MADT enables these and offers the rest
+    /// for hot-plug); 0 for all.
+    pub online_vcpus: u32,
     /// Guest-side port of the console event channel (from
     /// [`XcHandle::evtchn_alloc_unbound`]).
     pub console_evtchn: u32,
@@ -239,7 +242,7 @@ impl XcHandle {
         };
         // A PVH guest's ACPI tables, in ACPI NVS ranges of its memory map (as libxl has them).
         // Declared before the image: libxenguest copies them in while it builds.
-        let acpi = (kind == GuestType::Pvh).then(|| crate::acpi::pvh_tables(config.max_vcpus));
+        let acpi = (kind == GuestType::Pvh).then(|| crate::acpi::pvh_tables(config.max_vcpus, config.online_vcpus));
         if let Some(acpi) = &acpi {
             map.extend(acpi.ranges().iter().map(|&(start, len)| (start, len, E820_NVS)));
             map.sort_by_key(|&(start, _, _)| start);
@@ -420,6 +423,7 @@ mod tests {
             cmdline: "console=hvc0".into(),
             memory_mib: 256,
             max_vcpus: 1,
+            online_vcpus: 1,
             console_evtchn: 1,
             console_domid: 0,
             xenstore_evtchn: 2,

@@ -70,12 +70,15 @@ unsafe extern "C" fn static_data_done(missing: c_uint, _data: *mut c_void) -> c_
 unsafe extern "C" fn restore_results(_store: sys::xen_pfn_t, _console: sys::xen_pfn_t, _data: *mut c_void) {}
 
 impl XcHandle {
-    /// Writes domain `domid`'s state to `fd` (not live: the guest is
-    /// suspended first, by `suspend`, which must ask the guest to suspend
-    /// and return `true` once Xen reports it shut down with reason
-    /// `suspend`, or `false` to give up). For an HVM domain libxenguest
-    /// also calls `logdirty(enable)` to switch the device model's tracking
-    /// of the guest pages it writes on and off (`true`: done).
+    /// Writes domain `domid`'s state to `fd`. Not `live`, the memory is
+    /// copied once, after `suspend`; `live` (`XCFLAGS_LIVE`), libxenguest
+    /// copies it while the guest runs, in rounds of the pages it dirtied
+    /// (tracked by Xen's log-dirty mode), then calls `suspend` for the last
+    /// round. `suspend` must ask the guest to suspend and return `true` once
+    /// Xen reports it shut down with reason `suspend`, or `false` to give
+    /// up. For an HVM domain libxenguest also calls `logdirty(enable)` to
+    /// switch the device model's tracking of the guest pages it writes on
+    /// and off (`true`: done). The domain is left suspended.
     ///
     /// The hooks run on this thread, inside `xc_domain_save`: they must not
     /// use this handle.
@@ -83,9 +86,11 @@ impl XcHandle {
         &self,
         domid: u32,
         fd: BorrowedFd<'_>,
+        live: bool,
         suspend: &mut dyn FnMut() -> bool,
         logdirty: &mut dyn FnMut(bool) -> bool,
     ) -> Result<()> {
+        let flags = if live { sys::XCFLAGS_LIVE } else { 0 };
         let mut hooks = SaveHooks { suspend, logdirty };
         let mut callbacks = sys::save_callbacks {
             suspend: Some(suspend_trampoline),
@@ -101,7 +106,7 @@ impl XcHandle {
                 self.raw(),
                 fd.as_raw_fd(),
                 domid,
-                0,
+                flags,
                 &mut callbacks,
                 sys::xc_stream_type_t::XC_STREAM_PLAIN,
                 -1,

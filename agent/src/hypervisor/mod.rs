@@ -66,6 +66,7 @@ mod types;
 pub mod xen;
 
 use std::collections::BTreeMap;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use std::{fmt, io};
@@ -472,6 +473,30 @@ pub trait GuestControl: Send + Sync {
     fn guest_shutdown(&self, domid: DomId, code: ShutdownCode) -> Result<(), BackendError>;
 }
 
+/// When a live save had the guest suspend for its last round (the downtime starts there).
+#[derive(Debug, Clone, Copy)]
+pub struct LiveSent {
+    /// The moment the guest was suspended.
+    pub suspended_at: std::time::Instant,
+}
+
+/// Optional capability: live migration of a running guest on the same host (Xen's PV and PVH
+/// guests): the sending domain's memory copied into a new domain while it runs, in rounds of
+/// the pages it dirtied, then a short stop. Errors count as [`Op::SuspendTo`] (sending) and
+/// [`Op::ResumeFrom`] (receiving).
+pub trait LiveMigration: Send + Sync {
+    /// Streams running domain `domid` into `out`: the image header, then the memory while the
+    /// guest runs, then (the guest asked to suspend) the rest. The domain is left suspended,
+    /// for the caller to destroy once the new domain exists or to let run on with
+    /// [`LiveMigration::resume_suspended`]; on a failure after it suspended it runs on.
+    fn send_live(&self, domid: DomId, out: OwnedFd) -> Result<LiveSent, BackendError>;
+    /// Lets a domain that [`LiveMigration::send_live`] left suspended run on.
+    fn resume_suspended(&self, domid: DomId) -> Result<(), BackendError>;
+    /// A new, paused domain of `config` restored from what `send_live` writes, read from
+    /// `input` as it arrives; the VM's sending domain exists meanwhile (same uuid).
+    fn receive_live(&self, input: OwnedFd, config: &DomainConfig) -> Result<DomId, BackendError>;
+}
+
 /// A hypervisor backend. Object safe; shared as `Arc<dyn Hypervisor>`.
 /// See the module documentation for the contract.
 pub trait Hypervisor: Send + Sync {
@@ -618,6 +643,11 @@ pub trait Hypervisor: Send + Sync {
 
     /// Guest self-actions, if the backend can trigger them.
     fn guest_control(&self) -> Option<&dyn GuestControl> {
+        None
+    }
+
+    /// Live migration on this host, if the backend has it.
+    fn live_migration(&self) -> Option<&dyn LiveMigration> {
         None
     }
 

@@ -17,8 +17,9 @@
 //! state. A failure during the rounds leaves the guest running where it was. On Xen the guest
 //! stops at the save and runs again once the destination unpauses it.
 //!
-//! A migration to the host the VM is on already saves and restores it there. The saved image
-//! travels in one request body held in memory.
+//! A migration to the host the VM is on moves it live where the backend can
+//! (`lifecycle/migrate_live.rs`: Xen's PV and PVH guests); otherwise it saves and restores it
+//! there. The saved image travels in one request body held in memory.
 
 use super::precopy;
 use super::vm_power::{domid_of, mark_running, on_backend, restore, vm_of};
@@ -106,6 +107,25 @@ pub async fn move_domain(
         destination: d.host.clone(),
         msg: reason,
     };
+    // To this host, where the backend moves a guest live (Xen's PV and PVH guests): its
+    // memory goes into a new domain while it runs.
+    if d.remote.is_none() && motion.is_none() {
+        if let Some(moved) = super::migrate_live::here(agent, vm, &rec, domid).await {
+            let m = moved.map_err(|reason| {
+                tracing::warn!(vm, %reason, "migration: the live move failed");
+                failed(reason)
+            })?;
+            tracing::info!(
+                vm,
+                destination = %d.host,
+                domid = m.domid,
+                took_ms = m.took.as_millis() as u64,
+                downtime_ms = m.downtime.as_millis() as u64,
+                "pool_migrate: done (live)"
+            );
+            return Ok(());
+        }
+    }
     // The live part: the guest runs while its memory crosses.
     let model = precopy_model(agent, &rec);
     let live = match (model, &d.remote) {

@@ -10,6 +10,7 @@
 pub mod devices;
 pub mod inflight;
 pub mod migrate;
+pub mod migrate_live;
 pub mod migrate_receive;
 pub mod migrate_send;
 pub mod precopy;

@@ -126,6 +126,24 @@ pub struct Carried {
     pub body: String,
 }
 
+impl Carried {
+    /// The `message` object it becomes under `reference` (`None` when its class is not one
+    /// the reference knows). An empty uuid gets a new one.
+    pub fn to_object(&self, reference: &str) -> Option<Object> {
+        let cls = Cls::parse(&self.cls)?;
+        let mut m = default_object(class_ids::message, reference);
+        let uuid = if self.uuid.is_empty() { new_uuid() } else { self.uuid.clone() };
+        m.set(fields::message::uuid, Value::str(uuid));
+        m.set(fields::message::name, Value::str(self.name.as_str()));
+        m.set(fields::message::priority, Value::Int(self.priority));
+        m.set(fields::message::cls, cls.value());
+        m.set(fields::message::obj_uuid, Value::str(self.obj_uuid.as_str()));
+        m.set(fields::message::timestamp, Value::DateTime(self.timestamp));
+        m.set(fields::message::body, Value::str(self.body.as_str()));
+        Some(m)
+    }
+}
+
 /// The messages as the reference sends them: one XML document per message.
 pub fn messages_xml(messages: &[Arc<Object>]) -> String {
     let mut out = String::new();
@@ -268,8 +286,6 @@ pub async fn receive_messages(agent: &Agent, cls: &str, uuid: &str, body: &str) 
     let carried = parse_messages(body).map_err(|e| CarryError::BadRequest(format!("put_messages: {e}")))?;
     let mut objects = Vec::with_capacity(carried.len());
     for c in carried {
-        let m_cls = Cls::parse(&c.cls)
-            .ok_or_else(|| CarryError::BadRequest(format!("put_messages: a message of class {:?}", c.cls)))?;
         if !c.uuid.is_empty() && agent.store.ref_by_uuid(class_ids::message, &c.uuid).is_some() {
             continue;
         }
@@ -281,17 +297,9 @@ pub async fn receive_messages(agent: &Agent, cls: &str, uuid: &str, body: &str) 
         } else {
             new_ref()
         };
-        let mut m = default_object(class_ids::message, &reference);
-        m.set(
-            fields::message::uuid,
-            Value::str(if c.uuid.is_empty() { new_uuid() } else { c.uuid.clone() }),
-        );
-        m.set(fields::message::name, Value::str(c.name.as_str()));
-        m.set(fields::message::priority, Value::Int(c.priority));
-        m.set(fields::message::cls, m_cls.value());
-        m.set(fields::message::obj_uuid, Value::str(c.obj_uuid.as_str()));
-        m.set(fields::message::timestamp, Value::DateTime(c.timestamp));
-        m.set(fields::message::body, Value::str(c.body.as_str()));
+        let m = c
+            .to_object(&reference)
+            .ok_or_else(|| CarryError::BadRequest(format!("put_messages: a message of class {:?}", c.cls)))?;
         objects.push(m);
     }
     let n = objects.len();
@@ -395,15 +403,9 @@ mod tests {
     #[test]
     fn what_is_written_reads_back_the_same() {
         let text = {
-            let mut m = default_object(class_ids::message, "OpaqueRef:abc");
-            let c = one("OpaqueRef:abc", "line 1\nline 2 <&> \"q\"");
-            m.set(fields::message::uuid, Value::str(c.uuid.as_str()));
-            m.set(fields::message::name, Value::str(c.name.as_str()));
-            m.set(fields::message::priority, Value::Int(c.priority));
-            m.set(fields::message::cls, Cls::VM.value());
-            m.set(fields::message::obj_uuid, Value::str(c.obj_uuid.as_str()));
-            m.set(fields::message::timestamp, Value::DateTime(c.timestamp));
-            m.set(fields::message::body, Value::str(c.body.as_str()));
+            let m = one("OpaqueRef:abc", "line 1\nline 2 <&> \"q\"")
+                .to_object("OpaqueRef:abc")
+                .unwrap();
             messages_xml(&[Arc::new(m.clone()), Arc::new(m)])
         };
         let got = parse_messages(&text).unwrap();

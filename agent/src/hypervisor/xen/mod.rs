@@ -58,7 +58,7 @@ use xenctrl::{
 
 use super::{
     BackendError, BackendEvent, BlockDevice, Capabilities, ConsoleStream, DevId, DeviceInfo, DeviceKind, DomId,
-    DomainConfig, DomainInfo, DomainKind, DomainState, Errno, EventBus, EventReceiver, GuestControl, HostInfo, HvmBoot,
+    DomainConfig, DomainInfo, DomainKind, DomainState, Errno, EventBus, EventReceiver, GuestControl, HostInfo, LiveMigration, LiveSent, HvmBoot,
     Hypervisor, HypervisorVersion, MacAddr, NetDevice, Op, PvBoot, ShutdownCode, ShutdownReason, UnplugMode,
     VifIpSetting, DOM0, DOMID_FIRST_RESERVED,
 };
@@ -684,77 +684,13 @@ impl Drop for XenBackend {
 /// (`VIRQ_DOM_EXC`, `@releaseDomain`); what the toolstack sees is what a guest powering off,
 /// crashing or rebooting by itself makes it see. (A real guest's own poweroff is the
 /// end-to-end run's.)
-impl GuestControl for XenBackend {
-    fn guest_shutdown(&self, domid: DomId, code: ShutdownCode) -> Result<(), BackendError> {
-        let op = Op::Guest;
-        let reason = match code {
-            ShutdownCode::PowerOff => xenctrl::ShutdownReason::Poweroff,
-            ShutdownCode::Reboot => xenctrl::ShutdownReason::Reboot,
-            ShutdownCode::Suspend => xenctrl::ShutdownReason::Suspend,
-            ShutdownCode::Crash => xenctrl::ShutdownReason::Crash,
-            ShutdownCode::Watchdog => xenctrl::ShutdownReason::Watchdog,
-        };
-        self.with_handles(op, |xc, xs| {
-            let dom = self.guest(op, xc, xs, domid)?;
-            dom.ensure_alive(op)?;
-            xc.domain_shutdown(domid, reason).map_err(|e| xen_err(op, e))
-        })?;
-        tracing::info!(domid, code = %code, "xen: the domain shut down as its guest would");
-        self.publish(BackendEvent::DomainChanged(domid));
-        Ok(())
-    }
-}
-
-impl Hypervisor for XenBackend {
-    fn backend_name(&self) -> &'static str {
-        "xen"
-    }
-
-    fn guest_control(&self) -> Option<&dyn GuestControl> {
-        Some(self)
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            reboot_in_place: false,
-            hvm: true,
-            suspend_resume: true,
-        }
-    }
-
-    fn host_info(&self) -> Result<HostInfo, BackendError> {
-        let op = Op::HostInfo;
-        self.xc.with(op, |xc| {
-            let phys = xc.physinfo().map_err(|e| xen_err(op, e))?;
-            let version = xc.version().map_err(|e| xen_err(op, e))?;
-            let mut cpu = host::local_cpu();
-            cpu.count = phys.nr_cpus;
-            if phys.cpu_khz > 0 {
-                cpu.speed_mhz = f64::from(phys.cpu_khz) / 1000.0;
-            }
-            Ok(HostInfo {
-                hostname: host::hostname(),
-                cpu,
-                memory_total: phys.total_memory,
-                memory_free: self.free_memory(op, xc)?,
-                hypervisor: HypervisorVersion {
-                    name: "xen".into(),
-                    major: version.major,
-                    minor: version.minor,
-                    extra: version.extra,
-                },
-            })
-        })
-    }
-
-    fn memory_free(&self) -> Result<u64, BackendError> {
-        let op = Op::MemoryFree;
-        self.xc.with(op, |xc| self.free_memory(op, xc))
-    }
-
-    fn create_domain(&self, config: &DomainConfig) -> Result<DomId, BackendError> {
+impl XenBackend {
+    /// `create_domain`; `incoming`: the domain receives a live migration on this host, while
+    /// the VM's sending domain (same uuid) still exists.
+    fn create_domain_as(&self, config: &DomainConfig, incoming: bool) -> Result<DomId, BackendError> {
         let op = Op::CreateDomain;
         config.validate(op)?;
+
         let container = container_of(&config.kind);
         let slack = if container == xenguest::Container::Hvm {
             MAXMEM_SLACK_KIB + HVM_DM_SLACK_KIB
@@ -764,7 +700,7 @@ impl Hypervisor for XenBackend {
         let domid = self.with_handles(op, |xc, xs| {
             let _memory = self.memory_lock.lock();
             for d in xc.list_domains().map_err(|e| xen_err(op, e))? {
-                if d.domid != DOM0 && !d.flags.dying && Uuid::from_bytes(d.handle) == config.uuid {
+                if !incoming && d.domid != DOM0 && !d.flags.dying && Uuid::from_bytes(d.handle) == config.uuid {
                     return Err(BackendError::DuplicateDomain {
                         op,
                         uuid: config.uuid,
@@ -817,6 +753,98 @@ impl Hypervisor for XenBackend {
         self.publish(BackendEvent::DomainChanged(domid));
         Ok(domid)
     }
+}
+
+impl LiveMigration for XenBackend {
+    fn send_live(&self, domid: DomId, out: std::os::fd::OwnedFd) -> Result<LiveSent, BackendError> {
+        self.send_live(domid, out)
+    }
+
+    fn resume_suspended(&self, domid: DomId) -> Result<(), BackendError> {
+        self.resume_suspended(domid)
+    }
+
+    fn receive_live(&self, input: std::os::fd::OwnedFd, config: &DomainConfig) -> Result<DomId, BackendError> {
+        self.receive_live(input, config)
+    }
+}
+
+impl GuestControl for XenBackend {
+    fn guest_shutdown(&self, domid: DomId, code: ShutdownCode) -> Result<(), BackendError> {
+        let op = Op::Guest;
+        let reason = match code {
+            ShutdownCode::PowerOff => xenctrl::ShutdownReason::Poweroff,
+            ShutdownCode::Reboot => xenctrl::ShutdownReason::Reboot,
+            ShutdownCode::Suspend => xenctrl::ShutdownReason::Suspend,
+            ShutdownCode::Crash => xenctrl::ShutdownReason::Crash,
+            ShutdownCode::Watchdog => xenctrl::ShutdownReason::Watchdog,
+        };
+        self.with_handles(op, |xc, xs| {
+            let dom = self.guest(op, xc, xs, domid)?;
+            dom.ensure_alive(op)?;
+            xc.domain_shutdown(domid, reason).map_err(|e| xen_err(op, e))
+        })?;
+        tracing::info!(domid, code = %code, "xen: the domain shut down as its guest would");
+        self.publish(BackendEvent::DomainChanged(domid));
+        Ok(())
+    }
+}
+
+impl Hypervisor for XenBackend {
+    fn backend_name(&self) -> &'static str {
+        "xen"
+    }
+
+    fn guest_control(&self) -> Option<&dyn GuestControl> {
+        Some(self)
+    }
+
+    fn live_migration(&self) -> Option<&dyn LiveMigration> {
+        Some(self)
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            reboot_in_place: false,
+            hvm: true,
+            suspend_resume: true,
+        }
+    }
+
+    fn host_info(&self) -> Result<HostInfo, BackendError> {
+        let op = Op::HostInfo;
+        self.xc.with(op, |xc| {
+            let phys = xc.physinfo().map_err(|e| xen_err(op, e))?;
+            let version = xc.version().map_err(|e| xen_err(op, e))?;
+            let mut cpu = host::local_cpu();
+            cpu.count = phys.nr_cpus;
+            if phys.cpu_khz > 0 {
+                cpu.speed_mhz = f64::from(phys.cpu_khz) / 1000.0;
+            }
+            Ok(HostInfo {
+                hostname: host::hostname(),
+                cpu,
+                memory_total: phys.total_memory,
+                memory_free: self.free_memory(op, xc)?,
+                hypervisor: HypervisorVersion {
+                    name: "xen".into(),
+                    major: version.major,
+                    minor: version.minor,
+                    extra: version.extra,
+                },
+            })
+        })
+    }
+
+    fn memory_free(&self) -> Result<u64, BackendError> {
+        let op = Op::MemoryFree;
+        self.xc.with(op, |xc| self.free_memory(op, xc))
+    }
+
+    fn create_domain(&self, config: &DomainConfig) -> Result<DomId, BackendError> {
+        self.create_domain_as(config, false)
+    }
+
 
     fn build(&self, domid: DomId) -> Result<(), BackendError> {
         let op = Op::Build;
@@ -866,6 +894,7 @@ impl Hypervisor for XenBackend {
                 cmdline,
                 memory_mib,
                 max_vcpus: record.config.vcpus_max,
+                online_vcpus: record.config.vcpus_at_start,
                 console_evtchn: console_port,
                 xenstore_evtchn: store_port,
             };

@@ -26,8 +26,8 @@
 //! paused; its PV devices are plugged by the caller.
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::fd::AsFd;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -36,8 +36,8 @@ use serde::{Deserialize, Serialize};
 use xenctrl::Transaction;
 
 use super::super::{
-    BackendError, BackendEvent, DomId, DomainConfig, DomainKind, DomainState, Hypervisor, Op, ShutdownCode,
-    ShutdownReason,
+    BackendError, BackendEvent, DomId, DomainConfig, DomainKind, DomainState, Hypervisor, LiveSent, Op,
+    ShutdownCode, ShutdownReason,
 };
 use super::layout::{dom_path, mib_ceil, state_of};
 use super::{devicemodel, publish_rings, xen_err, Rings, XenBackend};
@@ -93,6 +93,31 @@ impl ImageHeader {
             serde_json::from_slice(&body[..end]).map_err(|e| format!("its header is not valid: {e}"))?;
         Ok((header, magic.len() + 1 + end + 1))
     }
+}
+
+/// Reads an image's header from `input` a byte at a time (the stream after it is read by
+/// libxenguest from the same descriptor, so nothing past the header may be consumed): the
+/// header, or why the image is not one.
+fn read_header(mut input: impl Read) -> std::io::Result<Result<ImageHeader, String>> {
+    let mut head = Vec::new();
+    let mut lines = 0;
+    let mut byte = [0u8; 1];
+    while lines < 2 {
+        if head.len() >= MAX_HEADER {
+            return Ok(Err(format!("its header is over {MAX_HEADER} bytes")));
+        }
+        if input.read(&mut byte)? == 0 {
+            return Ok(Err("it ends inside its header".into()));
+        }
+        head.push(byte[0]);
+        if byte[0] == b'\n' {
+            lines += 1;
+            if lines == 1 && head != format!("{MAGIC}\n").as_bytes() {
+                return Ok(Err(format!("it does not start with '{MAGIC}'")));
+            }
+        }
+    }
+    Ok(ImageHeader::decode(&head).map(|(h, _)| h))
 }
 
 impl XenBackend {
@@ -163,7 +188,7 @@ impl XenBackend {
                 self.xc.with(op, |xc| {
                     let mut check = || self.is_suspended(domid);
                     let mut logdirty = |enable| self.device_model_logdirty(domid, enable);
-                    xc.domain_save(domid, file.as_fd(), &mut check, &mut logdirty)
+                    xc.domain_save(domid, file.as_fd(), false, &mut check, &mut logdirty)
                         .map_err(|e| xen_err(op, e))
                 })
             });
@@ -278,6 +303,25 @@ impl XenBackend {
     pub(super) fn restore_domain(&self, path: &Path, config: &DomainConfig) -> Result<DomId, BackendError> {
         let op = Op::ResumeFrom;
         config.validate(op)?;
+        let file = File::open(path).map_err(|source| BackendError::Io {
+            op,
+            path: path.to_path_buf(),
+            source,
+        })?;
+        self.restore_stream(file, path, config, false)
+    }
+
+    /// Restores the image read from `file` (named `path` in errors) into a new domain of
+    /// `config`. `incoming`: the stream arrives while the VM's sending domain still exists
+    /// (a live migration to this host), which the new domain may then share its uuid with.
+    fn restore_stream(
+        &self,
+        mut file: File,
+        path: &Path,
+        config: &DomainConfig,
+        incoming: bool,
+    ) -> Result<DomId, BackendError> {
+        let op = Op::ResumeFrom;
         let io = |source| BackendError::Io {
             op,
             path: path.to_path_buf(),
@@ -287,10 +331,7 @@ impl XenBackend {
             path: path.to_path_buf(),
             reason,
         };
-        let mut file = File::open(path).map_err(io)?;
-        let mut head = Vec::new();
-        (&mut file).take(MAX_HEADER as u64).read_to_end(&mut head).map_err(io)?;
-        let (header, offset) = ImageHeader::decode(&head).map_err(invalid)?;
+        let header = read_header(&mut file).map_err(io)?.map_err(invalid)?;
         if header.config.uuid != config.uuid {
             return Err(invalid(format!(
                 "it holds VM {}, not {}",
@@ -321,7 +362,6 @@ impl XenBackend {
                 config.kind.as_str()
             )));
         }
-        file.seek(SeekFrom::Start(offset as u64)).map_err(io)?;
         let mut device_state = Vec::new();
         (&mut file)
             .take(header.device_model_state)
@@ -337,7 +377,7 @@ impl XenBackend {
         let mut cfg = config.clone();
         cfg.memory_target = header.target;
         cfg.vcpus_at_start = header.vcpus.max(1);
-        let domid = self.create_domain(&cfg)?;
+        let domid = self.create_domain_as(&cfg, incoming)?;
         let restored = self.with_handles(op, |xc, xs| {
             let err = |e| xen_err(op, e);
             let store_port = xc.evtchn_alloc_unbound(domid, 0).map_err(err)?;
@@ -375,6 +415,99 @@ impl XenBackend {
         tracing::info!(domid, path = %path.display(), "xen: domain restored");
         self.publish(BackendEvent::DomainChanged(domid));
         Ok(domid)
+    }
+
+    /// [`LiveMigration::send_live`](super::super::LiveMigration::send_live): the header, then
+    /// libxenguest's live save (rounds while the guest runs; the guest asked to suspend for
+    /// the last one) into `out`. The domain is left suspended; on a failure after it
+    /// suspended it runs on.
+    pub(super) fn send_live(&self, domid: DomId, out: OwnedFd) -> Result<LiveSent, BackendError> {
+        let op = Op::SuspendTo;
+        let record = self.with_handles(op, |xc, xs| {
+            let dom = self.guest(op, xc, xs, domid)?;
+            dom.ensure_alive(op)?;
+            if dom.info.flags.paused {
+                return Err(dom.invalid(op, "paused: only a running guest can suspend itself"));
+            }
+            match &dom.record {
+                Some(r) if r.built => Ok(r.clone()),
+                Some(_) => Err(dom.invalid(op, "not built yet")),
+                None => Err(dom.invalid(op, "not created by this toolstack")),
+            }
+        })?;
+        if matches!(record.config.kind, DomainKind::Hvm(_)) {
+            return Err(BackendError::InvalidArgument {
+                op,
+                reason: "an HVM guest moves stop-and-copy (its device model's state is taken once it stopped)".into(),
+            });
+        }
+        let path = Path::new("live migration stream");
+        let io = |source| BackendError::Io {
+            op,
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut file = File::from(out);
+        let header = ImageHeader {
+            config: record.config.clone(),
+            target: record.target,
+            vcpus: record.vcpus,
+            device_model_state: 0,
+        }
+        .encode()
+        .map_err(|e| BackendError::InvalidArgument {
+            op,
+            reason: format!("encoding the image header: {e}"),
+        })?;
+        file.write_all(&header).map_err(io)?;
+        let started = Instant::now();
+        let mut suspended_at = None;
+        let saved = self.xc.with(op, |xc| {
+            let mut suspend = || {
+                let done = self.suspend_guest(domid);
+                suspended_at = Some(Instant::now());
+                done
+            };
+            let mut logdirty = |enable| self.device_model_logdirty(domid, enable);
+            xc.domain_save(domid, file.as_fd(), true, &mut suspend, &mut logdirty)
+                .map_err(|e| xen_err(op, e))
+        });
+        drop(file);
+        match (saved, suspended_at) {
+            (Ok(()), Some(at)) => {
+                tracing::info!(domid, live_ms = (at - started).as_millis() as u64, "xen: live save done");
+                Ok(LiveSent { suspended_at: at })
+            }
+            (Ok(()), None) => Err(BackendError::InvalidArgument {
+                op,
+                reason: "the live save ended without suspending the guest".into(),
+            }),
+            (Err(e), at) => {
+                if at.is_some() && self.is_suspended(domid) {
+                    if let Err(r) = self.resume_suspended(domid) {
+                        tracing::error!(domid, error = %e, resume = %r, "xen: live save failed and resuming the guest failed");
+                    }
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Lets a guest that suspended for a save run on (`xc_domain_resume`, cooperative).
+    pub(super) fn resume_suspended(&self, domid: DomId) -> Result<(), BackendError> {
+        let op = Op::ResumeFrom;
+        self.xc.with(op, |xc| xc.domain_resume(domid).map_err(|e| xen_err(op, e)))?;
+        tracing::warn!(domid, "xen: the suspended guest runs on");
+        self.publish(BackendEvent::DomainChanged(domid));
+        Ok(())
+    }
+
+    /// [`LiveMigration::receive_live`](super::super::LiveMigration::receive_live): the image
+    /// read from `input` as it arrives, into a new domain (the VM's sending domain may still
+    /// exist: the uuid is shared meanwhile).
+    pub(super) fn receive_live(&self, input: OwnedFd, config: &DomainConfig) -> Result<DomId, BackendError> {
+        config.validate(Op::ResumeFrom)?;
+        self.restore_stream(File::from(input), Path::new("live migration stream"), config, true)
     }
 }
 

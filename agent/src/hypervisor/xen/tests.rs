@@ -249,6 +249,7 @@ fn helper_protocol_round_trips() {
         cmdline: "console=hvc0".into(),
         memory_mib: 128,
         max_vcpus: 2,
+        online_vcpus: 1,
         console_evtchn: 3,
         xenstore_evtchn: 4,
     };
@@ -293,6 +294,7 @@ fn helper_reports_failures_with_call_and_errno() {
         cmdline: String::new(),
         memory_mib: 64,
         max_vcpus: 1,
+        online_vcpus: 1,
         console_evtchn: 1,
         xenstore_evtchn: 2,
     };

@@ -75,6 +75,9 @@ pub struct BuildRequest {
     pub memory_mib: u32,
     /// vCPUs the domain was created with.
     pub max_vcpus: u32,
+    /// vCPUs online when it starts (0: all).
+    #[serde(default)]
+    pub online_vcpus: u32,
     /// Guest port of the console event channel (backend in dom0).
     pub console_evtchn: u32,
     /// Guest port of the xenstore event channel (xenstored in dom0).
@@ -89,6 +92,7 @@ impl BuildRequest {
             cmdline: self.cmdline.clone(),
             memory_mib: self.memory_mib,
             max_vcpus: self.max_vcpus,
+            online_vcpus: self.online_vcpus,
             console_evtchn: self.console_evtchn,
             console_domid: 0,
             xenstore_evtchn: self.xenstore_evtchn,
