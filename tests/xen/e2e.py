@@ -386,12 +386,25 @@ def suspend_resume(x, url: str, session_ref: str, vm: str, what: str, console: "
     return goes_on(x, url, session_ref, vm, what, since, "resumed")
 
 
-def migrate_here(x, url: str, session_ref: str, vm: str, what: str, console: "Console") -> "Console":
+LIVE_MOVE = re.compile(r"pool_migrate: done \(live\).*?vm=\"?(OpaqueRef:[0-9a-f-]+).*?took_ms=(\d+) downtime_ms=(\d+)")
+
+
+def live_moves(serial_log: str, vm: str) -> list[tuple[int, int]]:
+    """The live moves of `vm` xapid logged (its log reaches the serial log): (took, downtime) ms."""
+    with open(serial_log, errors="replace") as f:
+        return [(int(t), int(d)) for r, t, d in LIVE_MOVE.findall(f.read()) if r == vm]
+
+
+def migrate_here(x, url: str, session_ref: str, vm: str, what: str, console: "Console",
+                 serial_log: str | None = None) -> "Console":
     """VM.pool_migrate of a running guest to the host it runs on, as `xl migrate localhost`
-    does: its domain saved and restored into a new one. The guest's own uptime goes on, read
-    through a new console connection; the connection to use next is returned."""
+    does: its domain copied into a new one. The guest's own uptime goes on, read through a new
+    console connection; the connection to use next is returned. With `serial_log` the move
+    must have been live (PV and PVH: the memory copied while the guest ran), as xapid's log
+    line on the serial log says, with its downtime under the whole move."""
     since = last_uptime(console, what, "migration")
     host, old = x.VM.get_resident_on(vm), int(x.VM.get_domid(vm))
+    before = len(live_moves(serial_log, vm)) if serial_log else 0
     console.close()
     started = time.monotonic()
     x.VM.pool_migrate(vm, host, {"live": "true"})
@@ -399,6 +412,11 @@ def migrate_here(x, url: str, session_ref: str, vm: str, what: str, console: "Co
     check(x.VM.get_power_state(vm) == "Running" and x.VM.get_resident_on(vm) == host and new not in (-1, old),
           f"{what}: VM.pool_migrate to its own host: Running in a new domain ({old} -> {new}, "
           f"{time.monotonic() - started:.1f}s)")
+    if serial_log:
+        wait_for(f"{what}: xapid's log line of the live move", 30,
+                 lambda: len(live_moves(serial_log, vm)) > before)
+        took, down = live_moves(serial_log, vm)[-1]
+        check(down < took, f"{what}: the move was live: the guest stopped {down} ms of the {took} ms move")
     return goes_on(x, url, session_ref, vm, what, since, "migrated")
 
 
@@ -695,8 +713,29 @@ def main() -> int:
             # ---- suspend to the suspend VDI and resume: the guest's own uptime goes on
             console = suspend_resume(x, args.url, session._session, vm, "PV from a kernel", console)
 
-            # ---- localhost migration: the guest saved and restored into a new domain, its console alive
-            console = migrate_here(x, args.url, session._session, vm, "PV from a kernel", console)
+            # ---- localhost migration: the guest moved live into a new domain, its console alive
+            console = migrate_here(x, args.url, session._session, vm, "PV from a kernel", console, args.serial_log)
+
+            # ---- VM.checkpoint: a snapshot holding the guest's memory; the guest goes on
+            since = last_uptime(console, "PV from a kernel", "checkpoint")
+            console.close()
+            started = time.monotonic()
+            cp = x.VM.checkpoint(vm, "xapid-e2e-checkpoint")
+            cp_rec = x.VM.get_record(cp)
+            cp_image = cp_rec["suspend_VDI"]
+            check(cp_rec["is_a_snapshot"] and cp_rec["snapshot_of"] == vm and cp_rec["power_state"] == "Suspended"
+                  and cp_image != "OpaqueRef:NULL" and int(x.VDI.get_virtual_size(cp_image)) > 64 * 1024 * 1024,
+                  f"PV from a kernel: VM.checkpoint: a Suspended snapshot with the guest's memory "
+                  f"({x.VDI.get_virtual_size(cp_image)} bytes, {time.monotonic() - started:.1f}s)")
+            check(x.VM.get_power_state(vm) == "Running", "PV from a kernel: the VM runs on after its checkpoint")
+            console = goes_on(x, args.url, session._session, vm, "PV from a kernel", since, "checkpointed")
+            cp_vdis = [x.VBD.get_VDI(b) for b in x.VM.get_VBDs(cp) if x.VBD.get_type(b) == "Disk"]
+            x.VM.destroy(cp)
+            for v in cp_vdis + [cp_image]:
+                try:
+                    x.VDI.destroy(v)
+                except XenAPI.Failure:
+                    pass
 
             # ---- clean shutdown through the guest
             x.VM.clean_shutdown(vm)
@@ -815,7 +854,8 @@ def main() -> int:
                          f"{ALIVE.findall(console.text())[-1]})")
                     if domain_type == "pvh" and not from_disk:
                         # Localhost migration of a PVH guest: saved and restored into a new domain.
-                        console = migrate_here(x, args.url, session._session, vm, what, console)
+                        console = migrate_here(x, args.url, session._session, vm, what, console,
+                                               args.serial_log)
                     if domain_type == "pvh" and from_disk:
                         # hard_reboot: a new domain, the bootloader run again, the guest booted again.
                         old = int(x.VM.get_domid(vm))

@@ -14,7 +14,8 @@
 #      (tests/xen/e2e.py): host facts, a PV guest from a kernel and
 #      initramfs, its boot lines read through /console, pause/unpause,
 #      clean and hard shutdown, and a guest powering itself off; a PV guest
-#      through pygrub; a PVH guest from a kernel; an HVM guest (qemu-system-xen + SeaBIOS in dom0)
+#      through pygrub; PVH guests from a kernel and through pygrub, each
+#      running on with its devices; live moves to the same host; an HVM guest (qemu-system-xen + SeaBIOS in dom0)
 #      booting an isolinux ISO from an `iso` SR, its serial line read
 #      through /console and its VNC console through the same path (a real
 #      RFB handshake and one framebuffer update); an HVM guest on UEFI
@@ -60,8 +61,7 @@
 # XAPID_XEN_FILTER (run only the conformance checks whose name contains
 # this), XAPID_XEN_PARTS (default "conformance network e2e"; any of them
 # alone for a quicker run while developing), XAPID_XEN_E2E_ONLY=pv,disk,hvm (the end-to-end
-# part runs only those of its parts; the report says so), XAPID_XEN_E2E_PVH_DISK=1 (also
-# the PVH guest through pygrub, not run by default: see docs/hypervisor.md), XAPID_XEN_LOG=debug (libxenguest's detailed domain builder log in
+# part runs only those of its parts; the report says so), XAPID_XEN_LOG=debug (libxenguest's detailed domain builder log in
 # the serial log), XAPID_XEN_XL_PROBE=N (first build a guest N times with
 # xl while another runs, as a reference), XAPID_XEN_XL_PVH=S (first start the test guest
 # as PVH guests with xl and follow them S seconds: docs/hypervisor.md), XAPID_XEN_EVENT_TIMEOUT (seconds

@@ -7,13 +7,14 @@
 //! The simulator needs no such power and is not wrapped.
 
 use std::collections::BTreeMap;
+use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::sync::Arc;
 
 use super::{
     BackendError, BlockDevice, Capabilities, ConsoleStream, DevId, DeviceInfo, DomId, DomainConfig, DomainInfo,
-    EventReceiver, FaultInjection, GuestControl, HostInfo, Hypervisor, MacAddr, NetDevice, ShutdownReason, UnplugMode,
-    VifIpSetting,
+    EventReceiver, FaultInjection, GuestControl, HostInfo, Hypervisor, LiveMigration, LiveSent, MacAddr, NetDevice,
+    ShutdownReason, UnplugMode, VifIpSetting,
 };
 use crate::privileged;
 
@@ -174,10 +175,39 @@ impl<H: Hypervisor + 'static> Hypervisor for PrivilegedCalls<H> {
         self.inner.guest_control()
     }
 
+    fn live_migration(&self) -> Option<&dyn LiveMigration> {
+        self.inner.live_migration().map(|_| self as &dyn LiveMigration)
+    }
+
     fn restart(&self, domid: DomId, config: &DomainConfig) -> Result<DomId, BackendError> {
         let config = config.clone();
         self.run(move |h| h.restart(domid, &config))
     }
+}
+
+/// The inner backend's live migration, each call on a privileged thread (the save and the
+/// restore map the guest's memory; they run at once, on two of those threads).
+impl<H: Hypervisor + 'static> LiveMigration for PrivilegedCalls<H> {
+    fn send_live(&self, domid: DomId, out: OwnedFd) -> Result<LiveSent, BackendError> {
+        self.run(move |h| live(h)?.send_live(domid, out))
+    }
+
+    fn resume_suspended(&self, domid: DomId) -> Result<(), BackendError> {
+        self.run(move |h| live(h)?.resume_suspended(domid))
+    }
+
+    fn receive_live(&self, input: OwnedFd, config: &DomainConfig) -> Result<DomId, BackendError> {
+        let config = config.clone();
+        self.run(move |h| live(h)?.receive_live(input, &config))
+    }
+}
+
+fn live<H: Hypervisor>(h: &H) -> Result<&dyn LiveMigration, BackendError> {
+    h.live_migration().ok_or_else(|| BackendError::Unsupported {
+        op: super::Op::SuspendTo,
+        backend: h.backend_name(),
+        what: "live migration".into(),
+    })
 }
 
 #[cfg(test)]

@@ -349,6 +349,70 @@ pub async fn send_vm_messages(agent: &Agent, uuid: &str, master: &Remote, sessio
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::tests::env;
+
+    #[actix::test]
+    async fn messages_are_taken_in_once_with_their_uuid_time_and_text() {
+        let e = env().await;
+        let host_uuid = e.agent.uuid_of(class_ids::host, &e.agent.host).unwrap();
+        let c = Carried {
+            cls: "Host".into(),
+            obj_uuid: host_uuid.clone(),
+            ..one("OpaqueRef:carried-1", "sent <along>")
+        };
+        let text = messages_xml(&[Arc::new(c.to_object("OpaqueRef:carried-1").unwrap())]);
+        assert_eq!(receive_messages(&e.agent, "Host", &host_uuid, &text).await.unwrap(), 1);
+        let r = e.agent.store.ref_by_uuid(class_ids::message, &c.uuid).unwrap();
+        assert_eq!(r, "OpaqueRef:carried-1");
+        let m = e.agent.store.get(class_ids::message, &r).unwrap();
+        assert_eq!(m.str_field("body"), "sent <along>");
+        assert_eq!(*m.get(fields::message::timestamp), Value::DateTime(1_800_000_000));
+        // The same run again makes nothing twice.
+        assert_eq!(receive_messages(&e.agent, "Host", &host_uuid, &text).await.unwrap(), 0);
+        // Refusals change nothing: an object that is not here, a class not known, a bad run.
+        let before = e.agent.store.count(class_ids::message);
+        assert!(matches!(
+            receive_messages(&e.agent, "VM", "no-such-vm", &text).await,
+            Err(CarryError::NotFound(_))
+        ));
+        assert!(matches!(
+            receive_messages(&e.agent, "Nothing", &host_uuid, &text).await,
+            Err(CarryError::BadRequest(_))
+        ));
+        let bad = format!("{text}<message><colour/></message>");
+        assert!(matches!(
+            receive_messages(&e.agent, "Host", &host_uuid, &bad).await,
+            Err(CarryError::BadRequest(_))
+        ));
+        assert_eq!(e.agent.store.count(class_ids::message), before);
+    }
+
+    #[actix::test]
+    async fn an_rrd_is_refused_unless_it_is_one_of_a_known_owner() {
+        let e = env().await;
+        let host_uuid = e.agent.uuid_of(class_ids::host, &e.agent.host).unwrap();
+        let rrd = Rrd::new(Vec::new(), live::archives(false), live::STEP, 1_800_000_000.0).to_xml(true);
+        assert!(matches!(
+            receive_rrd(&e.agent, "no-such-uuid", &rrd, false),
+            Err(CarryError::NotFound(_))
+        ));
+        assert!(matches!(
+            receive_rrd(&e.agent, &host_uuid, &rrd, false),
+            Err(CarryError::BadRequest(_))
+        ));
+        assert!(matches!(
+            receive_rrd(&e.agent, &host_uuid, "<rrd>", true),
+            Err(CarryError::BadRequest(_))
+        ));
+        let other_step = Rrd::new(Vec::new(), live::archives(false), 60, 1_800_000_000.0).to_xml(true);
+        assert!(matches!(
+            receive_rrd(&e.agent, &host_uuid, &other_step, true),
+            Err(CarryError::BadRequest(_))
+        ));
+        // A host's, archived: saved where databases are, and read back.
+        receive_rrd(&e.agent, &host_uuid, &rrd, true).unwrap();
+        assert!(live::load(&super::super::rrd_dir(&e.agent), &host_uuid).is_some());
+    }
 
     fn one(reference: &str, body: &str) -> Carried {
         Carried {

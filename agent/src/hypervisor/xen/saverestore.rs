@@ -558,4 +558,23 @@ mod tests {
         bytes.truncate(bytes.len() - 1);
         assert!(ImageHeader::decode(&bytes).is_err());
     }
+
+    #[test]
+    fn a_stream_is_read_up_to_the_end_of_its_header_and_no_further() {
+        let mut bytes = header().encode().unwrap();
+        let len = bytes.len();
+        bytes.extend_from_slice(b"Xen's stream follows");
+        let mut input = std::io::Cursor::new(bytes);
+        assert_eq!(read_header(&mut input).unwrap().unwrap(), header());
+        assert_eq!(input.position() as usize, len);
+        // Cut short, foreign, or endless: refused without reading on.
+        let cut = &header().encode().unwrap()[..len - 1];
+        assert!(read_header(cut).unwrap().is_err());
+        assert!(read_header(&b"XAPIDSIM-SUSPEND 1 0 0\n{}\n"[..]).unwrap().is_err());
+        let endless = std::iter::once(b"XAPID-XEN-SUSPEND 1\n".to_vec())
+            .chain(std::iter::repeat(b"x".to_vec()).take(MAX_HEADER + 1))
+            .flatten()
+            .collect::<Vec<u8>>();
+        assert!(read_header(&endless[..]).unwrap().is_err());
+    }
 }
