@@ -296,10 +296,11 @@ impl XcHandle {
                     if let Some(acpi) = &acpi {
                         // libxenguest loads the modules in order and gives the first one's
                         // address to the guest as `rsdp_paddr`; it only reads them.
-                        for (module, (bytes, at)) in dom.acpi_modules.iter_mut().zip([
-                            (&acpi.rsdp, acpi.rsdp_addr),
-                            (&acpi.tables, crate::acpi::ACPI_BASE),
-                        ]) {
+                        for (module, (bytes, at)) in dom
+                            .acpi_modules
+                            .iter_mut()
+                            .zip([(&acpi.rsdp, acpi.rsdp_addr), (&acpi.tables, crate::acpi::ACPI_BASE)])
+                        {
                             module.data = bytes.as_ptr().cast_mut();
                             module.length = u32::try_from(bytes.len()).unwrap_or(0);
                             module.guest_addr_out = at;

@@ -54,7 +54,9 @@ pub fn receive_rrd(agent: &Agent, uuid: &str, xml: &str, archive: bool) -> Resul
         .and_then(|r| agent.store.get(class_ids::VM, &r));
     let is_host = vm.is_none() && agent.store.ref_by_uuid(class_ids::host, uuid).is_some();
     if vm.is_none() && !is_host {
-        return Err(CarryError::NotFound(format!("put_rrd: invalid 'uuid' parameter {uuid}")));
+        return Err(CarryError::NotFound(format!(
+            "put_rrd: invalid 'uuid' parameter {uuid}"
+        )));
     }
     if is_host && !archive {
         return Err(CarryError::BadRequest("put_rrd: cannot archive host RRD".into()));
@@ -67,9 +69,7 @@ pub fn receive_rrd(agent: &Agent, uuid: &str, xml: &str, archive: bool) -> Resul
             live::STEP
         )));
     }
-    let resident = vm.filter(|v| {
-        !archive && v.get(fields::VM::resident_on).as_ref_str() == Some(agent.host.as_str())
-    });
+    let resident = vm.filter(|v| !archive && v.get(fields::VM::resident_on).as_ref_str() == Some(agent.host.as_str()));
     match resident {
         Some(v) => {
             let domid = v.get(fields::VM::domid).as_int().unwrap_or(-1);
@@ -101,7 +101,9 @@ pub async fn send_vm_rrd(agent: &Agent, uuid: &str, remote: &Remote, proof: &str
     let path = format!("/rrd?uuid={uuid}{proof}");
     match remote.put(&path, xml.into_bytes()).await {
         Ok(()) => tracing::info!(uuid, to = remote.address(), "migration: the VM's database went with it"),
-        Err(e) => tracing::warn!(uuid, to = remote.address(), error = %e, "migration: the VM's database could not be sent"),
+        Err(e) => {
+            tracing::warn!(uuid, to = remote.address(), error = %e, "migration: the VM's database could not be sent")
+        }
     }
 }
 
@@ -132,7 +134,11 @@ impl Carried {
     pub fn to_object(&self, reference: &str) -> Option<Object> {
         let cls = Cls::parse(&self.cls)?;
         let mut m = default_object(class_ids::message, reference);
-        let uuid = if self.uuid.is_empty() { new_uuid() } else { self.uuid.clone() };
+        let uuid = if self.uuid.is_empty() {
+            new_uuid()
+        } else {
+            self.uuid.clone()
+        };
         m.set(fields::message::uuid, Value::str(uuid));
         m.set(fields::message::name, Value::str(self.name.as_str()));
         m.set(fields::message::priority, Value::Int(self.priority));
@@ -158,7 +164,10 @@ pub fn messages_xml(messages: &[Arc<Object>]) -> String {
         for (tag, value) in [
             ("ref", m.reference.clone()),
             ("name", text(fields::message::name)),
-            ("priority", m.get(fields::message::priority).as_int().unwrap_or(0).to_string()),
+            (
+                "priority",
+                m.get(fields::message::priority).as_int().unwrap_or(0).to_string(),
+            ),
             ("cls", cls),
             ("obj_uuid", text(fields::message::obj_uuid)),
             ("timestamp", format_datetime(time)),
@@ -243,7 +252,10 @@ fn add_text(t: &BytesText, field: &Option<String>, value: &mut String) -> Result
     } else if text.trim().is_empty() {
         Ok(())
     } else {
-        Err(format!("text outside a field: {:?}", text.chars().take(40).collect::<String>()))
+        Err(format!(
+            "text outside a field: {:?}",
+            text.chars().take(40).collect::<String>()
+        ))
     }
 }
 
@@ -338,7 +350,12 @@ pub async fn send_vm_messages(agent: &Agent, uuid: &str, master: &Remote, sessio
             if let Err(e) = super::messages::destroy(agent, &refs).await {
                 tracing::warn!(uuid, error = %e, "migration: the VM's messages went, but could not be removed here");
             }
-            tracing::info!(uuid, messages = refs.len(), to = master.address(), "migration: the VM's messages went with it");
+            tracing::info!(
+                uuid,
+                messages = refs.len(),
+                to = master.address(),
+                "migration: the VM's messages went with it"
+            );
         }
         Err(e) => {
             tracing::warn!(uuid, to = master.address(), error = %e, "migration: the VM's messages could not be sent")
@@ -391,7 +408,16 @@ mod tests {
     async fn an_rrd_is_refused_unless_it_is_one_of_a_known_owner() {
         let e = env().await;
         let host_uuid = e.agent.uuid_of(class_ids::host, &e.agent.host).unwrap();
-        let rrd = Rrd::new(Vec::new(), live::archives(false), live::STEP, 1_800_000_000.0).to_xml(true);
+        let ds = || {
+            vec![super::super::rrd::Ds::new(
+                "cpu0",
+                super::super::rrd::DsType::Gauge,
+                0.0,
+                1.0,
+                10.0,
+            )]
+        };
+        let rrd = Rrd::new(ds(), live::archives(false), live::STEP, 1_800_000_000.0).to_xml(true);
         assert!(matches!(
             receive_rrd(&e.agent, "no-such-uuid", &rrd, false),
             Err(CarryError::NotFound(_))
@@ -404,7 +430,7 @@ mod tests {
             receive_rrd(&e.agent, &host_uuid, "<rrd>", true),
             Err(CarryError::BadRequest(_))
         ));
-        let other_step = Rrd::new(Vec::new(), live::archives(false), 60, 1_800_000_000.0).to_xml(true);
+        let other_step = Rrd::new(ds(), live::archives(false), 60, 1_800_000_000.0).to_xml(true);
         assert!(matches!(
             receive_rrd(&e.agent, &host_uuid, &other_step, true),
             Err(CarryError::BadRequest(_))

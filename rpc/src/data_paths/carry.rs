@@ -88,7 +88,9 @@ pub(super) async fn put_rrd(req: HttpRequest, body: web::Payload, agent: web::Da
         return r;
     }
     let Some(uuid) = param(&req, "uuid") else {
-        return answer(Err(CarryError::BadRequest("put_rrd: missing the 'uuid' parameter".into())));
+        return answer(Err(CarryError::BadRequest(
+            "put_rrd: missing the 'uuid' parameter".into(),
+        )));
     };
     let archive = param(&req, "archive").is_some();
     let text = match read_text(body).await {
@@ -99,11 +101,7 @@ pub(super) async fn put_rrd(req: HttpRequest, body: web::Payload, agent: web::Da
 }
 
 /// `PUT /messages`.
-pub(super) async fn put_messages(
-    req: HttpRequest,
-    body: web::Payload,
-    agent: web::Data<Arc<Agent>>,
-) -> HttpResponse {
+pub(super) async fn put_messages(req: HttpRequest, body: web::Payload, agent: web::Data<Arc<Agent>>) -> HttpResponse {
     let agent = agent.get_ref();
     if let Err(r) = admitted(agent, &req, "put_messages").await {
         return r;

@@ -592,3 +592,86 @@ async fn console_streams_boot_lines_and_echoes() {
 }
 
 mod rbac;
+
+/// `PUT <path>?<query>` with `body` (and the pool secret header when given).
+fn put_to(addr: SocketAddr, path_query: &str, secret: Option<&str>, body: &[u8]) -> (u16, String, Vec<u8>) {
+    let secret = secret.map_or(String::new(), |s| format!("x-xapid-pool-secret: {s}\r\n"));
+    let head = format!(
+        "PUT {path_query} HTTP/1.1\r\nHost: x\r\n{secret}Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    exchange(addr, &head, body)
+}
+
+#[actix_web::test]
+async fn what_follows_a_moved_vm_is_taken_in_and_bad_input_refused() {
+    let e = start().await;
+    let addr = e.addr;
+    let session = e.agent.login("root", &e.password, "t").await.unwrap();
+    let s = session.clone();
+    let host_uuid = blocking(move || {
+        let host = xmlrpc(addr, "session.get_this_host", &[&s, &s]);
+        xmlrpc(addr, "host.get_uuid", &[&s, &host])
+    })
+    .await;
+    let run = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?><message><ref>OpaqueRef:moved-1</ref><name>MOVED</name>\
+         <priority>4</priority><cls>Host</cls><obj_uuid>{host_uuid}</obj_uuid>\
+         <timestamp>20270115T08:00:00Z</timestamp><uuid>9a1f0c52-3c7e-4f0e-8d7a-0b1c2d3e4f50</uuid>\
+         <body>came along</body></message>"
+    );
+    // No credentials, no pool secret: 401, nothing taken.
+    let (h, b) = (host_uuid.clone(), run.clone());
+    let (status, _, _) =
+        blocking(move || put_to(addr, &format!("/messages?cls=Host&uuid={h}"), None, b.as_bytes())).await;
+    assert_eq!(status, 401);
+    // A session: taken in with its uuid; a class or object that is not here, or a bad run: refused.
+    for (query, body, want) in [
+        (format!("cls=Host&uuid={host_uuid}"), run.clone(), 200),
+        (format!("cls=Nothing&uuid={host_uuid}"), run.clone(), 400),
+        ("cls=VM&uuid=no-such-vm".to_owned(), run.clone(), 404),
+        (
+            format!("cls=Host&uuid={host_uuid}"),
+            "<message><colour/></message>".to_owned(),
+            400,
+        ),
+        (format!("uuid={host_uuid}"), run.clone(), 400),
+    ] {
+        let s = session.clone();
+        let (status, _, out) = blocking(move || {
+            put_to(
+                addr,
+                &format!("/messages?{query}&session_id={s}"),
+                None,
+                body.as_bytes(),
+            )
+        })
+        .await;
+        assert_eq!(status, want, "{}", String::from_utf8_lossy(&out));
+    }
+    let s = session.clone();
+    // It keeps its ref and uuid.
+    let found = blocking(move || {
+        xmlrpc(
+            addr,
+            "message.get_by_uuid",
+            &[&s, "9a1f0c52-3c7e-4f0e-8d7a-0b1c2d3e4f50"],
+        )
+    })
+    .await;
+    assert_eq!(found, "OpaqueRef:moved-1");
+    // An RRD: no uuid 400, a uuid of nothing 404, not an RRD 400; the pool secret is a proof too.
+    let secret = agent::pool::secret::ensure(&e._dir.path().join("state")).unwrap();
+    for (query, body, want) in [
+        ("/rrd".to_owned(), "<rrd/>", 400),
+        ("/rrd?uuid=no-such".to_owned(), "<rrd/>", 404),
+        (format!("/rrd?uuid={host_uuid}&archive=true"), "<rrd/>", 400),
+    ] {
+        let s = secret.clone();
+        let q = query.clone();
+        let (status, _, out) = blocking(move || put_to(addr, &q, Some(&s), body.as_bytes())).await;
+        assert_eq!(status, want, "{query}: {}", String::from_utf8_lossy(&out));
+    }
+    let (status, _, _) = blocking(move || put_to(addr, "/rrd?uuid=x", Some("not-the-secret"), b"<rrd/>")).await;
+    assert_eq!(status, 401);
+}

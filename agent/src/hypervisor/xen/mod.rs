@@ -58,9 +58,9 @@ use xenctrl::{
 
 use super::{
     BackendError, BackendEvent, BlockDevice, Capabilities, ConsoleStream, DevId, DeviceInfo, DeviceKind, DomId,
-    DomainConfig, DomainInfo, DomainKind, DomainState, Errno, EventBus, EventReceiver, GuestControl, HostInfo, LiveMigration, LiveSent, HvmBoot,
-    Hypervisor, HypervisorVersion, MacAddr, NetDevice, Op, PvBoot, ShutdownCode, ShutdownReason, UnplugMode,
-    VifIpSetting, DOM0, DOMID_FIRST_RESERVED,
+    DomainConfig, DomainInfo, DomainKind, DomainState, Errno, EventBus, EventReceiver, GuestControl, HostInfo, HvmBoot,
+    Hypervisor, HypervisorVersion, LiveMigration, LiveSent, MacAddr, NetDevice, Op, PvBoot, ShutdownCode,
+    ShutdownReason, UnplugMode, VifIpSetting, DOM0, DOMID_FIRST_RESERVED,
 };
 use layout::{
     dom_path, kib, mib_ceil, read_opt, read_record, record_path, rm_quiet, state_of, vm_path, write_domain_skeleton,
@@ -844,7 +844,6 @@ impl Hypervisor for XenBackend {
     fn create_domain(&self, config: &DomainConfig) -> Result<DomId, BackendError> {
         self.create_domain_as(config, false)
     }
-
 
     fn build(&self, domid: DomId) -> Result<(), BackendError> {
         let op = Op::Build;

@@ -36,8 +36,8 @@ use serde::{Deserialize, Serialize};
 use xenctrl::Transaction;
 
 use super::super::{
-    BackendError, BackendEvent, DomId, DomainConfig, DomainKind, DomainState, Hypervisor, LiveSent, Op,
-    ShutdownCode, ShutdownReason,
+    BackendError, BackendEvent, DomId, DomainConfig, DomainKind, DomainState, Hypervisor, LiveSent, Op, ShutdownCode,
+    ShutdownReason,
 };
 use super::layout::{dom_path, mib_ceil, state_of};
 use super::{devicemodel, publish_rings, xen_err, Rings, XenBackend};
@@ -475,7 +475,11 @@ impl XenBackend {
         drop(file);
         match (saved, suspended_at) {
             (Ok(()), Some(at)) => {
-                tracing::info!(domid, live_ms = (at - started).as_millis() as u64, "xen: live save done");
+                tracing::info!(
+                    domid,
+                    live_ms = (at - started).as_millis() as u64,
+                    "xen: live save done"
+                );
                 Ok(LiveSent { suspended_at: at })
             }
             (Ok(()), None) => Err(BackendError::InvalidArgument {
@@ -496,7 +500,8 @@ impl XenBackend {
     /// Lets a guest that suspended for a save run on (`xc_domain_resume`, cooperative).
     pub(super) fn resume_suspended(&self, domid: DomId) -> Result<(), BackendError> {
         let op = Op::ResumeFrom;
-        self.xc.with(op, |xc| xc.domain_resume(domid).map_err(|e| xen_err(op, e)))?;
+        self.xc
+            .with(op, |xc| xc.domain_resume(domid).map_err(|e| xen_err(op, e)))?;
         tracing::warn!(domid, "xen: the suspended guest runs on");
         self.publish(BackendEvent::DomainChanged(domid));
         Ok(())
@@ -561,20 +566,19 @@ mod tests {
 
     #[test]
     fn a_stream_is_read_up_to_the_end_of_its_header_and_no_further() {
-        let mut bytes = header().encode().unwrap();
+        let h = header();
+        let mut bytes = h.encode().unwrap();
         let len = bytes.len();
         bytes.extend_from_slice(b"Xen's stream follows");
         let mut input = std::io::Cursor::new(bytes);
-        assert_eq!(read_header(&mut input).unwrap().unwrap(), header());
+        assert_eq!(read_header(&mut input).unwrap().unwrap(), h);
         assert_eq!(input.position() as usize, len);
         // Cut short, foreign, or endless: refused without reading on.
-        let cut = &header().encode().unwrap()[..len - 1];
+        let cut = &h.encode().unwrap()[..len - 1];
         assert!(read_header(cut).unwrap().is_err());
         assert!(read_header(&b"XAPIDSIM-SUSPEND 1 0 0\n{}\n"[..]).unwrap().is_err());
-        let endless = std::iter::once(b"XAPID-XEN-SUSPEND 1\n".to_vec())
-            .chain(std::iter::repeat(b"x".to_vec()).take(MAX_HEADER + 1))
-            .flatten()
-            .collect::<Vec<u8>>();
+        let mut endless = b"XAPID-XEN-SUSPEND 1\n".to_vec();
+        endless.resize(endless.len() + MAX_HEADER + 1, b'x');
         assert!(read_header(&endless[..]).unwrap().is_err());
     }
 }
