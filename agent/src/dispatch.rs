@@ -126,6 +126,21 @@ fn require_constructor_fields(class: ClassId, record: &Json) -> Result<(), ApiEr
     Ok(())
 }
 
+/// [`typed`], read again once this host's view of the pool database holds every committed
+/// change when the session is not in it: a session opened on another host (a call forwarded
+/// here, or a client that logged in elsewhere) may not have reached this host's view yet.
+async fn typed_in_view(agent: &Agent, method: &str, params: &[Json]) -> Result<(Call, Option<Caller>), ApiError> {
+    match typed(agent, method, params) {
+        Err(ApiError::SessionInvalid { .. }) if agent.store.is_pooled() => {
+            if let Err(e) = agent.store.caught_up().await {
+                tracing::debug!(method, error = %e, "bringing the view up to date for a session");
+            }
+            typed(agent, method, params)
+        }
+        other => other,
+    }
+}
+
 /// Runs a wire call.
 pub async fn call(agent: &Arc<Agent>, ctx: &CallCtx, method: &str, params: &[Json]) -> Result<Value, ApiError> {
     // Host-to-host steps of the pool that are no XenAPI message (`xapid.pool.*`).
@@ -134,7 +149,7 @@ pub async fn call(agent: &Arc<Agent>, ctx: &CallCtx, method: &str, params: &[Jso
     }
     let table = behaviour::table();
     if let Some(inner) = method.strip_prefix("Async.") {
-        let (c, caller) = typed(agent, inner, params)?;
+        let (c, caller) = typed_in_view(agent, inner, params).await?;
         if !table.async_form(c.id) {
             return Err(ApiError::MessageMethodUnknown {
                 method: method.to_owned(),
@@ -155,7 +170,7 @@ pub async fn call(agent: &Arc<Agent>, ctx: &CallCtx, method: &str, params: &[Jso
         note_task_owner(agent, caller.as_ref(), &task);
         return Ok(task);
     }
-    let (c, caller) = typed(agent, method, params)?;
+    let (c, caller) = typed_in_view(agent, method, params).await?;
     let pending = match admit(agent, ctx, caller.as_ref(), &c, method, params).await {
         Ok(p) => p,
         Err(answer) => return answer,
