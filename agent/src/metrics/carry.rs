@@ -8,6 +8,7 @@
 //! messages as a run of XML documents, one `<message>` each (`ref`, `name`, `priority`, `cls`,
 //! `obj_uuid`, `timestamp`, `uuid`, `body`; `generation` is read and ignored).
 
+use super::http::StatsError;
 use super::live::{self, RrdInfo};
 use super::rrd::Rrd;
 use crate::error::ApiError;
@@ -19,20 +20,6 @@ use crate::value::{default_object, format_datetime, parse_datetime, Object, Valu
 use crate::Agent;
 use quick_xml::events::{BytesText, Event};
 use std::sync::Arc;
-
-/// Why an arriving database or message run is refused.
-#[derive(Debug, thiserror::Error)]
-pub enum CarryError {
-    /// The request is malformed (HTTP 400).
-    #[error("{0}")]
-    BadRequest(String),
-    /// The object it names is not here (HTTP 404).
-    #[error("{0}")]
-    NotFound(String),
-    /// Writing it failed (HTTP 500).
-    #[error("{0}")]
-    Failed(String),
-}
 
 /// Takes the VM's database off this host, from memory or from where it was saved: the XML the
 /// receiving end reads. `None` when this host has none.
@@ -47,23 +34,23 @@ pub fn take_vm_rrd(agent: &Agent, uuid: &str) -> Option<String> {
 /// Takes in a database sent for `uuid`: a VM's replaces what this host holds for it (in
 /// memory when the VM runs here, else where databases are saved); with `archive`, a VM's or
 /// this pool's host's is saved where databases are saved.
-pub fn receive_rrd(agent: &Agent, uuid: &str, xml: &str, archive: bool) -> Result<(), CarryError> {
+pub fn receive_rrd(agent: &Agent, uuid: &str, xml: &str, archive: bool) -> Result<(), StatsError> {
     let vm = agent
         .store
         .ref_by_uuid(class_ids::VM, uuid)
         .and_then(|r| agent.store.get(class_ids::VM, &r));
     let is_host = vm.is_none() && agent.store.ref_by_uuid(class_ids::host, uuid).is_some();
     if vm.is_none() && !is_host {
-        return Err(CarryError::NotFound(format!(
+        return Err(StatsError::NotFound(format!(
             "put_rrd: invalid 'uuid' parameter {uuid}"
         )));
     }
     if is_host && !archive {
-        return Err(CarryError::BadRequest("put_rrd: cannot archive host RRD".into()));
+        return Err(StatsError::BadRequest("put_rrd: cannot archive host RRD".into()));
     }
-    let rrd = Rrd::from_xml(xml).map_err(|e| CarryError::BadRequest(format!("put_rrd: not an RRD: {e}")))?;
+    let rrd = Rrd::from_xml(xml).map_err(|e| StatsError::BadRequest(format!("put_rrd: not an RRD: {e}")))?;
     if rrd.timestep != live::STEP {
-        return Err(CarryError::BadRequest(format!(
+        return Err(StatsError::BadRequest(format!(
             "put_rrd: the RRD's step is {} s, not {} s",
             rrd.timestep,
             live::STEP
@@ -83,7 +70,7 @@ pub fn receive_rrd(agent: &Agent, uuid: &str, xml: &str, archive: bool) -> Resul
         }
         None => {
             live::save(&super::rrd_dir(agent), uuid, &rrd)
-                .map_err(|e| CarryError::Failed(format!("put_rrd: saving it: {e}")))?;
+                .map_err(|e| StatsError::Failed(format!("put_rrd: saving it: {e}")))?;
             tracing::info!(uuid, archive, "put_rrd: the database is saved here");
         }
     }
@@ -290,12 +277,12 @@ fn set_field(m: &mut Carried, name: &str, value: &str) -> Result<(), String> {
 /// Takes in messages sent about the object of class `cls` with uuid `uuid` (which must be
 /// here): each keeps its uuid, time and text; one whose uuid is here already is not made
 /// twice. Returns how many were made.
-pub async fn receive_messages(agent: &Agent, cls: &str, uuid: &str, body: &str) -> Result<usize, CarryError> {
-    let class = Cls::parse(cls).ok_or_else(|| CarryError::BadRequest(format!("put_messages: bad class {cls}")))?;
+pub async fn receive_messages(agent: &Agent, cls: &str, uuid: &str, body: &str) -> Result<usize, StatsError> {
+    let class = Cls::parse(cls).ok_or_else(|| StatsError::BadRequest(format!("put_messages: bad class {cls}")))?;
     if !super::messages::object_exists(agent, class, uuid) {
-        return Err(CarryError::NotFound(format!("put_messages: bad uuid {uuid}")));
+        return Err(StatsError::NotFound(format!("put_messages: bad uuid {uuid}")));
     }
-    let carried = parse_messages(body).map_err(|e| CarryError::BadRequest(format!("put_messages: {e}")))?;
+    let carried = parse_messages(body).map_err(|e| StatsError::BadRequest(format!("put_messages: {e}")))?;
     let mut objects = Vec::with_capacity(carried.len());
     for c in carried {
         if !c.uuid.is_empty() && agent.store.ref_by_uuid(class_ids::message, &c.uuid).is_some() {
@@ -311,7 +298,7 @@ pub async fn receive_messages(agent: &Agent, cls: &str, uuid: &str, body: &str) 
         };
         let m = c
             .to_object(&reference)
-            .ok_or_else(|| CarryError::BadRequest(format!("put_messages: a message of class {:?}", c.cls)))?;
+            .ok_or_else(|| StatsError::BadRequest(format!("put_messages: a message of class {:?}", c.cls)))?;
         objects.push(m);
     }
     let n = objects.len();
@@ -324,7 +311,7 @@ pub async fn receive_messages(agent: &Agent, cls: &str, uuid: &str, body: &str) 
             Ok(())
         })
         .await
-        .map_err(|e: ApiError| CarryError::Failed(format!("put_messages: {}", e.description().join(" "))))?;
+        .map_err(|e: ApiError| StatsError::Failed(format!("put_messages: {}", e.description().join(" "))))?;
     tracing::info!(cls, uuid, messages = n, "put_messages: messages taken in");
     Ok(n)
 }
@@ -390,16 +377,16 @@ mod tests {
         let before = e.agent.store.count(class_ids::message);
         assert!(matches!(
             receive_messages(&e.agent, "VM", "no-such-vm", &text).await,
-            Err(CarryError::NotFound(_))
+            Err(StatsError::NotFound(_))
         ));
         assert!(matches!(
             receive_messages(&e.agent, "Nothing", &host_uuid, &text).await,
-            Err(CarryError::BadRequest(_))
+            Err(StatsError::BadRequest(_))
         ));
         let bad = format!("{text}<message><colour/></message>");
         assert!(matches!(
             receive_messages(&e.agent, "Host", &host_uuid, &bad).await,
-            Err(CarryError::BadRequest(_))
+            Err(StatsError::BadRequest(_))
         ));
         assert_eq!(e.agent.store.count(class_ids::message), before);
     }
@@ -420,20 +407,20 @@ mod tests {
         let rrd = Rrd::new(ds(), live::archives(false), live::STEP, 1_800_000_000.0).to_xml(true);
         assert!(matches!(
             receive_rrd(&e.agent, "no-such-uuid", &rrd, false),
-            Err(CarryError::NotFound(_))
+            Err(StatsError::NotFound(_))
         ));
         assert!(matches!(
             receive_rrd(&e.agent, &host_uuid, &rrd, false),
-            Err(CarryError::BadRequest(_))
+            Err(StatsError::BadRequest(_))
         ));
         assert!(matches!(
             receive_rrd(&e.agent, &host_uuid, "<rrd>", true),
-            Err(CarryError::BadRequest(_))
+            Err(StatsError::BadRequest(_))
         ));
         let other_step = Rrd::new(ds(), live::archives(false), 60, 1_800_000_000.0).to_xml(true);
         assert!(matches!(
             receive_rrd(&e.agent, &host_uuid, &other_step, true),
-            Err(CarryError::BadRequest(_))
+            Err(StatsError::BadRequest(_))
         ));
         // A host's, archived: saved where databases are, and read back.
         receive_rrd(&e.agent, &host_uuid, &rrd, true).unwrap();

@@ -11,9 +11,9 @@
 //! changes nothing.
 
 use super::{authorize, param};
-use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
-use agent::metrics::carry::{self, CarryError};
+use agent::metrics::carry;
+use agent::metrics::http::StatsError;
 use agent::Agent;
 use futures_util::StreamExt;
 use std::sync::Arc;
@@ -21,34 +21,24 @@ use std::sync::Arc;
 /// The largest body taken.
 pub const MAX_BODY: usize = 64 << 20;
 
-fn answer(r: Result<(), CarryError>) -> HttpResponse {
+fn answer(r: Result<(), StatsError>) -> HttpResponse {
     match r {
         Ok(()) => HttpResponse::Ok().finish(),
-        Err(e) => {
-            let status = match e {
-                CarryError::BadRequest(_) => StatusCode::BAD_REQUEST,
-                CarryError::NotFound(_) => StatusCode::NOT_FOUND,
-                CarryError::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            };
-            HttpResponse::build(status)
-                .force_close()
-                .content_type("text/plain")
-                .body(format!("{e}\n"))
-        }
+        Err(e) => super::rrd::refusal(&e),
     }
 }
 
 /// The body as text, whole, or why not.
-async fn read_text(mut body: web::Payload) -> Result<String, CarryError> {
+async fn read_text(mut body: web::Payload) -> Result<String, StatsError> {
     let mut bytes = Vec::new();
     while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|e| CarryError::BadRequest(format!("reading the body: {e}")))?;
+        let chunk = chunk.map_err(|e| StatsError::BadRequest(format!("reading the body: {e}")))?;
         if bytes.len() + chunk.len() > MAX_BODY {
-            return Err(CarryError::BadRequest(format!("the body is over {MAX_BODY} bytes")));
+            return Err(StatsError::BadRequest(format!("the body is over {MAX_BODY} bytes")));
         }
         bytes.extend_from_slice(&chunk);
     }
-    String::from_utf8(bytes).map_err(|_| CarryError::BadRequest("the body is not UTF-8 text".into()))
+    String::from_utf8(bytes).map_err(|_| StatsError::BadRequest("the body is not UTF-8 text".into()))
 }
 
 /// The pool secret the request presents, in the header or the reference's cookie.
@@ -88,7 +78,7 @@ pub(super) async fn put_rrd(req: HttpRequest, body: web::Payload, agent: web::Da
         return r;
     }
     let Some(uuid) = param(&req, "uuid") else {
-        return answer(Err(CarryError::BadRequest(
+        return answer(Err(StatsError::BadRequest(
             "put_rrd: missing the 'uuid' parameter".into(),
         )));
     };
@@ -107,7 +97,7 @@ pub(super) async fn put_messages(req: HttpRequest, body: web::Payload, agent: we
         return r;
     }
     let (Some(cls), Some(uuid)) = (param(&req, "cls"), param(&req, "uuid")) else {
-        return answer(Err(CarryError::BadRequest(
+        return answer(Err(StatsError::BadRequest(
             "put_messages: the 'cls' and 'uuid' parameters are needed".into(),
         )));
     };

@@ -29,17 +29,22 @@ fn answer(r: Result<StatsDoc, StatsError>) -> HttpResponse {
             .insert_header(("Access-Control-Allow-Origin", "*"))
             .insert_header(("Access-Control-Allow-Headers", "X-Requested-With"))
             .body(doc.body),
-        Err(e) => {
-            let status = match e {
-                StatsError::BadRequest(_) => StatusCode::BAD_REQUEST,
-                StatsError::NotFound(_) => StatusCode::NOT_FOUND,
-                StatsError::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            };
-            HttpResponse::build(status)
-                .content_type("text/plain")
-                .body(format!("{e}\n"))
-        }
+        Err(e) => refusal(&e),
     }
+}
+
+/// A stats path's refusal: 400, 404 or 500 with the reason as text. The connection is closed
+/// (an upload's body may be unread).
+pub(super) fn refusal(e: &StatsError) -> HttpResponse {
+    let status = match e {
+        StatsError::BadRequest(_) => StatusCode::BAD_REQUEST,
+        StatsError::NotFound(_) => StatusCode::NOT_FOUND,
+        StatsError::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    HttpResponse::build(status)
+        .force_close()
+        .content_type("text/plain")
+        .body(format!("{e}\n"))
 }
 
 /// Authenticates and checks the session's role for `action` (a session opened by Basic

@@ -121,10 +121,10 @@ fn read_header(mut input: impl Read) -> std::io::Result<Result<ImageHeader, Stri
 }
 
 impl XenBackend {
-    /// `suspend_to`: see the module documentation.
-    pub(super) fn save_domain(&self, domid: DomId, path: &Path) -> Result<(), BackendError> {
-        let op = Op::SuspendTo;
-        let record = self.with_handles(op, |xc, xs| {
+    /// The record of a domain that can be saved: running (not paused) and built by this
+    /// toolstack (`InvalidState` otherwise).
+    fn saveable(&self, op: Op, domid: DomId) -> Result<super::layout::Record, BackendError> {
+        self.with_handles(op, |xc, xs| {
             let dom = self.guest(op, xc, xs, domid)?;
             dom.ensure_alive(op)?;
             if dom.info.flags.paused {
@@ -135,7 +135,13 @@ impl XenBackend {
                 Some(_) => Err(dom.invalid(op, "not built yet")),
                 None => Err(dom.invalid(op, "not created by this toolstack")),
             }
-        })?;
+        })
+    }
+
+    /// `suspend_to`: see the module documentation.
+    pub(super) fn save_domain(&self, domid: DomId, path: &Path) -> Result<(), BackendError> {
+        let op = Op::SuspendTo;
+        let record = self.saveable(op, domid)?;
         let io = |source| BackendError::Io {
             op,
             path: path.to_path_buf(),
@@ -423,18 +429,7 @@ impl XenBackend {
     /// suspended it runs on.
     pub(super) fn send_live(&self, domid: DomId, out: OwnedFd) -> Result<LiveSent, BackendError> {
         let op = Op::SuspendTo;
-        let record = self.with_handles(op, |xc, xs| {
-            let dom = self.guest(op, xc, xs, domid)?;
-            dom.ensure_alive(op)?;
-            if dom.info.flags.paused {
-                return Err(dom.invalid(op, "paused: only a running guest can suspend itself"));
-            }
-            match &dom.record {
-                Some(r) if r.built => Ok(r.clone()),
-                Some(_) => Err(dom.invalid(op, "not built yet")),
-                None => Err(dom.invalid(op, "not created by this toolstack")),
-            }
-        })?;
+        let record = self.saveable(op, domid)?;
         if matches!(record.config.kind, DomainKind::Hvm(_)) {
             return Err(BackendError::InvalidArgument {
                 op,
