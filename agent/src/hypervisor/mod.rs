@@ -497,6 +497,15 @@ pub trait LiveMigration: Send + Sync {
     fn receive_live(&self, input: OwnedFd, config: &DomainConfig) -> Result<DomId, BackendError>;
 }
 
+/// `h`'s live migration, or `Unsupported` (counted as [`Op::SuspendTo`]) when it has none.
+pub fn live_migration_of<H: Hypervisor + ?Sized>(h: &H) -> Result<&dyn LiveMigration, BackendError> {
+    h.live_migration().ok_or_else(|| BackendError::Unsupported {
+        op: Op::SuspendTo,
+        backend: h.backend_name(),
+        what: "live migration".into(),
+    })
+}
+
 /// A hypervisor backend. Object safe; shared as `Arc<dyn Hypervisor>`.
 /// See the module documentation for the contract.
 pub trait Hypervisor: Send + Sync {

@@ -11,6 +11,7 @@ use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::sync::Arc;
 
+use super::live_migration_of;
 use super::{
     BackendError, BlockDevice, Capabilities, ConsoleStream, DevId, DeviceInfo, DomId, DomainConfig, DomainInfo,
     EventReceiver, FaultInjection, GuestControl, HostInfo, Hypervisor, LiveMigration, LiveSent, MacAddr, NetDevice,
@@ -189,25 +190,17 @@ impl<H: Hypervisor + 'static> Hypervisor for PrivilegedCalls<H> {
 /// restore map the guest's memory; they run at once, on two of those threads).
 impl<H: Hypervisor + 'static> LiveMigration for PrivilegedCalls<H> {
     fn send_live(&self, domid: DomId, out: OwnedFd) -> Result<LiveSent, BackendError> {
-        self.run(move |h| live(h)?.send_live(domid, out))
+        self.run(move |h| live_migration_of(h)?.send_live(domid, out))
     }
 
     fn resume_suspended(&self, domid: DomId) -> Result<(), BackendError> {
-        self.run(move |h| live(h)?.resume_suspended(domid))
+        self.run(move |h| live_migration_of(h)?.resume_suspended(domid))
     }
 
     fn receive_live(&self, input: OwnedFd, config: &DomainConfig) -> Result<DomId, BackendError> {
         let config = config.clone();
-        self.run(move |h| live(h)?.receive_live(input, &config))
+        self.run(move |h| live_migration_of(h)?.receive_live(input, &config))
     }
-}
-
-fn live<H: Hypervisor>(h: &H) -> Result<&dyn LiveMigration, BackendError> {
-    h.live_migration().ok_or_else(|| BackendError::Unsupported {
-        op: super::Op::SuspendTo,
-        backend: h.backend_name(),
-        what: "live migration".into(),
-    })
 }
 
 #[cfg(test)]

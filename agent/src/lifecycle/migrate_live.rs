@@ -9,7 +9,7 @@
 use super::vm_power::{domain_config, mark_running, on_backend};
 use super::{blocking, devices};
 use crate::error::ApiError;
-use crate::hypervisor::{BackendError, DomId, DomainKind, LiveSent, Op};
+use crate::hypervisor::{live_migration_of, DomId, DomainKind, LiveSent};
 use crate::value::Object;
 use crate::Agent;
 use std::sync::Arc;
@@ -41,14 +41,6 @@ pub async fn here(agent: &Arc<Agent>, vm: &str, rec: &Object, domid: DomId) -> O
     Some(run(agent, vm, rec, domid, cfg).await)
 }
 
-fn unsupported() -> BackendError {
-    BackendError::Unsupported {
-        op: Op::SuspendTo,
-        backend: "this",
-        what: "live migration".into(),
-    }
-}
-
 async fn run(
     agent: &Arc<Agent>,
     vm: &str,
@@ -61,16 +53,11 @@ async fn run(
         .map_err(|e| format!("a pipe for the migration stream: {e}"))?;
     // The receiving end runs on a thread of its own while this one sends.
     let hv = agent.hypervisor.clone();
-    let receiving = tokio::task::spawn_blocking(move || {
-        hv.live_migration()
-            .ok_or_else(unsupported)
-            .and_then(|l| l.receive_live(input, &cfg))
-    });
+    let receiving =
+        tokio::task::spawn_blocking(move || live_migration_of(hv.as_ref()).and_then(|l| l.receive_live(input, &cfg)));
     let hv = agent.hypervisor.clone();
     let sent = on_backend(agent, vm, move || {
-        hv.live_migration()
-            .ok_or_else(unsupported)
-            .and_then(|l| l.send_live(domid, output))
+        live_migration_of(hv.as_ref()).and_then(|l| l.send_live(domid, output))
     })
     .await;
     let received = match receiving.await {
@@ -84,9 +71,7 @@ async fn run(
             // The guest suspended for a stream nobody took: it runs on where it was.
             let hv = agent.hypervisor.clone();
             if let Err(r) = blocking(agent, move || {
-                hv.live_migration()
-                    .ok_or_else(unsupported)
-                    .and_then(|l| l.resume_suspended(domid))
+                live_migration_of(hv.as_ref()).and_then(|l| l.resume_suspended(domid))
             })
             .await
             {

@@ -35,10 +35,7 @@ pub fn take_vm_rrd(agent: &Agent, uuid: &str) -> Option<String> {
 /// memory when the VM runs here, else where databases are saved); with `archive`, a VM's or
 /// this pool's host's is saved where databases are saved.
 pub fn receive_rrd(agent: &Agent, uuid: &str, xml: &str, archive: bool) -> Result<(), StatsError> {
-    let vm = agent
-        .store
-        .ref_by_uuid(class_ids::VM, uuid)
-        .and_then(|r| agent.store.get(class_ids::VM, &r));
+    let vm = super::vm_by_uuid(agent, uuid);
     let is_host = vm.is_none() && agent.store.ref_by_uuid(class_ids::host, uuid).is_some();
     if vm.is_none() && !is_host {
         return Err(StatsError::NotFound(format!(

@@ -408,16 +408,18 @@ async fn update_records(agent: &Agent, round: &Round) {
     }
 }
 
+/// The VM whose uuid is `uuid`.
+fn vm_by_uuid(agent: &Agent, uuid: &str) -> Option<Arc<Object>> {
+    let r = agent.store.ref_by_uuid(class_ids::VM, uuid)?;
+    agent.store.get(class_ids::VM, &r)
+}
+
 /// Whether the VM `uuid` is still one this host measures (resident here, or a control domain).
 fn still_measured_here(agent: &Agent, uuid: &str) -> bool {
-    agent
-        .store
-        .ref_by_uuid(class_ids::VM, uuid)
-        .and_then(|r| agent.store.get(class_ids::VM, &r))
-        .is_some_and(|v| {
-            v.get(fields::VM::resident_on).as_ref_str() == Some(agent.host.as_str())
-                || v.get(fields::VM::is_control_domain) == &Value::Bool(true)
-        })
+    vm_by_uuid(agent, uuid).is_some_and(|v| {
+        v.get(fields::VM::resident_on).as_ref_str() == Some(agent.host.as_str())
+            || v.get(fields::VM::is_control_domain) == &Value::Bool(true)
+    })
 }
 
 /// Saves every database in memory (blocking thread).

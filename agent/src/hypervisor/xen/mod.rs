@@ -678,19 +678,12 @@ impl Drop for XenBackend {
     }
 }
 
-/// Guests acting on their own, for the conformance suite: Xen's remote shutdown
-/// (`xc_domain_shutdown`, `SCHEDOP_remote_shutdown`) puts the domain in the state its own
-/// `SCHEDOP_shutdown` would, with the same code, and Xen announces it the same way
-/// (`VIRQ_DOM_EXC`, `@releaseDomain`); what the toolstack sees is what a guest powering off,
-/// crashing or rebooting by itself makes it see. (A real guest's own poweroff is the
-/// end-to-end run's.)
 impl XenBackend {
     /// `create_domain`; `incoming`: the domain receives a live migration on this host, while
     /// the VM's sending domain (same uuid) still exists.
     fn create_domain_as(&self, config: &DomainConfig, incoming: bool) -> Result<DomId, BackendError> {
         let op = Op::CreateDomain;
         config.validate(op)?;
-
         let container = container_of(&config.kind);
         let slack = if container == xenguest::Container::Hvm {
             MAXMEM_SLACK_KIB + HVM_DM_SLACK_KIB
@@ -769,6 +762,12 @@ impl LiveMigration for XenBackend {
     }
 }
 
+/// Guests acting on their own, for the conformance suite: Xen's remote shutdown
+/// (`xc_domain_shutdown`, `SCHEDOP_remote_shutdown`) puts the domain in the state its own
+/// `SCHEDOP_shutdown` would, with the same code, and Xen announces it the same way
+/// (`VIRQ_DOM_EXC`, `@releaseDomain`); what the toolstack sees is what a guest powering off,
+/// crashing or rebooting by itself makes it see. (A real guest's own poweroff is the
+/// end-to-end run's.)
 impl GuestControl for XenBackend {
     fn guest_shutdown(&self, domid: DomId, code: ShutdownCode) -> Result<(), BackendError> {
         let op = Op::Guest;

@@ -120,6 +120,24 @@ fn read_header(mut input: impl Read) -> std::io::Result<Result<ImageHeader, Stri
     Ok(ImageHeader::decode(&head).map(|(h, _)| h))
 }
 
+/// What an image of the domain of `record` starts with: its header, then the device model's
+/// `state` (empty for PV and PVH).
+fn image_start(op: Op, record: &super::layout::Record, state: &[u8]) -> Result<Vec<u8>, BackendError> {
+    let mut bytes = ImageHeader {
+        config: record.config.clone(),
+        target: record.target,
+        vcpus: record.vcpus,
+        device_model_state: state.len() as u64,
+    }
+    .encode()
+    .map_err(|e| BackendError::InvalidArgument {
+        op,
+        reason: format!("encoding the image header: {e}"),
+    })?;
+    bytes.extend_from_slice(state);
+    Ok(bytes)
+}
+
 impl XenBackend {
     /// The record of a domain that can be saved: running (not paused) and built by this
     /// toolstack (`InvalidState` otherwise).
@@ -173,21 +191,7 @@ impl XenBackend {
         } else {
             Ok(Vec::new())
         };
-        let header = device_state.and_then(|state| {
-            let mut bytes = ImageHeader {
-                config: record.config.clone(),
-                target: record.target,
-                vcpus: record.vcpus,
-                device_model_state: state.len() as u64,
-            }
-            .encode()
-            .map_err(|e| BackendError::InvalidArgument {
-                op,
-                reason: format!("encoding the image header: {e}"),
-            })?;
-            bytes.extend_from_slice(&state);
-            Ok(bytes)
-        });
+        let header = device_state.and_then(|state| image_start(op, &record, &state));
         let saved = header
             .and_then(|header| file.write_all(&header).map_err(io))
             .and_then(|()| {
@@ -443,18 +447,7 @@ impl XenBackend {
             source,
         };
         let mut file = File::from(out);
-        let header = ImageHeader {
-            config: record.config.clone(),
-            target: record.target,
-            vcpus: record.vcpus,
-            device_model_state: 0,
-        }
-        .encode()
-        .map_err(|e| BackendError::InvalidArgument {
-            op,
-            reason: format!("encoding the image header: {e}"),
-        })?;
-        file.write_all(&header).map_err(io)?;
+        file.write_all(&image_start(op, &record, &[])?).map_err(io)?;
         let started = Instant::now();
         let mut suspended_at = None;
         let saved = self.xc.with(op, |xc| {
